@@ -1,0 +1,1 @@
+//! Shared support for sluice's benchmarks.

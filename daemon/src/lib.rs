@@ -1,0 +1,1 @@
+//! sluice-daemon: the parts of `sluiced` that are not transport.

@@ -1,0 +1,1 @@
+//! Support code for sluice's end-to-end tests.

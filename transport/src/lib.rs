@@ -1,0 +1,1 @@
+//! sluice-transport: wire format, sans-IO reliable sessions, UDP datapath.
