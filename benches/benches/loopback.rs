@@ -1,0 +1,2 @@
+//! Placeholder: the loopback benchmark is being written.
+fn main() {}

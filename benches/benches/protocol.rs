@@ -1,0 +1,2 @@
+//! Placeholder: the protocol benchmark is being written.
+fn main() {}

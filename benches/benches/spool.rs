@@ -1,0 +1,2 @@
+//! Placeholder: the spool benchmark is being written.
+fn main() {}
