@@ -1,0 +1,325 @@
+//! The receiving endpoint: one socket's worth of sessions. It routes each
+//! datagram to its session's [`Receiver`], turns HELLOs for new sessions into
+//! [`Incoming`]s for the owner to accept or reject, and collects what the
+//! sessions want to send.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::config::ReceiverConfig;
+use super::receiver::Receiver;
+use super::stats::{DropCounts, DropReason};
+use super::CloseReason;
+use crate::wire::{Close, CloseCode, Hello, Packet};
+
+/// A HELLO for a session that does not exist yet. The owner looks up where the
+/// producer stands (its durable seq) and calls [`Endpoint::accept`], or
+/// [`Endpoint::reject`]. Dropping it ignores the HELLO (the producer retries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    pub peer: SocketAddr,
+    pub hello: Hello,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointEvent {
+    /// A session ended and was removed. Its undelivered messages are gone;
+    /// its producer will resend them in a new session.
+    Closed {
+        session_id: u64,
+        producer_id: u64,
+        stream: String,
+        reason: CloseReason,
+    },
+}
+
+#[derive(Debug)]
+struct Session {
+    receiver: Receiver,
+    peer: SocketAddr,
+    /// Queued in `readable` and not yet taken by the owner.
+    readable: bool,
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    config: ReceiverConfig,
+    sessions: HashMap<u64, Session>,
+    /// Session order for fair transmit polling (insertion order, deterministic).
+    order: Vec<u64>,
+    cursor: usize,
+    by_producer: HashMap<(u64, String), u64>,
+    rng: ChaCha8Rng,
+    readable: VecDeque<u64>,
+    /// CLOSE packets not owned by a live session: handshake refusals, and the
+    /// last word of sessions that were removed.
+    outbox: VecDeque<(SocketAddr, u64, Close)>,
+    events: VecDeque<EndpointEvent>,
+    drops: DropCounts,
+}
+
+impl Endpoint {
+    /// Panics if `config` does not validate (see [`ReceiverConfig::validate`]).
+    pub fn new(config: ReceiverConfig) -> Self {
+        config.validate().expect("invalid ReceiverConfig");
+        let rng = match config.seed {
+            Some(seed) => ChaCha8Rng::seed_from_u64(seed),
+            None => ChaCha8Rng::from_os_rng(),
+        };
+        Endpoint {
+            config,
+            sessions: HashMap::new(),
+            order: Vec::new(),
+            cursor: 0,
+            by_producer: HashMap::new(),
+            rng,
+            readable: VecDeque::new(),
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            drops: DropCounts::default(),
+        }
+    }
+
+    /// Datagrams dropped by this endpoint, by reason.
+    pub fn drops(&self) -> &DropCounts {
+        &self.drops
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn session_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.order.iter().copied()
+    }
+
+    pub fn receiver(&self, session_id: u64) -> Option<&Receiver> {
+        self.sessions.get(&session_id).map(|s| &s.receiver)
+    }
+
+    pub fn receiver_mut(&mut self, session_id: u64) -> Option<&mut Receiver> {
+        self.sessions.get_mut(&session_id).map(|s| &mut s.receiver)
+    }
+
+    pub fn peer(&self, session_id: u64) -> Option<SocketAddr> {
+        self.sessions.get(&session_id).map(|s| s.peer)
+    }
+
+    /// Feeds one datagram from `from`. Malformed and unroutable datagrams are
+    /// dropped and counted; a HELLO for a new session is returned to the owner.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: Bytes,
+    ) -> Option<Incoming> {
+        if datagram.len() > self.config.max_datagram.max(crate::wire::MAX_DATAGRAM) {
+            self.drops.add(DropReason::Oversized);
+            return None;
+        }
+        let decoded = match Packet::decode(&datagram) {
+            Ok(d) => d,
+            Err(e) => {
+                self.drops.add(e.into());
+                return None;
+            }
+        };
+        let id = decoded.header.session_id;
+        if let Packet::Hello(hello) = decoded.packet {
+            if id != 0 {
+                self.drops.add(DropReason::Malformed);
+                return None;
+            }
+            let key = (hello.producer_id, hello.stream.clone());
+            if let Some(&existing) = self.by_producer.get(&key) {
+                let s = self
+                    .sessions
+                    .get_mut(&existing)
+                    .expect("index matches sessions");
+                if s.receiver.nonce() == hello.nonce {
+                    s.peer = from;
+                    s.receiver.on_hello_retry(now);
+                    return None;
+                }
+            }
+            return Some(Incoming { peer: from, hello });
+        }
+        let Some(s) = self.sessions.get_mut(&id) else {
+            self.drops.add(DropReason::UnknownSession);
+            return None;
+        };
+        if !s.receiver.handle_packet(now, decoded.packet) {
+            self.drops.add(DropReason::Unexpected);
+            return None;
+        }
+        // The producer may have moved (NAT rebinding, a new source port).
+        s.peer = from;
+        if s.receiver.has_messages() && !s.readable {
+            s.readable = true;
+            self.readable.push_back(id);
+        }
+        if s.receiver.closed().is_some() {
+            self.remove(id);
+        }
+        None
+    }
+
+    /// Opens the session a HELLO asked for. `durable_seq` is where the producer
+    /// stands in the owner's storage; `credit` how far past it may be sent.
+    /// A HELLO from the same producer and stream with a new nonce replaces the
+    /// old session (the producer reconnected). Returns the session id.
+    pub fn accept(
+        &mut self,
+        now: Instant,
+        incoming: Incoming,
+        durable_seq: u64,
+        credit: u32,
+    ) -> u64 {
+        let key = (incoming.hello.producer_id, incoming.hello.stream.clone());
+        if let Some(&old) = self.by_producer.get(&key) {
+            if self.sessions[&old].receiver.nonce() == incoming.hello.nonce {
+                return old; // accepted already (the HELLO was retried meanwhile)
+            }
+            if let Some(r) = self.receiver_mut(old) {
+                r.close(
+                    CloseCode::Superseded,
+                    "a newer session of this producer replaced it",
+                );
+            }
+            self.remove(old);
+        }
+        let id = loop {
+            let id: u64 = self.rng.random();
+            if id != 0 && !self.sessions.contains_key(&id) {
+                break id;
+            }
+        };
+        let hello = incoming.hello;
+        let receiver = Receiver::new(
+            self.config.clone(),
+            id,
+            hello.producer_id,
+            hello.stream,
+            hello.nonce,
+            hello.first_seq,
+            durable_seq,
+            credit,
+            now,
+        );
+        self.sessions.insert(
+            id,
+            Session {
+                receiver,
+                peer: incoming.peer,
+                readable: false,
+            },
+        );
+        self.order.push(id);
+        self.by_producer.insert(key, id);
+        id
+    }
+
+    /// Refuses a HELLO, telling the producer why.
+    pub fn reject(&mut self, incoming: Incoming, code: CloseCode, reason: &str) {
+        let close = Close {
+            code,
+            nonce: incoming.hello.nonce,
+            reason: reason.to_owned(),
+        };
+        self.outbox.push_back((incoming.peer, 0, close));
+    }
+
+    /// Closes a session from the owner's side (shutdown, stream deleted, …).
+    pub fn close(&mut self, session_id: u64, code: CloseCode, reason: &str) {
+        if let Some(r) = self.receiver_mut(session_id) {
+            r.close(code, reason);
+            self.remove(session_id);
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(mut s) = self.sessions.remove(&id) else {
+            return;
+        };
+        if let Some(close) = s.receiver.take_close() {
+            self.outbox.push_back((s.peer, id, close));
+        }
+        self.order.retain(|&x| x != id);
+        self.cursor = 0;
+        let key = (s.receiver.producer_id(), s.receiver.stream().to_owned());
+        if self.by_producer.get(&key) == Some(&id) {
+            self.by_producer.remove(&key);
+        }
+        self.events.push_back(EndpointEvent::Closed {
+            session_id: id,
+            producer_id: s.receiver.producer_id(),
+            stream: s.receiver.stream().to_owned(),
+            reason: s.receiver.closed().cloned().unwrap_or(CloseReason::Local),
+        });
+    }
+
+    /// The next session with messages waiting in [`Receiver::poll_message`].
+    /// Each session is listed once until taken; take all its messages then.
+    pub fn poll_readable(&mut self) -> Option<u64> {
+        while let Some(id) = self.readable.pop_front() {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.readable = false;
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    pub fn poll_event(&mut self) -> Option<EndpointEvent> {
+        self.events.pop_front()
+    }
+
+    /// Writes the next datagram to send into `out` and returns its destination.
+    /// Sessions take turns, so one busy session cannot starve the others.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<SocketAddr> {
+        if let Some((peer, id, close)) = self.outbox.pop_front() {
+            Packet::Close(close).encode(id, out);
+            return Some(peer);
+        }
+        let n = self.order.len();
+        for i in 0..n {
+            let idx = (self.cursor + i) % n;
+            let id = self.order[idx];
+            let s = self.sessions.get_mut(&id).expect("order matches sessions");
+            if s.receiver.poll_transmit(now, out) {
+                self.cursor = (idx + 1) % n;
+                return Some(s.peer);
+            }
+        }
+        None
+    }
+
+    /// The earliest timer of any session.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sessions
+            .values()
+            .filter_map(|s| s.receiver.poll_timeout())
+            .min()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut dead = Vec::new();
+        for (&id, s) in self.sessions.iter_mut() {
+            if s.receiver.poll_timeout().is_some_and(|t| t <= now) {
+                s.receiver.handle_timeout(now);
+                if s.receiver.closed().is_some() {
+                    dead.push(id);
+                }
+            }
+        }
+        dead.sort_unstable(); // HashMap order is random; keep runs reproducible
+        for id in dead {
+            self.remove(id);
+        }
+    }
+}
