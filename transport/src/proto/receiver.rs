@@ -13,7 +13,7 @@ use super::stats::ReceiverStats;
 use super::CloseReason;
 use crate::wire::{
     Close, CloseCode, DataEntry, DataFrame, Nack, NackHole, NackRange, Packet, Status, Welcome,
-    HEADER_LEN, NACK_FIXED_LEN, NACK_HOLE_LEN, NACK_RANGE_LEN,
+    HEADER_LEN, NACK_FIXED_LEN, NACK_HOLE_LEN, NACK_RANGE_LEN, TRAILER_LEN,
 };
 
 /// A complete message, handed to the owner in sequence order.
@@ -380,7 +380,7 @@ impl Receiver {
     /// delay, and says when to look again.
     fn build_nack(&mut self, now: Instant) {
         let reorder = self.config.reorder_delay;
-        let room = self.config.max_datagram - HEADER_LEN - NACK_FIXED_LEN;
+        let room = self.config.max_datagram - HEADER_LEN - TRAILER_LEN - NACK_FIXED_LEN;
         let mut nack = Nack::default();
         let mut used = 0;
         let mut cursor = self.next_expected;

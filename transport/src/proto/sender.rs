@@ -12,14 +12,16 @@ use super::config::SenderConfig;
 use super::liveness::Liveness;
 use super::stats::{DropReason, SenderStats};
 use super::CloseReason;
-use crate::wire::{Close, CloseCode, DataWriter, Hello, Nack, Packet, Status, Welcome, HEADER_LEN};
+use crate::wire::{
+    Close, CloseCode, DataWriter, Hello, Nack, Packet, Status, Welcome, HEADER_LEN, TRAILER_LEN,
+};
 
 /// Per-message bookkeeping charged against `max_unacked_bytes` on top of the
 /// payload, so that a flood of empty messages is bounded too.
 const MESSAGE_OVERHEAD: usize = 64;
 /// A run header plus a whole-entry header: what a whole message costs beyond
 /// its payload in a datagram that has nothing else in it.
-const WHOLE_ENTRY_OVERHEAD: usize = 10 + 3;
+const WHOLE_ENTRY_OVERHEAD: usize = 10 + 3 + TRAILER_LEN;
 
 /// How a sender opens its session.
 #[derive(Debug, Clone)]
@@ -633,6 +635,7 @@ impl Sender {
         if w.is_empty() {
             return false;
         }
+        w.finish();
         if self.pto_count == 0 {
             // Keep the probe timer quiet while data is flowing.
             self.pto_base = now;

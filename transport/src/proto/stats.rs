@@ -8,6 +8,7 @@ pub enum DropReason {
     WrongVersion,
     UnknownType,
     UnknownFlags,
+    BadChecksum,
     Truncated,
     Oversized,
     Malformed,
@@ -18,11 +19,12 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::BadMagic,
         DropReason::WrongVersion,
         DropReason::UnknownType,
         DropReason::UnknownFlags,
+        DropReason::BadChecksum,
         DropReason::Truncated,
         DropReason::Oversized,
         DropReason::Malformed,
@@ -37,6 +39,7 @@ impl DropReason {
             DropReason::WrongVersion => "wrong_version",
             DropReason::UnknownType => "unknown_type",
             DropReason::UnknownFlags => "unknown_flags",
+            DropReason::BadChecksum => "bad_checksum",
             DropReason::Truncated => "truncated",
             DropReason::Oversized => "oversized",
             DropReason::Malformed => "malformed",
@@ -53,6 +56,7 @@ impl From<DecodeError> for DropReason {
             DecodeError::WrongVersion(_) => DropReason::WrongVersion,
             DecodeError::UnknownType(_) => DropReason::UnknownType,
             DecodeError::UnknownFlags(_) => DropReason::UnknownFlags,
+            DecodeError::BadChecksum => DropReason::BadChecksum,
             DecodeError::Truncated { .. } => DropReason::Truncated,
             DecodeError::Oversized { .. } => DropReason::Oversized,
             DecodeError::TrailingBytes(_) | DecodeError::Malformed(_) => DropReason::Malformed,

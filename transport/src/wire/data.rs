@@ -150,7 +150,8 @@ impl Iterator for DataEntries<'_> {
     }
 }
 
-/// Builds one DATA datagram, entry by entry, never past `limit` bytes.
+/// Builds one DATA datagram, entry by entry, never past `limit` bytes
+/// (trailer included). [`DataWriter::finish`] seals it.
 pub struct DataWriter<'a> {
     out: &'a mut Vec<u8>,
     limit: usize,
@@ -167,7 +168,7 @@ impl<'a> DataWriter<'a> {
         Header::new(PacketType::Data, session_id).encode(out);
         DataWriter {
             out,
-            limit,
+            limit: limit - super::TRAILER_LEN,
             run: None,
             run_count: 0,
             entries: 0,
@@ -249,5 +250,10 @@ impl<'a> DataWriter<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.entries == 0
+    }
+
+    /// Appends the checksum trailer; the datagram is complete.
+    pub fn finish(self) {
+        super::seal(self.out);
     }
 }

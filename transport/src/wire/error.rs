@@ -14,6 +14,8 @@ pub enum DecodeError {
     UnknownType(u8),
     #[error("flag bits {0:#04x} are not defined in this version")]
     UnknownFlags(u8),
+    #[error("checksum mismatch: the datagram was damaged")]
+    BadChecksum,
     #[error("packet truncated: needed {needed} more bytes")]
     Truncated { needed: usize },
     #[error("{0} trailing bytes after the packet body")]

@@ -1,8 +1,10 @@
 //! The sluice wire format: one packet per UDP datagram.
 //!
 //! Every packet starts with a fixed [`Header`] (magic, version, type, flags,
-//! session id) followed by a body whose layout depends on the type. All
-//! integers are big-endian. `transport/WIRE.md` is the normative description;
+//! session id), then a body whose layout depends on the type, then a CRC32C of
+//! everything before it. All integers are big-endian. The checksum is ours
+//! because the UDP one cannot be relied on: AF_XDP receivers see packets whose
+//! checksum was left to an offload, and a flipped bit must never reach the spool. `transport/WIRE.md` is the normative description;
 //! this module is its implementation.
 //!
 //! Decoding is total: any byte string yields a [`Packet`] or a [`DecodeError`],
@@ -29,6 +31,9 @@ pub const MAX_MESSAGE_LEN: usize = 16 * 1024 * 1024;
 
 /// Largest UDP payload over IPv4 (65,535 − 20 − 8). No datagram we build or accept is larger.
 pub const MAX_DATAGRAM: usize = 65_507;
+
+/// The CRC32C trailer every packet ends with.
+pub const TRAILER_LEN: usize = 4;
 
 /// Longest stream name, in bytes of UTF-8.
 pub const MAX_STREAM_NAME: usize = 255;
@@ -76,12 +81,23 @@ impl Packet {
             });
         }
         let header = Header::decode(datagram)?;
-        let body = &datagram[HEADER_LEN..];
+        if datagram.len() < HEADER_LEN + TRAILER_LEN {
+            return Err(DecodeError::Truncated {
+                needed: HEADER_LEN + TRAILER_LEN - datagram.len(),
+            });
+        }
+        let end = datagram.len() - TRAILER_LEN;
+        let mut sum = [0u8; TRAILER_LEN];
+        sum.copy_from_slice(&datagram[end..]);
+        if crc32c::crc32c(&datagram[..end]) != u32::from_be_bytes(sum) {
+            return Err(DecodeError::BadChecksum);
+        }
+        let body = &datagram[HEADER_LEN..end];
         let packet = match header.packet_type {
             PacketType::Hello => Packet::Hello(Hello::decode(body)?),
             PacketType::Welcome => Packet::Welcome(Welcome::decode(body)?),
             PacketType::Close => Packet::Close(Close::decode(body)?),
-            PacketType::Data => Packet::Data(DataFrame::decode(datagram.slice(HEADER_LEN..))?),
+            PacketType::Data => Packet::Data(DataFrame::decode(datagram.slice(HEADER_LEN..end))?),
             PacketType::Status => Packet::Status(Status::decode(body)?),
             PacketType::Nack => Packet::Nack(Nack::decode(body)?),
             PacketType::Heartbeat => Packet::Heartbeat(Heartbeat::decode(body)?),
@@ -103,5 +119,12 @@ impl Packet {
             Packet::Nack(p) => p.encode(out),
             Packet::Heartbeat(p) => p.encode(out),
         }
+        seal(out);
     }
+}
+
+/// Appends the CRC32C trailer over everything in `out`.
+pub(crate) fn seal(out: &mut Vec<u8>) {
+    let sum = crc32c::crc32c(out);
+    out.extend_from_slice(&sum.to_be_bytes());
 }
