@@ -14,8 +14,9 @@ pub(crate) struct Reassembly {
     buf: Vec<u8>,
     /// Received byte ranges, sorted and disjoint, as `[start, end)`.
     have: Vec<(u32, u32)>,
-    pub(crate) first_arrival: Instant,
     pub(crate) last_arrival: Instant,
+    /// When this message's holes were last NACKed.
+    pub(crate) holes_nacked_at: Option<Instant>,
 }
 
 impl Reassembly {
@@ -25,8 +26,8 @@ impl Reassembly {
         Reassembly {
             buf: vec![0; msg_len as usize],
             have: Vec::new(),
-            first_arrival: now,
             last_arrival: now,
+            holes_nacked_at: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! messages, NACKs gaps, and acks only what its owner declares durable.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -23,19 +23,21 @@ pub struct Message {
     pub payload: Bytes,
 }
 
+/// A message above the head of the line: complete, or under reassembly.
 #[derive(Debug)]
-enum Pending {
-    Whole { payload: Bytes, arrived: Instant },
-    Partial(Reassembly),
+struct Pending {
+    body: Body,
+    /// When the first piece of it arrived: the evidence that the messages
+    /// below it are missing rather than merely late.
+    arrived: Instant,
+    /// When the gap directly below this entry was last NACKed.
+    gap_nacked_at: Option<Instant>,
 }
 
-impl Pending {
-    fn first_arrival(&self) -> Instant {
-        match self {
-            Pending::Whole { arrived, .. } => *arrived,
-            Pending::Partial(r) => r.first_arrival,
-        }
-    }
+#[derive(Debug)]
+enum Body {
+    Whole(Bytes),
+    Partial(Reassembly),
 }
 
 #[derive(Debug)]
@@ -50,6 +52,10 @@ pub struct Receiver {
     /// Highest seq the owner declared durable (never above `next_expected - 1`).
     durable: u64,
     credit: u32,
+    /// Highest `durable + credit` ever granted. Lowering credit cannot recall
+    /// what the producer already sent under an earlier grant, so data up to
+    /// here is accepted; only NACKs keep to the current grant.
+    granted: u64,
     /// Out-of-order whole messages and messages under reassembly, by seq.
     pending: BTreeMap<u64, Pending>,
     reassembly_bytes: usize,
@@ -60,6 +66,10 @@ pub struct Receiver {
     status_at: Option<Instant>,
     nack_at: Option<Instant>,
     nack_due: Option<Nack>,
+    /// Lowest seq whose fragments were refused for lack of reassembly budget
+    /// since the last NACK: asking for it (or anything above) again at once
+    /// would only have it refused again, so the next NACK stops below it.
+    refused_from: Option<u64>,
     liveness: Liveness,
     close_due: Option<Close>,
     closed: Option<CloseReason>,
@@ -99,6 +109,7 @@ impl Receiver {
             next_expected: base + 1,
             durable: base,
             credit,
+            granted: base.saturating_add(u64::from(credit)),
             pending: BTreeMap::new(),
             reassembly_bytes: 0,
             delivered: VecDeque::new(),
@@ -107,6 +118,7 @@ impl Receiver {
             status_at: None,
             nack_at: None,
             nack_due: None,
+            refused_from: None,
             liveness,
             close_due: None,
             closed: None,
@@ -187,6 +199,7 @@ impl Receiver {
         if seq > self.durable {
             self.durable = seq;
             self.status_now = true;
+            self.update_granted();
         }
     }
 
@@ -196,7 +209,14 @@ impl Receiver {
         if credit != self.credit {
             self.credit = credit;
             self.status_now = true;
+            self.update_granted();
         }
+    }
+
+    fn update_granted(&mut self) {
+        self.granted = self
+            .granted
+            .max(self.durable.saturating_add(u64::from(self.credit)));
     }
 
     /// Ends the session, telling the producer why.
@@ -273,97 +293,96 @@ impl Receiver {
             self.status_now = true;
             return;
         }
-        if seq > self.durable.saturating_add(u64::from(self.credit)) {
+        if seq > self.granted {
             self.stats.over_credit += 1;
             return;
         }
-        let whole = match entry.fragment {
-            None => Some(entry.payload),
-            Some(f) if f.offset == 0 && f.msg_len as usize == entry.payload.len() => {
-                Some(entry.payload)
+        match entry.fragment {
+            Some(f) if f.offset != 0 || f.msg_len as usize != entry.payload.len() => {
+                self.add_fragment(now, seq, f.msg_len, f.offset, &entry.payload)
             }
-            Some(f) => {
-                self.add_fragment(now, seq, f.msg_len, f.offset, &entry.payload);
-                None
+            _ if seq == self.next_expected && self.pending.is_empty() => {
+                // The common case: in order, nothing buffered, nothing to look up.
+                self.deliver(seq, entry.payload);
+                return;
             }
-        };
-        if let Some(payload) = whole {
-            if seq == self.next_expected {
-                // The common case: in order, nothing to buffer.
-                if let Some(Pending::Partial(r)) = self.pending.remove(&seq) {
-                    self.reassembly_bytes -= r.msg_len() as usize;
-                }
-                self.deliver(seq, payload);
-            } else {
-                match self.pending.get(&seq) {
-                    Some(Pending::Whole { .. }) => self.stats.duplicates += 1,
-                    other => {
-                        if let Some(Pending::Partial(r)) = other {
-                            self.reassembly_bytes -= r.msg_len() as usize;
-                        }
-                        self.pending.insert(
-                            seq,
-                            Pending::Whole {
-                                payload,
-                                arrived: now,
-                            },
-                        );
-                    }
-                }
-            }
+            _ => self.add_whole(now, seq, entry.payload),
         }
         self.drain_in_order();
     }
 
-    fn add_fragment(&mut self, now: Instant, seq: u64, msg_len: u32, offset: u32, chunk: &[u8]) {
+    fn add_whole(&mut self, now: Instant, seq: u64, payload: Bytes) {
         match self.pending.get_mut(&seq) {
-            Some(Pending::Whole { .. }) => self.stats.duplicates += 1,
-            Some(Pending::Partial(r)) => {
-                if r.msg_len() != msg_len {
-                    self.stats.inconsistent_fragments += 1;
-                } else if !r.insert(offset, chunk, now) {
-                    self.stats.reassembly_refused += 1;
+            Some(Pending {
+                body: Body::Whole(_),
+                ..
+            }) => self.stats.duplicates += 1,
+            Some(p) => {
+                if let Body::Partial(r) = &p.body {
+                    self.reassembly_bytes -= r.msg_len() as usize;
                 }
+                p.body = Body::Whole(payload);
             }
             None => {
-                // The head of the line is always admitted, so that a full
-                // budget can never stop progress; others wait their turn.
-                let over =
-                    self.reassembly_bytes + msg_len as usize > self.config.max_reassembly_bytes;
-                if over && seq != self.next_expected {
-                    self.stats.reassembly_refused += 1;
-                    return;
-                }
-                let mut r = Reassembly::new(msg_len, now);
-                r.insert(offset, chunk, now);
-                self.reassembly_bytes += msg_len as usize;
-                self.pending.insert(seq, Pending::Partial(r));
-            }
-        }
-        if let Some(Pending::Partial(r)) = self.pending.get(&seq) {
-            if r.is_complete() {
-                let Some(Pending::Partial(r)) = self.pending.remove(&seq) else {
-                    unreachable!()
-                };
-                self.reassembly_bytes -= r.msg_len() as usize;
                 self.pending.insert(
                     seq,
-                    Pending::Whole {
-                        payload: r.into_bytes(),
+                    Pending {
+                        body: Body::Whole(payload),
                         arrived: now,
+                        gap_nacked_at: None,
                     },
                 );
             }
         }
     }
 
+    fn add_fragment(&mut self, now: Instant, seq: u64, msg_len: u32, offset: u32, chunk: &[u8]) {
+        let Some(p) = self.pending.get_mut(&seq) else {
+            // The head of the line is always admitted, so that a full budget
+            // can never stop progress; others wait their turn.
+            let over = self.reassembly_bytes + msg_len as usize > self.config.max_reassembly_bytes;
+            if over && seq != self.next_expected {
+                self.stats.reassembly_refused += 1;
+                self.refused_from = Some(self.refused_from.map_or(seq, |r| r.min(seq)));
+                return;
+            }
+            let mut r = Reassembly::new(msg_len, now);
+            r.insert(offset, chunk, now);
+            self.reassembly_bytes += msg_len as usize;
+            self.pending.insert(
+                seq,
+                Pending {
+                    body: Body::Partial(r),
+                    arrived: now,
+                    gap_nacked_at: None,
+                },
+            );
+            return;
+        };
+        let Body::Partial(r) = &mut p.body else {
+            self.stats.duplicates += 1;
+            return;
+        };
+        if r.msg_len() != msg_len {
+            self.stats.inconsistent_fragments += 1;
+        } else if !r.insert(offset, chunk, now) {
+            self.stats.reassembly_refused += 1;
+        } else if r.is_complete() {
+            self.reassembly_bytes -= msg_len as usize;
+            let Body::Partial(r) = std::mem::replace(&mut p.body, Body::Whole(Bytes::new())) else {
+                unreachable!("matched Partial above")
+            };
+            p.body = Body::Whole(r.into_bytes());
+        }
+    }
+
     fn drain_in_order(&mut self) {
         while let Some(entry) = self.pending.first_entry() {
-            if *entry.key() != self.next_expected || !matches!(entry.get(), Pending::Whole { .. }) {
+            if *entry.key() != self.next_expected || !matches!(entry.get().body, Body::Whole(_)) {
                 break;
             }
-            let (seq, pending) = entry.remove_entry();
-            if let Pending::Whole { payload, .. } = pending {
+            let (seq, p) = entry.remove_entry();
+            if let Body::Whole(payload) = p.body {
                 self.deliver(seq, payload);
             }
         }
@@ -376,37 +395,44 @@ impl Receiver {
         self.next_expected = seq + 1;
     }
 
-    /// Builds the NACK for gaps that have been open for at least the reorder
-    /// delay, and says when to look again.
+    /// Builds the NACK for gaps and holes that are ripe: open for at least the
+    /// reorder delay (so that mere reordering costs no retransmission), and
+    /// not NACKed within the last re-NACK interval (so that a retransmission
+    /// in flight is not asked for twice). Then says when to look again.
     fn build_nack(&mut self, now: Instant) {
         let reorder = self.config.reorder_delay;
+        let renack = self.liveness.rtt.timeout(reorder);
         let room = self.config.max_datagram - HEADER_LEN - TRAILER_LEN - NACK_FIXED_LEN;
+        // Gaps are asked for only within the current grant (and below what
+        // the reassembly budget just refused); holes of messages already
+        // admitted are always asked for, their memory is spent anyway.
+        let limit = self.durable.saturating_add(u64::from(self.credit));
+        let refused_from = self.refused_from.take().unwrap_or(u64::MAX);
         let mut nack = Nack::default();
         let mut used = 0;
         let mut cursor = self.next_expected;
         let mut next_check: Option<Instant> = None;
-        for (&seq, p) in &self.pending {
-            // Evidence for the gap below `seq` is this entry's arrival: a gap
-            // is only NACKed once the entry above it has waited out the
-            // reorder delay, so that mere reordering costs no retransmission.
-            let ripe_at = p.first_arrival() + reorder;
-            if seq > cursor {
+        let mut later = |t: Instant| next_check = Some(next_check.map_or(t, |n: Instant| n.min(t)));
+        for (&seq, p) in self.pending.iter_mut() {
+            if used + NACK_RANGE_LEN.max(NACK_HOLE_LEN) > room {
+                break;
+            }
+            if seq > cursor && cursor <= limit && cursor < refused_from {
+                let ripe_at = ripe_time(p.arrived, reorder, p.gap_nacked_at, renack);
                 if ripe_at <= now {
-                    if used + NACK_RANGE_LEN > room {
-                        break;
-                    }
                     nack.ranges.push(NackRange {
                         first: cursor,
-                        last: seq - 1,
+                        last: (seq - 1).min(limit).min(refused_from - 1),
                     });
                     used += NACK_RANGE_LEN;
+                    p.gap_nacked_at = Some(now);
                 } else {
-                    next_check = Some(next_check.map_or(ripe_at, |t| t.min(ripe_at)));
+                    later(ripe_at);
                 }
             }
-            if let Pending::Partial(r) = p {
-                let quiet_at = r.last_arrival + reorder;
-                if quiet_at <= now {
+            if let Body::Partial(r) = &mut p.body {
+                let ripe_at = ripe_time(r.last_arrival, reorder, r.holes_nacked_at, renack);
+                if ripe_at <= now {
                     for (offset, len) in r.holes() {
                         if used + NACK_HOLE_LEN > room {
                             break;
@@ -414,26 +440,24 @@ impl Receiver {
                         nack.holes.push(NackHole { seq, offset, len });
                         used += NACK_HOLE_LEN;
                     }
+                    r.holes_nacked_at = Some(now);
                 } else {
-                    next_check = Some(next_check.map_or(quiet_at, |t| t.min(quiet_at)));
+                    later(ripe_at);
                 }
             }
             cursor = seq + 1;
         }
-        let renack = now + self.liveness.rtt.timeout(reorder);
-        if nack.ranges.is_empty() && nack.holes.is_empty() {
-            self.nack_at = if self.pending.is_empty() {
-                None
-            } else {
-                next_check.or(Some(renack))
-            };
-        } else {
+        if !nack.ranges.is_empty() || !nack.holes.is_empty() {
             self.stats.nacks_sent += 1;
             self.nack_due = Some(nack);
-            // Ask again after a round trip if the retransmission is lost too;
-            // sooner for gaps that were not ripe yet.
-            self.nack_at = Some(next_check.map_or(renack, |t| t.min(renack)));
         }
+        self.nack_at = if self.pending.is_empty() {
+            None
+        } else {
+            // Also covers whatever did not fit in this NACK or was held back
+            // for the reassembly budget: look again after a round trip.
+            Some(next_check.map_or(now + renack, |t| t.min(now + renack)))
+        };
     }
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
@@ -498,4 +522,16 @@ impl Receiver {
         packet.encode(self.session_id, out);
         true
     }
+}
+
+/// When a gap (or a message's holes) may be NACKed: once its evidence is a
+/// reorder delay old, and a re-NACK interval after it was last NACKed.
+fn ripe_time(
+    evidence: Instant,
+    reorder: Duration,
+    nacked_at: Option<Instant>,
+    renack: Duration,
+) -> Instant {
+    let first = evidence + reorder;
+    nacked_at.map_or(first, |t| first.max(t + renack))
 }

@@ -23,6 +23,9 @@ const MESSAGE_OVERHEAD: usize = 64;
 /// its payload in a datagram that has nothing else in it.
 const WHOLE_ENTRY_OVERHEAD: usize = 10 + 3 + TRAILER_LEN;
 
+/// Longest wait between two HELLOs.
+const MAX_HELLO_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// How a sender opens its session.
 #[derive(Debug, Clone)]
 pub struct Connect {
@@ -536,10 +539,12 @@ impl Sender {
                     stream: self.connect.stream.clone(),
                 };
                 Packet::Hello(hello).encode(0, out);
+                // Back off, but not so far that a lossy path gets only a few
+                // tries before the handshake timeout.
                 let backoff =
                     self.config.initial_rtt.max(self.config.min_pto) * 2u32.pow(attempts.min(8));
                 self.phase = Phase::Handshake {
-                    next_hello: now + backoff.min(self.config.max_pto),
+                    next_hello: now + backoff.min(MAX_HELLO_INTERVAL),
                     deadline,
                     attempts: attempts + 1,
                 };
@@ -576,6 +581,7 @@ impl Sender {
                 self.retx.pop_front();
                 self.buf[idx].retx_queued -= 1;
                 self.stats.retransmissions += 1;
+                self.stats.bytes_retransmitted += payload.len() as u64;
                 continue;
             }
             let chunk = w.room(r.seq, true).min(r.len as usize);
@@ -590,6 +596,7 @@ impl Sender {
                 &payload[start..start + chunk],
             );
             self.stats.retransmissions += 1;
+            self.stats.bytes_retransmitted += chunk as u64;
             if chunk == r.len as usize {
                 self.retx.pop_front();
                 self.buf[idx].retx_queued -= 1;
@@ -607,6 +614,7 @@ impl Sender {
             let len = payload.len();
             if self.send_offset == 0 && w.push_whole(seq, payload) {
                 self.stats.messages_sent += 1;
+                self.stats.bytes_sent += len as u64;
                 self.send_seq += 1;
                 continue;
             }
@@ -624,6 +632,7 @@ impl Sender {
             if off == 0 {
                 self.stats.messages_sent += 1;
             }
+            self.stats.bytes_sent += chunk as u64;
             self.send_offset += chunk;
             if self.send_offset == len {
                 self.send_seq += 1;

@@ -92,8 +92,12 @@ pub struct SenderStats {
     pub datagrams_sent: u64,
     /// Messages (or first fragments of them) sent for the first time.
     pub messages_sent: u64,
+    /// Payload bytes sent for the first time.
+    pub bytes_sent: u64,
     /// Entries (whole messages or fragments) sent again after a NACK or probe.
     pub retransmissions: u64,
+    /// Payload bytes sent again.
+    pub bytes_retransmitted: u64,
     pub nacks_received: u64,
     /// Probe timeouts that fired.
     pub probes: u64,
