@@ -177,17 +177,30 @@ impl<'a> DataWriter<'a> {
 
     /// The payload bytes that still fit if the next entry is `seq`.
     pub fn room(&self, seq: u64, fragment: bool) -> usize {
-        let mut overhead = if fragment {
+        self.limit
+            .saturating_sub(self.out.len() + self.overhead(seq, fragment))
+            .min(u16::MAX as usize)
+    }
+
+    /// Whether an entry of `len` payload bytes for `seq` fits. Unlike
+    /// `room() >= len`, this is also right for an empty payload whose entry
+    /// header alone would overflow the datagram.
+    fn fits(&self, seq: u64, fragment: bool, len: usize) -> bool {
+        len <= u16::MAX as usize
+            && self.out.len() + self.overhead(seq, fragment) + len <= self.limit
+    }
+
+    fn overhead(&self, seq: u64, fragment: bool) -> usize {
+        let entry = if fragment {
             FRAGMENT_HEADER_LEN
         } else {
             WHOLE_HEADER_LEN
         };
-        if !self.continues_run(seq) {
-            overhead += RUN_HEADER_LEN;
+        if self.continues_run(seq) {
+            entry
+        } else {
+            entry + RUN_HEADER_LEN
         }
-        self.limit
-            .saturating_sub(self.out.len() + overhead)
-            .min(u16::MAX as usize)
     }
 
     fn continues_run(&self, seq: u64) -> bool {
@@ -212,7 +225,7 @@ impl<'a> DataWriter<'a> {
 
     /// Adds a whole message; false (and nothing written) if it does not fit.
     pub fn push_whole(&mut self, seq: u64, payload: &[u8]) -> bool {
-        if payload.len() > self.room(seq, false) {
+        if !self.fits(seq, false, payload.len()) {
             return false;
         }
         self.open_entry(seq);
@@ -225,7 +238,7 @@ impl<'a> DataWriter<'a> {
 
     /// Adds a fragment of a message; false (and nothing written) if it does not fit.
     pub fn push_fragment(&mut self, seq: u64, msg_len: u32, offset: u32, chunk: &[u8]) -> bool {
-        if chunk.is_empty() || chunk.len() > self.room(seq, true) {
+        if chunk.is_empty() || !self.fits(seq, true, chunk.len()) {
             return false;
         }
         self.open_entry(seq);

@@ -1,0 +1,41 @@
+//! A stream of arbitrary datagrams fed to a receiving endpoint, interleaved
+//! with timer ticks, must never panic it.
+#![no_main]
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use sluice_transport::proto::{Endpoint, ReceiverConfig};
+
+fuzz_target!(|data: &[u8]| {
+    let start = Instant::now();
+    let mut ep = Endpoint::new(ReceiverConfig {
+        seed: Some(0),
+        ..ReceiverConfig::default()
+    });
+    let peer = "127.0.0.1:9".parse().unwrap();
+    let mut out = Vec::new();
+    // Datagrams are length-prefixed by one byte; every HELLO is accepted.
+    let mut rest = data;
+    let mut t = 0u64;
+    while let Some((&len, tail)) = rest.split_first() {
+        let n = (len as usize).min(tail.len());
+        let (dgram, tail) = tail.split_at(n);
+        rest = tail;
+        t += 100;
+        let now = start + Duration::from_micros(t);
+        if let Some(inc) = ep.handle_datagram(now, peer, Bytes::copy_from_slice(dgram)) {
+            ep.accept(now, inc, 0, 64);
+        }
+        ep.handle_timeout(now);
+        while ep.poll_transmit(now, &mut out).is_some() {}
+        while let Some(id) = ep.poll_readable() {
+            if let Some(r) = ep.receiver_mut(id) {
+                while let Some(m) = r.poll_message() {
+                    r.mark_durable(m.seq);
+                }
+            }
+        }
+    }
+});
