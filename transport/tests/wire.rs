@@ -239,14 +239,8 @@ fn structurally_bad_bodies_are_rejected_even_with_a_valid_checksum() {
     // A NACK claiming 65,535 ranges in a few bytes must not allocate for them.
     let r = Packet::decode(&sealed(1, 6, &[0xFF, 0xFF, 0, 0]));
     assert!(matches!(r, Err(DecodeError::Truncated { .. })), "{r:?}");
-    // Trailing bytes after a complete body.
-    let mut body = Vec::new();
-    Status {
-        durable_seq: 1,
-        received_seq: 1,
-        credit: 1,
-    };
-    body.extend_from_slice(&[0u8; 20]);
+    // Trailing bytes after a complete STATUS body (three zero fields).
+    let mut body = vec![0u8; 20];
     body.push(0xAA);
     assert_eq!(
         Packet::decode(&sealed(1, 5, &body)),

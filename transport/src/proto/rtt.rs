@@ -27,11 +27,7 @@ impl RttEstimator {
             self.rttvar = sample / 2;
             return;
         }
-        let diff = if self.srtt > sample {
-            self.srtt - sample
-        } else {
-            sample - self.srtt
-        };
+        let diff = self.srtt.abs_diff(sample);
         self.rttvar = (self.rttvar * 3 + diff) / 4;
         self.srtt = (self.srtt * 7 + sample) / 8;
     }
