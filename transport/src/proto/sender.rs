@@ -32,9 +32,14 @@ pub struct Connect {
     /// Stable across restarts of the producer: the key of idempotence.
     pub producer_id: u64,
     pub stream: String,
-    /// The highest seq this producer knows to be durable (0: none yet). With
-    /// `None` the producer does not know, asks the receiver, and `push`
-    /// answers [`PushError::NotReady`] until the session is established.
+    /// The highest seq this producer knows to be durable (0: none yet); the
+    /// messages pushed get seqs from the one after it. Use it when carrying
+    /// unacked messages over to a new session: any of them the receiver
+    /// already holds durably is the same message, acked again, stored once.
+    /// With `None` the producer does not know (a fresh start), asks the
+    /// receiver, and `push` answers [`PushError::NotReady`] until the session
+    /// is established. Either way, numbering continues after the receiver's
+    /// durable seq if that is further along.
     pub resume_after: Option<u64>,
     /// Random per connection attempt (the driver draws it).
     pub nonce: u64,
@@ -321,20 +326,8 @@ impl Sender {
         self.phase = Phase::Established;
         self.session_id = session_id;
         self.liveness.heard(now);
-        if self.connect.resume_after.is_none() {
-            // We asked where we stand: number from there.
-            let start = w.durable_seq + 1;
-            self.base_seq = start;
-            self.next_seq = start;
-            self.send_seq = start;
-            self.durable_seq = w.durable_seq;
-            self.received_seq = w.durable_seq;
-        }
-        self.events.push_back(SenderEvent::Connected {
-            session_id,
-            durable_seq: w.durable_seq,
-        });
         self.pto_base = now;
+        // Whatever we hold at or below the receiver's durable seq is durable.
         self.apply_status(
             now,
             Status {
@@ -343,6 +336,23 @@ impl Sender {
                 credit: w.credit,
             },
         );
+        if w.durable_seq >= self.next_seq {
+            // The receiver is further along than anything we pushed (we asked
+            // where we stand, or restarted from an older point): number new
+            // messages after it, so that none is mistaken for a duplicate.
+            debug_assert!(self.buf.is_empty());
+            let start = w.durable_seq + 1;
+            self.base_seq = start;
+            self.next_seq = start;
+            self.send_seq = start;
+            self.send_offset = 0;
+            self.durable_seq = w.durable_seq;
+            self.received_seq = w.durable_seq;
+        }
+        self.events.push_back(SenderEvent::Connected {
+            session_id,
+            durable_seq: w.durable_seq,
+        });
     }
 
     fn on_status(&mut self, now: Instant, s: Status) {
@@ -655,5 +665,96 @@ impl Sender {
     /// The largest message that fits whole in one datagram.
     fn max_whole(&self) -> usize {
         (self.config.max_datagram - HEADER_LEN - WHOLE_ENTRY_OVERHEAD).min(u16::MAX as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Packet;
+
+    fn sender(resume_after: Option<u64>, max_unacked_bytes: usize) -> (Sender, Instant) {
+        let now = Instant::now();
+        let cfg = SenderConfig {
+            max_unacked_bytes,
+            max_message_len: 1000,
+            ..SenderConfig::default()
+        };
+        let connect = Connect {
+            producer_id: 1,
+            stream: "s".into(),
+            resume_after,
+            nonce: 5,
+        };
+        (Sender::new(cfg, connect, now), now)
+    }
+
+    fn welcome(s: &mut Sender, now: Instant, durable_seq: u64, credit: u32) {
+        let mut out = Vec::new();
+        Packet::Welcome(Welcome {
+            nonce: 5,
+            durable_seq,
+            credit,
+        })
+        .encode(77, &mut out);
+        s.handle_datagram(now, Bytes::from(out));
+    }
+
+    fn data_seqs(s: &mut Sender, now: Instant) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut seqs = Vec::new();
+        while s.poll_transmit(now, &mut out) {
+            if let Ok(Packet::Data(f)) = Packet::decode(&Bytes::from(out.clone())).map(|d| d.packet)
+            {
+                seqs.extend(f.entries().map(|e| e.seq));
+            }
+        }
+        seqs
+    }
+
+    #[test]
+    fn push_reports_backpressure_instead_of_growing() {
+        let (mut s, _) = sender(Some(0), 1000 + MESSAGE_OVERHEAD + 10);
+        assert_eq!(s.push(Bytes::from(vec![0; 1000])), Ok(1));
+        assert_eq!(s.push(Bytes::from(vec![0; 1])), Err(PushError::BufferFull));
+        assert_eq!(
+            s.push(Bytes::from(vec![0; 1001])),
+            Err(PushError::TooLarge {
+                len: 1001,
+                max: 1000
+            })
+        );
+        assert!(s.unacked_bytes() <= 1000 + MESSAGE_OVERHEAD + 10);
+    }
+
+    #[test]
+    fn asking_where_we_stand_waits_for_welcome() {
+        let (mut s, now) = sender(None, 1 << 20);
+        assert_eq!(s.push(Bytes::from("x")), Err(PushError::NotReady));
+        welcome(&mut s, now, 41, 10);
+        assert!(s.is_established());
+        assert_eq!(s.push(Bytes::from("x")), Ok(42));
+    }
+
+    #[test]
+    fn sends_only_within_credit() {
+        let (mut s, now) = sender(Some(0), 1 << 20);
+        for _ in 0..10 {
+            s.push(Bytes::from("m")).unwrap();
+        }
+        welcome(&mut s, now, 0, 3);
+        assert_eq!(data_seqs(&mut s, now), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_receiver_further_along_moves_numbering_past_it() {
+        let (mut s, now) = sender(Some(5), 1 << 20);
+        assert_eq!(s.push(Bytes::from("retransmitted")), Ok(6));
+        welcome(&mut s, now, 100, 10);
+        // Seq 6 is durable at the receiver already: acked, freed.
+        assert_eq!(s.poll_event(), Some(SenderEvent::Durable { up_to: 6 }));
+        assert!(s.is_drained());
+        assert_eq!(s.push(Bytes::from("new")), Ok(101));
+        assert_eq!(data_seqs(&mut s, now), vec![101]);
     }
 }
