@@ -44,7 +44,13 @@ struct Session {
     peer: SocketAddr,
     /// Queued in `readable` and not yet taken by the owner.
     readable: bool,
+    /// Nonces of the sessions this one replaced: a late duplicate of their
+    /// HELLO must not replace this session in turn.
+    retired_nonces: Vec<u64>,
 }
+
+/// How many replaced sessions' nonces a session remembers.
+const RETIRED_NONCES: usize = 4;
 
 #[derive(Debug)]
 pub struct Endpoint {
@@ -146,6 +152,10 @@ impl Endpoint {
                     s.receiver.on_hello_retry(now);
                     return None;
                 }
+                if s.retired_nonces.contains(&hello.nonce) {
+                    self.drops.add(DropReason::Unexpected);
+                    return None;
+                }
             }
             return Some(Incoming { peer: from, hello });
         }
@@ -181,16 +191,21 @@ impl Endpoint {
         credit: u32,
     ) -> u64 {
         let key = (incoming.hello.producer_id, incoming.hello.stream.clone());
+        let mut retired_nonces = Vec::new();
         if let Some(&old) = self.by_producer.get(&key) {
-            if self.sessions[&old].receiver.nonce() == incoming.hello.nonce {
+            let s = self.sessions.get_mut(&old).expect("index matches sessions");
+            if s.receiver.nonce() == incoming.hello.nonce {
                 return old; // accepted already (the HELLO was retried meanwhile)
             }
-            if let Some(r) = self.receiver_mut(old) {
-                r.close(
-                    CloseCode::Superseded,
-                    "a newer session of this producer replaced it",
-                );
+            retired_nonces = std::mem::take(&mut s.retired_nonces);
+            retired_nonces.push(s.receiver.nonce());
+            if retired_nonces.len() > RETIRED_NONCES {
+                retired_nonces.remove(0);
             }
+            s.receiver.close(
+                CloseCode::Superseded,
+                "a newer session of this producer replaced it",
+            );
             self.remove(old);
         }
         let id = loop {
@@ -217,6 +232,7 @@ impl Endpoint {
                 receiver,
                 peer: incoming.peer,
                 readable: false,
+                retired_nonces,
             },
         );
         self.order.push(id);
@@ -321,5 +337,52 @@ impl Endpoint {
         for id in dead {
             self.remove(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(nonce: u64) -> Bytes {
+        let mut out = Vec::new();
+        Packet::Hello(Hello {
+            producer_id: 3,
+            nonce,
+            first_seq: 1,
+            stream: "s".into(),
+        })
+        .encode(0, &mut out);
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn a_late_duplicate_of_an_old_hello_does_not_replace_the_new_session() {
+        let now = Instant::now();
+        let peer = "127.0.0.1:5".parse().unwrap();
+        let mut ep = Endpoint::new(ReceiverConfig {
+            seed: Some(3),
+            ..ReceiverConfig::default()
+        });
+        let inc = ep
+            .handle_datagram(now, peer, hello(1))
+            .expect("new session");
+        let first = ep.accept(now, inc, 0, 10);
+        // The producer reconnects: the new session replaces the first.
+        let inc = ep.handle_datagram(now, peer, hello(2)).expect("reconnect");
+        let second = ep.accept(now, inc, 0, 10);
+        assert_ne!(first, second);
+        assert!(ep.receiver(first).is_none());
+        assert!(matches!(
+            ep.poll_event(),
+            Some(EndpointEvent::Closed { session_id, .. }) if session_id == first
+        ));
+        // The first HELLO, late and duplicated by the network, is ignored.
+        assert!(ep.handle_datagram(now, peer, hello(1)).is_none());
+        assert!(ep.receiver(second).is_some());
+        assert_eq!(ep.drops().get(DropReason::Unexpected), 1);
+        // A retry of the current HELLO re-sends its WELCOME, opens nothing.
+        assert!(ep.handle_datagram(now, peer, hello(2)).is_none());
+        assert_eq!(ep.session_count(), 1);
     }
 }
