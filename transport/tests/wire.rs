@@ -278,6 +278,7 @@ fn arb_packet() -> impl Strategy<Value = Packet> {
                 3 => CloseCode::TimedOut,
                 4 => CloseCode::ProtocolViolation,
                 5 => CloseCode::ShuttingDown,
+                6 => CloseCode::UnknownSession,
                 other => CloseCode::Other(other),
             };
             Packet::Close(Close {

@@ -67,7 +67,17 @@ pub struct Endpoint {
     outbox: VecDeque<(SocketAddr, u64, Close)>,
     events: VecDeque<EndpointEvent>,
     drops: DropCounts,
+    /// Token bucket for CLOSE answers to unknown sessions.
+    reset_tokens: f64,
+    reset_refilled: Option<Instant>,
 }
+
+/// CLOSE answers to packets for unknown sessions: at most this many a second
+/// (bursts up to the same number), so that forged traffic cannot turn the
+/// endpoint into a reflector.
+const RESETS_PER_SEC: f64 = 100.0;
+/// A heartbeat: header, kind, token, trailer.
+const MIN_ANSWERED: usize = 13 + 9 + 4;
 
 impl Endpoint {
     /// Panics if `config` does not validate (see [`ReceiverConfig::validate`]).
@@ -88,6 +98,8 @@ impl Endpoint {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             drops: DropCounts::default(),
+            reset_tokens: RESETS_PER_SEC,
+            reset_refilled: None,
         }
     }
 
@@ -161,6 +173,9 @@ impl Endpoint {
         }
         let Some(s) = self.sessions.get_mut(&id) else {
             self.drops.add(DropReason::UnknownSession);
+            if !matches!(decoded.packet, Packet::Close(_)) {
+                self.answer_unknown_session(now, from, id, datagram.len());
+            }
             return None;
         };
         if !s.receiver.handle_packet(now, decoded.packet) {
@@ -238,6 +253,29 @@ impl Endpoint {
         self.order.push(id);
         self.by_producer.insert(key, id);
         id
+    }
+
+    /// Tells a producer that its session is gone (we restarted, or timed it
+    /// out), so it reconnects now rather than after its idle timeout. The
+    /// answer is rate-limited, and only packets of at least a heartbeat's
+    /// size (26 bytes) get one, so it is at most 28/26 of what it answers:
+    /// no use as an amplifier.
+    fn answer_unknown_session(&mut self, now: Instant, to: SocketAddr, id: u64, len: usize) {
+        let elapsed = self
+            .reset_refilled
+            .map_or(1.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        self.reset_refilled = Some(now);
+        self.reset_tokens = (self.reset_tokens + elapsed * RESETS_PER_SEC).min(RESETS_PER_SEC);
+        if self.reset_tokens < 1.0 || len < MIN_ANSWERED || self.outbox.len() >= 64 {
+            return;
+        }
+        self.reset_tokens -= 1.0;
+        let close = Close {
+            code: CloseCode::UnknownSession,
+            nonce: 0,
+            reason: String::new(),
+        };
+        self.outbox.push_back((to, id, close));
     }
 
     /// Refuses a HELLO, telling the producer why.
@@ -343,6 +381,7 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn hello(nonce: u64) -> Bytes {
         let mut out = Vec::new();
@@ -354,6 +393,47 @@ mod tests {
         })
         .encode(0, &mut out);
         Bytes::from(out)
+    }
+
+    #[test]
+    fn unknown_sessions_are_told_so_within_a_rate_limit() {
+        let now = Instant::now();
+        let peer: SocketAddr = "127.0.0.1:5".parse().unwrap();
+        let mut ep = Endpoint::new(ReceiverConfig {
+            seed: Some(3),
+            ..ReceiverConfig::default()
+        });
+        let mut ping = Vec::new();
+        Packet::Heartbeat(crate::wire::Heartbeat {
+            pong: false,
+            token: 0,
+        })
+        .encode(0xFEED, &mut ping);
+        let mut answers = 0;
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            ep.handle_datagram(now, peer, Bytes::from(ping.clone()));
+            while let Some(to) = ep.poll_transmit(now, &mut out) {
+                assert_eq!(to, peer);
+                let d = Packet::decode(&Bytes::from(out.clone())).unwrap();
+                assert_eq!(d.header.session_id, 0xFEED);
+                assert!(out.len() <= ping.len() + 2, "answer amplifies");
+                assert!(matches!(
+                    d.packet,
+                    Packet::Close(Close {
+                        code: CloseCode::UnknownSession,
+                        ..
+                    })
+                ));
+                answers += 1;
+            }
+        }
+        // The bucket starts full; the outbox is drained as we go.
+        assert_eq!(answers, RESETS_PER_SEC as usize);
+        assert_eq!(ep.drops().get(DropReason::UnknownSession), 1000);
+        // The bucket refills with time.
+        ep.handle_datagram(now + Duration::from_millis(50), peer, Bytes::from(ping));
+        assert!(ep.poll_transmit(now, &mut out).is_some());
     }
 
     #[test]

@@ -243,6 +243,24 @@ impl Sender {
         Ok(seq)
     }
 
+    /// Takes the messages not yet durable, in seq order, with their seqs, to
+    /// carry them over to a new session after this one ended. Pushed into a
+    /// Sender made with `resume_after: Some(self.durable_seq())`, they get
+    /// the same seqs again, so the receiver stores each once.
+    pub fn take_unacked(&mut self) -> Vec<(u64, Bytes)> {
+        let base = self.base_seq;
+        self.buf_bytes = 0;
+        self.retx.clear();
+        self.base_seq = self.next_seq;
+        self.send_seq = self.next_seq;
+        self.send_offset = 0;
+        self.buf
+            .drain(..)
+            .enumerate()
+            .map(|(i, m)| (base + i as u64, m.payload))
+            .collect()
+    }
+
     /// Whether a message of `len` bytes would be accepted by `push` now.
     pub fn can_push(&self, len: usize) -> bool {
         self.buf_bytes + len + MESSAGE_OVERHEAD <= self.config.max_unacked_bytes

@@ -91,6 +91,9 @@ pub enum CloseCode {
     ProtocolViolation,
     /// The receiver is shutting down.
     ShuttingDown,
+    /// The receiver has no such session (it restarted, or forgot it): open a
+    /// new one.
+    UnknownSession,
     Other(u16),
 }
 
@@ -103,6 +106,7 @@ impl CloseCode {
             CloseCode::TimedOut => 3,
             CloseCode::ProtocolViolation => 4,
             CloseCode::ShuttingDown => 5,
+            CloseCode::UnknownSession => 6,
             CloseCode::Other(v) => v,
         }
     }
@@ -115,6 +119,7 @@ impl CloseCode {
             3 => CloseCode::TimedOut,
             4 => CloseCode::ProtocolViolation,
             5 => CloseCode::ShuttingDown,
+            6 => CloseCode::UnknownSession,
             other => CloseCode::Other(other),
         }
     }
