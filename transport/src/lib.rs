@@ -5,5 +5,6 @@
 //! reads no clock: it is fed `(now, datagram)` and asked what to send and when
 //! to wake up. That is what lets the simulation tests replay any seed exactly.
 
+pub mod client;
 pub mod proto;
 pub mod wire;

@@ -1,0 +1,228 @@
+//! The producer client against a small in-test daemon on loopback: an
+//! Endpoint on a real UDP socket whose "spool" is a shared list that keeps
+//! each (producer, seq) once and marks it durable at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_transport::client::{Producer, ProducerError, ProducerOptions};
+use sluice_transport::proto::{Endpoint, ReceiverConfig};
+use sluice_transport::wire::CloseCode;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+#[derive(Default)]
+struct Store {
+    /// (producer, seq, payload) in the order stored.
+    records: Vec<(u64, u64, Bytes)>,
+    durable: HashMap<u64, u64>,
+}
+
+struct TestDaemon {
+    addr: SocketAddr,
+    store: Arc<Mutex<Store>>,
+    task: JoinHandle<()>,
+}
+
+impl TestDaemon {
+    async fn start(addr: SocketAddr, store: Arc<Mutex<Store>>, reject: bool) -> TestDaemon {
+        let socket = UdpSocket::bind(addr).await.expect("bind");
+        let addr = socket.local_addr().unwrap();
+        let s = store.clone();
+        let task = tokio::spawn(async move {
+            let mut ep = Endpoint::new(ReceiverConfig::default());
+            let mut buf = vec![0u8; 65_536];
+            let mut out = Vec::new();
+            loop {
+                let now = Instant::now();
+                while let Some(to) = ep.poll_transmit(now, &mut out) {
+                    let _ = socket.send_to(&out, to).await;
+                }
+                let deadline = ep.poll_timeout().unwrap_or(now + Duration::from_secs(1));
+                tokio::select! {
+                    r = socket.recv_from(&mut buf) => {
+                        let Ok((n, from)) = r else { continue };
+                        let now = Instant::now();
+                        if let Some(inc) = ep.handle_datagram(now, from, Bytes::copy_from_slice(&buf[..n])) {
+                            if reject {
+                                ep.reject(inc, CloseCode::Rejected, "no such stream");
+                            } else {
+                                let durable = s.lock().unwrap().durable.get(&inc.hello.producer_id).copied().unwrap_or(0);
+                                ep.accept(now, inc, durable, 64);
+                            }
+                        }
+                        while let Some(id) = ep.poll_readable() {
+                            let r = ep.receiver_mut(id).unwrap();
+                            let producer = r.producer_id();
+                            let mut st = s.lock().unwrap();
+                            let mut last = None;
+                            while let Some(m) = r.poll_message() {
+                                let d = st.durable.entry(producer).or_insert(0);
+                                if m.seq > *d {
+                                    *d = m.seq;
+                                    st.records.push((producer, m.seq, m.payload));
+                                }
+                                last = Some(m.seq);
+                            }
+                            if let Some(l) = last {
+                                r.mark_durable(l);
+                            }
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline.into()) => ep.handle_timeout(Instant::now()),
+                }
+            }
+        });
+        TestDaemon { addr, store, task }
+    }
+
+    /// Kills the daemon task and waits until its socket is closed.
+    async fn stop(self) -> (SocketAddr, Arc<Mutex<Store>>) {
+        self.task.abort();
+        let _ = self.task.await;
+        (self.addr, self.store)
+    }
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("test step took over 20 s")
+}
+
+#[tokio::test]
+async fn sends_resolve_once_durable_and_ids_resume_after_restart() {
+    let d = TestDaemon::start(loopback(), Arc::default(), false).await;
+    let p = within(Producer::connect(
+        d.addr,
+        "s",
+        7,
+        ProducerOptions::default(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(within(p.send(Bytes::from("a"))).await, Ok(1));
+    let batch: Vec<Bytes> = (0..500).map(|i| Bytes::from(format!("m{i}"))).collect();
+    assert_eq!(within(p.send_batch(batch)).await, Ok(2..502));
+    within(p.flush()).await.unwrap();
+    within(p.close()).await.unwrap();
+    // A new producer process with the same id continues after seq 501.
+    let p = within(Producer::connect(
+        d.addr,
+        "s",
+        7,
+        ProducerOptions::default(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(within(p.send(Bytes::from("after restart"))).await, Ok(502));
+    let store = d.store.lock().unwrap();
+    let seqs: Vec<u64> = store.records.iter().map(|r| r.1).collect();
+    assert_eq!(seqs, (1..=502).collect::<Vec<_>>());
+    assert_eq!(store.records[501].2, Bytes::from("after restart"));
+}
+
+#[tokio::test]
+async fn a_daemon_restart_loses_nothing_and_stores_nothing_twice() {
+    let d = TestDaemon::start(loopback(), Arc::default(), false).await;
+    let p = within(Producer::connect(
+        d.addr,
+        "s",
+        9,
+        ProducerOptions::default(),
+    ))
+    .await
+    .unwrap();
+    within(p.send_batch((0..100).map(|i| Bytes::from(vec![i as u8; 100])).collect()))
+        .await
+        .unwrap();
+    // The daemon dies and comes back on the same port with its store.
+    let (addr, store) = d.stop().await;
+    let d = TestDaemon::start(addr, store, false).await;
+    // The producer's session is unknown to the new daemon: it is told so,
+    // reconnects, and carries on.
+    let restarted = Instant::now();
+    let sends = (0..200).map(|i| p.send(Bytes::from(format!("after {i}"))));
+    let seqs = within(futures_join_all(sends)).await;
+    // Told at once (not after the 10 s idle timeout) that its session is gone.
+    assert!(
+        restarted.elapsed() < Duration::from_secs(5),
+        "reconnect took {:?}",
+        restarted.elapsed()
+    );
+    for (i, s) in seqs.into_iter().enumerate() {
+        assert_eq!(s, Ok(101 + i as u64));
+    }
+    let st = d.store.lock().unwrap();
+    let all: Vec<u64> = st.records.iter().map(|r| r.1).collect();
+    assert_eq!(all, (1..=300).collect::<Vec<_>>());
+}
+
+/// Runs futures concurrently and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in fs {
+        set.push(Box::pin(f));
+    }
+    let mut out = Vec::with_capacity(set.len());
+    for f in set {
+        out.push(f.await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn errors_name_what_went_wrong() {
+    // Nobody listening.
+    let silent = UdpSocket::bind(loopback()).await.unwrap();
+    let mut opts = ProducerOptions::default();
+    opts.sender.handshake_timeout = Duration::from_millis(300);
+    let e = within(Producer::connect(
+        silent.local_addr().unwrap(),
+        "s",
+        1,
+        opts,
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ProducerError::Unreachable { .. }), "{e}");
+
+    // A daemon that refuses the stream.
+    let d = TestDaemon::start(loopback(), Arc::default(), true).await;
+    let e = within(Producer::connect(
+        d.addr,
+        "nope",
+        1,
+        ProducerOptions::default(),
+    ))
+    .await
+    .unwrap_err();
+    assert_eq!(e, ProducerError::Rejected("no such stream".into()));
+
+    // A message over the configured limit.
+    let d = TestDaemon::start(loopback(), Arc::default(), false).await;
+    let mut opts = ProducerOptions::default();
+    opts.sender.max_message_len = 1000;
+    let p = within(Producer::connect(d.addr, "s", 1, opts))
+        .await
+        .unwrap();
+    let e = within(p.send(Bytes::from(vec![0; 1001])))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e,
+        ProducerError::TooLarge {
+            len: 1001,
+            max: 1000
+        }
+    );
+    // The producer still works after a refused message.
+    assert_eq!(within(p.send(Bytes::from("ok"))).await, Ok(1));
+}
