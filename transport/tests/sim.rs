@@ -7,7 +7,9 @@
 //! - every message reaches the owner exactly once, in order, byte for byte;
 //! - the producer is told a message is durable only after the owner said so;
 //! - the producer's unacked buffer and the receiver's buffers stay bounded;
-//! - the session finishes within a bound of simulated time.
+//! - the session finishes within a bound of simulated time;
+//! - all of this across a crash of the receiving side (in 30 % of seeds),
+//!   after which the producer carries its unacked messages to a new session.
 //!
 //! `SIM_SEEDS=n` sets how many seeds run (default 2,000); `SIM_SEED=s` runs
 //! one seed alone, which is how a failure printed here is replayed.
@@ -21,8 +23,9 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sluice_transport::proto::{
-    Connect, Endpoint, PushError, ReceiverConfig, Sender, SenderConfig, SenderEvent,
+    CloseReason, Connect, Endpoint, PushError, ReceiverConfig, Sender, SenderConfig, SenderEvent,
 };
+use sluice_transport::wire::CloseCode;
 
 const PRODUCER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     std::net::Ipv4Addr::new(10, 0, 0, 1),
@@ -143,6 +146,8 @@ struct Outcome {
     bytes_sent: u64,
     bytes_retransmitted: u64,
     datagrams_dropped_by_receiver: u64,
+    /// Sessions reopened after a crash of the receiving side.
+    reconnects: u64,
 }
 
 fn payload_for(seq: u64, len: usize, salt: u64) -> Bytes {
@@ -215,6 +220,13 @@ fn run_seed(seed: u64, over: &Overrides) -> Result<Outcome, String> {
             _ => rng.random_range(3000..max_message_len),
         })
         .collect();
+    // The receiving side may crash: its sessions vanish and the owner loses
+    // everything it had not made durable, as a kill -9 of the daemon would.
+    let crash_at = rng
+        .random_bool(0.3)
+        .then(|| Duration::from_millis(rng.random_range(1..100)));
+    let mut crashed = false;
+    let mut reconnects = 0;
 
     let t0 = Instant::now();
     let mut now = t0;
@@ -258,7 +270,8 @@ fn run_seed(seed: u64, over: &Overrides) -> Result<Outcome, String> {
                     }
                     pushed.push(data);
                 }
-                Err(PushError::BufferFull) | Err(PushError::NotReady) => break,
+                // Closed: the session ended; the event loop below replaces it.
+                Err(PushError::BufferFull | PushError::NotReady | PushError::Closed) => break,
                 Err(e) => return Err(format!("push failed: {e}")),
             }
         }
@@ -267,6 +280,16 @@ fn run_seed(seed: u64, over: &Overrides) -> Result<Outcome, String> {
                 "sender buffer {} over its bound",
                 sender.unacked_bytes()
             ));
+        }
+        if !crashed && crash_at.is_some_and(|c| now - t0 >= c) {
+            crashed = true;
+            endpoint = Endpoint::new(ReceiverConfig {
+                seed: Some(seed ^ 0xC0FFEE),
+                ..rcfg.clone()
+            });
+            session = None;
+            fsync_at = None;
+            stored.retain(|&s| s <= owner_durable);
         }
         // Owner: credit policy, new sessions, messages, group-commit fsync.
         let starving = starve.is_some_and(|(a, b)| now - t0 >= a && now - t0 < b);
@@ -331,17 +354,33 @@ fn run_seed(seed: u64, over: &Overrides) -> Result<Outcome, String> {
                     acked = up_to;
                 }
                 SenderEvent::Connected { durable_seq, .. } => {
-                    if durable_seq != already_durable {
+                    if durable_seq != owner_durable {
                         return Err(format!(
-                            "welcomed at {durable_seq}, expected {already_durable}"
+                            "welcomed at {durable_seq}, but the owner has {owner_durable}"
                         ));
                     }
+                }
+                // After a crash the producer learns its session is gone (or
+                // times out) and carries its unacked messages to a new one.
+                SenderEvent::Closed(CloseReason::Remote {
+                    code: CloseCode::UnknownSession,
+                    ..
+                })
+                | SenderEvent::Closed(CloseReason::TimedOut)
+                    if crashed =>
+                {
+                    sender = sender.successor(seed.wrapping_add(0x5EED), now);
+                    reconnects += 1;
                 }
                 SenderEvent::Closed(reason) => return Err(format!("sender closed: {reason}")),
             }
         }
         if let Some(ev) = endpoint.poll_event() {
-            return Err(format!("unexpected endpoint event {ev:?}"));
+            // After a crash a stale HELLO of the old session may open a
+            // session that the producer's new one then replaces.
+            if !crashed {
+                return Err(format!("unexpected endpoint event {ev:?}"));
+            }
         }
         if pushed.len() as u64 == n_msgs && sender.is_drained() && acked == already_durable + n_msgs
         {
@@ -395,7 +434,7 @@ fn run_seed(seed: u64, over: &Overrides) -> Result<Outcome, String> {
                         if inc.hello.stream != "sim" || inc.hello.producer_id != 7 {
                             return Err("HELLO decoded with wrong fields".into());
                         }
-                        session = Some(endpoint.accept(now, inc, already_durable, credit));
+                        session = Some(endpoint.accept(now, inc, owner_durable, credit));
                     }
                 }
             }
@@ -428,6 +467,7 @@ fn run_seed(seed: u64, over: &Overrides) -> Result<Outcome, String> {
         bytes_sent: sender.stats().bytes_sent,
         bytes_retransmitted: sender.stats().bytes_retransmitted,
         datagrams_dropped_by_receiver: endpoint.drops().total(),
+        reconnects,
     })
 }
 
@@ -453,6 +493,7 @@ fn simulated_sessions_deliver_exactly_once_and_ack_only_durable() {
                 total.retransmissions += o.retransmissions;
                 total.bytes_sent += o.bytes_sent;
                 total.bytes_retransmitted += o.bytes_retransmitted;
+                total.reconnects += o.reconnects;
                 total.datagrams_dropped_by_receiver += o.datagrams_dropped_by_receiver;
             }
             Err(e) => failures.push(format!("seed {seed}: {e} (replay: SIM_SEED={seed} cargo test -p sluice-transport --test sim)")),
@@ -466,16 +507,21 @@ fn simulated_sessions_deliver_exactly_once_and_ack_only_durable() {
     );
     eprintln!(
         "{seeds} seeds, {} messages, {} retransmissions ({:.1} % of payload bytes), \
-         {} datagrams dropped by the receiver",
+         {} datagrams dropped by the receiver, {} reconnects after a crash",
         total.messages,
         total.retransmissions,
         100.0 * total.bytes_retransmitted as f64 / total.bytes_sent.max(1) as f64,
-        total.datagrams_dropped_by_receiver
+        total.datagrams_dropped_by_receiver,
+        total.reconnects
     );
     if forced_impairment().is_some() {
         return;
     }
     // The network really was hostile: losses were repaired, damage was caught.
+    assert!(
+        total.reconnects > 0,
+        "no crash was survived in {seeds} seeds"
+    );
     assert!(
         total.retransmissions > 0,
         "no retransmission in {seeds} seeds"

@@ -187,7 +187,6 @@ struct Task {
     socket: UdpSocket,
     addr: SocketAddr,
     stream: String,
-    producer_id: u64,
     options: ProducerOptions,
     sender: Sender,
     commands: mpsc::Receiver<Command>,
@@ -223,7 +222,6 @@ impl Task {
             socket,
             addr,
             stream,
-            producer_id,
             options,
             sender,
             commands,
@@ -442,23 +440,7 @@ impl Task {
     }
 
     fn reconnect(&mut self) {
-        let durable = self.sender.durable_seq();
-        let unacked = self.sender.take_unacked();
-        let mut next = Sender::new(
-            self.options.sender.clone(),
-            Connect {
-                producer_id: self.producer_id,
-                stream: self.stream.clone(),
-                resume_after: Some(durable),
-                nonce: rand::random(),
-            },
-            Instant::now(),
-        );
-        for (seq, payload) in unacked {
-            let got = next.push(payload).expect("the unacked buffer fit before");
-            debug_assert_eq!(got, seq, "carried-over messages keep their seqs");
-        }
-        self.sender = next;
+        self.sender = self.sender.successor(rand::random(), Instant::now());
     }
 
     fn fail_all(&mut self, e: ProducerError) {

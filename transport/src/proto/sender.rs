@@ -243,22 +243,32 @@ impl Sender {
         Ok(seq)
     }
 
-    /// Takes the messages not yet durable, in seq order, with their seqs, to
-    /// carry them over to a new session after this one ended. Pushed into a
-    /// Sender made with `resume_after: Some(self.durable_seq())`, they get
-    /// the same seqs again, so the receiver stores each once.
-    pub fn take_unacked(&mut self) -> Vec<(u64, Bytes)> {
-        let base = self.base_seq;
+    /// A new session for the same producer and stream, to replace this one
+    /// after it ended (the daemon restarted, the session timed out). Every
+    /// message not yet durable moves over with its seq, so the receiver
+    /// stores each once whether or not it got it before; this sender is left
+    /// empty.
+    pub fn successor(&mut self, nonce: u64, now: Instant) -> Sender {
+        let connect = Connect {
+            resume_after: Some(self.durable_seq),
+            nonce,
+            ..self.connect.clone()
+        };
+        let mut next = Sender::new(self.config.clone(), connect, now);
         self.buf_bytes = 0;
         self.retx.clear();
         self.base_seq = self.next_seq;
         self.send_seq = self.next_seq;
         self.send_offset = 0;
-        self.buf
-            .drain(..)
-            .enumerate()
-            .map(|(i, m)| (base + i as u64, m.payload))
-            .collect()
+        for m in self.buf.drain(..) {
+            next.buf_bytes += m.payload.len() + MESSAGE_OVERHEAD;
+            next.buf.push_back(Outgoing {
+                payload: m.payload,
+                retx_queued: 0,
+            });
+            next.next_seq += 1;
+        }
+        next
     }
 
     /// Whether a message of `len` bytes would be accepted by `push` now.
