@@ -18,6 +18,8 @@ pub enum ConfigError {
     BufferTooSmall { buffer: usize, message: usize },
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
+    #[error("max_reorder_delay must not be below reorder_delay")]
+    ReorderRange,
 }
 
 /// Producer-side settings.
@@ -88,8 +90,11 @@ impl SenderConfig {
 pub struct ReceiverConfig {
     /// Largest datagram we send (NACKs are cut to fit) and accept.
     pub max_datagram: usize,
-    /// How long a gap may stay open before it is NACKed: tolerates reordering.
+    /// How long a gap may stay open before it is NACKed: tolerates
+    /// reordering. This is the floor; each session raises it to a little more
+    /// than the reordering it observes, up to `max_reorder_delay`.
     pub reorder_delay: Duration,
+    pub max_reorder_delay: Duration,
     /// How long a STATUS may be held back after new data arrives, so that one
     /// STATUS covers many datagrams. Durability and duplicates send at once.
     pub ack_delay: Duration,
@@ -108,6 +113,7 @@ impl Default for ReceiverConfig {
         ReceiverConfig {
             max_datagram: 1452,
             reorder_delay: Duration::from_millis(1),
+            max_reorder_delay: Duration::from_millis(25),
             ack_delay: Duration::from_micros(500),
             initial_rtt: Duration::from_millis(5),
             heartbeat_interval: Duration::from_secs(1),
@@ -121,6 +127,9 @@ impl Default for ReceiverConfig {
 impl ReceiverConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_datagram(self.max_datagram)?;
+        if self.max_reorder_delay < self.reorder_delay {
+            return Err(ConfigError::ReorderRange);
+        }
         check_nonzero(&[
             ("reorder_delay", self.reorder_delay),
             ("initial_rtt", self.initial_rtt),

@@ -66,6 +66,11 @@ pub struct Receiver {
     status_at: Option<Instant>,
     nack_at: Option<Instant>,
     nack_due: Option<Nack>,
+    /// Largest reordering seen lately: how long after the message above a
+    /// gap the gap's own message still arrived, unasked. NACKs wait a little
+    /// longer than this, so a path that reorders does not cause spurious
+    /// retransmissions. Decays, so one odd delay does not slow recovery forever.
+    reorder_seen: Duration,
     /// Lowest seq whose fragments were refused for lack of reassembly budget
     /// since the last NACK: asking for it (or anything above) again at once
     /// would only have it refused again, so the next NACK stops below it.
@@ -119,6 +124,7 @@ impl Receiver {
             nack_at: None,
             nack_due: None,
             refused_from: None,
+            reorder_seen: Duration::ZERO,
             liveness,
             close_due: None,
             closed: None,
@@ -281,7 +287,7 @@ impl Receiver {
         if self.pending.is_empty() {
             self.nack_at = None;
         } else if self.nack_at.is_none() {
-            self.nack_at = Some(now + self.config.reorder_delay);
+            self.nack_at = Some(now + self.reorder_delay());
         }
     }
 
@@ -311,6 +317,28 @@ impl Receiver {
         self.drain_in_order();
     }
 
+    /// The reorder delay in force: the configured floor, or a quarter more
+    /// than the reordering seen lately, up to the configured ceiling.
+    fn reorder_delay(&self) -> Duration {
+        (self.reorder_seen * 5 / 4).clamp(self.config.reorder_delay, self.config.max_reorder_delay)
+    }
+
+    /// A message arriving below others that are already here filled a gap.
+    /// If we had not asked for it yet (or only just), it was reordered, not
+    /// lost: remember by how long it trailed the message above the gap.
+    fn note_gap_fill(&mut self, now: Instant, seq: u64) {
+        let Some((_, above)) = self.pending.range(seq + 1..).next() else {
+            return;
+        };
+        let asked_long_ago = above
+            .gap_nacked_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.liveness.rtt.srtt() / 2);
+        if !asked_long_ago {
+            let trailed = now.saturating_duration_since(above.arrived);
+            self.reorder_seen = self.reorder_seen.max(trailed);
+        }
+    }
+
     fn add_whole(&mut self, now: Instant, seq: u64, payload: Bytes) {
         match self.pending.get_mut(&seq) {
             Some(Pending {
@@ -324,6 +352,7 @@ impl Receiver {
                 p.body = Body::Whole(payload);
             }
             None => {
+                self.note_gap_fill(now, seq);
                 self.pending.insert(
                     seq,
                     Pending {
@@ -346,6 +375,7 @@ impl Receiver {
                 self.refused_from = Some(self.refused_from.map_or(seq, |r| r.min(seq)));
                 return;
             }
+            self.note_gap_fill(now, seq);
             let mut r = Reassembly::new(msg_len, now);
             r.insert(offset, chunk, now);
             self.reassembly_bytes += msg_len as usize;
@@ -400,8 +430,9 @@ impl Receiver {
     /// not NACKed within the last re-NACK interval (so that a retransmission
     /// in flight is not asked for twice). Then says when to look again.
     fn build_nack(&mut self, now: Instant) {
-        let reorder = self.config.reorder_delay;
+        let reorder = self.reorder_delay();
         let renack = self.liveness.rtt.timeout(reorder);
+        self.reorder_seen = self.reorder_seen * 15 / 16;
         let room = self.config.max_datagram - HEADER_LEN - TRAILER_LEN - NACK_FIXED_LEN;
         // Gaps are asked for only within the current grant (and below what
         // the reassembly budget just refused); holes of messages already
@@ -534,4 +565,84 @@ fn ripe_time(
 ) -> Instant {
     let first = evidence + reorder;
     nacked_at.map_or(first, |t| first.max(t + renack))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::DataWriter;
+
+    fn receiver(now: Instant) -> Receiver {
+        Receiver::new(
+            ReceiverConfig::default(),
+            1,
+            1,
+            "s".into(),
+            1,
+            1,
+            0,
+            100,
+            now,
+        )
+    }
+
+    fn data(seq: u64) -> Packet {
+        let mut out = Vec::new();
+        let mut w = DataWriter::new(&mut out, 1, 1452);
+        assert!(w.push_whole(seq, b"x"));
+        w.finish();
+        Packet::decode(&Bytes::from(out)).unwrap().packet
+    }
+
+    #[test]
+    fn gaps_are_nacked_after_the_reorder_delay_and_reordering_raises_it() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = receiver(t);
+        // Seq 1 trails seq 2 by 3 ms, unasked: reordering, not loss.
+        r.handle_packet(t, data(2));
+        r.handle_packet(t + ms(3), data(1));
+        assert_eq!(r.received_seq(), 2);
+        assert_eq!(r.reorder_delay(), ms(3) * 5 / 4);
+        // A new gap (seq 3) is not NACKed after the 1 ms floor any more...
+        r.handle_packet(t + ms(4), data(4));
+        r.handle_timeout(t + ms(6));
+        assert!(r.nack_due.is_none());
+        // ...but is once the learned delay has passed.
+        r.handle_timeout(t + ms(8));
+        let nack = r.nack_due.take().expect("NACK after the learned delay");
+        assert_eq!(nack.ranges, vec![NackRange { first: 3, last: 3 }]);
+        // The estimate decays with each NACK round.
+        assert!(r.reorder_seen < ms(3));
+    }
+
+    #[test]
+    fn nothing_is_acked_before_the_owner_marks_it_durable() {
+        let t = Instant::now();
+        let mut r = receiver(t);
+        let mut out = Vec::new();
+        while r.poll_transmit(t, &mut out) {}
+        r.handle_packet(t, data(1));
+        r.handle_packet(t, data(2));
+        assert_eq!(r.poll_message().map(|m| m.seq), Some(1));
+        let later = t + Duration::from_millis(5);
+        while r.poll_transmit(later, &mut out) {
+            if let Ok(Packet::Status(s)) =
+                Packet::decode(&Bytes::from(out.clone())).map(|d| d.packet)
+            {
+                assert_eq!(s.durable_seq, 0, "acked before mark_durable");
+                assert_eq!(s.received_seq, 2);
+            }
+        }
+        r.mark_durable(1);
+        let mut acked = None;
+        while r.poll_transmit(later, &mut out) {
+            if let Ok(Packet::Status(s)) =
+                Packet::decode(&Bytes::from(out.clone())).map(|d| d.packet)
+            {
+                acked = Some(s.durable_seq);
+            }
+        }
+        assert_eq!(acked, Some(1));
+    }
 }
