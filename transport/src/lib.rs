@@ -7,4 +7,6 @@
 
 pub mod client;
 pub mod proto;
+pub mod relay;
+pub mod udp;
 pub mod wire;

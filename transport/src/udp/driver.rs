@@ -1,0 +1,209 @@
+//! Runs a receiving [`Endpoint`] on a UDP socket: the I/O half of the daemon
+//! side, as quinn is the I/O half of quinn-proto.
+//!
+//! What happens to messages is the [`Owner`]'s business: it decides whom to
+//! accept and where they stand, takes delivered messages, and declares them
+//! durable, at once or later through [`ServeHandle::control`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use super::batch::{RecvBatch, SendBatch};
+use crate::proto::{Endpoint, EndpointEvent, Incoming, Receiver, ReceiverConfig};
+use crate::wire::{CloseCode, MAX_DATAGRAM};
+
+/// Datagrams taken from the socket per system call.
+const RECV_BATCH: usize = 64;
+
+/// The application side of a served endpoint.
+pub trait Owner: Send + 'static {
+    /// A producer asks for a session. Answer where it stands (its highest
+    /// durable seq in the stream) and the credit to grant, or refuse.
+    fn accept(&mut self, incoming: &Incoming) -> Result<(u64, u32), (CloseCode, String)>;
+
+    /// Messages are waiting on this session: take them with
+    /// [`Receiver::poll_message`], and mark durable what is durable (now, or
+    /// later with [`Control::mark_durable`]).
+    fn deliver(&mut self, receiver: &mut Receiver);
+
+    /// A session ended.
+    fn closed(&mut self, _event: &EndpointEvent) {}
+}
+
+/// Instructions for the served endpoint from outside its task.
+#[derive(Debug)]
+enum Command {
+    MarkDurable { session: u64, seq: u64 },
+    SetCredit { session: u64, credit: u32 },
+}
+
+/// A cloneable way to reach the endpoint task: for owners whose durability
+/// completes asynchronously (a spool's group commit).
+#[derive(Debug, Clone)]
+pub struct Control {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Control {
+    pub fn mark_durable(&self, session: u64, seq: u64) {
+        let _ = self.tx.send(Command::MarkDurable { session, seq });
+    }
+
+    pub fn set_credit(&self, session: u64, credit: u32) {
+        let _ = self.tx.send(Command::SetCredit { session, credit });
+    }
+}
+
+/// Counters of the served socket.
+#[derive(Debug, Default)]
+pub struct ServeStats {
+    pub datagrams_in: AtomicU64,
+    pub datagrams_out: AtomicU64,
+    /// Datagrams the endpoint dropped (malformed, unknown session, …).
+    pub dropped: AtomicU64,
+}
+
+/// The running endpoint. Dropping it stops the task.
+pub struct ServeHandle {
+    local_addr: SocketAddr,
+    control: Control,
+    stats: Arc<ServeStats>,
+    task: JoinHandle<()>,
+}
+
+impl ServeHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    pub fn stats(&self) -> &ServeStats {
+        &self.stats
+    }
+
+    /// Stops the task and waits until the socket is closed.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for ServeHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves `config`'s endpoint on `socket` with `owner`, on the current tokio
+/// runtime.
+pub fn serve(socket: UdpSocket, config: ReceiverConfig, owner: impl Owner) -> ServeHandle {
+    let local_addr = socket.local_addr().expect("a bound socket has an address");
+    let (tx, rx) = mpsc::unbounded_channel();
+    let stats = Arc::new(ServeStats::default());
+    let task = tokio::spawn(run(socket, Endpoint::new(config), owner, rx, stats.clone()));
+    ServeHandle {
+        local_addr,
+        control: Control { tx },
+        stats,
+        task,
+    }
+}
+
+async fn run(
+    socket: UdpSocket,
+    mut ep: Endpoint,
+    mut owner: impl Owner,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    stats: Arc<ServeStats>,
+) {
+    let mut inbox = RecvBatch::new(RECV_BATCH, MAX_DATAGRAM + 1);
+    let mut outbox = SendBatch::new();
+    let mut out = Vec::with_capacity(MAX_DATAGRAM);
+    loop {
+        let now = Instant::now();
+        while let Some(id) = ep.poll_readable() {
+            if let Some(r) = ep.receiver_mut(id) {
+                owner.deliver(r);
+            }
+        }
+        while let Some(ev) = ep.poll_event() {
+            owner.closed(&ev);
+        }
+        while let Some(to) = ep.poll_transmit(now, &mut out) {
+            outbox.push(to, &out);
+        }
+        if !outbox.is_empty() {
+            stats
+                .datagrams_out
+                .fetch_add(outbox.len() as u64, Ordering::Relaxed);
+            if let Err(e) = outbox.send(&socket).await {
+                warn!(error = %e, "sending on the data socket failed");
+            }
+        }
+        let deadline = ep.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = inbox.recv(&socket) => match r {
+                Ok(n) => {
+                    stats.datagrams_in.fetch_add(n as u64, Ordering::Relaxed);
+                    let before = ep.drops().total();
+                    let now = Instant::now();
+                    for i in 0..n {
+                        let (data, from) = inbox.get(i);
+                        let Some(from) = from else { continue };
+                        let datagram = Bytes::copy_from_slice(data);
+                        if let Some(inc) = ep.handle_datagram(now, from, datagram) {
+                            match owner.accept(&inc) {
+                                Ok((durable, credit)) => {
+                                    ep.accept(now, inc, durable, credit);
+                                }
+                                Err((code, reason)) => ep.reject(inc, code, &reason),
+                            }
+                        }
+                    }
+                    stats.dropped.fetch_add(ep.drops().total() - before, Ordering::Relaxed);
+                }
+                Err(e) => warn!(error = %e, "receiving on the data socket failed"),
+            },
+            Some(c) = commands.recv() => {
+                apply(&mut ep, c);
+                // Take everything queued, so one wake-up answers a whole group commit.
+                while let Ok(c) = commands.try_recv() {
+                    apply(&mut ep, c);
+                }
+            }
+            _ = sleep => ep.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+fn apply(ep: &mut Endpoint, c: Command) {
+    match c {
+        Command::MarkDurable { session, seq } => {
+            if let Some(r) = ep.receiver_mut(session) {
+                r.mark_durable(seq);
+            }
+        }
+        Command::SetCredit { session, credit } => {
+            if let Some(r) = ep.receiver_mut(session) {
+                r.set_credit(credit);
+            }
+        }
+    }
+}
