@@ -17,7 +17,10 @@ use sluice_transport::wire::CloseCode;
 
 /// Keeps every (producer, seq) once, checks order, and marks durable at once.
 #[derive(Clone, Default)]
-struct Store(Arc<Mutex<HashMap<u64, Vec<(u64, Bytes)>>>>);
+struct Store(Arc<Mutex<HashMap<u64, Log>>>);
+
+/// One producer's messages as stored: (seq, payload).
+type Log = Vec<(u64, Bytes)>;
 
 impl Owner for Store {
     fn accept(&mut self, inc: &Incoming) -> Result<(u64, u32), (CloseCode, String)> {
