@@ -1,1 +1,3 @@
 //! sluice-daemon: the parts of `sluiced` that are not transport.
+
+pub mod spool;

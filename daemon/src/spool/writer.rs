@@ -1,0 +1,530 @@
+//! Group commit: one writer thread per stream takes appends from every
+//! session, writes them as one batch and issues one fdatasync for it; every
+//! waiter of the batch is answered after the sync returned.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
+use tracing::{error, warn};
+
+use super::error::SpoolError;
+use super::fs::{RealFs, SpoolFs};
+use super::log::{Cursor, LogConfig, Outcome, SharedSegments, StreamLog};
+use super::reader::Reader;
+use super::record::Record;
+
+/// When appends become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// One fdatasync per batch, before any ack: the promise holds.
+    Always,
+    /// Acks at once, fdatasync on a timer: a crash loses up to this much.
+    Interval(Duration),
+    /// Never fdatasync: for benchmarks only.
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    pub log: LogConfig,
+    pub fsync: FsyncPolicy,
+    /// Stop acking when the file system has less free than this.
+    pub min_free_bytes: u64,
+    pub retention_bytes: Option<u64>,
+    pub retention_age: Option<Duration>,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            log: LogConfig::default(),
+            fsync: FsyncPolicy::Always,
+            min_free_bytes: 256 << 20,
+            retention_bytes: None,
+            retention_age: None,
+        }
+    }
+}
+
+/// What a producer-facing layer needs to turn into credit.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    /// Records and bytes waiting for the writer.
+    pub backlog_records: u64,
+    pub backlog_bytes: u64,
+    /// Appends are held: the disk is full or below the free-space floor.
+    pub disk_full: bool,
+    /// Duration of the last fdatasync, in microseconds.
+    pub last_sync_us: u64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
+
+/// Whom to answer for an append: a single record or a batch.
+enum Done {
+    One(Reply<Outcome>),
+    Many(Reply<Vec<Outcome>>),
+}
+
+impl Done {
+    fn send(self, r: Result<Vec<Outcome>, SpoolError>) {
+        match self {
+            Done::One(d) => {
+                let _ = d.send(r.map(|v| v[0]));
+            }
+            Done::Many(d) => {
+                let _ = d.send(r);
+            }
+        }
+    }
+}
+
+enum Request {
+    Append {
+        records: Vec<Record>,
+        done: Done,
+    },
+    HighestSeq {
+        producer: u64,
+        done: oneshot::Sender<Option<u64>>,
+    },
+    SetCursor {
+        group: String,
+        cursor: Cursor,
+        done: Reply<()>,
+    },
+}
+
+/// Counters shared between the writer thread and handles.
+#[derive(Debug, Default)]
+struct Gauges {
+    backlog_records: AtomicU64,
+    backlog_bytes: AtomicU64,
+    disk_full: AtomicBool,
+    last_sync_us: AtomicU64,
+}
+
+/// A handle on one stream. Cheap to clone; the writer thread stops when the
+/// last handle is dropped.
+#[derive(Clone)]
+pub struct Stream {
+    name: String,
+    dir: PathBuf,
+    fs: Arc<dyn SpoolFs>,
+    tx: Sender<Request>,
+    shared: SharedSegments,
+    durable_end: watch::Receiver<u64>,
+    gauges: Arc<Gauges>,
+}
+
+/// Microseconds since the Unix epoch (record timestamps).
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Stream {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends one message; the receiver resolves once it is durable (or a
+    /// duplicate of a durable one). Works from async code (`.await`) and from
+    /// plain threads (`blocking_recv`).
+    pub fn append(
+        &self,
+        producer: u64,
+        seq: u64,
+        payload: Bytes,
+    ) -> oneshot::Receiver<Result<Outcome, SpoolError>> {
+        let (done, rx) = oneshot::channel();
+        let record = Record {
+            producer,
+            seq,
+            timestamp_us: now_us(),
+            payload,
+        };
+        self.submit(vec![record], Done::One(done));
+        rx
+    }
+
+    /// Appends records in order; resolves with one outcome per record once
+    /// all are durable.
+    pub fn append_batch(
+        &self,
+        records: Vec<Record>,
+    ) -> oneshot::Receiver<Result<Vec<Outcome>, SpoolError>> {
+        let (done, rx) = oneshot::channel();
+        self.submit(records, Done::Many(done));
+        rx
+    }
+
+    fn submit(&self, records: Vec<Record>, done: Done) {
+        let bytes: usize = records.iter().map(Record::encoded_len).sum();
+        self.gauges
+            .backlog_records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        self.gauges
+            .backlog_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        if let Err(mpsc::SendError(Request::Append { done, .. })) =
+            self.tx.send(Request::Append { records, done })
+        {
+            done.send(Err(SpoolError::Closed));
+        }
+    }
+
+    /// The highest durable seq of `producer` in this stream.
+    pub fn highest_seq(&self, producer: u64) -> oneshot::Receiver<Option<u64>> {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Request::HighestSeq { producer, done });
+        rx
+    }
+
+    /// Stores a consumer group's cursor durably.
+    pub fn set_cursor(
+        &self,
+        group: &str,
+        cursor: Cursor,
+    ) -> oneshot::Receiver<Result<(), SpoolError>> {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Request::SetCursor {
+            group: group.to_owned(),
+            cursor,
+            done,
+        });
+        rx
+    }
+
+    pub fn health(&self) -> Health {
+        Health {
+            backlog_records: self.gauges.backlog_records.load(Ordering::Relaxed),
+            backlog_bytes: self.gauges.backlog_bytes.load(Ordering::Relaxed),
+            disk_full: self.gauges.disk_full.load(Ordering::Relaxed),
+            last_sync_us: self.gauges.last_sync_us.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Offset after the last durable record.
+    pub fn durable_end(&self) -> u64 {
+        *self.durable_end.borrow()
+    }
+
+    /// A reader starting at `offset` (clamped to what retention kept).
+    pub fn reader(&self, offset: u64) -> Reader {
+        Reader::new(
+            self.fs.clone(),
+            self.name.clone(),
+            self.shared.clone(),
+            self.durable_end.clone(),
+            offset,
+        )
+    }
+}
+
+/// All streams of one data directory.
+pub struct Spool {
+    fs: Arc<dyn SpoolFs>,
+    root: PathBuf,
+    config: SpoolConfig,
+    streams: Mutex<HashMap<String, Stream>>,
+}
+
+impl Spool {
+    /// Opens the spool in `root` (creating it), on the real file system.
+    pub fn open(root: &Path, config: SpoolConfig) -> Result<Spool, SpoolError> {
+        Self::open_with(Arc::new(RealFs), root, config)
+    }
+
+    pub fn open_with(
+        fs: Arc<dyn SpoolFs>,
+        root: &Path,
+        config: SpoolConfig,
+    ) -> Result<Spool, SpoolError> {
+        let streams = root.join("streams");
+        fs.create_dir_all(&streams)
+            .map_err(SpoolError::io("create directory", &streams))?;
+        if config.fsync != FsyncPolicy::Always {
+            warn!(policy = ?config.fsync, "fsync is not `always`: acks are NOT durable, a crash loses acked messages");
+        }
+        Ok(Spool {
+            fs,
+            root: root.to_path_buf(),
+            config,
+            streams: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Names of the streams on disk.
+    pub fn stream_names(&self) -> Vec<String> {
+        self.fs
+            .list(&self.root.join("streams"))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| valid_name(n))
+            .collect()
+    }
+
+    /// Opens (recovering) or creates a stream and starts its writer.
+    pub fn stream(&self, name: &str) -> Result<Stream, SpoolError> {
+        if !valid_name(name) {
+            return Err(SpoolError::BadStreamName(name.to_owned()));
+        }
+        let mut streams = self.streams.lock().unwrap();
+        if let Some(s) = streams.get(name) {
+            return Ok(s.clone());
+        }
+        let dir = self.root.join("streams").join(name);
+        let log = StreamLog::open(self.fs.clone(), &dir, name, self.config.log.clone())?;
+        let (tx, rx) = mpsc::channel();
+        let (end_tx, end_rx) = watch::channel(log.next_offset());
+        let shared = log.shared();
+        let gauges = Arc::new(Gauges::default());
+        let writer = Writer {
+            log,
+            config: self.config.clone(),
+            gauges: gauges.clone(),
+            durable_end: end_tx,
+        };
+        // The thread ends by itself once every handle (sender) is gone.
+        std::thread::Builder::new()
+            .name(format!("spool-{name}"))
+            .spawn(move || writer.run(rx))
+            .map_err(SpoolError::io("spawn writer for", &dir))?;
+        let s = Stream {
+            name: name.to_owned(),
+            dir,
+            fs: self.fs.clone(),
+            tx,
+            shared,
+            durable_end: end_rx,
+            gauges,
+        };
+        streams.insert(name.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    /// Stops every stream's writer (after the batches already queued).
+    pub fn close(&self) {
+        self.streams.lock().unwrap().clear();
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 255
+        && !n.starts_with('.')
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+struct Writer {
+    log: StreamLog,
+    config: SpoolConfig,
+    gauges: Arc<Gauges>,
+    durable_end: watch::Sender<u64>,
+}
+
+/// How often the free-space floor and retention are checked.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Request>) {
+        let mut last_check = Instant::now() - CHECK_EVERY;
+        let mut last_sync = Instant::now();
+        let mut unsynced = false;
+        loop {
+            let wait = match self.config.fsync {
+                FsyncPolicy::Interval(d) if unsynced => d.saturating_sub(last_sync.elapsed()),
+                _ => Duration::from_secs(1),
+            };
+            let first = match rx.recv_timeout(wait) {
+                Ok(r) => Some(r),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if let FsyncPolicy::Interval(d) = self.config.fsync {
+                if unsynced && last_sync.elapsed() >= d {
+                    if let Err(e) = self.log.sync() {
+                        error!(stream = self.log.name(), error = %e, "periodic fdatasync failed");
+                    }
+                    last_sync = Instant::now();
+                    unsynced = false;
+                }
+            }
+            if last_check.elapsed() >= CHECK_EVERY {
+                last_check = Instant::now();
+                self.housekeeping();
+            }
+            let Some(first) = first else { continue };
+            // Take what is queued, up to the batch bound.
+            let mut appends = Vec::new();
+            let mut bytes = 0;
+            let mut next = Some(first);
+            while let Some(req) = next.take() {
+                match req {
+                    Request::Append { records, done } => {
+                        bytes += records.iter().map(Record::encoded_len).sum::<usize>();
+                        appends.push((records, done));
+                    }
+                    Request::HighestSeq { producer, done } => {
+                        let _ = done.send(self.log.highest_seq(producer));
+                    }
+                    Request::SetCursor {
+                        group,
+                        cursor,
+                        done,
+                    } => {
+                        let _ = done.send(self.log.set_cursor(&group, cursor));
+                    }
+                }
+                if bytes < self.config.log.max_batch_bytes {
+                    match rx.try_recv() {
+                        Ok(r) => next = Some(r),
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
+                    }
+                }
+            }
+            if appends.is_empty() {
+                continue;
+            }
+            self.commit(appends, bytes);
+            if self.config.fsync != FsyncPolicy::Always {
+                unsynced = true;
+            }
+        }
+        if unsynced {
+            let _ = self.log.sync();
+        }
+    }
+
+    /// Writes one batch and answers its waiters; holds it (never drops it)
+    /// while the disk is full.
+    fn commit(&mut self, appends: Vec<(Vec<Record>, Done)>, bytes: usize) {
+        let counts: Vec<usize> = appends.iter().map(|(r, _)| r.len()).collect();
+        let mut all = Vec::with_capacity(counts.iter().sum());
+        let mut waiters = Vec::with_capacity(appends.len());
+        for (records, done) in appends {
+            all.extend(records);
+            waiters.push(done);
+        }
+        let sync = self.config.fsync == FsyncPolicy::Always;
+        let result = loop {
+            if self.below_floor() {
+                self.gauges.disk_full.store(true, Ordering::Relaxed);
+                std::thread::sleep(CHECK_EVERY);
+                continue;
+            }
+            let started = Instant::now();
+            match self.log.append(&all, sync) {
+                Err(SpoolError::DiskFull { .. }) => {
+                    // ENOSPC: nothing was acked; the log is cut back to its
+                    // last durable end before the retry.
+                    if !self.gauges.disk_full.swap(true, Ordering::Relaxed) {
+                        warn!(
+                            stream = self.log.name(),
+                            "disk full: holding appends until space returns"
+                        );
+                    }
+                    std::thread::sleep(CHECK_EVERY);
+                }
+                other => {
+                    if sync {
+                        self.gauges
+                            .last_sync_us
+                            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    }
+                    break other;
+                }
+            }
+        };
+        if self.gauges.disk_full.swap(false, Ordering::Relaxed) {
+            warn!(
+                stream = self.log.name(),
+                "disk space is back: appends resume"
+            );
+        }
+        self.gauges
+            .backlog_records
+            .fetch_sub(all.len() as u64, Ordering::Relaxed);
+        self.gauges
+            .backlog_bytes
+            .fetch_sub(bytes as u64, Ordering::Relaxed);
+        match result {
+            Ok(outcomes) => {
+                let _ = self.durable_end.send(self.log.next_offset());
+                let mut it = outcomes.into_iter();
+                for (done, n) in waiters.into_iter().zip(counts) {
+                    done.send(Ok(it.by_ref().take(n).collect()));
+                }
+            }
+            Err(e) => {
+                error!(stream = self.log.name(), error = %e, "append failed");
+                for done in waiters {
+                    done.send(Err(copy_error(&e)));
+                }
+            }
+        }
+    }
+
+    fn below_floor(&self) -> bool {
+        if self.config.min_free_bytes == 0 {
+            return false;
+        }
+        match self.log.fs().available_space(self.log.dir()) {
+            Ok(free) => free < self.config.min_free_bytes,
+            Err(_) => false,
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let (bytes, age) = (self.config.retention_bytes, self.config.retention_age);
+        if bytes.is_none() && age.is_none() {
+            return;
+        }
+        let min_ts = age.map(|a| now_us().saturating_sub(a.as_micros() as u64));
+        if let Err(e) = self.log.enforce_retention(bytes, min_ts) {
+            error!(stream = self.log.name(), error = %e, "retention failed");
+        }
+    }
+}
+
+/// SpoolError holds an io::Error, which is not Clone: rebuild it per waiter.
+fn copy_error(e: &SpoolError) -> SpoolError {
+    match e {
+        SpoolError::Io { op, path, source } => SpoolError::Io {
+            op,
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        SpoolError::Corrupt {
+            stream,
+            segment,
+            offset,
+            reason,
+        } => SpoolError::Corrupt {
+            stream: stream.clone(),
+            segment: segment.clone(),
+            offset: *offset,
+            reason: reason.clone(),
+        },
+        SpoolError::DiskFull { free, floor } => SpoolError::DiskFull {
+            free: *free,
+            floor: *floor,
+        },
+        SpoolError::BadStreamName(n) => SpoolError::BadStreamName(n.clone()),
+        SpoolError::TooLarge(n) => SpoolError::TooLarge(*n),
+        SpoolError::Closed => SpoolError::Closed,
+    }
+}
