@@ -1,1 +1,4 @@
-//! Shared support for sluice's benchmarks.
+//! Shared support for sluice's benchmarks and the `sluice-bench` harness.
+
+pub mod baseline;
+pub mod spool;

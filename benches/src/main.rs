@@ -1,0 +1,189 @@
+//! sluice-bench: the load harness. Every figure is printed next to the
+//! machine's own limits measured in the same run, as a ratio, because these
+//! machines are noisy and absolute numbers travel badly.
+//!
+//!   sluice-bench baseline [--dir D]
+//!   sluice-bench spool [--dir D] [--appenders 1,8,64] [--sizes 128,1024,65536]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sluice_bench::{baseline, spool};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice-bench",
+    version,
+    about = "Measure sluice on this machine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// The machine's limits: raw 1 MiB write+fdatasync MB/s, 4 KiB
+    /// fdatasync/s and its latency, on the file system of --dir.
+    Baseline {
+        /// A directory on the file system to measure (the spool's).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+    },
+    /// The spool alone: appends with fsync = always from concurrent
+    /// appenders, as throughput and ack latency, against the raw baseline.
+    Spool {
+        /// Where to put the spool (a temporary folder is made inside it).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Numbers of concurrent appenders to try.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8, 64])]
+        appenders: Vec<usize>,
+        /// Record sizes in bytes.
+        #[arg(long, value_delimiter = ',', default_values_t = [128usize, 1024, 65536])]
+        sizes: Vec<usize>,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Instead of the table: ack latency at these fixed rates (records/s,
+        /// 1 KiB records, 8 appenders, open loop).
+        #[arg(long, value_delimiter = ',')]
+        latency_at: Vec<f64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = match cli.scenario {
+        Scenario::Baseline { dir, seconds } => run_baseline(&dir, seconds).map(|_| ()),
+        Scenario::Spool {
+            dir,
+            latency_at,
+            seconds,
+            ..
+        } if !latency_at.is_empty() => run_latency(&dir, &latency_at, seconds),
+        Scenario::Spool {
+            dir,
+            appenders,
+            sizes,
+            seconds,
+            ..
+        } => run_spool(&rt, &dir, &appenders, &sizes, seconds),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_baseline(dir: &std::path::Path, seconds: f64) -> std::io::Result<baseline::DiskBaseline> {
+    let b = baseline::disk(dir, Duration::from_secs_f64(seconds))?;
+    println!("baseline on {}:", dir.display());
+    println!("  1 MiB write+fdatasync   {:>10.1} MB/s", b.mb_per_sec_1mib);
+    println!(
+        "  4 KiB append+fdatasync  {:>10.0} /s",
+        b.syncs_per_sec_4kib
+    );
+    println!(
+        "  4 KiB fdatasync latency  p50 {} us, p99 {} us",
+        b.sync_p50_us, b.sync_p99_us
+    );
+    Ok(b)
+}
+
+fn run_latency(dir: &std::path::Path, rates: &[f64], seconds: f64) -> std::io::Result<()> {
+    let work = tempfile::tempdir_in(dir)?;
+    let base = run_baseline(work.path(), 2.0)?;
+    for &rate in rates {
+        latency_row(work.path(), &base, rate, Duration::from_secs_f64(seconds))?;
+    }
+    Ok(())
+}
+
+/// Spool ack latency at `rate` (1 KiB, 8 appenders, open loop) next to the
+/// ideal raw group commit at the same load, measured right after it.
+fn latency_row(
+    dir: &std::path::Path,
+    base: &baseline::DiskBaseline,
+    rate: f64,
+    d: Duration,
+) -> std::io::Result<()> {
+    let (p50, p99) = spool::at_rate(dir, 8, 1024, rate, d);
+    let (i50, i99) = baseline::ideal_group_commit(dir, rate, 1024, d)?;
+    println!(
+        "{rate:>9.0} rec/s | spool ack p50 {p50:>6} us p99 {p99:>7} us | ideal raw group commit \
+         p50 {i50:>6} us p99 {i99:>7} us | p99 ÷ ideal {:>5.2}x, ÷ closed-loop fdatasync p99 ({} us) {:>6.2}x",
+        p99 as f64 / i99.max(1) as f64,
+        base.sync_p99_us,
+        p99 as f64 / base.sync_p99_us.max(1) as f64
+    );
+    Ok(())
+}
+
+fn run_spool(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    appenders: &[usize],
+    sizes: &[usize],
+    seconds: f64,
+) -> std::io::Result<()> {
+    let work = tempfile::tempdir_in(dir)?;
+    let base = run_baseline(work.path(), 4.0)?;
+    let d = Duration::from_secs_f64(seconds);
+    println!("\nspool, fsync = always ({seconds} s per row)");
+    println!(
+        "{:>9} {:>8} {:>6} | {:>12} {:>9} {:>8} | {:>9} {:>9}",
+        "appenders", "record", "batch", "records/s", "MB/s", "÷ raw", "ack p50", "ack p99"
+    );
+    let mut runs = Vec::new();
+    for &size in sizes {
+        for &a in appenders {
+            // One call per record, and (for small records) 64 per call, as the
+            // daemon hands over a datagram's worth of messages at once.
+            let batches: &[usize] = if size <= 1024 { &[1, 64] } else { &[1] };
+            for &batch in batches {
+                let r = rt.block_on(spool::peak(work.path(), a, size, batch, d));
+                println!(
+                    "{:>9} {:>7}B {:>6} | {:>12.0} {:>9.1} {:>7.2}x | {:>7}us {:>7}us",
+                    a,
+                    size,
+                    batch,
+                    r.records_per_sec,
+                    r.mb_per_sec,
+                    r.mb_per_sec / base.mb_per_sec_1mib,
+                    r.ack_p50_us,
+                    r.ack_p99_us
+                );
+                runs.push(r);
+            }
+        }
+    }
+    // Ack latency at half of the peak of one record per call, 1 KiB, 8 appenders.
+    if let Some(peak) = runs
+        .iter()
+        .find(|r| r.record_bytes == 1024 && r.appenders == 8 && r.batch == 1)
+    {
+        let rate = peak.records_per_sec / 2.0;
+        let (p50, p99) = spool::at_rate(work.path(), 8, 1024, rate, d);
+        println!(
+            "\nack latency at half of peak ({rate:.0} records/s, 1 KiB, 8 appenders, open loop): \
+             p50 {p50} us, p99 {p99} us = {:.2}x the raw fdatasync p99 ({} us)",
+            p99 as f64 / base.sync_p99_us as f64,
+            base.sync_p99_us
+        );
+    }
+    Ok(())
+}
