@@ -68,7 +68,10 @@ fn acked_appends_survive_kill_9_exactly_once() {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line.parse::<u64>().expect("a seq per line")).is_err() {
+                if tx
+                    .send(line.parse::<u64>().expect("a seq per line"))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -84,7 +87,10 @@ fn acked_appends_survive_kill_9_exactly_once() {
         }
         child.kill().expect("SIGKILL");
         let status = child.wait().unwrap();
-        assert!(!status.success(), "round {round}: the appender was not killed");
+        assert!(
+            !status.success(),
+            "round {round}: the appender was not killed"
+        );
         reader.join().unwrap();
         // Everything it printed before dying counts as acked.
         while let Ok(seq) = rx.try_recv() {
@@ -110,5 +116,8 @@ fn acked_appends_survive_kill_9_exactly_once() {
         kills_mid_write >= ROUNDS / 2,
         "only {kills_mid_write} of {ROUNDS} kills hit a running appender"
     );
-    eprintln!("{ROUNDS} kills, {} acked appends, all present once", acked.len());
+    eprintln!(
+        "{ROUNDS} kills, {} acked appends, all present once",
+        acked.len()
+    );
 }
