@@ -97,31 +97,29 @@ async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
         .expect("test step took over 20 s")
 }
 
-#[tokio::test]
-async fn sends_resolve_once_durable_and_ids_resume_after_restart() {
-    let d = TestDaemon::start(loopback(), Arc::default(), false).await;
-    let p = within(Producer::connect(
+/// A producer with default options on stream "s" of `d`.
+async fn connect(d: &TestDaemon, id: u64) -> Producer {
+    within(Producer::connect(
         d.addr,
         "s",
-        7,
+        id,
         ProducerOptions::default(),
     ))
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn sends_resolve_once_durable_and_ids_resume_after_restart() {
+    let d = TestDaemon::start(loopback(), Arc::default(), false).await;
+    let p = connect(&d, 7).await;
     assert_eq!(within(p.send(Bytes::from("a"))).await, Ok(1));
     let batch: Vec<Bytes> = (0..500).map(|i| Bytes::from(format!("m{i}"))).collect();
     assert_eq!(within(p.send_batch(batch)).await, Ok(2..502));
     within(p.flush()).await.unwrap();
     within(p.close()).await.unwrap();
     // A new producer process with the same id continues after seq 501.
-    let p = within(Producer::connect(
-        d.addr,
-        "s",
-        7,
-        ProducerOptions::default(),
-    ))
-    .await
-    .unwrap();
+    let p = connect(&d, 7).await;
     assert_eq!(within(p.send(Bytes::from("after restart"))).await, Ok(502));
     let store = d.store.lock().unwrap();
     let seqs: Vec<u64> = store.records.iter().map(|r| r.1).collect();
@@ -132,14 +130,7 @@ async fn sends_resolve_once_durable_and_ids_resume_after_restart() {
 #[tokio::test]
 async fn a_daemon_restart_loses_nothing_and_stores_nothing_twice() {
     let d = TestDaemon::start(loopback(), Arc::default(), false).await;
-    let p = within(Producer::connect(
-        d.addr,
-        "s",
-        9,
-        ProducerOptions::default(),
-    ))
-    .await
-    .unwrap();
+    let p = connect(&d, 9).await;
     within(p.send_batch((0..100).map(|i| Bytes::from(vec![i as u8; 100])).collect()))
         .await
         .unwrap();

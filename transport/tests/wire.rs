@@ -271,16 +271,7 @@ fn arb_packet() -> impl Strategy<Value = Packet> {
             credit: c
         })),
         (any::<u16>(), any::<u64>(), ".{0,40}").prop_map(|(c, n, r)| {
-            let code = match c {
-                0 => CloseCode::Normal,
-                1 => CloseCode::Rejected,
-                2 => CloseCode::Superseded,
-                3 => CloseCode::TimedOut,
-                4 => CloseCode::ProtocolViolation,
-                5 => CloseCode::ShuttingDown,
-                6 => CloseCode::UnknownSession,
-                other => CloseCode::Other(other),
-            };
+            let code = CloseCode::from_u16(c);
             Packet::Close(Close {
                 code,
                 nonce: n,

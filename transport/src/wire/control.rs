@@ -111,7 +111,8 @@ impl CloseCode {
         }
     }
 
-    fn from_u16(v: u16) -> Self {
+    /// The code a wire value stands for (unknown values are kept as `Other`).
+    pub fn from_u16(v: u16) -> Self {
         match v {
             0 => CloseCode::Normal,
             1 => CloseCode::Rejected,
