@@ -29,7 +29,7 @@ impl Owner for Counting {
         Ok((0, 1 << 20))
     }
 
-    fn deliver(&mut self, r: &mut Receiver) {
+    fn deliver(&mut self, r: &mut Receiver, _: &udp::Control) {
         let mut last = None;
         let mut n = 0;
         while let Some(m) = r.poll_message() {

@@ -32,7 +32,7 @@ impl Owner for Store {
         Ok((durable, 256))
     }
 
-    fn deliver(&mut self, r: &mut Receiver) {
+    fn deliver(&mut self, r: &mut Receiver, _: &udp::Control) {
         let mut m = self.0.lock().unwrap();
         let log = m.entry(r.producer_id()).or_default();
         let mut last = None;

@@ -239,6 +239,7 @@ pub struct Spool {
     root: PathBuf,
     config: SpoolConfig,
     streams: Mutex<HashMap<String, Stream>>,
+    writers: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl Spool {
@@ -263,6 +264,7 @@ impl Spool {
             root: root.to_path_buf(),
             config,
             streams: Mutex::new(HashMap::new()),
+            writers: Mutex::new(Vec::new()),
         })
     }
 
@@ -278,9 +280,7 @@ impl Spool {
 
     /// Opens (recovering) or creates a stream and starts its writer.
     pub fn stream(&self, name: &str) -> Result<Stream, SpoolError> {
-        if !valid_name(name) {
-            return Err(SpoolError::BadStreamName(name.to_owned()));
-        }
+        check_name(name)?;
         let mut streams = self.streams.lock().unwrap();
         if let Some(s) = streams.get(name) {
             return Ok(s.clone());
@@ -297,11 +297,13 @@ impl Spool {
             gauges: gauges.clone(),
             durable_end: end_tx,
         };
-        // The thread ends by itself once every handle (sender) is gone.
-        std::thread::Builder::new()
+        // The thread ends by itself once every handle (sender) is gone, after
+        // the appends already queued.
+        let thread = std::thread::Builder::new()
             .name(format!("spool-{name}"))
             .spawn(move || writer.run(rx))
             .map_err(SpoolError::io("spawn writer for", &dir))?;
+        self.writers.lock().unwrap().push(thread);
         let s = Stream {
             name: name.to_owned(),
             dir,
@@ -315,9 +317,18 @@ impl Spool {
         Ok(s)
     }
 
-    /// Stops every stream's writer (after the batches already queued).
-    pub fn close(&self) {
+    /// Streams opened so far.
+    pub fn open_streams(&self) -> Vec<Stream> {
+        self.streams.lock().unwrap().values().cloned().collect()
+    }
+
+    /// Stops every stream's writer after the appends already queued, and
+    /// waits for them. Every other `Stream` handle must be dropped first.
+    pub fn shutdown(&self) {
         self.streams.lock().unwrap().clear();
+        for t in self.writers.lock().unwrap().drain(..) {
+            let _ = t.join();
+        }
     }
 }
 
@@ -327,6 +338,15 @@ fn valid_name(n: &str) -> bool {
         && !n.starts_with('.')
         && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Checks a stream name (it becomes a folder name).
+pub fn check_name(n: &str) -> Result<(), SpoolError> {
+    if valid_name(n) {
+        Ok(())
+    } else {
+        Err(SpoolError::BadStreamName(n.to_owned()))
+    }
 }
 
 struct Writer {

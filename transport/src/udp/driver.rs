@@ -30,9 +30,10 @@ pub trait Owner: Send + 'static {
     fn accept(&mut self, incoming: &Incoming) -> Result<(u64, u32), (CloseCode, String)>;
 
     /// Messages are waiting on this session: take them with
-    /// [`Receiver::poll_message`], and mark durable what is durable (now, or
-    /// later with [`Control::mark_durable`]).
-    fn deliver(&mut self, receiver: &mut Receiver);
+    /// [`Receiver::poll_message`], and mark durable what is durable: now with
+    /// [`Receiver::mark_durable`], or later (after a group commit) with
+    /// [`Control::mark_durable`].
+    fn deliver(&mut self, receiver: &mut Receiver, control: &Control);
 
     /// A session ended.
     fn closed(&mut self, _event: &EndpointEvent) {}
@@ -88,8 +89,8 @@ impl ServeHandle {
         self.control.clone()
     }
 
-    pub fn stats(&self) -> &ServeStats {
-        &self.stats
+    pub fn stats(&self) -> Arc<ServeStats> {
+        self.stats.clone()
     }
 
     /// Stops the task and waits until the socket is closed.
@@ -111,10 +112,18 @@ pub fn serve(socket: UdpSocket, config: ReceiverConfig, owner: impl Owner) -> Se
     let local_addr = socket.local_addr().expect("a bound socket has an address");
     let (tx, rx) = mpsc::unbounded_channel();
     let stats = Arc::new(ServeStats::default());
-    let task = tokio::spawn(run(socket, Endpoint::new(config), owner, rx, stats.clone()));
+    let control = Control { tx };
+    let task = tokio::spawn(run(
+        socket,
+        Endpoint::new(config),
+        owner,
+        control.clone(),
+        rx,
+        stats.clone(),
+    ));
     ServeHandle {
         local_addr,
-        control: Control { tx },
+        control,
         stats,
         task,
     }
@@ -124,6 +133,7 @@ async fn run(
     socket: UdpSocket,
     mut ep: Endpoint,
     mut owner: impl Owner,
+    control: Control,
     mut commands: mpsc::UnboundedReceiver<Command>,
     stats: Arc<ServeStats>,
 ) {
@@ -134,7 +144,7 @@ async fn run(
         let now = Instant::now();
         while let Some(id) = ep.poll_readable() {
             if let Some(r) = ep.receiver_mut(id) {
-                owner.deliver(r);
+                owner.deliver(r, &control);
             }
         }
         while let Some(ev) = ep.poll_event() {

@@ -1,0 +1,415 @@
+//! `sluiced`'s configuration: embedded defaults, then a TOML file, then
+//! environment variables, then flags (each later one wins). Every key of the
+//! file is also a flag and an environment variable; a bad value is an error
+//! that names the key and says why.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::spool::{FsyncPolicy, LogConfig, SpoolConfig};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration, as the TOML file spells it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data: Data,
+    pub admin: Admin,
+    pub spool: Spool,
+    pub streams: Streams,
+    pub log: Log,
+}
+
+/// The fast data path: raw UDP from producers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Data {
+    /// UDP address producers send to.
+    pub listen: SocketAddr,
+    /// SO_RCVBUF of the data socket, bytes (0: the kernel's default).
+    pub recv_buffer: usize,
+    /// Largest datagram sent (NACKs, STATUS): the path MTU less headers.
+    pub max_datagram: usize,
+    /// Credit granted to each session: messages past its durable seq.
+    pub credit: u32,
+}
+
+/// Metrics and health over HTTP.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Spool {
+    /// Data folder (streams, segments, cursors).
+    pub dir: PathBuf,
+    /// `always` (the promise holds), `interval` or `never` (benchmarks only).
+    pub fsync: String,
+    /// With `fsync = "interval"`: how often.
+    pub fsync_interval: String,
+    pub segment_bytes: u64,
+    pub max_batch_bytes: usize,
+    /// Hold acks when the file system has less free than this.
+    pub min_free_bytes: u64,
+    /// Delete old segments past this many bytes per stream (0: keep all).
+    pub retention_bytes: u64,
+    /// Delete segments older than this, e.g. "7d" ("" keeps all).
+    pub retention_age: String,
+    /// Quarantine corrupt segments instead of refusing to start.
+    pub repair: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Streams {
+    /// Streams opened at start.
+    pub names: Vec<String>,
+    /// Create a stream when a producer first publishes to it.
+    pub auto_create: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// error, warn, info, debug, trace (or a tracing filter directive).
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Data {
+    fn default() -> Self {
+        Data {
+            listen: "127.0.0.1:7401".parse().expect("literal"),
+            recv_buffer: 0,
+            max_datagram: 1452,
+            credit: 4096,
+        }
+    }
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: "127.0.0.1:7480".parse().expect("literal"),
+        }
+    }
+}
+
+impl Default for Spool {
+    fn default() -> Self {
+        let log = LogConfig::default();
+        Spool {
+            dir: PathBuf::from("./sluice-data"),
+            fsync: "always".into(),
+            fsync_interval: "10ms".into(),
+            segment_bytes: log.segment_bytes,
+            max_batch_bytes: log.max_batch_bytes,
+            min_free_bytes: 256 << 20,
+            retention_bytes: 0,
+            retention_age: String::new(),
+            repair: false,
+        }
+    }
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams {
+            names: Vec::new(),
+            auto_create: true,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// `sluiced`'s command line. Every option can also be set in the config file
+/// (the key in brackets) and in the environment variable named.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "sluiced",
+    version,
+    about = "sluice daemon: durable reliable-UDP ingest",
+    long_about = "sluiced receives messages from producers over sluice's reliable UDP \
+protocol and acknowledges each one only after it is fsynced to the spool.\n\n\
+With no options it runs on embedded defaults: data on 127.0.0.1:7401/udp, metrics \
+and health on http://127.0.0.1:7480, spool in ./sluice-data.\n\n\
+Settings come from the defaults, then --config FILE (TOML), then SLUICED_* \
+environment variables, then flags; later ones win."
+)]
+pub struct Args {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "SLUICED_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (as TOML) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// [data.listen] UDP address producers send to.
+    #[arg(long, env = "SLUICED_DATA_LISTEN")]
+    pub data_listen: Option<SocketAddr>,
+    /// [data.recv_buffer] data socket receive buffer, bytes (0: kernel default).
+    #[arg(long, env = "SLUICED_DATA_RECV_BUFFER")]
+    pub data_recv_buffer: Option<usize>,
+    /// [data.max_datagram] largest datagram sent: path MTU less IP/UDP headers.
+    #[arg(long, env = "SLUICED_DATA_MAX_DATAGRAM")]
+    pub data_max_datagram: Option<usize>,
+    /// [data.credit] messages each session may send past its durable seq.
+    #[arg(long, env = "SLUICED_DATA_CREDIT")]
+    pub data_credit: Option<u32>,
+    /// [admin.listen] HTTP address for /metrics and /health.
+    #[arg(long, env = "SLUICED_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// [spool.dir] data folder.
+    #[arg(long, env = "SLUICED_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// [spool.fsync] always | interval | never. Anything but `always` breaks
+    /// the durability promise (for benchmarks).
+    #[arg(long, env = "SLUICED_SPOOL_FSYNC")]
+    pub spool_fsync: Option<String>,
+    /// [spool.fsync_interval] with --spool-fsync interval, e.g. 10ms.
+    #[arg(long, env = "SLUICED_SPOOL_FSYNC_INTERVAL")]
+    pub spool_fsync_interval: Option<String>,
+    /// [spool.segment_bytes] segment file size.
+    #[arg(long, env = "SLUICED_SPOOL_SEGMENT_BYTES")]
+    pub spool_segment_bytes: Option<u64>,
+    /// [spool.max_batch_bytes] bytes per group commit at most.
+    #[arg(long, env = "SLUICED_SPOOL_MAX_BATCH_BYTES")]
+    pub spool_max_batch_bytes: Option<usize>,
+    /// [spool.min_free_bytes] hold acks below this much free disk.
+    #[arg(long, env = "SLUICED_SPOOL_MIN_FREE_BYTES")]
+    pub spool_min_free_bytes: Option<u64>,
+    /// [spool.retention_bytes] per stream; 0 keeps everything.
+    #[arg(long, env = "SLUICED_SPOOL_RETENTION_BYTES")]
+    pub spool_retention_bytes: Option<u64>,
+    /// [spool.retention_age] e.g. 7d; empty keeps everything.
+    #[arg(long, env = "SLUICED_SPOOL_RETENTION_AGE")]
+    pub spool_retention_age: Option<String>,
+    /// [spool.repair] quarantine corrupt segments instead of refusing to start.
+    #[arg(long, env = "SLUICED_SPOOL_REPAIR")]
+    pub repair: bool,
+    /// [streams.names] streams to open at start (comma-separated).
+    #[arg(long, env = "SLUICED_STREAMS", value_delimiter = ',')]
+    pub streams: Option<Vec<String>>,
+    /// [streams.auto_create] create streams on first publish (true/false).
+    #[arg(long, env = "SLUICED_STREAMS_AUTO_CREATE")]
+    pub streams_auto_create: Option<bool>,
+    /// [log.level] error | warn | info | debug | trace, or a filter directive.
+    #[arg(long, env = "SLUICED_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// [log.format] text | json.
+    #[arg(long, env = "SLUICED_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl Config {
+    /// Builds the effective configuration from `args` (and the file it names).
+    pub fn load(args: &Args) -> Result<Config, ConfigError> {
+        let mut c = match &args.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($field:expr, $arg:expr) => {
+                if let Some(v) = $arg.clone() {
+                    $field = v;
+                }
+            };
+        }
+        set!(c.data.listen, args.data_listen);
+        set!(c.data.recv_buffer, args.data_recv_buffer);
+        set!(c.data.max_datagram, args.data_max_datagram);
+        set!(c.data.credit, args.data_credit);
+        set!(c.admin.listen, args.admin_listen);
+        set!(c.spool.dir, args.spool_dir);
+        set!(c.spool.fsync, args.spool_fsync);
+        set!(c.spool.fsync_interval, args.spool_fsync_interval);
+        set!(c.spool.segment_bytes, args.spool_segment_bytes);
+        set!(c.spool.max_batch_bytes, args.spool_max_batch_bytes);
+        set!(c.spool.min_free_bytes, args.spool_min_free_bytes);
+        set!(c.spool.retention_bytes, args.spool_retention_bytes);
+        set!(c.spool.retention_age, args.spool_retention_age);
+        set!(c.streams.names, args.streams);
+        set!(c.streams.auto_create, args.streams_auto_create);
+        set!(c.log.level, args.log_level);
+        set!(c.log.format, args.log_format);
+        c.spool.repair |= args.repair;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(256..=65_507).contains(&self.data.max_datagram) {
+            return Err(invalid("data.max_datagram", "must be within 256..=65507"));
+        }
+        if self.data.credit == 0 {
+            return Err(invalid("data.credit", "must be at least 1"));
+        }
+        self.fsync_policy()?;
+        self.retention_age()?;
+        if self.spool.segment_bytes < 1 << 20 {
+            return Err(invalid("spool.segment_bytes", "must be at least 1 MiB"));
+        }
+        if self.spool.max_batch_bytes < 64 << 10 {
+            return Err(invalid("spool.max_batch_bytes", "must be at least 64 KiB"));
+        }
+        for n in &self.streams.names {
+            crate::spool::writer::check_name(n)
+                .map_err(|e| invalid("streams.names", e.to_string()))?;
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            return Err(invalid("log.format", "must be `text` or `json`"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn fsync_policy(&self) -> Result<FsyncPolicy, ConfigError> {
+        match self.spool.fsync.as_str() {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            "interval" => {
+                let d = humantime::parse_duration(&self.spool.fsync_interval)
+                    .map_err(|e| invalid("spool.fsync_interval", e.to_string()))?;
+                if d.is_zero() {
+                    return Err(invalid("spool.fsync_interval", "must be more than zero"));
+                }
+                Ok(FsyncPolicy::Interval(d))
+            }
+            other => Err(invalid(
+                "spool.fsync",
+                format!("`{other}` is not one of always, interval, never"),
+            )),
+        }
+    }
+
+    pub fn retention_age(&self) -> Result<Option<Duration>, ConfigError> {
+        if self.spool.retention_age.is_empty() {
+            return Ok(None);
+        }
+        humantime::parse_duration(&self.spool.retention_age)
+            .map(Some)
+            .map_err(|e| invalid("spool.retention_age", e.to_string()))
+    }
+
+    /// The spool's settings.
+    pub fn spool_config(&self) -> Result<SpoolConfig, ConfigError> {
+        Ok(SpoolConfig {
+            log: LogConfig {
+                segment_bytes: self.spool.segment_bytes,
+                max_batch_bytes: self.spool.max_batch_bytes,
+                repair: self.spool.repair,
+                ..LogConfig::default()
+            },
+            fsync: self.fsync_policy()?,
+            min_free_bytes: self.spool.min_free_bytes,
+            retention_bytes: (self.spool.retention_bytes > 0).then_some(self.spool.retention_bytes),
+            retention_age: self.retention_age()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+        assert_eq!(c.data.listen.to_string(), "127.0.0.1:7401");
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:7480");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse("[spool]\nfsync = \"sometimes\"\n").unwrap_err();
+        assert!(e.contains("spool.fsync") && e.contains("sometimes"), "{e}");
+        let e = parse("[data]\ncredit = 0\n").unwrap_err();
+        assert!(e.contains("data.credit"), "{e}");
+        let e = parse("[data]\nlisten = \"not an address\"\n").unwrap_err();
+        assert!(e.contains("listen"), "{e}");
+        let e = parse("[spool]\nretention_age = \"soon\"\n").unwrap_err();
+        assert!(e.contains("spool.retention_age"), "{e}");
+        let e = parse("[spool]\nfsnyc = \"always\"\n").unwrap_err();
+        assert!(e.contains("fsnyc"), "unknown keys are named: {e}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            "[data]\ncredit = 10\n[spool]\ndir = \"/from/file\"\n",
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(path),
+            spool_dir: Some("/from/flag".into()),
+            ..Args::default()
+        };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.data.credit, 10);
+        assert_eq!(c.spool.dir, PathBuf::from("/from/flag"));
+    }
+}
