@@ -1,73 +1,49 @@
-//! The admin HTTP endpoint: `GET /metrics` (Prometheus text) and
-//! `GET /health`. Two read-only routes do not justify an HTTP framework;
-//! this answers one request per connection and closes it.
+//! The admin HTTP endpoint (HTTP/1.1, on `admin.listen`):
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /health` | `200 {"status":"ok",...}`, or `503` while acks are held (disk full) or the daemon is stopping |
+//! | `GET /streams` | JSON: each stream's name and durable end offset |
+//! | `GET /streams/{name}/records?from=N&limit=M` | JSON: durable records from offset N (payloads in base64) |
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sluice_transport::udp::ServeStats;
 use tokio::net::TcpListener;
-use tracing::debug;
 
-/// What the admin endpoint serves.
-pub trait AdminState: Send + Sync + 'static {
-    fn metrics(&self) -> String;
-    /// `Ok(detail)` if healthy, `Err(detail)` if not.
-    fn health(&self) -> Result<String, String>;
+use crate::metrics::Metrics;
+use crate::spool::Spool;
+
+/// Most records one `/records` request returns.
+pub const MAX_RECORDS_PER_REQUEST: usize = 10_000;
+
+/// What the admin endpoint reads.
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub socket: Arc<ServeStats>,
+    pub spool: Arc<Spool>,
+    /// Set when a stop begins: `/health` turns unhealthy so load balancers
+    /// stop sending.
+    pub stopping: AtomicBool,
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<dyn AdminState>) {
-    loop {
-        let Ok((mut conn, peer)) = listener.accept().await else {
-            continue;
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let mut n = 0;
-            // Read the request head (we need only the request line).
-            while n < buf.len() {
-                match conn.read(&mut buf[n..]).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => n += k,
-                }
-                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let mut parts = head.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (status, ctype, body) = match (method, path) {
-                ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", state.metrics()),
-                ("GET", "/health") => match state.health() {
-                    Ok(d) => (
-                        "200 OK",
-                        "application/json",
-                        format!("{{\"status\":\"ok\",\"detail\":{d:?}}}\n"),
-                    ),
-                    Err(d) => (
-                        "503 Service Unavailable",
-                        "application/json",
-                        format!("{{\"status\":\"unhealthy\",\"detail\":{d:?}}}\n"),
-                    ),
-                },
-                ("GET", _) => (
-                    "404 Not Found",
-                    "text/plain",
-                    "routes: /metrics /health\n".into(),
-                ),
-                _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if conn.write_all(resp.as_bytes()).await.is_err() {
-                debug!(%peer, "admin client went away");
-            }
-        });
-    }
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/streams", get(streams))
+        .route("/streams/{name}/records", get(records))
+        .with_state(state)
 }
 
 /// Binds the admin listener, with an error that says which address failed.
@@ -75,4 +51,154 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("admin listener {addr}: {e}")))
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(&s.socket, &s.spool),
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    detail: String,
+}
+
+async fn health(State(s): State<Arc<AdminState>>) -> (StatusCode, Json<Health>) {
+    if s.stopping.load(Ordering::Relaxed) {
+        return unhealthy("stopping".into());
+    }
+    let full: Vec<String> = s
+        .spool
+        .open_streams()
+        .iter()
+        .filter(|st| st.health().disk_full)
+        .map(|st| st.name().to_owned())
+        .collect();
+    if full.is_empty() {
+        let body = Health {
+            status: "ok",
+            detail: "accepting".into(),
+        };
+        (StatusCode::OK, Json(body))
+    } else {
+        unhealthy(format!("disk full, acks held for: {}", full.join(", ")))
+    }
+}
+
+fn unhealthy(detail: String) -> (StatusCode, Json<Health>) {
+    let body = Health {
+        status: "unhealthy",
+        detail,
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct StreamInfo {
+    pub name: String,
+    /// Offset after the last durable record (`null` if the stream is on
+    /// disk but not opened yet).
+    pub durable_end: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct StreamList {
+    pub streams: Vec<StreamInfo>,
+}
+
+async fn streams(State(s): State<Arc<AdminState>>) -> Json<StreamList> {
+    let open = s.spool.open_streams();
+    let mut names = s.spool.stream_names();
+    names.sort();
+    let streams = names
+        .into_iter()
+        .map(|name| StreamInfo {
+            durable_end: open
+                .iter()
+                .find(|st| st.name() == name)
+                .map(|st| st.durable_end()),
+            name,
+        })
+        .collect();
+    Json(StreamList { streams })
+}
+
+#[derive(Deserialize)]
+struct RecordsQuery {
+    #[serde(default)]
+    from: u64,
+    limit: Option<usize>,
+}
+
+/// One record as `/records` shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct RecordJson {
+    pub offset: u64,
+    pub timestamp_us: u64,
+    pub producer: u64,
+    pub seq: u64,
+    /// The payload, base64 (standard alphabet, padded).
+    pub payload: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct RecordsPage {
+    pub stream: String,
+    pub records: Vec<RecordJson>,
+    /// Where to continue: `from` for the next request.
+    pub next: u64,
+    pub durable_end: u64,
+}
+
+async fn records(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    Query(q): Query<RecordsQuery>,
+) -> Response {
+    if !s.spool.stream_names().contains(&name) {
+        return error(StatusCode::NOT_FOUND, format!("no stream {name:?}"));
+    }
+    let stream = match s.spool.stream(&name) {
+        Ok(st) => st,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let limit = q.limit.unwrap_or(1_000).clamp(1, MAX_RECORDS_PER_REQUEST);
+    let from = q.from;
+    // Reading touches files: off the async workers.
+    let page = tokio::task::spawn_blocking(move || {
+        let mut reader = stream.reader(from);
+        let mut records = Vec::new();
+        while records.len() < limit {
+            match reader.next_record()? {
+                Some((offset, r)) => records.push(RecordJson {
+                    offset,
+                    timestamp_us: r.timestamp_us,
+                    producer: r.producer,
+                    seq: r.seq,
+                    payload: base64::engine::general_purpose::STANDARD.encode(&r.payload),
+                }),
+                None => break,
+            }
+        }
+        Ok::<_, crate::spool::SpoolError>(RecordsPage {
+            stream: stream.name().to_owned(),
+            next: reader.position(),
+            durable_end: stream.durable_end(),
+            records,
+        })
+    })
+    .await;
+    match page {
+        Ok(Ok(page)) => Json(page).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
 }

@@ -11,6 +11,7 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::credit::CreditPolicy;
 use crate::spool::{FsyncPolicy, LogConfig, SpoolConfig};
 
 #[derive(Debug, Error)]
@@ -54,8 +55,11 @@ pub struct Data {
     pub recv_buffer: usize,
     /// Largest datagram sent (NACKs, STATUS): the path MTU less headers.
     pub max_datagram: usize,
-    /// Credit granted to each session: messages past its durable seq.
+    /// Most credit one session gets: messages past its durable seq.
     pub credit: u32,
+    /// Bytes in flight (received, not yet durable) allowed per stream,
+    /// shared by its sessions: bounds ingest memory.
+    pub window_bytes: u64,
 }
 
 /// Metrics and health over HTTP.
@@ -78,6 +82,8 @@ pub struct Spool {
     pub max_batch_bytes: usize,
     /// Hold acks when the file system has less free than this.
     pub min_free_bytes: u64,
+    /// Bytes waiting for the writer at which producers get no credit.
+    pub max_backlog_bytes: u64,
     /// Delete old segments past this many bytes per stream (0: keep all).
     pub retention_bytes: u64,
     /// Delete segments older than this, e.g. "7d" ("" keeps all).
@@ -111,6 +117,7 @@ impl Default for Data {
             recv_buffer: 0,
             max_datagram: 1452,
             credit: 4096,
+            window_bytes: 64 << 20,
         }
     }
 }
@@ -133,6 +140,7 @@ impl Default for Spool {
             segment_bytes: log.segment_bytes,
             max_batch_bytes: log.max_batch_bytes,
             min_free_bytes: 256 << 20,
+            max_backlog_bytes: 64 << 20,
             retention_bytes: 0,
             retention_age: String::new(),
             repair: false,
@@ -189,9 +197,12 @@ pub struct Args {
     /// [data.max_datagram] largest datagram sent: path MTU less IP/UDP headers.
     #[arg(long, env = "SLUICED_DATA_MAX_DATAGRAM")]
     pub data_max_datagram: Option<usize>,
-    /// [data.credit] messages each session may send past its durable seq.
+    /// [data.credit] most messages one session may send past its durable seq.
     #[arg(long, env = "SLUICED_DATA_CREDIT")]
     pub data_credit: Option<u32>,
+    /// [data.window_bytes] bytes in flight per stream, shared by its sessions.
+    #[arg(long, env = "SLUICED_DATA_WINDOW_BYTES")]
+    pub data_window_bytes: Option<u64>,
     /// [admin.listen] HTTP address for /metrics and /health.
     #[arg(long, env = "SLUICED_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
@@ -214,6 +225,10 @@ pub struct Args {
     /// [spool.min_free_bytes] hold acks below this much free disk.
     #[arg(long, env = "SLUICED_SPOOL_MIN_FREE_BYTES")]
     pub spool_min_free_bytes: Option<u64>,
+    /// [spool.max_backlog_bytes] bytes waiting for the writer at which
+    /// producers get no more credit.
+    #[arg(long, env = "SLUICED_SPOOL_MAX_BACKLOG_BYTES")]
+    pub spool_max_backlog_bytes: Option<u64>,
     /// [spool.retention_bytes] per stream; 0 keeps everything.
     #[arg(long, env = "SLUICED_SPOOL_RETENTION_BYTES")]
     pub spool_retention_bytes: Option<u64>,
@@ -255,6 +270,7 @@ impl Config {
         set!(c.data.recv_buffer, args.data_recv_buffer);
         set!(c.data.max_datagram, args.data_max_datagram);
         set!(c.data.credit, args.data_credit);
+        set!(c.data.window_bytes, args.data_window_bytes);
         set!(c.admin.listen, args.admin_listen);
         set!(c.spool.dir, args.spool_dir);
         set!(c.spool.fsync, args.spool_fsync);
@@ -262,6 +278,7 @@ impl Config {
         set!(c.spool.segment_bytes, args.spool_segment_bytes);
         set!(c.spool.max_batch_bytes, args.spool_max_batch_bytes);
         set!(c.spool.min_free_bytes, args.spool_min_free_bytes);
+        set!(c.spool.max_backlog_bytes, args.spool_max_backlog_bytes);
         set!(c.spool.retention_bytes, args.spool_retention_bytes);
         set!(c.spool.retention_age, args.spool_retention_age);
         set!(c.streams.names, args.streams);
@@ -295,6 +312,12 @@ impl Config {
         }
         if self.data.credit == 0 {
             return Err(invalid("data.credit", "must be at least 1"));
+        }
+        if self.data.window_bytes < 64 << 10 {
+            return Err(invalid("data.window_bytes", "must be at least 64 KiB"));
+        }
+        if self.spool.max_backlog_bytes < 1 << 20 {
+            return Err(invalid("spool.max_backlog_bytes", "must be at least 1 MiB"));
         }
         self.fsync_policy()?;
         self.retention_age()?;
@@ -342,6 +365,15 @@ impl Config {
         humantime::parse_duration(&self.spool.retention_age)
             .map(Some)
             .map_err(|e| invalid("spool.retention_age", e.to_string()))
+    }
+
+    /// How ingest grants credit.
+    pub fn credit_policy(&self) -> CreditPolicy {
+        CreditPolicy {
+            max_credit: self.data.credit,
+            window_bytes: self.data.window_bytes,
+            backlog_limit: self.spool.max_backlog_bytes,
+        }
     }
 
     /// The spool's settings.

@@ -1,54 +1,62 @@
 //! Ingest: sessions of the UDP endpoint feed the spool. A message's seq is
 //! marked durable only when the spool says its batch is on stable storage,
-//! and the credit each session gets follows the spool's health, so a slow or
-//! full disk slows producers instead of growing memory.
+//! and each session's credit follows the spool's health and the session's
+//! share of its stream (see [`crate::credit`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
 
-use sluice_transport::proto::{EndpointEvent, Incoming, Receiver};
+use sluice_transport::proto::{Endpoint, EndpointEvent, Incoming, Receiver, ReceiverStats};
 use sluice_transport::udp::{Control, Owner};
 use sluice_transport::wire::CloseCode;
 use tracing::{error, info, warn};
 
-use crate::metrics::Metrics;
+use crate::credit::CreditPolicy;
+use crate::metrics::{Metrics, StreamMetrics};
 use crate::spool::writer::now_us;
 use crate::spool::{Outcome, Record, Spool, Stream};
 
-/// Above this much data waiting for the spool writer, no new credit.
-const BACKLOG_LIMIT: u64 = 256 << 20;
-
-/// The endpoint's owner in `sluiced`.
+/// The endpoint's owner in `sluiced`. It lives in the endpoint's task.
 pub struct Ingest {
     spool: Arc<Spool>,
     auto_create: bool,
-    credit: u32,
+    policy: CreditPolicy,
     metrics: Arc<Metrics>,
-    /// Open sessions and their stream, for credit updates.
-    sessions: Arc<Mutex<HashMap<u64, Stream>>>,
+    sessions: HashMap<u64, Session>,
+    /// Appends handed to the spool and not yet answered.
+    in_flight: Arc<AtomicU64>,
+}
+
+struct Session {
+    stream: Stream,
+    metrics: Arc<StreamMetrics>,
+    /// The receiver's counters already added to the stream's metrics.
+    counted: ReceiverStats,
 }
 
 impl Ingest {
-    pub fn new(spool: Arc<Spool>, auto_create: bool, credit: u32, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        spool: Arc<Spool>,
+        auto_create: bool,
+        policy: CreditPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Ingest {
             spool,
             auto_create,
-            credit,
+            policy,
             metrics,
-            sessions: Arc::default(),
+            sessions: HashMap::new(),
+            in_flight: Arc::default(),
         }
     }
 
-    /// The credit updater for this owner's sessions (started once the
-    /// endpoint is served and its `Control` exists).
-    pub fn credits(&self) -> Credits {
-        Credits {
-            sessions: self.sessions.clone(),
-            metrics: self.metrics.clone(),
-            full: self.credit,
-        }
+    /// How many appends are waiting for the spool: zero once every
+    /// delivered message has been answered (a drain waits for that).
+    pub fn in_flight(&self) -> Arc<AtomicU64> {
+        self.in_flight.clone()
     }
 
     fn stream_for(&self, name: &str) -> Result<Stream, String> {
@@ -58,58 +66,49 @@ impl Ingest {
         }
         self.spool.stream(name).map_err(|e| e.to_string())
     }
-}
 
-/// Re-grants credit to every open session from its stream's health.
-pub struct Credits {
-    sessions: Arc<Mutex<HashMap<u64, Stream>>>,
-    metrics: Arc<Metrics>,
-    full: u32,
-}
-
-impl Credits {
-    /// Every `every`: full credit, or none while the disk is full or the
-    /// writer is far behind.
-    pub fn spawn(self, control: Control, every: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                let sessions: Vec<(u64, Stream)> = self
-                    .sessions
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, v)| (*k, v.clone()))
-                    .collect();
-                for (id, stream) in sessions {
-                    let credit = credit_for(&stream, self.full);
-                    self.metrics
-                        .stream(stream.name())
-                        .credit
-                        .store(credit as u64, Ordering::Relaxed);
-                    control.set_credit(id, credit);
+    /// The session's state, set up on first sight.
+    fn session(&mut self, r: &Receiver) -> Option<&mut Session> {
+        let id = r.session_id();
+        if !self.sessions.contains_key(&id) {
+            let stream = match self.spool.stream(r.stream()) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(error = %e, stream = r.stream(), "stream unavailable under an open session");
+                    return None;
                 }
-            }
-        })
+            };
+            let metrics = self.metrics.stream(stream.name());
+            self.sessions.insert(
+                id,
+                Session {
+                    stream,
+                    metrics,
+                    counted: ReceiverStats::default(),
+                },
+            );
+        }
+        self.sessions.get_mut(&id)
     }
 }
 
-fn credit_for(stream: &Stream, full: u32) -> u32 {
-    let h = stream.health();
-    if h.disk_full || h.backlog_bytes > BACKLOG_LIMIT {
-        0
-    } else {
-        full
-    }
+/// Adds what the receiver counted since `counted` to the stream's metrics.
+fn count(m: &StreamMetrics, counted: &mut ReceiverStats, now: &ReceiverStats) {
+    m.nacks_sent
+        .fetch_add(now.nacks_sent - counted.nacks_sent, Relaxed);
+    m.retransmits_received.fetch_add(
+        (now.duplicates + now.recovered) - (counted.duplicates + counted.recovered),
+        Relaxed,
+    );
+    m.over_credit
+        .fetch_add(now.over_credit - counted.over_credit, Relaxed);
+    *counted = now.clone();
 }
 
 impl Owner for Ingest {
     fn accept(&mut self, inc: &Incoming) -> Result<(u64, u32), (CloseCode, String)> {
         let stream = self.stream_for(&inc.hello.stream).map_err(|reason| {
-            self.metrics
-                .sessions_rejected
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.sessions_rejected.fetch_add(1, Relaxed);
             warn!(peer = %inc.peer, stream = %inc.hello.stream, %reason, "session refused");
             (CloseCode::Rejected, reason)
         })?;
@@ -119,30 +118,20 @@ impl Owner for Ingest {
         let durable = tokio::task::block_in_place(|| ask.blocking_recv())
             .map_err(|_| (CloseCode::ShuttingDown, "spool is closing".to_owned()))?
             .unwrap_or(0);
+        let sessions = self
+            .sessions
+            .values()
+            .filter(|s| s.stream.name() == stream.name())
+            .count();
+        let credit = self.policy.credit(&stream.health(), sessions + 1, None);
         info!(peer = %inc.peer, producer = inc.hello.producer_id, stream = %inc.hello.stream, durable, "session open");
-        Ok((durable, credit_for(&stream, self.credit)))
+        Ok((durable, credit))
     }
 
     fn deliver(&mut self, r: &mut Receiver, control: &Control) {
-        let session = r.session_id();
-        let stream = {
-            let mut sessions = self.sessions.lock().unwrap();
-            match sessions.get(&session) {
-                Some(s) => s.clone(),
-                None => match self.spool.stream(r.stream()) {
-                    Ok(s) => {
-                        sessions.insert(session, s.clone());
-                        self.metrics
-                            .sessions
-                            .store(sessions.len() as u64, Ordering::Relaxed);
-                        s
-                    }
-                    Err(e) => {
-                        error!(error = %e, "stream vanished under an open session");
-                        return;
-                    }
-                },
-            }
+        let in_flight = self.in_flight.clone();
+        let Some(session) = self.session(r) else {
+            return;
         };
         let producer = r.producer_id();
         let ts = now_us();
@@ -160,12 +149,13 @@ impl Owner for Ingest {
         let Some(last) = records.last().map(|r| r.seq) else {
             return;
         };
-        let m = self.metrics.stream(stream.name());
-        m.messages_in
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
-        m.bytes_in.fetch_add(bytes, Ordering::Relaxed);
-        let ack = stream.append_batch(records);
+        let m = session.metrics.clone();
+        m.messages_in.fetch_add(records.len() as u64, Relaxed);
+        m.bytes_in.fetch_add(bytes, Relaxed);
+        in_flight.fetch_add(1, Relaxed);
+        let ack = session.stream.append_batch(records);
         let control = control.clone();
+        let id = r.session_id();
         // Batches of one stream complete in order, so acks go out in order.
         tokio::spawn(async move {
             match ack.await {
@@ -174,17 +164,23 @@ impl Owner for Ingest {
                         .iter()
                         .filter(|o| **o == Outcome::Duplicate)
                         .count() as u64;
-                    m.duplicates.fetch_add(dups, Ordering::Relaxed);
-                    m.stored
-                        .fetch_add(outcomes.len() as u64 - dups, Ordering::Relaxed);
-                    control.mark_durable(session, last);
+                    m.duplicates.fetch_add(dups, Relaxed);
+                    m.stored.fetch_add(outcomes.len() as u64 - dups, Relaxed);
+                    control.mark_durable(id, last);
                 }
                 Ok(Err(e)) => {
-                    m.append_errors.fetch_add(1, Ordering::Relaxed);
-                    error!(error = %e, session, "append failed: not acked, the producer will retransmit");
+                    m.append_errors.fetch_add(1, Relaxed);
+                    error!(error = %e, session = id, "append failed: not acked; closing the session so the producer resends");
+                    control.close(
+                        id,
+                        CloseCode::StorageError,
+                        "the spool could not store a batch",
+                    );
                 }
+                // The spool shut down: nothing is acked.
                 Err(_) => {}
             }
+            in_flight.fetch_sub(1, Relaxed);
         });
     }
 
@@ -194,12 +190,47 @@ impl Owner for Ingest {
             producer_id,
             stream,
             reason,
+            stats,
         } = ev;
-        let mut sessions = self.sessions.lock().unwrap();
-        sessions.remove(session_id);
-        self.metrics
-            .sessions
-            .store(sessions.len() as u64, Ordering::Relaxed);
+        if let Some(mut s) = self.sessions.remove(session_id) {
+            count(&s.metrics, &mut s.counted, stats);
+        }
         info!(session = session_id, producer = producer_id, %stream, %reason, "session closed");
+    }
+
+    fn tick(&mut self, _now: Instant, ep: &mut Endpoint) {
+        for ((_, n), slot) in ep.drops().iter().zip(&self.metrics.drops) {
+            slot.store(n, Relaxed);
+        }
+        let ids: Vec<u64> = ep.session_ids().collect();
+        for &id in &ids {
+            if let Some(r) = ep.receiver(id) {
+                self.session(r);
+            }
+        }
+        // Sessions per stream, for each one's share.
+        let mut per_stream: HashMap<String, (usize, u64)> = HashMap::new();
+        for s in self.sessions.values() {
+            per_stream.entry(s.stream.name().to_owned()).or_default().0 += 1;
+        }
+        for id in ids {
+            let (Some(r), Some(s)) = (ep.receiver_mut(id), self.sessions.get_mut(&id)) else {
+                continue;
+            };
+            let st = r.stats();
+            count(&s.metrics, &mut s.counted, st);
+            let avg =
+                (st.messages_delivered > 0).then(|| st.bytes_delivered / st.messages_delivered);
+            let entry = per_stream.get_mut(s.stream.name()).expect("counted above");
+            let credit = self.policy.credit(&s.stream.health(), entry.0, avg);
+            r.set_credit(credit);
+            entry.1 += u64::from(credit);
+        }
+        for name in self.spool.open_streams().iter().map(Stream::name) {
+            let (sessions, credit) = per_stream.get(name).copied().unwrap_or_default();
+            let m = self.metrics.stream(name);
+            m.sessions.store(sessions as u64, Relaxed);
+            m.credit.store(credit, Relaxed);
+        }
     }
 }

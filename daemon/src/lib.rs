@@ -2,6 +2,8 @@
 
 pub mod admin;
 pub mod config;
+pub mod credit;
 pub mod ingest;
 pub mod metrics;
+pub mod server;
 pub mod spool;

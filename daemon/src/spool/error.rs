@@ -29,6 +29,11 @@ pub enum SpoolError {
     TooLarge(usize),
     #[error("the spool is closed")]
     Closed,
+    #[error(
+        "data folder {} is in use by another process ({holder}): is sluiced already running on it?",
+        dir.display()
+    )]
+    Locked { dir: PathBuf, holder: String },
 }
 
 impl SpoolError {

@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod fs;
+pub mod lock;
 pub mod log;
 pub mod reader;
 pub mod record;
@@ -19,6 +20,7 @@ pub mod simfs;
 pub mod writer;
 
 pub use error::SpoolError;
+pub use lock::DirLock;
 pub use log::{Cursor, LogConfig, Outcome, StreamLog};
 pub use reader::Reader;
 pub use record::Record;

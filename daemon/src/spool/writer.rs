@@ -15,9 +15,11 @@ use tracing::{error, warn};
 
 use super::error::SpoolError;
 use super::fs::{RealFs, SpoolFs};
+use super::lock::DirLock;
 use super::log::{Cursor, LogConfig, Outcome, SharedSegments, StreamLog};
 use super::reader::Reader;
 use super::record::Record;
+use crate::metrics::histogram::{Histogram, Snapshot};
 
 /// When appends become durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,12 +104,29 @@ enum Request {
 }
 
 /// Counters shared between the writer thread and handles.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Gauges {
     backlog_records: AtomicU64,
     backlog_bytes: AtomicU64,
     disk_full: AtomicBool,
     last_sync_us: AtomicU64,
+    /// fdatasync durations, microseconds.
+    sync_us: Histogram,
+    /// Records per group commit.
+    batch_records: Histogram,
+}
+
+impl Default for Gauges {
+    fn default() -> Self {
+        Gauges {
+            backlog_records: AtomicU64::new(0),
+            backlog_bytes: AtomicU64::new(0),
+            disk_full: AtomicBool::new(false),
+            last_sync_us: AtomicU64::new(0),
+            sync_us: Histogram::latency(),
+            batch_records: Histogram::batch_sizes(),
+        }
+    }
 }
 
 /// A handle on one stream. Cheap to clone; the writer thread stops when the
@@ -216,6 +235,16 @@ impl Stream {
         }
     }
 
+    /// How long each group commit's fdatasync took (seconds).
+    pub fn sync_latency(&self) -> Snapshot {
+        self.gauges.sync_us.snapshot()
+    }
+
+    /// Records per group commit.
+    pub fn batch_sizes(&self) -> Snapshot {
+        self.gauges.batch_records.snapshot()
+    }
+
     /// Offset after the last durable record.
     pub fn durable_end(&self) -> u64 {
         *self.durable_end.borrow()
@@ -240,12 +269,18 @@ pub struct Spool {
     config: SpoolConfig,
     streams: Mutex<HashMap<String, Stream>>,
     writers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The data folder's lock (real file systems only).
+    lock: Option<DirLock>,
 }
 
 impl Spool {
-    /// Opens the spool in `root` (creating it), on the real file system.
+    /// Opens the spool in `root` (creating it), on the real file system,
+    /// and holds the folder's lock until dropped: one process per spool.
     pub fn open(root: &Path, config: SpoolConfig) -> Result<Spool, SpoolError> {
-        Self::open_with(Arc::new(RealFs), root, config)
+        let lock = DirLock::acquire(root)?;
+        let mut spool = Self::open_with(Arc::new(RealFs), root, config)?;
+        spool.lock = Some(lock);
+        Ok(spool)
     }
 
     pub fn open_with(
@@ -265,6 +300,7 @@ impl Spool {
             config,
             streams: Mutex::new(HashMap::new()),
             writers: Mutex::new(Vec::new()),
+            lock: None,
         })
     }
 
@@ -461,10 +497,11 @@ impl Writer {
                 }
                 other => {
                     if sync {
-                        self.gauges
-                            .last_sync_us
-                            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        let us = started.elapsed().as_micros() as u64;
+                        self.gauges.last_sync_us.store(us, Ordering::Relaxed);
+                        self.gauges.sync_us.observe(us);
                     }
+                    self.gauges.batch_records.observe(all.len() as u64);
                     break other;
                 }
             }
@@ -546,5 +583,9 @@ fn copy_error(e: &SpoolError) -> SpoolError {
         SpoolError::BadStreamName(n) => SpoolError::BadStreamName(n.clone()),
         SpoolError::TooLarge(n) => SpoolError::TooLarge(*n),
         SpoolError::Closed => SpoolError::Closed,
+        SpoolError::Locked { dir, holder } => SpoolError::Locked {
+            dir: dir.clone(),
+            holder: holder.clone(),
+        },
     }
 }

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::config::ReceiverConfig;
 use super::receiver::Receiver;
-use super::stats::{DropCounts, DropReason};
+use super::stats::{DropCounts, DropReason, ReceiverStats};
 use super::CloseReason;
 use crate::wire::{Close, CloseCode, Hello, Packet};
 
@@ -35,6 +35,9 @@ pub enum EndpointEvent {
         producer_id: u64,
         stream: String,
         reason: CloseReason,
+        /// The session's counters at its end, so owners that sum them up
+        /// miss nothing of its last moments.
+        stats: ReceiverStats,
     },
 }
 
@@ -314,6 +317,7 @@ impl Endpoint {
             producer_id: s.receiver.producer_id(),
             stream: s.receiver.stream().to_owned(),
             reason: s.receiver.closed().cloned().unwrap_or(CloseReason::Local),
+            stats: s.receiver.stats().clone(),
         });
     }
 

@@ -330,6 +330,9 @@ impl Receiver {
         let Some((_, above)) = self.pending.range(seq + 1..).next() else {
             return;
         };
+        if above.gap_nacked_at.is_some() {
+            self.stats.recovered += 1;
+        }
         let asked_long_ago = above
             .gap_nacked_at
             .is_some_and(|t| now.saturating_duration_since(t) >= self.liveness.rtt.srtt() / 2);

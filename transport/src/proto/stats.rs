@@ -105,13 +105,16 @@ pub struct SenderStats {
 }
 
 /// Per-session receiver counters.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReceiverStats {
     pub datagrams_received: u64,
     pub messages_delivered: u64,
     pub bytes_delivered: u64,
     /// Entries for messages already received (retransmissions that crossed).
     pub duplicates: u64,
+    /// Entries that filled a gap after it was NACKed: retransmissions that
+    /// repaired loss.
+    pub recovered: u64,
     /// Entries beyond the credit the receiver granted.
     pub over_credit: u64,
     /// Fragments refused because the reassembly budget was used up.

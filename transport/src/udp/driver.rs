@@ -8,11 +8,11 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
@@ -37,13 +37,39 @@ pub trait Owner: Send + 'static {
 
     /// A session ended.
     fn closed(&mut self, _event: &EndpointEvent) {}
+
+    /// Called every [`TICK`]: look at every session (counters, peers) and
+    /// adjust what follows from them, such as each session's credit.
+    fn tick(&mut self, _now: Instant, _endpoint: &mut Endpoint) {}
 }
+
+/// How often [`Owner::tick`] runs.
+pub const TICK: Duration = Duration::from_millis(50);
 
 /// Instructions for the served endpoint from outside its task.
 #[derive(Debug)]
 enum Command {
-    MarkDurable { session: u64, seq: u64 },
-    SetCredit { session: u64, credit: u32 },
+    MarkDurable {
+        session: u64,
+        seq: u64,
+    },
+    SetCredit {
+        session: u64,
+        credit: u32,
+    },
+    Close {
+        session: u64,
+        code: CloseCode,
+        reason: String,
+    },
+    /// Stop taking datagrams: nothing new is delivered.
+    Pause,
+    /// Close every session with this code, send the CLOSEs, and end.
+    Shutdown {
+        code: CloseCode,
+        reason: String,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// A cloneable way to reach the endpoint task: for owners whose durability
@@ -60,6 +86,16 @@ impl Control {
 
     pub fn set_credit(&self, session: u64, credit: u32) {
         let _ = self.tx.send(Command::SetCredit { session, credit });
+    }
+
+    /// Ends one session, telling its producer why (it will reconnect and
+    /// resend what is not durable).
+    pub fn close(&self, session: u64, code: CloseCode, reason: &str) {
+        let _ = self.tx.send(Command::Close {
+            session,
+            code,
+            reason: reason.to_owned(),
+        });
     }
 }
 
@@ -93,7 +129,28 @@ impl ServeHandle {
         self.stats.clone()
     }
 
-    /// Stops the task and waits until the socket is closed.
+    /// Stops taking datagrams, so nothing new reaches the owner; what is
+    /// already delivered can still be marked durable and acked.
+    pub fn pause(&self) {
+        let _ = self.control.tx.send(Command::Pause);
+    }
+
+    /// Applies every command sent before it (durable marks, so producers
+    /// hear their last acks), closes every session with `code`, sends the
+    /// CLOSEs and ends the task. Commands are applied in order, so a
+    /// `mark_durable` sent before this call is acked before the CLOSE.
+    pub async fn shutdown(mut self, code: CloseCode, reason: &str) {
+        let (done, wait) = oneshot::channel();
+        let _ = self.control.tx.send(Command::Shutdown {
+            code,
+            reason: reason.to_owned(),
+            done,
+        });
+        let _ = wait.await;
+        let _ = (&mut self.task).await;
+    }
+
+    /// Stops the task at once and waits until the socket is closed.
     pub async fn stop(mut self) {
         self.task.abort();
         let _ = (&mut self.task).await;
@@ -140,6 +197,10 @@ async fn run(
     let mut inbox = RecvBatch::new(RECV_BATCH, MAX_DATAGRAM + 1);
     let mut outbox = SendBatch::new();
     let mut out = Vec::with_capacity(MAX_DATAGRAM);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut paused = false;
+    let mut finished: Option<oneshot::Sender<()>> = None;
     loop {
         let now = Instant::now();
         while let Some(id) = ep.poll_readable() {
@@ -161,6 +222,10 @@ async fn run(
                 warn!(error = %e, "sending on the data socket failed");
             }
         }
+        if let Some(done) = finished.take() {
+            let _ = done.send(());
+            return;
+        }
         let deadline = ep.poll_timeout();
         let sleep = async {
             match deadline {
@@ -169,7 +234,7 @@ async fn run(
             }
         };
         tokio::select! {
-            r = inbox.recv(&socket) => match r {
+            r = inbox.recv(&socket), if !paused => match r {
                 Ok(n) => {
                     stats.datagrams_in.fetch_add(n as u64, Ordering::Relaxed);
                     let before = ep.drops().total();
@@ -192,12 +257,25 @@ async fn run(
                 Err(e) => warn!(error = %e, "receiving on the data socket failed"),
             },
             Some(c) = commands.recv() => {
-                apply(&mut ep, c);
                 // Take everything queued, so one wake-up answers a whole group commit.
-                while let Ok(c) = commands.try_recv() {
-                    apply(&mut ep, c);
+                let mut next = Some(c);
+                while let Some(c) = next {
+                    match c {
+                        Command::Pause => paused = true,
+                        Command::Shutdown { code, reason, done } => {
+                            let ids: Vec<u64> = ep.session_ids().collect();
+                            for id in ids {
+                                ep.close(id, code, &reason);
+                            }
+                            finished = Some(done);
+                            break;
+                        }
+                        other => apply(&mut ep, other),
+                    }
+                    next = commands.try_recv().ok();
                 }
             }
+            _ = tick.tick() => owner.tick(Instant::now(), &mut ep),
             _ = sleep => ep.handle_timeout(Instant::now()),
         }
     }
@@ -215,5 +293,11 @@ fn apply(ep: &mut Endpoint, c: Command) {
                 r.set_credit(credit);
             }
         }
+        Command::Close {
+            session,
+            code,
+            reason,
+        } => ep.close(session, code, &reason),
+        Command::Pause | Command::Shutdown { .. } => unreachable!("handled by the loop"),
     }
 }

@@ -7,5 +7,5 @@ mod driver;
 mod socket;
 
 pub use batch::{RecvBatch, SendBatch};
-pub use driver::{serve, Control, Owner, ServeHandle, ServeStats};
+pub use driver::{serve, Control, Owner, ServeHandle, ServeStats, TICK};
 pub use socket::{bind, SocketOptions, UdpError};

@@ -94,6 +94,9 @@ pub enum CloseCode {
     /// The receiver has no such session (it restarted, or forgot it): open a
     /// new one.
     UnknownSession,
+    /// The receiver could not store what it received (a spool error): open
+    /// a new session and resend what is not durable.
+    StorageError,
     Other(u16),
 }
 
@@ -107,6 +110,7 @@ impl CloseCode {
             CloseCode::ProtocolViolation => 4,
             CloseCode::ShuttingDown => 5,
             CloseCode::UnknownSession => 6,
+            CloseCode::StorageError => 7,
             CloseCode::Other(v) => v,
         }
     }
@@ -121,6 +125,7 @@ impl CloseCode {
             4 => CloseCode::ProtocolViolation,
             5 => CloseCode::ShuttingDown,
             6 => CloseCode::UnknownSession,
+            7 => CloseCode::StorageError,
             other => CloseCode::Other(other),
         }
     }

@@ -1,0 +1,106 @@
+//! sluice: the command-line client of `sluiced`. See `sluice --help`.
+//!
+//! Exit codes: 0 on success, 1 when the work failed (daemon unreachable,
+//! stream missing, ...), 2 for bad usage.
+
+mod publish;
+mod read;
+mod stat;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Publish to, read from and watch a sluiced",
+    long_about = "Publish to, read from and watch a sluiced.\n\n\
+Addresses default to sluiced's embedded defaults (data 127.0.0.1:7401/udp, \
+admin http://127.0.0.1:7480); set SLUICE_ADDR and SLUICE_ADMIN to point \
+elsewhere."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Publish messages and wait until each is durable: lines of stdin (the
+    /// default), the lines of files, or --count generated messages.
+    Publish(publish::Args),
+    /// Print a stream's records (offset, time, producer, seq, payload),
+    /// through a running sluiced or from its data folder.
+    Read(read::Args),
+    /// Watch a running sluiced: per-stream rates, credit, fsync latency and
+    /// dropped datagrams, refreshed every second.
+    Stat(stat::Args),
+}
+
+/// The admin address, shared by `read` and `stat`.
+#[derive(clap::Args, Clone, Copy)]
+struct AdminAddr {
+    /// sluiced's admin (HTTP) address.
+    #[arg(long, default_value = "127.0.0.1:7480", env = "SLUICE_ADMIN")]
+    admin: SocketAddr,
+}
+
+type Res = Result<(), Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Publish(a) => publish::run(a),
+        Cmd::Read(a) => read::run(a),
+        Cmd::Stat(a) => stat::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`| head`): not an error.
+        Err(e) if is_broken_pipe(&*e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// GETs `path` from the admin endpoint and returns the body; an HTTP error
+/// status becomes an error carrying the daemon's message.
+fn admin_get(admin: SocketAddr, path: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let url = format!("http://{admin}{path}");
+    match ureq::get(&url)
+        .timeout(std::time::Duration::from_secs(10))
+        .call()
+    {
+        Ok(r) => Ok(r.into_string()?),
+        Err(ureq::Error::Status(code, r)) => {
+            let body = r.into_string().unwrap_or_default();
+            let msg = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or(body);
+            Err(format!("sluiced at {admin} answered {code}: {msg}").into())
+        }
+        Err(e) => Err(format!(
+            "cannot reach sluiced's admin endpoint at {admin}: {e} (is it running? see --admin)"
+        )
+        .into()),
+    }
+}
+
+/// A path given on the command line that must exist.
+fn existing(path: &std::path::Path) -> Result<(), String> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(format!("{} does not exist", path.display()))
+    }
+}

@@ -1,0 +1,130 @@
+//! `sluice publish`: messages in, durable acks back.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use bytes::Bytes;
+use indicatif::{ProgressBar, ProgressStyle};
+use sluice_transport::client::{Producer, ProducerError, ProducerOptions};
+
+use crate::{existing, Res};
+
+/// Batches handed to the producer before the first is acked.
+const BATCHES_IN_FLIGHT: usize = 16;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Stream to publish to.
+    #[arg(long, short)]
+    stream: String,
+    /// sluiced's data address (UDP).
+    #[arg(long, default_value = "127.0.0.1:7401", env = "SLUICE_ADDR")]
+    to: SocketAddr,
+    /// Stable id of this producer. Publishing again with the same id
+    /// continues its sequence, and a message resent after a failure is
+    /// stored once. Default: the process id.
+    #[arg(long)]
+    producer: Option<u64>,
+    /// Publish the lines of these files (in order) instead of stdin.
+    #[arg(long = "file", short = 'f')]
+    files: Vec<PathBuf>,
+    /// Publish this many generated messages instead of reading input.
+    #[arg(long, conflicts_with = "files")]
+    count: Option<u64>,
+    /// Size in bytes of generated messages (each starts with its number).
+    #[arg(long, default_value_t = 128, requires = "count")]
+    size: usize,
+    /// Messages handed to the producer at a time.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+}
+
+pub fn run(a: Args) -> Res {
+    for f in &a.files {
+        existing(f)?;
+    }
+    let producer = a.producer.unwrap_or(std::process::id() as u64);
+    let size = a.size;
+    let messages: Box<dyn Iterator<Item = std::io::Result<Bytes>>> = match a.count {
+        Some(n) => Box::new((0..n).map(move |i| {
+            let mut v = format!("{i} ").into_bytes();
+            v.resize(size.max(v.len()), b'x');
+            Ok(Bytes::from(v))
+        })),
+        None if !a.files.is_empty() => {
+            let files = a.files.clone();
+            Box::new(files.into_iter().flat_map(|path| {
+                let lines: Box<dyn Iterator<Item = std::io::Result<String>>> =
+                    match std::fs::File::open(&path) {
+                        Ok(f) => Box::new(std::io::BufReader::new(f).lines()),
+                        Err(e) => Box::new(std::iter::once(Err(e))),
+                    };
+                lines.map(|l| l.map(Bytes::from))
+            }))
+        }
+        None => Box::new(std::io::stdin().lock().lines().map(|l| l.map(Bytes::from))),
+    };
+    let bar = match a.count {
+        Some(n) => ProgressBar::new(n).with_style(ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} durable  {per_sec}  eta {eta}",
+        )?),
+        None => ProgressBar::new_spinner().with_style(ProgressStyle::with_template(
+            "{spinner} {pos} durable  {per_sec}",
+        )?),
+    };
+    let started = Instant::now();
+    let rt = tokio::runtime::Runtime::new()?;
+    let (acked, bytes, seqs) = rt.block_on(async {
+        let p = Producer::connect(a.to, &a.stream, producer, ProducerOptions::default()).await?;
+        let (mut acked, mut bytes) = (0u64, 0u64);
+        let mut seqs: Option<(u64, u64)> = None;
+        // Several batches in flight, so the next is on the wire while the
+        // last is being synced; they are acked in order.
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut it = messages.peekable();
+        loop {
+            if in_flight.len() >= BATCHES_IN_FLIGHT
+                || (it.peek().is_none() && !in_flight.is_empty())
+            {
+                let (n, sent): (
+                    u64,
+                    tokio::task::JoinHandle<Result<std::ops::Range<u64>, ProducerError>>,
+                ) = in_flight.pop_front().expect("not empty");
+                let r = sent.await??;
+                if !r.is_empty() {
+                    let first = seqs.map_or(r.start, |s| s.0);
+                    seqs = Some((first, r.end - 1));
+                }
+                acked += n;
+                bar.inc(n);
+                continue;
+            }
+            if it.peek().is_none() {
+                break;
+            }
+            let mut chunk = Vec::with_capacity(a.batch.max(1));
+            for m in it.by_ref().take(a.batch.max(1)) {
+                chunk.push(m?);
+            }
+            bytes += chunk.iter().map(|b| b.len() as u64).sum::<u64>();
+            let n = chunk.len() as u64;
+            let p = p.clone();
+            in_flight.push_back((n, tokio::spawn(async move { p.send_batch(chunk).await })));
+        }
+        p.close().await?;
+        Ok::<_, Box<dyn std::error::Error>>((acked, bytes, seqs))
+    })?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let range = seqs.map_or("none".to_owned(), |(a, b)| format!("{a}..={b}"));
+    eprintln!(
+        "published {acked} messages ({bytes} bytes) to {} as producer {producer}, seqs {range}: \
+         all durable; {:.0} msgs/s, {:.1} MB/s",
+        a.stream,
+        acked as f64 / secs,
+        bytes as f64 / secs / 1e6
+    );
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! `sluice read`: a stream's durable records, through the daemon or from
+//! its files.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use base64::Engine;
+use sluice_daemon::admin::{RecordJson, RecordsPage, MAX_RECORDS_PER_REQUEST};
+use sluice_daemon::spool::fs::RealFs;
+use sluice_daemon::spool::{DirLock, LogConfig, StreamLog};
+
+use crate::{admin_get, existing, AdminAddr, Res};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Stream to read.
+    #[arg(long, short)]
+    stream: String,
+    #[command(flatten)]
+    admin: AdminAddr,
+    /// Read the files of this data folder instead of asking a running
+    /// sluiced (refused while one runs on the folder).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// First offset to print.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Print at most this many records.
+    #[arg(long, short = 'n')]
+    limit: Option<u64>,
+    /// Keep printing records as they become durable (through the daemon).
+    #[arg(long, conflicts_with = "data_dir")]
+    follow: bool,
+    /// `text`: offset, time, producer, seq and payload, tab-separated, the
+    /// payload as escaped text; `json`: one object a line, payload in base64.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    format: String,
+}
+
+pub fn run(a: Args) -> Res {
+    let mut out = std::io::stdout().lock();
+    let json = a.format == "json";
+    let mut left = a.limit.unwrap_or(u64::MAX);
+    let mut print = |r: &RecordJson| -> Res {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        } else {
+            let payload = base64::engine::general_purpose::STANDARD.decode(&r.payload)?;
+            let when = humantime::format_rfc3339_micros(
+                UNIX_EPOCH + Duration::from_micros(r.timestamp_us),
+            );
+            writeln!(
+                out,
+                "{}\t{when}\tproducer={}\tseq={}\t{}",
+                r.offset,
+                r.producer,
+                r.seq,
+                String::from_utf8_lossy(&payload).escape_debug()
+            )?;
+        }
+        Ok(())
+    };
+    match &a.data_dir {
+        Some(dir) => from_files(dir, &a.stream, a.from, &mut left, &mut print),
+        None => through_daemon(&a, &mut left, &mut print),
+    }
+}
+
+fn through_daemon(a: &Args, left: &mut u64, print: &mut impl FnMut(&RecordJson) -> Res) -> Res {
+    let mut from = a.from;
+    while *left > 0 {
+        let want = (*left).min(MAX_RECORDS_PER_REQUEST as u64);
+        let body = admin_get(
+            a.admin.admin,
+            &format!("/streams/{}/records?from={from}&limit={want}", a.stream),
+        )?;
+        let page: RecordsPage = serde_json::from_str(&body)?;
+        for r in &page.records {
+            print(r)?;
+        }
+        *left -= page.records.len() as u64;
+        from = page.next;
+        if page.records.is_empty() {
+            if !a.follow {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(())
+}
+
+fn from_files(
+    dir: &std::path::Path,
+    stream: &str,
+    from: u64,
+    left: &mut u64,
+    print: &mut impl FnMut(&RecordJson) -> Res,
+) -> Res {
+    existing(dir)?;
+    let path = dir.join("streams").join(stream);
+    if !path.exists() {
+        return Err(format!("no stream {stream:?} in {}", dir.display()).into());
+    }
+    // Opening a log recovers it (a torn tail is cut): never while a daemon
+    // writes it. Holding the lock also keeps one from starting meanwhile.
+    let _lock = DirLock::acquire(dir)
+        .map_err(|e| format!("{e}; read through the running daemon instead (drop --data-dir)"))?;
+    let log = StreamLog::open(Arc::new(RealFs), &path, stream, LogConfig::default())?;
+    let mut r = log.reader(from);
+    while *left > 0 {
+        let Some((offset, rec)) = r.next_record()? else {
+            break;
+        };
+        print(&RecordJson {
+            offset,
+            timestamp_us: rec.timestamp_us,
+            producer: rec.producer,
+            seq: rec.seq,
+            payload: base64::engine::general_purpose::STANDARD.encode(&rec.payload),
+        })?;
+        *left -= 1;
+    }
+    Ok(())
+}

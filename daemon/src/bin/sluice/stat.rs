@@ -1,0 +1,140 @@
+//! `sluice stat`: a live view of a running daemon, from its `/metrics`.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use sluice_daemon::metrics::scrape::Scrape;
+
+use crate::{admin_get, AdminAddr, Res};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    admin: AdminAddr,
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 1.0)]
+    every: f64,
+    /// Stop after this many refreshes (default: until interrupted).
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+pub fn run(a: Args) -> Res {
+    let every = Duration::from_secs_f64(a.every.max(0.1));
+    let scrape = || -> Result<Scrape, Box<dyn std::error::Error>> {
+        Ok(Scrape::parse(&admin_get(a.admin.admin, "/metrics")?))
+    };
+    let mut prev = scrape()?;
+    let mut at = Instant::now();
+    let mut n = 0;
+    loop {
+        std::thread::sleep(every);
+        let now = scrape()?;
+        let secs = at.elapsed().as_secs_f64();
+        at = Instant::now();
+        print!("{}", render(&a.admin.admin.to_string(), &prev, &now, secs));
+        prev = now;
+        n += 1;
+        if a.count.is_some_and(|c| n >= c) {
+            return Ok(());
+        }
+    }
+}
+
+/// One refresh: rates are over the `secs` between the two scrapes.
+fn render(admin: &str, prev: &Scrape, now: &Scrape, secs: f64) -> String {
+    let rate = |name: &str, labels: &[(&str, &str)]| {
+        (now.value(name, labels) - prev.value(name, labels)).max(0.0) / secs
+    };
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "sluiced {admin}   sessions {}   datagrams in {}/s out {}/s   dropped {}/s   refused sessions {}",
+        now.value("sluice_sessions", &[]),
+        human(rate("sluice_datagrams_in_total", &[])),
+        human(rate("sluice_datagrams_out_total", &[])),
+        human(rate("sluice_datagrams_dropped_total", &[])),
+        now.value("sluice_sessions_rejected_total", &[]),
+    );
+    let _ = writeln!(
+        o,
+        "{:<16} {:>9} {:>8} {:>9} {:>7} {:>7} {:>7} {:>8} {:>5} {:>15} {:>7} {:>9}",
+        "stream",
+        "msgs/s",
+        "MB/s",
+        "acks/s",
+        "dups/s",
+        "nacks/s",
+        "retx/s",
+        "credit",
+        "sess",
+        "fsync p50/p99",
+        "batch",
+        "backlog"
+    );
+    for s in now.label_values("sluice_durable_acks_total", "stream") {
+        let l = [("stream", s.as_str())];
+        let fsync = |q| {
+            now.quantile_since(prev, "sluice_spool_fsync_seconds", &l, q)
+                .map_or("-".to_owned(), |v| format!("{:.1}", v * 1e3))
+        };
+        let commits = now.value("sluice_spool_batch_records_count", &l)
+            - prev.value("sluice_spool_batch_records_count", &l);
+        let records = now.value("sluice_spool_batch_records_sum", &l)
+            - prev.value("sluice_spool_batch_records_sum", &l);
+        let batch = if commits > 0.0 {
+            human(records / commits)
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(
+            o,
+            "{:<16} {:>9} {:>8.1} {:>9} {:>7} {:>7} {:>7} {:>8} {:>5} {:>12} ms {:>7} {:>9}",
+            s,
+            human(rate("sluice_messages_in_total", &l)),
+            rate("sluice_bytes_in_total", &l) / 1e6,
+            human(rate("sluice_durable_acks_total", &l)),
+            human(rate("sluice_duplicates_total", &l)),
+            human(rate("sluice_nacks_sent_total", &l)),
+            human(rate("sluice_retransmits_received_total", &l)),
+            human(now.value("sluice_credit", &l)),
+            now.value("sluice_sessions", &l),
+            format!("{}/{}", fsync(0.5), fsync(0.99)),
+            batch,
+            bytes(now.value("sluice_spool_backlog_bytes", &l)),
+        );
+        if now.value("sluice_spool_disk_full", &l) > 0.0 {
+            let _ = writeln!(o, "  ! {s}: disk full, acks held");
+        }
+    }
+    let drops: Vec<String> = now
+        .label_values("sluice_datagrams_dropped_total", "reason")
+        .into_iter()
+        .filter_map(|r| {
+            let v = now.value("sluice_datagrams_dropped_total", &[("reason", &r)]);
+            (v > 0.0).then(|| format!("{r} {v}"))
+        })
+        .collect();
+    if !drops.is_empty() {
+        let _ = writeln!(o, "dropped since start: {}", drops.join(", "));
+    }
+    o.push('\n');
+    o
+}
+
+fn human(v: f64) -> String {
+    match v {
+        v if v >= 1e9 => format!("{:.1}G", v / 1e9),
+        v if v >= 1e6 => format!("{:.2}M", v / 1e6),
+        v if v >= 1e4 => format!("{:.1}k", v / 1e3),
+        v => format!("{v:.0}"),
+    }
+}
+
+fn bytes(v: f64) -> String {
+    match v {
+        v if v >= 1048576.0 => format!("{:.1} MiB", v / 1048576.0),
+        v if v >= 1024.0 => format!("{:.1} KiB", v / 1024.0),
+        v => format!("{v:.0} B"),
+    }
+}

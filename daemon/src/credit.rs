@@ -1,0 +1,84 @@
+//! How much credit a producer session gets: the backpressure that reaches
+//! producers. Credit is counted in messages past the session's durable seq,
+//! so it bounds what a session can have in flight, in memory, at once.
+//!
+//! A stream has a window of bytes in flight shared by its sessions; each
+//! session's share is turned into messages by its average message size. The
+//! share shrinks as the spool writer's backlog grows and is zero while the
+//! disk is full or the backlog is at its limit: a slow disk slows producers
+//! instead of growing memory.
+
+use crate::spool::Health;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreditPolicy {
+    /// Most credit one session gets, in messages.
+    pub max_credit: u32,
+    /// Bytes in flight allowed per stream, shared by its sessions.
+    pub window_bytes: u64,
+    /// Backlog (bytes waiting for the spool writer) at which credit is zero.
+    pub backlog_limit: u64,
+}
+
+/// Message size assumed for a session that has sent nothing yet.
+const ASSUMED_MESSAGE: u64 = 1024;
+
+impl CreditPolicy {
+    /// The credit for one of `sessions` sessions of a stream whose spool is
+    /// in state `health`, given the session's average message size so far
+    /// (`None` before its first message).
+    pub fn credit(&self, health: &Health, sessions: usize, avg_message: Option<u64>) -> u32 {
+        if health.disk_full || health.backlog_bytes >= self.backlog_limit {
+            return 0;
+        }
+        let size = avg_message.unwrap_or(ASSUMED_MESSAGE).max(1);
+        let share = self.window_bytes / sessions.max(1) as u64;
+        // Scale down linearly as the backlog approaches its limit.
+        let free = self.backlog_limit - health.backlog_bytes;
+        let messages = (share / size) as u128 * free as u128 / self.backlog_limit as u128;
+        // At least one message, so every session can make progress.
+        messages.clamp(1, u128::from(self.max_credit)) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: CreditPolicy = CreditPolicy {
+        max_credit: 4096,
+        window_bytes: 64 << 20,
+        backlog_limit: 64 << 20,
+    };
+
+    fn health(backlog_bytes: u64, disk_full: bool) -> Health {
+        Health {
+            backlog_bytes,
+            disk_full,
+            ..Health::default()
+        }
+    }
+
+    #[test]
+    fn idle_spool_small_messages_get_the_most() {
+        assert_eq!(POLICY.credit(&health(0, false), 8, Some(128)), 4096);
+    }
+
+    #[test]
+    fn the_window_is_shared_by_size() {
+        // 64 MiB over 256 sessions = 256 KiB each; of 64 KiB messages: 4.
+        assert_eq!(POLICY.credit(&health(0, false), 256, Some(64 << 10)), 4);
+        // Huge messages still get one, so every session progresses.
+        assert_eq!(POLICY.credit(&health(0, false), 256, Some(16 << 20)), 1);
+    }
+
+    #[test]
+    fn backlog_shrinks_credit_and_a_full_disk_stops_it() {
+        let half = POLICY.credit(&health(32 << 20, false), 16, Some(4096));
+        let none = POLICY.credit(&health(0, false), 16, Some(4096));
+        assert_eq!(none, 1024);
+        assert_eq!(half, 512);
+        assert_eq!(POLICY.credit(&health(64 << 20, false), 16, Some(128)), 0);
+        assert_eq!(POLICY.credit(&health(0, true), 1, Some(128)), 0);
+    }
+}

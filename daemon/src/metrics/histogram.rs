@@ -1,0 +1,135 @@
+//! A fixed-bucket histogram that many threads record into without locks,
+//! rendered as a Prometheus histogram. Values are whole numbers in a unit
+//! the owner picks (microseconds, records); `scale` turns them into the
+//! exposed unit (seconds) when rendered.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+#[derive(Debug)]
+pub struct Histogram {
+    /// Upper bounds of the buckets, ascending; a last `+Inf` bucket is implied.
+    bounds: &'static [u64],
+    /// Per bucket (not cumulative), the `+Inf` one last.
+    counts: Box<[AtomicU64]>,
+    sum: AtomicU64,
+    /// Multiplies values (and bounds) when rendered.
+    scale: f64,
+}
+
+/// Bounds in microseconds for fdatasync and ack latencies: 50 µs to 5 s.
+pub const LATENCY_US: &[u64] = &[
+    50, 100, 200, 300, 500, 750, 1_000, 2_000, 3_000, 5_000, 10_000, 25_000, 50_000, 100_000,
+    250_000, 500_000, 1_000_000, 5_000_000,
+];
+
+/// Bounds for counts per batch (records per group commit).
+pub const BATCH_SIZES: &[u64] = &[
+    1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1_024, 4_096, 16_384, 65_536,
+];
+
+/// A snapshot: cumulative counts per bound (the last one is `+Inf`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// (upper bound in the exposed unit, cumulative count); last is +Inf.
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [u64], scale: f64) -> Self {
+        debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]));
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            scale,
+        }
+    }
+
+    /// Microsecond latencies exposed in seconds.
+    pub fn latency() -> Self {
+        Self::new(LATENCY_US, 1e-6)
+    }
+
+    /// Batch sizes exposed as counts.
+    pub fn batch_sizes() -> Self {
+        Self::new(BATCH_SIZES, 1.0)
+    }
+
+    pub fn observe(&self, value: u64) {
+        let i = self.bounds.partition_point(|&b| b < value);
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum.fetch_add(value, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Relaxed);
+            let bound = self
+                .bounds
+                .get(i)
+                .map_or(f64::INFINITY, |&b| b as f64 * self.scale);
+            buckets.push((bound, cumulative));
+        }
+        Snapshot {
+            buckets,
+            sum: self.sum.load(Relaxed) as f64 * self.scale,
+            count: cumulative,
+        }
+    }
+}
+
+impl Snapshot {
+    /// The bucket bound at or below which a share `q` (0..=1) of the values
+    /// fall: an upper estimate of that quantile. `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        quantile(&self.buckets, q)
+    }
+}
+
+/// The quantile `q` of cumulative `(bound, count)` buckets, as the smallest
+/// bound that covers it. Shared with readers of scraped histograms.
+pub fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = (q.clamp(0.0, 1.0) * total as f64).ceil().max(1.0) as u64;
+    buckets.iter().find(|(_, c)| *c >= rank).map(|(b, _)| *b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_land_in_the_first_bucket_that_holds_them() {
+        let h = Histogram::new(&[10, 100], 1.0);
+        for v in [0, 10, 11, 100, 101, 5_000] {
+            h.observe(v);
+        }
+        let s = h.snapshot();
+        assert_eq!(s.buckets, vec![(10.0, 2), (100.0, 4), (f64::INFINITY, 6)]);
+        assert_eq!(s.count, 6);
+        assert_eq!(s.sum, 5_222.0);
+    }
+
+    #[test]
+    fn quantiles_are_upper_bounds() {
+        let h = Histogram::latency();
+        for _ in 0..98 {
+            h.observe(80);
+        }
+        h.observe(2_500);
+        h.observe(40_000);
+        let s = h.snapshot();
+        // Bounds are scaled from microseconds the same way here.
+        assert_eq!(s.quantile(0.5), Some(100.0 * 1e-6));
+        assert_eq!(s.quantile(0.99), Some(3_000.0 * 1e-6));
+        assert_eq!(s.quantile(1.0), Some(50_000.0 * 1e-6));
+        assert_eq!(Histogram::latency().snapshot().quantile(0.5), None);
+    }
+}

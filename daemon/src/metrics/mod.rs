@@ -1,0 +1,257 @@
+//! What `sluiced` counts, and its rendering for Prometheus (`/metrics`).
+//!
+//! Counters are atomics written where things happen (ingest, the spool's
+//! writer) and read only when scraped.
+
+pub mod exposition;
+pub mod histogram;
+pub mod scrape;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use sluice_transport::proto::DropReason;
+use sluice_transport::udp::ServeStats;
+
+use crate::spool::Spool;
+use exposition::{Exposition, Kind};
+
+/// Per-stream ingest counters.
+#[derive(Debug, Default)]
+pub struct StreamMetrics {
+    pub messages_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    /// Records stored and acked durable.
+    pub stored: AtomicU64,
+    /// Messages acked durable again without being stored again (a
+    /// producer resent what the spool already had).
+    pub duplicates: AtomicU64,
+    pub append_errors: AtomicU64,
+    pub nacks_sent: AtomicU64,
+    /// Retransmitted entries that arrived: repairs of NACKed gaps, and
+    /// copies of what was already here.
+    pub retransmits_received: AtomicU64,
+    /// Entries refused because they were beyond the credit granted.
+    pub over_credit: AtomicU64,
+    /// Credit granted, summed over the stream's sessions (gauge).
+    pub credit: AtomicU64,
+    /// Open sessions (gauge).
+    pub sessions: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    streams: Mutex<BTreeMap<String, Arc<StreamMetrics>>>,
+    pub sessions_rejected: AtomicU64,
+    /// Datagrams dropped by the endpoint, by reason (in `DropReason::ALL` order).
+    pub drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+/// A counter of [`StreamMetrics`] and how it is exposed.
+type StreamField = (
+    &'static str,
+    Kind,
+    &'static str,
+    fn(&StreamMetrics) -> &AtomicU64,
+);
+
+const STREAM_FIELDS: &[StreamField] = &[
+    (
+        "sluice_messages_in_total",
+        Kind::Counter,
+        "Messages received from producers.",
+        |m| &m.messages_in,
+    ),
+    (
+        "sluice_bytes_in_total",
+        Kind::Counter,
+        "Payload bytes received from producers.",
+        |m| &m.bytes_in,
+    ),
+    (
+        "sluice_durable_acks_total",
+        Kind::Counter,
+        "Messages stored and acked durable.",
+        |m| &m.stored,
+    ),
+    (
+        "sluice_duplicates_total",
+        Kind::Counter,
+        "Messages resent by producers, acked again but not stored again.",
+        |m| &m.duplicates,
+    ),
+    (
+        "sluice_append_errors_total",
+        Kind::Counter,
+        "Spool appends that failed (not acked; producers resend).",
+        |m| &m.append_errors,
+    ),
+    (
+        "sluice_nacks_sent_total",
+        Kind::Counter,
+        "NACK packets sent to producers.",
+        |m| &m.nacks_sent,
+    ),
+    (
+        "sluice_retransmits_received_total",
+        Kind::Counter,
+        "Retransmitted entries received (gap repairs and copies).",
+        |m| &m.retransmits_received,
+    ),
+    (
+        "sluice_over_credit_total",
+        Kind::Counter,
+        "Entries refused for being beyond the credit granted.",
+        |m| &m.over_credit,
+    ),
+    (
+        "sluice_credit",
+        Kind::Gauge,
+        "Credit granted, in messages, summed over the stream's sessions.",
+        |m| &m.credit,
+    ),
+    (
+        "sluice_sessions",
+        Kind::Gauge,
+        "Open producer sessions.",
+        |m| &m.sessions,
+    ),
+];
+
+impl Metrics {
+    pub fn stream(&self, name: &str) -> Arc<StreamMetrics> {
+        self.streams
+            .lock()
+            .unwrap()
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The exposition text: these counters, the data socket's and the
+    /// spool's.
+    pub fn render(&self, socket: &ServeStats, spool: &Spool) -> String {
+        let mut e = Exposition::default();
+        let streams: Vec<(String, Arc<StreamMetrics>)> = self
+            .streams
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, kind, help, field) in STREAM_FIELDS {
+            e.family(name, *kind, help);
+            for (stream, m) in &streams {
+                e.sample(name, &[("stream", stream)], field(m).load(Relaxed));
+            }
+        }
+
+        let mut spooled = spool.open_streams();
+        spooled.sort_by(|a, b| a.name().cmp(b.name()));
+        e.family(
+            "sluice_spool_fsync_seconds",
+            Kind::Histogram,
+            "Duration of each group commit: write and fdatasync.",
+        );
+        for s in &spooled {
+            e.histogram(
+                "sluice_spool_fsync_seconds",
+                &[("stream", s.name())],
+                &s.sync_latency(),
+            );
+        }
+        e.family(
+            "sluice_spool_batch_records",
+            Kind::Histogram,
+            "Records per group commit.",
+        );
+        for s in &spooled {
+            e.histogram(
+                "sluice_spool_batch_records",
+                &[("stream", s.name())],
+                &s.batch_sizes(),
+            );
+        }
+        e.family(
+            "sluice_spool_backlog_bytes",
+            Kind::Gauge,
+            "Bytes waiting for the spool writer.",
+        );
+        for s in &spooled {
+            e.sample(
+                "sluice_spool_backlog_bytes",
+                &[("stream", s.name())],
+                s.health().backlog_bytes,
+            );
+        }
+        e.family(
+            "sluice_spool_disk_full",
+            Kind::Gauge,
+            "1 while appends are held for lack of disk space.",
+        );
+        for s in &spooled {
+            e.sample(
+                "sluice_spool_disk_full",
+                &[("stream", s.name())],
+                u8::from(s.health().disk_full),
+            );
+        }
+        e.family(
+            "sluice_spool_durable_offset",
+            Kind::Gauge,
+            "Offset after the last durable record.",
+        );
+        for s in &spooled {
+            e.sample(
+                "sluice_spool_durable_offset",
+                &[("stream", s.name())],
+                s.durable_end(),
+            );
+        }
+
+        e.family(
+            "sluice_datagrams_in_total",
+            Kind::Counter,
+            "Datagrams received on the data port.",
+        )
+        .sample(
+            "sluice_datagrams_in_total",
+            &[],
+            socket.datagrams_in.load(Relaxed),
+        );
+        e.family(
+            "sluice_datagrams_out_total",
+            Kind::Counter,
+            "Datagrams sent from the data port.",
+        )
+        .sample(
+            "sluice_datagrams_out_total",
+            &[],
+            socket.datagrams_out.load(Relaxed),
+        );
+        e.family(
+            "sluice_datagrams_dropped_total",
+            Kind::Counter,
+            "Datagrams dropped before reaching a session, by reason.",
+        );
+        for (reason, n) in DropReason::ALL.iter().zip(&self.drops) {
+            e.sample(
+                "sluice_datagrams_dropped_total",
+                &[("reason", reason.as_str())],
+                n.load(Relaxed),
+            );
+        }
+        e.family(
+            "sluice_sessions_rejected_total",
+            Kind::Counter,
+            "Session requests (HELLOs) refused.",
+        )
+        .sample(
+            "sluice_sessions_rejected_total",
+            &[],
+            self.sessions_rejected.load(Relaxed),
+        );
+        e.finish()
+    }
+}
