@@ -60,6 +60,8 @@ pub struct Data {
     /// Bytes in flight (received, not yet durable) allowed per stream,
     /// shared by its sessions: bounds ingest memory.
     pub window_bytes: u64,
+    /// Most producer sessions open at once; more HELLOs are refused.
+    pub max_sessions: usize,
 }
 
 /// Metrics and health over HTTP.
@@ -118,6 +120,7 @@ impl Default for Data {
             max_datagram: 1452,
             credit: 4096,
             window_bytes: 64 << 20,
+            max_sessions: 4096,
         }
     }
 }
@@ -203,6 +206,9 @@ pub struct Args {
     /// [data.window_bytes] bytes in flight per stream, shared by its sessions.
     #[arg(long, env = "SLUICED_DATA_WINDOW_BYTES")]
     pub data_window_bytes: Option<u64>,
+    /// [data.max_sessions] most producer sessions open at once.
+    #[arg(long, env = "SLUICED_DATA_MAX_SESSIONS")]
+    pub data_max_sessions: Option<usize>,
     /// [admin.listen] HTTP address for /metrics and /health.
     #[arg(long, env = "SLUICED_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
@@ -271,6 +277,7 @@ impl Config {
         set!(c.data.max_datagram, args.data_max_datagram);
         set!(c.data.credit, args.data_credit);
         set!(c.data.window_bytes, args.data_window_bytes);
+        set!(c.data.max_sessions, args.data_max_sessions);
         set!(c.admin.listen, args.admin_listen);
         set!(c.spool.dir, args.spool_dir);
         set!(c.spool.fsync, args.spool_fsync);
@@ -312,6 +319,9 @@ impl Config {
         }
         if self.data.credit == 0 {
             return Err(invalid("data.credit", "must be at least 1"));
+        }
+        if self.data.max_sessions == 0 {
+            return Err(invalid("data.max_sessions", "must be at least 1"));
         }
         if self.data.window_bytes < 64 << 10 {
             return Err(invalid("data.window_bytes", "must be at least 64 KiB"));

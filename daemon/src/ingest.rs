@@ -14,6 +14,7 @@ use sluice_transport::wire::CloseCode;
 use tracing::{error, info, warn};
 
 use crate::credit::CreditPolicy;
+use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, StreamMetrics};
 use crate::spool::writer::now_us;
 use crate::spool::{Outcome, Record, Spool, Stream};
@@ -23,10 +24,15 @@ pub struct Ingest {
     spool: Arc<Spool>,
     auto_create: bool,
     policy: CreditPolicy,
+    /// Sessions accepted and not yet closed, and the most allowed.
+    max_sessions: usize,
+    open: usize,
     metrics: Arc<Metrics>,
     sessions: HashMap<u64, Session>,
     /// Appends handed to the spool and not yet answered.
     in_flight: Arc<AtomicU64>,
+    /// Anyone can send HELLOs: their refusals are logged at a bounded rate.
+    refusals: LogLimit,
 }
 
 struct Session {
@@ -41,15 +47,19 @@ impl Ingest {
         spool: Arc<Spool>,
         auto_create: bool,
         policy: CreditPolicy,
+        max_sessions: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
         Ingest {
             spool,
             auto_create,
             policy,
+            max_sessions,
+            open: 0,
             metrics,
             sessions: HashMap::new(),
             in_flight: Arc::default(),
+            refusals: LogLimit::new(5),
         }
     }
 
@@ -107,9 +117,21 @@ fn count(m: &StreamMetrics, counted: &mut ReceiverStats, now: &ReceiverStats) {
 
 impl Owner for Ingest {
     fn accept(&mut self, inc: &Incoming) -> Result<(u64, u32), (CloseCode, String)> {
-        let stream = self.stream_for(&inc.hello.stream).map_err(|reason| {
+        let stream = self.stream_for(&inc.hello.stream).and_then(|s| {
+            if self.open >= self.max_sessions {
+                Err(format!(
+                    "{} sessions open, the most allowed (data.max_sessions)",
+                    self.open
+                ))
+            } else {
+                Ok(s)
+            }
+        });
+        let stream = stream.map_err(|reason| {
             self.metrics.sessions_rejected.fetch_add(1, Relaxed);
-            warn!(peer = %inc.peer, stream = %inc.hello.stream, %reason, "session refused");
+            if let Some(suppressed) = self.refusals.allow(Instant::now()) {
+                warn!(peer = %inc.peer, stream = %inc.hello.stream, %reason, suppressed, "session refused");
+            }
             (CloseCode::Rejected, reason)
         })?;
         // Where this producer stands: asked of the writer, so it reflects
@@ -125,6 +147,7 @@ impl Owner for Ingest {
             .count();
         let credit = self.policy.credit(&stream.health(), sessions + 1, None);
         info!(peer = %inc.peer, producer = inc.hello.producer_id, stream = %inc.hello.stream, durable, "session open");
+        self.open += 1;
         Ok((durable, credit))
     }
 
@@ -192,6 +215,7 @@ impl Owner for Ingest {
             reason,
             stats,
         } = ev;
+        self.open = self.open.saturating_sub(1);
         if let Some(mut s) = self.sessions.remove(session_id) {
             count(&s.metrics, &mut s.counted, stats);
         }

@@ -75,6 +75,7 @@ pub async fn run(
         spool.clone(),
         config.streams.auto_create,
         config.credit_policy(),
+        config.data.max_sessions,
         metrics.clone(),
     );
     let in_flight = ingest.in_flight();

@@ -1,1 +1,23 @@
-//! Support code for sluice's end-to-end tests.
+//! Support code for sluice's end-to-end tests: real `sluiced` processes on
+//! loopback, and checks of what ended up in their spool.
+
+pub mod check;
+pub mod daemon;
+pub mod load;
+pub mod privilege;
+
+/// Path of the `sluiced` built for these tests (use from integration tests).
+#[macro_export]
+macro_rules! sluiced_bin {
+    () => {
+        std::path::Path::new(env!("CARGO_BIN_EXE_e2e-sluiced"))
+    };
+}
+
+/// Path of the `sluice` CLI built for these tests.
+#[macro_export]
+macro_rules! sluice_bin {
+    () => {
+        std::path::Path::new(env!("CARGO_BIN_EXE_e2e-sluice"))
+    };
+}

@@ -1,0 +1,185 @@
+//! A real `sluiced` process for a test: started on free loopback ports with
+//! its own data folder, stopped with SIGTERM or killed with SIGKILL.
+
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_daemon::metrics::scrape::Scrape;
+
+/// A free UDP port on loopback (bound, then released for the daemon).
+pub fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+}
+
+/// A free TCP port on loopback.
+pub fn free_tcp() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free TCP port")
+}
+
+/// How to start a daemon; `start` can be called again after a kill, on the
+/// same ports and folder, as a restart.
+#[derive(Debug, Clone)]
+pub struct DaemonSpec {
+    pub bin: PathBuf,
+    pub dir: PathBuf,
+    pub data: SocketAddr,
+    pub admin: SocketAddr,
+    /// More flags, e.g. `["--spool-fsync", "never"]`.
+    pub args: Vec<String>,
+}
+
+impl DaemonSpec {
+    /// Free loopback ports, the test's folder, `fsync = always`.
+    pub fn new(bin: &Path, dir: &Path) -> Self {
+        DaemonSpec {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            data: free_udp(),
+            admin: free_tcp(),
+            args: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    /// The command line, for tests that run it some other way (in a
+    /// network namespace).
+    pub fn command_line(&self) -> Vec<String> {
+        let mut v = vec![
+            self.bin.display().to_string(),
+            "--spool-dir".into(),
+            self.dir.display().to_string(),
+            "--data-listen".into(),
+            self.data.to_string(),
+            "--admin-listen".into(),
+            self.admin.to_string(),
+            // Test machines can have little disk; the floor is tested apart.
+            "--spool-min-free-bytes".into(),
+            "0".into(),
+            "--log-level".into(),
+            std::env::var("SLUICED_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        ];
+        v.extend(self.args.iter().cloned());
+        v
+    }
+
+    /// Starts the daemon and waits until it answers on its admin port.
+    pub fn start(&self) -> Daemon {
+        let line = self.command_line();
+        self.start_with(Command::new(&line[0]).args(&line[1..]))
+    }
+
+    /// Starts `cmd` (which must run this spec's daemon) and waits for it.
+    pub fn start_with(&self, cmd: &mut Command) -> Daemon {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.bin.display()));
+        let mut d = Daemon {
+            child,
+            data: self.data,
+            admin: self.admin,
+        };
+        d.wait_ready(Duration::from_secs(30));
+        d
+    }
+}
+
+pub struct Daemon {
+    child: Child,
+    pub data: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Daemon {
+    fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait on sluiced") {
+                panic!("sluiced exited during start-up: {status}");
+            }
+            if TcpStream::connect_timeout(&self.admin, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluiced did not come up within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`: no chance to flush or say goodbye.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL sluiced");
+        self.child.wait().expect("reap sluiced");
+    }
+
+    /// SIGTERM, then waits (at most `within`) for the exit status.
+    pub fn terminate(mut self, within: Duration) -> ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait on sluiced") {
+                return s;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("sluiced did not stop within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The daemon's metrics now.
+    pub fn metrics(&self) -> Scrape {
+        Scrape::parse(&self.get("/metrics"))
+    }
+
+    /// GETs an admin path and returns the body (panics on errors).
+    pub fn get(&self, path: &str) -> String {
+        ureq::get(&format!("http://{}{path}", self.admin))
+            .timeout(Duration::from_secs(10))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .into_string()
+            .expect("a text body")
+    }
+
+    /// Peak resident memory of the process so far (VmHWM), bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM in /proc/PID/status")
+            * 1024
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A failed test must not leave a daemon behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

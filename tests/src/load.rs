@@ -1,0 +1,75 @@
+//! Producers for end-to-end tests: each publishes numbered messages in
+//! batches, keeps a record of what was acked durable, and stops when told
+//! to or when it has sent its count.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_transport::client::{Producer, ProducerError, ProducerOptions};
+use sluice_transport::proto::SenderConfig;
+
+use crate::check::Acked;
+
+/// Options for producers that must ride out daemon restarts and lossy
+/// paths in a test: long handshake, many reconnects.
+pub fn patient() -> ProducerOptions {
+    ProducerOptions {
+        sender: SenderConfig {
+            handshake_timeout: Duration::from_secs(30),
+            ..SenderConfig::default()
+        },
+        max_reconnects: 1000,
+        ..ProducerOptions::default()
+    }
+}
+
+/// The payload of message `i` of producer `p`: checkable, and of varied
+/// length.
+pub fn payload(p: u64, i: u64) -> Bytes {
+    let mut s = format!("p{p} m{i} ");
+    s.push_str(&"x".repeat((i % 13) as usize));
+    Bytes::from(s)
+}
+
+/// One test producer's plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub addr: SocketAddr,
+    pub stream: String,
+    pub producer: u64,
+    /// Messages to send (stops earlier when `stop` is set).
+    pub count: u64,
+    pub batch: u64,
+    pub options: ProducerOptions,
+}
+
+/// Runs `plan`, adding every acked seq to `acked`. Returns how many were
+/// acked, or the first error.
+pub async fn run(
+    plan: Plan,
+    acked: Arc<Mutex<Acked>>,
+    stop: Arc<AtomicBool>,
+) -> Result<u64, ProducerError> {
+    let p = Producer::connect(plan.addr, &plan.stream, plan.producer, plan.options).await?;
+    let mut sent = 0;
+    while sent < plan.count && !stop.load(Ordering::Relaxed) {
+        let n = plan.batch.min(plan.count - sent);
+        let batch = (sent..sent + n)
+            .map(|i| payload(plan.producer, i))
+            .collect();
+        let seqs = p.send_batch(batch).await?;
+        assert_eq!(seqs.end - seqs.start, n, "one seq per message");
+        acked
+            .lock()
+            .unwrap()
+            .entry(plan.producer)
+            .or_default()
+            .extend(seqs);
+        sent += n;
+    }
+    p.close().await?;
+    Ok(sent)
+}

@@ -1,0 +1,290 @@
+//! What an operator sees: `sluiced --help`, `--print-config`, errors that
+//! name the key and exit 2, refusing a data folder in use, and the `sluice`
+//! CLI publishing, reading back and watching a real daemon.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use sluice_tests::daemon::DaemonSpec;
+use sluice_tests::{sluice_bin, sluiced_bin};
+
+fn run(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("SLUICED_CONFIG")
+        .output()
+        .expect("run")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn help_explains_every_option_with_its_key_and_variable() {
+    let out = run(sluiced_bin!(), &["--help"], &[]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for needle in [
+        "--spool-fsync",
+        "[spool.fsync]",
+        "SLUICED_SPOOL_FSYNC",
+        "--data-listen",
+        "[data.listen]",
+        "--print-config",
+        "127.0.0.1:7401",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+}
+
+#[test]
+fn print_config_shows_file_env_and_flags_in_order_of_precedence() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.toml");
+    std::fs::write(
+        &file,
+        "[data]\ncredit = 10\nmax_sessions = 9\n[spool]\nfsync = \"never\"\n",
+    )
+    .unwrap();
+    let out = run(
+        sluiced_bin!(),
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--print-config",
+            "--data-credit",
+            "30",
+        ],
+        &[
+            ("SLUICED_DATA_CREDIT", "20"),
+            ("SLUICED_DATA_MAX_SESSIONS", "11"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("credit = 30"), "the flag wins: {shown}");
+    assert!(
+        shown.contains("max_sessions = 11"),
+        "env beats the file: {shown}"
+    );
+    assert!(
+        shown.contains("fsync = \"never\""),
+        "the file beats defaults: {shown}"
+    );
+    // What it prints is itself a valid config file.
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &shown).unwrap();
+    let out = run(
+        sluiced_bin!(),
+        &["--config", again.to_str().unwrap(), "--print-config"],
+        &[],
+    );
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), shown);
+}
+
+#[test]
+fn the_sample_config_is_valid() {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemon/dist/sluiced.toml");
+    let out = run(
+        sluiced_bin!(),
+        &["--config", sample.to_str().unwrap(), "--print-config"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("dir = \"/var/lib/sluice\""));
+}
+
+#[test]
+fn bad_configuration_exits_2_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (content, key) in [
+        ("[spool]\nfsync = \"sometimes\"\n", "spool.fsync"),
+        ("[spool]\nfsnyc = \"always\"\n", "fsnyc"),
+        ("[data]\nlisten = \"nowhere\"\n", "listen"),
+        ("[data]\ncredit = 0\n", "data.credit"),
+        ("[log]\nformat = \"xml\"\n", "log.format"),
+        ("[spool\n", "s.toml"),
+    ] {
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, content).unwrap();
+        let out = run(sluiced_bin!(), &["--config", file.to_str().unwrap()], &[]);
+        assert_eq!(out.status.code(), Some(2), "{content}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(key),
+            "error for {content:?} does not name {key}: {err}"
+        );
+    }
+    let out = run(sluiced_bin!(), &["--config", "/no/such/file.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/no/such/file.toml"));
+    let out = run(sluiced_bin!(), &["--data-credit", "lots"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(sluiced_bin!(), &[], &[("SLUICED_SPOOL_FSYNC", "maybe")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("spool.fsync"));
+}
+
+#[test]
+fn a_data_folder_in_use_or_a_busy_port_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DaemonSpec::new(sluiced_bin!(), dir.path());
+    let d = spec.start();
+    // Same folder, other ports.
+    let other = DaemonSpec::new(sluiced_bin!(), dir.path()).command_line();
+    let out = Command::new(&other[0]).args(&other[1..]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("in use") && err.contains(&format!("pid {}", d.pid())),
+        "{err}"
+    );
+    // Another folder, the same data port.
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut busy = DaemonSpec::new(sluiced_bin!(), dir2.path());
+    busy.data = spec.data;
+    let line = busy.command_line();
+    let out = Command::new(&line[0]).args(&line[1..]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains(&spec.data.to_string()), "{err}");
+    assert!(d.terminate(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn publish_read_and_stat_against_a_running_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DaemonSpec::new(sluiced_bin!(), dir.path());
+    let d = spec.start();
+    let data = spec.data.to_string();
+    let admin = spec.admin.to_string();
+    // Lines from stdin, as producer 7.
+    let mut child = Command::new(sluice_bin!())
+        .args(["publish", "-s", "tour", "--to", &data, "--producer", "7"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"first\nsecond \xe2\x9c\x93\nthird\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary = text(&out.stderr);
+    assert!(
+        summary.contains("published 3 messages") && summary.contains("durable"),
+        "{summary}"
+    );
+    // Generated messages, as producer 8.
+    let out = run(
+        sluice_bin!(),
+        &[
+            "publish",
+            "-s",
+            "tour",
+            "--to",
+            &data,
+            "--producer",
+            "8",
+            "--count",
+            "1000",
+            "--size",
+            "64",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Read back through the daemon.
+    let out = run(
+        sluice_bin!(),
+        &["read", "-s", "tour", "--admin", &admin, "-n", "3"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3);
+    for (i, (line, payload)) in lines.iter().zip(["first", "second ✓", "third"]).enumerate() {
+        let f: Vec<&str> = line.split('\t').collect();
+        assert_eq!(f[0], i.to_string());
+        assert_eq!(f[2], "producer=7");
+        assert_eq!(f[3], format!("seq={}", i + 1));
+        assert_eq!(f[4], payload);
+    }
+    let out = run(
+        sluice_bin!(),
+        &[
+            "read", "-s", "tour", "--admin", &admin, "--from", "3", "--format", "json",
+        ],
+        &[],
+    );
+    let records: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1000);
+    assert_eq!(records[999]["seq"], 1000);
+    assert_eq!(records[999]["producer"], 8);
+    // stat shows the stream and its counters.
+    let out = run(
+        sluice_bin!(),
+        &["stat", "--admin", &admin, "--count", "1", "--every", "0.2"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stat = text(&out.stdout);
+    assert!(
+        stat.contains("tour") && stat.contains("fsync p50/p99"),
+        "{stat}"
+    );
+    // The files cannot be read while the daemon owns them...
+    let out = run(
+        sluice_bin!(),
+        &[
+            "read",
+            "-s",
+            "tour",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("in use"));
+    // ... and can once it has stopped.
+    assert!(d.terminate(Duration::from_secs(15)).success());
+    let out = run(
+        sluice_bin!(),
+        &[
+            "read",
+            "-s",
+            "tour",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "-n",
+            "1",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).ends_with("producer=7\tseq=1\tfirst\n"));
+    // A stream that does not exist, and a daemon that is not there.
+    let out = run(
+        sluice_bin!(),
+        &["read", "-s", "tour", "--admin", &admin],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot reach"),
+        "{}",
+        text(&out.stderr)
+    );
+}
