@@ -106,10 +106,10 @@ impl Ingest {
 fn count(m: &StreamMetrics, counted: &mut ReceiverStats, now: &ReceiverStats) {
     m.nacks_sent
         .fetch_add(now.nacks_sent - counted.nacks_sent, Relaxed);
-    m.retransmits_received.fetch_add(
-        (now.duplicates + now.recovered) - (counted.duplicates + counted.recovered),
-        Relaxed,
-    );
+    m.repairs_received
+        .fetch_add(now.recovered - counted.recovered, Relaxed);
+    m.copies_received
+        .fetch_add(now.duplicates - counted.duplicates, Relaxed);
     m.over_credit
         .fetch_add(now.over_credit - counted.over_credit, Relaxed);
     *counted = now.clone();

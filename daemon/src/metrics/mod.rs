@@ -29,9 +29,11 @@ pub struct StreamMetrics {
     pub duplicates: AtomicU64,
     pub append_errors: AtomicU64,
     pub nacks_sent: AtomicU64,
-    /// Retransmitted entries that arrived: repairs of NACKed gaps, and
-    /// copies of what was already here.
-    pub retransmits_received: AtomicU64,
+    /// Retransmitted entries that filled a NACKed gap: loss repaired.
+    pub repairs_received: AtomicU64,
+    /// Entries for messages already here: retransmissions that crossed an
+    /// ack, or copies made by the network.
+    pub copies_received: AtomicU64,
     /// Entries refused because they were beyond the credit granted.
     pub over_credit: AtomicU64,
     /// Credit granted, summed over the stream's sessions (gauge).
@@ -94,12 +96,6 @@ const STREAM_FIELDS: &[StreamField] = &[
         |m| &m.nacks_sent,
     ),
     (
-        "sluice_retransmits_received_total",
-        Kind::Counter,
-        "Retransmitted entries received (gap repairs and copies).",
-        |m| &m.retransmits_received,
-    ),
-    (
         "sluice_over_credit_total",
         Kind::Counter,
         "Entries refused for being beyond the credit granted.",
@@ -144,6 +140,18 @@ impl Metrics {
             e.family(name, *kind, help);
             for (stream, m) in &streams {
                 e.sample(name, &[("stream", stream)], field(m).load(Relaxed));
+            }
+        }
+
+        // Retransmissions by what they did: repaired a gap, or were a copy.
+        let name = "sluice_retransmits_received_total";
+        e.family(name, Kind::Counter, "Retransmitted entries received: repairs of NACKed gaps, and copies of what was already here.");
+        for (stream, m) in &streams {
+            for (kind, c) in [
+                ("repair", &m.repairs_received),
+                ("copy", &m.copies_received),
+            ] {
+                e.sample(name, &[("stream", stream), ("kind", kind)], c.load(Relaxed));
             }
         }
 
