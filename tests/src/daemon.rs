@@ -62,12 +62,13 @@ impl DaemonSpec {
             self.data.to_string(),
             "--admin-listen".into(),
             self.admin.to_string(),
-            // Test machines can have little disk; the floor is tested apart.
-            "--spool-min-free-bytes".into(),
-            "0".into(),
             "--log-level".into(),
             std::env::var("SLUICED_TEST_LOG").unwrap_or_else(|_| "warn".into()),
         ];
+        // Test machines can have little disk; the floor is tested apart.
+        if !self.args.iter().any(|a| a == "--spool-min-free-bytes") {
+            v.extend(["--spool-min-free-bytes".into(), "0".into()]);
+        }
         v.extend(self.args.iter().cloned());
         v
     }

@@ -20,8 +20,9 @@ use crate::wire::{CloseCode, MAX_DATAGRAM};
 pub struct ProducerOptions {
     /// Protocol settings: datagram size, unacked-buffer bound, timers.
     pub sender: SenderConfig,
-    /// Fail a send that has waited this long for buffer space (the daemon
-    /// grants no credit: its disk or its consumers are not keeping up).
+    /// Fail what is pending when the daemon has made nothing durable for
+    /// this long while messages wait (no credit, disk full or stalled), and
+    /// a send that has waited this long for buffer space.
     pub credit_timeout: Duration,
     /// How many times in a row to try opening a new session after one ends
     /// (daemon restarted, session timed out) before failing what is pending.
@@ -52,8 +53,11 @@ pub enum ProducerError {
     Rejected(String),
     #[error("message of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge { len: usize, max: usize },
+    /// The messages of the failed call stay queued and may still become
+    /// durable later (a retry of them would be stored again, as new seqs).
     #[error(
-        "no credit from sluiced for {0:?}: the daemon is not keeping up (slow disk or consumers)"
+        "nothing became durable at sluiced for {0:?}: the daemon is not keeping up \
+         (disk full or slow, no credit granted); the messages stay queued and may still be stored"
     )]
     CreditTimeout(Duration),
     #[error("the producer is closed")]
@@ -197,6 +201,8 @@ struct Task {
     flushes: Vec<(u64, oneshot::Sender<Result<(), ProducerError>>)>,
     closing: Option<oneshot::Sender<Result<(), ProducerError>>>,
     reconnects: u32,
+    /// Since when sends have waited for durability with no progress.
+    stalled_since: Option<Instant>,
 }
 
 impl Task {
@@ -230,6 +236,7 @@ impl Task {
             flushes: Vec::new(),
             closing: None,
             reconnects: 0,
+            stalled_since: None,
         }
     }
 
@@ -257,7 +264,11 @@ impl Task {
                 return;
             }
             self.unblock(now);
-            let deadline = self.sender.poll_timeout();
+            self.check_progress(now);
+            let deadline = [self.sender.poll_timeout(), self.stall_deadline()]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match deadline {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -304,6 +315,35 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// When waiting for durability turns into a stall, if nothing changes.
+    fn stall_deadline(&self) -> Option<Instant> {
+        self.stalled_since.map(|t| t + self.options.credit_timeout)
+    }
+
+    /// Fails what waits for durability once nothing became durable for
+    /// `credit_timeout` on an open session (reconnects have their own
+    /// bounds). The messages stay queued: the daemon may still store them.
+    fn check_progress(&mut self, now: Instant) {
+        let waiting = !self.waiters.is_empty() || !self.flushes.is_empty();
+        if !waiting || !self.sender.is_established() {
+            self.stalled_since = None;
+            return;
+        }
+        let since = *self.stalled_since.get_or_insert(now);
+        if now.duration_since(since) < self.options.credit_timeout {
+            return;
+        }
+        let e = ProducerError::CreditTimeout(self.options.credit_timeout);
+        warn!(stream = %self.stream, error = %e, "sends failed");
+        for w in self.waiters.drain(..) {
+            let _ = w.done.send(Err(e.clone()));
+        }
+        for (_, done) in self.flushes.drain(..) {
+            let _ = done.send(Err(e.clone()));
+        }
+        self.stalled_since = None;
     }
 
     /// Pushes as much of the blocked send as the buffer takes.
@@ -363,6 +403,7 @@ impl Task {
                     }
                 }
                 SenderEvent::Durable { up_to } => {
+                    self.stalled_since = None;
                     while self
                         .waiters
                         .front()

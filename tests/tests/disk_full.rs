@@ -1,0 +1,82 @@
+//! A full disk stops acks and pushes back on producers; it never loses or
+//! corrupts anything. Here the daemon's free-space floor is set above what
+//! the disk has, so the spool holds appends as it would on a full disk.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_tests::check;
+use sluice_tests::daemon::DaemonSpec;
+use sluice_tests::load;
+use sluice_tests::sluiced_bin;
+use sluice_transport::client::{Producer, ProducerError, ProducerOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_holds_acks_times_out_senders_and_resumes_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = DaemonSpec::new(sluiced_bin!(), dir.path())
+        .arg("--spool-min-free-bytes")
+        .arg((1u64 << 62).to_string());
+    let d = full.start();
+    let options = ProducerOptions {
+        credit_timeout: Duration::from_secs(1),
+        ..load::patient()
+    };
+    let p = Producer::connect(full.data, "held", 5, options)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let e = p.send(Bytes::from_static(b"kept")).await.unwrap_err();
+    assert_eq!(e, ProducerError::CreditTimeout(Duration::from_secs(1)));
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Operators see it: unhealthy, disk full, no credit.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = d.metrics();
+        let l = [("stream", "held")];
+        if m.value("sluice_spool_disk_full", &l) == 1.0 && m.value("sluice_credit", &l) == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no disk-full signs in the metrics"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = ureq::get(&format!("http://{}/health", d.admin)).call();
+    match health {
+        Err(ureq::Error::Status(503, r)) => {
+            let body = r.into_string().unwrap();
+            assert!(
+                body.contains("disk full") && body.contains("held"),
+                "{body}"
+            );
+        }
+        other => panic!("health with a full disk: {other:?}"),
+    }
+
+    // Space returns (here: the daemon restarts without the floor). The
+    // producer, still running, reconnects and its queued message is stored
+    // once.
+    d.kill9();
+    assert!(
+        check::stored(dir.path(), "held").is_empty(),
+        "nothing was durable"
+    );
+    let mut spec = DaemonSpec::new(sluiced_bin!(), dir.path());
+    spec.data = full.data;
+    spec.admin = full.admin;
+    let d = spec.start();
+    tokio::time::timeout(Duration::from_secs(30), p.flush())
+        .await
+        .expect("flush in time")
+        .expect("the queued message becomes durable");
+    let seq = p.send(Bytes::from_static(b"after")).await.unwrap();
+    assert_eq!(seq, 2);
+    p.close().await.unwrap();
+    assert!(d.terminate(Duration::from_secs(15)).success());
+    let stored = check::records(dir.path(), "held");
+    let got: Vec<(u64, &[u8])> = stored.iter().map(|r| (r.seq, &r.payload[..])).collect();
+    assert_eq!(got, vec![(1, &b"kept"[..]), (2, &b"after"[..])]);
+}
