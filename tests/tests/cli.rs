@@ -288,3 +288,26 @@ fn publish_read_and_stat_against_a_running_daemon() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn the_readme_documents_every_configuration_key() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let out = run(sluiced_bin!(), &["--print-config"], &[]);
+    let mut section = String::new();
+    let mut keys = 0;
+    for line in text(&out.stdout).lines() {
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s.to_owned();
+        } else if let Some((key, _)) = line.split_once(" = ") {
+            let full = format!("`{section}.{key}`");
+            assert!(
+                readme.contains(&full),
+                "README's configuration reference lacks {full}"
+            );
+            keys += 1;
+        }
+    }
+    assert!(keys > 15, "only {keys} keys in --print-config");
+}
