@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
 use bytes::Bytes;
 use sluice_transport::client::{Producer, ProducerError, ProducerOptions};
 use sluice_transport::proto::SenderConfig;
@@ -72,4 +75,60 @@ pub async fn run(
     }
     p.close().await?;
     Ok(sent)
+}
+
+/// Runs every plan at once until each has sent its count (within `limit`,
+/// else panics); returns what was acked.
+pub async fn run_all(plans: Vec<Plan>, limit: Duration) -> Acked {
+    let acked: Arc<Mutex<Acked>> = Arc::default();
+    let never = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = plans
+        .into_iter()
+        .map(|plan| {
+            let want = plan.count;
+            let (acked, never) = (acked.clone(), never.clone());
+            tokio::spawn(async move {
+                let producer = plan.producer;
+                let got = run(plan, acked, never)
+                    .await
+                    .unwrap_or_else(|e| panic!("producer {producer}: {e}"));
+                assert_eq!(got, want, "producer {producer} sent all");
+            })
+        })
+        .collect();
+    for t in tasks {
+        tokio::time::timeout(limit, t)
+            .await
+            .expect("producers finish in time")
+            .expect("producer task");
+    }
+    let acked = acked.lock().unwrap().clone();
+    acked
+}
+
+/// `count` producers (ids 1..=count) of `each` messages to `stream` at
+/// `addr`, in batches of `batch`, with [`patient`] options.
+pub fn plans(addr: SocketAddr, stream: &str, count: u64, each: u64, batch: u64) -> Vec<Plan> {
+    (1..=count)
+        .map(|producer| Plan {
+            addr,
+            stream: stream.into(),
+            producer,
+            count: each,
+            batch,
+            options: patient(),
+        })
+        .collect()
+}
+
+/// A seeded RNG for a randomized test: the seed comes from the environment
+/// variable `var` when set (to replay a run), else at random; it is printed
+/// either way with the command to replay it.
+pub fn seeded(var: &str) -> ChaCha8Rng {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("seed {seed} (replay: {var}={seed})");
+    ChaCha8Rng::seed_from_u64(seed)
 }

@@ -5,14 +5,14 @@
 
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sluice_tests::check::{self, Acked};
+use sluice_tests::check;
 use sluice_tests::daemon::DaemonSpec;
-use sluice_tests::load::{self, Plan};
+use sluice_tests::load;
 use sluice_tests::sluiced_bin;
 use sluice_transport::wire::{DataWriter, Hello, Packet};
 
@@ -81,29 +81,8 @@ async fn garbage_at_the_data_port_changes_nothing_stored_and_is_counted() {
         std::thread::spawn(move || attack(to, 7, stop))
     };
     const EACH: u64 = 20_000;
-    let acked: Arc<Mutex<Acked>> = Arc::default();
-    let never = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (1..=4u64)
-        .map(|p| {
-            let plan = Plan {
-                addr: spec.data,
-                stream: "clean".into(),
-                producer: p,
-                count: EACH,
-                batch: 100,
-                options: load::patient(),
-            };
-            tokio::spawn(load::run(plan, acked.clone(), never.clone()))
-        })
-        .collect();
-    for t in tasks {
-        let sent = tokio::time::timeout(Duration::from_secs(120), t)
-            .await
-            .expect("producers finish in time")
-            .expect("producer task")
-            .expect("producer");
-        assert_eq!(sent, EACH);
-    }
+    let plans = load::plans(spec.data, "clean", 4, EACH, 100);
+    let acked = load::run_all(plans, Duration::from_secs(120)).await;
     stop.store(true, Ordering::Relaxed);
     let bad = attacker.join().unwrap();
     // Let the last datagrams arrive and the counters update.
@@ -124,7 +103,7 @@ async fn garbage_at_the_data_port_changes_nothing_stored_and_is_counted() {
     let stored = check::stored(dir.path(), "clean");
     assert_eq!(stored.len() as u64, 4 * EACH);
     assert!(stored.iter().all(|(p, _)| (1..=4).contains(p)));
-    check::exactly_once(&stored, &acked.lock().unwrap());
+    check::exactly_once(&stored, &acked);
     let streams: Vec<_> = std::fs::read_dir(dir.path().join("streams"))
         .unwrap()
         .map(|e| e.unwrap().file_name())

@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
 use sluice_tests::check::{self, Acked};
 use sluice_tests::daemon::DaemonSpec;
 use sluice_tests::load::{self, Plan};
@@ -17,12 +16,7 @@ const ROUNDS: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acked_message() {
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    eprintln!("kill -9 loop seed {seed} (replay: CRASH_SEED={seed})");
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut rng = load::seeded("CRASH_SEED");
     let dir = tempfile::tempdir().unwrap();
     let spec = DaemonSpec::new(sluiced_bin!(), dir.path());
     let mut daemon = Some(spec.start());

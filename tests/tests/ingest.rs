@@ -3,52 +3,13 @@
 //! files are read back and every acked (producer, seq) must be there
 //! exactly once, in per-producer order.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice_tests::check::{self, Acked};
 use sluice_tests::daemon::DaemonSpec;
-use sluice_tests::load::{self, Plan};
+use sluice_tests::load::{self, plans};
 use sluice_tests::sluiced_bin;
-
-fn plans(spec: &DaemonSpec, stream: &str, producers: u64, each: u64, batch: u64) -> Vec<Plan> {
-    (1..=producers)
-        .map(|p| Plan {
-            addr: spec.data,
-            stream: stream.into(),
-            producer: p,
-            count: each,
-            batch,
-            options: load::patient(),
-        })
-        .collect()
-}
-
-/// Runs every plan to completion (within `limit`); returns what was acked.
-async fn run_all(plans: Vec<Plan>, limit: Duration) -> Acked {
-    let acked: Arc<Mutex<Acked>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = plans
-        .into_iter()
-        .map(|plan| {
-            let want = plan.count;
-            let (acked, stop) = (acked.clone(), stop.clone());
-            tokio::spawn(async move {
-                let got = load::run(plan, acked, stop).await.expect("producer");
-                assert_eq!(got, want);
-            })
-        })
-        .collect();
-    for t in tasks {
-        tokio::time::timeout(limit, t)
-            .await
-            .expect("producers finish in time")
-            .expect("producer task");
-    }
-    let acked = acked.lock().unwrap().clone();
-    acked
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_messages_all_acked_all_stored_once_in_order() {
@@ -58,8 +19,8 @@ async fn a_million_messages_all_acked_all_stored_once_in_order() {
     const PRODUCERS: u64 = 8;
     const EACH: u64 = 125_000;
     let started = Instant::now();
-    let acked = run_all(
-        plans(&spec, "events", PRODUCERS, EACH, 1_000),
+    let acked = load::run_all(
+        plans(spec.data, "events", PRODUCERS, EACH, 1_000),
         Duration::from_secs(300),
     )
     .await;
@@ -95,7 +56,7 @@ async fn two_hundred_fifty_six_sessions_at_once_with_bounded_memory() {
     let acked: Arc<Mutex<Acked>> = Arc::default();
     let barrier = Arc::new(tokio::sync::Barrier::new(PRODUCERS as usize + 1));
     let mut tasks = Vec::new();
-    for plan in plans(&spec, "many", PRODUCERS, EACH, 100) {
+    for plan in plans(spec.data, "many", PRODUCERS, EACH, 100) {
         let (acked, barrier) = (acked.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
             let p = sluice_transport::client::Producer::connect(
@@ -166,8 +127,8 @@ async fn sigterm_drains_and_producers_resume_after_restart() {
     let spec = DaemonSpec::new(sluiced_bin!(), dir.path());
     let d = spec.start();
     const EACH: u64 = 40_000;
-    let run = tokio::spawn(run_all(
-        plans(&spec, "drain", 4, EACH, 200),
+    let run = tokio::spawn(load::run_all(
+        plans(spec.data, "drain", 4, EACH, 200),
         Duration::from_secs(120),
     ));
     // Let some data flow, then stop the daemon under load.

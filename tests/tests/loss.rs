@@ -4,23 +4,18 @@
 //! acked message stored exactly once, in order; and the daemon's counters
 //! show the repairs it made.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_tests::check::{self, Acked};
+use rand::Rng;
+use sluice_tests::check;
 use sluice_tests::daemon::DaemonSpec;
-use sluice_tests::load::{self, Plan};
+use sluice_tests::load;
 use sluice_tests::sluiced_bin;
 use sluice_transport::relay::{self, Impairment, RelayStats};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_percent_loss_with_reordering_and_duplication() {
-    let seed = std::env::var("LOSS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    eprintln!("relay seed {seed} (replay: LOSS_SEED={seed})");
+    let seed = load::seeded("LOSS_SEED").random();
     let dir = tempfile::tempdir().unwrap();
     let spec = DaemonSpec::new(sluiced_bin!(), dir.path());
     let d = spec.start();
@@ -34,29 +29,8 @@ async fn five_percent_loss_with_reordering_and_duplication() {
     .await
     .unwrap();
     const EACH: u64 = 20_000;
-    let acked: Arc<Mutex<Acked>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (1..=4u64)
-        .map(|p| {
-            let plan = Plan {
-                addr: r.local_addr(),
-                stream: "lossy".into(),
-                producer: p,
-                count: EACH,
-                batch: 100,
-                options: load::patient(),
-            };
-            tokio::spawn(load::run(plan, acked.clone(), stop.clone()))
-        })
-        .collect();
-    for t in tasks {
-        let sent = tokio::time::timeout(Duration::from_secs(120), t)
-            .await
-            .expect("producers finish in time")
-            .expect("producer task")
-            .expect("producer");
-        assert_eq!(sent, EACH);
-    }
+    let plans = load::plans(r.local_addr(), "lossy", 4, EACH, 100);
+    let acked = load::run_all(plans, Duration::from_secs(120)).await;
     let s = r.stats();
     let (dropped, duplicated, reordered) = (
         RelayStats::get(&s.dropped),
@@ -88,7 +62,7 @@ async fn five_percent_loss_with_reordering_and_duplication() {
     assert!(status.success());
     let stored = check::stored(dir.path(), "lossy");
     assert_eq!(stored.len() as u64, 4 * EACH);
-    check::exactly_once(&stored, &acked.lock().unwrap());
+    check::exactly_once(&stored, &acked);
     eprintln!(
         "relay dropped {dropped}, duplicated {duplicated}, reordered {reordered}; \
          daemon sent {nacks} NACKs, got {repairs} repairs and {copies} copies, \

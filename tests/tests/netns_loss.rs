@@ -21,8 +21,7 @@ use sluice_daemon::metrics::scrape::Scrape;
 use sluice_tests::check::{self, Acked};
 use sluice_tests::daemon::DaemonSpec;
 use sluice_tests::privilege::{has_tool, require, require_root};
-use sluice_transport::client::{Producer, ProducerOptions};
-use sluice_transport::proto::SenderConfig;
+use sluice_transport::client::Producer;
 
 const TEST: &str = "netns_loss";
 const STREAM: &str = "lossy";
@@ -295,24 +294,11 @@ fn payload(producer: u64, i: usize) -> Bytes {
     Bytes::from(unit.repeat(len / unit.len() + 1)[..len].to_owned())
 }
 
-fn options() -> ProducerOptions {
-    // Generous: 5 % of the handshakes' datagrams are lost too, and nothing
-    // here should give up before the test's own time bound.
-    ProducerOptions {
-        sender: SenderConfig {
-            handshake_timeout: Duration::from_secs(30),
-            ..SenderConfig::default()
-        },
-        max_reconnects: 100,
-        ..ProducerOptions::default()
-    }
-}
-
 /// Sends MESSAGES messages in batches, one batch durable before the next;
 /// returns each acked seq with the index of its message.
 async fn produce(addr: SocketAddr, id: u64) -> Result<BTreeMap<u64, usize>, String> {
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("producer {id}: {what}: {e}");
-    let producer = Producer::connect(addr, STREAM, id, options())
+    let producer = Producer::connect(addr, STREAM, id, sluice_tests::load::patient())
         .await
         .map_err(|e| fail("connect", &e))?;
     let mut acked = BTreeMap::new();
