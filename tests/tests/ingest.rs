@@ -156,3 +156,43 @@ async fn sigterm_drains_and_producers_resume_after_restart() {
         4 * EACH
     );
 }
+
+/// With `streams.auto_create = false`, only configured streams take data;
+/// a producer for any other stream gets a clear refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_come_from_the_config_when_auto_create_is_off() {
+    use bytes::Bytes;
+    use sluice_transport::client::{Producer, ProducerError};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DaemonSpec::new(sluiced_bin!(), dir.path())
+        .arg("--streams-auto-create")
+        .arg("false")
+        .arg("--streams")
+        .arg("orders,audit");
+    let d = spec.start();
+    let e = Producer::connect(spec.data, "other", 1, load::patient())
+        .await
+        .unwrap_err();
+    match e {
+        ProducerError::Rejected(reason) => {
+            assert!(
+                reason.contains("other") && reason.contains("auto_create"),
+                "{reason}"
+            )
+        }
+        e => panic!("expected a refusal, got {e:?}"),
+    }
+    let p = Producer::connect(spec.data, "audit", 1, load::patient())
+        .await
+        .unwrap();
+    assert_eq!(p.send(Bytes::from_static(b"ok")).await.unwrap(), 1);
+    p.close().await.unwrap();
+    let listed = d.get("/streams");
+    assert!(
+        listed.contains("\"orders\"") && listed.contains("\"audit\""),
+        "{listed}"
+    );
+    assert!(!listed.contains("other"), "{listed}");
+    assert!(d.terminate(Duration::from_secs(15)).success());
+    assert_eq!(check::stored(dir.path(), "audit"), vec![(1, 1)]);
+}
