@@ -17,7 +17,7 @@ use crate::credit::CreditPolicy;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, StreamMetrics};
 use crate::spool::writer::now_us;
-use crate::spool::{Outcome, Record, Spool, Stream};
+use crate::spool::{Outcome, Record, Spool, SpoolError, Stream};
 
 /// The endpoint's owner in `sluiced`. It lives in the endpoint's task.
 pub struct Ingest {
@@ -176,13 +176,13 @@ impl Owner for Ingest {
         m.messages_in.fetch_add(records.len() as u64, Relaxed);
         m.bytes_in.fetch_add(bytes, Relaxed);
         in_flight.fetch_add(1, Relaxed);
-        let ack = session.stream.append_batch(records);
         let control = control.clone();
         let id = r.session_id();
+        // Runs on the spool's writer thread once the batch is durable.
         // Batches of one stream complete in order, so acks go out in order.
-        tokio::spawn(async move {
-            match ack.await {
-                Ok(Ok(outcomes)) => {
+        let then = move |result: Result<Vec<Outcome>, SpoolError>| {
+            match result {
+                Ok(outcomes) => {
                     let dups = outcomes
                         .iter()
                         .filter(|o| **o == Outcome::Duplicate)
@@ -191,7 +191,9 @@ impl Owner for Ingest {
                     m.stored.fetch_add(outcomes.len() as u64 - dups, Relaxed);
                     control.mark_durable(id, last);
                 }
-                Ok(Err(e)) => {
+                // The spool is closing: nothing is acked.
+                Err(SpoolError::Closed) => {}
+                Err(e) => {
                     m.append_errors.fetch_add(1, Relaxed);
                     error!(error = %e, session = id, "append failed: not acked; closing the session so the producer resends");
                     control.close(
@@ -200,11 +202,10 @@ impl Owner for Ingest {
                         "the spool could not store a batch",
                     );
                 }
-                // The spool shut down: nothing is acked.
-                Err(_) => {}
             }
             in_flight.fetch_sub(1, Relaxed);
-        });
+        };
+        session.stream.append_batch_then(records, Box::new(then));
     }
 
     fn closed(&mut self, ev: &EndpointEvent) {

@@ -68,10 +68,15 @@ pub struct Health {
 
 type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
 
-/// Whom to answer for an append: a single record or a batch.
+/// Runs on the writer thread when a batch is answered: must be quick and
+/// must not block (send on a channel, bump a counter).
+pub type Completion = Box<dyn FnOnce(Result<Vec<Outcome>, SpoolError>) + Send>;
+
+/// Whom to answer for an append: a single record, a batch, or a callback.
 enum Done {
     One(Reply<Outcome>),
     Many(Reply<Vec<Outcome>>),
+    Call(Completion),
 }
 
 impl Done {
@@ -83,6 +88,7 @@ impl Done {
             Done::Many(d) => {
                 let _ = d.send(r);
             }
+            Done::Call(f) => f(r),
         }
     }
 }
@@ -187,6 +193,14 @@ impl Stream {
         let (done, rx) = oneshot::channel();
         self.submit(records, Done::Many(done));
         rx
+    }
+
+    /// Appends records in order and calls `then` (on the writer thread)
+    /// with one outcome per record once all are durable, or with the error.
+    /// Cheaper than [`append_batch`](Self::append_batch) when the answer
+    /// only needs forwarding: no task waits for it.
+    pub fn append_batch_then(&self, records: Vec<Record>, then: Completion) {
+        self.submit(records, Done::Call(then));
     }
 
     fn submit(&self, records: Vec<Record>, done: Done) {
