@@ -4,13 +4,18 @@
 //!
 //!   sluice-bench baseline [--dir D]
 //!   sluice-bench spool [--dir D] [--appenders 1,8,64] [--sizes 128,1024,65536]
+//!   sluice-bench ingest [--producers 8] [--size 128] [--seconds 5 | --count N]
+//!                       [--rate MSGS_PER_SEC] [--fsync always] [--batch N] [--json FILE]
 
+use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sluice_bench::{baseline, spool};
+use sluice_bench::ingest::{self, External, IngestConfig, Length};
+use sluice_bench::{baseline, daemon, spool};
 
 #[derive(Parser)]
 #[command(
@@ -55,15 +60,134 @@ enum Scenario {
         #[arg(long, value_delimiter = ',')]
         latency_at: Vec<f64>,
     },
+    /// End-to-end durable ingest on loopback: producers in this process, a
+    /// `sluiced` in another (started from this binary), acked msgs/s, ack
+    /// latency and CPU per message, against a plain UDP loop and raw
+    /// fdatasync measured in the same run.
+    Ingest(IngestArgs),
+    /// Runs a `sluiced` (the harness starts its daemon this way):
+    /// `sluice-bench daemon -- <sluiced flags>`.
+    #[command(hide = true)]
+    Daemon {
+        /// Stop when stdin reaches EOF (the harness is gone).
+        #[arg(long)]
+        stop_on_stdin_eof: bool,
+        /// `sluiced`'s flags (see `sluiced --help`).
+        #[arg(last = true)]
+        sluiced: Vec<OsString>,
+    },
+}
+
+#[derive(clap::Args)]
+struct IngestArgs {
+    /// Concurrent producers (one session each).
+    #[arg(long, default_value_t = 8)]
+    producers: usize,
+    /// Message payload size, bytes.
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Seconds to measure, after the warm-up [default: 5].
+    #[arg(long, conflicts_with = "count")]
+    seconds: Option<f64>,
+    /// Instead of --seconds: messages per producer (the whole run is
+    /// measured unless --warmup is given).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Seconds at the start not measured [default: 1 with --seconds, 0
+    /// with --count].
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Total messages/s over all producers, sent at their due times (open
+    /// loop; latency from the due time). 0: closed loop, as fast as acks
+    /// come back.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// The daemon's fsync policy (anything but `always` breaks the promise:
+    /// for separating disk from CPU).
+    #[arg(long, default_value = "always", value_parser = ["always", "interval", "never"])]
+    fsync: String,
+    /// Messages per send_batch call [default: 256 closed loop, 1 open loop].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Closed loop: send_batch calls outstanding per producer (the default
+    /// 16 x 256 = 4,096 messages is sluiced's default credit per session).
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
+    /// Spread the producers over this many streams (one spool writer each).
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// The producers' largest datagram (UDP payload), bytes.
+    #[arg(long, default_value_t = 1452)]
+    datagram: usize,
+    /// Where the temporary data folder is made (and the disk baseline
+    /// measured).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Measure a running daemon at this data address instead of starting
+    /// one (needs --admin).
+    #[arg(long, requires = "admin")]
+    daemon: Option<SocketAddr>,
+    /// The running daemon's admin (metrics) address.
+    #[arg(long, requires = "daemon")]
+    admin: Option<SocketAddr>,
+    /// An extra flag for the started daemon, e.g. --sluiced-arg=--data-credit=8192
+    /// (repeatable).
+    #[arg(
+        long = "sluiced-arg",
+        allow_hyphen_values = true,
+        conflicts_with = "daemon"
+    )]
+    sluiced_args: Vec<String>,
+    /// Seconds per baseline (disk gets twice this; UDP this per size).
+    #[arg(long, default_value_t = 1.0)]
+    baseline_seconds: f64,
+    /// Skip the baselines (no ratios).
+    #[arg(long)]
+    no_baselines: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl IngestArgs {
+    fn config(&self) -> IngestConfig {
+        let length = match self.count {
+            Some(n) => Length::CountPerProducer(n),
+            None => Length::Seconds(self.seconds.unwrap_or(5.0)),
+        };
+        let default_warmup = match length {
+            Length::Seconds(_) => 1.0,
+            Length::CountPerProducer(_) => 0.0,
+        };
+        let open = self.rate > 0.0;
+        IngestConfig {
+            producers: self.producers,
+            size: self.size,
+            length,
+            warmup: self.warmup.unwrap_or(default_warmup),
+            rate: self.rate,
+            fsync: self.fsync.clone(),
+            batch: self.batch.unwrap_or(if open { 1 } else { 256 }),
+            in_flight: self.in_flight,
+            streams: self.streams,
+            datagram: self.datagram,
+            dir: self.dir.clone(),
+            external: self
+                .daemon
+                .zip(self.admin)
+                .map(|(data, admin)| External { data, admin }),
+            sluiced_args: self.sluiced_args.clone(),
+            baseline_seconds: if self.no_baselines {
+                0.0
+            } else {
+                self.baseline_seconds
+            },
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
     let result = match cli.scenario {
         Scenario::Baseline { dir, seconds } => run_baseline(&dir, seconds).map(|_| ()),
         Scenario::Spool {
@@ -78,7 +202,19 @@ fn main() -> ExitCode {
             sizes,
             seconds,
             ..
-        } => run_spool(&rt, &dir, &appenders, &sizes, seconds),
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            run_spool(&rt, &dir, &appenders, &sizes, seconds)
+        }
+        Scenario::Ingest(a) => return run_ingest(&a),
+        Scenario::Daemon {
+            stop_on_stdin_eof,
+            sluiced,
+        } => return daemon::run_hidden(stop_on_stdin_eof, sluiced),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -180,4 +316,38 @@ fn run_spool(
         latency_row(work.path(), &base, peak.records_per_sec / 2.0, d)?;
     }
     Ok(())
+}
+
+fn run_ingest(a: &IngestArgs) -> ExitCode {
+    let config = a.config();
+    let report = match ingest::run(&config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice-bench ingest: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    ingest::print(&report);
+    if let Some(path) = &a.json {
+        let written = std::fs::File::create(path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                serde_json::to_writer_pretty(std::io::BufWriter::new(f), &report)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = written {
+            eprintln!("sluice-bench ingest: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if report.errors > 0 || report.acked != report.sent {
+        eprintln!(
+            "sluice-bench ingest: {} of {} messages not acked ({} errors)",
+            report.sent - report.acked.min(report.sent),
+            report.sent,
+            report.errors
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }

@@ -1,0 +1,210 @@
+//! Measurements over a window that any load scenario can take: latency
+//! percentiles, CPU time (of a process, of the whole machine), the kernel's
+//! UDP drop counters, and what a `sluiced` counted (from its /metrics).
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use sluice_daemon::metrics::scrape::Scrape;
+
+/// Latency percentiles, microseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    /// Messages counted.
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            count: h.len(),
+            mean_us: h.mean(),
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+/// CPU time over the measurement window.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CpuUse {
+    pub seconds: f64,
+    /// Cores busy on average (seconds / window seconds).
+    pub cores: f64,
+    /// CPU seconds per million acked messages.
+    pub seconds_per_million: f64,
+}
+
+impl CpuUse {
+    pub fn of(seconds: f64, window: f64, acked: u64) -> CpuUse {
+        CpuUse {
+            seconds,
+            cores: seconds / window.max(1e-9),
+            seconds_per_million: seconds / (acked.max(1) as f64) * 1e6,
+        }
+    }
+}
+
+/// The whole machine over the window: CPU seconds summed over CPUs (from
+/// /proc/stat; on a VM, `steal` is time the host gave to someone else) and
+/// the kernel's UDP error counters (from /proc/net/snmp: datagrams dropped
+/// for a full socket buffer, on any socket).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Machine {
+    pub busy: f64,
+    pub idle: f64,
+    pub iowait: f64,
+    pub steal: f64,
+    /// Busy seconds not accounted to the daemon or the producers: other
+    /// work on the machine (or kernel threads: jbd2, softirq). Large values
+    /// make the figures unreliable.
+    pub other_busy: f64,
+    pub udp_rcvbuf_errors: u64,
+    pub udp_sndbuf_errors: u64,
+}
+
+impl Machine {
+    pub fn now() -> Option<Machine> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let v: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let get = |i: usize| v.get(i).copied().unwrap_or(0.0) / hz;
+        let (rcvbuf, sndbuf) = udp_errors().unwrap_or_default();
+        // user nice system idle iowait irq softirq steal
+        Some(Machine {
+            busy: get(0) + get(1) + get(2) + get(5) + get(6),
+            idle: get(3),
+            iowait: get(4),
+            steal: get(7),
+            other_busy: 0.0,
+            udp_rcvbuf_errors: rcvbuf,
+            udp_sndbuf_errors: sndbuf,
+        })
+    }
+
+    /// What happened from `a` to `self`; `ours` is the busy CPU seconds of
+    /// the processes measured (the rest is other work).
+    pub fn since(&self, a: &Machine, ours: f64) -> Machine {
+        Machine {
+            busy: self.busy - a.busy,
+            idle: self.idle - a.idle,
+            iowait: self.iowait - a.iowait,
+            steal: self.steal - a.steal,
+            other_busy: (self.busy - a.busy - ours).max(0.0),
+            udp_rcvbuf_errors: self.udp_rcvbuf_errors.saturating_sub(a.udp_rcvbuf_errors),
+            udp_sndbuf_errors: self.udp_sndbuf_errors.saturating_sub(a.udp_sndbuf_errors),
+        }
+    }
+}
+
+/// RcvbufErrors and SndbufErrors of the Udp line of /proc/net/snmp.
+fn udp_errors() -> Option<(u64, u64)> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let names: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let values: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let get = |n: &str| {
+        let i = names.iter().position(|x| *x == n)?;
+        values.get(i)?.parse().ok()
+    };
+    Some((get("RcvbufErrors")?, get("SndbufErrors")?))
+}
+
+/// What the daemon counted over the window (from its /metrics).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct DaemonCounters {
+    pub messages_in: u64,
+    pub durable_acks: u64,
+    pub duplicates: u64,
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub datagrams_dropped: u64,
+    pub nacks_sent: u64,
+    pub retransmits_received: u64,
+    pub over_credit: u64,
+    /// Group commits (one write + fdatasync each with fsync = always).
+    pub group_commits: u64,
+    /// Records per group commit: mean, and bucket bounds of p50 and p99.
+    pub batch_records_mean: f64,
+    pub batch_records_p50: f64,
+    pub batch_records_p99: f64,
+    /// Write + fdatasync per group commit (bucket bounds), microseconds.
+    pub fsync_mean_us: f64,
+    pub fsync_p50_us: f64,
+    pub fsync_p99_us: f64,
+    /// Messages per data datagram received.
+    pub messages_per_datagram: f64,
+}
+
+impl DaemonCounters {
+    pub fn between(a: &Scrape, b: &Scrape) -> DaemonCounters {
+        let d = |name: &str| (b.value(name, &[]) - a.value(name, &[])).max(0.0) as u64;
+        let commits = d("sluice_spool_batch_records_count");
+        let fsyncs = d("sluice_spool_fsync_seconds_count");
+        let rec_sum = b.value("sluice_spool_batch_records_sum", &[])
+            - a.value("sluice_spool_batch_records_sum", &[]);
+        let fsync_sum = b.value("sluice_spool_fsync_seconds_sum", &[])
+            - a.value("sluice_spool_fsync_seconds_sum", &[]);
+        let q = |name: &str, p: f64| {
+            b.quantile_since(a, name, &[], p)
+                .filter(|v| v.is_finite())
+                .unwrap_or(0.0)
+        };
+        let messages_in = d("sluice_messages_in_total");
+        let datagrams_in = d("sluice_datagrams_in_total");
+        DaemonCounters {
+            messages_in,
+            durable_acks: d("sluice_durable_acks_total"),
+            duplicates: d("sluice_duplicates_total"),
+            datagrams_in,
+            datagrams_out: d("sluice_datagrams_out_total"),
+            datagrams_dropped: d("sluice_datagrams_dropped_total"),
+            nacks_sent: d("sluice_nacks_sent_total"),
+            retransmits_received: d("sluice_retransmits_received_total"),
+            over_credit: d("sluice_over_credit_total"),
+            group_commits: commits,
+            batch_records_mean: rec_sum / commits.max(1) as f64,
+            batch_records_p50: q("sluice_spool_batch_records", 0.5),
+            batch_records_p99: q("sluice_spool_batch_records", 0.99),
+            fsync_mean_us: fsync_sum / fsyncs.max(1) as f64 * 1e6,
+            fsync_p50_us: q("sluice_spool_fsync_seconds", 0.5) * 1e6,
+            fsync_p99_us: q("sluice_spool_fsync_seconds", 0.99) * 1e6,
+            messages_per_datagram: messages_in as f64 / datagrams_in.max(1) as f64,
+        }
+    }
+}
+
+/// Where the run happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    pub cpus: usize,
+    pub kernel: String,
+}
+
+impl Host {
+    pub fn here() -> Host {
+        Host {
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+        }
+    }
+}
