@@ -51,7 +51,8 @@ pub struct Config {
 pub struct Data {
     /// UDP address producers send to.
     pub listen: SocketAddr,
-    /// SO_RCVBUF of the data socket, bytes (0: the kernel's default).
+    /// SO_RCVBUF of the data socket, bytes (0: the kernel's default). Too
+    /// small a buffer drops bursts, which producers must then resend.
     pub recv_buffer: usize,
     /// Largest datagram sent (NACKs, STATUS): the path MTU less headers.
     pub max_datagram: usize,
@@ -116,7 +117,7 @@ impl Default for Data {
     fn default() -> Self {
         Data {
             listen: "127.0.0.1:7401".parse().expect("literal"),
-            recv_buffer: 0,
+            recv_buffer: 8 << 20,
             max_datagram: 1452,
             credit: 4096,
             window_bytes: 64 << 20,
@@ -194,7 +195,8 @@ pub struct Args {
     /// [data.listen] UDP address producers send to.
     #[arg(long, env = "SLUICED_DATA_LISTEN")]
     pub data_listen: Option<SocketAddr>,
-    /// [data.recv_buffer] data socket receive buffer, bytes (0: kernel default).
+    /// [data.recv_buffer] data socket receive buffer, bytes (0: kernel
+    /// default); if the kernel caps it (net.core.rmem_max), sluiced warns.
     #[arg(long, env = "SLUICED_DATA_RECV_BUFFER")]
     pub data_recv_buffer: Option<usize>,
     /// [data.max_datagram] largest datagram sent: path MTU less IP/UDP headers.

@@ -56,13 +56,26 @@ pub async fn run(
     for name in &config.streams.names {
         spool.stream(name)?;
     }
+    let wanted = config.data.recv_buffer;
     let socket = udp::bind(
         config.data.listen,
         &SocketOptions {
-            recv_buffer: (config.data.recv_buffer > 0).then_some(config.data.recv_buffer),
+            recv_buffer: (wanted > 0).then_some(wanted),
             send_buffer: None,
+            // A smaller buffer loses bursts, not data (producers resend):
+            // warn and run rather than refuse to start.
+            allow_smaller_buffers: true,
         },
     )?;
+    let (got, _) = udp::buffer_sizes(&socket).map_err(ServerError::Admin)?;
+    if got < wanted {
+        warn!(
+            asked = wanted,
+            got,
+            "the kernel capped the data socket's receive buffer (data.recv_buffer): bursts \
+             beyond it are dropped and resent; raise it with `sysctl -w net.core.rmem_max={wanted}`"
+        );
+    }
     let admin_listener = admin::bind(config.admin.listen)
         .await
         .map_err(ServerError::Admin)?;

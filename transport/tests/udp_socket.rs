@@ -15,6 +15,7 @@ async fn buffers_are_applied_or_the_cap_is_named() {
     let opts = SocketOptions {
         recv_buffer: Some(want),
         send_buffer: Some(want),
+        allow_smaller_buffers: false,
     };
     match udp::bind("127.0.0.1:0".parse().unwrap(), &opts) {
         Ok(s) => {
@@ -70,4 +71,22 @@ async fn batches_move_many_datagrams_per_call_with_their_senders() {
     let n = small.recv(&b).await.unwrap();
     assert_eq!(n, 1);
     assert!(small.truncated(0));
+}
+
+#[tokio::test]
+async fn a_capped_buffer_can_be_accepted_and_read_back() {
+    // More than any cap a test machine has; as root it is forced.
+    let want = 64 << 20;
+    let opts = SocketOptions {
+        recv_buffer: Some(want),
+        send_buffer: None,
+        allow_smaller_buffers: true,
+    };
+    let s = udp::bind("127.0.0.1:0".parse().unwrap(), &opts).expect("a capped size is accepted");
+    let (recv, _) = udp::buffer_sizes(&s).unwrap();
+    if is_root() {
+        assert!(recv >= want, "root forces the size: got {recv}");
+    } else {
+        assert!(recv > 0 && recv < want, "got {recv}");
+    }
 }

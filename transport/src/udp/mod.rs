@@ -8,4 +8,4 @@ mod socket;
 
 pub use batch::{RecvBatch, SendBatch};
 pub use driver::{serve, Control, Owner, ServeHandle, ServeStats, TICK};
-pub use socket::{bind, SocketOptions, UdpError};
+pub use socket::{bind, buffer_sizes, SocketOptions, UdpError};

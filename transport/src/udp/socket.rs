@@ -16,6 +16,10 @@ pub struct SocketOptions {
     pub recv_buffer: Option<usize>,
     /// SO_SNDBUF in bytes.
     pub send_buffer: Option<usize>,
+    /// Take what the kernel grants when it caps a buffer below the size
+    /// asked for, instead of failing (the caller can read the size back
+    /// with [`buffer_sizes`] and warn).
+    pub allow_smaller_buffers: bool,
 }
 
 #[derive(Debug, Error)]
@@ -42,16 +46,27 @@ pub enum UdpError {
 pub fn bind(addr: SocketAddr, opts: &SocketOptions) -> Result<UdpSocket, UdpError> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_nonblocking(true)?;
-    if let Some(n) = opts.recv_buffer {
-        set_buffer(&socket, Buffer::Recv, n)?;
-    }
-    if let Some(n) = opts.send_buffer {
-        set_buffer(&socket, Buffer::Send, n)?;
+    for (which, size) in [
+        (Buffer::Recv, opts.recv_buffer),
+        (Buffer::Send, opts.send_buffer),
+    ] {
+        let Some(n) = size else { continue };
+        match set_buffer(&socket, which, n) {
+            Err(UdpError::BufferCapped { .. }) if opts.allow_smaller_buffers => {}
+            other => other?,
+        }
     }
     socket
         .bind(&addr.into())
         .map_err(|source| UdpError::Bind { addr, source })?;
     Ok(UdpSocket::from_std(socket.into())?)
+}
+
+/// The socket's (receive, send) buffer sizes as the kernel reports them
+/// (Linux reports twice the size asked for: its bookkeeping is included).
+pub fn buffer_sizes(socket: &UdpSocket) -> io::Result<(usize, usize)> {
+    let s = socket2::SockRef::from(socket);
+    Ok((s.recv_buffer_size()?, s.send_buffer_size()?))
 }
 
 #[derive(Clone, Copy)]
