@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::proto::{CloseReason, Connect, PushError, Sender, SenderConfig, SenderEvent};
+use crate::udp::SendBatch;
 use crate::wire::{CloseCode, MAX_DATAGRAM};
 
 /// How a [`Producer`] behaves.
@@ -67,6 +68,9 @@ pub enum ProducerError {
     #[error("socket error: {0}")]
     Io(String),
 }
+
+/// Datagrams per sendmmsg call at most.
+const SEND_BATCH: usize = 64;
 
 type Done = oneshot::Sender<Result<Range<u64>, ProducerError>>;
 
@@ -243,16 +247,19 @@ impl Task {
     async fn run(mut self, ready: oneshot::Sender<Result<(), ProducerError>>) {
         let mut ready = Some(ready);
         let mut out = Vec::with_capacity(MAX_DATAGRAM);
+        let mut outbox = SendBatch::new();
         let mut inbuf = vec![0u8; MAX_DATAGRAM];
         loop {
             let now = Instant::now();
+            // Everything due goes out in one sendmmsg: at high rates the
+            // system call per datagram is most of the cost.
             while self.sender.poll_transmit(now, &mut out) {
-                // A send error (e.g. ICMP port unreachable surfacing) is not
-                // fatal: the protocol's timers retry, and give up in time.
-                if let Err(e) = self.socket.send(&out).await {
-                    debug!(error = %e, "send to sluiced failed");
+                outbox.push(self.addr, &out);
+                if outbox.len() >= SEND_BATCH {
+                    self.flush_outbox(&mut outbox).await;
                 }
             }
+            self.flush_outbox(&mut outbox).await;
             if let Err(e) = self.handle_events(&mut ready) {
                 self.fail_all(e);
                 return;
@@ -291,6 +298,19 @@ impl Task {
                     }
                 },
             }
+        }
+    }
+
+    async fn flush_outbox(&self, outbox: &mut SendBatch) {
+        if outbox.is_empty() {
+            return;
+        }
+        // A send error (e.g. ICMP port unreachable surfacing) is not fatal:
+        // the protocol's timers retry, and give up in time.
+        match outbox.send(&self.socket).await {
+            Ok(0) => {}
+            Ok(n) => debug!(dropped = n, "the kernel refused datagrams to sluiced"),
+            Err(e) => debug!(error = %e, "send to sluiced failed"),
         }
     }
 
