@@ -18,9 +18,8 @@ use std::process::{Child, ChildStdin, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use sluice_daemon::config::{Args, Config};
+use sluice_daemon::config::Args;
 use sluice_daemon::metrics::scrape::Scrape;
-use sluice_daemon::server::{self, ServerError};
 
 /// The line the child prints on stdout once it takes data.
 const READY: &str = "sluice-bench-daemon ready";
@@ -254,79 +253,27 @@ pub fn scrape(admin: SocketAddr) -> std::io::Result<Scrape> {
 /// addresses on stdout once ready.
 pub fn run_hidden(stop_on_stdin_eof: bool, sluiced_args: Vec<OsString>) -> ExitCode {
     let args = Args::parse_from(std::iter::once(OsString::from("sluiced")).chain(sluiced_args));
-    let config = match Config::load(&args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("sluiced (sluice-bench daemon): {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if args.print_config {
-        print!("{}", config.to_toml());
-        return ExitCode::SUCCESS;
-    }
-    let filter = tracing_subscriber::EnvFilter::new(&config.log.level);
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sluiced (sluice-bench daemon): cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = rt.block_on(async {
-        let stdin_eof = stop_on_stdin_eof.then(|| {
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-                let _ = tx.send(());
-            });
-            rx
+    let (eof_tx, eof_rx) = tokio::sync::oneshot::channel::<()>();
+    if stop_on_stdin_eof {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            let _ = eof_tx.send(());
         });
-        server::run(config, wait_for_stop(stdin_eof), |bound| {
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{READY} data={} admin={}", bound.data, bound.admin);
-            let _ = out.flush();
-        })
-        .await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sluiced (sluice-bench daemon): {e}");
-            ExitCode::from(match e {
-                ServerError::Config(_) => 2,
-                _ => 1,
-            })
-        }
     }
-}
-
-async fn wait_for_stop(stdin_eof: Option<tokio::sync::oneshot::Receiver<()>>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    let eof = async {
-        match stdin_eof {
-            Some(rx) => {
-                let _ = rx.await;
-            }
-            None => std::future::pending().await,
+    let stdin_closed = async move {
+        // Without the option the sender is dropped unused: wait forever.
+        if eof_rx.await.is_ok() {
+            tracing::warn!("the harness is gone (stdin closed): stopping");
+        } else {
+            std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-        _ = eof => tracing::warn!("the harness is gone (stdin closed): stopping"),
-    }
+    sluice_daemon::launch::main(args, stdin_closed, |bound| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{READY} data={} admin={}", bound.data, bound.admin);
+        let _ = out.flush();
+    })
 }
 
 #[cfg(test)]

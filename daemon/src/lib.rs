@@ -4,6 +4,7 @@ pub mod admin;
 pub mod config;
 pub mod credit;
 pub mod ingest;
+pub mod launch;
 pub mod log_limit;
 pub mod metrics;
 pub mod server;

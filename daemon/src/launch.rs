@@ -1,0 +1,81 @@
+//! What `sluiced`'s `main` does, for every program that runs the daemon
+//! (the binary, and the load harness's daemon process): configuration from
+//! arguments, logging, the runtime, stopping on SIGTERM or SIGINT, and exit
+//! codes.
+//!
+//! Exit codes: 0 after a clean stop, 1 when it could not run (spool,
+//! socket), 2 for a bad configuration.
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use crate::config::{Args, Config};
+use crate::server::{self, Bound, ServerError};
+
+/// Runs the daemon configured by `args` until SIGTERM, SIGINT or
+/// `also_stop` resolves; `ready` learns the bound addresses.
+pub fn main(
+    args: Args,
+    also_stop: impl Future<Output = ()>,
+    ready: impl FnOnce(Bound),
+) -> ExitCode {
+    let config = match Config::load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluiced: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(&config);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluiced: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(server::run(config, stop(also_stop), ready)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("sluiced: {e}");
+            ExitCode::from(match e {
+                ServerError::Config(_) => 2,
+                _ => 1,
+            })
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(&config.log.level);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // `try_init`: a host program may have set up logging already.
+    let _ = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// SIGTERM (service managers), SIGINT (Ctrl-C), or `also`.
+async fn stop(also: impl Future<Output = ()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = also => {}
+    }
+}
