@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_transport::client::{Producer, ProducerOptions};
 use sluice_transport::proto::{Incoming, Receiver, ReceiverConfig, SenderConfig};
-use sluice_transport::udp::{self, Owner, SocketOptions};
+use sluice_transport::serve::{self, Control, Owner};
+use sluice_transport::udp::{self, SocketOptions, UdpIo};
 use sluice_transport::wire::CloseCode;
 
 /// Datagram sizes measured: loopback's (its MTU is 64 KiB) and Ethernet's
@@ -29,7 +30,7 @@ impl Owner for Counting {
         Ok((0, 1 << 20))
     }
 
-    fn deliver(&mut self, r: &mut Receiver, _: &udp::Control) {
+    fn deliver(&mut self, r: &mut Receiver, _: &Control) {
         let mut last = None;
         let mut n = 0;
         while let Some(m) = r.poll_message() {
@@ -84,9 +85,10 @@ async fn sluice(datagram: usize, size: usize, messages: u64) -> (f64, f64) {
         },
     )
     .unwrap();
+    let addr = socket.local_addr().unwrap();
     let delivered = Arc::new(AtomicU64::new(0));
-    let server = udp::serve(
-        socket,
+    let _server = serve::serve(
+        UdpIo::new(socket),
         ReceiverConfig {
             max_datagram: datagram,
             ..ReceiverConfig::default()
@@ -101,9 +103,7 @@ async fn sluice(datagram: usize, size: usize, messages: u64) -> (f64, f64) {
         },
         ..ProducerOptions::default()
     };
-    let producer = Producer::connect(server.local_addr(), "bench", 1, options)
-        .await
-        .unwrap();
+    let producer = Producer::connect(addr, "bench", 1, options).await.unwrap();
     let payload = Bytes::from(vec![0x5A; size]);
     const BATCH: u64 = 4096;
     const IN_FLIGHT: u64 = 8;

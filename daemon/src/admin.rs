@@ -18,7 +18,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use sluice_transport::udp::ServeStats;
+use sluice_transport::serve::ServeStats;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;

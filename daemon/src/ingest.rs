@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_transport::proto::{Endpoint, EndpointEvent, Incoming, Receiver, ReceiverStats};
-use sluice_transport::udp::{Control, Owner};
+use sluice_transport::serve::{Control, Owner};
 use sluice_transport::wire::CloseCode;
 use tracing::{error, info, warn};
 

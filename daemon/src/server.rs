@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_transport::proto::ReceiverConfig;
-use sluice_transport::udp::{self, SocketOptions};
+use sluice_transport::serve;
+use sluice_transport::udp::{self, SocketOptions, UdpIo};
 use sluice_transport::wire::CloseCode;
 use thiserror::Error;
 use tracing::{info, warn};
@@ -96,7 +97,7 @@ pub async fn run(
         max_datagram: config.data.max_datagram,
         ..ReceiverConfig::default()
     };
-    let server = udp::serve(socket, receiver, ingest);
+    let server = serve::serve(UdpIo::new(socket), receiver, ingest);
     let state = Arc::new(AdminState {
         metrics,
         socket: server.stats(),

@@ -8,5 +8,6 @@
 pub mod client;
 pub mod proto;
 pub mod relay;
+pub mod serve;
 pub mod udp;
 pub mod wire;

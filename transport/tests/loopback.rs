@@ -12,7 +12,8 @@ use bytes::Bytes;
 use sluice_transport::client::{Producer, ProducerOptions};
 use sluice_transport::proto::{Incoming, Receiver, ReceiverConfig};
 use sluice_transport::relay::{self, Impairment, RelayStats};
-use sluice_transport::udp::{self, Owner, SocketOptions};
+use sluice_transport::serve::{self, Control, Owner};
+use sluice_transport::udp::{self, SocketOptions, UdpIo};
 use sluice_transport::wire::CloseCode;
 
 /// Keeps every (producer, seq) once, checks order, and marks durable at once.
@@ -32,7 +33,7 @@ impl Owner for Store {
         Ok((durable, 256))
     }
 
-    fn deliver(&mut self, r: &mut Receiver, _: &udp::Control) {
+    fn deliver(&mut self, r: &mut Receiver, _: &Control) {
         let mut m = self.0.lock().unwrap();
         let log = m.entry(r.producer_id()).or_default();
         let mut last = None;
@@ -59,12 +60,13 @@ fn payload(producer: u64, i: u64) -> Bytes {
 #[tokio::test]
 async fn exactly_once_in_order_through_a_lossy_relay() {
     let socket = udp::bind("127.0.0.1:0".parse().unwrap(), &SocketOptions::default()).unwrap();
+    let addr = socket.local_addr().unwrap();
     let store = Store::default();
-    let server = udp::serve(socket, ReceiverConfig::default(), store.clone());
+    let _server = serve::serve(UdpIo::new(socket), ReceiverConfig::default(), store.clone());
     let lossy = Impairment::lossy(0.10);
     let relay = relay::start(
         "127.0.0.1:0".parse().unwrap(),
-        server.local_addr(),
+        addr,
         lossy.clone(),
         lossy,
         2024,

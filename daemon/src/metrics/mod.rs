@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use sluice_transport::proto::DropReason;
-use sluice_transport::udp::ServeStats;
+use sluice_transport::serve::ServeStats;
 
 use crate::spool::Spool;
 use exposition::{Exposition, Kind};

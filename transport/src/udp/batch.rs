@@ -138,6 +138,18 @@ impl SendBatch {
         self.entries.len()
     }
 
+    /// The queued datagrams and their destinations, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        self.entries
+            .iter()
+            .map(|&(start, len, to)| (to, &self.buf[start..start + len]))
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.buf.clear();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -163,8 +175,7 @@ impl SendBatch {
                 }
             }
         }
-        self.entries.clear();
-        self.buf.clear();
+        self.clear();
         Ok(refused)
     }
 

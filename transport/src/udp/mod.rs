@@ -1,11 +1,11 @@
 //! The UDP datapath: sockets set up for bulk traffic, batched receive and
-//! send (recvmmsg/sendmmsg), and a driver that runs a receiving
-//! [`Endpoint`](crate::proto::Endpoint) on a socket.
+//! send (recvmmsg/sendmmsg), and the socket as a served endpoint's
+//! [`PacketIo`](crate::serve::PacketIo).
 
 mod batch;
-mod driver;
+mod io;
 mod socket;
 
 pub use batch::{RecvBatch, SendBatch};
-pub use driver::{serve, Control, Owner, ServeHandle, ServeStats, TICK};
+pub use io::UdpIo;
 pub use socket::{bind, buffer_sizes, SocketOptions, UdpError};

@@ -1,27 +1,41 @@
-//! Runs a receiving [`Endpoint`] on a UDP socket: the I/O half of the daemon
-//! side, as quinn is the I/O half of quinn-proto.
+//! Runs a receiving [`Endpoint`] on a source of datagrams: the I/O half of
+//! the daemon side, as quinn is the I/O half of quinn-proto.
 //!
-//! What happens to messages is the [`Owner`]'s business: it decides whom to
-//! accept and where they stand, takes delivered messages, and declares them
-//! durable, at once or later through [`ServeHandle::control`].
+//! Where datagrams come from is a [`PacketIo`]: a UDP socket
+//! ([`UdpIo`](crate::udp::UdpIo)), a QUIC stream, AF_XDP rings. What happens
+//! to messages is the [`Owner`]'s business: it decides whom to accept and
+//! where they stand, takes delivered messages, and declares them durable, at
+//! once or later through [`ServeHandle::control`].
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::warn;
+use tracing::{debug, warn};
 
-use super::batch::{RecvBatch, SendBatch};
 use crate::proto::{Endpoint, EndpointEvent, Incoming, Receiver, ReceiverConfig};
+use crate::udp::SendBatch;
 use crate::wire::{CloseCode, MAX_DATAGRAM};
 
-/// Datagrams taken from the socket per system call.
-const RECV_BATCH: usize = 64;
+/// Datagrams in and out of a served endpoint.
+pub trait PacketIo: Send + 'static {
+    /// Waits until at least one datagram has arrived, then appends what has
+    /// (a batch's worth) to `into` with the address it came from.
+    fn recv(
+        &mut self,
+        into: &mut Vec<(SocketAddr, Bytes)>,
+    ) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Sends every datagram of `batch` to its address and empties it. A
+    /// datagram that cannot be delivered is dropped: the protocol recovers.
+    fn send(&mut self, batch: &mut SendBatch) -> impl Future<Output = io::Result<()>> + Send;
+}
 
 /// The application side of a served endpoint.
 pub trait Owner: Send + 'static {
@@ -110,17 +124,12 @@ pub struct ServeStats {
 
 /// The running endpoint. Dropping it stops the task.
 pub struct ServeHandle {
-    local_addr: SocketAddr,
     control: Control,
     stats: Arc<ServeStats>,
     task: JoinHandle<()>,
 }
 
 impl ServeHandle {
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
     pub fn control(&self) -> Control {
         self.control.clone()
     }
@@ -163,15 +172,14 @@ impl Drop for ServeHandle {
     }
 }
 
-/// Serves `config`'s endpoint on `socket` with `owner`, on the current tokio
+/// Serves `config`'s endpoint on `io` with `owner`, on the current tokio
 /// runtime.
-pub fn serve(socket: UdpSocket, config: ReceiverConfig, owner: impl Owner) -> ServeHandle {
-    let local_addr = socket.local_addr().expect("a bound socket has an address");
+pub fn serve(io: impl PacketIo, config: ReceiverConfig, owner: impl Owner) -> ServeHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let stats = Arc::new(ServeStats::default());
     let control = Control { tx };
     let task = tokio::spawn(run(
-        socket,
+        io,
         Endpoint::new(config),
         owner,
         control.clone(),
@@ -179,7 +187,6 @@ pub fn serve(socket: UdpSocket, config: ReceiverConfig, owner: impl Owner) -> Se
         stats.clone(),
     ));
     ServeHandle {
-        local_addr,
         control,
         stats,
         task,
@@ -187,14 +194,14 @@ pub fn serve(socket: UdpSocket, config: ReceiverConfig, owner: impl Owner) -> Se
 }
 
 async fn run(
-    socket: UdpSocket,
+    mut io: impl PacketIo,
     mut ep: Endpoint,
     mut owner: impl Owner,
     control: Control,
     mut commands: mpsc::UnboundedReceiver<Command>,
     stats: Arc<ServeStats>,
 ) {
-    let mut inbox = RecvBatch::new(RECV_BATCH, MAX_DATAGRAM + 1);
+    let mut inbox = Vec::new();
     let mut outbox = SendBatch::new();
     let mut out = Vec::with_capacity(MAX_DATAGRAM);
     let mut tick = tokio::time::interval(TICK);
@@ -218,9 +225,10 @@ async fn run(
             stats
                 .datagrams_out
                 .fetch_add(outbox.len() as u64, Ordering::Relaxed);
-            if let Err(e) = outbox.send(&socket).await {
-                warn!(error = %e, "sending on the data socket failed");
+            if let Err(e) = io.send(&mut outbox).await {
+                warn!(error = %e, "sending datagrams failed");
             }
+            outbox.clear();
         }
         if let Some(done) = finished.take() {
             let _ = done.send(());
@@ -234,15 +242,12 @@ async fn run(
             }
         };
         tokio::select! {
-            r = inbox.recv(&socket), if !paused => match r {
-                Ok(n) => {
-                    stats.datagrams_in.fetch_add(n as u64, Ordering::Relaxed);
+            r = io.recv(&mut inbox), if !paused => match r {
+                Ok(()) => {
+                    stats.datagrams_in.fetch_add(inbox.len() as u64, Ordering::Relaxed);
                     let before = ep.drops().total();
                     let now = Instant::now();
-                    for i in 0..n {
-                        let (data, from) = inbox.get(i);
-                        let Some(from) = from else { continue };
-                        let datagram = Bytes::copy_from_slice(data);
+                    for (from, datagram) in inbox.drain(..) {
                         if let Some(inc) = ep.handle_datagram(now, from, datagram) {
                             match owner.accept(&inc) {
                                 Ok((durable, credit)) => {
@@ -254,7 +259,19 @@ async fn run(
                     }
                     stats.dropped.fetch_add(ep.drops().total() - before, Ordering::Relaxed);
                 }
-                Err(e) => warn!(error = %e, "receiving on the data socket failed"),
+                Err(e) => {
+                    // The source is gone (a QUIC stream ended, a socket
+                    // broke): its sessions end with it.
+                    debug!(error = %e, "no more datagrams; the endpoint stops");
+                    let ids: Vec<u64> = ep.session_ids().collect();
+                    for id in ids {
+                        ep.close(id, CloseCode::Normal, "the transport closed");
+                    }
+                    while let Some(ev) = ep.poll_event() {
+                        owner.closed(&ev);
+                    }
+                    return;
+                }
             },
             Some(c) = commands.recv() => {
                 // Take everything queued, so one wake-up answers a whole group commit.
