@@ -6,6 +6,7 @@
 mod publish;
 mod read;
 mod stat;
+mod token;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -38,6 +39,9 @@ enum Cmd {
     /// Watch a running sluiced: per-stream rates, credit, fsync latency and
     /// dropped datagrams, refreshed every second.
     Stat(stat::Args),
+    /// Mint an API token for sluiced's [auth] config (the config keeps only
+    /// its hash), or hash a token minted elsewhere.
+    Token(token::Args),
 }
 
 /// The admin address, shared by `read` and `stat`.
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Cmd::Publish(a) => publish::run(a),
         Cmd::Read(a) => read::run(a),
         Cmd::Stat(a) => stat::run(a),
+        Cmd::Token(a) => token::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
