@@ -6,13 +6,18 @@
 //! | `GET /health` | `200 {"status":"ok",...}`, or `503` while acks are held (disk full) or the daemon is stopping |
 //! | `GET /streams` | JSON: each stream's name and durable end offset |
 //! | `GET /streams/{name}/records?from=N&limit=M` | JSON: durable records from offset N (payloads in base64) |
+//!
+//! Metrics and health are open (for scrapers and load balancers; keep the
+//! admin port off untrusted networks). Stream listings and records need a
+//! principal allowed to consume: `Authorization: Bearer <token>` (unless
+//! the daemon runs anonymously on loopback).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -21,8 +26,12 @@ use serde::{Deserialize, Serialize};
 use sluice_transport::serve::ServeStats;
 use tokio::net::TcpListener;
 
+use crate::auth::{Action, Principal};
+use crate::gate::Gate;
 use crate::metrics::Metrics;
+use crate::quic::QuicStats;
 use crate::spool::Spool;
+use sluice_transport::lease::{Leases, SealedStats};
 
 /// Most records one `/records` request returns.
 pub const MAX_RECORDS_PER_REQUEST: usize = 10_000;
@@ -35,6 +44,11 @@ pub struct AdminState {
     /// Set when a stop begins: `/health` turns unhealthy so load balancers
     /// stop sending.
     pub stopping: AtomicBool,
+    pub gate: Arc<Gate>,
+    pub quic: Arc<QuicStats>,
+    /// The fast path's leases and drops (`None` with `insecure_lan`).
+    pub leases: Option<Leases>,
+    pub sealed: Option<Arc<SealedStats>>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -56,7 +70,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(&s.socket, &s.spool),
+        s.metrics.render(&s),
     )
         .into_response()
 }
@@ -110,12 +124,38 @@ pub struct StreamList {
     pub streams: Vec<StreamInfo>,
 }
 
-async fn streams(State(s): State<Arc<AdminState>>) -> Json<StreamList> {
+/// The principal of an HTTP request, from its bearer token.
+fn principal(
+    s: &AdminState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Principal, Box<Response>> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .trim();
+    s.gate
+        .principal(peer, token, None)
+        .map_err(|d| Box::new(error(StatusCode::UNAUTHORIZED, d.reason().to_owned())))
+}
+
+async fn streams(
+    State(s): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match principal(&s, peer, &headers) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
     let open = s.spool.open_streams();
     let mut names = s.spool.stream_names();
     names.sort();
     let streams = names
         .into_iter()
+        .filter(|n| who.may(Action::Consume, n))
         .map(|name| StreamInfo {
             durable_end: open
                 .iter()
@@ -124,7 +164,7 @@ async fn streams(State(s): State<Arc<AdminState>>) -> Json<StreamList> {
             name,
         })
         .collect();
-    Json(StreamList { streams })
+    Json(StreamList { streams }).into_response()
 }
 
 #[derive(Deserialize)]
@@ -156,9 +196,18 @@ pub struct RecordsPage {
 
 async fn records(
     State(s): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(name): Path<String>,
     Query(q): Query<RecordsQuery>,
 ) -> Response {
+    let who = match principal(&s, peer, &headers) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    if let Err(reason) = s.gate.check(peer, &who, Action::Consume, &name) {
+        return error(StatusCode::FORBIDDEN, reason);
+    }
     if !s.spool.stream_names().contains(&name) {
         return error(StatusCode::NOT_FOUND, format!("no stream {name:?}"));
     }

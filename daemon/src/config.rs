@@ -11,6 +11,7 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::auth::{AuthConfig, Authenticator};
 use crate::credit::CreditPolicy;
 use crate::spool::{FsyncPolicy, LogConfig, SpoolConfig};
 
@@ -25,6 +26,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid value for `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    #[error("invalid value for {0}")]
+    Auth(String),
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -39,9 +42,11 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub data: Data,
+    pub quic: Quic,
     pub admin: Admin,
     pub spool: Spool,
     pub streams: Streams,
+    pub auth: AuthConfig,
     pub log: Log,
 }
 
@@ -63,6 +68,27 @@ pub struct Data {
     pub window_bytes: u64,
     /// Most producer sessions open at once; more HELLOs are refused.
     pub max_sessions: usize,
+    /// Accept unsealed raw-UDP packets from anyone (no authentication on
+    /// this listener). Off: producers lease a sealed session over QUIC.
+    pub insecure_lan: bool,
+    /// How long a raw-UDP lease lasts unless its producer renews it.
+    pub lease_seconds: u64,
+}
+
+/// The QUIC plane: authentication, publishing over QUIC, fast-path leases.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quic {
+    /// UDP address of the QUIC listener.
+    pub listen: SocketAddr,
+    /// Certificate chain (PEM). Empty: a self-signed certificate made at
+    /// first start and kept in the data folder.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to; empty:
+    /// no client certificates (tokens only).
+    pub client_ca: PathBuf,
 }
 
 /// Metrics and health over HTTP.
@@ -122,6 +148,19 @@ impl Default for Data {
             credit: 4096,
             window_bytes: 64 << 20,
             max_sessions: 4096,
+            insecure_lan: false,
+            lease_seconds: 60,
+        }
+    }
+}
+
+impl Default for Quic {
+    fn default() -> Self {
+        Quic {
+            listen: "127.0.0.1:7400".parse().expect("literal"),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            client_ca: PathBuf::new(),
         }
     }
 }
@@ -211,6 +250,26 @@ pub struct Args {
     /// [data.max_sessions] most producer sessions open at once.
     #[arg(long, env = "SLUICED_DATA_MAX_SESSIONS")]
     pub data_max_sessions: Option<usize>,
+    /// [data.insecure_lan] accept unsealed raw UDP from anyone: no
+    /// authentication on the data port (true/false).
+    #[arg(long, env = "SLUICED_DATA_INSECURE_LAN")]
+    pub data_insecure_lan: Option<bool>,
+    /// [data.lease_seconds] lifetime of a raw-UDP lease unless renewed.
+    #[arg(long, env = "SLUICED_DATA_LEASE_SECONDS")]
+    pub data_lease_seconds: Option<u64>,
+    /// [quic.listen] UDP address of the QUIC listener.
+    #[arg(long, env = "SLUICED_QUIC_LISTEN")]
+    pub quic_listen: Option<SocketAddr>,
+    /// [quic.cert] certificate chain (PEM); empty: self-signed, made at
+    /// first start in the data folder.
+    #[arg(long, env = "SLUICED_QUIC_CERT")]
+    pub quic_cert: Option<PathBuf>,
+    /// [quic.key] private key of the certificate (PEM).
+    #[arg(long, env = "SLUICED_QUIC_KEY")]
+    pub quic_key: Option<PathBuf>,
+    /// [quic.client_ca] CA certificates (PEM) for client certificates.
+    #[arg(long, env = "SLUICED_QUIC_CLIENT_CA")]
+    pub quic_client_ca: Option<PathBuf>,
     /// [admin.listen] HTTP address for /metrics and /health.
     #[arg(long, env = "SLUICED_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
@@ -280,6 +339,12 @@ impl Config {
         set!(c.data.credit, args.data_credit);
         set!(c.data.window_bytes, args.data_window_bytes);
         set!(c.data.max_sessions, args.data_max_sessions);
+        set!(c.data.insecure_lan, args.data_insecure_lan);
+        set!(c.data.lease_seconds, args.data_lease_seconds);
+        set!(c.quic.listen, args.quic_listen);
+        set!(c.quic.cert, args.quic_cert);
+        set!(c.quic.key, args.quic_key);
+        set!(c.quic.client_ca, args.quic_client_ca);
         set!(c.admin.listen, args.admin_listen);
         set!(c.spool.dir, args.spool_dir);
         set!(c.spool.fsync, args.spool_fsync);
@@ -324,6 +389,25 @@ impl Config {
         }
         if self.data.max_sessions == 0 {
             return Err(invalid("data.max_sessions", "must be at least 1"));
+        }
+        if self.data.lease_seconds < 5 {
+            return Err(invalid("data.lease_seconds", "must be at least 5"));
+        }
+        if self.quic.cert.as_os_str().is_empty() != self.quic.key.as_os_str().is_empty() {
+            let missing = if self.quic.cert.as_os_str().is_empty() {
+                "quic.cert"
+            } else {
+                "quic.key"
+            };
+            return Err(invalid(missing, "quic.cert and quic.key go together"));
+        }
+        let auth = self.authenticator()?;
+        if auth.is_empty() && !self.loopback_only() {
+            return Err(invalid(
+                "auth",
+                "no principals (auth.tokens, auth.clients) while listening beyond loopback: \
+                 mint a token with `sluice token new`",
+            ));
         }
         if self.data.window_bytes < 64 << 10 {
             return Err(invalid("data.window_bytes", "must be at least 64 KiB"));
@@ -377,6 +461,20 @@ impl Config {
         humantime::parse_duration(&self.spool.retention_age)
             .map(Some)
             .map_err(|e| invalid("spool.retention_age", e.to_string()))
+    }
+
+    /// The principals of [auth], checked.
+    pub fn authenticator(&self) -> Result<Authenticator, ConfigError> {
+        Authenticator::new(&self.auth).map_err(|e| ConfigError::Auth(e.to_string()))
+    }
+
+    /// Whether every listener is on a loopback address: then, with no
+    /// principals configured, local clients may act anonymously (the
+    /// embedded default).
+    pub fn loopback_only(&self) -> bool {
+        [self.data.listen, self.quic.listen, self.admin.listen]
+            .iter()
+            .all(|a| a.ip().is_loopback())
     }
 
     /// How ingest grants credit.

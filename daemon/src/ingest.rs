@@ -1,14 +1,20 @@
-//! Ingest: sessions of the UDP endpoint feed the spool. A message's seq is
-//! marked durable only when the spool says its batch is on stable storage,
-//! and each session's credit follows the spool's health and the session's
-//! share of its stream (see [`crate::credit`]).
+//! Ingest: sessions of the daemon's endpoints feed the spool. A message's
+//! seq is marked durable only when the spool says its batch is on stable
+//! storage, and each session's credit follows the spool's health and the
+//! session's share of its stream (see [`crate::credit`]).
+//!
+//! A daemon runs several endpoints (the raw-UDP one, one per QUIC publish
+//! stream); each has its own [`Ingest`] owner, and they share an
+//! [`IngestShared`]: the spool, the limits, and the counters.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use sluice_transport::proto::{Endpoint, EndpointEvent, Incoming, Receiver, ReceiverStats};
+use sluice_transport::proto::{
+    DropCounts, Endpoint, EndpointEvent, Incoming, Receiver, ReceiverStats,
+};
 use sluice_transport::serve::{Control, Owner};
 use sluice_transport::wire::CloseCode;
 use tracing::{error, info, warn};
@@ -19,57 +25,49 @@ use crate::metrics::{Metrics, StreamMetrics};
 use crate::spool::writer::now_us;
 use crate::spool::{Outcome, Record, Spool, SpoolError, Stream};
 
-/// The endpoint's owner in `sluiced`. It lives in the endpoint's task.
-pub struct Ingest {
+/// What all of a daemon's ingest endpoints share.
+pub struct IngestShared {
     spool: Arc<Spool>,
     auto_create: bool,
     policy: CreditPolicy,
     /// Sessions accepted and not yet closed, and the most allowed.
     max_sessions: usize,
-    open: usize,
+    open: AtomicUsize,
     metrics: Arc<Metrics>,
-    sessions: HashMap<u64, Session>,
     /// Appends handed to the spool and not yet answered.
-    in_flight: Arc<AtomicU64>,
+    in_flight: AtomicU64,
     /// Anyone can send HELLOs: their refusals are logged at a bounded rate.
-    refusals: LogLimit,
+    refusals: Mutex<LogLimit>,
 }
 
-struct Session {
-    stream: Stream,
-    metrics: Arc<StreamMetrics>,
-    /// The receiver's counters already added to the stream's metrics.
-    counted: ReceiverStats,
-}
-
-impl Ingest {
+impl IngestShared {
     pub fn new(
         spool: Arc<Spool>,
         auto_create: bool,
         policy: CreditPolicy,
         max_sessions: usize,
         metrics: Arc<Metrics>,
-    ) -> Self {
-        Ingest {
+    ) -> Arc<Self> {
+        Arc::new(IngestShared {
             spool,
             auto_create,
             policy,
             max_sessions,
-            open: 0,
+            open: AtomicUsize::new(0),
             metrics,
-            sessions: HashMap::new(),
-            in_flight: Arc::default(),
-            refusals: LogLimit::new(5),
-        }
+            in_flight: AtomicU64::new(0),
+            refusals: Mutex::new(LogLimit::new(5)),
+        })
     }
 
     /// How many appends are waiting for the spool: zero once every
     /// delivered message has been answered (a drain waits for that).
-    pub fn in_flight(&self) -> Arc<AtomicU64> {
-        self.in_flight.clone()
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
     }
 
-    fn stream_for(&self, name: &str) -> Result<Stream, String> {
+    /// The stream `name`, opened or (if allowed) created.
+    pub fn stream_for(&self, name: &str) -> Result<Stream, String> {
         let exists = self.spool.stream_names().iter().any(|n| n == name);
         if !exists && !self.auto_create {
             return Err(format!("no stream {name:?} (streams.auto_create is off)"));
@@ -77,28 +75,82 @@ impl Ingest {
         self.spool.stream(name).map_err(|e| e.to_string())
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
+
+/// One endpoint's owner. It lives in the endpoint's task.
+pub struct Ingest {
+    shared: Arc<IngestShared>,
+    /// On a QUIC stream opened for one (stream, producer): only that.
+    only: Option<(String, u64)>,
+    sessions: HashMap<u64, Session>,
+    /// The endpoint's drop counters already added to the metrics.
+    drops_counted: DropCounts,
+}
+
+struct Session {
+    stream: Stream,
+    metrics: Arc<StreamMetrics>,
+    /// The receiver's counters already added to the stream's metrics.
+    counted: ReceiverStats,
+    /// The credit last granted, as added to the stream's credit gauge.
+    credit: u32,
+}
+
+impl Ingest {
+    pub fn new(shared: Arc<IngestShared>) -> Self {
+        Ingest {
+            shared,
+            only: None,
+            sessions: HashMap::new(),
+            drops_counted: DropCounts::default(),
+        }
+    }
+
+    /// An owner that accepts only `producer_id` publishing to `stream`:
+    /// for a QUIC stream authorized for exactly that.
+    pub fn only(shared: Arc<IngestShared>, stream: &str, producer_id: u64) -> Self {
+        Ingest {
+            only: Some((stream.to_owned(), producer_id)),
+            ..Ingest::new(shared)
+        }
+    }
+
     /// The session's state, set up on first sight.
     fn session(&mut self, r: &Receiver) -> Option<&mut Session> {
         let id = r.session_id();
         if !self.sessions.contains_key(&id) {
-            let stream = match self.spool.stream(r.stream()) {
+            let stream = match self.shared.spool.stream(r.stream()) {
                 Ok(s) => s,
                 Err(e) => {
                     error!(error = %e, stream = r.stream(), "stream unavailable under an open session");
                     return None;
                 }
             };
-            let metrics = self.metrics.stream(stream.name());
+            let metrics = self.shared.metrics.stream(stream.name());
+            metrics.sessions.fetch_add(1, Relaxed);
             self.sessions.insert(
                 id,
                 Session {
                     stream,
                     metrics,
                     counted: ReceiverStats::default(),
+                    credit: 0,
                 },
             );
         }
         self.sessions.get_mut(&id)
+    }
+
+    fn refuse(&self, inc: &Incoming, reason: String) -> (CloseCode, String) {
+        self.shared.metrics.sessions_rejected.fetch_add(1, Relaxed);
+        let allowed = self.shared.refusals.lock().unwrap().allow(Instant::now());
+        if let Some(suppressed) = allowed {
+            warn!(peer = %inc.peer, stream = %inc.hello.stream, %reason, suppressed, "session refused");
+        }
+        (CloseCode::Rejected, reason)
     }
 }
 
@@ -117,23 +169,24 @@ fn count(m: &StreamMetrics, counted: &mut ReceiverStats, now: &ReceiverStats) {
 
 impl Owner for Ingest {
     fn accept(&mut self, inc: &Incoming) -> Result<(u64, u32), (CloseCode, String)> {
-        let stream = self.stream_for(&inc.hello.stream).and_then(|s| {
-            if self.open >= self.max_sessions {
-                Err(format!(
-                    "{} sessions open, the most allowed (data.max_sessions)",
-                    self.open
-                ))
-            } else {
-                Ok(s)
+        if let Some((stream, producer)) = &self.only {
+            if *stream != inc.hello.stream || *producer != inc.hello.producer_id {
+                let reason = format!(
+                    "this stream was opened for producer {producer} on {stream:?}, not producer {} on {:?}",
+                    inc.hello.producer_id, inc.hello.stream
+                );
+                return Err(self.refuse(inc, reason));
             }
-        });
-        let stream = stream.map_err(|reason| {
-            self.metrics.sessions_rejected.fetch_add(1, Relaxed);
-            if let Some(suppressed) = self.refusals.allow(Instant::now()) {
-                warn!(peer = %inc.peer, stream = %inc.hello.stream, %reason, suppressed, "session refused");
-            }
-            (CloseCode::Rejected, reason)
-        })?;
+        }
+        let open = self.shared.open.load(Relaxed);
+        let stream = if open >= self.shared.max_sessions {
+            Err(format!(
+                "{open} sessions open, the most allowed (data.max_sessions)"
+            ))
+        } else {
+            self.shared.stream_for(&inc.hello.stream)
+        };
+        let stream = stream.map_err(|reason| self.refuse(inc, reason))?;
         // Where this producer stands: asked of the writer, so it reflects
         // every batch already durable.
         let ask = stream.highest_seq(inc.hello.producer_id);
@@ -141,18 +194,22 @@ impl Owner for Ingest {
             .map_err(|_| (CloseCode::ShuttingDown, "spool is closing".to_owned()))?
             .unwrap_or(0);
         let sessions = self
+            .shared
+            .metrics
+            .stream(stream.name())
             .sessions
-            .values()
-            .filter(|s| s.stream.name() == stream.name())
-            .count();
-        let credit = self.policy.credit(&stream.health(), sessions + 1, None);
+            .load(Relaxed);
+        let credit = self
+            .shared
+            .policy
+            .credit(&stream.health(), sessions as usize + 1, None);
         info!(peer = %inc.peer, producer = inc.hello.producer_id, stream = %inc.hello.stream, durable, "session open");
-        self.open += 1;
+        self.shared.open.fetch_add(1, Relaxed);
         Ok((durable, credit))
     }
 
     fn deliver(&mut self, r: &mut Receiver, control: &Control) {
-        let in_flight = self.in_flight.clone();
+        let shared = self.shared.clone();
         let Some(session) = self.session(r) else {
             return;
         };
@@ -175,7 +232,7 @@ impl Owner for Ingest {
         let m = session.metrics.clone();
         m.messages_in.fetch_add(records.len() as u64, Relaxed);
         m.bytes_in.fetch_add(bytes, Relaxed);
-        in_flight.fetch_add(1, Relaxed);
+        shared.in_flight.fetch_add(1, Relaxed);
         let control = control.clone();
         let id = r.session_id();
         // Runs on the spool's writer thread once the batch is durable.
@@ -203,7 +260,7 @@ impl Owner for Ingest {
                     );
                 }
             }
-            in_flight.fetch_sub(1, Relaxed);
+            shared.in_flight.fetch_sub(1, Relaxed);
         };
         session.stream.append_batch_then(records, Box::new(then));
     }
@@ -216,46 +273,48 @@ impl Owner for Ingest {
             reason,
             stats,
         } = ev;
-        self.open = self.open.saturating_sub(1);
+        // Accepted sessions only: a refused HELLO never counted.
+        let _ = self
+            .shared
+            .open
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
         if let Some(mut s) = self.sessions.remove(session_id) {
             count(&s.metrics, &mut s.counted, stats);
+            s.metrics.sessions.fetch_sub(1, Relaxed);
+            s.metrics.credit.fetch_sub(u64::from(s.credit), Relaxed);
         }
         info!(session = session_id, producer = producer_id, %stream, %reason, "session closed");
     }
 
     fn tick(&mut self, _now: Instant, ep: &mut Endpoint) {
-        for ((_, n), slot) in ep.drops().iter().zip(&self.metrics.drops) {
-            slot.store(n, Relaxed);
+        for (((_, now), before), total) in ep
+            .drops()
+            .iter()
+            .zip(self.drops_counted.iter())
+            .zip(&self.shared.metrics.drops)
+        {
+            total.fetch_add(now - before.1, Relaxed);
         }
+        self.drops_counted = ep.drops().clone();
         let ids: Vec<u64> = ep.session_ids().collect();
-        for &id in &ids {
-            if let Some(r) = ep.receiver(id) {
-                self.session(r);
-            }
-        }
-        // Sessions per stream, for each one's share.
-        let mut per_stream: HashMap<String, (usize, u64)> = HashMap::new();
-        for s in self.sessions.values() {
-            per_stream.entry(s.stream.name().to_owned()).or_default().0 += 1;
-        }
         for id in ids {
-            let (Some(r), Some(s)) = (ep.receiver_mut(id), self.sessions.get_mut(&id)) else {
+            let Some(r) = ep.receiver_mut(id) else {
+                continue;
+            };
+            let policy = self.shared.policy;
+            let Some(s) = self.session(r) else {
                 continue;
             };
             let st = r.stats();
             count(&s.metrics, &mut s.counted, st);
             let avg =
                 (st.messages_delivered > 0).then(|| st.bytes_delivered / st.messages_delivered);
-            let entry = per_stream.get_mut(s.stream.name()).expect("counted above");
-            let credit = self.policy.credit(&s.stream.health(), entry.0, avg);
+            let sessions = s.metrics.sessions.load(Relaxed) as usize;
+            let credit = policy.credit(&s.stream.health(), sessions, avg);
             r.set_credit(credit);
-            entry.1 += u64::from(credit);
-        }
-        for name in self.spool.open_streams().iter().map(Stream::name) {
-            let (sessions, credit) = per_stream.get(name).copied().unwrap_or_default();
-            let m = self.metrics.stream(name);
-            m.sessions.store(sessions as u64, Relaxed);
-            m.credit.store(credit, Relaxed);
+            s.metrics.credit.fetch_add(u64::from(credit), Relaxed);
+            s.metrics.credit.fetch_sub(u64::from(s.credit), Relaxed);
+            s.credit = credit;
         }
     }
 }

@@ -17,9 +17,13 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
-use crate::ingest::Ingest;
+use crate::gate::Gate;
+use crate::identity::{self, IdentityError};
+use crate::ingest::{Ingest, IngestShared};
 use crate::metrics::Metrics;
+use crate::quic::{QuicPlane, QuicSetup};
 use crate::spool::{Spool, SpoolError};
+use sluice_transport::lease::{Leases, SealedIo};
 
 /// How long a stop waits for the batches in flight to become durable.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,12 +38,17 @@ pub enum ServerError {
     Data(#[from] sluice_transport::udp::UdpError),
     #[error("{0}")]
     Admin(std::io::Error),
+    #[error("{0}")]
+    Quic(String),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 /// Where a running daemon listens (useful when the config asked for port 0).
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
     pub data: SocketAddr,
+    pub quic: SocketAddr,
     pub admin: SocketAddr,
 }
 
@@ -53,7 +62,9 @@ pub async fn run(
     stop: impl Future<Output = ()>,
     ready: impl FnOnce(Bound),
 ) -> Result<(), ServerError> {
+    let gate = Arc::new(Gate::new(config.authenticator()?, config.loopback_only()));
     let spool = Arc::new(Spool::open(&config.spool.dir, config.spool_config()?)?);
+    let identity = identity::load_or_create(&config)?;
     for name in &config.streams.names {
         spool.stream(name)?;
     }
@@ -80,38 +91,79 @@ pub async fn run(
     let admin_listener = admin::bind(config.admin.listen)
         .await
         .map_err(ServerError::Admin)?;
-    let bound = Bound {
-        data: socket.local_addr().map_err(ServerError::Admin)?,
-        admin: admin_listener.local_addr().map_err(ServerError::Admin)?,
-    };
+    let data = socket.local_addr().map_err(ServerError::Admin)?;
     let metrics = Arc::new(Metrics::default());
-    let ingest = Ingest::new(
+    let ingest = IngestShared::new(
         spool.clone(),
         config.streams.auto_create,
         config.credit_policy(),
         config.data.max_sessions,
         metrics.clone(),
     );
-    let in_flight = ingest.in_flight();
     let receiver = ReceiverConfig {
         max_datagram: config.data.max_datagram,
         ..ReceiverConfig::default()
     };
-    let server = serve::serve(UdpIo::new(socket), receiver, ingest);
+    // The raw-UDP path: sealed under leases of the QUIC plane, unless this
+    // listener is explicitly insecure.
+    let (server, leases, sealed) = if config.data.insecure_lan {
+        warn!(data = %data, "data.insecure_lan: raw UDP is accepted from anyone, unauthenticated and unencrypted; anyone who can reach the port can write into any stream");
+        let server = serve::serve(
+            UdpIo::new(socket),
+            receiver.clone(),
+            Ingest::new(ingest.clone()),
+        );
+        (server, None, None)
+    } else {
+        let receiver = ReceiverConfig {
+            max_datagram: receiver.max_datagram - sluice_transport::seal::OVERHEAD,
+            ..receiver.clone()
+        };
+        let leases = Leases::default();
+        let io = SealedIo::new(UdpIo::new(socket), leases.clone());
+        let sealed = io.stats();
+        let server = serve::serve(io, receiver.clone(), Ingest::new(ingest.clone()));
+        (server, Some(leases), Some(sealed))
+    };
+    let quic = QuicPlane::start(QuicSetup {
+        listen: config.quic.listen,
+        identity,
+        client_ca: (!config.quic.client_ca.as_os_str().is_empty())
+            .then(|| config.quic.client_ca.clone()),
+        ingest: ingest.clone(),
+        gate: gate.clone(),
+        receiver,
+        leases: leases.clone(),
+        data_addr: data,
+        lease_ttl: Duration::from_secs(config.data.lease_seconds),
+        reset_key: identity::reset_key(&config.spool.dir)?,
+    })
+    .map_err(ServerError::Quic)?;
+    let bound = Bound {
+        data,
+        quic: quic.local_addr,
+        admin: admin_listener.local_addr().map_err(ServerError::Admin)?,
+    };
     let state = Arc::new(AdminState {
         metrics,
         socket: server.stats(),
         spool: spool.clone(),
         stopping: AtomicBool::new(false),
+        gate: gate.clone(),
+        quic: quic.stats(),
+        leases,
+        sealed,
     });
     let app = admin::router(state.clone());
     let admin_task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(admin_listener, app).await {
             warn!(error = %e, "admin endpoint stopped");
         }
     });
     info!(
         data = %bound.data,
+        quic = %bound.quic,
         admin = %bound.admin,
         spool = %config.spool.dir.display(),
         fsync = %config.spool.fsync,
@@ -124,11 +176,12 @@ pub async fn run(
     info!("stopping: no new data; finishing the batches in flight");
     state.stopping.store(true, Ordering::Relaxed);
     server.pause();
+    quic.pause();
     let deadline = started + DRAIN_TIMEOUT;
-    while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+    while ingest.in_flight() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let left = in_flight.load(Ordering::Relaxed);
+    let left = ingest.in_flight();
     if left > 0 {
         warn!(
             batches = left,
@@ -138,6 +191,8 @@ pub async fn run(
     server
         .shutdown(CloseCode::ShuttingDown, "sluiced is stopping")
         .await;
+    quic.shutdown().await;
+    drop(ingest);
     admin_task.abort();
     let spool_done = tokio::task::spawn_blocking(move || spool.shutdown());
     let remaining = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);

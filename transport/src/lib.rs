@@ -6,8 +6,11 @@
 //! to wake up. That is what lets the simulation tests replay any seed exactly.
 
 pub mod client;
+pub mod lease;
 pub mod proto;
+pub mod quic;
 pub mod relay;
+pub mod seal;
 pub mod serve;
 pub mod udp;
 pub mod wire;

@@ -138,6 +138,12 @@ impl ServeHandle {
         self.stats.clone()
     }
 
+    /// Whether the endpoint's task has ended (its source of datagrams went
+    /// away, or it was shut down).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Stops taking datagrams, so nothing new reaches the owner; what is
     /// already delivered can still be marked durable and acked.
     pub fn pause(&self) {

@@ -56,6 +56,9 @@ pub enum PrincipalKind {
     Token,
     /// A client certificate mapped by `[[auth.clients]]`.
     ClientCert,
+    /// Nobody in particular: the embedded default, with no principals
+    /// configured and every listener on loopback.
+    Anonymous,
 }
 
 impl fmt::Display for PrincipalKind {
@@ -63,6 +66,7 @@ impl fmt::Display for PrincipalKind {
         f.write_str(match self {
             PrincipalKind::Token => "token",
             PrincipalKind::ClientCert => "client certificate",
+            PrincipalKind::Anonymous => "anonymous (loopback only)",
         })
     }
 }

@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use sluice_transport::lease::SealedDrop;
 use sluice_transport::proto::DropReason;
-use sluice_transport::serve::ServeStats;
 
-use crate::spool::Spool;
+use crate::admin::AdminState;
+use crate::gate::Denied;
 use exposition::{Exposition, Kind};
 
 /// Per-stream ingest counters.
@@ -127,7 +128,8 @@ impl Metrics {
 
     /// The exposition text: these counters, the data socket's and the
     /// spool's.
-    pub fn render(&self, socket: &ServeStats, spool: &Spool) -> String {
+    pub fn render(&self, state: &AdminState) -> String {
+        let (socket, spool) = (&state.socket, &state.spool);
         let mut e = Exposition::default();
         let streams: Vec<(String, Arc<StreamMetrics>)> = self
             .streams
@@ -260,6 +262,66 @@ impl Metrics {
             &[],
             self.sessions_rejected.load(Relaxed),
         );
+        render_security(&mut e, state);
         e.finish()
+    }
+}
+
+/// The QUIC plane, authentication and the sealed fast path.
+fn render_security(e: &mut Exposition, s: &AdminState) {
+    let name = "sluice_auth_denied_total";
+    e.family(
+        name,
+        Kind::Counter,
+        "Connections or requests turned away, by reason.",
+    );
+    for (d, n) in Denied::ALL.iter().zip(&s.gate.denied) {
+        e.sample(name, &[("reason", d.as_str())], n.load(Relaxed));
+    }
+    let q = &s.quic;
+    for (name, kind, help, v) in [
+        (
+            "sluice_quic_connections",
+            Kind::Gauge,
+            "Open QUIC connections.",
+            &q.connections,
+        ),
+        (
+            "sluice_quic_connections_total",
+            Kind::Counter,
+            "QUIC connections established.",
+            &q.connections_total,
+        ),
+        (
+            "sluice_quic_handshake_failures_total",
+            Kind::Counter,
+            "QUIC handshakes that failed (certificates, ALPN).",
+            &q.handshake_failures,
+        ),
+        (
+            "sluice_leases_granted_total",
+            Kind::Counter,
+            "Raw-UDP leases granted.",
+            &q.leases_granted,
+        ),
+    ] {
+        e.family(name, kind, help)
+            .sample(name, &[], v.load(Relaxed));
+    }
+    if let (Some(leases), Some(sealed)) = (&s.leases, &s.sealed) {
+        e.family("sluice_leases", Kind::Gauge, "Raw-UDP leases held.")
+            .sample("sluice_leases", &[], leases.len());
+        let name = "sluice_fastpath_dropped_total";
+        e.family(name, Kind::Counter, "Raw-UDP datagrams dropped before parsing: unsealed, forged, replayed, for unknown or expired leases.");
+        for reason in SealedDrop::all() {
+            e.sample(name, &[("reason", reason.as_str())], sealed.dropped(reason));
+        }
+        let name = "sluice_fastpath_unsealable_total";
+        e.family(
+            name,
+            Kind::Counter,
+            "Replies with no lease to seal them under (dropped).",
+        )
+        .sample(name, &[], sealed.unsealable.load(Relaxed));
     }
 }

@@ -2,72 +2,20 @@
 //! one is durable.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use thiserror::Error;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::proto::{CloseReason, Connect, PushError, Sender, SenderConfig, SenderEvent};
+use super::link::{Connector, Link};
+use super::options::{ProducerError, ProducerOptions, Transport};
+use crate::proto::{CloseReason, Connect, PushError, Sender, SenderEvent};
 use crate::udp::SendBatch;
 use crate::wire::{CloseCode, MAX_DATAGRAM};
-
-/// How a [`Producer`] behaves.
-#[derive(Debug, Clone)]
-pub struct ProducerOptions {
-    /// Protocol settings: datagram size, unacked-buffer bound, timers.
-    pub sender: SenderConfig,
-    /// Fail what is pending when the daemon has made nothing durable for
-    /// this long while messages wait (no credit, disk full or stalled), and
-    /// a send that has waited this long for buffer space.
-    pub credit_timeout: Duration,
-    /// How many times in a row to try opening a new session after one ends
-    /// (daemon restarted, session timed out) before failing what is pending.
-    pub max_reconnects: u32,
-    /// Local address to send from; by default any port of the daemon's family.
-    pub bind: Option<SocketAddr>,
-}
-
-impl Default for ProducerOptions {
-    fn default() -> Self {
-        ProducerOptions {
-            sender: SenderConfig::default(),
-            credit_timeout: Duration::from_secs(30),
-            max_reconnects: 5,
-            bind: None,
-        }
-    }
-}
-
-/// What can go wrong when publishing. Each says what to do about it.
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
-pub enum ProducerError {
-    #[error(
-        "sluiced at {addr} did not answer: {reason} (is it running, and is the address right?)"
-    )]
-    Unreachable { addr: SocketAddr, reason: String },
-    #[error("sluiced refused the session: {0}")]
-    Rejected(String),
-    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
-    TooLarge { len: usize, max: usize },
-    /// The messages of the failed call stay queued and may still become
-    /// durable later (a retry of them would be stored again, as new seqs).
-    #[error(
-        "nothing became durable at sluiced for {0:?}: the daemon is not keeping up \
-         (disk full or slow, no credit granted); the messages stay queued and may still be stored"
-    )]
-    CreditTimeout(Duration),
-    #[error("the producer is closed")]
-    Closed,
-    #[error("invalid producer options: {0}")]
-    Config(String),
-    #[error("socket error: {0}")]
-    Io(String),
-}
 
 /// Datagrams per sendmmsg call at most.
 const SEND_BATCH: usize = 64;
@@ -96,11 +44,23 @@ enum Command {
 ///
 /// ```no_run
 /// use bytes::Bytes;
-/// use sluice_transport::client::{Producer, ProducerOptions};
+/// use sluice_transport::client::{Producer, ProducerOptions, QuicOptions, Transport};
+/// use sluice_transport::quic::tls::{ClientTls, ServerTrust};
 ///
 /// # async fn demo() -> Result<(), sluice_transport::client::ProducerError> {
-/// let addr = "127.0.0.1:7401".parse().unwrap();
-/// let producer = Producer::connect(addr, "orders", 42, ProducerOptions::default()).await?;
+/// // Authenticate over QUIC with a token, trusting the daemon by CA, and
+/// // publish over the sealed raw-UDP fast path.
+/// let quic = QuicOptions {
+///     tls: ClientTls {
+///         trust: ServerTrust::CaFile("/etc/sluice/ca.pem".into()),
+///         client_cert: None,
+///         server_name: Some("sluiced.example".into()),
+///     },
+///     token: std::env::var("SLUICE_TOKEN").ok(),
+/// };
+/// let options = ProducerOptions::with_transport(Transport::FastPath(quic));
+/// let addr = "10.0.0.5:7400".parse().unwrap();
+/// let producer = Producer::connect(addr, "orders", 42, options).await?;
 /// let seq = producer.send(Bytes::from("hello")).await?; // durable now
 /// println!("stored as seq {seq}");
 /// producer.close().await?;
@@ -129,16 +89,16 @@ impl Producer {
             .sender
             .validate()
             .map_err(|e| ProducerError::Config(e.to_string()))?;
-        let bind = options.bind.unwrap_or(match addr {
-            SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
-            SocketAddr::V6(_) => "[::]:0".parse().expect("literal"),
-        });
-        let io = |e: std::io::Error| ProducerError::Io(e.to_string());
-        let socket = UdpSocket::bind(bind).await.map_err(io)?;
-        socket.connect(addr).await.map_err(io)?;
+        let connector = Connector {
+            addr,
+            stream: stream.to_owned(),
+            producer_id,
+            options,
+        };
+        let link = connector.link().await?;
         let (tx, rx) = mpsc::channel(1024);
         let (ready_tx, ready_rx) = oneshot::channel();
-        let task = Task::new(socket, addr, stream.to_owned(), producer_id, options, rx);
+        let task = Task::new(link, connector, rx);
         tokio::spawn(task.run(ready_tx));
         ready_rx.await.map_err(|_| ProducerError::Closed)??;
         Ok(Producer { commands: tx })
@@ -146,20 +106,38 @@ impl Producer {
 
     /// Publishes one message; resolves with its sequence number once it is
     /// durable. Waits (backpressure) while the unacked buffer is full.
-    pub async fn send(&self, payload: Bytes) -> Result<u64, ProducerError> {
-        self.send_batch(vec![payload]).await.map(|r| r.start)
+    pub fn send(&self, payload: Bytes) -> impl Future<Output = Result<u64, ProducerError>> {
+        let batch = self.send_batch(vec![payload]);
+        async move { batch.await.map(|r| r.start) }
     }
 
     /// Publishes messages in order; resolves with their sequence numbers once
     /// all are durable.
-    pub async fn send_batch(&self, payloads: Vec<Bytes>) -> Result<Range<u64>, ProducerError> {
+    ///
+    /// The call queues the messages at once (the future only waits), so
+    /// calls made one after another are numbered in that order even when
+    /// their futures are awaited together or on other tasks, as long as
+    /// fewer than a thousand calls are waiting to be taken.
+    pub fn send_batch(
+        &self,
+        payloads: Vec<Bytes>,
+    ) -> impl Future<Output = Result<Range<u64>, ProducerError>> {
         let (done, wait) = oneshot::channel();
-        self.command(Command::Send {
+        let command = Command::Send {
             payloads: payloads.into(),
             done,
-        })
-        .await?;
-        wait.await.map_err(|_| ProducerError::Closed)?
+        };
+        let queued = match self.commands.try_send(command) {
+            Ok(()) => Ok(None),
+            Err(mpsc::error::TrySendError::Full(c)) => Ok(Some((self.commands.clone(), c))),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ProducerError::Closed),
+        };
+        async move {
+            if let Some((tx, c)) = queued? {
+                tx.send(c).await.map_err(|_| ProducerError::Closed)?;
+            }
+            wait.await.map_err(|_| ProducerError::Closed)?
+        }
     }
 
     /// Waits until every message sent before this call is durable.
@@ -190,9 +168,11 @@ struct Waiter {
     done: Done,
 }
 
-/// The I/O task: owns the socket and the sans-IO sender.
+/// The I/O task: owns the link and the sans-IO sender.
 struct Task {
-    socket: UdpSocket,
+    /// `None` while a new one is being set up.
+    link: Option<Link>,
+    connector: Connector,
     addr: SocketAddr,
     stream: String,
     options: ProducerOptions,
@@ -210,28 +190,23 @@ struct Task {
 }
 
 impl Task {
-    fn new(
-        socket: UdpSocket,
-        addr: SocketAddr,
-        stream: String,
-        producer_id: u64,
-        options: ProducerOptions,
-        commands: mpsc::Receiver<Command>,
-    ) -> Self {
+    fn new(link: Link, connector: Connector, commands: mpsc::Receiver<Command>) -> Self {
+        let options = connector.options.clone();
         let sender = Sender::new(
-            options.sender.clone(),
+            sender_config(&options, &link),
             Connect {
-                producer_id,
-                stream: stream.clone(),
+                producer_id: connector.producer_id,
+                stream: connector.stream.clone(),
                 resume_after: None,
                 nonce: rand::random(),
             },
             Instant::now(),
         );
         Task {
-            socket,
-            addr,
-            stream,
+            link: Some(link),
+            addr: connector.addr,
+            stream: connector.stream.clone(),
+            connector,
             options,
             sender,
             commands,
@@ -248,10 +223,15 @@ impl Task {
         let mut ready = Some(ready);
         let mut out = Vec::with_capacity(MAX_DATAGRAM);
         let mut outbox = SendBatch::new();
-        let mut inbuf = vec![0u8; MAX_DATAGRAM];
         loop {
+            if self.link.is_none() {
+                if let Err(e) = self.relink().await {
+                    self.fail_all(e);
+                    return;
+                }
+            }
             let now = Instant::now();
-            // Everything due goes out in one sendmmsg: at high rates the
+            // Everything due goes out in one batch: at high rates the
             // system call per datagram is most of the cost.
             while self.sender.poll_transmit(now, &mut out) {
                 outbox.push(self.addr, &out);
@@ -260,6 +240,9 @@ impl Task {
                 }
             }
             self.flush_outbox(&mut outbox).await;
+            if self.link.is_none() {
+                continue;
+            }
             if let Err(e) = self.handle_events(&mut ready) {
                 self.fail_all(e);
                 return;
@@ -282,35 +265,92 @@ impl Task {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                r = self.socket.recv(&mut inbuf) => match r {
-                    Ok(n) => self.sender.handle_datagram(Instant::now(), Bytes::copy_from_slice(&inbuf[..n])),
-                    Err(e) => debug!(error = %e, "receive from sluiced failed"),
+            let Some(link) = self.link.as_mut() else {
+                continue;
+            };
+            let wake = tokio::select! {
+                r = link.recv() => match r {
+                    Ok(d) => Wake::Datagram(d),
+                    Err(e) => Wake::Lost(e),
                 },
-                _ = sleep => self.sender.handle_timeout(Instant::now()),
-                cmd = self.commands.recv(), if self.blocked.is_none() && self.closing.is_none() => match cmd {
-                    Some(c) => self.handle_command(c),
-                    // Every handle was dropped: end the session politely.
-                    None => {
-                        self.sender.close();
-                        let (done, _) = oneshot::channel();
-                        self.closing = Some(done);
+                _ = sleep => Wake::Timer,
+                cmd = self.commands.recv(), if self.blocked.is_none() && self.closing.is_none() => Wake::Command(cmd),
+            };
+            match wake {
+                Wake::Datagram(d) => self.sender.handle_datagram(Instant::now(), d),
+                Wake::Lost(e) => {
+                    if let Err(e) = self.link_lost(e) {
+                        self.fail_all(e);
+                        return;
                     }
-                },
+                }
+                Wake::Timer => self.sender.handle_timeout(Instant::now()),
+                Wake::Command(Some(c)) => self.handle_command(c),
+                // Every handle was dropped: end the session politely.
+                Wake::Command(None) => {
+                    self.sender.close();
+                    let (done, _) = oneshot::channel();
+                    self.closing = Some(done);
+                }
             }
         }
     }
 
-    async fn flush_outbox(&self, outbox: &mut SendBatch) {
+    async fn flush_outbox(&mut self, outbox: &mut SendBatch) {
+        let Some(link) = self.link.as_mut() else {
+            outbox.clear();
+            return;
+        };
         if outbox.is_empty() {
             return;
         }
-        // A send error (e.g. ICMP port unreachable surfacing) is not fatal:
-        // the protocol's timers retry, and give up in time.
-        match outbox.send(&self.socket).await {
-            Ok(0) => {}
-            Ok(n) => debug!(dropped = n, "the kernel refused datagrams to sluiced"),
-            Err(e) => debug!(error = %e, "send to sluiced failed"),
+        if let Err(e) = link.send(outbox).await {
+            outbox.clear();
+            if let Err(e) = self.link_lost(e) {
+                // Permanent: the next relink reports it.
+                warn!(stream = %self.stream, error = %e, "link failed");
+            }
+        }
+    }
+
+    /// The link stopped working: drop it and carry the unacked messages
+    /// over to a new session on a new link, unless retrying cannot help.
+    fn link_lost(&mut self, e: ProducerError) -> Result<(), ProducerError> {
+        if e.is_permanent() {
+            return Err(e);
+        }
+        warn!(stream = %self.stream, error = %e, transport = self.options.transport.name(), "link to sluiced lost; reconnecting");
+        self.link = None;
+        self.sender = self.sender.successor(rand::random(), Instant::now());
+        Ok(())
+    }
+
+    /// Sets up a new link, retrying with backoff up to `max_reconnects`.
+    async fn relink(&mut self) -> Result<(), ProducerError> {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.connector.link().await {
+                Ok(link) => {
+                    self.link = Some(link);
+                    return Ok(());
+                }
+                Err(e) if e.is_permanent() => return Err(e),
+                Err(e) => {
+                    self.reconnects += 1;
+                    if self.reconnects > self.options.max_reconnects {
+                        return Err(ProducerError::Unreachable {
+                            addr: self.addr,
+                            reason: format!(
+                                "{e}; gave up after {} reconnects",
+                                self.reconnects - 1
+                            ),
+                        });
+                    }
+                    warn!(stream = %self.stream, error = %e, ?delay, "cannot reach sluiced; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
         }
     }
 
@@ -502,6 +542,11 @@ impl Task {
 
     fn reconnect(&mut self) {
         self.sender = self.sender.successor(rand::random(), Instant::now());
+        // Over QUIC a session ends with its stream or connection: start
+        // afresh. Raw UDP keeps its socket.
+        if !matches!(self.options.transport, Transport::Udp) {
+            self.link = None;
+        }
     }
 
     fn fail_all(&mut self, e: ProducerError) {
@@ -519,4 +564,24 @@ impl Task {
             let _ = done.send(Err(e));
         }
     }
+}
+
+/// What woke the task.
+enum Wake {
+    Datagram(Bytes),
+    Lost(ProducerError),
+    Timer,
+    Command(Option<Command>),
+}
+
+/// The sender's settings for `link`: datagrams as large as the link
+/// carries, and over a QUIC stream (which retransmits by itself) a probe
+/// timeout that does not resend what is merely slow to be acked.
+fn sender_config(options: &ProducerOptions, link: &Link) -> crate::proto::SenderConfig {
+    let mut c = options.sender.clone();
+    c.max_datagram = link.max_datagram(c.max_datagram);
+    if matches!(link, Link::Quic(_)) {
+        c.min_pto = c.min_pto.max(Duration::from_millis(200));
+    }
+    c
 }

@@ -3,6 +3,7 @@
 //! Exit codes: 0 on success, 1 when the work failed (daemon unreachable,
 //! stream missing, ...), 2 for bad usage.
 
+mod connect;
 mod publish;
 mod read;
 mod stat;
@@ -44,17 +45,58 @@ enum Cmd {
     Token(token::Args),
 }
 
-/// The admin address, shared by `read` and `stat`.
-#[derive(clap::Args, Clone, Copy)]
+/// The admin address and credentials, shared by `read` and `stat`.
+#[derive(clap::Args, Clone)]
 struct AdminAddr {
     /// sluiced's admin (HTTP) address.
     #[arg(long, default_value = "127.0.0.1:7480", env = "SLUICE_ADMIN")]
     admin: SocketAddr,
+    /// API token of a principal allowed to consume the stream (not needed
+    /// for `stat`, nor by a daemon running anonymously on loopback).
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl AdminAddr {
+    /// GETs `path` from the admin endpoint and returns the body; an HTTP
+    /// error status becomes an error carrying the daemon's message.
+    fn get(&self, path: &str) -> Result<String, Box<dyn std::error::Error>> {
+        let admin = self.admin;
+        let url = format!("http://{admin}{path}");
+        let mut req = ureq::get(&url).timeout(std::time::Duration::from_secs(10));
+        if let Some(t) = &self.token {
+            req = req.set("authorization", &format!("Bearer {t}"));
+        }
+        match req.call() {
+            Ok(r) => Ok(r.into_string()?),
+            Err(ureq::Error::Status(code, r)) => {
+                let body = r.into_string().unwrap_or_default();
+                let msg = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_owned))
+                    .unwrap_or(body);
+                Err(format!("sluiced at {admin} answered {code}: {msg}").into())
+            }
+            Err(e) => Err(format!(
+                "cannot reach sluiced's admin endpoint at {admin}: {e} (is it running? see --admin)"
+            )
+            .into()),
+        }
+    }
 }
 
 type Res = Result<(), Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
+    // What the client library has to say (reconnects, lost links) goes to
+    // stderr; SLUICE_LOG=debug for more, =off for none.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let result = match Cli::parse().command {
         Cmd::Publish(a) => publish::run(a),
         Cmd::Read(a) => read::run(a),
@@ -75,30 +117,6 @@ fn main() -> ExitCode {
 fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
     e.downcast_ref::<std::io::Error>()
         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-}
-
-/// GETs `path` from the admin endpoint and returns the body; an HTTP error
-/// status becomes an error carrying the daemon's message.
-fn admin_get(admin: SocketAddr, path: &str) -> Result<String, Box<dyn std::error::Error>> {
-    let url = format!("http://{admin}{path}");
-    match ureq::get(&url)
-        .timeout(std::time::Duration::from_secs(10))
-        .call()
-    {
-        Ok(r) => Ok(r.into_string()?),
-        Err(ureq::Error::Status(code, r)) => {
-            let body = r.into_string().unwrap_or_default();
-            let msg = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
-                .unwrap_or(body);
-            Err(format!("sluiced at {admin} answered {code}: {msg}").into())
-        }
-        Err(e) => Err(format!(
-            "cannot reach sluiced's admin endpoint at {admin}: {e} (is it running? see --admin)"
-        )
-        .into()),
-    }
 }
 
 /// A path given on the command line that must exist.

@@ -1,14 +1,14 @@
 //! `sluice publish`: messages in, durable acks back.
 
 use std::io::BufRead;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
-use sluice_transport::client::{Producer, ProducerError, ProducerOptions};
+use sluice_transport::client::{Producer, ProducerError};
 
+use crate::connect::ConnectArgs;
 use crate::{existing, Res};
 
 /// Batches handed to the producer before the first is acked.
@@ -19,9 +19,8 @@ pub struct Args {
     /// Stream to publish to.
     #[arg(long, short)]
     stream: String,
-    /// sluiced's data address (UDP).
-    #[arg(long, default_value = "127.0.0.1:7401", env = "SLUICE_ADDR")]
-    to: SocketAddr,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// Stable id of this producer. Publishing again with the same id
     /// continues its sequence, and a message resent after a failure is
     /// stored once. Default: the process id.
@@ -74,10 +73,11 @@ pub fn run(a: Args) -> Res {
             "{spinner} {pos} durable  {per_sec}",
         )?),
     };
+    let (addr, options) = a.connect.resolve()?;
     let started = Instant::now();
     let rt = tokio::runtime::Runtime::new()?;
     let (acked, bytes, seqs) = rt.block_on(async {
-        let p = Producer::connect(a.to, &a.stream, producer, ProducerOptions::default()).await?;
+        let p = Producer::connect(addr, &a.stream, producer, options).await?;
         let (mut acked, mut bytes) = (0u64, 0u64);
         let mut seqs: Option<(u64, u64)> = None;
         // Several batches in flight, so the next is on the wire while the
@@ -110,8 +110,8 @@ pub fn run(a: Args) -> Res {
             }
             bytes += chunk.iter().map(|b| b.len() as u64).sum::<u64>();
             let n = chunk.len() as u64;
-            let p = p.clone();
-            in_flight.push_back((n, tokio::spawn(async move { p.send_batch(chunk).await })));
+            // Queued in order now; awaited in order above.
+            in_flight.push_back((n, tokio::spawn(p.send_batch(chunk))));
         }
         p.close().await?;
         Ok::<_, Box<dyn std::error::Error>>((acked, bytes, seqs))

@@ -11,7 +11,7 @@ use sluice_daemon::admin::{RecordJson, RecordsPage, MAX_RECORDS_PER_REQUEST};
 use sluice_daemon::spool::fs::RealFs;
 use sluice_daemon::spool::{DirLock, LogConfig, StreamLog};
 
-use crate::{admin_get, existing, AdminAddr, Res};
+use crate::{existing, AdminAddr, Res};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -72,10 +72,10 @@ fn through_daemon(a: &Args, left: &mut u64, print: &mut impl FnMut(&RecordJson) 
     let mut from = a.from;
     while *left > 0 {
         let want = (*left).min(MAX_RECORDS_PER_REQUEST as u64);
-        let body = admin_get(
-            a.admin.admin,
-            &format!("/streams/{}/records?from={from}&limit={want}", a.stream),
-        )?;
+        let body = a.admin.get(&format!(
+            "/streams/{}/records?from={from}&limit={want}",
+            a.stream
+        ))?;
         let page: RecordsPage = serde_json::from_str(&body)?;
         for r in &page.records {
             print(r)?;

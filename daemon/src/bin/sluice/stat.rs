@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use sluice_daemon::metrics::scrape::Scrape;
 
-use crate::{admin_get, AdminAddr, Res};
+use crate::{AdminAddr, Res};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,7 +22,7 @@ pub struct Args {
 pub fn run(a: Args) -> Res {
     let every = Duration::from_secs_f64(a.every.max(0.1));
     let scrape = || -> Result<Scrape, Box<dyn std::error::Error>> {
-        Ok(Scrape::parse(&admin_get(a.admin.admin, "/metrics")?))
+        Ok(Scrape::parse(&a.admin.get("/metrics")?))
     };
     let mut prev = scrape()?;
     let mut at = Instant::now();

@@ -1,0 +1,120 @@
+//! How the CLI reaches a daemon's data plane: the transport, the address,
+//! how to trust the daemon and how to prove who we are.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use sluice_transport::client::{ProducerOptions, QuicOptions, Transport};
+use sluice_transport::quic::tls::{self, ClientTls, ServerTrust};
+
+/// Where the embedded-default daemon keeps its self-signed certificate,
+/// relative to where it was started.
+const DEFAULT_SERVER_CERT: &str = "./sluice-data/tls/server.crt";
+
+#[derive(clap::Args, Clone)]
+pub struct ConnectArgs {
+    /// `fast`: authenticate over QUIC, publish over sealed raw UDP (LAN);
+    /// `quic`: everything over QUIC (firewalls, WAN); `udp`: raw UDP to a
+    /// daemon whose data port is insecure_lan.
+    #[arg(long, default_value = "fast", value_parser = ["fast", "quic", "udp"])]
+    transport: String,
+    /// The daemon's QUIC address (fast, quic; default 127.0.0.1:7400) or
+    /// data address (udp; default 127.0.0.1:7401).
+    #[arg(long, env = "SLUICE_ADDR")]
+    to: Option<SocketAddr>,
+    /// API token (`sluice token new`).
+    #[arg(
+        long,
+        env = "SLUICE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// File holding the API token.
+    #[arg(long, env = "SLUICE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Trust daemon certificates issued by these CAs (PEM).
+    #[arg(long, conflicts_with_all = ["server_fingerprint", "server_cert", "insecure_skip_verify"])]
+    ca_file: Option<PathBuf>,
+    /// Trust exactly the daemon certificate with this fingerprint
+    /// ("sha256:...", printed in sluiced's log).
+    #[arg(long, conflicts_with_all = ["server_cert", "insecure_skip_verify"])]
+    server_fingerprint: Option<String>,
+    /// Trust exactly the daemon certificate in this file (default, on
+    /// loopback: ./sluice-data/tls/server.crt, the self-signed one).
+    #[arg(long, conflicts_with = "insecure_skip_verify")]
+    server_cert: Option<PathBuf>,
+    /// The name the daemon's certificate must carry (with --ca-file);
+    /// default: the address's IP.
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Client certificate (PEM) for mutual TLS, with --client-key.
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// Do not verify the daemon's certificate at all. For tests only:
+    /// anyone on the path can impersonate the daemon.
+    #[arg(long)]
+    insecure_skip_verify: bool,
+}
+
+impl ConnectArgs {
+    /// The address and producer options these flags describe.
+    pub fn resolve(&self) -> Result<(SocketAddr, ProducerOptions), String> {
+        let default_port = if self.transport == "udp" { 7401 } else { 7400 };
+        let addr = self
+            .to
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)));
+        let transport = match self.transport.as_str() {
+            "udp" => Transport::Udp,
+            "quic" => Transport::Quic(self.quic(addr)?),
+            _ => Transport::FastPath(self.quic(addr)?),
+        };
+        Ok((addr, ProducerOptions::with_transport(transport)))
+    }
+
+    fn quic(&self, addr: SocketAddr) -> Result<QuicOptions, String> {
+        let trust = if let Some(ca) = &self.ca_file {
+            ServerTrust::CaFile(ca.clone())
+        } else if let Some(fp) = &self.server_fingerprint {
+            ServerTrust::Fingerprint(tls::parse_fingerprint(fp).map_err(|e| e.to_string())?)
+        } else if self.insecure_skip_verify {
+            eprintln!("sluice: --insecure-skip-verify: the daemon's certificate is NOT checked (tests only)");
+            ServerTrust::InsecureSkipVerify
+        } else {
+            let cert = match &self.server_cert {
+                Some(c) => c.clone(),
+                None if addr.ip().is_loopback() && Path::new(DEFAULT_SERVER_CERT).exists() => {
+                    PathBuf::from(DEFAULT_SERVER_CERT)
+                }
+                None => {
+                    return Err(format!(
+                        "how should the daemon at {addr} be trusted? give --ca-file, \
+                         --server-fingerprint or --server-cert"
+                    ))
+                }
+            };
+            let certs = tls::load_certs(&cert).map_err(|e| e.to_string())?;
+            ServerTrust::Fingerprint(tls::fingerprint(&certs[0]))
+        };
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| format!("cannot read token file {}: {e}", f.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        Ok(QuicOptions {
+            tls: ClientTls {
+                trust,
+                client_cert: self.client_cert.clone().zip(self.client_key.clone()),
+                server_name: self.server_name.clone(),
+            },
+            token,
+        })
+    }
+}

@@ -1,0 +1,215 @@
+//! Who may come in: every connection to the QUIC plane (and so every lease
+//! of the raw-UDP fast path) is tied to a principal, found by its client
+//! certificate or its API token. Failures are counted by reason and logged
+//! with the peer's address, at a bounded rate (anyone can fail on purpose).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tracing::warn;
+
+use crate::auth::{Action, Authenticator, Permissions, Principal, PrincipalKind, StreamPattern};
+use crate::log_limit::LogLimit;
+
+/// Why a client was turned away; the text goes back to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// Neither a known client certificate nor a token.
+    NoCredentials,
+    /// A token that matches no principal.
+    BadToken,
+    /// A certificate the TLS layer accepted but no principal maps.
+    UnknownCertificate,
+    /// A principal asked for what it may not do.
+    Forbidden,
+}
+
+impl Denied {
+    pub const ALL: [Denied; 4] = [
+        Denied::NoCredentials,
+        Denied::BadToken,
+        Denied::UnknownCertificate,
+        Denied::Forbidden,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Denied::NoCredentials => "no_credentials",
+            Denied::BadToken => "bad_token",
+            Denied::UnknownCertificate => "unknown_certificate",
+            Denied::Forbidden => "forbidden",
+        }
+    }
+
+    /// What the client is told.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Denied::NoCredentials => "no credentials: present an API token or a client certificate",
+            Denied::BadToken => "invalid token",
+            Denied::UnknownCertificate => "client certificate not mapped to any principal",
+            Denied::Forbidden => "not allowed",
+        }
+    }
+}
+
+pub struct Gate {
+    auth: Authenticator,
+    /// No principals configured and loopback only: everyone is anonymous.
+    anonymous: bool,
+    /// Per [`Denied::ALL`].
+    pub denied: [AtomicU64; 4],
+    log: Mutex<LogLimit>,
+}
+
+impl Gate {
+    pub fn new(auth: Authenticator, loopback_only: bool) -> Self {
+        let anonymous = auth.is_empty() && loopback_only;
+        if anonymous {
+            warn!("no principals configured ([auth]): every local client is anonymous with all rights; this is allowed only because every listener is on loopback");
+        }
+        Gate {
+            auth,
+            anonymous,
+            denied: Default::default(),
+            log: Mutex::new(LogLimit::new(5)),
+        }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.anonymous
+    }
+
+    /// The principal of a connection: by its client certificate's common
+    /// name (if it presented one), else by its token.
+    pub fn principal(
+        &self,
+        peer: SocketAddr,
+        token: &str,
+        cert_common_name: Option<&str>,
+    ) -> Result<Principal, Denied> {
+        if self.anonymous {
+            return Ok(anonymous());
+        }
+        let found = match (cert_common_name, token.is_empty()) {
+            (Some(cn), _) => match self.auth.by_client_cert(cn) {
+                Some(p) => Ok(p),
+                // A token can still vouch for a client whose certificate
+                // maps to nobody.
+                None if !token.is_empty() => self.auth.by_token(token).ok_or(Denied::BadToken),
+                None => Err(Denied::UnknownCertificate),
+            },
+            (None, true) => Err(Denied::NoCredentials),
+            (None, false) => self.auth.by_token(token).ok_or(Denied::BadToken),
+        };
+        found.inspect_err(|d| self.deny(peer, *d, ""))
+    }
+
+    /// Checks `principal` may do `action` on `stream`; counts and logs a no.
+    pub fn check(
+        &self,
+        peer: SocketAddr,
+        principal: &Principal,
+        action: Action,
+        stream: &str,
+    ) -> Result<(), String> {
+        if principal.may(action, stream) {
+            return Ok(());
+        }
+        self.deny(peer, Denied::Forbidden, stream);
+        Err(format!(
+            "principal {:?} may not {action} stream {stream:?}",
+            principal.name
+        ))
+    }
+
+    fn deny(&self, peer: SocketAddr, d: Denied, stream: &str) {
+        self.denied[d as usize].fetch_add(1, Relaxed);
+        if let Some(suppressed) = self.log.lock().unwrap().allow(Instant::now()) {
+            warn!(%peer, reason = d.as_str(), stream, suppressed, "access denied");
+        }
+    }
+}
+
+fn anonymous() -> Principal {
+    let all = || vec![StreamPattern::parse("*").expect("`*` is a pattern")];
+    Principal {
+        name: "anonymous".into(),
+        kind: PrincipalKind::Anonymous,
+        permissions: Permissions {
+            publish: all(),
+            consume: all(),
+            admin: true,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{hash_token, new_token, AuthConfig, TokenEntry};
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:9".parse().unwrap()
+    }
+
+    #[test]
+    fn tokens_certificates_and_their_failures() {
+        let token = new_token();
+        let config = AuthConfig {
+            tokens: vec![TokenEntry {
+                name: "ingest".into(),
+                hash: hash_token(&token),
+                publish: vec!["orders".into()],
+                consume: vec![],
+                admin: false,
+            }],
+            clients: vec![],
+        };
+        let gate = Gate::new(Authenticator::new(&config).unwrap(), true);
+        assert!(!gate.is_anonymous());
+        let p = gate.principal(peer(), &token, None).unwrap();
+        assert_eq!(p.name, "ingest");
+        assert!(gate.check(peer(), &p, Action::Publish, "orders").is_ok());
+        let e = gate
+            .check(peer(), &p, Action::Publish, "audit")
+            .unwrap_err();
+        assert!(e.contains("ingest") && e.contains("audit"), "{e}");
+        assert_eq!(
+            gate.principal(peer(), "slc_wrong", None).unwrap_err(),
+            Denied::BadToken
+        );
+        assert_eq!(
+            gate.principal(peer(), "", None).unwrap_err(),
+            Denied::NoCredentials
+        );
+        assert_eq!(
+            gate.principal(peer(), "", Some("stranger")).unwrap_err(),
+            Denied::UnknownCertificate
+        );
+        // A token vouches for a client whose certificate maps to nobody.
+        assert_eq!(
+            gate.principal(peer(), &token, Some("stranger"))
+                .unwrap()
+                .name,
+            "ingest"
+        );
+        let counts: Vec<u64> = gate.denied.iter().map(|c| c.load(Relaxed)).collect();
+        assert_eq!(counts, vec![1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn anonymous_only_with_no_principals_on_loopback() {
+        let empty = || Authenticator::new(&AuthConfig::default()).unwrap();
+        let gate = Gate::new(empty(), true);
+        let p = gate.principal(peer(), "", None).unwrap();
+        assert_eq!(p.kind, PrincipalKind::Anonymous);
+        assert!(p.may(Action::Publish, "anything"));
+        let gate = Gate::new(empty(), false);
+        assert_eq!(
+            gate.principal(peer(), "", None).unwrap_err(),
+            Denied::NoCredentials
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! The daemon's TLS identity: the certificate and key the QUIC plane
+//! serves. Configured files, or, when none are configured, a self-signed
+//! certificate made at first start and kept in the data folder, so that the
+//! embedded defaults work out of the box. Its fingerprint goes to the log:
+//! clients pin it (`sluice publish --server-fingerprint`, or `--server-cert`
+//! with the file).
+
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sluice_transport::quic::tls::{self, TlsError};
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+/// The self-signed certificate and key, inside the data folder.
+pub const SELF_SIGNED_CERT: &str = "tls/server.crt";
+pub const SELF_SIGNED_KEY: &str = "tls/server.key";
+/// The QUIC stateless-reset secret, inside the data folder.
+pub const RESET_KEY: &str = "tls/reset.key";
+
+#[derive(Debug, Error)]
+pub enum IdentityError {
+    #[error("quic certificate: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot make a self-signed certificate: {0}")]
+    Generate(String),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// SHA-256 of the leaf certificate.
+    pub fingerprint: [u8; 32],
+    /// Where the certificate comes from, for the log.
+    pub cert_path: PathBuf,
+}
+
+/// The configured certificate, or the self-signed one (made if missing).
+pub fn load_or_create(config: &Config) -> Result<Identity, IdentityError> {
+    let (cert, key) = if config.quic.cert.as_os_str().is_empty() {
+        let dir = &config.spool.dir;
+        let (cert, key) = (dir.join(SELF_SIGNED_CERT), dir.join(SELF_SIGNED_KEY));
+        if !cert.exists() || !key.exists() {
+            create_self_signed(&cert, &key, config)?;
+        }
+        if !config.quic.listen.ip().is_loopback() {
+            warn!(cert = %cert.display(), "the QUIC plane serves a self-signed certificate beyond loopback: clients must pin its fingerprint (or configure quic.cert and quic.key)");
+        }
+        (cert, key)
+    } else {
+        (config.quic.cert.clone(), config.quic.key.clone())
+    };
+    let chain = tls::load_certs(&cert)?;
+    let key_der = tls::load_key(&key)?;
+    let fingerprint = tls::fingerprint(&chain[0]);
+    info!(
+        cert = %cert.display(),
+        fingerprint = %tls::format_fingerprint(&fingerprint),
+        "QUIC certificate (clients can pin this fingerprint)"
+    );
+    Ok(Identity {
+        chain,
+        key: key_der,
+        fingerprint,
+        cert_path: cert,
+    })
+}
+
+fn create_self_signed(cert: &Path, key: &Path, config: &Config) -> Result<(), IdentityError> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    let ip = config.quic.listen.ip();
+    if !ip.is_unspecified() && !ip.is_loopback() {
+        names.push(ip.to_string());
+    }
+    let made = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| IdentityError::Generate(e.to_string()))?;
+    write_private(key, made.key_pair.serialize_pem().as_bytes(), 0o600)?;
+    write_private(cert, made.cert.pem().as_bytes(), 0o644)?;
+    info!(cert = %cert.display(), "made a self-signed QUIC certificate (first start)");
+    Ok(())
+}
+
+/// Writes `bytes` to `path` with `mode`, through a temporary file, so a
+/// crash leaves either nothing or the whole file.
+fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| IdentityError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// The subject common name of a DER certificate, if it has one.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
+/// The secret behind QUIC stateless resets, kept across restarts: a daemon
+/// that restarted (even after `kill -9`) can then tell the clients of its
+/// previous life at once that their connections are gone, and they
+/// reconnect without waiting out an idle timeout.
+pub fn reset_key(data_dir: &Path) -> Result<[u8; 64], IdentityError> {
+    let path = data_dir.join(RESET_KEY);
+    if let Ok(bytes) = std::fs::read(&path) {
+        if let Ok(key) = <[u8; 64]>::try_from(bytes.as_slice()) {
+            return Ok(key);
+        }
+        warn!(path = %path.display(), "the stateless-reset secret is damaged; making a new one");
+    }
+    let mut key = [0u8; 64];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| IdentityError::Generate("no randomness for the reset secret".into()))?;
+    write_private(&path, &key, 0o600)?;
+    Ok(key)
+}

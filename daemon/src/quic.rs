@@ -1,0 +1,366 @@
+//! The QUIC plane of `sluiced`: TLS 1.3 connections from producers, their
+//! authentication, publishing over QUIC streams, and leases of the
+//! authenticated raw-UDP fast path. The messages are in
+//! `sluice_transport::quic::control` and WIRE.md.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quinn::{Connection, RecvStream, SendStream};
+use sluice_transport::lease::Leases;
+use sluice_transport::proto::ReceiverConfig;
+use sluice_transport::quic::control::{Control, Purpose, RefuseCode};
+use sluice_transport::quic::stream_io::StreamIo;
+use sluice_transport::quic::{close_code, frame, tls};
+use sluice_transport::seal::{exporter_context, EXPORTER_LABEL, EXPORTER_LEN};
+use sluice_transport::serve::{self, ServeHandle};
+use sluice_transport::wire::CloseCode;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::auth::{Action, Principal};
+use crate::gate::Gate;
+use crate::identity::{self, Identity};
+use crate::ingest::{Ingest, IngestShared};
+use crate::log_limit::LogLimit;
+
+/// How long a client has to send its first message on a stream.
+const FIRST_MESSAGE: Duration = Duration::from_secs(10);
+
+/// Counters of the QUIC plane.
+#[derive(Debug, Default)]
+pub struct QuicStats {
+    pub connections: AtomicU64,
+    pub connections_total: AtomicU64,
+    /// Handshakes that failed (untrusted or missing client certificate,
+    /// wrong ALPN, ...).
+    pub handshake_failures: AtomicU64,
+    pub leases_granted: AtomicU64,
+}
+
+/// What every connection's task needs.
+struct Plane {
+    ingest: Arc<IngestShared>,
+    gate: Arc<Gate>,
+    receiver: ReceiverConfig,
+    /// `None` when the raw-UDP path is insecure (no leases needed).
+    leases: Option<Leases>,
+    data_addr: SocketAddr,
+    lease_ttl: Duration,
+    /// Endpoints of QUIC publish streams, for the drain at stop.
+    drivers: Mutex<Vec<ServeHandle>>,
+    stats: Arc<QuicStats>,
+    handshake_log: Mutex<LogLimit>,
+}
+
+/// The running QUIC plane.
+pub struct QuicPlane {
+    endpoint: quinn::Endpoint,
+    plane: Arc<Plane>,
+    accept: JoinHandle<()>,
+    pub local_addr: SocketAddr,
+}
+
+pub struct QuicSetup {
+    pub listen: SocketAddr,
+    pub identity: Identity,
+    pub client_ca: Option<std::path::PathBuf>,
+    pub ingest: Arc<IngestShared>,
+    pub gate: Arc<Gate>,
+    pub receiver: ReceiverConfig,
+    pub leases: Option<Leases>,
+    pub data_addr: SocketAddr,
+    pub lease_ttl: Duration,
+    /// See [`identity::reset_key`].
+    pub reset_key: [u8; 64],
+}
+
+impl QuicPlane {
+    pub fn start(setup: QuicSetup) -> Result<QuicPlane, String> {
+        let server = tls::server_config(
+            setup.identity.chain,
+            setup.identity.key,
+            setup.client_ca.as_deref(),
+        )
+        .map_err(|e| e.to_string())?;
+        let socket = std::net::UdpSocket::bind(setup.listen)
+            .map_err(|e| format!("QUIC listener {}: {e}", setup.listen))?;
+        // Both the reset secret and the key that tells our connection ids
+        // from noise survive restarts: a restarted daemon recognises the
+        // ids it handed out before and answers them with a stateless reset.
+        let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &setup.reset_key[..32]);
+        let cid_key = u64::from_be_bytes(setup.reset_key[56..].try_into().expect("8 bytes"));
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset));
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| format!("QUIC listener {}: {e}", setup.listen))?;
+        let local_addr = endpoint.local_addr().map_err(|e| e.to_string())?;
+        let plane = Arc::new(Plane {
+            ingest: setup.ingest,
+            gate: setup.gate,
+            receiver: setup.receiver,
+            leases: setup.leases,
+            data_addr: setup.data_addr,
+            lease_ttl: setup.lease_ttl,
+            drivers: Mutex::new(Vec::new()),
+            stats: Arc::default(),
+            handshake_log: Mutex::new(LogLimit::new(5)),
+        });
+        let accept = tokio::spawn(accept_loop(endpoint.clone(), plane.clone()));
+        Ok(QuicPlane {
+            endpoint,
+            plane,
+            accept,
+            local_addr,
+        })
+    }
+
+    pub fn stats(&self) -> Arc<QuicStats> {
+        self.plane.stats.clone()
+    }
+
+    /// Stops taking connections and data; what is in flight can still be
+    /// acked.
+    pub fn pause(&self) {
+        self.accept.abort();
+        for d in self.plane.drivers.lock().unwrap().iter() {
+            d.pause();
+        }
+    }
+
+    /// Acks what was made durable, closes every session and connection.
+    pub async fn shutdown(self) {
+        let drivers = std::mem::take(&mut *self.plane.drivers.lock().unwrap());
+        for d in drivers {
+            d.shutdown(CloseCode::ShuttingDown, "sluiced is stopping")
+                .await;
+        }
+        self.endpoint
+            .close(close_code::SHUTTING_DOWN.into(), b"sluiced is stopping");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, plane: Arc<Plane>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let plane = plane.clone();
+        tokio::spawn(async move {
+            let peer = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => {
+                    plane.stats.connections.fetch_add(1, Relaxed);
+                    plane.stats.connections_total.fetch_add(1, Relaxed);
+                    serve_connection(conn, &plane).await;
+                    plane.stats.connections.fetch_sub(1, Relaxed);
+                }
+                Err(e) => {
+                    plane.stats.handshake_failures.fetch_add(1, Relaxed);
+                    let allowed = plane.handshake_log.lock().unwrap().allow(Instant::now());
+                    if let Some(suppressed) = allowed {
+                        warn!(%peer, error = %e, suppressed, "QUIC handshake failed");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Authenticates a connection on its control stream, then serves the
+/// streams it opens.
+async fn serve_connection(conn: Connection, plane: &Arc<Plane>) {
+    let peer = conn.remote_address();
+    let principal = match authenticate(&conn, plane).await {
+        Ok(p) => p,
+        Err((code, reason)) => {
+            conn.close(code.into(), reason.as_bytes());
+            return;
+        }
+    };
+    debug!(%peer, principal = %principal.name, kind = %principal.kind, "authenticated");
+    let principal = Arc::new(principal);
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let (plane, principal, conn) = (plane.clone(), principal.clone(), conn.clone());
+                tokio::spawn(async move {
+                    serve_stream(send, recv, &conn, &principal, &plane).await;
+                });
+            }
+            Err(e) => {
+                debug!(%peer, reason = %e, "connection ended");
+                return;
+            }
+        }
+    }
+}
+
+async fn authenticate(conn: &Connection, plane: &Plane) -> Result<Principal, (u32, String)> {
+    let peer = conn.remote_address();
+    let protocol = |what: &str| (close_code::PROTOCOL, format!("expected AUTH: {what}"));
+    let (mut send, mut recv) = tokio::time::timeout(FIRST_MESSAGE, conn.accept_bi())
+        .await
+        .map_err(|_| protocol("no control stream in time"))?
+        .map_err(|e| protocol(&e.to_string()))?;
+    let first = tokio::time::timeout(FIRST_MESSAGE, frame::read(&mut recv))
+        .await
+        .map_err(|_| protocol("nothing in time"))?
+        .map_err(|e| protocol(&e.to_string()))?
+        .ok_or_else(|| protocol("the stream ended"))?;
+    let Ok(Control::Auth { token }) = Control::decode(&first) else {
+        return Err(protocol("another message"));
+    };
+    let cn = conn
+        .peer_identity()
+        .and_then(|id| {
+            id.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|chain| chain.first().and_then(|c| identity::common_name(c)));
+    let principal = plane
+        .gate
+        .principal(peer, &token, cn.as_deref())
+        .map_err(|d| (close_code::AUTH_FAILED, d.reason().to_owned()))?;
+    let ok = Control::AuthOk {
+        principal: principal.name.clone(),
+    };
+    frame::write(&mut send, &ok.encode())
+        .await
+        .map_err(|e| protocol(&e.to_string()))?;
+    // The control stream stays open for the connection's life.
+    tokio::spawn(async move {
+        let _keep = send;
+        while let Ok(Some(_)) = frame::read(&mut recv).await {}
+    });
+    Ok(principal)
+}
+
+/// One stream: publish over it, or lease the fast path.
+async fn serve_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    conn: &Connection,
+    principal: &Principal,
+    plane: &Arc<Plane>,
+) {
+    let peer = conn.remote_address();
+    let first = match tokio::time::timeout(FIRST_MESSAGE, frame::read(&mut recv)).await {
+        Ok(Ok(Some(f))) => f,
+        _ => return,
+    };
+    let (purpose, stream, producer_id) = match Control::decode(&first) {
+        Ok(Control::Open {
+            purpose,
+            stream,
+            producer_id,
+        }) => (purpose, stream, producer_id),
+        _ => {
+            refuse(&mut send, RefuseCode::BadRequest, "expected OPEN").await;
+            return;
+        }
+    };
+    if let Err(reason) = plane.gate.check(peer, principal, Action::Publish, &stream) {
+        refuse(&mut send, RefuseCode::Forbidden, &reason).await;
+        return;
+    }
+    if let Err(reason) = plane.ingest.stream_for(&stream) {
+        refuse(&mut send, RefuseCode::NoSuchStream, &reason).await;
+        return;
+    }
+    match purpose {
+        Purpose::Publish => {
+            if frame::write(&mut send, &Control::Opened.encode())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let io = StreamIo::new(send, recv, peer);
+            let owner = Ingest::only(plane.ingest.clone(), &stream, producer_id);
+            let handle = serve::serve(io, plane.receiver.clone(), owner);
+            let mut drivers = plane.drivers.lock().unwrap();
+            drivers.retain(|d| !d.is_finished());
+            drivers.push(handle);
+        }
+        Purpose::Lease => lease(send, recv, conn, &stream, producer_id, plane).await,
+    }
+}
+
+/// Grants a raw-UDP lease and keeps it while the stream lives and the
+/// client renews it.
+async fn lease(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    conn: &Connection,
+    stream: &str,
+    producer_id: u64,
+    plane: &Plane,
+) {
+    let Some(leases) = &plane.leases else {
+        let reason = "the daemon's data port is insecure_lan: publish to it directly";
+        refuse(&mut send, RefuseCode::Unavailable, reason).await;
+        return;
+    };
+    let id: u64 = rand::random::<u64>() | 1;
+    let mut material = [0u8; EXPORTER_LEN];
+    if conn
+        .export_keying_material(&mut material, EXPORTER_LABEL, &exporter_context(id))
+        .is_err()
+    {
+        refuse(&mut send, RefuseCode::Unavailable, "no keying material").await;
+        return;
+    }
+    leases.grant(
+        id,
+        &material,
+        stream,
+        producer_id,
+        plane.lease_ttl,
+        Instant::now(),
+    );
+    plane.stats.leases_granted.fetch_add(1, Relaxed);
+    info!(peer = %conn.remote_address(), lease = id, stream, producer = producer_id, "fast-path lease granted");
+    let granted = Control::Lease {
+        lease_id: id,
+        data_addr: plane.data_addr,
+        expires_in_ms: plane.lease_ttl.as_millis() as u64,
+    };
+    if frame::write(&mut send, &granted.encode()).await.is_ok() {
+        // Renewals until the client goes away or the lease runs out.
+        while let Ok(Some(f)) = frame::read(&mut recv).await {
+            if !matches!(Control::decode(&f), Ok(Control::Renew)) {
+                break;
+            }
+            let reply = match leases.renew(id, plane.lease_ttl, Instant::now()) {
+                Ok(()) => granted.clone(),
+                Err(_) => Control::Refused {
+                    code: RefuseCode::Unavailable,
+                    reason: "lease expired".into(),
+                },
+            };
+            let expired = matches!(reply, Control::Refused { .. });
+            if frame::write(&mut send, &reply.encode()).await.is_err() || expired {
+                break;
+            }
+        }
+    }
+    leases.revoke(id);
+    debug!(lease = id, "fast-path lease ended");
+}
+
+async fn refuse(send: &mut SendStream, code: RefuseCode, reason: &str) {
+    let msg = Control::Refused {
+        code,
+        reason: reason.to_owned(),
+    };
+    let _ = frame::write(send, &msg.encode()).await;
+    let _ = send.finish();
+}
