@@ -59,6 +59,8 @@ impl DaemonSpec {
             self.dir.display().to_string(),
             "--data-listen".into(),
             "127.0.0.1:0".into(),
+            "--quic-listen".into(),
+            "127.0.0.1:0".into(),
             "--admin-listen".into(),
             "127.0.0.1:0".into(),
             "--spool-fsync".into(),
@@ -100,6 +102,7 @@ pub struct DaemonProcess {
     /// Held open: the child stops when it closes (we are gone).
     _stdin: Option<ChildStdin>,
     pub data: SocketAddr,
+    pub quic: SocketAddr,
     pub admin: SocketAddr,
 }
 
@@ -136,7 +139,7 @@ impl DaemonProcess {
                 )
             }
         };
-        let Some((data, admin)) = parse_ready(&line) else {
+        let Some((data, quic, admin)) = parse_ready(&line) else {
             let status = child.wait()?;
             return Err(std::io::Error::other(format!(
                 "the daemon did not start ({status}); its stderr above says why"
@@ -146,6 +149,7 @@ impl DaemonProcess {
             child,
             _stdin: stdin,
             data,
+            quic,
             admin,
         };
         let deadline = Instant::now() + within;
@@ -206,18 +210,20 @@ impl Drop for DaemonProcess {
     }
 }
 
-fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+/// The (data, quic, admin) addresses of a ready line.
+fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr, SocketAddr)> {
     let rest = line.trim().strip_prefix(READY)?;
-    let mut data = None;
-    let mut admin = None;
+    let (mut data, mut quic, mut admin) = (None, None, None);
     for word in rest.split_whitespace() {
         if let Some(a) = word.strip_prefix("data=") {
             data = a.parse().ok();
+        } else if let Some(a) = word.strip_prefix("quic=") {
+            quic = a.parse().ok();
         } else if let Some(a) = word.strip_prefix("admin=") {
             admin = a.parse().ok();
         }
     }
-    Some((data?, admin?))
+    Some((data?, quic?, admin?))
 }
 
 /// GETs `path` from an admin endpoint (HTTP/1.0, no keep-alive) and returns
@@ -271,7 +277,11 @@ pub fn run_hidden(stop_on_stdin_eof: bool, sluiced_args: Vec<OsString>) -> ExitC
     sluice_daemon::launch::main(args, stdin_closed, |bound| {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{READY} data={} admin={}", bound.data, bound.admin);
+        let _ = writeln!(
+            out,
+            "{READY} data={} quic={} admin={}",
+            bound.data, bound.quic, bound.admin
+        );
         let _ = out.flush();
     })
 }
@@ -282,9 +292,11 @@ mod tests {
 
     #[test]
     fn ready_line_round_trips() {
-        let line = format!("{READY} data=127.0.0.1:4000 admin=127.0.0.1:4001\n");
-        let (d, a) = parse_ready(&line).unwrap();
+        let line =
+            format!("{READY} data=127.0.0.1:4000 quic=127.0.0.1:4002 admin=127.0.0.1:4001\n");
+        let (d, q, a) = parse_ready(&line).unwrap();
         assert_eq!(d.port(), 4000);
+        assert_eq!(q.port(), 4002);
         assert_eq!(a.port(), 4001);
         assert!(parse_ready("something else").is_none());
     }

@@ -36,8 +36,9 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use sluice_daemon::metrics::scrape::Scrape;
-use sluice_transport::client::{Producer, ProducerError, ProducerOptions};
+use sluice_transport::client::{Producer, ProducerError, ProducerOptions, QuicOptions, Transport};
 use sluice_transport::proto::SenderConfig;
+use sluice_transport::quic::tls::{self, ClientTls, ServerTrust};
 
 use crate::baseline;
 use crate::cpu;
@@ -63,10 +64,39 @@ pub enum Length {
 }
 
 /// An external daemon to measure instead of starting one.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct External {
-    pub data: SocketAddr,
+    /// Where producers connect: the QUIC address (fast, quic) or the data
+    /// address (udp).
+    pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The daemon's certificate, pinned (fast, quic).
+    pub server_cert: Option<PathBuf>,
+    /// An API token (fast, quic). Never written to reports.
+    #[serde(skip)]
+    pub token: Option<String>,
+}
+
+/// The path producers take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathKind {
+    /// Authenticated over QUIC, sealed raw UDP: the default.
+    Fast,
+    /// Everything over QUIC.
+    Quic,
+    /// Raw UDP, unsealed (a started daemon gets `insecure_lan`).
+    Udp,
+}
+
+impl PathKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::Fast => "the fast path (sealed UDP)",
+            PathKind::Quic => "QUIC",
+            PathKind::Udp => "raw UDP (insecure_lan)",
+        }
+    }
 }
 
 /// Everything that describes one ingest run.
@@ -88,6 +118,7 @@ pub struct IngestConfig {
     pub in_flight: usize,
     /// Producers are spread round-robin over this many streams.
     pub streams: usize,
+    pub path: PathKind,
     /// The producers' largest datagram (UDP payload).
     pub datagram: usize,
     /// Where the temporary data folder (and the disk baseline) goes.
@@ -111,6 +142,7 @@ impl Default for IngestConfig {
             batch: 256,
             in_flight: 16,
             streams: 1,
+            path: PathKind::Fast,
             datagram: 1452,
             dir: PathBuf::from("."),
             external: None,
@@ -345,6 +377,32 @@ async fn mark(shared: &Shared, daemon_pid: Option<u32>, admin: SocketAddr) -> Ma
     }
 }
 
+/// The client transport for `path`, pinning `cert` (fast, quic).
+fn transport(
+    path: PathKind,
+    cert: Option<&std::path::Path>,
+    token: Option<String>,
+) -> Result<Transport, Box<dyn std::error::Error>> {
+    if path == PathKind::Udp {
+        return Ok(Transport::Udp);
+    }
+    let cert =
+        cert.ok_or("the fast and quic paths need the daemon's certificate (--server-cert)")?;
+    let certs = tls::load_certs(cert)?;
+    let quic = QuicOptions {
+        tls: ClientTls {
+            trust: ServerTrust::Fingerprint(tls::fingerprint(&certs[0])),
+            client_cert: None,
+            server_name: None,
+        },
+        token,
+    };
+    Ok(match path {
+        PathKind::Quic => Transport::Quic(quic),
+        _ => Transport::FastPath(quic),
+    })
+}
+
 /// Runs the scenario: baselines, then (a daemon and) the producers.
 pub fn run(config: &IngestConfig) -> Result<IngestReport, Box<dyn std::error::Error>> {
     config.validate()?;
@@ -370,13 +428,28 @@ pub fn run(config: &IngestConfig) -> Result<IngestReport, Box<dyn std::error::Er
         Some(_) => None,
         None => {
             let mut spec = DaemonSpec::new(&work.path().join("data"), &config.fsync);
-            spec.extra_args = config.sluiced_args.clone();
+            if config.path == PathKind::Udp {
+                spec.extra_args = vec!["--data-insecure-lan".into(), "true".into()];
+            }
+            spec.extra_args.extend(config.sluiced_args.iter().cloned());
             Some(spec.start()?)
         }
     };
-    let (data, admin) = match (&daemon, config.external) {
-        (Some(d), _) => (d.data, d.admin),
-        (None, Some(e)) => (e.data, e.admin),
+    let (addr, admin, transport) = match (&daemon, &config.external) {
+        (Some(d), _) => {
+            let cert = work.path().join("data/tls/server.crt");
+            let addr = if config.path == PathKind::Udp {
+                d.data
+            } else {
+                d.quic
+            };
+            (addr, d.admin, transport(config.path, Some(&cert), None)?)
+        }
+        (None, Some(e)) => (
+            e.addr,
+            e.admin,
+            transport(config.path, e.server_cert.as_deref(), e.token.clone())?,
+        ),
         (None, None) => unreachable!("one or the other"),
     };
 
@@ -384,7 +457,7 @@ pub fn run(config: &IngestConfig) -> Result<IngestReport, Box<dyn std::error::Er
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let outcome = rt.block_on(drive(config, data, admin, daemon.as_ref()));
+    let outcome = rt.block_on(drive(config, addr, transport, admin, daemon.as_ref()));
     drop(rt);
     if let Some(d) = daemon {
         let status = d.terminate(Duration::from_secs(30))?;
@@ -501,11 +574,13 @@ struct Outcome {
 
 async fn drive(
     config: &IngestConfig,
-    data: SocketAddr,
+    addr: SocketAddr,
+    transport: Transport,
     admin: SocketAddr,
     daemon: Option<&DaemonProcess>,
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
     let options = ProducerOptions {
+        transport,
         sender: SenderConfig {
             max_datagram: config.datagram,
             ..SenderConfig::default()
@@ -525,7 +600,7 @@ async fn drive(
         } else {
             format!("bench-{}", k % config.streams)
         };
-        producers.push(Producer::connect(data, &stream, base + k as u64, options.clone()).await?);
+        producers.push(Producer::connect(addr, &stream, base + k as u64, options.clone()).await?);
     }
 
     let start = Instant::now();
@@ -789,16 +864,17 @@ pub fn print(r: &IngestReport) {
         )
     };
     println!(
-        "\ningest: {} producers x {} B, fsync = {}, {}, {}, {} stream(s), {} B datagrams{}",
+        "\ningest: {} producers x {} B over {}, fsync = {}, {}, {}, {} stream(s), {} B datagrams{}",
         c.producers,
+        c.path.name(),
         c.size,
         c.fsync,
         load,
         how,
         c.streams,
         c.datagram,
-        match c.external {
-            Some(e) => format!(", external daemon {}", e.data),
+        match &c.external {
+            Some(e) => format!(", external daemon {}", e.addr),
             None => String::new(),
         }
     );

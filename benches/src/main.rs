@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use sluice_bench::ingest::{self, External, IngestConfig, Length};
+use sluice_bench::ingest::{self, External, IngestConfig, Length, PathKind};
 use sluice_bench::{baseline, daemon, spool};
 
 #[derive(Parser)]
@@ -64,7 +64,7 @@ enum Scenario {
     /// `sluiced` in another (started from this binary), acked msgs/s, ack
     /// latency and CPU per message, against a plain UDP loop and raw
     /// fdatasync measured in the same run.
-    Ingest(IngestArgs),
+    Ingest(Box<IngestArgs>),
     /// Runs a `sluiced` (the harness starts its daemon this way):
     /// `sluice-bench daemon -- <sluiced flags>`.
     #[command(hide = true)]
@@ -123,10 +123,27 @@ struct IngestArgs {
     /// measured).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
-    /// Measure a running daemon at this data address instead of starting
-    /// one (needs --admin).
+    /// The path: `fast` (authenticate over QUIC, sealed raw UDP), `quic`
+    /// (everything over QUIC), or `udp` (raw, unsealed: the started daemon
+    /// gets insecure_lan).
+    #[arg(long, default_value = "fast", value_parser = ["fast", "quic", "udp"])]
+    path: String,
+    /// Measure a running daemon instead of starting one: its QUIC address
+    /// (fast, quic) or data address (udp). Needs --admin, and for fast and
+    /// quic --server-cert.
     #[arg(long, requires = "admin")]
     daemon: Option<SocketAddr>,
+    /// The running daemon's certificate, pinned.
+    #[arg(long, requires = "daemon")]
+    server_cert: Option<PathBuf>,
+    /// An API token for the running daemon.
+    #[arg(
+        long,
+        requires = "daemon",
+        env = "SLUICE_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     /// The running daemon's admin (metrics) address.
     #[arg(long, requires = "daemon")]
     admin: Option<SocketAddr>,
@@ -172,10 +189,17 @@ impl IngestArgs {
             streams: self.streams,
             datagram: self.datagram,
             dir: self.dir.clone(),
-            external: self
-                .daemon
-                .zip(self.admin)
-                .map(|(data, admin)| External { data, admin }),
+            path: match self.path.as_str() {
+                "quic" => PathKind::Quic,
+                "udp" => PathKind::Udp,
+                _ => PathKind::Fast,
+            },
+            external: self.daemon.zip(self.admin).map(|(addr, admin)| External {
+                addr,
+                admin,
+                server_cert: self.server_cert.clone(),
+                token: self.token.clone(),
+            }),
             sluiced_args: self.sluiced_args.clone(),
             baseline_seconds: if self.no_baselines {
                 0.0

@@ -7,6 +7,15 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_daemon::metrics::scrape::Scrape;
+use sluice_transport::client::{QuicOptions, Transport};
+use sluice_transport::quic::tls::{self, ClientTls, ServerTrust};
+
+/// Where and how producers reach a daemon.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub transport: Transport,
+}
 
 /// A free UDP port on loopback (bound, then released for the daemon).
 pub fn free_udp() -> SocketAddr {
@@ -29,6 +38,7 @@ pub struct DaemonSpec {
     pub bin: PathBuf,
     pub dir: PathBuf,
     pub data: SocketAddr,
+    pub quic: SocketAddr,
     pub admin: SocketAddr,
     /// More flags, e.g. `["--spool-fsync", "never"]`.
     pub args: Vec<String>,
@@ -41,6 +51,7 @@ impl DaemonSpec {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
             data: free_udp(),
+            quic: free_udp(),
             admin: free_tcp(),
             args: Vec::new(),
         }
@@ -49,6 +60,63 @@ impl DaemonSpec {
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
         self
+    }
+
+    /// Raw UDP from anyone, unsealed (`data.insecure_lan`): for tests of
+    /// the protocol itself over [`DaemonSpec::udp`].
+    pub fn insecure_lan(self) -> Self {
+        self.arg("--data-insecure-lan").arg("true")
+    }
+
+    /// Publishing over sealed raw UDP after authenticating over QUIC (the
+    /// default path), trusting the daemon's self-signed certificate by its
+    /// fingerprint. Call once the daemon has started (it makes the
+    /// certificate).
+    pub fn fast_path(&self) -> Target {
+        Target {
+            addr: self.quic,
+            transport: Transport::FastPath(self.quic_options(None)),
+        }
+    }
+
+    /// Publishing over a QUIC stream.
+    pub fn quic_path(&self) -> Target {
+        Target {
+            addr: self.quic,
+            transport: Transport::Quic(self.quic_options(None)),
+        }
+    }
+
+    /// Raw UDP, unsealed: needs [`DaemonSpec::insecure_lan`].
+    pub fn udp(&self) -> Target {
+        Target {
+            addr: self.data,
+            transport: Transport::Udp,
+        }
+    }
+
+    /// QUIC options that pin the daemon's certificate, with `token`.
+    pub fn quic_options(&self, token: Option<String>) -> QuicOptions {
+        QuicOptions {
+            tls: ClientTls {
+                trust: ServerTrust::Fingerprint(self.fingerprint()),
+                client_cert: None,
+                server_name: None,
+            },
+            token,
+        }
+    }
+
+    /// The daemon's certificate file (self-signed, in its data folder).
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("tls/server.crt")
+    }
+
+    /// SHA-256 of the daemon's certificate.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let certs = tls::load_certs(&self.server_cert())
+            .expect("the daemon's certificate (start it first)");
+        tls::fingerprint(&certs[0])
     }
 
     /// The command line, for tests that run it some other way (in a
@@ -60,6 +128,8 @@ impl DaemonSpec {
             self.dir.display().to_string(),
             "--data-listen".into(),
             self.data.to_string(),
+            "--quic-listen".into(),
+            self.quic.to_string(),
             "--admin-listen".into(),
             self.admin.to_string(),
             "--log-level".into(),

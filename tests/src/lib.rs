@@ -4,6 +4,7 @@
 pub mod check;
 pub mod daemon;
 pub mod load;
+pub mod pki;
 pub mod privilege;
 
 /// Path of the `sluiced` built for these tests (use from integration tests).

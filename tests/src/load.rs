@@ -11,15 +11,17 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use bytes::Bytes;
-use sluice_transport::client::{Producer, ProducerError, ProducerOptions};
+use sluice_transport::client::{Producer, ProducerError, ProducerOptions, Transport};
 use sluice_transport::proto::SenderConfig;
 
 use crate::check::Acked;
+use crate::daemon::Target;
 
 /// Options for producers that must ride out daemon restarts and lossy
 /// paths in a test: long handshake, many reconnects.
-pub fn patient() -> ProducerOptions {
+pub fn patient(transport: Transport) -> ProducerOptions {
     ProducerOptions {
+        transport,
         sender: SenderConfig {
             handshake_timeout: Duration::from_secs(30),
             ..SenderConfig::default()
@@ -107,16 +109,16 @@ pub async fn run_all(plans: Vec<Plan>, limit: Duration) -> Acked {
 }
 
 /// `count` producers (ids 1..=count) of `each` messages to `stream` at
-/// `addr`, in batches of `batch`, with [`patient`] options.
-pub fn plans(addr: SocketAddr, stream: &str, count: u64, each: u64, batch: u64) -> Vec<Plan> {
+/// `target`, in batches of `batch`, with [`patient`] options.
+pub fn plans(target: &Target, stream: &str, count: u64, each: u64, batch: u64) -> Vec<Plan> {
     (1..=count)
         .map(|producer| Plan {
-            addr,
+            addr: target.addr,
             stream: stream.into(),
             producer,
             count: each,
             batch,
-            options: patient(),
+            options: patient(target.transport.clone()),
         })
         .collect()
 }

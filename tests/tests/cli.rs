@@ -161,11 +161,24 @@ fn publish_read_and_stat_against_a_running_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let spec = DaemonSpec::new(sluiced_bin!(), dir.path());
     let d = spec.start();
-    let data = spec.data.to_string();
+    // The default path: authenticate over QUIC (anonymously: loopback, no
+    // principals), publish over sealed raw UDP, trusting the daemon's
+    // self-signed certificate from its file.
+    let quic = spec.quic.to_string();
+    let cert = spec.server_cert().display().to_string();
     let admin = spec.admin.to_string();
     // Lines from stdin, as producer 7.
     let mut child = Command::new(sluice_bin!())
-        .args(["publish", "-s", "tour", "--to", &data, "--producer", "7"])
+        .args([
+            "publish",
+            "-s",
+            "tour",
+            "--to",
+            &quic,
+            "--server-cert",
+            &cert,
+        ])
+        .args(["--producer", "7"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -191,7 +204,11 @@ fn publish_read_and_stat_against_a_running_daemon() {
             "-s",
             "tour",
             "--to",
-            &data,
+            &quic,
+            "--server-cert",
+            &cert,
+            "--transport",
+            "quic",
             "--producer",
             "8",
             "--count",

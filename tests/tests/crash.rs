@@ -1,6 +1,7 @@
 //! The promise under `kill -9`: producers publish while the daemon is
 //! killed with SIGKILL at random moments and restarted, 20 times. Every
-//! (producer, seq) a producer saw acked must be stored exactly once.
+//! (producer, seq) a producer saw acked must be stored exactly once. Run
+//! over the fast path (sealed raw UDP under a QUIC lease) and over QUIC.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,36 +9,36 @@ use std::time::Duration;
 
 use rand::Rng;
 use sluice_tests::check::{self, Acked};
-use sluice_tests::daemon::DaemonSpec;
+use sluice_tests::daemon::{DaemonSpec, Target};
 use sluice_tests::load::{self, Plan};
 use sluice_tests::sluiced_bin;
 
 const ROUNDS: usize = 20;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_under_load_loses_no_acked_message() {
+async fn kill_9_loop(path: impl Fn(&DaemonSpec) -> Target) {
     let mut rng = load::seeded("CRASH_SEED");
     let dir = tempfile::tempdir().unwrap();
     let spec = DaemonSpec::new(sluiced_bin!(), dir.path());
     let mut daemon = Some(spec.start());
+    let target = path(&spec);
     let acked: Arc<Mutex<Acked>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (1..=4u64)
         .map(|p| {
             let plan = Plan {
-                addr: spec.data,
+                addr: target.addr,
                 stream: "crash".into(),
                 producer: p,
                 count: u64::MAX,
                 batch: 50,
-                options: load::patient(),
+                options: load::patient(target.transport.clone()),
             };
             tokio::spawn(load::run(plan, acked.clone(), stop.clone()))
         })
         .collect();
     let mut acked_before_kill = Vec::new();
     for _ in 0..ROUNDS {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..500))).await;
         daemon.take().expect("running").kill9();
         acked_before_kill.push(
             acked
@@ -49,7 +50,7 @@ async fn kill_9_under_load_loses_no_acked_message() {
         );
         daemon = Some(spec.start());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         tokio::time::timeout(Duration::from_secs(60), t)
@@ -73,4 +74,14 @@ async fn kill_9_under_load_loses_no_acked_message() {
     );
     check::exactly_once(&check::stored(dir.path(), "crash"), &acked);
     eprintln!("{ROUNDS} kill -9 rounds, {total} acked messages, all stored once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acked_message_on_the_fast_path() {
+    kill_9_loop(DaemonSpec::fast_path).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acked_message_over_quic() {
+    kill_9_loop(DaemonSpec::quic_path).await;
 }

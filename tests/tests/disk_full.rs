@@ -18,11 +18,12 @@ async fn a_full_disk_holds_acks_times_out_senders_and_resumes_when_space_returns
         .arg("--spool-min-free-bytes")
         .arg((1u64 << 62).to_string());
     let d = full.start();
+    let fast = full.fast_path();
     let options = ProducerOptions {
         credit_timeout: Duration::from_secs(1),
-        ..load::patient()
+        ..load::patient(fast.transport)
     };
-    let p = Producer::connect(full.data, "held", 5, options)
+    let p = Producer::connect(fast.addr, "held", 5, options)
         .await
         .unwrap();
     let started = Instant::now();
@@ -66,6 +67,7 @@ async fn a_full_disk_holds_acks_times_out_senders_and_resumes_when_space_returns
     );
     let mut spec = DaemonSpec::new(sluiced_bin!(), dir.path());
     spec.data = full.data;
+    spec.quic = full.quic;
     spec.admin = full.admin;
     let d = spec.start();
     tokio::time::timeout(Duration::from_secs(30), p.flush())

@@ -20,7 +20,7 @@ async fn a_million_messages_all_acked_all_stored_once_in_order() {
     const EACH: u64 = 125_000;
     let started = Instant::now();
     let acked = load::run_all(
-        plans(spec.data, "events", PRODUCERS, EACH, 1_000),
+        plans(&spec.fast_path(), "events", PRODUCERS, EACH, 1_000),
         Duration::from_secs(300),
     )
     .await;
@@ -56,7 +56,7 @@ async fn two_hundred_fifty_six_sessions_at_once_with_bounded_memory() {
     let acked: Arc<Mutex<Acked>> = Arc::default();
     let barrier = Arc::new(tokio::sync::Barrier::new(PRODUCERS as usize + 1));
     let mut tasks = Vec::new();
-    for plan in plans(spec.data, "many", PRODUCERS, EACH, 100) {
+    for plan in plans(&spec.fast_path(), "many", PRODUCERS, EACH, 100) {
         let (acked, barrier) = (acked.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
             let p = sluice_transport::client::Producer::connect(
@@ -128,7 +128,7 @@ async fn sigterm_drains_and_producers_resume_after_restart() {
     let d = spec.start();
     const EACH: u64 = 40_000;
     let run = tokio::spawn(load::run_all(
-        plans(spec.data, "drain", 4, EACH, 200),
+        plans(&spec.fast_path(), "drain", 4, EACH, 200),
         Duration::from_secs(120),
     ));
     // Let some data flow, then stop the daemon under load.
@@ -170,7 +170,8 @@ async fn streams_come_from_the_config_when_auto_create_is_off() {
         .arg("--streams")
         .arg("orders,audit");
     let d = spec.start();
-    let e = Producer::connect(spec.data, "other", 1, load::patient())
+    let fast = spec.fast_path();
+    let e = Producer::connect(fast.addr, "other", 1, load::patient(fast.transport.clone()))
         .await
         .unwrap_err();
     match e {
@@ -182,7 +183,7 @@ async fn streams_come_from_the_config_when_auto_create_is_off() {
         }
         e => panic!("expected a refusal, got {e:?}"),
     }
-    let p = Producer::connect(spec.data, "audit", 1, load::patient())
+    let p = Producer::connect(fast.addr, "audit", 1, load::patient(fast.transport))
         .await
         .unwrap();
     assert_eq!(p.send(Bytes::from_static(b"ok")).await.unwrap(), 1);

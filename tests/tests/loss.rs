@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use rand::Rng;
 use sluice_tests::check;
-use sluice_tests::daemon::DaemonSpec;
+use sluice_tests::daemon::{DaemonSpec, Target};
 use sluice_tests::load;
 use sluice_tests::sluiced_bin;
+use sluice_transport::client::Transport;
 use sluice_transport::relay::{self, Impairment, RelayStats};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_percent_loss_with_reordering_and_duplication() {
     let seed = load::seeded("LOSS_SEED").random();
     let dir = tempfile::tempdir().unwrap();
-    let spec = DaemonSpec::new(sluiced_bin!(), dir.path());
+    let spec = DaemonSpec::new(sluiced_bin!(), dir.path()).insecure_lan();
     let d = spec.start();
     let r = relay::start(
         "127.0.0.1:0".parse().unwrap(),
@@ -29,7 +30,12 @@ async fn five_percent_loss_with_reordering_and_duplication() {
     .await
     .unwrap();
     const EACH: u64 = 20_000;
-    let plans = load::plans(r.local_addr(), "lossy", 4, EACH, 100);
+    // Raw UDP through the relay: the protocol's own recovery under loss.
+    let through_relay = Target {
+        addr: r.local_addr(),
+        transport: Transport::Udp,
+    };
+    let plans = load::plans(&through_relay, "lossy", 4, EACH, 100);
     let acked = load::run_all(plans, Duration::from_secs(120)).await;
     let s = r.stats();
     let (dropped, duplicated, reordered) = (

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_daemon::metrics::scrape::Scrape;
 use sluice_tests::check::{self, Acked};
-use sluice_tests::daemon::DaemonSpec;
+use sluice_tests::daemon::{DaemonSpec, Target};
 use sluice_tests::privilege::{has_tool, require, require_root};
-use sluice_transport::client::Producer;
+use sluice_transport::client::{Producer, Transport};
 
 const TEST: &str = "netns_loss";
 const STREAM: &str = "lossy";
@@ -31,6 +31,7 @@ const BATCH: usize = 250;
 const LOSS_PERCENT: u32 = 5;
 /// The namespaces are the test's own, so fixed ports cannot clash.
 const DATA_PORT: u16 = 7401;
+const QUIC_PORT: u16 = 7400;
 const ADMIN_PORT: u16 = 7480;
 /// Bound on the producers' work, all of it together.
 const PRODUCE_WITHIN: Duration = Duration::from_secs(120);
@@ -296,9 +297,10 @@ fn payload(producer: u64, i: usize) -> Bytes {
 
 /// Sends MESSAGES messages in batches, one batch durable before the next;
 /// returns each acked seq with the index of its message.
-async fn produce(addr: SocketAddr, id: u64) -> Result<BTreeMap<u64, usize>, String> {
+async fn produce(target: Target, id: u64) -> Result<BTreeMap<u64, usize>, String> {
     let fail = |what: &str, e: &dyn std::fmt::Display| format!("producer {id}: {what}: {e}");
-    let producer = Producer::connect(addr, STREAM, id, sluice_tests::load::patient())
+    let options = sluice_tests::load::patient(target.transport);
+    let producer = Producer::connect(target.addr, STREAM, id, options)
         .await
         .map_err(|e| fail("connect", &e))?;
     let mut acked = BTreeMap::new();
@@ -322,7 +324,7 @@ async fn produce(addr: SocketAddr, id: u64) -> Result<BTreeMap<u64, usize>, Stri
 
 /// Runs the producers in the producers' namespace. A current-thread runtime
 /// on the thread that entered it: every socket is made there.
-fn produce_all(net: &Net, addr: SocketAddr) -> BTreeMap<u64, BTreeMap<u64, usize>> {
+fn produce_all(net: &Net, target: &Target) -> BTreeMap<u64, BTreeMap<u64, usize>> {
     net.producer.enter(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -330,7 +332,7 @@ fn produce_all(net: &Net, addr: SocketAddr) -> BTreeMap<u64, BTreeMap<u64, usize
             .expect("a tokio runtime");
         rt.block_on(async {
             let tasks: Vec<_> = (1..=PRODUCERS)
-                .map(|id| (id, tokio::spawn(produce(addr, id))))
+                .map(|id| (id, tokio::spawn(produce(target.clone(), id))))
                 .collect();
             let all = async {
                 let mut acked = BTreeMap::new();
@@ -364,7 +366,23 @@ fn lossy_veth_between_namespaces_keeps_exactly_once() {
     let net = Net::create();
     let mut spec = DaemonSpec::new(sluice_tests::sluiced_bin!(), dir.path());
     spec.data = format!("{}:{DATA_PORT}", net.daemon_ip).parse().unwrap();
+    spec.quic = format!("{}:{QUIC_PORT}", net.daemon_ip).parse().unwrap();
     spec.admin = format!("127.0.0.1:{ADMIN_PORT}").parse().unwrap();
+    // Beyond loopback the daemon wants principals: one token, for the
+    // stream under test. The producers publish over the fast path (sealed
+    // raw UDP, which the nftables rule thins out) after authenticating over
+    // QUIC.
+    let token = sluice_daemon::auth::new_token();
+    let config = dir.path().join("sluiced.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.tokens]]\nname = \"netns\"\nhash = \"{}\"\npublish = [\"{STREAM}\"]\n",
+            sluice_daemon::auth::hash_token(&token)
+        ),
+    )
+    .unwrap();
+    let spec = spec.arg("--config").arg(config.display().to_string());
     // Dropped before `net`: the daemon is gone before its namespace is.
     let mut daemon = NsDaemon::start(&spec, &net.daemon);
     eprintln!(
@@ -373,7 +391,11 @@ fn lossy_veth_between_namespaces_keeps_exactly_once() {
     );
 
     let produce_started = Instant::now();
-    let sent = produce_all(&net, spec.data);
+    let target = Target {
+        addr: spec.quic,
+        transport: Transport::FastPath(spec.quic_options(Some(token))),
+    };
+    let sent = produce_all(&net, &target);
     let produce_took = produce_started.elapsed();
 
     let admin = spec.admin;
