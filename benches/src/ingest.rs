@@ -866,8 +866,8 @@ pub fn print(r: &IngestReport) {
     println!(
         "\ningest: {} producers x {} B over {}, fsync = {}, {}, {}, {} stream(s), {} B datagrams{}",
         c.producers,
-        c.path.name(),
         c.size,
+        c.path.name(),
         c.fsync,
         load,
         how,

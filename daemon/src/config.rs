@@ -63,8 +63,9 @@ pub struct Data {
     pub max_datagram: usize,
     /// Most credit one session gets: messages past its durable seq.
     pub credit: u32,
-    /// Bytes in flight (received, not yet durable) allowed per stream,
-    /// shared by its sessions: bounds ingest memory.
+    /// Bytes in flight (sent by producers, not yet durable) allowed over
+    /// all sessions: bounds ingest memory and what can pile up in the data
+    /// socket's receive buffer (keep it well under `recv_buffer`).
     pub window_bytes: u64,
     /// Most producer sessions open at once; more HELLOs are refused.
     pub max_sessions: usize,
@@ -146,7 +147,7 @@ impl Default for Data {
             recv_buffer: 8 << 20,
             max_datagram: 1452,
             credit: 4096,
-            window_bytes: 64 << 20,
+            window_bytes: 2 << 20,
             max_sessions: 4096,
             insecure_lan: false,
             lease_seconds: 60,
@@ -244,7 +245,7 @@ pub struct Args {
     /// [data.credit] most messages one session may send past its durable seq.
     #[arg(long, env = "SLUICED_DATA_CREDIT")]
     pub data_credit: Option<u32>,
-    /// [data.window_bytes] bytes in flight per stream, shared by its sessions.
+    /// [data.window_bytes] bytes in flight over all sessions (under recv_buffer).
     #[arg(long, env = "SLUICED_DATA_WINDOW_BYTES")]
     pub data_window_bytes: Option<u64>,
     /// [data.max_sessions] most producer sessions open at once.

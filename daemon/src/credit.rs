@@ -2,11 +2,13 @@
 //! producers. Credit is counted in messages past the session's durable seq,
 //! so it bounds what a session can have in flight, in memory, at once.
 //!
-//! A stream has a window of bytes in flight shared by its sessions; each
-//! session's share is turned into messages by its average message size. The
-//! share shrinks as the spool writer's backlog grows and is zero while the
-//! disk is full or the backlog is at its limit: a slow disk slows producers
-//! instead of growing memory.
+//! The daemon has one window of bytes in flight, shared by all its
+//! sessions: they share its memory and, over raw UDP, the data socket's
+//! receive buffer, which drops what overflows it (and a drop costs a
+//! retransmission, which costs more). Each session's share is turned into
+//! messages by its average message size. The share shrinks as its stream's
+//! spool backlog grows and is zero while the disk is full or the backlog is
+//! at its limit: a slow disk slows producers instead of growing memory.
 
 use crate::spool::Health;
 
@@ -14,7 +16,7 @@ use crate::spool::Health;
 pub struct CreditPolicy {
     /// Most credit one session gets, in messages.
     pub max_credit: u32,
-    /// Bytes in flight allowed per stream, shared by its sessions.
+    /// Bytes in flight allowed over all sessions.
     pub window_bytes: u64,
     /// Backlog (bytes waiting for the spool writer) at which credit is zero.
     pub backlog_limit: u64,
@@ -24,8 +26,8 @@ pub struct CreditPolicy {
 const ASSUMED_MESSAGE: u64 = 1024;
 
 impl CreditPolicy {
-    /// The credit for one of `sessions` sessions of a stream whose spool is
-    /// in state `health`, given the session's average message size so far
+    /// The credit for one of `sessions` open sessions, whose stream's spool
+    /// is in state `health`, given the session's average message size so far
     /// (`None` before its first message).
     pub fn credit(&self, health: &Health, sessions: usize, avg_message: Option<u64>) -> u32 {
         if health.disk_full || health.backlog_bytes >= self.backlog_limit {

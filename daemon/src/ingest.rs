@@ -193,16 +193,11 @@ impl Owner for Ingest {
         let durable = tokio::task::block_in_place(|| ask.blocking_recv())
             .map_err(|_| (CloseCode::ShuttingDown, "spool is closing".to_owned()))?
             .unwrap_or(0);
-        let sessions = self
-            .shared
-            .metrics
-            .stream(stream.name())
-            .sessions
-            .load(Relaxed);
+        let sessions = self.shared.open.load(Relaxed);
         let credit = self
             .shared
             .policy
-            .credit(&stream.health(), sessions as usize + 1, None);
+            .credit(&stream.health(), sessions + 1, None);
         info!(peer = %inc.peer, producer = inc.hello.producer_id, stream = %inc.hello.stream, durable, "session open");
         self.shared.open.fetch_add(1, Relaxed);
         Ok((durable, credit))
@@ -302,6 +297,7 @@ impl Owner for Ingest {
                 continue;
             };
             let policy = self.shared.policy;
+            let sessions = self.shared.open.load(Relaxed);
             let Some(s) = self.session(r) else {
                 continue;
             };
@@ -309,7 +305,6 @@ impl Owner for Ingest {
             count(&s.metrics, &mut s.counted, st);
             let avg =
                 (st.messages_delivered > 0).then(|| st.bytes_delivered / st.messages_delivered);
-            let sessions = s.metrics.sessions.load(Relaxed) as usize;
             let credit = policy.credit(&s.stream.health(), sessions, avg);
             r.set_credit(credit);
             s.metrics.credit.fetch_add(u64::from(credit), Relaxed);

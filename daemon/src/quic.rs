@@ -12,10 +12,12 @@ use quinn::{Connection, RecvStream, SendStream};
 use sluice_transport::lease::Leases;
 use sluice_transport::proto::ReceiverConfig;
 use sluice_transport::quic::control::{Control, Purpose, RefuseCode};
+use sluice_transport::quic::frame::{self, FramedRecv};
 use sluice_transport::quic::stream_io::StreamIo;
-use sluice_transport::quic::{close_code, frame, tls};
+use sluice_transport::quic::{close_code, tls};
 use sluice_transport::seal::{exporter_context, EXPORTER_LABEL, EXPORTER_LEN};
 use sluice_transport::serve::{self, ServeHandle};
+use sluice_transport::udp::{self, SocketOptions};
 use sluice_transport::wire::CloseCode;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -75,6 +77,8 @@ pub struct QuicSetup {
     pub lease_ttl: Duration,
     /// See [`identity::reset_key`].
     pub reset_key: [u8; 64],
+    /// SO_RCVBUF of the QUIC socket (0: the kernel's default).
+    pub recv_buffer: usize,
 }
 
 impl QuicPlane {
@@ -85,7 +89,14 @@ impl QuicPlane {
             setup.client_ca.as_deref(),
         )
         .map_err(|e| e.to_string())?;
-        let socket = std::net::UdpSocket::bind(setup.listen)
+        // As large a receive buffer as the data socket's: bursts from many
+        // producers otherwise overflow it (QUIC recovers, at a cost).
+        let options = SocketOptions {
+            recv_buffer: (setup.recv_buffer > 0).then_some(setup.recv_buffer),
+            send_buffer: None,
+            allow_smaller_buffers: true,
+        };
+        let socket = udp::bind_std(setup.listen, &options)
             .map_err(|e| format!("QUIC listener {}: {e}", setup.listen))?;
         // Both the reset secret and the key that tells our connection ids
         // from noise survive restarts: a restarted daemon recognises the
@@ -206,11 +217,12 @@ async fn serve_connection(conn: Connection, plane: &Arc<Plane>) {
 async fn authenticate(conn: &Connection, plane: &Plane) -> Result<Principal, (u32, String)> {
     let peer = conn.remote_address();
     let protocol = |what: &str| (close_code::PROTOCOL, format!("expected AUTH: {what}"));
-    let (mut send, mut recv) = tokio::time::timeout(FIRST_MESSAGE, conn.accept_bi())
+    let (mut send, recv) = tokio::time::timeout(FIRST_MESSAGE, conn.accept_bi())
         .await
         .map_err(|_| protocol("no control stream in time"))?
         .map_err(|e| protocol(&e.to_string()))?;
-    let first = tokio::time::timeout(FIRST_MESSAGE, frame::read(&mut recv))
+    let mut recv = FramedRecv::new(recv);
+    let first = tokio::time::timeout(FIRST_MESSAGE, recv.next())
         .await
         .map_err(|_| protocol("nothing in time"))?
         .map_err(|e| protocol(&e.to_string()))?
@@ -238,7 +250,7 @@ async fn authenticate(conn: &Connection, plane: &Plane) -> Result<Principal, (u3
     // The control stream stays open for the connection's life.
     tokio::spawn(async move {
         let _keep = send;
-        while let Ok(Some(_)) = frame::read(&mut recv).await {}
+        while let Ok(Some(_)) = recv.next().await {}
     });
     Ok(principal)
 }
@@ -246,13 +258,14 @@ async fn authenticate(conn: &Connection, plane: &Plane) -> Result<Principal, (u3
 /// One stream: publish over it, or lease the fast path.
 async fn serve_stream(
     mut send: SendStream,
-    mut recv: RecvStream,
+    recv: RecvStream,
     conn: &Connection,
     principal: &Principal,
     plane: &Arc<Plane>,
 ) {
     let peer = conn.remote_address();
-    let first = match tokio::time::timeout(FIRST_MESSAGE, frame::read(&mut recv)).await {
+    let mut recv = FramedRecv::new(recv);
+    let first = match tokio::time::timeout(FIRST_MESSAGE, recv.next()).await {
         Ok(Ok(Some(f))) => f,
         _ => return,
     };
@@ -298,7 +311,7 @@ async fn serve_stream(
 /// client renews it.
 async fn lease(
     mut send: SendStream,
-    mut recv: RecvStream,
+    mut recv: FramedRecv,
     conn: &Connection,
     stream: &str,
     producer_id: u64,
@@ -335,7 +348,7 @@ async fn lease(
     };
     if frame::write(&mut send, &granted.encode()).await.is_ok() {
         // Renewals until the client goes away or the lease runs out.
-        while let Ok(Some(f)) = frame::read(&mut recv).await {
+        while let Ok(Some(f)) = recv.next().await {
             if !matches!(Control::decode(&f), Ok(Control::Renew)) {
                 break;
             }

@@ -80,6 +80,15 @@ pub async fn run(
         },
     )?;
     let (got, _) = udp::buffer_sizes(&socket).map_err(ServerError::Admin)?;
+    // Linux reports twice what it grants (its bookkeeping); about half of
+    // the rest holds payload.
+    if config.data.window_bytes as usize > got / 2 {
+        warn!(
+            window = config.data.window_bytes,
+            recv_buffer = got,
+            "data.window_bytes exceeds what the data socket can buffer: bursts will be dropped and resent; raise data.recv_buffer or lower data.window_bytes"
+        );
+    }
     if got < wanted {
         warn!(
             asked = wanted,
@@ -137,6 +146,7 @@ pub async fn run(
         data_addr: data,
         lease_ttl: Duration::from_secs(config.data.lease_seconds),
         reset_key: identity::reset_key(&config.spool.dir)?,
+        recv_buffer: config.data.recv_buffer,
     })
     .map_err(ServerError::Quic)?;
     let bound = Bound {

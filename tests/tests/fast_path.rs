@@ -11,12 +11,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use quinn::{Connection, RecvStream, SendStream};
+use quinn::{Connection, SendStream};
 use sluice_tests::check;
 use sluice_tests::daemon::{Daemon, DaemonSpec};
 use sluice_tests::sluiced_bin;
 use sluice_transport::quic::control::{Control, Purpose, RefuseCode};
-use sluice_transport::quic::frame;
+use sluice_transport::quic::frame::{self, FramedRecv};
 use sluice_transport::quic::tls::{self, ClientTls, ServerTrust};
 use sluice_transport::seal::{self, Opener, Sealer, Side, EXPORTER_LABEL, EXPORTER_LEN};
 use sluice_transport::wire::{DataWriter, Hello, Packet};
@@ -29,8 +29,8 @@ const PRODUCER: u64 = 41;
 struct Lease {
     _endpoint: quinn::Endpoint,
     _conn: Connection,
-    _control: (SendStream, RecvStream),
-    stream: (SendStream, RecvStream),
+    _control: (SendStream, FramedRecv),
+    stream: (SendStream, FramedRecv),
     id: u64,
     data: SocketAddr,
     sealer: Sealer,
@@ -52,7 +52,8 @@ async fn lease(spec: &DaemonSpec, producer: u64) -> Lease {
         .unwrap()
         .await
         .unwrap();
-    let (mut cs, mut cr) = conn.open_bi().await.unwrap();
+    let (mut cs, cr) = conn.open_bi().await.unwrap();
+    let mut cr = FramedRecv::new(cr);
     frame::write(
         &mut cs,
         &Control::Auth {
@@ -62,16 +63,17 @@ async fn lease(spec: &DaemonSpec, producer: u64) -> Lease {
     )
     .await
     .unwrap();
-    let ok = frame::read(&mut cr).await.unwrap().unwrap();
+    let ok = cr.next().await.unwrap().unwrap();
     assert!(matches!(Control::decode(&ok), Ok(Control::AuthOk { .. })));
-    let (mut ls, mut lr) = conn.open_bi().await.unwrap();
+    let (mut ls, lr) = conn.open_bi().await.unwrap();
+    let mut lr = FramedRecv::new(lr);
     let open = Control::Open {
         purpose: Purpose::Lease,
         stream: STREAM.into(),
         producer_id: producer,
     };
     frame::write(&mut ls, &open.encode()).await.unwrap();
-    let reply = Control::decode(&frame::read(&mut lr).await.unwrap().unwrap()).unwrap();
+    let reply = Control::decode(&lr.next().await.unwrap().unwrap()).unwrap();
     let Control::Lease {
         lease_id,
         data_addr,
@@ -284,7 +286,7 @@ async fn an_expired_lease_opens_nothing_and_cannot_be_renewed() {
     frame::write(&mut l.stream.0, &Control::Renew.encode())
         .await
         .unwrap();
-    let reply = Control::decode(&frame::read(&mut l.stream.1).await.unwrap().unwrap()).unwrap();
+    let reply = Control::decode(&l.stream.1.next().await.unwrap().unwrap()).unwrap();
     assert_eq!(
         reply,
         Control::Refused {

@@ -10,13 +10,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use quinn::{Connection, ConnectionError, RecvStream, SendStream};
+use quinn::{Connection, ConnectionError, SendStream};
 use tokio::net::UdpSocket;
 use tracing::debug;
 
 use super::options::{ProducerError, ProducerOptions, QuicOptions, Transport};
 use crate::quic::control::{Control, Purpose, RefuseCode};
-use crate::quic::{close_code, frame, tls};
+use crate::quic::frame::{self, FramedRecv};
+use crate::quic::{close_code, tls};
 use crate::seal::{self, Opener, Sealer, Side, EXPORTER_LABEL, EXPORTER_LEN};
 use crate::udp::SendBatch;
 use crate::wire::MAX_DATAGRAM;
@@ -43,19 +44,19 @@ pub enum Link {
 pub struct QuicSession {
     _endpoint: quinn::Endpoint,
     conn: Connection,
-    _control: (SendStream, RecvStream),
+    _control: (SendStream, FramedRecv),
 }
 
 pub struct QuicStream {
     session: QuicSession,
     send: SendStream,
-    recv: RecvStream,
+    recv: FramedRecv,
     out: Vec<u8>,
 }
 
 pub struct SealedUdp {
     session: QuicSession,
-    lease: (SendStream, RecvStream),
+    lease: (SendStream, FramedRecv),
     lease_id: u64,
     ttl: Duration,
     renew_at: tokio::time::Instant,
@@ -164,14 +165,15 @@ impl Connector {
                 reason: format!("no QUIC handshake within {CONNECT_TIMEOUT:?}"),
             })?
             .map_err(|e| self.connection_error(e))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| self.connection_error(e))?;
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| self.connection_error(e))?;
+        let mut recv = FramedRecv::new(recv);
         let auth = Control::Auth {
             token: q.token.clone().unwrap_or_default(),
         };
         frame::write(&mut send, &auth.encode())
             .await
             .map_err(|e| self.stream_error(&conn, e))?;
-        match frame::read(&mut recv).await {
+        match recv.next().await {
             Ok(Some(f)) => match Control::decode(&f) {
                 Ok(Control::AuthOk { principal }) => {
                     debug!(%principal, addr = %self.addr, "authenticated");
@@ -194,9 +196,10 @@ impl Connector {
         &self,
         session: &QuicSession,
         purpose: Purpose,
-    ) -> Result<(SendStream, RecvStream, Control), ProducerError> {
+    ) -> Result<(SendStream, FramedRecv, Control), ProducerError> {
         let conn = &session.conn;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| self.connection_error(e))?;
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| self.connection_error(e))?;
+        let mut recv = FramedRecv::new(recv);
         let open = Control::Open {
             purpose,
             stream: self.stream.clone(),
@@ -205,7 +208,7 @@ impl Connector {
         frame::write(&mut send, &open.encode())
             .await
             .map_err(|e| self.stream_error(conn, e))?;
-        let reply = match frame::read(&mut recv).await {
+        let reply = match recv.next().await {
             Ok(Some(f)) => Control::decode(&f).map_err(|e| ProducerError::Io(e.to_string()))?,
             Ok(None) => return Err(self.closed(conn)),
             Err(e) => return Err(self.stream_error(conn, e)),
@@ -369,7 +372,7 @@ impl Link {
                     }
                 }
             }
-            Link::Quic(q) => match frame::read(&mut q.recv).await {
+            Link::Quic(q) => match q.recv.next().await {
                 Ok(Some(d)) => Ok(d),
                 Ok(None) => Err(lost(&q.session, "the daemon ended the stream".into())),
                 Err(e) => Err(lost(&q.session, e.to_string())),
@@ -420,7 +423,7 @@ impl SealedUdp {
                     // Until the answer comes, do not ask again.
                     self.renew_at = tokio::time::Instant::now() + self.ttl;
                 }
-                f = frame::read(&mut self.lease.1) => match f {
+                f = self.lease.1.next() => match f {
                     Ok(Some(f)) => match Control::decode(&f) {
                         Ok(Control::Lease { lease_id, expires_in_ms, .. }) if lease_id == self.lease_id => {
                             self.ttl = Duration::from_millis(expires_in_ms);

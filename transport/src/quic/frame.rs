@@ -4,7 +4,7 @@
 
 use std::io;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
 
 /// The largest frame body.
@@ -17,22 +17,64 @@ pub fn put(out: &mut Vec<u8>, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
-/// Reads one frame. `Ok(None)` when the stream ended cleanly between frames.
-pub async fn read(recv: &mut RecvStream) -> io::Result<Option<Bytes>> {
-    let mut len = [0u8; 2];
-    match recv.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(io::Error::other(e)),
-    }
-    let mut body = vec![0u8; u16::from_be_bytes(len) as usize];
-    recv.read_exact(&mut body).await.map_err(io::Error::other)?;
-    Ok(Some(Bytes::from(body)))
-}
-
 /// Writes one frame.
 pub async fn write(send: &mut SendStream, body: &[u8]) -> io::Result<()> {
     let mut out = Vec::with_capacity(body.len() + 2);
     put(&mut out, body);
     send.write_all(&out).await.map_err(io::Error::other)
+}
+
+/// The receiving side of a stream, read frame by frame.
+///
+/// [`FramedRecv::next`] is cancel-safe: it is used in `select!` loops, and a
+/// future dropped halfway through a frame must not lose the half it read
+/// (the stream would lose its framing). What has arrived stays buffered here
+/// until a whole frame is there.
+pub struct FramedRecv {
+    recv: RecvStream,
+    buf: BytesMut,
+}
+
+impl FramedRecv {
+    pub fn new(recv: RecvStream) -> Self {
+        FramedRecv {
+            recv,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next frame; `Ok(None)` when the stream ended cleanly between
+    /// frames.
+    pub async fn next(&mut self) -> io::Result<Option<Bytes>> {
+        loop {
+            if let Some(frame) = self.take() {
+                return Ok(Some(frame));
+            }
+            // read_chunk is cancel-safe: a chunk is consumed only when returned.
+            match self
+                .recv
+                .read_chunk(MAX_FRAME + 2, true)
+                .await
+                .map_err(io::Error::other)?
+            {
+                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                None if self.buf.is_empty() => return Ok(None),
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the stream ended in the middle of a frame",
+                    ))
+                }
+            }
+        }
+    }
+
+    fn take(&mut self) -> Option<Bytes> {
+        let len = u16::from_be_bytes(self.buf.get(..2)?.try_into().ok()?) as usize;
+        if self.buf.len() < 2 + len {
+            return None;
+        }
+        self.buf.advance(2);
+        Some(self.buf.split_to(len).freeze())
+    }
 }

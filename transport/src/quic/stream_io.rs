@@ -7,22 +7,22 @@ use std::io;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use quinn::{RecvStream, SendStream};
+use quinn::SendStream;
 
-use super::frame;
+use super::frame::{self, FramedRecv};
 use crate::serve::PacketIo;
 use crate::udp::SendBatch;
 
 pub struct StreamIo {
     send: SendStream,
-    recv: RecvStream,
+    recv: FramedRecv,
     /// The connection's remote address: the endpoint's idea of the peer.
     peer: SocketAddr,
     out: Vec<u8>,
 }
 
 impl StreamIo {
-    pub fn new(send: SendStream, recv: RecvStream, peer: SocketAddr) -> Self {
+    pub fn new(send: SendStream, recv: FramedRecv, peer: SocketAddr) -> Self {
         StreamIo {
             send,
             recv,
@@ -34,7 +34,7 @@ impl StreamIo {
 
 impl PacketIo for StreamIo {
     async fn recv(&mut self, into: &mut Vec<(SocketAddr, Bytes)>) -> io::Result<()> {
-        match frame::read(&mut self.recv).await? {
+        match self.recv.next().await? {
             Some(datagram) => {
                 into.push((self.peer, datagram));
                 Ok(())

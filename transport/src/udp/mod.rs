@@ -8,4 +8,4 @@ mod socket;
 
 pub use batch::{RecvBatch, SendBatch};
 pub use io::UdpIo;
-pub use socket::{bind, buffer_sizes, SocketOptions, UdpError};
+pub use socket::{bind, bind_std, buffer_sizes, SocketOptions, UdpError};

@@ -42,8 +42,14 @@ pub enum UdpError {
 
 /// Binds a nonblocking UDP socket registered with tokio, with the requested
 /// buffer sizes. As root the sizes are forced past the sysctl caps; otherwise
-/// a cap is an error that names the sysctl to raise.
+/// a cap is an error that names the sysctl to raise (unless
+/// `allow_smaller_buffers`).
 pub fn bind(addr: SocketAddr, opts: &SocketOptions) -> Result<UdpSocket, UdpError> {
+    Ok(UdpSocket::from_std(bind_std(addr, opts)?)?)
+}
+
+/// As [`bind`], as a standard socket: for QUIC, whose endpoint takes one.
+pub fn bind_std(addr: SocketAddr, opts: &SocketOptions) -> Result<std::net::UdpSocket, UdpError> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_nonblocking(true)?;
     for (which, size) in [
@@ -59,7 +65,7 @@ pub fn bind(addr: SocketAddr, opts: &SocketOptions) -> Result<UdpSocket, UdpErro
     socket
         .bind(&addr.into())
         .map_err(|source| UdpError::Bind { addr, source })?;
-    Ok(UdpSocket::from_std(socket.into())?)
+    Ok(socket.into())
 }
 
 /// The socket's (receive, send) buffer sizes as the kernel reports them
