@@ -19,7 +19,7 @@ use sluice_transport::quic::control::{Control, Purpose, RefuseCode};
 use sluice_transport::quic::frame::{self, FramedRecv};
 use sluice_transport::quic::tls::{self, ClientTls, ServerTrust};
 use sluice_transport::seal::{self, Opener, Sealer, Side, EXPORTER_LABEL, EXPORTER_LEN};
-use sluice_transport::wire::{DataWriter, Hello, Packet};
+use sluice_transport::wire::{DataWriter, Decoded, Hello, Packet};
 use tokio::net::UdpSocket;
 
 const STREAM: &str = "guarded";
@@ -114,8 +114,8 @@ impl Lease {
         self.socket.send_to(datagram, self.data).await.unwrap();
     }
 
-    /// The next inner packet from the daemon that opens.
-    async fn recv(&mut self) -> Packet {
+    /// The next datagram from the daemon that opens, decoded.
+    async fn recv_decoded(&mut self) -> Decoded {
         let mut buf = vec![0u8; 65_536];
         loop {
             let n = tokio::time::timeout(Duration::from_secs(5), self.socket.recv(&mut buf))
@@ -123,11 +123,14 @@ impl Lease {
                 .expect("an answer from the daemon")
                 .unwrap();
             if let Ok(inner) = self.opener.open(&mut buf[..n]) {
-                return Packet::decode(&Bytes::copy_from_slice(inner))
-                    .unwrap()
-                    .packet;
+                return Packet::decode(&Bytes::copy_from_slice(inner)).unwrap();
             }
         }
+    }
+
+    /// The next inner packet from the daemon.
+    async fn recv(&mut self) -> Packet {
+        self.recv_decoded().await.packet
     }
 
     /// Opens a session with a sealed HELLO; returns its id.
@@ -142,18 +145,9 @@ impl Lease {
         .encode(0, &mut buf);
         let sealed = self.seal(&buf);
         self.send(&sealed).await;
-        let mut raw = vec![0u8; 65_536];
-        loop {
-            let n = tokio::time::timeout(Duration::from_secs(5), self.socket.recv(&mut raw))
-                .await
-                .expect("a WELCOME")
-                .unwrap();
-            if let Ok(inner) = self.opener.open(&mut raw[..n]) {
-                let d = Packet::decode(&Bytes::copy_from_slice(inner)).unwrap();
-                assert!(matches!(d.packet, Packet::Welcome(_)), "{:?}", d.packet);
-                return d.header.session_id;
-            }
-        }
+        let d = self.recv_decoded().await;
+        assert!(matches!(d.packet, Packet::Welcome(_)), "{:?}", d.packet);
+        d.header.session_id
     }
 }
 

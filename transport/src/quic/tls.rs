@@ -172,7 +172,7 @@ pub fn client_config(
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(Pinned {
-                    fingerprint: *fp,
+                    fingerprint: Some(*fp),
                     provider,
                 }))
         }
@@ -180,7 +180,10 @@ pub fn client_config(
             warn!("--insecure-skip-verify: the daemon's certificate is NOT checked; anyone on the path can impersonate it (tests only)");
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
+                .with_custom_certificate_verifier(Arc::new(Pinned {
+                    fingerprint: None,
+                    provider,
+                }))
         }
     };
     let mut config = match &tls.client_cert {
@@ -246,11 +249,12 @@ pub fn server_name(tls: &ClientTls, addr: std::net::SocketAddr) -> String {
         .unwrap_or_else(|| addr.ip().to_string())
 }
 
-/// Accepts exactly one certificate, by fingerprint; still checks that the
-/// handshake was signed by its key.
+/// Checks the daemon's certificate by fingerprint, or (for tests) not at
+/// all; either way checks that the handshake was signed by its key.
 #[derive(Debug)]
 struct Pinned {
-    fingerprint: [u8; 32],
+    /// `None`: any certificate ([`ServerTrust::InsecureSkipVerify`]).
+    fingerprint: Option<[u8; 32]>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -263,68 +267,15 @@ impl ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if fingerprint(end_entity) == self.fingerprint {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
+        match self.fingerprint {
+            None => Ok(ServerCertVerified::assertion()),
+            Some(fp) if fingerprint(end_entity) == fp => Ok(ServerCertVerified::assertion()),
+            Some(fp) => Err(rustls::Error::General(format!(
                 "the daemon's certificate is {}, not the pinned {}",
                 format_fingerprint(&fingerprint(end_entity)),
-                format_fingerprint(&self.fingerprint)
-            )))
+                format_fingerprint(&fp)
+            ))),
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// Accepts any certificate (tests only).
-#[derive(Debug)]
-struct AnyCertificate {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
