@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use sluice_daemon::metrics::scrape::Scrape;
 use sluice_transport::client::{QuicOptions, Transport};
 use sluice_transport::quic::tls::{self, ClientTls, ServerTrust};
+use sluice_xdp::testnet::{self, Netns};
 
 /// Where and how producers reach a daemon.
 #[derive(Debug, Clone)]
@@ -151,6 +152,26 @@ impl DaemonSpec {
 
     /// Starts `cmd` (which must run this spec's daemon) and waits for it.
     pub fn start_with(&self, cmd: &mut Command) -> Daemon {
+        self.spawn(cmd, None)
+    }
+
+    /// Starts the daemon inside the network namespace `ns` (its addresses
+    /// must be ones that exist there); the handle talks to its admin port
+    /// from inside the namespace.
+    pub fn start_in(&self, ns: &Netns) -> Daemon {
+        let line = self.command_line();
+        let d = self.spawn(ns.command(&line[0]).args(&line[1..]), Some(ns.name()));
+        // `ip netns exec` execs the program: signals reach the daemon.
+        let exe = std::fs::read_link(format!("/proc/{}/exe", d.pid())).expect("its exe");
+        assert_eq!(
+            exe.file_name(),
+            self.bin.file_name(),
+            "`ip netns exec` did not exec the daemon"
+        );
+        d
+    }
+
+    fn spawn(&self, cmd: &mut Command, netns: Option<&str>) -> Daemon {
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -160,6 +181,7 @@ impl DaemonSpec {
             child,
             data: self.data,
             admin: self.admin,
+            netns: netns.map(str::to_owned),
         };
         d.wait_ready(Duration::from_secs(30));
         d
@@ -170,6 +192,8 @@ pub struct Daemon {
     child: Child,
     pub data: SocketAddr,
     pub admin: SocketAddr,
+    /// The network namespace it runs in, if not ours.
+    netns: Option<String>,
 }
 
 impl Daemon {
@@ -179,7 +203,11 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().expect("wait on sluiced") {
                 panic!("sluiced exited during start-up: {status}");
             }
-            if TcpStream::connect_timeout(&self.admin, Duration::from_millis(200)).is_ok() {
+            let admin = self.admin;
+            let up = self.here(move || {
+                TcpStream::connect_timeout(&admin, Duration::from_millis(200)).is_ok()
+            });
+            if up {
                 return;
             }
             assert!(
@@ -224,12 +252,24 @@ impl Daemon {
 
     /// GETs an admin path and returns the body (panics on errors).
     pub fn get(&self, path: &str) -> String {
-        ureq::get(&format!("http://{}{path}", self.admin))
-            .timeout(Duration::from_secs(10))
-            .call()
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-            .into_string()
-            .expect("a text body")
+        let url = format!("http://{}{path}", self.admin);
+        self.here(move || {
+            ureq::get(&url)
+                .timeout(Duration::from_secs(10))
+                .call()
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+                .into_string()
+                .expect("a text body")
+        })
+    }
+
+    /// Runs `f` where the daemon's addresses are reachable: in its network
+    /// namespace, if it has one.
+    fn here<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match &self.netns {
+            Some(ns) => testnet::enter_named(ns, f),
+            None => f(),
+        }
     }
 
     /// Peak resident memory of the process so far (VmHWM), bytes.

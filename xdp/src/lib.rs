@@ -1,4 +1,6 @@
 //! AF_XDP kernel-bypass datapath for sluice.
 //!
-//! Empty for now: the AF_XDP layer arrives with its own issue. The crate exists so
-//! the workspace has the layout the design fixes.
+//! - [`testnet`]: network namespaces and veth pairs for tests and
+//!   benchmarks.
+
+pub mod testnet;
