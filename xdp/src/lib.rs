@@ -1,6 +1,19 @@
-//! AF_XDP kernel-bypass datapath for sluice.
+//! AF_XDP kernel-bypass datapath for sluice: on NICs with XDP, the data
+//! port's packets go from the NIC's queues straight to `sluiced`, past the
+//! kernel's UDP stack; and producers can transmit the same way.
 //!
+//! - [`bpf`]: bpf(2), the XDP program (eBPF written in Rust) that redirects
+//!   the data port to AF_XDP sockets, attaching and detaching it;
+//! - [`xsk`]: AF_XDP sockets: UMEM, the fill/completion/RX/TX rings;
+//! - [`frame`]: Ethernet, IPv4/IPv6 and UDP headers, read and written;
+//! - [`nic`]: what `sluice nic` shows and plans (ethtool, queues, IRQs);
 //! - [`testnet`]: network namespaces and veth pairs for tests and
 //!   benchmarks.
+//!
+//! Everything is a thin layer over `libc`: no clang, no libbpf or libxdp.
 
+pub mod bpf;
+pub mod frame;
+pub mod nic;
 pub mod testnet;
+pub mod xsk;

@@ -1,0 +1,1 @@
+//! The XDP program and bpf(2): owned by the bpf work in progress.

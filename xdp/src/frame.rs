@@ -1,0 +1,1 @@
+//! Ethernet/IP/UDP frames: owned by the xsk work in progress.

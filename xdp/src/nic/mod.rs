@@ -1,0 +1,1 @@
+//! NIC inspection for `sluice nic`: owned by the nic work in progress.
