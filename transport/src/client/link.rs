@@ -15,6 +15,7 @@ use tokio::net::UdpSocket;
 use tracing::debug;
 
 use super::options::{ProducerError, ProducerOptions, QuicOptions, Transport};
+use super::tx::{self, DatagramTx};
 use crate::quic::control::{Control, Purpose, RefuseCode};
 use crate::quic::frame::{self, FramedRecv};
 use crate::quic::{close_code, tls};
@@ -35,7 +36,7 @@ pub struct Connector {
 }
 
 pub enum Link {
-    Udp(UdpSocket),
+    Udp(UdpSocket, Option<Box<dyn DatagramTx>>),
     Quic(Box<QuicStream>),
     Sealed(Box<SealedUdp>),
 }
@@ -64,6 +65,7 @@ pub struct SealedUdp {
     data_addr: SocketAddr,
     sealer: Sealer,
     opener: Opener,
+    tx: Option<Box<dyn DatagramTx>>,
     sealed: SendBatch,
     scratch: Vec<u8>,
     inbuf: Vec<u8>,
@@ -76,7 +78,8 @@ impl Connector {
             Transport::Udp => {
                 let socket = udp_socket(self.addr, self.options.bind).await?;
                 socket.connect(self.addr).await.map_err(io_err)?;
-                Ok(Link::Udp(socket))
+                let tx = self.tx(&socket, self.addr)?;
+                Ok(Link::Udp(socket, tx))
             }
             Transport::Quic(q) => {
                 let session = self.quic_session(q).await?;
@@ -120,6 +123,10 @@ impl Connector {
                     data_addr
                 };
                 let socket = udp_socket(data_addr, self.options.bind).await?;
+                // Connected: answers from elsewhere are not even looked at,
+                // and a TX ring learns the source address to use.
+                socket.connect(data_addr).await.map_err(io_err)?;
+                let tx = self.tx(&socket, data_addr)?;
                 let ttl = Duration::from_millis(expires_in_ms);
                 debug!(lease = lease_id, %data_addr, ?ttl, "fast-path lease");
                 Ok(Link::Sealed(Box::new(SealedUdp {
@@ -132,12 +139,29 @@ impl Connector {
                     data_addr,
                     sealer,
                     opener,
+                    tx,
                     sealed: SendBatch::new(),
                     scratch: Vec::new(),
                     inbuf: vec![0u8; MAX_DATAGRAM],
                 })))
             }
         }
+    }
+
+    /// The producer's TX ring, if it has one, for a socket talking to `remote`.
+    fn tx(
+        &self,
+        socket: &UdpSocket,
+        remote: SocketAddr,
+    ) -> Result<Option<Box<dyn DatagramTx>>, ProducerError> {
+        let Some(provider) = &self.options.tx else {
+            return Ok(None);
+        };
+        let local = socket.local_addr().map_err(io_err)?;
+        provider
+            .make(local, remote)
+            .map(Some)
+            .map_err(|e| ProducerError::Config(format!("the producer's TX ring: {e}")))
     }
 
     /// Connects and authenticates.
@@ -324,10 +348,10 @@ impl Link {
     /// Sends every datagram of `batch` (all to the daemon) and empties it.
     pub async fn send(&mut self, batch: &mut SendBatch) -> Result<(), LinkLost> {
         match self {
-            Link::Udp(socket) => {
+            Link::Udp(socket, tx) => {
                 // A send error (e.g. ICMP port unreachable surfacing) is not
                 // fatal: the protocol's timers retry, and give up in time.
-                if let Err(e) = batch.send(socket).await {
+                if let Err(e) = tx::send(socket, tx.as_mut(), batch).await {
                     debug!(error = %e, "send to sluiced failed");
                 }
                 Ok(())
@@ -352,7 +376,7 @@ impl Link {
                     s.sealed.push(s.data_addr, &s.scratch);
                 }
                 batch.clear();
-                if let Err(e) = s.sealed.send(&s.socket).await {
+                if let Err(e) = tx::send(&s.socket, s.tx.as_mut(), &mut s.sealed).await {
                     debug!(error = %e, "send to sluiced failed");
                 }
                 Ok(())
@@ -363,7 +387,7 @@ impl Link {
     /// The next datagram from the daemon.
     pub async fn recv(&mut self) -> Result<Bytes, LinkLost> {
         match self {
-            Link::Udp(socket) => {
+            Link::Udp(socket, _) => {
                 let mut buf = vec![0u8; MAX_DATAGRAM];
                 loop {
                     match socket.recv(&mut buf).await {
@@ -385,7 +409,7 @@ impl Link {
     /// configured maximum is `configured`.
     pub fn max_datagram(&self, configured: usize) -> usize {
         match self {
-            Link::Udp(_) => configured,
+            Link::Udp(..) => configured,
             // No MTU inside a stream: big frames cost less per message.
             Link::Quic(_) => configured.max(32 << 10),
             Link::Sealed(_) => configured - seal::OVERHEAD,

@@ -7,6 +7,8 @@
 mod link;
 mod options;
 mod producer;
+mod tx;
 
 pub use options::{ProducerError, ProducerOptions, QuicOptions, Transport};
 pub use producer::Producer;
+pub use tx::{DatagramTx, TxProvider};

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use super::tx::TxProvider;
 use crate::proto::SenderConfig;
 use crate::quic::tls::ClientTls;
 
@@ -25,6 +26,9 @@ pub struct ProducerOptions {
     pub max_reconnects: u32,
     /// Local address to send from; by default any port of the daemon's family.
     pub bind: Option<SocketAddr>,
+    /// Send raw-UDP datagrams (udp and fast path) through this instead of
+    /// the kernel's UDP stack, e.g. an AF_XDP TX ring (`sluice-xdp`).
+    pub tx: Option<TxProvider>,
 }
 
 impl Default for ProducerOptions {
@@ -35,6 +39,7 @@ impl Default for ProducerOptions {
             credit_timeout: Duration::from_secs(30),
             max_reconnects: 5,
             bind: None,
+            tx: None,
         }
     }
 }
