@@ -4,6 +4,8 @@
 //!
 //! - [`bpf`]: bpf(2), the XDP program (eBPF written in Rust) that redirects
 //!   the data port to AF_XDP sockets, attaching and detaching it;
+//! - [`netlink`]: rtnetlink and generic netlink for interfaces' XDP
+//!   programs and features;
 //! - [`xsk`]: AF_XDP sockets: UMEM, the fill/completion/RX/TX rings;
 //! - [`frame`]: Ethernet, IPv4/IPv6 and UDP headers, read and written;
 //! - [`nic`]: what `sluice nic` shows and plans (ethtool, queues, IRQs);
@@ -14,6 +16,7 @@
 
 pub mod bpf;
 pub mod frame;
+pub mod netlink;
 pub mod nic;
 pub mod testnet;
 pub mod xsk;
