@@ -9,14 +9,19 @@
 //! - [`xsk`]: AF_XDP sockets: UMEM, the fill/completion/RX/TX rings;
 //! - [`frame`]: Ethernet, IPv4/IPv6 and UDP headers, read and written;
 //! - [`nic`]: what `sluice nic` shows and plans (ethtool, queues, IRQs);
+//! - [`datapath`]: the daemon's receive path over them ([`datapath::XdpIo`]);
+//! - [`producer`]: a producer's TX ring for the client library;
 //! - [`testnet`]: network namespaces and veth pairs for tests and
 //!   benchmarks.
 //!
 //! Everything is a thin layer over `libc`: no clang, no libbpf or libxdp.
 
 pub mod bpf;
+pub mod datapath;
 pub mod frame;
+pub mod neighbour;
 pub mod netlink;
 pub mod nic;
+pub mod producer;
 pub mod testnet;
 pub mod xsk;
