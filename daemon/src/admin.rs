@@ -49,6 +49,8 @@ pub struct AdminState {
     /// The fast path's leases and drops (`None` with `insecure_lan`).
     pub leases: Option<Leases>,
     pub sealed: Option<Arc<SealedStats>>,
+    /// The AF_XDP receive path, when it runs.
+    pub xdp: Option<Arc<sluice_xdp::datapath::XdpStats>>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {

@@ -14,6 +14,9 @@ use thiserror::Error;
 use crate::auth::{AuthConfig, Authenticator};
 use crate::credit::CreditPolicy;
 use crate::spool::{FsyncPolicy, LogConfig, SpoolConfig};
+use sluice_xdp::bpf::Mode;
+use sluice_xdp::datapath::XdpSetup;
+use sluice_xdp::xsk::{BindMode, BusyPoll, XskConfig, XskError};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -47,6 +50,7 @@ pub struct Config {
     pub spool: Spool,
     pub streams: Streams,
     pub auth: AuthConfig,
+    pub xdp: Xdp,
     pub log: Log,
 }
 
@@ -129,6 +133,64 @@ pub struct Streams {
     pub names: Vec<String>,
     /// Create a stream when a producer first publishes to it.
     pub auto_create: bool,
+}
+
+/// The AF_XDP receive path: the data port's packets straight from the NIC
+/// queues (Linux, root or CAP_BPF + CAP_NET_ADMIN + CAP_NET_RAW).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Xdp {
+    /// Interface to attach to; empty: off (the socket path only).
+    pub interface: String,
+    /// RX queues to take the data port from, one AF_XDP socket and thread
+    /// each (steer the port to them: `sluice nic plan`).
+    pub queues: Vec<u32>,
+    /// `auto` (native, else generic), `native` (driver) or `generic` (SKB).
+    pub mode: String,
+    /// `auto` (zero-copy, else copy), `zerocopy` or `copy`.
+    pub bind: String,
+    /// UMEM frame size: 2048 (MTU up to ~1,750) or 4096.
+    pub frame_size: u32,
+    /// UMEM frames per queue (power of two, at least fill_ring + tx_ring).
+    pub frame_count: u32,
+    /// Ring sizes (powers of two): RX descriptors, TX descriptors (0: none;
+    /// replies leave through the kernel socket, and in copy mode a TX ring
+    /// costs a transmit pass at every wake-up), and frames handed to the
+    /// kernel to fill (also the completion ring's size).
+    pub rx_ring: u32,
+    pub tx_ring: u32,
+    pub fill_ring: u32,
+    /// Busy-poll the queues (SO_PREFER_BUSY_POLL) instead of waiting on
+    /// interrupts: lower latency, a CPU spent per queue.
+    pub busy_poll: bool,
+    /// CPU to pin each queue's thread to, in the order of `queues`.
+    pub cpus: Vec<usize>,
+    /// If XDP cannot start, warn and run on the socket path instead of
+    /// refusing to start.
+    pub fallback: bool,
+    /// Remove an XDP program someone else left attached to the interface
+    /// (sluice's own stale program is always replaced).
+    pub replace_foreign: bool,
+}
+
+impl Default for Xdp {
+    fn default() -> Self {
+        Xdp {
+            interface: String::new(),
+            queues: vec![0],
+            mode: "auto".into(),
+            bind: "auto".into(),
+            frame_size: 2048,
+            frame_count: 16384,
+            rx_ring: 8192,
+            tx_ring: 0,
+            fill_ring: 8192,
+            busy_poll: false,
+            cpus: Vec::new(),
+            fallback: false,
+            replace_foreign: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -312,6 +374,47 @@ pub struct Args {
     /// [streams.auto_create] create streams on first publish (true/false).
     #[arg(long, env = "SLUICED_STREAMS_AUTO_CREATE")]
     pub streams_auto_create: Option<bool>,
+    /// [xdp.interface] attach the AF_XDP receive path to this interface
+    /// (empty: off).
+    #[arg(long, env = "SLUICED_XDP_INTERFACE")]
+    pub xdp_interface: Option<String>,
+    /// [xdp.queues] RX queues to serve, comma-separated.
+    #[arg(long, env = "SLUICED_XDP_QUEUES", value_delimiter = ',')]
+    pub xdp_queues: Option<Vec<u32>>,
+    /// [xdp.mode] auto | native | generic.
+    #[arg(long, env = "SLUICED_XDP_MODE")]
+    pub xdp_mode: Option<String>,
+    /// [xdp.bind] auto | zerocopy | copy.
+    #[arg(long, env = "SLUICED_XDP_BIND")]
+    pub xdp_bind: Option<String>,
+    /// [xdp.frame_size] UMEM frame size, 2048 or 4096.
+    #[arg(long, env = "SLUICED_XDP_FRAME_SIZE")]
+    pub xdp_frame_size: Option<u32>,
+    /// [xdp.frame_count] UMEM frames per queue.
+    #[arg(long, env = "SLUICED_XDP_FRAME_COUNT")]
+    pub xdp_frame_count: Option<u32>,
+    /// [xdp.rx_ring] RX ring entries per queue.
+    #[arg(long, env = "SLUICED_XDP_RX_RING")]
+    pub xdp_rx_ring: Option<u32>,
+    /// [xdp.tx_ring] TX ring entries per queue.
+    #[arg(long, env = "SLUICED_XDP_TX_RING")]
+    pub xdp_tx_ring: Option<u32>,
+    /// [xdp.fill_ring] fill (and completion) ring entries per queue.
+    #[arg(long, env = "SLUICED_XDP_FILL_RING")]
+    pub xdp_fill_ring: Option<u32>,
+    /// [xdp.busy_poll] busy-poll the queues (true/false).
+    #[arg(long, env = "SLUICED_XDP_BUSY_POLL")]
+    pub xdp_busy_poll: Option<bool>,
+    /// [xdp.cpus] CPU per queue thread, comma-separated, in queue order.
+    #[arg(long, env = "SLUICED_XDP_CPUS", value_delimiter = ',')]
+    pub xdp_cpus: Option<Vec<usize>>,
+    /// [xdp.fallback] run on the socket path if XDP cannot start (true/false).
+    #[arg(long, env = "SLUICED_XDP_FALLBACK")]
+    pub xdp_fallback: Option<bool>,
+    /// [xdp.replace_foreign] remove another tool's XDP program from the
+    /// interface (true/false).
+    #[arg(long, env = "SLUICED_XDP_REPLACE_FOREIGN")]
+    pub xdp_replace_foreign: Option<bool>,
     /// [log.level] error | warn | info | debug | trace, or a filter directive.
     #[arg(long, env = "SLUICED_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -358,6 +461,19 @@ impl Config {
         set!(c.spool.retention_age, args.spool_retention_age);
         set!(c.streams.names, args.streams);
         set!(c.streams.auto_create, args.streams_auto_create);
+        set!(c.xdp.interface, args.xdp_interface);
+        set!(c.xdp.queues, args.xdp_queues);
+        set!(c.xdp.mode, args.xdp_mode);
+        set!(c.xdp.bind, args.xdp_bind);
+        set!(c.xdp.frame_size, args.xdp_frame_size);
+        set!(c.xdp.frame_count, args.xdp_frame_count);
+        set!(c.xdp.rx_ring, args.xdp_rx_ring);
+        set!(c.xdp.tx_ring, args.xdp_tx_ring);
+        set!(c.xdp.fill_ring, args.xdp_fill_ring);
+        set!(c.xdp.busy_poll, args.xdp_busy_poll);
+        set!(c.xdp.cpus, args.xdp_cpus);
+        set!(c.xdp.fallback, args.xdp_fallback);
+        set!(c.xdp.replace_foreign, args.xdp_replace_foreign);
         set!(c.log.level, args.log_level);
         set!(c.log.format, args.log_format);
         c.spool.repair |= args.repair;
@@ -428,6 +544,7 @@ impl Config {
             crate::spool::writer::check_name(n)
                 .map_err(|e| invalid("streams.names", e.to_string()))?;
         }
+        self.xdp_setup()?;
         if !["text", "json"].contains(&self.log.format.as_str()) {
             return Err(invalid("log.format", "must be `text` or `json`"));
         }
@@ -478,6 +595,81 @@ impl Config {
             .all(|a| a.ip().is_loopback())
     }
 
+    /// The AF_XDP path's settings, checked; None when it is off.
+    pub fn xdp_setup(&self) -> Result<Option<XdpSetup>, ConfigError> {
+        let x = &self.xdp;
+        if x.interface.is_empty() {
+            return Ok(None);
+        }
+        let mode = match x.mode.as_str() {
+            "auto" => Mode::Auto,
+            "native" => Mode::Native,
+            "generic" => Mode::Generic,
+            other => {
+                return Err(invalid(
+                    "xdp.mode",
+                    format!("`{other}` is not one of auto, native, generic"),
+                ))
+            }
+        };
+        let bind = match x.bind.as_str() {
+            "auto" => BindMode::Auto,
+            "zerocopy" => BindMode::ZeroCopy,
+            "copy" => BindMode::Copy,
+            other => {
+                return Err(invalid(
+                    "xdp.bind",
+                    format!("`{other}` is not one of auto, zerocopy, copy"),
+                ))
+            }
+        };
+        if x.queues.is_empty() {
+            return Err(invalid("xdp.queues", "name at least one queue"));
+        }
+        let mut sorted = x.queues.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != x.queues.len() {
+            return Err(invalid("xdp.queues", "a queue is named twice"));
+        }
+        if !x.cpus.is_empty() && x.cpus.len() != x.queues.len() {
+            return Err(invalid(
+                "xdp.cpus",
+                format!(
+                    "{} CPUs for {} queues: give one per queue, in the order of xdp.queues, or none",
+                    x.cpus.len(),
+                    x.queues.len()
+                ),
+            ));
+        }
+        let socket = XskConfig {
+            frame_size: x.frame_size,
+            frame_count: x.frame_count,
+            rx_ring: x.rx_ring,
+            tx_ring: x.tx_ring,
+            fill_ring: x.fill_ring,
+            comp_ring: x.fill_ring.max(x.tx_ring),
+            bind,
+            need_wakeup: true,
+            busy_poll: x.busy_poll.then_some(BusyPoll {
+                usecs: 20,
+                budget: 64,
+            }),
+        };
+        socket.validate().map_err(|e| match e {
+            XskError::Config { field, problem } => invalid(xdp_key(field), problem),
+            other => invalid("xdp", other.to_string()),
+        })?;
+        Ok(Some(XdpSetup {
+            interface: x.interface.clone(),
+            queues: x.queues.clone(),
+            cpus: x.cpus.clone(),
+            mode,
+            socket,
+            replace_foreign: x.replace_foreign,
+        }))
+    }
+
     /// How ingest grants credit.
     pub fn credit_policy(&self) -> CreditPolicy {
         CreditPolicy {
@@ -501,6 +693,18 @@ impl Config {
             retention_bytes: (self.spool.retention_bytes > 0).then_some(self.spool.retention_bytes),
             retention_age: self.retention_age()?,
         })
+    }
+}
+
+/// The `[xdp]` key of an AF_XDP socket setting.
+fn xdp_key(field: &str) -> &'static str {
+    match field {
+        "frame_size" => "xdp.frame_size",
+        "frame_count" => "xdp.frame_count",
+        "rx_ring" => "xdp.rx_ring",
+        "tx_ring" => "xdp.tx_ring",
+        "fill_ring" | "comp_ring" => "xdp.fill_ring",
+        _ => "xdp",
     }
 }
 

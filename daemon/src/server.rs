@@ -23,7 +23,9 @@ use crate::ingest::{Ingest, IngestShared};
 use crate::metrics::Metrics;
 use crate::quic::{QuicPlane, QuicSetup};
 use crate::spool::{Spool, SpoolError};
-use sluice_transport::lease::{Leases, SealedIo};
+use sluice_transport::lease::{Leases, SealedIo, SealedStats};
+use sluice_transport::serve::{PacketIo, ServeHandle};
+use sluice_xdp::datapath::{XdpError, XdpIo, XdpPath};
 
 /// How long a stop waits for the batches in flight to become durable.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,6 +44,8 @@ pub enum ServerError {
     Quic(String),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error("{0} (set xdp.fallback = true to run on the socket path instead)")]
+    Xdp(#[from] XdpError),
 }
 
 /// Where a running daemon listens (useful when the config asked for port 0).
@@ -113,26 +117,27 @@ pub async fn run(
         max_datagram: config.data.max_datagram,
         ..ReceiverConfig::default()
     };
-    // The raw-UDP path: sealed under leases of the QUIC plane, unless this
-    // listener is explicitly insecure.
-    let (server, leases, sealed) = if config.data.insecure_lan {
-        warn!(data = %data, "data.insecure_lan: raw UDP is accepted from anyone, unauthenticated and unencrypted; anyone who can reach the port can write into any stream");
-        let server = serve::serve(
-            UdpIo::new(socket),
-            receiver.clone(),
-            Ingest::new(ingest.clone()),
-        );
-        (server, None, None)
-    } else {
-        let receiver = ReceiverConfig {
-            max_datagram: receiver.max_datagram - sluice_transport::seal::OVERHEAD,
-            ..receiver.clone()
-        };
-        let leases = Leases::default();
-        let io = SealedIo::new(UdpIo::new(socket), leases.clone());
-        let sealed = io.stats();
-        let server = serve::serve(io, receiver.clone(), Ingest::new(ingest.clone()));
-        (server, Some(leases), Some(sealed))
+    // AF_XDP when configured: the program takes the data port's packets off
+    // the interface's queues; the socket stays for replies and the rest.
+    let xdp = match config.xdp_setup()? {
+        None => None,
+        Some(setup) => match XdpPath::start(&setup, data.port()) {
+            Ok(started) => Some(started),
+            Err(e) if config.xdp.fallback => {
+                warn!(error = %e, "AF_XDP could not start; xdp.fallback: running on the socket path");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let (xdp_path, xdp_rx) = match xdp {
+        Some((path, rx)) => (Some(path), Some(rx)),
+        None => (None, None),
+    };
+    let udp = UdpIo::new(socket);
+    let (server, leases, sealed) = match xdp_rx {
+        Some(rx) => serve_data(XdpIo::new(udp, rx), &config, &receiver, &ingest, data),
+        None => serve_data(udp, &config, &receiver, &ingest, data),
     };
     let quic = QuicPlane::start(QuicSetup {
         listen: config.quic.listen,
@@ -163,6 +168,7 @@ pub async fn run(
         quic: quic.stats(),
         leases,
         sealed,
+        xdp: xdp_path.as_ref().map(XdpPath::stats),
     });
     let app = admin::router(state.clone());
     let admin_task = tokio::spawn(async move {
@@ -202,6 +208,8 @@ pub async fn run(
         .shutdown(CloseCode::ShuttingDown, "sluiced is stopping")
         .await;
     quic.shutdown().await;
+    // Detaches the program: nothing of sluice stays on the interface.
+    drop(xdp_path);
     drop(ingest);
     admin_task.abort();
     let spool_done = tokio::task::spawn_blocking(move || spool.shutdown());
@@ -211,4 +219,29 @@ pub async fn run(
         Err(_) => warn!("gave up waiting for the spool's writers"),
     }
     Ok(())
+}
+
+/// Serves the raw-UDP data path over `io`: sealed under leases of the QUIC
+/// plane, unless the listener is explicitly insecure.
+fn serve_data<I: PacketIo>(
+    io: I,
+    config: &Config,
+    receiver: &ReceiverConfig,
+    ingest: &Arc<IngestShared>,
+    data: SocketAddr,
+) -> (ServeHandle, Option<Leases>, Option<Arc<SealedStats>>) {
+    if config.data.insecure_lan {
+        warn!(data = %data, "data.insecure_lan: raw UDP is accepted from anyone, unauthenticated and unencrypted; anyone who can reach the port can write into any stream");
+        let server = serve::serve(io, receiver.clone(), Ingest::new(ingest.clone()));
+        return (server, None, None);
+    }
+    let receiver = ReceiverConfig {
+        max_datagram: receiver.max_datagram - sluice_transport::seal::OVERHEAD,
+        ..receiver.clone()
+    };
+    let leases = Leases::default();
+    let io = SealedIo::new(io, leases.clone());
+    let sealed = io.stats();
+    let server = serve::serve(io, receiver, Ingest::new(ingest.clone()));
+    (server, Some(leases), Some(sealed))
 }

@@ -6,6 +6,7 @@
 pub mod exposition;
 pub mod histogram;
 pub mod scrape;
+mod xdp;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -263,6 +264,9 @@ impl Metrics {
             self.sessions_rejected.load(Relaxed),
         );
         render_security(&mut e, state);
+        if let Some(x) = &state.xdp {
+            xdp::render(&mut e, x);
+        }
         e.finish()
     }
 }

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use sluice_transport::client::{ProducerOptions, QuicOptions, Transport};
+use sluice_transport::client::{ProducerOptions, QuicOptions, Transport, TxProvider};
 use sluice_transport::quic::tls::{self, ClientTls, ServerTrust};
+use sluice_xdp::producer::TxSetup;
 
 /// Where the embedded-default daemon keeps its self-signed certificate,
 /// relative to where it was started.
@@ -57,6 +58,11 @@ pub struct ConnectArgs {
     /// anyone on the path can impersonate the daemon.
     #[arg(long)]
     insecure_skip_verify: bool,
+    /// Send through an AF_XDP TX ring on this interface ("IFACE" or
+    /// "IFACE:QUEUE", queue 0 by default) instead of the kernel's UDP
+    /// stack (fast and udp transports; Linux, root or CAP_NET_RAW).
+    #[arg(long, value_name = "IFACE[:QUEUE]")]
+    xdp_tx: Option<String>,
 }
 
 impl ConnectArgs {
@@ -71,7 +77,14 @@ impl ConnectArgs {
             "quic" => Transport::Quic(self.quic(addr)?),
             _ => Transport::FastPath(self.quic(addr)?),
         };
-        Ok((addr, ProducerOptions::with_transport(transport)))
+        let mut options = ProducerOptions::with_transport(transport);
+        if let Some(spec) = &self.xdp_tx {
+            if self.transport == "quic" {
+                return Err("--xdp-tx needs --transport fast or udp".into());
+            }
+            options.tx = Some(xdp_tx(spec)?);
+        }
+        Ok((addr, options))
     }
 
     fn quic(&self, addr: SocketAddr) -> Result<QuicOptions, String> {
@@ -117,4 +130,18 @@ impl ConnectArgs {
             token,
         })
     }
+}
+
+/// The TX ring `--xdp-tx IFACE[:QUEUE]` names.
+fn xdp_tx(spec: &str) -> Result<TxProvider, String> {
+    let (interface, queue) = match spec.rsplit_once(':') {
+        Some((i, q)) => (
+            i,
+            q.parse()
+                .map_err(|_| format!("--xdp-tx {spec}: {q:?} is not a queue number"))?,
+        ),
+        None => (spec, 0),
+    };
+    sluice_xdp::producer::tx_provider(TxSetup::new(interface, queue))
+        .map_err(|e| format!("--xdp-tx {spec}: {e}"))
 }
