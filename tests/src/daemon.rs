@@ -1,7 +1,7 @@
 //! A real `sluiced` process for a test: started on free loopback ports with
 //! its own data folder, stopped with SIGTERM or killed with SIGKILL.
 
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -204,8 +204,13 @@ impl Daemon {
                 panic!("sluiced exited during start-up: {status}");
             }
             let admin = self.admin;
+            // An HTTP answer (200, or 503 while acks are held), not just a
+            // connection: the port listens before the daemon is set up.
             let up = self.here(move || {
-                TcpStream::connect_timeout(&admin, Duration::from_millis(200)).is_ok()
+                let health = ureq::get(&format!("http://{admin}/health"))
+                    .timeout(Duration::from_millis(500))
+                    .call();
+                matches!(health, Ok(_) | Err(ureq::Error::Status(..)))
             });
             if up {
                 return;

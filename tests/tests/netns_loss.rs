@@ -4,6 +4,10 @@
 //! promise holds all the same: every message is acked, and every acked
 //! (producer, seq) is in the spool exactly once, in order, with its payload.
 //!
+//! The same runs twice: with the daemon on the kernel's socket path, and
+//! with its AF_XDP receive path on the veth end (the loss then happens
+//! before the XDP program sees the frame).
+//!
 //! Needs root, `ip` and `nft`. The test makes its namespaces (named after
 //! its pid) and removes them again, also when it fails; it sends nothing
 //! outside them.
@@ -99,14 +103,24 @@ fn produce_all(producers: &Netns, target: &Target) -> BTreeMap<u64, BTreeMap<u64
 
 #[test]
 fn lossy_veth_between_namespaces_keeps_exactly_once() {
-    if !require_netns(TEST, true) {
+    lossy_veth(false);
+}
+
+#[test]
+fn lossy_veth_into_af_xdp_keeps_exactly_once() {
+    lossy_veth(true);
+}
+
+fn lossy_veth(xdp: bool) {
+    let test = if xdp { "netns_loss_xdp" } else { TEST };
+    if !require_netns(test, true) {
         return;
     }
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     // Producers on `a`, the daemon on `b`; the loss on the producers'
     // egress, before the daemon's side sees the frame.
-    let net = Link::create("nl", 1);
+    let net = Link::create(if xdp { "nx" } else { "nl" }, 1);
     let loss = Loss::add(&net.a.ns, &net.a.iface, DATA_PORT, LOSS_PERCENT);
     let mut spec = DaemonSpec::new(sluice_tests::sluiced_bin!(), dir.path());
     spec.data = format!("{}:{DATA_PORT}", net.b.ip).parse().unwrap();
@@ -126,11 +140,14 @@ fn lossy_veth_between_namespaces_keeps_exactly_once() {
         ),
     )
     .unwrap();
-    let spec = spec.arg("--config").arg(config.display().to_string());
+    let mut spec = spec.arg("--config").arg(config.display().to_string());
+    if xdp {
+        spec = spec.arg("--xdp-interface").arg(&net.b.iface);
+    }
     // Dropped before `net`: the daemon is gone before its namespace is.
     let daemon = spec.start_in(&net.b.ns);
     eprintln!(
-        "{TEST}: producers at {} → sluiced at {}, {LOSS_PERCENT} % dropped",
+        "{test}: producers at {} → sluiced at {}, {LOSS_PERCENT} % dropped",
         net.a.ip, spec.data
     );
 
@@ -182,7 +199,7 @@ fn lossy_veth_between_namespaces_keeps_exactly_once() {
     let duplicates = metrics.value("sluice_duplicates_total", &labels);
     let loss = dropped as f64 / datagrams.max(1) as f64;
     eprintln!(
-        "{TEST}: {total} messages in {produce_took:.1?} ({:.0}/s); {dropped} of {datagrams} \
+        "{test}: {total} messages in {produce_took:.1?} ({:.0}/s); {dropped} of {datagrams} \
          datagrams dropped ({:.2} %); daemon sent {nacks} NACKs, received {retransmits} \
          gap repairs, {duplicates} messages again; {:.1?} in all",
         total as f64 / produce_took.as_secs_f64(),
@@ -195,6 +212,18 @@ fn lossy_veth_between_namespaces_keeps_exactly_once() {
         "nftables dropped {dropped} of {datagrams} datagrams, not about {LOSS_PERCENT} %"
     );
     assert!(nacks > 0.0, "the daemon sent no NACK despite the loss");
+    let frames = metrics.value(
+        "sluice_xdp_rx_frames_total",
+        &[("interface", &net.b.iface), ("queue", "0")],
+    );
+    if xdp {
+        assert!(
+            frames > (total / BATCH) as f64,
+            "only {frames} frames came through AF_XDP"
+        );
+    } else {
+        assert_eq!(frames, 0.0, "AF_XDP frames without XDP configured");
+    }
     assert!(
         retransmits > 0.0,
         "the daemon received no retransmission despite the loss"
