@@ -419,3 +419,81 @@ fn xdp_errors_name_the_key_and_fallback_runs_on_the_socket() {
     assert!(status.success());
     assert_stored_once(dir.path(), "events", &acked, 100);
 }
+
+/// `Udp: OutDatagrams` of the namespace: what its kernel UDP stack sent.
+fn udp_out_datagrams(ns: &Netns) -> u64 {
+    let snmp = ns.exec("cat /proc/net/snmp");
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "OutDatagrams")
+        .unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+#[test]
+fn producers_can_send_through_an_af_xdp_tx_ring() {
+    const TEST: &str = "xdp_producer_tx";
+    if !require_netns(TEST, false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net = Link::create("xt", 1);
+    let (spec, token) = spec(&net, dir.path(), "*", &[]);
+    let d = spec.start_in(&net.b.ns);
+    let target = target(&spec, &token);
+    let kernel_before = udp_out_datagrams(&net.a.ns);
+    let iface = net.a.iface.clone();
+    let mut plans = plans(&target, "events", 4, 50_000, 1_000);
+    // One provider: its links share one TX ring (a queue takes one socket).
+    let provider = net.a.ns.enter(move || {
+        sluice_xdp::producer::tx_provider(sluice_xdp::producer::TxSetup::new(iface, 0))
+            .expect("a TX ring on the producers' veth end")
+    });
+    for p in &mut plans {
+        p.options.tx = Some(provider.clone());
+    }
+    let acked = net.a.ns.enter(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(load::run_all(plans, Duration::from_secs(120)))
+    });
+    let kernel_sent = udp_out_datagrams(&net.a.ns) - kernel_before;
+    let received = d.metrics().value("sluice_datagrams_in_total", &[]);
+
+    // The ring lives as long as its provider; a queue takes one socket.
+    drop(provider);
+    // The CLI too: `sluice publish --xdp-tx IFACE`.
+    let out = net
+        .a
+        .ns
+        .command(sluice_tests::sluice_bin!().to_str().unwrap())
+        .args(["publish", "-s", "cli", "--to", &spec.quic.to_string()])
+        .args(["--server-cert", &spec.server_cert().display().to_string()])
+        .args(["--token", &token, "--xdp-tx", &format!("{}:0", net.a.iface)])
+        .args(["--producer", "9", "--count", "5000", "--size", "100"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.contains("published 5000 messages"),
+        "sluice publish --xdp-tx: {stderr}"
+    );
+    let status = d.terminate(Duration::from_secs(30));
+    assert!(status.success(), "sluiced exited with {status}");
+    assert_stored_once(dir.path(), "events", &acked, 200_000);
+    assert_eq!(check::stored(dir.path(), "cli").len(), 5000);
+    // The data went out through the ring: the producers' kernel UDP stack
+    // sent a small part of what the daemon received (until a next hop is
+    // known and for what does not fit the ring, the kernel sends).
+    eprintln!(
+        "{TEST}: daemon received {received} datagrams; the producers' kernel sent {kernel_sent}"
+    );
+    assert!(
+        (kernel_sent as f64) < received / 4.0,
+        "the producers' kernel sent {kernel_sent} of {received} datagrams"
+    );
+}

@@ -21,17 +21,44 @@ pub fn ifindex(interface: &str) -> io::Result<u32> {
     Ok(index)
 }
 
-/// The interface's MAC address.
+/// The interface's MAC address (SIOCGIFHWADDR: answered in the calling
+/// thread's network namespace, unlike /sys, which shows the namespace it
+/// was mounted in).
 pub fn interface_mac(interface: &str) -> io::Result<[u8; 6]> {
-    let path = format!("/sys/class/net/{interface}/address");
-    let text =
-        fs::read_to_string(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
-    parse_mac(text.trim()).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{path}: not a MAC address: {text:?}"),
-        )
-    })
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = interface.as_bytes();
+    if name.len() >= req.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {interface:?} is too long"),
+        ));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: plain socket(2); the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFHWADDR reads and writes the ifreq we own.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    let err = io::Error::last_os_error();
+    // SAFETY: our own fd, closed once.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(io::Error::new(
+            err.kind(),
+            format!("MAC address of {interface:?}: {err}"),
+        ));
+    }
+    // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (m, d) in mac.iter_mut().zip(data) {
+        *m = d as u8;
+    }
+    Ok(mac)
 }
 
 /// The MAC of the next hop towards `to` through `interface`: `to` itself
@@ -41,9 +68,9 @@ pub fn next_hop_mac(interface: &str, to: IpAddr) -> Option<[u8; 6]> {
     let IpAddr::V4(to) = to else {
         return None;
     };
-    let routes = fs::read_to_string("/proc/net/route").ok()?;
+    let routes = fs::read_to_string("/proc/thread-self/net/route").ok()?;
     let hop = route_gateway(&routes, interface, to).unwrap_or(to);
-    let arp = fs::read_to_string("/proc/net/arp").ok()?;
+    let arp = fs::read_to_string("/proc/thread-self/net/arp").ok()?;
     arp_lookup(&arp, interface, hop)
 }
 
