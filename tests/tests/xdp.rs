@@ -108,8 +108,14 @@ fn a_million_messages_over_af_xdp_stored_exactly_once() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let net = Link::create("xm", 1);
-    let (spec, token) = spec(&net, dir.path(), "events", &[]);
+    // Two queue pairs: a socket and a pinned thread for each.
+    let net = Link::create("xm", 2);
+    let (spec, token) = spec(
+        &net,
+        dir.path(),
+        "events",
+        &["--xdp-queues", "0,1", "--xdp-cpus", "0,1"],
+    );
     let d = spec.start_in(&net.b.ns);
     let programs = attached(&net.b.ns, &net.b.iface);
     assert!(
@@ -130,6 +136,16 @@ fn a_million_messages_over_af_xdp_stored_exactly_once() {
     let took = started.elapsed();
     let m = d.metrics();
     let frames = xdp_frames(&d, &net.b.iface);
+    let frames_1 = m.value(
+        "sluice_xdp_rx_frames_total",
+        &[("interface", &net.b.iface), ("queue", "1")],
+    );
+    assert_eq!(
+        m.label_values("sluice_xdp_rx_frames_total", "queue"),
+        ["0", "1"],
+        "a socket on each queue"
+    );
+    let frames = frames + frames_1;
     let to_socket = m.value("sluice_datagrams_in_total", &[]);
     assert_eq!(
         m.value("sluice_durable_acks_total", &[("stream", "events")]),
@@ -149,7 +165,7 @@ fn a_million_messages_over_af_xdp_stored_exactly_once() {
         "a clean stop leaves no XDP program on the interface"
     );
     eprintln!(
-        "{TEST}: {} messages durable in {took:.1?} ({:.0}/s, test build); {frames} AF_XDP frames",
+        "{TEST}: {} messages durable in {took:.1?} ({:.0}/s, test build); {frames} AF_XDP frames ({frames_1} on queue 1)",
         PRODUCERS * EACH,
         (PRODUCERS * EACH) as f64 / took.as_secs_f64()
     );
