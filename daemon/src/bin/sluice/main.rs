@@ -4,6 +4,7 @@
 //! stream missing, ...), 2 for bad usage.
 
 mod connect;
+mod nic;
 mod publish;
 mod read;
 mod stat;
@@ -33,7 +34,7 @@ struct Cli {
 enum Cmd {
     /// Publish messages and wait until each is durable: lines of stdin (the
     /// default), the lines of files, or --count generated messages.
-    Publish(publish::Args),
+    Publish(Box<publish::Args>),
     /// Print a stream's records (offset, time, producer, seq, payload),
     /// through a running sluiced or from its data folder.
     Read(read::Args),
@@ -43,6 +44,10 @@ enum Cmd {
     /// Mint an API token for sluiced's [auth] config (the config keeps only
     /// its hash), or hash a token minted elsewhere.
     Token(token::Args),
+    /// Inspect a NIC for the AF_XDP fast path (`nic show IFACE`), or plan
+    /// the ethtool and IRQ commands that steer the data port to its queues
+    /// (`nic plan IFACE --queues 0,1`).
+    Nic(nic::Args),
 }
 
 /// The admin address and credentials, shared by `read` and `stat`.
@@ -98,10 +103,11 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match Cli::parse().command {
-        Cmd::Publish(a) => publish::run(a),
+        Cmd::Publish(a) => publish::run(*a),
         Cmd::Read(a) => read::run(a),
         Cmd::Stat(a) => stat::run(a),
         Cmd::Token(a) => token::run(a),
+        Cmd::Nic(a) => nic::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
