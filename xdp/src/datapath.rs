@@ -158,6 +158,7 @@ impl XdpPath {
         for gone in bpf::clear_stale(ifindex, setup.replace_foreign).map_err(program_err)? {
             warn!(interface = %iface, id = gone.id, name = %gone.name, "removed a stale XDP program");
         }
+        warn_if_frames_too_small(&iface, setup.socket.frame_size);
         let highest = *setup.queues.iter().max().expect("not empty");
         let program = RedirectProgram::load(&[port], highest + 1).map_err(program_err)?;
         let mut sockets = Vec::with_capacity(setup.queues.len());
@@ -246,6 +247,23 @@ impl Drop for XdpPath {
             drop(a);
             info!(interface = %self.stats.interface, "XDP program detached");
         }
+    }
+}
+
+/// A packet longer than a UMEM frame (less the kernel's headroom) is
+/// dropped by the kernel; the data port's datagrams are bounded by the
+/// producers' max_datagram, not the MTU, so this warns rather than refuses.
+fn warn_if_frames_too_small(iface: &str, frame_size: u32) {
+    let max = crate::nic::plan::max_mtu(frame_size);
+    match crate::nic::ethtool::Ethtool::open().and_then(|e| e.mtu(iface)) {
+        Ok(mtu) if mtu > max => warn!(
+            interface = %iface,
+            mtu,
+            frame_size,
+            "the interface's MTU exceeds what a UMEM frame holds ({max}): larger packets to the data port are dropped (counted in sluice_xdp_rx_dropped_total); set xdp.frame_size = 4096 or keep producers' datagrams under {max} bytes"
+        ),
+        Ok(_) => {}
+        Err(e) => debug!(interface = %iface, error = %e, "could not read the MTU"),
     }
 }
 
