@@ -742,6 +742,29 @@ mod tests {
     }
 
     #[test]
+    fn xdp_settings_are_checked_with_their_keys() {
+        let on = "[xdp]\ninterface = \"eth1\"\n";
+        assert!(parse(on).unwrap().xdp_setup().unwrap().is_some());
+        assert!(
+            Config::default().xdp_setup().unwrap().is_none(),
+            "off by default"
+        );
+        for (extra, key) in [
+            ("mode = \"fast\"", "xdp.mode"),
+            ("bind = \"maybe\"", "xdp.bind"),
+            ("queues = []", "xdp.queues"),
+            ("queues = [1, 1]", "xdp.queues"),
+            ("queues = [0, 1]\ncpus = [3]", "xdp.cpus"),
+            ("frame_size = 3000", "xdp.frame_size"),
+            ("rx_ring = 1000", "xdp.rx_ring"),
+            ("frame_count = 1024", "xdp.frame_count"),
+        ] {
+            let e = parse(&format!("{on}{extra}\n")).unwrap_err();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.toml");
