@@ -513,3 +513,49 @@ fn producers_can_send_through_an_af_xdp_tx_ring() {
         "the producers' kernel sent {kernel_sent} of {received} datagrams"
     );
 }
+
+#[test]
+fn a_missing_queue_or_unsupported_bind_mode_is_a_clear_error() {
+    const TEST: &str = "xdp_clear_errors";
+    if !require_netns(TEST, false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net = Link::create("xe", 1);
+    for (extra, want) in [
+        (&["--xdp-queues", "0,5"][..], "queue 5 does not exist"),
+        (&["--xdp-bind", "zerocopy"][..], "zero-copy"),
+    ] {
+        let (spec, _) = spec(&net, dir.path(), "events", extra);
+        let err = sluiced_fails(&spec, &net.b.ns);
+        assert!(
+            err.contains(&net.b.iface) && err.contains(want),
+            "{extra:?}: the error names the interface and says {want:?}: {err}"
+        );
+        assert!(
+            attached(&net.b.ns, &net.b.iface).is_empty(),
+            "{extra:?}: a failed start leaves no program behind"
+        );
+    }
+    // With fallback the daemon runs on the socket path, and says why.
+    let (spec, token) = spec(
+        &net,
+        dir.path(),
+        "events",
+        &["--xdp-queues", "7", "--xdp-fallback", "true"],
+    );
+    let d = spec.start_in(&net.b.ns);
+    assert!(attached(&net.b.ns, &net.b.iface).is_empty());
+    let acked = produce_in(
+        &net.a.ns,
+        &target(&spec, &token),
+        "events",
+        1,
+        1_000,
+        Duration::from_secs(60),
+    );
+    assert_eq!(d.metrics().value("sluice_xdp_rx_frames_total", &[]), 0.0);
+    let status = d.terminate(Duration::from_secs(30));
+    assert!(status.success());
+    assert_stored_once(dir.path(), "events", &acked, 1_000);
+}
