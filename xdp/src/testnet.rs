@@ -228,7 +228,32 @@ impl Link {
                 peer.ip, peer.mac, end.iface
             ));
         }
-        Link { a, b }
+        let link = Link { a, b };
+        link.wait_until_up();
+        link
+    }
+
+    /// Waits until both ends pass traffic. Until the kernel's linkwatch
+    /// work has activated a new link (it batches such events, up to a
+    /// second apart when many links change, as with tests in parallel), its
+    /// qdisc is `noop`, which drops everything sent: the sender sees no
+    /// error and the packets count as TX drops.
+    fn wait_until_up(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for end in [&self.a, &self.b] {
+            loop {
+                let state = end.ns.exec(&format!("ip -o link show {}", end.iface));
+                if state.contains("state UP") && !state.contains("qdisc noop") {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} never came up: {state}",
+                    end.iface
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
     }
 }
 
