@@ -7,3 +7,4 @@ pub mod ingest;
 pub mod measure;
 pub mod spool;
 pub mod udp_baseline;
+pub mod xdp;

@@ -6,6 +6,8 @@
 //!   sluice-bench spool [--dir D] [--appenders 1,8,64] [--sizes 128,1024,65536]
 //!   sluice-bench ingest [--producers 8] [--size 128] [--seconds 5 | --count N]
 //!                       [--rate MSGS_PER_SEC] [--fsync always] [--batch N] [--json FILE]
+//!   sluice-bench xdp [--part datapath|durable|all] [--seconds 3] [--sizes 64,1400]
+//!                    [--rate 100000] [--producers 4] [--dir D] [--json FILE]   (root)
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -65,6 +67,10 @@ enum Scenario {
     /// latency and CPU per message, against a plain UDP loop and raw
     /// fdatasync measured in the same run.
     Ingest(Box<IngestArgs>),
+    /// The AF_XDP path against the socket path over a veth pair between two
+    /// network namespaces (root): raw packets/s and receiver CPU per packet,
+    /// AF_XDP TX against sendmmsg, and durable ingest through `sluiced`.
+    Xdp(Box<sluice_bench::xdp::XdpArgs>),
     /// Runs a `sluiced` (the harness starts its daemon this way):
     /// `sluice-bench daemon -- <sluiced flags>`.
     #[command(hide = true)]
@@ -235,6 +241,7 @@ fn main() -> ExitCode {
             run_spool(&rt, &dir, &appenders, &sizes, seconds)
         }
         Scenario::Ingest(a) => return run_ingest(&a),
+        Scenario::Xdp(a) => return sluice_bench::xdp::main(&a),
         Scenario::Daemon {
             stop_on_stdin_eof,
             sluiced,

@@ -165,6 +165,10 @@ pub struct Xdp {
     pub busy_poll: bool,
     /// CPU to pin each queue's thread to, in the order of `queues`.
     pub cpus: Vec<usize>,
+    /// Microseconds a woken queue thread lets packets gather before taking
+    /// them, when fewer than a batch wait (0: take them at once): fewer
+    /// wake-ups for at most this much added latency.
+    pub rx_linger_us: u64,
     /// If XDP cannot start, warn and run on the socket path instead of
     /// refusing to start.
     pub fallback: bool,
@@ -187,6 +191,7 @@ impl Default for Xdp {
             fill_ring: 8192,
             busy_poll: false,
             cpus: Vec::new(),
+            rx_linger_us: 50,
             fallback: false,
             replace_foreign: false,
         }
@@ -408,6 +413,10 @@ pub struct Args {
     /// [xdp.cpus] CPU per queue thread, comma-separated, in queue order.
     #[arg(long, env = "SLUICED_XDP_CPUS", value_delimiter = ',')]
     pub xdp_cpus: Option<Vec<usize>>,
+    /// [xdp.rx_linger_us] microseconds a woken queue thread lets packets
+    /// gather before taking them (0: at once).
+    #[arg(long, env = "SLUICED_XDP_RX_LINGER_US")]
+    pub xdp_rx_linger_us: Option<u64>,
     /// [xdp.fallback] run on the socket path if XDP cannot start (true/false).
     #[arg(long, env = "SLUICED_XDP_FALLBACK")]
     pub xdp_fallback: Option<bool>,
@@ -472,6 +481,7 @@ impl Config {
         set!(c.xdp.fill_ring, args.xdp_fill_ring);
         set!(c.xdp.busy_poll, args.xdp_busy_poll);
         set!(c.xdp.cpus, args.xdp_cpus);
+        set!(c.xdp.rx_linger_us, args.xdp_rx_linger_us);
         set!(c.xdp.fallback, args.xdp_fallback);
         set!(c.xdp.replace_foreign, args.xdp_replace_foreign);
         set!(c.log.level, args.log_level);
@@ -623,6 +633,12 @@ impl Config {
                 ))
             }
         };
+        if x.rx_linger_us > 1_000 {
+            return Err(invalid(
+                "xdp.rx_linger_us",
+                "at most 1000: it adds up to this much latency to every packet",
+            ));
+        }
         if x.queues.is_empty() {
             return Err(invalid("xdp.queues", "name at least one queue"));
         }
@@ -667,6 +683,7 @@ impl Config {
             mode,
             socket,
             replace_foreign: x.replace_foreign,
+            rx_linger: Duration::from_micros(x.rx_linger_us),
         }))
     }
 

@@ -229,6 +229,15 @@ impl<T: Copy> Consumer<T> {
             .store(self.cached_cons, Ordering::Release);
     }
 
+    /// How many published slots we have not read (for a waiter that holds
+    /// only `&self`).
+    pub fn pending(&self) -> u32 {
+        self.ring
+            .producer()
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.cached_cons)
+    }
+
     /// Whether the kernel has published slots we have not read (for a
     /// waiter that holds only `&self`).
     pub fn has_entries(&self) -> bool {

@@ -346,6 +346,29 @@ impl XskSocket {
         Ok(rx.has_entries())
     }
 
+    /// Like [`wait_rx`](XskSocket::wait_rx), then, when fewer than `batch`
+    /// frames are waiting, sleeps `linger` so that more land first: one
+    /// wake-up then serves several packets. At moderate rates a reader
+    /// woken per packet spends most of its time waking (6–8 µs a time on a
+    /// 2-vCPU VM against 0.1 µs to take a packet); the RX ring holds what
+    /// arrives meanwhile, as a NIC's interrupt coalescing would. No linger
+    /// with busy polling, whose point is to take packets at once.
+    pub fn wait_rx_lingering(
+        &self,
+        timeout: Duration,
+        linger: Duration,
+        batch: u32,
+    ) -> io::Result<bool> {
+        if !self.wait_rx(timeout)? {
+            return Ok(false);
+        }
+        let pending = self.rx.as_ref().map_or(0, |rx| rx.pending());
+        if !linger.is_zero() && !self.busy_poll && pending < batch {
+            std::thread::sleep(linger);
+        }
+        Ok(true)
+    }
+
     /// Writes one frame for transmission: `write` gets a whole UMEM frame,
     /// writes the Ethernet frame at its start and returns its length. The
     /// frame goes out at the next [`flush_tx`](XskSocket::flush_tx).
