@@ -360,14 +360,8 @@ fn run_ingest(a: &IngestArgs) -> ExitCode {
     };
     ingest::print(&report);
     if let Some(path) = &a.json {
-        let written = std::fs::File::create(path)
-            .map_err(|e| e.to_string())
-            .and_then(|f| {
-                serde_json::to_writer_pretty(std::io::BufWriter::new(f), &report)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = written {
-            eprintln!("sluice-bench ingest: writing {}: {e}", path.display());
+        if let Err(e) = sluice_bench::measure::write_json(path, &report) {
+            eprintln!("sluice-bench ingest: {e}");
             return ExitCode::FAILURE;
         }
     }

@@ -208,3 +208,11 @@ impl Host {
         }
     }
 }
+
+/// Writes a report as pretty JSON to `path` (`--json FILE`).
+pub fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> Result<(), String> {
+    let file =
+        std::fs::File::create(path).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    serde_json::to_writer_pretty(std::io::BufWriter::new(file), report)
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}

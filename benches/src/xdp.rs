@@ -243,14 +243,8 @@ pub fn main(args: &XdpArgs) -> ExitCode {
     };
     print_summary(&report);
     if let Some(path) = &args.json {
-        let written = std::fs::File::create(path)
-            .map_err(|e| e.to_string())
-            .and_then(|f| {
-                serde_json::to_writer_pretty(std::io::BufWriter::new(f), &report)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = written {
-            eprintln!("sluice-bench xdp: writing {}: {e}", path.display());
+        if let Err(e) = crate::measure::write_json(path, &report) {
+            eprintln!("sluice-bench xdp: {e}");
             return ExitCode::FAILURE;
         }
     }

@@ -104,19 +104,6 @@ pub fn render(e: &mut Exposition, x: &XdpStats) {
             );
         }
     }
-    let name = "sluice_xdp_wrong_port_total";
-    e.family(
-        name,
-        Kind::Counter,
-        "UDP frames to another port on the queue (a program of another configuration).",
-    );
-    for (queue, q) in &queues {
-        e.sample(
-            name,
-            &[("interface", &x.interface), ("queue", queue)],
-            q.wrong_port.load(Relaxed),
-        );
-    }
     let name = "sluice_xdp_thread_cpu_seconds_total";
     e.family(name, Kind::Counter, "CPU time of the queue's thread.");
     for (queue, q) in &queues {
