@@ -367,15 +367,8 @@ fn sleep_until(t: Instant) {
 
 /// "02:5c:00:00:00:01" → bytes.
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let mut mac = [0u8; 6];
-    if parts.len() != 6 {
-        return Err(format!("MAC address {s:?}: expected six hex bytes"));
-    }
-    for (b, p) in mac.iter_mut().zip(parts) {
-        *b = u8::from_str_radix(p, 16).map_err(|e| format!("MAC address {s:?}: {e}"))?;
-    }
-    Ok(mac)
+    sluice_xdp::neighbour::parse_mac(s)
+        .ok_or_else(|| format!("MAC address {s:?}: expected six hex bytes"))
 }
 
 /// `a / b`, or 0 when `b` is 0.

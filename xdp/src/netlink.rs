@@ -16,6 +16,7 @@
 use std::fmt;
 use std::io;
 use std::mem::size_of;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 // --- Constants from the uapi headers (linux/netlink.h, rtnetlink.h,
@@ -49,6 +50,19 @@ const IFLA_XDP_HW_PROG_ID: u16 = 7;
 const XDP_ATTACHED_DRV: u8 = 1;
 const XDP_ATTACHED_SKB: u8 = 2;
 const XDP_ATTACHED_HW: u8 = 3;
+
+const RTM_NEWROUTE: u16 = 24;
+const RTM_GETROUTE: u16 = 26;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_GETNEIGH: u16 = 30;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const NDA_DST: u16 = 1;
+const NDA_LLADDR: u16 = 2;
+/// NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_NOARP |
+/// NUD_PERMANENT: an entry whose address can be used.
+const NUD_VALID: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80;
 
 const GENL_ID_CTRL: u16 = 0x10;
 const CTRL_CMD_GETFAMILY: u8 = 3;
@@ -229,6 +243,81 @@ pub fn set_link_xdp_fd(ifindex: u32, prog_fd: i32, flags: u32) -> io::Result<()>
     }
     msg.nest_end(nest);
     sock.request(msg, "RTM_SETLINK IFLA_XDP").map(drop)
+}
+
+/// Where the kernel would send a packet to `to` (RTM_GETROUTE): the
+/// route's gateway (None when `to` is on the link) and output interface.
+pub fn route_to(to: IpAddr) -> io::Result<(Option<IpAddr>, u32)> {
+    let mut sock = Socket::open(libc::NETLINK_ROUTE)?;
+    let mut msg = Msg::new(RTM_GETROUTE, 0);
+    let (family, bytes) = family_and_bytes(to);
+    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope,
+    // type, flags (u32).
+    let mut rtmsg = [0u8; 12];
+    rtmsg[0] = family;
+    rtmsg[1] = (bytes.len() * 8) as u8;
+    msg.put(&rtmsg);
+    msg.attr(RTA_DST, &bytes);
+    let replies = sock.request(msg, "RTM_GETROUTE")?;
+    let (_, body) = replies
+        .iter()
+        .find(|(ty, _)| *ty == RTM_NEWROUTE)
+        .ok_or_else(|| io::Error::other("RTM_GETROUTE: no RTM_NEWROUTE in the answer"))?;
+    let (mut gateway, mut oif) = (None, 0);
+    for (ty, v) in attrs(body.get(rtmsg.len()..).unwrap_or_default()) {
+        match ty {
+            RTA_GATEWAY => gateway = ip_from(v),
+            RTA_OIF => oif = read_u32(v).unwrap_or(0),
+            _ => {}
+        }
+    }
+    Ok((gateway, oif))
+}
+
+/// The link-layer address the kernel holds for `ip` on `ifindex`
+/// (RTM_GETNEIGH), if its entry is usable; None while unresolved or absent.
+pub fn neighbour(ifindex: u32, ip: IpAddr) -> io::Result<Option<[u8; 6]>> {
+    let mut sock = Socket::open(libc::NETLINK_ROUTE)?;
+    let mut msg = Msg::new(RTM_GETNEIGH, 0);
+    let (family, bytes) = family_and_bytes(ip);
+    // struct ndmsg: family, pad, pad (u16), ifindex (i32), state (u16),
+    // flags, type.
+    let mut ndmsg = [0u8; 12];
+    ndmsg[0] = family;
+    ndmsg[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    msg.put(&ndmsg);
+    msg.attr(NDA_DST, &bytes);
+    let replies = match sock.request(msg, "RTM_GETNEIGH") {
+        Ok(r) => r,
+        Err(e) if errno(&e) == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some((_, body)) = replies.iter().find(|(ty, _)| *ty == RTM_NEWNEIGH) else {
+        return Ok(None);
+    };
+    let state = read_u16(body.get(8..).unwrap_or_default()).unwrap_or(0);
+    if state & NUD_VALID == 0 {
+        return Ok(None);
+    }
+    let mac = attrs(body.get(ndmsg.len()..).unwrap_or_default())
+        .find(|(ty, _)| *ty == NDA_LLADDR)
+        .and_then(|(_, v)| <[u8; 6]>::try_from(v).ok());
+    Ok(mac)
+}
+
+fn family_and_bytes(ip: IpAddr) -> (u8, Vec<u8>) {
+    match ip {
+        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    }
+}
+
+fn ip_from(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
+        _ => None,
+    }
 }
 
 /// What a driver says it can do with XDP (NETDEV_A_DEV_XDP_FEATURES, the
