@@ -302,7 +302,12 @@ impl<I: PacketIo> PacketIo for SealedIo<I> {
             self.inner.recv(&mut self.raw).await?;
             let now = Instant::now();
             for (from, datagram) in self.raw.drain(..) {
-                match self.leases.open(from, BytesMut::from(&datagram[..]), now) {
+                // Opened in place: the datagram's own buffer when it is the
+                // only owner (the socket path), else a copy.
+                let buf = datagram
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+                match self.leases.open(from, buf, now) {
                     Ok(inner) => into.push((from, inner)),
                     Err(reason) => self.stats.count(reason),
                 }
