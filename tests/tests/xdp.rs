@@ -69,7 +69,11 @@ fn produce_in(
     each: u64,
     limit: Duration,
 ) -> Acked {
-    let plans = plans(target, stream, count, each, 1_000);
+    run_plans_in(ns, plans(target, stream, count, each, 1_000), limit)
+}
+
+/// Runs `plans` in `ns`, within `limit`.
+fn run_plans_in(ns: &Netns, plans: Vec<load::Plan>, limit: Duration) -> Acked {
     ns.enter(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -470,13 +474,7 @@ fn producers_can_send_through_an_af_xdp_tx_ring() {
     for p in &mut plans {
         p.options.tx = Some(provider.clone());
     }
-    let acked = net.a.ns.enter(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(load::run_all(plans, Duration::from_secs(120)))
-    });
+    let acked = run_plans_in(&net.a.ns, plans, Duration::from_secs(120));
     let kernel_sent = udp_out_datagrams(&net.a.ns) - kernel_before;
     let received = d.metrics().value("sluice_datagrams_in_total", &[]);
 
