@@ -130,10 +130,7 @@ pub async fn run(
             Err(e) => return Err(e.into()),
         },
     };
-    let (xdp_path, xdp_rx) = match xdp {
-        Some((path, rx)) => (Some(path), Some(rx)),
-        None => (None, None),
-    };
+    let (xdp_path, xdp_rx) = xdp.unzip();
     let udp = UdpIo::new(socket);
     let (server, leases, sealed) = match xdp_rx {
         Some(rx) => serve_data(XdpIo::new(udp, rx), &config, &receiver, &ingest, data),

@@ -6,22 +6,7 @@
 use std::io;
 use std::net::IpAddr;
 
-use crate::netlink;
-
-/// The interface's index, or an error naming it.
-pub fn ifindex(interface: &str) -> io::Result<u32> {
-    let name = std::ffi::CString::new(interface)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name with NUL"))?;
-    // SAFETY: a valid NUL-terminated string; the call only reads it.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("no network interface named {interface:?} (see `ip link`)"),
-        ));
-    }
-    Ok(index)
-}
+use crate::{bpf, netlink};
 
 /// The interface's MAC address (SIOCGIFHWADDR: answered in the calling
 /// thread's network namespace, unlike /sys, which shows the namespace it
@@ -68,7 +53,7 @@ pub fn interface_mac(interface: &str) -> io::Result<[u8; 6]> {
 /// kernel over netlink, IPv4 and IPv6 alike). None while the kernel has not
 /// resolved it, or when the route to `to` leaves by another interface.
 pub fn next_hop_mac(interface: &str, to: IpAddr) -> Option<[u8; 6]> {
-    let ifindex = ifindex(interface).ok()?;
+    let ifindex = bpf::ifindex(interface).ok()?;
     let (gateway, oif) = netlink::route_to(to).ok()?;
     if oif != ifindex {
         return None;

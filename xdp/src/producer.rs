@@ -54,11 +54,11 @@ impl TxSetup {
 /// socket at a time; reconnects and several producers in one process all
 /// use the same ring).
 pub fn tx_provider(setup: TxSetup) -> io::Result<TxProvider> {
-    let ifindex = neighbour::ifindex(&setup.interface)?;
+    let ifindex = crate::bpf::ifindex(&setup.interface).map_err(io::Error::other)?;
     let mac = neighbour::interface_mac(&setup.interface)?;
     let shared: Arc<Mutex<Option<Arc<Mutex<Ring>>>>> = Arc::default();
     let name = format!("af_xdp {} queue {}", setup.interface, setup.queue);
-    Ok(TxProvider::new(name, move |local, remote| {
+    Ok(TxProvider::new(name, move |_local, remote| {
         let mut slot = shared.lock().expect("not poisoned");
         let ring = match &*slot {
             Some(r) => r.clone(),
@@ -78,7 +78,6 @@ pub fn tx_provider(setup: TxSetup) -> io::Result<TxProvider> {
             remote,
             dst_mac: None,
             next_lookup: Instant::now(),
-            _local: local,
         }) as Box<dyn DatagramTx>)
     }))
 }
@@ -94,7 +93,6 @@ struct XdpTx {
     remote: SocketAddr,
     dst_mac: Option<[u8; 6]>,
     next_lookup: Instant,
-    _local: SocketAddr,
 }
 
 /// How often an unknown next hop is looked up again.
@@ -129,17 +127,16 @@ impl DatagramTx for XdpTx {
         let mut ring = self.ring.lock().expect("not poisoned");
         let mut sent = 0;
         for (to, datagram) in batch.iter() {
-            let mut queued = ring.socket.tx_frame(|buf| {
+            let write = |buf: &mut [u8]| {
                 frame::write_udp(buf, src_mac, dst_mac, local, to, datagram).unwrap_or(0)
-            });
+            };
+            let mut queued = ring.socket.tx_frame(write);
             if !queued {
                 // Ring full: push out what is queued, take back finished
                 // frames, and try once more before handing the rest over.
                 ring.socket.flush_tx()?;
                 ring.socket.reclaim();
-                queued = ring.socket.tx_frame(|buf| {
-                    frame::write_udp(buf, src_mac, dst_mac, local, to, datagram).unwrap_or(0)
-                });
+                queued = ring.socket.tx_frame(write);
             }
             if !queued {
                 break;

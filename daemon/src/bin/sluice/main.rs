@@ -63,16 +63,23 @@ struct AdminAddr {
 }
 
 impl AdminAddr {
+    /// A GET of `path` on the admin endpoint, with the token if there is one.
+    fn request(&self, path: &str, timeout: std::time::Duration) -> ureq::Request {
+        let req = ureq::get(&format!("http://{}{path}", self.admin)).timeout(timeout);
+        match &self.token {
+            Some(t) => req.set("authorization", &format!("Bearer {t}")),
+            None => req,
+        }
+    }
+
     /// GETs `path` from the admin endpoint and returns the body; an HTTP
     /// error status becomes an error carrying the daemon's message.
     fn get(&self, path: &str) -> Result<String, Box<dyn std::error::Error>> {
         let admin = self.admin;
-        let url = format!("http://{admin}{path}");
-        let mut req = ureq::get(&url).timeout(std::time::Duration::from_secs(10));
-        if let Some(t) = &self.token {
-            req = req.set("authorization", &format!("Bearer {t}"));
-        }
-        match req.call() {
+        match self
+            .request(path, std::time::Duration::from_secs(10))
+            .call()
+        {
             Ok(r) => Ok(r.into_string()?),
             Err(ureq::Error::Status(code, r)) => {
                 let body = r.into_string().unwrap_or_default();

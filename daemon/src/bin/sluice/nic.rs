@@ -136,11 +136,7 @@ fn plan(a: PlanArgs) -> Res {
 /// without a daemon.
 fn counters(admin: &AdminAddr, iface: &str) -> Result<Vec<QueueCounters>, String> {
     let addr = admin.admin;
-    let mut req = ureq::get(&format!("http://{addr}/metrics")).timeout(Duration::from_secs(3));
-    if let Some(t) = &admin.token {
-        req = req.set("authorization", &format!("Bearer {t}"));
-    }
-    let body = match req.call() {
+    let body = match admin.request("/metrics", Duration::from_secs(3)).call() {
         Ok(r) => r
             .into_string()
             .map_err(|e| format!("reading sluiced's /metrics at {addr}: {e}"))?,
