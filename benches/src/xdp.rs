@@ -29,7 +29,8 @@ use serde::Serialize;
 use sluice_xdp::testnet::{self, Link};
 
 use crate::measure::Host;
-pub use procfs::{threads_cpu_seconds, udp_counter, CpuSplit, CpuStat};
+pub use procfs::{threads_cpu_seconds, CpuSplit, CpuStat};
+pub use sluice_xdp::testnet::udp_counter;
 
 /// Version of the JSON layout (bump on incompatible changes).
 pub const JSON_SCHEMA: u32 = 1;

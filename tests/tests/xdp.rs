@@ -442,14 +442,8 @@ fn xdp_errors_name_the_key_and_fallback_runs_on_the_socket() {
 
 /// `Udp: OutDatagrams` of the namespace: what its kernel UDP stack sent.
 fn udp_out_datagrams(ns: &Netns) -> u64 {
-    let snmp = ns.exec("cat /proc/net/snmp");
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
-    let i = names
-        .split_whitespace()
-        .position(|n| n == "OutDatagrams")
-        .unwrap();
-    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+    ns.enter(|| testnet::udp_counter("OutDatagrams"))
+        .expect("Udp: OutDatagrams")
 }
 
 #[test]

@@ -298,3 +298,14 @@ impl Loss {
         }
     }
 }
+
+/// A value of the `Udp:` line of the calling thread's network namespace
+/// (/proc/thread-self/net/snmp), e.g. `RcvbufErrors` or `OutDatagrams`.
+pub fn udp_counter(name: &str) -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let names: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let values: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let i = names.iter().position(|x| *x == name)?;
+    values.get(i)?.parse().ok()
+}

@@ -64,47 +64,14 @@ impl CpuStat {
     }
 }
 
-/// CPU seconds of the threads of `pid` whose name starts with `prefix`,
-/// from /proc/PID/task/*/schedstat (nanoseconds; /proc/PID/task/*/stat in
-/// clock ticks where schedstat is missing). `None` if there is none.
+/// CPU seconds of the threads of `pid` whose name starts with `prefix`;
+/// `None` if there is none.
 pub fn threads_cpu_seconds(pid: u32, prefix: &str) -> Option<f64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = None;
-    for t in tasks.flatten() {
-        let Ok(comm) = std::fs::read_to_string(t.path().join("comm")) else {
-            continue;
-        };
-        if !comm.trim_end().starts_with(prefix) {
-            continue;
-        }
-        let from_schedstat = std::fs::read_to_string(t.path().join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            .map(|ns| ns as f64 / 1e9);
-        let secs = from_schedstat.or_else(|| {
-            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
-            let after = &stat[stat.rfind(')')? + 1..];
-            let mut f = after.split_whitespace();
-            let utime: u64 = f.nth(11)?.parse().ok()?;
-            let stime: u64 = f.next()?.parse().ok()?;
-            Some((utime + stime) as f64 / 100.0)
-        });
-        if let Some(s) = secs {
-            *total.get_or_insert(0.0) += s;
-        }
-    }
-    total
-}
-
-/// A value of the `Udp:` line of the calling thread's network namespace
-/// (/proc/thread-self/net/snmp), e.g. `RcvbufErrors` or `OutDatagrams`.
-pub fn udp_counter(name: &str) -> Option<u64> {
-    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").ok()?;
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
-    let names: Vec<&str> = udp.next()?.split_whitespace().collect();
-    let values: Vec<&str> = udp.next()?.split_whitespace().collect();
-    let i = names.iter().position(|x| *x == name)?;
-    values.get(i)?.parse().ok()
+    crate::cpu::threads_seconds(pid)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .map(|(_, secs)| secs)
+        .reduce(|a, b| a + b)
 }
 
 /// (rx_dropped, tx_dropped) of interface `iface` in the calling thread's

@@ -18,7 +18,7 @@ use sluice_xdp::xsk::{self, BindMode, XdpStatistics, XskConfig, XskSocket};
 
 use super::meter::{await_window, Drain, Meter, Side, Window};
 use super::{ReceiverKind, BATCH, POLL, PORT, RCVBUF};
-use crate::xdp::procfs::udp_counter;
+use sluice_xdp::testnet::udp_counter;
 
 /// A receiver, open and counting.
 pub(super) struct Rx {
