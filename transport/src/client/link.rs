@@ -43,8 +43,8 @@ pub enum Link {
 
 /// The QUIC connection and its control stream, kept open while in use.
 pub struct QuicSession {
-    _endpoint: quinn::Endpoint,
-    conn: Connection,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) conn: Connection,
     _control: (SendStream, FramedRecv),
 }
 
@@ -172,47 +172,7 @@ impl Connector {
             Transport::FastPath(_) => Duration::from_millis(250),
             _ => Duration::from_secs(2),
         };
-        let config = tls::client_config(&q.tls, keep_alive)
-            .map_err(|e| ProducerError::Config(e.to_string()))?;
-        let bind = self.options.bind.unwrap_or_else(|| any_port(self.addr));
-        let endpoint = quinn::Endpoint::client(bind).map_err(io_err)?;
-        let name = tls::server_name(&q.tls, self.addr);
-        let connecting = endpoint
-            .connect_with(config, self.addr, &name)
-            .map_err(|e| ProducerError::Config(e.to_string()))?;
-        // A daemon that is down answers nothing: give up on this attempt
-        // well before QUIC's idle timeout; the caller retries.
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| ProducerError::Unreachable {
-                addr: self.addr,
-                reason: format!("no QUIC handshake within {CONNECT_TIMEOUT:?}"),
-            })?
-            .map_err(|e| self.connection_error(e))?;
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| self.connection_error(e))?;
-        let mut recv = FramedRecv::new(recv);
-        let auth = Control::Auth {
-            token: q.token.clone().unwrap_or_default(),
-        };
-        frame::write(&mut send, &auth.encode())
-            .await
-            .map_err(|e| self.stream_error(&conn, e))?;
-        match recv.next().await {
-            Ok(Some(f)) => match Control::decode(&f) {
-                Ok(Control::AuthOk { principal }) => {
-                    debug!(%principal, addr = %self.addr, "authenticated");
-                }
-                Ok(other) => return Err(unexpected(other)),
-                Err(e) => return Err(ProducerError::Io(e.to_string())),
-            },
-            Ok(None) => return Err(self.closed(&conn)),
-            Err(e) => return Err(self.stream_error(&conn, e)),
-        }
-        Ok(QuicSession {
-            _endpoint: endpoint,
-            conn,
-            _control: (send, recv),
-        })
+        quic_session(self.addr, q, keep_alive, self.options.bind).await
     }
 
     /// Opens a stream for `purpose` and returns the daemon's first answer.
@@ -222,7 +182,10 @@ impl Connector {
         purpose: Purpose,
     ) -> Result<(SendStream, FramedRecv, Control), ProducerError> {
         let conn = &session.conn;
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| self.connection_error(e))?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| connection_error(self.addr, e))?;
         let mut recv = FramedRecv::new(recv);
         let open = Control::Open {
             purpose,
@@ -231,62 +194,113 @@ impl Connector {
         };
         frame::write(&mut send, &open.encode())
             .await
-            .map_err(|e| self.stream_error(conn, e))?;
+            .map_err(|e| stream_error(self.addr, conn, e))?;
         let reply = match recv.next().await {
             Ok(Some(f)) => Control::decode(&f).map_err(|e| ProducerError::Io(e.to_string()))?,
-            Ok(None) => return Err(self.closed(conn)),
-            Err(e) => return Err(self.stream_error(conn, e)),
+            Ok(None) => return Err(closed(self.addr, conn)),
+            Err(e) => return Err(stream_error(self.addr, conn, e)),
         };
         match reply {
             Control::Refused { code, reason } => Err(refused(code, reason)),
             reply => Ok((send, recv, reply)),
         }
     }
+}
 
-    /// What a failed connection means to the caller.
-    fn connection_error(&self, e: ConnectionError) -> ProducerError {
-        let unreachable = |reason: String| ProducerError::Unreachable {
-            addr: self.addr,
-            reason,
-        };
-        match e {
-            // Our own verification of the daemon failed.
-            ConnectionError::TransportError(t) if is_crypto(t.code.into()) => ProducerError::Tls(
-                format!("the daemon's certificate is not trusted: {}", t.reason),
-            ),
-            // The daemon's TLS refused us (our client certificate).
-            ConnectionError::ConnectionClosed(c) if is_crypto(c.error_code.into()) => {
-                ProducerError::Tls(format!(
-                    "the daemon refused the TLS handshake ({}): check the client certificate",
-                    alert_name(u64::from(c.error_code) as u8)
-                ))
+/// Connects to the QUIC plane at `addr` and authenticates, pinging every
+/// `keep_alive`: what producers and consumers share.
+pub(crate) async fn quic_session(
+    addr: SocketAddr,
+    q: &QuicOptions,
+    keep_alive: Duration,
+    bind: Option<SocketAddr>,
+) -> Result<QuicSession, ProducerError> {
+    let config =
+        tls::client_config(&q.tls, keep_alive).map_err(|e| ProducerError::Config(e.to_string()))?;
+    let endpoint =
+        quinn::Endpoint::client(bind.unwrap_or_else(|| any_port(addr))).map_err(io_err)?;
+    let name = tls::server_name(&q.tls, addr);
+    let connecting = endpoint
+        .connect_with(config, addr, &name)
+        .map_err(|e| ProducerError::Config(e.to_string()))?;
+    // A daemon that is down answers nothing: give up on this attempt
+    // well before QUIC's idle timeout; the caller retries.
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| ProducerError::Unreachable {
+            addr,
+            reason: format!("no QUIC handshake within {CONNECT_TIMEOUT:?}"),
+        })?
+        .map_err(|e| connection_error(addr, e))?;
+    let (mut send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| connection_error(addr, e))?;
+    let mut recv = FramedRecv::new(recv);
+    let auth = Control::Auth {
+        token: q.token.clone().unwrap_or_default(),
+    };
+    frame::write(&mut send, &auth.encode())
+        .await
+        .map_err(|e| stream_error(addr, &conn, e))?;
+    match recv.next().await {
+        Ok(Some(f)) => match Control::decode(&f) {
+            Ok(Control::AuthOk { principal }) => {
+                debug!(%principal, %addr, "authenticated");
             }
-            ConnectionError::ApplicationClosed(c) => {
-                let reason = String::from_utf8_lossy(&c.reason).into_owned();
-                match u32::try_from(u64::from(c.error_code)) {
-                    Ok(close_code::AUTH_FAILED) => ProducerError::AuthFailed(reason),
-                    Ok(close_code::SHUTTING_DOWN) => {
-                        unreachable(format!("the daemon is stopping: {reason}"))
-                    }
-                    _ => unreachable(format!("the daemon closed the connection: {reason}")),
+            Ok(other) => return Err(unexpected(other)),
+            Err(e) => return Err(ProducerError::Io(e.to_string())),
+        },
+        Ok(None) => return Err(closed(addr, &conn)),
+        Err(e) => return Err(stream_error(addr, &conn, e)),
+    }
+    Ok(QuicSession {
+        endpoint,
+        conn,
+        _control: (send, recv),
+    })
+}
+
+/// What a failed connection to `addr` means to the caller.
+pub(crate) fn connection_error(addr: SocketAddr, e: ConnectionError) -> ProducerError {
+    let unreachable = |reason: String| ProducerError::Unreachable { addr, reason };
+    match e {
+        // Our own verification of the daemon failed.
+        ConnectionError::TransportError(t) if is_crypto(t.code.into()) => ProducerError::Tls(
+            format!("the daemon's certificate is not trusted: {}", t.reason),
+        ),
+        // The daemon's TLS refused us (our client certificate).
+        ConnectionError::ConnectionClosed(c) if is_crypto(c.error_code.into()) => {
+            ProducerError::Tls(format!(
+                "the daemon refused the TLS handshake ({}): check the client certificate",
+                alert_name(u64::from(c.error_code) as u8)
+            ))
+        }
+        ConnectionError::ApplicationClosed(c) => {
+            let reason = String::from_utf8_lossy(&c.reason).into_owned();
+            match u32::try_from(u64::from(c.error_code)) {
+                Ok(close_code::AUTH_FAILED) => ProducerError::AuthFailed(reason),
+                Ok(close_code::SHUTTING_DOWN) => {
+                    unreachable(format!("the daemon is stopping: {reason}"))
                 }
+                _ => unreachable(format!("the daemon closed the connection: {reason}")),
             }
-            ConnectionError::TimedOut => unreachable("no answer over QUIC".into()),
-            other => unreachable(other.to_string()),
         }
+        ConnectionError::TimedOut => unreachable("no answer over QUIC".into()),
+        other => unreachable(other.to_string()),
     }
+}
 
-    /// A stream failed: the connection's reason if it closed, else the I/O.
-    fn stream_error(&self, conn: &Connection, e: io::Error) -> ProducerError {
-        match conn.close_reason() {
-            Some(reason) => self.connection_error(reason),
-            None => ProducerError::Io(e.to_string()),
-        }
+/// A stream failed: the connection's reason if it closed, else the I/O.
+pub(crate) fn stream_error(addr: SocketAddr, conn: &Connection, e: io::Error) -> ProducerError {
+    match conn.close_reason() {
+        Some(reason) => connection_error(addr, reason),
+        None => ProducerError::Io(e.to_string()),
     }
+}
 
-    fn closed(&self, conn: &Connection) -> ProducerError {
-        self.stream_error(conn, io::Error::other("the daemon ended the stream"))
-    }
+fn closed(addr: SocketAddr, conn: &Connection) -> ProducerError {
+    stream_error(addr, conn, io::Error::other("the daemon ended the stream"))
 }
 
 fn refused(code: RefuseCode, reason: String) -> ProducerError {

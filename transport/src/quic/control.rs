@@ -9,6 +9,10 @@
 //! lease a raw-UDP session (the answer is [`Control::Lease`], renewed with
 //! [`Control::Renew`] on the same stream). A refusal is [`Control::Refused`]
 //! and ends the stream.
+//!
+//! A consumer's stream starts with [`Control::Subscribe`] instead; after the
+//! daemon's [`Control::Subscribed`] both directions of that stream carry
+//! long frames of the messages in [`consume`](super::consume).
 
 use std::net::SocketAddr;
 
@@ -42,6 +46,53 @@ pub enum Control {
     Renew,
     /// Daemon → client: the request is refused; the stream ends.
     Refused { code: RefuseCode, reason: String },
+    /// Client → daemon, first frame of a consumer's stream: join `group`
+    /// of `stream` as a new member.
+    Subscribe {
+        stream: String,
+        group: String,
+        /// Where a group that does not exist yet starts; an existing group
+        /// continues from its durable state.
+        start: StartAt,
+        mode: ConsumeMode,
+        /// The credit window: the most messages, and bytes of payload,
+        /// delivered to this member and not yet acked or nacked (push mode).
+        max_messages: u32,
+        max_bytes: u64,
+    },
+    /// Daemon → client: the member is in the group; long frames follow in
+    /// both directions.
+    Subscribed {
+        /// This member's id (for logs and the daemon's metrics).
+        member: u64,
+        /// A delivery not acked within this is delivered again.
+        ack_deadline_ms: u64,
+        /// After this many deliveries a message goes to the dead-letter
+        /// stream.
+        max_deliveries: u32,
+    },
+}
+
+/// Where a new consumer group starts reading its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The oldest record still retained.
+    Earliest,
+    /// Only records appended after the group is created.
+    Latest,
+    /// The record at this offset (or the oldest retained after it).
+    Offset(u64),
+    /// The first record stored at or after this time (unix microseconds).
+    Time(u64),
+}
+
+/// How a consumer receives its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeMode {
+    /// The daemon sends deliveries as long as the credit window allows.
+    Push,
+    /// The daemon sends deliveries only in answer to a fetch.
+    Pull,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +137,8 @@ const OPENED: u8 = 4;
 const LEASE: u8 = 5;
 const RENEW: u8 = 6;
 const REFUSED: u8 = 7;
+const SUBSCRIBE: u8 = 8;
+const SUBSCRIBED: u8 = 9;
 
 impl RefuseCode {
     fn to_u8(self) -> u8 {
@@ -151,6 +204,46 @@ impl Control {
                 out.push(code.to_u8());
                 put_str(&mut out, reason);
             }
+            Control::Subscribe {
+                stream,
+                group,
+                start,
+                mode,
+                max_messages,
+                max_bytes,
+            } => {
+                out.push(SUBSCRIBE);
+                put_str(&mut out, stream);
+                put_str(&mut out, group);
+                match start {
+                    StartAt::Earliest => out.push(1),
+                    StartAt::Latest => out.push(2),
+                    StartAt::Offset(offset) => {
+                        out.push(3);
+                        out.extend_from_slice(&offset.to_be_bytes());
+                    }
+                    StartAt::Time(us) => {
+                        out.push(4);
+                        out.extend_from_slice(&us.to_be_bytes());
+                    }
+                }
+                out.push(match mode {
+                    ConsumeMode::Push => 1,
+                    ConsumeMode::Pull => 2,
+                });
+                out.extend_from_slice(&max_messages.to_be_bytes());
+                out.extend_from_slice(&max_bytes.to_be_bytes());
+            }
+            Control::Subscribed {
+                member,
+                ack_deadline_ms,
+                max_deliveries,
+            } => {
+                out.push(SUBSCRIBED);
+                out.extend_from_slice(&member.to_be_bytes());
+                out.extend_from_slice(&ack_deadline_ms.to_be_bytes());
+                out.extend_from_slice(&max_deliveries.to_be_bytes());
+            }
         }
         out
     }
@@ -189,6 +282,29 @@ impl Control {
                 code: RefuseCode::from_u8(r.u8()?),
                 reason: r.string()?,
             },
+            SUBSCRIBE => Control::Subscribe {
+                stream: r.string()?,
+                group: r.string()?,
+                start: match r.u8()? {
+                    1 => StartAt::Earliest,
+                    2 => StartAt::Latest,
+                    3 => StartAt::Offset(r.u64()?),
+                    4 => StartAt::Time(r.u64()?),
+                    _ => return Err(ControlError::Malformed("unknown start position")),
+                },
+                mode: match r.u8()? {
+                    1 => ConsumeMode::Push,
+                    2 => ConsumeMode::Pull,
+                    _ => return Err(ControlError::Malformed("unknown consume mode")),
+                },
+                max_messages: r.u32()?,
+                max_bytes: r.u64()?,
+            },
+            SUBSCRIBED => Control::Subscribed {
+                member: r.u64()?,
+                ack_deadline_ms: r.u64()?,
+                max_deliveries: r.u32()?,
+            },
             other => return Err(ControlError::UnknownType(other)),
         };
         match r.0.len() {
@@ -198,9 +314,10 @@ impl Control {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(super) fn put_str(out: &mut Vec<u8>, s: &str) {
     // Longer strings are cut at a character boundary: only reasons and
-    // tokens could be, and neither is useful at 64 KiB.
+    // tokens could be (clients refuse longer stream and group names), and
+    // neither is useful at 64 KiB.
     let mut end = s.len().min(u16::MAX as usize);
     while !s.is_char_boundary(end) {
         end -= 1;
@@ -223,6 +340,12 @@ impl Reader<'_> {
 
     fn u8(&mut self) -> Result<u8, ControlError> {
         Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, ControlError> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u64(&mut self) -> Result<u64, ControlError> {

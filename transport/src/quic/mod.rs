@@ -1,14 +1,17 @@
 //! The QUIC plane (quinn + rustls, TLS 1.3): how producers authenticate,
 //! publish over a QUIC stream where raw UDP cannot go, and lease an
-//! authenticated raw-UDP session. See WIRE.md, "QUIC plane".
+//! authenticated raw-UDP session; and how consumers subscribe and receive.
+//! See WIRE.md, "QUIC plane" and "Consumers (QUIC plane)".
 //!
 //! - [`control`]: the messages of the QUIC plane and their codec;
-//! - [`frame`]: length-prefixed frames on QUIC streams;
+//! - [`consume`]: the messages of a consumer's stream after it subscribed;
+//! - [`frame`]: length-prefixed frames on QUIC streams (short and long);
 //! - [`tls`]: TLS configuration of both sides: how a client trusts the
 //!   daemon (CA, pinned certificate, or, for tests, nothing), ALPN;
 //! - [`stream_io`]: a QUIC stream carrying sluice datagrams, as the
 //!   [`PacketIo`](crate::serve::PacketIo) of a served endpoint.
 
+pub mod consume;
 pub mod control;
 pub mod frame;
 pub mod stream_io;
