@@ -6,11 +6,23 @@
 //! | `GET /health` | `200 {"status":"ok",...}`, or `503` while acks are held (disk full) or the daemon is stopping |
 //! | `GET /streams` | JSON: each stream's name and durable end offset |
 //! | `GET /streams/{name}/records?from=N&limit=M` | JSON: durable records from offset N (payloads in base64) |
+//! | `POST /streams/{name}/groups/{group}/fetch` | JSON: up to `max` messages for the group, long-polling up to `wait_ms` |
+//! | `POST /streams/{name}/groups/{group}/ack` | `{"acked":n}` once the acks are durable |
+//! | `POST /streams/{name}/groups/{group}/nack` | `{"nacked":n}`: delivered again after `delay_ms` |
+//! | `POST /streams/{name}/groups/{group}/extend` | `{"extended":n}`: ack deadlines moved to now + `ms` |
+//! | `GET /groups` | JSON: every consumer group's backlog, members, credit and counters |
+//! | `GET /streams/{name}/dlq?from=N&limit=M` | JSON: the stream's dead letters, decoded, from the purge mark on |
+//! | `POST /streams/{name}/dlq/replay` | appends the dead letters' payloads to the stream again (once each) |
+//! | `POST /streams/{name}/dlq/purge` | moves the purge mark to the dead-letter stream's end |
 //!
-//! Metrics and health are open (for scrapers and load balancers; keep the
-//! admin port off untrusted networks). Stream listings and records need a
-//! principal allowed to consume: `Authorization: Bearer <token>` (unless
-//! the daemon runs anonymously on loopback).
+//! The consumer routes (fetch to purge) are served by
+//! [`crate::consume::http`]; `daemon/HTTP.md` documents them with examples.
+//!
+//! Metrics, health and `/groups` are open (for scrapers and load
+//! balancers; keep the admin port off untrusted networks). Everything else
+//! needs a principal allowed to consume the stream (replay: and to publish
+//! to it): `Authorization: Bearer <token>` (unless the daemon runs
+//! anonymously on loopback).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +63,7 @@ pub struct AdminState {
     pub sealed: Option<Arc<SealedStats>>,
     /// The AF_XDP receive path, when it runs.
     pub xdp: Option<Arc<sluice_xdp::datapath::XdpStats>>,
+    pub consumers: Arc<crate::consume::service::Consumers>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -59,6 +72,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/health", get(health))
         .route("/streams", get(streams))
         .route("/streams/{name}/records", get(records))
+        .merge(crate::consume::http::routes())
         .with_state(state)
 }
 
@@ -127,7 +141,7 @@ pub struct StreamList {
 }
 
 /// The principal of an HTTP request, from its bearer token.
-fn principal(
+pub(crate) fn principal(
     s: &AdminState,
     peer: SocketAddr,
     headers: &HeaderMap,
@@ -250,6 +264,7 @@ async fn records(
     }
 }
 
-fn error(status: StatusCode, message: String) -> Response {
+/// An error answer: `{"error": message}` with `status`.
+pub(crate) fn error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }

@@ -12,8 +12,12 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::auth::{AuthConfig, Authenticator};
+use crate::consume::group::GroupConfig;
+use crate::consume::service::{parse_key_rule, ConsumersConfig, GroupSettings};
+use crate::consume::store::check_group_name;
 use crate::credit::CreditPolicy;
 use crate::spool::{FsyncPolicy, LogConfig, SpoolConfig};
+use sluice_transport::quic::control::StartAt;
 use sluice_xdp::bpf::Mode;
 use sluice_xdp::datapath::XdpSetup;
 use sluice_xdp::xsk::{BindMode, BusyPoll, XskConfig, XskError};
@@ -51,6 +55,7 @@ pub struct Config {
     pub streams: Streams,
     pub auth: AuthConfig,
     pub xdp: Xdp,
+    pub consumers: Consumers,
     pub log: Log,
 }
 
@@ -194,6 +199,81 @@ impl Default for Xdp {
             rx_linger_us: 50,
             fallback: false,
             replace_foreign: false,
+        }
+    }
+}
+
+/// Consumer groups: their defaults, and groups that exist from the start.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Consumers {
+    /// How long a consumer may hold a message before it is delivered
+    /// again, e.g. "30s" (a consumer can extend it for long work).
+    pub ack_deadline: String,
+    /// Longest deadline a consumer may extend a message to.
+    pub max_ack_extension: String,
+    /// Deliveries after which an unacked message moves to the stream's
+    /// dead-letter stream (`<stream>.dlq`).
+    pub max_deliveries: u32,
+    /// Records a group reads ahead of delivery, and their payload bytes
+    /// (bound its memory).
+    pub read_ahead: usize,
+    pub read_ahead_bytes: u64,
+    /// Groups that exist from the daemon's start, with their own settings.
+    pub groups: Vec<GroupEntry>,
+}
+
+/// One configured consumer group (`[[consumers.groups]]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupEntry {
+    pub stream: String,
+    pub group: String,
+    /// Where the group starts when first created: `earliest`, `latest`,
+    /// `offset:N` or `time:RFC3339`.
+    pub start: String,
+    /// Overrides `consumers.ack_deadline` ("" keeps it).
+    pub ack_deadline: String,
+    /// Overrides `consumers.max_deliveries` (0 keeps it).
+    pub max_deliveries: u32,
+    /// Retention keeps every record this group has not acked.
+    pub retain_until_acked: bool,
+    /// Backpressure: at this many messages of backlog, producers to the
+    /// stream get no credit until the group catches up (0: never).
+    pub max_backlog: u64,
+    /// `none`, or `latest_per_key`: a group that falls behind gets the
+    /// newest message of each key instead of every one.
+    pub conflate: String,
+    /// What the key is: `producer`, `prefix:N` (first N bytes of the
+    /// payload) or `delimiter:C` (the payload up to the first C).
+    pub conflate_key: String,
+}
+
+impl Default for Consumers {
+    fn default() -> Self {
+        Consumers {
+            ack_deadline: "30s".into(),
+            max_ack_extension: "12h".into(),
+            max_deliveries: 5,
+            read_ahead: 4096,
+            read_ahead_bytes: 64 << 20,
+            groups: Vec::new(),
+        }
+    }
+}
+
+impl Default for GroupEntry {
+    fn default() -> Self {
+        GroupEntry {
+            stream: String::new(),
+            group: String::new(),
+            start: "earliest".into(),
+            ack_deadline: String::new(),
+            max_deliveries: 0,
+            retain_until_acked: false,
+            max_backlog: 0,
+            conflate: "none".into(),
+            conflate_key: "producer".into(),
         }
     }
 }
@@ -424,6 +504,23 @@ pub struct Args {
     /// interface (true/false).
     #[arg(long, env = "SLUICED_XDP_REPLACE_FOREIGN")]
     pub xdp_replace_foreign: Option<bool>,
+    /// [consumers.ack_deadline] how long a consumer may hold a message
+    /// before it is delivered again, e.g. 30s.
+    #[arg(long, env = "SLUICED_CONSUMERS_ACK_DEADLINE")]
+    pub consumers_ack_deadline: Option<String>,
+    /// [consumers.max_ack_extension] longest deadline a consumer may extend to.
+    #[arg(long, env = "SLUICED_CONSUMERS_MAX_ACK_EXTENSION")]
+    pub consumers_max_ack_extension: Option<String>,
+    /// [consumers.max_deliveries] deliveries after which an unacked message
+    /// moves to the dead-letter stream.
+    #[arg(long, env = "SLUICED_CONSUMERS_MAX_DELIVERIES")]
+    pub consumers_max_deliveries: Option<u32>,
+    /// [consumers.read_ahead] records a group reads ahead of delivery.
+    #[arg(long, env = "SLUICED_CONSUMERS_READ_AHEAD")]
+    pub consumers_read_ahead: Option<usize>,
+    /// [consumers.read_ahead_bytes] payload bytes a group reads ahead.
+    #[arg(long, env = "SLUICED_CONSUMERS_READ_AHEAD_BYTES")]
+    pub consumers_read_ahead_bytes: Option<u64>,
     /// [log.level] error | warn | info | debug | trace, or a filter directive.
     #[arg(long, env = "SLUICED_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -484,6 +581,17 @@ impl Config {
         set!(c.xdp.rx_linger_us, args.xdp_rx_linger_us);
         set!(c.xdp.fallback, args.xdp_fallback);
         set!(c.xdp.replace_foreign, args.xdp_replace_foreign);
+        set!(c.consumers.ack_deadline, args.consumers_ack_deadline);
+        set!(
+            c.consumers.max_ack_extension,
+            args.consumers_max_ack_extension
+        );
+        set!(c.consumers.max_deliveries, args.consumers_max_deliveries);
+        set!(c.consumers.read_ahead, args.consumers_read_ahead);
+        set!(
+            c.consumers.read_ahead_bytes,
+            args.consumers_read_ahead_bytes
+        );
         set!(c.log.level, args.log_level);
         set!(c.log.format, args.log_format);
         c.spool.repair |= args.repair;
@@ -555,6 +663,7 @@ impl Config {
                 .map_err(|e| invalid("streams.names", e.to_string()))?;
         }
         self.xdp_setup()?;
+        self.consumers_config()?;
         if !["text", "json"].contains(&self.log.format.as_str()) {
             return Err(invalid("log.format", "must be `text` or `json`"));
         }
@@ -713,6 +822,116 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The consumer groups' settings, checked.
+    pub fn consumers_config(&self) -> Result<ConsumersConfig, ConfigError> {
+        let c = &self.consumers;
+        let duration = |key: &'static str, v: &str| {
+            let d = humantime::parse_duration(v).map_err(|e| invalid(key, e.to_string()))?;
+            if d.is_zero() {
+                return Err(invalid(key, "must be more than zero"));
+            }
+            Ok(d)
+        };
+        if c.max_deliveries == 0 {
+            return Err(invalid("consumers.max_deliveries", "must be at least 1"));
+        }
+        if c.read_ahead == 0 {
+            return Err(invalid("consumers.read_ahead", "must be at least 1"));
+        }
+        let defaults = GroupSettings {
+            machine: GroupConfig {
+                ack_deadline: duration("consumers.ack_deadline", &c.ack_deadline)?,
+                max_ack_extension: duration("consumers.max_ack_extension", &c.max_ack_extension)?,
+                max_deliveries: c.max_deliveries,
+                read_ahead: c.read_ahead,
+                read_ahead_bytes: c.read_ahead_bytes.max(1),
+                conflate: None,
+            },
+            retain_until_acked: false,
+            start: StartAt::Earliest,
+            max_backlog: 0,
+        };
+        let mut groups = Vec::new();
+        for g in &c.groups {
+            let key = "consumers.groups";
+            let at = |reason: String| {
+                invalid(
+                    key,
+                    format!("group {:?} of stream {:?}: {reason}", g.group, g.stream),
+                )
+            };
+            crate::spool::writer::check_name(&g.stream).map_err(|e| at(e.to_string()))?;
+            check_group_name(&g.group).map_err(at)?;
+            if groups
+                .iter()
+                .any(|(s, n, _): &(String, String, GroupSettings)| *s == g.stream && *n == g.group)
+            {
+                return Err(at("named twice".into()));
+            }
+            let mut machine = defaults.machine.clone();
+            if !g.ack_deadline.is_empty() {
+                machine.ack_deadline =
+                    duration(key, &g.ack_deadline).map_err(|e| at(e.to_string()))?;
+            }
+            if g.max_deliveries > 0 {
+                machine.max_deliveries = g.max_deliveries;
+            }
+            machine.conflate = match g.conflate.as_str() {
+                "none" => None,
+                "latest_per_key" => Some(
+                    parse_key_rule(&g.conflate_key)
+                        .map_err(|e| at(format!("conflate_key: {e}")))?,
+                ),
+                other => {
+                    return Err(at(format!(
+                        "conflate: `{other}` is not one of none, latest_per_key"
+                    )))
+                }
+            };
+            let start = parse_start(&g.start).map_err(|e| at(format!("start: {e}")))?;
+            groups.push((
+                g.stream.clone(),
+                g.group.clone(),
+                GroupSettings {
+                    machine,
+                    retain_until_acked: g.retain_until_acked,
+                    start,
+                    max_backlog: g.max_backlog,
+                },
+            ));
+        }
+        Ok(ConsumersConfig { defaults, groups })
+    }
+}
+
+/// Parses a start position: `earliest`, `latest`, `offset:N`, `time:RFC3339`.
+pub fn parse_start(s: &str) -> Result<StartAt, String> {
+    match s {
+        "earliest" => return Ok(StartAt::Earliest),
+        "latest" => return Ok(StartAt::Latest),
+        _ => {}
+    }
+    if let Some(n) = s.strip_prefix("offset:") {
+        return n
+            .parse()
+            .map(StartAt::Offset)
+            .map_err(|_| format!("`{s}`: offset:N takes a whole number"));
+    }
+    if let Some(t) = s.strip_prefix("time:") {
+        let at = humantime::parse_rfc3339_weak(t)
+            .map_err(|e| format!("`{s}`: {e} (e.g. time:2026-12-01T10:00:00Z)"))?;
+        let us = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| format!("`{s}`: before 1970"))?
+            .as_micros() as u64;
+        return Ok(StartAt::Time(us));
+    }
+    Err(format!(
+        "`{s}` is not one of earliest, latest, offset:N, time:RFC3339"
+    ))
+}
+
 /// The `[xdp]` key of an AF_XDP socket setting.
 fn xdp_key(field: &str) -> &'static str {
     match field {
@@ -779,6 +998,42 @@ mod tests {
             let e = parse(&format!("{on}{extra}\n")).unwrap_err();
             assert!(e.contains(key), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn consumer_settings_are_checked_with_their_keys() {
+        let g = "[[consumers.groups]]\nstream = \"orders\"\ngroup = \"billing\"\n";
+        let c = parse(&format!("{g}conflate = \"latest_per_key\"\nconflate_key = \"delimiter:=\"\nmax_deliveries = 2\nstart = \"offset:7\"\n")).unwrap();
+        let cc = c.consumers_config().unwrap();
+        let (_, _, s) = &cc.groups[0];
+        assert_eq!(s.machine.max_deliveries, 2);
+        assert_eq!(s.start, StartAt::Offset(7));
+        assert!(s.machine.conflate.is_some());
+        for (text, key) in [
+            (
+                "[consumers]\nack_deadline = \"soon\"\n".to_owned(),
+                "consumers.ack_deadline",
+            ),
+            (
+                "[consumers]\nmax_deliveries = 0\n".to_owned(),
+                "consumers.max_deliveries",
+            ),
+            (format!("{g}conflate = \"sometimes\"\n"), "conflate"),
+            (
+                format!("{g}conflate = \"latest_per_key\"\nconflate_key = \"prefix:x\"\n"),
+                "conflate_key",
+            ),
+            (format!("{g}start = \"yesterday\"\n"), "start"),
+            (
+                "[[consumers.groups]]\nstream = \"s\"\ngroup = \"../x\"\n".to_owned(),
+                "consumers.groups",
+            ),
+            (format!("{g}{g}"), "named twice"),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert!(parse_start("time:2026-12-01T10:00:00Z").is_ok());
     }
 
     #[test]

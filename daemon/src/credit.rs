@@ -8,7 +8,9 @@
 //! retransmission, which costs more). Each session's share is turned into
 //! messages by its average message size. The share shrinks as its stream's
 //! spool backlog grows and is zero while the disk is full or the backlog is
-//! at its limit: a slow disk slows producers instead of growing memory.
+//! at its limit: a slow disk slows producers instead of growing memory. It
+//! is zero too while a consumer group configured with backpressure is at
+//! its backlog limit.
 
 use crate::spool::Health;
 
@@ -30,7 +32,10 @@ impl CreditPolicy {
     /// is in state `health`, given the session's average message size so far
     /// (`None` before its first message).
     pub fn credit(&self, health: &Health, sessions: usize, avg_message: Option<u64>) -> u32 {
-        if health.disk_full || health.backlog_bytes >= self.backlog_limit {
+        if health.disk_full
+            || health.held_by_consumers
+            || health.backlog_bytes >= self.backlog_limit
+        {
             return 0;
         }
         let size = avg_message.unwrap_or(ASSUMED_MESSAGE).max(1);
@@ -72,6 +77,15 @@ mod tests {
         assert_eq!(POLICY.credit(&health(0, false), 256, Some(64 << 10)), 4);
         // Huge messages still get one, so every session progresses.
         assert_eq!(POLICY.credit(&health(0, false), 256, Some(16 << 20)), 1);
+    }
+
+    #[test]
+    fn a_group_at_its_backlog_limit_stops_credit() {
+        let held = Health {
+            held_by_consumers: true,
+            ..Health::default()
+        };
+        assert_eq!(POLICY.credit(&held, 8, Some(128)), 0);
     }
 
     #[test]

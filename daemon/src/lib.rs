@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod consume;
 pub mod credit;
 pub mod gate;
 pub mod identity;

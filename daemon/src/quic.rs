@@ -23,6 +23,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::auth::{Action, Principal};
+use crate::consume::service::Consumers;
+use crate::consume::subscriber::{self, Subscription};
 use crate::gate::Gate;
 use crate::identity::{self, Identity};
 use crate::ingest::{Ingest, IngestShared};
@@ -53,6 +55,7 @@ struct Plane {
     lease_ttl: Duration,
     /// Endpoints of QUIC publish streams, for the drain at stop.
     drivers: Mutex<Vec<ServeHandle>>,
+    consumers: Arc<Consumers>,
     stats: Arc<QuicStats>,
     handshake_log: Mutex<LogLimit>,
 }
@@ -79,6 +82,7 @@ pub struct QuicSetup {
     pub reset_key: [u8; 64],
     /// SO_RCVBUF of the QUIC socket (0: the kernel's default).
     pub recv_buffer: usize,
+    pub consumers: Arc<Consumers>,
 }
 
 impl QuicPlane {
@@ -123,6 +127,7 @@ impl QuicPlane {
             data_addr: setup.data_addr,
             lease_ttl: setup.lease_ttl,
             drivers: Mutex::new(Vec::new()),
+            consumers: setup.consumers,
             stats: Arc::default(),
             handshake_log: Mutex::new(LogLimit::new(5)),
         });
@@ -255,7 +260,7 @@ async fn authenticate(conn: &Connection, plane: &Plane) -> Result<Principal, (u3
     Ok(principal)
 }
 
-/// One stream: publish over it, or lease the fast path.
+/// One stream: publish over it, lease the fast path, or consume.
 async fn serve_stream(
     mut send: SendStream,
     recv: RecvStream,
@@ -275,8 +280,36 @@ async fn serve_stream(
             stream,
             producer_id,
         }) => (purpose, stream, producer_id),
+        Ok(Control::Subscribe {
+            stream,
+            group,
+            start,
+            mode,
+            max_messages,
+            max_bytes,
+        }) => {
+            if let Err(reason) = plane.gate.check(peer, principal, Action::Consume, &stream) {
+                refuse(&mut send, RefuseCode::Forbidden, &reason).await;
+                return;
+            }
+            let sub = Subscription {
+                stream,
+                group,
+                start,
+                mode,
+                max_messages,
+                max_bytes,
+            };
+            subscriber::serve(send, recv, &plane.consumers, sub, peer).await;
+            return;
+        }
         _ => {
-            refuse(&mut send, RefuseCode::BadRequest, "expected OPEN").await;
+            refuse(
+                &mut send,
+                RefuseCode::BadRequest,
+                "expected OPEN or SUBSCRIBE",
+            )
+            .await;
             return;
         }
     };

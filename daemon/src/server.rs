@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
+use crate::consume::service::{ConsumeError, Consumers};
 use crate::gate::Gate;
 use crate::identity::{self, IdentityError};
 use crate::ingest::{Ingest, IngestShared};
@@ -46,6 +47,8 @@ pub enum ServerError {
     Identity(#[from] IdentityError),
     #[error("{0} (set xdp.fallback = true to run on the socket path instead)")]
     Xdp(#[from] XdpError),
+    #[error("consumer groups: {0}")]
+    Consumers(#[from] ConsumeError),
 }
 
 /// Where a running daemon listens (useful when the config asked for port 0).
@@ -72,6 +75,8 @@ pub async fn run(
     for name in &config.streams.names {
         spool.stream(name)?;
     }
+    let consumers = Consumers::new(spool.clone(), config.consumers_config()?);
+    consumers.start().await?;
     let wanted = config.data.recv_buffer;
     let socket = udp::bind(
         config.data.listen,
@@ -149,6 +154,7 @@ pub async fn run(
         lease_ttl: Duration::from_secs(config.data.lease_seconds),
         reset_key: identity::reset_key(&config.spool.dir)?,
         recv_buffer: config.data.recv_buffer,
+        consumers: consumers.clone(),
     })
     .map_err(ServerError::Quic)?;
     let bound = Bound {
@@ -166,6 +172,7 @@ pub async fn run(
         leases,
         sealed,
         xdp: xdp_path.as_ref().map(XdpPath::stats),
+        consumers: consumers.clone(),
     });
     let app = admin::router(state.clone());
     let admin_task = tokio::spawn(async move {
@@ -205,6 +212,9 @@ pub async fn run(
         .shutdown(CloseCode::ShuttingDown, "sluiced is stopping")
         .await;
     quic.shutdown().await;
+    // Group journals are written out before the spool stops.
+    consumers.shutdown().await;
+    drop(consumers);
     // Detaches the program: nothing of sluice stays on the interface.
     drop(xdp_path);
     drop(ingest);

@@ -4,6 +4,7 @@
 //! writer) and read only when scraped.
 
 pub mod exposition;
+mod groups;
 pub mod histogram;
 pub mod scrape;
 mod xdp;
@@ -264,6 +265,7 @@ impl Metrics {
             self.sessions_rejected.load(Relaxed),
         );
         render_security(&mut e, state);
+        groups::render(&mut e, &state.consumers.stats());
         if let Some(x) = &state.xdp {
             xdp::render(&mut e, x);
         }

@@ -730,7 +730,7 @@ fn encode_cursor(c: Cursor) -> Vec<u8> {
     b
 }
 
-fn decode_cursor(b: &[u8]) -> Option<Cursor> {
+pub(crate) fn decode_cursor(b: &[u8]) -> Option<Cursor> {
     let body = checked_body(b, b"SLCU")?;
     if body.len() != 9 {
         return None;

@@ -134,6 +134,22 @@ impl Reader {
     /// Opens the segment holding `next` and finds its byte position, using
     /// the sparse index. Returns false if no segment holds it yet.
     fn locate(&mut self) -> Result<bool, SpoolError> {
+        // Retention may delete the segment between the look at the list and
+        // the open: look again (a deleted segment is a gone one, not an error).
+        let mut tries = 0;
+        loop {
+            match self.locate_once() {
+                Err(SpoolError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && tries < 3 =>
+                {
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn locate_once(&mut self) -> Result<bool, SpoolError> {
         let segs = self.shared.read().unwrap().clone();
         let Some(first) = segs.first() else {
             return Ok(false);

@@ -64,6 +64,9 @@ pub struct Health {
     pub disk_full: bool,
     /// Duration of the last fdatasync, in microseconds.
     pub last_sync_us: u64,
+    /// A consumer group with backpressure has reached its backlog limit:
+    /// producers get no credit until it drains.
+    pub held_by_consumers: bool,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, SpoolError>>;
@@ -116,6 +119,8 @@ struct Gauges {
     backlog_bytes: AtomicU64,
     disk_full: AtomicBool,
     last_sync_us: AtomicU64,
+    /// Consumer groups holding producers back (at their backlog limit).
+    consumer_holds: AtomicU64,
     /// fdatasync durations, microseconds.
     sync_us: Histogram,
     /// Records per group commit.
@@ -129,6 +134,7 @@ impl Default for Gauges {
             backlog_bytes: AtomicU64::new(0),
             disk_full: AtomicBool::new(false),
             last_sync_us: AtomicU64::new(0),
+            consumer_holds: AtomicU64::new(0),
             sync_us: Histogram::latency(),
             batch_records: Histogram::batch_sizes(),
         }
@@ -240,12 +246,31 @@ impl Stream {
         rx
     }
 
+    /// Reads a cursor stored with [`set_cursor`](Self::set_cursor), if
+    /// there is one (the file's last complete version: stores are atomic).
+    pub fn cursor(&self, group: &str) -> Option<Cursor> {
+        let path = self.dir.join("cursors").join(group);
+        let b = super::fs::read_all(&*self.fs, &path).ok()?;
+        super::log::decode_cursor(&b)
+    }
+
     pub fn health(&self) -> Health {
         Health {
             backlog_records: self.gauges.backlog_records.load(Ordering::Relaxed),
             backlog_bytes: self.gauges.backlog_bytes.load(Ordering::Relaxed),
             disk_full: self.gauges.disk_full.load(Ordering::Relaxed),
             last_sync_us: self.gauges.last_sync_us.load(Ordering::Relaxed),
+            held_by_consumers: self.gauges.consumer_holds.load(Ordering::Relaxed) > 0,
+        }
+    }
+
+    /// A consumer group starts (`true`) or stops (`false`) holding the
+    /// stream's producers back; calls must pair up.
+    pub fn hold_producers(&self, hold: bool) {
+        if hold {
+            self.gauges.consumer_holds.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.gauges.consumer_holds.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -262,6 +287,27 @@ impl Stream {
     /// Offset after the last durable record.
     pub fn durable_end(&self) -> u64 {
         *self.durable_end.borrow()
+    }
+
+    /// Bytes of records in the stream.
+    pub fn total_bytes(&self) -> u64 {
+        self.shared.read().unwrap().iter().map(|s| s.len).sum()
+    }
+
+    /// Changes of the durable end, for tasks that wait for new records.
+    pub fn watch_end(&self) -> watch::Receiver<u64> {
+        self.durable_end.clone()
+    }
+
+    /// Offset of the oldest record retention kept.
+    pub fn first_offset(&self) -> u64 {
+        self.shared.read().unwrap().first().map_or(0, |s| s.base)
+    }
+
+    /// The spool's file system (consumer groups keep their state beside
+    /// the stream's segments).
+    pub fn fs(&self) -> &Arc<dyn SpoolFs> {
+        &self.fs
     }
 
     /// A reader starting at `offset` (clamped to what retention kept).

@@ -1217,19 +1217,22 @@ impl Driver {
 
     /// Closes the connection as done, and tells whoever waits for that.
     fn finish_close(&mut self, replies: Vec<Option<oneshot::Sender<()>>>) {
-        if let Some(sub) = self.sub.take() {
+        let endpoint = self.sub.take().map(|sub| {
             sub.session.conn.close(close_code::DONE.into(), b"done");
-            // Let the close reach the daemon before the endpoint goes.
-            let endpoint = sub.session.endpoint.clone();
-            drop(sub);
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-            });
-        }
+            sub.session.endpoint.clone()
+        });
         self.settle_all(ConsumerError::Closed);
-        for reply in replies.into_iter().flatten() {
-            let _ = reply.send(());
-        }
+        // `close()` returns once the close has reached the daemon (or after
+        // a second): a process that exits right after is no longer a member
+        // there, and nothing more is pushed to it.
+        tokio::spawn(async move {
+            if let Some(endpoint) = endpoint {
+                let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            }
+            for reply in replies.into_iter().flatten() {
+                let _ = reply.send(());
+            }
+        });
         debug!(stream = %self.stream, group = %self.options.group, "consumer closed");
     }
 

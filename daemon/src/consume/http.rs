@@ -1,0 +1,836 @@
+//! The consumer HTTP API, on the admin port: pull with long polling, acks,
+//! nacks and extensions for clients that cannot keep a QUIC session (any
+//! language with an HTTP client), the groups' figures, and the dead-letter
+//! streams (list, replay, purge). `daemon/HTTP.md` documents it with
+//! examples.
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `POST /streams/{s}/groups/{g}/fetch` | `{"max","wait_ms","start"}` | `{"messages":[...]}` |
+//! | `POST /streams/{s}/groups/{g}/ack` | `{"offsets"}` | `{"acked":n}` once durable |
+//! | `POST /streams/{s}/groups/{g}/nack` | `{"offsets","delay_ms"}` | `{"nacked":n}` once durable |
+//! | `POST /streams/{s}/groups/{g}/extend` | `{"offsets","ms"}` | `{"extended":n}` once durable |
+//! | `GET /groups` | | `{"groups":[GroupStats...]}` |
+//! | `GET /streams/{s}/dlq?from=N&limit=M` | | dead letters from the purge mark on |
+//! | `POST /streams/{s}/dlq/replay` | `{"purge"}` | `{"replayed","duplicates","skipped","purged_to"}` |
+//! | `POST /streams/{s}/dlq/purge` | | `{"purged","purged_to"}` |
+//!
+//! Everything but `/groups` needs a principal allowed to consume the
+//! stream (`Authorization: Bearer <token>`, unless the daemon runs
+//! anonymously on loopback); replay also needs publish. `/groups` shows
+//! what `/metrics` shows, and is as open.
+//!
+//! A fetch joins the group as a member for the length of the request only:
+//! what it is handed stays out with nobody in particular until acked (by
+//! offset, from any client), nacked, or its ack deadline passes. A client
+//! that disconnects during the wait gives back what it was being handed.
+//!
+//! The purge mark of a dead-letter stream is its cursor named `.purged` (a
+//! name no group can have): lists and replays start there, and retention
+//! may delete what is below it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::dead_letter::{self, DeadLetter};
+use super::group::Delivery;
+use super::service::{ConsumeError, GroupHandle, GroupStats, StartAt};
+use crate::admin::{error, principal, AdminState};
+use crate::auth::Action;
+use crate::spool::writer::now_us;
+use crate::spool::{Cursor, Outcome, Record, SpoolError, Stream};
+
+/// Most messages one fetch returns.
+pub const MAX_FETCH: u64 = 10_000;
+/// Messages a fetch returns when the body does not say.
+pub const DEFAULT_FETCH: u64 = 10;
+/// Longest long poll, ms (longer waits are cut to it).
+pub const MAX_WAIT_MS: u64 = 30_000;
+/// Most dead letters one list request returns.
+pub const MAX_DEAD_LETTERS_PER_REQUEST: usize = 10_000;
+/// Dead letters a list request returns when the query does not say.
+pub const DEFAULT_DEAD_LETTERS: usize = 100;
+/// The cursor of a dead-letter stream that holds its purge mark.
+pub const PURGE_CURSOR: &str = ".purged";
+/// A replay appends this many dead letters per batch at most ...
+const REPLAY_BATCH: usize = 1_000;
+/// ... and about this many payload bytes.
+const REPLAY_BATCH_BYTES: usize = 4 << 20;
+
+/// The routes, to merge into the admin router.
+pub fn routes() -> Router<Arc<AdminState>> {
+    Router::new()
+        .route("/streams/{stream}/groups/{group}/fetch", post(fetch))
+        .route("/streams/{stream}/groups/{group}/ack", post(ack))
+        .route("/streams/{stream}/groups/{group}/nack", post(nack))
+        .route("/streams/{stream}/groups/{group}/extend", post(extend))
+        .route("/groups", get(groups))
+        .route("/streams/{stream}/dlq", get(dlq_list))
+        .route("/streams/{stream}/dlq/replay", post(dlq_replay))
+        .route("/streams/{stream}/dlq/purge", post(dlq_purge))
+}
+
+/// One message as a fetch returns it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MessageJson {
+    /// Its offset in the stream: what acks, nacks and extensions name.
+    pub offset: u64,
+    /// 1 on the first delivery, more on redeliveries.
+    pub delivery: u32,
+    pub timestamp_us: u64,
+    pub producer: u64,
+    pub seq: u64,
+    /// Milliseconds left to ack it before it is delivered again.
+    pub deadline_ms: u64,
+    /// The payload, base64 (standard alphabet, padded).
+    pub payload: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct FetchAnswer {
+    pub messages: Vec<MessageJson>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct GroupList {
+    pub groups: Vec<GroupStats>,
+}
+
+/// One delivery attempt of a dead letter.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct AttemptJson {
+    /// When it ended, µs since the Unix epoch.
+    pub at_us: u64,
+    pub member: String,
+    /// `deadline-expired`, `nacked` or `member-left`.
+    pub outcome: String,
+}
+
+/// One dead letter, decoded.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct DeadLetterJson {
+    /// Its offset in the dead-letter stream.
+    pub offset: u64,
+    /// The message's offset in its own stream.
+    pub source_offset: u64,
+    pub group: String,
+    pub reason: String,
+    pub deliveries: u32,
+    pub history: Vec<AttemptJson>,
+    /// The original record's producer, seq and timestamp.
+    pub producer: u64,
+    pub seq: u64,
+    pub timestamp_us: u64,
+    /// When it was dead-lettered, µs since the Unix epoch.
+    pub dead_at_us: u64,
+    /// The original payload, base64 (standard alphabet, padded).
+    pub payload: String,
+}
+
+/// A record of the dead-letter stream that is not an envelope.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Skipped {
+    pub offset: u64,
+    pub error: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct DeadLetterPage {
+    pub stream: String,
+    /// The dead-letter stream's name.
+    pub dlq: String,
+    /// The purge mark: dead letters below it are not shown.
+    pub purged_to: u64,
+    pub dead_letters: Vec<DeadLetterJson>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
+    /// Where to continue: `from` for the next request.
+    pub next: u64,
+    pub durable_end: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct ReplayAnswer {
+    /// Dead letters appended to the stream now.
+    pub replayed: u64,
+    /// Dead letters a previous replay had appended already (not again).
+    pub duplicates: u64,
+    /// Records of the dead-letter stream that are not envelopes.
+    pub skipped: u64,
+    /// The purge mark afterwards.
+    pub purged_to: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct PurgeAnswer {
+    /// Dead letters that went below the mark now.
+    pub purged: u64,
+    pub purged_to: u64,
+}
+
+/// A request turned down: `{"error": message}` with its status.
+enum Refusal {
+    Says(StatusCode, String),
+    /// One made already (by the admin endpoint's authentication).
+    Made(Box<Response>),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Says(status, message) => error(status, message),
+            Refusal::Made(r) => *r,
+        }
+    }
+}
+
+type Answer = Result<Response, Refusal>;
+
+fn refuse(status: StatusCode, message: String) -> Refusal {
+    Refusal::Says(status, message)
+}
+
+fn bad(message: String) -> Refusal {
+    refuse(StatusCode::BAD_REQUEST, message)
+}
+
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+fn consume_error(e: ConsumeError) -> Refusal {
+    match e {
+        ConsumeError::NoSuchStream(_) => refuse(StatusCode::NOT_FOUND, e.to_string()),
+        ConsumeError::BadGroup(_) => bad(e.to_string()),
+        ConsumeError::Stopping => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        ConsumeError::Spool(_) => internal(e),
+    }
+}
+
+/// Who asks, and whether they may do `actions` on `stream`.
+fn allow(
+    s: &AdminState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    stream: &str,
+    actions: &[Action],
+) -> Result<(), Refusal> {
+    let who = principal(s, peer, headers).map_err(Refusal::Made)?;
+    for &a in actions {
+        s.gate
+            .check(peer, &who, a, stream)
+            .map_err(|reason| refuse(StatusCode::FORBIDDEN, reason))?;
+    }
+    Ok(())
+}
+
+fn need_stream(s: &AdminState, stream: &str) -> Result<Stream, Refusal> {
+    if !s.spool.stream_names().iter().any(|n| n == stream) {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!("no stream {stream:?}"),
+        ));
+    }
+    s.spool.stream(stream).map_err(internal)
+}
+
+/// A request's JSON object, read field by field so that every complaint
+/// names its field. An empty body is an empty object.
+struct Fields(Map<String, Value>);
+
+impl Fields {
+    fn parse(body: &[u8], allowed: &[&str]) -> Result<Fields, Refusal> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Fields(Map::new()));
+        }
+        let v: Value =
+            serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+        let Value::Object(m) = v else {
+            return Err(bad(format!(
+                "the body must be a JSON object with the fields {}",
+                allowed.join(", ")
+            )));
+        };
+        if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(bad(format!(
+                "unknown field {k:?}: expected {}",
+                allowed.join(", ")
+            )));
+        }
+        Ok(Fields(m))
+    }
+
+    fn u64(&self, key: &str) -> Result<Option<u64>, Refusal> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                bad(format!(
+                    "field {key:?} must be a whole number of 0 or more, not {v}"
+                ))
+            }),
+        }
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>, Refusal> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| bad(format!("field {key:?} must be true or false, not {v}"))),
+        }
+    }
+
+    fn str(&self, key: &str) -> Result<Option<&str>, Refusal> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| bad(format!("field {key:?} must be a string, not {v}"))),
+        }
+    }
+
+    /// The required `offsets` array.
+    fn offsets(&self) -> Result<Vec<u64>, Refusal> {
+        let Some(v) = self.0.get("offsets") else {
+            return Err(bad(
+                "field \"offsets\" is missing: give the offsets as an array of whole numbers"
+                    .into(),
+            ));
+        };
+        let not = || {
+            bad(format!(
+                "field \"offsets\" must be an array of offsets (whole numbers), not {v}"
+            ))
+        };
+        v.as_array()
+            .ok_or_else(not)?
+            .iter()
+            .map(|o| o.as_u64().ok_or_else(not))
+            .collect()
+    }
+}
+
+fn message_json(d: Delivery, now: Instant) -> MessageJson {
+    MessageJson {
+        offset: d.offset,
+        delivery: d.delivery,
+        timestamp_us: d.record.timestamp_us,
+        producer: d.record.producer,
+        seq: d.record.seq,
+        deadline_ms: d.deadline.saturating_duration_since(now).as_millis() as u64,
+        payload: base64::engine::general_purpose::STANDARD.encode(&d.record.payload),
+    }
+}
+
+async fn fetch(
+    State(s): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((stream, group)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    fetch_inner(&s, peer, &headers, &stream, &group, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn fetch_inner(
+    s: &AdminState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    stream: &str,
+    group: &str,
+    body: &[u8],
+) -> Answer {
+    allow(s, peer, headers, stream, &[Action::Consume])?;
+    let f = Fields::parse(body, &["max", "wait_ms", "start"])?;
+    let max = f.u64("max")?.unwrap_or(DEFAULT_FETCH);
+    if max == 0 {
+        return Err(bad("field \"max\" must be at least 1".into()));
+    }
+    let max = max.min(MAX_FETCH) as u32;
+    let wait = Duration::from_millis(f.u64("wait_ms")?.unwrap_or(0).min(MAX_WAIT_MS));
+    let start = match f.str("start")? {
+        Some(v) => {
+            crate::config::parse_start(v).map_err(|e| bad(format!("field \"start\": {e}")))?
+        }
+        None => StartAt::Earliest,
+    };
+    let handle = s
+        .consumers
+        .group(stream, group, start)
+        .await
+        .map_err(consume_error)?;
+    let got = handle
+        .fetch_detached(s.consumers.member_id(), max, wait)
+        .await
+        .map_err(consume_error)?;
+    let now = Instant::now();
+    let messages = got.into_iter().map(|d| message_json(d, now)).collect();
+    Ok(Json(FetchAnswer { messages }).into_response())
+}
+
+/// The running group an ack, nack or extension is for.
+async fn existing(s: &AdminState, stream: &str, group: &str) -> Result<Arc<GroupHandle>, Refusal> {
+    s.consumers.existing(stream, group).await.ok_or_else(|| {
+        refuse(
+            StatusCode::NOT_FOUND,
+            format!("no consumer group {group:?} of stream {stream:?} (a fetch creates it)"),
+        )
+    })
+}
+
+/// What the three settling routes do.
+#[derive(Clone, Copy)]
+enum Settle {
+    Ack,
+    Nack,
+    Extend,
+}
+
+async fn settle(
+    s: &AdminState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    (stream, group): (&str, &str),
+    body: &[u8],
+    kind: Settle,
+) -> Answer {
+    allow(s, peer, headers, stream, &[Action::Consume])?;
+    let allowed: &[&str] = match kind {
+        Settle::Ack => &["offsets"],
+        Settle::Nack => &["offsets", "delay_ms"],
+        Settle::Extend => &["offsets", "ms"],
+    };
+    let f = Fields::parse(body, allowed)?;
+    let offsets = f.offsets()?;
+    let n = offsets.len();
+    let ms = |key| f.u64(key).map(|v| v.map(Duration::from_millis));
+    let (h, word) = match kind {
+        Settle::Ack => {
+            let h = existing(s, stream, group).await?;
+            h.ack(offsets);
+            (h, "acked")
+        }
+        Settle::Nack => {
+            let delay = ms("delay_ms")?.unwrap_or(Duration::ZERO);
+            let h = existing(s, stream, group).await?;
+            h.nack_any(offsets, delay);
+            (h, "nacked")
+        }
+        Settle::Extend => {
+            let by = ms("ms")?;
+            let h = existing(s, stream, group).await?;
+            let by = by.unwrap_or(h.config.ack_deadline);
+            h.extend_any(offsets, by);
+            (h, "extended")
+        }
+    };
+    h.sync().await.map_err(consume_error)?;
+    Ok(Json(serde_json::json!({ word: n })).into_response())
+}
+
+macro_rules! settle_route {
+    ($name:ident, $kind:expr) => {
+        async fn $name(
+            State(s): State<Arc<AdminState>>,
+            ConnectInfo(peer): ConnectInfo<SocketAddr>,
+            headers: HeaderMap,
+            Path((stream, group)): Path<(String, String)>,
+            body: Bytes,
+        ) -> Response {
+            settle(&s, peer, &headers, (&stream, &group), &body, $kind)
+                .await
+                .unwrap_or_else(IntoResponse::into_response)
+        }
+    };
+}
+
+settle_route!(ack, Settle::Ack);
+settle_route!(nack, Settle::Nack);
+settle_route!(extend, Settle::Extend);
+
+async fn groups(State(s): State<Arc<AdminState>>) -> Json<GroupList> {
+    Json(GroupList {
+        groups: s.consumers.stats(),
+    })
+}
+
+/// The dead-letter stream of `stream`, if one was ever written.
+fn dlq_of(s: &AdminState, stream: &str) -> Result<(String, Option<Stream>), Refusal> {
+    let name = dead_letter::dlq_stream_name(stream).map_err(|e| bad(e.to_string()))?;
+    if !s.spool.stream_names().contains(&name) {
+        return Ok((name, None));
+    }
+    let dlq = s.spool.stream(&name).map_err(internal)?;
+    Ok((name, Some(dlq)))
+}
+
+/// Where the dead letters not purged start.
+fn purge_mark(dlq: &Stream) -> u64 {
+    dlq.cursor(PURGE_CURSOR).map_or(0, |c| c.ack_floor)
+}
+
+fn dead_letter_json(offset: u64, d: DeadLetter) -> DeadLetterJson {
+    DeadLetterJson {
+        offset,
+        source_offset: d.offset,
+        group: d.group,
+        reason: d.reason,
+        deliveries: d.deliveries,
+        history: d
+            .history
+            .into_iter()
+            .map(|a| AttemptJson {
+                at_us: a.at_us,
+                member: a.member,
+                outcome: a.outcome.as_str().to_owned(),
+            })
+            .collect(),
+        producer: d.producer,
+        seq: d.seq,
+        timestamp_us: d.timestamp_us,
+        dead_at_us: d.dead_at_us,
+        payload: base64::engine::general_purpose::STANDARD.encode(&d.payload),
+    }
+}
+
+#[derive(Deserialize)]
+struct DlqQuery {
+    #[serde(default)]
+    from: u64,
+    limit: Option<usize>,
+}
+
+async fn dlq_list(
+    State(s): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(stream): Path<String>,
+    Query(q): Query<DlqQuery>,
+) -> Response {
+    dlq_list_inner(&s, peer, &headers, &stream, q)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn dlq_list_inner(
+    s: &AdminState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    stream: &str,
+    q: DlqQuery,
+) -> Answer {
+    allow(s, peer, headers, stream, &[Action::Consume])?;
+    need_stream(s, stream)?;
+    let (name, dlq) = dlq_of(s, stream)?;
+    let Some(dlq) = dlq else {
+        return Ok(Json(DeadLetterPage {
+            stream: stream.to_owned(),
+            dlq: name,
+            purged_to: 0,
+            dead_letters: Vec::new(),
+            skipped: Vec::new(),
+            next: q.from,
+            durable_end: 0,
+        })
+        .into_response());
+    };
+    let limit = q
+        .limit
+        .unwrap_or(DEFAULT_DEAD_LETTERS)
+        .clamp(1, MAX_DEAD_LETTERS_PER_REQUEST);
+    let stream = stream.to_owned();
+    // Reading touches files: off the async workers.
+    let page = tokio::task::spawn_blocking(move || {
+        let purged_to = purge_mark(&dlq);
+        let mut reader = dlq.reader(q.from.max(purged_to));
+        let (mut dead_letters, mut skipped) = (Vec::new(), Vec::new());
+        while dead_letters.len() + skipped.len() < limit {
+            let Some((offset, r)) = reader.next_record()? else {
+                break;
+            };
+            match dead_letter::decode_bytes(&r.payload) {
+                Ok(d) => dead_letters.push(dead_letter_json(offset, d)),
+                Err(e) => skipped.push(Skipped {
+                    offset,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        Ok::<_, SpoolError>(DeadLetterPage {
+            stream,
+            dlq: name,
+            purged_to,
+            dead_letters,
+            skipped,
+            next: reader.position(),
+            durable_end: dlq.durable_end(),
+        })
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    Ok(Json(page).into_response())
+}
+
+async fn dlq_replay(
+    State(s): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(stream): Path<String>,
+    body: Bytes,
+) -> Response {
+    dlq_replay_inner(&s, peer, &headers, &stream, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// One batch of a replay, read from the dead-letter stream.
+struct ReplayBatch {
+    records: Vec<Record>,
+    skipped: u64,
+    /// Where the next batch starts.
+    next: u64,
+}
+
+/// Reads dead letters from `from` up to `end` (not past), at most one
+/// batch, as records of the replay producer.
+fn replay_batch(
+    dlq: &Stream,
+    producer: u64,
+    from: u64,
+    end: u64,
+) -> Result<ReplayBatch, SpoolError> {
+    let mut reader = dlq.reader(from);
+    let mut b = ReplayBatch {
+        records: Vec::new(),
+        skipped: 0,
+        next: from.max(dlq.first_offset()),
+    };
+    let mut bytes = 0;
+    while b.records.len() < REPLAY_BATCH && bytes < REPLAY_BATCH_BYTES {
+        let Some((offset, r)) = reader.next_record()? else {
+            break;
+        };
+        if offset >= end {
+            break;
+        }
+        b.next = offset + 1;
+        match dead_letter::decode_bytes(&r.payload) {
+            Ok(d) => {
+                bytes += d.payload.len();
+                b.records.push(Record {
+                    producer,
+                    // Replaying the same dead letter again is a duplicate
+                    // the spool stores once.
+                    seq: offset + 1,
+                    timestamp_us: now_us(),
+                    payload: d.payload,
+                });
+            }
+            Err(_) => b.skipped += 1,
+        }
+    }
+    Ok(b)
+}
+
+async fn dlq_replay_inner(
+    s: &AdminState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    stream: &str,
+    body: &[u8],
+) -> Answer {
+    allow(
+        s,
+        peer,
+        headers,
+        stream,
+        &[Action::Consume, Action::Publish],
+    )?;
+    let f = Fields::parse(body, &["purge"])?;
+    let purge = f.bool("purge")?.unwrap_or(false);
+    let source = need_stream(s, stream)?;
+    let (_, dlq) = dlq_of(s, stream)?;
+    let mut answer = ReplayAnswer {
+        replayed: 0,
+        duplicates: 0,
+        skipped: 0,
+        purged_to: 0,
+    };
+    let Some(dlq) = dlq else {
+        return Ok(Json(answer).into_response());
+    };
+    let producer = dead_letter::replay_producer_id(stream);
+    // What is there now; dead letters arriving meanwhile wait for the
+    // next replay (and are not purged by this one).
+    let end = dlq.durable_end();
+    let d = dlq.clone();
+    let mut from = tokio::task::spawn_blocking(move || purge_mark(&d))
+        .await
+        .map_err(internal)?;
+    answer.purged_to = from;
+    while from < end {
+        let d = dlq.clone();
+        let batch = tokio::task::spawn_blocking(move || replay_batch(&d, producer, from, end))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        answer.skipped += batch.skipped;
+        if !batch.records.is_empty() {
+            let outcomes = source
+                .append_batch(batch.records)
+                .await
+                .map_err(|_| internal(SpoolError::Closed))?
+                .map_err(|e| internal(format!("replaying into {stream:?}: {e}")))?;
+            for o in outcomes {
+                match o {
+                    Outcome::Stored { .. } => answer.replayed += 1,
+                    Outcome::Duplicate => answer.duplicates += 1,
+                }
+            }
+        }
+        if batch.next <= from {
+            break;
+        }
+        from = batch.next;
+    }
+    if purge {
+        answer.purged_to = set_purge_mark(&dlq, from).await?;
+    }
+    Ok(Json(answer).into_response())
+}
+
+/// Moves the purge mark up to `to` (never down) and waits until it is
+/// durable; returns the mark.
+async fn set_purge_mark(dlq: &Stream, to: u64) -> Result<u64, Refusal> {
+    let d = dlq.clone();
+    let old = tokio::task::spawn_blocking(move || purge_mark(&d))
+        .await
+        .map_err(internal)?;
+    if to <= old {
+        return Ok(old);
+    }
+    let cursor = Cursor {
+        ack_floor: to,
+        retain_until_acked: false,
+    };
+    dlq.set_cursor(PURGE_CURSOR, cursor)
+        .await
+        .map_err(|_| internal(SpoolError::Closed))?
+        .map_err(internal)?;
+    Ok(to)
+}
+
+async fn dlq_purge(
+    State(s): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(stream): Path<String>,
+    body: Bytes,
+) -> Response {
+    dlq_purge_inner(&s, peer, &headers, &stream, &body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn dlq_purge_inner(
+    s: &AdminState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    stream: &str,
+    body: &[u8],
+) -> Answer {
+    allow(s, peer, headers, stream, &[Action::Consume])?;
+    Fields::parse(body, &[])?;
+    need_stream(s, stream)?;
+    let (_, dlq) = dlq_of(s, stream)?;
+    let Some(dlq) = dlq else {
+        return Ok(Json(PurgeAnswer {
+            purged: 0,
+            purged_to: 0,
+        })
+        .into_response());
+    };
+    let d = dlq.clone();
+    let old = tokio::task::spawn_blocking(move || purge_mark(&d))
+        .await
+        .map_err(internal)?;
+    let purged_to = set_purge_mark(&dlq, dlq.durable_end()).await?;
+    // Retention may have deleted some below the old mark already.
+    let from = old.max(dlq.first_offset()).min(purged_to);
+    Ok(Json(PurgeAnswer {
+        purged: purged_to - from,
+        purged_to,
+    })
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error message of a refused request.
+    fn message(r: Refusal) -> String {
+        let r = r.into_response();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let body = rt
+            .block_on(axum::body::to_bytes(r.into_body(), 1 << 16))
+            .unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        v["error"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn fields_are_read_one_by_one_and_named_when_wrong() {
+        let allowed = &["max", "start", "purge", "offsets"];
+        let f = Fields::parse(b"  \n", allowed).ok().unwrap();
+        assert_eq!(f.u64("max").ok().unwrap(), None);
+        let f = Fields::parse(
+            br#"{"max": 5, "start": "latest", "purge": true, "offsets": [1, 2]}"#,
+            allowed,
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(f.u64("max").ok().unwrap(), Some(5));
+        assert_eq!(f.str("start").ok().unwrap(), Some("latest"));
+        assert_eq!(f.bool("purge").ok().unwrap(), Some(true));
+        assert_eq!(f.offsets().ok().unwrap(), [1, 2]);
+        let f = Fields::parse(br#"{"max": 1.5, "start": 3, "purge": 1}"#, allowed)
+            .ok()
+            .unwrap();
+        assert!(message(f.u64("max").unwrap_err()).contains("\"max\""));
+        assert!(message(f.str("start").unwrap_err()).contains("\"start\""));
+        assert!(message(f.bool("purge").unwrap_err()).contains("\"purge\""));
+        assert!(message(f.offsets().unwrap_err()).contains("\"offsets\" is missing"));
+        for (body, says) in [
+            (&br#"{"max": 1"#[..], "not JSON"),
+            (b"[1]", "JSON object"),
+            (br#"{"maximum": 1}"#, "unknown field \"maximum\""),
+            (br#"{"offsets": [-1]}"#, "\"offsets\" must be an array"),
+        ] {
+            let m = match Fields::parse(body, allowed) {
+                Err(r) => message(r),
+                Ok(f) => message(f.offsets().unwrap_err()),
+            };
+            assert!(m.contains(says), "{m:?} lacks {says:?}");
+        }
+    }
+}

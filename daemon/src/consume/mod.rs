@@ -1,0 +1,25 @@
+//! Consumers: the durable messages of a stream delivered to the systems
+//! that process them, with explicit acks, redelivery after a deadline, a
+//! dead-letter stream, groups that share work, and credit-based
+//! backpressure.
+//!
+//! Like the transport, the logic is split from the I/O:
+//! - [`ranges`]: offsets acked above a group's floor, as ranges;
+//! - [`group`]: one group's sans-IO state machine (members, credits,
+//!   deadlines, redelivery, dead letters, conflation), fed `now` and
+//!   records, asked what to deliver and what to journal;
+//! - [`store`]: a group's durable state (journal and snapshot);
+//! - [`dead_letter`]: the envelope a dead-lettered message is stored in;
+//! - [`service`]: the group tasks that drive the machines over the spool,
+//!   and the handles through which QUIC and HTTP consumers join them;
+//! - [`subscriber`]: a consumer's QUIC stream served as a group member;
+//! - [`http`]: the JSON API on the admin port (fetch with long polling,
+//!   ack, nack, extend; groups; dead letters: list, replay, purge).
+
+pub mod dead_letter;
+pub mod group;
+pub mod http;
+pub mod ranges;
+pub mod service;
+pub mod store;
+pub mod subscriber;

@@ -1,0 +1,196 @@
+//! A consumer's QUIC stream: it joins its group as a member, deliveries go
+//! out as long frames, and its acks, nacks, extensions, credit, fetches and
+//! syncs come in. The member leaves when the stream or connection ends, and
+//! what it held is delivered again.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use quinn::SendStream;
+use sluice_transport::quic::consume::{self, Delivery as WireDelivery, FromConsumer, ToConsumer};
+use sluice_transport::quic::control::{ConsumeMode, Control, RefuseCode, StartAt};
+use sluice_transport::quic::frame::{self, FramedRecv};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::group::{Credit, Delivery};
+use super::service::{ConsumeError, Consumers, Member};
+
+/// Most bytes of deliveries gathered into one write.
+const WRITE_BATCH: usize = 256 << 10;
+
+/// What a subscriber asked for.
+pub struct Subscription {
+    pub stream: String,
+    pub group: String,
+    pub start: StartAt,
+    pub mode: ConsumeMode,
+    pub max_messages: u32,
+    pub max_bytes: u64,
+}
+
+/// The credit a subscription starts with.
+fn credit(mode: ConsumeMode, max_messages: u32, max_bytes: u64) -> Credit {
+    match mode {
+        ConsumeMode::Push => Credit::Window {
+            messages: max_messages,
+            bytes: max_bytes.max(1),
+        },
+        ConsumeMode::Pull => Credit::Fetch { left: 0 },
+    }
+}
+
+/// Serves one subscriber's stream until it ends.
+pub async fn serve(
+    mut send: SendStream,
+    mut recv: FramedRecv,
+    consumers: &Consumers,
+    sub: Subscription,
+    peer: SocketAddr,
+) {
+    let name = format!("{peer}");
+    let joined = consumers
+        .join(
+            &sub.stream,
+            &sub.group,
+            sub.start,
+            name,
+            credit(sub.mode, sub.max_messages, sub.max_bytes),
+        )
+        .await;
+    let mut member = match joined {
+        Ok(m) => m,
+        Err(e) => {
+            let code = match e {
+                ConsumeError::NoSuchStream(_) => RefuseCode::NoSuchStream,
+                ConsumeError::BadGroup(_) => RefuseCode::BadRequest,
+                _ => RefuseCode::Unavailable,
+            };
+            let msg = Control::Refused {
+                code,
+                reason: e.to_string(),
+            };
+            let _ = frame::write(&mut send, &msg.encode()).await;
+            let _ = send.finish();
+            return;
+        }
+    };
+    let ok = Control::Subscribed {
+        member: member.id,
+        ack_deadline_ms: member.group.config.ack_deadline.as_millis() as u64,
+        max_deliveries: member.group.config.max_deliveries,
+    };
+    if frame::write(&mut send, &ok.encode()).await.is_err() {
+        return;
+    }
+    recv.set_long();
+    debug!(%peer, stream = %sub.stream, group = %sub.group, member = member.id, "subscribed");
+    // Answers that complete later (syncs, fetches) come back through here,
+    // so that only this task writes to the stream.
+    let (answers, mut answered) = mpsc::unbounded_channel::<ToConsumer>();
+    let mut out = Vec::new();
+    loop {
+        out.clear();
+        tokio::select! {
+            d = member.deliveries.recv() => {
+                let Some(d) = d else { break };
+                put_delivery(&mut out, &d);
+                while out.len() < WRITE_BATCH {
+                    match member.deliveries.try_recv() {
+                        Ok(d) => put_delivery(&mut out, &d),
+                        Err(_) => break,
+                    }
+                }
+            }
+            a = answered.recv() => {
+                let Some(a) = a else { break };
+                a.put_frame(&mut out);
+                while let Ok(a) = answered.try_recv() {
+                    a.put_frame(&mut out);
+                }
+            }
+            f = recv.next() => match f {
+                Ok(Some(body)) => match FromConsumer::decode(&body) {
+                    Ok(m) => handle(m, &member, &answers),
+                    Err(e) => {
+                        ToConsumer::Error { reason: format!("bad message: {e}") }.put_frame(&mut out);
+                        let _ = send.write_all(&out).await;
+                        let _ = send.finish();
+                        break;
+                    }
+                },
+                Ok(None) | Err(_) => break,
+            },
+        }
+        if !out.is_empty() && send.write_all(&out).await.is_err() {
+            break;
+        }
+    }
+    debug!(%peer, member = member.id, "subscriber left");
+}
+
+/// A delivery as the wire carries it.
+pub fn to_wire(d: &Delivery) -> WireDelivery {
+    WireDelivery {
+        offset: d.offset,
+        delivery: d.delivery,
+        timestamp_us: d.record.timestamp_us,
+        producer: d.record.producer,
+        seq: d.record.seq,
+        deadline_ms: d
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64,
+        payload: d.record.payload.clone(),
+    }
+}
+
+fn put_delivery(out: &mut Vec<u8>, d: &Delivery) {
+    let wire = to_wire(d);
+    // The header, then the payload as it is: no message built first.
+    out.extend_from_slice(&wire.frame_header());
+    out.extend_from_slice(&wire.payload);
+}
+
+fn handle(m: FromConsumer, member: &Member, answers: &mpsc::UnboundedSender<ToConsumer>) {
+    match m {
+        FromConsumer::Ack { offsets } => member.ack(offsets),
+        FromConsumer::AckUpTo { offset } => member.ack_up_to(offset),
+        FromConsumer::Nack { offsets, delay_ms } => {
+            member.nack(offsets, Duration::from_millis(delay_ms))
+        }
+        FromConsumer::Extend { offsets, ms } => member.extend(offsets, Duration::from_millis(ms)),
+        FromConsumer::Credit {
+            max_messages,
+            max_bytes,
+        } => member.set_credit(credit(ConsumeMode::Push, max_messages, max_bytes)),
+        FromConsumer::Fetch { id, max, wait_ms } => {
+            let wait = Duration::from_millis(wait_ms.min(consume::MAX_FETCH_WAIT_MS));
+            let got = member.fetch(max, wait);
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let Ok(got) = got.await else { return };
+                // The deliveries, then FetchDone: one channel keeps the order.
+                for d in got {
+                    let _ = answers.send(ToConsumer::Deliver(to_wire(&d)));
+                }
+                let _ = answers.send(ToConsumer::FetchDone { id });
+            });
+        }
+        FromConsumer::Sync { id } => {
+            let group = member.group.clone();
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let answer = match group.sync().await {
+                    Ok(()) => ToConsumer::Synced { id },
+                    // The group stopped (the daemon is stopping): say so
+                    // rather than leave the consumer waiting.
+                    Err(e) => ToConsumer::Error {
+                        reason: e.to_string(),
+                    },
+                };
+                let _ = answers.send(answer);
+            });
+        }
+    }
+}
