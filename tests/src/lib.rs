@@ -2,6 +2,7 @@
 //! loopback, and checks of what ended up in their spool.
 
 pub mod check;
+pub mod consume;
 pub mod daemon;
 pub mod load;
 pub mod pki;

@@ -12,6 +12,7 @@ use sluice_xdp::producer::TxSetup;
 /// relative to where it was started.
 const DEFAULT_SERVER_CERT: &str = "./sluice-data/tls/server.crt";
 
+/// How producers reach the daemon: a transport, and the QUIC flags.
 #[derive(clap::Args, Clone)]
 pub struct ConnectArgs {
     /// `fast`: authenticate over QUIC, publish over sealed raw UDP (LAN);
@@ -19,8 +20,22 @@ pub struct ConnectArgs {
     /// daemon whose data port is insecure_lan.
     #[arg(long, default_value = "fast", value_parser = ["fast", "quic", "udp"])]
     transport: String,
-    /// The daemon's QUIC address (fast, quic; default 127.0.0.1:7400) or
-    /// data address (udp; default 127.0.0.1:7401).
+    #[command(flatten)]
+    quic: QuicArgs,
+    /// Send through an AF_XDP TX ring on this interface ("IFACE" or
+    /// "IFACE:QUEUE", queue 0 by default) instead of the kernel's UDP
+    /// stack (fast and udp transports; Linux, root or CAP_NET_RAW).
+    #[arg(long, value_name = "IFACE[:QUEUE]")]
+    xdp_tx: Option<String>,
+}
+
+/// How to reach the daemon's QUIC plane (consumers always use it), trust
+/// it and prove who we are.
+#[derive(clap::Args, Clone)]
+pub struct QuicArgs {
+    /// The daemon's QUIC address (default 127.0.0.1:7400); with
+    /// `publish --transport udp`, its data address (default
+    /// 127.0.0.1:7401).
     #[arg(long, env = "SLUICE_ADDR")]
     to: Option<SocketAddr>,
     /// API token (`sluice token new`).
@@ -58,24 +73,17 @@ pub struct ConnectArgs {
     /// anyone on the path can impersonate the daemon.
     #[arg(long)]
     insecure_skip_verify: bool,
-    /// Send through an AF_XDP TX ring on this interface ("IFACE" or
-    /// "IFACE:QUEUE", queue 0 by default) instead of the kernel's UDP
-    /// stack (fast and udp transports; Linux, root or CAP_NET_RAW).
-    #[arg(long, value_name = "IFACE[:QUEUE]")]
-    xdp_tx: Option<String>,
 }
 
 impl ConnectArgs {
     /// The address and producer options these flags describe.
     pub fn resolve(&self) -> Result<(SocketAddr, ProducerOptions), String> {
         let default_port = if self.transport == "udp" { 7401 } else { 7400 };
-        let addr = self
-            .to
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)));
+        let addr = self.quic.addr(default_port);
         let transport = match self.transport.as_str() {
             "udp" => Transport::Udp,
-            "quic" => Transport::Quic(self.quic(addr)?),
-            _ => Transport::FastPath(self.quic(addr)?),
+            "quic" => Transport::Quic(self.quic.options(addr)?),
+            _ => Transport::FastPath(self.quic.options(addr)?),
         };
         let mut options = ProducerOptions::with_transport(transport);
         if let Some(spec) = &self.xdp_tx {
@@ -86,8 +94,21 @@ impl ConnectArgs {
         }
         Ok((addr, options))
     }
+}
 
-    fn quic(&self, addr: SocketAddr) -> Result<QuicOptions, String> {
+impl QuicArgs {
+    /// The daemon's QUIC address and how to connect to it (consumers).
+    pub fn resolve(&self) -> Result<(SocketAddr, QuicOptions), String> {
+        let addr = self.addr(7400);
+        Ok((addr, self.options(addr)?))
+    }
+
+    fn addr(&self, default_port: u16) -> SocketAddr {
+        self.to
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)))
+    }
+
+    fn options(&self, addr: SocketAddr) -> Result<QuicOptions, String> {
         let trust = if let Some(ca) = &self.ca_file {
             ServerTrust::CaFile(ca.clone())
         } else if let Some(fp) = &self.server_fingerprint {

@@ -4,6 +4,8 @@
 //! stream missing, ...), 2 for bad usage.
 
 mod connect;
+mod consume;
+mod dlq;
 mod nic;
 mod publish;
 mod read;
@@ -19,8 +21,8 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "sluice",
     version,
-    about = "Publish to, read from and watch a sluiced",
-    long_about = "Publish to, read from and watch a sluiced.\n\n\
+    about = "Publish to, consume from, read and watch a sluiced",
+    long_about = "Publish to, consume from, read and watch a sluiced.\n\n\
 Addresses default to sluiced's embedded defaults (data 127.0.0.1:7401/udp, \
 admin http://127.0.0.1:7480); set SLUICE_ADDR and SLUICE_ADMIN to point \
 elsewhere."
@@ -48,9 +50,16 @@ enum Cmd {
     /// the ethtool and IRQ commands that steer the data port to its queues
     /// (`nic plan IFACE --queues 0,1`).
     Nic(nic::Args),
+    /// Receive a stream's messages as a member of a consumer group: print
+    /// them, or run a command for each (ack on its success, nack on its
+    /// failure).
+    Consume(Box<consume::Args>),
+    /// A stream's dead letters (messages a consumer group gave up on):
+    /// `dlq list STREAM`, `dlq replay STREAM [--purge]`, `dlq purge STREAM`.
+    Dlq(dlq::Args),
 }
 
-/// The admin address and credentials, shared by `read` and `stat`.
+/// The admin address and credentials, shared by `read`, `stat` and `dlq`.
 #[derive(clap::Args, Clone)]
 struct AdminAddr {
     /// sluiced's admin (HTTP) address.
@@ -65,7 +74,17 @@ struct AdminAddr {
 impl AdminAddr {
     /// A GET of `path` on the admin endpoint, with the token if there is one.
     fn request(&self, path: &str, timeout: std::time::Duration) -> ureq::Request {
-        let req = ureq::get(&format!("http://{}{path}", self.admin)).timeout(timeout);
+        self.request_with("GET", path, timeout)
+    }
+
+    /// A request of `method` for `path`, with the token if there is one.
+    fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        timeout: std::time::Duration,
+    ) -> ureq::Request {
+        let req = ureq::request(method, &format!("http://{}{path}", self.admin)).timeout(timeout);
         match &self.token {
             Some(t) => req.set("authorization", &format!("Bearer {t}")),
             None => req,
@@ -75,11 +94,32 @@ impl AdminAddr {
     /// GETs `path` from the admin endpoint and returns the body; an HTTP
     /// error status becomes an error carrying the daemon's message.
     fn get(&self, path: &str) -> Result<String, Box<dyn std::error::Error>> {
-        let admin = self.admin;
-        match self
+        let r = self
             .request(path, std::time::Duration::from_secs(10))
-            .call()
-        {
+            .call();
+        self.answer(r)
+    }
+
+    /// POSTs `body` (JSON) to `path` and returns the answer's body, as
+    /// [`get`](Self::get). Replays of long dead-letter streams take a
+    /// while: the timeout is generous.
+    fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<String, Box<dyn std::error::Error>> {
+        let r = self
+            .request_with("POST", path, std::time::Duration::from_secs(300))
+            .send_json(body);
+        self.answer(r)
+    }
+
+    fn answer(
+        &self,
+        r: Result<ureq::Response, ureq::Error>,
+    ) -> Result<String, Box<dyn std::error::Error>> {
+        let admin = self.admin;
+        match r {
             Ok(r) => Ok(r.into_string()?),
             Err(ureq::Error::Status(code, r)) => {
                 let body = r.into_string().unwrap_or_default();
@@ -115,6 +155,8 @@ fn main() -> ExitCode {
         Cmd::Stat(a) => stat::run(a),
         Cmd::Token(a) => token::run(a),
         Cmd::Nic(a) => nic::run(a),
+        Cmd::Dlq(a) => dlq::run(a),
+        Cmd::Consume(a) => consume::run(*a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

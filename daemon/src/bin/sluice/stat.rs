@@ -1,8 +1,11 @@
-//! `sluice stat`: a live view of a running daemon, from its `/metrics`.
+//! `sluice stat`: a live view of a running daemon, from its `/metrics`
+//! and its consumer groups (`/groups`).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use sluice_daemon::consume::http::GroupList;
+use sluice_daemon::consume::service::GroupStats;
 use sluice_daemon::metrics::scrape::Scrape;
 
 use crate::{AdminAddr, Res};
@@ -30,9 +33,13 @@ pub fn run(a: Args) -> Res {
     loop {
         std::thread::sleep(every);
         let now = scrape()?;
+        let groups: GroupList = serde_json::from_str(&a.admin.get("/groups")?)?;
         let secs = at.elapsed().as_secs_f64();
         at = Instant::now();
-        print!("{}", render(&a.admin.admin.to_string(), &prev, &now, secs));
+        let mut out = render(&a.admin.admin.to_string(), &prev, &now, secs);
+        render_groups(&mut out, &groups.groups);
+        out.push('\n');
+        print!("{out}");
         prev = now;
         n += 1;
         if a.count.is_some_and(|c| n >= c) {
@@ -118,8 +125,57 @@ fn render(admin: &str, prev: &Scrape, now: &Scrape, secs: f64) -> String {
     if !drops.is_empty() {
         let _ = writeln!(o, "dropped since start: {}", drops.join(", "));
     }
-    o.push('\n');
     o
+}
+
+/// The consumer groups: backlog, the age of the oldest unacked message,
+/// members and their credit, what is out with them, and (since the daemon
+/// started) redeliveries and dead letters.
+fn render_groups(o: &mut String, groups: &[GroupStats]) {
+    if groups.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "{:<16} {:<16} {:>9} {:>10} {:>9} {:>7} {:>7} {:>7} {:>8} {:>6}",
+        "stream",
+        "group",
+        "backlog",
+        "bytes",
+        "oldest",
+        "members",
+        "credit",
+        "out",
+        "redeliv",
+        "dead"
+    );
+    for g in groups {
+        let _ = writeln!(
+            o,
+            "{:<16} {:<16} {:>9} {:>10} {:>9} {:>7} {:>7} {:>7} {:>8} {:>6}",
+            g.stream,
+            g.group,
+            human(g.backlog_messages as f64),
+            bytes(g.backlog_bytes as f64),
+            age(g.oldest_unacked_seconds),
+            g.members,
+            human(g.credit as f64),
+            human(g.out as f64),
+            human(g.redelivered as f64),
+            human(g.dead_lettered as f64),
+        );
+    }
+}
+
+/// An age in seconds, short: `-` for none, `850ms`, `12.3s`, `4m05s`, `3h12m`.
+fn age(secs: f64) -> String {
+    match secs {
+        s if s <= 0.0 => "-".into(),
+        s if s < 1.0 => format!("{:.0}ms", s * 1e3),
+        s if s < 60.0 => format!("{s:.1}s"),
+        s if s < 3600.0 => format!("{}m{:02}s", (s / 60.0) as u64, s as u64 % 60),
+        s => format!("{}h{:02}m", (s / 3600.0) as u64, (s as u64 / 60) % 60),
+    }
 }
 
 fn human(v: f64) -> String {
@@ -136,5 +192,42 @@ fn bytes(v: f64) -> String {
         v if v >= 1048576.0 => format!("{:.1} MiB", v / 1048576.0),
         v if v >= 1024.0 => format!("{:.1} KiB", v / 1024.0),
         v => format!("{v:.0} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_short() {
+        assert_eq!(age(0.0), "-");
+        assert_eq!(age(0.25), "250ms");
+        assert_eq!(age(12.34), "12.3s");
+        assert_eq!(age(245.0), "4m05s");
+        assert_eq!(age(3.0 * 3600.0 + 12.0 * 60.0 + 5.0), "3h12m");
+    }
+
+    #[test]
+    fn groups_show_one_line_each() {
+        let mut o = String::new();
+        render_groups(&mut o, &[]);
+        assert!(o.is_empty());
+        let g = GroupStats {
+            stream: "orders".into(),
+            group: "billing".into(),
+            backlog_messages: 12,
+            backlog_bytes: 2048,
+            oldest_unacked_seconds: 2.5,
+            dead_lettered: 3,
+            ..GroupStats::default()
+        };
+        render_groups(&mut o, &[g]);
+        let lines: Vec<&str> = o.lines().collect();
+        assert_eq!(lines.len(), 2, "{o}");
+        assert!(lines[0].contains("oldest") && lines[0].contains("dead"));
+        let f: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(f[..4], ["orders", "billing", "12", "2.0"], "{o}");
+        assert!(lines[1].contains("2.5s") && lines[1].ends_with(" 3"), "{o}");
     }
 }
