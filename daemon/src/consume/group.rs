@@ -171,7 +171,7 @@ pub struct DeadOut {
 }
 
 /// Counters a group keeps (totals since the daemon started).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GroupCounters {
     pub delivered: u64,
     pub redelivered: u64,

@@ -109,14 +109,9 @@ pub struct GroupStats {
     /// Messages out with members now.
     pub out: u64,
     pub floor: u64,
-    pub delivered: u64,
-    pub redelivered: u64,
-    pub acked: u64,
-    pub nacked: u64,
-    pub expired: u64,
-    pub dead_lettered: u64,
-    pub conflated: u64,
-    pub lost_to_retention: u64,
+    /// What the group did since the daemon started.
+    #[serde(flatten)]
+    pub counters: GroupCounters,
     pub retain_until_acked: bool,
 }
 
@@ -978,7 +973,6 @@ impl GroupTask {
 
     fn publish_stats(&self) {
         let m = &self.machine;
-        let c: &GroupCounters = m.counters();
         let unread = self.stream.durable_end().saturating_sub(m.next_read());
         let oldest = m
             .oldest_pending_us()
@@ -993,14 +987,7 @@ impl GroupTask {
             credit: m.free_credit(),
             out: m.out() as u64,
             floor: m.floor(),
-            delivered: c.delivered,
-            redelivered: c.redelivered,
-            acked: c.acked,
-            nacked: c.nacked,
-            expired: c.expired,
-            dead_lettered: c.dead_lettered,
-            conflated: c.conflated,
-            lost_to_retention: c.lost_to_retention,
+            counters: m.counters().clone(),
             retain_until_acked: self.retain_until_acked,
         };
         *self.handle.stats.lock().unwrap() = s;

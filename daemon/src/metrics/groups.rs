@@ -48,35 +48,35 @@ const COUNTERS: &[(&str, &str, Field)] = &[
     (
         "sluice_group_delivered_total",
         "Deliveries to members, first ones and redeliveries.",
-        |g| g.delivered as f64,
+        |g| g.counters.delivered as f64,
     ),
     (
         "sluice_group_redelivered_total",
         "Deliveries of a message delivered before (deadline passed, nacked, member left).",
-        |g| g.redelivered as f64,
+        |g| g.counters.redelivered as f64,
     ),
     ("sluice_group_acked_total", "Messages acked.", |g| {
-        g.acked as f64
+        g.counters.acked as f64
     }),
     (
         "sluice_group_nacked_total",
         "Messages nacked (refused) by members.",
-        |g| g.nacked as f64,
+        |g| g.counters.nacked as f64,
     ),
     (
         "sluice_group_expired_total",
         "Deliveries whose ack deadline passed.",
-        |g| g.expired as f64,
+        |g| g.counters.expired as f64,
     ),
     (
         "sluice_group_dead_lettered_total",
         "Messages moved to the stream's dead-letter stream after max_deliveries.",
-        |g| g.dead_lettered as f64,
+        |g| g.counters.dead_lettered as f64,
     ),
     (
         "sluice_group_conflated_total",
         "Messages skipped because a newer one of the same key superseded them (conflating groups).",
-        |g| g.conflated as f64,
+        |g| g.counters.conflated as f64,
     ),
 ];
 
@@ -98,6 +98,7 @@ pub fn render(e: &mut Exposition, groups: &[GroupStats]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consume::group::GroupCounters;
     use crate::metrics::scrape::Scrape;
 
     #[test]
@@ -111,13 +112,16 @@ mod tests {
             members: 2,
             credit: 30,
             out: 4,
-            delivered: 11,
-            redelivered: 3,
-            acked: 5,
-            nacked: 1,
-            expired: 2,
-            dead_lettered: 1,
-            conflated: 6,
+            counters: GroupCounters {
+                delivered: 11,
+                redelivered: 3,
+                acked: 5,
+                nacked: 1,
+                expired: 2,
+                dead_lettered: 1,
+                conflated: 6,
+                lost_to_retention: 0,
+            },
             ..GroupStats::default()
         };
         let mut e = Exposition::default();

@@ -161,8 +161,8 @@ fn render_groups(o: &mut String, groups: &[GroupStats]) {
             g.members,
             human(g.credit as f64),
             human(g.out as f64),
-            human(g.redelivered as f64),
-            human(g.dead_lettered as f64),
+            human(g.counters.redelivered as f64),
+            human(g.counters.dead_lettered as f64),
         );
     }
 }
@@ -210,6 +210,7 @@ mod tests {
 
     #[test]
     fn groups_show_one_line_each() {
+        use sluice_daemon::consume::group::GroupCounters;
         let mut o = String::new();
         render_groups(&mut o, &[]);
         assert!(o.is_empty());
@@ -219,7 +220,10 @@ mod tests {
             backlog_messages: 12,
             backlog_bytes: 2048,
             oldest_unacked_seconds: 2.5,
-            dead_lettered: 3,
+            counters: GroupCounters {
+                dead_lettered: 3,
+                ..GroupCounters::default()
+            },
             ..GroupStats::default()
         };
         render_groups(&mut o, &[g]);
