@@ -1,6 +1,7 @@
 //! Shared support for sluice's benchmarks and the `sluice-bench` harness.
 
 pub mod baseline;
+pub mod consume;
 pub mod cpu;
 pub mod daemon;
 pub mod ingest;

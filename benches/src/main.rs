@@ -6,6 +6,11 @@
 //!   sluice-bench spool [--dir D] [--appenders 1,8,64] [--sizes 128,1024,65536]
 //!   sluice-bench ingest [--producers 8] [--size 128] [--seconds 5 | --count N]
 //!                       [--rate MSGS_PER_SEC] [--fsync always] [--batch N] [--json FILE]
+//!   sluice-bench consume [--producers 4] [--size 128] [--seconds 5]
+//!                        [--groups 1,4] [--max-ahead 65536] [--rate 20000]
+//!                        [--latency-groups 1] [--max-messages 4096] [--fsync always]
+//!                        [--parts ingest,delivery,latency] [--warmup 1]
+//!                        [--daemon ADDR --admin ADDR --server-cert FILE] [--json FILE]
 //!   sluice-bench xdp [--part datapath|durable|all] [--seconds 3] [--sizes 64,1400]
 //!                    [--rate 100000] [--producers 4] [--dir D] [--json FILE]   (root)
 
@@ -16,6 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use sluice_bench::consume::{self, ConsumeConfig, Part};
 use sluice_bench::ingest::{self, External, IngestConfig, Length, PathKind};
 use sluice_bench::{baseline, daemon, spool};
 
@@ -67,6 +73,12 @@ enum Scenario {
     /// latency and CPU per message, against a plain UDP loop and raw
     /// fdatasync measured in the same run.
     Ingest(Box<IngestArgs>),
+    /// Publish -> consumer on loopback: durable ingest alone, then delivery
+    /// throughput to 1 and 4 consumer groups while producers publish as
+    /// fast as the groups keep up (÷ ingest alone), then publish -> delivery
+    /// latency at a steady rate next to the durable-ack latency of the same
+    /// messages.
+    Consume(Box<ConsumeArgs>),
     /// The AF_XDP path against the socket path over a veth pair between two
     /// network namespaces (root): raw packets/s and receiver CPU per packet,
     /// AF_XDP TX against sendmmsg, and durable ingest through `sluiced`.
@@ -172,6 +184,147 @@ struct IngestArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct ConsumeArgs {
+    /// Which parts to run (the delivery ratios need `ingest`).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Part::Ingest, Part::Delivery, Part::Latency])]
+    parts: Vec<Part>,
+    /// Concurrent producers (one session each), in every part.
+    #[arg(long, default_value_t = 4)]
+    producers: usize,
+    /// Message payload size, bytes (at least 8: the latency part puts the
+    /// send time in the first 8).
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Seconds measured per phase, after the warm-up.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Seconds at the start of each phase not measured.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Numbers of consumer groups (one consumer each) to measure delivery
+    /// to, one phase each.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4])]
+    groups: Vec<usize>,
+    /// Latency part: total messages/s, sent at their due times (open loop).
+    #[arg(long, default_value_t = 20_000.0)]
+    rate: f64,
+    /// Latency part: consumer groups.
+    #[arg(long, default_value_t = 1)]
+    latency_groups: usize,
+    /// Delivery phases: producers make no new call while more than this
+    /// many messages sent have not reached the slowest group, so that no
+    /// backlog builds up (0: producers run free and the groups fall behind
+    /// as they may; the drain then shows the consumers' own speed).
+    #[arg(long, default_value_t = 65_536)]
+    max_ahead: u64,
+    /// Each consumer's credit: messages delivered and not yet acked.
+    #[arg(long, default_value_t = 4096)]
+    max_messages: u32,
+    /// Each consumer's credit: payload bytes delivered and not yet acked.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_bytes: u64,
+    /// The daemon's fsync policy (anything but `always` breaks the promise).
+    #[arg(long, default_value = "always", value_parser = ["always", "interval", "never"])]
+    fsync: String,
+    /// Closed loop: messages per send_batch call.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Closed loop: send_batch calls outstanding per producer.
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
+    /// The producers' path: `fast` (sealed raw UDP) or `quic`. Consumers
+    /// always use QUIC.
+    #[arg(long, default_value = "fast", value_parser = ["fast", "quic"])]
+    path: String,
+    /// The producers' largest datagram (UDP payload), bytes.
+    #[arg(long, default_value_t = 1452)]
+    datagram: usize,
+    /// Where the temporary data folder is made (and the disk baseline
+    /// measured).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// Measure a running daemon instead of starting one: its QUIC address.
+    /// Needs --admin and --server-cert.
+    #[arg(long, visible_alias = "quic", requires_all = ["admin", "server_cert"])]
+    daemon: Option<SocketAddr>,
+    /// The running daemon's certificate, pinned.
+    #[arg(long, requires = "daemon")]
+    server_cert: Option<PathBuf>,
+    /// An API token for the running daemon.
+    #[arg(
+        long,
+        requires = "daemon",
+        env = "SLUICE_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// The running daemon's admin (metrics) address.
+    #[arg(long, requires = "daemon")]
+    admin: Option<SocketAddr>,
+    /// An extra flag for the started daemon, e.g.
+    /// --sluiced-arg=--consumers-read-ahead=16384 (repeatable).
+    #[arg(
+        long = "sluiced-arg",
+        allow_hyphen_values = true,
+        conflicts_with = "daemon"
+    )]
+    sluiced_args: Vec<String>,
+    /// Most seconds the groups get to receive everything after a phase.
+    #[arg(long, default_value_t = 120.0)]
+    drain_timeout: f64,
+    /// Seconds per baseline (disk gets twice this; UDP this per size).
+    #[arg(long, default_value_t = 1.0)]
+    baseline_seconds: f64,
+    /// Skip the machine's baselines.
+    #[arg(long)]
+    no_baselines: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl ConsumeArgs {
+    fn config(&self) -> ConsumeConfig {
+        ConsumeConfig {
+            parts: self.parts.clone(),
+            producers: self.producers,
+            size: self.size,
+            seconds: self.seconds,
+            warmup: self.warmup,
+            groups: self.groups.clone(),
+            rate: self.rate,
+            latency_groups: self.latency_groups,
+            max_ahead: self.max_ahead,
+            max_messages: self.max_messages,
+            max_bytes: self.max_bytes,
+            fsync: self.fsync.clone(),
+            batch: self.batch,
+            in_flight: self.in_flight,
+            path: if self.path == "quic" {
+                PathKind::Quic
+            } else {
+                PathKind::Fast
+            },
+            datagram: self.datagram,
+            dir: self.dir.clone(),
+            external: self.daemon.zip(self.admin).map(|(addr, admin)| External {
+                addr,
+                admin,
+                server_cert: self.server_cert.clone(),
+                token: self.token.clone(),
+            }),
+            sluiced_args: self.sluiced_args.clone(),
+            baseline_seconds: if self.no_baselines {
+                0.0
+            } else {
+                self.baseline_seconds
+            },
+            drain_timeout: self.drain_timeout,
+        }
+    }
+}
+
 impl IngestArgs {
     fn config(&self) -> IngestConfig {
         let length = match self.count {
@@ -241,6 +394,7 @@ fn main() -> ExitCode {
             run_spool(&rt, &dir, &appenders, &sizes, seconds)
         }
         Scenario::Ingest(a) => return run_ingest(&a),
+        Scenario::Consume(a) => return run_consume(&a),
         Scenario::Xdp(a) => return sluice_bench::xdp::main(&a),
         Scenario::Daemon {
             stop_on_stdin_eof,
@@ -371,6 +525,31 @@ fn run_ingest(a: &IngestArgs) -> ExitCode {
             report.sent - report.acked.min(report.sent),
             report.sent,
             report.errors
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_consume(a: &ConsumeArgs) -> ExitCode {
+    let report = match consume::run(&a.config()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice-bench consume: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    consume::print(&report);
+    if let Some(path) = &a.json {
+        if let Err(e) = sluice_bench::measure::write_json(path, &report) {
+            eprintln!("sluice-bench consume: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if report.errors > 0 || report.groups_short > 0 {
+        eprintln!(
+            "sluice-bench consume: {} errors; {} group(s) did not receive every published message",
+            report.errors, report.groups_short
         );
         return ExitCode::FAILURE;
     }

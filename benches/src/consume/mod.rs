@@ -1,0 +1,345 @@
+//! The `consume` scenario: the publish → consumer path. Producers (this
+//! process, fast path by default) publish to a `sluiced` (a child process,
+//! see [`crate::daemon`], or a running one) while consumers
+//! (`sluice_transport::client::Consumer`, push mode, one per group, in this
+//! process on a runtime of their own) receive, ack and count every message
+//! once per group (at-least-once: distinct offsets).
+//!
+//! Phases, each on a fresh stream of the same daemon (so every group starts
+//! with no backlog, and offsets are record numbers from 0):
+//!
+//! - **ingest alone**: the baseline of the same run: `producers` closed-loop
+//!   producers (as `sluice-bench ingest`'s closed loop), no consumers:
+//!   durably acked msgs/s;
+//! - **delivery** (once for each entry of `groups`): the same producers as
+//!   fast as the groups keep up (no new call while the slowest group is more
+//!   than `max_ahead` messages behind: a steady stream without a growing
+//!   backlog; `max_ahead = 0` lets them run free) while G groups consume:
+//!   delivered msgs/s per group and in total, each ÷ ingest alone (the
+//!   issue's target: ≥ 0.8 for one group). After the window the producers
+//!   stop and the groups drain: every message published must reach every
+//!   group;
+//! - **latency**: an open loop at `rate` msgs/s in total (due times, as the
+//!   ingest scenario's open loop), each payload starting with its due time
+//!   (8 bytes, µs since the Unix epoch, big-endian); delivery latency =
+//!   receive time − due time, next to the same messages' durable-ack
+//!   latency (producer side, from the due time).
+//!
+//! Figures come from a window after a warm-up, as in `ingest`: counts, CPU
+//! (daemon: /proc/PID/stat; this process by thread: `producer` and
+//! `consumer` runtimes, `pacer`), and the daemon's counters (/metrics at
+//! both ends). The module is meant to grow into the end-to-end scenario
+//! (issue 8): a phase is a [`PhaseSpec`], run by `phase::run_phase`.
+
+mod load;
+mod phase;
+mod print;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use sluice_transport::client::QuicOptions;
+use sluice_transport::quic::tls::{self, ClientTls, ServerTrust};
+
+use crate::daemon::DaemonSpec;
+use crate::ingest::{self, External, PathKind};
+use crate::measure::Host;
+
+pub use load::{stamp_of, stamped, STAMP_BYTES};
+use phase::{run_phase, Target};
+pub use phase::{Drive, PhaseSpec};
+pub use print::print;
+pub use report::{
+    ConsumeReport, Drain, GroupFigures, LatencyRatios, LatencyRun, PhaseCpu, ThroughputRatios,
+    ThroughputRun, TARGET_DELIVERY_RATIO,
+};
+
+/// Version of the JSON layout (bump on incompatible changes).
+pub const JSON_SCHEMA: u32 = 1;
+
+/// The parts of the scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Part {
+    /// Durable ingest without consumers (the baseline of the ratios).
+    Ingest,
+    /// Delivery throughput to each number of groups.
+    Delivery,
+    /// Delivery and ack latency at a steady rate.
+    Latency,
+}
+
+/// Everything that describes one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumeConfig {
+    pub parts: Vec<Part>,
+    pub producers: usize,
+    /// Message payload bytes (at least [`STAMP_BYTES`] for the latency part).
+    pub size: usize,
+    /// Seconds measured per phase, after the warm-up.
+    pub seconds: f64,
+    pub warmup: f64,
+    /// Numbers of consumer groups, one delivery phase each.
+    pub groups: Vec<usize>,
+    /// Latency part: msgs/s in total, and how many groups consume them.
+    pub rate: f64,
+    pub latency_groups: usize,
+    /// Delivery phases: producers make no new call while more than this
+    /// many messages sent have not reached the slowest group (0: they run
+    /// free and the groups fall behind as they may).
+    pub max_ahead: u64,
+    /// Each consumer's credit: messages outstanding (and bytes).
+    pub max_messages: u32,
+    pub max_bytes: u64,
+    /// `always`, `interval` or `never` (for a started daemon).
+    pub fsync: String,
+    /// Closed loop: messages per `send_batch` call, calls outstanding per
+    /// producer.
+    pub batch: usize,
+    pub in_flight: usize,
+    /// The producers' path: fast (default) or quic. Consumers use QUIC.
+    pub path: PathKind,
+    /// The producers' largest datagram (UDP payload).
+    pub datagram: usize,
+    /// Where the temporary data folder (and the disk baseline) goes.
+    pub dir: PathBuf,
+    /// A running daemon: its QUIC address, admin address, certificate.
+    pub external: Option<External>,
+    /// More `sluiced` flags for a started daemon.
+    pub sluiced_args: Vec<String>,
+    /// Seconds for the machine's baselines (0: skip them).
+    pub baseline_seconds: f64,
+    /// Most seconds the groups get to catch up after a phase.
+    pub drain_timeout: f64,
+}
+
+impl Default for ConsumeConfig {
+    fn default() -> Self {
+        ConsumeConfig {
+            parts: vec![Part::Ingest, Part::Delivery, Part::Latency],
+            producers: 4,
+            size: 128,
+            seconds: 5.0,
+            warmup: 1.0,
+            groups: vec![1, 4],
+            rate: 20_000.0,
+            latency_groups: 1,
+            max_ahead: 65_536,
+            max_messages: 4096,
+            max_bytes: 16 << 20,
+            fsync: "always".into(),
+            batch: 256,
+            in_flight: 16,
+            path: PathKind::Fast,
+            datagram: 1452,
+            dir: PathBuf::from("."),
+            external: None,
+            sluiced_args: Vec::new(),
+            baseline_seconds: 1.0,
+            drain_timeout: 120.0,
+        }
+    }
+}
+
+impl ConsumeConfig {
+    pub fn has(&self, p: Part) -> bool {
+        self.parts.contains(&p)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let positive = |x: f64| x > 0.0 && x.is_finite();
+        if self.producers == 0 || self.batch == 0 || self.in_flight == 0 {
+            return Err("--producers, --batch and --in-flight must be at least 1".into());
+        }
+        if !(positive(self.seconds) && self.warmup >= 0.0 && self.warmup.is_finite()) {
+            return Err("--seconds must be more than 0 and --warmup at least 0".into());
+        }
+        if !positive(self.drain_timeout) {
+            return Err("--drain-timeout must be more than 0".into());
+        }
+        if self.parts.is_empty() {
+            return Err("--parts names nothing to run".into());
+        }
+        if self.has(Part::Delivery) && (self.groups.is_empty() || self.groups.contains(&0)) {
+            return Err("--groups must list numbers of groups of at least 1".into());
+        }
+        if self.has(Part::Latency) {
+            if !positive(self.rate) {
+                return Err("--rate must be more than 0".into());
+            }
+            if self.latency_groups == 0 {
+                return Err("--latency-groups must be at least 1".into());
+            }
+            if self.size < STAMP_BYTES {
+                return Err(format!(
+                    "--size must be at least {STAMP_BYTES} (the send time) for the latency part"
+                ));
+            }
+        }
+        if self.max_messages == 0 {
+            return Err("--max-messages must be at least 1".into());
+        }
+        if self.path == PathKind::Udp {
+            return Err("--path udp is not offered here: consumers need QUIC anyway".into());
+        }
+        Ok(())
+    }
+}
+/// Runs the scenario: baselines, (a daemon,) then each phase.
+pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::Error>> {
+    config.validate()?;
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    std::fs::create_dir_all(&config.dir)?;
+    let work = tempfile::Builder::new()
+        .prefix("sluice-bench-consume-")
+        .tempdir_in(&config.dir)?;
+    let baselines = if config.baseline_seconds > 0.0 {
+        let at_rate = config
+            .has(Part::Latency)
+            .then_some((config.rate, config.size));
+        Some(ingest::measure_baselines(
+            work.path(),
+            config.baseline_seconds,
+            at_rate,
+        )?)
+    } else {
+        None
+    };
+
+    let daemon = match config.external {
+        Some(_) => None,
+        None => {
+            let mut spec = DaemonSpec::new(&work.path().join("data"), &config.fsync);
+            spec.extra_args.extend(config.sluiced_args.iter().cloned());
+            Some(spec.start()?)
+        }
+    };
+    let (quic, admin, cert, token) = match (&daemon, &config.external) {
+        (Some(d), _) => (
+            d.quic,
+            d.admin,
+            work.path().join("data/tls/server.crt"),
+            None,
+        ),
+        (None, Some(e)) => (
+            e.addr,
+            e.admin,
+            e.server_cert
+                .clone()
+                .ok_or("a running daemon needs --server-cert (its certificate, pinned)")?,
+            e.token.clone(),
+        ),
+        (None, None) => unreachable!("one or the other"),
+    };
+    let client = client_options(&cert, token)?;
+
+    let producers_rt = runtime("producer")?;
+    let consumers_rt = runtime("consumer")?;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let target = Target {
+        quic,
+        admin,
+        pid: daemon.as_ref().map(|d| d.pid()),
+        client,
+        prefix: format!("consume-{:x}-{:x}", std::process::id(), nonce >> 12),
+        id_base: (u64::from(std::process::id()) << 32) | u64::from(nonce & 0xFFF0_0000),
+        consumers: consumers_rt.handle().clone(),
+    };
+
+    let mut phases = Vec::new();
+    if config.has(Part::Ingest) {
+        phases.push(PhaseSpec {
+            name: "ingest".into(),
+            groups: 0,
+            drive: Drive::Closed,
+        });
+    }
+    if config.has(Part::Delivery) {
+        for &g in &config.groups {
+            phases.push(PhaseSpec {
+                name: format!("deliver{g}"),
+                groups: g,
+                drive: Drive::Closed,
+            });
+        }
+    }
+    if config.has(Part::Latency) {
+        phases.push(PhaseSpec {
+            name: "latency".into(),
+            groups: config.latency_groups,
+            drive: Drive::Open { rate: config.rate },
+        });
+    }
+    let mut outcomes = Vec::new();
+    let mut failure = None;
+    for (i, spec) in phases.into_iter().enumerate() {
+        let what = describe(&spec);
+        eprintln!("sluice-bench consume: {what} ...");
+        match producers_rt.block_on(run_phase(config, &target, &spec, i as u64)) {
+            Ok(o) => outcomes.push(o),
+            Err(e) => {
+                failure = Some(format!("{what}: {e}"));
+                break;
+            }
+        }
+    }
+    drop(producers_rt);
+    drop(consumers_rt);
+    if let Some(d) = daemon {
+        let status = d.terminate(Duration::from_secs(30))?;
+        if !status.success() && failure.is_none() {
+            failure = Some(format!("the daemon did not stop cleanly: {status}"));
+        }
+    }
+    if let Some(f) = failure {
+        return Err(f.into());
+    }
+    Ok(report::build(
+        config,
+        started_unix,
+        Host::here(),
+        baselines,
+        outcomes,
+    ))
+}
+
+fn describe(spec: &PhaseSpec) -> String {
+    match (spec.drive, spec.groups) {
+        (Drive::Closed, 0) => "ingest alone".into(),
+        (Drive::Closed, g) => format!("delivery to {g} group(s)"),
+        (Drive::Open { rate }, g) => format!("latency at {rate:.0} msgs/s, {g} group(s)"),
+    }
+}
+
+fn runtime(name: &str) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .enable_all()
+        .build()
+}
+
+/// QUIC client options pinning the daemon's certificate `cert`.
+fn client_options(
+    cert: &std::path::Path,
+    token: Option<String>,
+) -> Result<QuicOptions, Box<dyn std::error::Error>> {
+    let certs = tls::load_certs(cert)?;
+    let first = certs
+        .first()
+        .ok_or_else(|| format!("no certificate in {}", cert.display()))?;
+    Ok(QuicOptions {
+        tls: ClientTls {
+            trust: ServerTrust::Fingerprint(tls::fingerprint(first)),
+            client_cert: None,
+            server_name: None,
+        },
+        token,
+    })
+}

@@ -1,0 +1,316 @@
+//! One phase of the `consume` scenario: a fresh stream, producers driven
+//! closed or open loop, and consumer groups on it; the window's marks, the
+//! drain, and what it all measured.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use sluice_daemon::metrics::scrape::Scrape;
+use sluice_transport::client::{
+    Consumer, ConsumerOptions, Producer, ProducerOptions, QuicOptions, StartAt, Transport,
+};
+use sluice_transport::proto::SenderConfig;
+
+use super::{load, ConsumeConfig};
+use crate::cpu;
+use crate::daemon;
+use crate::ingest::PathKind;
+use crate::measure::Machine;
+
+/// How a phase publishes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Drive {
+    /// As fast as acks come back.
+    Closed,
+    /// At this many msgs/s in total, due times stamped in the payloads.
+    Open { rate: f64 },
+}
+
+/// One phase: a fresh stream, the producers driven so, and `groups`
+/// consumer groups on it.
+#[derive(Debug, Clone)]
+pub struct PhaseSpec {
+    /// Short name, part of the stream's and groups' names.
+    pub name: String,
+    pub groups: usize,
+    pub drive: Drive,
+}
+
+/// Where and how the phases reach the daemon.
+pub(crate) struct Target {
+    pub quic: SocketAddr,
+    pub admin: SocketAddr,
+    /// A started daemon's pid (for its CPU time).
+    pub pid: Option<u32>,
+    pub client: QuicOptions,
+    /// Prefix of this run's stream and group names, and of its producer ids.
+    pub prefix: String,
+    pub id_base: u64,
+    pub consumers: tokio::runtime::Handle,
+}
+
+/// A snapshot at one end of a window.
+pub(crate) struct Mark {
+    pub at: Instant,
+    pub acked: u64,
+    /// Per group: distinct messages and deliveries so far.
+    pub distinct: Vec<u64>,
+    pub deliveries: Vec<u64>,
+    pub self_cpu: f64,
+    pub self_threads: BTreeMap<String, f64>,
+    pub daemon_cpu: Option<f64>,
+    pub daemon_threads: BTreeMap<String, f64>,
+    pub machine: Option<Machine>,
+    pub scrape: Option<Scrape>,
+}
+
+/// What a phase measured.
+pub(crate) struct Outcome {
+    pub spec: PhaseSpec,
+    pub stream: String,
+    pub group_names: Vec<String>,
+    pub start: Mark,
+    pub end: Mark,
+    pub sent: u64,
+    pub acked: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub ack_latency: Histogram<u64>,
+    pub pacer_lag: Option<Histogram<u64>>,
+    /// Per group: seconds from the window's end until it had every
+    /// published message (`None`: not within the drain timeout).
+    pub caught_up: Vec<Option<f64>>,
+    /// When every group had caught up (or the drain timed out).
+    pub drained: Option<Mark>,
+    /// Per group at the very end: distinct messages and deliveries.
+    pub distinct: Vec<u64>,
+    pub deliveries: Vec<u64>,
+    /// Per group: delivery latency (open loop).
+    pub latency: Vec<Histogram<u64>>,
+    /// The daemon's metrics once the consumers' acks were durable.
+    pub after: Option<Scrape>,
+}
+
+async fn mark(target: &Target, publish: &load::Publish, tallies: &[Arc<load::Tally>]) -> Mark {
+    let at = Instant::now();
+    let acked = publish.acked.load(Relaxed);
+    let distinct = tallies.iter().map(|t| t.distinct.load(Relaxed)).collect();
+    let deliveries = tallies.iter().map(|t| t.deliveries.load(Relaxed)).collect();
+    let self_cpu = cpu::self_seconds();
+    let self_threads = cpu::threads_seconds(std::process::id());
+    let daemon_cpu = target.pid.and_then(cpu::process_seconds);
+    let daemon_threads = target.pid.map(cpu::threads_seconds).unwrap_or_default();
+    let machine = Machine::now();
+    let scrape = scrape(target.admin).await;
+    Mark {
+        at,
+        acked,
+        distinct,
+        deliveries,
+        self_cpu,
+        self_threads,
+        daemon_cpu,
+        daemon_threads,
+        machine,
+        scrape,
+    }
+}
+
+async fn scrape(admin: SocketAddr) -> Option<Scrape> {
+    tokio::task::spawn_blocking(move || daemon::scrape(admin).ok())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Runs one phase (on the producers' runtime): connects its producers and
+/// consumers, drives the load through the window, stops the producers,
+/// lets the groups drain, and closes everything.
+pub(crate) async fn run_phase(
+    config: &ConsumeConfig,
+    target: &Target,
+    spec: &PhaseSpec,
+    index: u64,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let stream = format!("{}-{}", target.prefix, spec.name);
+    let options = ProducerOptions {
+        transport: match config.path {
+            PathKind::Quic => Transport::Quic(target.client.clone()),
+            _ => Transport::FastPath(target.client.clone()),
+        },
+        sender: SenderConfig {
+            max_datagram: config.datagram,
+            ..SenderConfig::default()
+        },
+        ..ProducerOptions::default()
+    };
+    // The producers first: their sessions create the stream the groups join.
+    let mut producers = Vec::with_capacity(config.producers);
+    for k in 0..config.producers as u64 {
+        let id = target.id_base + (index << 10) + k;
+        producers.push(Producer::connect(target.quic, &stream, id, options.clone()).await?);
+    }
+    let group_names: Vec<String> = (0..spec.groups).map(|k| format!("{stream}-g{k}")).collect();
+    let mut consumers = Vec::with_capacity(spec.groups);
+    for group in &group_names {
+        let mut opts = ConsumerOptions::new(target.client.clone(), group.clone());
+        opts.start = StartAt::Earliest;
+        opts.max_messages = config.max_messages;
+        opts.max_bytes = config.max_bytes;
+        let (addr, stream) = (target.quic, stream.clone());
+        let joined = target
+            .consumers
+            .spawn(async move { Consumer::connect(addr, &stream, opts).await })
+            .await?;
+        consumers.push(joined.map_err(|e| load::join_error(group, &e))?);
+    }
+
+    let clock = load::Clock::now();
+    let start = Instant::now();
+    let warmup = Duration::from_secs_f64(config.warmup);
+    let window = (
+        start + warmup,
+        start + warmup + Duration::from_secs_f64(config.seconds),
+    );
+    let tallies: Vec<Arc<load::Tally>> = (0..spec.groups).map(|_| Arc::default()).collect();
+    let mut publish = load::Publish::new(window);
+    if spec.drive == Drive::Closed && spec.groups > 0 && config.max_ahead > 0 {
+        publish.gate = Some((config.max_ahead, tallies.clone()));
+    }
+    let publish = Arc::new(publish);
+    let stamps = match spec.drive {
+        Drive::Open { .. } => Some(load::Stamps {
+            clock,
+            from: clock.unix_us(window.0),
+            to: clock.unix_us(window.1),
+        }),
+        Drive::Closed => None,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let consuming: Vec<_> = consumers
+        .into_iter()
+        .zip(&tallies)
+        .map(|(c, t)| {
+            target
+                .consumers
+                .spawn(load::consume(c, t.clone(), stamps, stop_rx.clone()))
+        })
+        .collect();
+
+    let mut pacer = None;
+    let mut producing = Vec::new();
+    match spec.drive {
+        Drive::Closed => {
+            let payload = Bytes::from(vec![0x42u8; config.size]);
+            for p in &producers {
+                producing.push(tokio::spawn(load::closed_loop(
+                    p.clone(),
+                    payload.clone(),
+                    config.batch,
+                    config.in_flight,
+                    publish.clone(),
+                )));
+            }
+        }
+        Drive::Open { rate } => {
+            let (ps, size, publish) = (producers.clone(), config.size, publish.clone());
+            let rt = tokio::runtime::Handle::current();
+            pacer = Some(
+                std::thread::Builder::new()
+                    .name("pacer".into())
+                    .spawn(move || load::pace(ps, size, rate, clock, publish, rt, start))?,
+            );
+        }
+    }
+
+    tokio::time::sleep_until(window.0.into()).await;
+    let first = mark(target, &publish, &tallies).await;
+    tokio::time::sleep_until(window.1.into()).await;
+    let last = mark(target, &publish, &tallies).await;
+    publish.stop.store(true, Relaxed);
+    for p in producing {
+        let _ = p.await;
+    }
+    let pacer_lag = match pacer {
+        Some(p) => Some(
+            tokio::task::spawn_blocking(move || p.join())
+                .await?
+                .map_err(|_| "the pacing thread panicked")?,
+        ),
+        None => None,
+    };
+    // Open loop: the last sends are still out.
+    let settle = Instant::now() + Duration::from_secs(30);
+    while !publish.settled() && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Every group gets every message that was acked (and may get more:
+    // a failed call's messages can be stored all the same).
+    let published = publish.acked.load(Relaxed);
+    let drain_until = last.at + Duration::from_secs_f64(config.drain_timeout);
+    let mut caught_up: Vec<Option<f64>> = vec![None; spec.groups];
+    loop {
+        let now = Instant::now();
+        for (c, t) in caught_up.iter_mut().zip(&tallies) {
+            if c.is_none() && t.distinct.load(Relaxed) >= published {
+                *c = Some(now.duration_since(last.at).as_secs_f64());
+            }
+        }
+        if caught_up.iter().all(Option::is_some) || now >= drain_until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The drain's end: what the consumers cost without producers.
+    let drained = if spec.groups > 0 {
+        Some(mark(target, &publish, &tallies).await)
+    } else {
+        None
+    };
+    let _ = stop_tx.send(true);
+    let mut latency = Vec::with_capacity(spec.groups);
+    let mut consumer_error = None;
+    for c in consuming {
+        let got = c.await?;
+        latency.push(got.latency);
+        consumer_error = consumer_error.or(got.error);
+    }
+    for p in producers {
+        if let Err(e) = p.close().await {
+            publish
+                .first_error
+                .lock()
+                .unwrap()
+                .get_or_insert_with(|| format!("producer close: {e}"));
+        }
+    }
+    let after = scrape(target.admin).await;
+    let first_error = publish.first_error.lock().unwrap().clone();
+    let ack_latency =
+        std::mem::replace(&mut *publish.ack_latency.lock().unwrap(), load::histogram());
+    Ok(Outcome {
+        spec: spec.clone(),
+        stream,
+        group_names,
+        start: first,
+        end: last,
+        sent: publish.sent.load(Relaxed),
+        acked: publish.acked.load(Relaxed),
+        errors: publish.errors.load(Relaxed) + u64::from(consumer_error.is_some()),
+        first_error: first_error.or(consumer_error),
+        ack_latency,
+        pacer_lag,
+        caught_up,
+        drained,
+        distinct: tallies.iter().map(|t| t.distinct.load(Relaxed)).collect(),
+        deliveries: tallies.iter().map(|t| t.deliveries.load(Relaxed)).collect(),
+        latency,
+        after,
+    })
+}
