@@ -199,6 +199,8 @@ pub struct Group {
     recovered: BTreeMap<u64, u32>,
     dlq_seq: u64,
     pending: BTreeMap<u64, Pending>,
+    /// Payload bytes of `pending`.
+    pending_bytes: u64,
     /// Waiting offsets due now (by offset: oldest first).
     ready: BTreeSet<u64>,
     /// Payload bytes of the ready messages.
@@ -229,6 +231,7 @@ impl Group {
             recovered: state.deliveries.clone(),
             dlq_seq: state.dlq_seq,
             pending: BTreeMap::new(),
+            pending_bytes: 0,
             ready: BTreeSet::new(),
             ready_bytes: 0,
             delayed: BTreeSet::new(),
@@ -274,10 +277,7 @@ impl Group {
 
     /// Payload bytes of messages read and not done.
     pub fn pending_bytes(&self) -> u64 {
-        self.pending
-            .values()
-            .map(|p| p.record.payload.len() as u64)
-            .sum()
+        self.pending_bytes
     }
 
     /// Append time of the oldest message not done, if it has been read
@@ -357,6 +357,7 @@ impl Group {
             }
             let deliveries = self.recovered.remove(&offset).unwrap_or(0);
             let len = record.payload.len() as u64;
+            self.pending_bytes += len;
             self.pending.insert(
                 offset,
                 Pending {
@@ -585,6 +586,7 @@ impl Group {
     /// member that held it.
     fn take_pending(&mut self, offset: u64) -> Option<Pending> {
         let p = self.pending.remove(&offset)?;
+        self.pending_bytes -= p.record.payload.len() as u64;
         match p.place {
             Place::Out { member, deadline } => {
                 self.deadlines.remove(&(deadline, offset));
@@ -650,6 +652,7 @@ impl Group {
             self.delayed.insert((due, offset));
             Place::Delayed { due }
         };
+        self.pending_bytes += p.record.payload.len() as u64;
         self.pending.insert(offset, p);
     }
 

@@ -10,8 +10,9 @@
 //!   records, asked what to deliver and what to journal;
 //! - [`store`]: a group's durable state (journal and snapshot);
 //! - [`dead_letter`]: the envelope a dead-lettered message is stored in;
-//! - [`service`]: the group tasks that drive the machines over the spool,
-//!   and the handles through which QUIC and HTTP consumers join them;
+//! - [`service`]: a daemon's groups and the handles through which QUIC and
+//!   HTTP consumers join them; `task`: the task that drives one group's
+//!   machine over the spool;
 //! - [`subscriber`]: a consumer's QUIC stream served as a group member;
 //! - [`http`]: the JSON API on the admin port (fetch with long polling,
 //!   ack, nack, extend; groups; dead letters: list, replay, purge).
@@ -23,3 +24,4 @@ pub mod ranges;
 pub mod service;
 pub mod store;
 pub mod subscriber;
+mod task;

@@ -92,12 +92,12 @@ pub async fn serve(
     loop {
         out.clear();
         tokio::select! {
-            d = member.deliveries.recv() => {
-                let Some(d) = d else { break };
-                put_delivery(&mut out, &d);
+            batch = member.deliveries.recv() => {
+                let Some(batch) = batch else { break };
+                batch.iter().for_each(|d| put_delivery(&mut out, d));
                 while out.len() < WRITE_BATCH {
                     match member.deliveries.try_recv() {
-                        Ok(d) => put_delivery(&mut out, &d),
+                        Ok(batch) => batch.iter().for_each(|d| put_delivery(&mut out, d)),
                         Err(_) => break,
                     }
                 }

@@ -18,9 +18,27 @@ pub struct Reader {
     durable_end: watch::Receiver<u64>,
     /// Offset of the next record to return.
     next: u64,
-    /// The open segment and the byte position of record `next` in it.
-    open: Option<(u64, Arc<dyn SpoolFile>, PathBuf, u64)>,
-    buf: Vec<u8>,
+    /// The segment holding `next`, and where in it.
+    open: Option<OpenSegment>,
+    /// Bytes read ahead from the open segment (one pread for many records)
+    /// and the file position of their first byte.
+    chunk: Vec<u8>,
+    chunk_at: u64,
+}
+
+/// Bytes read per pread when records are read in order.
+const CHUNK: usize = 256 << 10;
+
+struct OpenSegment {
+    base: u64,
+    file: Arc<dyn SpoolFile>,
+    path: PathBuf,
+    /// Byte position of record `next`.
+    pos: u64,
+    /// What of the segment was durable when last looked at: the offset
+    /// after its last record, and its bytes.
+    end: u64,
+    len: u64,
 }
 
 impl Reader {
@@ -38,7 +56,8 @@ impl Reader {
             durable_end,
             next: from,
             open: None,
-            buf: Vec::new(),
+            chunk: Vec::new(),
+            chunk_at: 0,
         }
     }
 
@@ -83,39 +102,72 @@ impl Reader {
             if self.open.is_none() && !self.locate()? {
                 return Ok(None);
             }
-            let (base, file, path, pos) = self.open.clone().expect("located");
-            let end = {
+            let o = self.open.as_mut().expect("located");
+            if self.next >= o.end {
+                // What became durable since: the segment grew, or it is
+                // done (or was deleted) and the next one holds `next`.
                 let segs = self.shared.read().unwrap();
-                segs.iter().find(|s| s.base == base).map(SegmentMeta::end)
-            };
-            match end {
-                Some(end) if self.next < end => {}
-                // Past this segment (or it was deleted): find the next one.
-                _ => {
-                    self.open = None;
-                    continue;
+                match segs.iter().find(|s| s.base == o.base) {
+                    Some(s) if self.next < s.end() => {
+                        o.end = s.end();
+                        o.len = s.len;
+                    }
+                    _ => {
+                        drop(segs);
+                        self.open = None;
+                        continue;
+                    }
                 }
             }
-            let corrupt = |reason: String| SpoolError::Corrupt {
-                stream: self.stream.clone(),
-                segment: path.clone(),
-                offset: pos,
-                reason,
-            };
-            let mut header = [0u8; HEADER_LEN];
-            file.read_exact_at(&mut header, pos)
-                .map_err(SpoolError::io("read", &path))?;
-            let h = record::parse_header(&header).map_err(|e| corrupt(format!("{e:?}")))?;
-            self.buf.clear();
-            self.buf.extend_from_slice(&header);
-            self.buf.resize(HEADER_LEN + h.len, 0);
-            file.read_exact_at(&mut self.buf[HEADER_LEN..], pos + HEADER_LEN as u64)
-                .map_err(SpoolError::io("read", &path))?;
-            let (r, n) = record::decode(&self.buf).map_err(|e| corrupt(format!("{e:?}")))?;
+            let (pos, len) = (o.pos, o.len);
+            let header = self.bytes_at(pos, HEADER_LEN, len)?;
+            let h =
+                record::parse_header(header).map_err(|e| self.corrupt(pos, format!("{e:?}")))?;
+            let total = HEADER_LEN + h.len;
+            let bytes = self.bytes_at(pos, total, len)?;
+            let (r, n) = record::decode(bytes).map_err(|e| self.corrupt(pos, format!("{e:?}")))?;
             let offset = self.next;
             self.next += 1;
-            self.open = Some((base, file, path, pos + n as u64));
+            self.open.as_mut().expect("open").pos = pos + n as u64;
             return Ok(Some((offset, r)));
+        }
+    }
+
+    /// `n` bytes of the open segment at `pos`, from the chunk read ahead,
+    /// reading the next chunk (up to the segment's durable `len`) when they
+    /// are not all in it.
+    fn bytes_at(&mut self, pos: u64, n: usize, len: u64) -> Result<&[u8], SpoolError> {
+        let in_chunk =
+            pos >= self.chunk_at && pos + n as u64 <= self.chunk_at + self.chunk.len() as u64;
+        if !in_chunk {
+            let o = self.open.as_ref().expect("open");
+            let want = (len.saturating_sub(pos) as usize).min(CHUNK.max(n));
+            if want < n {
+                return Err(self.corrupt(
+                    pos,
+                    format!("a record runs past the durable end ({len} bytes)"),
+                ));
+            }
+            self.chunk.resize(want, 0);
+            o.file
+                .read_exact_at(&mut self.chunk, pos)
+                .map_err(SpoolError::io("read", &o.path))?;
+            self.chunk_at = pos;
+        }
+        let at = (pos - self.chunk_at) as usize;
+        Ok(&self.chunk[at..at + n])
+    }
+
+    fn corrupt(&self, pos: u64, reason: String) -> SpoolError {
+        SpoolError::Corrupt {
+            stream: self.stream.clone(),
+            segment: self
+                .open
+                .as_ref()
+                .map(|o| o.path.clone())
+                .unwrap_or_default(),
+            offset: pos,
+            reason,
         }
     }
 
@@ -191,7 +243,17 @@ impl Reader {
             pos += (HEADER_LEN + h.len) as u64;
             offset += 1;
         }
-        self.open = Some((seg.base, file, seg.path.clone(), pos));
+        self.open = Some(OpenSegment {
+            base: seg.base,
+            file,
+            path: seg.path.clone(),
+            pos,
+            end: seg.end(),
+            len: seg.len,
+        });
+        // Whatever was read ahead belonged to another file.
+        self.chunk.clear();
+        self.chunk_at = 0;
         Ok(true)
     }
 }
