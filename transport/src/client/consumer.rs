@@ -4,8 +4,10 @@
 //! A driver task owns the QUIC connection. Deliveries go to the caller
 //! ([`Consumer::next`] in push mode, [`Consumer::fetch`] in pull mode); what
 //! the caller says about them (ack, nack, extend) comes back to the driver
-//! over one unbounded channel, in order, and the driver batches whatever is
-//! queued into one frame of each kind per turn. Acks are durable at the
+//! through a shared inbox, in order (one lock and, when the inbox was empty,
+//! one wake-up per call; no allocation), and what the [`Consumer`] asks goes
+//! over an unbounded channel. The driver takes the whole inbox at once, and
+//! batches whatever is queued into one frame of each kind per turn. Acks are durable at the
 //! daemon only after a Sync answered by Synced: until then the driver keeps
 //! them, and sends them again on a new subscription if the connection is
 //! lost, so an ack the caller made is never forgotten by a reconnect.
@@ -14,13 +16,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::{ConnectionError, SendStream};
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -53,6 +56,9 @@ const FETCH_SLACK: Duration = Duration::from_secs(5);
 /// Commands taken from the channel per turn at most, so that a flood of
 /// acks cannot starve the reading of deliveries.
 const COMMANDS_PER_TURN: usize = 4 * MAX_OFFSETS;
+/// Frames read per turn at most when more have already arrived, so that
+/// acks and commands are still sent while deliveries pour in.
+const FRAMES_PER_TURN: usize = 256;
 
 /// How a [`Consumer`] subscribes and behaves.
 #[derive(Debug, Clone)]
@@ -181,7 +187,6 @@ fn refuse_name(code: RefuseCode) -> String {
 /// [`ack`]: Delivery::ack
 /// [`nack`]: Delivery::nack
 /// [`deadline`]: Delivery::deadline
-#[derive(Clone)]
 pub struct Delivery {
     /// The record's offset in its stream.
     pub offset: u64,
@@ -195,18 +200,130 @@ pub struct Delivery {
     pub producer: u64,
     pub seq: u64,
     pub payload: Bytes,
-    handle: Arc<Handle>,
-}
-
-/// What a delivery needs to talk to its driver.
-struct Handle {
-    commands: mpsc::UnboundedSender<Command>,
+    /// Where acks, nacks and extends go: one per consumer, shared by every
+    /// delivery (cloned, not allocated, per delivery).
+    inbox: Arc<Inbox>,
     /// Which subscription it came from: nacks and extends make sense only
     /// to that one.
     epoch: u64,
     received: Instant,
     /// The ack deadline, in microseconds after `received`.
-    deadline_us: AtomicU64,
+    deadline_us: Mutex<DeadlineCell>,
+}
+
+/// A delivery's ack deadline (microseconds after its receipt). Its own
+/// until the delivery is first cloned; from then on shared by the clones,
+/// so that an extend through one is seen by all. Deliveries are seldom
+/// cloned: the common one costs no allocation.
+enum DeadlineCell {
+    Own(u64),
+    Shared(Arc<AtomicU64>),
+}
+
+impl Clone for Delivery {
+    fn clone(&self) -> Self {
+        let shared = {
+            let mut cell = lock(&self.deadline_us);
+            match &*cell {
+                DeadlineCell::Shared(a) => a.clone(),
+                DeadlineCell::Own(us) => {
+                    let a = Arc::new(AtomicU64::new(*us));
+                    *cell = DeadlineCell::Shared(a.clone());
+                    a
+                }
+            }
+        };
+        Delivery {
+            offset: self.offset,
+            delivery: self.delivery,
+            timestamp_us: self.timestamp_us,
+            producer: self.producer,
+            seq: self.seq,
+            payload: self.payload.clone(),
+            inbox: self.inbox.clone(),
+            epoch: self.epoch,
+            received: self.received,
+            deadline_us: Mutex::new(DeadlineCell::Shared(shared)),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What deliveries say, on its way to the driver.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Ack {
+        offset: u64,
+    },
+    Nack {
+        offset: u64,
+        epoch: u64,
+        delay_ms: u64,
+    },
+    Extend {
+        offset: u64,
+        epoch: u64,
+        ms: u64,
+    },
+}
+
+/// The deliveries' side of the driver: what they said, in order, until the
+/// driver takes it all at once.
+struct Inbox {
+    state: Mutex<InboxState>,
+    /// Told when the inbox stops being empty.
+    wake: Notify,
+}
+
+struct InboxState {
+    ops: Vec<Op>,
+    /// The driver is gone: nobody will read what is put here.
+    closed: bool,
+}
+
+impl Inbox {
+    fn new() -> Self {
+        Inbox {
+            state: Mutex::new(InboxState {
+                ops: Vec::new(),
+                closed: false,
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    fn put(&self, op: Op) {
+        let mut s = lock(&self.state);
+        // A closed consumer has nobody to tell: the daemon delivers the
+        // message again, as for any delivery not settled.
+        if s.closed {
+            return;
+        }
+        let first = s.ops.is_empty();
+        s.ops.push(op);
+        drop(s);
+        // Whoever made it non-empty wakes the driver; the rest ride along
+        // (the driver empties it only when it takes it all).
+        if first {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Swaps everything put so far with `into` (empty, kept for its
+    /// capacity).
+    fn take(&self, into: &mut Vec<Op>) {
+        debug_assert!(into.is_empty());
+        std::mem::swap(&mut lock(&self.state).ops, into);
+    }
+
+    fn close(&self) {
+        let mut s = lock(&self.state);
+        s.closed = true;
+        s.ops = Vec::new();
+    }
 }
 
 impl Delivery {
@@ -214,30 +331,32 @@ impl Delivery {
     /// the ack is durable; see [`Consumer::sync`]). After the consumer is
     /// closed, does nothing.
     pub fn ack(&self) {
-        self.command(Command::Ack {
+        self.inbox.put(Op::Ack {
             offset: self.offset,
         });
     }
 
     /// Not done: deliver it again after `delay` (at once for zero).
     pub fn nack(&self, delay: Duration) {
-        self.command(Command::Nack {
+        self.inbox.put(Op::Nack {
             offset: self.offset,
-            epoch: self.handle.epoch,
+            epoch: self.epoch,
             delay_ms: millis(delay),
         });
     }
 
     /// Still working on it: move its ack deadline to `by` from now.
     pub fn extend(&self, by: Duration) {
-        let h = &self.handle;
         let due = Instant::now()
-            .saturating_duration_since(h.received)
+            .saturating_duration_since(self.received)
             .saturating_add(by);
-        h.deadline_us.store(micros(due), Relaxed);
-        self.command(Command::Extend {
+        match &mut *lock(&self.deadline_us) {
+            DeadlineCell::Own(us) => *us = micros(due),
+            DeadlineCell::Shared(a) => a.store(micros(due), Relaxed),
+        }
+        self.inbox.put(Op::Extend {
             offset: self.offset,
-            epoch: h.epoch,
+            epoch: self.epoch,
             ms: millis(by),
         });
     }
@@ -245,17 +364,11 @@ impl Delivery {
     /// When the daemon delivers this message again unless it is acked or
     /// extended first (measured from its receipt here).
     pub fn deadline(&self) -> Instant {
-        let h = &self.handle;
-        after(
-            h.received,
-            Duration::from_micros(h.deadline_us.load(Relaxed)),
-        )
-    }
-
-    fn command(&self, c: Command) {
-        // A closed consumer has nobody to tell: the daemon delivers the
-        // message again, as for any delivery not settled.
-        let _ = self.handle.commands.send(c);
+        let us = match &*lock(&self.deadline_us) {
+            DeadlineCell::Own(us) => *us,
+            DeadlineCell::Shared(a) => a.load(Relaxed),
+        };
+        after(self.received, Duration::from_micros(us))
     }
 }
 
@@ -290,19 +403,6 @@ fn after(t: Instant, d: Duration) -> Instant {
 type Reply<T> = oneshot::Sender<Result<T, ConsumerError>>;
 
 enum Command {
-    Ack {
-        offset: u64,
-    },
-    Nack {
-        offset: u64,
-        epoch: u64,
-        delay_ms: u64,
-    },
-    Extend {
-        offset: u64,
-        epoch: u64,
-        ms: u64,
-    },
     AckUpTo {
         offset: u64,
     },
@@ -371,7 +471,9 @@ impl Shared {
 /// ```
 pub struct Consumer {
     commands: mpsc::UnboundedSender<Command>,
-    deliveries: mpsc::UnboundedReceiver<Delivery>,
+    deliveries: mpsc::UnboundedReceiver<Pushed>,
+    /// Received from `deliveries` and not yet returned by `next`.
+    ready: VecDeque<Delivery>,
     shared: Arc<Shared>,
     mode: ConsumeMode,
 }
@@ -392,9 +494,12 @@ impl Consumer {
             addr,
             stream: stream.to_owned(),
             options,
-            commands_tx: commands_tx.clone(),
+            _commands_tx: commands_tx.clone(),
             commands,
+            inbox: Arc::new(Inbox::new()),
+            ops: Vec::new(),
             deliveries: deliveries_tx,
+            pushed: Vec::new(),
             shared: Arc::new(Shared {
                 info: Mutex::new(SubscriptionInfo {
                     member: 0,
@@ -426,6 +531,7 @@ impl Consumer {
         Ok(Consumer {
             commands: commands_tx,
             deliveries,
+            ready: VecDeque::new(),
             shared,
             mode,
         })
@@ -439,8 +545,16 @@ impl Consumer {
                 "next() is for push mode; this consumer pulls: use fetch()".into(),
             ));
         }
+        if let Some(d) = self.ready.pop_front() {
+            return Ok(Some(d));
+        }
+        // Nothing is awaited after a batch is received: cancel-safe.
         match self.deliveries.recv().await {
-            Some(d) => Ok(Some(d)),
+            Some(Pushed::One(d)) => Ok(Some(d)),
+            Some(Pushed::Many(ds)) => {
+                self.ready.extend(ds);
+                Ok(self.ready.pop_front())
+            }
             None => match self.shared.failure() {
                 Some(e) => Err(e),
                 None => Ok(None),
@@ -569,6 +683,13 @@ struct Fetch {
     reply: Reply<Vec<Delivery>>,
 }
 
+/// What the driver pushes to [`Consumer::next`]: the deliveries of one
+/// turn, as one message.
+enum Pushed {
+    One(Delivery),
+    Many(Vec<Delivery>),
+}
+
 /// Why a turn of the driver ended the loop.
 enum Stop {
     /// The connection or stream is gone: subscribe again.
@@ -583,8 +704,22 @@ enum Stop {
 enum Wake {
     Frame(std::io::Result<Option<Bytes>>),
     Command(Command),
+    /// Deliveries put something in the inbox.
+    Ops,
     Timer,
     Dropped,
+}
+
+/// Polls `fut` once: its output if it is ready now. For cancel-safe
+/// futures only (it is dropped when not ready).
+fn ready_now<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    // The driver is woken by the next `select!` anyway: no waker needed.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(out) => Some(out),
+        Poll::Pending => None,
+    }
 }
 
 /// The task that owns the connection.
@@ -593,10 +728,16 @@ struct Driver {
     stream: String,
     /// The credit window in here is the latest one set.
     options: ConsumerOptions,
-    /// For the handles of deliveries.
-    commands_tx: mpsc::UnboundedSender<Command>,
+    /// Keeps `commands` open: its `recv` never says `None`.
+    _commands_tx: mpsc::UnboundedSender<Command>,
     commands: mpsc::UnboundedReceiver<Command>,
-    deliveries: mpsc::UnboundedSender<Delivery>,
+    /// What the deliveries say; closed when the driver goes.
+    inbox: Arc<Inbox>,
+    /// The inbox taken, kept for its capacity.
+    ops: Vec<Op>,
+    deliveries: mpsc::UnboundedSender<Pushed>,
+    /// Push mode: deliveries of this turn, sent to the caller at its end.
+    pushed: Vec<Delivery>,
     shared: Arc<Shared>,
     /// `None` only between a loss and the next subscription.
     sub: Option<Subscription>,
@@ -622,6 +763,14 @@ struct Driver {
     backoff: Duration,
     /// Frames to write at the end of the turn.
     out: Vec<u8>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Acks and the rest from now on go nowhere, as they did to a
+        // closed channel.
+        self.inbox.close();
+    }
 }
 
 impl Driver {
@@ -666,25 +815,64 @@ impl Driver {
             f = sub.recv.next() => Wake::Frame(f),
             // The driver holds a sender itself: never `None`.
             Some(c) = self.commands.recv() => Wake::Command(c),
+            _ = self.inbox.wake.notified() => Wake::Ops,
             _ = sleep => Wake::Timer,
             _ = self.deliveries.closed(), if self.closing.is_none() => Wake::Dropped,
         };
-        match wake {
-            Wake::Frame(f) => self.on_frame(f)?,
-            Wake::Command(c) => self.on_commands(c),
-            Wake::Timer => self.on_timer()?,
+        let r = match wake {
+            Wake::Frame(f) => self.on_frames(f),
+            Wake::Command(c) => {
+                self.on_commands(Some(c));
+                Ok(())
+            }
+            Wake::Ops => {
+                self.on_commands(None);
+                Ok(())
+            }
+            Wake::Timer => self.on_timer(),
             // Nobody is left to receive: leave as close() would, after
             // sending what the deliveries said before.
             Wake::Dropped => {
                 while let Ok(c) = self.commands.try_recv() {
-                    self.on_commands(c);
+                    self.on_commands(Some(c));
                 }
+                self.on_commands(None);
                 self.closing_waiter(None);
                 self.send_sync();
+                Ok(())
             }
-        }
+        };
+        self.push_deliveries();
+        r?;
         self.auto_sync(Instant::now());
         self.flush().await
+    }
+
+    /// Hands the deliveries of this turn to [`Consumer::next`], in one go.
+    fn push_deliveries(&mut self) {
+        let d = match self.pushed.len() {
+            0 => return,
+            1 => Pushed::One(self.pushed.pop().expect("one")),
+            n => Pushed::Many(std::mem::replace(&mut self.pushed, Vec::with_capacity(n))),
+        };
+        // Nobody reads any more: the daemon delivers them again.
+        let _ = self.deliveries.send(d);
+    }
+
+    /// Handles `first`, then every frame already arrived (up to
+    /// [`FRAMES_PER_TURN`]): a chunk read from the stream holds many.
+    fn on_frames(&mut self, first: std::io::Result<Option<Bytes>>) -> Result<(), Stop> {
+        self.on_frame(first)?;
+        for _ in 1..FRAMES_PER_TURN {
+            let Some(sub) = self.sub.as_mut() else {
+                break;
+            };
+            match ready_now(sub.recv.next()) {
+                Some(f) => self.on_frame(f)?,
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     /// Connects, authenticates and subscribes.
@@ -907,19 +1095,17 @@ impl Driver {
             producer: d.producer,
             seq: d.seq,
             payload: d.payload,
-            handle: Arc::new(Handle {
-                commands: self.commands_tx.clone(),
-                epoch: self.epoch,
-                received,
-                deadline_us: AtomicU64::new(micros(Duration::from_millis(d.deadline_ms))),
-            }),
+            inbox: self.inbox.clone(),
+            epoch: self.epoch,
+            received,
+            deadline_us: Mutex::new(DeadlineCell::Own(micros(Duration::from_millis(
+                d.deadline_ms,
+            )))),
         };
         match self.options.mode {
             // Nobody reads after close(): the daemon delivers it again.
             ConsumeMode::Push if self.closing.is_some() => {}
-            ConsumeMode::Push => {
-                let _ = self.deliveries.send(delivery);
-            }
+            ConsumeMode::Push => self.pushed.push(delivery),
             ConsumeMode::Pull => match &mut self.fetch {
                 Some(f) => f.got.push(delivery),
                 None => self.spare.push_back(delivery),
@@ -959,20 +1145,18 @@ impl Driver {
         Err(Stop::Done)
     }
 
-    fn on_commands(&mut self, first: Command) {
-        let now = Instant::now();
-        let mut acks = Vec::new();
-        let mut up_to = None;
-        let mut nacks: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        let mut extends: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        let mut credit = None;
-        let mut sync = false;
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(c) = next.take() {
-            taken += 1;
-            match c {
-                Command::Ack { offset } => {
+    /// Takes what the deliveries said, in order: acks, nacks, extends.
+    fn take_ops(
+        &mut self,
+        acks: &mut Vec<u64>,
+        nacks: &mut BTreeMap<u64, Vec<u64>>,
+        extends: &mut BTreeMap<u64, Vec<u64>>,
+    ) {
+        let mut ops = std::mem::take(&mut self.ops);
+        self.inbox.take(&mut ops);
+        for op in ops.drain(..) {
+            match op {
+                Op::Ack { offset } => {
                     // Sent whatever the bookkeeping says (the daemon takes
                     // acks idempotently): an ack from an earlier
                     // subscription still counts, and so does one for a
@@ -980,7 +1164,7 @@ impl Driver {
                     self.outstanding.remove(&offset);
                     acks.push(offset);
                 }
-                Command::Nack {
+                Op::Nack {
                     offset,
                     epoch,
                     delay_ms,
@@ -989,11 +1173,34 @@ impl Driver {
                         nacks.entry(delay_ms).or_default().push(offset);
                     }
                 }
-                Command::Extend { offset, epoch, ms } => {
+                Op::Extend { offset, epoch, ms } => {
                     if epoch == self.epoch && self.outstanding.contains(&offset) {
                         extends.entry(ms).or_default().push(offset);
                     }
                 }
+            }
+        }
+        self.ops = ops;
+    }
+
+    /// Handles `first` and the commands queued after it, and everything in
+    /// the inbox; queues the frames they ask for.
+    fn on_commands(&mut self, first: Option<Command>) {
+        let now = Instant::now();
+        let mut acks = Vec::new();
+        let mut up_to = None;
+        let mut nacks: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        let mut extends: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        let mut credit = None;
+        let mut sync = false;
+        let mut next = first;
+        let mut taken = 0;
+        while let Some(c) = next.take() {
+            taken += 1;
+            // What deliveries said before this command was sent comes
+            // before it (a sync covers every ack made before it).
+            self.take_ops(&mut acks, &mut nacks, &mut extends);
+            match c {
                 Command::AckUpTo { offset } => {
                     // What the daemon will ack, remembered one by one: a
                     // new member has other messages outstanding, so only
@@ -1028,6 +1235,7 @@ impl Driver {
                 next = self.commands.try_recv().ok();
             }
         }
+        self.take_ops(&mut acks, &mut nacks, &mut extends);
         acks.sort_unstable();
         acks.dedup();
         // Extends first: a delivery extended and then acked in one turn
