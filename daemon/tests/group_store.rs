@@ -370,28 +370,32 @@ fn corrupt_snapshot_is_an_error_naming_it() {
     fs.corrupt(&snap, 7, 0x01);
     for _ in 0..2 {
         match GroupStore::open(fs_of(&fs), dir()) {
-            Err(e @ SpoolError::Corrupt { .. }) => {
-                let SpoolError::Corrupt {
-                    ref segment,
+            Err(e @ SpoolError::GroupCorrupt { .. }) => {
+                let SpoolError::GroupCorrupt {
+                    ref file,
                     ref stream,
+                    ref group,
                     ..
                 } = e
                 else {
                     unreachable!()
                 };
-                assert_eq!(segment, &snap);
-                assert_eq!(stream, "s group g");
+                assert_eq!(file, &snap);
+                assert_eq!((stream.as_str(), group.as_str()), ("s", "g"));
                 let msg = e.to_string();
-                assert!(msg.contains("snapshot"), "{msg}");
+                assert!(
+                    msg.contains("snapshot") && msg.contains("consumer group g"),
+                    "{msg}"
+                );
             }
-            other => panic!("expected Corrupt, got {other:?}"),
+            other => panic!("expected GroupCorrupt, got {other:?}"),
         }
     }
     // A missing snapshot beside a journal is an error too, not a group at 0.
     fs.remove_file(&snap).unwrap();
     assert!(matches!(
         GroupStore::open(fs_of(&fs), dir()),
-        Err(SpoolError::Corrupt { .. })
+        Err(SpoolError::GroupCorrupt { .. })
     ));
 }
 

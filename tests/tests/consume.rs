@@ -151,6 +151,41 @@ async fn redelivery_after_the_deadline_then_dead_letter_after_max_deliveries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_the_largest_size_can_be_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DaemonSpec::new(sluiced_bin!(), dir.path())
+        .arg("--consumers-max-deliveries")
+        .arg("1");
+    let daemon = spec.start();
+    let big = Bytes::from(vec![7u8; 16 << 20]);
+    publish(&spec, "big", 1, vec![big]).await;
+    let mut c = consumer(&spec, "big", options(&spec, "g")).await;
+    let d = next(&mut c, Duration::from_secs(30)).await;
+    assert_eq!(d.payload.len(), 16 << 20);
+    d.nack(Duration::ZERO);
+    c.sync().await.unwrap();
+    // The dead-letter stream holds it: its durable end moves to 1.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list: serde_json::Value = serde_json::from_str(&daemon.get("/streams")).unwrap();
+        let dlq = list["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "big.dlq")
+            .map(|s| s["durable_end"].as_u64());
+        if dlq == Some(Some(1)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = group_stats(&daemon, "big", "g");
+    assert_eq!((s.floor, s.counters.dead_lettered), (1, 1), "{s:?}");
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_extended_deadline_holds_the_message() {
     let dir = tempfile::tempdir().unwrap();
     let spec = DaemonSpec::new(sluiced_bin!(), dir.path())

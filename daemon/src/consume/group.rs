@@ -28,6 +28,9 @@ use crate::spool::Record;
 
 pub type MemberId = u64;
 
+/// Delivery attempts a message keeps for its dead letter (the latest ones).
+pub const MAX_HISTORY: usize = 32;
+
 /// How a conflating group tells which messages supersede each other.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyRule {
@@ -617,6 +620,11 @@ impl Group {
                 .map_or_else(|| format!("member {member}"), |m| m.name.clone()),
             Place::Ready | Place::Delayed { .. } => String::new(),
         };
+        // The most recent attempts: the history must fit in the dead
+        // letter's envelope however high max_deliveries is.
+        if p.history.len() == MAX_HISTORY {
+            p.history.remove(0);
+        }
         p.history.push(Attempt {
             at: now,
             member,
@@ -791,6 +799,25 @@ mod tests {
             count: 2
         }));
         assert_eq!(g.floor(), 1, "the group goes on");
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_the_latest_attempts() {
+        let t0 = Instant::now();
+        let config = GroupConfig {
+            max_deliveries: 100,
+            ..GroupConfig::default()
+        };
+        let mut g = group(config, 1);
+        g.join(1, "a".into(), window(1));
+        for _ in 0..100 {
+            assert_eq!(g.dispatch(t0).len(), 1);
+            g.nack(Some(1), &[0], Duration::ZERO, t0);
+        }
+        let (_, dead) = g.take_events();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].deliveries, 100);
+        assert_eq!(dead[0].history.len(), MAX_HISTORY);
     }
 
     #[test]

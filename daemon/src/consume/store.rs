@@ -504,23 +504,18 @@ pub fn check_group_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The error for a damaged group file; `stream` reads "<stream> group <group>".
+/// The error for a damaged group file (`dir` is `<stream>/groups/<group>`).
 fn corrupt(dir: &Path, file: &Path, offset: u64, reason: String) -> SpoolError {
     let name = |p: Option<&Path>| {
         p.and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
     };
-    let group = name(Some(dir));
-    let stream = name(dir.parent().and_then(|p| p.parent()));
-    let stream = match (stream, group) {
-        (Some(s), Some(g)) => format!("{s} group {g}"),
-        _ => dir.display().to_string(),
-    };
-    SpoolError::Corrupt {
-        stream,
-        segment: file.to_path_buf(),
+    SpoolError::GroupCorrupt {
+        stream: name(dir.parent().and_then(|p| p.parent())),
+        group: name(Some(dir)),
+        file: file.to_path_buf(),
         offset,
-        reason: format!("consumer group state: {reason}"),
+        reason,
     }
 }
 

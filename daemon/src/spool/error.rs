@@ -21,11 +21,25 @@ pub enum SpoolError {
         offset: u64,
         reason: String,
     },
+    #[error(
+        "stream {stream}, consumer group {group}: {} is damaged at byte {offset} ({reason}); \
+         the group's position is unknown, so it is not served: restore the file, or move the \
+         group's folder aside to start the group again from its configured start (what it had \
+         acked is then delivered again)",
+        file.display()
+    )]
+    GroupCorrupt {
+        stream: String,
+        group: String,
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     #[error("disk full: {free} bytes free, floor {floor} bytes; appends wait for space")]
     DiskFull { free: u64, floor: u64 },
     #[error("invalid stream name {0:?}: use 1-255 of A-Z a-z 0-9 . _ - (not starting with .)")]
     BadStreamName(String),
-    #[error("record of {0} bytes exceeds the 16 MiB limit")]
+    #[error("record of {0} bytes exceeds the limit (16 MiB and 32 KiB)")]
     TooLarge(usize),
     #[error("the spool is closed")]
     Closed,

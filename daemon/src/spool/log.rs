@@ -477,6 +477,10 @@ impl StreamLog {
             }
             let path = oldest.path.clone();
             drop(segs);
+            // Out of the readers' view first: a reader that looked before
+            // and finds the file gone looks again and skips it; one that has
+            // it open reads on.
+            self.shared.write().unwrap().remove(0);
             self.fs
                 .remove_file(&path)
                 .map_err(SpoolError::io("remove", &path))?;
@@ -484,7 +488,6 @@ impl StreamLog {
             self.fs
                 .sync_dir(&self.dir)
                 .map_err(SpoolError::io("fsync directory", &self.dir))?;
-            self.shared.write().unwrap().remove(0);
             deleted += 1;
         }
         if deleted > 0 {

@@ -20,8 +20,11 @@ use bytes::Bytes;
 
 pub const HEADER_LEN: usize = 40;
 const VERSION: u8 = 1;
-/// Largest payload accepted: a message of the transport's maximum size.
-pub const MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+/// Largest payload accepted: a message of the transport's maximum size
+/// (16 MiB), with room for the envelope it is stored in when a consumer
+/// group dead-letters it (its names, reason and delivery history). A
+/// consumer's long frame (16 MiB + 64 KiB) still holds such a record.
+pub const MAX_PAYLOAD: usize = (16 << 20) + (32 << 10);
 
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -636,6 +636,19 @@ fn copy_error(e: &SpoolError) -> SpoolError {
             offset: *offset,
             reason: reason.clone(),
         },
+        SpoolError::GroupCorrupt {
+            stream,
+            group,
+            file,
+            offset,
+            reason,
+        } => SpoolError::GroupCorrupt {
+            stream: stream.clone(),
+            group: group.clone(),
+            file: file.clone(),
+            offset: *offset,
+            reason: reason.clone(),
+        },
         SpoolError::DiskFull { free, floor } => SpoolError::DiskFull {
             free: *free,
             floor: *floor,
