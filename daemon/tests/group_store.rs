@@ -6,8 +6,10 @@
 //! holds every batch whose append returned Ok, and equals the state of some
 //! prefix of the batches attempted (never half a batch).
 //!
-//! `GROUP_SEEDS=n` sets the number of crash seeds (default 2,000);
-//! `GROUP_SEED=s` replays one.
+//! `JOURNAL_SEEDS=n` sets the number of crash seeds (default 2,000);
+//! `JOURNAL_SEED=s` replays one.
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -618,45 +620,18 @@ fn run_seed(seed: u64) -> Result<Totals, String> {
 
 #[test]
 fn acked_batches_survive_every_simulated_crash_whole() {
-    if let Ok(s) = std::env::var("GROUP_SEED") {
-        let seed: u64 = s.parse().expect("GROUP_SEED is a number");
-        let t = run_seed(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        eprintln!("{t:?}");
-        return;
-    }
-    let seeds: u64 = std::env::var("GROUP_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
-    let mut failures = Vec::new();
     let mut total = Totals::default();
-    for seed in 0..seeds {
-        match run_seed(seed) {
-            Ok(t) => {
-                total.ok_batches += t.ok_batches;
-                total.crashes += t.crashes;
-                total.failed_batch_kept += t.failed_batch_kept;
-                total.failed_batch_lost += t.failed_batch_lost;
-                total.created_lost += t.created_lost;
-                total.compactions += t.compactions;
-            }
-            Err(e) => failures.push(format!(
-                "seed {seed}: {e} (replay: GROUP_SEED={seed} cargo test -p sluice-daemon --test group_store)"
-            )),
-        }
-    }
+    let Some(seeds) = support::run_seeds("JOURNAL_SEED", 2000, "group_store", run_seed, |t| {
+        total.ok_batches += t.ok_batches;
+        total.crashes += t.crashes;
+        total.failed_batch_kept += t.failed_batch_kept;
+        total.failed_batch_lost += t.failed_batch_lost;
+        total.created_lost += t.created_lost;
+        total.compactions += t.compactions;
+    }) else {
+        return;
+    };
     eprintln!("{seeds} seeds: {total:?}");
-    assert!(
-        failures.is_empty(),
-        "{} of {seeds} seeds failed:\n{}",
-        failures.len(),
-        failures
-            .iter()
-            .take(20)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
     // The simulation must reach every case it claims to test.
     assert!(total.ok_batches > 0 && total.crashes > seeds);
     assert!(total.failed_batch_kept > 0, "{total:?}");

@@ -13,6 +13,8 @@
 //! `SPOOL_SEEDS=n` sets the number of seeds (default 2,000); `SPOOL_SEED=s`
 //! replays one.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
@@ -224,43 +226,16 @@ fn check(
 
 #[test]
 fn acked_records_survive_every_simulated_crash_exactly_once() {
-    if let Ok(s) = std::env::var("SPOOL_SEED") {
-        let seed: u64 = s.parse().expect("SPOOL_SEED is a number");
-        let t = run_seed(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        eprintln!("{t:?}");
-        return;
-    }
-    let seeds: u64 = std::env::var("SPOOL_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
-    let mut failures = Vec::new();
     let mut total = Totals::default();
-    for seed in 0..seeds {
-        match run_seed(seed) {
-            Ok(t) => {
-                total.acked += t.acked;
-                total.duplicates += t.duplicates;
-                total.crashes += t.crashes;
-                total.unacked_after_crash += t.unacked_after_crash;
-            }
-            Err(e) => failures.push(format!(
-                "seed {seed}: {e} (replay: SPOOL_SEED={seed} cargo test -p sluice-daemon --test spool_sim)"
-            )),
-        }
-    }
+    let Some(seeds) = support::run_seeds("SPOOL_SEED", 2000, "spool_sim", run_seed, |t| {
+        total.acked += t.acked;
+        total.duplicates += t.duplicates;
+        total.crashes += t.crashes;
+        total.unacked_after_crash += t.unacked_after_crash;
+    }) else {
+        return;
+    };
     eprintln!("{seeds} seeds: {total:?}");
-    assert!(
-        failures.is_empty(),
-        "{} of {seeds} seeds failed:\n{}",
-        failures.len(),
-        failures
-            .iter()
-            .take(20)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
     assert!(total.crashes >= seeds && total.acked > 0 && total.duplicates > 0);
     assert!(
         total.unacked_after_crash > 0,
