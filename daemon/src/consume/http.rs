@@ -341,20 +341,8 @@ async fn fetch(
     headers: HeaderMap,
     Path((stream, group)): Path<(String, String)>,
     body: Bytes,
-) -> Response {
-    fetch_inner(&s, peer, &headers, &stream, &group, &body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
-}
-
-async fn fetch_inner(
-    s: &AdminState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    stream: &str,
-    group: &str,
-    body: &[u8],
 ) -> Answer {
+    let (s, headers, stream, group, body) = (&*s, &headers, &stream[..], &group[..], &body[..]);
     allow(s, peer, headers, stream, &[Action::Consume])?;
     let f = Fields::parse(body, &["max", "wait_ms", "start"])?;
     let max = f.u64("max")?.unwrap_or(DEFAULT_FETCH);
@@ -451,10 +439,8 @@ macro_rules! settle_route {
             headers: HeaderMap,
             Path((stream, group)): Path<(String, String)>,
             body: Bytes,
-        ) -> Response {
-            settle(&s, peer, &headers, (&stream, &group), &body, $kind)
-                .await
-                .unwrap_or_else(IntoResponse::into_response)
+        ) -> Answer {
+            settle(&s, peer, &headers, (&stream, &group), &body, $kind).await
         }
     };
 }
@@ -521,19 +507,8 @@ async fn dlq_list(
     headers: HeaderMap,
     Path(stream): Path<String>,
     Query(q): Query<DlqQuery>,
-) -> Response {
-    dlq_list_inner(&s, peer, &headers, &stream, q)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
-}
-
-async fn dlq_list_inner(
-    s: &AdminState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    stream: &str,
-    q: DlqQuery,
 ) -> Answer {
+    let (s, headers, stream) = (&*s, &headers, &stream[..]);
     allow(s, peer, headers, stream, &[Action::Consume])?;
     need_stream(s, stream)?;
     let (name, dlq) = dlq_of(s, stream)?;
@@ -587,18 +562,6 @@ async fn dlq_list_inner(
     Ok(Json(page).into_response())
 }
 
-async fn dlq_replay(
-    State(s): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(stream): Path<String>,
-    body: Bytes,
-) -> Response {
-    dlq_replay_inner(&s, peer, &headers, &stream, &body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
-}
-
 /// One batch of a replay, read from the dead-letter stream.
 struct ReplayBatch {
     records: Vec<Record>,
@@ -648,13 +611,14 @@ fn replay_batch(
     Ok(b)
 }
 
-async fn dlq_replay_inner(
-    s: &AdminState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    stream: &str,
-    body: &[u8],
+async fn dlq_replay(
+    State(s): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(stream): Path<String>,
+    body: Bytes,
 ) -> Answer {
+    let (s, headers, stream, body) = (&*s, &headers, &stream[..], &body[..]);
     allow(
         s,
         peer,
@@ -742,19 +706,8 @@ async fn dlq_purge(
     headers: HeaderMap,
     Path(stream): Path<String>,
     body: Bytes,
-) -> Response {
-    dlq_purge_inner(&s, peer, &headers, &stream, &body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
-}
-
-async fn dlq_purge_inner(
-    s: &AdminState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    stream: &str,
-    body: &[u8],
 ) -> Answer {
+    let (s, headers, stream, body) = (&*s, &headers, &stream[..], &body[..]);
     allow(s, peer, headers, stream, &[Action::Consume])?;
     Fields::parse(body, &[])?;
     need_stream(s, stream)?;
