@@ -402,7 +402,8 @@ async fn lease(
     debug!(lease = id, "fast-path lease ended");
 }
 
-async fn refuse(send: &mut SendStream, code: RefuseCode, reason: &str) {
+/// Refuses what a stream asked for, with the reason, and ends the stream.
+pub(crate) async fn refuse(send: &mut SendStream, code: RefuseCode, reason: &str) {
     let msg = Control::Refused {
         code,
         reason: reason.to_owned(),

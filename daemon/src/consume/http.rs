@@ -31,7 +31,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -46,6 +46,7 @@ use serde_json::{Map, Value};
 use super::dead_letter::{self, DeadLetter};
 use super::group::Delivery;
 use super::service::{ConsumeError, GroupHandle, GroupStats, StartAt};
+use super::subscriber::to_wire;
 use crate::admin::{error, principal, AdminState};
 use crate::auth::Action;
 use crate::spool::writer::now_us;
@@ -323,15 +324,17 @@ impl Fields {
     }
 }
 
-fn message_json(d: Delivery, now: Instant) -> MessageJson {
+/// A delivery as JSON: the fields the QUIC plane sends, payload in base64.
+fn message_json(d: &Delivery) -> MessageJson {
+    let w = to_wire(d);
     MessageJson {
-        offset: d.offset,
-        delivery: d.delivery,
-        timestamp_us: d.record.timestamp_us,
-        producer: d.record.producer,
-        seq: d.record.seq,
-        deadline_ms: d.deadline.saturating_duration_since(now).as_millis() as u64,
-        payload: base64::engine::general_purpose::STANDARD.encode(&d.record.payload),
+        offset: w.offset,
+        delivery: w.delivery,
+        timestamp_us: w.timestamp_us,
+        producer: w.producer,
+        seq: w.seq,
+        deadline_ms: w.deadline_ms,
+        payload: base64::engine::general_purpose::STANDARD.encode(&w.payload),
     }
 }
 
@@ -366,8 +369,7 @@ async fn fetch(
         .fetch_detached(s.consumers.member_id(), max, wait)
         .await
         .map_err(consume_error)?;
-    let now = Instant::now();
-    let messages = got.into_iter().map(|d| message_json(d, now)).collect();
+    let messages = got.iter().map(message_json).collect();
     Ok(Json(FetchAnswer { messages }).into_response())
 }
 

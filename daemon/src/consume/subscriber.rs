@@ -66,12 +66,7 @@ pub async fn serve(
                 ConsumeError::BadGroup(_) => RefuseCode::BadRequest,
                 _ => RefuseCode::Unavailable,
             };
-            let msg = Control::Refused {
-                code,
-                reason: e.to_string(),
-            };
-            let _ = frame::write(&mut send, &msg.encode()).await;
-            let _ = send.finish();
+            crate::quic::refuse(&mut send, code, &e.to_string()).await;
             return;
         }
     };
@@ -146,10 +141,7 @@ pub fn to_wire(d: &Delivery) -> WireDelivery {
 }
 
 fn put_delivery(out: &mut Vec<u8>, d: &Delivery) {
-    let wire = to_wire(d);
-    // The header, then the payload as it is: no message built first.
-    out.extend_from_slice(&wire.frame_header());
-    out.extend_from_slice(&wire.payload);
+    ToConsumer::Deliver(to_wire(d)).put_frame(out);
 }
 
 fn handle(m: FromConsumer, member: &Member, answers: &mpsc::UnboundedSender<ToConsumer>) {
