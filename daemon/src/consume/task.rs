@@ -110,7 +110,6 @@ impl GroupTask {
         let mut end = self.stream.watch_end();
         self.redrive_dead_letters().await;
         let (write_tx, mut write_rx) = mpsc::unbounded_channel::<WriteDone>();
-        let mut writing = false;
         let (mut open, mut end_open) = (true, true);
         loop {
             self.read();
@@ -122,14 +121,14 @@ impl GroupTask {
             let (events, dead) = self.machine.take_events();
             self.queue.extend(events);
             self.dead_queue.extend(dead);
-            if !writing && self.retry_at.is_none_or(|t| t <= now) {
-                writing = self.start_write(&write_tx);
+            if !self.writing() && self.retry_at.is_none_or(|t| t <= now) {
+                self.start_write(&write_tx);
             }
             self.answer_waiters();
             self.mirror_cursor(false);
             self.backpressure();
             self.publish_stats();
-            if !open && !writing && self.queue.is_empty() {
+            if !open && !self.writing() && self.queue.is_empty() {
                 break;
             }
             let timer = [
@@ -148,8 +147,7 @@ impl GroupTask {
                     Some(c) => self.apply(c, Instant::now()),
                 },
                 r = end.changed(), if end_open => end_open = r.is_ok(),
-                Some(done) = write_rx.recv(), if writing => {
-                    writing = false;
+                Some(done) = write_rx.recv(), if self.writing() => {
                     self.write_done(done).await;
                 }
                 _ = tokio::time::sleep_until(timer.into()) => {}
@@ -333,11 +331,16 @@ impl GroupTask {
         }
     }
 
+    /// Whether a journal write runs (it holds the store meanwhile).
+    fn writing(&self) -> bool {
+        self.store.is_none()
+    }
+
     /// Starts writing what is queued to the journal (one write and one
-    /// fdatasync, on a blocking thread); false if there is nothing.
-    fn start_write(&mut self, done: &mpsc::UnboundedSender<WriteDone>) -> bool {
+    /// fdatasync, on a blocking thread), if anything is.
+    fn start_write(&mut self, done: &mpsc::UnboundedSender<WriteDone>) {
         if self.queue.is_empty() {
-            return false;
+            return;
         }
         let mut store = self.store.take().expect("no write runs");
         let events = std::mem::take(&mut self.queue);
@@ -348,7 +351,6 @@ impl GroupTask {
             let r = store.append(&events);
             let _ = done.send((store, r, events, dead));
         });
-        true
     }
 
     async fn write_done(
