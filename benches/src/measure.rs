@@ -216,3 +216,86 @@ pub fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> Res
     serde_json::to_writer_pretty(std::io::BufWriter::new(file), report)
         .map_err(|e| format!("writing {}: {e}", path.display()))
 }
+
+/// One figure over several repetitions of a run (`--repeat N`): the
+/// noise of these machines shows as the distance from min to max.
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Spread {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `values` (all zero when there are none). The median
+    /// of an even count is the mean of the middle two.
+    pub fn of(values: &[f64]) -> Spread {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return Spread::default();
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Spread {
+            min: v[0],
+            median,
+            max: v[n - 1],
+        }
+    }
+}
+
+/// What a report carries for its pictures, under the key `plots` of its
+/// JSON: `sluice-bench` draws them from there (the same code draws a run
+/// just made and one read back from a file).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct Plots {
+    /// Latency by percentile, one curve per run / path / phase.
+    pub latency: Vec<PercentileCurve>,
+    /// Throughput over time, one series per run / path / phase.
+    pub throughput: Vec<TimeSeries>,
+}
+
+/// A latency distribution as (percentile, microseconds) points, from 0 to
+/// the max, dense near the tail (as HdrHistogram's percentile plots).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct PercentileCurve {
+    pub label: String,
+    /// (percentile 0..=100, latency in microseconds), percentile rising.
+    pub points: Vec<(f64, f64)>,
+}
+
+impl PercentileCurve {
+    /// Points at 0, 50, 75, 87.5, ... (halving the rest each time) up to
+    /// the 99.9999th or the sample count's resolution, then the max.
+    pub fn of(label: impl Into<String>, h: &Histogram<u64>) -> PercentileCurve {
+        let mut points = Vec::new();
+        if !h.is_empty() {
+            let mut rest = 1.0f64;
+            // Stop where one more step would be below one sample.
+            while rest * (h.len() as f64) >= 1.0 && rest >= 1e-6 {
+                let q = 1.0 - rest;
+                points.push((q * 100.0, h.value_at_quantile(q) as f64));
+                rest /= 2.0;
+            }
+            points.push((100.0, h.max() as f64));
+        }
+        PercentileCurve {
+            label: label.into(),
+            points,
+        }
+    }
+}
+
+/// Throughput over time: messages per second in each interval of the
+/// measured window.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct TimeSeries {
+    pub label: String,
+    /// (seconds since the window began, at the interval's end; msgs/s).
+    pub points: Vec<(f64, f64)>,
+}
