@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 /// Raw disk figures on one file system.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct DiskBaseline {
     /// A loop of 1 MiB write + fdatasync: MB/s (10^6 bytes).
     pub mb_per_sec_1mib: f64,
@@ -22,6 +22,27 @@ pub struct DiskBaseline {
 
 /// Measures `dir`'s file system for about `duration` in total.
 pub fn disk(dir: &Path, duration: Duration) -> std::io::Result<DiskBaseline> {
+    disk_detailed(dir, duration, Duration::from_millis(200)).map(|d| d.figures)
+}
+
+/// [`disk`]'s figures with what the pictures need: the 4 KiB loop's whole
+/// latency histogram (microseconds), and its syncs per second in each
+/// `interval` (a disk's stalls, e.g. journal commits, show there).
+#[derive(Debug, Clone)]
+pub struct DiskDetail {
+    pub figures: DiskBaseline,
+    pub sync_latency: Histogram<u64>,
+    /// (seconds since the 4 KiB loop began, at the interval's end; syncs/s).
+    pub syncs_per_sec_series: Vec<(f64, f64)>,
+}
+
+/// Half of `duration` for each loop: 1 MiB write + fdatasync, then 4 KiB
+/// append + fdatasync.
+pub fn disk_detailed(
+    dir: &Path,
+    duration: Duration,
+    interval: Duration,
+) -> std::io::Result<DiskDetail> {
     let path = dir.join("baseline.tmp");
     let mut f = OpenOptions::new()
         .create(true)
@@ -44,23 +65,34 @@ pub fn disk(dir: &Path, duration: Duration) -> std::io::Result<DiskBaseline> {
     f.sync_all()?;
     let small = vec![0x5Au8; 4096];
     let mut h = Histogram::<u64>::new(3).expect("histogram");
+    let mut series = Vec::new();
     let start = Instant::now();
-    let mut n = 0u64;
+    let (mut n, mut tick_n, mut tick_at) = (0u64, 0u64, start);
     while start.elapsed() < half {
         let t = Instant::now();
         f.write_all(&small)?;
         f.sync_data()?;
-        h.record(t.elapsed().as_micros() as u64).ok();
+        let now = Instant::now();
+        h.record((now - t).as_micros() as u64).ok();
         n += 1;
+        if now - tick_at >= interval {
+            let secs = (now - tick_at).as_secs_f64();
+            series.push(((now - start).as_secs_f64(), (n - tick_n) as f64 / secs));
+            (tick_n, tick_at) = (n, now);
+        }
     }
     let syncs_per_sec_4kib = n as f64 / start.elapsed().as_secs_f64();
     drop(f);
     let _ = std::fs::remove_file(&path);
-    Ok(DiskBaseline {
-        mb_per_sec_1mib,
-        syncs_per_sec_4kib,
-        sync_p50_us: h.value_at_quantile(0.50),
-        sync_p99_us: h.value_at_quantile(0.99),
+    Ok(DiskDetail {
+        figures: DiskBaseline {
+            mb_per_sec_1mib,
+            syncs_per_sec_4kib,
+            sync_p50_us: h.value_at_quantile(0.50),
+            sync_p99_us: h.value_at_quantile(0.99),
+        },
+        sync_latency: h,
+        syncs_per_sec_series: series,
     })
 }
 
@@ -77,6 +109,17 @@ pub fn ideal_group_commit(
     record_bytes: usize,
     duration: Duration,
 ) -> std::io::Result<(u64, u64)> {
+    let h = ideal_group_commit_histogram(dir, rate, record_bytes, duration)?;
+    Ok((h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
+}
+
+/// [`ideal_group_commit`]'s whole latency histogram (microseconds).
+pub fn ideal_group_commit_histogram(
+    dir: &Path,
+    rate: f64,
+    record_bytes: usize,
+    duration: Duration,
+) -> std::io::Result<Histogram<u64>> {
     let path = dir.join("ideal.tmp");
     let mut f = OpenOptions::new()
         .create(true)
@@ -109,5 +152,5 @@ pub fn ideal_group_commit(
     }
     drop(f);
     let _ = std::fs::remove_file(&path);
-    Ok((h.value_at_quantile(0.5), h.value_at_quantile(0.99)))
+    Ok(h)
 }

@@ -18,6 +18,8 @@ pub struct SpoolRun {
     pub mb_per_sec: f64,
     pub ack_p50_us: u64,
     pub ack_p99_us: u64,
+    /// Every append's ack latency, microseconds (for the percentile plot).
+    pub ack_latency: Histogram<u64>,
 }
 
 /// Closed loop: each appender keeps `in_flight` appends outstanding, for
@@ -86,6 +88,7 @@ pub async fn peak(
         mb_per_sec: records as f64 * record_bytes as f64 / 1e6 / secs,
         ack_p50_us: hist.value_at_quantile(0.5),
         ack_p99_us: hist.value_at_quantile(0.99),
+        ack_latency: hist,
     }
 }
 
@@ -102,6 +105,18 @@ pub fn at_rate(
     rate: f64,
     duration: Duration,
 ) -> (u64, u64) {
+    let h = at_rate_histogram(dir, appenders, record_bytes, rate, duration);
+    (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
+}
+
+/// [`at_rate`]'s whole latency histogram (microseconds from the due time).
+pub fn at_rate_histogram(
+    dir: &Path,
+    appenders: usize,
+    record_bytes: usize,
+    rate: f64,
+    duration: Duration,
+) -> Histogram<u64> {
     let spool = open(dir);
     let stream = spool.stream("bench").expect("stream");
     let payload = Bytes::from(vec![0x24u8; record_bytes]);
@@ -137,8 +152,7 @@ pub fn at_rate(
         }
     }
     drop(tx);
-    let h = collector.join().expect("collector");
-    (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
+    collector.join().expect("collector")
 }
 
 type AckRx = tokio::sync::oneshot::Receiver<Result<Outcome, SpoolError>>;

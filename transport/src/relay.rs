@@ -124,6 +124,25 @@ enum Dir {
     ToClient,
 }
 
+/// The client-facing socket's receive buffer (the kernel caps it at
+/// net.core.rmem_max). With the default (about 208 KiB) a closed-loop
+/// burst of producers overflows it on loopback, and the kernel's drops
+/// would add to the loss the relay was asked for.
+const FRONT_RECV_BUFFER: usize = 8 << 20;
+
+fn bind_front(listen: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(listen),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: a smaller buffer still relays, only less well.
+    let _ = s.set_recv_buffer_size(FRONT_RECV_BUFFER);
+    s.set_nonblocking(true)?;
+    s.bind(&listen.into())?;
+    UdpSocket::from_std(s.into())
+}
+
 /// A datagram waiting for its release time.
 type Scheduled = Reverse<(Instant, u64, Dir, SocketAddr, Vec<u8>)>;
 
@@ -138,7 +157,7 @@ pub async fn start(
 ) -> Result<RelayHandle, RelayError> {
     to_upstream.validate()?;
     to_client.validate()?;
-    let front = UdpSocket::bind(listen).await?;
+    let front = bind_front(listen)?;
     let local_addr = front.local_addr()?;
     let stats = Arc::new(RelayStats::default());
     let relay = Relay {

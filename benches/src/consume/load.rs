@@ -1,4 +1,4 @@
-//! The load of the `consume` scenario: producers publishing (closed loop
+//! The load of the `e2e` scenario: producers publishing (closed loop
 //! as fast as acks come back, or open loop at due times with the due time
 //! in the payload), and consumers receiving, acking and counting each
 //! message once per group.

@@ -1,4 +1,5 @@
-//! The `consume` scenario: the publish → consumer path. Producers (this
+//! The `e2e` scenario (first named `consume`, still an alias): the
+//! publish → consumer path. Producers (this
 //! process, fast path by default) publish to a `sluiced` (a child process,
 //! see [`crate::daemon`], or a running one) while consumers
 //! (`sluice_transport::client::Consumer`, push mode, one per group, in this
@@ -28,8 +29,14 @@
 //! Figures come from a window after a warm-up, as in `ingest`: counts, CPU
 //! (daemon: /proc/PID/stat; this process by thread: `producer` and
 //! `consumer` runtimes, `pacer`), and the daemon's counters (/metrics at
-//! both ends). The module is meant to grow into the end-to-end scenario
-//! (issue 8): a phase is a [`PhaseSpec`], run by `phase::run_phase`.
+//! both ends). With `repeat` > 1 every phase runs that many times (rounds
+//! of all phases, so that a slow spell of the machine spreads over them)
+//! and the headline figures get min / median / max; the detailed figures
+//! and the pictures (`plots`: delivery and ack latency by percentile,
+//! delivered msgs/s over each window) are of the first round. A phase is a
+//! [`PhaseSpec`], run by `phase::run_phase`.
+
+mod args;
 
 mod load;
 mod phase;
@@ -44,20 +51,25 @@ use sluice_transport::client::QuicOptions;
 use sluice_transport::quic::tls::{self, ClientTls, ServerTrust};
 
 use crate::daemon::DaemonSpec;
+use crate::filesystem::FileSystem;
 use crate::ingest::{self, External, PathKind};
 use crate::measure::Host;
+use crate::progress::{Goal, Progress};
 
+pub use args::{main, ConsumeArgs};
 pub use load::{stamp_of, stamped, STAMP_BYTES};
 use phase::{run_phase, Target};
 pub use phase::{Drive, PhaseSpec};
 pub use print::print;
 pub use report::{
-    ConsumeReport, Drain, GroupFigures, LatencyRatios, LatencyRun, PhaseCpu, ThroughputRatios,
+    ConsumeReport, DeliveryHeadline, DeliverySpread, Drain, GroupFigures, Headline,
+    LatencyHeadline, LatencyRatios, LatencyRun, LatencySpread, PhaseCpu, Repeats, ThroughputRatios,
     ThroughputRun, TARGET_DELIVERY_RATIO,
 };
 
-/// Version of the JSON layout (bump on incompatible changes).
-pub const JSON_SCHEMA: u32 = 1;
+/// Version of the JSON layout (bump on incompatible changes). 2: the
+/// scenario is named `e2e`; `plots`, `repeats` added.
+pub const JSON_SCHEMA: u32 = 2;
 
 /// The parts of the scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -113,6 +125,8 @@ pub struct ConsumeConfig {
     pub baseline_seconds: f64,
     /// Most seconds the groups get to catch up after a phase.
     pub drain_timeout: f64,
+    /// Rounds of all phases (min / median / max of the headline figures).
+    pub repeat: usize,
 }
 
 impl Default for ConsumeConfig {
@@ -139,6 +153,7 @@ impl Default for ConsumeConfig {
             sluiced_args: Vec::new(),
             baseline_seconds: 1.0,
             drain_timeout: 120.0,
+            repeat: 1,
         }
     }
 }
@@ -158,6 +173,9 @@ impl ConsumeConfig {
         }
         if !positive(self.drain_timeout) {
             return Err("--drain-timeout must be more than 0".into());
+        }
+        if self.repeat == 0 {
+            return Err("--repeat must be at least 1".into());
         }
         if self.parts.is_empty() {
             return Err("--parts names nothing to run".into());
@@ -195,16 +213,27 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
         .map_or(0, |d| d.as_secs());
     std::fs::create_dir_all(&config.dir)?;
     let work = tempfile::Builder::new()
-        .prefix("sluice-bench-consume-")
+        .prefix("sluice-bench-e2e-")
         .tempdir_in(&config.dir)?;
+    let file_system = match config.external {
+        Some(_) => None,
+        None => FileSystem::of(&config.dir).ok(),
+    };
+    if let Some(w) = file_system.as_ref().and_then(FileSystem::warning) {
+        eprintln!("sluice-bench e2e: WARNING: {w}");
+    }
+    let progress = Progress::new("e2e", false);
     let baselines = if config.baseline_seconds > 0.0 {
         let at_rate = config
             .has(Part::Latency)
             .then_some((config.rate, config.size));
-        Some(ingest::measure_baselines(
-            work.path(),
-            config.baseline_seconds,
-            at_rate,
+        // Disk 2x, UDP 1x per size (two), fixed-rate ones 2x each.
+        let planned = config.baseline_seconds * if at_rate.is_some() { 8.0 } else { 4.0 };
+        Some(crate::baseline_scenario::timed(
+            &progress,
+            "the machine's baselines",
+            planned,
+            || ingest::measure_baselines(work.path(), config.baseline_seconds, at_rate),
         )?)
     } else {
         None
@@ -247,9 +276,10 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
         admin,
         pid: daemon.as_ref().map(|d| d.pid()),
         client,
-        prefix: format!("consume-{:x}-{:x}", std::process::id(), nonce >> 12),
+        prefix: format!("e2e-{:x}-{:x}", std::process::id(), nonce >> 12),
         id_base: (u64::from(std::process::id()) << 32) | u64::from(nonce & 0xFFF0_0000),
         consumers: consumers_rt.handle().clone(),
+        progress: progress.clone(),
     };
 
     let mut phases = Vec::new();
@@ -276,19 +306,33 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
             drive: Drive::Open { rate: config.rate },
         });
     }
-    let mut outcomes = Vec::new();
+    let mut rounds: Vec<Vec<phase::Outcome>> = Vec::with_capacity(config.repeat);
     let mut failure = None;
-    for (i, spec) in phases.into_iter().enumerate() {
-        let what = describe(&spec);
-        eprintln!("sluice-bench consume: {what} ...");
-        match producers_rt.block_on(run_phase(config, &target, &spec, i as u64)) {
-            Ok(o) => outcomes.push(o),
-            Err(e) => {
-                failure = Some(format!("{what}: {e}"));
-                break;
+    'rounds: for round in 0..config.repeat {
+        let mut outcomes = Vec::with_capacity(phases.len());
+        for (i, spec) in phases.iter().enumerate() {
+            let mut spec = spec.clone();
+            let mut what = describe(&spec);
+            if config.repeat > 1 {
+                spec.name = format!("{}-r{}", spec.name, round + 1);
+                what = format!("{what} (round {} of {})", round + 1, config.repeat);
+            }
+            if progress.is_hidden() {
+                eprintln!("sluice-bench e2e: {what} ...");
+            }
+            progress.phase(&what, Goal::Seconds(config.warmup + config.seconds));
+            let index = (round * phases.len() + i) as u64;
+            match producers_rt.block_on(run_phase(config, &target, &spec, index)) {
+                Ok(o) => outcomes.push(o),
+                Err(e) => {
+                    failure = Some(format!("{what}: {e}"));
+                    break 'rounds;
+                }
             }
         }
+        rounds.push(outcomes);
     }
+    progress.finish();
     drop(producers_rt);
     drop(consumers_rt);
     if let Some(d) = daemon {
@@ -300,13 +344,9 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
     if let Some(f) = failure {
         return Err(f.into());
     }
-    Ok(report::build(
-        config,
-        started_unix,
-        Host::here(),
-        baselines,
-        outcomes,
-    ))
+    let mut report = report::build(config, started_unix, Host::here(), baselines, rounds);
+    report.file_system = file_system;
+    Ok(report)
 }
 
 fn describe(spec: &PhaseSpec) -> String {

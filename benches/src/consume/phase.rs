@@ -1,4 +1,4 @@
-//! One phase of the `consume` scenario: a fresh stream, producers driven
+//! One phase of the `e2e` scenario: a fresh stream, producers driven
 //! closed or open loop, and consumer groups on it; the window's marks, the
 //! drain, and what it all measured.
 
@@ -52,6 +52,8 @@ pub(crate) struct Target {
     pub prefix: String,
     pub id_base: u64,
     pub consumers: tokio::runtime::Handle,
+    /// The progress line: each phase counts seconds from its start.
+    pub progress: crate::progress::Progress,
 }
 
 /// A snapshot at one end of a window.
@@ -94,6 +96,64 @@ pub(crate) struct Outcome {
     pub latency: Vec<Histogram<u64>>,
     /// The daemon's metrics once the consumers' acks were durable.
     pub after: Option<Scrape>,
+    /// Counts every [`SAMPLE_EVERY`] through the window, from its start.
+    pub samples: Vec<Sample>,
+}
+
+/// How often the counts are read during a window, for the throughput
+/// over time picture.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+
+/// Counts at one moment of the window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sample {
+    pub at: Instant,
+    pub acked: u64,
+    /// Distinct messages received, all groups together.
+    pub delivered: u64,
+}
+
+fn sample(publish: &load::Publish, tallies: &[Arc<load::Tally>]) -> Sample {
+    Sample {
+        at: Instant::now(),
+        acked: publish.acked.load(Relaxed),
+        delivered: tallies.iter().map(|t| t.distinct.load(Relaxed)).sum(),
+    }
+}
+
+/// Reads the counts every [`SAMPLE_EVERY`] from `first` until `end`, and
+/// shows them on the progress line (seconds since `start`).
+async fn sample_until(
+    first: Sample,
+    (start, end): (Instant, Instant),
+    publish: &load::Publish,
+    tallies: &[Arc<load::Tally>],
+    progress: &crate::progress::Progress,
+) -> Vec<Sample> {
+    let mut samples = vec![first];
+    let mut next = first.at + SAMPLE_EVERY;
+    while next < end {
+        tokio::time::sleep_until(next.into()).await;
+        let s = sample(publish, tallies);
+        let dt =
+            s.at.duration_since(samples[samples.len() - 1].at)
+                .as_secs_f64();
+        let rate = |now: u64, then: u64| now.saturating_sub(then) as f64 / dt.max(1e-9);
+        let last = samples[samples.len() - 1];
+        let mut note = format!(
+            "published {}  {:.0}/s",
+            crate::progress::thousands(s.acked),
+            rate(s.acked, last.acked)
+        );
+        if !tallies.is_empty() {
+            note += &format!("  delivered {:.0}/s", rate(s.delivered, last.delivered));
+        }
+        progress.set(s.at.duration_since(start).as_secs_f64(), &note);
+        samples.push(s);
+        next += SAMPLE_EVERY;
+    }
+    tokio::time::sleep_until(end.into()).await;
+    samples
 }
 
 async fn mark(target: &Target, publish: &load::Publish, tallies: &[Arc<load::Tally>]) -> Mark {
@@ -228,10 +288,33 @@ pub(crate) async fn run_phase(
         }
     }
 
+    target.progress.set(0.0, "warm-up");
     tokio::time::sleep_until(window.0.into()).await;
     let first = mark(target, &publish, &tallies).await;
-    tokio::time::sleep_until(window.1.into()).await;
+    let at_first = Sample {
+        at: first.at,
+        acked: first.acked,
+        delivered: first.distinct.iter().sum(),
+    };
+    let mut samples = sample_until(
+        at_first,
+        (start, window.1),
+        &publish,
+        &tallies,
+        &target.progress,
+    )
+    .await;
     let last = mark(target, &publish, &tallies).await;
+    if spec.groups > 0 {
+        target
+            .progress
+            .set(config.warmup + config.seconds, "the groups catch up");
+    }
+    samples.push(Sample {
+        at: last.at,
+        acked: last.acked,
+        delivered: last.distinct.iter().sum(),
+    });
     publish.stop.store(true, Relaxed);
     for p in producing {
         let _ = p.await;
@@ -312,5 +395,6 @@ pub(crate) async fn run_phase(
         deliveries: tallies.iter().map(|t| t.deliveries.load(Relaxed)).collect(),
         latency,
         after,
+        samples,
     })
 }

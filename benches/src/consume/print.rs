@@ -1,15 +1,15 @@
-//! The `consume` report as readable tables.
+//! The `e2e` report as readable tables.
 
 use std::collections::BTreeMap;
 
-use super::report::{ConsumeReport, GroupFigures, PhaseCpu, ThroughputRun};
-use crate::measure::{Latency, Machine};
+use super::report::{ConsumeReport, GroupFigures, PhaseCpu, Repeats, ThroughputRun};
+use crate::measure::{Latency, Machine, Spread};
 
 /// Prints the report.
 pub fn print(r: &ConsumeReport) {
     let c = &r.config;
     println!(
-        "\nconsume: {} producers x {} B over {}, fsync = {}, {} s per phase after {} s warm-up; \
+        "\ne2e: {} producers x {} B over {}, fsync = {}, {} s per phase after {} s warm-up; \
          consumers over QUIC, push, credit {} msgs / {} B{}",
         c.producers,
         c.size,
@@ -33,6 +33,12 @@ pub fn print(r: &ConsumeReport) {
             &r.host.kernel
         }
     );
+    if let Some(fs) = &r.file_system {
+        println!("data folder: {} ({})", fs.path.display(), fs.describe());
+        if let Some(w) = fs.warning() {
+            println!("  WARNING: {w}");
+        }
+    }
     throughput_table(r);
     if let Some(l) = &r.latency {
         let how = format!(
@@ -97,6 +103,9 @@ pub fn print(r: &ConsumeReport) {
         groups_table(&l.group_figures);
     }
     cpu_table(r);
+    if let Some(q) = &r.repeats {
+        repeats_table(q);
+    }
     if let Some(b) = &r.baselines {
         println!(
             "\n  baselines: raw 4 KiB fdatasync {:.0}/s (p50 {} us, p99 {} us); 1 MiB write+fdatasync {:.0} MB/s; \
@@ -359,5 +368,34 @@ fn cpu_table(r: &ConsumeReport) {
                 );
             }
         }
+    }
+}
+
+fn repeats_table(q: &Repeats) {
+    println!(
+        "\n  over {} rounds (the tables above are of the first): median (min .. max)",
+        q.rounds.len()
+    );
+    let row = |what: &str, s: &Spread, unit: &str, decimals: usize| {
+        println!(
+            "  {what:<36} {:>12.decimals$} {unit:<8} ({:.decimals$} .. {:.decimals$})",
+            s.median, s.min, s.max
+        );
+    };
+    if let Some(s) = &q.ingest_published_per_sec {
+        row("ingest alone, published", s, "msgs/s", 0);
+    }
+    for d in &q.delivery {
+        let name = format!("delivery, {} group(s), per group", d.groups);
+        row(&name, &d.delivered_per_sec_per_group, "msgs/s", 0);
+        if let Some(x) = &d.delivered_per_group_per_ingest {
+            row("  ÷ ingest alone", x, "x", 3);
+        }
+    }
+    if let Some(l) = &q.latency {
+        row("publish -> delivery p50", &l.delivery_p50_us, "us", 0);
+        row("publish -> delivery p99", &l.delivery_p99_us, "us", 0);
+        row("durable ack p50", &l.ack_p50_us, "us", 0);
+        row("durable ack p99", &l.ack_p99_us, "us", 0);
     }
 }

@@ -1,4 +1,4 @@
-//! The `consume` scenario's report: what each phase measured, and its
+//! The `e2e` scenario's report: what each phase measured, and its
 //! ratios to the ingest-alone phase and the machine's baselines of the same
 //! run.
 
@@ -7,11 +7,14 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sluice_daemon::metrics::scrape::Scrape;
 
-use super::phase::{Drive, Outcome};
+use super::phase::{Drive, Outcome, Sample, SAMPLE_EVERY};
 use super::{ConsumeConfig, JSON_SCHEMA};
 use crate::cpu;
+use crate::filesystem::FileSystem;
 use crate::ingest::Baselines;
-use crate::measure::{CpuUse, DaemonCounters, Host, Latency, Machine};
+use crate::measure::{
+    CpuUse, DaemonCounters, Host, Latency, Machine, PercentileCurve, Plots, Spread, TimeSeries,
+};
 
 /// The target: delivered msgs/s to one group ≥ 0.8 × durable
 /// ingest alone.
@@ -28,6 +31,9 @@ pub struct ConsumeReport {
     pub config: ConsumeConfig,
     pub target_delivery_ratio: f64,
     pub baselines: Option<Baselines>,
+    /// The file system of the data folder (the daemon's spool, and the
+    /// disk baselines), when the harness started the daemon.
+    pub file_system: Option<FileSystem>,
     /// Phase A: producers alone, closed loop.
     pub ingest_alone: Option<ThroughputRun>,
     /// Phase B: one entry per number of groups.
@@ -39,6 +45,63 @@ pub struct ConsumeReport {
     /// Groups (over every phase) that did not receive every published
     /// message: at-least-once says zero.
     pub groups_short: u64,
+    /// With `repeat` > 1: the headline figures of every round, and their
+    /// spreads (the figures above are the first round's).
+    pub repeats: Option<Repeats>,
+    /// The first round's pictures: publish → delivery and durable-ack
+    /// latency by percentile (latency part), and msgs/s over each window
+    /// (published with no groups; delivered per group in each delivery
+    /// phase).
+    pub plots: Plots,
+}
+
+/// The figures one round is summed up by.
+#[derive(Debug, Clone, Serialize)]
+pub struct Headline {
+    /// Ingest alone: durably acked msgs/s.
+    pub ingest_published_per_sec: Option<f64>,
+    pub delivery: Vec<DeliveryHeadline>,
+    pub latency: Option<LatencyHeadline>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DeliveryHeadline {
+    pub groups: usize,
+    pub delivered_per_sec_per_group: f64,
+    /// ÷ ingest alone of the same round.
+    pub delivered_per_group_per_ingest: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LatencyHeadline {
+    pub delivery_p50_us: f64,
+    pub delivery_p99_us: f64,
+    pub ack_p50_us: f64,
+    pub ack_p99_us: f64,
+}
+
+/// The rounds' headline figures, and each as min / median / max.
+#[derive(Debug, Clone, Serialize)]
+pub struct Repeats {
+    pub rounds: Vec<Headline>,
+    pub ingest_published_per_sec: Option<Spread>,
+    pub delivery: Vec<DeliverySpread>,
+    pub latency: Option<LatencySpread>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DeliverySpread {
+    pub groups: usize,
+    pub delivered_per_sec_per_group: Spread,
+    pub delivered_per_group_per_ingest: Option<Spread>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LatencySpread {
+    pub delivery_p50_us: Spread,
+    pub delivery_p99_us: Spread,
+    pub ack_p50_us: Spread,
+    pub ack_p99_us: Spread,
 }
 
 /// A closed-loop phase: ingest alone (no groups) or delivery to groups.
@@ -415,8 +478,169 @@ fn latency(o: Outcome, baselines: Option<&Baselines>) -> LatencyRun {
     }
 }
 
-/// The report of the phases run.
+/// The report of the rounds run: the first in detail, all in `repeats`.
 pub(super) fn build(
+    config: &ConsumeConfig,
+    started_unix: u64,
+    host: Host,
+    baselines: Option<Baselines>,
+    rounds: Vec<Vec<Outcome>>,
+) -> ConsumeReport {
+    let several = rounds.len() > 1;
+    let mut reports = rounds
+        .into_iter()
+        .map(|outcomes| build_round(config, started_unix, host.clone(), baselines, outcomes));
+    let mut r = reports
+        .next()
+        .unwrap_or_else(|| build_round(config, started_unix, host.clone(), baselines, Vec::new()));
+    if several {
+        let mut heads = vec![headline(&r)];
+        for other in reports {
+            r.errors += other.errors;
+            r.groups_short += other.groups_short;
+            heads.push(headline(&other));
+        }
+        r.repeats = Some(spreads(heads));
+    }
+    r
+}
+
+fn headline(r: &ConsumeReport) -> Headline {
+    Headline {
+        ingest_published_per_sec: r.ingest_alone.as_ref().map(|a| a.published_per_sec),
+        delivery: r
+            .delivery
+            .iter()
+            .map(|d| DeliveryHeadline {
+                groups: d.groups,
+                delivered_per_sec_per_group: d.delivered_per_sec_per_group,
+                delivered_per_group_per_ingest: d.ratios.map(|q| q.delivered_per_group_per_ingest),
+            })
+            .collect(),
+        latency: r.latency.as_ref().map(|l| LatencyHeadline {
+            delivery_p50_us: l.delivery_latency.p50_us as f64,
+            delivery_p99_us: l.delivery_latency.p99_us as f64,
+            ack_p50_us: l.ack_latency.p50_us as f64,
+            ack_p99_us: l.ack_latency.p99_us as f64,
+        }),
+    }
+}
+
+/// Min / median / max of each headline figure over the rounds (every
+/// round ran the same phases, in the same order).
+fn spreads(rounds: Vec<Headline>) -> Repeats {
+    let of = |f: &dyn Fn(&Headline) -> Option<f64>| {
+        let v: Vec<f64> = rounds.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| Spread::of(&v))
+    };
+    let delivery = rounds
+        .first()
+        .map(|h| h.delivery.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(k, d)| DeliverySpread {
+            groups: d.groups,
+            delivered_per_sec_per_group: of(&|h| {
+                h.delivery.get(k).map(|x| x.delivered_per_sec_per_group)
+            })
+            .unwrap_or_default(),
+            delivered_per_group_per_ingest: of(&|h| {
+                h.delivery
+                    .get(k)
+                    .and_then(|x| x.delivered_per_group_per_ingest)
+            }),
+        })
+        .collect();
+    let lat = |f: fn(&LatencyHeadline) -> f64| of(&|h| h.latency.as_ref().map(f));
+    let latency = match (
+        lat(|l| l.delivery_p50_us),
+        lat(|l| l.delivery_p99_us),
+        lat(|l| l.ack_p50_us),
+        lat(|l| l.ack_p99_us),
+    ) {
+        (Some(delivery_p50_us), Some(delivery_p99_us), Some(ack_p50_us), Some(ack_p99_us)) => {
+            Some(LatencySpread {
+                delivery_p50_us,
+                delivery_p99_us,
+                ack_p50_us,
+                ack_p99_us,
+            })
+        }
+        _ => None,
+    };
+    Repeats {
+        ingest_published_per_sec: of(&|h| h.ingest_published_per_sec),
+        delivery,
+        latency,
+        rounds,
+    }
+}
+
+/// Msgs/s over each interval between samples (`count` picks published or
+/// delivered, `per` divides, e.g. by the number of groups); an interval
+/// much shorter than the sampling period (the window's ragged end) is
+/// left out, its rate would be noise.
+fn series(label: String, samples: &[Sample], count: fn(&Sample) -> u64, per: f64) -> TimeSeries {
+    let Some(start) = samples.first().map(|s| s.at) else {
+        return TimeSeries {
+            label,
+            points: Vec::new(),
+        };
+    };
+    let points = samples
+        .windows(2)
+        .filter_map(|w| {
+            let dt = w[1].at.duration_since(w[0].at);
+            (dt >= SAMPLE_EVERY / 4).then(|| {
+                let n = count(&w[1]).saturating_sub(count(&w[0])) as f64;
+                (
+                    w[1].at.duration_since(start).as_secs_f64(),
+                    n / per.max(1.0) / dt.as_secs_f64(),
+                )
+            })
+        })
+        .collect();
+    TimeSeries { label, points }
+}
+
+/// The pictures of one phase's outcome, added to `plots`.
+fn plot(o: &Outcome, plots: &mut Plots) {
+    match (o.spec.drive, o.spec.groups) {
+        (Drive::Closed, 0) => plots.throughput.push(series(
+            "published/s, ingest alone".into(),
+            &o.samples,
+            |s| s.acked,
+            1.0,
+        )),
+        (Drive::Closed, g) => plots.throughput.push(series(
+            format!(
+                "delivered/s per group, {g} group{}",
+                if g == 1 { "" } else { "s" }
+            ),
+            &o.samples,
+            |s| s.delivered,
+            g as f64,
+        )),
+        (Drive::Open { rate }, _) => {
+            let mut all = super::load::histogram();
+            for h in &o.latency {
+                all.add(h).ok();
+            }
+            plots.latency.push(PercentileCurve::of(
+                format!("publish -> delivery at {rate:.0}/s"),
+                &all,
+            ));
+            plots.latency.push(PercentileCurve::of(
+                format!("durable ack at {rate:.0}/s"),
+                &o.ack_latency,
+            ));
+        }
+    }
+}
+
+/// The report of one round's phases.
+fn build_round(
     config: &ConsumeConfig,
     started_unix: u64,
     host: Host,
@@ -424,20 +648,24 @@ pub(super) fn build(
     outcomes: Vec<Outcome>,
 ) -> ConsumeReport {
     let mut r = ConsumeReport {
-        scenario: "consume",
+        scenario: "e2e",
         schema: JSON_SCHEMA,
         started_unix,
         host,
         config: config.clone(),
         target_delivery_ratio: TARGET_DELIVERY_RATIO,
         baselines,
+        file_system: None,
         ingest_alone: None,
         delivery: Vec::new(),
         latency: None,
         errors: 0,
         groups_short: 0,
+        repeats: None,
+        plots: Plots::default(),
     };
     for o in outcomes {
+        plot(&o, &mut r.plots);
         r.errors += o.errors;
         r.groups_short += o.distinct.iter().filter(|&&d| d < o.acked).count() as u64;
         match (o.spec.drive, o.spec.groups) {

@@ -1,0 +1,298 @@
+//! `sluice-bench ingest`'s flags, and the command itself: run, print the
+//! table, write the JSON. `--path xdp` hands over to `sluice-bench xdp
+//! --part durable` (root), which measures sluiced's AF_XDP path against its
+//! socket path over a veth pair.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use super::config::{interval_for, External, IngestConfig, Length, PathKind};
+use super::sizes;
+use crate::progress::Progress;
+
+/// `sluice-bench ingest`'s flags (no `Debug`: it holds the token).
+#[derive(Clone, clap::Args)]
+pub struct IngestArgs {
+    /// Concurrent producers (one session each).
+    #[arg(long, default_value_t = 8)]
+    pub producers: usize,
+    /// Message payload size, bytes.
+    #[arg(long, default_value_t = 128, conflicts_with = "sizes")]
+    pub size: usize,
+    /// Instead of --size: a size mix, drawn per message, as size:weight
+    /// pairs with relative weights, e.g. 64:50,1024:40,65536:10. MB/s then
+    /// counts the real bytes, and the report gives the mean payload.
+    #[arg(long, value_name = "SIZE:WEIGHT,...")]
+    pub sizes: Option<String>,
+    /// Seeds the --sizes draws (the same seed offers the same sizes in the
+    /// same order).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Seconds to measure per run, after the warm-up [default: 5].
+    #[arg(long, conflicts_with = "count")]
+    pub seconds: Option<f64>,
+    /// Instead of --seconds: messages per producer per run (the whole run
+    /// is measured unless --warmup is given).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Seconds at the start of each run not measured [default: 1 with
+    /// --seconds, 0 with --count].
+    #[arg(long)]
+    pub warmup: Option<f64>,
+    /// Runs (warm-up and window each) on the same daemon, with new
+    /// producers each time; the table shows the median with [min–max] and
+    /// the JSON keeps every run [default: 3 with --seconds, 1 with --count].
+    #[arg(long)]
+    pub repeat: Option<usize>,
+    /// Total messages/s over all producers, sent at their due times (open
+    /// loop; latency from the due time). 0: closed loop, as fast as acks
+    /// come back.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// The daemon's fsync policy (anything but `always` breaks the promise:
+    /// for separating disk from CPU).
+    #[arg(long, default_value = "always", value_parser = ["always", "interval", "never"])]
+    pub fsync: String,
+    /// Messages per send_batch call [default: 256 closed loop, 1 open loop].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Closed loop: send_batch calls outstanding per producer (the default
+    /// 16 x 256 = 4,096 messages is sluiced's default credit per session).
+    #[arg(long, default_value_t = 16)]
+    pub in_flight: usize,
+    /// Spread the producers over this many streams (one spool writer each).
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
+    /// The producers' largest datagram (UDP payload), bytes.
+    #[arg(long, default_value_t = 1452)]
+    pub datagram: usize,
+    /// Where the temporary data folder is made (and the disk baseline
+    /// measured).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// The path: `fast` (authenticate over QUIC, sealed raw UDP), `quic`
+    /// (everything over QUIC), `udp` (raw, unsealed: the started daemon
+    /// gets insecure_lan), or `xdp` (root: hands over to `sluice-bench xdp
+    /// --part durable`, sluiced on AF_XDP over a veth pair against its
+    /// socket path, with --producers, --seconds, --size, --dir and --json).
+    #[arg(long, default_value = "fast", value_parser = ["fast", "quic", "udp", "xdp"])]
+    pub path: String,
+    /// Measure a running daemon instead of starting one: its QUIC address
+    /// (fast, quic) or data address (udp). Needs --admin, and for fast and
+    /// quic --server-cert.
+    #[arg(long, requires = "admin")]
+    pub daemon: Option<SocketAddr>,
+    /// The running daemon's certificate, pinned.
+    #[arg(long, requires = "daemon")]
+    pub server_cert: Option<PathBuf>,
+    /// An API token for the running daemon.
+    #[arg(
+        long,
+        requires = "daemon",
+        env = "SLUICE_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// The running daemon's admin (metrics) address.
+    #[arg(long, requires = "daemon")]
+    pub admin: Option<SocketAddr>,
+    /// An extra flag for the started daemon, e.g. --sluiced-arg=--data-credit=8192
+    /// (repeatable).
+    #[arg(
+        long = "sluiced-arg",
+        allow_hyphen_values = true,
+        conflicts_with = "daemon"
+    )]
+    pub sluiced_args: Vec<String>,
+    /// Seconds per baseline (disk gets twice this; UDP this per size),
+    /// measured once before the runs.
+    #[arg(long, default_value_t = 1.0)]
+    pub baseline_seconds: f64,
+    /// Skip the baselines (no ratios).
+    #[arg(long)]
+    pub no_baselines: bool,
+    /// Also write the report (every run, the summary and the plots' data)
+    /// as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also draw the pictures into this folder: ingest-latency.svg (latency
+    /// by percentile) and ingest-throughput.svg (acked msgs/s over time),
+    /// one line per run.
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
+    /// No progress line on stderr (it is shown only on a terminal anyway).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl IngestArgs {
+    /// The run's configuration (not for `--path xdp`).
+    pub fn config(&self) -> Result<IngestConfig, String> {
+        let length = match self.count {
+            Some(n) => Length::CountPerProducer(n),
+            None => Length::Seconds(self.seconds.unwrap_or(5.0)),
+        };
+        let (default_warmup, default_repeat) = match length {
+            Length::Seconds(_) => (1.0, 3),
+            Length::CountPerProducer(_) => (0.0, 1),
+        };
+        let open = self.rate > 0.0;
+        let sizes = match &self.sizes {
+            Some(s) => sizes::parse_mix(s).map_err(|e| format!("--sizes {s}: {e}"))?,
+            None => Vec::new(),
+        };
+        Ok(IngestConfig {
+            producers: self.producers,
+            size: self.size,
+            sizes,
+            seed: self.seed,
+            length,
+            warmup: self.warmup.unwrap_or(default_warmup),
+            repeat: self.repeat.unwrap_or(default_repeat),
+            rate: self.rate,
+            fsync: self.fsync.clone(),
+            batch: self.batch.unwrap_or(if open { 1 } else { 256 }),
+            in_flight: self.in_flight,
+            streams: self.streams,
+            datagram: self.datagram,
+            dir: self.dir.clone(),
+            path: match self.path.as_str() {
+                "quic" => PathKind::Quic,
+                "udp" => PathKind::Udp,
+                "fast" => PathKind::Fast,
+                other => return Err(format!("--path {other}: not a loopback path")),
+            },
+            external: self.daemon.zip(self.admin).map(|(addr, admin)| External {
+                addr,
+                admin,
+                server_cert: self.server_cert.clone(),
+                token: self.token.clone(),
+            }),
+            sluiced_args: self.sluiced_args.clone(),
+            baseline_seconds: if self.no_baselines {
+                0.0
+            } else {
+                self.baseline_seconds
+            },
+            interval: interval_for(length),
+        })
+    }
+}
+
+/// `sluice-bench ingest`: runs, prints the table, writes the JSON. Exit
+/// status 1 when the run failed or a message was not acked, 2 for flags
+/// that do not fit together.
+pub fn main(a: &IngestArgs) -> ExitCode {
+    if a.path == "xdp" {
+        return xdp(a);
+    }
+    let config = match a.config().and_then(|c| c.validate().map(|()| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice-bench ingest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let progress = Progress::new("ingest", a.quiet);
+    let report = match super::run_with(&config, &progress) {
+        Ok(r) => r,
+        Err(e) => {
+            progress.finish();
+            eprintln!("sluice-bench ingest: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    super::print(&report);
+    if let Some(path) = &a.json {
+        if let Err(e) = crate::measure::write_json(path, &report) {
+            eprintln!("sluice-bench ingest: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(dir) = &a.plot {
+        let title = crate::plot::title("ingest", &report.host);
+        match crate::plot::draw(&report.plots, &title, dir, "ingest") {
+            Ok(files) => {
+                for f in files {
+                    println!("wrote {}", f.display());
+                }
+            }
+            Err(e) => {
+                eprintln!("sluice-bench ingest: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    super::check(&report)
+}
+
+/// `--path xdp`: the AF_XDP path needs network namespaces and a veth pair,
+/// which `sluice-bench xdp` makes; its durable part is ingest through
+/// sluiced over AF_XDP (closed loop, fsync = always, 256 x 16 in flight),
+/// so it runs that with the flags that carry over and refuses the rest.
+fn xdp(a: &IngestArgs) -> ExitCode {
+    let command = "sluice-bench xdp --part durable";
+    if !sluice_xdp::testnet::is_root() {
+        eprintln!(
+            "sluice-bench ingest --path xdp: needs root (it makes two network namespaces and a \
+             veth pair, loads an XDP program and opens AF_XDP sockets); run it with sudo, or run \
+             `sudo {command}` directly"
+        );
+        return ExitCode::from(2);
+    }
+    let mut refused = Vec::new();
+    let mut refuse = |given: bool, flag: &str| {
+        if given {
+            refused.push(flag.to_owned());
+        }
+    };
+    refuse(a.sizes.is_some(), "--sizes");
+    refuse(a.count.is_some(), "--count");
+    refuse(a.warmup.is_some(), "--warmup");
+    refuse(a.repeat.is_some_and(|n| n != 1), "--repeat");
+    refuse(a.rate != 0.0, "--rate");
+    refuse(a.fsync != "always", "--fsync");
+    refuse(a.batch.is_some(), "--batch");
+    refuse(a.in_flight != 16, "--in-flight");
+    refuse(a.streams != 1, "--streams");
+    refuse(a.datagram != 1452, "--datagram");
+    refuse(a.daemon.is_some(), "--daemon");
+    refuse(!a.sluiced_args.is_empty(), "--sluiced-arg");
+    refuse(a.plot.is_some(), "--plot");
+    if !refused.is_empty() {
+        eprintln!(
+            "sluice-bench ingest --path xdp: runs `{command}` (closed loop, fsync = always, one \
+             run), which takes --producers, --seconds, --size, --dir and --json only; not {}",
+            refused.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    let mut argv: Vec<String> = ["xdp", "--part", "durable"].map(String::from).to_vec();
+    argv.extend(["--producers".into(), a.producers.to_string()]);
+    argv.extend(["--seconds".into(), a.seconds.unwrap_or(5.0).to_string()]);
+    argv.extend(["--sizes".into(), a.size.to_string()]);
+    argv.extend(["--dir".into(), a.dir.display().to_string()]);
+    if let Some(j) = &a.json {
+        argv.extend(["--json".into(), j.display().to_string()]);
+    }
+    eprintln!(
+        "sluice-bench ingest --path xdp: running `sluice-bench {}`",
+        argv.join(" ")
+    );
+    // Parsed as the xdp command's own flags, so that its defaults apply.
+    #[derive(Parser)]
+    struct Xdp {
+        #[command(flatten)]
+        args: crate::xdp::XdpArgs,
+    }
+    match Xdp::try_parse_from(&argv) {
+        Ok(x) => crate::xdp::main(&x.args),
+        Err(e) => {
+            eprintln!("sluice-bench ingest --path xdp: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! What an ingest invocation reports: every repetition's figures
+//! ([`RunReport`]), their spread ([`Summary`]: min, median, max), the
+//! baselines (measured once) and the data for the pictures ([`Plots`]).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::baselines::Baselines;
+use super::config::IngestConfig;
+use super::drive::Outcome;
+use crate::cpu;
+use crate::measure::{CpuUse, DaemonCounters, Host, Latency, Machine, Plots, Spread};
+
+/// The targets, printed next to the figures they apply to.
+pub const TARGET_ACKED_PER_SEC: f64 = 500_000.0;
+pub const TARGET_P99_US: f64 = 1_000.0;
+
+/// Version of the JSON layout (bump on incompatible changes). 2: the
+/// figures moved into `runs` (one per repetition) and `summary`; `plots`.
+pub const JSON_SCHEMA: u32 = 2;
+
+/// Figures divided by baselines (and by the targets).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Ratios {
+    /// Acked msgs/s ÷ plain UDP 128 B datagrams/s (one message a datagram).
+    pub acked_per_udp_128_datagram: f64,
+    /// Acked payload MB/s ÷ plain UDP 1,452 B payload MB/s.
+    pub goodput_per_udp_1452_mb: f64,
+    /// Group commits/s ÷ raw 4 KiB fdatasync/s.
+    pub commits_per_raw_fdatasync: f64,
+    /// Ack p50 ÷ raw fdatasync p50; ack p99 ÷ raw fdatasync p99.
+    pub p50_per_fdatasync_p50: f64,
+    pub p99_per_fdatasync_p99: f64,
+    /// Open loop: ack p99 ÷ the ideal raw group commit's p99 at the same
+    /// rate, and ÷ the UDP echo's p99 at the same rate.
+    pub p99_per_ideal_commit_p99: Option<f64>,
+    pub p99_per_udp_echo_p99: Option<f64>,
+    /// Open loop: CPU per acked message (producers without the harness's
+    /// pacing thread, plus daemon) ÷ CPU per operation of the plain floor
+    /// at the same rate (UDP echo round trip + ideal raw group commit).
+    pub cpu_per_msg_per_plain_floor: Option<f64>,
+    /// Acked msgs/s ÷ 500,000 (the throughput target).
+    pub acked_per_target: f64,
+    /// Ack p99 ÷ 1 ms (the latency target at 10,000 msgs/s).
+    pub p99_per_target: f64,
+}
+
+/// One repetition's figures, over its measurement window.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// 1-based.
+    pub run: usize,
+    /// Messages handed to producers, and durably acked (all of them, warm-up
+    /// and drain included): equal unless something failed.
+    pub sent: u64,
+    pub acked: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub window_seconds: f64,
+    pub window_acked: u64,
+    /// Payload bytes of the messages acked in the window.
+    pub window_bytes: u64,
+    pub acked_per_sec: f64,
+    /// Payload MB/s (10^6 bytes) acked, from the real bytes.
+    pub mb_per_sec: f64,
+    /// Mean payload of the messages acked in the window, bytes.
+    pub mean_payload_bytes: f64,
+    pub latency: Latency,
+    /// Open loop: how late the pacing thread handed messages over.
+    pub pacer_lag: Option<Latency>,
+    pub producer_cpu: CpuUse,
+    pub daemon_cpu: Option<CpuUse>,
+    /// CPU microseconds per acked message: this process (the producers and
+    /// the harness), and the daemon.
+    pub producer_cpu_us_per_msg: f64,
+    pub daemon_cpu_us_per_msg: Option<f64>,
+    /// CPU seconds over the window by thread name: this process (the
+    /// producers run on `tokio-rt-worker`; `pacer` is the open loop's
+    /// pacing thread, harness overhead) and the daemon's.
+    pub producer_threads: BTreeMap<String, f64>,
+    pub daemon_threads: BTreeMap<String, f64>,
+    pub machine: Option<Machine>,
+    pub daemon: Option<DaemonCounters>,
+    pub group_commits_per_sec: Option<f64>,
+    pub ratios: Option<Ratios>,
+}
+
+/// The repetitions' headline figures as min / median / max.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub runs: usize,
+    pub acked_per_sec: Spread,
+    pub mb_per_sec: Spread,
+    pub mean_payload_bytes: Spread,
+    pub p50_us: Spread,
+    pub p99_us: Spread,
+    pub p999_us: Spread,
+    pub max_us: Spread,
+    pub producer_cpu_us_per_msg: Spread,
+    pub daemon_cpu_us_per_msg: Option<Spread>,
+    pub group_commits_per_sec: Option<Spread>,
+    pub ratios: Option<SummaryRatios>,
+}
+
+/// [`Ratios`] over the repetitions.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SummaryRatios {
+    pub acked_per_udp_128_datagram: Spread,
+    pub goodput_per_udp_1452_mb: Spread,
+    pub commits_per_raw_fdatasync: Spread,
+    pub p50_per_fdatasync_p50: Spread,
+    pub p99_per_fdatasync_p99: Spread,
+    pub p99_per_ideal_commit_p99: Option<Spread>,
+    pub p99_per_udp_echo_p99: Option<Spread>,
+    pub cpu_per_msg_per_plain_floor: Option<Spread>,
+    pub acked_per_target: Spread,
+    pub p99_per_target: Spread,
+}
+
+/// Everything one `sluice-bench ingest` invocation measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestReport {
+    pub scenario: &'static str,
+    pub schema: u32,
+    /// Seconds since the Unix epoch when the run started.
+    pub started_unix: u64,
+    pub host: Host,
+    pub config: IngestConfig,
+    /// `closed` or `open`.
+    pub mode: &'static str,
+    /// Open loop: from the due time; closed loop: from the call.
+    pub latency_from: &'static str,
+    /// Over all repetitions: equal unless something failed.
+    pub sent: u64,
+    pub acked: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// Measured once, before the repetitions.
+    pub baselines: Option<Baselines>,
+    pub summary: Summary,
+    pub runs: Vec<RunReport>,
+    /// Per repetition: the latency distribution (`run N`) and acked msgs/s
+    /// per `config.interval` seconds of the window.
+    pub plots: Plots,
+}
+
+fn div(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+/// One repetition's figures from its marks.
+pub(super) fn run_report(run: usize, o: &Outcome, baselines: Option<&Baselines>) -> RunReport {
+    let window = o.end.at.duration_since(o.start.at).as_secs_f64();
+    let window_acked = o.end.acked - o.start.acked;
+    let window_bytes = o.end.acked_bytes - o.start.acked_bytes;
+    let acked_per_sec = window_acked as f64 / window.max(1e-9);
+    let mb_per_sec = window_bytes as f64 / window.max(1e-9) / 1e6;
+    let latency = Latency::of(&o.latency);
+    let producer_cpu = CpuUse::of(o.end.self_cpu - o.start.self_cpu, window, window_acked);
+    let daemon_cpu = match (o.start.daemon_cpu, o.end.daemon_cpu) {
+        (Some(a), Some(b)) => Some(CpuUse::of(b - a, window, window_acked)),
+        _ => None,
+    };
+    let ours = producer_cpu.seconds + daemon_cpu.map_or(0.0, |d| d.seconds);
+    let machine = match (o.start.machine, o.end.machine) {
+        (Some(a), Some(b)) => Some(b.since(&a, ours)),
+        _ => None,
+    };
+    let counters = match (&o.start.scrape, &o.end.scrape) {
+        (Some(a), Some(b)) => Some(DaemonCounters::between(a, b)),
+        _ => None,
+    };
+    let producer_threads = cpu::threads_delta(&o.start.self_threads, &o.end.self_threads);
+    // CPU per message of producers (less the harness's pacer) and daemon.
+    let pacer_seconds = producer_threads.get("pacer").copied().unwrap_or(0.0);
+    let per_msg = |s: f64| s * 1e6 / window_acked.max(1) as f64;
+    let sluice_cpu_us_per_msg =
+        daemon_cpu.map(|d| per_msg(producer_cpu.seconds - pacer_seconds + d.seconds));
+    let group_commits_per_sec = counters.map(|c| c.group_commits as f64 / window.max(1e-9));
+    let ratios = baselines.map(|b| Ratios {
+        acked_per_udp_128_datagram: div(acked_per_sec, b.udp_128.datagrams_per_sec),
+        goodput_per_udp_1452_mb: div(mb_per_sec, b.udp_1452.mb_per_sec),
+        commits_per_raw_fdatasync: group_commits_per_sec
+            .map_or(0.0, |c| div(c, b.fdatasync_per_sec)),
+        p50_per_fdatasync_p50: div(latency.p50_us as f64, b.fdatasync_p50_us as f64),
+        p99_per_fdatasync_p99: div(latency.p99_us as f64, b.fdatasync_p99_us as f64),
+        p99_per_ideal_commit_p99: b
+            .ideal_commit_at_rate
+            .map(|i| div(latency.p99_us as f64, i.p99_us as f64)),
+        p99_per_udp_echo_p99: b
+            .udp_echo_at_rate
+            .map(|e| div(latency.p99_us as f64, e.p99_us as f64)),
+        cpu_per_msg_per_plain_floor: match (
+            sluice_cpu_us_per_msg,
+            b.udp_echo_at_rate,
+            b.ideal_commit_at_rate,
+        ) {
+            (Some(ours), Some(e), Some(i)) => Some(div(ours, e.cpu_us_per_op + i.cpu_us_per_op)),
+            _ => None,
+        },
+        acked_per_target: acked_per_sec / TARGET_ACKED_PER_SEC,
+        p99_per_target: latency.p99_us as f64 / TARGET_P99_US,
+    });
+    RunReport {
+        run,
+        sent: o.sent,
+        acked: o.acked,
+        errors: o.errors,
+        first_error: o.first_error.clone(),
+        window_seconds: window,
+        window_acked,
+        window_bytes,
+        acked_per_sec,
+        mb_per_sec,
+        mean_payload_bytes: div(window_bytes as f64, window_acked as f64),
+        latency,
+        pacer_lag: o.pacer_lag.as_ref().map(Latency::of),
+        producer_cpu,
+        daemon_cpu,
+        producer_cpu_us_per_msg: per_msg(producer_cpu.seconds),
+        daemon_cpu_us_per_msg: daemon_cpu.map(|d| per_msg(d.seconds)),
+        producer_threads,
+        daemon_threads: cpu::threads_delta(&o.start.daemon_threads, &o.end.daemon_threads),
+        machine,
+        daemon: counters,
+        group_commits_per_sec,
+        ratios,
+    }
+}
+
+/// The spread of `f` over the runs.
+fn spread(runs: &[RunReport], f: impl Fn(&RunReport) -> f64) -> Spread {
+    Spread::of(&runs.iter().map(f).collect::<Vec<_>>())
+}
+
+/// The spread of `f` if every run has it.
+fn spread_opt(runs: &[RunReport], f: impl Fn(&RunReport) -> Option<f64>) -> Option<Spread> {
+    let v: Option<Vec<f64>> = runs.iter().map(f).collect();
+    v.filter(|v| !v.is_empty()).map(|v| Spread::of(&v))
+}
+
+pub(super) fn summary(runs: &[RunReport]) -> Summary {
+    let ratio = |f: fn(&Ratios) -> f64| spread(runs, |r| r.ratios.map_or(0.0, |q| f(&q)));
+    let ratio_opt =
+        |f: fn(&Ratios) -> Option<f64>| spread_opt(runs, |r| r.ratios.and_then(|q| f(&q)));
+    Summary {
+        runs: runs.len(),
+        acked_per_sec: spread(runs, |r| r.acked_per_sec),
+        mb_per_sec: spread(runs, |r| r.mb_per_sec),
+        mean_payload_bytes: spread(runs, |r| r.mean_payload_bytes),
+        p50_us: spread(runs, |r| r.latency.p50_us as f64),
+        p99_us: spread(runs, |r| r.latency.p99_us as f64),
+        p999_us: spread(runs, |r| r.latency.p999_us as f64),
+        max_us: spread(runs, |r| r.latency.max_us as f64),
+        producer_cpu_us_per_msg: spread(runs, |r| r.producer_cpu_us_per_msg),
+        daemon_cpu_us_per_msg: spread_opt(runs, |r| r.daemon_cpu_us_per_msg),
+        group_commits_per_sec: spread_opt(runs, |r| r.group_commits_per_sec),
+        ratios: runs
+            .iter()
+            .all(|r| r.ratios.is_some())
+            .then(|| SummaryRatios {
+                acked_per_udp_128_datagram: ratio(|q| q.acked_per_udp_128_datagram),
+                goodput_per_udp_1452_mb: ratio(|q| q.goodput_per_udp_1452_mb),
+                commits_per_raw_fdatasync: ratio(|q| q.commits_per_raw_fdatasync),
+                p50_per_fdatasync_p50: ratio(|q| q.p50_per_fdatasync_p50),
+                p99_per_fdatasync_p99: ratio(|q| q.p99_per_fdatasync_p99),
+                p99_per_ideal_commit_p99: ratio_opt(|q| q.p99_per_ideal_commit_p99),
+                p99_per_udp_echo_p99: ratio_opt(|q| q.p99_per_udp_echo_p99),
+                cpu_per_msg_per_plain_floor: ratio_opt(|q| q.cpu_per_msg_per_plain_floor),
+                acked_per_target: ratio(|q| q.acked_per_target),
+                p99_per_target: ratio(|q| q.p99_per_target),
+            })
+            .filter(|_| !runs.is_empty()),
+    }
+}

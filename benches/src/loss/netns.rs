@@ -1,0 +1,352 @@
+//! Netns mode (root): namespaces `sluice-lsa-PID` (producers) and
+//! `sluice-lsb-PID` (`sluiced`) joined by a veth pair with private
+//! addresses (10.199.x.1 and .2), and for each row an nftables table on the
+//! producers' veth end that drops the given share of their datagrams to
+//! the daemon's port at random on egress, before the daemon's side sees
+//! them (the sender gets no error).
+//!
+//! The daemon is this binary's hidden `daemon` subcommand run with `ip
+//! netns exec` (as `sluice-bench xdp`'s durable part does); its listeners
+//! are beyond loopback, so it gets one token for the run's streams. The
+//! producers run on a thread that entered namespace a, where their runtime
+//! and sockets are made. Everything is removed by guards when the bed is
+//! dropped: the nftables table, the daemon, then the namespaces (which
+//! takes the veth pair with them), also when the run fails or panics.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_daemon::metrics::scrape::Scrape;
+use sluice_transport::client::{ProducerOptions, Transport};
+use sluice_xdp::testnet::{self, Link, Netns};
+
+use super::load::{self, LoadOutcome, LoadSpec};
+use super::{admin, producer_options, quic_options, Bed, Impaired, LossConfig};
+use crate::daemon;
+use crate::progress::Progress;
+
+/// The daemon's ports inside namespace b (ours: no clash).
+const DATA_PORT: u16 = 7401;
+const QUIC_PORT: u16 = 7400;
+const ADMIN_PORT: u16 = 7480;
+/// The nftables table of a row.
+const TABLE: &str = "sluice_bench_loss";
+/// Loss is set in steps of 0.01 %.
+const STEPS: u32 = 10_000;
+
+pub(super) struct NetnsBed {
+    // Dropped in this order: the rule, the daemon, then the namespaces.
+    loss: Option<NftLoss>,
+    daemon: Option<NsDaemon>,
+    link: Link,
+    token: String,
+    options: ProducerOptions,
+    quic: SocketAddr,
+    loss_port: u16,
+    admin: SocketAddr,
+}
+
+impl NetnsBed {
+    pub(super) fn start(c: &LossConfig, work: &Path) -> Result<NetnsBed, String> {
+        if !testnet::is_root() {
+            return Err(
+                "--netns needs root (it makes network namespaces and nftables rules); \
+                        without root, leave out --netns to run through the impairment relay"
+                    .into(),
+            );
+        }
+        for tool in ["ip", "nft"] {
+            if !testnet::has_tool(tool) {
+                return Err(format!(
+                    "--netns needs `{tool}` (packages iproute2 and nftables)"
+                ));
+            }
+        }
+        let link = Link::create("ls", 1);
+        eprintln!(
+            "loss: namespaces {} (producers, {}) and {} (sluiced, {})",
+            link.a.ns.name(),
+            link.a.ip,
+            link.b.ns.name(),
+            link.b.ip
+        );
+        let token = sluice_daemon::auth::new_token();
+        let config = work.join("sluiced.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[auth.tokens]]\nname = \"bench\"\nhash = \"{}\"\npublish = [\"loss-*\"]\n\
+                 consume = [\"loss-*\"]\n",
+                sluice_daemon::auth::hash_token(&token)
+            ),
+        )
+        .map_err(|e| format!("{}: {e}", config.display()))?;
+        let b_ip: IpAddr = link
+            .b
+            .ip
+            .parse()
+            .map_err(|e| format!("address {}: {e}", link.b.ip))?;
+        let admin = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+        let data = work.join("data");
+        let flags: Vec<String> = vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--spool-dir".into(),
+            data.display().to_string(),
+            "--data-listen".into(),
+            SocketAddr::new(b_ip, DATA_PORT).to_string(),
+            "--quic-listen".into(),
+            SocketAddr::new(b_ip, QUIC_PORT).to_string(),
+            "--admin-listen".into(),
+            admin.to_string(),
+            "--spool-fsync".into(),
+            c.fsync.clone(),
+            "--spool-min-free-bytes".into(),
+            "0".into(),
+            "--log-level".into(),
+            // Not the warning that a self-signed certificate is served
+            // beyond loopback: the producers pin it.
+            "warn,sluice_daemon::identity=error".into(),
+        ];
+        let d = NsDaemon::start(&link.b.ns, &flags, admin)?;
+        let quic = quic_options(&data.join("tls/server.crt"), Some(token.clone()))?;
+        let (transport, loss_port) = if c.path == "quic" {
+            (Transport::Quic(quic), QUIC_PORT)
+        } else {
+            (Transport::FastPath(quic), DATA_PORT)
+        };
+        Ok(NetnsBed {
+            loss: None,
+            daemon: Some(d),
+            link,
+            token,
+            options: producer_options(transport),
+            quic: SocketAddr::new(b_ip, QUIC_PORT),
+            loss_port,
+            admin,
+        })
+    }
+}
+
+impl Bed for NetnsBed {
+    fn impair(&mut self, _row: usize, loss_percent: f64) -> Result<SocketAddr, String> {
+        self.loss = None;
+        let a = &self.link.a;
+        self.loss = Some(NftLoss::add(&a.ns, &a.iface, self.loss_port, loss_percent));
+        Ok(self.quic)
+    }
+
+    fn clear(&mut self) -> Option<Impaired> {
+        let loss = self.loss.take()?;
+        let (datagrams, dropped) = loss.counters()?;
+        Some(Impaired {
+            by: "nftables",
+            datagrams,
+            dropped,
+            duplicated: 0,
+            reordered: 0,
+            dropped_fraction: dropped as f64 / datagrams.max(1) as f64,
+        })
+    }
+
+    fn load(
+        &self,
+        spec: &LoadSpec,
+        addr: SocketAddr,
+        stream: &str,
+        first_id: u64,
+        progress: &Progress,
+    ) -> Result<LoadOutcome, String> {
+        let options = &self.options;
+        self.link
+            .a
+            .ns
+            .enter(|| load::run(spec, addr, options, stream, first_id, progress))
+    }
+
+    fn scrape(&self) -> Option<Scrape> {
+        let admin = self.admin;
+        self.link.b.ns.enter(move || daemon::scrape(admin).ok())
+    }
+
+    fn udp_rcvbuf_errors(&self) -> Option<u64> {
+        let count = |ns: &Netns| ns.enter(|| testnet::udp_counter("RcvbufErrors"));
+        Some(count(&self.link.a.ns)? + count(&self.link.b.ns)?)
+    }
+
+    fn stored(&self, stream: &str) -> Result<u64, String> {
+        let (admin, token) = (self.admin, self.token.as_str());
+        self.link
+            .b
+            .ns
+            .enter(move || admin::stored(admin, Some(token), stream))
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), String> {
+        self.loss = None;
+        let d = self.daemon.take().expect("finished once");
+        d.terminate(Duration::from_secs(30))
+        // The namespaces go when `self` is dropped.
+    }
+}
+
+/// An nftables table on `iface`'s egress in a namespace: a counter of the
+/// datagrams to `port`, and a rule dropping `percent` of them at random.
+/// Deleted on drop.
+struct NftLoss {
+    ns: String,
+}
+
+impl NftLoss {
+    fn add(ns: &Netns, iface: &str, port: u16, percent: f64) -> NftLoss {
+        let guard = NftLoss {
+            ns: ns.name().to_owned(),
+        };
+        let below = (percent / 100.0 * f64::from(STEPS)).round() as u32;
+        ns.exec(&format!("nft add table netdev {TABLE}"));
+        ns.exec(&format!(
+            "nft add chain netdev {TABLE} egress \
+             {{ type filter hook egress device {iface} priority 0 ; }}"
+        ));
+        ns.exec(&format!(
+            "nft add rule netdev {TABLE} egress udp dport {port} counter"
+        ));
+        ns.exec(&format!(
+            "nft add rule netdev {TABLE} egress udp dport {port} \
+             numgen random mod {STEPS} < {below} counter drop"
+        ));
+        guard
+    }
+
+    /// (datagrams to the port, dropped), from the two rules' counters.
+    fn counters(&self) -> Option<(u64, u64)> {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "nft", "list", "table", "netdev", TABLE,
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let counts: Vec<u64> = text
+            .lines()
+            .filter_map(|l| {
+                let at = l.find("packets ")? + "packets ".len();
+                l[at..].split_whitespace().next()?.parse().ok()
+            })
+            .collect();
+        match counts[..] {
+            [all, dropped] => Some((all, dropped)),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for NftLoss {
+    fn drop(&mut self) {
+        let ok = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "nft", "delete", "table", "netdev", TABLE,
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // The namespace's deletion takes the table with it.
+            eprintln!(
+                "loss: could not delete nftables table {TABLE} in {}",
+                self.ns
+            );
+        }
+    }
+}
+
+/// `sluiced` in a namespace: `ip netns exec NS <this binary> daemon
+/// --stop-on-stdin-eof -- FLAGS` (ip execs it: the child is the daemon, so
+/// signals reach it). Killed on drop unless stopped; stops by itself if we
+/// die (its stdin closes).
+struct NsDaemon {
+    child: Child,
+    _stdin: Option<ChildStdin>,
+}
+
+impl NsDaemon {
+    fn start(ns: &Netns, flags: &[String], admin: SocketAddr) -> Result<NsDaemon, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("this executable: {e}"))?;
+        let mut cmd = ns.command(&exe.to_string_lossy());
+        cmd.arg("daemon")
+            .arg(daemon::STOP_ON_STDIN_EOF)
+            .arg("--")
+            .args(flags);
+        // The run is described by its flags alone.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SLUICED_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting the daemon in {}: {e}", ns.name()))?;
+        let stdin = child.stdin.take();
+        let mut d = NsDaemon {
+            child,
+            _stdin: stdin,
+        };
+        let within = Duration::from_secs(30);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                return Err(format!(
+                    "the daemon exited during start-up ({status}); its stderr above says why"
+                ));
+            }
+            if ns.enter(|| daemon::http_get(admin, "/metrics")).is_ok() {
+                return Ok(d);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the daemon's admin port {admin} in {} did not answer within {within:?}",
+                    ns.name()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM (a clean drain), then at most `within` before a kill.
+    fn terminate(mut self, within: Duration) -> Result<(), String> {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + within;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) if s.success() => return Ok(()),
+                Ok(Some(s)) => return Err(format!("the daemon did not stop cleanly: {s}")),
+                Ok(None) => {}
+                Err(e) => return Err(format!("waiting for the daemon: {e}")),
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(format!(
+                    "the daemon did not stop within {within:?} of SIGTERM; killed"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for NsDaemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
