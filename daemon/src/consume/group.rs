@@ -16,7 +16,8 @@
 //!   times: then it goes to the dead-letter stream and the group goes on;
 //! - the floor (every offset below it done) only moves forward.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,6 +28,32 @@ use super::store::{Event, GroupState};
 use crate::spool::Record;
 
 pub type MemberId = u64;
+
+/// Hashes an offset for the pending map. Offsets are dense integers:
+/// multiplying by an odd constant spreads them over the table's buckets
+/// (consecutive offsets land in distinct ones) and mixes the high bits the
+/// table also uses, at a fraction of SipHash's cost.
+#[derive(Default)]
+struct OffsetHasher(u64);
+
+impl Hasher for OffsetHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; anything else still hashes correctly.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        self.0 = x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type OffsetMap<V> = HashMap<u64, V, BuildHasherDefault<OffsetHasher>>;
 
 /// Delivery attempts a message keeps for its dead letter (the latest ones).
 pub const MAX_HISTORY: usize = 32;
@@ -201,17 +228,32 @@ pub struct Group {
     /// Delivery counts recovered from the journal, for offsets not read yet.
     recovered: BTreeMap<u64, u32>,
     dlq_seq: u64,
-    pending: BTreeMap<u64, Pending>,
+    /// Messages read and not done. (A hash map, not an ordered one: every
+    /// message passes through it, and the oldest is always the floor.)
+    pending: OffsetMap<Pending>,
     /// Payload bytes of `pending`.
     pending_bytes: u64,
-    /// Waiting offsets due now (by offset: oldest first).
-    ready: BTreeSet<u64>,
-    /// Payload bytes of the ready messages.
+    /// Ready offsets as read from the spool, in order. An entry whose
+    /// message is no longer ready (acked before it went out) is skipped
+    /// when it comes up: removing it from the middle would cost more.
+    fresh: VecDeque<u64>,
+    /// Ready offsets that were out before (nacked, expired, handed back):
+    /// few, and they go first.
+    again: BTreeSet<u64>,
+    /// Ready messages (in `fresh` or `again`) and their payload bytes.
+    ready_count: usize,
     ready_bytes: u64,
     /// Waiting offsets due later, by due time.
     delayed: BTreeSet<(Instant, u64)>,
-    /// Out offsets by deadline.
-    deadlines: BTreeSet<(Instant, u64)>,
+    /// Out offsets by deadline: those with the group's ack deadline in
+    /// the order they went out, which is deadline order. An entry whose
+    /// message was acked meanwhile is dropped when it reaches the front
+    /// (acks come nearly in order, so that is soon) or by `compact`.
+    timeline: VecDeque<(Instant, u64)>,
+    /// Out offsets whose deadline came otherwise (extended), by deadline.
+    extended: BTreeSet<(Instant, u64)>,
+    /// Messages out with members.
+    out_count: usize,
     members: BTreeMap<MemberId, Member>,
     /// The member served last (round robin).
     last_served: MemberId,
@@ -233,12 +275,16 @@ impl Group {
             end: state.floor,
             recovered: state.deliveries.clone(),
             dlq_seq: state.dlq_seq,
-            pending: BTreeMap::new(),
+            pending: OffsetMap::default(),
             pending_bytes: 0,
-            ready: BTreeSet::new(),
+            fresh: VecDeque::new(),
+            again: BTreeSet::new(),
+            ready_count: 0,
             ready_bytes: 0,
             delayed: BTreeSet::new(),
-            deadlines: BTreeSet::new(),
+            timeline: VecDeque::new(),
+            extended: BTreeSet::new(),
+            out_count: 0,
             members: BTreeMap::new(),
             last_served: 0,
             unjournaled_done: RangeSet::new(),
@@ -275,7 +321,7 @@ impl Group {
 
     /// Messages out with members.
     pub fn out(&self) -> usize {
-        self.deadlines.len()
+        self.out_count
     }
 
     /// Payload bytes of messages read and not done.
@@ -286,7 +332,7 @@ impl Group {
     /// Append time of the oldest message not done, if it has been read
     /// (the floor is always read when anything past it is).
     pub fn oldest_pending_us(&self) -> Option<u64> {
-        self.pending.values().next().map(|p| p.record.timestamp_us)
+        self.pending.get(&self.floor).map(|p| p.record.timestamp_us)
     }
 
     pub fn member_count(&self) -> usize {
@@ -317,7 +363,7 @@ impl Group {
         if self.next >= self.end || self.ready_bytes >= self.config.read_ahead_bytes {
             return (0, 0);
         }
-        let room = self.config.read_ahead.saturating_sub(self.ready.len());
+        let room = self.config.read_ahead.saturating_sub(self.ready_count);
         let records = room.min((self.end - self.next) as usize);
         (records, self.config.read_ahead_bytes - self.ready_bytes)
     }
@@ -358,7 +404,11 @@ impl Group {
                     continue;
                 }
             }
-            let deliveries = self.recovered.remove(&offset).unwrap_or(0);
+            let deliveries = if self.recovered.is_empty() {
+                0
+            } else {
+                self.recovered.remove(&offset).unwrap_or(0)
+            };
             let len = record.payload.len() as u64;
             self.pending_bytes += len;
             self.pending.insert(
@@ -370,7 +420,10 @@ impl Group {
                     history: Vec::new(),
                 },
             );
-            self.make_ready(offset, len);
+            // Offers come in offset order: `fresh` stays sorted.
+            self.fresh.push_back(offset);
+            self.ready_count += 1;
+            self.ready_bytes += len;
         }
     }
 
@@ -412,12 +465,16 @@ impl Group {
         }
     }
 
+    /// What `member` holds, oldest first.
     fn held_by(&self, member: MemberId) -> Vec<u64> {
-        self.pending
+        let mut held: Vec<u64> = self
+            .pending
             .iter()
             .filter(|(_, p)| matches!(p.place, Place::Out { member: m, .. } if m == member))
             .map(|(&o, _)| o)
-            .collect()
+            .collect();
+        held.sort_unstable();
+        held
     }
 
     /// Acks. Any member may ack any message not yet done (the work was
@@ -426,15 +483,29 @@ impl Group {
     /// stream's durable end are ignored. Returns how many were new.
     pub fn ack(&mut self, offsets: &[u64]) -> u64 {
         let mut n = 0;
+        // Consecutive offsets are marked done as one range.
+        let mut run = 0..0;
         for &offset in offsets {
-            if offset < self.floor || offset >= self.end || self.done.contains(offset) {
+            if offset < self.floor
+                || offset >= self.end
+                || run.contains(&offset)
+                || self.done.contains(offset)
+            {
                 continue;
             }
             self.take_pending(offset);
-            self.recovered.remove(&offset);
-            self.mark_done(offset..offset + 1);
+            if !self.recovered.is_empty() {
+                self.recovered.remove(&offset);
+            }
+            if run.end != offset {
+                self.mark_done(run);
+                run = offset..offset;
+            }
+            run.end = offset + 1;
             n += 1;
         }
+        self.mark_done(run);
+        self.trim_timeline();
         self.counters.acked += n;
         n
     }
@@ -484,11 +555,16 @@ impl Group {
             }
             let p = self.pending.get_mut(&offset).expect("out means pending");
             if let Place::Out { deadline: d, .. } = &mut p.place {
-                self.deadlines.remove(&(*d, offset));
+                if *d == deadline {
+                    continue;
+                }
+                // The old entry (in `timeline` or `extended`) goes stale.
+                self.extended.remove(&(*d, offset));
                 *d = deadline;
-                self.deadlines.insert((deadline, offset));
+                self.extended.insert((deadline, offset));
             }
         }
+        self.trim_timeline();
     }
 
     fn is_out_with(&self, offset: u64, member: Option<MemberId>) -> bool {
@@ -500,21 +576,58 @@ impl Group {
 
     /// When the machine next needs [`tick`](Self::tick).
     pub fn next_timer(&self) -> Option<Instant> {
-        let d = self.deadlines.first().map(|(t, _)| *t);
+        let d = self.timeline.front().map(|(t, _)| *t);
+        let e = self.extended.first().map(|(t, _)| *t);
         let w = self.delayed.first().map(|(t, _)| *t);
-        d.into_iter().chain(w).min()
+        d.into_iter().chain(e).chain(w).min()
+    }
+
+    /// Whether `offset` is out with the deadline `t` (a `timeline` entry
+    /// that still stands).
+    fn out_until(&self, offset: u64, t: Instant) -> bool {
+        self.pending
+            .get(&offset)
+            .is_some_and(|p| matches!(p.place, Place::Out { deadline, .. } if deadline == t))
+    }
+
+    /// Drops stale entries from the front of `timeline` (so that the next
+    /// timer is a real deadline), and all of them once they outnumber the
+    /// live ones (a message held long at the front keeps the rest from
+    /// reaching it).
+    fn trim_timeline(&mut self) {
+        while let Some(&(t, offset)) = self.timeline.front() {
+            if self.out_until(offset, t) {
+                break;
+            }
+            self.timeline.pop_front();
+        }
+        if self.timeline.len() > 2 * self.out_count + 1024 {
+            let mut timeline = std::mem::take(&mut self.timeline);
+            timeline.retain(|&(t, offset)| self.out_until(offset, t));
+            self.timeline = timeline;
+        }
     }
 
     /// Deadlines that passed become failed attempts; delayed messages that
     /// are due become ready.
     pub fn tick(&mut self, now: Instant) {
-        while let Some(&(t, offset)) = self.deadlines.first() {
+        while let Some(&(t, offset)) = self.timeline.front() {
+            if t > now {
+                break;
+            }
+            self.timeline.pop_front();
+            if self.out_until(offset, t) {
+                self.counters.expired += 1;
+                self.fail(offset, AttemptOutcome::DeadlineExpired, now, now);
+            }
+        }
+        while let Some(&(t, offset)) = self.extended.first() {
             if t > now {
                 break;
             }
             // Removed here as well as in `fail`, so the loop ends whatever
             // state the entry was in.
-            self.deadlines.remove(&(t, offset));
+            self.extended.remove(&(t, offset));
             self.counters.expired += 1;
             self.fail(offset, AttemptOutcome::DeadlineExpired, now, now);
         }
@@ -526,8 +639,24 @@ impl Group {
             if let Some(p) = self.pending.get_mut(&offset) {
                 p.place = Place::Ready;
                 let len = p.record.payload.len() as u64;
-                self.make_ready(offset, len);
+                self.make_ready_again(offset, len);
             }
+        }
+        self.trim_timeline();
+    }
+
+    /// The oldest ready offset: one delivered before, or the next fresh
+    /// one (dropping fresh entries that are no longer ready).
+    fn first_ready(&mut self) -> Option<u64> {
+        while let Some(&offset) = self.fresh.front() {
+            if matches!(self.pending.get(&offset), Some(p) if matches!(p.place, Place::Ready)) {
+                break;
+            }
+            self.fresh.pop_front();
+        }
+        match (self.again.first(), self.fresh.front()) {
+            (Some(&a), Some(&f)) => Some(a.min(f)),
+            (a, f) => a.or(f).copied(),
         }
     }
 
@@ -536,13 +665,13 @@ impl Group {
     pub fn dispatch(&mut self, now: Instant) -> Vec<Delivery> {
         self.tick(now);
         let mut out = Vec::new();
-        while let Some(&offset) = self.ready.first() {
+        let deadline = now + self.config.ack_deadline;
+        while let Some(offset) = self.first_ready() {
             let len = self.pending[&offset].record.payload.len() as u64;
             let Some(member) = self.pick_member(len) else {
                 break;
             };
             self.unready(offset, len);
-            let deadline = now + self.config.ack_deadline;
             let m = self.members.get_mut(&member).expect("picked");
             m.out_messages += 1;
             m.out_bytes += len;
@@ -552,7 +681,14 @@ impl Group {
             let p = self.pending.get_mut(&offset).expect("ready means pending");
             p.deliveries += 1;
             p.place = Place::Out { member, deadline };
-            self.deadlines.insert((deadline, offset));
+            self.out_count += 1;
+            // `now` only moves forward, so the timeline stays in deadline
+            // order; a caller's clock going back lands in `extended`.
+            if self.timeline.back().is_none_or(|&(t, _)| t <= deadline) {
+                self.timeline.push_back((deadline, offset));
+            } else {
+                self.extended.insert((deadline, offset));
+            }
             self.counters.delivered += 1;
             if p.deliveries > 1 {
                 // First deliveries are not journaled (most messages have
@@ -592,7 +728,11 @@ impl Group {
         self.pending_bytes -= p.record.payload.len() as u64;
         match p.place {
             Place::Out { member, deadline } => {
-                self.deadlines.remove(&(deadline, offset));
+                // Its `timeline` entry, if it has one, goes stale.
+                if !self.extended.is_empty() {
+                    self.extended.remove(&(deadline, offset));
+                }
+                self.out_count -= 1;
                 if let Some(m) = self.members.get_mut(&member) {
                     m.out_messages -= 1;
                     m.out_bytes -= p.record.payload.len() as u64;
@@ -654,7 +794,7 @@ impl Group {
             return;
         }
         p.place = if due <= now {
-            self.make_ready(offset, p.record.payload.len() as u64);
+            self.make_ready_again(offset, p.record.payload.len() as u64);
             Place::Ready
         } else {
             self.delayed.insert((due, offset));
@@ -664,21 +804,35 @@ impl Group {
         self.pending.insert(offset, p);
     }
 
-    fn make_ready(&mut self, offset: u64, len: u64) {
-        if self.ready.insert(offset) {
+    /// A message that was out is ready again.
+    fn make_ready_again(&mut self, offset: u64, len: u64) {
+        if self.again.insert(offset) {
+            self.ready_count += 1;
             self.ready_bytes += len;
         }
     }
 
+    /// A ready message (its place is `Ready`) stops being ready: taken
+    /// out, or done. A `fresh` entry is left to be skipped.
     fn unready(&mut self, offset: u64, len: u64) {
-        if self.ready.remove(&offset) {
-            self.ready_bytes -= len;
+        if !self.again.is_empty() {
+            self.again.remove(&offset);
         }
+        self.ready_count -= 1;
+        self.ready_bytes -= len;
     }
 
     fn mark_done(&mut self, r: std::ops::Range<u64>) {
-        self.done.insert_range(r.clone());
-        self.unjournaled_done.insert_range(r);
+        if r.is_empty() {
+            return;
+        }
+        self.unjournaled_done.insert_range(r.clone());
+        if r.start == self.floor && self.done.is_empty() {
+            // The usual case: the oldest messages acked, nothing above.
+            self.floor = r.end;
+            return;
+        }
+        self.done.insert_range(r);
         self.advance_floor();
     }
 

@@ -31,7 +31,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -325,8 +325,8 @@ impl Fields {
 }
 
 /// A delivery as JSON: the fields the QUIC plane sends, payload in base64.
-fn message_json(d: &Delivery) -> MessageJson {
-    let w = to_wire(d);
+fn message_json(d: Delivery, now: Instant) -> MessageJson {
+    let w = to_wire(d, now);
     MessageJson {
         offset: w.offset,
         delivery: w.delivery,
@@ -369,7 +369,8 @@ async fn fetch(
         .fetch_detached(s.consumers.member_id(), max, wait)
         .await
         .map_err(consume_error)?;
-    let messages = got.iter().map(message_json).collect();
+    let now = Instant::now();
+    let messages = got.into_iter().map(|d| message_json(d, now)).collect();
     Ok(Json(FetchAnswer { messages }).into_response())
 }
 

@@ -45,6 +45,24 @@ impl RangeSet {
         if r.start >= r.end {
             return 0;
         }
+        // Acks arrive nearly in order: most ranges extend the last one or
+        // start past it, which needs no search.
+        if let Some(mut last) = self.ranges.last_entry() {
+            let (s, e) = (*last.key(), *last.get());
+            if s <= r.start && r.start <= e {
+                let grown = r.end.saturating_sub(e);
+                if grown > 0 {
+                    *last.get_mut() = r.end;
+                    self.len += grown;
+                }
+                return grown;
+            }
+            if r.start > e {
+                self.ranges.insert(r.start, r.end);
+                self.len += r.end - r.start;
+                return r.end - r.start;
+            }
+        }
         let (mut start, mut end) = (r.start, r.end);
         let before = self.len;
         // Merge with a range that starts at or before `start` and reaches it.

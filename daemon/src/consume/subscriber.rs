@@ -89,10 +89,12 @@ pub async fn serve(
         tokio::select! {
             batch = member.deliveries.recv() => {
                 let Some(batch) = batch else { break };
-                batch.iter().for_each(|d| put_delivery(&mut out, d));
+                // One clock reading for the batch: deadlines are in ms.
+                let now = Instant::now();
+                put_deliveries(&mut out, batch, now);
                 while out.len() < WRITE_BATCH {
                     match member.deliveries.try_recv() {
-                        Ok(batch) => batch.iter().for_each(|d| put_delivery(&mut out, d)),
+                        Ok(batch) => put_deliveries(&mut out, batch, now),
                         Err(_) => break,
                     }
                 }
@@ -124,24 +126,23 @@ pub async fn serve(
     debug!(%peer, member = member.id, "subscriber left");
 }
 
-/// A delivery as the wire carries it.
-pub fn to_wire(d: &Delivery) -> WireDelivery {
+/// A delivery as the wire carries it, its deadline counted from `now`.
+pub fn to_wire(d: Delivery, now: Instant) -> WireDelivery {
     WireDelivery {
         offset: d.offset,
         delivery: d.delivery,
         timestamp_us: d.record.timestamp_us,
         producer: d.record.producer,
         seq: d.record.seq,
-        deadline_ms: d
-            .deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis() as u64,
-        payload: d.record.payload.clone(),
+        deadline_ms: d.deadline.saturating_duration_since(now).as_millis() as u64,
+        payload: d.record.payload,
     }
 }
 
-fn put_delivery(out: &mut Vec<u8>, d: &Delivery) {
-    ToConsumer::Deliver(to_wire(d)).put_frame(out);
+fn put_deliveries(out: &mut Vec<u8>, batch: Vec<Delivery>, now: Instant) {
+    for d in batch {
+        ToConsumer::Deliver(to_wire(d, now)).put_frame(out);
+    }
 }
 
 fn handle(m: FromConsumer, member: &Member, answers: &mpsc::UnboundedSender<ToConsumer>) {
@@ -163,8 +164,9 @@ fn handle(m: FromConsumer, member: &Member, answers: &mpsc::UnboundedSender<ToCo
             tokio::spawn(async move {
                 let Ok(got) = got.await else { return };
                 // The deliveries, then FetchDone: one channel keeps the order.
+                let now = Instant::now();
                 for d in got {
-                    let _ = answers.send(ToConsumer::Deliver(to_wire(&d)));
+                    let _ = answers.send(ToConsumer::Deliver(to_wire(d, now)));
                 }
                 let _ = answers.send(ToConsumer::FetchDone { id });
             });
