@@ -3,52 +3,18 @@
 //! percentiles ordered), the file system is named, and the table is there.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
+
+mod support;
+use support::num;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn run(dir: &Path, args: &[&str]) -> (Value, String) {
-    let json = dir.join("baseline.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .arg("baseline")
-        .args(["--dir", dir.to_str().unwrap()])
-        .args(["--json", json.to_str().unwrap()])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sluice-bench");
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("sluice-bench baseline {args:?} took more than {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sluice-bench baseline {args:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&json).expect("the JSON report");
-    (serde_json::from_str(&text).expect("valid JSON"), stdout)
-}
-
-fn num(v: &Value, path: &str) -> f64 {
-    let mut at = v;
-    for key in path.split('.') {
-        at = &at[key];
-    }
-    at.as_f64()
-        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
+    support::report("baseline", dir, args, LIMIT)
 }
 
 /// min <= median <= max, all positive.

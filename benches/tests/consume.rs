@@ -4,10 +4,12 @@
 //! every group must have received every message published to it.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+
+mod support;
+use support::{num, ordered};
 
 /// The whole run's bound: a hung daemon or consumer fails the test instead
 /// of hanging it.
@@ -18,62 +20,11 @@ fn run(dir: &Path, args: &[&str]) -> Value {
 }
 
 fn run_as(scenario: &str, dir: &Path, args: &[&str]) -> Value {
-    let json = dir.join("report.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .arg(scenario)
-        .args(["--dir", dir.to_str().unwrap()])
-        .args(["--json", json.to_str().unwrap()])
-        .args(["--baseline-seconds", "0.1"])
-        .args(["--drain-timeout", "60"])
-        .args(args)
-        .env_remove("SLUICE_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sluice-bench");
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > LIMIT {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "sluice-bench {scenario} {args:?} took more than {LIMIT:?}\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "sluice-bench {scenario} {args:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
+    let mut all = vec!["--baseline-seconds", "0.1", "--drain-timeout", "60"];
+    all.extend_from_slice(args);
+    let (report, stdout) = support::report(scenario, dir, &all, LIMIT);
     assert!(stdout.contains("published/s"), "no table:\n{stdout}");
-    let text = std::fs::read_to_string(&json).expect("the JSON report");
-    serde_json::from_str(&text).expect("valid JSON")
-}
-
-fn num(v: &Value, path: &str) -> f64 {
-    let mut at = v;
-    for key in path.split('.') {
-        at = &at[key];
-    }
-    at.as_f64()
-        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
-}
-
-fn ordered(l: &Value, what: &str) {
-    let p = ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"].map(|k| num(l, k));
-    assert!(p[0] > 0.0, "{what}: {p:?}");
-    assert!(
-        p.windows(2).all(|w| w[0] <= w[1]),
-        "{what}: percentiles ordered: {p:?}"
-    );
-    assert!(num(l, "count") > 0.0, "{what}: {l:#}");
+    report
 }
 
 /// Every group got every published message (at-least-once), and its

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -17,30 +18,18 @@ fn bench(dir: &Path, args: &[&str]) -> Output {
         .expect("run sluice-bench")
 }
 
-fn run(dir: &Path, args: &[&str]) -> Value {
-    let json = dir.join("report.json");
-    let mut all = vec!["--json", json.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let out = bench(dir, &all);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "sluice-bench ingest {args:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    assert!(stdout.contains("acked msgs/s"), "no table:\n{stdout}");
-    let text = std::fs::read_to_string(&json).expect("the JSON report");
-    serde_json::from_str(&text).expect("valid JSON")
-}
+mod support;
+use support::num;
 
-fn num(v: &Value, path: &str) -> f64 {
-    let mut at = v;
-    for key in path.split('.') {
-        at = &at[key];
-    }
-    at.as_f64()
-        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
+/// Bound on one run of the scenario.
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn run(dir: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--baseline-seconds", "0.1"];
+    all.extend_from_slice(args);
+    let (report, stdout) = support::report("ingest", dir, &all, LIMIT);
+    assert!(stdout.contains("acked msgs/s"), "no table:\n{stdout}");
+    report
 }
 
 /// What every repetition must satisfy.

@@ -5,48 +5,31 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
 use sluice_xdp::testnet::require_netns;
 
+mod support;
+use support::num;
+
+/// Bound on one run of the scenario (a few short rows).
+const LIMIT: Duration = Duration::from_secs(120);
+
 fn run(dir: &Path, args: &[&str]) -> Value {
-    let json = dir.join("report.json");
     let plots = dir.join("plots");
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .arg("loss")
-        .args(["--dir", dir.to_str().unwrap()])
-        .args(["--json", json.to_str().unwrap()])
-        .args(["--plot", plots.to_str().unwrap()])
-        .args(args)
-        .output()
-        .expect("run sluice-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "sluice-bench loss {args:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
+    let mut all = vec!["--plot", plots.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let (report, stdout) = support::report("loss", dir, &all, LIMIT);
     eprintln!("{stdout}");
     assert!(stdout.contains("durable"), "no table:\n{stdout}");
     for pic in ["loss-latency.svg", "loss-throughput.svg"] {
         let svg = std::fs::read_to_string(plots.join(pic)).expect("a picture");
         assert!(svg.contains("<svg"), "{pic} is not an SVG");
     }
-    let text = std::fs::read_to_string(&json).expect("the JSON report");
-    serde_json::from_str(&text).expect("valid JSON")
+    report
 }
 
-fn num(v: &Value, path: &str) -> f64 {
-    let mut at = v;
-    for key in path.split('.') {
-        at = &at[key];
-    }
-    at.as_f64()
-        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
-}
-
-/// What every report must satisfy; returns the rows.
 fn check_sane(r: &Value, loss: &[f64]) -> Vec<Value> {
     assert_eq!(r["scenario"], "loss");
     assert_eq!(num(r, "schema"), 1.0);

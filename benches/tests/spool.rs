@@ -3,60 +3,19 @@
 //! figures and its ratio is the row's MB/s ÷ the raw baseline's.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+
+mod support;
+use support::{num, ordered};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn run(dir: &Path, args: &[&str]) -> (Value, String) {
-    let json = dir.join("spool.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .arg("spool")
-        .args(["--dir", dir.to_str().unwrap()])
-        .args(["--json", json.to_str().unwrap()])
-        .args(["--baseline-seconds", "0.4", "--seconds", "0.3"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sluice-bench");
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("sluice-bench spool {args:?} took more than {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sluice-bench spool {args:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&json).expect("the JSON report");
-    (serde_json::from_str(&text).expect("valid JSON"), stdout)
-}
-
-fn num(v: &Value, path: &str) -> f64 {
-    let mut at = v;
-    for key in path.split('.') {
-        at = &at[key];
-    }
-    at.as_f64()
-        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
-}
-
-fn ordered(l: &Value, what: &str) {
-    let p = ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"].map(|k| num(l, k));
-    assert!(p[0] > 0.0, "{what}: {l}");
-    assert!(p.windows(2).all(|w| w[0] <= w[1]), "{what}: ordered: {l}");
-    assert!(num(l, "count") > 0.0, "{what}: {l}");
+    let mut all = vec!["--baseline-seconds", "0.4", "--seconds", "0.3"];
+    all.extend_from_slice(args);
+    support::report("spool", dir, &all, LIMIT)
 }
 
 #[test]

@@ -1060,6 +1060,35 @@ mod tests {
     }
 
     #[test]
+    fn a_message_held_long_does_not_pin_the_deadlines_of_acked_ones() {
+        let t0 = Instant::now();
+        let n = 20_000;
+        let config = GroupConfig {
+            read_ahead: n as usize,
+            ..GroupConfig::default()
+        };
+        let mut g = group(config, n);
+        g.join(1, "a".into(), window(n as u32));
+        assert_eq!(g.dispatch(t0).len(), n as usize);
+        // Everything acked but the oldest, in batches as a client sends.
+        let rest: Vec<u64> = (1..n).collect();
+        for batch in rest.chunks(512) {
+            g.ack(batch);
+        }
+        assert_eq!(g.out(), 1);
+        assert!(
+            g.timeline.len() <= 1024 + 2,
+            "stale deadlines kept: {}",
+            g.timeline.len()
+        );
+        assert_eq!(g.next_timer(), Some(t0 + g.config().ack_deadline));
+        g.ack(&[0]);
+        assert_eq!(g.floor(), n);
+        assert!(g.timeline.is_empty() && g.next_timer().is_none());
+        assert_eq!(g.backlog(), 0);
+    }
+
+    #[test]
     fn pull_credit_is_per_fetch() {
         let now = Instant::now();
         let mut g = group(GroupConfig::default(), 10);
