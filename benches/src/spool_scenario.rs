@@ -1,9 +1,10 @@
 //! The `spool` scenario: the spool alone (no network), fsync = always.
 //! Closed-loop appends from concurrent appenders give throughput and ack
 //! latency per (appenders, record size, records per call), each ÷ the raw
-//! 1 MiB write + fdatasync MB/s of the same file system measured first;
-//! open-loop appends at fixed rates give ack latency next to the ideal raw
-//! group commit at the same load.
+//! 1 MiB write + fdatasync MB/s of the same file system measured once,
+//! first; every row is measured `--repeat` times and summarised as
+//! min / median / max. Open-loop appends at fixed rates give ack latency
+//! next to the ideal raw group commit at the same load.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,12 +15,13 @@ use serde::Serialize;
 use crate::baseline::{self, DiskBaseline};
 use crate::baseline_scenario::timed;
 use crate::filesystem::FileSystem;
-use crate::measure::{self, Host, Latency, PercentileCurve, Plots};
+use crate::measure::{self, Host, Latency, PercentileCurve, Plots, Spread};
 use crate::progress::Progress;
 use crate::spool;
 
-/// Version of the JSON layout (bump on incompatible changes).
-pub const JSON_SCHEMA: u32 = 1;
+/// Version of the JSON layout (bump on incompatible changes). 2: a row's
+/// figures moved into `runs` (one per repetition) and `summary`.
+pub const JSON_SCHEMA: u32 = 2;
 
 /// Records per call and appenders of the open-loop rows.
 const AT_RATE_RECORD: usize = 1024;
@@ -46,6 +48,13 @@ pub struct SpoolArgs {
     /// Seconds per measurement (row).
     #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
+    /// Measure every row (appenders x size x batch) this many times, one
+    /// after the other: the table shows the median with [min–max], the
+    /// JSON keeps every repetition and their min / median / max. The raw
+    /// disk baseline is measured once; the open-loop rows once, the half
+    /// of peak taken from the median peak.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// Seconds for the raw disk baseline (half 1 MiB writes, half 4 KiB).
     #[arg(long, default_value_t = 4.0)]
     pub baseline_seconds: f64,
@@ -71,19 +80,51 @@ pub struct RawBaseline {
     pub fdatasync_latency: Latency,
 }
 
-/// One closed-loop measurement.
+/// One closed-loop row: its repetitions and their spread.
 #[derive(Debug, Clone, Serialize)]
 pub struct SpoolRow {
     pub appenders: usize,
     pub record_bytes: usize,
     /// Records per append call.
     pub batch: usize,
+    pub summary: RowSummary,
+    pub runs: Vec<RowRun>,
+}
+
+/// One closed-loop measurement (a repetition of a row).
+#[derive(Debug, Clone, Serialize)]
+pub struct RowRun {
     pub records_per_sec: f64,
     pub mb_per_sec: f64,
     /// MB/s ÷ raw 1 MiB write + fdatasync MB/s.
     pub per_raw_1mib: f64,
     /// From each call to its ack.
     pub ack_latency: Latency,
+}
+
+/// A row's repetitions as min / median / max.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowSummary {
+    pub runs: usize,
+    pub records_per_sec: Spread,
+    pub mb_per_sec: Spread,
+    pub per_raw_1mib: Spread,
+    pub ack_p50_us: Spread,
+    pub ack_p99_us: Spread,
+}
+
+impl RowSummary {
+    fn of(runs: &[RowRun]) -> RowSummary {
+        let spread = |f: fn(&RowRun) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
+        RowSummary {
+            runs: runs.len(),
+            records_per_sec: spread(|r| r.records_per_sec),
+            mb_per_sec: spread(|r| r.mb_per_sec),
+            per_raw_1mib: spread(|r| r.per_raw_1mib),
+            ack_p50_us: spread(|r| r.ack_latency.p50_us as f64),
+            ack_p99_us: spread(|r| r.ack_latency.p99_us as f64),
+        }
+    }
 }
 
 /// One open-loop measurement: the spool's ack latency at `rate`, from
@@ -110,10 +151,14 @@ pub struct SpoolReport {
     pub file_system: FileSystem,
     pub fdatasync_is_free: bool,
     pub seconds: f64,
+    /// Repetitions of every closed-loop row.
+    pub repeat: usize,
+    /// Measured once, before the rows.
     pub baseline: RawBaseline,
     pub rows: Vec<SpoolRow>,
     pub at_rate: Vec<AtRateRow>,
-    /// Ack latency by percentile, one curve per row (closed and open loop).
+    /// Ack latency by percentile, one curve per row (closed and open loop;
+    /// of a repeated row, its repetition of median records/s).
     pub plots: Plots,
 }
 
@@ -122,6 +167,9 @@ impl SpoolArgs {
         let positive = |x: f64| x > 0.0 && x.is_finite();
         if !positive(self.seconds) || !positive(self.baseline_seconds) {
             return Err("--seconds and --baseline-seconds must be more than 0".into());
+        }
+        if self.repeat == 0 {
+            return Err("--repeat must be at least 1".into());
         }
         if self.latency_at.iter().any(|&r| !positive(r)) {
             return Err("--latency-at rates must be more than 0".into());
@@ -209,11 +257,19 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
             .enable_all()
             .build()
             .map_err(|e| io("a tokio runtime", e))?;
-        out.line(format!("\nspool, fsync = always ({} s per row)", a.seconds));
+        let runs = if a.repeat == 1 {
+            String::new()
+        } else {
+            format!(
+                ", {} runs each: medians, [min–max] of records/s and ack p99",
+                a.repeat
+            )
+        };
         out.line(format!(
-            "{:>9} {:>8} {:>6} | {:>12} {:>9} {:>8} | {:>9} {:>9}",
-            "appenders", "record", "batch", "records/s", "MB/s", "÷ raw", "ack p50", "ack p99"
+            "\nspool, fsync = always ({} s per row{runs}; ÷ raw = MB/s ÷ the 1 MiB baseline above, measured once)",
+            a.seconds
         ));
+        out.line(header(a.repeat > 1));
         let plan: Vec<(usize, usize, usize)> = a
             .sizes
             .iter()
@@ -227,27 +283,49 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
             })
             .collect();
         for (k, &(size, appenders, batch)) in plan.iter().enumerate() {
-            let what = format!(
-                "row {} of {}: {appenders} x {size} B, {batch}/call",
-                k + 1,
-                plan.len()
-            );
-            let r = timed(&progress, &what, a.seconds, || {
-                rt.block_on(spool::peak(work.path(), appenders, size, batch, d))
-            });
+            let mut runs = Vec::with_capacity(a.repeat);
+            let mut hists = Vec::with_capacity(a.repeat);
+            for rep in 0..a.repeat {
+                let again = if a.repeat == 1 {
+                    String::new()
+                } else {
+                    format!(", run {} of {}", rep + 1, a.repeat)
+                };
+                let what = format!(
+                    "row {} of {}: {appenders} x {size} B, {batch}/call{again}",
+                    k + 1,
+                    plan.len()
+                );
+                let r = timed(&progress, &what, a.seconds, || {
+                    rt.block_on(spool::peak(work.path(), appenders, size, batch, d))
+                });
+                runs.push(RowRun {
+                    records_per_sec: r.records_per_sec,
+                    mb_per_sec: r.mb_per_sec,
+                    per_raw_1mib: ratio(r.mb_per_sec, base.disk.mb_per_sec_1mib),
+                    ack_latency: Latency::of(&r.ack_latency),
+                });
+                hists.push(r.ack_latency);
+            }
             let row = SpoolRow {
                 appenders,
                 record_bytes: size,
                 batch,
-                records_per_sec: r.records_per_sec,
-                mb_per_sec: r.mb_per_sec,
-                per_raw_1mib: ratio(r.mb_per_sec, base.disk.mb_per_sec_1mib),
-                ack_latency: Latency::of(&r.ack_latency),
+                summary: RowSummary::of(&runs),
+                runs,
             };
             out.line(row_line(&row));
+            // One curve per row, so that the picture stays readable: the
+            // repetition of median records/s stands for the row.
+            let m = median_run(&row.runs);
+            let of = if a.repeat == 1 {
+                String::new()
+            } else {
+                format!(" (run {} of {})", m + 1, a.repeat)
+            };
             plots.latency.push(PercentileCurve::of(
-                format!("{appenders} x {size} B, {batch}/call"),
-                &r.ack_latency,
+                format!("{appenders} x {size} B, {batch}/call{of}"),
+                &hists[m],
             ));
             rows.push(row);
         }
@@ -258,10 +336,11 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
             r.record_bytes == AT_RATE_RECORD && r.appenders == AT_RATE_APPENDERS && r.batch == 1
         });
         if let (Some(peak), false) = (half, a.no_half_peak) {
+            let median = if a.repeat == 1 { "" } else { "median " };
             out.line(format!(
-                "\nack latency at half of peak ({AT_RATE_RECORD} B, {AT_RATE_APPENDERS} appenders, open loop):"
+                "\nack latency at half of {median}peak ({AT_RATE_RECORD} B, {AT_RATE_APPENDERS} appenders, open loop, once):"
             ));
-            let rate = peak.records_per_sec / 2.0;
+            let rate = peak.summary.records_per_sec.median / 2.0;
             let row = timed(&progress, "at half of peak", 2.0 * a.seconds, || {
                 latency_row(work.path(), &base, rate, d, &mut plots)
             })?;
@@ -294,6 +373,7 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
         fdatasync_is_free: file_system.sync_is_free(),
         file_system,
         seconds: a.seconds,
+        repeat: a.repeat,
         baseline: base,
         rows,
         at_rate,
@@ -328,7 +408,7 @@ impl Output {
 
 fn print_baseline(out: &mut Output, fs: &FileSystem, b: &RawBaseline) {
     out.line(format!(
-        "baseline on {}: {}",
+        "baseline (measured once) on {}: {}",
         fs.path.display(),
         fs.describe()
     ));
@@ -349,17 +429,57 @@ fn print_baseline(out: &mut Output, fs: &FileSystem, b: &RawBaseline) {
     }
 }
 
-fn row_line(r: &SpoolRow) -> String {
+/// The index of the repetition whose records/s is the median (the lower
+/// middle one of an even count).
+fn median_run(runs: &[RowRun]) -> usize {
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|&x, &y| runs[x].records_per_sec.total_cmp(&runs[y].records_per_sec));
+    order[(order.len().max(1) - 1) / 2]
+}
+
+/// `median [min–max]` rounded to whole numbers, or just the median when
+/// the rounded figures are all the same (one run).
+fn spread(s: &Spread) -> String {
+    let f = |x: f64| format!("{x:.0}");
+    if f(s.min) == f(s.max) {
+        f(s.median)
+    } else {
+        format!("{} [{}–{}]", f(s.median), f(s.min), f(s.max))
+    }
+}
+
+/// Widths of the records/s and ack p99 columns: wider when repeated, to
+/// fit `median [min–max]`.
+fn widths(repeated: bool) -> (usize, usize) {
+    if repeated {
+        (26, 24)
+    } else {
+        (12, 9)
+    }
+}
+
+fn header(repeated: bool) -> String {
+    let (rate_w, p99_w) = widths(repeated);
     format!(
-        "{:>9} {:>7}B {:>6} | {:>12.0} {:>9.1} {:>7.2}x | {:>7}us {:>7}us",
+        "{:>9} {:>8} {:>6} | {:>rate_w$} {:>9} {:>8} | {:>9} {:>p99_w$}",
+        "appenders", "record", "batch", "records/s", "MB/s", "÷ raw", "ack p50", "ack p99"
+    )
+}
+
+fn row_line(r: &SpoolRow) -> String {
+    let s = &r.summary;
+    let (rate_w, p99_w) = widths(s.runs > 1);
+    format!(
+        "{:>9} {:>7}B {:>6} | {:>rate_w$} {:>9.1} {:>7.2}x | {:>7.0}us {:>w$}us",
         r.appenders,
         r.record_bytes,
         r.batch,
-        r.records_per_sec,
-        r.mb_per_sec,
-        r.per_raw_1mib,
-        r.ack_latency.p50_us,
-        r.ack_latency.p99_us
+        spread(&s.records_per_sec),
+        s.mb_per_sec.median,
+        s.per_raw_1mib.median,
+        s.ack_p50_us.median,
+        spread(&s.ack_p99_us),
+        w = p99_w - 2
     )
 }
 

@@ -13,6 +13,12 @@
 //!
 //! Every message handed over is counted as sent; the row then waits (at
 //! most `drain`) until each one is acked or has failed.
+//!
+//! CPU is read at the window's two ends, where its acks are counted (see
+//! [`CpuWindow`]): the daemon's from /proc/PID/stat, the producers' as the
+//! threads of their runtime (named [`PRODUCER_THREADS`]), so that neither
+//! the relay's thread (in this process in relay mode), nor the open loop's
+//! pacing thread, nor the harness's waiting counts as the producers'.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -25,7 +31,12 @@ use hdrhistogram::Histogram;
 use sluice_transport::client::{Producer, ProducerError, ProducerOptions};
 
 use super::interrupt;
+use crate::cpu;
 use crate::progress::{thousands, Progress};
+
+/// The name of the producers' runtime threads (at most 15 bytes: the
+/// kernel cuts thread names there).
+pub(super) const PRODUCER_THREADS: &str = "loss-producer";
 
 /// How long acks are grouped for the throughput-over-time series.
 pub(super) const SAMPLE: Duration = Duration::from_millis(100);
@@ -47,6 +58,54 @@ pub(super) struct LoadSpec {
     pub warmup: f64,
     /// Most time the calls outstanding at the end get to be acked.
     pub drain: Duration,
+    /// The daemon's process, for its CPU time (`None`: not measured).
+    pub daemon_pid: Option<u32>,
+}
+
+/// CPU time over the measured window, read where its acks are counted.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct CpuWindow {
+    /// Wall seconds between the two readings.
+    pub seconds: f64,
+    /// Acks between them (the window's).
+    pub acked: u64,
+    /// CPU seconds of the producers' runtime threads.
+    pub producers: f64,
+    /// CPU seconds of the daemon's process, if it could be read.
+    pub daemon: Option<f64>,
+}
+
+/// One reading of the clocks [`CpuWindow`] is made of.
+struct CpuMark {
+    at: Instant,
+    acked: u64,
+    producers: f64,
+    daemon: Option<f64>,
+}
+
+impl CpuMark {
+    fn now(shared: &Shared, daemon_pid: Option<u32>) -> CpuMark {
+        let producers = cpu::threads_seconds(std::process::id())
+            .get(PRODUCER_THREADS)
+            .copied()
+            .unwrap_or(0.0);
+        let daemon = daemon_pid.and_then(cpu::process_seconds);
+        CpuMark {
+            at: Instant::now(),
+            acked: shared.acked.load(Relaxed),
+            producers,
+            daemon,
+        }
+    }
+
+    fn until(&self, end: &CpuMark) -> CpuWindow {
+        CpuWindow {
+            seconds: end.at.saturating_duration_since(self.at).as_secs_f64(),
+            acked: end.acked - self.acked,
+            producers: (end.producers - self.producers).max(0.0),
+            daemon: self.daemon.zip(end.daemon).map(|(a, b)| (b - a).max(0.0)),
+        }
+    }
 }
 
 /// What the producers saw.
@@ -62,6 +121,8 @@ pub(super) struct LoadOutcome {
     pub series: Vec<(f64, f64)>,
     /// Open loop: how late the pacing thread handed messages over.
     pub pacer_lag: Option<Histogram<u64>>,
+    /// CPU over the window.
+    pub cpu: CpuWindow,
 }
 
 pub(super) fn histogram() -> Histogram<u64> {
@@ -121,6 +182,7 @@ pub(super) fn run(
 ) -> Result<LoadOutcome, String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name(PRODUCER_THREADS)
         .enable_all()
         .build()
         .map_err(|e| format!("a tokio runtime: {e}"))?;
@@ -162,7 +224,7 @@ async fn drive(
         latency: Mutex::new(histogram()),
     });
     let payload = Bytes::from(vec![0x42u8; spec.size]);
-    let sampler = tokio::spawn(sample(shared.clone()));
+    let sampler = tokio::spawn(sample(shared.clone(), spec.daemon_pid));
     let ticker = tokio::spawn(show_progress(
         spec.clone(),
         shared.clone(),
@@ -264,7 +326,7 @@ async fn drive(
     }
     shared.stop.store(true, Relaxed);
     ticker.abort();
-    let (series, window_acked) = sampler.await.unwrap_or_default();
+    let (series, window_acked, cpu) = sampler.await.unwrap_or_default();
     // A close flushes: bounded, as the daemon may be gone (interrupted).
     let close_within = if interrupt::requested() {
         INTERRUPTED_DRAIN
@@ -304,6 +366,7 @@ async fn drive(
         latency,
         series,
         pacer_lag,
+        cpu,
     })
 }
 
@@ -330,12 +393,14 @@ async fn drain(work: &mut tokio::task::JoinHandle<()>, within: Duration) -> bool
 }
 
 /// Acks per [`SAMPLE`] over the window, read at each sample's end (the
-/// last one cut at the window's end), and the acks in the whole window.
-async fn sample(shared: Arc<Shared>) -> (Vec<(f64, f64)>, u64) {
+/// last one cut at the window's end), the acks in the whole window, and
+/// the CPU used over it.
+async fn sample(shared: Arc<Shared>, daemon_pid: Option<u32>) -> (Vec<(f64, f64)>, u64, CpuWindow) {
     let begin = shared.window_start;
     tokio::time::sleep_until(begin.into()).await;
     let mut points = Vec::new();
-    let first = shared.acked.load(Relaxed);
+    let cpu_start = CpuMark::now(&shared, daemon_pid);
+    let first = cpu_start.acked;
     let mut last = (begin, first);
     loop {
         let mut next = last.0 + SAMPLE;
@@ -351,14 +416,17 @@ async fn sample(shared: Arc<Shared>) -> (Vec<(f64, f64)>, u64) {
             tokio::time::sleep(Duration::from_millis(5).min(next - Instant::now())).await;
         }
         let now = Instant::now().min(next);
-        let acked = shared.acked.load(Relaxed);
+        let end = (closing || shared.stopped()).then(|| CpuMark::now(&shared, daemon_pid));
+        let acked = end
+            .as_ref()
+            .map_or_else(|| shared.acked.load(Relaxed), |m| m.acked);
         let dt = (now - last.0).as_secs_f64();
         if dt > 0.0 {
             points.push(((now - begin).as_secs_f64(), (acked - last.1) as f64 / dt));
         }
         last = (now, acked);
-        if closing || shared.stopped() {
-            return (points, acked - first);
+        if let Some(end) = end {
+            return (points, acked - first, cpu_start.until(&end));
         }
     }
 }

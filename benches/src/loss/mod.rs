@@ -17,6 +17,15 @@
 //! Every row checks the promise: each message acked, acked == sent, and
 //! the row's stream holds exactly as many records as were acked (every
 //! message is distinct, so a duplicate stored twice would show).
+//!
+//! With `--repeat N` every row is measured N times, each time on a stream
+//! of its own (same daemon, same namespaces), in rounds: round k runs every
+//! row once, so that a slow spell of the machine falls on all rows alike.
+//! A row reports each repetition (`runs`) and their min / median / max
+//! (`summary`); its ratios are to the median of the 0 % row's repetitions.
+//! Each repetition's CPU is read over its window: the daemon's process
+//! and the producers' runtime threads (see `load`), per acked message and
+//! as cores.
 
 mod admin;
 mod interrupt;
@@ -36,12 +45,14 @@ use sluice_transport::client::{ProducerOptions, QuicOptions, Transport};
 use sluice_transport::proto::SenderConfig;
 use sluice_transport::quic::tls::{self, ClientTls, ServerTrust};
 
-use crate::measure::{DaemonCounters, Host, Latency, PercentileCurve, Plots, TimeSeries};
+use crate::measure::{
+    CpuUse, DaemonCounters, Host, Latency, PercentileCurve, Plots, Spread, TimeSeries,
+};
 use crate::progress::{Goal, Progress};
 use load::{LoadOutcome, LoadSpec};
 
 /// Version of the JSON layout (bump on incompatible changes).
-pub const JSON_SCHEMA: u32 = 1;
+pub const JSON_SCHEMA: u32 = 2;
 
 /// `sluice-bench loss`: see the module's comment.
 #[derive(Debug, Clone, clap::Args)]
@@ -72,7 +83,7 @@ pub struct LossArgs {
     #[arg(long, default_value = "data", value_parser = ["data", "both"])]
     pub directions: String,
     /// Relay mode: the seed of the relay's random choices (row i uses
-    /// seed + i): the same seed impairs the same way.
+    /// seed + i, in every repetition): the same seed impairs the same way.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Kernel-path loss instead of the relay (root, `ip` and `nft`): two
@@ -92,6 +103,12 @@ pub struct LossArgs {
     /// Message payload size, bytes.
     #[arg(long, default_value_t = 128)]
     pub size: usize,
+    /// Times each row is measured, each time on a fresh stream (same
+    /// daemon): the table shows the median with [min–max], the JSON every
+    /// repetition and their spread. The rows run in rounds (every row once,
+    /// then again), and the ratios are to the 0 % row's median.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub repeat: usize,
     /// Seconds measured per row, after the warm-up [default: 3].
     #[arg(long, conflicts_with = "count")]
     pub seconds: Option<f64>,
@@ -128,7 +145,8 @@ pub struct LossArgs {
     pub json: Option<PathBuf>,
     /// Also draw the pictures into this folder: loss-latency.svg (ack
     /// latency by percentile, one line per row) and loss-throughput.svg
-    /// (acks per 100 ms over each row's window).
+    /// (acks per 100 ms over each row's window); with --repeat, from each
+    /// row's first repetition.
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// No progress line on stderr (it is shown only on a terminal anyway).
@@ -154,6 +172,8 @@ pub struct LossConfig {
     pub seed: u64,
     pub producers: usize,
     pub size: usize,
+    /// Repetitions of every row.
+    pub repeat: usize,
     /// Per row; `None` with `count`.
     pub seconds: Option<f64>,
     /// Messages per producer per row; `None` with `seconds`.
@@ -237,6 +257,9 @@ impl LossArgs {
         if self.producers == 0 || self.in_flight == 0 || self.batch == Some(0) {
             return Err("--producers, --in-flight and --batch must be at least 1".into());
         }
+        if self.repeat == 0 {
+            return Err("--repeat must be at least 1".into());
+        }
         if !(self.rate >= 0.0 && self.rate.is_finite()) {
             return Err("--rate must be a number >= 0".into());
         }
@@ -274,6 +297,7 @@ impl LossArgs {
             seed: self.seed,
             producers: self.producers,
             size: self.size,
+            repeat: self.repeat,
             seconds,
             count,
             warmup,
@@ -303,6 +327,7 @@ impl LossConfig {
             count: self.count.unwrap_or(0),
             warmup: self.warmup,
             drain: Duration::from_secs_f64(self.drain_timeout),
+            daemon_pid: None,
         }
     }
 }
@@ -323,22 +348,51 @@ pub struct Impaired {
     pub dropped_fraction: f64,
 }
 
-/// The checks of one row.
+/// The checks of one repetition (or, in a row, of all of them).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Checks {
     /// No call failed and acked == sent.
     pub all_acked: bool,
-    /// The row's stream holds exactly `acked` records (nothing lost,
-    /// nothing stored twice); `None` if the daemon could not be asked.
+    /// The stream holds exactly `acked` records (nothing lost, nothing
+    /// stored twice); `None` if the daemon could not be asked.
     pub stored_once: Option<bool>,
     pub ok: bool,
 }
 
-/// One loss rate.
+/// CPU over a repetition's window: the daemon's process and the
+/// producers' runtime threads (not the relay's thread, not the open loop's
+/// pacing thread).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct LossCpu {
+    /// Wall seconds between the two readings (the window).
+    pub window_seconds: f64,
+    pub producers: CpuUse,
+    /// `None` if the daemon's /proc/PID/stat could not be read.
+    pub daemon: Option<CpuUse>,
+    /// CPU microseconds per acked message.
+    pub producers_us_per_msg: f64,
+    pub daemon_us_per_msg: Option<f64>,
+}
+
+impl LossCpu {
+    fn of(w: &load::CpuWindow) -> LossCpu {
+        let per_msg = |s: f64| s * 1e6 / w.acked.max(1) as f64;
+        LossCpu {
+            window_seconds: w.seconds,
+            producers: CpuUse::of(w.producers, w.seconds, w.acked),
+            daemon: w.daemon.map(|d| CpuUse::of(d, w.seconds, w.acked)),
+            producers_us_per_msg: per_msg(w.producers),
+            daemon_us_per_msg: w.daemon.map(per_msg),
+        }
+    }
+}
+
+/// One repetition of one loss rate.
 #[derive(Debug, Clone, Serialize)]
-pub struct LossRow {
-    pub loss_percent: f64,
-    /// The row's own stream (so that its record count is the row's).
+pub struct LossRun {
+    /// 1-based.
+    pub run: usize,
+    /// The repetition's own stream (so that its record count is its own).
     pub stream: String,
     pub sent: u64,
     pub acked: u64,
@@ -350,26 +404,82 @@ pub struct LossRow {
     pub acked_per_sec: f64,
     /// Payload MB/s (10^6 bytes) acked.
     pub mb_per_sec: f64,
-    /// acked_per_sec ÷ the 0 % row's.
+    /// acked_per_sec ÷ the median of the 0 % row's repetitions.
     pub acked_per_sec_per_baseline: Option<f64>,
-    /// Ack p50 and p99 ÷ the 0 % row's.
+    /// Ack p50 and p99 ÷ the medians of the 0 % row's.
     pub p50_per_baseline: Option<f64>,
     pub p99_per_baseline: Option<f64>,
     pub latency: Latency,
     /// Open loop: how late the pacing thread handed messages over.
     pub pacer_lag: Option<Latency>,
+    pub cpu: LossCpu,
     pub impaired: Option<Impaired>,
-    /// The daemon's counters over the row (from connect to close):
+    /// The daemon's counters over the repetition (from connect to close):
     /// `nacks_sent`, `retransmits_received`, `duplicates` (messages it
     /// received again and acked without storing them again).
     pub daemon: Option<DaemonCounters>,
-    /// Datagrams the kernel dropped over the row because a UDP socket's
-    /// receive buffer was full (relay mode: on the whole machine; netns
-    /// mode: in the two namespaces). Loss nobody asked for: the relay, the
-    /// daemon or the producers fell behind.
+    /// Datagrams the kernel dropped over the repetition because a UDP
+    /// socket's receive buffer was full (relay mode: on the whole machine;
+    /// netns mode: in the two namespaces). Loss nobody asked for: the
+    /// relay, the daemon or the producers fell behind.
     pub kernel_udp_drops: Option<u64>,
-    /// Records in the row's stream (its durable end, from `GET /streams`).
+    /// Records in the stream (its durable end, from `GET /streams`).
     pub stored: Option<u64>,
+    pub checks: Checks,
+}
+
+/// A row's repetitions as min / median / max.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RowSummary {
+    pub runs: usize,
+    pub acked_per_sec: Spread,
+    /// Each repetition's acked msgs/s ÷ the 0 % row's median.
+    pub acked_per_sec_per_baseline: Option<Spread>,
+    pub p50_us: Spread,
+    pub p99_us: Spread,
+    pub p999_us: Spread,
+    pub p50_per_baseline: Option<Spread>,
+    pub p99_per_baseline: Option<Spread>,
+    pub producers_cpu_us_per_msg: Spread,
+    pub producers_cores: Spread,
+    /// `None` unless the daemon's CPU was read in every repetition.
+    pub daemon_cpu_us_per_msg: Option<Spread>,
+    pub daemon_cores: Option<Spread>,
+}
+
+impl RowSummary {
+    fn of(runs: &[LossRun]) -> RowSummary {
+        let s = |f: &dyn Fn(&LossRun) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
+        // A spread of a figure some repetition lacks would hide that.
+        let all = |f: &dyn Fn(&LossRun) -> Option<f64>| {
+            let v: Option<Vec<f64>> = runs.iter().map(f).collect();
+            v.filter(|v| !v.is_empty()).map(|v| Spread::of(&v))
+        };
+        RowSummary {
+            runs: runs.len(),
+            acked_per_sec: s(&|r| r.acked_per_sec),
+            acked_per_sec_per_baseline: all(&|r| r.acked_per_sec_per_baseline),
+            p50_us: s(&|r| r.latency.p50_us as f64),
+            p99_us: s(&|r| r.latency.p99_us as f64),
+            p999_us: s(&|r| r.latency.p999_us as f64),
+            p50_per_baseline: all(&|r| r.p50_per_baseline),
+            p99_per_baseline: all(&|r| r.p99_per_baseline),
+            producers_cpu_us_per_msg: s(&|r| r.cpu.producers_us_per_msg),
+            producers_cores: s(&|r| r.cpu.producers.cores),
+            daemon_cpu_us_per_msg: all(&|r| r.cpu.daemon_us_per_msg),
+            daemon_cores: all(&|r| r.cpu.daemon.map(|d| d.cores)),
+        }
+    }
+}
+
+/// One loss rate: its repetitions and their spread.
+#[derive(Debug, Clone, Serialize)]
+pub struct LossRow {
+    pub loss_percent: f64,
+    pub summary: RowSummary,
+    pub runs: Vec<LossRun>,
+    /// Over the repetitions: every one acked all it sent, and stored
+    /// each message once.
     pub checks: Checks,
 }
 
@@ -386,7 +496,8 @@ pub struct LossReport {
     pub load: &'static str,
     pub latency_from: &'static str,
     pub rows: Vec<LossRow>,
-    /// One latency curve and one acks-per-100-ms series per row.
+    /// One latency curve and one acks-per-100-ms series per row, from its
+    /// first repetition.
     pub plots: Plots,
     /// Every row's checks passed.
     pub ok: bool,
@@ -411,6 +522,8 @@ trait Bed {
         progress: &Progress,
     ) -> Result<LoadOutcome, String>;
     fn scrape(&self) -> Option<Scrape>;
+    /// The daemon's process (for its CPU time).
+    fn daemon_pid(&self) -> Option<u32>;
     /// The kernel's count of UDP datagrams dropped for a full receive
     /// buffer, where the run's sockets are.
     fn udp_rcvbuf_errors(&self) -> Option<u64>;
@@ -487,8 +600,29 @@ pub fn run(c: &LossConfig, progress: &Progress) -> Result<LossReport, String> {
         }
         sweep(c, Box::new(bed), progress)?
     };
-    if rows.iter().any(|r| r.row.stored.is_none()) {
-        notes.push("the daemon's record count could not be read for some rows: their stored-once check is missing".into());
+    notes.push(format!(
+        "CPU over each window: the daemon's process (/proc/PID/stat) and the producers' runtime \
+         threads, per acked message; {} in neither",
+        if c.mode == "netns" {
+            "the open loop's pacing thread is"
+        } else {
+            "the relay's thread and the open loop's pacing thread are"
+        }
+    ));
+    if c.repeat > 1 {
+        notes.push(format!(
+            "{} repetitions per row, in rounds (every row once per round), each on its own \
+             stream; ratios are to the median of the 0 % row's; the pictures show each row's \
+             first repetition",
+            c.repeat
+        ));
+    }
+    let runs = || rows.iter().flat_map(|r| &r.row.runs);
+    if runs().any(|r| r.stored.is_none()) {
+        notes.push("the daemon's record count could not be read for some repetitions: their stored-once check is missing".into());
+    }
+    if runs().any(|r| r.cpu.daemon.is_none()) {
+        notes.push("the daemon's CPU time could not be read for some repetitions".into());
     }
     let ok = rows.iter().all(|r| r.row.checks.ok);
     let plots = Plots {
@@ -514,9 +648,16 @@ pub fn run(c: &LossConfig, progress: &Progress) -> Result<LossReport, String> {
     })
 }
 
-/// A row with its pictures.
+/// A row with the pictures of its first repetition.
 struct Measured {
     row: LossRow,
+    curve: PercentileCurve,
+    series: TimeSeries,
+}
+
+/// One repetition with its pictures.
+struct Repetition {
+    run: LossRun,
     curve: PercentileCurve,
     series: TimeSeries,
 }
@@ -525,37 +666,64 @@ fn label(loss: f64) -> String {
     format!("{loss} % loss")
 }
 
-/// The rows, one after another, against one daemon.
+/// The rows against one daemon: `repeat` rounds of every row once.
 fn sweep(
     c: &LossConfig,
     mut bed: Box<dyn Bed>,
     progress: &Progress,
 ) -> Result<Vec<Measured>, String> {
-    let spec = c.load_spec();
-    let mut rows: Vec<Measured> = Vec::new();
+    let spec = LoadSpec {
+        daemon_pid: bed.daemon_pid(),
+        ..c.load_spec()
+    };
+    let mut reps: Vec<Vec<Repetition>> = c.loss.iter().map(|_| Vec::new()).collect();
+    let steps = c.loss.len() * c.repeat;
+    // Fresh producer ids for every repetition.
+    let mut next_id = 1001u64;
     let mut failed = None;
-    for (i, &loss) in c.loss.iter().enumerate() {
-        if interrupt::requested() {
-            failed = Some("interrupted".to_owned());
-            break;
-        }
-        let stream = format!("loss-{i}");
-        let name = format!("row {} of {}, {}", i + 1, c.loss.len(), label(loss));
-        if progress.is_hidden() {
-            eprintln!("loss: {name} ...");
-        }
-        progress.phase(
-            &name,
-            match c.seconds {
-                Some(s) => Goal::Seconds(c.warmup + s),
-                None => Goal::Count(spec.count.saturating_mul(c.producers as u64)),
-            },
-        );
-        match row(c, bed.as_mut(), &spec, i, loss, &stream, progress) {
-            Ok(m) => rows.push(m),
-            Err(e) => {
-                failed = Some(format!("{}: {e}", label(loss)));
-                break;
+    'rounds: for k in 0..c.repeat {
+        for (i, &loss) in c.loss.iter().enumerate() {
+            if interrupt::requested() {
+                failed = Some("interrupted".to_owned());
+                break 'rounds;
+            }
+            let stream = format!("loss-{i}-{}", k + 1);
+            let name = if c.repeat > 1 {
+                format!(
+                    "step {} of {steps}: {}, run {} of {}",
+                    k * c.loss.len() + i + 1,
+                    label(loss),
+                    k + 1,
+                    c.repeat
+                )
+            } else {
+                format!("row {} of {}, {}", i + 1, c.loss.len(), label(loss))
+            };
+            if progress.is_hidden() {
+                eprintln!("loss: {name} ...");
+            }
+            progress.phase(
+                &name,
+                match c.seconds {
+                    Some(s) => Goal::Seconds(c.warmup + s),
+                    None => Goal::Count(spec.count.saturating_mul(c.producers as u64)),
+                },
+            );
+            let first_id = next_id;
+            next_id += c.producers as u64;
+            let run = Run {
+                row: i,
+                number: k + 1,
+                loss,
+                stream: &stream,
+                first_id,
+            };
+            match repetition(c, bed.as_mut(), &spec, &run, progress) {
+                Ok(m) => reps[i].push(m),
+                Err(e) => {
+                    failed = Some(format!("{}, run {}: {e}", label(loss), k + 1));
+                    break 'rounds;
+                }
             }
         }
     }
@@ -564,34 +732,75 @@ fn sweep(
         return Err(e);
     }
     finished?;
-    // Ratios to the 0 % row (the first).
-    let base = rows.first().map(|m| (m.row.acked_per_sec, m.row.latency));
-    for m in &mut rows {
-        if let Some((per_sec, lat)) = base {
-            let div = |a: f64, b: f64| (b > 0.0).then(|| a / b);
-            m.row.acked_per_sec_per_baseline = div(m.row.acked_per_sec, per_sec);
-            m.row.p50_per_baseline = div(m.row.latency.p50_us as f64, lat.p50_us as f64);
-            m.row.p99_per_baseline = div(m.row.latency.p99_us as f64, lat.p99_us as f64);
+    // Ratios to the median of the 0 % row (the first).
+    let median = |f: &dyn Fn(&LossRun) -> f64| {
+        Spread::of(&reps[0].iter().map(|r| f(&r.run)).collect::<Vec<_>>()).median
+    };
+    let base = (
+        median(&|r| r.acked_per_sec),
+        median(&|r| r.latency.p50_us as f64),
+        median(&|r| r.latency.p99_us as f64),
+    );
+    let div = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+    let mut rows = Vec::with_capacity(reps.len());
+    for (loss, reps) in c.loss.iter().zip(reps) {
+        let mut runs = Vec::with_capacity(reps.len());
+        let mut first = None;
+        for rep in reps {
+            let mut run = rep.run;
+            run.acked_per_sec_per_baseline = div(run.acked_per_sec, base.0);
+            run.p50_per_baseline = div(run.latency.p50_us as f64, base.1);
+            run.p99_per_baseline = div(run.latency.p99_us as f64, base.2);
+            runs.push(run);
+            first.get_or_insert((rep.curve, rep.series));
         }
+        let (curve, series) = first.ok_or("a row without repetitions")?;
+        let checks = Checks {
+            all_acked: runs.iter().all(|r| r.checks.all_acked),
+            stored_once: runs
+                .iter()
+                .map(|r| r.checks.stored_once)
+                .collect::<Option<Vec<bool>>>()
+                .map(|v| v.iter().all(|ok| *ok)),
+            ok: runs.iter().all(|r| r.checks.ok),
+        };
+        rows.push(Measured {
+            row: LossRow {
+                loss_percent: *loss,
+                summary: RowSummary::of(&runs),
+                runs,
+                checks,
+            },
+            curve,
+            series,
+        });
     }
     Ok(rows)
 }
 
-fn row(
+/// Which repetition of which row.
+struct Run<'a> {
+    /// Index into the loss rates.
+    row: usize,
+    /// 1-based repetition.
+    number: usize,
+    loss: f64,
+    stream: &'a str,
+    first_id: u64,
+}
+
+fn repetition(
     c: &LossConfig,
     bed: &mut dyn Bed,
     spec: &LoadSpec,
-    i: usize,
-    loss: f64,
-    stream: &str,
+    r: &Run,
     progress: &Progress,
-) -> Result<Measured, String> {
+) -> Result<Repetition, String> {
+    let stream = r.stream;
     let before = bed.scrape();
     let drops_before = bed.udp_rcvbuf_errors();
-    let addr = bed.impair(i, loss)?;
-    // Fresh producer ids for every row.
-    let first_id = (i as u64 + 1) * 1000 + 1;
-    let outcome = bed.load(spec, addr, stream, first_id, progress);
+    let addr = bed.impair(r.row, r.loss)?;
+    let outcome = bed.load(spec, addr, stream, r.first_id, progress);
     let impaired = bed.clear();
     let o = outcome?;
     let after = bed.scrape();
@@ -614,15 +823,15 @@ fn row(
     let all_acked = o.errors == 0 && o.acked == o.sent && o.sent > 0;
     let stored_once = stored.map(|n| n == o.acked);
     let acked_per_sec = o.window_acked as f64 / o.window_seconds.max(1e-9);
-    let name = label(loss);
-    Ok(Measured {
+    let name = label(r.loss);
+    Ok(Repetition {
         curve: PercentileCurve::of(name.clone(), &o.latency),
         series: TimeSeries {
             label: name,
             points: o.series.clone(),
         },
-        row: LossRow {
-            loss_percent: loss,
+        run: LossRun {
+            run: r.number,
             stream: stream.to_owned(),
             sent: o.sent,
             acked: o.acked,
@@ -637,6 +846,7 @@ fn row(
             p99_per_baseline: None,
             latency: Latency::of(&o.latency),
             pacer_lag: o.pacer_lag.as_ref().map(Latency::of),
+            cpu: LossCpu::of(&o.cpu),
             impaired,
             daemon,
             kernel_udp_drops,

@@ -171,6 +171,11 @@ impl Bed for NetnsBed {
         self.link.b.ns.enter(move || daemon::scrape(admin).ok())
     }
 
+    fn daemon_pid(&self) -> Option<u32> {
+        // `ip netns exec` execs the daemon: the child is the daemon.
+        self.daemon.as_ref().map(|d| d.child.id())
+    }
+
     fn udp_rcvbuf_errors(&self) -> Option<u64> {
         let count = |ns: &Netns| ns.enter(|| testnet::udp_counter("RcvbufErrors"));
         Some(count(&self.link.a.ns)? + count(&self.link.b.ns)?)

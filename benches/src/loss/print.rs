@@ -1,6 +1,7 @@
 //! The report as a readable table.
 
-use super::{LossConfig, LossReport, LossRow};
+use super::{Impaired, LossConfig, LossReport, LossRow, LossRun};
+use crate::measure::{DaemonCounters, Spread};
 
 fn path_name(c: &LossConfig) -> &'static str {
     match c.path.as_str() {
@@ -50,29 +51,57 @@ fn impairment(c: &LossConfig) -> String {
     )
 }
 
-fn ratio(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{v:.2}x"))
+/// `median [min–max]`, or just the value when the repetitions agree (or
+/// there was one).
+fn spread(s: &Spread, decimals: usize) -> String {
+    let f = |x: f64| format!("{x:.decimals$}");
+    if f(s.min) == f(s.max) {
+        f(s.median)
+    } else {
+        format!("{} [{}–{}]", f(s.median), f(s.min), f(s.max))
+    }
 }
 
-fn verdict(r: &LossRow) -> String {
-    let mut v = if r.checks.ok { "ok" } else { "FAIL" }.to_owned();
+/// The median of a ratio's spread.
+fn ratio(v: Option<Spread>) -> String {
+    v.map_or("-".into(), |v| format!("{:.2}x", v.median))
+}
+
+/// What went wrong in a repetition, if anything.
+fn run_fault(r: &LossRun) -> Option<String> {
+    let mut v = Vec::new();
     if !r.checks.all_acked {
-        v.push_str(&format!(
-            ": {} of {} not acked, {} errors",
+        v.push(format!(
+            "{} of {} not acked, {} errors",
             r.sent.saturating_sub(r.acked),
             r.sent,
             r.errors
         ));
     }
-    match (r.checks.stored_once, r.stored) {
-        (Some(false), Some(n)) => v.push_str(&format!(": {n} records stored, {} acked", r.acked)),
-        (None, _) => v.push_str(" (stored count unknown)"),
-        _ => {}
+    if let (Some(false), Some(n)) = (r.checks.stored_once, r.stored) {
+        v.push(format!("{n} records stored, {} acked", r.acked));
     }
     if let Some(e) = &r.first_error {
-        v.push_str(&format!(" (first error: {e})"));
+        v.push(format!("first error: {e}"));
+    }
+    (!v.is_empty()).then(|| format!("run {}: {}", r.run, v.join(", ")))
+}
+
+fn verdict(r: &LossRow) -> String {
+    let mut v = if r.checks.ok { "ok" } else { "FAIL" }.to_owned();
+    let faults: Vec<String> = r.runs.iter().filter_map(run_fault).collect();
+    if !faults.is_empty() {
+        v.push_str(&format!(" ({})", faults.join("; ")));
+    }
+    if r.checks.stored_once.is_none() {
+        v.push_str(" (stored count unknown)");
     }
     v
+}
+
+/// The sum of a counter over a row's repetitions.
+fn total(r: &LossRow, f: impl Fn(&LossRun) -> u64) -> u64 {
+    r.runs.iter().map(f).sum()
 }
 
 pub(super) fn table(r: &LossReport) {
@@ -86,15 +115,42 @@ pub(super) fn table(r: &LossReport) {
         how(c)
     );
     println!("  impairment: {}", impairment(c));
+    let repeated = c.repeat > 1;
+    if repeated {
+        println!(
+            "  {} repetitions per row: median [min–max] of the repetitions",
+            c.repeat
+        );
+    }
     println!(
-        "\n  {:>6} | {:>11} {:>7} | {:>8} {:>8} {:>8} {:>7} | {:>9} {:>8} {:>6} {:>6} | {:>7} {:>8} {:>7} | {:>9} {:>9} {:>9} |",
+        "\n  {:>6} | {:>23} {:>6} | {:>7} {:>23} {:>7} {:>6} | {:>14} |",
+        "loss", "durable", "÷ 0 %", "ack p50", "p99", "p99.9", "p99", "CPU us/msg",
+    );
+    println!(
+        "  {:>6} | {:>23} {:>6} | {:>7} {:>23} {:>7} {:>6} | {:>6} {:>7} | checks",
+        "%", "msgs/s", "", "us", "us", "us", "÷ 0 %", "daemon", "prod",
+    );
+    println!("  {}", "-".repeat(114));
+    for row in &r.rows {
+        let s = &row.summary;
+        println!(
+            "  {:>6} | {:>23} {:>6} | {:>7.0} {:>23} {:>7.0} {:>6} | {:>6} {:>7.1} | {}",
+            row.loss_percent,
+            spread(&s.acked_per_sec, 0),
+            ratio(s.acked_per_sec_per_baseline),
+            s.p50_us.median,
+            spread(&s.p99_us, 0),
+            s.p999_us.median,
+            ratio(s.p99_per_baseline),
+            s.daemon_cpu_us_per_msg
+                .map_or("-".into(), |d| format!("{:.1}", d.median)),
+            s.producers_cpu_us_per_msg.median,
+            verdict(row)
+        );
+    }
+    println!(
+        "\n  {:>6} | {:>9} {:>8} {:>6} {:>6} | {:>7} {:>8} {:>7} | {:>10} {:>10} {:>10}",
         "loss",
-        "durable",
-        "÷ 0 %",
-        "ack p50",
-        "p99",
-        "p99.9",
-        "p99",
         "impaired",
         "dropped",
         "dup",
@@ -107,71 +163,83 @@ pub(super) fn table(r: &LossReport) {
         "stored",
     );
     println!(
-        "  {:>6} | {:>11} {:>7} | {:>8} {:>8} {:>8} {:>7} | {:>9} {:>8} {:>6} {:>6} | {:>7} {:>8} {:>7} | {:>9} {:>9} {:>9} | checks",
-        "%", "msgs/s", "", "us", "us", "us", "÷ 0 %", "dgrams", "", "", "", "NACKs", "recvd", "", "", "", "",
+        "  {:>6} | {:>9} {:>8} {:>6} {:>6} | {:>7} {:>8} {:>7} | {:>10} {:>10} {:>10}",
+        "%", "dgrams", "", "", "", "NACKs", "recvd", "", "", "", "",
     );
-    println!("  {}", "-".repeat(166));
+    println!("  {}", "-".repeat(98));
     for row in &r.rows {
-        let l = row.latency;
-        let i = row.impaired.unwrap_or_default();
-        let d = row.daemon.unwrap_or_default();
+        let imp = |f: fn(&Impaired) -> u64| total(row, |x| x.impaired.as_ref().map_or(0, f));
+        let dmn = |f: fn(&DaemonCounters) -> u64| total(row, |x| x.daemon.as_ref().map_or(0, f));
+        let stored: Option<u64> = row.runs.iter().map(|x| x.stored).sum();
         println!(
-            "  {:>6} | {:>11.0} {:>7} | {:>8} {:>8} {:>8} {:>7} | {:>9} {:>8} {:>6} {:>6} | {:>7} {:>8} {:>7} | {:>9} {:>9} {:>9} | {}",
+            "  {:>6} | {:>9} {:>8} {:>6} {:>6} | {:>7} {:>8} {:>7} | {:>10} {:>10} {:>10}",
             row.loss_percent,
-            row.acked_per_sec,
-            ratio(row.acked_per_sec_per_baseline),
-            l.p50_us,
-            l.p99_us,
-            l.p999_us,
-            ratio(row.p99_per_baseline),
-            i.datagrams,
-            i.dropped,
-            i.duplicated,
-            i.reordered,
-            d.nacks_sent,
-            d.retransmits_received,
-            d.duplicates,
-            row.sent,
-            row.acked,
-            row.stored.map_or("?".into(), |n| n.to_string()),
-            verdict(row)
+            imp(|i| i.datagrams),
+            imp(|i| i.dropped),
+            imp(|i| i.duplicated),
+            imp(|i| i.reordered),
+            dmn(|d| d.nacks_sent),
+            dmn(|d| d.retransmits_received),
+            dmn(|d| d.duplicates),
+            total(row, |x| x.sent),
+            total(row, |x| x.acked),
+            stored.map_or("?".into(), |n| n.to_string()),
         );
     }
     println!(
-        "\n  durable msgs/s over each row's window; ack latency from the {};",
+        "\n  durable msgs/s over each window; ack latency from the {}; ÷ 0 %: to the 0 % row's \
+         median;",
         r.latency_from
     );
     println!(
-        "  impaired dgrams: {}; daemon: NACKs sent, retransmits received, duplicates (re-acked, not stored again);",
+        "  CPU us/msg: CPU time over the window per acked message, of the daemon's process and \
+         of the producers' threads (the JSON has cores too);"
+    );
+    println!(
+        "  impaired dgrams: {}; daemon: NACKs sent, retransmits received, duplicates (re-acked, \
+         not stored again);",
         if c.mode == "netns" {
             "the producers' datagrams to the daemon's port, and those nftables dropped"
         } else {
             "every datagram the relay took (both ways), and what it dropped, duplicated, reordered"
         }
     );
-    println!("  stored: records in the row's own stream (GET /streams), must equal acked.");
-    for row in &r.rows {
-        if let Some(n) = row.kernel_udp_drops.filter(|n| *n > 0) {
-            println!(
-                "  note: {} % row: the kernel dropped {n} datagrams for full UDP receive buffers \
-                 (loss on top of the impairment: {} fell behind)",
-                row.loss_percent,
-                if c.mode == "netns" {
-                    "the daemon or the producers"
-                } else {
-                    "the relay, the daemon or the producers"
-                }
-            );
+    println!(
+        "  stored: records in each repetition's own stream (GET /streams), must equal acked{}.",
+        if repeated {
+            "; counts are sums over the repetitions"
+        } else {
+            ""
         }
-    }
+    );
+    let which = |row: &LossRow, run: &LossRun| {
+        if repeated {
+            format!("{} % row, run {}", row.loss_percent, run.run)
+        } else {
+            format!("{} % row", row.loss_percent)
+        }
+    };
     for row in &r.rows {
-        if let Some(p) = row.pacer_lag {
-            if p.p99_us > 1000 {
+        for run in &row.runs {
+            if let Some(n) = run.kernel_udp_drops.filter(|n| *n > 0) {
                 println!(
-                    "  note: {} % row: the pacing thread handed messages over late (p99 {} us; the \
+                    "  note: {}: the kernel dropped {n} datagrams for full UDP receive buffers \
+                     (loss on top of the impairment: {} fell behind)",
+                    which(row, run),
+                    if c.mode == "netns" {
+                        "the daemon or the producers"
+                    } else {
+                        "the relay, the daemon or the producers"
+                    }
+                );
+            }
+            if let Some(p) = run.pacer_lag.filter(|p| p.p99_us > 1000) {
+                println!(
+                    "  note: {}: the pacing thread handed messages over late (p99 {} us; the \
                      machine was busy): latency counts from the due time, so the delay is in the \
                      figures",
-                    row.loss_percent, p.p99_us
+                    which(row, run),
+                    p.p99_us
                 );
             }
         }

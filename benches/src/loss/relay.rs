@@ -146,6 +146,10 @@ impl Bed for RelayBed {
         daemon::scrape(self.daemon().admin).ok()
     }
 
+    fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(DaemonProcess::pid)
+    }
+
     fn udp_rcvbuf_errors(&self) -> Option<u64> {
         crate::measure::Machine::now().map(|m| m.udp_rcvbuf_errors)
     }
