@@ -5,7 +5,7 @@
 # machine: anything else running shows in the figures (the tables say how
 # many cores other work used).
 #
-#   benches/perf-page.sh            # all scenarios (~10 min on 2 CPUs)
+#   benches/perf-page.sh            # all scenarios (~8 min on 2 CPUs)
 #   QUICK=1 benches/perf-page.sh    # shorter runs, to try the script
 #
 # As root it also runs the scenarios that need namespaces (loss --netns).
@@ -77,13 +77,13 @@ run() {
 }
 
 run baseline "Machine limits (baseline)" baseline --dir "$work" --seconds 2 --repeat "$repeat"
-run spool "Spool alone (fsync = always)" spool --dir "$work" --appenders 1,8,64 --sizes 128,1024,65536 --seconds 2
+run spool "Spool alone (fsync = always)" spool --dir "$work" --appenders 1,8,64 --sizes 128,1024,65536 --seconds 2 --repeat "$repeat"
 run ingest "Durable ingest, fast path (closed loop)" ingest --dir "$work" --seconds "$secs" --repeat "$repeat"
 run ingest-rate "Durable ingest at a fixed rate (open loop, 50,000 msgs/s)" ingest --dir "$work" --seconds "$secs" --repeat "$repeat" --rate 50000
-run e2e "Publish to consumers (e2e)" e2e --dir "$work" --seconds "$secs"
-run loss "Loss through the impairment relay (raw UDP)" loss --dir "$work" --seconds "$secs"
+run e2e "Publish to consumers (e2e)" e2e --dir "$work" --seconds "$secs" --repeat 2
+run loss "Loss through the impairment relay (raw UDP)" loss --dir "$work" --seconds 3 --repeat "$repeat"
 if [ "$(id -u)" -eq 0 ]; then
-  run loss-netns "Loss on a veth pair, nftables random drop (fast path, root)" loss --netns --dir "$work" --seconds "$secs"
+  run loss-netns "Loss on a veth pair, nftables random drop (fast path, root)" loss --netns --dir "$work" --seconds 3 --repeat "$repeat"
 fi
 # The temporary folder's name means nothing to a reader; the pictures'
 # temporary paths neither (they are linked below each table).
