@@ -10,6 +10,7 @@ pub mod filesystem;
 pub mod ingest;
 pub mod loss;
 pub mod measure;
+pub mod ns_daemon;
 pub mod plot;
 pub mod progress;
 pub mod spool;

@@ -15,8 +15,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use sluice_daemon::metrics::scrape::Scrape;
 use sluice_transport::client::{ProducerOptions, Transport};
@@ -25,6 +25,7 @@ use sluice_xdp::testnet::{self, Link, Netns};
 use super::load::{self, LoadOutcome, LoadSpec};
 use super::{admin, producer_options, quic_options, Bed, Impaired, LossConfig};
 use crate::daemon;
+use crate::ns_daemon::NsDaemon;
 use crate::progress::Progress;
 
 /// The daemon's ports inside namespace b (ours: no clash).
@@ -173,7 +174,7 @@ impl Bed for NetnsBed {
 
     fn daemon_pid(&self) -> Option<u32> {
         // `ip netns exec` execs the daemon: the child is the daemon.
-        self.daemon.as_ref().map(|d| d.child.id())
+        self.daemon.as_ref().map(|d| d.pid())
     }
 
     fn udp_rcvbuf_errors(&self) -> Option<u64> {
@@ -192,8 +193,11 @@ impl Bed for NetnsBed {
     fn finish(mut self: Box<Self>) -> Result<(), String> {
         self.loss = None;
         let d = self.daemon.take().expect("finished once");
-        d.terminate(Duration::from_secs(30))
         // The namespaces go when `self` is dropped.
+        match d.terminate(Duration::from_secs(30))? {
+            s if s.success() => Ok(()),
+            s => Err(format!("the daemon did not stop cleanly: {s}")),
+        }
     }
 }
 
@@ -264,94 +268,6 @@ impl Drop for NftLoss {
                 "loss: could not delete nftables table {TABLE} in {}",
                 self.ns
             );
-        }
-    }
-}
-
-/// `sluiced` in a namespace: `ip netns exec NS <this binary> daemon
-/// --stop-on-stdin-eof -- FLAGS` (ip execs it: the child is the daemon, so
-/// signals reach it). Killed on drop unless stopped; stops by itself if we
-/// die (its stdin closes).
-struct NsDaemon {
-    child: Child,
-    _stdin: Option<ChildStdin>,
-}
-
-impl NsDaemon {
-    fn start(ns: &Netns, flags: &[String], admin: SocketAddr) -> Result<NsDaemon, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("this executable: {e}"))?;
-        let mut cmd = ns.command(&exe.to_string_lossy());
-        cmd.arg("daemon")
-            .arg(daemon::STOP_ON_STDIN_EOF)
-            .arg("--")
-            .args(flags);
-        // The run is described by its flags alone.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("SLUICED_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("starting the daemon in {}: {e}", ns.name()))?;
-        let stdin = child.stdin.take();
-        let mut d = NsDaemon {
-            child,
-            _stdin: stdin,
-        };
-        let within = Duration::from_secs(30);
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(Some(status)) = d.child.try_wait() {
-                return Err(format!(
-                    "the daemon exited during start-up ({status}); its stderr above says why"
-                ));
-            }
-            if ns.enter(|| daemon::http_get(admin, "/metrics")).is_ok() {
-                return Ok(d);
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "the daemon's admin port {admin} in {} did not answer within {within:?}",
-                    ns.name()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM (a clean drain), then at most `within` before a kill.
-    fn terminate(mut self, within: Duration) -> Result<(), String> {
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + within;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) if s.success() => return Ok(()),
-                Ok(Some(s)) => return Err(format!("the daemon did not stop cleanly: {s}")),
-                Ok(None) => {}
-                Err(e) => return Err(format!("waiting for the daemon: {e}")),
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return Err(format!(
-                    "the daemon did not stop within {within:?} of SIGTERM; killed"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for NsDaemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }

@@ -34,10 +34,9 @@ use super::{div, sleep_until, us_per, CpuSplit, CpuStat, XdpConfig};
 use crate::cpu;
 use crate::measure::{CpuUse, DaemonCounters};
 
-mod ns_daemon;
 mod producers;
 
-use ns_daemon::NsDaemon;
+use crate::ns_daemon::NsDaemon;
 use producers::{produce, Shared};
 
 /// The daemon's ports inside namespace b (ours: no clash).

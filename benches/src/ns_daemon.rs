@@ -1,4 +1,5 @@
-//! `sluiced` in a network namespace, started from this binary.
+//! `sluiced` in a network namespace, started from this binary (the `xdp`
+//! and `loss --netns` scenarios).
 
 use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, ExitStatus, Stdio};
@@ -13,18 +14,14 @@ use crate::daemon;
 /// --stop-on-stdin-eof -- FLAGS` (ip execs it, so the child is the daemon
 /// and signals reach it). Killed on drop unless stopped; stops by itself
 /// if we die (its stdin closes).
-pub(super) struct NsDaemon {
+pub struct NsDaemon {
     child: Child,
     _stdin: Option<ChildStdin>,
     admin: SocketAddr,
 }
 
 impl NsDaemon {
-    pub(super) fn start(
-        ns: &Netns,
-        flags: &[String],
-        admin: SocketAddr,
-    ) -> Result<NsDaemon, String> {
+    pub fn start(ns: &Netns, flags: &[String], admin: SocketAddr) -> Result<NsDaemon, String> {
         let exe = std::env::current_exe().map_err(|e| format!("this executable: {e}"))?;
         let mut cmd = ns.command(&exe.to_string_lossy());
         cmd.arg("daemon")
@@ -70,18 +67,18 @@ impl NsDaemon {
         }
     }
 
-    pub(super) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Its metrics, read from inside `ns`.
-    pub(super) fn scrape(&self, ns: &Netns) -> Option<Scrape> {
+    pub fn scrape(&self, ns: &Netns) -> Option<Scrape> {
         let admin = self.admin;
         ns.enter(move || daemon::scrape(admin).ok())
     }
 
     /// SIGTERM (a clean drain), then at most `within` before a kill.
-    pub(super) fn terminate(mut self, within: Duration) -> Result<ExitStatus, String> {
+    pub fn terminate(mut self, within: Duration) -> Result<ExitStatus, String> {
         // SAFETY: kill(2) on our own child, not yet reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + within;
