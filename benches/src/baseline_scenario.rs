@@ -115,16 +115,8 @@ pub fn run(a: &BaselineArgs) -> Result<BaselineReport, String> {
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let (file_system, work) = crate::filesystem::workplace(&a.dir, "baseline")?;
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-    let file_system =
-        FileSystem::of(&a.dir).map_err(|e| io(&format!("--dir {}", a.dir.display()), e))?;
-    if let Some(w) = file_system.warning() {
-        eprintln!("sluice-bench baseline: WARNING: {w}");
-    }
-    let work = tempfile::Builder::new()
-        .prefix("sluice-bench-baseline-")
-        .tempdir_in(&a.dir)
-        .map_err(|e| io(&format!("a folder in {}", a.dir.display()), e))?;
     let d = Duration::from_secs_f64(a.seconds);
     let progress = Progress::new("baseline", false);
     let mut runs = Vec::with_capacity(a.repeat);

@@ -203,6 +203,20 @@ fn find_mount(mountinfo: &str, path: &Path, dev: u64) -> Option<Mount> {
     longest(&|m| m.dev == dev).or_else(|| longest(&|_| true))
 }
 
+/// Where a disk scenario works: `dir`'s file system (its warning printed,
+/// as `scenario`) and a temporary folder in it, removed when dropped.
+pub fn workplace(dir: &Path, scenario: &str) -> Result<(FileSystem, tempfile::TempDir), String> {
+    let file_system = FileSystem::of(dir).map_err(|e| format!("--dir {}: {e}", dir.display()))?;
+    if let Some(w) = file_system.warning() {
+        eprintln!("sluice-bench {scenario}: WARNING: {w}");
+    }
+    let work = tempfile::Builder::new()
+        .prefix(&format!("sluice-bench-{scenario}-"))
+        .tempdir_in(dir)
+        .map_err(|e| format!("a folder in {}: {e}", dir.display()))?;
+    Ok((file_system, work))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -216,16 +216,8 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let (file_system, work) = crate::filesystem::workplace(&a.dir, "spool")?;
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-    let file_system =
-        FileSystem::of(&a.dir).map_err(|e| io(&format!("--dir {}", a.dir.display()), e))?;
-    if let Some(w) = file_system.warning() {
-        eprintln!("sluice-bench spool: WARNING: {w}");
-    }
-    let work = tempfile::Builder::new()
-        .prefix("sluice-bench-spool-")
-        .tempdir_in(&a.dir)
-        .map_err(|e| io(&format!("a folder in {}", a.dir.display()), e))?;
     // With the progress line shown, the tables are printed at the end (a
     // line printed under it would be torn); without, row by row.
     let progress = Progress::new("spool", false);
