@@ -87,5 +87,5 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 # The temporary folder's name means nothing to a reader; the pictures'
 # temporary paths neither (they are linked below each table).
-sed -i -e "s#$work#DIR#g" -e '/^  picture: /d' -e '/^wrote .*\.svg$/d' "$page"
+sed -i -e "s#$work#DIR#g" -e '/^wrote .*\.svg$/d' "$page"
 echo "wrote $page and $out/" >&2

@@ -4,7 +4,7 @@
 //! of `--dir`, and datagrams per second of a plain UDP socket loop on
 //! loopback. Repeated `--repeat` times, each figure as min/median/max.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -305,7 +305,7 @@ pub fn main(a: &BaselineArgs) -> ExitCode {
         }
     }
     if let Some(dir) = &a.plot {
-        if let Err(e) = draw(&report.plots, "baseline", dir, "baseline") {
+        if let Err(e) = crate::plot::draw_report(&report.plots, "baseline", &report.host, dir) {
             return fail(&e);
         }
     }
@@ -313,13 +313,6 @@ pub fn main(a: &BaselineArgs) -> ExitCode {
 }
 
 /// Draws a report's pictures into `dir` and says where they went.
-pub fn draw(plots: &Plots, title: &str, dir: &Path, stem: &str) -> Result<(), String> {
-    for f in crate::plot::draw(plots, title, dir, stem)? {
-        println!("  picture: {}", f.display());
-    }
-    Ok(())
-}
-
 fn fail(e: &str) -> ExitCode {
     eprintln!("sluice-bench baseline: {e}");
     ExitCode::FAILURE

@@ -504,6 +504,20 @@ pub fn title(scenario: &str, host: &crate::measure::Host) -> String {
     format!("sluice-bench {scenario} — {}", machine_of(&host))
 }
 
+/// `--plot DIR` of a scenario just run: its pictures, titled with the
+/// scenario and the machine, named after the scenario; prints each file.
+pub fn draw_report(
+    plots: &Plots,
+    scenario: &str,
+    host: &crate::measure::Host,
+    dir: &Path,
+) -> Result<(), String> {
+    for f in draw(plots, &title(scenario, host), dir, scenario)? {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -203,7 +203,7 @@ pub fn main(a: &SpoolArgs) -> ExitCode {
         }
     }
     if let Some(dir) = &a.plot {
-        if let Err(e) = crate::baseline_scenario::draw(&report.plots, "spool", dir, "spool") {
+        if let Err(e) = crate::plot::draw_report(&report.plots, "spool", &report.host, dir) {
             return fail(&e);
         }
     }

@@ -175,7 +175,7 @@ pub fn main(a: &ConsumeArgs) -> ExitCode {
         }
     }
     if let Some(dir) = &a.plot {
-        if let Err(e) = crate::baseline_scenario::draw(&report.plots, "e2e", dir, "e2e") {
+        if let Err(e) = crate::plot::draw_report(&report.plots, "e2e", &report.host, dir) {
             eprintln!("sluice-bench e2e: {e}");
             return ExitCode::FAILURE;
         }

@@ -213,17 +213,9 @@ pub fn main(a: &IngestArgs) -> ExitCode {
         }
     }
     if let Some(dir) = &a.plot {
-        let title = crate::plot::title("ingest", &report.host);
-        match crate::plot::draw(&report.plots, &title, dir, "ingest") {
-            Ok(files) => {
-                for f in files {
-                    println!("wrote {}", f.display());
-                }
-            }
-            Err(e) => {
-                eprintln!("sluice-bench ingest: {e}");
-                return ExitCode::FAILURE;
-            }
+        if let Err(e) = crate::plot::draw_report(&report.plots, "ingest", &report.host, dir) {
+            eprintln!("sluice-bench ingest: {e}");
+            return ExitCode::FAILURE;
         }
     }
     super::check(&report)

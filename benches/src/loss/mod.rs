@@ -892,14 +892,8 @@ pub fn main(a: &LossArgs) -> ExitCode {
         }
     }
     if let Some(dir) = &a.plot {
-        let title = crate::plot::title("loss", &report.host);
-        match crate::plot::draw(&report.plots, &title, dir, "loss") {
-            Ok(files) => {
-                for f in files {
-                    println!("wrote {}", f.display());
-                }
-            }
-            Err(e) => return fail(e),
+        if let Err(e) = crate::plot::draw_report(&report.plots, "loss", &report.host, dir) {
+            return fail(e);
         }
     }
     if !report.ok {
