@@ -1,7 +1,8 @@
 //! `sluiced` in a network namespace, started from this binary (the `xdp`
 //! and `loss --netns` scenarios).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::process::{Child, ChildStdin, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,57 @@ use sluice_daemon::metrics::scrape::Scrape;
 use sluice_xdp::testnet::Netns;
 
 use crate::daemon;
+
+/// The daemon's ports in its namespace (the run's own namespace, so fixed
+/// ports cannot clash with anything).
+pub const DATA_PORT: u16 = 7401;
+pub const QUIC_PORT: u16 = 7400;
+pub const ADMIN_PORT: u16 = 7480;
+
+/// The admin address, as seen from inside the daemon's namespace.
+pub fn admin_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT))
+}
+
+/// Writes a daemon config at `path` that admits the API token `token`
+/// with `rights` (the TOML keys of its table after the hash, e.g.
+/// `publish = ["s"]`).
+pub fn write_token_config(path: &Path, token: &str, rights: &str) -> Result<(), String> {
+    std::fs::write(
+        path,
+        format!(
+            "[[auth.tokens]]\nname = \"bench\"\nhash = \"{}\"\n{rights}",
+            sluice_daemon::auth::hash_token(token)
+        ),
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The flags of a benchmark daemon in a namespace: `config`, `spool`, data
+/// and QUIC listeners on `ip`, the admin listener, `fsync`.
+pub fn flags(config: &Path, spool: &Path, ip: IpAddr, fsync: &str) -> Vec<String> {
+    vec![
+        "--config".into(),
+        config.display().to_string(),
+        "--spool-dir".into(),
+        spool.display().to_string(),
+        "--data-listen".into(),
+        SocketAddr::new(ip, DATA_PORT).to_string(),
+        "--quic-listen".into(),
+        SocketAddr::new(ip, QUIC_PORT).to_string(),
+        "--admin-listen".into(),
+        admin_addr().to_string(),
+        "--spool-fsync".into(),
+        fsync.into(),
+        // Benchmark machines can have little free disk.
+        "--spool-min-free-bytes".into(),
+        "0".into(),
+        "--log-level".into(),
+        // Not the warning that a self-signed certificate is served beyond
+        // loopback: the producers pin it.
+        "warn,sluice_daemon::identity=error".into(),
+    ]
+}
 
 /// A daemon started in a namespace: `ip netns exec NS <this binary> daemon
 /// --stop-on-stdin-eof -- FLAGS` (ip execs it, so the child is the daemon

@@ -25,13 +25,9 @@ use sluice_xdp::testnet::{self, Link, Netns};
 use super::load::{self, LoadOutcome, LoadSpec};
 use super::{admin, producer_options, quic_options, Bed, Impaired, LossConfig};
 use crate::daemon;
-use crate::ns_daemon::NsDaemon;
+use crate::ns_daemon::{self, NsDaemon, DATA_PORT, QUIC_PORT};
 use crate::progress::Progress;
 
-/// The daemon's ports inside namespace b (ours: no clash).
-const DATA_PORT: u16 = 7401;
-const QUIC_PORT: u16 = 7400;
-const ADMIN_PORT: u16 = 7480;
 /// The nftables table of a row.
 const TABLE: &str = "sluice_bench_loss";
 /// Loss is set in steps of 0.01 %.
@@ -75,42 +71,19 @@ impl NetnsBed {
         );
         let token = sluice_daemon::auth::new_token();
         let config = work.join("sluiced.toml");
-        std::fs::write(
+        ns_daemon::write_token_config(
             &config,
-            format!(
-                "[[auth.tokens]]\nname = \"bench\"\nhash = \"{}\"\npublish = [\"loss-*\"]\n\
-                 consume = [\"loss-*\"]\n",
-                sluice_daemon::auth::hash_token(&token)
-            ),
-        )
-        .map_err(|e| format!("{}: {e}", config.display()))?;
+            &token,
+            "publish = [\"loss-*\"]\nconsume = [\"loss-*\"]\n",
+        )?;
         let b_ip: IpAddr = link
             .b
             .ip
             .parse()
             .map_err(|e| format!("address {}: {e}", link.b.ip))?;
-        let admin = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+        let admin = ns_daemon::admin_addr();
         let data = work.join("data");
-        let flags: Vec<String> = vec![
-            "--config".into(),
-            config.display().to_string(),
-            "--spool-dir".into(),
-            data.display().to_string(),
-            "--data-listen".into(),
-            SocketAddr::new(b_ip, DATA_PORT).to_string(),
-            "--quic-listen".into(),
-            SocketAddr::new(b_ip, QUIC_PORT).to_string(),
-            "--admin-listen".into(),
-            admin.to_string(),
-            "--spool-fsync".into(),
-            c.fsync.clone(),
-            "--spool-min-free-bytes".into(),
-            "0".into(),
-            "--log-level".into(),
-            // Not the warning that a self-signed certificate is served
-            // beyond loopback: the producers pin it.
-            "warn,sluice_daemon::identity=error".into(),
-        ];
+        let flags = ns_daemon::flags(&config, &data, b_ip, &c.fsync);
         let d = NsDaemon::start(&link.b.ns, &flags, admin)?;
         let quic = quic_options(&data.join("tls/server.crt"), Some(token.clone()))?;
         let (transport, loss_port) = if c.path == "quic" {

@@ -36,13 +36,9 @@ use crate::measure::{CpuUse, DaemonCounters};
 
 mod producers;
 
-use crate::ns_daemon::NsDaemon;
+use crate::ns_daemon::{self, NsDaemon, QUIC_PORT};
 use producers::{produce, Shared};
 
-/// The daemon's ports inside namespace b (ours: no clash).
-const DATA_PORT: u16 = 7401;
-const QUIC_PORT: u16 = 7400;
-const ADMIN_PORT: u16 = 7480;
 const STREAM: &str = "bench";
 /// Closed loop, as `ingest` does by default: calls of 256 messages, 16
 /// outstanding per producer (4,096 messages: the daemon's default credit).
@@ -192,42 +188,15 @@ fn run_one(
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let token = sluice_daemon::auth::new_token();
     let config = dir.join("sluiced.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[auth.tokens]]\nname = \"bench\"\nhash = \"{}\"\npublish = [\"{STREAM}\"]\n",
-            sluice_daemon::auth::hash_token(&token)
-        ),
-    )
-    .map_err(|e| format!("{}: {e}", config.display()))?;
+    ns_daemon::write_token_config(&config, &token, &format!("publish = [\"{STREAM}\"]\n"))?;
     let spool = dir.join("data");
     let b_ip: IpAddr = link
         .b
         .ip
         .parse()
         .map_err(|e| format!("address {}: {e}", link.b.ip))?;
-    let admin = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
-    let mut flags: Vec<String> = vec![
-        "--config".into(),
-        config.display().to_string(),
-        "--spool-dir".into(),
-        spool.display().to_string(),
-        "--data-listen".into(),
-        SocketAddr::new(b_ip, DATA_PORT).to_string(),
-        "--quic-listen".into(),
-        SocketAddr::new(b_ip, QUIC_PORT).to_string(),
-        "--admin-listen".into(),
-        admin.to_string(),
-        "--spool-fsync".into(),
-        "always".into(),
-        // Benchmark machines can have little free disk.
-        "--spool-min-free-bytes".into(),
-        "0".into(),
-        "--log-level".into(),
-        // Not the warning that a self-signed certificate is served beyond
-        // loopback: the producers pin it.
-        "warn,sluice_daemon::identity=error".into(),
-    ];
+    let admin = ns_daemon::admin_addr();
+    let mut flags = ns_daemon::flags(&config, &spool, b_ip, "always");
     if path.daemon_xdp() {
         flags.extend(["--xdp-interface".into(), link.b.iface.clone()]);
     }
