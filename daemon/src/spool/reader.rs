@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use tokio::sync::watch;
 
 use super::error::SpoolError;
@@ -21,8 +23,11 @@ pub struct Reader {
     /// The segment holding `next`, and where in it.
     open: Option<OpenSegment>,
     /// Bytes read ahead from the open segment (one pread for many records)
-    /// and the file position of their first byte.
-    chunk: Vec<u8>,
+    /// and the file position of their first byte. Records' payloads are
+    /// slices of it, not copies: one allocation per chunk, not per record
+    /// (a new chunk is read into new memory; the old one goes when the last
+    /// payload sliced from it does).
+    chunk: Bytes,
     chunk_at: u64,
 }
 
@@ -56,7 +61,7 @@ impl Reader {
             durable_end,
             next: from,
             open: None,
-            chunk: Vec::new(),
+            chunk: Bytes::new(),
             chunk_at: 0,
         }
     }
@@ -120,12 +125,14 @@ impl Reader {
                 }
             }
             let (pos, len) = (o.pos, o.len);
-            let header = self.bytes_at(pos, HEADER_LEN, len)?;
-            let h =
-                record::parse_header(header).map_err(|e| self.corrupt(pos, format!("{e:?}")))?;
+            let at = self.bytes_at(pos, HEADER_LEN, len)?;
+            let h = record::parse_header(&self.chunk[at..])
+                .map_err(|e| self.corrupt(pos, format!("{e:?}")))?;
             let total = HEADER_LEN + h.len;
-            let bytes = self.bytes_at(pos, total, len)?;
-            let (r, n) = record::decode(bytes).map_err(|e| self.corrupt(pos, format!("{e:?}")))?;
+            let at = self.bytes_at(pos, total, len)?;
+            let (h, n) = record::check(&self.chunk[at..at + total])
+                .map_err(|e| self.corrupt(pos, format!("{e:?}")))?;
+            let r = h.record(self.chunk.slice(at + HEADER_LEN..at + n));
             let offset = self.next;
             self.next += 1;
             self.open.as_mut().expect("open").pos = pos + n as u64;
@@ -133,10 +140,10 @@ impl Reader {
         }
     }
 
-    /// `n` bytes of the open segment at `pos`, from the chunk read ahead,
-    /// reading the next chunk (up to the segment's durable `len`) when they
-    /// are not all in it.
-    fn bytes_at(&mut self, pos: u64, n: usize, len: u64) -> Result<&[u8], SpoolError> {
+    /// Where in the chunk read ahead the `n` bytes of the open segment at
+    /// `pos` start, reading the next chunk (up to the segment's durable
+    /// `len`) when they are not all in it.
+    fn bytes_at(&mut self, pos: u64, n: usize, len: u64) -> Result<usize, SpoolError> {
         let in_chunk =
             pos >= self.chunk_at && pos + n as u64 <= self.chunk_at + self.chunk.len() as u64;
         if !in_chunk {
@@ -148,14 +155,14 @@ impl Reader {
                     format!("a record runs past the durable end ({len} bytes)"),
                 ));
             }
-            self.chunk.resize(want, 0);
+            let mut chunk = vec![0; want];
             o.file
-                .read_exact_at(&mut self.chunk, pos)
+                .read_exact_at(&mut chunk, pos)
                 .map_err(SpoolError::io("read", &o.path))?;
+            self.chunk = Bytes::from(chunk);
             self.chunk_at = pos;
         }
-        let at = (pos - self.chunk_at) as usize;
-        Ok(&self.chunk[at..at + n])
+        Ok((pos - self.chunk_at) as usize)
     }
 
     fn corrupt(&self, pos: u64, reason: String) -> SpoolError {
@@ -252,7 +259,7 @@ impl Reader {
             len: seg.len,
         });
         // Whatever was read ahead belonged to another file.
-        self.chunk.clear();
+        self.chunk = Bytes::new();
         self.chunk_at = 0;
         Ok(true)
     }

@@ -107,6 +107,17 @@ pub fn parse_header(b: &[u8]) -> Result<Header, Invalid> {
 
 /// Decodes the record at the start of `b` (header and payload, CRC checked).
 pub fn decode(b: &[u8]) -> Result<(Record, usize), Invalid> {
+    let (h, total) = check(b)?;
+    Ok((
+        h.record(Bytes::copy_from_slice(&b[HEADER_LEN..total])),
+        total,
+    ))
+}
+
+/// Checks the record at the start of `b` (header, CRC, version) without
+/// copying its payload: it is `b[HEADER_LEN..total]`. Returns its header
+/// and its length in bytes (`total`).
+pub fn check(b: &[u8]) -> Result<(Header, usize), Invalid> {
     let h = parse_header(b)?;
     let total = HEADER_LEN + h.len;
     if b.len() < total {
@@ -118,13 +129,19 @@ pub fn decode(b: &[u8]) -> Result<(Record, usize), Invalid> {
     if b[10] != VERSION {
         return Err(Invalid::BadVersion);
     }
-    let record = Record {
-        producer: h.producer,
-        seq: h.seq,
-        timestamp_us: h.timestamp_us,
-        payload: Bytes::copy_from_slice(&b[HEADER_LEN..total]),
-    };
-    Ok((record, total))
+    Ok((h, total))
+}
+
+impl Header {
+    /// The record with this header and `payload`.
+    pub fn record(&self, payload: Bytes) -> Record {
+        Record {
+            producer: self.producer,
+            seq: self.seq,
+            timestamp_us: self.timestamp_us,
+            payload,
+        }
+    }
 }
 
 #[cfg(test)]
