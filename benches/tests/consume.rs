@@ -86,6 +86,15 @@ fn all_parts_on_tiny_settings() {
     assert_eq!(num(a, "published"), num(a, "sent"), "every message acked");
     ordered(&a["ack_latency"], "ingest alone ack latency");
     assert!(num(a, "daemon.durable_acks") > 0.0, "{a:#}");
+    // Then one group drained the whole stream: every message, a speed, and
+    // the CPU it took on both sides.
+    let d = &a["backlog_drain"];
+    assert_eq!(num(d, "groups_counted"), 1.0, "{d:#}");
+    assert_eq!(num(d, "min_behind"), num(a, "published"), "{d:#}");
+    assert!(num(d, "deliveries") >= num(a, "published"), "{d:#}");
+    assert!(num(d, "delivered_per_sec_per_group") > 0.0, "{d:#}");
+    assert!(num(d, "daemon_us_per_delivery") > 0.0, "{d:#}");
+    assert!(num(d, "consumer_us_per_delivery") > 0.0, "{d:#}");
 
     // B: one phase per number of groups, each with positive ratios.
     let b = r["delivery"].as_array().expect("delivery");

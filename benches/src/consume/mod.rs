@@ -288,6 +288,8 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
             name: "ingest".into(),
             groups: 0,
             drive: Drive::Closed,
+            // Its stream, once published, is the backlog one group drains.
+            backlog_groups: usize::from(config.has(Part::Delivery)),
         });
     }
     if config.has(Part::Delivery) {
@@ -296,6 +298,7 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
                 name: format!("deliver{g}"),
                 groups: g,
                 drive: Drive::Closed,
+                backlog_groups: 0,
             });
         }
     }
@@ -304,6 +307,7 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
             name: "latency".into(),
             groups: config.latency_groups,
             drive: Drive::Open { rate: config.rate },
+            backlog_groups: 0,
         });
     }
     let mut rounds: Vec<Vec<phase::Outcome>> = Vec::with_capacity(config.repeat);

@@ -39,6 +39,23 @@ pub struct PhaseSpec {
     pub name: String,
     pub groups: usize,
     pub drive: Drive,
+    /// After the producers stop: this many groups (0 or 1) join the stream
+    /// from its start, and the time they take to receive everything
+    /// published is measured (a group draining a backlog, alone on the
+    /// machine: the daemon's delivery capacity for one group).
+    pub backlog_groups: usize,
+}
+
+/// A group draining the phase's stream after the producers stopped.
+pub(crate) struct Backlog {
+    /// Messages it had to receive (everything published).
+    pub messages: u64,
+    /// When it joined (its tallies at zero) and when it had everything (or
+    /// the drain timed out).
+    pub start: Mark,
+    pub end: Mark,
+    pub caught_up: bool,
+    pub first_error: Option<String>,
 }
 
 /// Where and how the phases reach the daemon.
@@ -98,6 +115,7 @@ pub(crate) struct Outcome {
     pub after: Option<Scrape>,
     /// Counts every [`SAMPLE_EVERY`] through the window, from its start.
     pub samples: Vec<Sample>,
+    pub backlog: Option<Backlog>,
 }
 
 /// How often the counts are read during a window, for the throughput
@@ -218,16 +236,7 @@ pub(crate) async fn run_phase(
     let group_names: Vec<String> = (0..spec.groups).map(|k| format!("{stream}-g{k}")).collect();
     let mut consumers = Vec::with_capacity(spec.groups);
     for group in &group_names {
-        let mut opts = ConsumerOptions::new(target.client.clone(), group.clone());
-        opts.start = StartAt::Earliest;
-        opts.max_messages = config.max_messages;
-        opts.max_bytes = config.max_bytes;
-        let (addr, stream) = (target.quic, stream.clone());
-        let joined = target
-            .consumers
-            .spawn(async move { Consumer::connect(addr, &stream, opts).await })
-            .await?;
-        consumers.push(joined.map_err(|e| load::join_error(group, &e))?);
+        consumers.push(join(config, target, &stream, group).await?);
     }
 
     let clock = load::Clock::now();
@@ -356,6 +365,10 @@ pub(crate) async fn run_phase(
     } else {
         None
     };
+    let backlog = match spec.backlog_groups {
+        0 => None,
+        _ => Some(drain_backlog(config, target, &stream, &publish, published).await?),
+    };
     let _ = stop_tx.send(true);
     let mut latency = Vec::with_capacity(spec.groups);
     let mut consumer_error = None;
@@ -396,5 +409,64 @@ pub(crate) async fn run_phase(
         latency,
         after,
         samples,
+        backlog,
+    })
+}
+
+/// A consumer of `group` on `stream`, from its start.
+async fn join(
+    config: &ConsumeConfig,
+    target: &Target,
+    stream: &str,
+    group: &str,
+) -> Result<Consumer, Box<dyn std::error::Error>> {
+    let mut opts = ConsumerOptions::new(target.client.clone(), group.to_owned());
+    opts.start = StartAt::Earliest;
+    opts.max_messages = config.max_messages;
+    opts.max_bytes = config.max_bytes;
+    let (addr, stream) = (target.quic, stream.to_owned());
+    let joined = target
+        .consumers
+        .spawn(async move { Consumer::connect(addr, &stream, opts).await })
+        .await?;
+    Ok(joined.map_err(|e| load::join_error(group, &e))?)
+}
+
+/// One new group receives the whole stream (`published` messages), with
+/// no producers running; returns when it has them all or the drain
+/// timeout passed.
+async fn drain_backlog(
+    config: &ConsumeConfig,
+    target: &Target,
+    stream: &str,
+    publish: &load::Publish,
+    published: u64,
+) -> Result<Backlog, Box<dyn std::error::Error>> {
+    target.progress.set(
+        config.warmup + config.seconds,
+        "one group drains the backlog",
+    );
+    let tally: Arc<load::Tally> = Arc::default();
+    let tallies = [tally.clone()];
+    let start = mark(target, publish, &tallies).await;
+    let consumer = join(config, target, stream, &format!("{stream}-backlog")).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let consuming = target
+        .consumers
+        .spawn(load::consume(consumer, tally.clone(), None, stop_rx));
+    let until = start.at + Duration::from_secs_f64(config.drain_timeout);
+    while tally.distinct.load(Relaxed) < published && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let end = mark(target, publish, &tallies).await;
+    let caught_up = tally.distinct.load(Relaxed) >= published;
+    let _ = stop_tx.send(true);
+    let first_error = consuming.await?.error;
+    Ok(Backlog {
+        messages: published,
+        start,
+        end,
+        caught_up,
+        first_error,
     })
 }

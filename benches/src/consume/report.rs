@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sluice_daemon::metrics::scrape::Scrape;
 
-use super::phase::{Drive, Outcome, Sample, SAMPLE_EVERY};
+use super::phase::{Drive, Mark, Outcome, Sample, SAMPLE_EVERY};
 use super::{ConsumeConfig, JSON_SCHEMA};
 use crate::cpu;
 use crate::filesystem::FileSystem;
@@ -60,6 +60,10 @@ pub struct ConsumeReport {
 pub struct Headline {
     /// Ingest alone: durably acked msgs/s.
     pub ingest_published_per_sec: Option<f64>,
+    /// One group draining the ingest phase's stream: msgs/s, and ÷ ingest
+    /// alone (the target).
+    pub backlog_drain_per_sec: Option<f64>,
+    pub backlog_drain_per_ingest: Option<f64>,
     pub delivery: Vec<DeliveryHeadline>,
     pub latency: Option<LatencyHeadline>,
 }
@@ -85,6 +89,8 @@ pub struct LatencyHeadline {
 pub struct Repeats {
     pub rounds: Vec<Headline>,
     pub ingest_published_per_sec: Option<Spread>,
+    pub backlog_drain_per_sec: Option<Spread>,
+    pub backlog_drain_per_ingest: Option<Spread>,
     pub delivery: Vec<DeliverySpread>,
     pub latency: Option<LatencySpread>,
 }
@@ -126,6 +132,11 @@ pub struct ThroughputRun {
     pub delivered_per_sec_total: f64,
     pub delivered_per_sec_per_group: f64,
     pub drain: Option<Drain>,
+    /// Ingest alone, with the delivery part: one group joining the stream
+    /// after the producers stopped and receiving all of it (the daemon's
+    /// delivery capacity for one group, with the machine to itself as
+    /// ingest had).
+    pub backlog_drain: Option<Drain>,
     pub cpu: PhaseCpu,
     pub machine: Option<Machine>,
     pub daemon: Option<DaemonCounters>,
@@ -370,6 +381,7 @@ fn common(o: &Outcome) -> Common {
 
 fn throughput(o: Outcome) -> ThroughputRun {
     let c = common(&o);
+    let backlog_error = o.backlog.as_ref().and_then(|b| b.first_error.clone());
     let total: f64 = c.groups.iter().map(|g| g.delivered_per_sec).sum();
     // A group that was only a little behind caught up as fast as messages
     // came: its drain says nothing about its speed.
@@ -387,26 +399,23 @@ fn throughput(o: Outcome) -> ThroughputRun {
         })
         .collect();
     let drain = o.drained.as_ref().map(|d| {
-        let e = &o.end;
-        let seconds = d.at.duration_since(e.at).as_secs_f64().max(1e-9);
-        let deliveries: u64 = d.deliveries.iter().sum::<u64>() - e.deliveries.iter().sum::<u64>();
-        let per = |s: f64| (deliveries > 0).then(|| s * 1e6 / deliveries as f64);
-        let daemon = d.daemon_cpu.zip(e.daemon_cpu).map(|(b, a)| b - a);
-        let consumer = cpu::threads_delta(&e.self_threads, &d.self_threads)
-            .get("consumer")
-            .copied()
-            .unwrap_or(0.0);
-        Drain {
-            min_behind,
-            groups_counted: drains.len(),
-            delivered_per_sec_per_group: drains.iter().sum::<f64>() / drains.len().max(1) as f64,
-            seconds,
-            deliveries,
-            daemon_us_per_delivery: daemon.and_then(per),
-            consumer_us_per_delivery: per(consumer),
-            daemon_cores: daemon.map(|s| s / seconds),
-            consumer_cores: consumer / seconds,
-        }
+        let speed = drains.iter().sum::<f64>() / drains.len().max(1) as f64;
+        drain_between(&o.end, d, min_behind, drains.len(), speed)
+    });
+    let backlog_drain = o.backlog.as_ref().map(|b| {
+        let seconds = b.end.at.duration_since(b.start.at).as_secs_f64().max(1e-9);
+        let speed = if b.caught_up {
+            b.messages as f64 / seconds
+        } else {
+            0.0
+        };
+        drain_between(
+            &b.start,
+            &b.end,
+            b.messages,
+            usize::from(b.caught_up),
+            speed,
+        )
     });
     ThroughputRun {
         groups: o.spec.groups,
@@ -414,8 +423,8 @@ fn throughput(o: Outcome) -> ThroughputRun {
         window_seconds: c.window,
         sent: o.sent,
         published: o.acked,
-        errors: o.errors,
-        first_error: o.first_error,
+        errors: o.errors + u64::from(backlog_error.is_some()),
+        first_error: o.first_error.or(backlog_error),
         window_published: c.window_published,
         published_per_sec: c.window_published as f64 / c.window,
         ack_latency: Latency::of(&o.ack_latency),
@@ -423,10 +432,35 @@ fn throughput(o: Outcome) -> ThroughputRun {
         delivered_per_sec_total: total,
         group_figures: c.groups,
         drain,
+        backlog_drain,
         cpu: c.cpu,
         machine: c.machine,
         daemon: c.daemon,
         ratios: None,
+    }
+}
+
+/// A drain's figures between two marks: `speed` msgs/s per group (of
+/// `counted` groups at least `min_behind` behind), and the CPU it took.
+fn drain_between(e: &Mark, d: &Mark, min_behind: u64, counted: usize, speed: f64) -> Drain {
+    let seconds = d.at.duration_since(e.at).as_secs_f64().max(1e-9);
+    let deliveries: u64 = d.deliveries.iter().sum::<u64>() - e.deliveries.iter().sum::<u64>();
+    let per = |s: f64| (deliveries > 0).then(|| s * 1e6 / deliveries as f64);
+    let daemon = d.daemon_cpu.zip(e.daemon_cpu).map(|(b, a)| b - a);
+    let consumer = cpu::threads_delta(&e.self_threads, &d.self_threads)
+        .get("consumer")
+        .copied()
+        .unwrap_or(0.0);
+    Drain {
+        min_behind,
+        groups_counted: counted,
+        delivered_per_sec_per_group: speed,
+        seconds,
+        deliveries,
+        daemon_us_per_delivery: daemon.and_then(per),
+        consumer_us_per_delivery: per(consumer),
+        daemon_cores: daemon.map(|s| s / seconds),
+        consumer_cores: consumer / seconds,
     }
 }
 
@@ -506,8 +540,16 @@ pub(super) fn build(
 }
 
 fn headline(r: &ConsumeReport) -> Headline {
+    let backlog = r
+        .ingest_alone
+        .as_ref()
+        .and_then(|a| a.backlog_drain.filter(|d| d.groups_counted > 0));
     Headline {
         ingest_published_per_sec: r.ingest_alone.as_ref().map(|a| a.published_per_sec),
+        backlog_drain_per_sec: backlog.map(|d| d.delivered_per_sec_per_group),
+        backlog_drain_per_ingest: backlog
+            .zip(r.ingest_alone.as_ref())
+            .map(|(d, a)| div(d.delivered_per_sec_per_group, a.published_per_sec)),
         delivery: r
             .delivery
             .iter()
@@ -571,6 +613,8 @@ fn spreads(rounds: Vec<Headline>) -> Repeats {
     };
     Repeats {
         ingest_published_per_sec: of(&|h| h.ingest_published_per_sec),
+        backlog_drain_per_sec: of(&|h| h.backlog_drain_per_sec),
+        backlog_drain_per_ingest: of(&|h| h.backlog_drain_per_ingest),
         delivery,
         latency,
         rounds,
@@ -666,8 +710,12 @@ fn build_round(
     };
     for o in outcomes {
         plot(&o, &mut r.plots);
-        r.errors += o.errors;
+        r.errors += o.errors
+            + o.backlog
+                .as_ref()
+                .map_or(0, |b| u64::from(b.first_error.is_some()));
         r.groups_short += o.distinct.iter().filter(|&&d| d < o.acked).count() as u64;
+        r.groups_short += o.backlog.as_ref().map_or(0, |b| u64::from(!b.caught_up));
         match (o.spec.drive, o.spec.groups) {
             (Drive::Closed, 0) => r.ingest_alone = Some(throughput(o)),
             (Drive::Closed, _) => r.delivery.push(throughput(o)),
