@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod lease;
+pub mod offsets;
 pub mod proto;
 pub mod quic;
 pub mod relay;

@@ -4,6 +4,11 @@
 //! and long frames are cut out of a stream in any chunking (the property CI
 //! runs in place of the fuzzer; `transport/fuzz` has the `consume` target).
 
+// Lists of one range are lists of ack ranges here, not ranges mistyped.
+#![allow(clippy::single_range_in_vec_init)]
+
+use std::ops::Range;
+
 use bytes::Bytes;
 use proptest::prelude::*;
 use sluice_transport::quic::consume::{
@@ -15,6 +20,21 @@ use sluice_transport::quic::frame::{self, Deframer, MAX_LONG_FRAME};
 
 fn arb_offsets() -> impl Strategy<Value = Vec<u64>> {
     proptest::collection::vec(any::<u64>(), 1..40)
+}
+
+/// Ack ranges: non-empty, ending within u64, anywhere (they may overlap
+/// and come in any order: the codec does not mind).
+fn arb_ranges() -> impl Strategy<Value = Vec<Range<u64>>> {
+    let range = prop_oneof![
+        (any::<u64>(), 1..1000u64),
+        (0..1_000_000u64, 1..1000u64),
+        (Just(u64::MAX - 5), 1..6u64),
+    ]
+    .prop_map(|(start, len)| {
+        let start = start.min(u64::MAX - len);
+        start..start + len
+    });
+    proptest::collection::vec(range, 1..40)
 }
 
 fn arb_delivery() -> impl Strategy<Value = Delivery> {
@@ -47,7 +67,7 @@ fn arb_to_consumer() -> impl Strategy<Value = ToConsumer> {
 
 fn arb_from_consumer() -> impl Strategy<Value = FromConsumer> {
     prop_oneof![
-        arb_offsets().prop_map(|offsets| FromConsumer::Ack { offsets }),
+        arb_ranges().prop_map(|ranges| FromConsumer::Ack { ranges }),
         any::<u64>().prop_map(|offset| FromConsumer::AckUpTo { offset }),
         (arb_offsets(), any::<u64>())
             .prop_map(|(offsets, delay_ms)| FromConsumer::Nack { offsets, delay_ms }),
@@ -128,14 +148,18 @@ fn every_message_round_trips() {
     assert_eq!(&body[9..13], &2u32.to_be_bytes());
     assert_eq!(ToConsumer::decode(&Bytes::from(body)).unwrap(), deliver);
 
+    // Acks go as ranges: a count, then (first offset u64, length u32) each.
     let ack = FromConsumer::Ack {
-        offsets: vec![7, 9],
+        ranges: vec![7..8, 9..12],
     };
     let body = ack.encode();
     assert_eq!(body[0], 1);
     assert_eq!(&body[1..5], &2u32.to_be_bytes());
     assert_eq!(&body[5..13], &7u64.to_be_bytes());
-    assert_eq!(body.len(), 1 + 4 + 16);
+    assert_eq!(&body[13..17], &1u32.to_be_bytes());
+    assert_eq!(&body[17..25], &9u64.to_be_bytes());
+    assert_eq!(&body[25..29], &3u32.to_be_bytes());
+    assert_eq!(body.len(), 1 + 4 + 2 * 12);
     assert_eq!(FromConsumer::decode(&body).unwrap(), ack);
 
     let subscribe = Control::Subscribe {
@@ -190,6 +214,16 @@ fn a_delivery_payload_is_a_slice_of_the_frame_and_may_be_empty() {
     };
     // Zero-copy: the payload points into the frame's buffer.
     assert_eq!(got.payload.as_ptr(), body[DELIVER_HEADER_LEN..].as_ptr());
+    // And so when the frame is handed over.
+    let ToConsumer::Deliver(owned) = ToConsumer::decode_owned(body.clone()).unwrap() else {
+        panic!("not a delivery");
+    };
+    assert_eq!(owned, got);
+    assert_eq!(owned.payload.as_ptr(), body[DELIVER_HEADER_LEN..].as_ptr());
+    assert_eq!(
+        ToConsumer::decode_owned(Bytes::from_static(&[3, 0, 0])),
+        Err(ConsumeError::Truncated)
+    );
 }
 
 #[test]
@@ -226,12 +260,12 @@ fn typed_errors_for_each_kind_of_damage() {
     assert_eq!(to_consumer(&synced), Err(ConsumeError::TrailingBytes(1)));
 
     // Offset lists: 1 to 65,536, checked before the bytes are looked for.
-    let empty = [1, 0, 0, 0, 0];
+    let empty = [3, 0, 0, 0, 0];
     assert!(matches!(
         FromConsumer::decode(&empty),
         Err(ConsumeError::Malformed(_))
     ));
-    let too_many = [&[1u8][..], &(MAX_OFFSETS as u32 + 1).to_be_bytes()].concat();
+    let too_many = [&[4u8][..], &(MAX_OFFSETS as u32 + 1).to_be_bytes()].concat();
     assert!(matches!(
         FromConsumer::decode(&too_many),
         Err(ConsumeError::Malformed(_))
@@ -241,10 +275,57 @@ fn typed_errors_for_each_kind_of_damage() {
         FromConsumer::decode(&huge),
         Err(ConsumeError::Malformed(_))
     ));
-    let most = FromConsumer::Ack {
+    let most = FromConsumer::Nack {
         offsets: (0..MAX_OFFSETS as u64).collect(),
+        delay_ms: 0,
     };
     assert_eq!(FromConsumer::decode(&most.encode()).unwrap(), most);
+
+    // Ack ranges: 1 to 65,536 of them, checked before the bytes are looked
+    // for; none empty, none past the last offset, and together covering at
+    // most 65,536 offsets (a message never asks for unbounded work).
+    let ack = |ranges: &[(u64, u32)]| {
+        let mut b = vec![1u8];
+        b.extend_from_slice(&(ranges.len() as u32).to_be_bytes());
+        for (first, len) in ranges {
+            b.extend_from_slice(&first.to_be_bytes());
+            b.extend_from_slice(&len.to_be_bytes());
+        }
+        FromConsumer::decode(&b)
+    };
+    let malformed = |r| matches!(r, Err(ConsumeError::Malformed(_)));
+    assert!(malformed(ack(&[])));
+    let too_many = [&[1u8][..], &(MAX_OFFSETS as u32 + 1).to_be_bytes()].concat();
+    assert!(malformed(FromConsumer::decode(&too_many)));
+    let huge = [&[1u8][..], &u32::MAX.to_be_bytes()].concat();
+    assert!(malformed(FromConsumer::decode(&huge)));
+    assert!(malformed(ack(&[(5, 1), (9, 0)])));
+    assert!(malformed(ack(&[(u64::MAX, 1)])));
+    assert!(malformed(ack(&[(u64::MAX - 10, 12)])));
+    assert!(malformed(ack(&[(0, u32::MAX)])));
+    let half = MAX_OFFSETS as u32 / 2;
+    assert!(malformed(ack(&[(0, half), (0, half), (7, 1)])));
+    assert_eq!(
+        ack(&[(0, half), (0, half)]),
+        Ok(FromConsumer::Ack {
+            ranges: vec![0..half as u64, 0..half as u64]
+        })
+    );
+    assert_eq!(
+        ack(&[(u64::MAX - 10, 10)]),
+        Ok(FromConsumer::Ack {
+            ranges: vec![u64::MAX - 10..u64::MAX]
+        })
+    );
+    assert_eq!(ack(&[(3, 1), (2, 1)]).map(|_| ()), Ok(()));
+    let most = FromConsumer::Ack {
+        ranges: (0..MAX_OFFSETS as u64).map(|o| 2 * o..2 * o + 1).collect(),
+    };
+    assert_eq!(FromConsumer::decode(&most.encode()).unwrap(), most);
+    let one_long = FromConsumer::Ack {
+        ranges: vec![1 << 40..(1 << 40) + MAX_OFFSETS as u64],
+    };
+    assert_eq!(FromConsumer::decode(&one_long.encode()).unwrap(), one_long);
 
     // A fetch may wait 30 s at most.
     let long_wait = FromConsumer::Fetch {
@@ -348,6 +429,47 @@ fn switching_to_long_frames_keeps_what_is_buffered() {
         ToConsumer::FetchDone { id: 10 }
     );
     assert!(d.next_frame().unwrap().is_none());
+}
+
+#[test]
+fn frames_inside_a_chunk_are_slices_of_it_and_only_a_cut_one_is_copied() {
+    let mut stream = Vec::new();
+    for id in 0..3 {
+        ToConsumer::Synced { id }.put_frame(&mut stream);
+    }
+    let frame = stream.len() / 3;
+    let stream = Bytes::from(stream);
+    let mut d = Deframer::new();
+    d.set_long();
+    // The first chunk ends halfway through the second frame.
+    let cut = frame + frame / 2;
+    d.push(stream.slice(..cut));
+    let first = d.next_frame().unwrap().unwrap();
+    assert_eq!(first.as_ptr(), stream[4..].as_ptr(), "sliced, not copied");
+    assert!(d.next_frame().unwrap().is_none());
+    assert!(!d.is_empty());
+    d.push(stream.slice(cut..));
+    let second = d.next_frame().unwrap().unwrap();
+    assert_eq!(
+        ToConsumer::decode(&second).unwrap(),
+        ToConsumer::Synced { id: 1 }
+    );
+    let third = d.next_frame().unwrap().unwrap();
+    assert_eq!(third.as_ptr(), stream[2 * frame + 4..].as_ptr());
+    assert_eq!(
+        ToConsumer::decode(&third).unwrap(),
+        ToConsumer::Synced { id: 2 }
+    );
+    assert!(d.next_frame().unwrap().is_none());
+    assert!(d.is_empty());
+
+    // A length over the limit in a pushed chunk is refused as well.
+    let mut d = Deframer::new();
+    d.set_long();
+    d.push(Bytes::copy_from_slice(
+        &((MAX_LONG_FRAME + 1) as u32).to_be_bytes(),
+    ));
+    assert!(d.next_frame().is_err());
 }
 
 proptest! {
@@ -463,6 +585,7 @@ proptest! {
     fn long_frames_survive_any_chunking(
         msgs in proptest::collection::vec(arb_to_consumer(), 1..12),
         cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..20),
+        copy_first in any::<bool>(),
     ) {
         let mut stream = Vec::new();
         for m in &msgs {
@@ -472,11 +595,18 @@ proptest! {
         at.push(0);
         at.push(stream.len());
         at.sort_unstable();
+        let stream = Bytes::from(stream);
         let mut d = Deframer::new();
         d.set_long();
         let mut got = Vec::new();
-        for w in at.windows(2) {
-            d.extend(&stream[w[0]..w[1]]);
+        for (i, w) in at.windows(2).enumerate() {
+            // Chunks handed over as they come from quinn (sliced without a
+            // copy) or copied, in turn.
+            if (i + usize::from(copy_first)) % 2 == 0 {
+                d.push(stream.slice(w[0]..w[1]));
+            } else {
+                d.extend(&stream[w[0]..w[1]]);
+            }
             while let Some(f) = d.next_frame().unwrap() {
                 got.push(ToConsumer::decode(&f).unwrap());
             }
@@ -496,8 +626,12 @@ proptest! {
         if long {
             d.set_long();
         }
-        for c in chunks {
-            d.extend(&c);
+        for (i, c) in chunks.into_iter().enumerate() {
+            if i % 2 == 0 {
+                d.push(Bytes::from(c));
+            } else {
+                d.extend(&c);
+            }
             while let Ok(Some(f)) = d.next_frame() {
                 prop_assert!(f.len() <= MAX_LONG_FRAME);
             }

@@ -4,6 +4,9 @@
 //! fetches, drop the connection), so that each test says exactly what the
 //! daemon does and checks exactly what the client sends.
 
+// Lists of one range are lists of ack ranges here, not ranges mistyped.
+#![allow(clippy::single_range_in_vec_init)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -180,7 +183,7 @@ impl Peer {
 fn acked(msgs: &[FromConsumer]) -> Vec<u64> {
     msgs.iter()
         .flat_map(|m| match m {
-            FromConsumer::Ack { offsets } => offsets.clone(),
+            FromConsumer::Ack { ranges } => ranges.iter().cloned().flatten().collect(),
             _ => Vec::new(),
         })
         .collect()
@@ -449,10 +452,14 @@ async fn after_a_lost_connection_acks_are_sent_again_and_syncs_answered() {
         };
         assert_eq!(group, "g");
         peer.subscribed(2).await;
-        // Before anything else: the acks not known durable, then a sync.
+        // Before anything else: the acks not known durable, as one range,
+        // then a sync.
         let (msgs, id) = peer.until_sync().await;
-        assert_eq!(acked(&msgs), vec![1, 2]);
-        assert_eq!(msgs.len(), 1, "only the acks before the sync: {msgs:?}");
+        assert_eq!(
+            msgs,
+            vec![FromConsumer::Ack { ranges: vec![1..3] }],
+            "only the acks before the sync"
+        );
         peer.send(ToConsumer::Synced { id }).await;
         peer
     });
@@ -477,10 +484,92 @@ async fn after_a_lost_connection_acks_are_sent_again_and_syncs_answered() {
     assert!(
         acked
             .iter()
-            .all(|m| matches!(m, FromConsumer::Ack { offsets } if offsets.iter().all(|&o| o == 3))),
+            .all(|m| matches!(m, FromConsumer::Ack { ranges } if ranges == &[3..4])),
         "{acked:?}"
     );
     assert!(!acked.is_empty());
+}
+
+#[tokio::test]
+async fn batches_come_whole_and_acks_go_as_ranges() {
+    let fake = Fake::start();
+    let (consumer, mut peer) = tokio::join!(
+        Consumer::connect(fake.addr, "orders", fake.options("g")),
+        fake.accept_subscribed(1),
+    );
+    let mut consumer = consumer.unwrap();
+    // 100..150 without 120, then 300, in one write.
+    let offsets: Vec<u64> = (100..150).filter(|&o| o != 120).chain([300]).collect();
+    let mut out = Vec::new();
+    for &offset in &offsets {
+        ToConsumer::Deliver(consume::Delivery {
+            offset,
+            delivery: 1,
+            timestamp_us: 0,
+            producer: 1,
+            seq: offset,
+            deadline_ms: 30_000,
+            payload: Bytes::from_static(b"x"),
+        })
+        .put_frame(&mut out);
+    }
+    peer.send.write_all(&out).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < offsets.len() {
+        let batch = within(consumer.next_batch(16)).await.unwrap();
+        assert!(
+            (1..=16).contains(&batch.len()),
+            "{} in a batch",
+            batch.len()
+        );
+        got.extend(batch);
+    }
+    assert_eq!(got.iter().map(|d| d.offset).collect::<Vec<_>>(), offsets);
+    // One at a time and in batches mix.
+    peer.deliver(400, 1).await;
+    let d = next(&mut consumer).await;
+    assert_eq!(d.offset, 400);
+    got.push(d);
+
+    // One by one and all at once mix too.
+    for d in &got[..7] {
+        d.ack();
+    }
+    Delivery::ack_all(&got[7..]);
+    Delivery::ack_all(&[]);
+    let (r, msgs) = tokio::join!(within(consumer.sync()), async {
+        let (msgs, id) = peer.until_sync().await;
+        peer.send(ToConsumer::Synced { id }).await;
+        msgs
+    });
+    r.unwrap();
+    let mut all = acked(&msgs);
+    all.sort_unstable();
+    assert_eq!(all, got.iter().map(|d| d.offset).collect::<Vec<_>>());
+    // Each Ack's ranges are sorted and apart: consecutive acks of one turn
+    // are one range. Acks taken in a turn each cut a run at most once more.
+    let mut ranges = 0;
+    for m in &msgs {
+        let FromConsumer::Ack { ranges: rs } = m else {
+            continue;
+        };
+        assert!(rs.windows(2).all(|w| w[0].end < w[1].start), "{rs:?}");
+        ranges += rs.len();
+    }
+    assert!(ranges <= msgs.len() + 3, "{ranges} ranges in {msgs:?}");
+
+    // Pull mode has no next_batch.
+    drop(consumer);
+    let mut options = fake.options("p");
+    options.mode = ConsumeMode::Pull;
+    let (consumer, _peer) = tokio::join!(
+        Consumer::connect(fake.addr, "orders", options),
+        fake.accept_subscribed(2),
+    );
+    assert!(matches!(
+        consumer.unwrap().next_batch(5).await,
+        Err(ConsumerError::Config(_))
+    ));
 }
 
 #[tokio::test]
@@ -531,6 +620,10 @@ async fn the_daemon_ending_the_subscription_is_an_error() {
     assert_eq!(next(&mut consumer).await.offset, 1);
     assert_eq!(
         within(consumer.next()).await.unwrap_err(),
+        ConsumerError::Ended("the group was deleted".into())
+    );
+    assert_eq!(
+        within(consumer.next_batch(10)).await.unwrap_err(),
         ConsumerError::Ended("the group was deleted".into())
     );
 }
@@ -591,6 +684,7 @@ fn handles_and_futures_are_send() {
     send_sync::<Consumer>();
     fn futures(c: &mut Consumer) {
         send(&c.next());
+        send(&c.next_batch(1));
         send(&c.fetch(1, Duration::ZERO));
     }
     fn more(c: &Consumer) {

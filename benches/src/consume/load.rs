@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use sluice_transport::client::{Consumer, ConsumerError, Producer, ProducerError};
+use sluice_transport::client::{Consumer, ConsumerError, Delivery, Producer, ProducerError};
 use tokio::sync::watch;
 
 /// Bytes at the start of an open-loop payload: the message's due time,
@@ -279,8 +279,13 @@ pub struct Consumed {
     pub error: Option<String>,
 }
 
-/// One group's consumer: receives, acks each delivery at once, counts it
-/// once per offset, until `stop`; then makes its acks durable and leaves.
+/// Deliveries taken from the consumer at most at once.
+const BATCH: usize = 1024;
+
+/// One group's consumer: receives what has arrived in batches, acks each
+/// delivery at once, counts it once per offset, until `stop`; then makes
+/// its acks durable and leaves. The stop signal is looked at once per
+/// batch, not per message (a wait on it costs as much as a delivery).
 pub async fn consume(
     mut c: Consumer,
     tally: Arc<Tally>,
@@ -291,34 +296,39 @@ pub async fn consume(
     let mut latency = histogram();
     let mut error = None;
     loop {
-        let next = tokio::select! {
+        let batch = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => break,
-            d = c.next() => d,
+            b = c.next_batch(BATCH) => b,
         };
-        let d = match next {
-            Ok(Some(d)) => d,
-            Ok(None) => break,
+        let batch = match batch {
+            Ok(b) if b.is_empty() => break,
+            Ok(b) => b,
             Err(e) => {
                 error = Some(format!("consumer: {e}"));
                 break;
             }
         };
-        d.ack();
-        tally.deliveries.fetch_add(1, Relaxed);
-        if !seen.insert(d.offset) {
-            continue;
-        }
-        tally.distinct.fetch_add(1, Relaxed);
-        if let Some(s) = &stamps {
-            let now = s.clock.unix_us(Instant::now());
-            match stamp_of(&d.payload) {
-                Some(t) if t >= s.from && t < s.to => {
-                    latency.saturating_record(now.saturating_sub(t));
+        // One clock reading per batch: they all arrived by now.
+        let now = stamps.as_ref().map(|s| s.clock.unix_us(Instant::now()));
+        Delivery::ack_all(&batch);
+        let mut distinct = 0;
+        for d in &batch {
+            if !seen.insert(d.offset) {
+                continue;
+            }
+            distinct += 1;
+            if let (Some(s), Some(now)) = (&stamps, now) {
+                match stamp_of(&d.payload) {
+                    Some(t) if t >= s.from && t < s.to => {
+                        latency.saturating_record(now.saturating_sub(t));
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
+        tally.deliveries.fetch_add(batch.len() as u64, Relaxed);
+        tally.distinct.fetch_add(distinct, Relaxed);
     }
     if error.is_none() {
         if let Err(e) = c.sync().await {

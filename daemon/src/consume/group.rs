@@ -17,43 +17,19 @@
 //! - the floor (every offset below it done) only moves forward.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::dead_letter::AttemptOutcome;
+use super::offset_map::OffsetMap;
 use super::ranges::RangeSet;
 use super::store::{Event, GroupState};
 use crate::spool::Record;
+use sluice_transport::offsets::ranges_of;
 
 pub type MemberId = u64;
-
-/// Hashes an offset for the pending map. Offsets are dense integers:
-/// multiplying by an odd constant spreads them over the table's buckets
-/// (consecutive offsets land in distinct ones) and mixes the high bits the
-/// table also uses, at a fraction of SipHash's cost.
-#[derive(Default)]
-struct OffsetHasher(u64);
-
-impl Hasher for OffsetHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are hashed; anything else still hashes correctly.
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, x: u64) {
-        self.0 = x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type OffsetMap<V> = HashMap<u64, V, BuildHasherDefault<OffsetHasher>>;
 
 /// Delivery attempts a message keeps for its dead letter (the latest ones).
 pub const MAX_HISTORY: usize = 32;
@@ -170,10 +146,18 @@ enum Place {
 }
 
 struct Pending {
-    record: Record,
+    /// The record while the message waits to go out. A delivery takes it:
+    /// a member may work on a message for hours, and its payload is not
+    /// kept here meanwhile. A message that is ready again gets it back
+    /// from the spool first (see [`Group::unloaded`]).
+    record: Option<Record>,
+    /// Payload bytes, and when it was stored (unix µs).
+    len: u64,
+    timestamp_us: u64,
     /// Deliveries so far.
     deliveries: u32,
     place: Place,
+    /// Failed attempts.
     history: Vec<Attempt>,
 }
 
@@ -189,7 +173,7 @@ pub struct Delivery {
 }
 
 /// A message to move to the dead-letter stream, once the event that
-/// dead-lettered it is durable.
+/// dead-lettered it is durable (its record is read from the spool then).
 #[derive(Debug, Clone)]
 pub struct DeadOut {
     pub offset: u64,
@@ -197,7 +181,6 @@ pub struct DeadOut {
     pub deliveries: u32,
     pub reason: String,
     pub history: Vec<Attempt>,
-    pub record: Record,
 }
 
 /// Counters a group keeps (totals since the daemon started).
@@ -240,6 +223,9 @@ pub struct Group {
     /// Ready offsets that were out before (nacked, expired, handed back):
     /// few, and they go first.
     again: BTreeSet<u64>,
+    /// Of those, the ones whose record must be read back from the spool
+    /// before they can go out.
+    unloaded: BTreeSet<u64>,
     /// Ready messages (in `fresh` or `again`) and their payload bytes.
     ready_count: usize,
     ready_bytes: u64,
@@ -279,6 +265,7 @@ impl Group {
             pending_bytes: 0,
             fresh: VecDeque::new(),
             again: BTreeSet::new(),
+            unloaded: BTreeSet::new(),
             ready_count: 0,
             ready_bytes: 0,
             delayed: BTreeSet::new(),
@@ -332,7 +319,7 @@ impl Group {
     /// Append time of the oldest message not done, if it has been read
     /// (the floor is always read when anything past it is).
     pub fn oldest_pending_us(&self) -> Option<u64> {
-        self.pending.get(&self.floor).map(|p| p.record.timestamp_us)
+        self.pending.get(self.floor).map(|p| p.timestamp_us)
     }
 
     pub fn member_count(&self) -> usize {
@@ -414,7 +401,9 @@ impl Group {
             self.pending.insert(
                 offset,
                 Pending {
-                    record,
+                    len,
+                    timestamp_us: record.timestamp_us,
+                    record: Some(record),
                     deliveries,
                     place: Place::Ready,
                     history: Vec::new(),
@@ -471,7 +460,7 @@ impl Group {
             .pending
             .iter()
             .filter(|(_, p)| matches!(p.place, Place::Out { member: m, .. } if m == member))
-            .map(|(&o, _)| o)
+            .map(|(o, _)| o)
             .collect();
         held.sort_unstable();
         held
@@ -480,34 +469,39 @@ impl Group {
     /// Acks. Any member may ack any message not yet done (the work was
     /// done, whoever holds it now), and so may a member after a reconnect
     /// for messages the group has not read again yet; offsets past the
-    /// stream's durable end are ignored. Returns how many were new.
-    pub fn ack(&mut self, offsets: &[u64]) -> u64 {
+    /// stream's durable end are ignored. Returns how many were new. The
+    /// work is in the messages read and not done in the ranges, however
+    /// wide they are.
+    pub fn ack_ranges(&mut self, ranges: &[Range<u64>]) -> u64 {
         let mut n = 0;
-        // Consecutive offsets are marked done as one range.
-        let mut run = 0..0;
-        for &offset in offsets {
-            if offset < self.floor
-                || offset >= self.end
-                || run.contains(&offset)
-                || self.done.contains(offset)
-            {
+        for r in ranges {
+            let r = r.start.max(self.floor)..r.end.min(self.end);
+            if r.is_empty() {
                 continue;
             }
-            self.take_pending(offset);
-            if !self.recovered.is_empty() {
-                self.recovered.remove(&offset);
+            // Below `next`, an offset not done is pending; from `next` on,
+            // nothing is read yet.
+            for gap in self.done.gaps(r) {
+                for offset in gap.start..gap.end.min(self.next) {
+                    self.take_pending(offset);
+                }
+                if !self.recovered.is_empty() {
+                    // Keeps the counts below and past the gap.
+                    let mut from_gap = self.recovered.split_off(&gap.start);
+                    self.recovered.append(&mut from_gap.split_off(&gap.end));
+                }
+                n += gap.end - gap.start;
+                self.mark_done(gap);
             }
-            if run.end != offset {
-                self.mark_done(run);
-                run = offset..offset;
-            }
-            run.end = offset + 1;
-            n += 1;
         }
-        self.mark_done(run);
         self.trim_timeline();
         self.counters.acked += n;
         n
+    }
+
+    /// [`ack_ranges`](Self::ack_ranges) of single offsets.
+    pub fn ack(&mut self, offsets: &[u64]) -> u64 {
+        self.ack_ranges(&ranges_of(offsets))
     }
 
     /// Cumulative ack: every message up to and including `offset` that
@@ -553,7 +547,7 @@ impl Group {
             if !self.is_out_with(offset, member) {
                 continue;
             }
-            let p = self.pending.get_mut(&offset).expect("out means pending");
+            let p = self.pending.get_mut(offset).expect("out means pending");
             if let Place::Out { deadline: d, .. } = &mut p.place {
                 if *d == deadline {
                     continue;
@@ -568,7 +562,7 @@ impl Group {
     }
 
     fn is_out_with(&self, offset: u64, member: Option<MemberId>) -> bool {
-        self.pending.get(&offset).is_some_and(|p| match p.place {
+        self.pending.get(offset).is_some_and(|p| match p.place {
             Place::Out { member: m, .. } => member.is_none_or(|w| w == m),
             _ => false,
         })
@@ -586,7 +580,7 @@ impl Group {
     /// that still stands).
     fn out_until(&self, offset: u64, t: Instant) -> bool {
         self.pending
-            .get(&offset)
+            .get(offset)
             .is_some_and(|p| matches!(p.place, Place::Out { deadline, .. } if deadline == t))
     }
 
@@ -636,10 +630,10 @@ impl Group {
                 break;
             }
             self.delayed.remove(&(t, offset));
-            if let Some(p) = self.pending.get_mut(&offset) {
+            if let Some(p) = self.pending.get_mut(offset) {
                 p.place = Place::Ready;
-                let len = p.record.payload.len() as u64;
-                self.make_ready_again(offset, len);
+                let (len, unloaded) = (p.len, p.record.is_none());
+                self.make_ready_again(offset, len, unloaded);
             }
         }
         self.trim_timeline();
@@ -649,7 +643,7 @@ impl Group {
     /// one (dropping fresh entries that are no longer ready).
     fn first_ready(&mut self) -> Option<u64> {
         while let Some(&offset) = self.fresh.front() {
-            if matches!(self.pending.get(&offset), Some(p) if matches!(p.place, Place::Ready)) {
+            if matches!(self.pending.get(offset), Some(p) if matches!(p.place, Place::Ready)) {
                 break;
             }
             self.fresh.pop_front();
@@ -664,10 +658,14 @@ impl Group {
     /// message first.
     pub fn dispatch(&mut self, now: Instant) -> Vec<Delivery> {
         self.tick(now);
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.ready_count.min(4096));
         let deadline = now + self.config.ack_deadline;
         while let Some(offset) = self.first_ready() {
-            let len = self.pending[&offset].record.payload.len() as u64;
+            if self.unloaded.contains(&offset) {
+                // Its record is not read back yet: the next turn.
+                break;
+            }
+            let len = self.pending[offset].len;
             let Some(member) = self.pick_member(len) else {
                 break;
             };
@@ -678,7 +676,7 @@ impl Group {
             if let Credit::Fetch { left } = &mut m.credit {
                 *left -= 1;
             }
-            let p = self.pending.get_mut(&offset).expect("ready means pending");
+            let p = self.pending.get_mut(offset).expect("ready means pending");
             p.deliveries += 1;
             p.place = Place::Out { member, deadline };
             self.out_count += 1;
@@ -706,7 +704,7 @@ impl Group {
                 offset,
                 delivery: p.deliveries,
                 deadline,
-                record: p.record.clone(),
+                record: p.record.take().expect("a ready message is loaded"),
             });
         }
         out
@@ -721,11 +719,38 @@ impl Group {
             .map(|(&id, _)| id)
     }
 
+    /// Ready messages whose records must be read back from the spool
+    /// (with [`restore`](Self::restore)) before they can go out again,
+    /// in offset order.
+    pub fn unloaded(&self) -> Vec<u64> {
+        self.unloaded.iter().copied().collect()
+    }
+
+    /// The record of an [`unloaded`](Self::unloaded) message, read back;
+    /// `None`: it is gone from the spool (retention), so it is done.
+    pub fn restore(&mut self, offset: u64, record: Option<Record>) {
+        if !self.unloaded.remove(&offset) {
+            return;
+        }
+        match record {
+            Some(r) => {
+                if let Some(p) = self.pending.get_mut(offset) {
+                    p.record = Some(r);
+                }
+            }
+            None => {
+                self.take_pending(offset);
+                self.counters.lost_to_retention += 1;
+                self.mark_done(offset..offset + 1);
+            }
+        }
+    }
+
     /// Takes `offset` out of the pending set, freeing the credit of the
     /// member that held it.
     fn take_pending(&mut self, offset: u64) -> Option<Pending> {
-        let p = self.pending.remove(&offset)?;
-        self.pending_bytes -= p.record.payload.len() as u64;
+        let p = self.pending.remove(offset)?;
+        self.pending_bytes -= p.len;
         match p.place {
             Place::Out { member, deadline } => {
                 // Its `timeline` entry, if it has one, goes stale.
@@ -735,11 +760,11 @@ impl Group {
                 self.out_count -= 1;
                 if let Some(m) = self.members.get_mut(&member) {
                     m.out_messages -= 1;
-                    m.out_bytes -= p.record.payload.len() as u64;
+                    m.out_bytes -= p.len;
                 }
             }
             Place::Ready => {
-                self.unready(offset, p.record.payload.len() as u64);
+                self.unready(offset, p.len);
             }
             Place::Delayed { due } => {
                 self.delayed.remove(&(due, offset));
@@ -789,26 +814,29 @@ impl Group {
                     outcome.as_str()
                 ),
                 history: p.history,
-                record: p.record,
             });
             return;
         }
         p.place = if due <= now {
-            self.make_ready_again(offset, p.record.payload.len() as u64);
+            self.make_ready_again(offset, p.len, p.record.is_none());
             Place::Ready
         } else {
             self.delayed.insert((due, offset));
             Place::Delayed { due }
         };
-        self.pending_bytes += p.record.payload.len() as u64;
+        self.pending_bytes += p.len;
         self.pending.insert(offset, p);
     }
 
-    /// A message that was out is ready again.
-    fn make_ready_again(&mut self, offset: u64, len: u64) {
+    /// A message that was out is ready again (`unloaded`: without its
+    /// record, which the group task reads back).
+    fn make_ready_again(&mut self, offset: u64, len: u64, unloaded: bool) {
         if self.again.insert(offset) {
             self.ready_count += 1;
             self.ready_bytes += len;
+        }
+        if unloaded {
+            self.unloaded.insert(offset);
         }
     }
 
@@ -817,6 +845,7 @@ impl Group {
     fn unready(&mut self, offset: u64, len: u64) {
         if !self.again.is_empty() {
             self.again.remove(&offset);
+            self.unloaded.remove(&offset);
         }
         self.ready_count -= 1;
         self.ready_bytes -= len;
@@ -855,7 +884,13 @@ impl Group {
 
     /// Whether anything waits to be journaled.
     pub fn has_events(&self) -> bool {
-        !self.unjournaled_done.is_empty() || !self.events.is_empty()
+        !self.unjournaled_done.is_empty() || self.has_other_events()
+    }
+
+    /// Whether anything but done offsets waits to be journaled (delivery
+    /// counts, dead letters).
+    pub fn has_other_events(&self) -> bool {
+        !self.events.is_empty() || !self.dead.is_empty()
     }
 }
 
@@ -882,6 +917,37 @@ mod tests {
         g
     }
 
+    /// What the group task does each turn: deadlines, records read back,
+    /// then deliveries.
+    fn send(g: &mut Group, now: Instant) -> Vec<Delivery> {
+        g.tick(now);
+        for o in g.unloaded() {
+            g.restore(o, Some(rec(o, "x").1));
+        }
+        g.dispatch(now)
+    }
+
+    #[test]
+    fn a_message_ready_again_goes_out_once_its_record_is_read_back() {
+        let t0 = Instant::now();
+        let mut g = group(GroupConfig::default(), 2);
+        g.join(1, "a".into(), window(1));
+        assert_eq!(g.dispatch(t0)[0].offset, 0);
+        g.nack(Some(1), &[0], Duration::ZERO, t0);
+        assert_eq!(g.unloaded(), [0], "the delivery took its record");
+        assert!(g.dispatch(t0).is_empty(), "not before it is read back");
+        g.restore(0, Some(rec(0, "again").1));
+        let d = g.dispatch(t0);
+        assert_eq!((d[0].offset, d[0].delivery), (0, 2));
+        assert_eq!(&d[0].record.payload[..], b"again");
+        // Gone from the spool meanwhile: done, and the group goes on.
+        g.nack(Some(1), &[0], Duration::ZERO, t0);
+        g.restore(0, None);
+        assert_eq!(g.counters().lost_to_retention, 1);
+        assert_eq!(g.floor(), 1);
+        assert_eq!(g.dispatch(t0)[0].offset, 1);
+    }
+
     fn window(messages: u32) -> Credit {
         Credit::Window {
             messages,
@@ -894,11 +960,11 @@ mod tests {
         let now = Instant::now();
         let mut g = group(GroupConfig::default(), 10);
         g.join(1, "a".into(), window(3));
-        let d = g.dispatch(now);
+        let d = send(&mut g, now);
         assert_eq!(d.iter().map(|d| d.offset).collect::<Vec<_>>(), [0, 1, 2]);
-        assert!(g.dispatch(now).is_empty(), "no credit left");
+        assert!(send(&mut g, now).is_empty(), "no credit left");
         g.ack(&[1]);
-        assert_eq!(g.dispatch(now)[0].offset, 3);
+        assert_eq!(send(&mut g, now)[0].offset, 3);
         assert_eq!(g.floor(), 0, "0 is not acked yet");
         g.ack(&[0]);
         assert_eq!(g.floor(), 2);
@@ -918,9 +984,9 @@ mod tests {
                 bytes: 4,
             },
         );
-        assert_eq!(g.dispatch(now).len(), 1);
+        assert_eq!(send(&mut g, now).len(), 1);
         g.ack(&[0]);
-        assert_eq!(g.dispatch(now).len(), 1);
+        assert_eq!(send(&mut g, now).len(), 1);
     }
 
     #[test]
@@ -933,13 +999,13 @@ mod tests {
         };
         let mut g = group(config, 1);
         g.join(1, "a".into(), window(1));
-        assert_eq!(g.dispatch(t0)[0].delivery, 1);
+        assert_eq!(send(&mut g, t0)[0].delivery, 1);
         g.join(2, "b".into(), window(1));
         let t1 = t0 + Duration::from_secs(2);
-        let d = g.dispatch(t1);
+        let d = send(&mut g, t1);
         assert_eq!((d[0].member, d[0].delivery), (2, 2), "{d:?}");
         let t2 = t1 + Duration::from_secs(2);
-        assert!(g.dispatch(t2).is_empty());
+        assert!(send(&mut g, t2).is_empty());
         let (events, dead) = g.take_events();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].history.len(), 2);
@@ -965,7 +1031,7 @@ mod tests {
         let mut g = group(config, 1);
         g.join(1, "a".into(), window(1));
         for _ in 0..100 {
-            assert_eq!(g.dispatch(t0).len(), 1);
+            assert_eq!(send(&mut g, t0).len(), 1);
             g.nack(Some(1), &[0], Duration::ZERO, t0);
         }
         let (_, dead) = g.take_events();
@@ -979,11 +1045,11 @@ mod tests {
         let t0 = Instant::now();
         let mut g = group(GroupConfig::default(), 1);
         g.join(1, "a".into(), window(5));
-        g.dispatch(t0);
+        send(&mut g, t0);
         g.nack(Some(1), &[0], Duration::from_secs(5), t0);
-        assert!(g.dispatch(t0 + Duration::from_secs(4)).is_empty());
+        assert!(send(&mut g, t0 + Duration::from_secs(4)).is_empty());
         assert_eq!(g.next_timer(), Some(t0 + Duration::from_secs(5)));
-        assert_eq!(g.dispatch(t0 + Duration::from_secs(5)).len(), 1);
+        assert_eq!(send(&mut g, t0 + Duration::from_secs(5)).len(), 1);
     }
 
     #[test]
@@ -992,7 +1058,7 @@ mod tests {
         let mut g = group(GroupConfig::default(), 4);
         g.join(1, "a".into(), window(2));
         g.join(2, "b".into(), window(2));
-        let d = g.dispatch(t0);
+        let d = send(&mut g, t0);
         assert_eq!(d.len(), 4);
         let of_a: Vec<u64> = d
             .iter()
@@ -1006,7 +1072,7 @@ mod tests {
                 .map(|d| d.offset)
                 .collect::<Vec<_>>(),
         );
-        let again = g.dispatch(t0);
+        let again = send(&mut g, t0);
         assert_eq!(again.iter().map(|d| d.offset).collect::<Vec<_>>(), of_a);
         assert!(again.iter().all(|d| d.member == 2 && d.delivery == 2));
     }
@@ -1028,7 +1094,7 @@ mod tests {
             rec(4, "b=2"),
         ]);
         g.join(1, "a".into(), window(10));
-        let got: Vec<u64> = g.dispatch(now).iter().map(|d| d.offset).collect();
+        let got: Vec<u64> = send(&mut g, now).iter().map(|d| d.offset).collect();
         assert_eq!(got, [3, 4]);
         assert_eq!(g.counters().conflated, 3);
         g.ack(&got);
@@ -1069,7 +1135,7 @@ mod tests {
         };
         let mut g = group(config, n);
         g.join(1, "a".into(), window(n as u32));
-        assert_eq!(g.dispatch(t0).len(), n as usize);
+        assert_eq!(send(&mut g, t0).len(), n as usize);
         // Everything acked but the oldest, in batches as a client sends.
         let rest: Vec<u64> = (1..n).collect();
         for batch in rest.chunks(512) {
@@ -1093,11 +1159,11 @@ mod tests {
         let now = Instant::now();
         let mut g = group(GroupConfig::default(), 10);
         g.join(1, "p".into(), Credit::Fetch { left: 0 });
-        assert!(g.dispatch(now).is_empty());
+        assert!(send(&mut g, now).is_empty());
         g.set_credit(1, Credit::Fetch { left: 4 });
-        assert_eq!(g.dispatch(now).len(), 4);
-        assert!(g.dispatch(now).is_empty());
+        assert_eq!(send(&mut g, now).len(), 4);
+        assert!(send(&mut g, now).is_empty());
         g.set_credit(1, Credit::Fetch { left: 2 });
-        assert_eq!(g.dispatch(now).len(), 2, "held messages do not count");
+        assert_eq!(send(&mut g, now).len(), 2, "held messages do not count");
     }
 }

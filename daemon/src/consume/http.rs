@@ -413,7 +413,7 @@ async fn settle(
     let (h, word) = match kind {
         Settle::Ack => {
             let h = existing(s, stream, group).await?;
-            h.ack(offsets);
+            h.ack(sluice_transport::offsets::ranges_of(&offsets));
             (h, "acked")
         }
         Settle::Nack => {

@@ -20,6 +20,7 @@
 pub mod dead_letter;
 pub mod group;
 pub mod http;
+mod offset_map;
 pub mod ranges;
 pub mod service;
 pub mod store;

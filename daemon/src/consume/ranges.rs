@@ -134,6 +134,25 @@ impl RangeSet {
         self.ranges.iter().map(|(&s, &e)| s..e)
     }
 
+    /// The parts of `r` not in the set, in order.
+    pub fn gaps(&self, r: Range<u64>) -> Vec<Range<u64>> {
+        let mut gaps = Vec::new();
+        let mut at = self.run_end(r.start);
+        if at >= r.end {
+            return gaps;
+        }
+        for (&s, &e) in self.ranges.range(at..r.end) {
+            if s > at {
+                gaps.push(at..s);
+            }
+            at = at.max(e);
+        }
+        if at < r.end {
+            gaps.push(at..r.end);
+        }
+        gaps
+    }
+
     /// Number of disjoint ranges (what a snapshot stores).
     pub fn range_count(&self) -> usize {
         self.ranges.len()
@@ -192,6 +211,11 @@ mod tests {
                 }
                 for x in 0..220 {
                     prop_assert_eq!(s.contains(x), model.contains(&x));
+                }
+                for (a, b) in [(0, 220), (50, 120), (13, 14), (30, 30)] {
+                    let gaps: Vec<u64> = s.gaps(a..b).into_iter().flatten().collect();
+                    let want: Vec<u64> = (a..b).filter(|x| !model.contains(x)).collect();
+                    prop_assert_eq!(gaps, want);
                 }
             }
         }

@@ -3,6 +3,7 @@
 //! which QUIC and HTTP consumers join a group and act on it.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -112,7 +113,7 @@ pub(super) enum Cmd {
     },
     Leave(MemberId),
     Credit(MemberId, Credit),
-    Ack(Vec<u64>),
+    Ack(Vec<Range<u64>>),
     AckUpTo(MemberId, u64),
     Nack(Option<MemberId>, Vec<u64>, Duration),
     Extend(Option<MemberId>, Vec<u64>, Duration),
@@ -152,8 +153,8 @@ impl GroupHandle {
         self.cmd.send(c).is_ok()
     }
 
-    pub fn ack(&self, offsets: Vec<u64>) {
-        self.send(Cmd::Ack(offsets));
+    pub fn ack(&self, ranges: Vec<Range<u64>>) {
+        self.send(Cmd::Ack(ranges));
     }
 
     /// Nack from a client without a session (HTTP).
@@ -210,8 +211,8 @@ pub struct Member {
 }
 
 impl Member {
-    pub fn ack(&self, offsets: Vec<u64>) {
-        self.group.ack(offsets);
+    pub fn ack(&self, ranges: Vec<Range<u64>>) {
+        self.group.ack(ranges);
     }
 
     pub fn ack_up_to(&self, offset: u64) {

@@ -89,14 +89,27 @@ pub async fn serve(
         tokio::select! {
             batch = member.deliveries.recv() => {
                 let Some(batch) = batch else { break };
-                // One clock reading for the batch: deadlines are in ms.
-                let now = Instant::now();
-                put_deliveries(&mut out, batch, now);
-                while out.len() < WRITE_BATCH {
+                let mut bytes = frames_len(&batch);
+                let mut batches = vec![batch];
+                while bytes < WRITE_BATCH {
                     match member.deliveries.try_recv() {
-                        Ok(batch) => put_deliveries(&mut out, batch, now),
+                        Ok(batch) => {
+                            bytes += frames_len(&batch);
+                            batches.push(batch);
+                        }
                         Err(_) => break,
                     }
+                }
+                // Encoded into a buffer of the exact size, handed to the
+                // stream as it is (no copy into the stream's own buffer).
+                // One clock reading for it all: deadlines are in ms.
+                let now = Instant::now();
+                let mut frames = Vec::with_capacity(bytes);
+                for batch in batches {
+                    put_deliveries(&mut frames, batch, now);
+                }
+                if send.write_chunk(frames.into()).await.is_err() {
+                    break;
                 }
             }
             a = answered.recv() => {
@@ -139,6 +152,14 @@ pub fn to_wire(d: Delivery, now: Instant) -> WireDelivery {
     }
 }
 
+/// Bytes of the Deliver frames of `batch`.
+fn frames_len(batch: &[Delivery]) -> usize {
+    batch
+        .iter()
+        .map(|d| 4 + consume::DELIVER_HEADER_LEN + d.record.payload.len())
+        .sum()
+}
+
 fn put_deliveries(out: &mut Vec<u8>, batch: Vec<Delivery>, now: Instant) {
     for d in batch {
         ToConsumer::Deliver(to_wire(d, now)).put_frame(out);
@@ -147,7 +168,7 @@ fn put_deliveries(out: &mut Vec<u8>, batch: Vec<Delivery>, now: Instant) {
 
 fn handle(m: FromConsumer, member: &Member, answers: &mpsc::UnboundedSender<ToConsumer>) {
     match m {
-        FromConsumer::Ack { offsets } => member.ack(offsets),
+        FromConsumer::Ack { ranges } => member.ack(ranges),
         FromConsumer::AckUpTo { offset } => member.ack_up_to(offset),
         FromConsumer::Nack { offsets, delay_ms } => {
             member.nack(offsets, Duration::from_millis(delay_ms))

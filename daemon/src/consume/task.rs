@@ -66,13 +66,39 @@ pub(super) struct GroupTask {
     mirrored_at: Instant,
     /// After a failed write: when to try again.
     retry_at: Option<Instant>,
+    /// Since when acks wait in the machine, not journaled.
+    acks_since: Option<Instant>,
+    /// Dead letters to append to the dead-letter stream, whether an
+    /// append runs, and when to try again after a failed one.
+    dead_waiting: Option<DeadBatch>,
+    dead_appending: bool,
+    dead_retry_at: Option<Instant>,
 }
+
+/// Dead letters, and the dead-letter seq that their append completes
+/// (0: none to record).
+struct DeadBatch {
+    letters: Vec<(u64, DeadLetter)>,
+    up_to: u64,
+}
+
+/// A dead-letter append's result, sent back from its task.
+type DeadDone = (DeadBatch, Result<(), String>);
 
 /// How often a group's floor is copied to the stream's cursor file, which
 /// retention reads.
 const MIRROR_EVERY: Duration = Duration::from_secs(1);
 /// Wait after a failed journal write (a full disk) before trying again.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
+/// Longest acks wait to be journaled when nobody waits for them (a Sync
+/// is answered at once). Each journal write costs an fdatasync; a group
+/// acked at half a million messages a second would otherwise write one
+/// after another. An ack not journaled when the daemon dies is delivered
+/// again, as at-least-once allows (consumers re-send acks not synced).
+const JOURNAL_ACKS_EVERY: Duration = Duration::from_millis(100);
+/// Wait after a failed dead-letter append before trying again. (Their
+/// Dead events are journaled: a restart meanwhile re-sends them too.)
+const DEAD_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl GroupTask {
     pub(super) fn new(
@@ -103,27 +129,38 @@ impl GroupTask {
             mirrored_floor: None,
             mirrored_at: Instant::now(),
             retry_at: None,
+            acks_since: None,
+            dead_waiting: None,
+            dead_appending: false,
+            dead_retry_at: None,
         }
     }
 
     pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         let mut end = self.stream.watch_end();
-        self.redrive_dead_letters().await;
+        self.redrive_dead_letters();
         let (write_tx, mut write_rx) = mpsc::unbounded_channel::<WriteDone>();
+        let (dead_tx, mut dead_rx) = mpsc::unbounded_channel::<DeadDone>();
         let (mut open, mut end_open) = (true, true);
         loop {
             self.read();
             let now = Instant::now();
+            // Messages whose deadline passed are ready again: their records
+            // are read back before they can go out.
+            self.machine.tick(now);
+            self.load_unloaded();
             // A fetch whose asker went away takes nothing more.
             self.answer_fetches(now, true);
             self.deliver(now);
             self.answer_fetches(now, false);
-            let (events, dead) = self.machine.take_events();
-            self.queue.extend(events);
-            self.dead_queue.extend(dead);
+            // Stopping: everything is journaled before the task ends.
+            if self.journal_due(now) || !open {
+                self.take_events();
+            }
             if !self.writing() && self.retry_at.is_none_or(|t| t <= now) {
                 self.start_write(&write_tx);
             }
+            self.start_dead_append(&dead_tx, now);
             self.answer_waiters();
             self.mirror_cursor(false);
             self.backpressure();
@@ -135,6 +172,8 @@ impl GroupTask {
                 self.machine.next_timer(),
                 self.fetches.values().map(|f| f.until).min(),
                 self.retry_at,
+                self.acks_since.map(|t| t + JOURNAL_ACKS_EVERY),
+                self.dead_retry_at.filter(|_| self.dead_waiting.is_some()),
                 Some(now + MIRROR_EVERY),
             ]
             .into_iter()
@@ -147,9 +186,8 @@ impl GroupTask {
                     Some(c) => self.apply(c, Instant::now()),
                 },
                 r = end.changed(), if end_open => end_open = r.is_ok(),
-                Some(done) = write_rx.recv(), if self.writing() => {
-                    self.write_done(done).await;
-                }
+                Some(done) = write_rx.recv(), if self.writing() => self.write_done(done),
+                Some(done) = dead_rx.recv(), if self.dead_appending => self.dead_append_done(done),
                 _ = tokio::time::sleep_until(timer.into()) => {}
             }
             // Take every command already queued before the next round.
@@ -165,6 +203,27 @@ impl GroupTask {
         if self.holding {
             self.stream.hold_producers(false);
         }
+    }
+
+    /// Whether what the machine has to journal should be taken now:
+    /// someone waits for it, it is more than acks (delivery counts and dead
+    /// letters are journaled at once), or acks have waited long enough.
+    fn journal_due(&mut self, now: Instant) -> bool {
+        if !self.machine.has_events() {
+            return false;
+        }
+        let since = *self.acks_since.get_or_insert(now);
+        !self.waiters.is_empty()
+            || self.machine.has_other_events()
+            || now >= since + JOURNAL_ACKS_EVERY
+    }
+
+    /// Moves what the machine has to journal to the queue of the next write.
+    fn take_events(&mut self) {
+        let (events, dead) = self.machine.take_events();
+        self.queue.extend(events);
+        self.dead_queue.extend(dead);
+        self.acks_since = None;
     }
 
     /// Holds the stream's producers back while the backlog is at the limit,
@@ -214,13 +273,69 @@ impl GroupTask {
         }
     }
 
+    /// Reads back the records of messages ready again (a delivery took
+    /// them from the machine).
+    fn load_unloaded(&mut self) {
+        let offsets = self.machine.unloaded();
+        if offsets.is_empty() {
+            return;
+        }
+        for (offset, record) in self.read_back(&offsets) {
+            self.machine.restore(offset, record);
+        }
+    }
+
+    /// The records at `offsets` (in increasing order), `None` for those
+    /// retention deleted. One reader serves each run of consecutive
+    /// offsets. A read error leaves the rest out (logged): they are tried
+    /// again at the next turn.
+    fn read_back(&self, offsets: &[u64]) -> Vec<(u64, Option<Record>)> {
+        let mut got = Vec::with_capacity(offsets.len());
+        let mut reader: Option<Reader> = None;
+        for &offset in offsets {
+            let r = match &mut reader {
+                Some(r) if r.position() == offset => r,
+                _ => reader.insert(self.stream.reader(offset)),
+            };
+            match r.next_record() {
+                Ok(Some((o, rec))) if o == offset => got.push((offset, Some(rec))),
+                // Past it: the record is gone (retention).
+                Ok(Some(_)) => {
+                    got.push((offset, None));
+                    reader = None;
+                }
+                Ok(None) => got.push((offset, None)),
+                Err(e) => {
+                    error!(stream = %self.handle.stream, group = %self.handle.group, offset, error = %e, "reading a message back failed");
+                    break;
+                }
+            }
+        }
+        got
+    }
+
     fn deliver(&mut self, now: Instant) {
-        // One send per member and turn, not one per message.
-        let mut batches: HashMap<MemberId, Vec<Delivery>> = HashMap::new();
-        for d in self.machine.dispatch(now) {
-            match self.fetches.get_mut(&d.member) {
-                Some(f) => f.got.push(d),
-                None => batches.entry(d.member).or_default().push(d),
+        let mut all = self.machine.dispatch(now);
+        if all.is_empty() {
+            return;
+        }
+        // One send per member and turn, not one per message. Members are
+        // few: a short list, no hashing per message; with one member (the
+        // usual case) the whole batch goes as it is.
+        let mut batches: Vec<(MemberId, Vec<Delivery>)> = Vec::new();
+        let only = all[0].member;
+        if all.iter().all(|d| d.member == only) && !self.fetches.contains_key(&only) {
+            batches.push((only, all));
+        } else {
+            for d in all.drain(..) {
+                if let Some(f) = self.fetches.get_mut(&d.member) {
+                    f.got.push(d);
+                    continue;
+                }
+                match batches.iter_mut().find(|(m, _)| *m == d.member) {
+                    Some((_, b)) => b.push(d),
+                    None => batches.push((d.member, vec![d])),
+                }
             }
         }
         for (member, batch) in batches {
@@ -283,9 +398,9 @@ impl GroupTask {
                 self.machine.leave(member, now);
             }
             Cmd::Credit(member, credit) => self.machine.set_credit(member, credit),
-            Cmd::Ack(offsets) => {
+            Cmd::Ack(ranges) => {
                 self.machine.set_end(self.stream.durable_end());
-                self.machine.ack(&offsets);
+                self.machine.ack_ranges(&ranges);
             }
             Cmd::AckUpTo(member, offset) => {
                 self.machine.ack_up_to(member, offset);
@@ -316,9 +431,7 @@ impl GroupTask {
             }
             Cmd::Stop => {}
             Cmd::Sync(done) => {
-                let (events, dead) = self.machine.take_events();
-                self.queue.extend(events);
-                self.dead_queue.extend(dead);
+                self.take_events();
                 // Answered when the write holding everything queued now is
                 // done: the one running, or the next.
                 let target = if self.queue.is_empty() {
@@ -353,7 +466,7 @@ impl GroupTask {
         });
     }
 
-    async fn write_done(
+    fn write_done(
         &mut self,
         (store, result, events, dead): (
             GroupStore,
@@ -368,7 +481,7 @@ impl GroupTask {
                 self.batches_done += 1;
                 self.retry_at = None;
                 if !dead.is_empty() {
-                    self.store_dead_letters(dead).await;
+                    self.store_dead_letters(dead);
                 }
             }
             Err(e) => {
@@ -398,19 +511,48 @@ impl GroupTask {
         }
     }
 
-    /// Appends dead letters (whose Dead events are durable) to the
-    /// dead-letter stream, then journals that they are stored.
-    async fn store_dead_letters(&mut self, dead: Vec<DeadOut>) {
+    /// Queues dead letters (whose Dead events are durable) for the
+    /// dead-letter stream; their append is started by the loop.
+    fn store_dead_letters(&mut self, mut dead: Vec<DeadOut>) {
         let clock = (Instant::now(), now_us());
-        let letters: Vec<(u64, DeadLetter)> = dead
-            .into_iter()
-            .map(|d| (d.dlq_seq, self.envelope(d, clock)))
-            .collect();
-        self.append_dead(letters).await;
+        let up_to = dead.iter().map(|d| d.dlq_seq).max().unwrap_or(0);
+        dead.sort_unstable_by_key(|d| d.offset);
+        let offsets: Vec<u64> = dead.iter().map(|d| d.offset).collect();
+        let records = self.read_back(&offsets);
+        // A read error left some out: they are re-sent at the next start
+        // (their Dead events are journaled), so not marked stored.
+        let up_to = if records.len() == offsets.len() {
+            up_to
+        } else {
+            0
+        };
+        let mut letters = Vec::with_capacity(dead.len());
+        for (d, (_, record)) in dead.into_iter().zip(records) {
+            match record {
+                Some(r) => letters.push((d.dlq_seq, self.envelope(d, r, clock))),
+                None => {
+                    warn!(stream = %self.handle.stream, group = %self.handle.group, offset = d.offset, "a dead letter's message is gone (retention); not stored")
+                }
+            }
+        }
+        self.store_batch_after(DeadBatch { letters, up_to });
     }
 
-    async fn append_dead(&mut self, letters: Vec<(u64, DeadLetter)>) {
-        if letters.is_empty() {
+    /// Starts appending the waiting dead letters, unless an append runs
+    /// (one at a time, so that "stored up to" only moves forward) or a
+    /// failed one waits for its retry. The append runs apart from the
+    /// group: a disk that is full holds it, not the group's deliveries.
+    fn start_dead_append(&mut self, done: &mpsc::UnboundedSender<DeadDone>, now: Instant) {
+        if self.dead_appending || self.dead_retry_at.is_some_and(|t| t > now) {
+            return;
+        }
+        let Some(batch) = self.dead_waiting.take() else {
+            return;
+        };
+        if batch.letters.is_empty() {
+            if batch.up_to > 0 {
+                self.queue.push(Event::DeadStored { up_to: batch.up_to });
+            }
             return;
         }
         let (stream, group) = (&self.handle.stream, &self.handle.group);
@@ -420,13 +562,15 @@ impl GroupTask {
         {
             Ok(s) => s,
             Err(e) => {
-                error!(%stream, %group, error = %e, "cannot open the dead-letter stream; dead letters are re-sent at the next start");
+                error!(%stream, %group, error = %e, "cannot open the dead-letter stream; trying again in {DEAD_RETRY_AFTER:?}");
+                self.dead_waiting = Some(batch);
+                self.dead_retry_at = Some(now + DEAD_RETRY_AFTER);
                 return;
             }
         };
         let producer = dead_letter::dlq_producer_id(stream, group);
-        let up_to = letters.iter().map(|(s, _)| *s).max().unwrap_or(0);
-        let records: Vec<Record> = letters
+        let records: Vec<Record> = batch
+            .letters
             .iter()
             .map(|(seq, l)| Record {
                 producer,
@@ -435,19 +579,61 @@ impl GroupTask {
                 payload: Bytes::from(dead_letter::encode(l)),
             })
             .collect();
-        for (_, l) in &letters {
-            warn!(%stream, %group, offset = l.offset, deliveries = l.deliveries, reason = %l.reason, "message dead-lettered");
-        }
-        match dlq.append_batch(records).await {
-            Ok(Ok(_)) => self.queue.push(Event::DeadStored { up_to }),
-            Ok(Err(e)) => {
-                error!(%stream, %group, error = %e, "dead-letter append failed; re-sent at the next start")
+        let appended = dlq.append_batch(records);
+        let done = done.clone();
+        self.dead_appending = true;
+        tokio::spawn(async move {
+            let result = match appended.await {
+                Ok(r) => r.map(drop).map_err(|e| e.to_string()),
+                Err(_) => Err("the dead-letter stream closed".to_owned()),
+            };
+            let _ = done.send((batch, result));
+        });
+    }
+
+    fn dead_append_done(&mut self, (batch, result): DeadDone) {
+        self.dead_appending = false;
+        let (stream, group) = (&self.handle.stream, &self.handle.group);
+        match result {
+            Ok(()) => {
+                for (_, l) in &batch.letters {
+                    warn!(%stream, %group, offset = l.offset, deliveries = l.deliveries, reason = %l.reason, "message dead-lettered");
+                }
+                if batch.up_to > 0 {
+                    self.queue.push(Event::DeadStored { up_to: batch.up_to });
+                }
+                self.dead_retry_at = None;
             }
-            Err(_) => error!(%stream, %group, "dead-letter stream closed"),
+            Err(e) => {
+                // Their Dead events are journaled: a restart meanwhile
+                // re-sends them too (the spool keeps one copy).
+                error!(%stream, %group, error = %e, count = batch.letters.len(), "dead-letter append failed; trying again in {DEAD_RETRY_AFTER:?}");
+                let newer = self.dead_waiting.take();
+                self.dead_waiting = Some(batch);
+                if let Some(newer) = newer {
+                    self.store_batch_after(newer);
+                }
+                self.dead_retry_at = Some(Instant::now() + DEAD_RETRY_AFTER);
+            }
         }
     }
 
-    fn envelope(&self, d: DeadOut, (now, now_wall): (Instant, u64)) -> DeadLetter {
+    /// Adds `newer` behind the waiting letters (older letters go first:
+    /// "stored up to" must not pass one that is not).
+    fn store_batch_after(&mut self, mut newer: DeadBatch) {
+        let w = self.dead_waiting.get_or_insert(DeadBatch {
+            letters: Vec::new(),
+            up_to: newer.up_to,
+        });
+        w.up_to = if w.up_to == 0 || newer.up_to == 0 {
+            0
+        } else {
+            w.up_to.max(newer.up_to)
+        };
+        w.letters.append(&mut newer.letters);
+    }
+
+    fn envelope(&self, d: DeadOut, record: Record, (now, now_wall): (Instant, u64)) -> DeadLetter {
         let wall = |t: Instant| {
             now_wall.saturating_sub(now.saturating_duration_since(t).as_micros() as u64)
         };
@@ -455,9 +641,9 @@ impl GroupTask {
             stream: self.handle.stream.clone(),
             group: self.handle.group.clone(),
             offset: d.offset,
-            producer: d.record.producer,
-            seq: d.record.seq,
-            timestamp_us: d.record.timestamp_us,
+            producer: record.producer,
+            seq: record.seq,
+            timestamp_us: record.timestamp_us,
             dead_at_us: now_wall,
             reason: d.reason,
             deliveries: d.deliveries,
@@ -470,13 +656,13 @@ impl GroupTask {
                     outcome: a.outcome,
                 })
                 .collect(),
-            payload: d.record.payload,
+            payload: record.payload,
         }
     }
 
     /// Dead letters journaled before a crash but maybe not stored in the
     /// dead-letter stream: stored again (the spool keeps one copy).
-    async fn redrive_dead_letters(&mut self) {
+    fn redrive_dead_letters(&mut self) {
         let pending: Vec<(u64, u64)> = match &self.store {
             Some(s) => s
                 .state()
@@ -489,33 +675,18 @@ impl GroupTask {
         if pending.is_empty() {
             return;
         }
-        let mut letters = Vec::new();
-        for (seq, offset) in pending {
-            let mut r = self.stream.reader(offset);
-            match r.next_record() {
-                Ok(Some((o, rec))) if o == offset => letters.push((
-                    seq,
-                    DeadLetter {
-                        stream: self.handle.stream.clone(),
-                        group: self.handle.group.clone(),
-                        offset,
-                        producer: rec.producer,
-                        seq: rec.seq,
-                        timestamp_us: rec.timestamp_us,
-                        dead_at_us: now_us(),
-                        reason: "dead-lettered before a restart; history lost".into(),
-                        deliveries: 0,
-                        history: Vec::new(),
-                        payload: rec.payload,
-                    },
-                )),
-                _ => {
-                    warn!(stream = %self.handle.stream, group = %self.handle.group, offset, "a dead letter's message is gone (retention); not re-sent")
-                }
-            }
-        }
-        info!(stream = %self.handle.stream, group = %self.handle.group, count = letters.len(), "re-sending dead letters journaled before a restart");
-        self.append_dead(letters).await;
+        info!(stream = %self.handle.stream, group = %self.handle.group, count = pending.len(), "re-sending dead letters journaled before a restart");
+        let dead = pending
+            .into_iter()
+            .map(|(dlq_seq, offset)| DeadOut {
+                offset,
+                dlq_seq,
+                deliveries: 0,
+                reason: "dead-lettered before a restart; history lost".into(),
+                history: Vec::new(),
+            })
+            .collect();
+        self.store_dead_letters(dead);
     }
 
     /// Copies the durable floor to the stream's cursor (retention honours

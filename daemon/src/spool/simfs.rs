@@ -319,11 +319,17 @@ impl SpoolFs for SimFs {
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         self.tick()?;
         let s = self.state.lock().unwrap();
-        Ok(s.visible
+        // Files and folders, as a real listing has them.
+        let mut names: Vec<String> = s
+            .visible
             .iter()
+            .chain(&s.dirs)
             .filter(|p| p.parent() == Some(dir))
             .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
-            .collect())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -20,12 +20,18 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = Control::decode(data);
 
-    // The first byte picks the chunk size, the rest is the stream.
+    // The first byte picks the chunk size, the rest is the stream; chunks
+    // are handed over in turn as slices (cut without a copy) and copied.
     if let Some((&chunk, stream)) = data.split_first() {
+        let stream = Bytes::copy_from_slice(stream);
         let mut d = Deframer::new();
         d.set_long();
-        for c in stream.chunks(usize::from(chunk).max(1)) {
-            d.extend(c);
+        for (i, c) in stream.chunks(usize::from(chunk).max(1)).enumerate() {
+            if i % 2 == 0 {
+                d.push(stream.slice_ref(c));
+            } else {
+                d.extend(c);
+            }
             loop {
                 match d.next_frame() {
                     Ok(Some(f)) => {

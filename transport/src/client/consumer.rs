@@ -12,9 +12,10 @@
 //! them, and sends them again on a new subscription if the connection is
 //! lost, so an ack the caller made is never forgotten by a reconnect.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
@@ -29,6 +30,7 @@ use tracing::{debug, info, warn};
 
 use super::link::{self, QuicSession};
 use super::options::{ProducerError, QuicOptions};
+use crate::offsets::{ranges_into, ranges_of, OffsetSet};
 use crate::quic::close_code;
 use crate::quic::consume::{self, FromConsumer, ToConsumer, MAX_FETCH_WAIT_MS, MAX_OFFSETS};
 use crate::quic::control::{ConsumeMode, Control, RefuseCode, StartAt};
@@ -296,6 +298,11 @@ impl Inbox {
     }
 
     fn put(&self, op: Op) {
+        self.put_all(std::iter::once(op));
+    }
+
+    /// Puts `ops` in order, under one lock.
+    fn put_all(&self, ops: impl Iterator<Item = Op>) {
         let mut s = lock(&self.state);
         // A closed consumer has nobody to tell: the daemon delivers the
         // message again, as for any delivery not settled.
@@ -303,7 +310,7 @@ impl Inbox {
             return;
         }
         let first = s.ops.is_empty();
-        s.ops.push(op);
+        s.ops.extend(ops);
         drop(s);
         // Whoever made it non-empty wakes the driver; the rest ride along
         // (the driver empties it only when it takes it all).
@@ -334,6 +341,26 @@ impl Delivery {
         self.inbox.put(Op::Ack {
             offset: self.offset,
         });
+    }
+
+    /// Acks each of `deliveries`, as [`ack`](Delivery::ack) on each would,
+    /// but with one lock per consumer instead of one per delivery: for
+    /// callers that handle messages in batches
+    /// ([`Consumer::next_batch`]).
+    pub fn ack_all(deliveries: &[Delivery]) {
+        let mut rest = deliveries;
+        while let Some(first) = rest.first() {
+            // The deliveries of one consumer share its inbox.
+            let n = rest
+                .iter()
+                .position(|d| !Arc::ptr_eq(&d.inbox, &first.inbox))
+                .unwrap_or(rest.len());
+            let (same, after) = rest.split_at(n);
+            first
+                .inbox
+                .put_all(same.iter().map(|d| Op::Ack { offset: d.offset }));
+            rest = after;
+        }
     }
 
     /// Not done: deliver it again after `delay` (at once for zero).
@@ -472,8 +499,9 @@ impl Shared {
 pub struct Consumer {
     commands: mpsc::UnboundedSender<Command>,
     deliveries: mpsc::UnboundedReceiver<Pushed>,
-    /// Received from `deliveries` and not yet returned by `next`.
-    ready: VecDeque<Delivery>,
+    /// Received from `deliveries` and not yet returned by `next`: the
+    /// driver's batch itself, not a copy of it.
+    ready: std::vec::IntoIter<Delivery>,
     shared: Arc<Shared>,
     mode: ConsumeMode,
 }
@@ -510,7 +538,9 @@ impl Consumer {
             }),
             sub: None,
             epoch: 0,
-            outstanding: BTreeSet::new(),
+            outstanding: OffsetSet::default(),
+            acks: Vec::new(),
+            ranges: Vec::new(),
             unsynced: VecDeque::new(),
             unsynced_new: 0,
             unsynced_since: None,
@@ -531,7 +561,7 @@ impl Consumer {
         Ok(Consumer {
             commands: commands_tx,
             deliveries,
-            ready: VecDeque::new(),
+            ready: Vec::new().into_iter(),
             shared,
             mode,
         })
@@ -545,20 +575,52 @@ impl Consumer {
                 "next() is for push mode; this consumer pulls: use fetch()".into(),
             ));
         }
-        if let Some(d) = self.ready.pop_front() {
+        if let Some(d) = self.ready.next() {
             return Ok(Some(d));
         }
         // Nothing is awaited after a batch is received: cancel-safe.
         match self.deliveries.recv().await {
             Some(Pushed::One(d)) => Ok(Some(d)),
             Some(Pushed::Many(ds)) => {
-                self.ready.extend(ds);
-                Ok(self.ready.pop_front())
+                self.ready = ds.into_iter();
+                Ok(self.ready.next())
             }
-            None => match self.shared.failure() {
-                Some(e) => Err(e),
-                None => Ok(None),
-            },
+            None => self.ended().map(|()| None),
+        }
+    }
+
+    /// The next deliveries (push mode), at least one and at most `max`
+    /// (taken as 1 if 0), waiting for the first: what has arrived, handed
+    /// over in one go. For a caller that handles messages in batches, this
+    /// is cheaper than [`next`](Consumer::next) per message. Cancel-safe.
+    /// Empty once the consumer has stopped without an error.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>, ConsumerError> {
+        if self.mode != ConsumeMode::Push {
+            return Err(ConsumerError::Config(
+                "next_batch() is for push mode; this consumer pulls: use fetch()".into(),
+            ));
+        }
+        let max = max.max(1);
+        if self.ready.len() > 0 {
+            return Ok(take_batch(&mut self.ready, max));
+        }
+        // Nothing is awaited after a batch is received: cancel-safe.
+        match self.deliveries.recv().await {
+            Some(Pushed::One(d)) => Ok(vec![d]),
+            Some(Pushed::Many(ds)) if ds.len() <= max => Ok(ds),
+            Some(Pushed::Many(ds)) => {
+                self.ready = ds.into_iter();
+                Ok(take_batch(&mut self.ready, max))
+            }
+            None => self.ended().map(|()| Vec::new()),
+        }
+    }
+
+    /// The driver is gone: its error, or none if it stopped as asked.
+    fn ended(&self) -> Result<(), ConsumerError> {
+        match self.shared.failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
@@ -628,6 +690,15 @@ impl Consumer {
     /// Why the driver is gone.
     fn stopped(&self) -> ConsumerError {
         self.shared.failure().unwrap_or(ConsumerError::Closed)
+    }
+}
+
+/// Up to `max` of `ready`: all of it (its allocation reused) when it fits.
+fn take_batch(ready: &mut std::vec::IntoIter<Delivery>, max: usize) -> Vec<Delivery> {
+    if ready.len() <= max {
+        std::mem::replace(ready, Vec::new().into_iter()).collect()
+    } else {
+        ready.by_ref().take(max).collect()
     }
 }
 
@@ -744,11 +815,16 @@ struct Driver {
     /// Counts subscriptions.
     epoch: u64,
     /// Offsets delivered on this subscription and not settled yet.
-    outstanding: BTreeSet<u64>,
-    /// Acks sent and not yet known durable, in order sent, each with the id
-    /// of the first Sync sent after it.
-    unsynced: VecDeque<(u64, u64)>,
-    /// Of those, how many no Sync has been sent after yet, and since when.
+    outstanding: OffsetSet,
+    /// The acks of this turn, and as ranges: kept for their capacity.
+    acks: Vec<u64>,
+    ranges: Vec<Range<u64>>,
+    /// Acks sent and not yet known durable, as ranges in order sent (an ack
+    /// following the one before merges with it), each with the id of the
+    /// first Sync sent after it.
+    unsynced: VecDeque<(u64, Range<u64>)>,
+    /// Of those, how many offsets no Sync has been sent after yet, and
+    /// since when.
     unsynced_new: usize,
     unsynced_since: Option<Instant>,
     next_sync: u64,
@@ -862,13 +938,15 @@ impl Driver {
     /// Handles `first`, then every frame already arrived (up to
     /// [`FRAMES_PER_TURN`]): a chunk read from the stream holds many.
     fn on_frames(&mut self, first: std::io::Result<Option<Bytes>>) -> Result<(), Stop> {
-        self.on_frame(first)?;
+        // One clock reading for the lot: they all arrived by now.
+        let now = Instant::now();
+        self.on_frame(first, now)?;
         for _ in 1..FRAMES_PER_TURN {
             let Some(sub) = self.sub.as_mut() else {
                 break;
             };
             match ready_now(sub.recv.next()) {
-                Some(f) => self.on_frame(f)?,
+                Some(f) => self.on_frame(f, now)?,
                 None => break,
             }
         }
@@ -1029,12 +1107,11 @@ impl Driver {
     /// durable (the daemon takes acks for any offset idempotently), a Sync
     /// for whoever waits for one, and the fetch in progress.
     fn replay(&mut self) {
-        let mut offsets: Vec<u64> = self.unsynced.drain(..).map(|(_, o)| o).collect();
-        offsets.sort_unstable();
-        offsets.dedup();
+        let mut ranges: Vec<Range<u64>> = self.unsynced.drain(..).map(|(_, r)| r).collect();
+        merge_ranges(&mut ranges);
         self.unsynced_new = 0;
         self.unsynced_since = None;
-        self.send_acks(&offsets, Instant::now());
+        self.send_acks(&ranges, Instant::now());
         if !self.unsynced.is_empty() || !self.syncs.is_empty() {
             let id = self.send_sync();
             for (waits_for, _) in &mut self.syncs {
@@ -1059,7 +1136,7 @@ impl Driver {
         self.fetch = Some(f);
     }
 
-    fn on_frame(&mut self, f: std::io::Result<Option<Bytes>>) -> Result<(), Stop> {
+    fn on_frame(&mut self, f: std::io::Result<Option<Bytes>>, now: Instant) -> Result<(), Stop> {
         let body = match f {
             Ok(Some(body)) => body,
             Ok(None) => return Err(self.lost("the daemon ended the subscription's stream")),
@@ -1069,10 +1146,10 @@ impl Driver {
             }
             Err(e) => return Err(self.lost(&e.to_string())),
         };
-        let m = ToConsumer::decode(&body)
+        let m = ToConsumer::decode_owned(body)
             .map_err(|e| Stop::Fatal(ConsumerError::Protocol(format!("from the daemon: {e}"))))?;
         match m {
-            ToConsumer::Deliver(d) => self.on_deliver(d),
+            ToConsumer::Deliver(d) => self.on_deliver(d, now),
             ToConsumer::FetchDone { id } => {
                 if self.fetch.as_ref().is_some_and(|f| f.id == id) {
                     let f = self.fetch.take().expect("a fetch");
@@ -1085,8 +1162,7 @@ impl Driver {
         Ok(())
     }
 
-    fn on_deliver(&mut self, d: consume::Delivery) {
-        let received = Instant::now();
+    fn on_deliver(&mut self, d: consume::Delivery, received: Instant) {
         self.outstanding.insert(d.offset);
         let delivery = Delivery {
             offset: d.offset,
@@ -1148,7 +1224,6 @@ impl Driver {
     /// Takes what the deliveries said, in order: acks, nacks, extends.
     fn take_ops(
         &mut self,
-        acks: &mut Vec<u64>,
         nacks: &mut BTreeMap<u64, Vec<u64>>,
         extends: &mut BTreeMap<u64, Vec<u64>>,
     ) {
@@ -1162,7 +1237,7 @@ impl Driver {
                     // subscription still counts, and so does one for a
                     // redelivery whose first delivery was nacked.
                     self.outstanding.remove(&offset);
-                    acks.push(offset);
+                    self.acks.push(offset);
                 }
                 Op::Nack {
                     offset,
@@ -1187,7 +1262,7 @@ impl Driver {
     /// the inbox; queues the frames they ask for.
     fn on_commands(&mut self, first: Option<Command>) {
         let now = Instant::now();
-        let mut acks = Vec::new();
+        debug_assert!(self.acks.is_empty());
         let mut up_to = None;
         let mut nacks: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         let mut extends: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
@@ -1199,18 +1274,14 @@ impl Driver {
             taken += 1;
             // What deliveries said before this command was sent comes
             // before it (a sync covers every ack made before it).
-            self.take_ops(&mut acks, &mut nacks, &mut extends);
+            self.take_ops(&mut nacks, &mut extends);
             match c {
                 Command::AckUpTo { offset } => {
                     // What the daemon will ack, remembered one by one: a
                     // new member has other messages outstanding, so only
                     // these offsets may be sent again after a reconnect.
-                    let rest = match offset.checked_add(1) {
-                        Some(above) => self.outstanding.split_off(&above),
-                        None => BTreeSet::new(),
-                    };
-                    let covered = std::mem::replace(&mut self.outstanding, rest);
-                    self.remember_acks(covered.into_iter(), now);
+                    let covered = ranges_of(&self.outstanding.take_up_to(offset));
+                    self.remember_acks(&covered, now);
                     up_to = up_to.max(Some(offset));
                 }
                 Command::Credit {
@@ -1235,9 +1306,7 @@ impl Driver {
                 next = self.commands.try_recv().ok();
             }
         }
-        self.take_ops(&mut acks, &mut nacks, &mut extends);
-        acks.sort_unstable();
-        acks.dedup();
+        self.take_ops(&mut nacks, &mut extends);
         // Extends first: a delivery extended and then acked in one turn
         // ends up acked.
         for (ms, offsets) in extends {
@@ -1249,7 +1318,15 @@ impl Driver {
                 .put_frame(&mut self.out);
             }
         }
-        self.send_acks(&acks, now);
+        if !self.acks.is_empty() {
+            // Reuses the buffers: no allocation per turn.
+            let mut ranges = std::mem::take(&mut self.ranges);
+            ranges_into(&mut self.acks, &mut ranges);
+            self.acks.clear();
+            self.send_acks(&ranges, now);
+            ranges.clear();
+            self.ranges = ranges;
+        }
         if let Some(offset) = up_to {
             FromConsumer::AckUpTo { offset }.put_frame(&mut self.out);
         }
@@ -1351,22 +1428,24 @@ impl Driver {
         }
     }
 
-    /// Queues Ack frames for `offsets` and remembers them until synced.
-    fn send_acks(&mut self, offsets: &[u64], now: Instant) {
-        for chunk in offsets.chunks(MAX_OFFSETS) {
-            FromConsumer::Ack {
-                offsets: chunk.to_vec(),
-            }
-            .put_frame(&mut self.out);
-        }
-        self.remember_acks(offsets.iter().copied(), now);
+    /// Queues Ack frames for `ranges` (sorted, apart) and remembers them
+    /// until synced.
+    fn send_acks(&mut self, ranges: &[Range<u64>], now: Instant) {
+        put_acks(&mut self.out, ranges);
+        self.remember_acks(ranges, now);
     }
 
-    fn remember_acks(&mut self, offsets: impl Iterator<Item = u64>, now: Instant) {
-        let before = self.unsynced.len();
+    fn remember_acks(&mut self, ranges: &[Range<u64>], now: Instant) {
         let tag = self.next_sync;
-        self.unsynced.extend(offsets.map(|o| (tag, o)));
-        let added = self.unsynced.len() - before;
+        let mut added = 0;
+        for r in ranges {
+            added += (r.end - r.start) as usize;
+            match self.unsynced.back_mut() {
+                // Acks in order, between the same Syncs: one range.
+                Some((t, last)) if *t == tag && last.end == r.start => last.end = r.end,
+                _ => self.unsynced.push_back((tag, r.clone())),
+            }
+        }
         if added > 0 {
             self.unsynced_new += added;
             self.unsynced_since.get_or_insert(now);
@@ -1478,5 +1557,135 @@ impl Driver {
                 SyncWaiter::Close(None) => {}
             }
         }
+    }
+}
+
+trait TakeUpTo {
+    /// Removes and returns every offset up to `offset` (rare: a cumulative
+    /// ack), in no particular order.
+    fn take_up_to(&mut self, offset: u64) -> Vec<u64>;
+}
+
+impl TakeUpTo for OffsetSet {
+    fn take_up_to(&mut self, offset: u64) -> Vec<u64> {
+        let mut covered = Vec::new();
+        self.retain(|&o| {
+            let take = o <= offset;
+            if take {
+                covered.push(o);
+            }
+            !take
+        });
+        covered
+    }
+}
+
+/// Sorts `ranges` and merges those that overlap or touch.
+fn merge_ranges(ranges: &mut Vec<Range<u64>>) {
+    ranges.sort_unstable_by_key(|r| r.start);
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for r in ranges.drain(..) {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    *ranges = merged;
+}
+
+/// Appends Ack frames for `ranges`, each covering at most [`MAX_OFFSETS`]
+/// offsets (a range longer than what is left of a frame is split).
+fn put_acks(out: &mut Vec<u8>, ranges: &[Range<u64>]) {
+    let mut frame: Vec<Range<u64>> = Vec::new();
+    let mut room = MAX_OFFSETS as u64;
+    for r in ranges {
+        let mut r = r.clone();
+        while !r.is_empty() {
+            let n = (r.end - r.start).min(room);
+            frame.push(r.start..r.start + n);
+            r.start += n;
+            room -= n;
+            if room == 0 {
+                put_ack(out, &mut frame);
+                room = MAX_OFFSETS as u64;
+            }
+        }
+    }
+    if !frame.is_empty() {
+        put_ack(out, &mut frame);
+    }
+}
+
+/// One Ack frame of `frame`'s ranges, which it empties (keeping its
+/// capacity).
+fn put_ack(out: &mut Vec<u8>, frame: &mut Vec<Range<u64>>) {
+    let ack = FromConsumer::Ack {
+        ranges: std::mem::take(frame),
+    };
+    ack.put_frame(out);
+    if let FromConsumer::Ack { ranges } = ack {
+        *frame = ranges;
+        frame.clear();
+    }
+}
+
+#[cfg(test)]
+// Lists of one range are lists of ack ranges here, not ranges mistyped.
+#[allow(clippy::single_range_in_vec_init)]
+mod tests {
+    use super::*;
+
+    fn decode_acks(out: &[u8]) -> Vec<Vec<Range<u64>>> {
+        let mut d = frame::Deframer::new();
+        d.set_long();
+        d.extend(out);
+        let mut got = Vec::new();
+        while let Some(f) = d.next_frame().unwrap() {
+            match FromConsumer::decode(&f).unwrap() {
+                FromConsumer::Ack { ranges } => got.push(ranges),
+                other => panic!("not an ack: {other:?}"),
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn ranges_merge_when_they_overlap_or_touch() {
+        let mut r = vec![10..12, 0..3, 3..5, 11..15, 20..21, 1..2];
+        merge_ranges(&mut r);
+        assert_eq!(r, vec![0..5, 10..15, 20..21]);
+    }
+
+    #[test]
+    fn ack_frames_cover_at_most_the_limit_each() {
+        let max = MAX_OFFSETS as u64;
+        let mut out = Vec::new();
+        put_acks(&mut out, &[0..10, 20..20 + 2 * max, 5 * max..5 * max + 1]);
+        let frames = decode_acks(&out);
+        assert_eq!(
+            frames,
+            vec![
+                vec![0..10, 20..20 + max - 10],
+                vec![20 + max - 10..20 + 2 * max - 10],
+                vec![20 + 2 * max - 10..20 + 2 * max, 5 * max..5 * max + 1],
+            ]
+        );
+        let mut out = Vec::new();
+        put_acks(&mut out, &[0..max]);
+        assert_eq!(decode_acks(&out), vec![vec![0..max]]);
+    }
+
+    #[test]
+    fn taking_up_to_an_offset_leaves_the_rest() {
+        let mut s = OffsetSet::default();
+        s.extend([1, 5, 9, 10, 200, u64::MAX]);
+        let mut taken = s.take_up_to(9);
+        taken.sort_unstable();
+        assert_eq!(taken, vec![1, 5, 9]);
+        let mut left: Vec<u64> = s.iter().copied().collect();
+        left.sort_unstable();
+        assert_eq!(left, vec![10, 200, u64::MAX]);
+        assert_eq!(s.take_up_to(u64::MAX).len(), 3);
+        assert!(s.is_empty());
     }
 }

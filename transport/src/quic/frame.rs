@@ -17,6 +17,12 @@ pub const MAX_FRAME: usize = u16::MAX as usize;
 /// The largest long-frame body: a 16 MiB message and room for its header.
 pub const MAX_LONG_FRAME: usize = (16 << 20) + (64 << 10);
 
+/// The least a [`Deframer`] allocates for frames it copies: the frames cut
+/// by chunks' ends go one after another into one block, not each into an
+/// allocation of its own. Small, because a frame handed out keeps its whole
+/// block alive.
+const COPY_BLOCK: usize = 4 << 10;
+
 /// Appends `body` to `out` as one frame.
 pub fn put(out: &mut Vec<u8>, body: &[u8]) {
     debug_assert!(body.len() <= MAX_FRAME);
@@ -47,9 +53,15 @@ pub async fn write_long(send: &mut SendStream, body: &[u8]) -> io::Result<()> {
 
 /// Cuts frames out of the bytes of a stream as they arrive, in whatever
 /// chunks: the pure part of [`FramedRecv`].
+///
+/// The stream's bytes not yet cut are `buf` followed by `chunk`. A chunk
+/// handed over as [`Bytes`] ([`Deframer::push`]) is cut without a copy:
+/// its whole frames are slices of it. Only a frame that a chunk's end cuts
+/// in two is copied, into `buf`, and completed from the next chunk.
 #[derive(Debug, Default)]
 pub struct Deframer {
     buf: BytesMut,
+    chunk: Bytes,
     long: bool,
 }
 
@@ -70,20 +82,44 @@ impl Deframer {
 
     /// Nothing is buffered: the stream is between frames.
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
+        self.buf.is_empty() && self.chunk.is_empty()
     }
 
-    /// Appends bytes received from the stream.
+    /// Appends bytes received from the stream (copied).
     pub fn extend(&mut self, bytes: &[u8]) {
+        self.spill();
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next whole frame's body, if it has arrived. A long frame longer
-    /// than [`MAX_LONG_FRAME`] is an error (the peer is broken or hostile):
-    /// it is refused before anything is allocated for it.
-    pub fn next_frame(&mut self) -> io::Result<Option<Bytes>> {
-        let (header, len) = if self.long {
-            let Some(h) = self.buf.get(..4) else {
+    /// Appends a chunk received from the stream; the frames wholly inside
+    /// it are handed out as slices of it.
+    pub fn push(&mut self, chunk: Bytes) {
+        self.spill();
+        self.chunk = chunk;
+    }
+
+    /// Moves what is left of the chunk behind `buf`, so that bytes can be
+    /// appended after it.
+    fn spill(&mut self) {
+        if !self.chunk.is_empty() {
+            self.room_for(self.chunk.len());
+            self.buf.extend_from_slice(&self.chunk);
+            self.chunk = Bytes::new();
+        }
+    }
+
+    /// Room in `buf` for `n` more bytes, allocated a block at a time.
+    fn room_for(&mut self, n: usize) {
+        if self.buf.capacity() - self.buf.len() < n {
+            self.buf.reserve(n.max(COPY_BLOCK));
+        }
+    }
+
+    /// The length of the header and of the body of the frame that `head`
+    /// starts, if `head` holds its header.
+    fn header(&self, head: &[u8]) -> io::Result<Option<(usize, usize)>> {
+        if self.long {
+            let Some(h) = head.get(..4) else {
                 return Ok(None);
             };
             let len = u32::from_be_bytes(h.try_into().expect("4 bytes")) as usize;
@@ -93,21 +129,60 @@ impl Deframer {
                     format!("a frame of {len} bytes is over the limit of {MAX_LONG_FRAME}"),
                 ));
             }
-            (4, len)
+            Ok(Some((4, len)))
         } else {
-            let Some(h) = self.buf.get(..2) else {
+            let Some(h) = head.get(..2) else {
                 return Ok(None);
             };
-            (
+            Ok(Some((
                 2,
                 u16::from_be_bytes(h.try_into().expect("2 bytes")) as usize,
-            )
+            )))
+        }
+    }
+
+    /// The next whole frame's body, if it has arrived. A long frame longer
+    /// than [`MAX_LONG_FRAME`] is an error (the peer is broken or hostile):
+    /// it is refused before anything is allocated for it.
+    pub fn next_frame(&mut self) -> io::Result<Option<Bytes>> {
+        if self.buf.is_empty() {
+            // The common case: a frame wholly inside the chunk, sliced out.
+            if let Some((header, len)) = self.header(&self.chunk)? {
+                if self.chunk.len() >= header + len {
+                    let mut frame = self.chunk.split_to(header + len);
+                    frame.advance(header);
+                    return Ok(Some(frame));
+                }
+            }
+            // Cut by the chunk's end: keep what came, for the next chunk.
+            self.spill();
+            return Ok(None);
+        }
+        // A frame begun in `buf`: its header first, then its body, taking
+        // from the chunk only what it lacks.
+        let header_len = if self.long { 4 } else { 2 };
+        if self.buf.len() < header_len {
+            self.take_from_chunk(header_len - self.buf.len());
+        }
+        let Some((header, len)) = self.header(&self.buf)? else {
+            return Ok(None);
         };
         if self.buf.len() < header + len {
-            return Ok(None);
+            self.take_from_chunk(header + len - self.buf.len());
+            if self.buf.len() < header + len {
+                return Ok(None);
+            }
         }
         self.buf.advance(header);
         Ok(Some(self.buf.split_to(len).freeze()))
+    }
+
+    /// Moves up to `n` bytes from the front of the chunk to the end of `buf`.
+    fn take_from_chunk(&mut self, n: usize) {
+        let n = n.min(self.chunk.len());
+        self.room_for(n);
+        self.buf.extend_from_slice(&self.chunk[..n]);
+        self.chunk.advance(n);
     }
 }
 
@@ -149,7 +224,7 @@ impl FramedRecv {
                 .await
                 .map_err(io::Error::other)?
             {
-                Some(chunk) => self.frames.extend(&chunk.bytes),
+                Some(chunk) => self.frames.push(chunk.bytes),
                 None if self.frames.is_empty() => return Ok(None),
                 None => {
                     return Err(io::Error::new(
