@@ -371,6 +371,12 @@ fn repeats_table(q: &Repeats) {
     if let Some(s) = &q.ingest_published_per_sec {
         row("ingest alone, published", s, "msgs/s", 0);
     }
+    if let Some(s) = &q.backlog_drain_per_sec {
+        row("one group draining the backlog", s, "msgs/s", 0);
+    }
+    if let Some(s) = &q.backlog_drain_per_ingest {
+        row("  ÷ ingest alone (the target)", s, "x", 3);
+    }
     for d in &q.delivery {
         let name = format!("delivery, {} group(s), per group", d.groups);
         row(&name, &d.delivered_per_sec_per_group, "msgs/s", 0);
