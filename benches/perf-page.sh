@@ -80,7 +80,7 @@ run baseline "Machine limits (baseline)" baseline --dir "$work" --seconds 2 --re
 run spool "Spool alone (fsync = always)" spool --dir "$work" --appenders 1,8,64 --sizes 128,1024,65536 --seconds 2 --repeat "$repeat"
 run ingest "Durable ingest, fast path (closed loop)" ingest --dir "$work" --seconds "$secs" --repeat "$repeat"
 run ingest-rate "Durable ingest at a fixed rate (open loop, 50,000 msgs/s)" ingest --dir "$work" --seconds "$secs" --repeat "$repeat" --rate 50000
-run e2e "Publish to consumers (e2e)" e2e --dir "$work" --seconds "$secs" --repeat 2
+run e2e "Publish to consumers (e2e)" e2e --dir "$work" --seconds "$secs" --repeat "$repeat"
 run loss "Loss through the impairment relay (raw UDP)" loss --dir "$work" --seconds 3 --repeat "$repeat"
 if [ "$(id -u)" -eq 0 ]; then
   run loss-netns "Loss on a veth pair, nftables random drop (fast path, root)" loss --netns --dir "$work" --seconds 3 --repeat "$repeat"
