@@ -8,7 +8,8 @@
 //! than the CPU's caches. A message held long (a slow member, a long nack
 //! delay) would stretch the ring without bound, so the ring is capped: when
 //! it would grow past [`RING_SLOTS`], its oldest slots move to a hash map of
-//! stragglers, which only ever holds messages still live that far back.
+//! stragglers, which only ever holds messages that were live when they fell
+//! out of the ring (few: a member's credit bounds what is out).
 
 use std::collections::VecDeque;
 
@@ -59,32 +60,40 @@ impl<V> OffsetMap<V> {
         if i >= self.ring.len() {
             self.ring.resize_with(i + 1, || None);
         }
+        // An emptied ring starts again where it is next inserted into,
+        // which may be below offsets kept as stragglers: an offset is in
+        // one place only.
+        if !self.stragglers.is_empty() {
+            self.stragglers.remove(&offset);
+        }
         self.ring[i] = Some(v);
     }
 
     pub fn get(&self, offset: u64) -> Option<&V> {
-        match self.slot(offset) {
-            Some(i) => self.ring[i].as_ref(),
+        match self.slot(offset).and_then(|i| self.ring[i].as_ref()) {
+            Some(v) => Some(v),
             None => self.stragglers.get(&offset),
         }
     }
 
     pub fn get_mut(&mut self, offset: u64) -> Option<&mut V> {
         match self.slot(offset) {
-            Some(i) => self.ring[i].as_mut(),
-            None => self.stragglers.get_mut(&offset),
+            Some(i) if self.ring[i].is_some() => self.ring[i].as_mut(),
+            _ => self.stragglers.get_mut(&offset),
         }
     }
 
     pub fn remove(&mut self, offset: u64) -> Option<V> {
-        match self.slot(offset) {
-            Some(i) => {
-                let v = self.ring[i].take();
-                if i == 0 {
-                    self.trim_front();
-                }
-                v
+        let taken = self.slot(offset).and_then(|i| {
+            let v = self.ring[i].take();
+            if i == 0 {
+                self.trim_front();
             }
+            v
+        });
+        match taken {
+            Some(v) => Some(v),
+            None if self.stragglers.is_empty() => None,
             None => self.stragglers.remove(&offset),
         }
     }
