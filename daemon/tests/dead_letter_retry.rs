@@ -1,6 +1,7 @@
 //! A dead letter whose append to the dead-letter stream is held by a full
-//! disk is stored once the disk has room again, without a restart, and the
-//! group goes on meanwhile.
+//! disk, or whose message cannot be read back, is stored once the disk has
+//! room or reads work again, without a restart, and the group goes on
+//! meanwhile.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_daemon::consume::dead_letter;
 use sluice_daemon::consume::group::{Credit, GroupConfig};
-use sluice_daemon::consume::service::{Consumers, ConsumersConfig, GroupSettings};
+use sluice_daemon::consume::service::{Consumers, ConsumersConfig, GroupSettings, Member};
 use sluice_daemon::spool::fs::SpoolFs;
 use sluice_daemon::spool::simfs::SimFs;
 use sluice_daemon::spool::{Record, Spool, SpoolConfig};
@@ -38,15 +39,16 @@ fn dead_letters(spool: &Spool, name: &str) -> Vec<dead_letter::DeadLetter> {
     got
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_letter_that_could_not_be_stored_is_stored_once_there_is_room() {
-    let fs = SimFs::new();
+/// A spool on `fs` with messages 1..=3 in stream "s", and the one member
+/// of group "g" (one message of credit, ack deadline 1 s, dead after one
+/// delivery).
+async fn one_member(fs: &SimFs, min_free_bytes: u64) -> (Arc<Spool>, Arc<Consumers>, Member) {
     let spool = Arc::new(
         Spool::open_with(
             Arc::new(fs.clone()),
             Path::new("/data"),
             SpoolConfig {
-                min_free_bytes: 50_000,
+                min_free_bytes,
                 ..SpoolConfig::default()
             },
         )
@@ -75,10 +77,28 @@ async fn a_dead_letter_that_could_not_be_stored_is_stored_once_there_is_room() {
         messages: 1,
         bytes: u64::MAX,
     };
-    let mut member = consumers
+    let member = consumers
         .join("s", "g", StartAt::Earliest, "m".into(), window)
         .await
         .unwrap();
+    (spool, consumers, member)
+}
+
+/// Waits up to 10 s for the dead-letter stream to hold something.
+async fn first_dead_letters(spool: &Spool, dlq: &str) -> Vec<dead_letter::DeadLetter> {
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut got = dead_letters(spool, dlq);
+    while got.is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        got = dead_letters(spool, dlq);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_could_not_be_stored_is_stored_once_there_is_room() {
+    let fs = SimFs::new();
+    let (spool, _consumers, mut member) = one_member(&fs, 50_000).await;
     let first = member.deliveries.recv().await.unwrap();
     assert_eq!(first[0].offset, 0);
 
@@ -109,12 +129,44 @@ async fn a_dead_letter_that_could_not_be_stored_is_stored_once_there_is_room() {
 
     // Room again: stored within a retry or two, once.
     fs.set_capacity(None);
-    let until = Instant::now() + Duration::from_secs(10);
-    let mut got = dead_letters(&spool, &dlq);
-    while got.is_empty() && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        got = dead_letters(&spool, &dlq);
+    let got = first_dead_letters(&spool, &dlq).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].offset, got[0].deliveries), (0, 1));
+    assert_eq!(&got[0].payload[..], b"message 1");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(dead_letters(&spool, &dlq).len(), 1, "stored once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_whose_message_could_not_be_read_is_stored_once_reads_work() {
+    let fs = SimFs::new();
+    let (spool, _consumers, mut member) = one_member(&fs, 0).await;
+    let first = member.deliveries.recv().await.unwrap();
+    assert_eq!(first[0].offset, 0);
+
+    // Reads fail (the group read all three messages ahead already), and
+    // message 0's deadline passes: it is dead, journaled (writes work), but
+    // its message cannot be read back for the dead letter.
+    fs.fail_reads(true);
+    for offset in [1, 2] {
+        let next = tokio::time::timeout(Duration::from_secs(5), member.deliveries.recv())
+            .await
+            .expect("the group goes on")
+            .unwrap();
+        assert_eq!(next[0].offset, offset);
+        member.ack(ranges_of(&[offset]));
     }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let dlq = dead_letter::dlq_stream_name("s").unwrap();
+    assert!(
+        !spool.stream_names().contains(&dlq),
+        "a dead letter stored without its message?"
+    );
+
+    // Reads work again: stored within a retry or two, once, with its
+    // message.
+    fs.fail_reads(false);
+    let got = first_dead_letters(&spool, &dlq).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!((got[0].offset, got[0].deliveries), (0, 1));
     assert_eq!(&got[0].payload[..], b"message 1");

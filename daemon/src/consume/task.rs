@@ -73,6 +73,9 @@ pub(super) struct GroupTask {
     dead_waiting: Option<DeadBatch>,
     dead_appending: bool,
     dead_retry_at: Option<Instant>,
+    /// Dead letters whose messages could not be read (an I/O error):
+    /// read again at `dead_retry_at`; newer ones wait behind them.
+    dead_unread: Vec<DeadOut>,
 }
 
 /// Dead letters, and the dead-letter seq that their append completes
@@ -133,6 +136,7 @@ impl GroupTask {
             dead_waiting: None,
             dead_appending: false,
             dead_retry_at: None,
+            dead_unread: Vec::new(),
         }
     }
 
@@ -160,6 +164,7 @@ impl GroupTask {
             if !self.writing() && self.retry_at.is_none_or(|t| t <= now) {
                 self.start_write(&write_tx);
             }
+            self.reread_dead_letters(now);
             self.start_dead_append(&dead_tx, now);
             self.answer_waiters();
             self.mirror_cursor(false);
@@ -173,7 +178,8 @@ impl GroupTask {
                 self.fetches.values().map(|f| f.until).min(),
                 self.retry_at,
                 self.acks_since.map(|t| t + JOURNAL_ACKS_EVERY),
-                self.dead_retry_at.filter(|_| self.dead_waiting.is_some()),
+                self.dead_retry_at
+                    .filter(|_| self.dead_waiting.is_some() || !self.dead_unread.is_empty()),
                 Some(now + MIRROR_EVERY),
             ]
             .into_iter()
@@ -512,20 +518,33 @@ impl GroupTask {
     }
 
     /// Queues dead letters (whose Dead events are durable) for the
-    /// dead-letter stream; their append is started by the loop.
-    fn store_dead_letters(&mut self, mut dead: Vec<DeadOut>) {
+    /// dead-letter stream; their append is started by the loop. Their
+    /// messages are read back first; if that fails they are kept, with
+    /// every newer one behind them ("stored up to" must not pass one that
+    /// is not), and read again after `DEAD_RETRY_AFTER`.
+    fn store_dead_letters(&mut self, dead: Vec<DeadOut>) {
+        let mut dead = if self.dead_unread.is_empty() {
+            dead
+        } else {
+            let mut all = std::mem::take(&mut self.dead_unread);
+            all.extend(dead);
+            all
+        };
+        if dead.is_empty() {
+            return;
+        }
         let clock = (Instant::now(), now_us());
         let up_to = dead.iter().map(|d| d.dlq_seq).max().unwrap_or(0);
         dead.sort_unstable_by_key(|d| d.offset);
         let offsets: Vec<u64> = dead.iter().map(|d| d.offset).collect();
         let records = self.read_back(&offsets);
-        // A read error left some out: they are re-sent at the next start
-        // (their Dead events are journaled), so not marked stored.
-        let up_to = if records.len() == offsets.len() {
-            up_to
-        } else {
-            0
-        };
+        if records.len() < offsets.len() {
+            warn!(stream = %self.handle.stream, group = %self.handle.group, count = dead.len(),
+                "dead letters wait: their messages could not be read; trying again in {DEAD_RETRY_AFTER:?}");
+            self.dead_unread = dead;
+            self.dead_retry_at = Some(clock.0 + DEAD_RETRY_AFTER);
+            return;
+        }
         let mut letters = Vec::with_capacity(dead.len());
         for (d, (_, record)) in dead.into_iter().zip(records) {
             match record {
@@ -536,6 +555,14 @@ impl GroupTask {
             }
         }
         self.store_batch_after(DeadBatch { letters, up_to });
+    }
+
+    /// Reads again the messages of dead letters a read error held back,
+    /// once their retry time has come.
+    fn reread_dead_letters(&mut self, now: Instant) {
+        if !self.dead_unread.is_empty() && self.dead_retry_at.is_none_or(|t| t <= now) {
+            self.store_dead_letters(Vec::new());
+        }
     }
 
     /// Starts appending the waiting dead letters, unless an append runs

@@ -45,6 +45,8 @@ struct State {
     ops_left: Option<u64>,
     /// Free bytes; writes past it fail with ENOSPC.
     capacity: Option<u64>,
+    /// Reads fail (EIO) while set; everything else works.
+    reads_fail: bool,
 }
 
 /// How a crash treats unsynced data.
@@ -78,6 +80,12 @@ impl SimFs {
     /// Limits the bytes all files may hold together (None: unlimited).
     pub fn set_capacity(&self, bytes: Option<u64>) {
         self.state.lock().unwrap().capacity = bytes;
+    }
+
+    /// Makes every read fail with EIO (true) or work again (false), as a
+    /// failing sector or a flaky device does.
+    pub fn fail_reads(&self, on: bool) {
+        self.state.lock().unwrap().reads_fail = on;
     }
 
     fn tick(&self) -> io::Result<()> {
@@ -209,6 +217,9 @@ impl SpoolFile for SimFile {
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.fs.tick()?;
+        if self.fs.state.lock().unwrap().reads_fail {
+            return Err(io::Error::other("simulated read error (EIO)"));
+        }
         let f = self.state.lock().unwrap();
         let start = offset as usize;
         let end = start + buf.len();
