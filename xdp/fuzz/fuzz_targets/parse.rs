@@ -42,6 +42,9 @@ fuzz_target!(|data: &[u8]| {
     let n = write_udp(&mut out, src_mac, dst_mac, udp.src, udp.dst, udp.payload)
         .expect("what parsed fits again");
     let again = parse_udp(&out[..n]).expect("what we write parses");
-    assert_eq!((again.src, again.dst, again.payload), (udp.src, udp.dst, udp.payload));
+    assert_eq!(
+        (again.src, again.dst, again.payload),
+        (udp.src, udp.dst, udp.payload)
+    );
     assert!(udp_checksum_ok(&out[..n]));
 });
