@@ -41,7 +41,7 @@ fn dead_letters(spool: &Spool, name: &str) -> Vec<dead_letter::DeadLetter> {
 
 /// A spool on `fs` with messages 1..=3 in stream "s", and the one member
 /// of group "g" (one message of credit, ack deadline 1 s, dead after one
-/// delivery).
+/// delivery), which holds message 0 (offset 0).
 async fn one_member(fs: &SimFs, min_free_bytes: u64) -> (Arc<Spool>, Arc<Consumers>, Member) {
     let spool = Arc::new(
         Spool::open_with(
@@ -77,30 +77,44 @@ async fn one_member(fs: &SimFs, min_free_bytes: u64) -> (Arc<Spool>, Arc<Consume
         messages: 1,
         bytes: u64::MAX,
     };
-    let member = consumers
+    let mut member = consumers
         .join("s", "g", StartAt::Earliest, "m".into(), window)
         .await
         .unwrap();
+    let first = member.deliveries.recv().await.unwrap();
+    assert_eq!(first[0].offset, 0);
     (spool, consumers, member)
 }
 
-/// Waits up to 10 s for the dead-letter stream to hold something.
-async fn first_dead_letters(spool: &Spool, dlq: &str) -> Vec<dead_letter::DeadLetter> {
+/// The group goes on: the member's next delivery, within 5 s, is `offset`.
+async fn next_is(member: &mut Member, offset: u64) {
+    let next = tokio::time::timeout(Duration::from_secs(5), member.deliveries.recv())
+        .await
+        .expect("the group goes on")
+        .unwrap();
+    assert_eq!(next[0].offset, offset);
+}
+
+/// Message 0 (payload "message 1", delivered once) reaches the dead-letter
+/// stream within 10 s, and is there once 1.5 s later still.
+async fn message_0_is_stored_once(spool: &Spool, dlq: &str) {
     let until = Instant::now() + Duration::from_secs(10);
     let mut got = dead_letters(spool, dlq);
     while got.is_empty() && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
         got = dead_letters(spool, dlq);
     }
-    got
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].offset, got[0].deliveries), (0, 1));
+    assert_eq!(&got[0].payload[..], b"message 1");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(dead_letters(spool, dlq).len(), 1, "stored once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_that_could_not_be_stored_is_stored_once_there_is_room() {
     let fs = SimFs::new();
     let (spool, _consumers, mut member) = one_member(&fs, 50_000).await;
-    let first = member.deliveries.recv().await.unwrap();
-    assert_eq!(first[0].offset, 0);
 
     // The disk fills up (below the spool's free-space floor, which holds
     // appends; room for the group's journal), and message 0's deadline
@@ -111,11 +125,7 @@ async fn a_dead_letter_that_could_not_be_stored_is_stored_once_there_is_room() {
     // The group goes on while the dead letter's append is held: message 1
     // comes, its ack frees the member's credit, message 2 comes.
     for offset in [1, 2] {
-        let next = tokio::time::timeout(Duration::from_secs(5), member.deliveries.recv())
-            .await
-            .expect("the group goes on")
-            .unwrap();
-        assert_eq!(next[0].offset, offset);
+        next_is(&mut member, offset).await;
         // Time for the dead letter's append to start (and be held).
         tokio::time::sleep(Duration::from_millis(300)).await;
         member.ack(ranges_of(&[offset]));
@@ -129,31 +139,20 @@ async fn a_dead_letter_that_could_not_be_stored_is_stored_once_there_is_room() {
 
     // Room again: stored within a retry or two, once.
     fs.set_capacity(None);
-    let got = first_dead_letters(&spool, &dlq).await;
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!((got[0].offset, got[0].deliveries), (0, 1));
-    assert_eq!(&got[0].payload[..], b"message 1");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(dead_letters(&spool, &dlq).len(), 1, "stored once");
+    message_0_is_stored_once(&spool, &dlq).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_whose_message_could_not_be_read_is_stored_once_reads_work() {
     let fs = SimFs::new();
     let (spool, _consumers, mut member) = one_member(&fs, 0).await;
-    let first = member.deliveries.recv().await.unwrap();
-    assert_eq!(first[0].offset, 0);
 
     // Reads fail (the group read all three messages ahead already), and
     // message 0's deadline passes: it is dead, journaled (writes work), but
     // its message cannot be read back for the dead letter.
     fs.fail_reads(true);
     for offset in [1, 2] {
-        let next = tokio::time::timeout(Duration::from_secs(5), member.deliveries.recv())
-            .await
-            .expect("the group goes on")
-            .unwrap();
-        assert_eq!(next[0].offset, offset);
+        next_is(&mut member, offset).await;
         member.ack(ranges_of(&[offset]));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -166,10 +165,5 @@ async fn a_dead_letter_whose_message_could_not_be_read_is_stored_once_reads_work
     // Reads work again: stored within a retry or two, once, with its
     // message.
     fs.fail_reads(false);
-    let got = first_dead_letters(&spool, &dlq).await;
-    assert_eq!(got.len(), 1, "{got:?}");
-    assert_eq!((got[0].offset, got[0].deliveries), (0, 1));
-    assert_eq!(&got[0].payload[..], b"message 1");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(dead_letters(&spool, &dlq).len(), 1, "stored once");
+    message_0_is_stored_once(&spool, &dlq).await;
 }
