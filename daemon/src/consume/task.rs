@@ -73,6 +73,9 @@ pub(super) struct GroupTask {
     dead_waiting: Option<DeadBatch>,
     dead_appending: bool,
     dead_retry_at: Option<Instant>,
+    /// The last read stopped at `READ_PER_TURN` with more wanted: read on
+    /// after other tasks had their turn.
+    read_more: bool,
     /// Dead letters whose messages could not be read (an I/O error):
     /// read again at `dead_retry_at`; newer ones wait behind them.
     dead_unread: Vec<DeadOut>,
@@ -102,6 +105,11 @@ const JOURNAL_ACKS_EVERY: Duration = Duration::from_millis(100);
 /// Wait after a failed dead-letter append before trying again. (Their
 /// Dead events are journaled: a restart meanwhile re-sends them too.)
 const DEAD_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Most payload bytes a group reads from the spool in one turn. Reads
+/// block the worker thread the task runs on (a cold read waits for the
+/// disk): a group catching up on large messages reads in slices and lets
+/// other tasks (producers, other groups) run in between.
+const READ_PER_TURN: u64 = 4 << 20;
 
 impl GroupTask {
     pub(super) fn new(
@@ -137,6 +145,7 @@ impl GroupTask {
             dead_appending: false,
             dead_retry_at: None,
             dead_unread: Vec::new(),
+            read_more: false,
         }
     }
 
@@ -195,6 +204,7 @@ impl GroupTask {
                 Some(done) = write_rx.recv(), if self.writing() => self.write_done(done),
                 Some(done) = dead_rx.recv(), if self.dead_appending => self.dead_append_done(done),
                 _ = tokio::time::sleep_until(timer.into()) => {}
+                _ = tokio::task::yield_now(), if self.read_more => {}
             }
             // Take every command already queued before the next round.
             while open {
@@ -256,12 +266,17 @@ impl GroupTask {
     fn read(&mut self) {
         self.machine.set_end(self.stream.durable_end());
         let (want, budget) = self.machine.wants();
+        self.read_more = false;
         if want == 0 {
             return;
         }
         let mut records = Vec::with_capacity(want.min(1024));
         let mut bytes = 0;
         while records.len() < want && bytes < budget {
+            if bytes >= READ_PER_TURN {
+                self.read_more = true;
+                break;
+            }
             match self.reader.next_record() {
                 Ok(Some(r)) => {
                     bytes += r.1.payload.len() as u64;
