@@ -67,6 +67,7 @@ pub struct QuicArgs {
     /// Client certificate (PEM) for mutual TLS, with --client-key.
     #[arg(long, requires = "client_key")]
     client_cert: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --client-cert.
     #[arg(long, requires = "client_cert")]
     client_key: Option<PathBuf>,
     /// Do not verify the daemon's certificate at all. For tests only:
