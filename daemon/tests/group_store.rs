@@ -401,6 +401,52 @@ fn corrupt_snapshot_is_an_error_naming_it() {
     ));
 }
 
+/// A deletion cut short by a failure and a crash at any of its steps
+/// leaves a group that opens (as it was, or at its snapshot) or no group:
+/// never one that cannot be opened (a journal without its snapshot would
+/// stop the daemon's start). One that returned Ok leaves no group.
+#[test]
+fn a_deletion_cut_short_leaves_a_group_or_none() {
+    let batches = some_batches();
+    let whole = applied(&GroupState::new(0), &batches);
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut outcomes = BTreeSet::new();
+    for step in 0..10 {
+        for mode in [
+            CrashMode::DropUnsynced,
+            CrashMode::KeepPrefix,
+            CrashMode::TearLastWrite,
+        ] {
+            let fs = SimFs::new();
+            group_with(&fs, &batches);
+            fs.fail_after(Some(step));
+            let deleted = GroupStore::delete(&fs, dir()).is_ok();
+            fs.crash(mode, &mut rng);
+            let opened = GroupStore::open(fs_of(&fs), dir())
+                .unwrap_or_else(|e| panic!("step {step}, {mode:?}: {e}"));
+            if deleted {
+                assert!(
+                    opened.is_none(),
+                    "step {step}, {mode:?}: deleted, yet a group"
+                );
+            }
+            match &opened {
+                Some(g) => assert!(
+                    g.state() == &whole || g.state() == &GroupState::new(0),
+                    "step {step}, {mode:?}: {:?}",
+                    g.state()
+                ),
+                None => assert!(!GroupStore::exists(&fs, dir())),
+            }
+            outcomes.insert((deleted, opened.is_some()));
+        }
+    }
+    // Every kind of ending was seen: failed with the group whole or gone,
+    // and done.
+    assert!(outcomes.contains(&(true, false)), "{outcomes:?}");
+    assert!(outcomes.contains(&(false, true)), "{outcomes:?}");
+}
+
 /// An append that fails part-way leaves nothing applied, and its bytes are
 /// cut off before the next one is written.
 #[test]

@@ -359,6 +359,31 @@ impl GroupStore {
         })
     }
 
+    /// Whether `dir` holds a group (a snapshot or a journal). A folder
+    /// without either is a creation that did not finish (nobody was told
+    /// the group exists) or a deletion that did.
+    pub fn exists(fs: &dyn SpoolFs, dir: &Path) -> bool {
+        fs.exists(&dir.join(SNAPSHOT)) || fs.exists(&dir.join(JOURNAL))
+    }
+
+    /// Deletes the group in `dir` and its folder, durably. The journal
+    /// goes first: a crash part way leaves the snapshot alone (a group at
+    /// its last compaction, which a deletion can remove again) or nothing
+    /// (which [`exists`](Self::exists) does not count); never a journal
+    /// without its snapshot.
+    pub fn delete(fs: &dyn SpoolFs, dir: &Path) -> Result<(), SpoolError> {
+        for name in [JOURNAL, SNAPSHOT] {
+            let path = dir.join(name);
+            if fs.exists(&path) {
+                fs.remove_file(&path)
+                    .map_err(SpoolError::io("remove", &path))?;
+                fs.sync_dir(dir)
+                    .map_err(SpoolError::io("fsync directory", dir))?;
+            }
+        }
+        remove_folder(fs, dir)
+    }
+
     /// Sets the journal size past which `append` compacts (default
     /// [`DEFAULT_COMPACT_BYTES`]; small in tests).
     pub fn set_compact_bytes(&mut self, bytes: u64) {
@@ -477,6 +502,23 @@ impl GroupStore {
 
 /// Checks a consumer group name (it becomes a folder name): 1-255 bytes of
 /// A-Z a-z 0-9 . _ -, not starting with a dot (the rules of stream names).
+/// Removes a folder that holds no group any more (leftover temporary
+/// files included), and makes that durable in its parent.
+pub fn remove_folder(fs: &dyn SpoolFs, dir: &Path) -> Result<(), SpoolError> {
+    for name in fs.list(dir).map_err(SpoolError::io("list", dir))? {
+        let path = dir.join(name);
+        fs.remove_file(&path)
+            .map_err(SpoolError::io("remove", &path))?;
+    }
+    fs.remove_dir(dir)
+        .map_err(SpoolError::io("remove directory", dir))?;
+    if let Some(parent) = dir.parent() {
+        fs.sync_dir(parent)
+            .map_err(SpoolError::io("fsync directory", parent))?;
+    }
+    Ok(())
+}
+
 pub fn check_group_name(name: &str) -> Result<(), String> {
     const RULE: &str = "use 1-255 of A-Z a-z 0-9 . _ - (not starting with .)";
     if name.is_empty() {

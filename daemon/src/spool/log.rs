@@ -446,6 +446,22 @@ impl StreamLog {
             .map_err(SpoolError::io("write cursor", &path))
     }
 
+    /// Removes a group's cursor durably (retention no longer waits for
+    /// it); nothing to do if it has none.
+    pub fn remove_cursor(&self, group: &str) -> Result<(), SpoolError> {
+        let dir = self.dir.join("cursors");
+        let path = dir.join(group);
+        if !self.fs.exists(&path) {
+            return Ok(());
+        }
+        self.fs
+            .remove_file(&path)
+            .map_err(SpoolError::io("remove cursor", &path))?;
+        self.fs
+            .sync_dir(&dir)
+            .map_err(SpoolError::io("fsync directory", &dir))
+    }
+
     /// Deletes whole sealed segments, oldest first, while the log is over
     /// `max_bytes` or a segment's newest record is older than `min_timestamp_us`
     /// — never one holding records a `retain_until_acked` group has not acked.

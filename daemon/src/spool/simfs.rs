@@ -312,6 +312,22 @@ impl SpoolFs for SimFs {
         Ok(())
     }
 
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        self.tick()?;
+        let mut s = self.state.lock().unwrap();
+        if s.visible
+            .iter()
+            .chain(&s.dirs)
+            .any(|p| p.parent() == Some(path))
+        {
+            return Err(io::Error::from(io::ErrorKind::DirectoryNotEmpty));
+        }
+        if !s.dirs.remove(path) {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
+        Ok(())
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.tick()?;
         let mut s = self.state.lock().unwrap();

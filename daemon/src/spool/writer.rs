@@ -110,6 +110,10 @@ enum Request {
         cursor: Cursor,
         done: Reply<()>,
     },
+    RemoveCursor {
+        group: String,
+        done: Reply<()>,
+    },
 }
 
 /// Counters shared between the writer thread and handles.
@@ -241,6 +245,17 @@ impl Stream {
         let _ = self.tx.send(Request::SetCursor {
             group: group.to_owned(),
             cursor,
+            done,
+        });
+        rx
+    }
+
+    /// Removes a consumer group's cursor durably, after every cursor store
+    /// asked for before (one queue serves both).
+    pub fn remove_cursor(&self, group: &str) -> oneshot::Receiver<Result<(), SpoolError>> {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Request::RemoveCursor {
+            group: group.to_owned(),
             done,
         });
         rx
@@ -503,6 +518,9 @@ impl Writer {
                         done,
                     } => {
                         let _ = done.send(self.log.set_cursor(&group, cursor));
+                    }
+                    Request::RemoveCursor { group, done } => {
+                        let _ = done.send(self.log.remove_cursor(&group));
                     }
                 }
                 if bytes < self.config.log.max_batch_bytes {
