@@ -11,6 +11,8 @@
 //! | `POST /streams/{s}/groups/{g}/nack` | `{"offsets","delay_ms"}` | `{"nacked":n}` once durable |
 //! | `POST /streams/{s}/groups/{g}/extend` | `{"offsets","ms"}` | `{"extended":n}` once durable |
 //! | `GET /groups` | | `{"groups":[GroupStats...]}` |
+//! | `POST /streams/{s}/groups/{g}/reset` | `{"start"}` | `{"stream","group","floor"}` once durable |
+//! | `DELETE /streams/{s}/groups/{g}` | | `{"stream","group","deleted":true}` once durable |
 //! | `GET /streams/{s}/dlq?from=N&limit=M` | | dead letters from the purge mark on |
 //! | `POST /streams/{s}/dlq/replay` | `{"purge"}` | `{"replayed","duplicates","skipped","purged_to"}` |
 //! | `POST /streams/{s}/dlq/purge` | | `{"purged","purged_to"}` |
@@ -25,6 +27,10 @@
 //! offset, from any client), nacked, or its ack deadline passes. A client
 //! that disconnects during the wait gives back what it was being handed.
 //!
+//! A reset or deletion needs the group to have no members (409 while it
+//! has: stop them first); a configured group cannot be deleted (it would
+//! come back at the next start).
+//!
 //! The purge mark of a dead-letter stream is its cursor named `.purged` (a
 //! name no group can have): lists and replays start there, and retention
 //! may delete what is below it.
@@ -37,7 +43,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -76,6 +82,8 @@ pub fn routes() -> Router<Arc<AdminState>> {
         .route("/streams/{stream}/groups/{group}/ack", post(ack))
         .route("/streams/{stream}/groups/{group}/nack", post(nack))
         .route("/streams/{stream}/groups/{group}/extend", post(extend))
+        .route("/streams/{stream}/groups/{group}/reset", post(reset_group))
+        .route("/streams/{stream}/groups/{group}", delete(delete_group))
         .route("/groups", get(groups))
         .route("/streams/{stream}/dlq", get(dlq_list))
         .route("/streams/{stream}/dlq/replay", post(dlq_replay))
@@ -180,6 +188,18 @@ pub struct PurgeAnswer {
     pub purged_to: u64,
 }
 
+/// What a reset or deletion of a group answers.
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct GroupChange {
+    pub stream: String,
+    pub group: String,
+    /// After a reset: the offset the group starts at now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
 /// A request turned down: `{"error": message}` with its status.
 enum Refusal {
     Says(StatusCode, String),
@@ -216,6 +236,10 @@ fn consume_error(e: ConsumeError) -> Refusal {
         ConsumeError::BadGroup(_) => bad(e.to_string()),
         ConsumeError::Stopping => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         ConsumeError::Spool(_) => internal(e),
+        ConsumeError::NoSuchGroup { .. } => refuse(StatusCode::NOT_FOUND, e.to_string()),
+        ConsumeError::GroupBusy { .. } | ConsumeError::ConfiguredGroup { .. } => {
+            refuse(StatusCode::CONFLICT, e.to_string())
+        }
     }
 }
 
@@ -303,6 +327,15 @@ impl Fields {
         }
     }
 
+    /// The optional `start` (earliest, latest, offset:N, time:RFC3339).
+    fn start(&self) -> Result<Option<StartAt>, Refusal> {
+        self.str("start")?
+            .map(|v| {
+                crate::config::parse_start(v).map_err(|e| bad(format!("field \"start\": {e}")))
+            })
+            .transpose()
+    }
+
     /// The required `offsets` array.
     fn offsets(&self) -> Result<Vec<u64>, Refusal> {
         let Some(v) = self.0.get("offsets") else {
@@ -354,12 +387,7 @@ async fn fetch(
     }
     let max = max.min(MAX_FETCH) as u32;
     let wait = Duration::from_millis(f.u64("wait_ms")?.unwrap_or(0).min(MAX_WAIT_MS));
-    let start = match f.str("start")? {
-        Some(v) => {
-            crate::config::parse_start(v).map_err(|e| bad(format!("field \"start\": {e}")))?
-        }
-        None => StartAt::Earliest,
-    };
+    let start = f.start()?.unwrap_or(StartAt::Earliest);
     let handle = s
         .consumers
         .group(stream, group, start)
@@ -372,6 +400,56 @@ async fn fetch(
     let now = Instant::now();
     let messages = got.into_iter().map(|d| message_json(d, now)).collect();
     Ok(Json(FetchAnswer { messages }).into_response())
+}
+
+async fn reset_group(
+    State(s): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((stream, group)): Path<(String, String)>,
+    body: Bytes,
+) -> Answer {
+    let (s, headers, stream, group, body) = (&*s, &headers, &stream[..], &group[..], &body[..]);
+    allow(s, peer, headers, stream, &[Action::Consume])?;
+    let f = Fields::parse(body, &["start"])?;
+    let Some(start) = f.start()? else {
+        return Err(bad(
+            "field \"start\" is required: earliest, latest, offset:N or time:RFC3339".into(),
+        ));
+    };
+    let floor = s
+        .consumers
+        .reset(stream, group, start)
+        .await
+        .map_err(consume_error)?;
+    Ok(Json(GroupChange {
+        stream: stream.to_owned(),
+        group: group.to_owned(),
+        floor: Some(floor),
+        deleted: false,
+    })
+    .into_response())
+}
+
+async fn delete_group(
+    State(s): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((stream, group)): Path<(String, String)>,
+) -> Answer {
+    let (s, headers, stream, group) = (&*s, &headers, &stream[..], &group[..]);
+    allow(s, peer, headers, stream, &[Action::Consume])?;
+    s.consumers
+        .delete(stream, group)
+        .await
+        .map_err(consume_error)?;
+    Ok(Json(GroupChange {
+        stream: stream.to_owned(),
+        group: group.to_owned(),
+        floor: None,
+        deleted: true,
+    })
+    .into_response())
 }
 
 /// The running group an ack, nack or extension is for.

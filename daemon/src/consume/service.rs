@@ -15,7 +15,7 @@ use tracing::info;
 
 use super::dead_letter;
 use super::group::{Credit, Delivery, Group, GroupConfig, GroupCounters, KeyRule, MemberId};
-use super::store::{check_group_name, Event, GroupStore};
+use super::store::{check_group_name, remove_folder, Event, GroupStore};
 use super::task::GroupTask;
 use crate::spool::{Spool, SpoolError, Stream};
 
@@ -78,6 +78,12 @@ pub enum ConsumeError {
     Spool(#[from] SpoolError),
     #[error("the consumer service is stopping")]
     Stopping,
+    #[error("no consumer group {group:?} on stream {stream:?}")]
+    NoSuchGroup { stream: String, group: String },
+    #[error("consumer group {group:?} has {members} member(s) connected: stop them first")]
+    GroupBusy { group: String, members: u64 },
+    #[error("consumer group {group:?} is configured ([[consumers.groups]]): remove it from the configuration first, or it comes back at the next start")]
+    ConfiguredGroup { group: String },
 }
 
 /// What the service shows of a group (metrics, `sluice stat`, HTTP).
@@ -129,6 +135,9 @@ pub(super) enum Cmd {
     },
     /// Answer once everything before is durable.
     Sync(oneshot::Sender<()>),
+    /// End the group for a reset or a deletion, if it has no member (else
+    /// answer how many it has and go on): finish the journal, answer, end.
+    Retire(oneshot::Sender<Result<(), u64>>),
     /// The daemon stops: finish the journal and end.
     Stop,
 }
@@ -258,12 +267,15 @@ pub struct Consumers {
     spool: Arc<Spool>,
     config: ConsumersConfig,
     /// Held across a group's creation, so that a group is created once.
-    groups: tokio::sync::Mutex<HashMap<(String, String), Arc<GroupHandle>>>,
+    groups: tokio::sync::Mutex<HashMap<GroupKey, Arc<GroupHandle>>>,
     /// The same handles, for readers that must not wait (metrics).
     listed: Mutex<Vec<Arc<GroupHandle>>>,
     next_member: AtomicU64,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: Mutex<Vec<(GroupKey, JoinHandle<()>)>>,
 }
+
+/// A group's (stream, group) names.
+type GroupKey = (String, String);
 
 impl Consumers {
     pub fn new(spool: Arc<Spool>, config: ConsumersConfig) -> Arc<Consumers> {
@@ -291,8 +303,17 @@ impl Consumers {
             let s = self.spool.stream(&stream)?;
             let names = s.fs().list(&s.dir().join("groups")).unwrap_or_default();
             for group in names {
-                if check_group_name(&group).is_ok() {
+                if check_group_name(&group).is_err() {
+                    continue;
+                }
+                let dir = group_dir(&s, &group);
+                if GroupStore::exists(&**s.fs(), &dir) {
                     self.group(&stream, &group, StartAt::Earliest).await?;
+                } else {
+                    // A creation or a deletion a crash cut short: no group.
+                    // (Configured groups were created above.)
+                    info!(stream, group, "removing a consumer group folder that holds no group (a creation or deletion cut short)");
+                    remove_folder(&**s.fs(), &dir)?;
                 }
             }
         }
@@ -313,6 +334,17 @@ impl Consumers {
     ) -> Result<Arc<GroupHandle>, ConsumeError> {
         check_group_name(group).map_err(ConsumeError::BadGroup)?;
         let mut groups = self.groups.lock().await;
+        self.open_group(&mut groups, stream, group, start).await
+    }
+
+    /// [`group`](Self::group), with the map of running groups held.
+    async fn open_group(
+        &self,
+        groups: &mut HashMap<GroupKey, Arc<GroupHandle>>,
+        stream: &str,
+        group: &str,
+        start: StartAt,
+    ) -> Result<Arc<GroupHandle>, ConsumeError> {
         let key = (stream.to_owned(), group.to_owned());
         if let Some(h) = groups.get(&key) {
             return Ok(h.clone());
@@ -363,7 +395,8 @@ impl Consumers {
             store,
             &settings,
         );
-        self.tasks.lock().unwrap().push(tokio::spawn(task.run(rx)));
+        let run = tokio::spawn(task.run(rx));
+        self.tasks.lock().unwrap().push((key.clone(), run));
         groups.insert(key, handle.clone());
         self.listed.lock().unwrap().push(handle.clone());
         Ok(handle)
@@ -440,6 +473,101 @@ impl Consumers {
         v
     }
 
+    /// Moves a group without members to `start` (as if it were created
+    /// there now): what is below counts as acked, the rest as never
+    /// delivered. Durable before it returns; returns the new floor.
+    pub async fn reset(
+        &self,
+        stream: &str,
+        group: &str,
+        start: StartAt,
+    ) -> Result<u64, ConsumeError> {
+        let mut groups = self.groups.lock().await;
+        let s = self.retire(&mut groups, stream, group).await?;
+        let (fs, dir) = (s.fs().clone(), group_dir(&s, group));
+        let floor = tokio::task::spawn_blocking(move || -> Result<u64, SpoolError> {
+            let floor = start_offset(&s, start)?;
+            GroupStore::create(fs, &dir, floor)?;
+            Ok(floor)
+        })
+        .await
+        .map_err(|_| ConsumeError::Stopping)??;
+        self.open_group(&mut groups, stream, group, start).await?;
+        info!(stream, group, floor, "consumer group reset");
+        Ok(floor)
+    }
+
+    /// Deletes a group without members, durably: its state and the
+    /// cursor retention reads. A later subscriber of the same name makes a
+    /// new group.
+    pub async fn delete(&self, stream: &str, group: &str) -> Result<(), ConsumeError> {
+        if self
+            .config
+            .groups
+            .iter()
+            .any(|(st, g, _)| st == stream && g == group)
+        {
+            return Err(ConsumeError::ConfiguredGroup {
+                group: group.to_owned(),
+            });
+        }
+        let mut groups = self.groups.lock().await;
+        let s = self.retire(&mut groups, stream, group).await?;
+        // The cursor first: a crash before the state is gone leaves a group
+        // that writes its cursor again, never a cursor without a group.
+        s.remove_cursor(group)
+            .await
+            .map_err(|_| ConsumeError::Stopping)??;
+        let dir = group_dir(&s, group);
+        tokio::task::spawn_blocking(move || GroupStore::delete(&**s.fs(), &dir))
+            .await
+            .map_err(|_| ConsumeError::Stopping)??;
+        info!(stream, group, "consumer group deleted");
+        Ok(())
+    }
+
+    /// Ends a running group that has no members (its journal written) and
+    /// takes it out of the service; returns its stream.
+    async fn retire(
+        &self,
+        groups: &mut HashMap<GroupKey, Arc<GroupHandle>>,
+        stream: &str,
+        group: &str,
+    ) -> Result<Stream, ConsumeError> {
+        let key = (stream.to_owned(), group.to_owned());
+        let no_such = || ConsumeError::NoSuchGroup {
+            stream: stream.to_owned(),
+            group: group.to_owned(),
+        };
+        let handle = groups.get(&key).cloned().ok_or_else(no_such)?;
+        let (done, answer) = oneshot::channel();
+        handle.send(Cmd::Retire(done));
+        match answer.await {
+            Ok(Ok(())) => {}
+            Ok(Err(members)) => {
+                return Err(ConsumeError::GroupBusy {
+                    group: group.to_owned(),
+                    members,
+                })
+            }
+            Err(_) => return Err(ConsumeError::Stopping),
+        }
+        groups.remove(&key);
+        self.listed
+            .lock()
+            .unwrap()
+            .retain(|h| !Arc::ptr_eq(h, &handle));
+        let run = {
+            let mut tasks = self.tasks.lock().unwrap();
+            let i = tasks.iter().position(|(k, _)| *k == key);
+            i.map(|i| tasks.swap_remove(i).1)
+        };
+        if let Some(run) = run {
+            let _ = run.await;
+        }
+        Ok(self.spool.stream(stream)?)
+    }
+
     /// Stops every group task after its journal is written.
     pub async fn shutdown(&self) {
         self.groups.lock().await.clear();
@@ -447,7 +575,7 @@ impl Consumers {
             h.send(Cmd::Stop);
         }
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap());
-        for t in tasks {
+        for (_, t) in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
     }

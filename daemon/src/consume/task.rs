@@ -73,6 +73,8 @@ pub(super) struct GroupTask {
     dead_waiting: Option<DeadBatch>,
     dead_appending: bool,
     dead_retry_at: Option<Instant>,
+    /// A reset or deletion waits for the group to end: answered then.
+    retiring: Option<oneshot::Sender<Result<(), u64>>>,
     /// The last read stopped at `READ_PER_TURN` with more wanted: read on
     /// after other tasks had their turn.
     read_more: bool,
@@ -146,6 +148,7 @@ impl GroupTask {
             dead_retry_at: None,
             dead_unread: Vec::new(),
             read_more: false,
+            retiring: None,
         }
     }
 
@@ -179,7 +182,11 @@ impl GroupTask {
             self.mirror_cursor(false);
             self.backpressure();
             self.publish_stats();
-            if !open && !self.writing() && self.queue.is_empty() {
+            // A group retiring also lets a dead-letter append it started
+            // finish: the next group of this name numbers its dead letters
+            // past the ones stored.
+            let dead_letter_landing = self.retiring.is_some() && self.dead_appending;
+            if !open && !self.writing() && self.queue.is_empty() && !dead_letter_landing {
                 break;
             }
             let timer = [
@@ -207,17 +214,29 @@ impl GroupTask {
                 _ = tokio::task::yield_now(), if self.read_more => {}
             }
             // Take every command already queued before the next round.
-            while open {
+            while open && self.retiring.is_none() {
                 match rx.try_recv() {
                     Ok(Cmd::Stop) | Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                     Ok(c) => self.apply(c, Instant::now()),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                 }
             }
+            if self.retiring.is_some() {
+                open = false;
+            }
         }
         self.mirror_cursor(true);
         if self.holding {
             self.stream.hold_producers(false);
+        }
+        if let Some(done) = self.retiring.take() {
+            let dropped =
+                self.dead_waiting.as_ref().map_or(0, |b| b.letters.len()) + self.dead_unread.len();
+            if dropped > 0 {
+                warn!(stream = %self.handle.stream, group = %self.handle.group, dropped,
+                    "the group is reset or deleted with dead letters not yet stored: they are dropped");
+            }
+            let _ = done.send(Ok(()));
         }
     }
 
@@ -451,6 +470,14 @@ impl GroupTask {
                 );
             }
             Cmd::Stop => {}
+            Cmd::Retire(done) => {
+                let members = self.machine.member_count() as u64;
+                if members > 0 {
+                    let _ = done.send(Err(members));
+                } else {
+                    self.retiring = Some(done);
+                }
+            }
             Cmd::Sync(done) => {
                 self.take_events();
                 // Answered when the write holding everything queued now is
