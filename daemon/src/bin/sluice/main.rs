@@ -6,6 +6,7 @@
 mod connect;
 mod consume;
 mod dlq;
+mod group;
 mod nic;
 mod publish;
 mod read;
@@ -57,9 +58,14 @@ enum Cmd {
     /// A stream's dead letters (messages a consumer group gave up on):
     /// `dlq list STREAM`, `dlq replay STREAM [--purge]`, `dlq purge STREAM`.
     Dlq(dlq::Args),
+    /// Consumer groups: `group list [STREAM]`, `group reset STREAM GROUP
+    /// --start earliest|latest|offset:N|time:T` (replay, or skip a
+    /// backlog), `group delete STREAM GROUP`.
+    Group(group::Args),
 }
 
-/// The admin address and credentials, shared by `read`, `stat` and `dlq`.
+/// The admin address and credentials, shared by `read`, `stat`, `dlq` and
+/// `group`.
 #[derive(clap::Args, Clone)]
 struct AdminAddr {
     /// sluiced's admin (HTTP) address.
@@ -114,6 +120,14 @@ impl AdminAddr {
         self.answer(r)
     }
 
+    /// DELETEs `path` and returns the answer's body, as [`get`](Self::get).
+    fn delete(&self, path: &str) -> Result<String, Box<dyn std::error::Error>> {
+        let r = self
+            .request_with("DELETE", path, std::time::Duration::from_secs(60))
+            .call();
+        self.answer(r)
+    }
+
     fn answer(
         &self,
         r: Result<ureq::Response, ureq::Error>,
@@ -156,6 +170,7 @@ fn main() -> ExitCode {
         Cmd::Token(a) => token::run(a),
         Cmd::Nic(a) => nic::run(a),
         Cmd::Dlq(a) => dlq::run(a),
+        Cmd::Group(a) => group::run(a),
         Cmd::Consume(a) => consume::run(*a),
     };
     match result {

@@ -131,7 +131,7 @@ fn render(admin: &str, prev: &Scrape, now: &Scrape, secs: f64) -> String {
 /// The consumer groups: backlog, the age of the oldest unacked message,
 /// members and their credit, what is out with them, and (since the daemon
 /// started) redeliveries and dead letters.
-fn render_groups(o: &mut String, groups: &[GroupStats]) {
+pub(crate) fn render_groups(o: &mut String, groups: &[GroupStats]) {
     if groups.is_empty() {
         return;
     }
