@@ -83,6 +83,25 @@ fn group_names(d: &Daemon) -> Vec<String> {
     list.groups.into_iter().map(|g| g.group).collect()
 }
 
+/// Waits (up to 5 s) until the daemon shows no member in `group`: a
+/// consumer's close reaches the group a moment after the client returns.
+fn no_members(d: &Daemon, group: &str) {
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let list: GroupList = serde_json::from_str(&d.get("/groups")).expect("GET /groups");
+        let g = list
+            .groups
+            .iter()
+            .find(|g| g.group == group)
+            .expect("the group");
+        if g.members == 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < until, "members stay: {g:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn range(r: std::ops::Range<u64>) -> Vec<u64> {
     r.collect()
 }
@@ -98,6 +117,7 @@ async fn a_reset_replays_or_skips_and_survives_kill_9() {
 
     // Back to offset 4: durable before the answer, so a kill -9 right
     // after keeps it.
+    no_members(&daemon, "billing");
     let said = ok(&group(
         &spec,
         &["reset", "orders", "billing", "--start", "offset:4"],
@@ -130,6 +150,7 @@ async fn a_reset_replays_or_skips_and_survives_kill_9() {
 
     // Skip the backlog: to the end.
     publish(&spec, 11, 5).await;
+    no_members(&daemon, "billing");
     let said = ok(&group(
         &spec,
         &["reset", "orders", "billing", "--start", "latest", "--json"],
@@ -187,6 +208,7 @@ async fn a_deleted_group_is_gone_for_good() {
     refused(&group(&spec, &["delete", "orders", "billing"]), "member");
     c.close().await;
 
+    no_members(&daemon, "billing");
     let said = ok(&group(&spec, &["delete", "orders", "billing"]));
     assert!(said.contains("deleted group billing of orders"), "{said}");
     assert!(!group_names(&daemon).contains(&"billing".to_owned()));
