@@ -70,6 +70,35 @@ fn show_loopback_needs_no_privilege_and_no_daemon() {
 }
 
 #[test]
+fn show_json_says_the_same_as_the_text() {
+    let text_out = sluice(&["nic", "show", "lo", "--admin", NO_DAEMON]);
+    let shown = text(&text_out.stdout);
+    let out = sluice(&["nic", "show", "lo", "--json", "--admin", NO_DAEMON]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let nic = &v["nic"];
+    assert_eq!(nic["name"], "lo");
+    assert_eq!(nic["mtu"].to_string(), field(&shown, "mtu"));
+    assert_eq!(nic["virtual_device"], true);
+    assert_eq!(
+        nic["rings"],
+        serde_json::Value::Null,
+        "rings: not supported by driver"
+    );
+    assert_eq!(nic["xdp_programs"], serde_json::json!([]));
+    assert_eq!(nic["irqs"], serde_json::json!([]));
+    assert!(nic["host"]["cpus_online"].as_u64().unwrap() >= 1);
+    assert_eq!(v["counters"], serde_json::Value::Null);
+    assert!(
+        v["counters_missing"]
+            .as_str()
+            .unwrap()
+            .contains("not reachable"),
+        "{v}"
+    );
+}
+
+#[test]
 fn a_missing_interface_is_named_and_fails() {
     let out = sluice(&["nic", "show", "nosuchif"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
@@ -308,6 +337,27 @@ fn show_reads_a_running_daemons_program_and_queue_counters() {
         "{shown}"
     );
     assert!(rows.iter().map(|r| r[1]).sum::<u64>() >= 1, "{shown}");
+    // The same, for scripts.
+    let out = sluice_in(
+        ns,
+        &["nic", "show", iface, "--json", "--admin", "127.0.0.1:7480"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["nic"]["xdp_programs"][0]["ours"], true, "{v}");
+    let queues: Vec<u64> = v["counters"]
+        .as_array()
+        .unwrap_or_else(|| panic!("counters in {v}"))
+        .iter()
+        .map(|q| q["queue"].as_u64().unwrap())
+        .collect();
+    assert_eq!(queues, [0, 1], "{v}");
+    let frames: u64 = v["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["rx_frames"].as_u64().unwrap())
+        .sum();
+    assert!(frames >= 1, "{v}");
 
     let out = sluice_in(ns, &["nic", "plan", iface, "--queues", "0,1"]);
     let plan = text(&out.stdout);

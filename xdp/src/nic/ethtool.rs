@@ -148,7 +148,7 @@ const _: () = assert!(std::mem::size_of::<Rxnfc>() == 192);
 const _: () = assert!(std::mem::size_of::<DrvInfo>() == 196);
 
 /// What ETHTOOL_GDRVINFO tells.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DriverInfo {
     pub driver: String,
     pub version: String,
@@ -158,7 +158,7 @@ pub struct DriverInfo {
 
 /// Channel counts (ETHTOOL_GCHANNELS); 0 means the driver has no channels
 /// of that kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ChannelCounts {
     pub max_rx: u32,
     pub max_tx: u32,
@@ -183,7 +183,7 @@ impl ChannelCounts {
 }
 
 /// Descriptor ring sizes (ETHTOOL_GRINGPARAM), current and maximum.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RingSizes {
     pub rx: u32,
     pub rx_max: u32,
@@ -196,7 +196,7 @@ pub struct RingSizes {
 }
 
 /// One netdev feature: whether it is on, and whether it can be switched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Feature {
     pub enabled: bool,
     /// `false` for a feature the driver fixes ("[fixed]" in `ethtool -k`).

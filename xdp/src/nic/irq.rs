@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 /// One interrupt line that belongs to the interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Irq {
     pub irq: u32,
     /// The handler's name as /proc/interrupts shows it, e.g. `eth0-TxRx-3`.

@@ -47,7 +47,7 @@ pub enum NicError {
 
 /// The XDP abilities a driver declares (the kernel's netdev "xdp-features",
 /// Linux 6.3 and later).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct XdpSupport {
     /// XDP_PASS/DROP/ABORTED in the driver: native (driver) mode.
     pub basic: bool,
@@ -66,7 +66,7 @@ pub struct XdpSupport {
 }
 
 /// One XDP program attached to the interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct XdpProgram {
     pub id: u32,
     /// Empty when it could not be read (bpf(2) needs privilege).
@@ -78,7 +78,7 @@ pub struct XdpProgram {
 }
 
 /// Facts of the host that IRQ pinning depends on.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Host {
     pub cpus_online: usize,
     /// A running irqbalance, which rewrites IRQ affinities.
@@ -86,7 +86,7 @@ pub struct Host {
 }
 
 /// What the kernel tells about one interface.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct NicInfo {
     pub name: String,
     pub ifindex: u32,

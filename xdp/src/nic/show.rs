@@ -200,7 +200,7 @@ impl fmt::Display for NicInfo {
 }
 
 /// One queue's AF_XDP counters since the daemon bound it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueCounters {
     pub queue: u32,
     pub rx_frames: u64,

@@ -67,6 +67,11 @@ struct ShowArgs {
     iface: String,
     #[command(flatten)]
     admin: AdminAddr,
+    /// Print one JSON object instead of text, for scripts: `nic` (what the
+    /// kernel tells; a field the driver does not answer is null),
+    /// `counters` (per queue, or null) and `counters_missing` (why not).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -104,6 +109,19 @@ pub fn run(a: Args) -> Res {
 
 fn show(a: ShowArgs) -> Res {
     let info = nic::inspect(&a.iface)?;
+    if a.json {
+        let (counters, missing) = match counters(&a.admin, &a.iface) {
+            Ok(q) => (Some(q), None),
+            Err(why) => (None, Some(why)),
+        };
+        let shown = serde_json::json!({
+            "nic": info,
+            "counters": counters,
+            "counters_missing": missing,
+        });
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(());
+    }
     print!("{info}");
     println!();
     match counters(&a.admin, &a.iface) {
