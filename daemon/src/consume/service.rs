@@ -61,10 +61,17 @@ pub struct ConsumersConfig {
 
 impl ConsumersConfig {
     fn settings(&self, stream: &str, group: &str) -> GroupSettings {
+        self.configured(stream, group)
+            .unwrap_or(&self.defaults)
+            .clone()
+    }
+
+    /// The settings of a group named in `groups`.
+    fn configured(&self, stream: &str, group: &str) -> Option<&GroupSettings> {
         self.groups
             .iter()
             .find(|(s, g, _)| s == stream && g == group)
-            .map_or_else(|| self.defaults.clone(), |(_, _, c)| c.clone())
+            .map(|(_, _, c)| c)
     }
 }
 
@@ -501,12 +508,7 @@ impl Consumers {
     /// cursor retention reads. A later subscriber of the same name makes a
     /// new group.
     pub async fn delete(&self, stream: &str, group: &str) -> Result<(), ConsumeError> {
-        if self
-            .config
-            .groups
-            .iter()
-            .any(|(st, g, _)| st == stream && g == group)
-        {
+        if self.config.configured(stream, group).is_some() {
             return Err(ConsumeError::ConfiguredGroup {
                 group: group.to_owned(),
             });

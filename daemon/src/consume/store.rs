@@ -500,8 +500,6 @@ impl GroupStore {
     }
 }
 
-/// Checks a consumer group name (it becomes a folder name): 1-255 bytes of
-/// A-Z a-z 0-9 . _ -, not starting with a dot (the rules of stream names).
 /// Removes a folder that holds no group any more (leftover temporary
 /// files included), and makes that durable in its parent.
 pub fn remove_folder(fs: &dyn SpoolFs, dir: &Path) -> Result<(), SpoolError> {
@@ -519,6 +517,8 @@ pub fn remove_folder(fs: &dyn SpoolFs, dir: &Path) -> Result<(), SpoolError> {
     Ok(())
 }
 
+/// Checks a consumer group name (it becomes a folder name): 1-255 bytes of
+/// A-Z a-z 0-9 . _ -, not starting with a dot (the rules of stream names).
 pub fn check_group_name(name: &str) -> Result<(), String> {
     const RULE: &str = "use 1-255 of A-Z a-z 0-9 . _ - (not starting with .)";
     if name.is_empty() {
