@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
@@ -51,6 +51,18 @@ pub fn publish(
         "sluice publish failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The stdout of a `sluice` run that must have succeeded (else a panic
+/// with its exit status and stderr).
+pub fn succeeded(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "sluice failed ({}): {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// An admin API answer: status and JSON body (`Null` if not JSON).

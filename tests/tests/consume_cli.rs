@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use sluice_tests::consume::publish;
+use sluice_tests::consume::{publish, succeeded};
 use sluice_tests::daemon::{Daemon, DaemonSpec};
 use sluice_tests::{sluice_bin, sluiced_bin};
 
@@ -51,16 +51,6 @@ fn run(mut c: Command, limit: Duration) -> Output {
     }
 }
 
-fn stdout(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "sluice consume failed ({}): {}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// `offset delivery producer seq payload` of `--print line` output.
 fn lines(out: &str) -> Vec<(u64, u32, u64, u64, String)> {
     out.lines()
@@ -93,13 +83,13 @@ fn consume_prints_acks_and_continues_where_the_group_is() {
         None,
     );
     // Payloads only, by default.
-    let out = stdout(&run(
+    let out = succeeded(&run(
         consume(&spec, "jobs", &["--group", "g", "--count", "3"]),
         LIMIT,
     ));
     assert_eq!(out, "one\ntwo\nthree\n");
     // Acked ones are not delivered again: the group goes on at 3.
-    let out = stdout(&run(
+    let out = succeeded(&run(
         consume(
             &spec,
             "jobs",
@@ -115,7 +105,7 @@ fn consume_prints_acks_and_continues_where_the_group_is() {
         ]
     );
     // Another group gets everything; --start applies to a new group.
-    let out = stdout(&run(
+    let out = succeeded(&run(
         consume(
             &spec,
             "jobs",
@@ -135,7 +125,7 @@ fn consume_prints_acks_and_continues_where_the_group_is() {
     let pulled = std::thread::spawn(move || run(waiting, LIMIT));
     std::thread::sleep(Duration::from_millis(500));
     publish(sluice_bin!(), &spec, "jobs", 7, &["six"], None);
-    let out = stdout(&pulled.join().unwrap());
+    let out = succeeded(&pulled.join().unwrap());
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["offset"], 5, "{v}");
     assert_eq!(v["delivery"], 1, "{v}");
@@ -179,7 +169,7 @@ fn a_failed_command_nacks_and_the_message_comes_again() {
         ),
         LIMIT,
     );
-    assert_eq!(stdout(&o), "", "nothing printed with --exec");
+    assert_eq!(succeeded(&o), "", "nothing printed with --exec");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("offset 0 (delivery 1)") && err.contains("nacked"),
@@ -227,7 +217,7 @@ fn a_failed_command_nacks_and_the_message_comes_again() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = wait(&mut child, Duration::from_secs(15));
     assert!(status.success(), "SIGTERM: {status}");
-    let out = stdout(&run(
+    let out = succeeded(&run(
         consume(
             &spec,
             "jobs",
@@ -288,7 +278,7 @@ fn sigterm_stops_cleanly_and_keeps_the_acks() {
     let status = wait(&mut child, Duration::from_secs(15));
     assert!(status.success(), "SIGTERM: {status}");
     publish(sluice_bin!(), &spec, "jobs", 7, &["d"], None);
-    let out = stdout(&run(
+    let out = succeeded(&run(
         consume(
             &spec,
             "jobs",

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_daemon::consume::http::GroupList;
+use sluice_tests::consume::succeeded;
 use sluice_tests::daemon::{Daemon, DaemonSpec};
 use sluice_tests::load;
 use sluice_tests::{sluice_bin, sluiced_bin};
@@ -61,16 +62,6 @@ fn group(spec: &DaemonSpec, args: &[&str]) -> Output {
         .expect("run sluice group")
 }
 
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "sluice group failed ({}): {}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// The command failed with exit code 1, saying `what`.
 fn refused(o: &Output, what: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
@@ -118,7 +109,7 @@ async fn a_reset_replays_or_skips_and_survives_kill_9() {
     // Back to offset 4: durable before the answer, so a kill -9 right
     // after keeps it.
     no_members(&daemon, "billing");
-    let said = ok(&group(
+    let said = succeeded(&group(
         &spec,
         &["reset", "orders", "billing", "--start", "offset:4"],
     ));
@@ -151,7 +142,7 @@ async fn a_reset_replays_or_skips_and_survives_kill_9() {
     // Skip the backlog: to the end.
     publish(&spec, 11, 5).await;
     no_members(&daemon, "billing");
-    let said = ok(&group(
+    let said = succeeded(&group(
         &spec,
         &["reset", "orders", "billing", "--start", "latest", "--json"],
     ));
@@ -195,7 +186,7 @@ async fn a_deleted_group_is_gone_for_good() {
     publish(&spec, 0, 10).await;
     let c = consumer(&spec, "billing", StartAt::Earliest).await;
     assert_eq!(drain(c).await, range(0..10));
-    let listed = ok(&group(&spec, &["list", "orders"]));
+    let listed = succeeded(&group(&spec, &["list", "orders"]));
     assert!(
         listed.contains("billing") && listed.contains("audit"),
         "{listed}"
@@ -209,7 +200,7 @@ async fn a_deleted_group_is_gone_for_good() {
     c.close().await;
 
     no_members(&daemon, "billing");
-    let said = ok(&group(&spec, &["delete", "orders", "billing"]));
+    let said = succeeded(&group(&spec, &["delete", "orders", "billing"]));
     assert!(said.contains("deleted group billing of orders"), "{said}");
     assert!(!group_names(&daemon).contains(&"billing".to_owned()));
     assert!(!group_dir.exists(), "{} is left", group_dir.display());

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sluice_daemon::auth::{hash_token, new_token};
 use sluice_daemon::consume::dead_letter::replay_producer_id;
-use sluice_tests::consume::{get, post, publish, text, Answer};
+use sluice_tests::consume::{get, post, publish, succeeded, text, Answer};
 use sluice_tests::daemon::{Daemon, DaemonSpec};
 use sluice_tests::{sluice_bin, sluiced_bin};
 
@@ -72,15 +72,6 @@ fn sluice(args: &[&str]) -> Output {
         .env_remove("SLUICE_ADMIN")
         .output()
         .expect("run sluice")
-}
-
-fn out(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "sluice failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 #[test]
@@ -177,7 +168,7 @@ fn fetch_ack_nack_redelivery_and_long_poll() {
     assert_eq!(m.value("sluice_group_expired_total", &l), 1.0);
     assert_eq!(m.value("sluice_group_backlog_messages", &l), 0.0);
     let admin = d.admin.to_string();
-    let stat = out(&sluice(&[
+    let stat = succeeded(&sluice(&[
         "stat", "--admin", &admin, "--count", "1", "--every", "0.2",
     ]));
     let line = stat
@@ -393,7 +384,7 @@ fn dead_letters_are_listed_replayed_and_purged() {
     );
 
     // sluice dlq list: text and JSON.
-    let list = out(&sluice(&["dlq", "list", "jobs", "--admin", &admin]));
+    let list = succeeded(&sluice(&["dlq", "list", "jobs", "--admin", &admin]));
     for needle in [
         "dead letter 0",
         "jobs offset 0, producer 5 seq 1",
@@ -404,7 +395,7 @@ fn dead_letters_are_listed_replayed_and_purged() {
     ] {
         assert!(list.contains(needle), "{needle:?} not in:\n{list}");
     }
-    let json_list = out(&sluice(&[
+    let json_list = succeeded(&sluice(&[
         "dlq", "list", "jobs", "--admin", &admin, "--json",
     ]));
     let lines: Vec<Value> = json_list
@@ -415,7 +406,7 @@ fn dead_letters_are_listed_replayed_and_purged() {
 
     // Replay: the payload is back in the stream, as the replay producer;
     // the group gets it as a new message.
-    let r = out(&sluice(&["dlq", "replay", "jobs", "--admin", &admin]));
+    let r = succeeded(&sluice(&["dlq", "replay", "jobs", "--admin", &admin]));
     assert!(r.contains("replayed 1 dead letter into jobs"), "{r}");
     let records = ok(get(d.admin, "/streams/jobs/records?from=2", None));
     let rec = &records["records"][0];
@@ -428,7 +419,7 @@ fn dead_letters_are_listed_replayed_and_purged() {
     );
     ok(post(d.admin, ACK, r#"{"offsets": [2]}"#, None));
     // Again: nothing stored twice.
-    let again = out(&sluice(&[
+    let again = succeeded(&sluice(&[
         "dlq", "replay", "jobs", "--admin", &admin, "--json",
     ]));
     let again: Value = serde_json::from_str(again.trim()).unwrap();
@@ -440,7 +431,7 @@ fn dead_letters_are_listed_replayed_and_purged() {
     );
 
     // Purge: gone from lists and replays.
-    let p = out(&sluice(&["dlq", "purge", "jobs", "--admin", &admin]));
+    let p = succeeded(&sluice(&["dlq", "purge", "jobs", "--admin", &admin]));
     assert!(p.contains("purged 1 dead letter of jobs"), "{p}");
     let page = ok(get(d.admin, "/streams/jobs/dlq", None));
     assert_eq!(page["dead_letters"], json!([]), "{page}");
@@ -454,7 +445,7 @@ fn dead_letters_are_listed_replayed_and_purged() {
     // Replay with purge: a second dead letter, replayed and purged at once.
     publish(sluice_bin!(), &spec, "jobs", 5, &["poison again"], None);
     kill_message(&d, 3, 0, 2);
-    let r = out(&sluice(&[
+    let r = succeeded(&sluice(&[
         "dlq", "replay", "jobs", "--purge", "--admin", &admin, "--json",
     ]));
     let r: Value = serde_json::from_str(r.trim()).unwrap();
@@ -463,7 +454,7 @@ fn dead_letters_are_listed_replayed_and_purged() {
         json!({"replayed": 1, "duplicates": 0, "skipped": 0, "purged_to": 2})
     );
     let list = sluice(&["dlq", "list", "jobs", "--admin", &admin]);
-    assert_eq!(out(&list), "");
+    assert_eq!(succeeded(&list), "");
     assert!(
         String::from_utf8_lossy(&list.stderr).contains("0 dead letters in jobs.dlq"),
         "{}",
