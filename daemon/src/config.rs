@@ -811,7 +811,11 @@ impl Config {
             log: LogConfig {
                 segment_bytes: self.spool.segment_bytes,
                 max_batch_bytes: self.spool.max_batch_bytes,
-                repair: self.spool.repair,
+                recovery: if self.spool.repair {
+                    crate::spool::Recovery::Repair
+                } else {
+                    crate::spool::Recovery::Recover
+                },
                 ..LogConfig::default()
             },
             fsync: self.fsync_policy()?,

@@ -11,9 +11,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use sluice_daemon::spool::fs::SpoolFs;
 use sluice_daemon::spool::simfs::{CrashMode, SimFs};
 use sluice_daemon::spool::{
-    Cursor, FsyncPolicy, LogConfig, Outcome, Record, Spool, SpoolConfig, SpoolError, StreamLog,
+    Cursor, FsyncPolicy, LogConfig, Outcome, Record, Recovery, Spool, SpoolConfig, SpoolError,
+    StreamLog,
 };
 
 const DIR: &str = "/data/streams/s";
@@ -33,7 +35,7 @@ fn small() -> LogConfig {
         max_batch_bytes: 2_000,
         max_record_bytes: 1_000,
         index_interval: 1_024,
-        repair: false,
+        ..LogConfig::default()
     }
 }
 
@@ -65,25 +67,22 @@ fn corruption_in_the_middle_is_reported_with_segment_and_offset() {
     let seg = Path::new(DIR).join("00000000000000000000.seg");
     fs.corrupt(&seg, 5_000, 0x10); // far from the end: not a torn tail
     match open(&fs, small()) {
-        Err(SpoolError::Corrupt {
-            segment, offset, ..
-        }) => {
-            assert_eq!(segment, seg);
-            assert!(offset <= 5_000 && offset + 240 > 5_000, "offset {offset}");
+        Err(SpoolError::Damaged(d)) => {
+            assert_eq!(d.file, seg);
+            assert!(d.byte <= 5_000 && d.byte + 2_100 > 5_000, "byte {}", d.byte);
         }
         other => panic!("expected a corruption error, got {:?}", other.map(|_| ())),
     }
     // The error is stable: nothing was changed by refusing.
-    assert!(matches!(
-        open(&fs, small()),
-        Err(SpoolError::Corrupt { .. })
-    ));
+    assert!(matches!(open(&fs, small()), Err(SpoolError::Damaged(_))));
 
-    // With repair the damaged segment is set aside and the valid prefix kept.
+    // With repair the damaged bytes and everything after them are set
+    // aside and the valid prefix kept; new records continue past every
+    // offset the log had (those in between are given up, and recorded).
     let mut log = open(
         &fs,
         LogConfig {
-            repair: true,
+            recovery: Recovery::Repair,
             ..small()
         },
     )
@@ -94,19 +93,33 @@ fn corruption_in_the_middle_is_reported_with_segment_and_offset() {
         assert_eq!((*off, r.seq), (i as u64, i as u64 + 1));
     }
     let names = fs_names(&fs);
-    assert!(names.iter().any(|n| n.contains("quarantined")), "{names:?}");
-    // The stream goes on; seqs lost to the damage can be sent again.
+    assert!(names.iter().any(|n| n == "aside"), "{names:?}");
+    let lost = log.recoveries().lock().unwrap().clone();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!((lost[0].from, lost[0].to), (kept.len() as u64, 200));
+    let aside = lost[0].aside.clone().unwrap();
+    let copied: u64 = fs
+        .list(&aside)
+        .unwrap()
+        .iter()
+        .filter(|n| n.contains("from-byte"))
+        .map(|n| fs.file_len(&aside.join(n)).unwrap())
+        .sum();
+    assert!(copied > 0, "the damaged bytes were not set aside");
+    // The stream goes on after the given-up offsets; seqs lost to the
+    // damage can be sent again.
     let next = kept.len() as u64 + 1;
     assert_eq!(
         log.append(&[rec(1, next, 10)], true).unwrap(),
-        vec![Outcome::Stored {
-            offset: kept.len() as u64
-        }]
+        vec![Outcome::Stored { offset: 200 }]
     );
+    drop(log);
+    // And it opens again without an operator.
+    let log = open(&fs, small()).unwrap();
+    assert_eq!(all(&log).unwrap().len(), kept.len() + 1);
 }
 
 fn fs_names(fs: &SimFs) -> Vec<String> {
-    use sluice_daemon::spool::fs::SpoolFs;
     fs.list(Path::new(DIR)).unwrap()
 }
 
@@ -135,7 +148,7 @@ fn a_corrupt_sealed_segment_is_an_error_for_readers_never_a_skip() {
     .unwrap();
     let e = all(&log).unwrap_err();
     assert!(
-        matches!(e, SpoolError::Corrupt { ref segment, .. } if *segment == seg),
+        matches!(e, SpoolError::Damaged(ref d) if d.file == seg),
         "{e}"
     );
 }

@@ -63,7 +63,7 @@ fn run_seed(seed: u64) -> Result<Totals, String> {
         max_batch_bytes: rng.random_range(500..8_000),
         max_record_bytes: max_record,
         index_interval: 512,
-        repair: false,
+        ..LogConfig::default()
     };
     let sizes = [0usize, 10, 100, 1000, max_record];
     let mut producers: Vec<Producer> = (1..=rng.random_range(1..5u64))

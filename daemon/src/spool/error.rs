@@ -1,7 +1,55 @@
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+use serde::Serialize;
 use thiserror::Error;
+
+/// Damage found in a stream's files: where it is, which offsets it
+/// affects, and why it is damage rather than what a crash leaves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Damage {
+    pub stream: String,
+    /// The damaged file (a segment, the checkpoint, a cursor, ...).
+    pub file: PathBuf,
+    /// Byte position in it where the damage starts.
+    pub byte: u64,
+    /// First offset affected.
+    pub from: u64,
+    /// Offset after the last one known to be affected; `None` when the
+    /// extent is not known (everything from `from` on may be).
+    pub to: Option<u64>,
+    pub reason: String,
+}
+
+impl Damage {
+    /// The affected offsets, in words.
+    pub fn offsets(&self) -> String {
+        match self.to {
+            Some(to) if to > self.from => format!(
+                "offsets {}..{} ({} records)",
+                self.from,
+                to,
+                to - self.from
+            ),
+            _ => format!("offsets from {} on", self.from),
+        }
+    }
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "stream {}: {} is damaged at byte {} ({}); {} affected",
+            self.stream,
+            self.file.display(),
+            self.byte,
+            self.reason,
+            self.offsets()
+        )
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum SpoolError {
@@ -12,15 +60,10 @@ pub enum SpoolError {
         source: io::Error,
     },
     #[error(
-        "stream {stream}: corrupt record in segment {segment} at byte {offset} ({reason}); \
-         refusing to serve the stream: start with --repair to quarantine the damaged part"
+        "{0}; refusing to serve the stream: restore the files, or start sluiced with \
+         --repair to set the damaged part aside (nothing is deleted) and serve what is before it"
     )]
-    Corrupt {
-        stream: String,
-        segment: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    Damaged(Box<Damage>),
     #[error(
         "stream {stream}, consumer group {group}: {} is damaged at byte {offset} ({reason}); \
          the group's position is unknown, so it is not served: restore the file, or move the \

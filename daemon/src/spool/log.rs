@@ -1,36 +1,64 @@
-//! One stream's log: segment files of records, recovered on open, appended
+//! One stream's log: segment files of commits, recovered on open, appended
 //! in batches with one fdatasync each.
 //!
 //! This is the synchronous core, fed by the group-commit writer thread (and
 //! driven directly by the crash-simulation tests). It never reports a record
 //! as stored before the fdatasync that covers it has returned.
+//!
+//! Opening surveys the files ([`super::survey`]) and acts on what it found:
+//! a torn tail is copied aside and cut; damage is refused (an error naming
+//! stream, file, byte and offsets) or, with [`Recovery::Repair`], set aside
+//! ([`super::repair`]); a read-only open changes nothing.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tracing::{info, warn};
 
+use super::aside::Aside;
+use super::checkpoint::{Checkpoint, CheckpointFile, Loaded};
 use super::error::SpoolError;
-use super::fs::{read_all, write_atomic, SpoolFile, SpoolFs};
-use super::record::{self, Record, HEADER_LEN, MAX_PAYLOAD};
+use super::fs::{SpoolFile, SpoolFs};
+use super::index::{segment_name, write_index, IndexEntry, SegmentMeta, SharedSegments};
+use super::marks::{self, Cursor};
+use super::record::{Record, HEADER_LEN, MAX_PAYLOAD};
+use super::recoveries::{self, Kind, Recovery as Recovered};
+use super::segment::{
+    fold_record_crc, CommitHeader, SegmentHeader, COMMIT_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
+use super::survey::{self, Depth, Survey};
+use super::writer::now_us;
+
+/// What opening does with what a crash or damage left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Cut a torn tail (its bytes copied aside first); refuse damage.
+    Recover,
+    /// Also set damage aside and serve the valid log before it
+    /// (`sluiced --repair`).
+    Repair,
+    /// Change nothing (tools reading a data folder); refuse damage.
+    ReadOnly,
+}
 
 /// Settings of one stream's log.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     /// A segment is closed and a new one started past this size.
     pub segment_bytes: u64,
-    /// Bound on one batch's bytes. With one batch written at a time and
-    /// synced before the next, a crash can damage at most this much (plus one
-    /// record) at the end of the log: that is how a torn tail is told from
-    /// corruption.
+    /// Bound on one batch's bytes (the writer's; a commit is at most one
+    /// batch).
     pub max_batch_bytes: usize,
     /// Largest payload accepted (at most the transport's 16 MiB).
     pub max_record_bytes: usize,
     /// One sparse-index entry per this many bytes of records.
     pub index_interval: u64,
-    /// Quarantine corrupt segments instead of refusing to open.
-    pub repair: bool,
+    pub recovery: Recovery,
+    /// Acks go out before fdatasync (fsync = interval or never): recorded
+    /// in the checkpoint, so that the next start knows marks may be ahead
+    /// of what a power cut left.
+    pub early_acks: bool,
 }
 
 impl Default for LogConfig {
@@ -39,9 +67,19 @@ impl Default for LogConfig {
             segment_bytes: 256 << 20,
             max_batch_bytes: 8 << 20,
             max_record_bytes: MAX_PAYLOAD,
-            index_interval: 64 << 10,
-            repair: false,
+            index_interval: survey::INDEX_EVERY,
+            recovery: Recovery::Recover,
+            early_acks: false,
         }
+    }
+}
+
+impl LogConfig {
+    /// The most a commit header may claim: a whole segment, or one
+    /// record of the largest size in a segment of its own.
+    pub fn max_commit_bytes(&self) -> u64 {
+        self.segment_bytes
+            .max((SEGMENT_HEADER_LEN + COMMIT_HEADER_LEN + HEADER_LEN + self.max_record_bytes) as u64)
     }
 }
 
@@ -54,52 +92,14 @@ pub enum Outcome {
     Duplicate,
 }
 
-/// A sparse-index entry: where record `offset` starts in its segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IndexEntry {
-    pub offset: u64,
-    pub pos: u64,
-    pub timestamp_us: u64,
-}
-
-/// What readers need to know of a segment (shared with them).
-#[derive(Debug, Clone)]
-pub struct SegmentMeta {
-    pub base: u64,
-    pub path: PathBuf,
-    /// Bytes of durable records.
-    pub len: u64,
-    /// Durable records in it.
-    pub count: u64,
-    pub index: Vec<IndexEntry>,
-    pub last_timestamp_us: u64,
-}
-
-impl SegmentMeta {
-    /// Offset after the last record.
-    pub fn end(&self) -> u64 {
-        self.base + self.count
-    }
-}
-
-/// The segments as readers see them: only durable data.
-pub type SharedSegments = Arc<RwLock<Vec<SegmentMeta>>>;
-
-pub(crate) fn segment_name(base: u64) -> String {
-    format!("{base:020}.seg")
-}
-
-fn parse_segment_name(name: &str) -> Option<u64> {
-    name.strip_suffix(".seg")?.parse().ok()
-}
-
-/// A durable consumer-group position (used by retention and consumers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    /// Every record below this offset is acked by the group.
-    pub ack_floor: u64,
-    /// Retention may not delete records at or above `ack_floor`.
-    pub retain_until_acked: bool,
+/// How far the log is written, or known durable: the end offset and the
+/// last commit (its segment, the position after it, its fingerprint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Mark {
+    end: u64,
+    segment: u64,
+    pos: u64,
+    last_commit: u32,
 }
 
 pub struct StreamLog {
@@ -107,8 +107,9 @@ pub struct StreamLog {
     dir: PathBuf,
     name: String,
     config: LogConfig,
+    stream_id: u64,
     shared: SharedSegments,
-    active: Arc<dyn SpoolFile>,
+    active: Option<Arc<dyn SpoolFile>>,
     next_offset: u64,
     /// Highest durable seq per producer: the idempotence table.
     producers: HashMap<u64, u64>,
@@ -117,86 +118,138 @@ pub struct StreamLog {
     /// An append failed part-way: the active segment may hold bytes past
     /// its known end, to be cut off before anything else is written.
     dirty: bool,
+    /// What is written, and what the last fdatasync covered.
+    written: Mark,
+    synced: Mark,
+    /// `None` when opened read-only.
+    checkpoint: Option<CheckpointFile>,
+    recoveries: Arc<Mutex<Vec<Recovered>>>,
     scratch: Vec<u8>,
 }
 
 impl StreamLog {
     /// Opens (creating if new) the log in `dir`, recovering from whatever a
-    /// crash left: a torn tail is truncated; corruption elsewhere is an error
-    /// unless `config.repair`.
+    /// crash left, as `config.recovery` says.
     pub fn open(
         fs: Arc<dyn SpoolFs>,
         dir: &Path,
         name: &str,
         config: LogConfig,
     ) -> Result<StreamLog, SpoolError> {
-        fs.create_dir_all(dir)
-            .map_err(SpoolError::io("create directory", dir))?;
-        let mut bases: Vec<u64> = fs
-            .list(dir)
-            .map_err(SpoolError::io("list", dir))?
-            .iter()
-            .filter_map(|n| parse_segment_name(n))
-            .collect();
-        bases.sort_unstable();
-        let mut producers = load_snapshot(&*fs, dir, bases.last().copied().unwrap_or(0));
-        let snapshot_base = producers.as_ref().map(|(b, _)| *b);
-        let mut table = producers.take().map(|(_, t)| t).unwrap_or_default();
-        let mut metas = Vec::new();
-        let last = bases.len().saturating_sub(1);
-        for (i, &base) in bases.iter().enumerate() {
-            let path = dir.join(segment_name(base));
-            // Sealed segments before the snapshot only need their index; the
-            // rest are scanned, which also rebuilds the idempotence table.
-            let sealed_and_indexed = i < last && snapshot_base.is_some_and(|s| base < s);
-            let meta = if sealed_and_indexed {
-                match load_index(&*fs, &path) {
-                    Some(m) => m,
-                    None => {
-                        scan_segment(&*fs, name, &path, base, false, &config, &mut HashMap::new())?
-                    }
-                }
-            } else {
-                scan_segment(&*fs, name, &path, base, i == last, &config, &mut table)?
-            };
-            metas.push(meta);
+        let read_only = config.recovery == Recovery::ReadOnly;
+        if !read_only {
+            fs.create_dir_all(dir)
+                .map_err(SpoolError::io("create directory", dir))?;
         }
-        if metas.is_empty() {
-            let path = dir.join(segment_name(0));
-            create_segment(&*fs, dir, &path, config.segment_bytes)?;
-            metas.push(SegmentMeta {
-                base: 0,
-                path,
-                len: 0,
-                count: 0,
-                index: Vec::new(),
-                last_timestamp_us: 0,
-            });
+        let depth = match config.recovery {
+            Recovery::Repair => Depth::Full,
+            _ => Depth::Quick,
+        };
+        let mut s = survey::survey(&*fs, dir, name, depth, &config)?;
+        for note in &s.notes {
+            warn!(stream = name, "{note}");
         }
-        let active_meta = metas.last().expect("at least one segment");
-        let active = fs
-            .open(&active_meta.path, false)
-            .map_err(SpoolError::io("open", &active_meta.path))?;
-        let next_offset = active_meta.end();
-        let since_index = active_meta.len - active_meta.index.last().map_or(0, |e| e.pos);
+        if !s.damage.is_empty() {
+            if config.recovery != Recovery::Repair {
+                return Err(refusal(&s));
+            }
+            super::repair::repair(&fs, &s, &config)?;
+            s = survey::survey(&*fs, dir, name, Depth::Quick, &config)?;
+            if !s.damage.is_empty() {
+                return Err(refusal(&s));
+            }
+        }
+        if read_only {
+            return Self::from_survey(fs, s, config, None);
+        }
+        let recovered = match s.torn.clone() {
+            Some(t) => Some(cut_torn_tail(&fs, &s, &t)?),
+            None => None,
+        };
+        if let Some(path) = s.unborn.clone() {
+            set_aside_unborn(&fs, dir, &path)?;
+        }
+        if s.segments.is_empty() {
+            let stream_id = s.stream_id.unwrap_or_else(rand::random);
+            create_stream(&fs, dir, stream_id, &s.checkpoint, config.segment_bytes)?;
+            s = survey::survey(&*fs, dir, name, Depth::Quick, &config)?;
+            if !s.damage.is_empty() {
+                return Err(refusal(&s));
+            }
+        }
+        let last = match &s.checkpoint {
+            Loaded::Found { checkpoint, .. } => *checkpoint,
+            _ => Checkpoint::default(),
+        };
+        let file = CheckpointFile::open(&*fs, dir, last)?;
+        let reached = s.reached;
+        let mut log = Self::from_survey(fs, s, config, Some(file))?;
+        if let Some(r) = recovered {
+            log.record(r)?;
+        }
+        // The clean flag goes: from here on the log may grow.
+        log.checkpoint(false)?;
+        if reached > log.next_offset {
+            // Marks ahead of the log without damage: groups acked records
+            // acknowledged before they were durable (fsync = interval or
+            // never) and a power cut took them. New records must not reuse
+            // those offsets.
+            log.skip_to(
+                reached,
+                Kind::EarlyAcks,
+                "consumer groups were past the log's end: records acked before they were durable were lost",
+            )?;
+        }
+        Ok(log)
+    }
+
+    /// The log as the survey found it (after any cut or repair).
+    fn from_survey(
+        fs: Arc<dyn SpoolFs>,
+        s: Survey,
+        config: LogConfig,
+        checkpoint: Option<CheckpointFile>,
+    ) -> Result<StreamLog, SpoolError> {
+        let (active, written) = match s.segments.last() {
+            Some(m) => {
+                let f = fs.open(&m.path, false).map_err(SpoolError::io("open", &m.path))?;
+                let mark = Mark {
+                    end: m.end(),
+                    segment: m.base,
+                    pos: m.len,
+                    last_commit: s.last_commit.map_or(0, |(h, _)| h.head_crc),
+                };
+                (Some(f), mark)
+            }
+            None => (None, Mark::default()),
+        };
+        let since_index = s.segments.last().map_or(u64::MAX, |m| {
+            m.index.last().map_or(u64::MAX, |e| m.len - e.pos)
+        });
         info!(
-            stream = name,
-            segments = metas.len(),
-            next_offset,
-            producers = table.len(),
+            stream = %s.stream,
+            segments = s.segments.len(),
+            next_offset = written.end,
+            producers = s.producers.len(),
+            read_bytes = s.bytes_read,
             "log opened"
         );
         Ok(StreamLog {
+            recoveries: Arc::new(Mutex::new(recoveries::read(&*fs, &s.dir))),
             fs,
-            dir: dir.to_path_buf(),
-            name: name.to_owned(),
+            dir: s.dir,
+            name: s.stream,
             config,
-            shared: Arc::new(RwLock::new(metas)),
+            stream_id: s.stream_id.unwrap_or(0),
+            shared: Arc::new(RwLock::new(s.segments)),
             active,
-            next_offset,
-            producers: table,
+            next_offset: written.end,
+            producers: s.producers,
             since_index,
             dirty: false,
+            written,
+            synced: written,
+            checkpoint,
             scratch: Vec::new(),
         })
     }
@@ -213,9 +266,18 @@ impl StreamLog {
         &self.fs
     }
 
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
     /// The segments as readers may see them.
     pub fn shared(&self) -> SharedSegments {
         self.shared.clone()
+    }
+
+    /// What recovery and repair did to this stream, oldest first.
+    pub fn recoveries(&self) -> Arc<Mutex<Vec<Recovered>>> {
+        self.recoveries.clone()
     }
 
     /// A reader over what is durable now (for tools and tests; a live
@@ -244,14 +306,27 @@ impl StreamLog {
         self.shared.read().unwrap().iter().map(|s| s.len).sum()
     }
 
-    /// Appends a batch: every record whose (producer, seq) is new is written,
-    /// then one fdatasync covers them all. Returns, in order, what became of
-    /// each record; nothing is reported stored unless the sync returned.
+    fn writable(&self) -> Result<&Arc<dyn SpoolFile>, SpoolError> {
+        match (&self.active, &self.checkpoint) {
+            (Some(f), Some(_)) => Ok(f),
+            _ => Err(SpoolError::Io {
+                op: "append to",
+                path: self.dir.clone(),
+                source: std::io::Error::other("the log was opened read-only"),
+            }),
+        }
+    }
+
+    /// Appends a batch: every record whose (producer, seq) is new is written
+    /// as one commit (one per segment it spans), then one fdatasync covers
+    /// it. Returns, in order, what became of each record; nothing is
+    /// reported stored unless the sync returned.
     ///
     /// With `sync == false` (the `interval` and `never` fsync policies) the
     /// data is written but not synced: the promise is off, and the caller
     /// says so in its logs.
     pub fn append(&mut self, records: &[Record], sync: bool) -> Result<Vec<Outcome>, SpoolError> {
+        self.writable()?;
         if self.dirty {
             self.cut_back()?;
         }
@@ -264,8 +339,7 @@ impl StreamLog {
             }
             let durable = self.producers.get(&r.producer).copied();
             let pending = batch_max.get(&r.producer).copied();
-            let highest = durable.max(pending);
-            if highest.is_some_and(|h| r.seq <= h) {
+            if durable.max(pending).is_some_and(|h| r.seq <= h) {
                 outcomes.push(Outcome::Duplicate);
             } else {
                 batch_max.insert(r.producer, r.seq);
@@ -273,84 +347,130 @@ impl StreamLog {
                 keep.push(r);
             }
         }
-        if keep.is_empty() {
-            return Ok(outcomes);
-        }
-        self.dirty = true;
-        let mut offsets = Vec::with_capacity(keep.len());
-        let mut next = self.next_offset;
+        let first = self.next_offset;
         let mut i = 0;
         while i < keep.len() {
-            // Fill the active segment; roll when the next record would not fit.
-            let (len, _) = self.active_end();
-            let room = self.config.segment_bytes.saturating_sub(len);
-            if len > 0 && keep[i].encoded_len() as u64 > room {
-                self.roll()?;
+            let n = self.fitting(&keep[i..]);
+            if n == 0 {
+                self.roll(self.next_offset, self.next_offset)?;
                 continue;
             }
-            self.scratch.clear();
-            let mut new_index = Vec::new();
-            let mut pos = len;
-            let mut since = self.since_index;
-            let mut last_ts = 0;
-            let chunk_start = i;
-            while i < keep.len() {
-                let r = keep[i];
-                let n = r.encoded_len() as u64;
-                if pos > len && pos + n > self.config.segment_bytes {
-                    break;
-                }
-                let offset = next;
-                next += 1;
-                if since >= self.config.index_interval || pos == 0 {
-                    new_index.push(IndexEntry {
-                        offset,
-                        pos,
-                        timestamp_us: r.timestamp_us,
-                    });
-                    since = 0;
-                }
-                r.encode(&mut self.scratch);
-                offsets.push(offset);
-                pos += n;
-                since += n;
-                last_ts = last_ts.max(r.timestamp_us);
-                i += 1;
+            self.write_commit(&keep[i..i + n], sync)?;
+            i += n;
+        }
+        let mut offset = first;
+        for o in outcomes.iter_mut() {
+            if let Outcome::Stored { offset: at } = o {
+                *at = offset;
+                offset += 1;
             }
-            let path = self.active_path();
-            self.active
-                .write_all_at(&self.scratch, len)
-                .map_err(SpoolError::io("write", &path))?;
-            if sync {
-                self.active
-                    .sync_data()
-                    .map_err(SpoolError::io("fdatasync", &path))?;
+        }
+        Ok(outcomes)
+    }
+
+    /// How many of `records` fit in the active segment as one commit: none
+    /// if the first does not (and the segment holds data); at least one in
+    /// an empty segment (a record larger than a segment gets one of its
+    /// own).
+    fn fitting(&self, records: &[&Record]) -> usize {
+        let (len, _) = self.active_end();
+        let empty = len <= SEGMENT_HEADER_LEN as u64;
+        let mut pos = len + COMMIT_HEADER_LEN as u64;
+        let mut n = 0;
+        for r in records {
+            let size = r.encoded_len() as u64;
+            if (n > 0 || !empty) && pos + size > self.config.segment_bytes {
+                break;
             }
-            // Durable: now, and only now, it becomes visible to readers and
-            // to the idempotence table (which a roll snapshots).
-            let added = (i - chunk_start) as u64;
-            self.since_index = since;
+            pos += size;
+            n += 1;
+        }
+        n
+    }
+
+    /// Writes `records` as one commit at the end of the active segment
+    /// (and syncs it if `sync`); then, and only then, they become visible
+    /// to readers and to the idempotence table.
+    fn write_commit(&mut self, records: &[&Record], sync: bool) -> Result<(), SpoolError> {
+        let (len, base) = self.active_end();
+        let path = self.active_path();
+        let first = self.next_offset;
+        self.scratch.clear();
+        self.scratch.resize(COMMIT_HEADER_LEN, 0);
+        let mut body_crc = 0;
+        let mut new_index = Vec::new();
+        let mut since = self.since_index;
+        let mut last_ts = 0;
+        for (k, r) in records.iter().enumerate() {
+            let at = self.scratch.len();
+            if since >= self.config.index_interval {
+                new_index.push(IndexEntry {
+                    offset: first + k as u64,
+                    pos: len + at as u64,
+                    timestamp_us: r.timestamp_us,
+                });
+                since = 0;
+            }
+            r.encode(&mut self.scratch);
+            let crc = u32::from_le_bytes(self.scratch[at + 4..at + 8].try_into().expect("4"));
+            body_crc = fold_record_crc(body_crc, crc);
+            since += r.encoded_len() as u64;
+            last_ts = last_ts.max(r.timestamp_us);
+        }
+        // What the last fdatasync covered in this segment: all before this
+        // commit when it is synced itself; else what the last one reached.
+        let synced_to = if sync {
+            len
+        } else if self.synced.segment == base {
+            self.synced.pos
+        } else {
+            SEGMENT_HEADER_LEN as u64
+        };
+        let mut h = CommitHeader {
+            body_len: (self.scratch.len() - COMMIT_HEADER_LEN) as u32,
+            count: records.len() as u32,
+            body_crc,
+            first,
+            synced_to,
+            stream_id: self.stream_id,
+            head_crc: 0,
+        };
+        h.encode_into(&mut self.scratch);
+        let file = self.writable()?.clone();
+        self.dirty = true;
+        file.write_all_at(&self.scratch, len)
+            .map_err(SpoolError::io("write", &path))?;
+        if sync {
+            file.sync_data()
+                .map_err(SpoolError::io("fdatasync", &path))?;
+        }
+        self.dirty = false;
+        let pos = len + self.scratch.len() as u64;
+        let added = records.len() as u64;
+        self.since_index = since;
+        {
             let mut segs = self.shared.write().unwrap();
             let m = segs.last_mut().expect("active segment");
             m.len = pos;
             m.count += added;
             m.index.extend(new_index);
             m.last_timestamp_us = m.last_timestamp_us.max(last_ts);
-            drop(segs);
-            self.next_offset = next;
-            for r in &keep[chunk_start..i] {
-                let e = self.producers.entry(r.producer).or_insert(r.seq);
-                *e = (*e).max(r.seq);
-            }
         }
-        self.dirty = false;
-        let mut stored = offsets.into_iter();
-        for o in outcomes.iter_mut() {
-            if let Outcome::Stored { offset } = o {
-                *offset = stored.next().expect("one offset per stored record");
-            }
+        self.next_offset = first + added;
+        for r in records {
+            let e = self.producers.entry(r.producer).or_insert(r.seq);
+            *e = (*e).max(r.seq);
         }
-        Ok(outcomes)
+        self.written = Mark {
+            end: self.next_offset,
+            segment: base,
+            pos,
+            last_commit: h.head_crc,
+        };
+        if sync {
+            self.synced = self.written;
+        }
+        Ok(())
     }
 
     fn active_end(&self) -> (u64, u64) {
@@ -369,94 +489,184 @@ impl StreamLog {
             .clone()
     }
 
-    /// Syncs the active segment (for the `interval` fsync policy).
+    /// Makes everything written durable (the `interval` fsync policy's
+    /// timer, a roll, a stop).
     pub fn sync(&mut self) -> Result<(), SpoolError> {
+        if self.synced == self.written {
+            return Ok(());
+        }
         let path = self.active_path();
-        self.active
+        self.writable()?
             .sync_data()
-            .map_err(SpoolError::io("fdatasync", &path))
+            .map_err(SpoolError::io("fdatasync", &path))?;
+        self.synced = self.written;
+        Ok(())
     }
 
-    /// After a failed append: cut the active segment back to its last durable
-    /// end, so no half-written record ever stays in the log.
+    /// Whether the checkpoint is behind what is durable.
+    pub fn checkpoint_behind(&self) -> bool {
+        self.checkpoint.as_ref().is_some_and(|c| {
+            let l = c.last();
+            l.end != self.synced.end || l.pos != self.synced.pos || l.segment != self.synced.segment
+        })
+    }
+
+    /// Writes the checkpoint: the durable end as of the last fdatasync.
+    /// `clean` only at a stop, with everything synced.
+    pub fn checkpoint(&mut self, clean: bool) -> Result<(), SpoolError> {
+        let start = self.shared.read().unwrap().first().map_or(0, |m| m.base);
+        let (synced, stream_id, early_acks) =
+            (self.synced, self.stream_id, self.config.early_acks);
+        let Some(file) = &mut self.checkpoint else {
+            return Ok(());
+        };
+        file.write(Checkpoint {
+            generation: 0,
+            stream_id,
+            start,
+            end: synced.end,
+            segment: synced.segment,
+            pos: synced.pos,
+            last_commit: synced.last_commit,
+            clean,
+            early_acks,
+            written_us: now_us(),
+        })
+    }
+
+    /// A clean stop: everything synced, and a checkpoint that says the
+    /// log ends exactly here.
+    pub fn close(mut self) -> Result<(), SpoolError> {
+        if self.checkpoint.is_none() {
+            return Ok(());
+        }
+        if self.dirty {
+            self.cut_back()?;
+        }
+        self.sync()?;
+        self.checkpoint(true)
+    }
+
+    /// After a failed append: cut the active segment back to its last
+    /// written end, so no half-written commit ever stays in the log.
     fn cut_back(&mut self) -> Result<(), SpoolError> {
         let (len, _) = self.active_end();
         let path = self.active_path();
-        self.active
-            .set_len(len)
+        let file = self.writable()?.clone();
+        file.set_len(len)
             .map_err(SpoolError::io("truncate", &path))?;
-        self.active
-            .sync_data()
+        file.sync_data()
             .map_err(SpoolError::io("fdatasync", &path))?;
+        self.synced = self.written;
         self.dirty = false;
         Ok(())
     }
 
-    /// Seals the active segment (index and idempotence snapshot written
-    /// durably first) and starts a new one.
-    fn roll(&mut self) -> Result<(), SpoolError> {
+    /// Seals the active segment (synced first, whatever the fsync policy:
+    /// a power cut then loses only a tail; its index and the idempotence
+    /// snapshot written durably) and starts a new one at `base`, which
+    /// continues from `prev_end` (`base` unless offsets are given up).
+    fn roll(&mut self, base: u64, prev_end: u64) -> Result<(), SpoolError> {
+        self.sync()?;
         let sealed = self.shared.read().unwrap().last().expect("active").clone();
         write_index(&*self.fs, &sealed)?;
-        let next = sealed.end();
-        write_snapshot(&*self.fs, &self.dir, next, &self.producers)?;
-        let path = self.dir.join(segment_name(next));
-        create_segment(&*self.fs, &self.dir, &path, self.config.segment_bytes)?;
-        self.active = self
-            .fs
-            .open(&path, false)
-            .map_err(SpoolError::io("open", &path))?;
+        marks::write_snapshot(&*self.fs, &self.dir, base, &self.producers)?;
+        let path = self.dir.join(segment_name(base));
+        let header = SegmentHeader {
+            base,
+            prev_end,
+            stream_id: self.stream_id,
+            created_us: now_us(),
+        };
+        self.active = Some(create_segment(
+            &*self.fs,
+            &self.dir,
+            &path,
+            &header,
+            self.config.segment_bytes,
+        )?);
         self.shared.write().unwrap().push(SegmentMeta {
-            base: next,
+            base,
             path,
-            len: 0,
+            len: SEGMENT_HEADER_LEN as u64,
             count: 0,
             index: Vec::new(),
             last_timestamp_us: 0,
         });
-        self.since_index = 0;
+        self.since_index = u64::MAX;
+        self.next_offset = base;
+        self.written = Mark {
+            end: base,
+            segment: base,
+            pos: SEGMENT_HEADER_LEN as u64,
+            last_commit: 0,
+        };
+        self.synced = self.written;
+        // The checkpoint names the new segment: once a record in it is
+        // acked, a start that does not find the segment knows it is lost.
+        self.checkpoint(false)
+    }
+
+    /// Gives up the offsets from the log's end to `to`: a new segment
+    /// starts at `to`, its header saying where the log before it ends, and
+    /// the loss is recorded. New records never reuse an offset that a
+    /// consumer group or the checkpoint has seen.
+    pub fn skip_to(&mut self, to: u64, kind: Kind, reason: &str) -> Result<(), SpoolError> {
+        let from = self.next_offset;
+        if to <= from {
+            return Ok(());
+        }
+        warn!(stream = %self.name, from, to, lost = to - from, reason, "offsets given up: new records continue after them");
+        self.roll(to, from)?;
+        self.record(Recovered {
+            at_us: now_us(),
+            kind,
+            from,
+            to,
+            bytes_aside: 0,
+            aside: None,
+            reason: reason.to_owned(),
+        })?;
+        self.checkpoint(false)
+    }
+
+    fn record(&mut self, r: Recovered) -> Result<(), SpoolError> {
+        recoveries::append(&*self.fs, &self.dir, &r)?;
+        self.recoveries.lock().unwrap().push(r);
         Ok(())
     }
 
-    /// Reads the cursor of consumer group `group`, if it has one.
+    /// Reads the cursor of consumer group `group`, if it has one that
+    /// checks out.
     pub fn cursor(&self, group: &str) -> Option<Cursor> {
-        let path = self.dir.join("cursors").join(group);
-        let b = read_all(&*self.fs, &path).ok()?;
-        decode_cursor(&b)
+        let b = super::fs::read_all(&*self.fs, &marks::cursor_path(&self.dir, group)).ok()?;
+        marks::decode_cursor(&b)
     }
 
-    /// All cursors, by group.
+    /// All cursors that check out, by group.
     pub fn cursors(&self) -> HashMap<String, Cursor> {
-        let dir = self.dir.join("cursors");
-        let names = self.fs.list(&dir).unwrap_or_default();
-        names
+        marks::read_cursors(&*self.fs, &self.dir)
             .into_iter()
-            .filter(|n| !n.ends_with(".tmp"))
-            .filter_map(|n| self.cursor(&n).map(|c| (n, c)))
+            .filter_map(|(n, c)| c.ok().map(|c| (n, c)))
             .collect()
     }
 
     /// Stores a group's cursor durably (atomic replace).
     pub fn set_cursor(&self, group: &str, cursor: Cursor) -> Result<(), SpoolError> {
-        let dir = self.dir.join("cursors");
-        self.fs
-            .create_dir_all(&dir)
-            .map_err(SpoolError::io("create directory", &dir))?;
-        let path = dir.join(group);
-        write_atomic(&*self.fs, &path, &encode_cursor(cursor))
-            .map_err(SpoolError::io("write cursor", &path))
+        marks::write_cursor(&*self.fs, &self.dir, group, cursor)
     }
 
     /// Removes a group's cursor durably (retention no longer waits for
     /// it); nothing to do if it has none.
     pub fn remove_cursor(&self, group: &str) -> Result<(), SpoolError> {
-        let dir = self.dir.join("cursors");
-        let path = dir.join(group);
+        let path = marks::cursor_path(&self.dir, group);
         if !self.fs.exists(&path) {
             return Ok(());
         }
         self.fs
             .remove_file(&path)
             .map_err(SpoolError::io("remove cursor", &path))?;
+        let dir = self.dir.join(marks::CURSORS);
         self.fs
             .sync_dir(&dir)
             .map_err(SpoolError::io("fsync directory", &dir))
@@ -465,12 +675,15 @@ impl StreamLog {
     /// Deletes whole sealed segments, oldest first, while the log is over
     /// `max_bytes` or a segment's newest record is older than `min_timestamp_us`
     /// — never one holding records a `retain_until_acked` group has not acked.
-    /// Returns how many segments were deleted.
+    /// The checkpoint learns the new start before any file goes (a log
+    /// that starts later than its checkpoint says lost segments). Returns
+    /// how many segments were deleted.
     pub fn enforce_retention(
         &mut self,
         max_bytes: Option<u64>,
         min_timestamp_us: Option<u64>,
     ) -> Result<usize, SpoolError> {
+        self.writable()?;
         let floor = self
             .cursors()
             .values()
@@ -478,284 +691,178 @@ impl StreamLog {
             .map(|c| c.ack_floor)
             .min()
             .unwrap_or(u64::MAX);
-        let mut deleted = 0;
-        loop {
+        let mut gone = Vec::new();
+        {
             let segs = self.shared.read().unwrap();
-            if segs.len() < 2 {
-                break;
+            let mut total: u64 = segs.iter().map(|s| s.len).sum();
+            for s in &segs[..segs.len().saturating_sub(1)] {
+                let too_big = max_bytes.is_some_and(|m| total > m);
+                let too_old = min_timestamp_us.is_some_and(|t| s.last_timestamp_us < t);
+                if !(too_big || too_old) || s.end() > floor {
+                    break;
+                }
+                total -= s.len;
+                gone.push(s.path.clone());
             }
-            let total: u64 = segs.iter().map(|s| s.len).sum();
-            let oldest = &segs[0];
-            let too_big = max_bytes.is_some_and(|m| total > m);
-            let too_old = min_timestamp_us.is_some_and(|t| oldest.last_timestamp_us < t);
-            if !(too_big || too_old) || oldest.end() > floor {
-                break;
-            }
-            let path = oldest.path.clone();
-            drop(segs);
-            // Out of the readers' view first: a reader that looked before
-            // and finds the file gone looks again and skips it; one that has
-            // it open reads on.
-            self.shared.write().unwrap().remove(0);
-            self.fs
-                .remove_file(&path)
-                .map_err(SpoolError::io("remove", &path))?;
-            let _ = self.fs.remove_file(&path.with_extension("idx"));
-            self.fs
-                .sync_dir(&self.dir)
-                .map_err(SpoolError::io("fsync directory", &self.dir))?;
-            deleted += 1;
         }
-        if deleted > 0 {
-            info!(stream = %self.name, deleted, "retention removed segments");
+        if gone.is_empty() {
+            return Ok(0);
         }
-        Ok(deleted)
+        // Out of the readers' view first: a reader that looked before and
+        // finds the file gone looks again and skips it; one that has it
+        // open reads on.
+        self.shared.write().unwrap().drain(..gone.len());
+        self.checkpoint(false)?;
+        for path in &gone {
+            self.fs
+                .remove_file(path)
+                .map_err(SpoolError::io("remove", path))?;
+            let _ = self.fs.remove_file(&super::index::index_path(path));
+        }
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(SpoolError::io("fsync directory", &self.dir))?;
+        info!(stream = %self.name, deleted = gone.len(), "retention removed segments");
+        Ok(gone.len())
     }
 }
 
-fn create_segment(fs: &dyn SpoolFs, dir: &Path, path: &Path, size: u64) -> Result<(), SpoolError> {
+/// The error for a survey's damage: the first found, and how many more.
+fn refusal(s: &Survey) -> SpoolError {
+    let mut d = s.damage[0].clone();
+    if s.damage.len() > 1 {
+        d.reason = format!(
+            "{}; and {} more finding(s): see `sluice spool verify`",
+            d.reason,
+            s.damage.len() - 1
+        );
+    }
+    SpoolError::Damaged(Box::new(d))
+}
+
+/// Creates a segment file: its header written and synced, space reserved,
+/// its name durable in the folder.
+pub(crate) fn create_segment(
+    fs: &dyn SpoolFs,
+    dir: &Path,
+    path: &Path,
+    header: &SegmentHeader,
+    size: u64,
+) -> Result<Arc<dyn SpoolFile>, SpoolError> {
     let f = fs
         .open(path, true)
         .map_err(SpoolError::io("create", path))?;
+    f.set_len(0).map_err(SpoolError::io("truncate", path))?;
+    f.write_all_at(&header.encode(), 0)
+        .map_err(SpoolError::io("write", path))?;
     f.preallocate(size)
         .map_err(SpoolError::io("preallocate", path))?;
-    fs.sync_dir(dir)
-        .map_err(SpoolError::io("fsync directory", dir))
-}
-
-/// Scans a segment record by record. In the last segment an invalid record
-/// near the end is a torn tail from a crash and is cut off; anywhere else it
-/// is corruption: an error, or with `repair` the segment is quarantined and
-/// rewritten with its valid prefix.
-fn scan_segment(
-    fs: &dyn SpoolFs,
-    stream: &str,
-    path: &Path,
-    base: u64,
-    last: bool,
-    config: &LogConfig,
-    table: &mut HashMap<u64, u64>,
-) -> Result<SegmentMeta, SpoolError> {
-    let f = fs.open(path, false).map_err(SpoolError::io("open", path))?;
-    let file_len = f.size().map_err(SpoolError::io("stat", path))?;
-    let mut data = vec![0; file_len as usize];
-    f.read_exact_at(&mut data, 0)
-        .map_err(SpoolError::io("read", path))?;
-    let mut meta = SegmentMeta {
-        base,
-        path: path.to_path_buf(),
-        len: 0,
-        count: 0,
-        index: Vec::new(),
-        last_timestamp_us: 0,
-    };
-    let mut pos = 0usize;
-    let mut since = u64::MAX;
-    let mut failure = None;
-    while pos < data.len() {
-        match record::decode(&data[pos..]) {
-            Ok((r, n)) => {
-                if since >= config.index_interval {
-                    meta.index.push(IndexEntry {
-                        offset: base + meta.count,
-                        pos: pos as u64,
-                        timestamp_us: r.timestamp_us,
-                    });
-                    since = 0;
-                }
-                let e = table.entry(r.producer).or_insert(r.seq);
-                *e = (*e).max(r.seq);
-                meta.count += 1;
-                meta.last_timestamp_us = meta.last_timestamp_us.max(r.timestamp_us);
-                pos += n;
-                since += n as u64;
-            }
-            Err(why) => {
-                failure = Some(why);
-                break;
-            }
-        }
-    }
-    meta.len = pos as u64;
-    let Some(why) = failure else {
-        return Ok(meta);
-    };
-    let tail = file_len - pos as u64;
-    // One batch is written (and synced) at a time, so a crash can only have
-    // damaged the last write: at most a batch plus the record that overflowed it.
-    let torn_bound = (config.max_batch_bytes + HEADER_LEN + config.max_record_bytes) as u64;
-    if last && tail <= torn_bound {
-        warn!(stream, segment = %path.display(), at = pos, cut = tail, "truncating a torn tail left by a crash");
-        f.set_len(pos as u64)
-            .map_err(SpoolError::io("truncate", path))?;
-        f.sync_data().map_err(SpoolError::io("fdatasync", path))?;
-        return Ok(meta);
-    }
-    let reason = format!("{why:?}, {tail} bytes follow");
-    if !config.repair {
-        return Err(SpoolError::Corrupt {
-            stream: stream.to_owned(),
-            segment: path.to_path_buf(),
-            offset: pos as u64,
-            reason,
-        });
-    }
-    // Quarantine: keep the damaged file aside, continue with its valid prefix.
-    let aside = path.with_extension(format!("seg.quarantined-at-{pos}"));
-    warn!(stream, segment = %path.display(), at = pos, lost_bytes = tail, aside = %aside.display(),
-        "repair: quarantining a corrupt segment; records after the damage are set aside");
-    fs.rename(path, &aside)
-        .map_err(SpoolError::io("rename", path))?;
-    let fresh = fs
-        .open(path, true)
-        .map_err(SpoolError::io("create", path))?;
-    fresh
-        .write_all_at(&data[..pos], 0)
-        .map_err(SpoolError::io("write", path))?;
-    fresh
-        .sync_data()
-        .map_err(SpoolError::io("fdatasync", path))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    f.sync_data().map_err(SpoolError::io("fdatasync", path))?;
     fs.sync_dir(dir)
         .map_err(SpoolError::io("fsync directory", dir))?;
-    let _ = fs.remove_file(&path.with_extension("idx"));
-    Ok(meta)
+    Ok(f)
 }
 
-const INDEX_MAGIC: &[u8; 4] = b"SLIX";
-const SNAP_MAGIC: &[u8; 4] = b"SLSN";
-
-/// Index file: magic, len, count, last timestamp, entries, CRC32C.
-fn write_index(fs: &dyn SpoolFs, m: &SegmentMeta) -> Result<(), SpoolError> {
-    let mut b = INDEX_MAGIC.to_vec();
-    for v in [m.len, m.count, m.last_timestamp_us, m.index.len() as u64] {
-        b.extend_from_slice(&v.to_le_bytes());
-    }
-    for e in &m.index {
-        for v in [e.offset, e.pos, e.timestamp_us] {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    let crc = crc32c::crc32c(&b);
-    b.extend_from_slice(&crc.to_le_bytes());
-    let path = m.path.with_extension("idx");
-    write_atomic(fs, &path, &b).map_err(SpoolError::io("write index", &path))
-}
-
-fn checked_body<'a>(b: &'a [u8], magic: &[u8; 4]) -> Option<&'a [u8]> {
-    if b.len() < 8 || &b[..4] != magic {
-        return None;
-    }
-    let (body, crc) = b.split_at(b.len() - 4);
-    (crc32c::crc32c(body) == u32::from_le_bytes(crc.try_into().ok()?)).then_some(&body[4..])
-}
-
-fn u64s(b: &[u8]) -> impl Iterator<Item = u64> + '_ {
-    b.chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-}
-
-/// Loads a sealed segment's index, if present, intact and matching the file.
-fn load_index(fs: &dyn SpoolFs, path: &Path) -> Option<SegmentMeta> {
-    let b = read_all(fs, &path.with_extension("idx")).ok()?;
-    let body = checked_body(&b, INDEX_MAGIC)?;
-    let mut v = u64s(body);
-    let (len, count, last_ts, n) = (v.next()?, v.next()?, v.next()?, v.next()?);
-    let mut index = Vec::new();
-    for _ in 0..n {
-        index.push(IndexEntry {
-            offset: v.next()?,
-            pos: v.next()?,
-            timestamp_us: v.next()?,
-        });
-    }
-    let file_len = fs.open(path, false).ok()?.size().ok()?;
-    if file_len != len {
-        return None;
-    }
-    let base = parse_segment_name(path.file_name()?.to_str()?)?;
-    Some(SegmentMeta {
-        base,
-        path: path.to_path_buf(),
-        len,
-        count,
-        index,
-        last_timestamp_us: last_ts,
-    })
-}
-
-/// Snapshot of the idempotence table as of offset `base` (all records below it).
-fn write_snapshot(
-    fs: &dyn SpoolFs,
+/// A new stream: the checkpoint first (it holds the stream's id), then its
+/// first segment. A crash between the two leaves a checkpoint without
+/// segments, which is a stream that was never written to.
+fn create_stream(
+    fs: &Arc<dyn SpoolFs>,
     dir: &Path,
-    base: u64,
-    table: &HashMap<u64, u64>,
+    stream_id: u64,
+    loaded: &Loaded,
+    segment_bytes: u64,
 ) -> Result<(), SpoolError> {
-    let mut b = SNAP_MAGIC.to_vec();
-    b.extend_from_slice(&(table.len() as u64).to_le_bytes());
-    for (p, s) in table {
-        b.extend_from_slice(&p.to_le_bytes());
-        b.extend_from_slice(&s.to_le_bytes());
-    }
-    let crc = crc32c::crc32c(&b);
-    b.extend_from_slice(&crc.to_le_bytes());
-    let path = dir.join(format!("{base:020}.snap"));
-    write_atomic(fs, &path, &b).map_err(SpoolError::io("write snapshot", &path))?;
-    // Older snapshots are superseded.
-    for n in fs.list(dir).unwrap_or_default() {
-        if let Some(b) = n.strip_suffix(".snap").and_then(|s| s.parse::<u64>().ok()) {
-            if b < base {
-                let _ = fs.remove_file(&dir.join(n));
-            }
-        }
-    }
+    let (last, base) = match loaded {
+        Loaded::Found { checkpoint, .. } => (*checkpoint, checkpoint.end),
+        _ => (Checkpoint::default(), 0),
+    };
+    let mut file = CheckpointFile::open(&**fs, dir, last)?;
+    file.write(Checkpoint {
+        stream_id,
+        start: base,
+        end: base,
+        segment: base,
+        pos: SEGMENT_HEADER_LEN as u64,
+        written_us: now_us(),
+        ..Checkpoint::default()
+    })?;
+    let header = SegmentHeader {
+        base,
+        prev_end: base,
+        stream_id,
+        created_us: now_us(),
+    };
+    let path = dir.join(segment_name(base));
+    create_segment(&**fs, dir, &path, &header, segment_bytes)?;
+    info!(stream = %dir.display(), "stream created");
     Ok(())
 }
 
-/// The newest intact snapshot at or below `upto`: its base and table.
-fn load_snapshot(fs: &dyn SpoolFs, dir: &Path, upto: u64) -> Option<(u64, HashMap<u64, u64>)> {
-    let mut bases: Vec<u64> = fs
-        .list(dir)
-        .ok()?
-        .iter()
-        .filter_map(|n| n.strip_suffix(".snap")?.parse().ok())
-        .filter(|&b| b <= upto)
-        .collect();
-    bases.sort_unstable();
-    for base in bases.into_iter().rev() {
-        let Ok(b) = read_all(fs, &dir.join(format!("{base:020}.snap"))) else {
-            continue;
-        };
-        let Some(body) = checked_body(&b, SNAP_MAGIC) else {
-            continue;
-        };
-        let mut v = u64s(body);
-        let n = v.next()? as usize;
-        let mut t = HashMap::with_capacity(n.min(1 << 20));
-        for _ in 0..n {
-            t.insert(v.next()?, v.next()?);
-        }
-        return Some((base, t));
-    }
-    None
-}
-
-fn encode_cursor(c: Cursor) -> Vec<u8> {
-    let mut b = b"SLCU".to_vec();
-    b.extend_from_slice(&c.ack_floor.to_le_bytes());
-    b.push(c.retain_until_acked as u8);
-    let crc = crc32c::crc32c(&b);
-    b.extend_from_slice(&crc.to_le_bytes());
-    b
-}
-
-pub(crate) fn decode_cursor(b: &[u8]) -> Option<Cursor> {
-    let body = checked_body(b, b"SLCU")?;
-    if body.len() != 9 {
-        return None;
-    }
-    Some(Cursor {
-        ack_floor: u64::from_le_bytes(body[..8].try_into().ok()?),
-        retain_until_acked: body[8] != 0,
+/// Copies a torn tail's bytes aside (unless they are only zeroes) and
+/// cuts the segment there. Returns what to record.
+fn cut_torn_tail(
+    fs: &Arc<dyn SpoolFs>,
+    s: &Survey,
+    t: &survey::Torn,
+) -> Result<Recovered, SpoolError> {
+    let aside = if t.nonzero > 0 {
+        let mut a = Aside::new(fs.clone(), &s.dir, "torn-tail")?;
+        a.note(&format!("why: {} (nothing after it vouches for it)", t.reason));
+        super::repair::copy_tail(
+            fs,
+            &mut a,
+            &t.file,
+            t.pos,
+            t.file_len,
+            "a torn tail left by a crash: never acknowledged",
+        )?;
+        Some(a.finish()?)
+    } else {
+        None
+    };
+    let f = fs
+        .open(&t.file, false)
+        .map_err(SpoolError::io("open", &t.file))?;
+    f.set_len(t.pos)
+        .map_err(SpoolError::io("truncate", &t.file))?;
+    f.sync_data()
+        .map_err(SpoolError::io("fdatasync", &t.file))?;
+    let put = aside
+        .as_ref()
+        .map_or_else(|| "only zeroes: nothing to keep".into(), |p| p.display().to_string());
+    warn!(stream = %s.stream, segment = %t.file.display(), at = t.pos,
+        bytes = t.file_len - t.pos, aside = %put, reason = %t.reason,
+        "cut a torn tail left by a crash (never acknowledged); its bytes were set aside");
+    Ok(Recovered {
+        at_us: now_us(),
+        kind: Kind::TornTail,
+        from: s.end(),
+        to: s.end(),
+        bytes_aside: t.nonzero,
+        aside,
+        reason: t.reason.clone(),
     })
+}
+
+/// A segment file a crash left before its header was whole: moved aside
+/// (or removed if it holds nothing), so the one before it goes on.
+fn set_aside_unborn(fs: &Arc<dyn SpoolFs>, dir: &Path, path: &Path) -> Result<(), SpoolError> {
+    let f = fs.open(path, false).map_err(SpoolError::io("open", path))?;
+    let len = f.size().map_err(SpoolError::io("stat", path))?;
+    let mut b = vec![0; len as usize];
+    f.read_exact_at(&mut b, 0)
+        .map_err(SpoolError::io("read", path))?;
+    drop(f);
+    if b.iter().all(|&x| x == 0) {
+        fs.remove_file(path).map_err(SpoolError::io("remove", path))?;
+        fs.sync_dir(dir)
+            .map_err(SpoolError::io("fsync directory", dir))?;
+    } else {
+        let mut a = Aside::new(fs.clone(), dir, "unfinished-segment")?;
+        a.move_file(path, "a segment whose creation a crash cut short (no commit in it)")?;
+        a.finish()?;
+    }
+    warn!(segment = %path.display(), "a segment whose creation a crash cut short was set aside");
+    Ok(())
 }

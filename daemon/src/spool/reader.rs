@@ -8,10 +8,11 @@ use bytes::Bytes;
 
 use tokio::sync::watch;
 
-use super::error::SpoolError;
+use super::error::{Damage, SpoolError};
 use super::fs::{SpoolFile, SpoolFs};
-use super::log::{SegmentMeta, SharedSegments};
+use super::index::{SegmentMeta, SharedSegments};
 use super::record::{self, Record, HEADER_LEN};
+use super::segment::{self, CommitHeader, COMMIT_HEADER_LEN, SEGMENT_HEADER_LEN};
 
 pub struct Reader {
     fs: Arc<dyn SpoolFs>,
@@ -126,6 +127,14 @@ impl Reader {
             }
             let (pos, len) = (o.pos, o.len);
             let at = self.bytes_at(pos, HEADER_LEN, len)?;
+            if segment::at_commit_header(&self.chunk[at..]) {
+                // A commit's header between records: checked, stepped over.
+                let at = self.bytes_at(pos, COMMIT_HEADER_LEN, len)?;
+                CommitHeader::parse(&self.chunk[at..at + COMMIT_HEADER_LEN])
+                    .map_err(|e| self.corrupt(pos, e.to_owned()))?;
+                self.open.as_mut().expect("open").pos = pos + COMMIT_HEADER_LEN as u64;
+                continue;
+            }
             let h = record::parse_header(&self.chunk[at..])
                 .map_err(|e| self.corrupt(pos, format!("{e:?}")))?;
             let total = HEADER_LEN + h.len;
@@ -165,17 +174,20 @@ impl Reader {
         Ok((pos - self.chunk_at) as usize)
     }
 
+    /// Damage met at byte `pos` of the open segment, reading record `next`.
     fn corrupt(&self, pos: u64, reason: String) -> SpoolError {
-        SpoolError::Corrupt {
+        SpoolError::Damaged(Box::new(Damage {
             stream: self.stream.clone(),
-            segment: self
+            file: self
                 .open
                 .as_ref()
                 .map(|o| o.path.clone())
                 .unwrap_or_default(),
-            offset: pos,
-            reason,
-        }
+            byte: pos,
+            from: self.next,
+            to: None,
+            reason: format!("{reason}, found reading offset {}", self.next),
+        }))
     }
 
     /// Waits for the next durable record (follows the tail).
@@ -220,7 +232,8 @@ impl Reader {
         let Some(seg) = segs
             .iter()
             .find(|s| s.base <= self.next && self.next < s.end())
-            .or_else(|| segs.iter().find(|s| s.base > self.next))
+            // Offsets retention deleted or a repair gave up are skipped.
+            .or_else(|| segs.iter().find(|s| s.base > self.next && s.count > 0))
         else {
             return Ok(false);
         };
@@ -236,17 +249,35 @@ impl Reader {
             .iter()
             .rev()
             .find(|e| e.offset <= self.next)
-            .map_or((seg.base, 0), |e| (e.offset, e.pos));
+            .map_or((seg.base, SEGMENT_HEADER_LEN as u64), |e| (e.offset, e.pos));
         let mut header = [0u8; HEADER_LEN];
-        while offset < self.next {
+        let damaged = |pos: u64, offset: u64, reason: String| {
+            SpoolError::Damaged(Box::new(Damage {
+                stream: self.stream.clone(),
+                file: seg.path.clone(),
+                byte: pos,
+                from: offset,
+                to: None,
+                reason: format!("{reason}, found looking for offset {offset}"),
+            }))
+        };
+        // Walk record headers (and over commit headers) to `next`; a
+        // commit header may also stand right before it.
+        loop {
+            if pos + HEADER_LEN as u64 > seg.len {
+                return Err(damaged(pos, offset, "the segment ends inside a header".into()));
+            }
             file.read_exact_at(&mut header, pos)
                 .map_err(SpoolError::io("read", &seg.path))?;
-            let h = record::parse_header(&header).map_err(|e| SpoolError::Corrupt {
-                stream: self.stream.clone(),
-                segment: seg.path.clone(),
-                offset: pos,
-                reason: format!("{e:?}"),
-            })?;
+            if segment::at_commit_header(&header) {
+                pos += COMMIT_HEADER_LEN as u64;
+                continue;
+            }
+            if offset >= self.next {
+                break;
+            }
+            let h = record::parse_header(&header)
+                .map_err(|e| damaged(pos, offset, format!("{e:?}")))?;
             pos += (HEADER_LEN + h.len) as u64;
             offset += 1;
         }

@@ -13,12 +13,15 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, warn};
 
-use super::error::SpoolError;
+use super::error::{Damage, SpoolError};
 use super::fs::{RealFs, SpoolFs};
+use super::index::SharedSegments;
 use super::lock::DirLock;
-use super::log::{Cursor, LogConfig, Outcome, SharedSegments, StreamLog};
+use super::log::{LogConfig, Outcome, StreamLog};
+use super::marks::Cursor;
 use super::reader::Reader;
 use super::record::Record;
+use super::recoveries::{Kind, Recovery};
 use crate::metrics::histogram::{Histogram, Snapshot};
 
 /// When appends become durable.
@@ -114,6 +117,11 @@ enum Request {
         group: String,
         done: Reply<()>,
     },
+    SkipTo {
+        to: u64,
+        reason: String,
+        done: Reply<()>,
+    },
 }
 
 /// Counters shared between the writer thread and handles.
@@ -129,6 +137,14 @@ struct Gauges {
     sync_us: Histogram,
     /// Records per group commit.
     batch_records: Histogram,
+    /// Damage found while the stream runs (by readers, consumer groups,
+    /// the scrub): the stream still serves what is before it.
+    damage: Mutex<Vec<Damage>>,
+    /// What the scrub checked and when its last pass ended.
+    scrubbed_bytes: AtomicU64,
+    scrubbed_segments: AtomicU64,
+    scrub_passes: AtomicU64,
+    scrub_last_pass_us: AtomicU64,
 }
 
 impl Default for Gauges {
@@ -141,6 +157,11 @@ impl Default for Gauges {
             consumer_holds: AtomicU64::new(0),
             sync_us: Histogram::latency(),
             batch_records: Histogram::batch_sizes(),
+            damage: Mutex::new(Vec::new()),
+            scrubbed_bytes: AtomicU64::new(0),
+            scrubbed_segments: AtomicU64::new(0),
+            scrub_passes: AtomicU64::new(0),
+            scrub_last_pass_us: AtomicU64::new(0),
         }
     }
 }
@@ -156,6 +177,18 @@ pub struct Stream {
     shared: SharedSegments,
     durable_end: watch::Receiver<u64>,
     gauges: Arc<Gauges>,
+    recoveries: Arc<Mutex<Vec<Recovery>>>,
+    log_config: LogConfig,
+}
+
+/// What the scrub has done on a stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScrubStats {
+    pub bytes: u64,
+    pub segments: u64,
+    pub passes: u64,
+    /// When the last whole pass ended (µs since the Unix epoch; 0: none yet).
+    pub last_pass_us: u64,
 }
 
 /// Microseconds since the Unix epoch (record timestamps).
@@ -261,12 +294,88 @@ impl Stream {
         rx
     }
 
+    /// Gives up the offsets from the stream's end to `to` (see
+    /// [`StreamLog::skip_to`]): a repair of a consumer group whose state is
+    /// past the end of a stream that lost records.
+    pub fn skip_to(&self, to: u64, reason: &str) -> oneshot::Receiver<Result<(), SpoolError>> {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Request::SkipTo {
+            to,
+            reason: reason.to_owned(),
+            done,
+        });
+        rx
+    }
+
     /// Reads a cursor stored with [`set_cursor`](Self::set_cursor), if
     /// there is one (the file's last complete version: stores are atomic).
     pub fn cursor(&self, group: &str) -> Option<Cursor> {
-        let path = self.dir.join("cursors").join(group);
+        let path = super::marks::cursor_path(&self.dir, group);
         let b = super::fs::read_all(&*self.fs, &path).ok()?;
-        super::log::decode_cursor(&b)
+        super::marks::decode_cursor(&b)
+    }
+
+    /// Records damage found while the stream runs (once per file and
+    /// byte): `/health`, `/streams` and `/metrics` show it.
+    pub fn report_damage(&self, d: &Damage) {
+        let mut all = self.gauges.damage.lock().unwrap();
+        if !all.iter().any(|x| x.file == d.file && x.byte == d.byte) {
+            tracing::error!(stream = %self.name, damage = %d, "damage found in the spool");
+            all.push(d.clone());
+        }
+    }
+
+    /// Damage found while the stream runs.
+    pub fn damage(&self) -> Vec<Damage> {
+        self.gauges.damage.lock().unwrap().clone()
+    }
+
+    /// What recovery and repair did to the stream (from its `recoveries`).
+    pub fn recoveries(&self) -> Vec<Recovery> {
+        self.recoveries.lock().unwrap().clone()
+    }
+
+    /// Offsets given up by recoveries.
+    pub fn lost_offsets(&self) -> u64 {
+        self.recoveries.lock().unwrap().iter().map(Recovery::lost).sum()
+    }
+
+    /// Torn tails cut at starts.
+    pub fn torn_tails(&self) -> u64 {
+        let r = self.recoveries.lock().unwrap();
+        r.iter().filter(|r| r.kind == Kind::TornTail).count() as u64
+    }
+
+    pub fn scrub_stats(&self) -> ScrubStats {
+        let g = &self.gauges;
+        ScrubStats {
+            bytes: g.scrubbed_bytes.load(Ordering::Relaxed),
+            segments: g.scrubbed_segments.load(Ordering::Relaxed),
+            passes: g.scrub_passes.load(Ordering::Relaxed),
+            last_pass_us: g.scrub_last_pass_us.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn count_scrubbed(&self, bytes: u64) {
+        self.gauges.scrubbed_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.gauges.scrubbed_segments.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_scrub_pass(&self) {
+        self.gauges.scrub_passes.fetch_add(1, Ordering::Relaxed);
+        self.gauges
+            .scrub_last_pass_us
+            .store(now_us(), Ordering::Relaxed);
+    }
+
+    /// The segments as they are now (the scrub reads the sealed ones).
+    pub fn segments(&self) -> Vec<super::index::SegmentMeta> {
+        self.shared.read().unwrap().clone()
+    }
+
+    /// The settings its log was opened with.
+    pub fn log_config(&self) -> &LogConfig {
+        &self.log_config
     }
 
     pub fn health(&self) -> Health {
@@ -361,8 +470,9 @@ impl Spool {
     pub fn open_with(
         fs: Arc<dyn SpoolFs>,
         root: &Path,
-        config: SpoolConfig,
+        mut config: SpoolConfig,
     ) -> Result<Spool, SpoolError> {
+        config.log.early_acks = config.fsync != FsyncPolicy::Always;
         let streams = root.join("streams");
         fs.create_dir_all(&streams)
             .map_err(SpoolError::io("create directory", &streams))?;
@@ -401,6 +511,7 @@ impl Spool {
         let (tx, rx) = mpsc::channel();
         let (end_tx, end_rx) = watch::channel(log.next_offset());
         let shared = log.shared();
+        let recoveries = log.recoveries();
         let gauges = Arc::new(Gauges::default());
         let writer = Writer {
             log,
@@ -423,6 +534,8 @@ impl Spool {
             shared,
             durable_end: end_rx,
             gauges,
+            recoveries,
+            log_config: self.config.log.clone(),
         };
         streams.insert(name.to_owned(), s.clone());
         Ok(s)
@@ -431,6 +544,18 @@ impl Spool {
     /// Streams opened so far.
     pub fn open_streams(&self) -> Vec<Stream> {
         self.streams.lock().unwrap().values().cloned().collect()
+    }
+
+    /// Names of the streams opened so far, in order.
+    pub fn open_stream_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.streams.lock().unwrap().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// The stream `name` if it is open (never opens one).
+    pub fn open_stream(&self, name: &str) -> Option<Stream> {
+        self.streams.lock().unwrap().get(name).cloned()
     }
 
     /// Stops every stream's writer after the appends already queued, and
@@ -469,17 +594,27 @@ struct Writer {
 
 /// How often the free-space floor and retention are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How often at most the checkpoint follows the durable end. It bounds
+/// what a crash can leave unproven: damage to records made durable after
+/// the last checkpoint, in the last commit written, cannot be told from a
+/// torn write (such a tail is cut and set aside, not silently dropped).
+/// One more small fdatasync per period, on another file.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
 impl Writer {
     fn run(mut self, rx: Receiver<Request>) {
         let mut last_check = Instant::now() - CHECK_EVERY;
         let mut last_sync = Instant::now();
+        let mut last_checkpoint = Instant::now();
         let mut unsynced = false;
         loop {
-            let wait = match self.config.fsync {
+            let mut wait = match self.config.fsync {
                 FsyncPolicy::Interval(d) if unsynced => d.saturating_sub(last_sync.elapsed()),
                 _ => Duration::from_secs(1),
             };
+            if self.log.checkpoint_behind() {
+                wait = wait.min(CHECKPOINT_EVERY.saturating_sub(last_checkpoint.elapsed()));
+            }
             let first = match rx.recv_timeout(wait) {
                 Ok(r) => Some(r),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -522,6 +657,13 @@ impl Writer {
                     Request::RemoveCursor { group, done } => {
                         let _ = done.send(self.log.remove_cursor(&group));
                     }
+                    Request::SkipTo { to, reason, done } => {
+                        let r = self.log.skip_to(to, Kind::Repair, &reason);
+                        if r.is_ok() {
+                            let _ = self.durable_end.send(self.log.next_offset());
+                        }
+                        let _ = done.send(r);
+                    }
                 }
                 if bytes < self.config.log.max_batch_bytes {
                     match rx.try_recv() {
@@ -530,16 +672,23 @@ impl Writer {
                     }
                 }
             }
-            if appends.is_empty() {
-                continue;
+            if !appends.is_empty() {
+                self.commit(appends, bytes);
+                if self.config.fsync != FsyncPolicy::Always {
+                    unsynced = true;
+                }
             }
-            self.commit(appends, bytes);
-            if self.config.fsync != FsyncPolicy::Always {
-                unsynced = true;
+            if last_checkpoint.elapsed() >= CHECKPOINT_EVERY && self.log.checkpoint_behind() {
+                if let Err(e) = self.log.checkpoint(false) {
+                    error!(stream = self.log.name(), error = %e, "writing the checkpoint failed");
+                }
+                last_checkpoint = Instant::now();
             }
         }
-        if unsynced {
-            let _ = self.log.sync();
+        // A clean stop: synced, and a checkpoint that says the log ends here.
+        let name = self.log.name().to_owned();
+        if let Err(e) = self.log.close() {
+            error!(stream = %name, error = %e, "closing the log failed: the next start checks it as after a crash");
         }
     }
 
@@ -643,17 +792,7 @@ fn copy_error(e: &SpoolError) -> SpoolError {
             path: path.clone(),
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
-        SpoolError::Corrupt {
-            stream,
-            segment,
-            offset,
-            reason,
-        } => SpoolError::Corrupt {
-            stream: stream.clone(),
-            segment: segment.clone(),
-            offset: *offset,
-            reason: reason.clone(),
-        },
+        SpoolError::Damaged(d) => SpoolError::Damaged(d.clone()),
         SpoolError::GroupCorrupt {
             stream,
             group,
