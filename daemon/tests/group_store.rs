@@ -18,8 +18,8 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sluice_daemon::consume::store::{Event, GroupState, GroupStore};
-use sluice_daemon::spool::fs::SpoolFs;
+use sluice_daemon::consume::store::{verify, Event, GroupState, GroupStore, OnDamage};
+use sluice_daemon::spool::fs::{read_all, SpoolFs};
 use sluice_daemon::spool::simfs::{CrashMode, SimFs};
 use sluice_daemon::spool::SpoolError;
 
@@ -196,7 +196,9 @@ fn some_batches() -> Vec<Vec<Event>> {
 #[test]
 fn create_append_reopen() {
     let fs = SimFs::new();
-    assert!(GroupStore::open(fs_of(&fs), dir()).unwrap().is_none());
+    assert!(GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse)
+        .unwrap()
+        .is_none());
     let mut g = GroupStore::create(fs_of(&fs), dir(), 100).unwrap();
     assert_eq!(g.state(), &GroupState::new(100));
     let batches = some_batches();
@@ -213,7 +215,9 @@ fn create_append_reopen() {
     assert!(g.journal_bytes() > 0);
     let bytes = g.journal_bytes();
     drop(g);
-    let g = GroupStore::open(fs_of(&fs), dir()).unwrap().unwrap();
+    let g = GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse)
+        .unwrap()
+        .unwrap();
     assert_eq!(g.state(), &want);
     assert_eq!(g.journal_bytes(), bytes);
     // Empty appends write nothing.
@@ -242,35 +246,58 @@ fn compaction_then_reopen() {
     let want = applied(&GroupState::new(0), &batches);
     assert_eq!(g.state(), &want);
     drop(g);
-    let mut g = GroupStore::open(fs_of(&fs), dir()).unwrap().unwrap();
+    let mut g = GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse)
+        .unwrap()
+        .unwrap();
     assert_eq!(g.state(), &want);
     // An explicit compaction leaves an empty journal and the same state.
     g.compact().unwrap();
     assert_eq!(g.journal_bytes(), 0);
     assert_eq!(fs.file_len(&dir().join("journal")), Some(0));
     drop(g);
-    let g = GroupStore::open(fs_of(&fs), dir()).unwrap().unwrap();
+    let g = GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse)
+        .unwrap()
+        .unwrap();
     assert_eq!(g.state(), &want);
 }
 
 /// Compaction interrupted after the snapshot, before the journal is emptied:
-/// the old entries are replayed over the snapshot, to the same state.
+/// the old entries are ones the snapshot holds (their seqs are below its
+/// journal_seq): skipped, and the journal is emptied at the open. Appends
+/// after it go on in sequence and survive a reopen.
 #[test]
-fn journal_replayed_over_a_newer_snapshot() {
+fn a_compaction_cut_short_skips_the_entries_the_snapshot_holds() {
     let fs = SimFs::new();
     let mut g = GroupStore::create(fs_of(&fs), dir(), 0).unwrap();
     let batches = some_batches();
-    for b in &batches {
+    let (before, after) = batches.split_at(200);
+    for b in before {
         g.append(b).unwrap();
     }
-    let journal = sluice_daemon::spool::fs::read_all(&fs, &dir().join("journal")).unwrap();
+    let journal = read_all(&fs, &dir().join("journal")).unwrap();
     g.compact().unwrap();
     drop(g);
-    let f = fs.open(&dir().join("journal"), false).unwrap();
-    f.write_all_at(&journal, 0).unwrap();
-    f.sync_data().unwrap();
-    drop(f);
-    let g = GroupStore::open(fs_of(&fs), dir()).unwrap().unwrap();
+    // The journal as it was before it was emptied.
+    put_journal(&fs, &journal);
+    let r = verify(&fs, dir());
+    assert!(r.ok() && r.compaction_unfinished, "{r:?}");
+    assert_eq!(r.journal_entries, 200);
+    let mut g = GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse)
+        .unwrap()
+        .unwrap();
+    assert_eq!(g.state(), &applied(&GroupState::new(0), before));
+    assert_eq!(g.journal_bytes(), 0, "the compaction is finished");
+    assert_eq!(fs.file_len(&dir().join("journal")), Some(0));
+    for b in after {
+        g.append(b).unwrap();
+    }
+    drop(g);
+    let r = verify(&fs, dir());
+    assert!(r.ok() && !r.compaction_unfinished, "{r:?}");
+    assert_eq!(r.journal_entries, after.len() as u64);
+    let g = GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse)
+        .unwrap()
+        .unwrap();
     assert_eq!(g.state(), &applied(&GroupState::new(0), &batches));
 }
 
@@ -285,20 +312,65 @@ fn group_with(fs: &SimFs, batches: &[Vec<Event>]) -> u64 {
     g.journal_bytes()
 }
 
+/// Replaces the journal's bytes (durably).
+fn put_journal(fs: &SimFs, data: &[u8]) {
+    let f = fs.open(&dir().join("journal"), false).unwrap();
+    f.set_len(0).unwrap();
+    f.write_all_at(data, 0).unwrap();
+    f.sync_data().unwrap();
+}
+
+const ASIDE: &str = "/data/streams/s/aside";
+
+/// Every file set aside (folder name, file name) with its bytes; the
+/// manifests apart.
+fn aside(fs: &SimFs) -> BTreeMap<(String, String), Vec<u8>> {
+    let mut all = BTreeMap::new();
+    for folder in fs.list(Path::new(ASIDE)).unwrap_or_default() {
+        let d = Path::new(ASIDE).join(&folder);
+        let files = fs.list(&d).unwrap();
+        assert!(
+            files.contains(&"MANIFEST".to_string()),
+            "{folder}: {files:?}"
+        );
+        for f in files.into_iter().filter(|f| f != "MANIFEST") {
+            let bytes = read_all(fs, &d.join(&f)).unwrap();
+            all.insert((folder.clone(), f), bytes);
+        }
+    }
+    all
+}
+
+/// The files set aside since `before` was taken.
+fn new_aside(
+    fs: &SimFs,
+    before: &BTreeMap<(String, String), Vec<u8>>,
+) -> Vec<((String, String), Vec<u8>)> {
+    aside(fs)
+        .into_iter()
+        .filter(|(k, _)| !before.contains_key(k))
+        .collect()
+}
+
+/// A crash can tear only the last entry (one write and one fdatasync each):
+/// torn at any length, or any of its bytes changed, it is cut off, and
+/// its bytes are set aside first (zeroes only: just cut).
 #[test]
-fn torn_journal_tail_is_cut() {
+fn torn_journal_tail_is_cut_and_set_aside() {
     let batches = some_batches();
     let (keep, last) = batches.split_at(batches.len() - 1);
     let fs = SimFs::new();
     let good = group_with(&fs, keep);
     let full = {
-        let mut g = GroupStore::open(fs_of(&fs), dir()).unwrap().unwrap();
+        let mut g = GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse)
+            .unwrap()
+            .unwrap();
         g.append(&last[0]).unwrap();
         g.journal_bytes()
     };
     let journal = dir().join("journal");
     // Tear the last entry at every length, and damage each of its bytes.
-    let data = sluice_daemon::spool::fs::read_all(&fs, &journal).unwrap();
+    let data = read_all(&fs, &journal).unwrap();
     let mut cases: Vec<Vec<u8>> = (good as usize..full as usize)
         .map(|n| data[..n].to_vec())
         .collect();
@@ -307,61 +379,205 @@ fn torn_journal_tail_is_cut() {
         d[i] ^= 0x08;
         cases.push(d);
     }
-    // Garbage and zeroes after the last entry.
+    // Zeroes (a torn write the file system filled with zeroes) and
+    // garbage after the last entry.
     cases.push([&data[..], &[0; 40]].concat());
+    cases.push([&data[..good as usize], &[0; 40]].concat());
     cases.push([&data[..], &[0xA5; 3]].concat());
     let want = applied(&GroupState::new(0), keep);
+    let mut set_aside = 0;
     for (i, case) in cases.iter().enumerate() {
-        let f = fs.open(&journal, false).unwrap();
-        f.set_len(0).unwrap();
-        f.write_all_at(case, 0).unwrap();
-        f.sync_data().unwrap();
-        drop(f);
-        let mut g = GroupStore::open(fs_of(&fs), dir()).unwrap().unwrap();
-        let expect_len = if case.len() > full as usize {
-            full
-        } else {
-            good
-        };
-        let expect = if case.len() > full as usize {
-            applied(&GroupState::new(0), &batches)
-        } else {
-            want.clone()
-        };
+        put_journal(&fs, case);
+        let (expect_len, expect) =
+            if case.len() >= full as usize && case[..full as usize] == data[..] {
+                (full, applied(&GroupState::new(0), &batches))
+            } else {
+                (good, want.clone())
+            };
+        let cut = &case[expect_len as usize..];
+        let r = verify(&fs, dir());
+        assert!(r.ok(), "case {i}: {r:?}");
+        assert_eq!(r.journal_bytes, expect_len, "case {i}");
+        assert_eq!(
+            r.torn_tail.as_ref().map(|t| (t.at, t.bytes, t.zeroes)),
+            (!cut.is_empty()).then(|| (expect_len, cut.len() as u64, cut.iter().all(|&b| b == 0))),
+            "case {i}"
+        );
+        let before = aside(&fs);
+        let mut g = GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse)
+            .unwrap()
+            .unwrap();
         assert_eq!(g.state(), &expect, "case {i}");
         assert_eq!(g.journal_bytes(), expect_len, "case {i}");
         assert_eq!(fs.file_len(&journal), Some(expect_len), "case {i}: cut");
+        let new = new_aside(&fs, &before);
+        if cut.iter().all(|&b| b == 0) {
+            assert!(new.is_empty(), "case {i}: zeroes set aside: {new:?}");
+        } else {
+            assert_eq!(new.len(), 1, "case {i}: {new:?}");
+            let ((folder, file), bytes) = &new[0];
+            assert!(folder.contains("group-g-torn-journal"), "{folder}");
+            assert_eq!(file, &format!("journal-from-{expect_len}"));
+            assert_eq!(&bytes[..], cut, "case {i}: the bytes cut are set aside");
+            set_aside += 1;
+        }
         // Appending after the cut works and survives a reopen.
-        g.append(&last[0]).unwrap();
+        if expect_len == good {
+            g.append(&last[0]).unwrap();
+        }
         drop(g);
-        let g = GroupStore::open(fs_of(&fs), dir()).unwrap().unwrap();
+        let g = GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse)
+            .unwrap()
+            .unwrap();
         assert_eq!(g.state(), &applied(&GroupState::new(0), &batches));
-        // Put the full journal back for the next case.
-        let f = fs.open(&journal, false).unwrap();
-        f.set_len(0).unwrap();
-        f.write_all_at(&data, 0).unwrap();
-        f.sync_data().unwrap();
+        assert_eq!(g.journal_bytes(), full);
+    }
+    assert!(set_aside > 2 * (full - good) as usize - 2, "{set_aside}");
+}
+
+/// The entry ends, from the journal's start.
+fn entry_ends(fs: &SimFs, batches: &[Vec<Event>]) -> Vec<u64> {
+    let mut g = GroupStore::create(fs_of(fs), dir(), 0).unwrap();
+    batches
+        .iter()
+        .map(|b| {
+            g.append(b).unwrap();
+            g.journal_bytes()
+        })
+        .collect()
+}
+
+/// The error must be GroupCorrupt naming the journal and `byte`, with a
+/// reason holding `why`.
+fn assert_journal_refused(r: Result<Option<GroupStore>, SpoolError>, byte: u64, why: &str) {
+    match r {
+        Err(e @ SpoolError::GroupCorrupt { .. }) => {
+            let SpoolError::GroupCorrupt {
+                ref file,
+                offset,
+                ref reason,
+                ref group,
+                ..
+            } = e
+            else {
+                unreachable!()
+            };
+            assert_eq!(file, &dir().join("journal"));
+            assert_eq!(offset, byte, "{e}");
+            assert_eq!(group, "g");
+            assert!(reason.contains(why), "{reason}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("journal") && msg.contains(&format!("byte {byte}")),
+                "{msg}"
+            );
+        }
+        other => panic!("expected GroupCorrupt at byte {byte}, got {other:?}"),
     }
 }
 
-/// Damage in the middle of the journal cuts everything from there on
-/// (those acks are lost: their messages are delivered again).
+/// Damage in the middle of the journal (an entry that does not check out,
+/// with a valid one after it) is no torn write: refused, naming the
+/// journal and the byte, and nothing is changed. With repair the whole
+/// journal is set aside and cut at the damage (the acks after it are
+/// lost: their messages are delivered again).
 #[test]
-fn corrupt_journal_entry_cuts_the_rest() {
+fn a_damaged_entry_followed_by_a_valid_one_is_refused_or_repaired() {
+    let batches = some_batches();
+    // Damage in entry k's header (length, checksum, seq) or body; the
+    // first entry (k = 0) and the one before the last too.
+    for (k, at) in [(101, 0), (101, 5), (101, 12), (101, 20), (0, 3), (298, 17)] {
+        let fs = SimFs::new();
+        let ends = entry_ends(&fs, &batches);
+        let start = if k == 0 { 0 } else { ends[k - 1] };
+        let journal = dir().join("journal");
+        let whole = read_all(&fs, &journal).unwrap();
+        fs.corrupt(&journal, start + at, 0x40);
+        let damaged = read_all(&fs, &journal).unwrap();
+        let r = verify(&fs, dir());
+        let d = r
+            .damage
+            .clone()
+            .unwrap_or_else(|| panic!("k {k} at {at}: {r:?}"));
+        assert!(
+            d.contains(&format!("byte {start}")) && d.contains("follows at byte"),
+            "{d}"
+        );
+        assert_eq!(r.journal_bytes, start);
+        assert!(r.torn_tail.is_none());
+        for _ in 0..2 {
+            assert_journal_refused(
+                GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse),
+                start,
+                &format!("follows at byte {}", ends[k]),
+            );
+            assert_eq!(
+                read_all(&fs, &journal).unwrap(),
+                damaged,
+                "refusing changes nothing"
+            );
+        }
+        assert!(aside(&fs).is_empty());
+        let g = GroupStore::open(fs_of(&fs), dir(), OnDamage::Repair { restart_at: 7 })
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.state(), &applied(&GroupState::new(0), &batches[..k]));
+        assert_eq!(g.journal_bytes(), start);
+        assert_eq!(fs.file_len(&journal), Some(start));
+        let set = aside(&fs);
+        assert_eq!(set.len(), 1, "{set:?}");
+        let ((folder, file), bytes) = set.into_iter().next().unwrap();
+        assert!(folder.contains("group-g-damaged-journal"), "{folder}");
+        assert_eq!(file, "journal");
+        assert_eq!(bytes, damaged, "the whole journal is set aside");
+        assert_ne!(bytes, whole);
+        drop(g);
+        // Repaired: opens without repair, and goes on.
+        let mut g = GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse)
+            .unwrap()
+            .unwrap();
+        g.append(&batches[k]).unwrap();
+        drop(g);
+        assert!(verify(&fs, dir()).ok());
+    }
+}
+
+/// Entries follow one another in seq: a valid entry out of sequence (one
+/// missing, or one from another journal) is damage.
+#[test]
+fn an_entry_out_of_sequence_is_damage() {
     let batches = some_batches();
     let fs = SimFs::new();
-    let mut g = GroupStore::create(fs_of(&fs), dir(), 0).unwrap();
-    let mut ends = Vec::new();
-    for b in &batches {
-        g.append(b).unwrap();
-        ends.push(g.journal_bytes());
-    }
-    drop(g);
-    let k = 100;
-    fs.corrupt(&dir().join("journal"), ends[k] + 9, 0x40); // in entry k+1's body
-    let g = GroupStore::open(fs_of(&fs), dir()).unwrap().unwrap();
-    assert_eq!(g.state(), &applied(&GroupState::new(0), &batches[..=k]));
-    assert_eq!(g.journal_bytes(), ends[k]);
+    let ends = entry_ends(&fs, &batches);
+    let journal = dir().join("journal");
+    let data = read_all(&fs, &journal).unwrap();
+    // Entry 50 cut out: 51 follows 49.
+    let (a, b) = (ends[49] as usize, ends[50] as usize);
+    put_journal(&fs, &[&data[..a], &data[b..]].concat());
+    assert_journal_refused(
+        GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse),
+        a as u64,
+        "seq 51 where 50 was expected",
+    );
+    // Entry 50 twice.
+    put_journal(&fs, &[&data[..b], &data[a..]].concat());
+    assert_journal_refused(
+        GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse),
+        b as u64,
+        "seq 50 where 51 was expected",
+    );
+    // A journal that starts past the snapshot's journal_seq lost its start.
+    put_journal(&fs, &data[a..]);
+    assert_journal_refused(
+        GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse),
+        0,
+        "seq 50 where at most 0",
+    );
+    let g = GroupStore::open(fs_of(&fs), dir(), OnDamage::Repair { restart_at: 0 })
+        .unwrap()
+        .unwrap();
+    assert_eq!(g.state(), &GroupState::new(0));
+    assert_eq!(g.journal_bytes(), 0);
 }
 
 #[test]
@@ -371,7 +587,7 @@ fn corrupt_snapshot_is_an_error_naming_it() {
     let snap = dir().join("snapshot");
     fs.corrupt(&snap, 7, 0x01);
     for _ in 0..2 {
-        match GroupStore::open(fs_of(&fs), dir()) {
+        match GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse) {
             Err(e @ SpoolError::GroupCorrupt { .. }) => {
                 let SpoolError::GroupCorrupt {
                     ref file,
@@ -393,12 +609,96 @@ fn corrupt_snapshot_is_an_error_naming_it() {
             other => panic!("expected GroupCorrupt, got {other:?}"),
         }
     }
+    let r = verify(&fs, dir());
+    assert!(
+        r.exists
+            && r.floor.is_none()
+            && r.damage.as_deref().is_some_and(|d| d.contains("snapshot")),
+        "{r:?}"
+    );
     // A missing snapshot beside a journal is an error too, not a group at 0.
     fs.remove_file(&snap).unwrap();
     assert!(matches!(
-        GroupStore::open(fs_of(&fs), dir()),
+        GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse),
         Err(SpoolError::GroupCorrupt { .. })
     ));
+    assert!(!verify(&fs, dir()).ok());
+}
+
+/// With repair, a group whose snapshot is damaged or missing has its
+/// files set aside (moved, not deleted) and starts again where it is told
+/// (its cursor's floor: what it acked after is delivered again).
+#[test]
+fn a_lost_snapshot_is_set_aside_and_the_group_restarts_with_repair() {
+    let batches = some_batches();
+    for missing in [false, true] {
+        let fs = SimFs::new();
+        group_with(&fs, &batches[..40]);
+        let snap = dir().join("snapshot");
+        let journal = read_all(&fs, &dir().join("journal")).unwrap();
+        if missing {
+            fs.remove_file(&snap).unwrap();
+        } else {
+            fs.corrupt(&snap, 9, 0x10);
+        }
+        let old_snap = read_all(&fs, &snap).ok();
+        let mut g = GroupStore::open(fs_of(&fs), dir(), OnDamage::Repair { restart_at: 42 })
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.state(), &GroupState::new(42), "missing {missing}");
+        assert_eq!(g.journal_bytes(), 0);
+        let set = aside(&fs);
+        let names: Vec<&str> = set.keys().map(|(_, f)| f.as_str()).collect();
+        assert!(
+            set.keys().all(|(d, _)| d.contains("group-g-lost-snapshot")),
+            "{set:?}"
+        );
+        let want: &[&str] = if missing {
+            &["journal"]
+        } else {
+            &["journal", "snapshot"]
+        };
+        assert_eq!(names, want);
+        assert!(set.values().any(|b| *b == journal));
+        if let Some(old) = old_snap {
+            assert!(set.values().any(|b| *b == old));
+        }
+        g.append(&[Event::Acked(42..45)]).unwrap();
+        drop(g);
+        let g = GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.state().floor, 45);
+    }
+}
+
+#[test]
+fn verify_reports_without_changing_anything() {
+    let fs = SimFs::new();
+    let r = verify(&fs, dir());
+    assert_eq!((r.exists, r.floor, r.damage.clone()), (false, None, None));
+    let batches = some_batches();
+    let len = group_with(&fs, &batches);
+    let want = applied(&GroupState::new(0), &batches);
+    let r = verify(&fs, dir());
+    assert!(r.exists && r.ok(), "{r:?}");
+    assert_eq!(r.group, "g");
+    assert_eq!(r.floor, Some(want.floor));
+    assert_eq!(r.reach, Some(want.reach()));
+    assert_eq!((r.journal_entries, r.journal_bytes), (300, len));
+    assert!(r.torn_tail.is_none() && r.damage.is_none());
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["floor"], want.floor);
+    assert!(json.get("damage").is_none(), "{json}");
+    // A torn tail is reported, not cut.
+    let journal = dir().join("journal");
+    let data = read_all(&fs, &journal).unwrap();
+    put_journal(&fs, &data[..data.len() - 3]);
+    let r = verify(&fs, dir());
+    assert!(r.ok(), "{r:?}");
+    assert!(r.torn_tail.is_some_and(|t| !t.zeroes && t.bytes > 0));
+    assert_eq!(fs.file_len(&journal), Some(len - 3));
+    assert!(aside(&fs).is_empty());
 }
 
 /// A deletion cut short by a failure and a crash at any of its steps
@@ -422,7 +722,7 @@ fn a_deletion_cut_short_leaves_a_group_or_none() {
             fs.fail_after(Some(step));
             let deleted = GroupStore::delete(&fs, dir()).is_ok();
             fs.crash(mode, &mut rng);
-            let opened = GroupStore::open(fs_of(&fs), dir())
+            let opened = GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse)
                 .unwrap_or_else(|e| panic!("step {step}, {mode:?}: {e}"));
             if deleted {
                 assert!(
@@ -469,7 +769,9 @@ fn failed_append_is_cut_back() {
         );
         assert_eq!(g.state(), &want);
         drop(g);
-        let g = GroupStore::open(fs_of(&fs), dir()).unwrap().unwrap();
+        let g = GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse)
+            .unwrap()
+            .unwrap();
         assert_eq!(g.state(), &want, "fail_after {fail_after}");
     }
 }
@@ -492,7 +794,9 @@ fn full_disk_applies_nothing() {
     fs.set_capacity(None);
     g.append(&batches[1]).unwrap();
     drop(g);
-    let g = GroupStore::open(fs_of(&fs), dir()).unwrap().unwrap();
+    let g = GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse)
+        .unwrap()
+        .unwrap();
     assert_eq!(g.state(), &applied(&GroupState::new(0), &batches[..2]));
 }
 
@@ -566,6 +870,7 @@ struct Totals {
     failed_batch_lost: u64,
     created_lost: u64,
     compactions: u64,
+    torn_tails: u64,
 }
 
 fn run_seed(seed: u64) -> Result<Totals, String> {
@@ -591,7 +896,7 @@ fn run_seed(seed: u64) -> Result<Totals, String> {
         let ok = created.is_ok();
         drop(created);
         crash(&fs, &mut rng, &mut totals);
-        match GroupStore::open(fs_of(&fs), dir()) {
+        match GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse) {
             Ok(Some(g)) => {
                 if g.state() != &GroupState::new(floor) {
                     return Err(format!("created group recovered as {:?}", g.state()));
@@ -636,7 +941,15 @@ fn run_seed(seed: u64) -> Result<Totals, String> {
         }
         drop(store);
         crash(&fs, &mut rng, &mut totals);
-        store = match GroupStore::open(fs_of(&fs), dir()) {
+        // What a crash leaves is never taken for damage.
+        let report = verify(&fs, dir());
+        if !report.ok() {
+            return Err(format!("a crash left what verify calls damage: {report:?}"));
+        }
+        if report.torn_tail.is_some() {
+            totals.torn_tails += 1;
+        }
+        store = match GroupStore::open(fs_of(&fs), dir(), OnDamage::Refuse) {
             Ok(Some(g)) => g,
             Ok(None) => return Err("the group vanished".into()),
             Err(e) => return Err(format!("recovery failed: {e}")),
@@ -674,6 +987,7 @@ fn acked_batches_survive_every_simulated_crash_whole() {
         total.failed_batch_lost += t.failed_batch_lost;
         total.created_lost += t.created_lost;
         total.compactions += t.compactions;
+        total.torn_tails += t.torn_tails;
     }) else {
         return;
     };
@@ -684,4 +998,5 @@ fn acked_batches_survive_every_simulated_crash_whole() {
     assert!(total.failed_batch_lost > 0, "{total:?}");
     assert!(total.created_lost > 0, "{total:?}");
     assert!(total.compactions > seeds, "{total:?}");
+    assert!(total.torn_tails > seeds / 10, "{total:?}");
 }

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::dead_letter;
 use super::group::{Credit, Delivery, Group, GroupConfig, GroupCounters, KeyRule, MemberId};
-use super::store::{check_group_name, remove_folder, Event, GroupStore};
+use super::store::{check_group_name, remove_folder, Event, GroupStore, OnDamage};
 use super::task::GroupTask;
-use crate::spool::{Spool, SpoolError, Stream};
+use crate::spool::{Recovery, Spool, SpoolError, Stream};
 
 /// Where a new group starts (an existing group continues from its state):
 /// the transport's own type, as subscribers send it.
@@ -115,6 +115,11 @@ pub struct GroupStats {
     #[serde(flatten)]
     pub counters: GroupCounters,
     pub retain_until_acked: bool,
+    /// The group met damage in the stream (what it says): it reads no
+    /// further until the stream is repaired (`sluiced --repair`); what it
+    /// had read is still served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at_damage: Option<String>,
 }
 
 pub(super) enum Cmd {
@@ -364,8 +369,19 @@ impl Consumers {
         let dir = group_dir(&s, group);
         let fs = s.fs().clone();
         let s2 = s.clone();
+        let name = group.to_owned();
         let store = tokio::task::spawn_blocking(move || -> Result<GroupStore, SpoolError> {
-            if let Some(store) = GroupStore::open(fs.clone(), &dir)? {
+            let on_damage = if s2.log_config().recovery == Recovery::Repair {
+                // Should the group's snapshot be lost, it starts again at
+                // its cursor (a mirror of its floor, written every second,
+                // so at or below it), else at the stream's first offset:
+                // what it acked after is delivered again, nothing skipped.
+                let restart_at = s2.cursor(&name).map_or(s2.first_offset(), |c| c.ack_floor);
+                OnDamage::Repair { restart_at }
+            } else {
+                OnDamage::Refuse
+            };
+            if let Some(store) = GroupStore::open(fs.clone(), &dir, on_damage)? {
                 return Ok(store);
             }
             let floor = start_offset(&s2, start)?;
@@ -373,6 +389,7 @@ impl Consumers {
         })
         .await
         .map_err(|_| ConsumeError::Stopping)??;
+        check_reach(&s, group, &store).await?;
         let store = self.align_dead_letter_seq(stream, group, store).await?;
         let (cmd, rx) = mpsc::unbounded_channel();
         let handle = Arc::new(GroupHandle {
@@ -581,6 +598,58 @@ impl Consumers {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
     }
+}
+
+/// A group whose state holds an offset at or past the stream's durable
+/// end saw records the stream has lost since (a log cut at a torn tail
+/// that nothing proved durable, or a repair). New records must not take
+/// those offsets: the group counts them done (or delivered, or
+/// dead-lettered) already, and would skip the new records silently. So
+/// the stream gives the offsets up (`skip_to`): with `--repair`, or when
+/// acks went out before fdatasync (`fsync` = interval or never), where
+/// such a loss is expected. Otherwise the group is refused.
+async fn check_reach(s: &Stream, group: &str, store: &GroupStore) -> Result<(), ConsumeError> {
+    let reach = store.state().reach();
+    let end = s.durable_end();
+    if reach <= end {
+        return Ok(());
+    }
+    let what = format!(
+        "consumer group {group}'s state holds offset {} but the stream ends at {end}: \
+         the stream lost records",
+        reach - 1
+    );
+    let expected = s.log_config().early_acks;
+    if !expected && s.log_config().recovery != Recovery::Repair {
+        return Err(SpoolError::GroupCorrupt {
+            stream: s.name().to_owned(),
+            group: group.to_owned(),
+            file: store.dir().to_path_buf(),
+            offset: 0,
+            reason: format!(
+                "{what} (start with --repair to give those offsets up: new records then \
+                 continue after them)"
+            ),
+        }
+        .into());
+    }
+    warn!(
+        stream = s.name(),
+        group,
+        end,
+        to = reach,
+        expected_loss = expected,
+        "{what}: giving up offsets {end}..{reach}, new records continue after them{}",
+        if expected {
+            " (acks go out before fdatasync with fsync = interval or never: a crash loses them)"
+        } else {
+            " (repair)"
+        }
+    );
+    s.skip_to(reach, &what)
+        .await
+        .map_err(|_| ConsumeError::Stopping)??;
+    Ok(())
 }
 
 /// The offset a new group starting at `start` begins at.

@@ -4,22 +4,45 @@
 //! A group lives in `<stream dir>/groups/<group>/`:
 //!
 //! ```text
-//! snapshot   magic "SLGS", version, the whole GroupState, CRC32C
-//!            (replaced atomically: write_atomic)
+//! snapshot   replaced atomically (write_atomic):
+//!            0   magic "SLGS"
+//!            4   version u8 = 2
+//!            5   journal_seq u64   seq of the first journal entry written
+//!                                  after this snapshot
+//!            13  floor u64, dlq_seq u64, dlq_stored u64
+//!                acked ranges:      count u64, (start u64, end u64) * count
+//!                delivery counts:   count u64, (offset u64, count u32) * count
+//!                pending dead:      count u64, (dlq_seq u64, offset u64) * count
+//!            end CRC32C u32 of every byte before it
 //! journal    entries appended since the snapshot, one per batch:
-//!            0  len  u32 LE   body length (1 ..= MAX_ENTRY)
-//!            4  crc  u32 LE   CRC32C of the body
-//!            8  body          the batch's events (see `encode_event`)
+//!            0   len  u32   body length (1 ..= MAX_ENTRY)
+//!            4   crc  u32   CRC32C of (seq as 8 LE bytes ‖ body)
+//!            8   seq  u64   entry sequence number: the snapshot's
+//!                           journal_seq for the first, +1 each after
+//!            16  body       the batch's events (see `encode_event`)
 //! ```
+//! Every integer is little-endian.
 //!
 //! A batch is one entry, written with one write and made durable with one
-//! fdatasync: after a crash a batch is either wholly there or not at all
-//! (its entry is torn or missing and recovery cuts it off). The snapshot is
-//! the commit point of a group's creation; it is written again, and the
-//! journal emptied, when the journal has grown past a bound (compaction).
-//! Replay is idempotent and order-insensitive, so a crash between writing
-//! the snapshot and emptying the journal only replays events the snapshot
-//! already holds.
+//! fdatasync: after a crash a batch is either wholly there or not at all.
+//! Only the last entry can be torn, so a torn tail is told from damage by
+//! proof, as for segments: at the first entry that does not check out,
+//! any valid entry (checksum, decodable body, a seq that fits) starting at
+//! any later byte proves that bytes which had been made durable were
+//! damaged. That is refused (or, with `--repair`, the journal is set
+//! aside and cut there); otherwise the tail is torn: its bytes are set
+//! aside (unless all zero) and cut off. Entries must follow one another
+//! in seq: a gap is damage too.
+//!
+//! The snapshot is the commit point of a group's creation; it is written
+//! again, and the journal emptied, when the journal has grown past a bound
+//! (compaction). A crash between writing the snapshot and emptying the
+//! journal leaves entries the snapshot already holds: their seqs are below
+//! the snapshot's journal_seq, so they are skipped, and the journal is
+//! emptied at the next open. A damaged or missing snapshot loses the
+//! group's floor: refused, or with `--repair` the group's files are set
+//! aside and the group starts again where its cursor (or the stream) says,
+//! delivering everything after it again (never skipping).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -29,6 +52,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::ranges::RangeSet;
+use crate::spool::aside::Aside;
 use crate::spool::fs::{read_all, write_atomic, SpoolFile, SpoolFs};
 use crate::spool::SpoolError;
 
@@ -137,6 +161,16 @@ impl GroupState {
         }
     }
 
+    /// The offset after the highest one the state mentions (its floor, if
+    /// higher): the stream must reach it, or it lost records the group had
+    /// seen.
+    pub fn reach(&self) -> u64 {
+        let acked = self.acked.iter().last().map_or(0, |r| r.end);
+        let delivered = self.deliveries.keys().next_back().map_or(0, |o| o + 1);
+        let dead = self.dead_pending.values().max().map_or(0, |o| o + 1);
+        self.floor.max(acked).max(delivered).max(dead)
+    }
+
     pub fn is_done(&self, offset: u64) -> bool {
         offset < self.floor || self.acked.contains(offset)
     }
@@ -158,11 +192,30 @@ pub const DEFAULT_COMPACT_BYTES: u64 = 4 << 20;
 /// Largest journal entry (one batch): far more than a batch of events ever
 /// needs; a length beyond it in the journal is damage.
 pub const MAX_ENTRY: usize = 16 << 20;
-const ENTRY_HEADER: usize = 8;
+const ENTRY_HEADER: usize = 16;
+/// Smallest event encoded (`DeadStored`: a tag and a u64).
+const MIN_EVENT: usize = 9;
+/// Smallest entry: a header and one event (an append never writes none).
+const MIN_ENTRY: usize = ENTRY_HEADER + MIN_EVENT;
 const SNAP_MAGIC: &[u8; 4] = b"SLGS";
-const SNAP_VERSION: u8 = 1;
+const SNAP_VERSION: u8 = 2;
 const JOURNAL: &str = "journal";
 const SNAPSHOT: &str = "snapshot";
+
+/// What opening a group does about damage in its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDamage {
+    /// Refuse it with an error naming the file and byte (a torn tail, which
+    /// is not damage, is still cut, its bytes set aside first).
+    Refuse,
+    /// `--repair`: set the damaged files aside (nothing is deleted) and go
+    /// on with what checks out. A damaged journal is cut at the damage (the
+    /// acks after it are lost: their messages are delivered again). A group
+    /// whose snapshot is lost starts again at `restart_at` (its cursor's
+    /// floor, or the stream's first offset): everything after it is
+    /// delivered again.
+    Repair { restart_at: u64 },
+}
 
 /// One group's journal and snapshot, and the state they hold.
 pub struct GroupStore {
@@ -171,6 +224,8 @@ pub struct GroupStore {
     journal: Arc<dyn SpoolFile>,
     /// End of the last good (durable) entry.
     journal_len: u64,
+    /// Seq of the next entry written.
+    next_seq: u64,
     /// An append or a compaction failed part-way: the journal may hold
     /// bytes past `journal_len`, cut off before anything else is written.
     dirty: bool,
@@ -188,41 +243,423 @@ impl std::fmt::Debug for GroupStore {
         f.debug_struct("GroupStore")
             .field("dir", &self.dir)
             .field("journal_len", &self.journal_len)
+            .field("next_seq", &self.next_seq)
             .field("dirty", &self.dirty)
             .field("state", &self.state)
             .finish_non_exhaustive()
     }
 }
 
+/// What a group's files hold, read without changing anything: shared by
+/// [`GroupStore::open`] (which then acts on it) and [`verify`].
+enum Found {
+    /// No group: neither a snapshot nor a journal.
+    Nothing,
+    /// The snapshot is missing or does not check out: the group's floor is
+    /// unknown.
+    NoSnapshot {
+        file: PathBuf,
+        reason: String,
+    },
+    Group(Box<Read>),
+}
+
+struct Read {
+    /// The snapshot with the journal's good entries replayed over it.
+    state: GroupState,
+    snapshot_bytes: u64,
+    /// The snapshot's journal_seq.
+    journal_seq: u64,
+    has_journal: bool,
+    journal: Vec<u8>,
+    scan: Scan,
+}
+
+/// The journal, read entry by entry.
+#[derive(Debug)]
+struct Scan {
+    /// Good entries (in seq order, from byte 0), replayed or skipped.
+    entries: u64,
+    /// Where the last good entry ends.
+    good_end: u64,
+    /// Seq of the next entry to write.
+    next_seq: u64,
+    /// Every good entry is one the snapshot already holds (a compaction
+    /// stopped before it emptied the journal): the journal is emptied.
+    stale: bool,
+    end: JournalEnd,
+}
+
+#[derive(Debug)]
+enum JournalEnd {
+    /// The last entry ends the file.
+    Clean,
+    /// From `at` on, the bytes of an entry a crash cut short (only zeroes,
+    /// maybe): nothing valid follows them.
+    Torn { at: u64, zeroes: bool },
+    /// The entry at `at` is damaged: proven by what follows it, or valid
+    /// and out of sequence.
+    Damaged { at: u64, reason: String },
+}
+
+/// Reads the group in `dir` (I/O errors only are errors).
+fn survey(fs: &dyn SpoolFs, dir: &Path) -> Result<Found, SpoolError> {
+    let snap_path = dir.join(SNAPSHOT);
+    let journal_path = dir.join(JOURNAL);
+    let has_snap = fs.exists(&snap_path);
+    let has_journal = fs.exists(&journal_path);
+    if !has_snap && !has_journal {
+        return Ok(Found::Nothing);
+    }
+    if !has_snap {
+        return Ok(Found::NoSnapshot {
+            file: snap_path,
+            reason: "snapshot missing while the journal exists: the group's floor is unknown"
+                .into(),
+        });
+    }
+    let snap = read_all(fs, &snap_path).map_err(SpoolError::io("read", &snap_path))?;
+    let (mut state, journal_seq) = match decode_snapshot(&snap) {
+        Ok(s) => s,
+        Err(reason) => {
+            return Ok(Found::NoSnapshot {
+                file: snap_path,
+                reason,
+            })
+        }
+    };
+    let journal = if has_journal {
+        read_all(fs, &journal_path).map_err(SpoolError::io("read", &journal_path))?
+    } else {
+        Vec::new()
+    };
+    let scan = scan_journal(&journal, journal_seq, &mut state);
+    Ok(Found::Group(Box::new(Read {
+        state,
+        snapshot_bytes: snap.len() as u64,
+        journal_seq,
+        has_journal,
+        journal,
+        scan,
+    })))
+}
+
+/// Replays the journal's entries over `state` (the snapshot), as far as
+/// they check out and follow one another, and says how it ends.
+fn scan_journal(data: &[u8], journal_seq: u64, state: &mut GroupState) -> Scan {
+    let mut pos = 0usize;
+    // The seq the next entry must have; for the first, any up to the
+    // snapshot's journal_seq (a journal the snapshot holds may remain).
+    let mut expected: Option<u64> = None;
+    let mut entries = 0;
+    let mut events = Vec::new();
+    let end = loop {
+        if pos == data.len() {
+            break JournalEnd::Clean;
+        }
+        let (seq, body, n) = match parse_entry(&data[pos..]) {
+            Ok(e) => e,
+            Err(why) => {
+                break match valid_entry_after(data, pos, expected, journal_seq) {
+                    Some((q, seq)) => JournalEnd::Damaged {
+                        at: pos as u64,
+                        reason: format!(
+                            "{why}, yet a valid entry (seq {seq}) follows at byte {q}: \
+                             not a torn write, durable entries were damaged"
+                        ),
+                    },
+                    None => JournalEnd::Torn {
+                        at: pos as u64,
+                        zeroes: data[pos..].iter().all(|&b| b == 0),
+                    },
+                };
+            }
+        };
+        let fits = match expected {
+            None => seq <= journal_seq,
+            Some(e) => seq == e,
+        };
+        if !fits {
+            let want = match expected {
+                None => format!("at most {journal_seq} (the snapshot's next)"),
+                Some(e) => e.to_string(),
+            };
+            break JournalEnd::Damaged {
+                at: pos as u64,
+                reason: format!(
+                    "entry with seq {seq} where {want} was expected: entries are missing \
+                     or come from elsewhere"
+                ),
+            };
+        }
+        events.clear();
+        if let Err(why) = decode_events(body, &mut events) {
+            break JournalEnd::Damaged {
+                at: pos as u64,
+                reason: format!(
+                    "entry {seq} has a valid checksum but does not decode ({why}): \
+                     written by a newer sluice?"
+                ),
+            };
+        }
+        if seq >= journal_seq {
+            for e in &events {
+                state.apply(e);
+            }
+        }
+        entries += 1;
+        expected = Some(seq + 1);
+        pos += n;
+    };
+    Scan {
+        entries,
+        good_end: pos as u64,
+        next_seq: expected.map_or(journal_seq, |e| e.max(journal_seq)),
+        stale: expected.is_some_and(|e| e <= journal_seq),
+        end,
+    }
+}
+
+/// The first valid entry starting after byte `bad` (where an entry does
+/// not check out) whose seq fits there, and its seq: the proof that the
+/// bad entry is damage, not a torn write. The entry at `bad` would have
+/// seq `expected` (unknown for the journal's first: at most
+/// `journal_seq`), and every entry takes at least `MIN_ENTRY` bytes, so a
+/// seq that fits at byte q is in expected ..= expected + (q - bad) /
+/// MIN_ENTRY. Checking it first keeps the search cheap: a checksum is
+/// computed only where the header's seq fits.
+fn valid_entry_after(
+    data: &[u8],
+    bad: usize,
+    expected: Option<u64>,
+    journal_seq: u64,
+) -> Option<(u64, u64)> {
+    let lo = expected.unwrap_or(0);
+    let base = expected.unwrap_or(journal_seq);
+    let mut events = Vec::new();
+    for q in bad + 1..data.len().saturating_sub(MIN_ENTRY - 1) {
+        let b = &data[q..];
+        let seq = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
+        let hi = base.saturating_add(((q - bad) / MIN_ENTRY) as u64);
+        if seq < lo || seq > hi {
+            continue;
+        }
+        if let Ok((seq, body, _)) = parse_entry(b) {
+            events.clear();
+            if decode_events(body, &mut events).is_ok() {
+                return Some((q as u64, seq));
+            }
+        }
+    }
+    None
+}
+
+/// What [`verify`] found in a group's files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GroupReport {
+    pub group: String,
+    /// The folder holds a group (a snapshot or a journal). One without
+    /// either is a creation or deletion cut short, removed at the next
+    /// start: not damage.
+    pub exists: bool,
+    /// The group's floor (snapshot and journal), if the snapshot checks out.
+    pub floor: Option<u64>,
+    /// The offset after the highest one the group's state mentions: the
+    /// stream must reach it, or it lost records the group saw.
+    pub reach: Option<u64>,
+    /// Good journal entries, and the bytes they take.
+    pub journal_entries: u64,
+    pub journal_bytes: u64,
+    /// Entries a compaction had already put in the snapshot (a crash came
+    /// before it emptied the journal): the next start empties it.
+    pub compaction_unfinished: bool,
+    /// A torn last entry (a crash during its write): the next start sets
+    /// its bytes aside (unless all zero) and cuts it off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torn_tail: Option<TornTail>,
+    /// Damage: which file, where, why. The next start refuses the group
+    /// (with `--repair`: sets the damaged file aside).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damage: Option<String>,
+    /// A file that could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TornTail {
+    /// Byte of the journal where it starts.
+    pub at: u64,
+    pub bytes: u64,
+    /// Only zero bytes (nothing to set aside).
+    pub zeroes: bool,
+}
+
+impl GroupReport {
+    /// Nothing wrong (a torn tail or an unfinished compaction is what a
+    /// crash leaves; the next start deals with it).
+    pub fn ok(&self) -> bool {
+        self.damage.is_none() && self.error.is_none()
+    }
+}
+
+/// Checks the group in `dir` (`<stream>/groups/<group>`) without changing
+/// anything: what opening it would find.
+pub fn verify(fs: &dyn SpoolFs, dir: &Path) -> GroupReport {
+    let mut report = GroupReport {
+        group: file_name(Some(dir)),
+        ..GroupReport::default()
+    };
+    match survey(fs, dir) {
+        Err(e) => {
+            report.exists = true;
+            report.error = Some(e.to_string());
+        }
+        Ok(Found::Nothing) => {}
+        Ok(Found::NoSnapshot { file, reason }) => {
+            report.exists = true;
+            report.damage = Some(format!("{}: {reason}", file.display()));
+        }
+        Ok(Found::Group(r)) => {
+            report.exists = true;
+            report.floor = Some(r.state.floor);
+            report.reach = Some(r.state.reach());
+            report.journal_entries = r.scan.entries;
+            report.journal_bytes = r.scan.good_end;
+            report.compaction_unfinished = r.scan.stale;
+            match r.scan.end {
+                JournalEnd::Clean => {}
+                JournalEnd::Torn { at, zeroes } => {
+                    report.torn_tail = Some(TornTail {
+                        at,
+                        bytes: r.journal.len() as u64 - at,
+                        zeroes,
+                    })
+                }
+                JournalEnd::Damaged { at, reason } => {
+                    report.damage = Some(format!(
+                        "{} is damaged at byte {at}: {reason}",
+                        dir.join(JOURNAL).display()
+                    ))
+                }
+            }
+        }
+    }
+    report
+}
+
 impl GroupStore {
     /// Opens the group in `dir` if there is one, recovering: the snapshot,
-    /// then the journal's entries replayed. A torn or corrupt tail of the
-    /// journal is cut off (with a warning saying what was cut): everything
-    /// from the first bad entry on. `None` if no group is there (no
-    /// snapshot and no journal; a leftover `snapshot.tmp` of a creation that
-    /// did not finish does not count).
+    /// then the journal's entries replayed (those the snapshot already
+    /// holds skipped). `None` if no group is there (no snapshot and no
+    /// journal; a leftover `snapshot.tmp` of a creation that did not
+    /// finish does not count).
     ///
-    /// A damaged or missing snapshot is an error naming the file: the
-    /// group's floor cannot be known without it, and starting over from 0
-    /// would deliver the whole stream again.
-    pub fn open(fs: Arc<dyn SpoolFs>, dir: &Path) -> Result<Option<GroupStore>, SpoolError> {
-        let snap_path = dir.join(SNAPSHOT);
+    /// A torn last entry (a crash during its write) is cut off, its bytes
+    /// set aside first unless all zero. Damage (see the module's comment)
+    /// is an error naming the file and byte, or with
+    /// [`OnDamage::Repair`] is set aside. A damaged or missing snapshot is
+    /// an error too: the group's floor cannot be known without it, and
+    /// starting over from 0 would deliver the whole stream again.
+    pub fn open(
+        fs: Arc<dyn SpoolFs>,
+        dir: &Path,
+        on_damage: OnDamage,
+    ) -> Result<Option<GroupStore>, SpoolError> {
+        let r = match survey(&*fs, dir)? {
+            Found::Nothing => return Ok(None),
+            Found::NoSnapshot { file, reason } => {
+                return match on_damage {
+                    OnDamage::Refuse => Err(corrupt(dir, &file, 0, reason)),
+                    OnDamage::Repair { restart_at } => {
+                        Self::restart(fs, dir, restart_at, &file, &reason).map(Some)
+                    }
+                }
+            }
+            Found::Group(r) => r,
+        };
+        let Read {
+            state,
+            snapshot_bytes,
+            journal_seq,
+            has_journal,
+            journal: data,
+            scan,
+        } = *r;
         let journal_path = dir.join(JOURNAL);
-        let has_snap = fs.exists(&snap_path);
-        let has_journal = fs.exists(&journal_path);
-        if !has_snap && !has_journal {
-            return Ok(None);
-        }
-        if !has_snap {
-            return Err(corrupt(
-                dir,
-                &snap_path,
-                0,
-                "snapshot missing while the journal exists: the group's floor is unknown".into(),
-            ));
-        }
-        let snap = read_all(&*fs, &snap_path).map_err(SpoolError::io("read", &snap_path))?;
-        let mut state = decode_snapshot(&snap).map_err(|why| corrupt(dir, &snap_path, 0, why))?;
+        let cut_at = match scan.end {
+            JournalEnd::Clean => None,
+            JournalEnd::Torn { at, zeroes } => {
+                let tail = &data[at as usize..];
+                let aside = if zeroes {
+                    None
+                } else {
+                    let mut a = Aside::new(
+                        fs.clone(),
+                        stream_dir(dir),
+                        &aside_what(dir, "torn-journal"),
+                    )?;
+                    a.copy_bytes(
+                        &format!("journal-from-{at}"),
+                        tail,
+                        &journal_path,
+                        at,
+                        "the torn last entry of a consumer group's journal (a crash during its write), cut off",
+                    )?;
+                    Some(a.finish()?)
+                };
+                warn!(
+                    group = %dir.display(),
+                    at,
+                    cut_bytes = tail.len(),
+                    only_zeroes = zeroes,
+                    set_aside = %aside.as_deref().map_or_else(|| "nothing (zeroes only)".into(), |p| p.display().to_string()),
+                    "consumer group journal: cutting off a torn last entry (a crash during \
+                     its write); its acks and deliveries are lost, their messages will be \
+                     delivered again"
+                );
+                Some(at)
+            }
+            JournalEnd::Damaged { at, reason } => match on_damage {
+                OnDamage::Refuse => return Err(corrupt(dir, &journal_path, at, reason)),
+                OnDamage::Repair { .. } => {
+                    let mut a = Aside::new(
+                        fs.clone(),
+                        stream_dir(dir),
+                        &aside_what(dir, "damaged-journal"),
+                    )?;
+                    a.note(&format!("damage at byte {at}: {reason}"));
+                    a.copy_bytes(
+                        JOURNAL,
+                        &data,
+                        &journal_path,
+                        0,
+                        &format!("a consumer group's damaged journal (repair cut it at byte {at})"),
+                    )?;
+                    let folder = a.finish()?;
+                    warn!(
+                        group = %dir.display(),
+                        at,
+                        reason = %reason,
+                        cut_bytes = data.len() as u64 - at,
+                        set_aside = %folder.display(),
+                        "repair: consumer group journal damaged; the whole journal is set aside \
+                         and cut at the damage; the acks after it are lost, their messages will \
+                         be delivered again"
+                    );
+                    Some(at)
+                }
+            },
+        };
+        // A compaction that stopped before emptying the journal is
+        // finished: the snapshot holds every entry left.
+        let cut_at = if scan.stale {
+            info!(group = %dir.display(), entries = scan.entries,
+                "consumer group journal: finishing a compaction a stop cut short (its entries are in the snapshot)");
+            Some(0)
+        } else {
+            cut_at
+        };
         let journal = fs
             .open(&journal_path, true)
             .map_err(SpoolError::io("open", &journal_path))?;
@@ -231,81 +668,82 @@ impl GroupStore {
             fs.sync_dir(dir)
                 .map_err(SpoolError::io("fsync directory", dir))?;
         }
-        let size = journal
-            .size()
-            .map_err(SpoolError::io("stat", &journal_path))?;
-        let mut data = vec![0; size as usize];
-        journal
-            .read_exact_at(&mut data, 0)
-            .map_err(SpoolError::io("read", &journal_path))?;
-        let mut pos = 0usize;
-        let mut entries = 0u64;
-        let mut events = Vec::new();
-        let mut failure = None;
-        while pos < data.len() {
-            match next_entry(&data[pos..]) {
-                Ok((body, n)) => {
-                    events.clear();
-                    decode_events(body, &mut events).map_err(|why| {
-                        corrupt(
-                            dir,
-                            &journal_path,
-                            pos as u64,
-                            format!(
-                                "journal entry with a valid checksum does not decode ({why}): \
-                                 written by a newer sluice?"
-                            ),
-                        )
-                    })?;
-                    for e in &events {
-                        state.apply(e);
-                    }
-                    entries += 1;
-                    pos += n;
-                }
-                Err(why) => {
-                    failure = Some(why);
-                    break;
-                }
+        let journal_len = match cut_at {
+            Some(at) => {
+                journal
+                    .set_len(at)
+                    .map_err(SpoolError::io("truncate", &journal_path))?;
+                journal
+                    .sync_data()
+                    .map_err(SpoolError::io("fdatasync", &journal_path))?;
+                at
             }
-        }
-        if let Some(why) = failure {
-            let cut = data.len() - pos;
-            warn!(
-                group = %dir.display(),
-                at = pos,
-                cut_bytes = cut,
-                reason = why,
-                "consumer group journal: cutting off a torn or corrupt tail \
-                 (a crash during a write); its acks and deliveries are lost, \
-                 their messages will be delivered again"
-            );
-            journal
-                .set_len(pos as u64)
-                .map_err(SpoolError::io("truncate", &journal_path))?;
-            journal
-                .sync_data()
-                .map_err(SpoolError::io("fdatasync", &journal_path))?;
-        }
+            None => scan.good_end,
+        };
+        // A journal cut at 0 continues at the snapshot's seq.
+        let next_seq = if journal_len == 0 {
+            journal_seq
+        } else {
+            scan.next_seq
+        };
         info!(
             group = %dir.display(),
             floor = state.floor,
-            journal_entries = entries,
-            journal_bytes = pos,
+            journal_entries = scan.entries,
+            journal_bytes = journal_len,
             "consumer group opened"
         );
         Ok(Some(GroupStore {
             fs,
             dir: dir.to_path_buf(),
             journal,
-            journal_len: pos as u64,
+            journal_len,
+            next_seq,
             dirty: false,
             state,
             compact_bytes: DEFAULT_COMPACT_BYTES,
-            snapshot_bytes: snap.len() as u64,
+            snapshot_bytes,
             retry_compact_at: 0,
             scratch: Vec::new(),
         }))
+    }
+
+    /// Repair of a group whose snapshot is lost: its files go aside, and
+    /// the group is created again at `floor`.
+    fn restart(
+        fs: Arc<dyn SpoolFs>,
+        dir: &Path,
+        floor: u64,
+        file: &Path,
+        reason: &str,
+    ) -> Result<GroupStore, SpoolError> {
+        let mut a = Aside::new(
+            fs.clone(),
+            stream_dir(dir),
+            &aside_what(dir, "lost-snapshot"),
+        )?;
+        a.note(&format!(
+            "{}: {reason}; the group was created again at offset {floor}",
+            file.display()
+        ));
+        for name in fs.list(dir).map_err(SpoolError::io("list", dir))? {
+            a.move_file(
+                &dir.join(name),
+                "a file of a consumer group whose snapshot is damaged or missing",
+            )?;
+        }
+        let folder = a.finish()?;
+        warn!(
+            group = %dir.display(),
+            file = %file.display(),
+            reason,
+            floor,
+            set_aside = %folder.display(),
+            "repair: consumer group snapshot damaged or missing; the group's files are set \
+             aside and the group starts again at its cursor's floor (or the stream's first \
+             offset): what it had acked after it is delivered again"
+        );
+        Self::create(fs, dir, floor)
     }
 
     /// Creates a new group in `dir` whose floor is `floor`, durably (the
@@ -335,7 +773,7 @@ impl GroupStore {
                 .map_err(SpoolError::io("fdatasync", &journal_path))?;
         }
         let state = GroupState::new(floor);
-        let snap = encode_snapshot(&state);
+        let snap = encode_snapshot(&state, 0);
         // The snapshot is the commit point: write_atomic syncs the directory.
         let snap_path = dir.join(SNAPSHOT);
         write_atomic(&*fs, &snap_path, &snap).map_err(SpoolError::io("write", &snap_path))?;
@@ -350,6 +788,7 @@ impl GroupStore {
             dir: dir.to_path_buf(),
             journal,
             journal_len: 0,
+            next_seq: 0,
             dirty: false,
             state,
             compact_bytes: DEFAULT_COMPACT_BYTES,
@@ -429,7 +868,9 @@ impl GroupStore {
         if body_len > MAX_ENTRY {
             return Err(SpoolError::TooLarge(body_len));
         }
-        let crc = crc32c::crc32c(&self.scratch[ENTRY_HEADER..]);
+        let seq = self.next_seq;
+        self.scratch[8..16].copy_from_slice(&seq.to_le_bytes());
+        let crc = crc32c::crc32c(&self.scratch[8..]);
         self.scratch[..4].copy_from_slice(&(body_len as u32).to_le_bytes());
         self.scratch[4..8].copy_from_slice(&crc.to_le_bytes());
         let path = self.dir.join(JOURNAL);
@@ -442,6 +883,7 @@ impl GroupStore {
             .map_err(SpoolError::io("fdatasync", &path))?;
         self.dirty = false;
         self.journal_len += self.scratch.len() as u64;
+        self.next_seq = seq + 1;
         for e in events {
             self.state.apply(e);
         }
@@ -463,7 +905,9 @@ impl GroupStore {
     /// journal. `append` calls it when the journal is past its bound; call
     /// it to compact at another time (an idle moment, shutdown).
     pub fn compact(&mut self) -> Result<(), SpoolError> {
-        let snap = encode_snapshot(&self.state);
+        // Entries written from now on continue at `next_seq`; those in the
+        // journal now are below it, skipped should emptying it not happen.
+        let snap = encode_snapshot(&self.state, self.next_seq);
         let snap_path = self.dir.join(SNAPSHOT);
         // Until the snapshot is durable the journal (still whole) is needed.
         write_atomic(&*self.fs, &snap_path, &snap).map_err(SpoolError::io("write", &snap_path))?;
@@ -546,15 +990,27 @@ pub fn check_group_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn file_name(p: Option<&Path>) -> String {
+    p.and_then(|p| p.file_name())
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+/// The stream folder of the group in `dir` (`<stream>/groups/<group>`):
+/// where its files are set aside.
+fn stream_dir(dir: &Path) -> &Path {
+    dir.parent().and_then(Path::parent).unwrap_or(dir)
+}
+
+/// The name of a folder of things set aside from the group in `dir`.
+fn aside_what(dir: &Path, what: &str) -> String {
+    format!("group-{}-{what}", file_name(Some(dir)))
+}
+
 /// The error for a damaged group file (`dir` is `<stream>/groups/<group>`).
 fn corrupt(dir: &Path, file: &Path, offset: u64, reason: String) -> SpoolError {
-    let name = |p: Option<&Path>| {
-        p.and_then(|p| p.file_name())
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-    };
     SpoolError::GroupCorrupt {
-        stream: name(dir.parent().and_then(|p| p.parent())),
-        group: name(Some(dir)),
+        stream: file_name(dir.parent().and_then(|p| p.parent())),
+        group: file_name(Some(dir)),
         file: file.to_path_buf(),
         offset,
         reason,
@@ -633,10 +1089,11 @@ fn decode_events(body: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
     Ok(())
 }
 
-/// The entry at the start of `b`: its body and its whole length.
-fn next_entry(b: &[u8]) -> Result<(&[u8], usize), &'static str> {
+/// The entry at the start of `b`, if it checks out: its seq, its body
+/// and its whole length. (Whether the body decodes is the caller's.)
+fn parse_entry(b: &[u8]) -> Result<(u64, &[u8], usize), &'static str> {
     let mut c = Cursor(b);
-    let (Some(len), Some(crc)) = (c.u32(), c.u32()) else {
+    let (Some(len), Some(crc), Some(seq)) = (c.u32(), c.u32(), c.u64()) else {
         return Err("short entry header");
     };
     let len = len as usize;
@@ -646,19 +1103,20 @@ fn next_entry(b: &[u8]) -> Result<(&[u8], usize), &'static str> {
     let Some(body) = c.0.get(..len) else {
         return Err("entry cut short");
     };
-    if crc32c::crc32c(body) != crc {
+    if crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), body) != crc {
         return Err("bad entry checksum");
     }
-    Ok((body, ENTRY_HEADER + len))
+    Ok((seq, body, ENTRY_HEADER + len))
 }
 
-/// Snapshot: magic, version, floor, dlq_seq, dlq_stored, then counted lists
-/// of acked ranges (start, end), deliveries (offset, count u32) and pending
-/// dead letters (dlq_seq, offset), then the CRC32C of everything before it.
-fn encode_snapshot(s: &GroupState) -> Vec<u8> {
+/// Snapshot: magic, version, journal_seq, floor, dlq_seq, dlq_stored, then
+/// counted lists of acked ranges (start, end), deliveries (offset, count
+/// u32) and pending dead letters (dlq_seq, offset), then the CRC32C of
+/// everything before it.
+fn encode_snapshot(s: &GroupState, journal_seq: u64) -> Vec<u8> {
     let mut b = SNAP_MAGIC.to_vec();
     b.push(SNAP_VERSION);
-    for v in [s.floor, s.dlq_seq, s.dlq_stored] {
+    for v in [journal_seq, s.floor, s.dlq_seq, s.dlq_stored] {
         b.extend_from_slice(&v.to_le_bytes());
     }
     b.extend_from_slice(&(s.acked.range_count() as u64).to_le_bytes());
@@ -681,7 +1139,9 @@ fn encode_snapshot(s: &GroupState) -> Vec<u8> {
     b
 }
 
-fn decode_snapshot(b: &[u8]) -> Result<GroupState, String> {
+/// The state and the journal_seq a snapshot holds, or why it does not
+/// check out.
+fn decode_snapshot(b: &[u8]) -> Result<(GroupState, u64), String> {
     if b.len() < 9 || &b[..4] != SNAP_MAGIC {
         return Err("not a snapshot (bad magic or too short)".into());
     }
@@ -689,11 +1149,25 @@ fn decode_snapshot(b: &[u8]) -> Result<GroupState, String> {
     if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
         return Err("bad snapshot checksum".into());
     }
-    if body[4] != SNAP_VERSION {
-        return Err(format!("unknown snapshot version {}", body[4]));
+    match body[4] {
+        SNAP_VERSION => {}
+        v if v < SNAP_VERSION => {
+            return Err(format!(
+                "snapshot of version {v}, written by an older sluice; this one reads version \
+                 {SNAP_VERSION} (the spool's format changed: start from a new data folder, or \
+                 run the older sluice until its consumers are done)"
+            ))
+        }
+        v => {
+            return Err(format!(
+                "snapshot of version {v}, written by a newer sluice; this one reads version \
+                 {SNAP_VERSION}"
+            ))
+        }
     }
     let short = || "snapshot cut short".to_string();
     let mut c = Cursor(&body[5..]);
+    let journal_seq = c.u64().ok_or_else(short)?;
     let mut s = GroupState::new(c.u64().ok_or_else(short)?);
     s.dlq_seq = c.u64().ok_or_else(short)?;
     s.dlq_stored = c.u64().ok_or_else(short)?;
@@ -726,7 +1200,7 @@ fn decode_snapshot(b: &[u8]) -> Result<GroupState, String> {
     if !c.0.is_empty() {
         return Err(format!("{} bytes after the snapshot's fields", c.0.len()));
     }
-    Ok(s)
+    Ok((s, journal_seq))
 }
 
 #[cfg(test)]
@@ -755,8 +1229,8 @@ mod tests {
         ] {
             s.apply(&e);
         }
-        let b = encode_snapshot(&s);
-        assert_eq!(decode_snapshot(&b), Ok(s.clone()));
+        let b = encode_snapshot(&s, 77);
+        assert_eq!(decode_snapshot(&b), Ok((s.clone(), 77)));
         for i in 0..b.len() {
             let mut bad = b.clone();
             bad[i] ^= 0x20;
@@ -764,6 +1238,36 @@ mod tests {
         }
         for n in 0..b.len() {
             assert!(decode_snapshot(&b[..n]).is_err());
+        }
+        // A snapshot of version 1 (no journal_seq) is refused by name.
+        let mut v1 = b[..13].to_vec();
+        v1[4] = 1;
+        v1.extend_from_slice(&b[13..b.len() - 4]);
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        let e = decode_snapshot(&v1).unwrap_err();
+        assert!(e.contains("version 1") && e.contains("older sluice"), "{e}");
+    }
+
+    /// An entry's checksum covers its seq: a changed seq is a bad entry.
+    #[test]
+    fn entries_check_their_seq() {
+        let body = {
+            let mut b = Vec::new();
+            encode_event(&Event::Acked(1..4), &mut b);
+            b
+        };
+        let mut e = vec![0; ENTRY_HEADER];
+        e[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        e[8..16].copy_from_slice(&9u64.to_le_bytes());
+        e.extend_from_slice(&body);
+        let crc = crc32c::crc32c(&e[8..]);
+        e[4..8].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(parse_entry(&e), Ok((9, &body[..], e.len())));
+        for i in 0..e.len() {
+            let mut bad = e.clone();
+            bad[i] ^= 0x04;
+            assert!(parse_entry(&bad).is_err(), "flip at {i} undetected");
         }
     }
 
@@ -794,7 +1298,7 @@ mod tests {
             }
             assert!(decode_events(&b[..n], &mut Vec::new()).is_err(), "{n}");
         }
-        assert!(next_entry(&[0; 64]).is_err(), "zeroes are not an entry");
+        assert!(parse_entry(&[0; 64]).is_err(), "zeroes are not an entry");
     }
 
     #[test]

@@ -22,8 +22,9 @@ use super::dead_letter::{self, DeadLetter};
 use super::group::{Credit, DeadOut, Delivery, Group, MemberId};
 use super::service::{Cmd, GroupHandle, GroupSettings};
 use super::store::{Event, GroupStore};
+use crate::log_limit::LogLimit;
 use crate::spool::writer::now_us;
-use crate::spool::{Cursor, Reader, Record, Spool, SpoolError, Stream};
+use crate::spool::{Cursor, Damage, Reader, Record, Spool, SpoolError, Stream};
 
 /// Mean stored bytes per record of a stream (for backlog estimates).
 fn mean_record_bytes(stream: &Stream) -> u64 {
@@ -81,6 +82,14 @@ pub(super) struct GroupTask {
     /// Dead letters whose messages could not be read (an I/O error):
     /// read again at `dead_retry_at`; newer ones wait behind them.
     dead_unread: Vec<DeadOut>,
+    /// Damage a read met: the group reads no further, and reads back
+    /// nothing from its first offset affected on. It does not go away by
+    /// itself (the operator restores the files or restarts with
+    /// `--repair`), so it is not tried again.
+    damage: Option<Box<Damage>>,
+    /// Read errors that may pass (I/O) are tried again at every turn but
+    /// logged at most once a second.
+    read_errors: LogLimit,
 }
 
 /// Dead letters, and the dead-letter seq that their append completes
@@ -149,6 +158,8 @@ impl GroupTask {
             dead_unread: Vec::new(),
             read_more: false,
             retiring: None,
+            damage: None,
+            read_errors: LogLimit::new(1),
         }
     }
 
@@ -284,8 +295,11 @@ impl GroupTask {
     /// Reads what the machine wants from the spool.
     fn read(&mut self) {
         self.machine.set_end(self.stream.durable_end());
-        let (want, budget) = self.machine.wants();
         self.read_more = false;
+        if self.damage.is_some() {
+            return;
+        }
+        let (want, budget) = self.machine.wants();
         if want == 0 {
             return;
         }
@@ -303,7 +317,7 @@ impl GroupTask {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    error!(stream = %self.handle.stream, group = %self.handle.group, error = %e, "reading the stream failed");
+                    self.read_failed(e, None);
                     break;
                 }
             }
@@ -311,6 +325,43 @@ impl GroupTask {
         if !records.is_empty() {
             self.machine.offer(records);
         }
+    }
+
+    /// A read failed (reading on, or reading back `offset`). Damage stops
+    /// the group's reading, once and for all, and is said once (log,
+    /// `/groups`, metrics, and the stream's damage list); anything else is
+    /// tried again at the next turn, logged at most once a second.
+    fn read_failed(&mut self, e: SpoolError, offset: Option<u64>) {
+        let (stream, group) = (&self.handle.stream, &self.handle.group);
+        match e {
+            SpoolError::Damaged(d) => {
+                self.stream.report_damage(&d);
+                if self.damage.is_none() {
+                    error!(%stream, %group, damage = %d,
+                        "consumer group stopped at damage in the stream: it reads no further \
+                         (what it read is still delivered and acked); restore the stream's \
+                         files, or restart sluiced with --repair");
+                    self.handle.stats.lock().unwrap().stopped_at_damage = Some(d.to_string());
+                    self.damage = Some(d);
+                }
+            }
+            e => {
+                if let Some(suppressed) = self.read_errors.allow(Instant::now()) {
+                    match offset {
+                        None => error!(%stream, %group, error = %e, suppressed,
+                            "reading the stream failed; trying again"),
+                        Some(offset) => error!(%stream, %group, offset, error = %e, suppressed,
+                            "reading a message back failed; trying again"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the record at `offset` can be read: not at or past damage
+    /// the group met.
+    fn readable(&self, offset: u64) -> bool {
+        self.damage.as_ref().is_none_or(|d| offset < d.from)
     }
 
     /// Reads back the records of messages ready again (a delivery took
@@ -328,11 +379,15 @@ impl GroupTask {
     /// The records at `offsets` (in increasing order), `None` for those
     /// retention deleted. One reader serves each run of consecutive
     /// offsets. A read error leaves the rest out (logged): they are tried
-    /// again at the next turn.
-    fn read_back(&self, offsets: &[u64]) -> Vec<(u64, Option<Record>)> {
+    /// again at the next turn, unless it was damage; nothing at or past
+    /// damage the group met is read.
+    fn read_back(&mut self, offsets: &[u64]) -> Vec<(u64, Option<Record>)> {
         let mut got = Vec::with_capacity(offsets.len());
         let mut reader: Option<Reader> = None;
         for &offset in offsets {
+            if !self.readable(offset) {
+                break;
+            }
             let r = match &mut reader {
                 Some(r) if r.position() == offset => r,
                 _ => reader.insert(self.stream.reader(offset)),
@@ -346,7 +401,7 @@ impl GroupTask {
                 }
                 Ok(None) => got.push((offset, None)),
                 Err(e) => {
-                    error!(stream = %self.handle.stream, group = %self.handle.group, offset, error = %e, "reading a message back failed");
+                    self.read_failed(e, Some(offset));
                     break;
                 }
             }
@@ -581,8 +636,12 @@ impl GroupTask {
         let offsets: Vec<u64> = dead.iter().map(|d| d.offset).collect();
         let records = self.read_back(&offsets);
         if records.len() < offsets.len() {
-            warn!(stream = %self.handle.stream, group = %self.handle.group, count = dead.len(),
-                "dead letters wait: their messages could not be read; trying again in {DEAD_RETRY_AFTER:?}");
+            // Held by damage (said once already, and shown), they wait
+            // without a word: the stream's repair or restoration frees them.
+            if self.readable(offsets[records.len()]) {
+                warn!(stream = %self.handle.stream, group = %self.handle.group, count = dead.len(),
+                    "dead letters wait: their messages could not be read; trying again in {DEAD_RETRY_AFTER:?}");
+            }
             self.dead_unread = dead;
             self.dead_retry_at = Some(clock.0 + DEAD_RETRY_AFTER);
             return;

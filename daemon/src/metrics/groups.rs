@@ -41,6 +41,11 @@ const GAUGES: &[(&str, &str, Field)] = &[
         "Messages delivered to members and not yet acked, nacked or expired.",
         |g| g.out as f64,
     ),
+    (
+        "sluice_group_stopped_at_damage",
+        "1 when the group met damage in the stream and reads no further (GET /groups says where; restore the files or restart with --repair), else 0.",
+        |g| u8::from(g.stopped_at_damage.is_some()) as f64,
+    ),
 ];
 
 /// Counters since the daemon started: (metric, help, field).
@@ -135,6 +140,7 @@ mod tests {
             ("sluice_group_members", 2.0),
             ("sluice_group_credit", 30.0),
             ("sluice_group_out_messages", 4.0),
+            ("sluice_group_stopped_at_damage", 0.0),
             ("sluice_group_delivered_total", 11.0),
             ("sluice_group_redelivered_total", 3.0),
             ("sluice_group_acked_total", 5.0),
@@ -145,5 +151,16 @@ mod tests {
         ] {
             assert_eq!(s.value(name, &l), want, "{name}");
         }
+        let stopped = GroupStats {
+            stream: "orders".into(),
+            group: "audit".into(),
+            stopped_at_damage: Some("stream orders: damaged".into()),
+            ..GroupStats::default()
+        };
+        let mut e = Exposition::default();
+        render(&mut e, &[stopped]);
+        let s = Scrape::parse(&e.finish());
+        let l = [("stream", "orders"), ("group", "audit")];
+        assert_eq!(s.value("sluice_group_stopped_at_damage", &l), 1.0);
     }
 }
