@@ -3,8 +3,9 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /health` | `200 {"status":"ok",...}`, or `503` while acks are held (disk full) or the daemon is stopping |
-//! | `GET /streams` | JSON: each stream's name and durable end offset |
+//! | `GET /health` | `200 {"status":"ok",...}`; `200 {"status":"degraded",...}` while damage found in the spool is unrepaired or a consumer group stopped at it; `503` while acks are held (disk full) or the daemon is stopping. Lists damage found and offsets given up by repairs |
+//! | `GET /streams` | JSON: each stream's name, first and durable end offsets, damage found, recoveries (torn tails cut, repairs, offsets given up), scrub progress |
+//! | `POST /spool/verify?stream=S` | JSON: every durable record, checkpoint, cursor and group state checked now, at full speed (admin principals only) |
 //! | `GET /streams/{name}/records?from=N&limit=M` | JSON: durable records from offset N (payloads in base64) |
 //! | `POST /streams/{name}/groups/{group}/fetch` | JSON: up to `max` messages for the group, long-polling up to `wait_ms` |
 //! | `POST /streams/{name}/groups/{group}/ack` | `{"acked":n}` once the acks are durable |
@@ -31,7 +32,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -42,7 +43,9 @@ use crate::auth::{Action, Principal};
 use crate::gate::Gate;
 use crate::metrics::Metrics;
 use crate::quic::QuicStats;
-use crate::spool::Spool;
+use crate::spool::recoveries::Recovery;
+use crate::spool::writer::ScrubStats;
+use crate::spool::{Damage, Spool};
 use sluice_transport::lease::{Leases, SealedStats};
 
 /// Most records one `/records` request returns.
@@ -72,6 +75,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/health", get(health))
         .route("/streams", get(streams))
         .route("/streams/{name}/records", get(records))
+        .route("/spool/verify", post(verify))
         .merge(crate::consume::http::routes())
         .with_state(state)
 }
@@ -91,40 +95,102 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         .into_response()
 }
 
-#[derive(Serialize)]
-struct Health {
-    status: &'static str,
-    detail: String,
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Health {
+    /// `ok`, `degraded` (serving, but damage was found in the spool, or a
+    /// consumer group stopped at it) or `unhealthy` (503).
+    pub status: String,
+    pub detail: String,
+    /// Damage found while running (readers, consumer groups, the scrub).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damage: Vec<Damage>,
+    /// Offsets given up by repairs (and losses to fsync = interval), by
+    /// stream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<LostOffsets>,
+}
+
+/// Offsets a stream gave up.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct LostOffsets {
+    pub stream: String,
+    pub from: u64,
+    pub to: u64,
+    pub reason: String,
 }
 
 async fn health(State(s): State<Arc<AdminState>>) -> (StatusCode, Json<Health>) {
-    if s.stopping.load(Ordering::Relaxed) {
-        return unhealthy("stopping".into());
-    }
-    let full: Vec<String> = s
-        .spool
-        .open_streams()
+    let streams = s.spool.open_streams();
+    let damage: Vec<Damage> = streams.iter().flat_map(|st| st.damage()).collect();
+    let lost: Vec<LostOffsets> = streams
+        .iter()
+        .flat_map(|st| {
+            st.recoveries()
+                .into_iter()
+                .filter(|r| r.lost() > 0)
+                .map(|r| LostOffsets {
+                    stream: st.name().to_owned(),
+                    from: r.from,
+                    to: r.to,
+                    reason: r.reason,
+                })
+        })
+        .collect();
+    let stopped: Vec<String> = s
+        .consumers
+        .stats()
+        .into_iter()
+        .filter(|g| g.stopped_at_damage.is_some())
+        .map(|g| format!("{}/{}", g.stream, g.group))
+        .collect();
+    let full: Vec<&str> = streams
         .iter()
         .filter(|st| st.health().disk_full)
-        .map(|st| st.name().to_owned())
+        .map(|st| st.name())
         .collect();
-    if full.is_empty() {
-        let body = Health {
-            status: "ok",
-            detail: "accepting".into(),
-        };
-        (StatusCode::OK, Json(body))
+    let lost_note = if lost.is_empty() {
+        String::new()
     } else {
-        unhealthy(format!("disk full, acks held for: {}", full.join(", ")))
-    }
-}
-
-fn unhealthy(detail: String) -> (StatusCode, Json<Health>) {
-    let body = Health {
-        status: "unhealthy",
-        detail,
+        format!(
+            "; {} offset(s) given up by repairs (see `lost`)",
+            lost.iter().map(|l| l.to - l.from).sum::<u64>()
+        )
     };
-    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+    let (code, status, detail) = if s.stopping.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy",
+            "stopping".to_owned(),
+        )
+    } else if !full.is_empty() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy",
+            format!("disk full, acks held for: {}", full.join(", ")),
+        )
+    } else if !damage.is_empty() || !stopped.is_empty() {
+        let mut d = format!(
+            "accepting; damage found in the spool ({} finding(s): see `damage`; \
+             `sluice spool verify`, then restart with --repair)",
+            damage.len()
+        );
+        if !stopped.is_empty() {
+            d.push_str(&format!(
+                "; consumer groups stopped at it: {}",
+                stopped.join(", ")
+            ));
+        }
+        (StatusCode::OK, "degraded", d)
+    } else {
+        (StatusCode::OK, "ok", "accepting".to_owned())
+    };
+    let body = Health {
+        status: status.into(),
+        detail: format!("{detail}{lost_note}"),
+        damage,
+        lost,
+    };
+    (code, Json(body))
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -133,6 +199,21 @@ pub struct StreamInfo {
     /// Offset after the last durable record (`null` if the stream is on
     /// disk but not opened yet).
     pub durable_end: Option<u64>,
+    /// Offset of the oldest record kept.
+    #[serde(default)]
+    pub first_offset: Option<u64>,
+    /// Offsets given up by repairs, in all.
+    #[serde(default)]
+    pub lost_offsets: u64,
+    /// What recovery and repair did: torn tails cut (their bytes set
+    /// aside), repairs, offsets given up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recoveries: Vec<Recovery>,
+    /// Damage found while running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damage: Vec<Damage>,
+    #[serde(default)]
+    pub scrub: Option<ScrubStats>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -172,12 +253,17 @@ async fn streams(
     let streams = names
         .into_iter()
         .filter(|n| who.may(Action::Consume, n))
-        .map(|name| StreamInfo {
-            durable_end: open
-                .iter()
-                .find(|st| st.name() == name)
-                .map(|st| st.durable_end()),
-            name,
+        .map(|name| {
+            let st = open.iter().find(|st| st.name() == name);
+            StreamInfo {
+                durable_end: st.map(|st| st.durable_end()),
+                first_offset: st.map(|st| st.first_offset()),
+                lost_offsets: st.map_or(0, |st| st.lost_offsets()),
+                recoveries: st.map(|st| st.recoveries()).unwrap_or_default(),
+                damage: st.map(|st| st.damage()).unwrap_or_default(),
+                scrub: st.map(|st| st.scrub_stats()),
+                name,
+            }
         })
         .collect();
     Json(StreamList { streams }).into_response()
@@ -259,6 +345,43 @@ async fn records(
     .await;
     match page {
         Ok(Ok(page)) => Json(page).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct VerifyQuery {
+    stream: Option<String>,
+}
+
+/// Checks every durable record of every open stream (or one) now, with
+/// its checkpoint, cursors and groups: `sluice spool verify` through the
+/// daemon. Reads at full speed: admin principals only.
+async fn verify(
+    State(s): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<VerifyQuery>,
+) -> Response {
+    let who = match principal(&s, peer, &headers) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    if let Err(reason) = s.gate.check(peer, &who, Action::Admin, "") {
+        return error(StatusCode::FORBIDDEN, reason);
+    }
+    if let Some(name) = &q.stream {
+        if s.spool.open_stream(name).is_none() {
+            return error(StatusCode::NOT_FOUND, format!("no stream {name:?}"));
+        }
+    }
+    let spool = s.spool.clone();
+    let report =
+        tokio::task::spawn_blocking(move || crate::verify::running(&spool, q.stream.as_deref()))
+            .await;
+    match report {
+        Ok(Ok(r)) => Json(r).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

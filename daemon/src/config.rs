@@ -127,8 +127,14 @@ pub struct Spool {
     pub retention_bytes: u64,
     /// Delete segments older than this, e.g. "7d" ("" keeps all).
     pub retention_age: String,
-    /// Quarantine corrupt segments instead of refusing to start.
+    /// Set damaged parts of the spool aside (never deleted) and serve what
+    /// is before them, instead of refusing to start (exit status 3).
     pub repair: bool,
+    /// The background scrub: sealed segments read again and checked at
+    /// most this many bytes a second (0: no scrub).
+    pub scrub_bytes_per_sec: u64,
+    /// A scrub pass starts at most this often, e.g. "24h".
+    pub scrub_interval: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -335,6 +341,8 @@ impl Default for Spool {
             retention_bytes: 0,
             retention_age: String::new(),
             repair: false,
+            scrub_bytes_per_sec: 16 << 20,
+            scrub_interval: "24h".into(),
         }
     }
 }
@@ -369,7 +377,12 @@ protocol and acknowledges each one only after it is fsynced to the spool.\n\n\
 With no options it runs on embedded defaults: data on 127.0.0.1:7401/udp, metrics \
 and health on http://127.0.0.1:7480, spool in ./sluice-data.\n\n\
 Settings come from the defaults, then --config FILE (TOML), then SLUICED_* \
-environment variables, then flags; later ones win."
+environment variables, then flags; later ones win.\n\n\
+Exit status: 0 after a clean stop (SIGTERM, SIGINT); 1 when it cannot run \
+(a socket, the data folder); 2 for a bad configuration; 3 when the spool is \
+damaged: the message names stream, file, byte and the offsets affected \
+(check it with `sluice spool verify --data-dir DIR`; restore the files, or \
+start with --repair)."
 )]
 pub struct Args {
     /// TOML configuration file.
@@ -450,9 +463,19 @@ pub struct Args {
     /// [spool.retention_age] e.g. 7d; empty keeps everything.
     #[arg(long, env = "SLUICED_SPOOL_RETENTION_AGE")]
     pub spool_retention_age: Option<String>,
-    /// [spool.repair] quarantine corrupt segments instead of refusing to start.
+    /// [spool.repair] set damaged parts of the spool aside (moved under
+    /// streams/<s>/aside/, never deleted) and serve the valid log before
+    /// them, instead of refusing to start with exit status 3. Offsets given
+    /// up are logged, counted, and shown by /health and /streams.
     #[arg(long, env = "SLUICED_SPOOL_REPAIR")]
     pub repair: bool,
+    /// [spool.scrub_bytes_per_sec] read sealed segments again in the
+    /// background and check every record, at most this fast (0: off).
+    #[arg(long, env = "SLUICED_SPOOL_SCRUB_BYTES_PER_SEC")]
+    pub spool_scrub_bytes_per_sec: Option<u64>,
+    /// [spool.scrub_interval] start a scrub pass at most this often, e.g. 24h.
+    #[arg(long, env = "SLUICED_SPOOL_SCRUB_INTERVAL")]
+    pub spool_scrub_interval: Option<String>,
     /// [streams.names] streams to open at start (comma-separated).
     #[arg(long, env = "SLUICED_STREAMS", value_delimiter = ',')]
     pub streams: Option<Vec<String>>,
@@ -565,6 +588,8 @@ impl Config {
         set!(c.spool.max_backlog_bytes, args.spool_max_backlog_bytes);
         set!(c.spool.retention_bytes, args.spool_retention_bytes);
         set!(c.spool.retention_age, args.spool_retention_age);
+        set!(c.spool.scrub_bytes_per_sec, args.spool_scrub_bytes_per_sec);
+        set!(c.spool.scrub_interval, args.spool_scrub_interval);
         set!(c.streams.names, args.streams);
         set!(c.streams.auto_create, args.streams_auto_create);
         set!(c.xdp.interface, args.xdp_interface);
@@ -652,6 +677,7 @@ impl Config {
         }
         self.fsync_policy()?;
         self.retention_age()?;
+        self.scrub_config()?;
         if self.spool.segment_bytes < 1 << 20 {
             return Err(invalid("spool.segment_bytes", "must be at least 1 MiB"));
         }
@@ -698,6 +724,19 @@ impl Config {
         humantime::parse_duration(&self.spool.retention_age)
             .map(Some)
             .map_err(|e| invalid("spool.retention_age", e.to_string()))
+    }
+
+    /// The background scrub's settings.
+    pub fn scrub_config(&self) -> Result<crate::spool::scrub::ScrubConfig, ConfigError> {
+        let interval = humantime::parse_duration(&self.spool.scrub_interval)
+            .map_err(|e| invalid("spool.scrub_interval", e.to_string()))?;
+        if interval < Duration::from_secs(1) {
+            return Err(invalid("spool.scrub_interval", "must be at least 1s"));
+        }
+        Ok(crate::spool::scrub::ScrubConfig {
+            bytes_per_sec: self.spool.scrub_bytes_per_sec,
+            interval,
+        })
     }
 
     /// The principals of [auth], checked.

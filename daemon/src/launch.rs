@@ -4,13 +4,18 @@
 //! codes.
 //!
 //! Exit codes: 0 after a clean stop, 1 when it could not run (spool,
-//! socket), 2 for a bad configuration.
+//! socket), 2 for a bad configuration, 3 when the spool is damaged (a
+//! stream's files or a consumer group's state: the message names the
+//! file, the byte and the offsets; `--repair` sets the damage aside).
 
 use std::future::Future;
 use std::process::ExitCode;
 
 use crate::config::{Args, Config};
 use crate::server::{self, Bound, ServerError};
+
+/// The exit status of a start refused for damage in the spool.
+pub const EXIT_DAMAGED: u8 = 3;
 
 /// Runs the daemon configured by `args` until SIGTERM, SIGINT or
 /// `also_stop` resolves; `ready` learns the bound addresses.
@@ -48,6 +53,7 @@ pub fn main(
             eprintln!("sluiced: {e}");
             ExitCode::from(match e {
                 ServerError::Config(_) => 2,
+                ref e if e.is_damage() => EXIT_DAMAGED,
                 _ => 1,
             })
         }

@@ -14,3 +14,4 @@ pub mod metrics;
 pub mod quic;
 pub mod server;
 pub mod spool;
+pub mod verify;

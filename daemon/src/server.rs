@@ -49,6 +49,25 @@ pub enum ServerError {
     Xdp(#[from] XdpError),
     #[error("consumer groups: {0}")]
     Consumers(#[from] ConsumeError),
+    /// Streams (or consumer groups) whose files are damaged: each one's
+    /// damage, named. Exit status 3.
+    #[error("the spool is damaged; refusing to start:\n{}", .0.join("\n"))]
+    Damaged(Vec<String>),
+}
+
+impl ServerError {
+    /// Damage in the spool (a stream's files or a group's state), as
+    /// opposed to a spool that cannot be reached at all.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            ServerError::Damaged(_)
+                | ServerError::Spool(SpoolError::Damaged(_) | SpoolError::GroupCorrupt { .. })
+                | ServerError::Consumers(ConsumeError::Spool(
+                    SpoolError::Damaged(_) | SpoolError::GroupCorrupt { .. }
+                ))
+        )
+    }
 }
 
 /// Where a running daemon listens (useful when the config asked for port 0).
@@ -72,11 +91,15 @@ pub async fn run(
     let gate = Arc::new(Gate::new(config.authenticator()?, config.loopback_only()));
     let spool = Arc::new(Spool::open(&config.spool.dir, config.spool_config()?)?);
     let identity = identity::load_or_create(&config)?;
-    for name in &config.streams.names {
-        spool.stream(name)?;
-    }
+    open_streams(&spool, &config.streams.names)?;
     let consumers = Consumers::new(spool.clone(), config.consumers_config()?);
     consumers.start().await?;
+    let scrub_stop = Arc::new(AtomicBool::new(false));
+    crate::spool::scrub::start(
+        Arc::downgrade(&spool),
+        config.scrub_config()?,
+        scrub_stop.clone(),
+    );
     let wanted = config.data.recv_buffer;
     let socket = udp::bind(
         config.data.listen,
@@ -219,6 +242,7 @@ pub async fn run(
     drop(xdp_path);
     drop(ingest);
     admin_task.abort();
+    scrub_stop.store(true, Ordering::Relaxed);
     let spool_done = tokio::task::spawn_blocking(move || spool.shutdown());
     let remaining = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
     match tokio::time::timeout(remaining, spool_done).await {
@@ -226,6 +250,32 @@ pub async fn run(
         Err(_) => warn!("gave up waiting for the spool's writers"),
     }
     Ok(())
+}
+
+/// Opens (recovering) every stream on disk and the configured ones, so
+/// that damage is found at start, not by the first producer: every damaged
+/// stream is named, then the start is refused.
+fn open_streams(spool: &Spool, configured: &[String]) -> Result<(), ServerError> {
+    let mut names = spool.stream_names();
+    names.extend(configured.iter().cloned());
+    names.sort();
+    names.dedup();
+    let mut damaged = Vec::new();
+    for name in names {
+        match spool.stream(&name) {
+            Ok(_) => {}
+            Err(e @ SpoolError::Damaged(_)) => {
+                tracing::error!("{e}");
+                damaged.push(e.to_string());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if damaged.is_empty() {
+        Ok(())
+    } else {
+        Err(ServerError::Damaged(damaged))
+    }
 }
 
 /// Serves the raw-UDP data path over `io`: sealed under leases of the QUIC

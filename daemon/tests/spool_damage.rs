@@ -47,7 +47,8 @@ fn dir() -> &'static Path {
 }
 
 fn payload(producer: u64, seq: u64, len: usize) -> Bytes {
-    let mut x = producer.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seq.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    let mut x =
+        producer.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seq.wrapping_mul(0xD6E8_FEB8_6659_FD93);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -223,9 +224,14 @@ fn record_positions(fs: &SimFs, path: &Path) -> Vec<(u64, u64)> {
         return Vec::new();
     };
     let mut v = Vec::new();
-    segment::scan(&data, SEGMENT_HEADER_LEN, h.stream_id, h.base, u64::MAX, &mut |r| {
-        v.push((r.pos, (40 + r.header.len) as u64))
-    });
+    segment::scan(
+        &data,
+        SEGMENT_HEADER_LEN,
+        h.stream_id,
+        h.base,
+        u64::MAX,
+        &mut |r| v.push((r.pos, (40 + r.header.len) as u64)),
+    );
     v
 }
 
@@ -267,7 +273,12 @@ fn damage(run: &mut Run, kind: Kind2) -> Option<String> {
             let pages = len.div_ceil(4096);
             let page = rng.random_range(0..pages);
             let end = ((page + 1) * 4096).min(len);
-            write_at(&fs, &path, page * 4096, &vec![0; (end - page * 4096) as usize]);
+            write_at(
+                &fs,
+                &path,
+                page * 4096,
+                &vec![0; (end - page * 4096) as usize],
+            );
             Some(format!("page {page} of {} zeroed", path.display()))
         }
         Kind2::TruncateAtRecord(s) => {
@@ -275,7 +286,10 @@ fn damage(run: &mut Run, kind: Kind2) -> Option<String> {
             let recs = record_positions(&fs, &path);
             let (pos, _) = recs[rng.random_range(0..recs.len())];
             set_len(&fs, &path, pos);
-            Some(format!("{} cut at byte {pos} (a record boundary)", path.display()))
+            Some(format!(
+                "{} cut at byte {pos} (a record boundary)",
+                path.display()
+            ))
         }
         Kind2::TruncateInside(s) => {
             let (_, path) = pick_segment(&with_records, s)?;
@@ -283,7 +297,10 @@ fn damage(run: &mut Run, kind: Kind2) -> Option<String> {
             let (pos, len) = recs[rng.random_range(0..recs.len())];
             let at = pos + rng.random_range(1..len);
             set_len(&fs, &path, at);
-            Some(format!("{} cut at byte {at} (inside a record)", path.display()))
+            Some(format!(
+                "{} cut at byte {at} (inside a record)",
+                path.display()
+            ))
         }
         Kind2::DeleteSegment(s) => {
             let (_, path) = pick_segment(&segs, s)?;
@@ -296,7 +313,11 @@ fn damage(run: &mut Run, kind: Kind2) -> Option<String> {
             let data = read_all(&fs, &path).unwrap();
             // A copy under a name past the last segment, or between two.
             let last = segs.last()?.0;
-            let to = if rng.random_bool(0.5) { last + 1_000 } else { base + 1 };
+            let to = if rng.random_bool(0.5) {
+                last + 1_000
+            } else {
+                base + 1
+            };
             let copy = dir().join(segment_name(to));
             if fs.exists(&copy) {
                 return None;
@@ -331,7 +352,10 @@ fn damage(run: &mut Run, kind: Kind2) -> Option<String> {
             if both {
                 fs.corrupt(&path, 4096 + rng.random_range(0..72), 0x08);
             }
-            Some(format!("checkpoint damaged ({} slot(s))", if both { 2 } else { 1 }))
+            Some(format!(
+                "checkpoint damaged ({} slot(s))",
+                if both { 2 } else { 1 }
+            ))
         }
         Kind2::DeletedCheckpoint => {
             fs.remove_file(&dir().join("checkpoint")).unwrap();
@@ -395,8 +419,8 @@ fn run_seed(seed: u64) -> Result<Totals, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let all = kinds();
     let kind = all[(seed as usize) % all.len()];
-    let ending = [Ending::Clean, Ending::Crash, Ending::CrashRecovered]
-        [(seed as usize / all.len()) % 3];
+    let ending =
+        [Ending::Clean, Ending::Crash, Ending::CrashRecovered][(seed as usize / all.len()) % 3];
     let config = LogConfig {
         segment_bytes: rng.random_range(3_000..12_000),
         max_batch_bytes: 4_000,
@@ -429,7 +453,9 @@ fn run_seed(seed: u64) -> Result<Totals, String> {
         // what a stale copy puts back.
         log.close().map_err(|e| e.to_string())?;
         run.old_checkpoint = Some(read_all(&run.fs, &dir().join("checkpoint")).unwrap());
-        log = run.open(Recovery::Recover).map_err(|e| format!("reopen: {e}"))?;
+        log = run
+            .open(Recovery::Recover)
+            .map_err(|e| format!("reopen: {e}"))?;
         run.checkpoint_end = log.next_offset();
     } else {
         run.old_checkpoint = Some(read_all(&run.fs, &dir().join("checkpoint")).unwrap());
@@ -536,12 +562,10 @@ fn run_seed(seed: u64) -> Result<Totals, String> {
                 // Only the unproven window: after a crash, past the last
                 // checkpoint, at the very end, and recorded as a torn tail
                 // whose bytes were set aside.
-                let torn = log
-                    .recoveries()
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .any(|r| r.kind == Kind::TornTail && (r.aside.is_some() || r.bytes_aside == 0));
+                let torn =
+                    log.recoveries().lock().unwrap().iter().any(|r| {
+                        r.kind == Kind::TornTail && (r.aside.is_some() || r.bytes_aside == 0)
+                    });
                 let at_end = lost.iter().all(|o| !got.keys().any(|g| g > o));
                 let past_checkpoint = lost.iter().all(|&o| o >= run.checkpoint_end);
                 if ending != Ending::Crash || !torn || !at_end || !past_checkpoint {
@@ -563,25 +587,23 @@ fn run_seed(seed: u64) -> Result<Totals, String> {
 #[test]
 fn damage_is_refused_and_named_or_every_acked_record_is_served() {
     let mut total = Totals::default();
-    let Some(seeds) = support::run_seeds(
-        "SPOOL_DAMAGE_SEED",
-        1200,
-        "spool_damage",
-        run_seed,
-        |t| {
+    let Some(seeds) =
+        support::run_seeds("SPOOL_DAMAGE_SEED", 1200, "spool_damage", run_seed, |t| {
             total.cases += t.cases;
             total.refused += t.refused;
             total.served_whole += t.served_whole;
             total.unproven_window += t.unproven_window;
             total.repaired += t.repaired;
-        },
-    ) else {
+        })
+    else {
         return;
     };
     eprintln!("{seeds} seeds: {total:?}");
-    assert!(total.cases >= seeds * 3 / 4, "too many cases skipped: {total:?}");
+    assert!(
+        total.cases >= seeds * 3 / 4,
+        "too many cases skipped: {total:?}"
+    );
     assert!(total.refused > total.cases / 3, "{total:?}");
     assert!(total.served_whole > 0, "{total:?}");
     assert_eq!(total.repaired, total.refused);
 }
-

@@ -222,6 +222,8 @@ impl Metrics {
             );
         }
 
+        render_integrity(&mut e, &spooled);
+
         e.family(
             "sluice_datagrams_in_total",
             Kind::Counter,
@@ -270,6 +272,81 @@ impl Metrics {
             xdp::render(&mut e, x);
         }
         e.finish()
+    }
+}
+
+/// What the spool found wrong and did about it, and the scrub's progress.
+fn render_integrity(e: &mut Exposition, spooled: &[crate::spool::Stream]) {
+    use crate::spool::recoveries::Kind as R;
+    let name = "sluice_spool_damage";
+    e.family(
+        name,
+        Kind::Gauge,
+        "Damage found in the stream's files while running (readers, consumer groups, the scrub); 0 when none. Restart with --repair to set it aside.",
+    );
+    for s in spooled {
+        e.sample(name, &[("stream", s.name())], s.damage().len());
+    }
+    let name = "sluice_spool_lost_offsets";
+    e.family(
+        name,
+        Kind::Gauge,
+        "Offsets the stream gave up: repairs of damage, and records acked before fdatasync that a power cut took.",
+    );
+    for s in spooled {
+        e.sample(name, &[("stream", s.name())], s.lost_offsets());
+    }
+    let name = "sluice_spool_recoveries_total";
+    e.family(
+        name,
+        Kind::Counter,
+        "What recovery did, by kind: torn tails cut at starts (bytes set aside), repairs, losses to early acks.",
+    );
+    for s in spooled {
+        let all = s.recoveries();
+        for (kind, k) in [
+            ("torn-tail", R::TornTail),
+            ("repair", R::Repair),
+            ("early-acks", R::EarlyAcks),
+        ] {
+            let n = all.iter().filter(|r| r.kind == k).count();
+            e.sample(name, &[("stream", s.name()), ("kind", kind)], n);
+        }
+    }
+    for (name, help, get) in [
+        (
+            "sluice_spool_scrub_bytes_total",
+            "Bytes of sealed segments the background scrub checked.",
+            (|x| x.bytes) as fn(&crate::spool::writer::ScrubStats) -> u64,
+        ),
+        (
+            "sluice_spool_scrub_segments_total",
+            "Sealed segments the background scrub checked.",
+            |x| x.segments,
+        ),
+        (
+            "sluice_spool_scrub_passes_total",
+            "Scrub passes over the stream's sealed segments.",
+            |x| x.passes,
+        ),
+    ] {
+        e.family(name, Kind::Counter, help);
+        for s in spooled {
+            e.sample(name, &[("stream", s.name())], get(&s.scrub_stats()));
+        }
+    }
+    let name = "sluice_spool_scrub_last_pass_timestamp_seconds";
+    e.family(
+        name,
+        Kind::Gauge,
+        "When the last scrub pass over the stream ended (Unix time; 0: none yet).",
+    );
+    for s in spooled {
+        e.sample(
+            name,
+            &[("stream", s.name())],
+            s.scrub_stats().last_pass_us / 1_000_000,
+        );
     }
 }
 

@@ -45,7 +45,8 @@ impl Aside {
         fs.create_dir_all(&dir)
             .map_err(SpoolError::io("create directory", &dir))?;
         for d in [stream_dir, &root] {
-            fs.sync_dir(d).map_err(SpoolError::io("fsync directory", d))?;
+            fs.sync_dir(d)
+                .map_err(SpoolError::io("fsync directory", d))?;
         }
         Ok(Aside {
             fs,

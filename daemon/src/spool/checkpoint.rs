@@ -43,6 +43,7 @@ const SLOT_LEN: usize = 76;
 /// Slot positions: one page apart.
 const SLOTS: [u64; 2] = [0, 4096];
 const CLEAN: u16 = 1;
+const NEVER_WRITTEN: &str = "never written";
 const EARLY_ACKS: u16 = 2;
 
 /// What a checkpoint says.
@@ -65,7 +66,8 @@ impl Checkpoint {
         let mut b = [0u8; SLOT_LEN];
         b[..4].copy_from_slice(MAGIC);
         b[4..6].copy_from_slice(&VERSION.to_le_bytes());
-        let flags = if self.clean { CLEAN } else { 0 } | if self.early_acks { EARLY_ACKS } else { 0 };
+        let flags =
+            if self.clean { CLEAN } else { 0 } | if self.early_acks { EARLY_ACKS } else { 0 };
         b[6..8].copy_from_slice(&flags.to_le_bytes());
         for (at, v) in [
             (8, self.generation),
@@ -151,9 +153,13 @@ pub fn load(fs: &dyn SpoolFs, dir: &Path) -> Result<Loaded, SpoolError> {
         let r = if at + SLOT_LEN as u64 <= size {
             f.read_exact_at(&mut b, at)
                 .map_err(SpoolError::io("read", &p))?;
-            Checkpoint::decode(&b)
+            if b.iter().all(|&x| x == 0) {
+                Err(NEVER_WRITTEN)
+            } else {
+                Checkpoint::decode(&b)
+            }
         } else {
-            Err("missing")
+            Err(NEVER_WRITTEN)
         };
         slots.push(r);
     }
@@ -165,10 +171,8 @@ pub fn load(fs: &dyn SpoolFs, dir: &Path) -> Result<Loaded, SpoolError> {
     Ok(match best {
         Some((i, checkpoint)) => Loaded::Found {
             checkpoint,
-            other_damaged: slots[1 - i].err().filter(|_| {
-                // A slot never written yet (the file's first write) is no damage.
-                checkpoint.generation > 1
-            }),
+            // A slot never written yet (the file's first write) is no damage.
+            other_damaged: slots[1 - i].err().filter(|&e| e != NEVER_WRITTEN),
         },
         None => Loaded::Damaged(format!(
             "neither checkpoint slot checks out (slot 0: {}, slot 1: {})",

@@ -2,12 +2,12 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Damage found in a stream's files: where it is, which offsets it
 /// affects, and why it is damage rather than what a crash leaves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Damage {
     pub stream: String,
     /// The damaged file (a segment, the checkpoint, a cursor, ...).
@@ -26,12 +26,9 @@ impl Damage {
     /// The affected offsets, in words.
     pub fn offsets(&self) -> String {
         match self.to {
-            Some(to) if to > self.from => format!(
-                "offsets {}..{} ({} records)",
-                self.from,
-                to,
-                to - self.from
-            ),
+            Some(to) if to > self.from => {
+                format!("offsets {}..{} ({} records)", self.from, to, to - self.from)
+            }
             _ => format!("offsets from {} on", self.from),
         }
     }
@@ -66,9 +63,9 @@ pub enum SpoolError {
     Damaged(Box<Damage>),
     #[error(
         "stream {stream}, consumer group {group}: {} is damaged at byte {offset} ({reason}); \
-         the group's position is unknown, so it is not served: restore the file, or move the \
-         group's folder aside to start the group again from its configured start (what it had \
-         acked is then delivered again)",
+         the group is not served: restore the file, or start sluiced with --repair, which sets \
+         the damaged file aside (nothing is deleted) and starts the group again from its last \
+         known position (what it had acked after it is delivered again)",
         file.display()
     )]
     GroupCorrupt {

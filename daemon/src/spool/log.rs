@@ -78,8 +78,9 @@ impl LogConfig {
     /// The most a commit header may claim: a whole segment, or one
     /// record of the largest size in a segment of its own.
     pub fn max_commit_bytes(&self) -> u64 {
-        self.segment_bytes
-            .max((SEGMENT_HEADER_LEN + COMMIT_HEADER_LEN + HEADER_LEN + self.max_record_bytes) as u64)
+        self.segment_bytes.max(
+            (SEGMENT_HEADER_LEN + COMMIT_HEADER_LEN + HEADER_LEN + self.max_record_bytes) as u64,
+        )
     }
 }
 
@@ -212,7 +213,9 @@ impl StreamLog {
     ) -> Result<StreamLog, SpoolError> {
         let (active, written) = match s.segments.last() {
             Some(m) => {
-                let f = fs.open(&m.path, false).map_err(SpoolError::io("open", &m.path))?;
+                let f = fs
+                    .open(&m.path, false)
+                    .map_err(SpoolError::io("open", &m.path))?;
                 let mark = Mark {
                     end: m.end(),
                     segment: m.base,
@@ -515,8 +518,7 @@ impl StreamLog {
     /// `clean` only at a stop, with everything synced.
     pub fn checkpoint(&mut self, clean: bool) -> Result<(), SpoolError> {
         let start = self.shared.read().unwrap().first().map_or(0, |m| m.base);
-        let (synced, stream_id, early_acks) =
-            (self.synced, self.stream_id, self.config.early_acks);
+        let (synced, stream_id, early_acks) = (self.synced, self.stream_id, self.config.early_acks);
         let Some(file) = &mut self.checkpoint else {
             return Ok(());
         };
@@ -808,7 +810,10 @@ fn cut_torn_tail(
 ) -> Result<Recovered, SpoolError> {
     let aside = if t.nonzero > 0 {
         let mut a = Aside::new(fs.clone(), &s.dir, "torn-tail")?;
-        a.note(&format!("why: {} (nothing after it vouches for it)", t.reason));
+        a.note(&format!(
+            "why: {} (nothing after it vouches for it)",
+            t.reason
+        ));
         super::repair::copy_tail(
             fs,
             &mut a,
@@ -828,9 +833,10 @@ fn cut_torn_tail(
         .map_err(SpoolError::io("truncate", &t.file))?;
     f.sync_data()
         .map_err(SpoolError::io("fdatasync", &t.file))?;
-    let put = aside
-        .as_ref()
-        .map_or_else(|| "only zeroes: nothing to keep".into(), |p| p.display().to_string());
+    let put = aside.as_ref().map_or_else(
+        || "only zeroes: nothing to keep".into(),
+        |p| p.display().to_string(),
+    );
     warn!(stream = %s.stream, segment = %t.file.display(), at = t.pos,
         bytes = t.file_len - t.pos, aside = %put, reason = %t.reason,
         "cut a torn tail left by a crash (never acknowledged); its bytes were set aside");
@@ -855,12 +861,16 @@ fn set_aside_unborn(fs: &Arc<dyn SpoolFs>, dir: &Path, path: &Path) -> Result<()
         .map_err(SpoolError::io("read", path))?;
     drop(f);
     if b.iter().all(|&x| x == 0) {
-        fs.remove_file(path).map_err(SpoolError::io("remove", path))?;
+        fs.remove_file(path)
+            .map_err(SpoolError::io("remove", path))?;
         fs.sync_dir(dir)
             .map_err(SpoolError::io("fsync directory", dir))?;
     } else {
         let mut a = Aside::new(fs.clone(), dir, "unfinished-segment")?;
-        a.move_file(path, "a segment whose creation a crash cut short (no commit in it)")?;
+        a.move_file(
+            path,
+            "a segment whose creation a crash cut short (no commit in it)",
+        )?;
         a.finish()?;
     }
     warn!(segment = %path.display(), "a segment whose creation a crash cut short was set aside");

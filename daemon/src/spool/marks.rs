@@ -65,9 +65,8 @@ pub fn read_cursors(fs: &dyn SpoolFs, dir: &Path) -> Vec<(String, Result<Cursor,
         .filter(|n| !n.ends_with(".tmp"))
         .map(|n| {
             let r = match read_all(fs, &cdir.join(&n)) {
-                Ok(b) => decode_cursor(&b).ok_or_else(|| {
-                    format!("cursor file of {} bytes does not check out", b.len())
-                }),
+                Ok(b) => decode_cursor(&b)
+                    .ok_or_else(|| format!("cursor file of {} bytes does not check out", b.len())),
                 Err(e) => Err(format!("cannot read it: {e}")),
             };
             (n, r)
@@ -75,7 +74,12 @@ pub fn read_cursors(fs: &dyn SpoolFs, dir: &Path) -> Vec<(String, Result<Cursor,
         .collect()
 }
 
-pub fn write_cursor(fs: &dyn SpoolFs, dir: &Path, group: &str, c: Cursor) -> Result<(), SpoolError> {
+pub fn write_cursor(
+    fs: &dyn SpoolFs,
+    dir: &Path,
+    group: &str,
+    c: Cursor,
+) -> Result<(), SpoolError> {
     let cdir = dir.join(CURSORS);
     fs.create_dir_all(&cdir)
         .map_err(SpoolError::io("create directory", &cdir))?;
@@ -126,11 +130,7 @@ pub fn write_snapshot(
 }
 
 /// Reads the snapshot at `base`: its table, or why it does not check out.
-pub fn read_snapshot(
-    fs: &dyn SpoolFs,
-    dir: &Path,
-    base: u64,
-) -> Result<HashMap<u64, u64>, String> {
+pub fn read_snapshot(fs: &dyn SpoolFs, dir: &Path, base: u64) -> Result<HashMap<u64, u64>, String> {
     let b = read_all(fs, &snapshot_path(dir, base)).map_err(|e| format!("cannot read it: {e}"))?;
     let body = checked_body(&b, SNAP_MAGIC).ok_or("checksum mismatch")?;
     let mut v = u64s(body);

@@ -265,7 +265,11 @@ impl Reader {
         // commit header may also stand right before it.
         loop {
             if pos + HEADER_LEN as u64 > seg.len {
-                return Err(damaged(pos, offset, "the segment ends inside a header".into()));
+                return Err(damaged(
+                    pos,
+                    offset,
+                    "the segment ends inside a header".into(),
+                ));
             }
             file.read_exact_at(&mut header, pos)
                 .map_err(SpoolError::io("read", &seg.path))?;

@@ -72,14 +72,25 @@ pub fn repair(fs: &Arc<dyn SpoolFs>, s: &Survey, config: &LogConfig) -> Result<(
         // after it); one whose header does not is moved aside whole.
         let kept = s.segments.iter().any(|m| m.path == *path);
         if kept {
-            copy_tail(fs, &mut aside, path, cut.pos, len, "damaged, and everything after it")?;
+            copy_tail(
+                fs,
+                &mut aside,
+                path,
+                cut.pos,
+                len,
+                "damaged, and everything after it",
+            )?;
             let f = fs.open(path, false).map_err(SpoolError::io("open", path))?;
             f.set_len(cut.pos)
                 .map_err(SpoolError::io("truncate", path))?;
-            f.sync_data()
-                .map_err(SpoolError::io("fdatasync", path))?;
+            f.sync_data().map_err(SpoolError::io("fdatasync", path))?;
             bytes_aside += len - cut.pos;
-            move_if_there(fs, &mut aside, &index_path(path), "the index of a segment cut by the repair")?;
+            move_if_there(
+                fs,
+                &mut aside,
+                &index_path(path),
+                "the index of a segment cut by the repair",
+            )?;
         } else {
             aside.move_file(path, "damaged from its start")?;
             bytes_aside += len;
@@ -109,7 +120,12 @@ pub fn repair(fs: &Arc<dyn SpoolFs>, s: &Survey, config: &LogConfig) -> Result<(
         }
         aside.move_file(path, "does not check out, or contradicts the log")?;
         if path.parent().is_some_and(|p| p.ends_with(marks::CURSORS)) {
-            rewrite_cursors.push(path.file_name().unwrap_or_default().to_string_lossy().into_owned());
+            rewrite_cursors.push(
+                path.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
     }
     // Past every offset anything saw: those in between are given up.

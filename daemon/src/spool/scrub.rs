@@ -88,7 +88,10 @@ impl<'a> Pace<'a> {
 #[derive(Debug)]
 pub enum Checked {
     /// Whole: this many bytes and records.
-    Whole { bytes: u64, records: u64 },
+    Whole {
+        bytes: u64,
+        records: u64,
+    },
     Damaged(Damage),
     /// Gone meanwhile (retention), or the check was stopped.
     Skipped,
@@ -131,7 +134,10 @@ pub fn check_segment(
             return Ok(damaged(
                 0,
                 meta.base,
-                format!("the segment header says offset {}, its name {}", h.base, meta.base),
+                format!(
+                    "the segment header says offset {}, its name {}",
+                    h.base, meta.base
+                ),
             ))
         }
         Err(why) => return Ok(damaged(0, meta.base, format!("segment header: {why}"))),
@@ -142,7 +148,11 @@ pub fn check_segment(
     while pos < meta.len {
         let mut ch = [0u8; COMMIT_HEADER_LEN];
         if pos + COMMIT_HEADER_LEN as u64 > meta.len {
-            return Ok(damaged(pos, next, "the segment ends inside a commit header".into()));
+            return Ok(damaged(
+                pos,
+                next,
+                "the segment ends inside a commit header".into(),
+            ));
         }
         read(&mut ch, pos)?;
         let h = match segment::CommitHeader::decode(&ch, header.stream_id) {
@@ -174,7 +184,10 @@ pub fn check_segment(
         return Ok(damaged(
             pos,
             next,
-            format!("the segment holds offsets up to {next}, its index says {}", meta.end()),
+            format!(
+                "the segment holds offsets up to {next}, its index says {}",
+                meta.end()
+            ),
         ));
     }
     Ok(Checked::Whole {
@@ -197,8 +210,17 @@ pub fn check_stream(
     }
     let (mut bytes, mut records, mut found) = (0, 0, Vec::new());
     for meta in &segments {
-        match check_segment(&**stream.fs(), stream.name(), meta, stream.log_config(), pace)? {
-            Checked::Whole { bytes: b, records: r } => {
+        match check_segment(
+            &**stream.fs(),
+            stream.name(),
+            meta,
+            stream.log_config(),
+            pace,
+        )? {
+            Checked::Whole {
+                bytes: b,
+                records: r,
+            } => {
                 bytes += b;
                 records += r;
                 stream.count_scrubbed(b);

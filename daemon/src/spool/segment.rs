@@ -88,10 +88,7 @@ impl SegmentHeader {
     /// Decodes a segment header, or says why the bytes are not one.
     pub fn decode(b: &[u8]) -> Result<SegmentHeader, String> {
         if b.len() < SEGMENT_HEADER_LEN {
-            return Err(format!(
-                "{} bytes, shorter than a segment header",
-                b.len()
-            ));
+            return Err(format!("{} bytes, shorter than a segment header", b.len()));
         }
         if &b[..4] != SEGMENT_MAGIC {
             return Err("no segment header (bad magic)".into());
@@ -422,7 +419,11 @@ pub fn commit_headers_after(
     finder
         .find_iter(tail)
         .map(|i| from + i)
-        .filter_map(move |q| CommitHeader::decode(&data[q..], stream_id).ok().map(|h| (q as u64, h)))
+        .filter_map(move |q| {
+            CommitHeader::decode(&data[q..], stream_id)
+                .ok()
+                .map(|h| (q as u64, h))
+        })
         .collect::<Vec<_>>()
         .into_iter()
 }
@@ -564,6 +565,10 @@ mod tests {
         commit(99, 1, at, &mut b);
         let (s, _) = scan_all(&b);
         let stop = s.stop.unwrap();
-        assert!(stop.reason.contains("offset 12 should follow"), "{}", stop.reason);
+        assert!(
+            stop.reason.contains("offset 12 should follow"),
+            "{}",
+            stop.reason
+        );
     }
 }

@@ -181,8 +181,7 @@ pub fn survey(
                 0,
                 c.start,
                 Some(c.end),
-                "every segment file is gone, while the checkpoint says records were durable"
-                    .into(),
+                "every segment file is gone, while the checkpoint says records were durable".into(),
             );
         }
         return Ok(s);
@@ -307,9 +306,9 @@ fn survey_segments(
             Ok(h) => h,
             Err(why) => {
                 let data = read_whole(&*f, path, file_len)?;
-                let commits = s.stream_id.is_some_and(|id| {
-                    segment::commit_headers_after(&data, 0, id).next().is_some()
-                });
+                let commits = s
+                    .stream_id
+                    .is_some_and(|id| segment::commit_headers_after(&data, 0, id).next().is_some());
                 // The checkpoint names the segment once it was created
                 // whole: then it is no unfinished roll.
                 let named = cp_segment.is_some_and(|b| b >= *base);
@@ -431,7 +430,10 @@ fn survey_segments(
                         pos: scan.end,
                         file_len,
                         nonzero: 0,
-                        reason: format!("{} bytes of zeroes after the last commit", file_len - scan.end),
+                        reason: format!(
+                            "{} bytes of zeroes after the last commit",
+                            file_len - scan.end
+                        ),
                     });
                 }
                 (meta, scan.last_commit, whole)
@@ -460,11 +462,7 @@ fn read_header(fs: &dyn SpoolFs, p: &Path) -> Option<SegmentHeader> {
     SegmentHeader::decode(&b).ok()
 }
 
-fn read_whole(
-    f: &dyn super::fs::SpoolFile,
-    path: &Path,
-    len: u64,
-) -> Result<Vec<u8>, SpoolError> {
+fn read_whole(f: &dyn super::fs::SpoolFile, path: &Path, len: u64) -> Result<Vec<u8>, SpoolError> {
     let mut data = vec![0; len as usize];
     f.read_exact_at(&mut data, 0)
         .map_err(SpoolError::io("read", path))?;
@@ -528,10 +526,10 @@ fn check_marks(fs: &dyn SpoolFs, s: &mut Survey, cp: Option<Checkpoint>) {
         .map(|m| m.path.clone())
         .or_else(|| s.files.first().map(|(_, p)| p.clone()))
         .unwrap_or_else(|| s.dir.clone());
-    let last_len = s.torn.as_ref().map_or_else(
-        || s.segments.last().map_or(0, |m| m.len),
-        |t| t.pos,
-    );
+    let last_len = s
+        .torn
+        .as_ref()
+        .map_or_else(|| s.segments.last().map_or(0, |m| m.len), |t| t.pos);
     let cp_path = checkpoint::path(&s.dir);
     // Marks the log must reach: (what, offset).
     let mut marks: Vec<(String, u64, PathBuf)> = Vec::new();
@@ -547,7 +545,11 @@ fn check_marks(fs: &dyn SpoolFs, s: &mut Survey, cp: Option<Checkpoint>) {
             );
             s.bad_marks.push(cp_path.clone());
         } else {
-            marks.push(("the checkpoint's durable end".into(), c.end, cp_path.clone()));
+            marks.push((
+                "the checkpoint's durable end".into(),
+                c.end,
+                cp_path.clone(),
+            ));
             if c.clean && end > c.end && s.cut.is_none() {
                 s.damage(
                     &cp_path,
@@ -630,7 +632,13 @@ fn check_marks(fs: &dyn SpoolFs, s: &mut Survey, cp: Option<Checkpoint>) {
                 ));
             }
             Err(why) => {
-                s.damage(&path, 0, 0, None, format!("consumer group {group}'s cursor: {why}"));
+                s.damage(
+                    &path,
+                    0,
+                    0,
+                    None,
+                    format!("consumer group {group}'s cursor: {why}"),
+                );
                 s.bad_marks.push(path);
             }
         }
@@ -659,7 +667,12 @@ fn check_marks(fs: &dyn SpoolFs, s: &mut Survey, cp: Option<Checkpoint>) {
         let torn = s
             .torn
             .as_ref()
-            .map(|t| format!("; {} bytes after it do not check out ({})", t.nonzero, t.reason))
+            .map(|t| {
+                format!(
+                    "; {} bytes after it do not check out ({})",
+                    t.nonzero, t.reason
+                )
+            })
             .unwrap_or_default();
         s.damage(
             &last_path,

@@ -182,7 +182,7 @@ pub struct Stream {
 }
 
 /// What the scrub has done on a stream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ScrubStats {
     pub bytes: u64,
     pub segments: u64,
@@ -337,7 +337,12 @@ impl Stream {
 
     /// Offsets given up by recoveries.
     pub fn lost_offsets(&self) -> u64 {
-        self.recoveries.lock().unwrap().iter().map(Recovery::lost).sum()
+        self.recoveries
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Recovery::lost)
+            .sum()
     }
 
     /// Torn tails cut at starts.
@@ -357,8 +362,12 @@ impl Stream {
     }
 
     pub(crate) fn count_scrubbed(&self, bytes: u64) {
-        self.gauges.scrubbed_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.gauges.scrubbed_segments.fetch_add(1, Ordering::Relaxed);
+        self.gauges
+            .scrubbed_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        self.gauges
+            .scrubbed_segments
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_scrub_pass(&self) {

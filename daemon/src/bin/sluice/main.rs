@@ -10,6 +10,7 @@ mod group;
 mod nic;
 mod publish;
 mod read;
+mod spool;
 mod stat;
 mod token;
 
@@ -62,10 +63,15 @@ enum Cmd {
     /// --start earliest|latest|offset:N|time:T` (replay, or skip a
     /// backlog), `group delete STREAM GROUP`.
     Group(group::Args),
+    /// The spool's integrity: `spool verify` checks every record, the
+    /// checkpoints and the consumer groups' state, through a running
+    /// sluiced or on a data folder (`--data-dir`); exit status 1 if
+    /// anything is damaged.
+    Spool(spool::Args),
 }
 
-/// The admin address and credentials, shared by `read`, `stat`, `dlq` and
-/// `group`.
+/// The admin address and credentials, shared by `read`, `stat`, `dlq`,
+/// `group` and `spool`.
 #[derive(clap::Args, Clone)]
 struct AdminAddr {
     /// sluiced's admin (HTTP) address.
@@ -172,6 +178,7 @@ fn main() -> ExitCode {
         Cmd::Dlq(a) => dlq::run(a),
         Cmd::Group(a) => group::run(a),
         Cmd::Consume(a) => consume::run(*a),
+        Cmd::Spool(a) => spool::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,7 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use base64::Engine;
 use sluice_daemon::admin::{RecordJson, RecordsPage, MAX_RECORDS_PER_REQUEST};
 use sluice_daemon::spool::fs::RealFs;
-use sluice_daemon::spool::{DirLock, LogConfig, StreamLog};
+use sluice_daemon::spool::{DirLock, LogConfig, Recovery, StreamLog};
 
 use crate::{existing, AdminAddr, Res};
 
@@ -104,11 +104,15 @@ fn from_files(
     if !path.exists() {
         return Err(format!("no stream {stream:?} in {}", dir.display()).into());
     }
-    // Opening a log recovers it (a torn tail is cut): never while a daemon
-    // writes it. Holding the lock also keeps one from starting meanwhile.
+    // Read-only: nothing is cut or repaired (a torn tail is not read). The
+    // lock keeps a daemon from writing (or starting) meanwhile.
     let _lock = DirLock::acquire(dir)
         .map_err(|e| format!("{e}; read through the running daemon instead (drop --data-dir)"))?;
-    let log = StreamLog::open(Arc::new(RealFs), &path, stream, LogConfig::default())?;
+    let config = LogConfig {
+        recovery: Recovery::ReadOnly,
+        ..LogConfig::default()
+    };
+    let log = StreamLog::open(Arc::new(RealFs), &path, stream, config)?;
     let mut r = log.reader(from);
     while *left > 0 {
         let Some((offset, rec)) = r.next_record()? else {
