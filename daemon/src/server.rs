@@ -264,10 +264,7 @@ fn open_streams(spool: &Spool, configured: &[String]) -> Result<(), ServerError>
     for name in names {
         match spool.stream(&name) {
             Ok(_) => {}
-            Err(e @ SpoolError::Damaged(_)) => {
-                tracing::error!("{e}");
-                damaged.push(e.to_string());
-            }
+            Err(e @ SpoolError::Damaged(_)) => damaged.push(e.to_string()),
             Err(e) => return Err(e.into()),
         }
     }
