@@ -336,7 +336,8 @@ fn interval_seed(seed: u64) -> Result<u64, String> {
         }
         // Synced records all survived (the log's next offset may be past
         // them: offsets a group acked, given up).
-        if written.range(..synced).any(|(o, _)| !got.contains_key(o)) || log.next_offset() < synced {
+        if written.range(..synced).any(|(o, _)| !got.contains_key(o)) || log.next_offset() < synced
+        {
             return Err(format!(
                 "offsets below {synced} were synced, the log ends at {end}"
             ));
@@ -365,5 +366,8 @@ fn fsync_interval_loses_only_a_tail_never_a_hole() {
         return;
     };
     eprintln!("{seeds} seeds: {lost} unsynced records lost as tails");
-    assert!(lost > 0, "no power cut ever lost unsynced data: the simulation is too kind");
+    assert!(
+        lost > 0,
+        "no power cut ever lost unsynced data: the simulation is too kind"
+    );
 }
