@@ -7,7 +7,7 @@
 //! - a segment truncated at a record boundary or between two;
 //! - a segment deleted, duplicated under another name, or renamed;
 //! - the checkpoint stale (an older copy put back), damaged, or deleted;
-//! - a consumer group's cursor damaged.
+//! - a consumer group's cursor damaged; a bit flipped in its journal.
 //!
 //! Then the stream is opened again. Every case must end in one of:
 //! - a refusal naming the damage (stream, file, byte, offsets), after
@@ -33,6 +33,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sluice_daemon::consume::store::{Event, GroupStore, OnDamage};
 use sluice_daemon::spool::fs::{read_all, SpoolFs};
 use sluice_daemon::spool::index::segment_name;
 use sluice_daemon::spool::recoveries::Kind;
@@ -80,6 +81,7 @@ enum Kind2 {
     DamagedCheckpoint,
     DeletedCheckpoint,
     DamagedCursor,
+    DamagedGroupJournal,
 }
 
 const PLACES: [Place; 3] = [Place::First, Place::Middle, Place::Last];
@@ -102,6 +104,7 @@ fn kinds() -> Vec<Kind2> {
         Kind2::DamagedCheckpoint,
         Kind2::DeletedCheckpoint,
         Kind2::DamagedCursor,
+        Kind2::DamagedGroupJournal,
     ]);
     v
 }
@@ -137,6 +140,10 @@ struct Run {
     checkpoint_end: u64,
     /// A copy of the checkpoint file taken part way (for "stale").
     old_checkpoint: Option<Vec<u8>>,
+    /// A consumer group acking some of the records, and the offsets whose
+    /// acks are durable in its journal.
+    group: Option<GroupStore>,
+    group_acked: Vec<u64>,
 }
 
 impl Run {
@@ -189,6 +196,13 @@ impl Run {
             }
             if self.rng.random_bool(0.15) && log.checkpoint(false).is_ok() {
                 self.checkpoint_end = log.next_offset();
+            }
+            // The group acks the first record of some batches, one journal
+            // entry each.
+            if let (Some(g), Some(&o)) = (self.group.as_mut(), self.acked.keys().next_back()) {
+                if self.rng.random_bool(0.5) && g.append(&[Event::Acked(o..o + 1)]).is_ok() {
+                    self.group_acked.push(o);
+                }
             }
         }
     }
@@ -362,6 +376,18 @@ fn damage(run: &mut Run, kind: Kind2) -> Option<String> {
             fs.sync_dir(dir()).unwrap();
             Some("checkpoint deleted".into())
         }
+        Kind2::DamagedGroupJournal => {
+            // A flip in an entry that is not the last one (entries are at
+            // least 33 bytes: a 16-byte header and one 17-byte event).
+            let path = group_dir().join("journal");
+            let len = fs.file_len(&path)?;
+            if len < 3 * 33 {
+                return None;
+            }
+            let at = rng.random_range(0..len - 33);
+            fs.corrupt(&path, at, 1 << rng.random_range(0..8));
+            Some(format!("bit flipped at byte {at} of the group's journal"))
+        }
         Kind2::DamagedCursor => {
             let path = dir().join("cursors").join("g");
             let len = fs.file_len(&path)?;
@@ -369,6 +395,10 @@ fn damage(run: &mut Run, kind: Kind2) -> Option<String> {
             Some("cursor of group g damaged".into())
         }
     }
+}
+
+fn group_dir() -> PathBuf {
+    dir().join("groups").join("g")
 }
 
 fn pick_segment(segs: &[(u64, PathBuf)], place: Place) -> Option<(u64, PathBuf)> {
@@ -436,8 +466,13 @@ fn run_seed(seed: u64) -> Result<Totals, String> {
         next_seq: HashMap::new(),
         checkpoint_end: 0,
         old_checkpoint: None,
+        group: None,
+        group_acked: Vec::new(),
     };
     let mut log = run.open(Recovery::Recover).map_err(|e| e.to_string())?;
+    run.group = Some(
+        GroupStore::create(Arc::new(run.fs.clone()), &group_dir(), 0).map_err(|e| e.to_string())?,
+    );
     let n = run.rng.random_range(20..60);
     run.write(&mut log, n);
     log.set_cursor(
@@ -462,6 +497,7 @@ fn run_seed(seed: u64) -> Result<Totals, String> {
     }
     let n = run.rng.random_range(10..40);
     run.write(&mut log, n);
+    run.group = None;
     match ending {
         Ending::Clean => {
             log.close().map_err(|e| e.to_string())?;
@@ -514,6 +550,7 @@ fn run_seed(seed: u64) -> Result<Totals, String> {
         Err(e @ SpoolError::Damaged(_)) => Err(e.to_string()),
         Err(e) => return Err(ctx(format!("an error that does not name damage: {e}"))),
     };
+    check_group(&run, kind).map_err(ctx)?;
     match outcome {
         Err(msg) => {
             t.refused += 1;
@@ -582,6 +619,37 @@ fn run_seed(seed: u64) -> Result<Totals, String> {
         }
     }
     Ok(t)
+}
+
+/// The group's journal: refused naming the journal, or every durable ack
+/// there; with repair, it opens.
+fn check_group(run: &Run, kind: Kind2) -> Result<(), String> {
+    let fs: Arc<dyn SpoolFs> = Arc::new(run.fs.clone());
+    match GroupStore::open(fs.clone(), &group_dir(), OnDamage::Refuse) {
+        Ok(Some(g)) => {
+            if let Some(o) = run.group_acked.iter().find(|&&o| !g.state().is_done(o)) {
+                return Err(format!(
+                    "silent loss: the group's durable ack of offset {o} is gone"
+                ));
+            }
+        }
+        Ok(None) => return Err("the group is gone".into()),
+        Err(e @ SpoolError::GroupCorrupt { .. }) => {
+            let msg = e.to_string();
+            if kind != Kind2::DamagedGroupJournal {
+                return Err(format!("the group refused for damage elsewhere: {msg}"));
+            }
+            if !(msg.contains("journal") && msg.contains("byte") && msg.contains("--repair")) {
+                return Err(format!(
+                    "the group's refusal does not name journal and byte: {msg}"
+                ));
+            }
+            GroupStore::open(fs, &group_dir(), OnDamage::Repair { restart_at: 0 })
+                .map_err(|e| format!("the group's repair failed: {e}"))?;
+        }
+        Err(e) => return Err(format!("the group: {e}")),
+    }
+    Ok(())
 }
 
 #[test]
