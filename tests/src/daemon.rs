@@ -150,6 +150,46 @@ impl DaemonSpec {
         self.start_with(Command::new(&line[0]).args(&line[1..]))
     }
 
+    /// Runs the daemon expecting it to stop by itself within `within` (a
+    /// refusal to start, a bad configuration): its exit status and stderr.
+    /// If it is still running then, it is killed and this panics with what
+    /// it wrote.
+    pub fn run_to_exit(&self, within: Duration) -> Exited {
+        let line = self.command_line();
+        let mut child = Command::new(&line[0])
+            .args(&line[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.bin.display()));
+        let mut pipe = child.stderr.take().expect("piped stderr");
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
+            s
+        });
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait on sluiced") {
+                break Some(s);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stderr = reader.join().expect("stderr reader");
+        match status {
+            Some(status) => Exited { status, stderr },
+            None => panic!(
+                "sluiced was still running {within:?} after its start (killed); it wrote:\n{stderr}"
+            ),
+        }
+    }
+
     /// Starts `cmd` (which must run this spec's daemon) and waits for it.
     pub fn start_with(&self, cmd: &mut Command) -> Daemon {
         self.spawn(cmd, None)
@@ -186,6 +226,13 @@ impl DaemonSpec {
         d.wait_ready(Duration::from_secs(30));
         d
     }
+}
+
+/// A daemon that stopped by itself: how, and what it wrote to stderr.
+#[derive(Debug)]
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stderr: String,
 }
 
 pub struct Daemon {

@@ -17,6 +17,8 @@ use super::dead_letter;
 use super::group::{Credit, Delivery, Group, GroupConfig, GroupCounters, KeyRule, MemberId};
 use super::store::{check_group_name, remove_folder, Event, GroupStore, OnDamage};
 use super::task::GroupTask;
+use crate::spool::recoveries::{Kind as RecoveryKind, Recovery as Recovered};
+use crate::spool::writer::now_us;
 use crate::spool::{Recovery, Spool, SpoolError, Stream};
 
 /// Where a new group starts (an existing group continues from its state):
@@ -381,7 +383,17 @@ impl Consumers {
             } else {
                 OnDamage::Refuse
             };
-            if let Some(store) = GroupStore::open(fs.clone(), &dir, on_damage)? {
+            if let Some(mut store) = GroupStore::open(fs.clone(), &dir, on_damage)? {
+                // A journal cut by a repair may have lost acks below the
+                // cursor, which mirrors a durable floor (never above it):
+                // they were done, they are not delivered again.
+                let floor = store.state().floor;
+                if let Some(c) = s2
+                    .cursor(&name)
+                    .filter(|c| store.repaired().is_some() && c.ack_floor > floor)
+                {
+                    store.append(&[Event::Acked(floor..c.ack_floor)])?;
+                }
                 return Ok(store);
             }
             let floor = start_offset(&s2, start)?;
@@ -389,6 +401,20 @@ impl Consumers {
         })
         .await
         .map_err(|_| ConsumeError::Stopping)??;
+        if let Some(r) = store.repaired() {
+            let entry = Recovered {
+                at_us: now_us(),
+                kind: RecoveryKind::GroupRepair,
+                from: store.state().floor,
+                to: store.state().floor,
+                bytes_aside: r.bytes,
+                aside: Some(r.aside.clone()),
+                reason: r.what.clone(),
+            };
+            s.record_recovery(entry)
+                .await
+                .map_err(|_| ConsumeError::Stopping)??;
+        }
         check_reach(&s, group, &store).await?;
         let store = self.align_dead_letter_seq(stream, group, store).await?;
         let (cmd, rx) = mpsc::unbounded_channel();

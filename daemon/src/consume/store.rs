@@ -235,7 +235,18 @@ pub struct GroupStore {
     snapshot_bytes: u64,
     /// After a failed compaction, the next is tried from this journal size.
     retry_compact_at: u64,
+    /// What a repair did when it was opened (for the stream's record).
+    repaired: Option<Repaired>,
     scratch: Vec<u8>,
+}
+
+/// What `--repair` did to a group's files when it was opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repaired {
+    pub what: String,
+    /// Where the damaged bytes went.
+    pub aside: PathBuf,
+    pub bytes: u64,
 }
 
 impl std::fmt::Debug for GroupStore {
@@ -587,6 +598,7 @@ impl GroupStore {
             scan,
         } = *r;
         let journal_path = dir.join(JOURNAL);
+        let mut repaired = None;
         let cut_at = match scan.end {
             JournalEnd::Clean => None,
             JournalEnd::Torn { at, zeroes } => {
@@ -637,6 +649,15 @@ impl GroupStore {
                         &format!("a consumer group's damaged journal (repair cut it at byte {at})"),
                     )?;
                     let folder = a.finish()?;
+                    repaired = Some(Repaired {
+                        what: format!(
+                            "{}: journal damaged at byte {at} ({reason}); cut there, the acks \
+                             after it are lost (their messages are delivered again)",
+                            dir.display()
+                        ),
+                        aside: folder.clone(),
+                        bytes: data.len() as u64 - at,
+                    });
                     warn!(
                         group = %dir.display(),
                         at,
@@ -704,6 +725,7 @@ impl GroupStore {
             compact_bytes: DEFAULT_COMPACT_BYTES,
             snapshot_bytes,
             retry_compact_at: 0,
+            repaired,
             scratch: Vec::new(),
         }))
     }
@@ -733,6 +755,12 @@ impl GroupStore {
             )?;
         }
         let folder = a.finish()?;
+        let bytes = fs
+            .list(&folder)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| fs.open(&folder.join(n), false).and_then(|f| f.size()).ok())
+            .sum();
         warn!(
             group = %dir.display(),
             file = %file.display(),
@@ -743,7 +771,22 @@ impl GroupStore {
              aside and the group starts again at its cursor's floor (or the stream's first \
              offset): what it had acked after it is delivered again"
         );
-        Self::create(fs, dir, floor)
+        let mut g = Self::create(fs, dir, floor)?;
+        g.repaired = Some(Repaired {
+            what: format!(
+                "{}: {reason}; the group was set aside and started again at offset {floor} \
+                 (what it had acked after it is delivered again)",
+                file.display()
+            ),
+            aside: folder,
+            bytes,
+        });
+        Ok(g)
+    }
+
+    /// What `--repair` did to the group's files when it was opened.
+    pub fn repaired(&self) -> Option<&Repaired> {
+        self.repaired.as_ref()
     }
 
     /// Creates a new group in `dir` whose floor is `floor`, durably (the
@@ -794,6 +837,7 @@ impl GroupStore {
             compact_bytes: DEFAULT_COMPACT_BYTES,
             snapshot_bytes: snap.len() as u64,
             retry_compact_at: 0,
+            repaired: None,
             scratch: Vec::new(),
         })
     }

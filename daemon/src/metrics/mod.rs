@@ -300,7 +300,7 @@ fn render_integrity(e: &mut Exposition, spooled: &[crate::spool::Stream]) {
     e.family(
         name,
         Kind::Counter,
-        "What recovery did, by kind: torn tails cut at starts (bytes set aside), repairs, losses to early acks.",
+        "What recovery did, by kind: torn tails cut at starts (bytes set aside), repairs, losses to early acks, repairs of consumer groups.",
     );
     for s in spooled {
         let all = s.recoveries();
@@ -308,6 +308,7 @@ fn render_integrity(e: &mut Exposition, spooled: &[crate::spool::Stream]) {
             ("torn-tail", R::TornTail),
             ("repair", R::Repair),
             ("early-acks", R::EarlyAcks),
+            ("group-repair", R::GroupRepair),
         ] {
             let n = all.iter().filter(|r| r.kind == k).count();
             e.sample(name, &[("stream", s.name()), ("kind", kind)], n);

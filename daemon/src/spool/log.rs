@@ -124,6 +124,9 @@ pub struct StreamLog {
     synced: Mark,
     /// `None` when opened read-only.
     checkpoint: Option<CheckpointFile>,
+    /// The checkpoint on disk says a clean stop left the log here: it must
+    /// be written again before the log changes.
+    clean_on_disk: bool,
     recoveries: Arc<Mutex<Vec<Recovered>>>,
     scratch: Vec<u8>,
 }
@@ -184,12 +187,26 @@ impl StreamLog {
         };
         let file = CheckpointFile::open(&*fs, dir, last)?;
         let reached = s.reached;
+        let loaded = s.checkpoint.clone();
         let mut log = Self::from_survey(fs, s, config, Some(file))?;
         if let Some(r) = recovered {
             log.record(r)?;
         }
-        // The clean flag goes: from here on the log may grow.
-        log.checkpoint(false)?;
+        // A checkpoint behind what the start found (after a crash) learns
+        // it now. One written by a clean stop stays as it is until the log
+        // first changes (`unclean`): a start that is then refused (a
+        // consumer group's damage) has changed nothing.
+        // The fsync policy it records is the one acks go out under now.
+        match &loaded {
+            Loaded::Found { checkpoint, .. } if checkpoint.early_acks != log.config.early_acks => {
+                log.checkpoint(false)?
+            }
+            Loaded::Found { checkpoint, .. } if checkpoint.clean => log.clean_on_disk = true,
+            _ if log.checkpoint_behind() || !matches!(loaded, Loaded::Found { .. }) => {
+                log.checkpoint(false)?
+            }
+            _ => {}
+        }
         if reached > log.next_offset {
             // Marks ahead of the log without damage: groups acked records
             // acknowledged before they were durable (fsync = interval or
@@ -253,6 +270,7 @@ impl StreamLog {
             written,
             synced: written,
             checkpoint,
+            clean_on_disk: false,
             scratch: Vec::new(),
         })
     }
@@ -395,6 +413,7 @@ impl StreamLog {
     /// (and syncs it if `sync`); then, and only then, they become visible
     /// to readers and to the idempotence table.
     fn write_commit(&mut self, records: &[&Record], sync: bool) -> Result<(), SpoolError> {
+        self.unclean()?;
         let (len, base) = self.active_end();
         let path = self.active_path();
         let first = self.next_offset;
@@ -506,6 +525,15 @@ impl StreamLog {
         Ok(())
     }
 
+    /// Before the log changes after a clean start: the checkpoint stops
+    /// saying that the log ends where the clean stop left it.
+    fn unclean(&mut self) -> Result<(), SpoolError> {
+        if self.clean_on_disk {
+            self.checkpoint(false)?;
+        }
+        Ok(())
+    }
+
     /// Whether the checkpoint is behind what is durable.
     pub fn checkpoint_behind(&self) -> bool {
         self.checkpoint.as_ref().is_some_and(|c| {
@@ -522,6 +550,7 @@ impl StreamLog {
         let Some(file) = &mut self.checkpoint else {
             return Ok(());
         };
+        self.clean_on_disk = clean;
         file.write(Checkpoint {
             generation: 0,
             stream_id,
@@ -546,6 +575,12 @@ impl StreamLog {
             self.cut_back()?;
         }
         self.sync()?;
+        if self.clean_on_disk && !self.checkpoint_behind() {
+            // Nothing changed since a clean start: the checkpoint already
+            // says so (and a start refused for other reasons leaves the
+            // files as it found them).
+            return Ok(());
+        }
         self.checkpoint(true)
     }
 
@@ -569,6 +604,7 @@ impl StreamLog {
     /// snapshot written durably) and starts a new one at `base`, which
     /// continues from `prev_end` (`base` unless offsets are given up).
     fn roll(&mut self, base: u64, prev_end: u64) -> Result<(), SpoolError> {
+        self.unclean()?;
         self.sync()?;
         let sealed = self.shared.read().unwrap().last().expect("active").clone();
         write_index(&*self.fs, &sealed)?;
@@ -632,7 +668,8 @@ impl StreamLog {
         self.checkpoint(false)
     }
 
-    fn record(&mut self, r: Recovered) -> Result<(), SpoolError> {
+    /// Adds to the stream's record of recoveries, durably.
+    pub fn record(&mut self, r: Recovered) -> Result<(), SpoolError> {
         recoveries::append(&*self.fs, &self.dir, &r)?;
         self.recoveries.lock().unwrap().push(r);
         Ok(())
@@ -710,6 +747,7 @@ impl StreamLog {
         if gone.is_empty() {
             return Ok(0);
         }
+        self.unclean()?;
         // Out of the readers' view first: a reader that looked before and
         // finds the file gone looks again and skips it; one that has it
         // open reads on.

@@ -25,6 +25,10 @@ pub enum Kind {
     /// Records acknowledged before fdatasync (fsync = interval or never)
     /// that a power cut took.
     EarlyAcks,
+    /// `--repair` set a consumer group's damaged journal or snapshot
+    /// aside: acks were lost (their messages are delivered again), no
+    /// offset was.
+    GroupRepair,
 }
 
 /// One entry.

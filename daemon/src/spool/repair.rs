@@ -31,7 +31,7 @@ use super::index::{index_path, segment_name};
 use super::log::{create_segment, LogConfig};
 use super::marks::{self, Cursor};
 use super::recoveries::{self, Kind, Recovery};
-use super::segment::{SegmentHeader, SEGMENT_HEADER_LEN};
+use super::segment::{shortened_commit, SegmentHeader, COMMIT_HEADER_LEN, SEGMENT_HEADER_LEN};
 use super::survey::Survey;
 use super::writer::now_us;
 
@@ -62,6 +62,8 @@ pub fn repair(fs: &Arc<dyn SpoolFs>, s: &Survey, config: &LogConfig) -> Result<(
         aside.note(&format!("damage: {d}"));
     }
     let mut bytes_aside = 0;
+    // Records of the damaged commit kept (before its damage).
+    let mut kept_records = 0;
     if let Some(cut) = s.cut {
         let (_, path) = &s.files[cut.file];
         let len = fs
@@ -81,9 +83,28 @@ pub fn repair(fs: &Arc<dyn SpoolFs>, s: &Survey, config: &LogConfig) -> Result<(
                 "damaged, and everything after it",
             )?;
             let f = fs.open(path, false).map_err(SpoolError::io("open", path))?;
-            f.set_len(cut.pos)
-                .map_err(SpoolError::io("truncate", path))?;
+            // The records of the damaged commit before the damage check
+            // out: the commit is cut down to them (a new header), the rest
+            // goes.
+            let mut end = cut.pos;
+            if cut.keep > 0 {
+                let mut b = vec![0; (len - cut.pos) as usize];
+                f.read_exact_at(&mut b, cut.pos)
+                    .map_err(SpoolError::io("read", path))?;
+                let id = s.stream_id.unwrap_or(0);
+                if let Some((mut h, n)) = shortened_commit(&b, id, cut.keep) {
+                    let mut head = [0u8; COMMIT_HEADER_LEN];
+                    h.encode_into(&mut head);
+                    f.write_all_at(&head, cut.pos)
+                        .map_err(SpoolError::io("write", path))?;
+                    end = cut.pos + n as u64;
+                    kept_records = cut.keep as u64;
+                }
+            }
+            f.set_len(end).map_err(SpoolError::io("truncate", path))?;
             f.sync_data().map_err(SpoolError::io("fdatasync", path))?;
+            // The copy starts at the commit (its first header and the
+            // records kept included).
             bytes_aside += len - cut.pos;
             move_if_there(
                 fs,
@@ -106,7 +127,7 @@ pub fn repair(fs: &Arc<dyn SpoolFs>, s: &Survey, config: &LogConfig) -> Result<(
         bytes_aside += fs.open(path, false).and_then(|f| f.size()).unwrap_or(0);
         aside.move_file(path, "a last segment without a whole header or any commit")?;
     }
-    let end = s.end();
+    let end = s.end() + kept_records;
     for base in marks::snapshot_bases(&**fs, &s.dir) {
         let path = marks::snapshot_path(&s.dir, base);
         if base > end && !s.bad_marks.contains(&path) {
@@ -151,6 +172,8 @@ pub fn repair(fs: &Arc<dyn SpoolFs>, s: &Survey, config: &LogConfig) -> Result<(
         create_segment(&**fs, &s.dir, &path, &header, config.segment_bytes)?;
         (resume, SEGMENT_HEADER_LEN as u64, 0)
     } else {
+        // The checkpoint names no last commit here (0): the next start
+        // reads the segment and writes a full one.
         let last = s.segments.last().expect("not empty");
         let pos = match s.cut {
             Some(c) if s.files[c.file].1 == last.path => c.pos,
@@ -158,7 +181,7 @@ pub fn repair(fs: &Arc<dyn SpoolFs>, s: &Survey, config: &LogConfig) -> Result<(
         };
         let crc = s
             .last_commit
-            .filter(|(_, at)| *at == pos)
+            .filter(|(_, at)| *at == pos && kept_records == 0)
             .map_or(0, |(h, _)| h.head_crc);
         (last.base, pos, crc)
     };

@@ -13,7 +13,6 @@
 //! reads so as not to pass `bytes_per_sec`, and holds no stream handle
 //! while it sleeps (a stream's writer ends when its last handle goes).
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -169,10 +168,12 @@ pub fn check_segment(
         }
         buf.resize(total as usize, 0);
         read(&mut buf, pos)?;
-        if let Err(why) =
+        if let Err(bad) =
             segment::check_one_commit(&buf, header.stream_id, next, config.max_commit_bytes())
         {
-            return Ok(damaged(pos, next, why));
+            // Where the damage is: the first bad record, past the good ones.
+            let at = pos + bad.at as u64;
+            return Ok(damaged(at, next + bad.good as u64, bad.reason));
         }
         pos += total;
         next = h.end();
@@ -279,12 +280,4 @@ pub fn start(spool: Weak<Spool>, config: ScrubConfig, stop: Arc<AtomicBool>) {
     let _ = std::thread::Builder::new()
         .name("spool-scrub".into())
         .spawn(run);
-}
-
-/// Reads a segment's header, for tools that list segments.
-pub fn segment_header(fs: &dyn SpoolFs, path: &Path) -> Option<SegmentHeader> {
-    let f = fs.open(path, false).ok()?;
-    let mut b = [0u8; SEGMENT_HEADER_LEN];
-    f.read_exact_at(&mut b, 0).ok()?;
-    SegmentHeader::decode(&b).ok()
 }

@@ -220,6 +220,10 @@ pub struct Stop {
     /// Byte position of the first commit that is not whole and valid.
     pub pos: u64,
     pub reason: String,
+    /// Records of that commit that check out before the first bad one,
+    /// and where that one starts (see [`Bad`]).
+    pub good: u32,
+    pub bad_at: u64,
     /// A valid commit header after `pos` that says everything before
     /// `pos` was durable when it was written (`synced_to` > pos): proof
     /// that the bad bytes are damage, not a torn write. Its position and
@@ -249,6 +253,20 @@ pub struct Scan {
     pub stop: Option<Stop>,
 }
 
+/// Why a commit does not check out, and how much of it does: the records
+/// before the first bad one (each checks out on its own and sits where the
+/// commit's header says), when the header itself checks out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bad {
+    pub reason: String,
+    /// Records of the commit that check out before the first that does
+    /// not (0 when its header, its count or its checksum is what is wrong).
+    pub good: u32,
+    /// Byte where the first bad record starts (the commit's start when
+    /// `good` is 0).
+    pub at: usize,
+}
+
 /// Checks one commit at `pos` whose first record must be `expected_first`,
 /// calling `each` for its records once all of them have checked out.
 fn check_commit(
@@ -259,37 +277,53 @@ fn check_commit(
     max_commit_bytes: u64,
     each: &mut dyn FnMut(ScannedRecord),
     scratch: &mut Vec<ScannedRecord>,
-) -> Result<CommitHeader, String> {
-    let h = CommitHeader::decode(&data[pos..], stream_id).map_err(str::to_owned)?;
+) -> Result<CommitHeader, Bad> {
+    let whole = |reason: String| Bad {
+        reason,
+        good: 0,
+        at: pos,
+    };
+    let h = CommitHeader::decode(&data[pos..], stream_id).map_err(|e| whole(e.to_owned()))?;
     if h.total_len() > max_commit_bytes {
-        return Err(format!(
+        return Err(whole(format!(
             "commit header says {} bytes, more than a commit can be",
             h.total_len()
-        ));
+        )));
     }
     if h.first != expected_first {
-        return Err(format!(
+        return Err(whole(format!(
             "commit holds offsets {}..{} where offset {expected_first} should follow",
             h.first,
             h.end()
-        ));
+        )));
     }
     let body_start = pos + COMMIT_HEADER_LEN;
     let body_end = body_start + h.body_len as usize;
-    if body_end > data.len() {
-        return Err(format!(
-            "commit of {} records cut short ({} of {} body bytes present)",
-            h.count,
-            data.len() - body_start,
-            h.body_len
-        ));
-    }
+    let present = body_end.min(data.len());
     scratch.clear();
     let mut at = body_start;
     let mut body_crc = 0u32;
-    while at < body_end {
-        let (header, n) = record::check(&data[at..body_end])
-            .map_err(|why| format!("record {} of the commit: {why:?}", scratch.len()))?;
+    while at < present && scratch.len() < h.count as usize {
+        let (header, n) = match record::check(&data[at..present]) {
+            Ok(r) => r,
+            Err(why) => {
+                let reason = if present < body_end && why == record::Invalid::Short {
+                    format!(
+                        "commit of {} records cut short ({} of {} body bytes present)",
+                        h.count,
+                        present - body_start,
+                        h.body_len
+                    )
+                } else {
+                    format!("record {} of the commit: {why:?}", scratch.len())
+                };
+                return Err(Bad {
+                    reason,
+                    good: scratch.len() as u32,
+                    at,
+                });
+            }
+        };
         body_crc = fold_record_crc(body_crc, header.crc);
         scratch.push(ScannedRecord {
             offset: h.first + scratch.len() as u64,
@@ -297,19 +331,32 @@ fn check_commit(
             header,
         });
         at += n;
-        if scratch.len() > h.count as usize {
-            break;
-        }
     }
-    if scratch.len() != h.count as usize {
-        return Err(format!(
-            "commit header says {} records, its body holds {}",
+    if present < body_end {
+        return Err(Bad {
+            reason: format!(
+                "commit of {} records cut short ({} of {} body bytes present)",
+                h.count,
+                present - body_start,
+                h.body_len
+            ),
+            good: scratch.len() as u32,
+            at,
+        });
+    }
+    if scratch.len() != h.count as usize || at != body_end {
+        return Err(whole(format!(
+            "commit header says {} records in {} bytes, its body holds {} in {}",
             h.count,
-            scratch.len()
-        ));
+            h.body_len,
+            scratch.len(),
+            at - body_start
+        )));
     }
     if body_crc != h.body_crc {
-        return Err("commit checksum mismatch: a record was replaced".into());
+        return Err(whole(
+            "commit checksum mismatch: a record was replaced".into(),
+        ));
     }
     for r in scratch.iter() {
         each(*r);
@@ -325,7 +372,7 @@ pub fn check_one_commit(
     stream_id: u64,
     expected_first: u64,
     max_commit_bytes: u64,
-) -> Result<CommitHeader, String> {
+) -> Result<CommitHeader, Bad> {
     check_commit(
         data,
         0,
@@ -335,6 +382,24 @@ pub fn check_one_commit(
         &mut |_| {},
         &mut Vec::new(),
     )
+}
+
+/// The commit at the start of `data`, cut down to its first `good`
+/// records (they must check out): its new header and its length. What a
+/// repair keeps of a commit damaged after them.
+pub fn shortened_commit(data: &[u8], stream_id: u64, good: u32) -> Option<(CommitHeader, usize)> {
+    let mut h = CommitHeader::decode(data, stream_id).ok()?;
+    let mut at = COMMIT_HEADER_LEN;
+    let mut body_crc = 0;
+    for _ in 0..good {
+        let (r, n) = record::check(data.get(at..)?).ok()?;
+        body_crc = fold_record_crc(body_crc, r.crc);
+        at += n;
+    }
+    h.count = good;
+    h.body_len = (at - COMMIT_HEADER_LEN) as u32;
+    h.body_crc = body_crc;
+    Some((h, at))
 }
 
 /// Scans commits from `from` (just past the segment header) to the end of
@@ -373,8 +438,8 @@ pub fn scan(
             }
             // Zeroes to the end: preallocated space, never written.
             Err(_) if data[pos..].iter().all(|&b| b == 0) => break,
-            Err(reason) => {
-                stop = Some(stopped_at(data, pos, stream_id, reason));
+            Err(bad) => {
+                stop = Some(stopped_at(data, pos, stream_id, bad));
                 break;
             }
         }
@@ -389,7 +454,7 @@ pub fn scan(
 }
 
 /// Describes a stop at `pos`: what valid commit headers follow it.
-fn stopped_at(data: &[u8], pos: usize, stream_id: u64, reason: String) -> Stop {
+fn stopped_at(data: &[u8], pos: usize, stream_id: u64, bad: Bad) -> Stop {
     let last_nonzero = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
     let mut vouched_by = None;
     let mut reached = None;
@@ -401,7 +466,9 @@ fn stopped_at(data: &[u8], pos: usize, stream_id: u64, reason: String) -> Stop {
     }
     Stop {
         pos: pos as u64,
-        reason,
+        reason: bad.reason,
+        good: bad.good,
+        bad_at: bad.at as u64,
         vouched_by,
         reached,
         nonzero_tail: (last_nonzero as u64).saturating_sub(pos as u64),

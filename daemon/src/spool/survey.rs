@@ -50,6 +50,10 @@ pub struct Torn {
     pub file: PathBuf,
     /// Where the valid log ends in the file.
     pub pos: u64,
+    /// Records at `pos` that check out before the first bad one, which
+    /// starts at `bad_at` (kept if marks prove the tail was durable).
+    pub good: u32,
+    pub bad_at: u64,
     pub file_len: u64,
     /// Bytes up to the last non-zero one (0: only zeroes follow).
     pub nonzero: u64,
@@ -57,11 +61,14 @@ pub struct Torn {
 }
 
 /// Where the valid log ends: a repair sets aside the bytes of `files[file]`
-/// from `pos` on and every later segment file.
+/// from `pos` on and every later segment file, keeping the first `keep`
+/// records of the commit at `pos` (they check out; the damage is after
+/// them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cut {
     pub file: usize,
     pub pos: u64,
+    pub keep: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -110,12 +117,6 @@ impl Survey {
             Some(m) => m.end(),
             None => self.files.first().map_or(0, |(b, _)| *b),
         }
-    }
-
-    /// No segment file: a new stream (or one whose creation a crash cut
-    /// short), unless damage says segments were lost.
-    pub fn is_fresh(&self) -> bool {
-        self.files.is_empty() && self.damage.is_empty()
     }
 
     fn damage(&mut self, file: &Path, byte: u64, from: u64, to: Option<u64>, reason: String) {
@@ -325,7 +326,11 @@ fn survey_segments(
                     format!("segment header: {why}")
                 };
                 s.damage(path, 0, expected.unwrap_or(*base), None, why);
-                s.cut.get_or_insert(Cut { file: i, pos: 0 });
+                s.cut.get_or_insert(Cut {
+                    file: i,
+                    pos: 0,
+                    keep: 0,
+                });
                 expected = None;
                 continue;
             }
@@ -361,7 +366,11 @@ fn survey_segments(
                 .filter(|&e| header.prev_end > e)
                 .map(|_| header.prev_end);
             s.damage(path, 0, from, to, why);
-            s.cut.get_or_insert(Cut { file: i, pos: 0 });
+            s.cut.get_or_insert(Cut {
+                file: i,
+                pos: 0,
+                keep: 0,
+            });
             s.reached = s.reached.max(header.base);
             expected = None;
             continue;
@@ -406,15 +415,21 @@ fn survey_segments(
                             Some(v) => format!("{}{v}", stop.reason),
                             None => format!("{}, in a sealed segment", stop.reason),
                         };
-                        s.damage(path, stop.pos, scan.end_offset, next_start, why);
+                        // Named at the first bad record: the records of its
+                        // commit before it check out and are kept.
+                        let from = scan.end_offset + stop.good as u64;
+                        s.damage(path, stop.bad_at, from, next_start, why);
                         s.cut.get_or_insert(Cut {
                             file: i,
                             pos: stop.pos,
+                            keep: stop.good,
                         });
                     } else {
                         s.torn = Some(Torn {
                             file: path.clone(),
                             pos: stop.pos,
+                            good: stop.good,
+                            bad_at: stop.bad_at,
                             file_len,
                             nonzero: stop.nonzero_tail,
                             reason: stop.reason,
@@ -428,6 +443,8 @@ fn survey_segments(
                     s.torn = Some(Torn {
                         file: path.clone(),
                         pos: scan.end,
+                        good: 0,
+                        bad_at: scan.end,
                         file_len,
                         nonzero: 0,
                         reason: format!(
@@ -664,22 +681,25 @@ fn check_marks(fs: &dyn SpoolFs, s: &mut Survey, cp: Option<Checkpoint>) {
             ));
             continue;
         }
-        let torn = s
-            .torn
-            .as_ref()
-            .map(|t| {
+        // With a tail that looked torn, the log ends at its first bad
+        // record (those before it check out).
+        let (byte, ends, torn) = match &s.torn {
+            Some(t) => (
+                t.bad_at,
+                end + t.good as u64,
                 format!(
                     "; {} bytes after it do not check out ({})",
                     t.nonzero, t.reason
-                )
-            })
-            .unwrap_or_default();
+                ),
+            ),
+            None => (last_len, end, String::new()),
+        };
         s.damage(
             &last_path,
-            last_len,
-            end,
+            byte,
+            ends,
             Some(at),
-            format!("the log ends at offset {end}, but {what} is at offset {at}{torn}"),
+            format!("the log ends at offset {ends}, but {what} is at offset {at}{torn}"),
         );
         if path.extension().is_some_and(|e| e == "snap") {
             s.bad_marks.push(path);
@@ -687,7 +707,11 @@ fn check_marks(fs: &dyn SpoolFs, s: &mut Survey, cp: Option<Checkpoint>) {
         // A tail that looked torn is part of the damage: set aside with it.
         if let Some(t) = s.torn.take() {
             let file = s.files.iter().position(|(_, p)| *p == t.file).unwrap_or(0);
-            s.cut.get_or_insert(Cut { file, pos: t.pos });
+            s.cut.get_or_insert(Cut {
+                file,
+                pos: t.pos,
+                keep: t.good,
+            });
         }
     }
 }

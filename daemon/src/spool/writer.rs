@@ -122,6 +122,10 @@ enum Request {
         reason: String,
         done: Reply<()>,
     },
+    Record {
+        recovery: Recovery,
+        done: Reply<()>,
+    },
 }
 
 /// Counters shared between the writer thread and handles.
@@ -304,6 +308,13 @@ impl Stream {
             reason: reason.to_owned(),
             done,
         });
+        rx
+    }
+
+    /// Adds to the stream's record of recoveries (a consumer group's repair).
+    pub fn record_recovery(&self, recovery: Recovery) -> oneshot::Receiver<Result<(), SpoolError>> {
+        let (done, rx) = oneshot::channel();
+        let _ = self.tx.send(Request::Record { recovery, done });
         rx
     }
 
@@ -665,6 +676,9 @@ impl Writer {
                     }
                     Request::RemoveCursor { group, done } => {
                         let _ = done.send(self.log.remove_cursor(&group));
+                    }
+                    Request::Record { recovery, done } => {
+                        let _ = done.send(self.log.record(recovery));
                     }
                     Request::SkipTo { to, reason, done } => {
                         let r = self.log.skip_to(to, Kind::Repair, &reason);
