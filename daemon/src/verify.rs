@@ -47,6 +47,9 @@ pub struct StreamCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub torn_tail: Option<String>,
     pub damage: Vec<Damage>,
+    /// Offsets the segment headers say earlier repairs gave up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<(u64, u64)>,
     /// Offsets given up and bytes set aside before (the stream's
     /// `recoveries`).
     #[serde(default)]
@@ -103,6 +106,12 @@ impl Report {
                     d.byte,
                     d.reason,
                     d.offsets()
+                )?;
+            }
+            for (a, b) in &s.gaps {
+                writeln!(
+                    out,
+                    "  offsets {a}..{b} given up by an earlier repair (the segment headers say so)"
                 )?;
             }
             for r in &s.recoveries {
@@ -173,6 +182,7 @@ pub fn data_folder(dir: &Path, only: Option<&str>) -> Result<Report, SpoolError>
                 )
             }),
             damage: s.damage.clone(),
+            gaps: s.gaps.iter().map(|g| (g.start, g.end)).collect(),
             recoveries: recoveries::read(&*fs, &sdir),
             groups: Vec::new(),
         };
@@ -236,6 +246,7 @@ pub fn running(spool: &Spool, only: Option<&str>) -> Result<Report, SpoolError> 
             checkpoint: describe_checkpoint(&loaded),
             torn_tail: None,
             damage,
+            gaps: Vec::new(),
             recoveries: stream.recoveries(),
             groups: check_groups(&*fs, &dir, end),
             stream: name,

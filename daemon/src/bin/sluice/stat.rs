@@ -113,6 +113,20 @@ fn render(admin: &str, prev: &Scrape, now: &Scrape, secs: f64) -> String {
         if now.value("sluice_spool_disk_full", &l) > 0.0 {
             let _ = writeln!(o, "  ! {s}: disk full, acks held");
         }
+        let damage = now.value("sluice_spool_damage", &l);
+        if damage > 0.0 {
+            let _ = writeln!(
+                o,
+                "  ! {s}: damage found in the spool ({damage} finding(s)): see /health, `sluice spool verify`"
+            );
+        }
+        let lost = now.value("sluice_spool_lost_offsets", &l);
+        if lost > 0.0 {
+            let _ = writeln!(
+                o,
+                "  ! {s}: {lost} offset(s) given up by repairs (see /streams)"
+            );
+        }
     }
     let drops: Vec<String> = now
         .label_values("sluice_datagrams_dropped_total", "reason")
@@ -164,6 +178,13 @@ pub(crate) fn render_groups(o: &mut String, groups: &[GroupStats]) {
             human(g.counters.redelivered as f64),
             human(g.counters.dead_lettered as f64),
         );
+        if let Some(d) = &g.stopped_at_damage {
+            let _ = writeln!(
+                o,
+                "  ! {}/{}: stopped reading at damage: {d}",
+                g.stream, g.group
+            );
+        }
     }
 }
 
