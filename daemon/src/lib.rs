@@ -1,6 +1,7 @@
 //! sluice-daemon: the parts of `sluiced` that are not transport.
 
 pub mod admin;
+pub mod any_bytes;
 pub mod auth;
 pub mod config;
 pub mod consume;

@@ -1,110 +1,17 @@
 //! Any bytes in any file of a stream (a segment, the checkpoint, a cursor,
 //! a consumer group's journal or snapshot), put in whole or xored over the
-//! file: the survey, verify, every kind of open and the reads after them
-//! never panic; a repair always opens, and after it a plain start does.
+//! file: read every way without a panic, see `sluice_daemon::any_bytes`.
 //! The proptest daemon/tests/spool_bytes.rs checks the same in CI.
 #![no_main]
 
-use std::path::Path;
-use std::sync::Arc;
-
-use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use sluice_daemon::consume::store::{self, Event, GroupStore, OnDamage};
-use sluice_daemon::spool::fs::SpoolFs;
-use sluice_daemon::spool::simfs::SimFs;
-use sluice_daemon::spool::survey::{self, Depth};
-use sluice_daemon::spool::{Cursor, LogConfig, Record, Recovery, StreamLog};
-
-const DIR: &str = "/d/streams/s";
-
-fn config(recovery: Recovery) -> LogConfig {
-    LogConfig {
-        segment_bytes: 2_000,
-        max_batch_bytes: 1_000,
-        max_record_bytes: 500,
-        index_interval: 256,
-        recovery,
-        ..LogConfig::default()
-    }
-}
-
-fn stream() -> SimFs {
-    let fs = SimFs::new();
-    let dir = Path::new(DIR);
-    let mut log =
-        StreamLog::open(Arc::new(fs.clone()), dir, "s", config(Recovery::Recover)).unwrap();
-    for seq in 1..=30 {
-        let r = Record {
-            producer: 1,
-            seq,
-            timestamp_us: seq,
-            payload: Bytes::from(vec![seq as u8; 90]),
-        };
-        log.append(&[r], true).unwrap();
-    }
-    let cursor = Cursor {
-        ack_floor: 3,
-        retain_until_acked: true,
-    };
-    log.set_cursor("g", cursor).unwrap();
-    log.close().unwrap();
-    let mut g = GroupStore::create(Arc::new(fs.clone()), &dir.join("groups/g"), 0).unwrap();
-    g.append(&[Event::Acked(0..5)]).unwrap();
-    g.append(&[Event::Delivered {
-        offset: 7,
-        count: 2,
-    }])
-    .unwrap();
-    fs
-}
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, bytes)) = data.split_first() else {
+    let Some((&sel, rest)) = data.split_first() else {
         return;
     };
-    let fs = stream();
-    let dir = Path::new(DIR);
-    let files = [
-        dir.join("00000000000000000000.seg"),
-        dir.join("checkpoint"),
-        dir.join("cursors/g"),
-        dir.join("groups/g/journal"),
-        dir.join("groups/g/snapshot"),
-    ];
-    let path = &files[(sel & 0x7f) as usize % files.len()];
-    let f = fs.open(path, false).unwrap();
-    if sel & 0x80 != 0 {
-        let len = f.size().unwrap() as usize;
-        let mut b = vec![0; len];
-        f.read_exact_at(&mut b, 0).unwrap();
-        for (y, x) in b.iter_mut().zip(bytes) {
-            *y ^= x;
-        }
-        f.write_all_at(&b, 0).unwrap();
-    } else {
-        f.set_len(0).unwrap();
-        f.write_all_at(bytes, 0).unwrap();
-    }
-    f.sync_data().unwrap();
-    let fs: Arc<dyn SpoolFs> = Arc::new(fs);
-    let _ = survey::survey(&*fs, dir, "s", Depth::Full, &config(Recovery::ReadOnly));
-    let _ = store::verify(&*fs, &dir.join("groups/g"));
-    let read_all = |log: &StreamLog| {
-        let mut r = log.reader(0);
-        while let Ok(Some(_)) = r.next_record() {}
+    let Some((&at, bytes)) = rest.split_first() else {
+        return;
     };
-    if let Ok(log) = StreamLog::open(fs.clone(), dir, "s", config(Recovery::ReadOnly)) {
-        read_all(&log);
-    }
-    if let Ok(log) = StreamLog::open(fs.clone(), dir, "s", config(Recovery::Recover)) {
-        read_all(&log);
-    }
-    let log = StreamLog::open(fs.clone(), dir, "s", config(Recovery::Repair))
-        .expect("a repair opens whatever the bytes");
-    read_all(&log);
-    drop(log);
-    StreamLog::open(fs.clone(), dir, "s", config(Recovery::Recover))
-        .expect("after a repair the stream opens without one");
-    let _ = GroupStore::open(fs, &dir.join("groups/g"), OnDamage::Refuse);
+    sluice_daemon::any_bytes::check(sel & 0x7f, sel & 0x80 != 0, at as u16 * 16, bytes);
 });

@@ -219,19 +219,8 @@ pub fn repair(fs: &Arc<dyn SpoolFs>, s: &Survey, config: &LogConfig) -> Result<(
         (&s.checkpoint, s.headers.first())
     {
         if c.start < first.prev_end {
-            recoveries::append(
-                &**fs,
-                &s.dir,
-                &Recovery {
-                    at_us: now_us(),
-                    kind: Kind::Repair,
-                    from: c.start,
-                    to: first.prev_end,
-                    bytes_aside: 0,
-                    aside: None,
-                    reason: "the first segment file(s) were missing".into(),
-                },
-            )?;
+            let reason = "the first segment file(s) were missing".into();
+            record(fs, s, c.start..first.prev_end, 0, None, reason)?;
         }
     }
     let reason = s
@@ -251,19 +240,29 @@ pub fn repair(fs: &Arc<dyn SpoolFs>, s: &Survey, config: &LogConfig) -> Result<(
     let folder = aside.finish()?;
     warn!(stream = %s.stream, lost_from = end, lost_to = resume, bytes_aside,
         aside = %folder.display(), "repair: damage set aside; serving the log before it");
-    recoveries::append(
-        &**fs,
-        &s.dir,
-        &Recovery {
-            at_us: now_us(),
-            kind: Kind::Repair,
-            from: end,
-            to: resume,
-            bytes_aside,
-            aside: Some(folder),
-            reason,
-        },
-    )
+    record(fs, s, end..resume, bytes_aside, Some(folder), reason)
+}
+
+/// Records a repair in the stream's `recoveries`: the offsets given up,
+/// the bytes set aside and where.
+fn record(
+    fs: &Arc<dyn SpoolFs>,
+    s: &Survey,
+    lost: std::ops::Range<u64>,
+    bytes_aside: u64,
+    aside: Option<PathBuf>,
+    reason: String,
+) -> Result<(), SpoolError> {
+    let entry = Recovery {
+        at_us: now_us(),
+        kind: Kind::Repair,
+        from: lost.start,
+        to: lost.end,
+        bytes_aside,
+        aside,
+        reason,
+    };
+    recoveries::append(&**fs, &s.dir, &entry)
 }
 
 fn move_if_there(
