@@ -221,6 +221,15 @@ pub struct StreamList {
     pub streams: Vec<StreamInfo>,
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme is
+/// case-insensitive (RFC 9110 §11.1).
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 /// The principal of an HTTP request, from its bearer token.
 pub(crate) fn principal(
     s: &AdminState,
@@ -230,9 +239,8 @@ pub(crate) fn principal(
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("")
-        .trim();
+        .and_then(bearer_token)
+        .unwrap_or("");
     s.gate
         .principal(peer, token, None)
         .map_err(|d| Box::new(error(StatusCode::UNAUTHORIZED, d.reason().to_owned())))
@@ -347,6 +355,21 @@ async fn records(
         Ok(Ok(page)) => Json(page).into_response(),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer abc", "bearer abc", "BEARER  abc ", " bEaReR abc"] {
+            assert_eq!(bearer_token(v), Some("abc"), "{v:?}");
+        }
+        for v in ["Basic abc", "Bearerabc", "abc", ""] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
     }
 }
 

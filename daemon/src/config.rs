@@ -44,6 +44,17 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The admin endpoint's limits (`[admin]`), checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub page_bytes: u64,
+    pub max_page_requests: usize,
+}
+
 /// The whole configuration, as the TOML file spells it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -83,6 +94,8 @@ pub struct Data {
     pub insecure_lan: bool,
     /// How long a raw-UDP lease lasts unless its producer renews it.
     pub lease_seconds: u64,
+    /// Producer sessions (pending and open) from one source address.
+    pub max_sessions_per_source: usize,
 }
 
 /// The QUIC plane: authentication, publishing over QUIC, fast-path leases.
@@ -99,6 +112,10 @@ pub struct Quic {
     /// CA certificates (PEM) that client certificates must chain to; empty:
     /// no client certificates (tokens only).
     pub client_ca: PathBuf,
+    /// QUIC connections open at once, in all and per principal (a token or
+    /// a client certificate); more are refused and counted.
+    pub max_connections: usize,
+    pub max_connections_per_principal: usize,
 }
 
 /// Metrics and health over HTTP.
@@ -106,6 +123,21 @@ pub struct Quic {
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// Connections open at once, in all and from one source address; more
+    /// are closed at once (a reserve of file descriptors stays for the
+    /// spool and `/health`).
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    /// A request's headers must arrive within this, e.g. "10s".
+    pub header_timeout: String,
+    /// A connection with no request for this long is closed, e.g. "60s".
+    pub idle_timeout: String,
+    /// Most payload bytes one page carries (records, dead letters,
+    /// fetch); one message of the largest size always fits.
+    pub page_bytes: u64,
+    /// Page-returning requests served at once (the rest wait): with
+    /// `page_bytes`, the memory pages can take.
+    pub max_page_requests: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -225,6 +257,16 @@ pub struct Consumers {
     /// (bound its memory).
     pub read_ahead: usize,
     pub read_ahead_bytes: u64,
+    /// The credit a consumer declares is clamped to these: messages and
+    /// payload bytes out (delivered, not acked) with one member, with the
+    /// members of one connection together, and with all members.
+    pub max_member_messages: u32,
+    pub max_member_bytes: u64,
+    pub max_connection_bytes: u64,
+    pub max_out_bytes: u64,
+    /// Consumer groups in all; a subscriber naming a new one past it is
+    /// refused.
+    pub max_groups: usize,
     /// Groups that exist from the daemon's start, with their own settings.
     pub groups: Vec<GroupEntry>,
 }
@@ -263,6 +305,11 @@ impl Default for Consumers {
             max_deliveries: 5,
             read_ahead: 4096,
             read_ahead_bytes: 64 << 20,
+            max_member_messages: 10_000,
+            max_member_bytes: 16 << 20,
+            max_connection_bytes: 64 << 20,
+            max_out_bytes: 256 << 20,
+            max_groups: 256,
             groups: Vec::new(),
         }
     }
@@ -304,6 +351,7 @@ impl Default for Data {
             max_sessions: 4096,
             insecure_lan: false,
             lease_seconds: 60,
+            max_sessions_per_source: 1024,
         }
     }
 }
@@ -315,6 +363,8 @@ impl Default for Quic {
             cert: PathBuf::new(),
             key: PathBuf::new(),
             client_ca: PathBuf::new(),
+            max_connections: 1024,
+            max_connections_per_principal: 64,
         }
     }
 }
@@ -323,6 +373,12 @@ impl Default for Admin {
     fn default() -> Self {
         Admin {
             listen: "127.0.0.1:7480".parse().expect("literal"),
+            max_connections: 1024,
+            max_connections_per_source: 64,
+            header_timeout: "10s".into(),
+            idle_timeout: "60s".into(),
+            page_bytes: 8 << 20,
+            max_page_requests: 8,
         }
     }
 }
@@ -418,6 +474,10 @@ pub struct Args {
     /// [data.lease_seconds] lifetime of a raw-UDP lease unless renewed.
     #[arg(long, env = "SLUICED_DATA_LEASE_SECONDS")]
     pub data_lease_seconds: Option<u64>,
+    /// [data.max_sessions_per_source] producer sessions (pending and open)
+    /// from one source address.
+    #[arg(long, env = "SLUICED_DATA_MAX_SESSIONS_PER_SOURCE")]
+    pub data_max_sessions_per_source: Option<usize>,
     /// [quic.listen] UDP address of the QUIC listener.
     #[arg(long, env = "SLUICED_QUIC_LISTEN")]
     pub quic_listen: Option<SocketAddr>,
@@ -431,9 +491,35 @@ pub struct Args {
     /// [quic.client_ca] CA certificates (PEM) for client certificates.
     #[arg(long, env = "SLUICED_QUIC_CLIENT_CA")]
     pub quic_client_ca: Option<PathBuf>,
+    /// [quic.max_connections] QUIC connections open at once.
+    #[arg(long, env = "SLUICED_QUIC_MAX_CONNECTIONS")]
+    pub quic_max_connections: Option<usize>,
+    /// [quic.max_connections_per_principal] QUIC connections one token or
+    /// client certificate may have open at once.
+    #[arg(long, env = "SLUICED_QUIC_MAX_CONNECTIONS_PER_PRINCIPAL")]
+    pub quic_max_connections_per_principal: Option<usize>,
     /// [admin.listen] HTTP address for /metrics and /health.
     #[arg(long, env = "SLUICED_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    /// [admin.max_connections] HTTP connections open at once.
+    #[arg(long, env = "SLUICED_ADMIN_MAX_CONNECTIONS")]
+    pub admin_max_connections: Option<usize>,
+    /// [admin.max_connections_per_source] HTTP connections from one address.
+    #[arg(long, env = "SLUICED_ADMIN_MAX_CONNECTIONS_PER_SOURCE")]
+    pub admin_max_connections_per_source: Option<usize>,
+    /// [admin.header_timeout] a request's headers must arrive within this.
+    #[arg(long, env = "SLUICED_ADMIN_HEADER_TIMEOUT")]
+    pub admin_header_timeout: Option<String>,
+    /// [admin.idle_timeout] close an HTTP connection idle for this long.
+    #[arg(long, env = "SLUICED_ADMIN_IDLE_TIMEOUT")]
+    pub admin_idle_timeout: Option<String>,
+    /// [admin.page_bytes] most payload bytes one page of records, dead
+    /// letters or fetched messages carries (one message always fits).
+    #[arg(long, env = "SLUICED_ADMIN_PAGE_BYTES")]
+    pub admin_page_bytes: Option<u64>,
+    /// [admin.max_page_requests] page-returning requests served at once.
+    #[arg(long, env = "SLUICED_ADMIN_MAX_PAGE_REQUESTS")]
+    pub admin_max_page_requests: Option<usize>,
     /// [spool.dir] data folder.
     #[arg(long, env = "SLUICED_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
@@ -544,6 +630,23 @@ pub struct Args {
     /// [consumers.read_ahead_bytes] payload bytes a group reads ahead.
     #[arg(long, env = "SLUICED_CONSUMERS_READ_AHEAD_BYTES")]
     pub consumers_read_ahead_bytes: Option<u64>,
+    /// [consumers.max_member_messages] most messages out with one consumer,
+    /// whatever it declares.
+    #[arg(long, env = "SLUICED_CONSUMERS_MAX_MEMBER_MESSAGES")]
+    pub consumers_max_member_messages: Option<u32>,
+    /// [consumers.max_member_bytes] most payload bytes out with one consumer.
+    #[arg(long, env = "SLUICED_CONSUMERS_MAX_MEMBER_BYTES")]
+    pub consumers_max_member_bytes: Option<u64>,
+    /// [consumers.max_connection_bytes] most payload bytes out with the
+    /// consumers of one QUIC connection together.
+    #[arg(long, env = "SLUICED_CONSUMERS_MAX_CONNECTION_BYTES")]
+    pub consumers_max_connection_bytes: Option<u64>,
+    /// [consumers.max_out_bytes] most payload bytes out with all consumers.
+    #[arg(long, env = "SLUICED_CONSUMERS_MAX_OUT_BYTES")]
+    pub consumers_max_out_bytes: Option<u64>,
+    /// [consumers.max_groups] consumer groups in all.
+    #[arg(long, env = "SLUICED_CONSUMERS_MAX_GROUPS")]
+    pub consumers_max_groups: Option<usize>,
     /// [log.level] error | warn | info | debug | trace, or a filter directive.
     #[arg(long, env = "SLUICED_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -574,11 +677,29 @@ impl Config {
         set!(c.data.max_sessions, args.data_max_sessions);
         set!(c.data.insecure_lan, args.data_insecure_lan);
         set!(c.data.lease_seconds, args.data_lease_seconds);
+        set!(
+            c.data.max_sessions_per_source,
+            args.data_max_sessions_per_source
+        );
         set!(c.quic.listen, args.quic_listen);
         set!(c.quic.cert, args.quic_cert);
         set!(c.quic.key, args.quic_key);
         set!(c.quic.client_ca, args.quic_client_ca);
+        set!(c.quic.max_connections, args.quic_max_connections);
+        set!(
+            c.quic.max_connections_per_principal,
+            args.quic_max_connections_per_principal
+        );
         set!(c.admin.listen, args.admin_listen);
+        set!(c.admin.max_connections, args.admin_max_connections);
+        set!(
+            c.admin.max_connections_per_source,
+            args.admin_max_connections_per_source
+        );
+        set!(c.admin.header_timeout, args.admin_header_timeout);
+        set!(c.admin.idle_timeout, args.admin_idle_timeout);
+        set!(c.admin.page_bytes, args.admin_page_bytes);
+        set!(c.admin.max_page_requests, args.admin_max_page_requests);
         set!(c.spool.dir, args.spool_dir);
         set!(c.spool.fsync, args.spool_fsync);
         set!(c.spool.fsync_interval, args.spool_fsync_interval);
@@ -617,6 +738,20 @@ impl Config {
             c.consumers.read_ahead_bytes,
             args.consumers_read_ahead_bytes
         );
+        set!(
+            c.consumers.max_member_messages,
+            args.consumers_max_member_messages
+        );
+        set!(
+            c.consumers.max_member_bytes,
+            args.consumers_max_member_bytes
+        );
+        set!(
+            c.consumers.max_connection_bytes,
+            args.consumers_max_connection_bytes
+        );
+        set!(c.consumers.max_out_bytes, args.consumers_max_out_bytes);
+        set!(c.consumers.max_groups, args.consumers_max_groups);
         set!(c.log.level, args.log_level);
         set!(c.log.format, args.log_format);
         c.spool.repair |= args.repair;
@@ -653,6 +788,29 @@ impl Config {
         if self.data.lease_seconds < 5 {
             return Err(invalid("data.lease_seconds", "must be at least 5"));
         }
+        for (key, v) in [
+            (
+                "data.max_sessions_per_source",
+                self.data.max_sessions_per_source,
+            ),
+            ("quic.max_connections", self.quic.max_connections),
+            (
+                "quic.max_connections_per_principal",
+                self.quic.max_connections_per_principal,
+            ),
+            ("admin.max_connections", self.admin.max_connections),
+            (
+                "admin.max_connections_per_source",
+                self.admin.max_connections_per_source,
+            ),
+            ("admin.max_page_requests", self.admin.max_page_requests),
+            ("consumers.max_groups", self.consumers.max_groups),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        self.admin_limits()?;
         if self.quic.cert.as_os_str().is_empty() != self.quic.key.as_os_str().is_empty() {
             let missing = if self.quic.cert.as_os_str().is_empty() {
                 "quic.cert"
@@ -663,10 +821,18 @@ impl Config {
         }
         let auth = self.authenticator()?;
         if auth.is_empty() && !self.loopback_only() {
+            let why = if self.xdp.interface.is_empty() || self.xdp.interface == "lo" {
+                "while listening beyond loopback"
+            } else {
+                "while xdp.interface takes packets from a NIC (from off the machine)"
+            };
             return Err(invalid(
                 "auth",
-                "no principals (auth.tokens, auth.clients) while listening beyond loopback: \
-                 mint a token with `sluice token new`",
+                format!(
+                    "no principals (auth.tokens, auth.clients) {why}: anonymous clients are \
+                     allowed only when nothing can reach the daemon from off the machine; mint a \
+                     token with `sluice token new`"
+                ),
             ));
         }
         if self.data.window_bytes < 64 << 10 {
@@ -726,6 +892,29 @@ impl Config {
             .map_err(|e| invalid("spool.retention_age", e.to_string()))
     }
 
+    /// The admin endpoint's limits, checked.
+    pub fn admin_limits(&self) -> Result<AdminLimits, ConfigError> {
+        let a = &self.admin;
+        let duration = |key: &'static str, v: &str| {
+            let d = humantime::parse_duration(v).map_err(|e| invalid(key, e.to_string()))?;
+            if d < Duration::from_millis(100) {
+                return Err(invalid(key, "must be at least 100ms"));
+            }
+            Ok(d)
+        };
+        if a.page_bytes < 64 << 10 {
+            return Err(invalid("admin.page_bytes", "must be at least 64 KiB"));
+        }
+        Ok(AdminLimits {
+            max_connections: a.max_connections,
+            max_connections_per_source: a.max_connections_per_source,
+            header_timeout: duration("admin.header_timeout", &a.header_timeout)?,
+            idle_timeout: duration("admin.idle_timeout", &a.idle_timeout)?,
+            page_bytes: a.page_bytes,
+            max_page_requests: a.max_page_requests,
+        })
+    }
+
     /// The background scrub's settings.
     pub fn scrub_config(&self) -> Result<crate::spool::scrub::ScrubConfig, ConfigError> {
         let interval = humantime::parse_duration(&self.spool.scrub_interval)
@@ -748,9 +937,13 @@ impl Config {
     /// principals configured, local clients may act anonymously (the
     /// embedded default).
     pub fn loopback_only(&self) -> bool {
-        [self.data.listen, self.quic.listen, self.admin.listen]
-            .iter()
-            .all(|a| a.ip().is_loopback())
+        // The AF_XDP path takes the data port's packets from a NIC's
+        // queues: from off the machine, whatever data.listen says.
+        let xdp_off_machine = !self.xdp.interface.is_empty() && self.xdp.interface != "lo";
+        !xdp_off_machine
+            && [self.data.listen, self.quic.listen, self.admin.listen]
+                .iter()
+                .all(|a| a.ip().is_loopback())
     }
 
     /// The AF_XDP path's settings, checked; None when it is off.
@@ -1022,7 +1215,8 @@ mod tests {
 
     #[test]
     fn xdp_settings_are_checked_with_their_keys() {
-        let on = "[xdp]\ninterface = \"eth1\"\n";
+        // A token: an XDP interface takes packets from off the machine.
+        let on = "[[auth.tokens]]\nname = \"t\"\nhash = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\n[xdp]\ninterface = \"eth1\"\n";
         assert!(parse(on).unwrap().xdp_setup().unwrap().is_some());
         assert!(
             Config::default().xdp_setup().unwrap().is_none(),
@@ -1077,6 +1271,14 @@ mod tests {
             assert!(e.contains(key), "{text}: {e}");
         }
         assert!(parse_start("time:2026-12-01T10:00:00Z").is_ok());
+    }
+
+    #[test]
+    fn an_xdp_interface_refuses_anonymous_clients() {
+        let e = parse("[xdp]\ninterface = \"eth1\"\n").unwrap_err();
+        assert!(e.contains("auth") && e.contains("xdp.interface"), "{e}");
+        // On loopback's own interface nothing comes from off the machine.
+        parse("[xdp]\ninterface = \"lo\"\n").unwrap();
     }
 
     #[test]

@@ -525,10 +525,13 @@ impl Group {
         delay: Duration,
         now: Instant,
     ) {
+        // A delay is capped like an extension: a message is never parked
+        // beyond the longest deadline a consumer may set.
+        let again = now + delay.min(self.config.max_ack_extension);
         for &offset in offsets {
             if self.is_out_with(offset, member) {
                 self.counters.nacked += 1;
-                self.fail(offset, AttemptOutcome::Nacked, now, now + delay);
+                self.fail(offset, AttemptOutcome::Nacked, now, again);
             }
         }
     }

@@ -410,7 +410,8 @@ async fn reset_group(
     body: Bytes,
 ) -> Answer {
     let (s, headers, stream, group, body) = (&*s, &headers, &stream[..], &group[..], &body[..]);
-    allow(s, peer, headers, stream, &[Action::Consume])?;
+    // Moving a group moves it for every consumer of it: an operator's act.
+    allow(s, peer, headers, stream, &[Action::Admin])?;
     let f = Fields::parse(body, &["start"])?;
     let Some(start) = f.start()? else {
         return Err(bad(
@@ -438,7 +439,7 @@ async fn delete_group(
     Path((stream, group)): Path<(String, String)>,
 ) -> Answer {
     let (s, headers, stream, group) = (&*s, &headers, &stream[..], &group[..]);
-    allow(s, peer, headers, stream, &[Action::Consume])?;
+    allow(s, peer, headers, stream, &[Action::Admin])?;
     s.consumers
         .delete(stream, group)
         .await
@@ -709,6 +710,9 @@ async fn dlq_replay(
     )?;
     let f = Fields::parse(body, &["purge"])?;
     let purge = f.bool("purge")?.unwrap_or(false);
+    if purge {
+        allow(s, peer, headers, stream, &[Action::Admin])?;
+    }
     let source = need_stream(s, stream)?;
     let (_, dlq) = dlq_of(s, stream)?;
     let mut answer = ReplayAnswer {
@@ -789,7 +793,8 @@ async fn dlq_purge(
     body: Bytes,
 ) -> Answer {
     let (s, headers, stream, body) = (&*s, &headers, &stream[..], &body[..]);
-    allow(s, peer, headers, stream, &[Action::Consume])?;
+    // Dead letters dropped from view are dropped for every group.
+    allow(s, peer, headers, stream, &[Action::Admin])?;
     Fields::parse(body, &[])?;
     need_stream(s, stream)?;
     let (_, dlq) = dlq_of(s, stream)?;

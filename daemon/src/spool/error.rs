@@ -77,7 +77,10 @@ pub enum SpoolError {
     },
     #[error("disk full: {free} bytes free, floor {floor} bytes; appends wait for space")]
     DiskFull { free: u64, floor: u64 },
-    #[error("invalid stream name {0:?}: use 1-255 of A-Z a-z 0-9 . _ - (not starting with .)")]
+    #[error(
+        "invalid stream name {0:?}: use 1-251 of A-Z a-z 0-9 . _ - (not starting with .; \
+         its dead-letter stream <name>.dlq must fit in 255)"
+    )]
     BadStreamName(String),
     #[error("record of {0} bytes exceeds the limit (16 MiB and 32 KiB)")]
     TooLarge(usize),

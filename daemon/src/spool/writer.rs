@@ -588,9 +588,19 @@ impl Spool {
     }
 }
 
+/// Longest stream name: its dead-letter stream's name (`<name>.dlq`)
+/// must fit in the file system's 255 bytes too. A dead-letter stream's
+/// own name is up to 255.
+pub const MAX_STREAM_NAME: usize = 255 - ".dlq".len();
+
 fn valid_name(n: &str) -> bool {
+    let max = if n.ends_with(".dlq") {
+        255
+    } else {
+        MAX_STREAM_NAME
+    };
     !n.is_empty()
-        && n.len() <= 255
+        && n.len() <= max
         && !n.starts_with('.')
         && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
