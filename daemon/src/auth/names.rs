@@ -161,8 +161,10 @@ mod tests {
             ("*", "a/b", false),
             ("*", "../x", false),
             ("*", "a b", false),
-            ("*", &"x".repeat(256), false),
-            ("*", &"x".repeat(255), true),
+            ("*", &"x".repeat(252), false),
+            ("*", &"x".repeat(251), true),
+            // A dead-letter stream's name is up to 255.
+            ("*", &format!("{}.dlq", "x".repeat(251)), true),
         ];
         for (pattern, stream, want) in table {
             let p = StreamPattern::parse(pattern).unwrap();
