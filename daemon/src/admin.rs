@@ -6,7 +6,7 @@
 //! | `GET /health` | `200 {"status":"ok",...}`; `200 {"status":"degraded",...}` while damage found in the spool is unrepaired or a consumer group stopped at it; `503` while acks are held (disk full) or the daemon is stopping. Lists damage found and offsets given up by repairs |
 //! | `GET /streams` | JSON: each stream's name, first and durable end offsets, damage found, recoveries (torn tails cut, repairs, offsets given up), scrub progress |
 //! | `POST /spool/verify?stream=S` | JSON: every durable record, checkpoint, cursor and group state checked now, at full speed (admin principals only) |
-//! | `GET /streams/{name}/records?from=N&limit=M` | JSON: durable records from offset N (payloads in base64) |
+//! | `GET /streams/{name}/records?from=N&limit=M` | JSON: durable records from offset N (payloads in base64), at most `admin.page_bytes` of payload (one record always) |
 //! | `POST /streams/{name}/groups/{group}/fetch` | JSON: up to `max` messages for the group, long-polling up to `wait_ms` |
 //! | `POST /streams/{name}/groups/{group}/ack` | `{"acked":n}` once the acks are durable |
 //! | `POST /streams/{name}/groups/{group}/nack` | `{"nacked":n}`: delivered again after `delay_ms` |
@@ -24,6 +24,9 @@
 //! needs a principal allowed to consume the stream (replay: and to publish
 //! to it): `Authorization: Bearer <token>` (unless the daemon runs
 //! anonymously on loopback).
+//!
+//! [`crate::http_serve`] serves the router: the limits on connections,
+//! the timeouts, and the turns pages take.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,11 +44,12 @@ use tokio::net::TcpListener;
 
 use crate::auth::{Action, Principal};
 use crate::gate::Gate;
+use crate::http_serve::{page_answer, Http};
 use crate::metrics::Metrics;
 use crate::quic::QuicStats;
 use crate::spool::recoveries::Recovery;
 use crate::spool::writer::ScrubStats;
-use crate::spool::{Damage, Spool};
+use crate::spool::{Damage, Spool, SpoolError, Stream};
 use sluice_transport::lease::{Leases, SealedStats};
 
 /// Most records one `/records` request returns.
@@ -67,6 +71,9 @@ pub struct AdminState {
     /// The AF_XDP receive path, when it runs.
     pub xdp: Option<Arc<sluice_xdp::datapath::XdpStats>>,
     pub consumers: Arc<crate::consume::service::Consumers>,
+    /// The admin port's limits: connections, and the turns and size of
+    /// pages.
+    pub http: Arc<Http>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -80,11 +87,25 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
+/// Connections the kernel holds for the admin listener until they are
+/// accepted. The accept loop takes them at once (and closes those over a
+/// limit); a short queue would drop the SYNs of a burst (a flood, and
+/// whatever comes with it: health checks) for a second each.
+const ACCEPT_QUEUE: u32 = 4096;
+
 /// Binds the admin listener, with an error that says which address failed.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("admin listener {addr}: {e}")))
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(ACCEPT_QUEUE)
+    };
+    listen().map_err(|e| std::io::Error::new(e.kind(), format!("admin listener {addr}: {e}")))
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
@@ -327,40 +348,118 @@ async fn records(
     };
     let limit = q.limit.unwrap_or(1_000).clamp(1, MAX_RECORDS_PER_REQUEST);
     let from = q.from;
+    let permit = match s.http.page_permit().await {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let cap = s.http.page_bytes();
     // Reading touches files: off the async workers.
-    let page = tokio::task::spawn_blocking(move || {
-        let mut reader = stream.reader(from);
-        let mut records = Vec::new();
-        while records.len() < limit {
-            match reader.next_record()? {
-                Some((offset, r)) => records.push(RecordJson {
-                    offset,
-                    timestamp_us: r.timestamp_us,
-                    producer: r.producer,
-                    seq: r.seq,
-                    payload: base64::engine::general_purpose::STANDARD.encode(&r.payload),
-                }),
-                None => break,
-            }
-        }
-        Ok::<_, crate::spool::SpoolError>(RecordsPage {
-            stream: stream.name().to_owned(),
-            next: reader.position(),
-            durable_end: stream.durable_end(),
-            records,
-        })
-    })
-    .await;
+    let page = tokio::task::spawn_blocking(move || records_page(&stream, from, limit, cap)).await;
     match page {
-        Ok(Ok(page)) => Json(page).into_response(),
+        Ok(Ok(json)) => page_answer(json, Some(permit)),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
+/// A [`RecordsPage`] of `stream` from `from`, as JSON: at most `limit`
+/// records, and the page stops before the record that would take its
+/// payloads past `cap` bytes, unless that is the first (one record of the
+/// largest size always fits); `next` is where to go on. Each record is
+/// written out as it is read: the page's memory is its JSON and one
+/// record.
+fn records_page(stream: &Stream, from: u64, limit: usize, cap: u64) -> Result<Vec<u8>, SpoolError> {
+    let mut reader = stream.reader(from);
+    let mut out = b"{\"stream\":".to_vec();
+    json_into(&mut out, stream.name());
+    out.extend_from_slice(b",\"records\":[");
+    let (mut n, mut bytes, mut stopped_at) = (0, 0u64, None);
+    while n < limit {
+        let Some((offset, r)) = reader.next_record()? else {
+            break;
+        };
+        let len = r.payload.len() as u64;
+        if n > 0 && bytes + len > cap {
+            stopped_at = Some(offset);
+            break;
+        }
+        bytes += len;
+        if n > 0 {
+            out.push(b',');
+        }
+        json_into(
+            &mut out,
+            &RecordJson {
+                offset,
+                timestamp_us: r.timestamp_us,
+                producer: r.producer,
+                seq: r.seq,
+                payload: base64::engine::general_purpose::STANDARD.encode(&r.payload),
+            },
+        );
+        n += 1;
+    }
+    let next = stopped_at.unwrap_or_else(|| reader.position());
+    out.extend_from_slice(
+        format!(
+            "],\"next\":{next},\"durable_end\":{}}}",
+            stream.durable_end()
+        )
+        .as_bytes(),
+    );
+    Ok(out)
+}
+
+/// Appends `v` as JSON to `out`.
+pub(crate) fn json_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    serde_json::to_writer(out, v).expect("plain data serializes to JSON");
+}
+
 #[cfg(test)]
 mod tests {
-    use super::bearer_token;
+    use super::{bearer_token, records_page, RecordsPage};
+    use crate::spool::{Spool, SpoolConfig};
+
+    #[test]
+    fn a_page_stops_before_the_record_that_would_pass_the_cap_unless_it_is_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig {
+            min_free_bytes: 0,
+            ..SpoolConfig::default()
+        };
+        let spool = Spool::open(dir.path(), config).unwrap();
+        let stream = spool.stream("s").unwrap();
+        for (seq, len) in [5usize, 5, 20, 5, 1].into_iter().enumerate() {
+            let payload = bytes::Bytes::from(vec![b'x'; len]);
+            stream
+                .append(1, seq as u64 + 1, payload)
+                .blocking_recv()
+                .unwrap()
+                .unwrap();
+        }
+        let page = |from, limit| {
+            let json = records_page(&stream, from, limit, 12).unwrap();
+            let p: RecordsPage = serde_json::from_slice(&json).unwrap();
+            assert_eq!((p.stream.as_str(), p.durable_end), ("s", 5));
+            let offsets: Vec<u64> = p.records.iter().map(|r| r.offset).collect();
+            (offsets, p.next)
+        };
+        assert_eq!(
+            page(0, 100),
+            (vec![0, 1], 2),
+            "5 + 5 fit 12; 20 more do not"
+        );
+        assert_eq!(
+            page(2, 100),
+            (vec![2], 3),
+            "a record larger than a page comes alone"
+        );
+        assert_eq!(page(3, 100), (vec![3, 4], 5));
+        assert_eq!(page(3, 1), (vec![3], 4), "the count still counts");
+        assert_eq!(page(5, 100), (vec![], 5));
+        drop(stream);
+        spool.shutdown();
+    }
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive() {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::auth::{AuthConfig, Authenticator};
+use crate::consume::budget::ConsumerLimits;
 use crate::consume::group::GroupConfig;
 use crate::consume::service::{parse_key_rule, ConsumersConfig, GroupSettings};
 use crate::consume::store::check_group_name;
@@ -123,9 +124,9 @@ pub struct Quic {
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
     pub listen: SocketAddr,
-    /// Connections open at once, in all and from one source address; more
-    /// are closed at once (a reserve of file descriptors stays for the
-    /// spool and `/health`).
+    /// Connections open at once, in all and from one source address; one
+    /// more takes the place of an idle one, or is closed at once (a reserve
+    /// of file descriptors stays for the spool and `/health`).
     pub max_connections: usize,
     pub max_connections_per_source: usize,
     /// A request's headers must arrive within this, e.g. "10s".
@@ -176,6 +177,9 @@ pub struct Streams {
     pub names: Vec<String>,
     /// Create a stream when a producer first publishes to it.
     pub auto_create: bool,
+    /// Streams at most (dead-letter streams not counted); a new one past
+    /// it is refused.
+    pub max_streams: usize,
 }
 
 /// The AF_XDP receive path: the data port's packets straight from the NIC
@@ -304,12 +308,12 @@ impl Default for Consumers {
             max_ack_extension: "12h".into(),
             max_deliveries: 5,
             read_ahead: 4096,
-            read_ahead_bytes: 64 << 20,
+            read_ahead_bytes: 16 << 20,
             max_member_messages: 10_000,
             max_member_bytes: 16 << 20,
             max_connection_bytes: 64 << 20,
             max_out_bytes: 256 << 20,
-            max_groups: 256,
+            max_groups: 64,
             groups: Vec::new(),
         }
     }
@@ -408,6 +412,7 @@ impl Default for Streams {
         Streams {
             names: Vec::new(),
             auto_create: true,
+            max_streams: 1024,
         }
     }
 }
@@ -568,6 +573,9 @@ pub struct Args {
     /// [streams.auto_create] create streams on first publish (true/false).
     #[arg(long, env = "SLUICED_STREAMS_AUTO_CREATE")]
     pub streams_auto_create: Option<bool>,
+    /// [streams.max_streams] streams at most; a new one past it is refused.
+    #[arg(long, env = "SLUICED_STREAMS_MAX_STREAMS")]
+    pub streams_max_streams: Option<usize>,
     /// [xdp.interface] attach the AF_XDP receive path to this interface
     /// (empty: off).
     #[arg(long, env = "SLUICED_XDP_INTERFACE")]
@@ -713,6 +721,7 @@ impl Config {
         set!(c.spool.scrub_interval, args.spool_scrub_interval);
         set!(c.streams.names, args.streams);
         set!(c.streams.auto_create, args.streams_auto_create);
+        set!(c.streams.max_streams, args.streams_max_streams);
         set!(c.xdp.interface, args.xdp_interface);
         set!(c.xdp.queues, args.xdp_queues);
         set!(c.xdp.mode, args.xdp_mode);
@@ -805,6 +814,7 @@ impl Config {
             ),
             ("admin.max_page_requests", self.admin.max_page_requests),
             ("consumers.max_groups", self.consumers.max_groups),
+            ("streams.max_streams", self.streams.max_streams),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1"));
@@ -1054,6 +1064,7 @@ impl Config {
             min_free_bytes: self.spool.min_free_bytes,
             retention_bytes: (self.spool.retention_bytes > 0).then_some(self.spool.retention_bytes),
             retention_age: self.retention_age()?,
+            max_streams: self.streams.max_streams,
         })
     }
 }
@@ -1137,7 +1148,31 @@ impl Config {
                 },
             ));
         }
-        Ok(ConsumersConfig { defaults, groups })
+        for (key, v) in [
+            ("consumers.max_member_bytes", c.max_member_bytes),
+            ("consumers.max_connection_bytes", c.max_connection_bytes),
+            ("consumers.max_out_bytes", c.max_out_bytes),
+            (
+                "consumers.max_member_messages",
+                c.max_member_messages as u64,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        let limits = ConsumerLimits {
+            max_member_messages: c.max_member_messages,
+            max_member_bytes: c.max_member_bytes,
+            max_connection_bytes: c.max_connection_bytes,
+            max_out_bytes: c.max_out_bytes,
+            max_groups: c.max_groups,
+        };
+        Ok(ConsumersConfig {
+            limits,
+            defaults,
+            groups,
+        })
     }
 }
 

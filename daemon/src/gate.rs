@@ -2,6 +2,8 @@
 //! of the raw-UDP fast path) is tied to a principal, found by its client
 //! certificate or its API token. Failures are counted by reason and logged
 //! with the peer's address, at a bounded rate (anyone can fail on purpose).
+//! So are connections refused because the daemon, or their principal, holds
+//! its most QUIC connections (see `crate::quic`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -24,14 +26,22 @@ pub enum Denied {
     UnknownCertificate,
     /// A principal asked for what it may not do.
     Forbidden,
+    /// Authenticated, but the daemon holds `quic.max_connections` QUIC
+    /// connections already.
+    ConnectionLimit,
+    /// Authenticated, but its principal holds
+    /// `quic.max_connections_per_principal` QUIC connections already.
+    PrincipalConnectionLimit,
 }
 
 impl Denied {
-    pub const ALL: [Denied; 4] = [
+    pub const ALL: [Denied; 6] = [
         Denied::NoCredentials,
         Denied::BadToken,
         Denied::UnknownCertificate,
         Denied::Forbidden,
+        Denied::ConnectionLimit,
+        Denied::PrincipalConnectionLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +50,8 @@ impl Denied {
             Denied::BadToken => "bad_token",
             Denied::UnknownCertificate => "unknown_certificate",
             Denied::Forbidden => "forbidden",
+            Denied::ConnectionLimit => "connection_limit",
+            Denied::PrincipalConnectionLimit => "principal_connection_limit",
         }
     }
 
@@ -50,6 +62,10 @@ impl Denied {
             Denied::BadToken => "invalid token",
             Denied::UnknownCertificate => "client certificate not mapped to any principal",
             Denied::Forbidden => "not allowed",
+            Denied::ConnectionLimit => "too many QUIC connections (quic.max_connections)",
+            Denied::PrincipalConnectionLimit => {
+                "too many QUIC connections of this principal (quic.max_connections_per_principal)"
+            }
         }
     }
 }
@@ -59,7 +75,7 @@ pub struct Gate {
     /// No principals configured and loopback only: everyone is anonymous.
     anonymous: bool,
     /// Per [`Denied::ALL`].
-    pub denied: [AtomicU64; 4],
+    pub denied: [AtomicU64; Denied::ALL.len()],
     log: Mutex<LogLimit>,
 }
 
@@ -122,6 +138,15 @@ impl Gate {
             "principal {:?} may not {action} stream {stream:?}",
             principal.name
         ))
+    }
+
+    /// Counts and logs (at a bounded rate) a connection of `principal`
+    /// refused elsewhere (over a connection limit).
+    pub fn refused(&self, peer: SocketAddr, d: Denied, principal: &str) {
+        self.denied[d as usize].fetch_add(1, Relaxed);
+        if let Some(suppressed) = self.log.lock().unwrap().allow(Instant::now()) {
+            warn!(%peer, reason = d.as_str(), principal, suppressed, "connection refused");
+        }
     }
 
     fn deny(&self, peer: SocketAddr, d: Denied, stream: &str) {
@@ -195,8 +220,9 @@ mod tests {
                 .name,
             "ingest"
         );
+        gate.refused(peer(), Denied::PrincipalConnectionLimit, "ingest");
         let counts: Vec<u64> = gate.denied.iter().map(|c| c.load(Relaxed)).collect();
-        assert_eq!(counts, vec![1, 1, 1, 1]);
+        assert_eq!(counts, vec![1, 1, 1, 1, 0, 1]);
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub fn main(
         return ExitCode::SUCCESS;
     }
     init_tracing(&config);
+    raise_open_files();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -72,6 +73,50 @@ fn init_tracing(config: &Config) {
     } else {
         builder.try_init()
     };
+}
+
+/// Raises the soft limit on open files to the hard one, where allowed:
+/// connections, segment files and group journals all take descriptors,
+/// and a soft limit of 1024 (a common default) is soon reached. The admin
+/// port keeps a reserve of them (`http_serve::fd_reserve`) whatever the
+/// limit is; this only makes more room. Logs what it got.
+fn raise_open_files() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `l`, which lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open-files limit");
+        return;
+    }
+    let soft = l.rlim_cur;
+    if soft >= l.rlim_max {
+        tracing::info!(open_files = soft, "open-files limit (soft = hard)");
+        return;
+    }
+    // An unlimited hard limit is refused as a soft one: the kernel's
+    // ceiling (fs.nr_open) is the most a process can have.
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|v| v.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(l.rlim_max);
+    l.rlim_cur = l.rlim_max.min(ceiling);
+    // SAFETY: setrlimit reads `l`.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } == 0 {
+        tracing::info!(
+            from = soft,
+            to = l.rlim_cur,
+            "raised the soft open-files limit to the hard limit"
+        );
+    } else {
+        tracing::warn!(
+            soft,
+            hard = l.rlim_max,
+            error = %std::io::Error::last_os_error(),
+            "cannot raise the soft open-files limit; the admin port keeps fewer connections"
+        );
+    }
 }
 
 /// SIGTERM (service managers), SIGINT (Ctrl-C), or `also`.

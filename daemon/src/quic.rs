@@ -2,7 +2,15 @@
 //! authentication, publishing over QUIC streams, and leases of the
 //! authenticated raw-UDP fast path. The messages are in
 //! `sluice_transport::quic::control` and WIRE.md.
+//!
+//! An authenticated connection holds a slot of [`ConnectionLimits`] while
+//! it lives: `quic.max_connections` in all, `quic.max_connections_per_principal`
+//! per token or client certificate (the anonymous principal of a loopback
+//! daemon is everyone: only the total applies to it). One over a limit is
+//! closed with [`close_code::CONNECTION_LIMIT`] and the limit's name,
+//! instead of its AUTH_OK, and counted (`sluice_auth_denied_total{reason}`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -22,10 +30,10 @@ use sluice_transport::wire::CloseCode;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::auth::{Action, Principal};
+use crate::auth::{Action, Principal, PrincipalKind};
 use crate::consume::service::Consumers;
 use crate::consume::subscriber::{self, Subscription};
-use crate::gate::Gate;
+use crate::gate::{Denied, Gate};
 use crate::identity::{self, Identity};
 use crate::ingest::{Ingest, IngestShared};
 use crate::log_limit::LogLimit;
@@ -58,6 +66,102 @@ struct Plane {
     consumers: Arc<Consumers>,
     stats: Arc<QuicStats>,
     handshake_log: Mutex<LogLimit>,
+    limits: Arc<ConnectionLimits>,
+}
+
+/// Who holds how many authenticated QUIC connections, against the limits.
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    max: usize,
+    per_principal: usize,
+    held: Mutex<Held>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    total: usize,
+    /// By principal (a token and a certificate may share a name: the kind
+    /// tells them apart). No entry at zero.
+    by_principal: HashMap<(PrincipalKind, String), usize>,
+}
+
+/// One connection's place within the limits, given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    limits: Arc<ConnectionLimits>,
+    /// `None` for the anonymous principal (not limited per principal).
+    principal: Option<(PrincipalKind, String)>,
+}
+
+impl ConnectionLimits {
+    pub fn new(max: usize, per_principal: usize) -> Arc<Self> {
+        Arc::new(ConnectionLimits {
+            max,
+            per_principal,
+            held: Mutex::default(),
+        })
+    }
+
+    /// A slot for one more connection of `p`, or which limit it is over and
+    /// what to tell it.
+    pub fn admit(self: &Arc<Self>, p: &Principal) -> Result<Slot, (Denied, String)> {
+        let mut held = self.held.lock().unwrap();
+        if held.total >= self.max {
+            return Err((
+                Denied::ConnectionLimit,
+                format!(
+                    "too many QUIC connections: {} open, the most allowed (quic.max_connections)",
+                    held.total
+                ),
+            ));
+        }
+        let key = (p.kind != PrincipalKind::Anonymous).then(|| (p.kind, p.name.clone()));
+        if let Some(key) = &key {
+            let n = held.by_principal.get(key).copied().unwrap_or(0);
+            if n >= self.per_principal {
+                return Err((
+                    Denied::PrincipalConnectionLimit,
+                    format!(
+                        "too many QUIC connections of principal {:?}: {n} open, the most \
+                         allowed (quic.max_connections_per_principal)",
+                        p.name
+                    ),
+                ));
+            }
+            *held.by_principal.entry(key.clone()).or_insert(0) += 1;
+        }
+        held.total += 1;
+        Ok(Slot {
+            limits: self.clone(),
+            principal: key,
+        })
+    }
+
+    /// Connections held now: in all, and by `p`.
+    pub fn held(&self, p: &Principal) -> (usize, usize) {
+        let held = self.held.lock().unwrap();
+        let mine = held
+            .by_principal
+            .get(&(p.kind, p.name.clone()))
+            .copied()
+            .unwrap_or(0);
+        (held.total, mine)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.limits.held.lock().unwrap();
+        held.total -= 1;
+        if let Some(key) = self.principal.take() {
+            if let Some(n) = held.by_principal.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    held.by_principal.remove(&key);
+                }
+            }
+        }
+    }
 }
 
 /// The running QUIC plane.
@@ -83,6 +187,9 @@ pub struct QuicSetup {
     /// SO_RCVBUF of the QUIC socket (0: the kernel's default).
     pub recv_buffer: usize,
     pub consumers: Arc<Consumers>,
+    /// Authenticated connections open at once, in all and per principal.
+    pub max_connections: usize,
+    pub max_connections_per_principal: usize,
 }
 
 impl QuicPlane {
@@ -130,6 +237,10 @@ impl QuicPlane {
             consumers: setup.consumers,
             stats: Arc::default(),
             handshake_log: Mutex::new(LogLimit::new(5)),
+            limits: ConnectionLimits::new(
+                setup.max_connections,
+                setup.max_connections_per_principal,
+            ),
         });
         let accept = tokio::spawn(accept_loop(endpoint.clone(), plane.clone()));
         Ok(QuicPlane {
@@ -194,7 +305,8 @@ async fn accept_loop(endpoint: quinn::Endpoint, plane: Arc<Plane>) {
 /// streams it opens.
 async fn serve_connection(conn: Connection, plane: &Arc<Plane>) {
     let peer = conn.remote_address();
-    let principal = match authenticate(&conn, plane).await {
+    // The slot is held until the connection ends (this function returns).
+    let (principal, _slot) = match authenticate(&conn, plane).await {
         Ok(p) => p,
         Err((code, reason)) => {
             conn.close(code.into(), reason.as_bytes());
@@ -219,7 +331,10 @@ async fn serve_connection(conn: Connection, plane: &Arc<Plane>) {
     }
 }
 
-async fn authenticate(conn: &Connection, plane: &Plane) -> Result<Principal, (u32, String)> {
+async fn authenticate(
+    conn: &Connection,
+    plane: &Plane,
+) -> Result<(Principal, Slot), (u32, String)> {
     let peer = conn.remote_address();
     let protocol = |what: &str| (close_code::PROTOCOL, format!("expected AUTH: {what}"));
     let (mut send, recv) = tokio::time::timeout(FIRST_MESSAGE, conn.accept_bi())
@@ -246,6 +361,10 @@ async fn authenticate(conn: &Connection, plane: &Plane) -> Result<Principal, (u3
         .gate
         .principal(peer, &token, cn.as_deref())
         .map_err(|d| (close_code::AUTH_FAILED, d.reason().to_owned()))?;
+    let slot = plane.limits.admit(&principal).map_err(|(d, reason)| {
+        plane.gate.refused(peer, d, &principal.name);
+        (close_code::CONNECTION_LIMIT, reason)
+    })?;
     let ok = Control::AuthOk {
         principal: principal.name.clone(),
     };
@@ -257,7 +376,7 @@ async fn authenticate(conn: &Connection, plane: &Plane) -> Result<Principal, (u3
         let _keep = send;
         while let Ok(Some(_)) = recv.next().await {}
     });
-    Ok(principal)
+    Ok((principal, slot))
 }
 
 /// One stream: publish over it, lease the fast path, or consume.
@@ -410,4 +529,64 @@ pub(crate) async fn refuse(send: &mut SendStream, code: RefuseCode, reason: &str
     };
     let _ = frame::write(send, &msg.encode()).await;
     let _ = send.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Permissions;
+
+    fn principal(name: &str, kind: PrincipalKind) -> Principal {
+        Principal {
+            name: name.into(),
+            kind,
+            permissions: Permissions::default(),
+        }
+    }
+
+    #[test]
+    fn connections_are_limited_per_principal_and_in_all_and_given_back() {
+        let limits = ConnectionLimits::new(5, 2);
+        let a = principal("a", PrincipalKind::Token);
+        let b = principal("b", PrincipalKind::Token);
+        // A certificate named like a token is another principal.
+        let a_cert = principal("a", PrincipalKind::ClientCert);
+        let a1 = limits.admit(&a).unwrap();
+        let _a2 = limits.admit(&a).unwrap();
+        let (d, reason) = limits.admit(&a).unwrap_err();
+        assert_eq!(d, Denied::PrincipalConnectionLimit);
+        assert!(
+            reason.contains("\"a\"") && reason.contains("max_connections_per_principal"),
+            "{reason}"
+        );
+        let _b1 = limits.admit(&b).unwrap();
+        let _c1 = limits.admit(&a_cert).unwrap();
+        assert_eq!(limits.held(&a), (4, 2));
+        // A closed connection gives its slot back.
+        drop(a1);
+        assert_eq!(limits.held(&a), (3, 1));
+        let _a3 = limits.admit(&a).unwrap();
+        let _b2 = limits.admit(&b).unwrap();
+        // Five in all: the total refuses whoever comes next.
+        let (d, reason) = limits
+            .admit(&principal("c", PrincipalKind::Token))
+            .unwrap_err();
+        assert_eq!(d, Denied::ConnectionLimit);
+        assert!(reason.contains("quic.max_connections"), "{reason}");
+        assert_eq!(limits.held(&a).0, 5);
+    }
+
+    #[test]
+    fn the_anonymous_principal_is_limited_by_the_total_only() {
+        let limits = ConnectionLimits::new(10, 2);
+        let anyone = principal("anonymous", PrincipalKind::Anonymous);
+        let slots: Vec<Slot> = (0..10).map(|_| limits.admit(&anyone).unwrap()).collect();
+        assert_eq!(
+            limits.admit(&anyone).unwrap_err().0,
+            Denied::ConnectionLimit
+        );
+        drop(slots);
+        assert_eq!(limits.held(&anyone), (0, 0));
+        assert!(limits.held.lock().unwrap().by_principal.is_empty());
+    }
 }

@@ -19,6 +19,7 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
 use crate::consume::service::{ConsumeError, Consumers};
 use crate::gate::Gate;
+use crate::http_serve::{self, Http};
 use crate::identity::{self, IdentityError};
 use crate::ingest::{Ingest, IngestShared};
 use crate::metrics::Metrics;
@@ -143,6 +144,7 @@ pub async fn run(
     );
     let receiver = ReceiverConfig {
         max_datagram: config.data.max_datagram,
+        max_sessions_per_source: config.data.max_sessions_per_source,
         ..ReceiverConfig::default()
     };
     // AF_XDP when configured: the program takes the data port's packets off
@@ -178,6 +180,8 @@ pub async fn run(
         reset_key: identity::reset_key(&config.spool.dir)?,
         recv_buffer: config.data.recv_buffer,
         consumers: consumers.clone(),
+        max_connections: config.quic.max_connections,
+        max_connections_per_principal: config.quic.max_connections_per_principal,
     })
     .map_err(ServerError::Quic)?;
     let bound = Bound {
@@ -185,6 +189,7 @@ pub async fn run(
         quic: quic.local_addr,
         admin: admin_listener.local_addr().map_err(ServerError::Admin)?,
     };
+    let http = Arc::new(Http::new(config.admin_limits()?));
     let state = Arc::new(AdminState {
         metrics,
         socket: server.stats(),
@@ -196,14 +201,10 @@ pub async fn run(
         sealed,
         xdp: xdp_path.as_ref().map(XdpPath::stats),
         consumers: consumers.clone(),
+        http: http.clone(),
     });
-    let app = admin::router(state.clone());
-    let admin_task = tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(admin_listener, app).await {
-            warn!(error = %e, "admin endpoint stopped");
-        }
-    });
+    // Served within the admin limits (connections, timeouts, pages).
+    let admin = http_serve::serve(admin_listener, admin::router(state.clone()), http);
     info!(
         data = %bound.data,
         quic = %bound.quic,
@@ -241,7 +242,7 @@ pub async fn run(
     // Detaches the program: nothing of sluice stays on the interface.
     drop(xdp_path);
     drop(ingest);
-    admin_task.abort();
+    admin.shutdown().await;
     scrub_stop.store(true, Ordering::Relaxed);
     let spool_done = tokio::task::spawn_blocking(move || spool.shutdown());
     let remaining = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);

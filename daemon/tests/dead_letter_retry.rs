@@ -71,6 +71,7 @@ async fn one_member(fs: &SimFs, min_free_bytes: u64) -> (Arc<Spool>, Arc<Consume
                 ..GroupSettings::default()
             },
             groups: Vec::new(),
+            ..ConsumersConfig::default()
         },
     );
     let window = Credit::Window {
@@ -78,7 +79,14 @@ async fn one_member(fs: &SimFs, min_free_bytes: u64) -> (Arc<Spool>, Arc<Consume
         bytes: u64::MAX,
     };
     let mut member = consumers
-        .join("s", "g", StartAt::Earliest, "m".into(), window)
+        .join(
+            "s",
+            "g",
+            StartAt::Earliest,
+            "m".into(),
+            window,
+            "127.0.0.1:1".parse().unwrap(),
+        )
         .await
         .unwrap();
     let first = member.deliveries.recv().await.unwrap();

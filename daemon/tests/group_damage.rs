@@ -73,7 +73,14 @@ async fn join(consumers: &Consumers) -> Result<Member, ConsumeError> {
         bytes: u64::MAX,
     };
     consumers
-        .join("s", "g", StartAt::Earliest, "m".into(), credit)
+        .join(
+            "s",
+            "g",
+            StartAt::Earliest,
+            "m".into(),
+            credit,
+            "127.0.0.1:1".parse().unwrap(),
+        )
         .await
 }
 

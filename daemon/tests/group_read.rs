@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sluice_daemon::consume::budget::ConsumerLimits;
 use sluice_daemon::consume::group::Credit;
 use sluice_daemon::consume::service::{Consumers, ConsumersConfig};
 use sluice_daemon::spool::simfs::SimFs;
@@ -34,13 +35,32 @@ async fn a_large_backlog_is_read_in_slices_and_arrives_whole() {
     let s = spool.stream("big").unwrap();
     s.append_batch(records).await.unwrap().unwrap();
 
-    let consumers = Consumers::new(spool.clone(), ConsumersConfig::default());
+    // The whole backlog may be out with the member at once (the daemon's
+    // default clamps a member to 16 MiB).
+    let limits = ConsumerLimits {
+        max_member_bytes: 1 << 30,
+        max_connection_bytes: 1 << 30,
+        max_out_bytes: 1 << 30,
+        ..ConsumerLimits::default()
+    };
+    let config = ConsumersConfig {
+        limits,
+        ..ConsumersConfig::default()
+    };
+    let consumers = Consumers::new(spool.clone(), config);
     let credit = Credit::Window {
         messages: 1_000,
         bytes: u64::MAX,
     };
     let mut member = consumers
-        .join("big", "g", StartAt::Earliest, "m".into(), credit)
+        .join(
+            "big",
+            "g",
+            StartAt::Earliest,
+            "m".into(),
+            credit,
+            "127.0.0.1:1".parse().unwrap(),
+        )
         .await
         .unwrap();
 

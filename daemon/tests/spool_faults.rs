@@ -323,3 +323,25 @@ async fn a_floor_of_free_space_holds_acks_until_space_returns() {
     assert_eq!(out, Outcome::Stored { offset: 0 });
     assert!(!s.health().disk_full);
 }
+
+#[test]
+fn new_streams_past_the_limit_are_refused() {
+    let fs = SimFs::new();
+    let spool = Spool::open_with(
+        Arc::new(fs),
+        Path::new("/data"),
+        SpoolConfig {
+            max_streams: 2,
+            ..SpoolConfig::default()
+        },
+    )
+    .unwrap();
+    spool.stream("a").unwrap();
+    spool.stream("b").unwrap();
+    let e = spool.stream("c").err().expect("a third stream is refused");
+    assert!(e.to_string().contains("streams.max_streams"), "{e}");
+    // A dead-letter stream does not count; a stream on disk opens again.
+    spool.stream("a.dlq").unwrap();
+    spool.shutdown();
+    spool.stream("b").unwrap();
+}

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod consume;
 pub mod daemon;
+pub mod flood;
 pub mod load;
 pub mod pki;
 pub mod privilege;

@@ -401,6 +401,61 @@ async fn a_long_poll_returns_as_soon_as_a_message_is_durable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_delay_past_the_longest_extension_is_cut_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DaemonSpec::new(sluiced_bin!(), dir.path())
+        .arg("--consumers-max-ack-extension")
+        .arg("1s");
+    let _daemon = spec.start();
+    publish(&spec, "parked", 1, payloads("m", 1)).await;
+    let mut c = consumer(&spec, "parked", options(&spec, "g")).await;
+    let first = next(&mut c, Duration::from_secs(10)).await;
+    // Duration::MAX goes on the wire as 2^64 - 1 ms.
+    first.nack(Duration::MAX);
+    let nacked = Instant::now();
+    let again = next(&mut c, Duration::from_secs(10)).await;
+    assert_eq!((again.offset, again.delivery), (first.offset, 2));
+    assert!(
+        nacked.elapsed() >= Duration::from_millis(800),
+        "came back after {:?}",
+        nacked.elapsed()
+    );
+    again.ack();
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_gets_at_most_a_members_message_credit() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DaemonSpec::new(sluiced_bin!(), dir.path())
+        .arg("--consumers-max-member-messages")
+        .arg("5");
+    let _daemon = spec.start();
+    publish(&spec, "pulled", 1, payloads("m", 20)).await;
+    let mut o = options(&spec, "pullers");
+    o.mode = ConsumeMode::Pull;
+    let mut c = consumer(&spec, "pulled", o).await;
+    let mut seen = BTreeSet::new();
+    for _ in 0..4 {
+        let got = c.fetch(1_000_000, Duration::from_secs(5)).await.unwrap();
+        assert!(
+            (1..=5).contains(&got.len()),
+            "a fetch of a million got {}",
+            got.len()
+        );
+        for d in &got {
+            assert!(seen.insert(d.offset), "offset {} twice", d.offset);
+            d.ack();
+        }
+        if seen.len() == 20 {
+            break;
+        }
+    }
+    assert!(seen.len() >= 4, "four fetches got {}", seen.len());
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflating_group_that_fell_behind_gets_the_latest_per_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sluiced.toml");

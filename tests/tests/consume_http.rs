@@ -75,6 +75,31 @@ fn sluice(args: &[&str]) -> Output {
 }
 
 #[test]
+fn a_nack_delay_past_the_longest_extension_is_cut_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, d) = start(dir.path(), &["--consumers-max-ack-extension", "1s"]);
+    publish(sluice_bin!(), &spec, "jobs", 1, &["a"], None);
+    assert_eq!(
+        fetch(&d, json!({"max": 1, "wait_ms": 5000})),
+        [(0, 1, "a".into())]
+    );
+    // 2^64 - 1 ms: some 584 million years, uncapped.
+    let nack = json!({"offsets": [0], "delay_ms": u64::MAX}).to_string();
+    assert_eq!(ok(post(d.admin, NACK, &nack, None)), json!({"nacked": 1}));
+    let asked = Instant::now();
+    assert_eq!(
+        fetch(&d, json!({"max": 1, "wait_ms": 20000})),
+        [(0, 2, "a".into())],
+        "the nacked message comes back after the longest extension"
+    );
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(10),
+        "came back after {waited:?}"
+    );
+}
+
+#[test]
 fn fetch_ack_nack_redelivery_and_long_poll() {
     let dir = tempfile::tempdir().unwrap();
     let (spec, d) = start(dir.path(), &["--consumers-ack-deadline", "1s"]);

@@ -399,13 +399,42 @@ fn a_restart_after_kill9_replaces_what_was_left_and_carries_on() {
     assert_stored_once(dir.path(), "events", &acked, 30_000);
 }
 
+/// `[[auth.tokens]]` with one token allowed to publish to `stream`, in
+/// `dir/sluiced.toml`; returns the token and the file.
+fn token_config(dir: &Path, stream: &str) -> (String, String) {
+    let token = sluice_daemon::auth::new_token();
+    let config = dir.join("sluiced.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.tokens]]\nname = \"xdp\"\nhash = \"{}\"\npublish = [\"{stream}\"]\n",
+            sluice_daemon::auth::hash_token(&token)
+        ),
+    )
+    .unwrap();
+    (token, config.display().to_string())
+}
+
 #[test]
 fn xdp_errors_name_the_key_and_fallback_runs_on_the_socket() {
-    // No root needed: the interface is looked up before anything else.
+    // No root needed: configuration is checked, then the interface looked
+    // up, before anything else.
     let dir = tempfile::tempdir().unwrap();
-    let spec = DaemonSpec::new(sluice_tests::sluiced_bin!(), dir.path())
+    // Anonymous mode with an XDP interface is refused: packets come from
+    // a NIC, from off the machine, whatever the listeners' addresses.
+    let anonymous = DaemonSpec::new(sluice_tests::sluiced_bin!(), dir.path())
         .arg("--xdp-interface")
         .arg("nosuchif0");
+    let line = anonymous.command_line();
+    let out = Command::new(&line[0]).args(&line[1..]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "anonymous with XDP: {err}");
+    assert!(
+        err.contains("`auth`") && err.contains("xdp.interface"),
+        "the refusal names auth and xdp.interface: {err}"
+    );
+    let (token, config) = token_config(dir.path(), "events");
+    let spec = anonymous.arg("--config").arg(&config);
     let line = spec.command_line();
     let out = Command::new(&line[0]).args(&line[1..]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -418,8 +447,10 @@ fn xdp_errors_name_the_key_and_fallback_runs_on_the_socket() {
         "the error names the key, the interface and the way out: {err}"
     );
     let bad = DaemonSpec::new(sluice_tests::sluiced_bin!(), dir.path())
+        .arg("--config")
+        .arg(&config)
         .arg("--xdp-interface")
-        .arg("lo")
+        .arg("eth9")
         .arg("--xdp-mode")
         .arg("fast");
     let line = bad.command_line();
@@ -432,7 +463,7 @@ fn xdp_errors_name_the_key_and_fallback_runs_on_the_socket() {
     let acked = tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(load::run_all(
-            plans(&spec.fast_path(), "events", 1, 100, 50),
+            plans(&target(&spec, &token), "events", 1, 100, 50),
             Duration::from_secs(60),
         ));
     let status = d.terminate(Duration::from_secs(30));
@@ -550,4 +581,39 @@ fn a_missing_queue_or_unsupported_bind_mode_is_a_clear_error() {
     let status = d.terminate(Duration::from_secs(30));
     assert!(status.success());
     assert_stored_once(dir.path(), "events", &acked, 1_000);
+}
+
+/// The same refusal on a real interface, in the test's own namespace: a
+/// daemon whose listeners are all on loopback but whose XDP program would
+/// sit on a veth does not start without principals.
+#[test]
+fn anonymous_mode_is_refused_on_a_real_xdp_interface() {
+    const TEST: &str = "xdp_anonymous";
+    if !require_netns(TEST, false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let net = Link::create("xa", 1);
+    let spec = DaemonSpec::new(sluice_tests::sluiced_bin!(), dir.path())
+        .arg("--xdp-interface")
+        .arg(&net.b.iface);
+    let line = spec.command_line();
+    let out = net
+        .b
+        .ns
+        .command(&line[0])
+        .args(&line[1..])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("`auth`") && err.contains("xdp.interface"),
+        "{err}"
+    );
+    assert!(
+        attached(&net.b.ns, &net.b.iface).is_empty(),
+        "nothing was attached to {}",
+        net.b.iface
+    );
 }

@@ -7,5 +7,6 @@ use clap::Parser;
 use sluice_daemon::config::Args;
 
 fn main() -> ExitCode {
+    sluice_daemon::memory::start_trimmer();
     sluice_daemon::launch::main(Args::parse(), std::future::pending(), |_| {})
 }

@@ -93,7 +93,7 @@ impl Default for GroupConfig {
             max_ack_extension: Duration::from_secs(12 * 3600),
             max_deliveries: 5,
             read_ahead: 4096,
-            read_ahead_bytes: 64 << 20,
+            read_ahead_bytes: 16 << 20,
             conflate: None,
         }
     }
@@ -347,7 +347,12 @@ impl Group {
     /// least one record's worth), the group wants read now, from
     /// [`next_read`](Self::next_read).
     pub fn wants(&self) -> (usize, u64) {
-        if self.next >= self.end || self.ready_bytes >= self.config.read_ahead_bytes {
+        // Nobody to deliver to: nothing is read ahead (a group nobody
+        // consumes holds no payloads, however many groups there are).
+        if self.members.is_empty()
+            || self.next >= self.end
+            || self.ready_bytes >= self.config.read_ahead_bytes
+        {
             return (0, 0);
         }
         let room = self.config.read_ahead.saturating_sub(self.ready_count);
@@ -438,6 +443,7 @@ impl Group {
             self.fail(offset, AttemptOutcome::MemberLeft, now, now);
         }
         self.members.remove(&member);
+        self.unload_if_alone();
     }
 
     /// A member goes without handing back what it holds: those messages
@@ -445,6 +451,35 @@ impl Group {
     /// whose client acks later over other requests).
     pub fn detach(&mut self, member: MemberId) {
         self.members.remove(&member);
+        self.unload_if_alone();
+    }
+
+    /// With no member left, ready messages give their records back: they
+    /// are read again from the spool when a member joins. The memory of
+    /// what was read ahead returns when the group's last consumer goes.
+    fn unload_if_alone(&mut self) {
+        if !self.members.is_empty() {
+            return;
+        }
+        for offset in std::mem::take(&mut self.fresh) {
+            let Some(p) = self.pending.get_mut(offset) else {
+                continue;
+            };
+            if matches!(p.place, Place::Ready) && !self.again.contains(&offset) {
+                // Still counted ready (`ready_count`, `ready_bytes`), now
+                // among those delivered again first, in offset order.
+                p.record = None;
+                self.again.insert(offset);
+                self.unloaded.insert(offset);
+            }
+        }
+        for &offset in &self.again {
+            if let Some(p) = self.pending.get_mut(offset) {
+                if p.record.take().is_some() {
+                    self.unloaded.insert(offset);
+                }
+            }
+        }
     }
 
     /// A member's new credit.
@@ -726,6 +761,9 @@ impl Group {
     /// (with [`restore`](Self::restore)) before they can go out again,
     /// in offset order.
     pub fn unloaded(&self) -> Vec<u64> {
+        if self.members.is_empty() {
+            return Vec::new();
+        }
         self.unloaded.iter().copied().collect()
     }
 
@@ -1053,6 +1091,23 @@ mod tests {
         assert!(send(&mut g, t0 + Duration::from_secs(4)).is_empty());
         assert_eq!(g.next_timer(), Some(t0 + Duration::from_secs(5)));
         assert_eq!(send(&mut g, t0 + Duration::from_secs(5)).len(), 1);
+    }
+
+    #[test]
+    fn a_nack_delay_is_capped_like_an_extension() {
+        let t0 = Instant::now();
+        let config = GroupConfig {
+            max_ack_extension: Duration::from_secs(60),
+            ..GroupConfig::default()
+        };
+        let mut g = group(config, 1);
+        g.join(1, "a".into(), window(5));
+        send(&mut g, t0);
+        // 2^64 - 1 ms: ~584 million years, without the cap.
+        g.nack(Some(1), &[0], Duration::from_millis(u64::MAX), t0);
+        assert!(send(&mut g, t0 + Duration::from_secs(59)).is_empty());
+        let again = send(&mut g, t0 + Duration::from_secs(60));
+        assert_eq!((again.len(), again[0].delivery), (1, 2));
     }
 
     #[test]

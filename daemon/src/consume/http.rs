@@ -53,8 +53,9 @@ use super::dead_letter::{self, DeadLetter};
 use super::group::Delivery;
 use super::service::{ConsumeError, GroupHandle, GroupStats, StartAt};
 use super::subscriber::to_wire;
-use crate::admin::{error, principal, AdminState};
+use crate::admin::{error, json_into, principal, AdminState};
 use crate::auth::Action;
+use crate::http_serve::{page_answer, PagePermit};
 use crate::spool::writer::now_us;
 use crate::spool::{Cursor, Outcome, Record, SpoolError, Stream};
 
@@ -237,9 +238,9 @@ fn consume_error(e: ConsumeError) -> Refusal {
         ConsumeError::Stopping => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         ConsumeError::Spool(_) => internal(e),
         ConsumeError::NoSuchGroup { .. } => refuse(StatusCode::NOT_FOUND, e.to_string()),
-        ConsumeError::GroupBusy { .. } | ConsumeError::ConfiguredGroup { .. } => {
-            refuse(StatusCode::CONFLICT, e.to_string())
-        }
+        ConsumeError::GroupBusy { .. }
+        | ConsumeError::ConfiguredGroup { .. }
+        | ConsumeError::TooManyGroups { .. } => refuse(StatusCode::CONFLICT, e.to_string()),
     }
 }
 
@@ -371,6 +372,14 @@ fn message_json(d: Delivery, now: Instant) -> MessageJson {
     }
 }
 
+/// A fetch hands out at most `max` messages and about `admin.page_bytes`
+/// of payload (one message always). The group hands out only what it is
+/// asked for, so the fetch asks in slices: first one message (long-polling
+/// for it), then as many as the rest of the page holds at the size of the
+/// largest message seen so far, until the page is full, `max` is reached or
+/// nothing more is ready. What it does not ask for stays with the group.
+/// The page takes one of the page turns (`admin.max_page_requests`) after
+/// its first message (a long poll does not hold a turn while it waits).
 async fn fetch(
     State(s): State<Arc<AdminState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -385,7 +394,7 @@ async fn fetch(
     if max == 0 {
         return Err(bad("field \"max\" must be at least 1".into()));
     }
-    let max = max.min(MAX_FETCH) as u32;
+    let max = max.min(MAX_FETCH) as usize;
     let wait = Duration::from_millis(f.u64("wait_ms")?.unwrap_or(0).min(MAX_WAIT_MS));
     let start = f.start()?.unwrap_or(StartAt::Earliest);
     let handle = s
@@ -393,13 +402,61 @@ async fn fetch(
         .group(stream, group, start)
         .await
         .map_err(consume_error)?;
-    let got = handle
-        .fetch_detached(s.consumers.member_id(), max, wait)
-        .await
-        .map_err(consume_error)?;
+    let cap = s.http.page_bytes();
+    let member = s.consumers.member_id();
+    // Without a long poll, the turn first: nothing is taken from the
+    // group while waiting for it.
+    let mut permit: Option<PagePermit> = None;
+    if wait.is_zero() {
+        permit = Some(s.http.page_permit().await.map_err(Refusal::Made)?);
+    }
+    let mut got: Vec<Delivery> = Vec::new();
+    let (mut bytes, mut largest) = (0u64, 1u64);
+    loop {
+        let (ask, wait) = if got.is_empty() {
+            (1, wait)
+        } else {
+            // As many as fit at the size of the largest seen; none: full.
+            let fits = (cap - bytes) / largest;
+            if fits == 0 {
+                break;
+            }
+            (fits.min((max - got.len()) as u64) as u32, Duration::ZERO)
+        };
+        let slice = handle
+            .fetch_detached(member, ask, wait)
+            .await
+            .map_err(consume_error)?;
+        if slice.is_empty() {
+            break;
+        }
+        for d in &slice {
+            let len = d.record.payload.len() as u64;
+            bytes += len;
+            largest = largest.max(len);
+        }
+        got.extend(slice);
+        if got.len() >= max || bytes >= cap {
+            break;
+        }
+        if permit.is_none() {
+            match s.http.page_permit().await {
+                Ok(p) => permit = Some(p),
+                // No turn: the one message taken is the answer.
+                Err(_) => break,
+            }
+        }
+    }
     let now = Instant::now();
-    let messages = got.into_iter().map(|d| message_json(d, now)).collect();
-    Ok(Json(FetchAnswer { messages }).into_response())
+    let mut out = b"{\"messages\":[".to_vec();
+    for (i, d) in got.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_into(&mut out, &message_json(d, now));
+    }
+    out.extend_from_slice(b"]}");
+    Ok(page_answer(out, permit))
 }
 
 async fn reset_group(
@@ -610,38 +667,74 @@ async fn dlq_list(
         .limit
         .unwrap_or(DEFAULT_DEAD_LETTERS)
         .clamp(1, MAX_DEAD_LETTERS_PER_REQUEST);
+    let permit = s.http.page_permit().await.map_err(Refusal::Made)?;
+    let cap = s.http.page_bytes();
     let stream = stream.to_owned();
     // Reading touches files: off the async workers.
     let page = tokio::task::spawn_blocking(move || {
-        let purged_to = purge_mark(&dlq);
-        let mut reader = dlq.reader(q.from.max(purged_to));
-        let (mut dead_letters, mut skipped) = (Vec::new(), Vec::new());
-        while dead_letters.len() + skipped.len() < limit {
-            let Some((offset, r)) = reader.next_record()? else {
-                break;
-            };
-            match dead_letter::decode_bytes(&r.payload) {
-                Ok(d) => dead_letters.push(dead_letter_json(offset, d)),
-                Err(e) => skipped.push(Skipped {
-                    offset,
-                    error: e.to_string(),
-                }),
-            }
-        }
-        Ok::<_, SpoolError>(DeadLetterPage {
-            stream,
-            dlq: name,
-            purged_to,
-            dead_letters,
-            skipped,
-            next: reader.position(),
-            durable_end: dlq.durable_end(),
-        })
+        dead_letter_page(&dlq, &stream, &name, q.from, limit, cap)
     })
     .await
     .map_err(internal)?
     .map_err(internal)?;
-    Ok(Json(page).into_response())
+    Ok(page_answer(page, Some(permit)))
+}
+
+/// A [`DeadLetterPage`] as JSON: at most `limit` records of the
+/// dead-letter stream from `from` (the purge mark if higher), stopping
+/// before the dead letter that would take the page's envelopes past `cap`
+/// bytes unless it is the first; each is written out as it is read.
+fn dead_letter_page(
+    dlq: &Stream,
+    stream: &str,
+    name: &str,
+    from: u64,
+    limit: usize,
+    cap: u64,
+) -> Result<Vec<u8>, SpoolError> {
+    let purged_to = purge_mark(dlq);
+    let mut reader = dlq.reader(from.max(purged_to));
+    let mut out = b"{\"stream\":".to_vec();
+    json_into(&mut out, &stream);
+    out.extend_from_slice(b",\"dlq\":");
+    json_into(&mut out, &name);
+    out.extend_from_slice(format!(",\"purged_to\":{purged_to},\"dead_letters\":[").as_bytes());
+    let (mut shown, mut skipped) = (0, Vec::new());
+    let (mut bytes, mut stopped_at) = (0u64, None);
+    while shown + skipped.len() < limit {
+        let Some((offset, r)) = reader.next_record()? else {
+            break;
+        };
+        let len = r.payload.len() as u64;
+        if shown > 0 && bytes + len > cap {
+            stopped_at = Some(offset);
+            break;
+        }
+        match dead_letter::decode_bytes(&r.payload) {
+            Ok(d) => {
+                bytes += len;
+                if shown > 0 {
+                    out.push(b',');
+                }
+                json_into(&mut out, &dead_letter_json(offset, d));
+                shown += 1;
+            }
+            Err(e) => skipped.push(Skipped {
+                offset,
+                error: e.to_string(),
+            }),
+        }
+    }
+    out.push(b']');
+    if !skipped.is_empty() {
+        out.extend_from_slice(b",\"skipped\":");
+        json_into(&mut out, &skipped);
+    }
+    let next = stopped_at.unwrap_or_else(|| reader.position());
+    out.extend_from_slice(
+        format!(",\"next\":{next},\"durable_end\":{}}}", dlq.durable_end()).as_bytes(),
+    );
+    Ok(out)
 }
 
 /// One batch of a replay, read from the dead-letter stream.

@@ -10,6 +10,8 @@
 //!   records, asked what to deliver and what to journal;
 //! - [`store`]: a group's durable state (journal and snapshot);
 //! - [`dead_letter`]: the envelope a dead-lettered message is stored in;
+//! - [`budget`]: the credit push consumers may hold, clamped per member,
+//!   per connection and in all, whatever they declare;
 //! - [`service`]: a daemon's groups and the handles through which QUIC and
 //!   HTTP consumers join them; `task`: the task that drives one group's
 //!   machine over the spool;
@@ -17,6 +19,7 @@
 //! - [`http`]: the JSON API on the admin port (fetch with long polling,
 //!   ack, nack, extend; groups; dead letters: list, replay, purge).
 
+pub mod budget;
 pub mod dead_letter;
 pub mod group;
 pub mod http;

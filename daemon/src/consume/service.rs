@@ -3,6 +3,7 @@
 //! which QUIC and HTTP consumers join a group and act on it.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -13,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use super::budget::{Budget, ConsumerLimits, Grant};
 use super::dead_letter;
 use super::group::{Credit, Delivery, Group, GroupConfig, GroupCounters, KeyRule, MemberId};
 use super::store::{check_group_name, remove_folder, Event, GroupStore, OnDamage};
@@ -54,6 +56,8 @@ impl Default for GroupSettings {
 /// The consumer service's settings.
 #[derive(Debug, Clone, Default)]
 pub struct ConsumersConfig {
+    /// What consumers may hold, whatever they declare; how many groups.
+    pub limits: ConsumerLimits,
     /// For groups not named in `groups`.
     pub defaults: GroupSettings,
     /// Configured groups: (stream, group) → settings. They exist from the
@@ -93,6 +97,8 @@ pub enum ConsumeError {
     GroupBusy { group: String, members: u64 },
     #[error("consumer group {group:?} is configured ([[consumers.groups]]): remove it from the configuration first, or it comes back at the next start")]
     ConfiguredGroup { group: String },
+    #[error("too many consumer groups: the daemon has {max} (consumers.max_groups); delete one, or raise the limit")]
+    TooManyGroups { max: usize },
 }
 
 /// What the service shows of a group (metrics, `sluice stat`, HTTP).
@@ -231,6 +237,8 @@ pub struct Member {
     pub id: MemberId,
     pub group: Arc<GroupHandle>,
     pub deliveries: mpsc::UnboundedReceiver<Vec<Delivery>>,
+    /// Its share of the byte credit (push members of a connection).
+    grant: Option<Mutex<Grant>>,
 }
 
 impl Member {
@@ -250,14 +258,31 @@ impl Member {
         self.group.send(Cmd::Extend(Some(self.id), offsets, by));
     }
 
+    /// New credit, as the consumer declares it (clamped like at the join).
     pub fn set_credit(&self, credit: Credit) {
+        let credit = match &self.grant {
+            Some(g) => {
+                let mut g = g.lock().unwrap();
+                let budget = g.budget().clone();
+                budget.regrant(&mut g, credit)
+            }
+            None => credit,
+        };
         self.group.send(Cmd::Credit(self.id, credit));
     }
 
     /// Pull: up to `max` messages, as soon as any is there or after `wait`.
     /// The answer comes through the returned receiver (so a caller can
     /// wait for it beside other work).
+    /// `max` is clamped like a push member's message credit; the answer's
+    /// bytes are bounded by the group's read-ahead, and writing it waits
+    /// on the stream's flow control, so a client that never reads stops
+    /// its own fetches.
     pub fn fetch(&self, max: u32, wait: Duration) -> oneshot::Receiver<Vec<Delivery>> {
+        let max = match &self.grant {
+            Some(g) => max.min(g.lock().unwrap().budget().limits().max_member_messages),
+            None => max,
+        };
         let (done, rx) = oneshot::channel();
         self.group.send(Cmd::Fetch {
             member: self.id,
@@ -280,6 +305,7 @@ impl Drop for Member {
 pub struct Consumers {
     spool: Arc<Spool>,
     config: ConsumersConfig,
+    budget: Arc<Budget>,
     /// Held across a group's creation, so that a group is created once.
     groups: tokio::sync::Mutex<HashMap<GroupKey, Arc<GroupHandle>>>,
     /// The same handles, for readers that must not wait (metrics).
@@ -295,6 +321,7 @@ impl Consumers {
     pub fn new(spool: Arc<Spool>, config: ConsumersConfig) -> Arc<Consumers> {
         Arc::new(Consumers {
             spool,
+            budget: Budget::new(config.limits),
             config,
             groups: tokio::sync::Mutex::new(HashMap::new()),
             listed: Mutex::new(Vec::new()),
@@ -369,6 +396,15 @@ impl Consumers {
         let s = self.spool.stream(stream)?;
         let settings = self.config.settings(stream, group);
         let dir = group_dir(&s, group);
+        // A new group past the limit is refused (each reads ahead of its
+        // members: memory); one on disk or configured is always opened.
+        let max = self.config.limits.max_groups;
+        if groups.len() >= max
+            && !GroupStore::exists(&**s.fs(), &dir)
+            && self.config.configured(stream, group).is_none()
+        {
+            return Err(ConsumeError::TooManyGroups { max });
+        }
         let fs = s.fs().clone();
         let s2 = s.clone();
         let name = group.to_owned();
@@ -480,6 +516,9 @@ impl Consumers {
     }
 
     /// Joins `group` of `stream` as a new member.
+    /// Joins `group` of `stream` as a new member whose declared `credit`
+    /// is clamped to the daemon's limits, its bytes counted against the
+    /// share of connection `conn`.
     pub async fn join(
         &self,
         stream: &str,
@@ -487,10 +526,12 @@ impl Consumers {
         start: StartAt,
         name: String,
         credit: Credit,
+        conn: SocketAddr,
     ) -> Result<Member, ConsumeError> {
         let handle = self.group(stream, group, start).await?;
         let id = self.member_id();
         let (to, deliveries) = mpsc::unbounded_channel();
+        let (credit, grant) = self.budget.grant(conn, credit);
         handle.send(Cmd::Join {
             member: id,
             name,
@@ -501,7 +542,13 @@ impl Consumers {
             id,
             group: handle,
             deliveries,
+            grant: Some(Mutex::new(grant)),
         })
+    }
+
+    /// Byte credit held by push members now, in all.
+    pub fn credit_reserved(&self) -> u64 {
+        self.budget.reserved()
     }
 
     /// The group if it is running (HTTP acks need no creation).

@@ -56,6 +56,7 @@ pub async fn serve(
             sub.start,
             name,
             credit(sub.mode, sub.max_messages, sub.max_bytes),
+            peer,
         )
         .await;
     let mut member = match joined {
@@ -64,6 +65,7 @@ pub async fn serve(
             let code = match e {
                 ConsumeError::NoSuchStream(_) => RefuseCode::NoSuchStream,
                 ConsumeError::BadGroup(_) => RefuseCode::BadRequest,
+                ConsumeError::TooManyGroups { .. } => RefuseCode::Unavailable,
                 _ => RefuseCode::Unavailable,
             };
             crate::quic::refuse(&mut send, code, &e.to_string()).await;

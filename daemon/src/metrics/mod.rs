@@ -267,6 +267,7 @@ impl Metrics {
             self.sessions_rejected.load(Relaxed),
         );
         render_security(&mut e, state);
+        crate::http_serve::render(&mut e, &state.http);
         groups::render(&mut e, &state.consumers.stats());
         if let Some(x) = &state.xdp {
             xdp::render(&mut e, x);

@@ -86,6 +86,8 @@ pub enum SpoolError {
     TooLarge(usize),
     #[error("the spool is closed")]
     Closed,
+    #[error("too many streams: the daemon has {max} (streams.max_streams); no new stream is made")]
+    TooManyStreams { max: usize },
     #[error(
         "data folder {} is in use by another process ({holder}): is sluiced already running on it?",
         dir.display()

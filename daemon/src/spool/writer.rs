@@ -43,6 +43,9 @@ pub struct SpoolConfig {
     pub min_free_bytes: u64,
     pub retention_bytes: Option<u64>,
     pub retention_age: Option<Duration>,
+    /// Streams at most (dead-letter streams not counted): each costs a
+    /// writer thread and a preallocated segment.
+    pub max_streams: usize,
 }
 
 impl Default for SpoolConfig {
@@ -53,6 +56,7 @@ impl Default for SpoolConfig {
             min_free_bytes: 256 << 20,
             retention_bytes: None,
             retention_age: None,
+            max_streams: 1024,
         }
     }
 }
@@ -527,6 +531,15 @@ impl Spool {
             return Ok(s.clone());
         }
         let dir = self.root.join("streams").join(name);
+        let on_disk = self.stream_names();
+        if !on_disk.iter().any(|n| n == name) && !name.ends_with(".dlq") {
+            let streams = on_disk.iter().filter(|n| !n.ends_with(".dlq")).count();
+            if streams >= self.config.max_streams {
+                return Err(SpoolError::TooManyStreams {
+                    max: self.config.max_streams,
+                });
+            }
+        }
         let log = StreamLog::open(self.fs.clone(), &dir, name, self.config.log.clone())?;
         let (tx, rx) = mpsc::channel();
         let (end_tx, end_rx) = watch::channel(log.next_offset());
@@ -846,9 +859,28 @@ fn copy_error(e: &SpoolError) -> SpoolError {
         SpoolError::BadStreamName(n) => SpoolError::BadStreamName(n.clone()),
         SpoolError::TooLarge(n) => SpoolError::TooLarge(*n),
         SpoolError::Closed => SpoolError::Closed,
+        SpoolError::TooManyStreams { max } => SpoolError::TooManyStreams { max: *max },
         SpoolError::Locked { dir, holder } => SpoolError::Locked {
             dir: dir.clone(),
             holder: holder.clone(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names_leave_room_for_their_dead_letter_stream() {
+        let longest = "x".repeat(MAX_STREAM_NAME);
+        check_name(&longest).unwrap();
+        check_name(&format!("{longest}.dlq")).unwrap();
+        let e = check_name(&"x".repeat(MAX_STREAM_NAME + 1)).unwrap_err();
+        assert!(
+            e.to_string().contains("1-251") && e.to_string().contains(".dlq"),
+            "{e}"
+        );
+        assert!(check_name(&format!("{}.dlq", "x".repeat(MAX_STREAM_NAME + 1))).is_err());
     }
 }

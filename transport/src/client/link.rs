@@ -280,6 +280,7 @@ pub(crate) fn connection_error(addr: SocketAddr, e: ConnectionError) -> Producer
             let reason = String::from_utf8_lossy(&c.reason).into_owned();
             match u32::try_from(u64::from(c.error_code)) {
                 Ok(close_code::AUTH_FAILED) => ProducerError::AuthFailed(reason),
+                Ok(close_code::CONNECTION_LIMIT) => ProducerError::ConnectionLimit(reason),
                 Ok(close_code::SHUTTING_DOWN) => {
                     unreachable(format!("the daemon is stopping: {reason}"))
                 }

@@ -109,6 +109,10 @@ pub enum ProducerError {
     /// or the daemon refused ours.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The daemon holds its most connections (in all, or of our principal):
+    /// one of them must close first. Not permanent: a reconnect retries.
+    #[error("sluiced refused the connection: {0}")]
+    ConnectionLimit(String),
     /// The raw-UDP lease ran out and could not be renewed.
     #[error("the fast-path lease expired: {0}")]
     LeaseExpired(String),

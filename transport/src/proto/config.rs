@@ -20,6 +20,8 @@ pub enum ConfigError {
     ZeroDuration(&'static str),
     #[error("max_reorder_delay must not be below reorder_delay")]
     ReorderRange,
+    #[error("max_sessions_per_source must be at least 1")]
+    NoSessionsPerSource,
 }
 
 /// Producer-side settings.
@@ -104,6 +106,13 @@ pub struct ReceiverConfig {
     /// Bound on bytes held for messages being reassembled (beyond the one at
     /// the head of the line, which is always admitted so progress is certain).
     pub max_reassembly_bytes: usize,
+    /// Most sessions one source address (IP, any port) may hold in the
+    /// endpoint at once, pending (accepted, nothing heard since the HELLO)
+    /// or open. A HELLO for one more is dropped (counted as
+    /// `source_limit`) and answered, at a bounded rate, with CLOSE
+    /// `rejected`. A HELLO that replaces a session of the same producer and
+    /// stream from the same address is not one more.
+    pub max_sessions_per_source: usize,
     /// Seed for session ids; `None` draws one from the OS. Tests set it.
     pub seed: Option<u64>,
 }
@@ -119,6 +128,7 @@ impl Default for ReceiverConfig {
             heartbeat_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
             max_reassembly_bytes: 64 * 1024 * 1024,
+            max_sessions_per_source: 1024,
             seed: None,
         }
     }
@@ -129,6 +139,9 @@ impl ReceiverConfig {
         check_datagram(self.max_datagram)?;
         if self.max_reorder_delay < self.reorder_delay {
             return Err(ConfigError::ReorderRange);
+        }
+        if self.max_sessions_per_source == 0 {
+            return Err(ConfigError::NoSessionsPerSource);
         }
         check_nonzero(&[
             ("reorder_delay", self.reorder_delay),

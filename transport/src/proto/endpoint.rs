@@ -2,9 +2,14 @@
 //! datagram to its session's [`Receiver`], turns HELLOs for new sessions into
 //! [`Incoming`]s for the owner to accept or reject, and collects what the
 //! sessions want to send.
+//!
+//! No source address may hold more than
+//! [`ReceiverConfig::max_sessions_per_source`] sessions: anyone can send
+//! HELLOs (on an unauthenticated port), and one flooding host must not take
+//! every session slot of the daemon.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -20,6 +25,9 @@ use crate::wire::{Close, CloseCode, Hello, Packet};
 /// A HELLO for a session that does not exist yet. The owner looks up where the
 /// producer stands (its durable seq) and calls [`Endpoint::accept`], or
 /// [`Endpoint::reject`]. Dropping it ignores the HELLO (the producer retries).
+///
+/// Answer it before feeding the next datagram: the per-source limit counts
+/// the sessions in the endpoint, not `Incoming`s held by the owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incoming {
     pub peer: SocketAddr,
@@ -70,9 +78,13 @@ pub struct Endpoint {
     outbox: VecDeque<(SocketAddr, u64, Close)>,
     events: VecDeque<EndpointEvent>,
     drops: DropCounts,
-    /// Token bucket for CLOSE answers to unknown sessions.
-    reset_tokens: f64,
-    reset_refilled: Option<Instant>,
+    /// CLOSE answers to packets for unknown sessions.
+    resets: Bucket,
+    /// Sessions in `sessions` by their peer's address (IP only: one host
+    /// can use any number of ports), for the per-source limit.
+    per_source: HashMap<IpAddr, usize>,
+    /// CLOSE answers to HELLOs over the per-source limit.
+    source_refusals: Bucket,
 }
 
 /// CLOSE answers to packets for unknown sessions: at most this many a second
@@ -81,6 +93,58 @@ pub struct Endpoint {
 const RESETS_PER_SEC: f64 = 100.0;
 /// A heartbeat: header, kind, token, trailer.
 const MIN_ANSWERED: usize = 13 + 9 + 4;
+/// CLOSE answers to HELLOs refused for their source's session count: at most
+/// this many a second (bursts up to the same number).
+const SOURCE_REFUSALS_PER_SEC: f64 = 100.0;
+/// The reason a HELLO over the per-source limit is told, when the answer
+/// fits in the HELLO's size ...
+const SOURCE_LIMIT_REASON: &str = "too many sessions from this address";
+/// ... and when it does not (a CLOSE with it, 40 bytes, is never larger than
+/// the smallest HELLO, 43 bytes).
+const SOURCE_LIMIT_SHORT: &str = "source limit";
+/// A CLOSE without its reason: header, code, nonce, reason length, trailer.
+const CLOSE_FIXED_LEN: usize = 13 + 2 + 8 + 1 + 4;
+/// More CLOSE answers than this waiting to be sent are not queued.
+const MAX_QUEUED_ANSWERS: usize = 64;
+
+/// A token bucket: `rate` tokens a second, holding at most `rate`.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    refilled: Option<Instant>,
+}
+
+impl Bucket {
+    fn new(rate: f64) -> Self {
+        Bucket {
+            rate,
+            tokens: rate,
+            refilled: None,
+        }
+    }
+
+    /// Refills for the time since the last call, then takes a token if
+    /// there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = self
+            .refilled
+            .map_or(1.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        self.refilled = Some(now);
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// The key of a source address: its IP, with IPv4-mapped IPv6 addresses as
+/// the IPv4 address they are (a dual-stack socket sees both).
+fn source(addr: SocketAddr) -> IpAddr {
+    addr.ip().to_canonical()
+}
 
 impl Endpoint {
     /// Panics if `config` does not validate (see [`ReceiverConfig::validate`]).
@@ -101,8 +165,39 @@ impl Endpoint {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             drops: DropCounts::default(),
-            reset_tokens: RESETS_PER_SEC,
-            reset_refilled: None,
+            resets: Bucket::new(RESETS_PER_SEC),
+            per_source: HashMap::new(),
+            source_refusals: Bucket::new(SOURCE_REFUSALS_PER_SEC),
+        }
+    }
+
+    /// Sessions (pending or open) whose producer is at `ip` now.
+    pub fn sessions_from(&self, ip: IpAddr) -> usize {
+        let ip = source(SocketAddr::new(ip, 0));
+        self.per_source.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Source addresses holding at least one session.
+    pub fn source_count(&self) -> usize {
+        self.per_source.len()
+    }
+
+    /// A session's peer is now `to` (it was `from`): the per-source
+    /// counts follow it.
+    fn note_move(per_source: &mut HashMap<IpAddr, usize>, from: SocketAddr, to: SocketAddr) {
+        let (from, to) = (source(from), source(to));
+        if from != to {
+            Self::uncount(per_source, from);
+            *per_source.entry(to).or_insert(0) += 1;
+        }
+    }
+
+    fn uncount(per_source: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+        if let Some(n) = per_source.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_source.remove(&ip);
+            }
         }
     }
 
@@ -157,12 +252,16 @@ impl Endpoint {
                 return None;
             }
             let key = (hello.producer_id, hello.stream.clone());
+            // A HELLO that replaces a session from the same address adds
+            // none to its count.
+            let mut replaces_one_here = false;
             if let Some(&existing) = self.by_producer.get(&key) {
                 let s = self
                     .sessions
                     .get_mut(&existing)
                     .expect("index matches sessions");
                 if s.receiver.nonce() == hello.nonce {
+                    Self::note_move(&mut self.per_source, s.peer, from);
                     s.peer = from;
                     s.receiver.on_hello_retry(now);
                     return None;
@@ -171,6 +270,14 @@ impl Endpoint {
                     self.drops.add(DropReason::Unexpected);
                     return None;
                 }
+                replaces_one_here = source(s.peer) == source(from);
+            }
+            if !replaces_one_here
+                && self.sessions_from(from.ip()) >= self.config.max_sessions_per_source
+            {
+                self.drops.add(DropReason::SourceLimit);
+                self.answer_source_limit(now, from, hello.nonce, datagram.len());
+                return None;
             }
             return Some(Incoming { peer: from, hello });
         }
@@ -186,6 +293,7 @@ impl Endpoint {
             return None;
         }
         // The producer may have moved (NAT rebinding, a new source port).
+        Self::note_move(&mut self.per_source, s.peer, from);
         s.peer = from;
         if s.receiver.has_messages() && !s.readable {
             s.readable = true;
@@ -255,6 +363,7 @@ impl Endpoint {
         );
         self.order.push(id);
         self.by_producer.insert(key, id);
+        *self.per_source.entry(source(incoming.peer)).or_insert(0) += 1;
         id
     }
 
@@ -264,21 +373,37 @@ impl Endpoint {
     /// size (26 bytes) get one, so it is at most 28/26 of what it answers:
     /// no use as an amplifier.
     fn answer_unknown_session(&mut self, now: Instant, to: SocketAddr, id: u64, len: usize) {
-        let elapsed = self
-            .reset_refilled
-            .map_or(1.0, |t| now.saturating_duration_since(t).as_secs_f64());
-        self.reset_refilled = Some(now);
-        self.reset_tokens = (self.reset_tokens + elapsed * RESETS_PER_SEC).min(RESETS_PER_SEC);
-        if self.reset_tokens < 1.0 || len < MIN_ANSWERED || self.outbox.len() >= 64 {
+        if len < MIN_ANSWERED || self.outbox.len() >= MAX_QUEUED_ANSWERS || !self.resets.take(now) {
             return;
         }
-        self.reset_tokens -= 1.0;
         let close = Close {
             code: CloseCode::UnknownSession,
             nonce: 0,
             reason: String::new(),
         };
         self.outbox.push_back((to, id, close));
+    }
+
+    /// Tells a producer whose address holds its most sessions already that
+    /// its HELLO is refused (CLOSE `rejected`, echoing its nonce), so that it
+    /// fails at once with the reason instead of timing out. Rate-limited,
+    /// and never larger than the HELLO it answers: a forged source address
+    /// gets no amplified reflection.
+    fn answer_source_limit(&mut self, now: Instant, to: SocketAddr, nonce: u64, len: usize) {
+        if self.outbox.len() >= MAX_QUEUED_ANSWERS || !self.source_refusals.take(now) {
+            return;
+        }
+        let reason = if CLOSE_FIXED_LEN + SOURCE_LIMIT_REASON.len() <= len {
+            SOURCE_LIMIT_REASON
+        } else {
+            SOURCE_LIMIT_SHORT
+        };
+        let close = Close {
+            code: CloseCode::Rejected,
+            nonce,
+            reason: reason.to_owned(),
+        };
+        self.outbox.push_back((to, 0, close));
     }
 
     /// Refuses a HELLO, telling the producer why.
@@ -308,6 +433,7 @@ impl Endpoint {
         }
         self.order.retain(|&x| x != id);
         self.cursor = 0;
+        Self::uncount(&mut self.per_source, source(s.peer));
         let key = (s.receiver.producer_id(), s.receiver.stream().to_owned());
         if self.by_producer.get(&key) == Some(&id) {
             self.by_producer.remove(&key);

@@ -16,10 +16,13 @@ pub enum DropReason {
     UnknownSession,
     /// Well formed, but not a packet this side expects in its state.
     Unexpected,
+    /// A HELLO for a new session from a source address that holds its most
+    /// sessions already (`ReceiverConfig::max_sessions_per_source`).
+    SourceLimit,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::BadMagic,
         DropReason::WrongVersion,
         DropReason::UnknownType,
@@ -30,6 +33,7 @@ impl DropReason {
         DropReason::Malformed,
         DropReason::UnknownSession,
         DropReason::Unexpected,
+        DropReason::SourceLimit,
     ];
 
     /// A stable snake_case name, for metrics labels.
@@ -45,6 +49,7 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::UnknownSession => "unknown_session",
             DropReason::Unexpected => "unexpected",
+            DropReason::SourceLimit => "source_limit",
         }
     }
 }

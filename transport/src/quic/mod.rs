@@ -30,4 +30,8 @@ pub mod close_code {
     pub const PROTOCOL: u32 = 3;
     /// The client closed the connection normally.
     pub const DONE: u32 = 4;
+    /// The daemon holds its most QUIC connections, in all or for this
+    /// principal (`quic.max_connections`,
+    /// `quic.max_connections_per_principal`): try again later.
+    pub const CONNECTION_LIMIT: u32 = 5;
 }

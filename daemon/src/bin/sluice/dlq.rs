@@ -83,10 +83,10 @@ fn list(a: ListArgs) -> Res {
     let (mut shown, mut purged_to, mut dlq) = (0u64, 0, String::new());
     while left > 0 {
         let want = left.min(MAX_DEAD_LETTERS_PER_REQUEST as u64);
-        let page: DeadLetterPage = serde_json::from_str(&c.admin.get(&format!(
-            "/streams/{}/dlq?from={from}&limit={want}",
-            c.stream
-        ))?)?;
+        let page: DeadLetterPage = serde_json::from_str(&crate::read::get_page(
+            &c.admin,
+            &format!("/streams/{}/dlq?from={from}&limit={want}", c.stream),
+        )?)?;
         (purged_to, dlq) = (page.purged_to, page.dlq);
         for d in &page.dead_letters {
             if c.json {

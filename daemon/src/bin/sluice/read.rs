@@ -72,10 +72,10 @@ fn through_daemon(a: &Args, left: &mut u64, print: &mut impl FnMut(&RecordJson) 
     let mut from = a.from;
     while *left > 0 {
         let want = (*left).min(MAX_RECORDS_PER_REQUEST as u64);
-        let body = a.admin.get(&format!(
-            "/streams/{}/records?from={from}&limit={want}",
-            a.stream
-        ))?;
+        let body = get_page(
+            &a.admin,
+            &format!("/streams/{}/records?from={from}&limit={want}", a.stream),
+        )?;
         let page: RecordsPage = serde_json::from_str(&body)?;
         for r in &page.records {
             print(r)?;
@@ -90,6 +90,36 @@ fn through_daemon(a: &Args, left: &mut u64, print: &mut impl FnMut(&RecordJson) 
         }
     }
     Ok(())
+}
+
+/// GETs a page (records, dead letters): as [`AdminAddr::get`], but with
+/// no limit on the body's size (a page holds up to `admin.page_bytes` of
+/// payload in base64, a larger record alone: more than ureq's 10 MB for
+/// a string), and trying again when the daemon is busy (503 with
+/// `Retry-After`: all its page turns are taken).
+pub(crate) fn get_page(
+    admin: &AdminAddr,
+    path: &str,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let mut tries = 0;
+    loop {
+        match admin.request(path, Duration::from_secs(60)).call() {
+            Ok(r) => {
+                let mut body = String::new();
+                std::io::Read::read_to_string(&mut r.into_reader(), &mut body)?;
+                return Ok(body);
+            }
+            Err(ureq::Error::Status(503, r)) if tries < 10 && r.header("retry-after").is_some() => {
+                let wait = r
+                    .header("retry-after")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                std::thread::sleep(Duration::from_secs(wait));
+                tries += 1;
+            }
+            Err(e) => return admin.answer(Err(e)),
+        }
+    }
 }
 
 fn from_files(

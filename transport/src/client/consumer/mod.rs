@@ -173,6 +173,11 @@ impl ConsumerError {
             ProducerError::Tls(r) => ConsumerError::Tls(r),
             ProducerError::Config(r) => ConsumerError::Config(r),
             ProducerError::Io(r) => ConsumerError::Io(r),
+            // The daemon may take us once another connection closes.
+            ProducerError::ConnectionLimit(reason) => ConsumerError::Refused {
+                code: RefuseCode::Unavailable,
+                reason,
+            },
             other => ConsumerError::Protocol(other.to_string()),
         }
     }
