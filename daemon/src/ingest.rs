@@ -187,12 +187,13 @@ impl Owner for Ingest {
             self.shared.stream_for(&inc.hello.stream)
         };
         let stream = stream.map_err(|reason| self.refuse(inc, reason))?;
-        // Where this producer stands: asked of the writer, so it reflects
-        // every batch already durable.
-        let ask = stream.highest_seq(inc.hello.producer_id);
-        let durable = tokio::task::block_in_place(|| ask.blocking_recv())
-            .map_err(|_| (CloseCode::ShuttingDown, "spool is closing".to_owned()))?
-            .unwrap_or(0);
+        // Where this producer stands: read from the idempotence table at
+        // once, never behind the writer's queue, so a new session is not
+        // held by an fdatasync or a full disk (nor is every other session
+        // of this endpoint meanwhile). Batches of an earlier session still
+        // queued may be durable a moment later: the producer then sends
+        // them again and they are stored once.
+        let durable = stream.highest_seq(inc.hello.producer_id).unwrap_or(0);
         let sessions = self.shared.open.load(Relaxed);
         let credit = self
             .shared

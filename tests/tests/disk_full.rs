@@ -82,3 +82,72 @@ async fn a_full_disk_holds_acks_times_out_senders_and_resumes_when_space_returns
     let got: Vec<(u64, &[u8])> = stored.iter().map(|r| (r.seq, &r.payload[..])).collect();
     assert_eq!(got, vec![(1, &b"kept"[..]), (2, &b"after"[..])]);
 }
+
+/// While the spool holds a stream's appends (the disk full), its writer
+/// waits; a new producer's HELLO must not wait with it: the endpoint that
+/// answers it serves every other session too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_writer_holds_neither_a_new_session_nor_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = DaemonSpec::new(sluiced_bin!(), dir.path())
+        .arg("--spool-min-free-bytes")
+        .arg((1u64 << 62).to_string());
+    let d = full.start();
+    let fast = full.fast_path();
+    let options = ProducerOptions {
+        credit_timeout: Duration::from_secs(1),
+        ..load::patient(fast.transport)
+    };
+    let first = Producer::connect(fast.addr, "held", 5, options.clone())
+        .await
+        .unwrap();
+    let _ = first.send(Bytes::from_static(b"kept")).await;
+    // The writer is in its wait now: the message is with it, held.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d
+        .metrics()
+        .value("sluice_spool_disk_full", &[("stream", "held")])
+        != 1.0
+    {
+        assert!(Instant::now() < deadline, "the disk never looked full");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A new producer on the same stream, and one on another: answered.
+    let mut later = Vec::new();
+    for (stream, producer) in [("held", 6), ("other", 7)] {
+        let asked = Instant::now();
+        let p = tokio::time::timeout(
+            Duration::from_secs(4),
+            Producer::connect(fast.addr, stream, producer, options.clone()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the HELLO of producer {producer} is not answered"))
+        .expect("connects");
+        eprintln!("producer {producer} connected in {:?}", asked.elapsed());
+        later.push(p);
+    }
+    // Past the idle timeout (10 s): every session kept its heartbeats.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(d.metrics().value("sluice_sessions", &[]), 3.0);
+
+    // Space returns: what was held is stored, once.
+    d.kill9();
+    let mut spec = DaemonSpec::new(sluiced_bin!(), dir.path());
+    spec.data = full.data;
+    spec.quic = full.quic;
+    spec.admin = full.admin;
+    let d = spec.start();
+    tokio::time::timeout(Duration::from_secs(30), first.flush())
+        .await
+        .expect("flush in time")
+        .expect("the held message becomes durable");
+    first.close().await.unwrap();
+    for p in later {
+        p.close().await.unwrap();
+    }
+    assert!(d.terminate(Duration::from_secs(15)).success());
+    let stored = check::records(dir.path(), "held");
+    let got: Vec<(u64, &[u8])> = stored.iter().map(|r| (r.seq, &r.payload[..])).collect();
+    assert_eq!(got, vec![(1, &b"kept"[..])]);
+}

@@ -502,9 +502,9 @@ impl Consumers {
             return Ok(store);
         }
         let producer = dead_letter::dlq_producer_id(stream, group);
-        let highest = self.spool.stream(&dlq)?.highest_seq(producer).await;
+        let highest = self.spool.stream(&dlq)?.highest_seq(producer);
         match highest {
-            Ok(Some(h)) if h > store.state().dlq_stored => tokio::task::spawn_blocking(move || {
+            Some(h) if h > store.state().dlq_stored => tokio::task::spawn_blocking(move || {
                 store.append(&[Event::DeadStored { up_to: h }])?;
                 Ok::<_, SpoolError>(store)
             })

@@ -30,6 +30,9 @@ use super::segment::{
 use super::survey::{self, Depth, Survey};
 use super::writer::now_us;
 
+/// Highest durable seq per producer, shared with the stream's handles.
+pub type SharedProducers = Arc<RwLock<HashMap<u64, u64>>>;
+
 /// What opening does with what a crash or damage left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recovery {
@@ -112,8 +115,10 @@ pub struct StreamLog {
     shared: SharedSegments,
     active: Option<Arc<dyn SpoolFile>>,
     next_offset: u64,
-    /// Highest durable seq per producer: the idempotence table.
-    producers: HashMap<u64, u64>,
+    /// Highest durable seq per producer: the idempotence table. Only this
+    /// log changes it; a new session reads it without queueing behind the
+    /// writer (which may be waiting on an fdatasync or a full disk).
+    producers: SharedProducers,
     /// Bytes since the last index entry of the active segment.
     since_index: u64,
     /// An append failed part-way: the active segment may hold bytes past
@@ -264,7 +269,7 @@ impl StreamLog {
             shared: Arc::new(RwLock::new(s.segments)),
             active,
             next_offset: written.end,
-            producers: s.producers,
+            producers: Arc::new(RwLock::new(s.producers)),
             since_index,
             dirty: false,
             written,
@@ -315,11 +320,16 @@ impl StreamLog {
 
     /// The highest durable seq of `producer` in this stream.
     pub fn highest_seq(&self, producer: u64) -> Option<u64> {
-        self.producers.get(&producer).copied()
+        self.producers.read().unwrap().get(&producer).copied()
     }
 
     pub fn producer_count(&self) -> usize {
-        self.producers.len()
+        self.producers.read().unwrap().len()
+    }
+
+    /// The idempotence table as others may read it.
+    pub fn producers(&self) -> SharedProducers {
+        self.producers.clone()
     }
 
     /// Bytes of records in the log.
@@ -354,11 +364,12 @@ impl StreamLog {
         let mut outcomes = Vec::with_capacity(records.len());
         let mut batch_max: HashMap<u64, u64> = HashMap::new();
         let mut keep = Vec::with_capacity(records.len());
+        let producers = self.producers.read().unwrap();
         for r in records {
             if r.payload.len() > self.config.max_record_bytes.min(MAX_PAYLOAD) {
                 return Err(SpoolError::TooLarge(r.payload.len()));
             }
-            let durable = self.producers.get(&r.producer).copied();
+            let durable = producers.get(&r.producer).copied();
             let pending = batch_max.get(&r.producer).copied();
             if durable.max(pending).is_some_and(|h| r.seq <= h) {
                 outcomes.push(Outcome::Duplicate);
@@ -368,6 +379,7 @@ impl StreamLog {
                 keep.push(r);
             }
         }
+        drop(producers);
         let first = self.next_offset;
         let mut i = 0;
         while i < keep.len() {
@@ -479,10 +491,12 @@ impl StreamLog {
             m.last_timestamp_us = m.last_timestamp_us.max(last_ts);
         }
         self.next_offset = first + added;
+        let mut producers = self.producers.write().unwrap();
         for r in records {
-            let e = self.producers.entry(r.producer).or_insert(r.seq);
+            let e = producers.entry(r.producer).or_insert(r.seq);
             *e = (*e).max(r.seq);
         }
+        drop(producers);
         self.written = Mark {
             end: self.next_offset,
             segment: base,
@@ -608,7 +622,7 @@ impl StreamLog {
         self.sync()?;
         let sealed = self.shared.read().unwrap().last().expect("active").clone();
         write_index(&*self.fs, &sealed)?;
-        marks::write_snapshot(&*self.fs, &self.dir, base, &self.producers)?;
+        marks::write_snapshot(&*self.fs, &self.dir, base, &self.producers.read().unwrap())?;
         let path = self.dir.join(segment_name(base));
         let header = SegmentHeader {
             base,

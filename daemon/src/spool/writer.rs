@@ -17,7 +17,7 @@ use super::error::{Damage, SpoolError};
 use super::fs::{RealFs, SpoolFs};
 use super::index::SharedSegments;
 use super::lock::DirLock;
-use super::log::{LogConfig, Outcome, StreamLog};
+use super::log::{LogConfig, Outcome, SharedProducers, StreamLog};
 use super::marks::Cursor;
 use super::reader::Reader;
 use super::record::Record;
@@ -108,10 +108,6 @@ enum Request {
         records: Vec<Record>,
         done: Done,
     },
-    HighestSeq {
-        producer: u64,
-        done: oneshot::Sender<Option<u64>>,
-    },
     SetCursor {
         group: String,
         cursor: Cursor,
@@ -183,6 +179,7 @@ pub struct Stream {
     fs: Arc<dyn SpoolFs>,
     tx: Sender<Request>,
     shared: SharedSegments,
+    producers: SharedProducers,
     durable_end: watch::Receiver<u64>,
     gauges: Arc<Gauges>,
     recoveries: Arc<Mutex<Vec<Recovery>>>,
@@ -269,11 +266,12 @@ impl Stream {
         }
     }
 
-    /// The highest durable seq of `producer` in this stream.
-    pub fn highest_seq(&self, producer: u64) -> oneshot::Receiver<Option<u64>> {
-        let (done, rx) = oneshot::channel();
-        let _ = self.tx.send(Request::HighestSeq { producer, done });
-        rx
+    /// The highest durable seq of `producer` in this stream, read at once:
+    /// never behind the writer's queue (an fdatasync, a full disk). Batches
+    /// still queued may raise it a moment later; their records are then
+    /// stored once all the same (the log drops what it already has).
+    pub fn highest_seq(&self, producer: u64) -> Option<u64> {
+        self.producers.read().unwrap().get(&producer).copied()
     }
 
     /// Stores a consumer group's cursor durably.
@@ -544,6 +542,7 @@ impl Spool {
         let (tx, rx) = mpsc::channel();
         let (end_tx, end_rx) = watch::channel(log.next_offset());
         let shared = log.shared();
+        let producers = log.producers();
         let recoveries = log.recoveries();
         let gauges = Arc::new(Gauges::default());
         let writer = Writer {
@@ -565,6 +564,7 @@ impl Spool {
             fs: self.fs.clone(),
             tx,
             shared,
+            producers,
             durable_end: end_rx,
             gauges,
             recoveries,
@@ -687,9 +687,6 @@ impl Writer {
                         bytes += records.iter().map(Record::encoded_len).sum::<usize>();
                         appends.push((records, done));
                     }
-                    Request::HighestSeq { producer, done } => {
-                        let _ = done.send(self.log.highest_seq(producer));
-                    }
                     Request::SetCursor {
                         group,
                         cursor,
@@ -756,7 +753,12 @@ impl Writer {
                 continue;
             }
             let started = Instant::now();
-            match self.log.append(&all, sync) {
+            let from = self.log.next_offset();
+            let appended = self.log.append(&all, sync);
+            if let Ok(outcomes) = &appended {
+                debug_assert_contiguous(from, outcomes, all.len(), self.log.next_offset());
+            }
+            match appended {
                 Err(SpoolError::DiskFull { .. }) => {
                     // ENOSPC: nothing was acked; the log is cut back to its
                     // last durable end before the retry.
@@ -831,6 +833,27 @@ impl Writer {
 }
 
 /// SpoolError holds an io::Error, which is not Clone: rebuild it per waiter.
+/// A successful append answers every record, and stores the new ones at
+/// contiguous offsets from where the log ended before (`from`) to where it
+/// ends now (`to`): no offset skipped, none given twice.
+fn debug_assert_contiguous(from: u64, outcomes: &[Outcome], records: usize, to: u64) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    assert_eq!(outcomes.len(), records, "append: one outcome per record");
+    let mut next = from;
+    for o in outcomes {
+        if let Outcome::Stored { offset } = o {
+            assert_eq!(*offset, next, "append: stored offsets not contiguous");
+            next += 1;
+        }
+    }
+    assert_eq!(
+        next, to,
+        "append: the log's end is not after its last record"
+    );
+}
+
 fn copy_error(e: &SpoolError) -> SpoolError {
     match e {
         SpoolError::Io { op, path, source } => SpoolError::Io {

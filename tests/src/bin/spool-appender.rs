@@ -35,12 +35,7 @@ fn main() {
         std::process::exit(1);
     });
     let stream = spool.stream("crash").expect("open stream");
-    let start = stream
-        .highest_seq(producer)
-        .blocking_recv()
-        .expect("writer alive")
-        .unwrap_or(0)
-        + 1;
+    let start = stream.highest_seq(producer).unwrap_or(0) + 1;
     let mut out = std::io::stdout().lock();
     let mut pending = std::collections::VecDeque::new();
     let mut next = start;
