@@ -1,5 +1,6 @@
-//! Deterministic simulation of a consumer group: members join, leave,
-//! take messages within their credit, ack, nack, extend, or sit on them
+//! Deterministic simulation of a consumer group: members join, leave (or
+//! go without handing back), change their windows, take messages within
+//! their credit, ack, nack, extend, or sit on them
 //! past the deadline, in an order drawn from a seed; the daemon "crashes"
 //! now and then and the group restarts from what its journal held.
 //!
@@ -16,7 +17,10 @@
 //! - an ack that was journaled is never undone by a crash: that message is
 //!   not delivered again;
 //! - in the end, with a member that acks everything, every message is acked
-//!   or dead-lettered and the floor reaches the end.
+//!   or dead-lettered and the floor reaches the end;
+//! - after every step of a turn, the machine's own rules ([`Group::check`]:
+//!   its counts, queues and timers agree with its messages, the floor only
+//!   moves forward).
 //!
 //! `GROUP_SEEDS=n` sets the number of seeds (default 500); `GROUP_SEED=s`
 //! replays one.
@@ -43,6 +47,26 @@ fn record(offset: u64) -> (u64, Record) {
             payload: Bytes::from(format!("k{}=v{offset}", offset % 5)),
         },
     )
+}
+
+/// A push member's window: 1 to 7 messages, and now and then a byte
+/// bound that a single message may pass.
+fn window(rng: &mut ChaCha8Rng) -> Credit {
+    Credit::Window {
+        messages: rng.random_range(1..8),
+        bytes: if rng.random_bool(0.3) {
+            rng.random_range(1..30)
+        } else {
+            u64::MAX
+        },
+    }
+}
+
+fn window_messages(c: Credit) -> u32 {
+    match c {
+        Credit::Window { messages, .. } => messages,
+        Credit::Fetch { .. } => unreachable!("push members only"),
+    }
 }
 
 struct Model {
@@ -99,11 +123,13 @@ fn run(seed: u64) {
             end = (end + rng.random_range(1..20)).min(total);
         }
         group.set_end(end);
+        group.check();
         let (want, _) = group.wants();
         if want > 0 {
             let from = group.next_read();
             let n = rng.random_range(1..=want as u64);
             group.offer((from..from + n).map(record).collect());
+            group.check();
         }
         // Members come and go (in the drain, one steady member acks all).
         if draining {
@@ -124,35 +150,47 @@ fn run(seed: u64) {
         } else if members.len() < 4 && rng.random_bool(0.05) {
             let id = next_member;
             next_member += 1;
-            let w = rng.random_range(1..8);
+            let credit = window(&mut rng);
             members.push(id);
-            m.windows.insert(id, w);
-            group.join(
-                id,
-                format!("m{id}"),
-                Credit::Window {
-                    messages: w,
-                    bytes: u64::MAX,
-                },
-            );
+            m.windows.insert(id, window_messages(credit));
+            group.join(id, format!("m{id}"), credit);
+            group.check();
+        } else if !members.is_empty() && rng.random_bool(0.03) {
+            // A member changes its window, maybe below what it holds.
+            let id = members[rng.random_range(0..members.len())];
+            let credit = window(&mut rng);
+            m.windows.insert(id, window_messages(credit));
+            group.set_credit(id, credit);
+            group.check();
         } else if !members.is_empty() && rng.random_bool(0.02) {
             let id = members.swap_remove(rng.random_range(0..members.len()));
-            group.leave(id, now);
-            m.out.retain(|_, (holder, _)| *holder != id);
+            if rng.random_bool(0.7) {
+                group.leave(id, now);
+                m.out.retain(|_, (holder, _)| *holder != id);
+            } else {
+                // Gone without handing back: what it holds stays out
+                // until acked or its deadline.
+                group.detach(id);
+            }
+            group.check();
             m.held.remove(&id);
         }
         now += Duration::from_millis(rng.random_range(0..40));
         // The task reads back the records of messages ready again (a
         // delivery took them), sometimes a turn late: none may go out
         // before.
+        group.check();
         group.tick(now);
+        group.check();
         if rng.random_bool(0.8) {
             for o in group.unloaded() {
                 group.restore(o, Some(record(o).1));
+                group.check();
             }
         }
         let unloaded = group.unloaded();
         let delivered: Vec<Delivery> = group.dispatch(now);
+        group.check();
         for d in &delivered {
             assert!(
                 !unloaded.contains(&d.offset),
@@ -184,12 +222,15 @@ fn run(seed: u64) {
                     .insert(offset, (holder, now + Duration::from_millis(300)));
             }
             // else: sits on it, maybe past its deadline.
+            group.check();
         }
         // Deadlines that passed hand messages back.
         group.tick(now);
+        group.check();
         expire(&mut m, now);
         // Journal what happened (the service does it after every round).
         let (events, dead) = group.take_events();
+        group.check();
         for e in &events {
             journal.apply(e);
         }
@@ -217,6 +258,7 @@ fn run(seed: u64) {
         // A crash: the machine restarts from its journal alone.
         if !draining && rng.random_bool(0.01) {
             group = Group::new(config.clone(), &journal);
+            group.check();
             members.clear();
             m.out.clear();
             m.held.clear();

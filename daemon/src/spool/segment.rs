@@ -134,6 +134,17 @@ pub struct CommitHeader {
 impl CommitHeader {
     /// Writes the header (its `head_crc` computed here) into `out`.
     pub fn encode_into(&mut self, out: &mut [u8]) {
+        // Never write a header that `parse` would refuse.
+        debug_assert!(
+            self.count > 0 && self.body_len as usize >= self.count as usize * HEADER_LEN,
+            "commit header: {} records cannot fill {} body bytes",
+            self.count,
+            self.body_len
+        );
+        debug_assert!(
+            self.first.checked_add(self.count as u64).is_some(),
+            "commit header: offsets past u64"
+        );
         let b = &mut out[..COMMIT_HEADER_LEN];
         b[..4].copy_from_slice(COMMIT_MAGIC);
         b[4..8].copy_from_slice(&self.body_len.to_le_bytes());

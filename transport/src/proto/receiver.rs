@@ -207,6 +207,7 @@ impl Receiver {
             self.status_now = true;
             self.update_granted();
         }
+        self.debug_check_window();
     }
 
     /// The owner grants credit: the producer may send up to `durable + credit`.
@@ -217,6 +218,7 @@ impl Receiver {
             self.status_now = true;
             self.update_granted();
         }
+        self.debug_check_window();
     }
 
     fn update_granted(&mut self) {
@@ -289,6 +291,50 @@ impl Receiver {
         } else if self.nack_at.is_none() {
             self.nack_at = Some(now + self.reorder_delay());
         }
+        self.debug_check_window();
+    }
+
+    /// The window's rules, in debug builds: nothing undelivered is acked,
+    /// the grant never shrinks below `durable + credit`, and what waits
+    /// above the head of the line lies within the grant (a complete
+    /// message at the head would have been delivered). Cheap: the ends of
+    /// `pending` only.
+    fn debug_check_window(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        assert!(
+            self.durable < self.next_expected,
+            "receiver: durable {} not delivered (next {})",
+            self.durable,
+            self.next_expected
+        );
+        assert!(
+            self.granted >= self.durable.saturating_add(u64::from(self.credit)),
+            "receiver: grant {} below durable {} + credit {}",
+            self.granted,
+            self.durable,
+            self.credit
+        );
+        if let Some((&first, p)) = self.pending.first_key_value() {
+            assert!(
+                first > self.next_expected
+                    || (first == self.next_expected && matches!(p.body, Body::Partial(_))),
+                "receiver: pending {first} at or below the head of the line {}",
+                self.next_expected
+            );
+        }
+        if let Some((&last, _)) = self.pending.last_key_value() {
+            assert!(
+                last <= self.granted,
+                "receiver: pending {last} past the grant {}",
+                self.granted
+            );
+        }
+        assert!(
+            !self.pending.is_empty() || self.reassembly_bytes == 0,
+            "receiver: reassembly bytes with nothing under reassembly"
+        );
     }
 
     fn handle_entry(&mut self, now: Instant, entry: DataEntry) {

@@ -240,6 +240,7 @@ impl Sender {
         });
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.debug_check_window();
         Ok(seq)
     }
 
@@ -268,6 +269,8 @@ impl Sender {
             });
             next.next_seq += 1;
         }
+        self.debug_check_window();
+        next.debug_check_window();
         next
     }
 
@@ -381,6 +384,7 @@ impl Sender {
             session_id,
             durable_seq: w.durable_seq,
         });
+        self.debug_check_window();
     }
 
     fn on_status(&mut self, now: Instant, s: Status) {
@@ -423,6 +427,7 @@ impl Sender {
             self.pto_count = 0;
             self.pto_base = now;
         }
+        self.debug_check_window();
     }
 
     /// Bytes of message `seq` sent at least once so far.
@@ -679,6 +684,7 @@ impl Sender {
                 break;
             }
         }
+        self.debug_check_window();
         if w.is_empty() {
             return false;
         }
@@ -688,6 +694,64 @@ impl Sender {
             self.pto_base = now;
         }
         true
+    }
+
+    /// The window's rules, in debug builds: the buffer holds exactly the
+    /// seqs from `base_seq` to `next_seq` (nothing durable is kept, nothing
+    /// pushed is lost), first transmissions lie within them, and nothing
+    /// is durable or received that was never pushed. Cheap: no pass over
+    /// the buffer, only over the (short) retransmission queue.
+    fn debug_check_window(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        assert!(
+            self.base_seq <= self.send_seq && self.send_seq <= self.next_seq,
+            "sender: send seq {} outside the window {}..={}",
+            self.send_seq,
+            self.base_seq,
+            self.next_seq
+        );
+        assert_eq!(
+            self.buf.len() as u64,
+            self.next_seq - self.base_seq,
+            "sender: the buffer does not hold exactly the unacked seqs"
+        );
+        assert!(
+            self.send_offset == 0
+                || (self.send_seq < self.next_seq
+                    && self.send_offset
+                        < self.buf[(self.send_seq - self.base_seq) as usize]
+                            .payload
+                            .len()),
+            "sender: a message sent past its end"
+        );
+        assert!(
+            self.durable_seq < self.base_seq,
+            "sender: durable seq {} still buffered from {}",
+            self.durable_seq,
+            self.base_seq
+        );
+        assert!(
+            self.durable_seq < self.next_seq && self.received_seq < self.next_seq,
+            "sender: acked a message never pushed"
+        );
+        assert!(
+            self.buf_bytes <= self.config.max_unacked_bytes
+                && self.buf_bytes >= self.buf.len() * MESSAGE_OVERHEAD
+                && (self.buf_bytes == 0) == self.buf.is_empty(),
+            "sender: unacked bytes {} disagree with {} messages held",
+            self.buf_bytes,
+            self.buf.len()
+        );
+        for r in self.retx.iter().filter(|r| r.seq >= self.base_seq) {
+            let m = &self.buf[(r.seq - self.base_seq) as usize];
+            assert!(
+                m.retx_queued > 0 && (r.offset + r.len) as usize <= m.payload.len(),
+                "sender: retransmission of {} not counted or past its end",
+                r.seq
+            );
+        }
     }
 
     /// The largest message that fits whole in one datagram.

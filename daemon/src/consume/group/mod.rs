@@ -10,13 +10,26 @@
 //! - a message is out with at most one member at a time;
 //! - a member never holds more than its credit (messages and bytes; one
 //!   message always fits an empty window, so a message larger than the
-//!   byte window cannot stall the group);
+//!   byte window cannot stall the group); a member that lowers its window
+//!   below what it holds takes nothing until what it holds fits again;
 //! - a message out past its ack deadline, nacked, or held by a member that
 //!   left is delivered again, unless it has been delivered `max_deliveries`
 //!   times: then it goes to the dead-letter stream and the group goes on;
 //! - the floor (every offset below it done) only moves forward.
+//!
+//! [`Group::check`] asserts them, with the rules of its derived state,
+//! each kept by a small type of its own: [`ready`] (the messages to send
+//! now), [`deadlines`] (one timer table) and [`member`] (credit).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+mod check;
+mod deadlines;
+mod member;
+mod ready;
+#[cfg(test)]
+mod tests;
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -27,6 +40,9 @@ use super::offset_map::OffsetMap;
 use super::ranges::RangeSet;
 use super::store::{Event, GroupState};
 use crate::spool::Record;
+use deadlines::{out_until, Deadlines, Due};
+use member::Member;
+use ready::ReadyQueue;
 use sluice_transport::offsets::ranges_of;
 
 pub type MemberId = u64;
@@ -106,25 +122,6 @@ pub enum Credit {
     Window { messages: u32, bytes: u64 },
     /// Pull: this many more messages in the open fetch (0: none open).
     Fetch { left: u32 },
-}
-
-struct Member {
-    name: String,
-    credit: Credit,
-    out_messages: u32,
-    out_bytes: u64,
-}
-
-impl Member {
-    fn can_take(&self, len: u64) -> bool {
-        match self.credit {
-            Credit::Window { messages, bytes } => {
-                self.out_messages < messages
-                    && (self.out_messages == 0 || self.out_bytes + len <= bytes)
-            }
-            Credit::Fetch { left } => left > 0,
-        }
-    }
 }
 
 /// One delivery attempt, for the dead-letter history.
@@ -216,28 +213,10 @@ pub struct Group {
     pending: OffsetMap<Pending>,
     /// Payload bytes of `pending`.
     pending_bytes: u64,
-    /// Ready offsets as read from the spool, in order. An entry whose
-    /// message is no longer ready (acked before it went out) is skipped
-    /// when it comes up: removing it from the middle would cost more.
-    fresh: VecDeque<u64>,
-    /// Ready offsets that were out before (nacked, expired, handed back):
-    /// few, and they go first.
-    again: BTreeSet<u64>,
-    /// Of those, the ones whose record must be read back from the spool
-    /// before they can go out.
-    unloaded: BTreeSet<u64>,
-    /// Ready messages (in `fresh` or `again`) and their payload bytes.
-    ready_count: usize,
-    ready_bytes: u64,
-    /// Waiting offsets due later, by due time.
-    delayed: BTreeSet<(Instant, u64)>,
-    /// Out offsets by deadline: those with the group's ack deadline in
-    /// the order they went out, which is deadline order. An entry whose
-    /// message was acked meanwhile is dropped when it reaches the front
-    /// (acks come nearly in order, so that is soon) or by `compact`.
-    timeline: VecDeque<(Instant, u64)>,
-    /// Out offsets whose deadline came otherwise (extended), by deadline.
-    extended: BTreeSet<(Instant, u64)>,
+    /// Ready messages, to go out now.
+    ready: ReadyQueue,
+    /// Deadlines of messages out, and due times of delayed ones.
+    deadlines: Deadlines,
     /// Messages out with members.
     out_count: usize,
     members: BTreeMap<MemberId, Member>,
@@ -248,6 +227,8 @@ pub struct Group {
     events: Vec<Event>,
     dead: Vec<DeadOut>,
     counters: GroupCounters,
+    /// The floor the last [`check`](Self::check) saw (it only moves up).
+    checked_floor: Cell<u64>,
 }
 
 impl Group {
@@ -263,14 +244,8 @@ impl Group {
             dlq_seq: state.dlq_seq,
             pending: OffsetMap::default(),
             pending_bytes: 0,
-            fresh: VecDeque::new(),
-            again: BTreeSet::new(),
-            unloaded: BTreeSet::new(),
-            ready_count: 0,
-            ready_bytes: 0,
-            delayed: BTreeSet::new(),
-            timeline: VecDeque::new(),
-            extended: BTreeSet::new(),
+            ready: ReadyQueue::default(),
+            deadlines: Deadlines::default(),
             out_count: 0,
             members: BTreeMap::new(),
             last_served: 0,
@@ -278,6 +253,7 @@ impl Group {
             events: Vec::new(),
             dead: Vec::new(),
             counters: GroupCounters::default(),
+            checked_floor: Cell::new(state.floor),
         }
     }
 
@@ -329,13 +305,7 @@ impl Group {
     /// Credit the members have left, in messages (a pull member: what its
     /// open fetch may still take).
     pub fn free_credit(&self) -> u64 {
-        self.members
-            .values()
-            .map(|m| match m.credit {
-                Credit::Window { messages, .. } => messages.saturating_sub(m.out_messages) as u64,
-                Credit::Fetch { left } => left as u64,
-            })
-            .sum()
+        self.members.values().map(Member::free_messages).sum()
     }
 
     /// Tells the group where the stream's durable end is.
@@ -351,13 +321,13 @@ impl Group {
         // consumes holds no payloads, however many groups there are).
         if self.members.is_empty()
             || self.next >= self.end
-            || self.ready_bytes >= self.config.read_ahead_bytes
+            || self.ready.bytes() >= self.config.read_ahead_bytes
         {
             return (0, 0);
         }
-        let room = self.config.read_ahead.saturating_sub(self.ready_count);
+        let room = self.config.read_ahead.saturating_sub(self.ready.count());
         let records = room.min((self.end - self.next) as usize);
-        (records, self.config.read_ahead_bytes - self.ready_bytes)
+        (records, self.config.read_ahead_bytes - self.ready.bytes())
     }
 
     /// Records read from the spool, in offset order from `next_read`
@@ -414,24 +384,14 @@ impl Group {
                     history: Vec::new(),
                 },
             );
-            // Offers come in offset order: `fresh` stays sorted.
-            self.fresh.push_back(offset);
-            self.ready_count += 1;
-            self.ready_bytes += len;
+            // Offers come in offset order.
+            self.ready.push_fresh(offset, len);
         }
     }
 
     /// A member joins.
     pub fn join(&mut self, member: MemberId, name: String, credit: Credit) {
-        self.members.insert(
-            member,
-            Member {
-                name,
-                credit,
-                out_messages: 0,
-                out_bytes: 0,
-            },
-        );
+        self.members.insert(member, Member::new(name, credit));
     }
 
     /// A member leaves (or its connection is gone): what it held is
@@ -461,31 +421,17 @@ impl Group {
         if !self.members.is_empty() {
             return;
         }
-        for offset in std::mem::take(&mut self.fresh) {
-            let Some(p) = self.pending.get_mut(offset) else {
-                continue;
-            };
-            if matches!(p.place, Place::Ready) && !self.again.contains(&offset) {
-                // Still counted ready (`ready_count`, `ready_bytes`), now
-                // among those delivered again first, in offset order.
-                p.record = None;
-                self.again.insert(offset);
-                self.unloaded.insert(offset);
-            }
-        }
-        for &offset in &self.again {
-            if let Some(p) = self.pending.get_mut(offset) {
-                if p.record.take().is_some() {
-                    self.unloaded.insert(offset);
-                }
-            }
-        }
+        let pending = &mut self.pending;
+        self.ready.unload_all(|offset| {
+            let p = pending.get_mut(offset)?;
+            matches!(p.place, Place::Ready).then(|| p.record.take().is_some())
+        });
     }
 
     /// A member's new credit.
     pub fn set_credit(&mut self, member: MemberId, credit: Credit) {
         if let Some(m) = self.members.get_mut(&member) {
-            m.credit = credit;
+            m.set_credit(credit);
         }
     }
 
@@ -529,7 +475,7 @@ impl Group {
                 self.mark_done(gap);
             }
         }
-        self.trim_timeline();
+        self.trim_deadlines();
         self.counters.acked += n;
         n
     }
@@ -590,13 +536,11 @@ impl Group {
                 if *d == deadline {
                     continue;
                 }
-                // The old entry (in `timeline` or `extended`) goes stale.
-                self.extended.remove(&(*d, offset));
+                self.deadlines.move_deadline(offset, *d, deadline);
                 *d = deadline;
-                self.extended.insert((deadline, offset));
             }
         }
-        self.trim_timeline();
+        self.trim_deadlines();
     }
 
     fn is_out_with(&self, offset: u64, member: Option<MemberId>) -> bool {
@@ -608,98 +552,60 @@ impl Group {
 
     /// When the machine next needs [`tick`](Self::tick).
     pub fn next_timer(&self) -> Option<Instant> {
-        let d = self.timeline.front().map(|(t, _)| *t);
-        let e = self.extended.first().map(|(t, _)| *t);
-        let w = self.delayed.first().map(|(t, _)| *t);
-        d.into_iter().chain(e).chain(w).min()
+        self.deadlines.next()
     }
 
-    /// Whether `offset` is out with the deadline `t` (a `timeline` entry
-    /// that still stands).
-    fn out_until(&self, offset: u64, t: Instant) -> bool {
-        self.pending
-            .get(offset)
-            .is_some_and(|p| matches!(p.place, Place::Out { deadline, .. } if deadline == t))
-    }
-
-    /// Drops stale entries from the front of `timeline` (so that the next
-    /// timer is a real deadline), and all of them once they outnumber the
-    /// live ones (a message held long at the front keeps the rest from
-    /// reaching it).
-    fn trim_timeline(&mut self) {
-        while let Some(&(t, offset)) = self.timeline.front() {
-            if self.out_until(offset, t) {
-                break;
-            }
-            self.timeline.pop_front();
-        }
-        if self.timeline.len() > 2 * self.out_count + 1024 {
-            let mut timeline = std::mem::take(&mut self.timeline);
-            timeline.retain(|&(t, offset)| self.out_until(offset, t));
-            self.timeline = timeline;
-        }
+    /// Drops stale deadlines (see [`Deadlines::trim`]).
+    fn trim_deadlines(&mut self) {
+        let pending = &self.pending;
+        self.deadlines
+            .trim(self.out_count, |offset, t| out_until(pending, offset, t));
     }
 
     /// Deadlines that passed become failed attempts; delayed messages that
     /// are due become ready.
     pub fn tick(&mut self, now: Instant) {
-        while let Some(&(t, offset)) = self.timeline.front() {
-            if t > now {
-                break;
-            }
-            self.timeline.pop_front();
-            if self.out_until(offset, t) {
-                self.counters.expired += 1;
-                self.fail(offset, AttemptOutcome::DeadlineExpired, now, now);
-            }
-        }
-        while let Some(&(t, offset)) = self.extended.first() {
-            if t > now {
-                break;
-            }
-            // Removed here as well as in `fail`, so the loop ends whatever
-            // state the entry was in.
-            self.extended.remove(&(t, offset));
-            self.counters.expired += 1;
-            self.fail(offset, AttemptOutcome::DeadlineExpired, now, now);
-        }
-        while let Some(&(t, offset)) = self.delayed.first() {
-            if t > now {
-                break;
-            }
-            self.delayed.remove(&(t, offset));
-            if let Some(p) = self.pending.get_mut(offset) {
-                p.place = Place::Ready;
-                let (len, unloaded) = (p.len, p.record.is_none());
-                self.make_ready_again(offset, len, unloaded);
+        loop {
+            let pending = &self.pending;
+            let due = self
+                .deadlines
+                .pop_due(now, |offset, t| out_until(pending, offset, t));
+            match due {
+                None => break,
+                Some(Due::Deadline(offset)) => {
+                    self.counters.expired += 1;
+                    self.fail(offset, AttemptOutcome::DeadlineExpired, now, now);
+                }
+                Some(Due::Delayed(offset)) => {
+                    if let Some(p) = self.pending.get_mut(offset) {
+                        p.place = Place::Ready;
+                        let (len, unloaded) = (p.len, p.record.is_none());
+                        self.ready.push_again(offset, len, unloaded);
+                    }
+                }
             }
         }
-        self.trim_timeline();
+        self.trim_deadlines();
     }
 
-    /// The oldest ready offset: one delivered before, or the next fresh
-    /// one (dropping fresh entries that are no longer ready).
+    /// The oldest ready offset (dropping stale fresh entries).
     fn first_ready(&mut self) -> Option<u64> {
-        while let Some(&offset) = self.fresh.front() {
-            if matches!(self.pending.get(offset), Some(p) if matches!(p.place, Place::Ready)) {
-                break;
-            }
-            self.fresh.pop_front();
-        }
-        match (self.again.first(), self.fresh.front()) {
-            (Some(&a), Some(&f)) => Some(a.min(f)),
-            (a, f) => a.or(f).copied(),
-        }
+        let pending = &self.pending;
+        self.ready.first(|offset| {
+            pending
+                .get(offset)
+                .is_some_and(|p| matches!(p.place, Place::Ready))
+        })
     }
 
     /// Hands ready messages to members with credit, round robin, oldest
     /// message first.
     pub fn dispatch(&mut self, now: Instant) -> Vec<Delivery> {
         self.tick(now);
-        let mut out = Vec::with_capacity(self.ready_count.min(4096));
+        let mut out = Vec::with_capacity(self.ready.count().min(4096));
         let deadline = now + self.config.ack_deadline;
         while let Some(offset) = self.first_ready() {
-            if self.unloaded.contains(&offset) {
+            if self.ready.is_unloaded(offset) {
                 // Its record is not read back yet: the next turn.
                 break;
             }
@@ -707,24 +613,13 @@ impl Group {
             let Some(member) = self.pick_member(len) else {
                 break;
             };
-            self.unready(offset, len);
-            let m = self.members.get_mut(&member).expect("picked");
-            m.out_messages += 1;
-            m.out_bytes += len;
-            if let Credit::Fetch { left } = &mut m.credit {
-                *left -= 1;
-            }
+            self.ready.remove(offset, len);
+            self.members.get_mut(&member).expect("picked").take(len);
             let p = self.pending.get_mut(offset).expect("ready means pending");
             p.deliveries += 1;
             p.place = Place::Out { member, deadline };
             self.out_count += 1;
-            // `now` only moves forward, so the timeline stays in deadline
-            // order; a caller's clock going back lands in `extended`.
-            if self.timeline.back().is_none_or(|&(t, _)| t <= deadline) {
-                self.timeline.push_back((deadline, offset));
-            } else {
-                self.extended.insert((deadline, offset));
-            }
+            self.deadlines.add_deadline(deadline, offset);
             self.counters.delivered += 1;
             if p.deliveries > 1 {
                 // First deliveries are not journaled (most messages have
@@ -764,13 +659,13 @@ impl Group {
         if self.members.is_empty() {
             return Vec::new();
         }
-        self.unloaded.iter().copied().collect()
+        self.ready.unloaded().collect()
     }
 
     /// The record of an [`unloaded`](Self::unloaded) message, read back;
     /// `None`: it is gone from the spool (retention), so it is done.
     pub fn restore(&mut self, offset: u64, record: Option<Record>) {
-        if !self.unloaded.remove(&offset) {
+        if !self.ready.loaded(offset) {
             return;
         }
         match record {
@@ -794,22 +689,14 @@ impl Group {
         self.pending_bytes -= p.len;
         match p.place {
             Place::Out { member, deadline } => {
-                // Its `timeline` entry, if it has one, goes stale.
-                if !self.extended.is_empty() {
-                    self.extended.remove(&(deadline, offset));
-                }
+                self.deadlines.remove_deadline(deadline, offset);
                 self.out_count -= 1;
                 if let Some(m) = self.members.get_mut(&member) {
-                    m.out_messages -= 1;
-                    m.out_bytes -= p.len;
+                    m.give_back(p.len);
                 }
             }
-            Place::Ready => {
-                self.unready(offset, p.len);
-            }
-            Place::Delayed { due } => {
-                self.delayed.remove(&(due, offset));
-            }
+            Place::Ready => self.ready.remove(offset, p.len),
+            Place::Delayed { due } => self.deadlines.remove_delayed(due, offset),
         }
         Some(p)
     }
@@ -859,37 +746,14 @@ impl Group {
             return;
         }
         p.place = if due <= now {
-            self.make_ready_again(offset, p.len, p.record.is_none());
+            self.ready.push_again(offset, p.len, p.record.is_none());
             Place::Ready
         } else {
-            self.delayed.insert((due, offset));
+            self.deadlines.add_delayed(due, offset);
             Place::Delayed { due }
         };
         self.pending_bytes += p.len;
         self.pending.insert(offset, p);
-    }
-
-    /// A message that was out is ready again (`unloaded`: without its
-    /// record, which the group task reads back).
-    fn make_ready_again(&mut self, offset: u64, len: u64, unloaded: bool) {
-        if self.again.insert(offset) {
-            self.ready_count += 1;
-            self.ready_bytes += len;
-        }
-        if unloaded {
-            self.unloaded.insert(offset);
-        }
-    }
-
-    /// A ready message (its place is `Ready`) stops being ready: taken
-    /// out, or done. A `fresh` entry is left to be skipped.
-    fn unready(&mut self, offset: u64, len: u64) {
-        if !self.again.is_empty() {
-            self.again.remove(&offset);
-            self.unloaded.remove(&offset);
-        }
-        self.ready_count -= 1;
-        self.ready_bytes -= len;
     }
 
     fn mark_done(&mut self, r: std::ops::Range<u64>) {
@@ -932,296 +796,5 @@ impl Group {
     /// counts, dead letters).
     pub fn has_other_events(&self) -> bool {
         !self.events.is_empty() || !self.dead.is_empty()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec(i: u64, payload: &str) -> (u64, Record) {
-        (
-            i,
-            Record {
-                producer: i % 3,
-                seq: i + 1,
-                timestamp_us: 1_000 + i,
-                payload: Bytes::copy_from_slice(payload.as_bytes()),
-            },
-        )
-    }
-
-    fn group(config: GroupConfig, n: u64) -> Group {
-        let mut g = Group::new(config, &GroupState::new(0));
-        g.set_end(n);
-        g.offer((0..n).map(|i| rec(i, "x")).collect());
-        g
-    }
-
-    /// What the group task does each turn: deadlines, records read back,
-    /// then deliveries.
-    fn send(g: &mut Group, now: Instant) -> Vec<Delivery> {
-        g.tick(now);
-        for o in g.unloaded() {
-            g.restore(o, Some(rec(o, "x").1));
-        }
-        g.dispatch(now)
-    }
-
-    #[test]
-    fn a_message_ready_again_goes_out_once_its_record_is_read_back() {
-        let t0 = Instant::now();
-        let mut g = group(GroupConfig::default(), 2);
-        g.join(1, "a".into(), window(1));
-        assert_eq!(g.dispatch(t0)[0].offset, 0);
-        g.nack(Some(1), &[0], Duration::ZERO, t0);
-        assert_eq!(g.unloaded(), [0], "the delivery took its record");
-        assert!(g.dispatch(t0).is_empty(), "not before it is read back");
-        g.restore(0, Some(rec(0, "again").1));
-        let d = g.dispatch(t0);
-        assert_eq!((d[0].offset, d[0].delivery), (0, 2));
-        assert_eq!(&d[0].record.payload[..], b"again");
-        // Gone from the spool meanwhile: done, and the group goes on.
-        g.nack(Some(1), &[0], Duration::ZERO, t0);
-        g.restore(0, None);
-        assert_eq!(g.counters().lost_to_retention, 1);
-        assert_eq!(g.floor(), 1);
-        assert_eq!(g.dispatch(t0)[0].offset, 1);
-    }
-
-    fn window(messages: u32) -> Credit {
-        Credit::Window {
-            messages,
-            bytes: u64::MAX,
-        }
-    }
-
-    #[test]
-    fn credit_bounds_what_a_member_holds() {
-        let now = Instant::now();
-        let mut g = group(GroupConfig::default(), 10);
-        g.join(1, "a".into(), window(3));
-        let d = send(&mut g, now);
-        assert_eq!(d.iter().map(|d| d.offset).collect::<Vec<_>>(), [0, 1, 2]);
-        assert!(send(&mut g, now).is_empty(), "no credit left");
-        g.ack(&[1]);
-        assert_eq!(send(&mut g, now)[0].offset, 3);
-        assert_eq!(g.floor(), 0, "0 is not acked yet");
-        g.ack(&[0]);
-        assert_eq!(g.floor(), 2);
-    }
-
-    #[test]
-    fn a_byte_window_lets_one_large_message_through() {
-        let now = Instant::now();
-        let mut g = Group::new(GroupConfig::default(), &GroupState::new(0));
-        g.set_end(2);
-        g.offer(vec![rec(0, "0123456789"), rec(1, "0123456789")]);
-        g.join(
-            1,
-            "a".into(),
-            Credit::Window {
-                messages: 10,
-                bytes: 4,
-            },
-        );
-        assert_eq!(send(&mut g, now).len(), 1);
-        g.ack(&[0]);
-        assert_eq!(send(&mut g, now).len(), 1);
-    }
-
-    #[test]
-    fn expired_messages_go_to_another_member_then_to_dead_letters() {
-        let t0 = Instant::now();
-        let config = GroupConfig {
-            ack_deadline: Duration::from_secs(1),
-            max_deliveries: 2,
-            ..GroupConfig::default()
-        };
-        let mut g = group(config, 1);
-        g.join(1, "a".into(), window(1));
-        assert_eq!(send(&mut g, t0)[0].delivery, 1);
-        g.join(2, "b".into(), window(1));
-        let t1 = t0 + Duration::from_secs(2);
-        let d = send(&mut g, t1);
-        assert_eq!((d[0].member, d[0].delivery), (2, 2), "{d:?}");
-        let t2 = t1 + Duration::from_secs(2);
-        assert!(send(&mut g, t2).is_empty());
-        let (events, dead) = g.take_events();
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].history.len(), 2);
-        assert_eq!(dead[0].history[0].member, "a");
-        assert!(events.contains(&Event::Dead {
-            offset: 0,
-            dlq_seq: 1
-        }));
-        assert!(events.contains(&Event::Delivered {
-            offset: 0,
-            count: 2
-        }));
-        assert_eq!(g.floor(), 1, "the group goes on");
-    }
-
-    #[test]
-    fn a_dead_letter_keeps_the_latest_attempts() {
-        let t0 = Instant::now();
-        let config = GroupConfig {
-            max_deliveries: 100,
-            ..GroupConfig::default()
-        };
-        let mut g = group(config, 1);
-        g.join(1, "a".into(), window(1));
-        for _ in 0..100 {
-            assert_eq!(send(&mut g, t0).len(), 1);
-            g.nack(Some(1), &[0], Duration::ZERO, t0);
-        }
-        let (_, dead) = g.take_events();
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].deliveries, 100);
-        assert_eq!(dead[0].history.len(), MAX_HISTORY);
-    }
-
-    #[test]
-    fn nack_with_delay_waits() {
-        let t0 = Instant::now();
-        let mut g = group(GroupConfig::default(), 1);
-        g.join(1, "a".into(), window(5));
-        send(&mut g, t0);
-        g.nack(Some(1), &[0], Duration::from_secs(5), t0);
-        assert!(send(&mut g, t0 + Duration::from_secs(4)).is_empty());
-        assert_eq!(g.next_timer(), Some(t0 + Duration::from_secs(5)));
-        assert_eq!(send(&mut g, t0 + Duration::from_secs(5)).len(), 1);
-    }
-
-    #[test]
-    fn a_nack_delay_is_capped_like_an_extension() {
-        let t0 = Instant::now();
-        let config = GroupConfig {
-            max_ack_extension: Duration::from_secs(60),
-            ..GroupConfig::default()
-        };
-        let mut g = group(config, 1);
-        g.join(1, "a".into(), window(5));
-        send(&mut g, t0);
-        // 2^64 - 1 ms: ~584 million years, without the cap.
-        g.nack(Some(1), &[0], Duration::from_millis(u64::MAX), t0);
-        assert!(send(&mut g, t0 + Duration::from_secs(59)).is_empty());
-        let again = send(&mut g, t0 + Duration::from_secs(60));
-        assert_eq!((again.len(), again[0].delivery), (1, 2));
-    }
-
-    #[test]
-    fn a_leaving_member_hands_back_its_messages() {
-        let t0 = Instant::now();
-        let mut g = group(GroupConfig::default(), 4);
-        g.join(1, "a".into(), window(2));
-        g.join(2, "b".into(), window(2));
-        let d = send(&mut g, t0);
-        assert_eq!(d.len(), 4);
-        let of_a: Vec<u64> = d
-            .iter()
-            .filter(|d| d.member == 1)
-            .map(|d| d.offset)
-            .collect();
-        g.leave(1, t0);
-        g.ack(
-            &d.iter()
-                .filter(|d| d.member == 2)
-                .map(|d| d.offset)
-                .collect::<Vec<_>>(),
-        );
-        let again = send(&mut g, t0);
-        assert_eq!(again.iter().map(|d| d.offset).collect::<Vec<_>>(), of_a);
-        assert!(again.iter().all(|d| d.member == 2 && d.delivery == 2));
-    }
-
-    #[test]
-    fn conflation_keeps_the_newest_per_key_of_a_backlog() {
-        let now = Instant::now();
-        let config = GroupConfig {
-            conflate: Some(KeyRule::Delimiter(b'=')),
-            ..GroupConfig::default()
-        };
-        let mut g = Group::new(config, &GroupState::new(0));
-        g.set_end(5);
-        g.offer(vec![
-            rec(0, "a=1"),
-            rec(1, "b=1"),
-            rec(2, "a=2"),
-            rec(3, "a=3"),
-            rec(4, "b=2"),
-        ]);
-        g.join(1, "a".into(), window(10));
-        let got: Vec<u64> = send(&mut g, now).iter().map(|d| d.offset).collect();
-        assert_eq!(got, [3, 4]);
-        assert_eq!(g.counters().conflated, 3);
-        g.ack(&got);
-        assert_eq!(g.floor(), 5);
-    }
-
-    #[test]
-    fn acks_after_a_restart_count_before_the_message_is_read() {
-        let mut g = Group::new(GroupConfig::default(), &GroupState::new(0));
-        g.set_end(3);
-        assert_eq!(g.ack(&[1, 7]), 1, "7 is past the end");
-        g.offer((0..3).map(|i| rec(i, "x")).collect());
-        g.join(1, "a".into(), window(10));
-        let got: Vec<u64> = g
-            .dispatch(Instant::now())
-            .iter()
-            .map(|d| d.offset)
-            .collect();
-        assert_eq!(got, [0, 2]);
-    }
-
-    #[test]
-    fn retention_gaps_are_done() {
-        let mut g = Group::new(GroupConfig::default(), &GroupState::new(0));
-        g.set_end(10);
-        g.offer(vec![rec(5, "x")]);
-        assert_eq!(g.floor(), 5);
-        assert_eq!(g.counters().lost_to_retention, 5);
-    }
-
-    #[test]
-    fn a_message_held_long_does_not_pin_the_deadlines_of_acked_ones() {
-        let t0 = Instant::now();
-        let n = 20_000;
-        let config = GroupConfig {
-            read_ahead: n as usize,
-            ..GroupConfig::default()
-        };
-        let mut g = group(config, n);
-        g.join(1, "a".into(), window(n as u32));
-        assert_eq!(send(&mut g, t0).len(), n as usize);
-        // Everything acked but the oldest, in batches as a client sends.
-        let rest: Vec<u64> = (1..n).collect();
-        for batch in rest.chunks(512) {
-            g.ack(batch);
-        }
-        assert_eq!(g.out(), 1);
-        assert!(
-            g.timeline.len() <= 1024 + 2,
-            "stale deadlines kept: {}",
-            g.timeline.len()
-        );
-        assert_eq!(g.next_timer(), Some(t0 + g.config().ack_deadline));
-        g.ack(&[0]);
-        assert_eq!(g.floor(), n);
-        assert!(g.timeline.is_empty() && g.next_timer().is_none());
-        assert_eq!(g.backlog(), 0);
-    }
-
-    #[test]
-    fn pull_credit_is_per_fetch() {
-        let now = Instant::now();
-        let mut g = group(GroupConfig::default(), 10);
-        g.join(1, "p".into(), Credit::Fetch { left: 0 });
-        assert!(send(&mut g, now).is_empty());
-        g.set_credit(1, Credit::Fetch { left: 4 });
-        assert_eq!(send(&mut g, now).len(), 4);
-        assert!(send(&mut g, now).is_empty());
-        g.set_credit(1, Credit::Fetch { left: 2 });
-        assert_eq!(send(&mut g, now).len(), 2, "held messages do not count");
     }
 }
