@@ -11,10 +11,11 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::api::serve::AdminLimits;
 use crate::auth::{AuthConfig, Authenticator};
 use crate::consume::budget::ConsumerLimits;
 use crate::consume::group::GroupConfig;
-use crate::consume::service::{parse_key_rule, ConsumersConfig, GroupSettings};
+use crate::consume::service::{parse_key_rule, parse_start, ConsumersConfig, GroupSettings};
 use crate::consume::store::check_group_name;
 use crate::credit::CreditPolicy;
 use crate::spool::{FsyncPolicy, LogConfig, SpoolConfig};
@@ -43,17 +44,6 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
         key,
         reason: reason.into(),
     }
-}
-
-/// The admin endpoint's limits (`[admin]`), checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AdminLimits {
-    pub max_connections: usize,
-    pub max_connections_per_source: usize,
-    pub header_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub page_bytes: u64,
-    pub max_page_requests: usize,
 }
 
 /// The whole configuration, as the TOML file spells it.
@@ -1174,33 +1164,6 @@ impl Config {
             groups,
         })
     }
-}
-
-/// Parses a start position: `earliest`, `latest`, `offset:N`, `time:RFC3339`.
-pub fn parse_start(s: &str) -> Result<StartAt, String> {
-    match s {
-        "earliest" => return Ok(StartAt::Earliest),
-        "latest" => return Ok(StartAt::Latest),
-        _ => {}
-    }
-    if let Some(n) = s.strip_prefix("offset:") {
-        return n
-            .parse()
-            .map(StartAt::Offset)
-            .map_err(|_| format!("`{s}`: offset:N takes a whole number"));
-    }
-    if let Some(t) = s.strip_prefix("time:") {
-        let at = humantime::parse_rfc3339_weak(t)
-            .map_err(|e| format!("`{s}`: {e} (e.g. time:2026-12-01T10:00:00Z)"))?;
-        let us = at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_err(|_| format!("`{s}`: before 1970"))?
-            .as_micros() as u64;
-        return Ok(StartAt::Time(us));
-    }
-    Err(format!(
-        "`{s}` is not one of earliest, latest, offset:N, time:RFC3339"
-    ))
 }
 
 /// The `[xdp]` key of an AF_XDP socket setting.

@@ -5,14 +5,13 @@
 //! clients pin it (`sluice publish --server-fingerprint`, or `--server-cert`
 //! with the file).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sluice_transport::quic::tls::{self, TlsError};
 use thiserror::Error;
 use tracing::{info, warn};
-
-use crate::config::Config;
 
 /// The self-signed certificate and key, inside the data folder.
 pub const SELF_SIGNED_CERT: &str = "tls/server.crt";
@@ -42,20 +41,32 @@ pub struct Identity {
     pub cert_path: PathBuf,
 }
 
+/// Where the QUIC plane's certificate comes from (`[quic]`, and the data
+/// folder for the self-signed one).
+pub struct IdentitySource<'a> {
+    /// Configured files (`quic.cert`, `quic.key`); empty: self-signed.
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    /// Where the self-signed one is kept.
+    pub dir: &'a Path,
+    /// The QUIC listener's address, named in the self-signed certificate.
+    pub listen: SocketAddr,
+}
+
 /// The configured certificate, or the self-signed one (made if missing).
-pub fn load_or_create(config: &Config) -> Result<Identity, IdentityError> {
-    let (cert, key) = if config.quic.cert.as_os_str().is_empty() {
-        let dir = &config.spool.dir;
+pub fn load_or_create(from: &IdentitySource) -> Result<Identity, IdentityError> {
+    let (cert, key) = if from.cert.as_os_str().is_empty() {
+        let dir = from.dir;
         let (cert, key) = (dir.join(SELF_SIGNED_CERT), dir.join(SELF_SIGNED_KEY));
         if !cert.exists() || !key.exists() {
-            create_self_signed(&cert, &key, config)?;
+            create_self_signed(&cert, &key, from.listen)?;
         }
-        if !config.quic.listen.ip().is_loopback() {
+        if !from.listen.ip().is_loopback() {
             warn!(cert = %cert.display(), "the QUIC plane serves a self-signed certificate beyond loopback: clients must pin its fingerprint (or configure quic.cert and quic.key)");
         }
         (cert, key)
     } else {
-        (config.quic.cert.clone(), config.quic.key.clone())
+        (from.cert.to_path_buf(), from.key.to_path_buf())
     };
     let chain = tls::load_certs(&cert)?;
     let key_der = tls::load_key(&key)?;
@@ -73,13 +84,13 @@ pub fn load_or_create(config: &Config) -> Result<Identity, IdentityError> {
     })
 }
 
-fn create_self_signed(cert: &Path, key: &Path, config: &Config) -> Result<(), IdentityError> {
+fn create_self_signed(cert: &Path, key: &Path, listen: SocketAddr) -> Result<(), IdentityError> {
     let mut names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ];
-    let ip = config.quic.listen.ip();
+    let ip = listen.ip();
     if !ip.is_unspecified() && !ip.is_loopback() {
         names.push(ip.to_string());
     }

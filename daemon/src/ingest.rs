@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 use crate::credit::CreditPolicy;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, StreamMetrics};
-use crate::spool::writer::now_us;
+use crate::spool::record::now_us;
 use crate::spool::{Outcome, Record, Spool, SpoolError, Stream};
 
 /// What all of a daemon's ingest endpoints share.

@@ -78,7 +78,7 @@ fn init_tracing(config: &Config) {
 /// Raises the soft limit on open files to the hard one, where allowed:
 /// connections, segment files and group journals all take descriptors,
 /// and a soft limit of 1024 (a common default) is soon reached. The admin
-/// port keeps a reserve of them (`http_serve::fd_reserve`) whatever the
+/// port keeps a reserve of them (`api::serve::fd_reserve`) whatever the
 /// limit is; this only makes more room. Logs what it got.
 fn raise_open_files() {
     let mut l = libc::rlimit {

@@ -1,13 +1,13 @@
 //! sluice-daemon: the parts of `sluiced` that are not transport.
 
-pub mod admin;
+pub mod api;
 pub mod any_bytes;
 pub mod auth;
 pub mod config;
 pub mod consume;
 pub mod credit;
 pub mod gate;
-pub mod http_serve;
+pub mod histogram;
 pub mod identity;
 pub mod ingest;
 pub mod launch;

@@ -15,15 +15,15 @@ use sluice_transport::wire::CloseCode;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::admin::{self, AdminState};
+use crate::api::serve::Http;
+use crate::api::{self, AdminState};
 use crate::config::{Config, ConfigError};
 use crate::consume::service::{ConsumeError, Consumers};
 use crate::gate::Gate;
-use crate::http_serve::{self, Http};
 use crate::identity::{self, IdentityError};
 use crate::ingest::{Ingest, IngestShared};
-use crate::metrics::Metrics;
-use crate::quic::{QuicPlane, QuicSetup};
+use crate::metrics::{Metrics, Registry};
+use crate::quic::{QuicPlane, QuicSetup, SecurityMetrics};
 use crate::spool::{Spool, SpoolError};
 use sluice_transport::lease::{Leases, SealedIo, SealedStats};
 use sluice_transport::serve::{PacketIo, ServeHandle};
@@ -91,7 +91,12 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let gate = Arc::new(Gate::new(config.authenticator()?, config.loopback_only()));
     let spool = Arc::new(Spool::open(&config.spool.dir, config.spool_config()?)?);
-    let identity = identity::load_or_create(&config)?;
+    let identity = identity::load_or_create(&identity::IdentitySource {
+        cert: &config.quic.cert,
+        key: &config.quic.key,
+        dir: &config.spool.dir,
+        listen: config.quic.listen,
+    })?;
     open_streams(&spool, &config.streams.names)?;
     let consumers = Consumers::new(spool.clone(), config.consumers_config()?);
     consumers.start().await?;
@@ -130,7 +135,7 @@ pub async fn run(
              beyond it are dropped and resent; raise it with `sysctl -w net.core.rmem_max={wanted}`"
         );
     }
-    let admin_listener = admin::bind(config.admin.listen)
+    let admin_listener = api::bind(config.admin.listen)
         .await
         .map_err(ServerError::Admin)?;
     let data = socket.local_addr().map_err(ServerError::Admin)?;
@@ -190,21 +195,33 @@ pub async fn run(
         admin: admin_listener.local_addr().map_err(ServerError::Admin)?,
     };
     let http = Arc::new(Http::new(config.admin_limits()?));
-    let state = Arc::new(AdminState {
-        metrics,
-        socket: server.stats(),
-        spool: spool.clone(),
-        stopping: AtomicBool::new(false),
+    // Each subsystem says what it exports; /metrics shows them in this
+    // order.
+    let mut registry = Registry::default();
+    registry.register(metrics);
+    registry.register(server.stats());
+    registry.register(spool.clone());
+    registry.register(Arc::new(SecurityMetrics {
         gate: gate.clone(),
         quic: quic.stats(),
         leases,
         sealed,
-        xdp: xdp_path.as_ref().map(XdpPath::stats),
+    }));
+    registry.register(http.clone());
+    registry.register(consumers.clone());
+    if let Some(x) = &xdp_path {
+        registry.register(x.stats());
+    }
+    let state = Arc::new(AdminState {
+        metrics: registry,
+        spool: spool.clone(),
+        stopping: AtomicBool::new(false),
+        gate: gate.clone(),
         consumers: consumers.clone(),
         http: http.clone(),
     });
     // Served within the admin limits (connections, timeouts, pages).
-    let admin = http_serve::serve(admin_listener, admin::router(state.clone()), http);
+    let admin = api::serve::serve(admin_listener, api::router(state.clone()), http);
     info!(
         data = %bound.data,
         quic = %bound.quic,

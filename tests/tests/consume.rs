@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::Rng;
+use sluice_daemon::api::consume::GroupList;
 use sluice_daemon::consume::dead_letter;
-use sluice_daemon::consume::http::GroupList;
 use sluice_daemon::consume::service::GroupStats;
 use sluice_tests::daemon::{Daemon, DaemonSpec};
 use sluice_tests::load::{self, Plan};

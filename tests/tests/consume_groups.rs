@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sluice_daemon::consume::http::GroupList;
+use sluice_daemon::api::consume::GroupList;
 use sluice_tests::consume::succeeded;
 use sluice_tests::daemon::{Daemon, DaemonSpec};
 use sluice_tests::load;

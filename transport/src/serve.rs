@@ -1,41 +1,25 @@
 //! Runs a receiving [`Endpoint`] on a source of datagrams: the I/O half of
 //! the daemon side, as quinn is the I/O half of quinn-proto.
 //!
-//! Where datagrams come from is a [`PacketIo`]: a UDP socket
+//! Where datagrams come from is a [`PacketIo`] (defined with the UDP
+//! datapath, re-exported here): a UDP socket
 //! ([`UdpIo`](crate::udp::UdpIo)), a QUIC stream, AF_XDP rings. What happens
 //! to messages is the [`Owner`]'s business: it decides whom to accept and
 //! where they stand, takes delivered messages, and declares them durable, at
 //! once or later through [`ServeHandle::control`].
 
-use std::future::Future;
-use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::proto::{Endpoint, EndpointEvent, Incoming, Receiver, ReceiverConfig};
+pub use crate::udp::PacketIo;
 use crate::udp::SendBatch;
 use crate::wire::{CloseCode, MAX_DATAGRAM};
-
-/// Datagrams in and out of a served endpoint.
-pub trait PacketIo: Send + 'static {
-    /// Waits until at least one datagram has arrived, then appends what has
-    /// (a batch's worth) to `into` with the address it came from.
-    fn recv(
-        &mut self,
-        into: &mut Vec<(SocketAddr, Bytes)>,
-    ) -> impl Future<Output = io::Result<()>> + Send;
-
-    /// Sends every datagram of `batch` to its address and empties it. A
-    /// datagram that cannot be delivered is dropped: the protocol recovers.
-    fn send(&mut self, batch: &mut SendBatch) -> impl Future<Output = io::Result<()>> + Send;
-}
 
 /// The application side of a served endpoint.
 pub trait Owner: Send + 'static {

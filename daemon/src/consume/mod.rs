@@ -15,17 +15,14 @@
 //! - [`service`]: a daemon's groups and the handles through which QUIC and
 //!   HTTP consumers join them; `task`: the task that drives one group's
 //!   machine over the spool;
-//! - [`subscriber`]: a consumer's QUIC stream served as a group member;
-//! - [`http`]: the JSON API on the admin port (fetch with long polling,
-//!   ack, nack, extend; groups; dead letters: list, replay, purge).
 
 pub mod budget;
 pub mod dead_letter;
 pub mod group;
-pub mod http;
+mod handle;
+mod metrics;
 mod offset_map;
 pub mod ranges;
 pub mod service;
 pub mod store;
-pub mod subscriber;
 mod task;

@@ -20,10 +20,10 @@ use tracing::{error, info, warn};
 
 use super::dead_letter::{self, DeadLetter};
 use super::group::{Credit, DeadOut, Delivery, Group, MemberId};
-use super::service::{Cmd, GroupHandle, GroupSettings};
+use super::handle::{Cmd, GroupHandle, GroupSettings};
 use super::store::{Event, GroupStore};
 use crate::log_limit::LogLimit;
-use crate::spool::writer::now_us;
+use crate::spool::record::now_us;
 use crate::spool::{Cursor, Damage, Reader, Record, Spool, SpoolError, Stream};
 
 /// Mean stored bytes per record of a stream (for backlog estimates).

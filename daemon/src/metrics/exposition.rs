@@ -4,7 +4,7 @@
 
 use std::fmt::{Display, Write};
 
-use super::histogram::Snapshot;
+use crate::histogram::Snapshot;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
@@ -99,7 +99,7 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::histogram::Histogram;
+    use crate::histogram::Histogram;
 
     #[test]
     fn families_samples_and_histograms() {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::histogram::quantile;
+use crate::histogram::quantile;
 
 /// One sample: metric name, labels, value.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,8 +145,8 @@ fn parse_labels(mut s: &str) -> Option<BTreeMap<String, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::histogram::Histogram;
     use crate::metrics::exposition::{Exposition, Kind};
-    use crate::metrics::histogram::Histogram;
 
     #[test]
     fn reads_back_what_exposition_writes() {

@@ -7,6 +7,7 @@ use sluice_xdp::datapath::{QueueStats, XdpStats};
 use sluice_xdp::frame::FrameError;
 
 use super::exposition::{Exposition, Kind};
+use super::Collect;
 
 /// Reads one counter of a queue.
 type Field = fn(&QueueStats) -> &AtomicU64;
@@ -58,7 +59,13 @@ const COUNTERS: &[(&str, &str, Field)] = &[
     ),
 ];
 
-pub fn render(e: &mut Exposition, x: &XdpStats) {
+impl Collect for XdpStats {
+    fn collect(&self, e: &mut Exposition) {
+        render(e, self);
+    }
+}
+
+fn render(e: &mut Exposition, x: &XdpStats) {
     e.family(
         "sluice_xdp_info",
         Kind::Gauge,

@@ -18,74 +18,22 @@ use tracing::{info, warn};
 
 use super::aside::Aside;
 use super::checkpoint::{Checkpoint, CheckpointFile, Loaded};
+use super::config::{LogConfig, Recovery};
 use super::error::SpoolError;
 use super::fs::{SpoolFile, SpoolFs};
 use super::index::{segment_name, write_index, IndexEntry, SegmentMeta, SharedSegments};
 use super::marks::{self, Cursor};
-use super::record::{Record, HEADER_LEN, MAX_PAYLOAD};
+use super::record::now_us;
+use super::record::{Record, MAX_PAYLOAD};
 use super::recoveries::{self, Kind, Recovery as Recovered};
 use super::segment::{
     fold_record_crc, CommitHeader, SegmentHeader, COMMIT_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
+use super::segment_file::create_segment;
 use super::survey::{self, Depth, Survey};
-use super::writer::now_us;
 
 /// Highest durable seq per producer, shared with the stream's handles.
 pub type SharedProducers = Arc<RwLock<HashMap<u64, u64>>>;
-
-/// What opening does with what a crash or damage left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recovery {
-    /// Cut a torn tail (its bytes copied aside first); refuse damage.
-    Recover,
-    /// Also set damage aside and serve the valid log before it
-    /// (`sluiced --repair`).
-    Repair,
-    /// Change nothing (tools reading a data folder); refuse damage.
-    ReadOnly,
-}
-
-/// Settings of one stream's log.
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    /// A segment is closed and a new one started past this size.
-    pub segment_bytes: u64,
-    /// Bound on one batch's bytes (the writer's; a commit is at most one
-    /// batch).
-    pub max_batch_bytes: usize,
-    /// Largest payload accepted (at most the transport's 16 MiB).
-    pub max_record_bytes: usize,
-    /// One sparse-index entry per this many bytes of records.
-    pub index_interval: u64,
-    pub recovery: Recovery,
-    /// Acks go out before fdatasync (fsync = interval or never): recorded
-    /// in the checkpoint, so that the next start knows marks may be ahead
-    /// of what a power cut left.
-    pub early_acks: bool,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            segment_bytes: 256 << 20,
-            max_batch_bytes: 8 << 20,
-            max_record_bytes: MAX_PAYLOAD,
-            index_interval: survey::INDEX_EVERY,
-            recovery: Recovery::Recover,
-            early_acks: false,
-        }
-    }
-}
-
-impl LogConfig {
-    /// The most a commit header may claim: a whole segment, or one
-    /// record of the largest size in a segment of its own.
-    pub fn max_commit_bytes(&self) -> u64 {
-        self.segment_bytes.max(
-            (SEGMENT_HEADER_LEN + COMMIT_HEADER_LEN + HEADER_LEN + self.max_record_bytes) as u64,
-        )
-    }
-}
 
 /// What became of one appended record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -792,29 +740,6 @@ fn refusal(s: &Survey) -> SpoolError {
         );
     }
     SpoolError::Damaged(Box::new(d))
-}
-
-/// Creates a segment file: its header written and synced, space reserved,
-/// its name durable in the folder.
-pub(crate) fn create_segment(
-    fs: &dyn SpoolFs,
-    dir: &Path,
-    path: &Path,
-    header: &SegmentHeader,
-    size: u64,
-) -> Result<Arc<dyn SpoolFile>, SpoolError> {
-    let f = fs
-        .open(path, true)
-        .map_err(SpoolError::io("create", path))?;
-    f.set_len(0).map_err(SpoolError::io("truncate", path))?;
-    f.write_all_at(&header.encode(), 0)
-        .map_err(SpoolError::io("write", path))?;
-    f.preallocate(size)
-        .map_err(SpoolError::io("preallocate", path))?;
-    f.sync_data().map_err(SpoolError::io("fdatasync", path))?;
-    fs.sync_dir(dir)
-        .map_err(SpoolError::io("fsync directory", dir))?;
-    Ok(f)
 }
 
 /// A new stream: the checkpoint first (it holds the stream's id), then its

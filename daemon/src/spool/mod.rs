@@ -18,25 +18,29 @@
 
 pub mod aside;
 pub mod checkpoint;
+pub mod config;
 pub mod error;
 pub mod fs;
 pub mod index;
 pub mod lock;
 pub mod log;
 pub mod marks;
+mod metrics;
 pub mod reader;
 pub mod record;
 pub mod recoveries;
 pub mod repair;
 pub mod scrub;
 pub mod segment;
+pub mod segment_file;
 pub mod simfs;
 pub mod survey;
 pub mod writer;
 
+pub use config::{LogConfig, Recovery};
 pub use error::{Damage, SpoolError};
 pub use lock::DirLock;
-pub use log::{LogConfig, Outcome, Recovery, StreamLog};
+pub use log::{Outcome, StreamLog};
 pub use marks::Cursor;
 pub use reader::Reader;
 pub use record::Record;

@@ -55,6 +55,12 @@ impl Record {
         out.extend_from_slice(&self.payload);
         let crc = crc32c::crc32c(&out[start + 8..]);
         out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        // Segments are sized, and backlogs counted, by `encoded_len`.
+        debug_assert_eq!(
+            out.len() - start,
+            self.encoded_len(),
+            "a record's bytes differ from its encoded length"
+        );
     }
 }
 
@@ -142,6 +148,13 @@ impl Header {
             payload,
         }
     }
+}
+
+/// Microseconds since the Unix epoch: a record's timestamp.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 #[cfg(test)]

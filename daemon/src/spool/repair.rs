@@ -25,15 +25,16 @@ use tracing::warn;
 
 use super::aside::Aside;
 use super::checkpoint::{self, Checkpoint, CheckpointFile};
+use super::config::LogConfig;
 use super::error::SpoolError;
 use super::fs::SpoolFs;
 use super::index::{index_path, segment_name};
-use super::log::{create_segment, LogConfig};
 use super::marks::{self, Cursor};
+use super::record::now_us;
 use super::recoveries::{self, Kind, Recovery};
 use super::segment::{shortened_commit, SegmentHeader, COMMIT_HEADER_LEN, SEGMENT_HEADER_LEN};
+use super::segment_file::create_segment;
 use super::survey::Survey;
-use super::writer::now_us;
 
 /// Copies the bytes of `path` from `pos` to `len` into `aside`.
 pub(crate) fn copy_tail(

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
+use super::config::LogConfig;
 use super::error::{Damage, SpoolError};
 use super::fs::SpoolFs;
 use super::index::SegmentMeta;
-use super::log::LogConfig;
 use super::segment::{self, SegmentHeader, COMMIT_HEADER_LEN, SEGMENT_HEADER_LEN};
 use super::writer::{Spool, Stream};
 

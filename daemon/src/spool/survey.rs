@@ -26,10 +26,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::checkpoint::{self, Checkpoint, Loaded};
+use super::config::LogConfig;
+pub use super::config::INDEX_EVERY;
 use super::error::{Damage, SpoolError};
 use super::fs::SpoolFs;
 use super::index::{load_index, parse_segment_name, IndexEntry, SegmentMeta};
-use super::log::LogConfig;
 use super::marks;
 use super::segment::{self, CommitHeader, SegmentHeader, SEGMENT_HEADER_LEN};
 
@@ -529,9 +530,6 @@ pub fn scan_segment(
     meta.count = scan.records;
     (meta, scan)
 }
-
-/// One sparse-index entry per this many bytes of records.
-pub const INDEX_EVERY: u64 = 64 << 10;
 
 /// Checks the log against the marks beside it: the checkpoint, the
 /// cursors and the idempotence snapshots.

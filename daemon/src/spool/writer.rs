@@ -7,22 +7,23 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, warn};
 
+use super::config::LogConfig;
 use super::error::{Damage, SpoolError};
 use super::fs::{RealFs, SpoolFs};
 use super::index::SharedSegments;
 use super::lock::DirLock;
-use super::log::{LogConfig, Outcome, SharedProducers, StreamLog};
+use super::log::{Outcome, SharedProducers, StreamLog};
 use super::marks::Cursor;
 use super::reader::Reader;
-use super::record::Record;
+use super::record::{now_us, Record};
 use super::recoveries::{Kind, Recovery};
-use crate::metrics::histogram::{Histogram, Snapshot};
+use crate::histogram::{Histogram, Snapshot};
 
 /// When appends become durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,13 +195,6 @@ pub struct ScrubStats {
     pub passes: u64,
     /// When the last whole pass ended (µs since the Unix epoch; 0: none yet).
     pub last_pass_us: u64,
-}
-
-/// Microseconds since the Unix epoch (record timestamps).
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl Stream {

@@ -1,5 +1,7 @@
 //! Per-lease keys, derived from the QUIC connection's TLS session with the
 //! keying-material exporter (RFC 5705 / RFC 8446 §7.5), as DTLS-SRTP does.
+//! (What it derives is put to use by [`keys`](super::keys), which makes a
+//! lease's sealer and opener.)
 //!
 //! Both ends call `Connection::export_keying_material(&mut material,
 //! EXPORTER_LABEL, &exporter_context(lease_id))` on the QUIC connection the
@@ -8,8 +10,6 @@
 //! the authenticated peer, for this lease.
 
 use ring::aead::{LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-
-use super::packet::{Direction, Opener, Sealer};
 
 /// The exporter label. Changing it (or the layout below) is a new version.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-sluice-fast-path-v1";
@@ -27,6 +27,25 @@ pub const EXPORTER_LEN: usize = 2 * (KEY_LEN + IV_LEN);
 /// keys, so packet numbers can restart at 1 without ever reusing a nonce.
 pub fn exporter_context(lease_id: u64) -> [u8; 8] {
     lease_id.to_be_bytes()
+}
+
+/// Which way a sealed packet travels. It is in the header (and so in the AAD)
+/// and each direction has its own key, so a packet reflected back at its
+/// sender is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Direction {
+    ProducerToDaemon = 0,
+    DaemonToProducer = 1,
+}
+
+impl Direction {
+    pub fn reverse(self) -> Self {
+        match self {
+            Direction::ProducerToDaemon => Direction::DaemonToProducer,
+            Direction::DaemonToProducer => Direction::ProducerToDaemon,
+        }
+    }
 }
 
 /// Which end of the lease this is.
@@ -51,21 +70,6 @@ impl Side {
     }
 }
 
-/// The sealer for this side's outgoing packets and the opener for the peer's.
-///
-/// Call this once per lease and side: a second sealer from the same material
-/// would start again at packet number 1 and reuse nonces, which breaks
-/// AES-GCM. For the same reason the daemon must never grant the same lease id
-/// twice on one QUIC connection.
-pub fn keys(material: &[u8; EXPORTER_LEN], lease_id: u64, side: Side) -> (Sealer, Opener) {
-    let tx = side.sends();
-    let rx = side.receives();
-    (
-        Sealer::new(DirectionKey::new(material, tx), lease_id, tx),
-        Opener::new(DirectionKey::new(material, rx), lease_id, rx),
-    )
-}
-
 /// The AEAD key and IV of one direction of one lease.
 pub(super) struct DirectionKey {
     pub(super) key: LessSafeKey,
@@ -73,7 +77,7 @@ pub(super) struct DirectionKey {
 }
 
 impl DirectionKey {
-    fn new(material: &[u8; EXPORTER_LEN], direction: Direction) -> Self {
+    pub(super) fn new(material: &[u8; EXPORTER_LEN], direction: Direction) -> Self {
         let start = match direction {
             Direction::ProducerToDaemon => 0,
             Direction::DaemonToProducer => KEY_LEN + IV_LEN,

@@ -23,9 +23,26 @@ mod packet;
 mod replay;
 
 pub use error::{OpenError, SealError};
-pub use keys::{exporter_context, keys, Side, EXPORTER_LABEL, EXPORTER_LEN};
+pub use keys::{exporter_context, Direction, Side, EXPORTER_LABEL, EXPORTER_LEN};
 pub use packet::{
-    peek, Direction, Header, Opener, Sealer, HEADER_LEN, MAGIC, MAX_BLOCKS_PER_KEY, MAX_INNER,
-    OVERHEAD, TAG_LEN, VERSION,
+    peek, Header, Opener, Sealer, HEADER_LEN, MAGIC, MAX_BLOCKS_PER_KEY, MAX_INNER, OVERHEAD,
+    TAG_LEN, VERSION,
 };
 pub use replay::{ReplayWindow, REPLAY_WINDOW};
+
+use keys::DirectionKey;
+
+/// The sealer for this side's outgoing packets and the opener for the peer's.
+///
+/// Call this once per lease and side: a second sealer from the same material
+/// would start again at packet number 1 and reuse nonces, which breaks
+/// AES-GCM. For the same reason the daemon must never grant the same lease id
+/// twice on one QUIC connection.
+pub fn keys(material: &[u8; EXPORTER_LEN], lease_id: u64, side: Side) -> (Sealer, Opener) {
+    let tx = side.sends();
+    let rx = side.receives();
+    (
+        Sealer::new(DirectionKey::new(material, tx), lease_id, tx),
+        Opener::new(DirectionKey::new(material, rx), lease_id, rx),
+    )
+}

@@ -8,7 +8,7 @@ use std::fmt;
 
 use ring::aead::Aad;
 
-use super::keys::DirectionKey;
+use super::keys::{Direction, DirectionKey};
 use super::replay::ReplayWindow;
 use super::{OpenError, SealError};
 use crate::wire::MAX_DATAGRAM;
@@ -30,25 +30,6 @@ pub const MAX_INNER: usize = MAX_DATAGRAM - OVERHEAD;
 /// Appendix B.1: an attacker's advantage stays below 2^-57). A lease that has
 /// carried that much must be replaced; at 1 GB/s that is every ~9 minutes.
 pub const MAX_BLOCKS_PER_KEY: u64 = 1 << 35;
-
-/// Which way a sealed packet travels. It is in the header (and so in the AAD)
-/// and each direction has its own key, so a packet reflected back at its
-/// sender is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum Direction {
-    ProducerToDaemon = 0,
-    DaemonToProducer = 1,
-}
-
-impl Direction {
-    pub fn reverse(self) -> Self {
-        match self {
-            Direction::ProducerToDaemon => Direction::DaemonToProducer,
-            Direction::DaemonToProducer => Direction::ProducerToDaemon,
-        }
-    }
-}
 
 /// The clear header of a sealed packet. Nothing in it is trusted until the
 /// packet has been opened: [`peek`] only says which lease to try.

@@ -9,7 +9,7 @@ use tokio::net::UdpSocket;
 use tracing::warn;
 
 use super::batch::{RecvBatch, SendBatch};
-use crate::serve::PacketIo;
+use super::PacketIo;
 use crate::wire::MAX_DATAGRAM;
 
 /// Datagrams taken from the socket per system call.

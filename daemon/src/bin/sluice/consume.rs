@@ -66,7 +66,7 @@ pub struct Args {
 }
 
 fn parse_start(s: &str) -> Result<sluice_transport::client::StartAt, String> {
-    sluice_daemon::config::parse_start(s)
+    sluice_daemon::consume::service::parse_start(s)
 }
 
 pub fn run(a: Args) -> Res {

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
 use clap::Subcommand;
-use sluice_daemon::consume::http::{
+use sluice_daemon::api::consume::{
     DeadLetterJson, DeadLetterPage, PurgeAnswer, ReplayAnswer, MAX_DEAD_LETTERS_PER_REQUEST,
 };
 

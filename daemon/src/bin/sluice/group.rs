@@ -3,7 +3,7 @@
 //! `DELETE /streams/{s}/groups/{g}`).
 
 use clap::Subcommand;
-use sluice_daemon::consume::http::{GroupChange, GroupList};
+use sluice_daemon::api::consume::{GroupChange, GroupList};
 
 use crate::{AdminAddr, Res};
 
@@ -97,7 +97,7 @@ fn list(a: ListArgs) -> Res {
 
 fn reset(a: ResetArgs) -> Res {
     // Checked here too, so that a typo is a usage error before any request.
-    sluice_daemon::config::parse_start(&a.start).map_err(|e| format!("--start: {e}"))?;
+    sluice_daemon::consume::service::parse_start(&a.start).map_err(|e| format!("--start: {e}"))?;
     let t = &a.target;
     let body = t.admin.post(
         &format!("/streams/{}/groups/{}/reset", t.stream, t.group),

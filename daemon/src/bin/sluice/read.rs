@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
-use sluice_daemon::admin::{RecordJson, RecordsPage, MAX_RECORDS_PER_REQUEST};
+use sluice_daemon::api::{RecordJson, RecordsPage, MAX_RECORDS_PER_REQUEST};
 use sluice_daemon::spool::fs::RealFs;
 use sluice_daemon::spool::{DirLock, LogConfig, Recovery, StreamLog};
 

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use sluice_daemon::consume::http::GroupList;
+use sluice_daemon::api::consume::GroupList;
 use sluice_daemon::consume::service::GroupStats;
 use sluice_daemon::metrics::scrape::Scrape;
 

@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use quinn::SendStream;
-use sluice_transport::quic::consume::{self, Delivery as WireDelivery, FromConsumer, ToConsumer};
+use sluice_transport::quic::consume::{self, FromConsumer, ToConsumer};
 use sluice_transport::quic::control::{ConsumeMode, Control, RefuseCode, StartAt};
 use sluice_transport::quic::frame::{self, FramedRecv};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::group::{Credit, Delivery};
-use super::service::{ConsumeError, Consumers, Member};
+use crate::consume::group::{Credit, Delivery};
+use crate::consume::service::{to_wire, ConsumeError, Consumers, Member};
 
 /// Most bytes of deliveries gathered into one write.
 const WRITE_BATCH: usize = 256 << 10;
@@ -139,19 +139,6 @@ pub async fn serve(
         }
     }
     debug!(%peer, member = member.id, "subscriber left");
-}
-
-/// A delivery as the wire carries it, its deadline counted from `now`.
-pub fn to_wire(d: Delivery, now: Instant) -> WireDelivery {
-    WireDelivery {
-        offset: d.offset,
-        delivery: d.delivery,
-        timestamp_us: d.record.timestamp_us,
-        producer: d.record.producer,
-        seq: d.record.seq,
-        deadline_ms: d.deadline.saturating_duration_since(now).as_millis() as u64,
-        payload: d.record.payload,
-    }
 }
 
 /// Bytes of the Deliver frames of `batch`.

@@ -74,8 +74,19 @@ use tokio::time::Instant;
 use tower_service::Service;
 use tracing::{info, warn};
 
-use crate::config::AdminLimits;
 use crate::metrics::exposition::{Exposition, Kind};
+use crate::metrics::Collect;
+
+/// The admin endpoint's limits (`[admin]`), checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub page_bytes: u64,
+    pub max_page_requests: usize,
+}
 
 /// Longest a page-returning request waits for its turn before a 503.
 pub const PAGE_WAIT: Duration = Duration::from_secs(5);
@@ -908,7 +919,13 @@ impl HttpBody for PageBody {
 }
 
 /// The admin port's families for `/metrics`.
-pub fn render(e: &mut Exposition, http: &Http) {
+impl Collect for Http {
+    fn collect(&self, e: &mut Exposition) {
+        render(e, self);
+    }
+}
+
+fn render(e: &mut Exposition, http: &Http) {
     let s = &http.stats;
     let name = "sluice_admin_connections";
     e.family(name, Kind::Gauge, "Connections open on the admin port.")

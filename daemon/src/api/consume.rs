@@ -49,14 +49,13 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::dead_letter::{self, DeadLetter};
-use super::group::Delivery;
-use super::service::{ConsumeError, GroupHandle, GroupStats, StartAt};
-use super::subscriber::to_wire;
-use crate::admin::{error, json_into, principal, AdminState};
+use super::serve::{page_answer, PagePermit};
+use super::{error, json_into, principal, AdminState};
 use crate::auth::Action;
-use crate::http_serve::{page_answer, PagePermit};
-use crate::spool::writer::now_us;
+use crate::consume::dead_letter::{self, DeadLetter};
+use crate::consume::group::Delivery;
+use crate::consume::service::{to_wire, ConsumeError, GroupHandle, GroupStats, StartAt};
+use crate::spool::record::now_us;
 use crate::spool::{Cursor, Outcome, Record, SpoolError, Stream};
 
 /// Most messages one fetch returns.
@@ -332,7 +331,8 @@ impl Fields {
     fn start(&self) -> Result<Option<StartAt>, Refusal> {
         self.str("start")?
             .map(|v| {
-                crate::config::parse_start(v).map_err(|e| bad(format!("field \"start\": {e}")))
+                crate::consume::service::parse_start(v)
+                    .map_err(|e| bad(format!("field \"start\": {e}")))
             })
             .transpose()
     }

@@ -10,6 +10,9 @@
 //! closed with [`close_code::CONNECTION_LIMIT`] and the limit's name,
 //! instead of its AUTH_OK, and counted (`sluice_auth_denied_total{reason}`).
 
+mod metrics;
+mod subscriber;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -32,11 +35,12 @@ use tracing::{debug, info, warn};
 
 use crate::auth::{Action, Principal, PrincipalKind};
 use crate::consume::service::Consumers;
-use crate::consume::subscriber::{self, Subscription};
 use crate::gate::{Denied, Gate};
 use crate::identity::{self, Identity};
 use crate::ingest::{Ingest, IngestShared};
 use crate::log_limit::LogLimit;
+pub use metrics::SecurityMetrics;
+use subscriber::Subscription;
 
 /// How long a client has to send its first message on a stream.
 const FIRST_MESSAGE: Duration = Duration::from_secs(10);

@@ -2,9 +2,10 @@
 //! from the figures each group task publishes (as `sluice stat` and
 //! `GET /groups` show them).
 
-use crate::consume::service::GroupStats;
+use crate::metrics::exposition::{Exposition, Kind};
+use crate::metrics::Collect;
 
-use super::exposition::{Exposition, Kind};
+use super::service::{Consumers, GroupStats};
 
 /// Reads one figure of a group.
 type Field = fn(&GroupStats) -> f64;
@@ -85,7 +86,13 @@ const COUNTERS: &[(&str, &str, Field)] = &[
     ),
 ];
 
-pub fn render(e: &mut Exposition, groups: &[GroupStats]) {
+impl Collect for Consumers {
+    fn collect(&self, e: &mut Exposition) {
+        render(e, &self.stats());
+    }
+}
+
+fn render(e: &mut Exposition, groups: &[GroupStats]) {
     for (kind, series) in [(Kind::Gauge, GAUGES), (Kind::Counter, COUNTERS)] {
         for (name, help, field) in series {
             e.family(name, kind, help);

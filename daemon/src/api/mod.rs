@@ -1,4 +1,6 @@
-//! The admin HTTP endpoint (HTTP/1.1, on `admin.listen`):
+//! The HTTP plane: the admin endpoint and the consumer API (HTTP/1.1, on
+//! `admin.listen`), above the domain (spool, consumer groups, auth) and
+//! beside the QUIC plane:
 //!
 //! | route | answer |
 //! |---|---|
@@ -17,7 +19,7 @@
 //! | `POST /streams/{name}/dlq/purge` | moves the purge mark to the dead-letter stream's end |
 //!
 //! The consumer routes (fetch to purge) are served by
-//! [`crate::consume::http`]; `daemon/HTTP.md` documents them with examples.
+//! [`consume`]; `daemon/HTTP.md` documents them with examples.
 //!
 //! Metrics, health and `/groups` are open (for scrapers and load
 //! balancers; keep the admin port off untrusted networks). Everything else
@@ -25,8 +27,11 @@
 //! to it): `Authorization: Bearer <token>` (unless the daemon runs
 //! anonymously on loopback).
 //!
-//! [`crate::http_serve`] serves the router: the limits on connections,
+//! [`serve`] serves the router: the limits on connections,
 //! the timeouts, and the turns pages take.
+
+pub mod consume;
+pub mod serve;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,37 +44,28 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use sluice_transport::serve::ServeStats;
 use tokio::net::TcpListener;
 
 use crate::auth::{Action, Principal};
 use crate::gate::Gate;
-use crate::http_serve::{page_answer, Http};
-use crate::metrics::Metrics;
-use crate::quic::QuicStats;
+use crate::metrics::Registry;
 use crate::spool::recoveries::Recovery;
 use crate::spool::writer::ScrubStats;
 use crate::spool::{Damage, Spool, SpoolError, Stream};
-use sluice_transport::lease::{Leases, SealedStats};
+use serve::{page_answer, Http};
 
 /// Most records one `/records` request returns.
 pub const MAX_RECORDS_PER_REQUEST: usize = 10_000;
 
 /// What the admin endpoint reads.
 pub struct AdminState {
-    pub metrics: Arc<Metrics>,
-    pub socket: Arc<ServeStats>,
+    /// What `/metrics` shows: every subsystem's families.
+    pub metrics: Registry,
     pub spool: Arc<Spool>,
     /// Set when a stop begins: `/health` turns unhealthy so load balancers
     /// stop sending.
     pub stopping: AtomicBool,
     pub gate: Arc<Gate>,
-    pub quic: Arc<QuicStats>,
-    /// The fast path's leases and drops (`None` with `insecure_lan`).
-    pub leases: Option<Leases>,
-    pub sealed: Option<Arc<SealedStats>>,
-    /// The AF_XDP receive path, when it runs.
-    pub xdp: Option<Arc<sluice_xdp::datapath::XdpStats>>,
     pub consumers: Arc<crate::consume::service::Consumers>,
     /// The admin port's limits: connections, and the turns and size of
     /// pages.
@@ -83,7 +79,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/streams", get(streams))
         .route("/streams/{name}/records", get(records))
         .route("/spool/verify", post(verify))
-        .merge(crate::consume::http::routes())
+        .merge(consume::routes())
         .with_state(state)
 }
 
@@ -111,7 +107,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(&s),
+        s.metrics.render(),
     )
         .into_response()
 }
