@@ -35,22 +35,23 @@
 //! name no group can have): lists and replays start there, and retention
 //! may delete what is below it.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::caller::Caller;
+use super::error::{Answer, ApiError};
 use super::serve::{page_answer, PagePermit};
-use super::{error, json_into, principal, AdminState};
+use super::{existing_stream, json_into, AdminState};
 use crate::auth::Action;
 use crate::consume::dead_letter::{self, DeadLetter};
 use crate::consume::group::Delivery;
@@ -200,74 +201,17 @@ pub struct GroupChange {
     pub deleted: bool,
 }
 
-/// A request turned down: `{"error": message}` with its status.
-enum Refusal {
-    Says(StatusCode, String),
-    /// One made already (by the admin endpoint's authentication).
-    Made(Box<Response>),
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        match self {
-            Refusal::Says(status, message) => error(status, message),
-            Refusal::Made(r) => *r,
-        }
-    }
-}
-
-type Answer = Result<Response, Refusal>;
-
-fn refuse(status: StatusCode, message: String) -> Refusal {
-    Refusal::Says(status, message)
-}
-
-fn bad(message: String) -> Refusal {
-    refuse(StatusCode::BAD_REQUEST, message)
-}
-
-fn internal(e: impl std::fmt::Display) -> Refusal {
-    refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
-
-fn consume_error(e: ConsumeError) -> Refusal {
+fn consume_error(e: ConsumeError) -> ApiError {
     match e {
-        ConsumeError::NoSuchStream(_) => refuse(StatusCode::NOT_FOUND, e.to_string()),
-        ConsumeError::BadGroup(_) => bad(e.to_string()),
-        ConsumeError::Stopping => refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        ConsumeError::Spool(_) => internal(e),
-        ConsumeError::NoSuchGroup { .. } => refuse(StatusCode::NOT_FOUND, e.to_string()),
+        ConsumeError::NoSuchStream(_) => ApiError::not_found(e.to_string()),
+        ConsumeError::BadGroup(_) => ApiError::bad(e.to_string()),
+        ConsumeError::Stopping => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        ConsumeError::Spool(_) => ApiError::internal(e),
+        ConsumeError::NoSuchGroup { .. } => ApiError::not_found(e.to_string()),
         ConsumeError::GroupBusy { .. }
         | ConsumeError::ConfiguredGroup { .. }
-        | ConsumeError::TooManyGroups { .. } => refuse(StatusCode::CONFLICT, e.to_string()),
+        | ConsumeError::TooManyGroups { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
     }
-}
-
-/// Who asks, and whether they may do `actions` on `stream`.
-fn allow(
-    s: &AdminState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    stream: &str,
-    actions: &[Action],
-) -> Result<(), Refusal> {
-    let who = principal(s, peer, headers).map_err(Refusal::Made)?;
-    for &a in actions {
-        s.gate
-            .check(peer, &who, a, stream)
-            .map_err(|reason| refuse(StatusCode::FORBIDDEN, reason))?;
-    }
-    Ok(())
-}
-
-fn need_stream(s: &AdminState, stream: &str) -> Result<Stream, Refusal> {
-    if !s.spool.stream_names().iter().any(|n| n == stream) {
-        return Err(refuse(
-            StatusCode::NOT_FOUND,
-            format!("no stream {stream:?}"),
-        ));
-    }
-    s.spool.stream(stream).map_err(internal)
 }
 
 /// A request's JSON object, read field by field so that every complaint
@@ -275,20 +219,20 @@ fn need_stream(s: &AdminState, stream: &str) -> Result<Stream, Refusal> {
 struct Fields(Map<String, Value>);
 
 impl Fields {
-    fn parse(body: &[u8], allowed: &[&str]) -> Result<Fields, Refusal> {
+    fn parse(body: &[u8], allowed: &[&str]) -> Result<Fields, ApiError> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Fields(Map::new()));
         }
-        let v: Value =
-            serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad(format!("the body is not JSON: {e}")))?;
         let Value::Object(m) = v else {
-            return Err(bad(format!(
+            return Err(ApiError::bad(format!(
                 "the body must be a JSON object with the fields {}",
                 allowed.join(", ")
             )));
         };
         if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(bad(format!(
+            return Err(ApiError::bad(format!(
                 "unknown field {k:?}: expected {}",
                 allowed.join(", ")
             )));
@@ -296,57 +240,55 @@ impl Fields {
         Ok(Fields(m))
     }
 
-    fn u64(&self, key: &str) -> Result<Option<u64>, Refusal> {
+    fn u64(&self, key: &str) -> Result<Option<u64>, ApiError> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-                bad(format!(
+                ApiError::bad(format!(
                     "field {key:?} must be a whole number of 0 or more, not {v}"
                 ))
             }),
         }
     }
 
-    fn bool(&self, key: &str) -> Result<Option<bool>, Refusal> {
+    fn bool(&self, key: &str) -> Result<Option<bool>, ApiError> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| bad(format!("field {key:?} must be true or false, not {v}"))),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+                ApiError::bad(format!("field {key:?} must be true or false, not {v}"))
+            }),
         }
     }
 
-    fn str(&self, key: &str) -> Result<Option<&str>, Refusal> {
+    fn str(&self, key: &str) -> Result<Option<&str>, ApiError> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => v
                 .as_str()
                 .map(Some)
-                .ok_or_else(|| bad(format!("field {key:?} must be a string, not {v}"))),
+                .ok_or_else(|| ApiError::bad(format!("field {key:?} must be a string, not {v}"))),
         }
     }
 
     /// The optional `start` (earliest, latest, offset:N, time:RFC3339).
-    fn start(&self) -> Result<Option<StartAt>, Refusal> {
+    fn start(&self) -> Result<Option<StartAt>, ApiError> {
         self.str("start")?
             .map(|v| {
                 crate::consume::service::parse_start(v)
-                    .map_err(|e| bad(format!("field \"start\": {e}")))
+                    .map_err(|e| ApiError::bad(format!("field \"start\": {e}")))
             })
             .transpose()
     }
 
     /// The required `offsets` array.
-    fn offsets(&self) -> Result<Vec<u64>, Refusal> {
+    fn offsets(&self) -> Result<Vec<u64>, ApiError> {
         let Some(v) = self.0.get("offsets") else {
-            return Err(bad(
-                "field \"offsets\" is missing: give the offsets as an array of whole numbers"
-                    .into(),
+            return Err(ApiError::bad(
+                "field \"offsets\" is missing: give the offsets as an array of whole numbers",
             ));
         };
         let not = || {
-            bad(format!(
+            ApiError::bad(format!(
                 "field \"offsets\" must be an array of offsets (whole numbers), not {v}"
             ))
         };
@@ -381,18 +323,17 @@ fn message_json(d: Delivery, now: Instant) -> MessageJson {
 /// The page takes one of the page turns (`admin.max_page_requests`) after
 /// its first message (a long poll does not hold a turn while it waits).
 async fn fetch(
+    caller: Caller,
     State(s): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path((stream, group)): Path<(String, String)>,
     body: Bytes,
 ) -> Answer {
-    let (s, headers, stream, group, body) = (&*s, &headers, &stream[..], &group[..], &body[..]);
-    allow(s, peer, headers, stream, &[Action::Consume])?;
+    let (s, stream, group, body) = (&*s, &stream[..], &group[..], &body[..]);
+    caller.may(s, Action::Consume, stream)?;
     let f = Fields::parse(body, &["max", "wait_ms", "start"])?;
     let max = f.u64("max")?.unwrap_or(DEFAULT_FETCH);
     if max == 0 {
-        return Err(bad("field \"max\" must be at least 1".into()));
+        return Err(ApiError::bad("field \"max\" must be at least 1"));
     }
     let max = max.min(MAX_FETCH) as usize;
     let wait = Duration::from_millis(f.u64("wait_ms")?.unwrap_or(0).min(MAX_WAIT_MS));
@@ -408,7 +349,7 @@ async fn fetch(
     // group while waiting for it.
     let mut permit: Option<PagePermit> = None;
     if wait.is_zero() {
-        permit = Some(s.http.page_permit().await.map_err(Refusal::Made)?);
+        permit = Some(s.http.page_permit().await?);
     }
     let mut got: Vec<Delivery> = Vec::new();
     let (mut bytes, mut largest) = (0u64, 1u64);
@@ -460,19 +401,18 @@ async fn fetch(
 }
 
 async fn reset_group(
+    caller: Caller,
     State(s): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path((stream, group)): Path<(String, String)>,
     body: Bytes,
 ) -> Answer {
-    let (s, headers, stream, group, body) = (&*s, &headers, &stream[..], &group[..], &body[..]);
+    let (s, stream, group, body) = (&*s, &stream[..], &group[..], &body[..]);
     // Moving a group moves it for every consumer of it: an operator's act.
-    allow(s, peer, headers, stream, &[Action::Admin])?;
+    caller.may(s, Action::Admin, stream)?;
     let f = Fields::parse(body, &["start"])?;
     let Some(start) = f.start()? else {
-        return Err(bad(
-            "field \"start\" is required: earliest, latest, offset:N or time:RFC3339".into(),
+        return Err(ApiError::bad(
+            "field \"start\" is required: earliest, latest, offset:N or time:RFC3339",
         ));
     };
     let floor = s
@@ -490,13 +430,12 @@ async fn reset_group(
 }
 
 async fn delete_group(
+    caller: Caller,
     State(s): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path((stream, group)): Path<(String, String)>,
 ) -> Answer {
-    let (s, headers, stream, group) = (&*s, &headers, &stream[..], &group[..]);
-    allow(s, peer, headers, stream, &[Action::Admin])?;
+    let (s, stream, group) = (&*s, &stream[..], &group[..]);
+    caller.may(s, Action::Admin, stream)?;
     s.consumers
         .delete(stream, group)
         .await
@@ -511,9 +450,9 @@ async fn delete_group(
 }
 
 /// The running group an ack, nack or extension is for.
-async fn existing(s: &AdminState, stream: &str, group: &str) -> Result<Arc<GroupHandle>, Refusal> {
+async fn existing(s: &AdminState, stream: &str, group: &str) -> Result<Arc<GroupHandle>, ApiError> {
     s.consumers.existing(stream, group).await.ok_or_else(|| {
-        refuse(
+        ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no consumer group {group:?} of stream {stream:?} (a fetch creates it)"),
         )
@@ -529,14 +468,13 @@ enum Settle {
 }
 
 async fn settle(
+    caller: &Caller,
     s: &AdminState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
     (stream, group): (&str, &str),
     body: &[u8],
     kind: Settle,
 ) -> Answer {
-    allow(s, peer, headers, stream, &[Action::Consume])?;
+    caller.may(s, Action::Consume, stream)?;
     let allowed: &[&str] = match kind {
         Settle::Ack => &["offsets"],
         Settle::Nack => &["offsets", "delay_ms"],
@@ -573,13 +511,12 @@ async fn settle(
 macro_rules! settle_route {
     ($name:ident, $kind:expr) => {
         async fn $name(
+            caller: Caller,
             State(s): State<Arc<AdminState>>,
-            ConnectInfo(peer): ConnectInfo<SocketAddr>,
-            headers: HeaderMap,
             Path((stream, group)): Path<(String, String)>,
             body: Bytes,
         ) -> Answer {
-            settle(&s, peer, &headers, (&stream, &group), &body, $kind).await
+            settle(&caller, &s, (&stream, &group), &body, $kind).await
         }
     };
 }
@@ -595,12 +532,12 @@ async fn groups(State(s): State<Arc<AdminState>>) -> Json<GroupList> {
 }
 
 /// The dead-letter stream of `stream`, if one was ever written.
-fn dlq_of(s: &AdminState, stream: &str) -> Result<(String, Option<Stream>), Refusal> {
-    let name = dead_letter::dlq_stream_name(stream).map_err(|e| bad(e.to_string()))?;
+fn dlq_of(s: &AdminState, stream: &str) -> Result<(String, Option<Stream>), ApiError> {
+    let name = dead_letter::dlq_stream_name(stream).map_err(|e| ApiError::bad(e.to_string()))?;
     if !s.spool.stream_names().contains(&name) {
         return Ok((name, None));
     }
-    let dlq = s.spool.stream(&name).map_err(internal)?;
+    let dlq = s.spool.stream(&name).map_err(ApiError::internal)?;
     Ok((name, Some(dlq)))
 }
 
@@ -641,15 +578,14 @@ struct DlqQuery {
 }
 
 async fn dlq_list(
+    caller: Caller,
     State(s): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path(stream): Path<String>,
     Query(q): Query<DlqQuery>,
 ) -> Answer {
-    let (s, headers, stream) = (&*s, &headers, &stream[..]);
-    allow(s, peer, headers, stream, &[Action::Consume])?;
-    need_stream(s, stream)?;
+    let (s, stream) = (&*s, &stream[..]);
+    caller.may(s, Action::Consume, stream)?;
+    existing_stream(s, stream)?;
     let (name, dlq) = dlq_of(s, stream)?;
     let Some(dlq) = dlq else {
         return Ok(Json(DeadLetterPage {
@@ -667,7 +603,7 @@ async fn dlq_list(
         .limit
         .unwrap_or(DEFAULT_DEAD_LETTERS)
         .clamp(1, MAX_DEAD_LETTERS_PER_REQUEST);
-    let permit = s.http.page_permit().await.map_err(Refusal::Made)?;
+    let permit = s.http.page_permit().await?;
     let cap = s.http.page_bytes();
     let stream = stream.to_owned();
     // Reading touches files: off the async workers.
@@ -675,8 +611,8 @@ async fn dlq_list(
         dead_letter_page(&dlq, &stream, &name, q.from, limit, cap)
     })
     .await
-    .map_err(internal)?
-    .map_err(internal)?;
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
     Ok(page_answer(page, Some(permit)))
 }
 
@@ -787,26 +723,20 @@ fn replay_batch(
 }
 
 async fn dlq_replay(
+    caller: Caller,
     State(s): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path(stream): Path<String>,
     body: Bytes,
 ) -> Answer {
-    let (s, headers, stream, body) = (&*s, &headers, &stream[..], &body[..]);
-    allow(
-        s,
-        peer,
-        headers,
-        stream,
-        &[Action::Consume, Action::Publish],
-    )?;
+    let (s, stream, body) = (&*s, &stream[..], &body[..]);
+    caller.may(s, Action::Consume, stream)?;
+    caller.may(s, Action::Publish, stream)?;
     let f = Fields::parse(body, &["purge"])?;
     let purge = f.bool("purge")?.unwrap_or(false);
     if purge {
-        allow(s, peer, headers, stream, &[Action::Admin])?;
+        caller.may(s, Action::Admin, stream)?;
     }
-    let source = need_stream(s, stream)?;
+    let source = existing_stream(s, stream)?;
     let (_, dlq) = dlq_of(s, stream)?;
     let mut answer = ReplayAnswer {
         replayed: 0,
@@ -824,21 +754,21 @@ async fn dlq_replay(
     let d = dlq.clone();
     let mut from = tokio::task::spawn_blocking(move || purge_mark(&d))
         .await
-        .map_err(internal)?;
+        .map_err(ApiError::internal)?;
     answer.purged_to = from;
     while from < end {
         let d = dlq.clone();
         let batch = tokio::task::spawn_blocking(move || replay_batch(&d, producer, from, end))
             .await
-            .map_err(internal)?
-            .map_err(internal)?;
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
         answer.skipped += batch.skipped;
         if !batch.records.is_empty() {
             let outcomes = source
                 .append_batch(batch.records)
                 .await
-                .map_err(|_| internal(SpoolError::Closed))?
-                .map_err(|e| internal(format!("replaying into {stream:?}: {e}")))?;
+                .map_err(|_| ApiError::internal(SpoolError::Closed))?
+                .map_err(|e| ApiError::internal(format!("replaying into {stream:?}: {e}")))?;
             for o in outcomes {
                 match o {
                     Outcome::Stored { .. } => answer.replayed += 1,
@@ -859,11 +789,11 @@ async fn dlq_replay(
 
 /// Moves the purge mark up to `to` (never down) and waits until it is
 /// durable; returns the mark.
-async fn set_purge_mark(dlq: &Stream, to: u64) -> Result<u64, Refusal> {
+async fn set_purge_mark(dlq: &Stream, to: u64) -> Result<u64, ApiError> {
     let d = dlq.clone();
     let old = tokio::task::spawn_blocking(move || purge_mark(&d))
         .await
-        .map_err(internal)?;
+        .map_err(ApiError::internal)?;
     if to <= old {
         return Ok(old);
     }
@@ -873,23 +803,22 @@ async fn set_purge_mark(dlq: &Stream, to: u64) -> Result<u64, Refusal> {
     };
     dlq.set_cursor(PURGE_CURSOR, cursor)
         .await
-        .map_err(|_| internal(SpoolError::Closed))?
-        .map_err(internal)?;
+        .map_err(|_| ApiError::internal(SpoolError::Closed))?
+        .map_err(ApiError::internal)?;
     Ok(to)
 }
 
 async fn dlq_purge(
+    caller: Caller,
     State(s): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path(stream): Path<String>,
     body: Bytes,
 ) -> Answer {
-    let (s, headers, stream, body) = (&*s, &headers, &stream[..], &body[..]);
+    let (s, stream, body) = (&*s, &stream[..], &body[..]);
     // Dead letters dropped from view are dropped for every group.
-    allow(s, peer, headers, stream, &[Action::Admin])?;
+    caller.may(s, Action::Admin, stream)?;
     Fields::parse(body, &[])?;
-    need_stream(s, stream)?;
+    existing_stream(s, stream)?;
     let (_, dlq) = dlq_of(s, stream)?;
     let Some(dlq) = dlq else {
         return Ok(Json(PurgeAnswer {
@@ -901,7 +830,7 @@ async fn dlq_purge(
     let d = dlq.clone();
     let old = tokio::task::spawn_blocking(move || purge_mark(&d))
         .await
-        .map_err(internal)?;
+        .map_err(ApiError::internal)?;
     let purged_to = set_purge_mark(&dlq, dlq.durable_end()).await?;
     // Retention may have deleted some below the old mark already.
     let from = old.max(dlq.first_offset()).min(purged_to);
@@ -917,7 +846,7 @@ mod tests {
     use super::*;
 
     /// The error message of a refused request.
-    fn message(r: Refusal) -> String {
+    fn message(r: ApiError) -> String {
         let r = r.into_response();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         let rt = tokio::runtime::Builder::new_current_thread()

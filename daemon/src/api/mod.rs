@@ -30,15 +30,17 @@
 //! [`serve`] serves the router: the limits on connections,
 //! the timeouts, and the turns pages take.
 
+mod caller;
 pub mod consume;
+pub mod error;
 pub mod serve;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -46,12 +48,14 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use crate::auth::{Action, Principal};
+use crate::auth::Action;
 use crate::gate::Gate;
 use crate::metrics::Registry;
 use crate::spool::recoveries::Recovery;
 use crate::spool::writer::ScrubStats;
 use crate::spool::{Damage, Spool, SpoolError, Stream};
+use caller::Caller;
+use error::{Answer, ApiError};
 use serve::{page_answer, Http};
 
 /// Most records one `/records` request returns.
@@ -238,40 +242,8 @@ pub struct StreamList {
     pub streams: Vec<StreamInfo>,
 }
 
-/// The token of an `Authorization: Bearer <token>` value; the scheme is
-/// case-insensitive (RFC 9110 §11.1).
-pub(crate) fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-}
-
-/// The principal of an HTTP request, from its bearer token.
-pub(crate) fn principal(
-    s: &AdminState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-) -> Result<Principal, Box<Response>> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token)
-        .unwrap_or("");
-    s.gate
-        .principal(peer, token, None)
-        .map_err(|d| Box::new(error(StatusCode::UNAUTHORIZED, d.reason().to_owned())))
-}
-
-async fn streams(
-    State(s): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    let who = match principal(&s, peer, &headers) {
-        Ok(p) => p,
-        Err(r) => return *r,
-    };
+async fn streams(caller: Caller, State(s): State<Arc<AdminState>>) -> Response {
+    let who = caller.principal;
     let open = s.spool.open_streams();
     let mut names = s.spool.stream_names();
     names.sort();
@@ -322,40 +294,31 @@ pub struct RecordsPage {
 }
 
 async fn records(
+    caller: Caller,
     State(s): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Query(q): Query<RecordsQuery>,
-) -> Response {
-    let who = match principal(&s, peer, &headers) {
-        Ok(p) => p,
-        Err(r) => return *r,
-    };
-    if let Err(reason) = s.gate.check(peer, &who, Action::Consume, &name) {
-        return error(StatusCode::FORBIDDEN, reason);
-    }
-    if !s.spool.stream_names().contains(&name) {
-        return error(StatusCode::NOT_FOUND, format!("no stream {name:?}"));
-    }
-    let stream = match s.spool.stream(&name) {
-        Ok(st) => st,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+) -> Answer {
+    caller.may(&s, Action::Consume, &name)?;
+    let stream = existing_stream(&s, &name)?;
     let limit = q.limit.unwrap_or(1_000).clamp(1, MAX_RECORDS_PER_REQUEST);
     let from = q.from;
-    let permit = match s.http.page_permit().await {
-        Ok(p) => p,
-        Err(r) => return *r,
-    };
+    let permit = s.http.page_permit().await?;
     let cap = s.http.page_bytes();
     // Reading touches files: off the async workers.
-    let page = tokio::task::spawn_blocking(move || records_page(&stream, from, limit, cap)).await;
-    match page {
-        Ok(Ok(json)) => page_answer(json, Some(permit)),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let json = tokio::task::spawn_blocking(move || records_page(&stream, from, limit, cap))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok(page_answer(json, Some(permit)))
+}
+
+/// Stream `name`, if it exists (404 if not).
+pub(crate) fn existing_stream(s: &AdminState, name: &str) -> Result<Stream, ApiError> {
+    if !s.spool.stream_names().iter().any(|n| n == name) {
+        return Err(ApiError::not_found(format!("no stream {name:?}")));
     }
+    s.spool.stream(name).map_err(ApiError::internal)
 }
 
 /// A [`RecordsPage`] of `stream` from `from`, as JSON: at most `limit`
@@ -413,7 +376,8 @@ pub(crate) fn json_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 
 #[cfg(test)]
 mod tests {
-    use super::{bearer_token, records_page, RecordsPage};
+    use super::caller::bearer_token;
+    use super::{records_page, RecordsPage};
     use crate::spool::{Spool, SpoolConfig};
 
     #[test]
@@ -477,35 +441,21 @@ struct VerifyQuery {
 /// its checkpoint, cursors and groups: `sluice spool verify` through the
 /// daemon. Reads at full speed: admin principals only.
 async fn verify(
+    caller: Caller,
     State(s): State<Arc<AdminState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     Query(q): Query<VerifyQuery>,
-) -> Response {
-    let who = match principal(&s, peer, &headers) {
-        Ok(p) => p,
-        Err(r) => return *r,
-    };
-    if let Err(reason) = s.gate.check(peer, &who, Action::Admin, "") {
-        return error(StatusCode::FORBIDDEN, reason);
-    }
+) -> Answer {
+    caller.may(&s, Action::Admin, "")?;
     if let Some(name) = &q.stream {
         if s.spool.open_stream(name).is_none() {
-            return error(StatusCode::NOT_FOUND, format!("no stream {name:?}"));
+            return Err(ApiError::not_found(format!("no stream {name:?}")));
         }
     }
     let spool = s.spool.clone();
     let report =
         tokio::task::spawn_blocking(move || crate::verify::running(&spool, q.stream.as_deref()))
-            .await;
-    match report {
-        Ok(Ok(r)) => Json(r).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-/// An error answer: `{"error": message}` with `status`.
-pub(crate) fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+    Ok(Json(report).into_response())
 }

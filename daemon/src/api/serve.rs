@@ -60,7 +60,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ConnectInfo;
-use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::http::{header, HeaderValue, Request};
 use axum::response::Response;
 use axum::Router;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
@@ -74,6 +74,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 use tracing::{info, warn};
 
+use super::error::ApiError;
 use crate::metrics::exposition::{Exposition, Kind};
 use crate::metrics::Collect;
 
@@ -417,32 +418,20 @@ impl Http {
 
     /// A turn to build and send a page: waits up to [`PAGE_WAIT`] for one,
     /// else the answer to give (503, `Retry-After: 1`).
-    pub async fn page_permit(&self) -> Result<PagePermit, Box<Response>> {
+    pub async fn page_permit(&self) -> Result<PagePermit, ApiError> {
         match tokio::time::timeout(PAGE_WAIT, self.pages.clone().acquire_owned()).await {
             Ok(Ok(p)) => Ok(PagePermit { _permit: p }),
             _ => {
                 self.stats.pages_busy.fetch_add(1, Relaxed);
-                Err(Box::new(self.busy()))
+                Err(ApiError::busy(
+                    format!(
+                        "busy: {} page requests are being answered (admin.max_page_requests); try again",
+                        self.limits.max_page_requests
+                    ),
+                    1,
+                ))
             }
         }
-    }
-
-    fn busy(&self) -> Response {
-        let body = serde_json::json!({
-            "error": format!(
-                "busy: {} page requests are being answered (admin.max_page_requests); try again",
-                self.limits.max_page_requests
-            )
-        });
-        let mut r = Response::new(axum::body::Body::from(body.to_string()));
-        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        r
     }
 
     /// Takes a new connection from `source` in, making room by closing an
