@@ -450,13 +450,16 @@ async fn delete_group(
 }
 
 /// The running group an ack, nack or extension is for.
+/// The group that acks, nacks and extensions go to, once its queue has
+/// room for them (see [`GroupHandle::room`]).
 async fn existing(s: &AdminState, stream: &str, group: &str) -> Result<Arc<GroupHandle>, ApiError> {
-    s.consumers.existing(stream, group).await.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no consumer group {group:?} of stream {stream:?} (a fetch creates it)"),
-        )
-    })
+    let h = s.consumers.existing(stream, group).await.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no consumer group {group:?} of stream {stream:?} (a fetch creates it)"
+        ))
+    })?;
+    h.room().await;
+    Ok(h)
 }
 
 /// What the three settling routes do.

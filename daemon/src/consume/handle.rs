@@ -4,10 +4,11 @@
 //! other's internals.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::group::{Credit, Delivery, GroupConfig, GroupCounters, MemberId};
 use crate::spool::SpoolError;
@@ -89,6 +90,12 @@ pub struct GroupStats {
     /// had read is still served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_at_damage: Option<String>,
+    /// Commands (acks, nacks, credit...) waiting for the group's task.
+    #[serde(default)]
+    pub queued: u64,
+    /// Times a consumer waited for room in that queue.
+    #[serde(default)]
+    pub queue_waits: u64,
 }
 
 pub(super) enum Cmd {
@@ -123,11 +130,25 @@ pub(super) enum Cmd {
     Stop,
 }
 
+/// Commands a group's queue holds before clients wait for room: what a
+/// consumer sends (acks above all, up to 65,536 offsets each) cannot pile
+/// up faster than the group's task takes it. The daemon's own commands
+/// (members joining and leaving, a stop) never wait.
+pub const MAX_QUEUED: usize = 4096;
+
 /// A running group, as its members and the operators see it.
 pub struct GroupHandle {
     pub stream: String,
     pub group: String,
+    /// To the group's task. Unbounded as a channel, bounded by
+    /// [`room`](Self::room): clients wait for it before they send.
     pub(super) cmd: mpsc::UnboundedSender<Cmd>,
+    /// Commands sent and not yet taken by the task.
+    pub(super) queued: AtomicUsize,
+    /// Told when the queue is down to half of [`MAX_QUEUED`].
+    pub(super) drained: Notify,
+    /// Times a client waited for room (`sluice_group_queue_waits_total`).
+    pub(super) waits: AtomicU64,
     /// Written by the group's task at every turn.
     pub(super) stats: Mutex<GroupStats>,
     /// The group's ack deadline and max deliveries, for subscribers.
@@ -135,12 +156,66 @@ pub struct GroupHandle {
 }
 
 impl GroupHandle {
+    pub(super) fn new(
+        stream: &str,
+        group: &str,
+        cmd: mpsc::UnboundedSender<Cmd>,
+        config: GroupConfig,
+    ) -> GroupHandle {
+        GroupHandle {
+            stream: stream.to_owned(),
+            group: group.to_owned(),
+            cmd,
+            queued: AtomicUsize::new(0),
+            drained: Notify::new(),
+            waits: AtomicU64::new(0),
+            stats: Mutex::new(GroupStats {
+                stream: stream.to_owned(),
+                group: group.to_owned(),
+                ..GroupStats::default()
+            }),
+            config,
+        }
+    }
+
     pub fn stats(&self) -> GroupStats {
-        self.stats.lock().unwrap().clone()
+        let mut s = self.stats.lock().unwrap().clone();
+        s.queued = self.queued.load(Relaxed) as u64;
+        s.queue_waits = self.waits.load(Relaxed);
+        s
     }
 
     pub(super) fn send(&self, c: Cmd) -> bool {
+        self.queued.fetch_add(1, Relaxed);
         self.cmd.send(c).is_ok()
+    }
+
+    /// The task took `n` commands.
+    pub(super) fn took(&self, n: usize) {
+        let before = self.queued.fetch_sub(n, Relaxed);
+        if before - n <= MAX_QUEUED / 2 && before > MAX_QUEUED / 2 {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Once the queue holds [`MAX_QUEUED`] commands, waits until the task
+    /// has taken it down to half: a client's reader calls it before it
+    /// sends, so a flood of acks holds the client (its stream is not read
+    /// meanwhile) instead of the daemon's memory.
+    pub async fn room(&self) {
+        if self.queued.load(Relaxed) < MAX_QUEUED {
+            return;
+        }
+        self.waits.fetch_add(1, Relaxed);
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.queued.load(Relaxed) < MAX_QUEUED {
+                return;
+            }
+            drained.await;
+        }
     }
 
     pub fn ack(&self, ranges: Vec<Range<u64>>) {
@@ -188,5 +263,48 @@ impl GroupHandle {
             done,
         });
         rx.await.map_err(|_| ConsumeError::Stopping)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_waits_for_room_while_the_queue_is_full_and_goes_on_once_half_is_taken() {
+        let (cmd, mut rx) = mpsc::unbounded_channel();
+        let h = std::sync::Arc::new(GroupHandle::new("s", "g", cmd, GroupConfig::default()));
+        h.room().await; // empty: at once
+        for _ in 0..MAX_QUEUED {
+            h.ack(std::iter::once(0..1).collect());
+        }
+        assert_eq!(h.stats().queued, MAX_QUEUED as u64);
+        let waiting = tokio::spawn({
+            let h = h.clone();
+            async move { h.room().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "room with the queue full");
+        // The task takes a few: still over half, still waiting.
+        for _ in 0..10 {
+            rx.recv().await.unwrap();
+        }
+        h.took(10);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "room before the queue drained to half"
+        );
+        let rest = MAX_QUEUED / 2 - 10;
+        for _ in 0..rest {
+            rx.recv().await.unwrap();
+        }
+        h.took(rest);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("room once the queue is at half")
+            .unwrap();
+        let s = h.stats();
+        assert_eq!((s.queued, s.queue_waits), ((MAX_QUEUED / 2) as u64, 1));
     }
 }

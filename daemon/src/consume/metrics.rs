@@ -47,6 +47,11 @@ const GAUGES: &[(&str, &str, Field)] = &[
         "1 when the group met damage in the stream and reads no further (GET /groups says where; restore the files or restart with --repair), else 0.",
         |g| u8::from(g.stopped_at_damage.is_some()) as f64,
     ),
+    (
+        "sluice_group_queued_commands",
+        "Acks, nacks, extensions and credit from consumers waiting for the group's task (clients wait at 4096).",
+        |g| g.queued as f64,
+    ),
 ];
 
 /// Counters since the daemon started: (metric, help, field).
@@ -83,6 +88,11 @@ const COUNTERS: &[(&str, &str, Field)] = &[
         "sluice_group_conflated_total",
         "Messages skipped because a newer one of the same key superseded them (conflating groups).",
         |g| g.counters.conflated as f64,
+    ),
+    (
+        "sluice_group_queue_waits_total",
+        "Times a consumer waited for room in the group's command queue (it was not read meanwhile).",
+        |g| g.queue_waits as f64,
     ),
 ];
 

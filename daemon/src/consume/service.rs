@@ -279,17 +279,12 @@ impl Consumers {
         check_reach(&s, group, &store).await?;
         let store = self.align_dead_letter_seq(stream, group, store).await?;
         let (cmd, rx) = mpsc::unbounded_channel();
-        let handle = Arc::new(GroupHandle {
-            stream: stream.to_owned(),
-            group: group.to_owned(),
+        let handle = Arc::new(GroupHandle::new(
+            stream,
+            group,
             cmd,
-            stats: Mutex::new(GroupStats {
-                stream: stream.to_owned(),
-                group: group.to_owned(),
-                ..GroupStats::default()
-            }),
-            config: settings.machine.clone(),
-        });
+            settings.machine.clone(),
+        ));
         let machine = Group::new(settings.machine.clone(), store.state());
         info!(
             stream,
@@ -355,6 +350,8 @@ impl Consumers {
     ) -> Result<Member, ConsumeError> {
         let handle = self.group(stream, group, start).await?;
         let id = self.member_id();
+        // Bounded by the member's credit (clamped by the budget): the group
+        // delivers no more than the member may hold unacked.
         let (to, deliveries) = mpsc::unbounded_channel();
         let (credit, grant) = self.budget.grant(conn, credit);
         handle.send(Cmd::Join {

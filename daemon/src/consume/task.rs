@@ -216,7 +216,10 @@ impl GroupTask {
             tokio::select! {
                 c = rx.recv(), if open => match c {
                     Some(Cmd::Stop) | None => open = false,
-                    Some(c) => self.apply(c, Instant::now()),
+                    Some(c) => {
+                        self.handle.took(1);
+                        self.apply(c, Instant::now());
+                    }
                 },
                 r = end.changed(), if end_open => end_open = r.is_ok(),
                 Some(done) = write_rx.recv(), if self.writing() => self.write_done(done),
@@ -228,7 +231,10 @@ impl GroupTask {
             while open && self.retiring.is_none() {
                 match rx.try_recv() {
                     Ok(Cmd::Stop) | Err(mpsc::error::TryRecvError::Disconnected) => open = false,
-                    Ok(c) => self.apply(c, Instant::now()),
+                    Ok(c) => {
+                        self.handle.took(1);
+                        self.apply(c, Instant::now());
+                    }
                     Err(mpsc::error::TryRecvError::Empty) => break,
                 }
             }

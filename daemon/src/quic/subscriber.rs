@@ -83,7 +83,9 @@ pub async fn serve(
     recv.set_long();
     debug!(%peer, stream = %sub.stream, group = %sub.group, member = member.id, "subscribed");
     // Answers that complete later (syncs, fetches) come back through here,
-    // so that only this task writes to the stream.
+    // so that only this task writes to the stream. Bounded: one fetch at a
+    // time per member (its messages within the group's read-ahead), and
+    // syncs only as fast as the group's queue lets this reader send them.
     let (answers, mut answered) = mpsc::unbounded_channel::<ToConsumer>();
     let mut out = Vec::new();
     loop {
@@ -123,7 +125,12 @@ pub async fn serve(
             }
             f = recv.next() => match f {
                 Ok(Some(body)) => match FromConsumer::decode(&body) {
-                    Ok(m) => handle(m, &member, &answers),
+                    Ok(m) => {
+                        // A full group queue holds this reader, and so the
+                        // consumer (its stream's window fills), not memory.
+                        member.group.room().await;
+                        handle(m, &member, &answers);
+                    }
                     Err(e) => {
                         ToConsumer::Error { reason: format!("bad message: {e}") }.put_frame(&mut out);
                         let _ = send.write_all(&out).await;

@@ -533,6 +533,12 @@ impl Spool {
             }
         }
         let log = StreamLog::open(self.fs.clone(), &dir, name, self.config.log.clone())?;
+        // Unbounded as a channel, bounded by what may be asked of it:
+        // appends by the credit producers hold (credit is zero once the
+        // backlog counted in `Health` reaches its limit), cursor and
+        // recovery writes by the stream's consumer groups (one in flight
+        // each), and the rest by operators. A full disk holds appends here
+        // without growing it further: producers get no credit meanwhile.
         let (tx, rx) = mpsc::channel();
         let (end_tx, end_rx) = watch::channel(log.next_offset());
         let shared = log.shared();
