@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_transport::client::{Producer, ProducerOptions};
 use sluice_transport::proto::{Incoming, Receiver, ReceiverConfig, SenderConfig};
-use sluice_transport::serve::{self, Control, Owner};
+use sluice_transport::serve::{self, Owner, SessionControl};
 use sluice_transport::udp::{self, SocketOptions, UdpIo};
 use sluice_transport::wire::CloseCode;
 
@@ -30,7 +30,7 @@ impl Owner for Counting {
         Ok((0, 1 << 20))
     }
 
-    fn deliver(&mut self, r: &mut Receiver, _: &Control) {
+    fn deliver(&mut self, r: &mut Receiver, _: &SessionControl) {
         let mut last = None;
         let mut n = 0;
         while let Some(m) = r.poll_message() {

@@ -50,21 +50,21 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    pub data: Data,
-    pub quic: Quic,
-    pub admin: Admin,
-    pub spool: Spool,
-    pub streams: Streams,
+    pub data: DataSection,
+    pub quic: QuicSection,
+    pub admin: AdminSection,
+    pub spool: SpoolSection,
+    pub streams: StreamsSection,
     pub auth: AuthConfig,
-    pub xdp: Xdp,
-    pub consumers: Consumers,
-    pub log: Log,
+    pub xdp: XdpSection,
+    pub consumers: ConsumersSection,
+    pub log: LogSection,
 }
 
 /// The fast data path: raw UDP from producers.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct Data {
+pub struct DataSection {
     /// UDP address producers send to.
     pub listen: SocketAddr,
     /// SO_RCVBUF of the data socket, bytes (0: the kernel's default). Too
@@ -92,7 +92,7 @@ pub struct Data {
 /// The QUIC plane: authentication, publishing over QUIC, fast-path leases.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct Quic {
+pub struct QuicSection {
     /// UDP address of the QUIC listener.
     pub listen: SocketAddr,
     /// Certificate chain (PEM). Empty: a self-signed certificate made at
@@ -112,7 +112,7 @@ pub struct Quic {
 /// Metrics and health over HTTP.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct Admin {
+pub struct AdminSection {
     pub listen: SocketAddr,
     /// Connections open at once, in all and from one source address; one
     /// more takes the place of an idle one, or is closed at once (a reserve
@@ -133,7 +133,7 @@ pub struct Admin {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct Spool {
+pub struct SpoolSection {
     /// Data folder (streams, segments, cursors).
     pub dir: PathBuf,
     /// `always` (the promise holds), `interval` or `never` (benchmarks only).
@@ -162,7 +162,7 @@ pub struct Spool {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct Streams {
+pub struct StreamsSection {
     /// Streams opened at start.
     pub names: Vec<String>,
     /// Create a stream when a producer first publishes to it.
@@ -176,7 +176,7 @@ pub struct Streams {
 /// queues (Linux, root or CAP_BPF + CAP_NET_ADMIN + CAP_NET_RAW).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct Xdp {
+pub struct XdpSection {
     /// Interface to attach to; empty: off (the socket path only).
     pub interface: String,
     /// RX queues to take the data port from, one AF_XDP socket and thread
@@ -214,9 +214,9 @@ pub struct Xdp {
     pub replace_foreign: bool,
 }
 
-impl Default for Xdp {
+impl Default for XdpSection {
     fn default() -> Self {
-        Xdp {
+        XdpSection {
             interface: String::new(),
             queues: vec![0],
             mode: "auto".into(),
@@ -238,7 +238,7 @@ impl Default for Xdp {
 /// Consumer groups: their defaults, and groups that exist from the start.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct Consumers {
+pub struct ConsumersSection {
     /// How long a consumer may hold a message before it is delivered
     /// again, e.g. "30s" (a consumer can extend it for long work).
     pub ack_deadline: String,
@@ -291,9 +291,9 @@ pub struct GroupEntry {
     pub conflate_key: String,
 }
 
-impl Default for Consumers {
+impl Default for ConsumersSection {
     fn default() -> Self {
-        Consumers {
+        ConsumersSection {
             ack_deadline: "30s".into(),
             max_ack_extension: "12h".into(),
             max_deliveries: 5,
@@ -327,16 +327,16 @@ impl Default for GroupEntry {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct Log {
+pub struct LogSection {
     /// error, warn, info, debug, trace (or a tracing filter directive).
     pub level: String,
     /// `text` or `json`.
     pub format: String,
 }
 
-impl Default for Data {
+impl Default for DataSection {
     fn default() -> Self {
-        Data {
+        DataSection {
             listen: "127.0.0.1:7401".parse().expect("literal"),
             recv_buffer: 8 << 20,
             max_datagram: 1452,
@@ -350,9 +350,9 @@ impl Default for Data {
     }
 }
 
-impl Default for Quic {
+impl Default for QuicSection {
     fn default() -> Self {
-        Quic {
+        QuicSection {
             listen: "127.0.0.1:7400".parse().expect("literal"),
             cert: PathBuf::new(),
             key: PathBuf::new(),
@@ -363,9 +363,9 @@ impl Default for Quic {
     }
 }
 
-impl Default for Admin {
+impl Default for AdminSection {
     fn default() -> Self {
-        Admin {
+        AdminSection {
             listen: "127.0.0.1:7480".parse().expect("literal"),
             max_connections: 1024,
             max_connections_per_source: 64,
@@ -377,10 +377,10 @@ impl Default for Admin {
     }
 }
 
-impl Default for Spool {
+impl Default for SpoolSection {
     fn default() -> Self {
         let log = LogConfig::default();
-        Spool {
+        SpoolSection {
             dir: PathBuf::from("./sluice-data"),
             fsync: "always".into(),
             fsync_interval: "10ms".into(),
@@ -397,9 +397,9 @@ impl Default for Spool {
     }
 }
 
-impl Default for Streams {
+impl Default for StreamsSection {
     fn default() -> Self {
-        Streams {
+        StreamsSection {
             names: Vec::new(),
             auto_create: true,
             max_streams: 1024,
@@ -407,9 +407,9 @@ impl Default for Streams {
     }
 }
 
-impl Default for Log {
+impl Default for LogSection {
     fn default() -> Self {
-        Log {
+        LogSection {
             level: "info".into(),
             format: "text".into(),
         }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use sluice_transport::proto::{
     DropCounts, Endpoint, EndpointEvent, Incoming, Receiver, ReceiverStats,
 };
-use sluice_transport::serve::{Control, Owner};
+use sluice_transport::serve::{Owner, SessionControl};
 use sluice_transport::wire::CloseCode;
 use tracing::{error, info, warn};
 
@@ -204,7 +204,7 @@ impl Owner for Ingest {
         Ok((durable, credit))
     }
 
-    fn deliver(&mut self, r: &mut Receiver, control: &Control) {
+    fn deliver(&mut self, r: &mut Receiver, control: &SessionControl) {
         let shared = self.shared.clone();
         let Some(session) = self.session(r) else {
             return;

@@ -30,8 +30,8 @@ pub trait Owner: Send + 'static {
     /// Messages are waiting on this session: take them with
     /// [`Receiver::poll_message`], and mark durable what is durable: now with
     /// [`Receiver::mark_durable`], or later (after a group commit) with
-    /// [`Control::mark_durable`].
-    fn deliver(&mut self, receiver: &mut Receiver, control: &Control);
+    /// [`SessionControl::mark_durable`].
+    fn deliver(&mut self, receiver: &mut Receiver, control: &SessionControl);
 
     /// A session ended.
     fn closed(&mut self, _event: &EndpointEvent) {}
@@ -73,11 +73,11 @@ enum Command {
 /// A cloneable way to reach the endpoint task: for owners whose durability
 /// completes asynchronously (a spool's group commit).
 #[derive(Debug, Clone)]
-pub struct Control {
+pub struct SessionControl {
     tx: mpsc::UnboundedSender<Command>,
 }
 
-impl Control {
+impl SessionControl {
     pub fn mark_durable(&self, session: u64, seq: u64) {
         let _ = self.tx.send(Command::MarkDurable { session, seq });
     }
@@ -108,13 +108,13 @@ pub struct ServeStats {
 
 /// The running endpoint. Dropping it stops the task.
 pub struct ServeHandle {
-    control: Control,
+    control: SessionControl,
     stats: Arc<ServeStats>,
     task: JoinHandle<()>,
 }
 
 impl ServeHandle {
-    pub fn control(&self) -> Control {
+    pub fn control(&self) -> SessionControl {
         self.control.clone()
     }
 
@@ -165,9 +165,15 @@ impl Drop for ServeHandle {
 /// Serves `config`'s endpoint on `io` with `owner`, on the current tokio
 /// runtime.
 pub fn serve(io: impl PacketIo, config: ReceiverConfig, owner: impl Owner) -> ServeHandle {
+    // Unbounded as a channel, bounded by the protocol: an owner marks
+    // durable what it was delivered, and a session is delivered at most
+    // its credit (`max_credit` messages) beyond what is durable; credit and
+    // close commands come once per session per tick at most. So at most
+    // sessions × (max_credit + 2) commands wait here, and the owner (a
+    // spool's writer thread) is never held by a full queue.
     let (tx, rx) = mpsc::unbounded_channel();
     let stats = Arc::new(ServeStats::default());
-    let control = Control { tx };
+    let control = SessionControl { tx };
     let task = tokio::spawn(run(
         io,
         Endpoint::new(config),
@@ -187,7 +193,7 @@ async fn run(
     mut io: impl PacketIo,
     mut ep: Endpoint,
     mut owner: impl Owner,
-    control: Control,
+    control: SessionControl,
     mut commands: mpsc::UnboundedReceiver<Command>,
     stats: Arc<ServeStats>,
 ) {

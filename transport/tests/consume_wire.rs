@@ -12,8 +12,8 @@ use std::ops::Range;
 use bytes::Bytes;
 use proptest::prelude::*;
 use sluice_transport::quic::consume::{
-    ConsumeError, Delivery, FromConsumer, ToConsumer, DELIVER_HEADER_LEN, MAX_FETCH_WAIT_MS,
-    MAX_OFFSETS,
+    ConsumerMessageError, Delivery, FromConsumer, ToConsumer, DELIVER_HEADER_LEN,
+    MAX_FETCH_WAIT_MS, MAX_OFFSETS,
 };
 use sluice_transport::quic::control::{ConsumeMode, Control, ControlError, StartAt};
 use sluice_transport::quic::frame::{self, Deframer, MAX_LONG_FRAME};
@@ -126,7 +126,7 @@ fn arb_consumer_control() -> impl Strategy<Value = Control> {
     ]
 }
 
-fn to_consumer(b: &[u8]) -> Result<ToConsumer, ConsumeError> {
+fn to_consumer(b: &[u8]) -> Result<ToConsumer, ConsumerMessageError> {
     ToConsumer::decode(&Bytes::copy_from_slice(b))
 }
 
@@ -222,7 +222,7 @@ fn a_delivery_payload_is_a_slice_of_the_frame_and_may_be_empty() {
     assert_eq!(owned.payload.as_ptr(), body[DELIVER_HEADER_LEN..].as_ptr());
     assert_eq!(
         ToConsumer::decode_owned(Bytes::from_static(&[3, 0, 0])),
-        Err(ConsumeError::Truncated)
+        Err(ConsumerMessageError::Truncated)
     );
 }
 
@@ -246,34 +246,40 @@ fn the_header_for_zero_copy_writes_is_the_frame_up_to_the_payload() {
 
 #[test]
 fn typed_errors_for_each_kind_of_damage() {
-    assert_eq!(to_consumer(&[]), Err(ConsumeError::Empty));
-    assert_eq!(FromConsumer::decode(&[]), Err(ConsumeError::Empty));
-    assert_eq!(to_consumer(&[0]), Err(ConsumeError::UnknownType(0)));
-    assert_eq!(to_consumer(&[5]), Err(ConsumeError::UnknownType(5)));
+    assert_eq!(to_consumer(&[]), Err(ConsumerMessageError::Empty));
+    assert_eq!(FromConsumer::decode(&[]), Err(ConsumerMessageError::Empty));
+    assert_eq!(to_consumer(&[0]), Err(ConsumerMessageError::UnknownType(0)));
+    assert_eq!(to_consumer(&[5]), Err(ConsumerMessageError::UnknownType(5)));
     assert_eq!(
         FromConsumer::decode(&[8]),
-        Err(ConsumeError::UnknownType(8))
+        Err(ConsumerMessageError::UnknownType(8))
     );
-    assert_eq!(to_consumer(&[2, 0, 0]), Err(ConsumeError::Truncated));
+    assert_eq!(
+        to_consumer(&[2, 0, 0]),
+        Err(ConsumerMessageError::Truncated)
+    );
     let mut synced = ToConsumer::Synced { id: 1 }.encode();
     synced.push(0);
-    assert_eq!(to_consumer(&synced), Err(ConsumeError::TrailingBytes(1)));
+    assert_eq!(
+        to_consumer(&synced),
+        Err(ConsumerMessageError::TrailingBytes(1))
+    );
 
     // Offset lists: 1 to 65,536, checked before the bytes are looked for.
     let empty = [3, 0, 0, 0, 0];
     assert!(matches!(
         FromConsumer::decode(&empty),
-        Err(ConsumeError::Malformed(_))
+        Err(ConsumerMessageError::Malformed(_))
     ));
     let too_many = [&[4u8][..], &(MAX_OFFSETS as u32 + 1).to_be_bytes()].concat();
     assert!(matches!(
         FromConsumer::decode(&too_many),
-        Err(ConsumeError::Malformed(_))
+        Err(ConsumerMessageError::Malformed(_))
     ));
     let huge = [&[3u8][..], &u32::MAX.to_be_bytes()].concat();
     assert!(matches!(
         FromConsumer::decode(&huge),
-        Err(ConsumeError::Malformed(_))
+        Err(ConsumerMessageError::Malformed(_))
     ));
     let most = FromConsumer::Nack {
         offsets: (0..MAX_OFFSETS as u64).collect(),
@@ -293,7 +299,7 @@ fn typed_errors_for_each_kind_of_damage() {
         }
         FromConsumer::decode(&b)
     };
-    let malformed = |r| matches!(r, Err(ConsumeError::Malformed(_)));
+    let malformed = |r| matches!(r, Err(ConsumerMessageError::Malformed(_)));
     assert!(malformed(ack(&[])));
     let too_many = [&[1u8][..], &(MAX_OFFSETS as u32 + 1).to_be_bytes()].concat();
     assert!(malformed(FromConsumer::decode(&too_many)));
@@ -335,13 +341,13 @@ fn typed_errors_for_each_kind_of_damage() {
     };
     assert!(matches!(
         FromConsumer::decode(&long_wait.encode()),
-        Err(ConsumeError::Malformed(_))
+        Err(ConsumerMessageError::Malformed(_))
     ));
 
     // The error's reason is UTF-8.
     assert!(matches!(
         to_consumer(&[4, 0, 2, 0xff, 0xfe]),
-        Err(ConsumeError::Malformed(_))
+        Err(ConsumerMessageError::Malformed(_))
     ));
 
     // Subscribe's start position and mode are from their lists.
@@ -569,11 +575,11 @@ proptest! {
                 prop_assert_eq!(&longer.payload[..d.payload.len()], &d.payload[..]);
                 prop_assert_eq!(&longer.payload[d.payload.len()..], &extra[..]);
             }
-            (_, r) => prop_assert_eq!(r, Err(ConsumeError::TrailingBytes(extra.len()))),
+            (_, r) => prop_assert_eq!(r, Err(ConsumerMessageError::TrailingBytes(extra.len()))),
         }
         let mut body = from.encode();
         body.extend_from_slice(&extra);
-        prop_assert_eq!(FromConsumer::decode(&body), Err(ConsumeError::TrailingBytes(extra.len())));
+        prop_assert_eq!(FromConsumer::decode(&body), Err(ConsumerMessageError::TrailingBytes(extra.len())));
         let mut body = control.encode();
         body.extend_from_slice(&extra);
         prop_assert_eq!(Control::decode(&body), Err(ControlError::TrailingBytes(extra.len())));

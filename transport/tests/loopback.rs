@@ -12,7 +12,7 @@ use bytes::Bytes;
 use sluice_transport::client::{Producer, ProducerOptions};
 use sluice_transport::proto::{Incoming, Receiver, ReceiverConfig};
 use sluice_transport::relay::{self, Impairment, RelayStats};
-use sluice_transport::serve::{self, Control, Owner};
+use sluice_transport::serve::{self, Owner, SessionControl};
 use sluice_transport::udp::{self, SocketOptions, UdpIo};
 use sluice_transport::wire::CloseCode;
 
@@ -33,7 +33,7 @@ impl Owner for Store {
         Ok((durable, 256))
     }
 
-    fn deliver(&mut self, r: &mut Receiver, _: &Control) {
+    fn deliver(&mut self, r: &mut Receiver, _: &SessionControl) {
         let mut m = self.0.lock().unwrap();
         let log = m.entry(r.producer_id()).or_default();
         let mut last = None;

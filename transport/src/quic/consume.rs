@@ -98,7 +98,7 @@ pub enum FromConsumer {
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum ConsumeError {
+pub enum ConsumerMessageError {
     #[error("empty consumer message")]
     Empty,
     #[error("unknown consumer message type {0}")]
@@ -177,15 +177,15 @@ impl ToConsumer {
     }
 
     /// Decodes one frame's body. A delivery's payload is a slice of `body`.
-    pub fn decode(body: &Bytes) -> Result<ToConsumer, ConsumeError> {
+    pub fn decode(body: &Bytes) -> Result<ToConsumer, ConsumerMessageError> {
         Self::decode_owned(body.clone())
     }
 
     /// [`decode`](ToConsumer::decode), taking the frame: a delivery's
     /// payload is the frame itself, advanced past the header (no reference
     /// count taken and dropped per message).
-    pub fn decode_owned(mut body: Bytes) -> Result<ToConsumer, ConsumeError> {
-        let (&kind, _) = body.split_first().ok_or(ConsumeError::Empty)?;
+    pub fn decode_owned(mut body: Bytes) -> Result<ToConsumer, ConsumerMessageError> {
+        let (&kind, _) = body.split_first().ok_or(ConsumerMessageError::Empty)?;
         let mut r = Reader { b: &body, at: 1 };
         let m = match kind {
             DELIVER => {
@@ -210,7 +210,7 @@ impl ToConsumer {
             ERROR => ToConsumer::Error {
                 reason: r.string()?,
             },
-            other => return Err(ConsumeError::UnknownType(other)),
+            other => return Err(ConsumerMessageError::UnknownType(other)),
         };
         r.finish(m)
     }
@@ -272,8 +272,8 @@ impl FromConsumer {
         }
     }
 
-    pub fn decode(body: &[u8]) -> Result<FromConsumer, ConsumeError> {
-        let (&kind, _) = body.split_first().ok_or(ConsumeError::Empty)?;
+    pub fn decode(body: &[u8]) -> Result<FromConsumer, ConsumerMessageError> {
+        let (&kind, _) = body.split_first().ok_or(ConsumerMessageError::Empty)?;
         let mut r = Reader { b: body, at: 1 };
         let m = match kind {
             ACK => FromConsumer::Ack {
@@ -295,12 +295,12 @@ impl FromConsumer {
             FETCH => {
                 let (id, max, wait_ms) = (r.u64()?, r.u32()?, r.u64()?);
                 if wait_ms > MAX_FETCH_WAIT_MS {
-                    return Err(ConsumeError::Malformed("fetch wait over 30 s"));
+                    return Err(ConsumerMessageError::Malformed("fetch wait over 30 s"));
                 }
                 FromConsumer::Fetch { id, max, wait_ms }
             }
             SYNC => FromConsumer::Sync { id: r.u64()? },
-            other => return Err(ConsumeError::UnknownType(other)),
+            other => return Err(ConsumerMessageError::UnknownType(other)),
         };
         r.finish(m)
     }
@@ -342,42 +342,42 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], ConsumeError> {
+    fn take(&mut self, n: usize) -> Result<&[u8], ConsumerMessageError> {
         let rest = &self.b[self.at..];
         if rest.len() < n {
-            return Err(ConsumeError::Truncated);
+            return Err(ConsumerMessageError::Truncated);
         }
         self.at += n;
         Ok(&rest[..n])
     }
 
-    fn u32(&mut self) -> Result<u32, ConsumeError> {
+    fn u32(&mut self) -> Result<u32, ConsumerMessageError> {
         Ok(u32::from_be_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
         ))
     }
 
-    fn u64(&mut self) -> Result<u64, ConsumeError> {
+    fn u64(&mut self) -> Result<u64, ConsumerMessageError> {
         Ok(u64::from_be_bytes(
             self.take(8)?.try_into().expect("8 bytes"),
         ))
     }
 
-    fn string(&mut self) -> Result<String, ConsumeError> {
+    fn string(&mut self) -> Result<String, ConsumerMessageError> {
         let len = u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")) as usize;
         String::from_utf8(self.take(len)?.to_vec())
-            .map_err(|_| ConsumeError::Malformed("not UTF-8"))
+            .map_err(|_| ConsumerMessageError::Malformed("not UTF-8"))
     }
 
     /// A count and that many offsets. The count is checked against the
     /// limit and the bytes present before anything is allocated.
-    fn offsets(&mut self) -> Result<Vec<u64>, ConsumeError> {
+    fn offsets(&mut self) -> Result<Vec<u64>, ConsumerMessageError> {
         let n = self.u32()? as usize;
         if n == 0 {
-            return Err(ConsumeError::Malformed("no offsets"));
+            return Err(ConsumerMessageError::Malformed("no offsets"));
         }
         if n > MAX_OFFSETS {
-            return Err(ConsumeError::Malformed("over 65,536 offsets"));
+            return Err(ConsumerMessageError::Malformed("over 65,536 offsets"));
         }
         let raw = self.take(n * 8)?;
         Ok(raw
@@ -390,13 +390,13 @@ impl Reader<'_> {
     /// offsets are: the count against the limit and the bytes present
     /// before anything is allocated; then each range is non-empty and ends
     /// within u64, and together they cover at most [`MAX_OFFSETS`].
-    fn ranges(&mut self) -> Result<Vec<Range<u64>>, ConsumeError> {
+    fn ranges(&mut self) -> Result<Vec<Range<u64>>, ConsumerMessageError> {
         let n = self.u32()? as usize;
         if n == 0 {
-            return Err(ConsumeError::Malformed("no ranges"));
+            return Err(ConsumerMessageError::Malformed("no ranges"));
         }
         if n > MAX_OFFSETS {
-            return Err(ConsumeError::Malformed("over 65,536 ranges"));
+            return Err(ConsumerMessageError::Malformed("over 65,536 ranges"));
         }
         let raw = self.take(n * 12)?;
         let mut covered = 0u64;
@@ -405,14 +405,18 @@ impl Reader<'_> {
             let first = u64::from_be_bytes(c[..8].try_into().expect("8 bytes"));
             let len = u32::from_be_bytes(c[8..].try_into().expect("4 bytes"));
             if len == 0 {
-                return Err(ConsumeError::Malformed("an empty range"));
+                return Err(ConsumerMessageError::Malformed("an empty range"));
             }
             let end = first
                 .checked_add(u64::from(len))
-                .ok_or(ConsumeError::Malformed("a range past the last offset"))?;
+                .ok_or(ConsumerMessageError::Malformed(
+                    "a range past the last offset",
+                ))?;
             covered += u64::from(len);
             if covered > MAX_OFFSETS as u64 {
-                return Err(ConsumeError::Malformed("ranges over 65,536 offsets"));
+                return Err(ConsumerMessageError::Malformed(
+                    "ranges over 65,536 offsets",
+                ));
             }
             ranges.push(first..end);
         }
@@ -420,10 +424,10 @@ impl Reader<'_> {
     }
 
     /// `m`, if the body was consumed exactly.
-    fn finish<T>(self, m: T) -> Result<T, ConsumeError> {
+    fn finish<T>(self, m: T) -> Result<T, ConsumerMessageError> {
         match self.b.len() - self.at {
             0 => Ok(m),
-            n => Err(ConsumeError::TrailingBytes(n)),
+            n => Err(ConsumerMessageError::TrailingBytes(n)),
         }
     }
 }
