@@ -4,7 +4,6 @@
 //! of `--dir`, and datagrams per second of a plain UDP socket loop on
 //! loopback. Repeated `--repeat` times, each figure as min/median/max.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use serde::Serialize;
 
 use crate::baseline::{self, DiskBaseline};
 use crate::filesystem::FileSystem;
-use crate::measure::{self, Host, Latency, PercentileCurve, Plots, Spread, TimeSeries};
+use crate::measure::{Host, Latency, PercentileCurve, Plots, Spread, TimeSeries};
 use crate::progress::{Goal, Progress};
 use crate::udp_baseline::{self, UdpBaseline};
 
@@ -22,10 +21,8 @@ pub const JSON_SCHEMA: u32 = 1;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BaselineArgs {
-    /// A directory on the file system to measure (the spool's); a temporary
-    /// folder is made inside it and removed.
-    #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
+    #[command(flatten)]
+    pub out: crate::args::Output,
     /// Seconds for each disk figure (1 MiB loop, then 4 KiB loop) and for
     /// each UDP datagram size, per repetition.
     #[arg(long, default_value_t = 2.0)]
@@ -37,12 +34,6 @@ pub struct BaselineArgs {
     /// Repetitions: every figure is then given as min / median / max.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
-    /// Also write the report as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-    /// Also draw the pictures (SVG) into this folder.
-    #[arg(long, value_name = "DIR")]
-    pub plot: Option<PathBuf>,
 }
 
 /// One repetition's figures.
@@ -112,10 +103,8 @@ impl BaselineArgs {
 /// Measures everything `repeat` times on `dir`'s file system and loopback.
 pub fn run(a: &BaselineArgs) -> Result<BaselineReport, String> {
     a.validate()?;
-    let started_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (file_system, work) = crate::filesystem::workplace(&a.dir, "baseline")?;
+    let started_unix = crate::measure::unix_now();
+    let (file_system, work) = crate::filesystem::workplace(&a.out.dir, "baseline")?;
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
     let d = Duration::from_secs_f64(a.seconds);
     let progress = Progress::new("baseline", false);
@@ -299,21 +288,12 @@ pub fn main(a: &BaselineArgs) -> ExitCode {
         Err(e) => return fail(&e),
     };
     print(&report);
-    if let Some(path) = &a.json {
-        if let Err(e) = measure::write_json(path, &report) {
-            return fail(&e);
-        }
-    }
-    if let Some(dir) = &a.plot {
-        if let Err(e) = crate::plot::draw_report(&report.plots, "baseline", &report.host, dir) {
-            return fail(&e);
-        }
+    if let Err(e) = a.out.save("baseline", &report, &report.plots, &report.host) {
+        return fail(&e);
     }
     ExitCode::SUCCESS
 }
 
-/// Draws a report's pictures into `dir` and says where they went.
 fn fail(e: &str) -> ExitCode {
-    eprintln!("sluice-bench baseline: {e}");
-    ExitCode::FAILURE
+    crate::args::fail("baseline", e)
 }

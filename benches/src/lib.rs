@@ -1,18 +1,20 @@
 //! Shared support for sluice's benchmarks and the `sluice-bench` harness.
 
+pub mod args;
 pub mod baseline;
 pub mod baseline_scenario;
 pub mod compare;
 pub mod consume;
 pub mod cpu;
-pub mod daemon;
 pub mod filesystem;
 pub mod ingest;
+pub mod interrupt;
+pub mod load;
 pub mod loss;
 pub mod measure;
-pub mod ns_daemon;
 pub mod plot;
 pub mod progress;
+pub mod sizes;
 pub mod spool;
 pub mod spool_scenario;
 pub mod udp_baseline;

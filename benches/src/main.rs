@@ -25,7 +25,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sluice_bench::daemon;
 
 #[derive(Parser)]
 #[command(
@@ -124,6 +123,6 @@ fn main() -> ExitCode {
         Scenario::Daemon {
             stop_on_stdin_eof,
             sluiced,
-        } => daemon::run_hidden(stop_on_stdin_eof, sluiced),
+        } => sluice_testkit::daemon::serve(stop_on_stdin_eof, sluiced),
     }
 }

@@ -209,6 +209,30 @@ impl Host {
     }
 }
 
+/// Seconds since the Unix epoch (a report's `started_unix`).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `a / b`, or 0 when `b` is 0.
+pub fn div(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+/// What a panic said.
+pub fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic".into())
+}
+
 /// Writes a report as pretty JSON to `path` (`--json FILE`).
 pub fn write_json(path: &std::path::Path, report: &impl serde::Serialize) -> Result<(), String> {
     let file =
@@ -245,6 +269,29 @@ impl Spread {
             min: v[0],
             median,
             max: v[n - 1],
+        }
+    }
+
+    /// The spread of `f` over `items`.
+    pub fn over<T>(items: &[T], f: impl Fn(&T) -> f64) -> Spread {
+        Spread::of(&items.iter().map(f).collect::<Vec<_>>())
+    }
+
+    /// The spread of `f` if every one of `items` has it (and there are
+    /// some): a spread of a figure some run lacks would hide that.
+    pub fn over_all<T>(items: &[T], f: impl Fn(&T) -> Option<f64>) -> Option<Spread> {
+        let v: Option<Vec<f64>> = items.iter().map(f).collect();
+        v.filter(|v| !v.is_empty()).map(|v| Spread::of(&v))
+    }
+
+    /// `median [min–max]` with `decimals` places, or just the median when
+    /// the rounded figures agree (or there was one run).
+    pub fn show(&self, decimals: usize) -> String {
+        let f = |x: f64| format!("{x:.decimals$}");
+        if f(self.min) == f(self.max) {
+            f(self.median)
+        } else {
+            format!("{} [{}–{}]", f(self.median), f(self.min), f(self.max))
         }
     }
 }

@@ -6,7 +6,7 @@
 //! min / median / max. Open-loop appends at fixed rates give ack latency
 //! next to the ideal raw group commit at the same load.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::baseline::{self, DiskBaseline};
 use crate::baseline_scenario::timed;
 use crate::filesystem::FileSystem;
-use crate::measure::{self, Host, Latency, PercentileCurve, Plots, Spread};
+use crate::measure::{Host, Latency, PercentileCurve, Plots, Spread};
 use crate::progress::Progress;
 use crate::spool;
 
@@ -29,10 +29,8 @@ const AT_RATE_APPENDERS: usize = 8;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SpoolArgs {
-    /// Where to put the spool (a temporary folder is made inside it and
-    /// removed); the raw baseline is measured on the same file system.
-    #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
+    #[command(flatten)]
+    pub out: crate::args::Output,
     /// Numbers of concurrent appenders to try.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8, 64])]
     pub appenders: Vec<usize>,
@@ -65,12 +63,6 @@ pub struct SpoolArgs {
     /// Skip the open-loop row at half of the peak that follows the table.
     #[arg(long)]
     pub no_half_peak: bool,
-    /// Also write the report as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-    /// Also draw the pictures (SVG) into this folder.
-    #[arg(long, value_name = "DIR")]
-    pub plot: Option<PathBuf>,
 }
 
 /// The raw disk of the same run.
@@ -187,8 +179,7 @@ impl SpoolArgs {
 }
 
 fn fail(e: &str) -> ExitCode {
-    eprintln!("sluice-bench spool: {e}");
-    ExitCode::FAILURE
+    crate::args::fail("spool", e)
 }
 
 /// `sluice-bench spool`.
@@ -197,15 +188,8 @@ pub fn main(a: &SpoolArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
-    if let Some(path) = &a.json {
-        if let Err(e) = measure::write_json(path, &report) {
-            return fail(&e);
-        }
-    }
-    if let Some(dir) = &a.plot {
-        if let Err(e) = crate::plot::draw_report(&report.plots, "spool", &report.host, dir) {
-            return fail(&e);
-        }
+    if let Err(e) = a.out.save("spool", &report, &report.plots, &report.host) {
+        return fail(&e);
     }
     ExitCode::SUCCESS
 }
@@ -213,10 +197,8 @@ pub fn main(a: &SpoolArgs) -> ExitCode {
 /// Runs the scenario, printing each row as it is measured.
 pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
     a.validate()?;
-    let started_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (file_system, work) = crate::filesystem::workplace(&a.dir, "spool")?;
+    let started_unix = crate::measure::unix_now();
+    let (file_system, work) = crate::filesystem::workplace(&a.out.dir, "spool")?;
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
     // With the progress line shown, the tables are printed at the end (a
     // line printed under it would be torn); without, row by row.
@@ -429,15 +411,8 @@ fn median_run(runs: &[RowRun]) -> usize {
     order[(order.len().max(1) - 1) / 2]
 }
 
-/// `median [min–max]` rounded to whole numbers, or just the median when
-/// the rounded figures are all the same (one run).
 fn spread(s: &Spread) -> String {
-    let f = |x: f64| format!("{x:.0}");
-    if f(s.min) == f(s.max) {
-        f(s.median)
-    } else {
-        format!("{} [{}–{}]", f(s.median), f(s.min), f(s.max))
-    }
+    s.show(0)
 }
 
 /// Widths of the records/s and ack p99 columns: wider when repeated, to

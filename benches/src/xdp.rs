@@ -26,11 +26,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sluice_xdp::testnet::{self, Link};
+use sluice_testkit::testnet::{self, Link};
 
 use crate::measure::Host;
 pub use procfs::{threads_cpu_seconds, CpuSplit, CpuStat};
-pub use sluice_xdp::testnet::udp_counter;
+pub use sluice_testkit::testnet::udp_counter;
 
 /// Version of the JSON layout (bump on incompatible changes).
 pub const JSON_SCHEMA: u32 = 1;
@@ -277,9 +277,7 @@ pub fn main(args: &XdpArgs) -> ExitCode {
 /// Makes the namespaces and runs the parts asked for (each table is printed
 /// as soon as its part is done).
 pub fn run(config: &XdpConfig) -> Result<XdpReport, String> {
-    let started_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let started_unix = crate::measure::unix_now();
     let host = Host::here();
     // Namespace set-up panics (with the command's stderr) if iproute2 fails.
     let link = std::panic::catch_unwind(|| Link::create("bx", 1))
@@ -351,12 +349,7 @@ fn print_summary(r: &XdpReport) {
     }
 }
 
-fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "panicked".into())
-}
+use crate::measure::panic_text;
 
 /// Sleeps until `t` (returns at once if it has passed).
 fn sleep_until(t: Instant) {
@@ -372,14 +365,7 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
         .ok_or_else(|| format!("MAC address {s:?}: expected six hex bytes"))
 }
 
-/// `a / b`, or 0 when `b` is 0.
-pub(crate) fn div(a: f64, b: f64) -> f64 {
-    if b > 0.0 {
-        a / b
-    } else {
-        0.0
-    }
-}
+pub(crate) use crate::measure::div;
 
 /// Microseconds per item.
 pub(crate) fn us_per(seconds: f64, n: u64) -> f64 {

@@ -264,7 +264,7 @@ fn bad_flags_are_refused_clearly() {
 /// that carry over: its report, the size and producers asked for.
 #[test]
 fn xdp_path_hands_over_to_the_xdp_command() {
-    if !sluice_xdp::testnet::require_netns("ingest_path_xdp", false) {
+    if !sluice_testkit::testnet::require_netns("ingest_path_xdp", false) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

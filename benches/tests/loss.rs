@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice_xdp::testnet::require_netns;
+use sluice_testkit::testnet::require_netns;
 
 mod support;
 use support::num;
@@ -266,7 +266,7 @@ fn netns_nftables_sweep() {
     let pid = child.id();
     let status = child.wait().unwrap();
     // Whatever happened, the run removed its namespaces.
-    let list = sluice_xdp::testnet::run(&["ip", "netns", "list"]);
+    let list = sluice_testkit::testnet::run(&["ip", "netns", "list"]);
     assert!(
         !list.lines().any(|l| l.contains(&format!("-{pid}"))),
         "namespaces of the run left behind:\n{list}"

@@ -16,7 +16,7 @@ fn num(v: &Value, key: &str) -> f64 {
 
 #[test]
 fn bench_xdp_reports_every_run() {
-    if !sluice_xdp::testnet::require_root("bench_xdp") {
+    if !sluice_testkit::testnet::require_root("bench_xdp") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -7,12 +7,12 @@
 use std::time::Duration;
 
 use rand::Rng;
+use sluice_testkit::relay::{self, Impairment, RelayStats};
 use sluice_tests::check;
 use sluice_tests::daemon::{DaemonSpec, Target};
 use sluice_tests::load;
 use sluice_tests::sluiced_bin;
 use sluice_transport::client::Transport;
-use sluice_transport::relay::{self, Impairment, RelayStats};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_percent_loss_with_reordering_and_duplication() {

@@ -17,10 +17,10 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use sluice_testkit::testnet::{require_netns, Link, Loss, Netns};
 use sluice_tests::check::{self, Acked};
 use sluice_tests::daemon::{DaemonSpec, Target};
 use sluice_transport::client::{Producer, Transport};
-use sluice_xdp::testnet::{require_netns, Link, Loss, Netns};
 
 const TEST: &str = "netns_loss";
 const STREAM: &str = "lossy";

@@ -8,9 +8,9 @@ use std::net::UdpSocket;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use sluice_testkit::testnet::{has_tool, require, require_netns, Link, Netns};
 use sluice_tests::daemon::DaemonSpec;
 use sluice_tests::{sluice_bin, sluiced_bin};
-use sluice_xdp::testnet::{has_tool, require, require_netns, Link, Netns};
 
 /// An admin address nothing listens on: `show` must say so in one line.
 const NO_DAEMON: &str = "127.0.0.1:1";

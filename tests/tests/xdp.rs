@@ -12,12 +12,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use sluice_testkit::testnet::{self, require_netns, Link, Netns};
 use sluice_tests::check::{self, Acked};
 use sluice_tests::daemon::{Daemon, DaemonSpec, Target};
 use sluice_tests::load::{self, plans};
 use sluice_transport::client::Transport;
 use sluice_xdp::bpf::{self, insn};
-use sluice_xdp::testnet::{self, require_netns, Link, Netns};
 
 /// The namespaces are the test's own, so fixed ports cannot clash.
 const DATA_PORT: u16 = 7401;

@@ -10,7 +10,6 @@ pub mod lease;
 pub mod offsets;
 pub mod proto;
 pub mod quic;
-pub mod relay;
 pub mod seal;
 pub mod serve;
 pub mod udp;

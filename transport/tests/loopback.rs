@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use sluice_testkit::relay::{self, Impairment, RelayStats};
 use sluice_transport::client::{Producer, ProducerOptions};
 use sluice_transport::proto::{Incoming, Receiver, ReceiverConfig};
-use sluice_transport::relay::{self, Impairment, RelayStats};
 use sluice_transport::serve::{self, Owner, SessionControl};
 use sluice_transport::udp::{self, SocketOptions, UdpIo};
 use sluice_transport::wire::CloseCode;

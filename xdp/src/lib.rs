@@ -10,9 +10,9 @@
 //! - [`frame`]: Ethernet, IPv4/IPv6 and UDP headers, read and written;
 //! - [`nic`]: what `sluice nic` shows and plans (ethtool, queues, IRQs);
 //! - [`datapath`]: the daemon's receive path over them ([`datapath::XdpIo`]);
-//! - [`producer`]: a producer's TX ring for the client library;
-//! - [`testnet`]: network namespaces and veth pairs for tests and
-//!   benchmarks.
+//! - [`producer`]: a producer's TX ring for the client library.
+//!
+//! The namespaces and veth pairs of its tests are in `sluice-testkit`.
 //!
 //! Everything is a thin layer over `libc`: no clang, no libbpf or libxdp.
 
@@ -23,5 +23,4 @@ pub mod neighbour;
 pub mod netlink;
 pub mod nic;
 pub mod producer;
-pub mod testnet;
 pub mod xsk;

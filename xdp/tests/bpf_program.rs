@@ -13,13 +13,13 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use sluice_testkit::testnet::{self, require_netns, require_root};
 use sluice_xdp::bpf::insn::{self, R0, R1, R2};
 use sluice_xdp::bpf::{
     self, clear_stale, ifindex, is_ours, load_raw, prog_info, xdp_state, AttachMode, Attachment,
     BpfError, Mode, RedirectProgram, XDP_DROP, XDP_PASS, XDP_REDIRECT,
 };
 use sluice_xdp::netlink::{self, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE};
-use sluice_xdp::testnet::{self, require_netns, require_root};
 
 const PORT: u16 = 4433;
 const ETH: usize = 14;

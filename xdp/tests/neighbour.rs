@@ -4,8 +4,8 @@
 
 use std::net::IpAddr;
 
+use sluice_testkit::testnet::{require_netns, Link};
 use sluice_xdp::neighbour::{interface_mac, next_hop_mac, parse_mac};
-use sluice_xdp::testnet::{require_netns, Link};
 
 #[test]
 fn next_hops_come_from_the_kernels_tables() {

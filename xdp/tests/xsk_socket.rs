@@ -15,9 +15,9 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use sluice_testkit::testnet::{self, require_netns, End, Link};
 use sluice_xdp::bpf::{self, Attachment, Mode, RedirectProgram};
 use sluice_xdp::frame::{self, parse_udp, udp_checksum_ok, write_udp};
-use sluice_xdp::testnet::{self, require_netns, End, Link};
 use sluice_xdp::xsk::{BindMode, BusyPoll, XskConfig, XskError, XskSocket};
 
 const PORT: u16 = 4790;

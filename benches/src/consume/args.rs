@@ -1,15 +1,17 @@
 //! `sluice-bench e2e`'s command line (also reachable as `consume`, its
 //! first name).
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::{ConsumeConfig, Part};
-use crate::ingest::{External, PathKind};
+use crate::ingest::PathKind;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub out: crate::args::Output,
+    #[command(flatten)]
+    pub sluiced: crate::args::DaemonArgs,
     /// Which parts to run (the delivery ratios need `ingest`).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Part::Ingest, Part::Delivery, Part::Latency])]
     pub parts: Vec<Part>,
@@ -48,9 +50,6 @@ pub struct ConsumeArgs {
     /// Each consumer's credit: payload bytes delivered and not yet acked.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_bytes: u64,
-    /// The daemon's fsync policy (anything but `always` breaks the promise).
-    #[arg(long, default_value = "always", value_parser = ["always", "interval", "never"])]
-    pub fsync: String,
     /// Closed loop: messages per send_batch call.
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
@@ -64,56 +63,14 @@ pub struct ConsumeArgs {
     /// The producers' largest datagram (UDP payload), bytes.
     #[arg(long, default_value_t = 1452)]
     pub datagram: usize,
-    /// Where the temporary data folder is made (and the disk baseline
-    /// measured).
-    #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
-    /// Measure a running daemon instead of starting one: its QUIC address.
-    /// Needs --admin and --server-cert.
-    #[arg(long, visible_alias = "quic", requires_all = ["admin", "server_cert"])]
-    pub daemon: Option<SocketAddr>,
-    /// The running daemon's certificate, pinned.
-    #[arg(long, requires = "daemon")]
-    pub server_cert: Option<PathBuf>,
-    /// An API token for the running daemon.
-    #[arg(
-        long,
-        requires = "daemon",
-        env = "SLUICE_TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
-    /// The running daemon's admin (metrics) address.
-    #[arg(long, requires = "daemon")]
-    pub admin: Option<SocketAddr>,
-    /// An extra flag for the started daemon, e.g.
-    /// --sluiced-arg=--consumers-read-ahead=16384 (repeatable).
-    #[arg(
-        long = "sluiced-arg",
-        allow_hyphen_values = true,
-        conflicts_with = "daemon"
-    )]
-    pub sluiced_args: Vec<String>,
     /// Most seconds the groups get to receive everything after a phase.
     #[arg(long, default_value_t = 120.0)]
     pub drain_timeout: f64,
-    /// Seconds per baseline (disk gets twice this; UDP this per size).
-    #[arg(long, default_value_t = 1.0)]
-    pub baseline_seconds: f64,
-    /// Skip the machine's baselines.
-    #[arg(long)]
-    pub no_baselines: bool,
     /// Run every phase this many times (one daemon, a fresh stream each
     /// time): the headline figures are then given as min / median / max;
     /// the detailed tables and the pictures are of the first repetition.
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
-    /// Also write the report as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-    /// Also draw the pictures (SVG) into this folder.
-    #[arg(long, value_name = "DIR")]
-    pub plot: Option<PathBuf>,
 }
 
 impl ConsumeArgs {
@@ -130,7 +87,7 @@ impl ConsumeArgs {
             max_ahead: self.max_ahead,
             max_messages: self.max_messages,
             max_bytes: self.max_bytes,
-            fsync: self.fsync.clone(),
+            fsync: self.sluiced.fsync.clone(),
             batch: self.batch,
             in_flight: self.in_flight,
             path: if self.path == "quic" {
@@ -139,19 +96,10 @@ impl ConsumeArgs {
                 PathKind::Fast
             },
             datagram: self.datagram,
-            dir: self.dir.clone(),
-            external: self.daemon.zip(self.admin).map(|(addr, admin)| External {
-                addr,
-                admin,
-                server_cert: self.server_cert.clone(),
-                token: self.token.clone(),
-            }),
-            sluiced_args: self.sluiced_args.clone(),
-            baseline_seconds: if self.no_baselines {
-                0.0
-            } else {
-                self.baseline_seconds
-            },
+            dir: self.out.dir.clone(),
+            external: self.sluiced.external(),
+            sluiced_args: self.sluiced.sluiced_args.clone(),
+            baseline_seconds: self.sluiced.baseline_seconds(),
             drain_timeout: self.drain_timeout,
             repeat: self.repeat,
         }
@@ -160,25 +108,17 @@ impl ConsumeArgs {
 
 /// `sluice-bench e2e` (alias `consume`).
 pub fn main(a: &ConsumeArgs) -> ExitCode {
+    if a.sluiced.daemon.is_some() && a.sluiced.server_cert.is_none() {
+        eprintln!("sluice-bench e2e: --daemon needs --server-cert");
+        return ExitCode::from(2);
+    }
     let report = match super::run(&a.config()) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("sluice-bench e2e: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return crate::args::fail("e2e", e),
     };
     super::print(&report);
-    if let Some(path) = &a.json {
-        if let Err(e) = crate::measure::write_json(path, &report) {
-            eprintln!("sluice-bench e2e: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    if let Some(dir) = &a.plot {
-        if let Err(e) = crate::plot::draw_report(&report.plots, "e2e", &report.host, dir) {
-            eprintln!("sluice-bench e2e: {e}");
-            return ExitCode::FAILURE;
-        }
+    if let Err(e) = a.out.save("e2e", &report, &report.plots, &report.host) {
+        return crate::args::fail("e2e", e);
     }
     if report.errors > 0 || report.groups_short > 0 {
         eprintln!(

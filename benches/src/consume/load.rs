@@ -1,236 +1,22 @@
 //! The load of the `e2e` scenario: producers publishing (closed loop
 //! as fast as acks come back, or open loop at due times with the due time
 //! in the payload), and consumers receiving, acking and counting each
-//! message once per group.
+//! message once per group. The producers are [`crate::load`]'s.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use sluice_transport::client::{Consumer, ConsumerError, Delivery, Producer, ProducerError};
+use sluice_transport::client::{Consumer, ConsumerError, Delivery};
 use tokio::sync::watch;
 
-/// Bytes at the start of an open-loop payload: the message's due time,
-/// microseconds since the Unix epoch, big-endian.
-pub const STAMP_BYTES: usize = 8;
-
-/// A latency histogram: 1 µs to an hour, 3 significant digits.
-pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
-}
-
-pub fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Unix time as read once, advanced by the monotonic clock: stamps and
-/// receive times are comparable and do not jump with the wall clock.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    at: Instant,
-    unix_us: u64,
-}
-
-impl Clock {
-    pub fn now() -> Clock {
-        Clock {
-            at: Instant::now(),
-            unix_us: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, micros),
-        }
-    }
-
-    /// `t` in microseconds since the Unix epoch.
-    pub fn unix_us(&self, t: Instant) -> u64 {
-        match t.checked_duration_since(self.at) {
-            Some(d) => self.unix_us + micros(d),
-            None => self.unix_us.saturating_sub(micros(self.at - t)),
-        }
-    }
-}
-
-/// A payload of `size` bytes (at least the stamp) starting with `unix_us`.
-pub fn stamped(unix_us: u64, size: usize) -> Bytes {
-    let mut b = BytesMut::with_capacity(size.max(STAMP_BYTES));
-    b.put_u64(unix_us);
-    b.resize(size.max(STAMP_BYTES), 0x42);
-    b.freeze()
-}
+pub use crate::load::{histogram, stamped, Clock, STAMP_BYTES};
 
 /// The stamp of a payload, if it has one.
 pub fn stamp_of(payload: &[u8]) -> Option<u64> {
     let b: [u8; STAMP_BYTES] = payload.get(..STAMP_BYTES)?.try_into().ok()?;
     Some(u64::from_be_bytes(b))
-}
-
-/// How often a producer held back by the gate looks again.
-const GATE_POLL: Duration = Duration::from_micros(200);
-
-/// What the producers of a phase share with its coordinator.
-pub struct Publish {
-    pub sent: AtomicU64,
-    /// Durably acked.
-    pub acked: AtomicU64,
-    pub errors: AtomicU64,
-    pub first_error: Mutex<Option<String>>,
-    pub stop: AtomicBool,
-    /// Latency is recorded for messages sent (closed loop) or due (open
-    /// loop) in `[window.0, window.1)`.
-    pub window: (Instant, Instant),
-    /// Durable-ack latency: closed loop from the call, open loop from the
-    /// due time.
-    pub ack_latency: Mutex<Histogram<u64>>,
-    /// Closed loop: no new call while more than this many messages sent
-    /// have not reached every one of these groups (`None`: free-running).
-    pub gate: Option<(u64, Vec<Arc<Tally>>)>,
-}
-
-impl Publish {
-    pub fn new(window: (Instant, Instant)) -> Publish {
-        Publish {
-            sent: AtomicU64::new(0),
-            acked: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            first_error: Mutex::new(None),
-            stop: AtomicBool::new(false),
-            window,
-            ack_latency: Mutex::new(histogram()),
-            gate: None,
-        }
-    }
-
-    /// Whether the slowest group is close enough behind for another call.
-    fn may_send(&self) -> bool {
-        let Some((ahead, groups)) = &self.gate else {
-            return true;
-        };
-        let slowest = groups
-            .iter()
-            .map(|t| t.distinct.load(Relaxed))
-            .min()
-            .unwrap_or(u64::MAX);
-        self.sent.load(Relaxed).saturating_sub(slowest) <= *ahead
-    }
-
-    pub fn in_window(&self, t: Instant) -> bool {
-        t >= self.window.0 && t < self.window.1
-    }
-
-    fn fail(&self, n: u64, e: &ProducerError) {
-        self.errors.fetch_add(n, Relaxed);
-        self.first_error
-            .lock()
-            .unwrap()
-            .get_or_insert_with(|| format!("producer: {e}"));
-    }
-
-    /// Every message sent has been acked or failed.
-    pub fn settled(&self) -> bool {
-        self.acked.load(Relaxed) + self.errors.load(Relaxed) >= self.sent.load(Relaxed)
-    }
-}
-
-/// One producer, closed loop: `in_flight` calls of `batch` messages
-/// outstanding, awaited in order (a producer's acks come in order), a new
-/// one made as each is acked (and the gate, if any, is open), until told
-/// to stop. The messages of a call are queued when it is made, so the
-/// calls waiting here all progress.
-pub async fn closed_loop(
-    p: Producer,
-    payload: Bytes,
-    batch: usize,
-    in_flight: usize,
-    publish: Arc<Publish>,
-) {
-    let mut hist = histogram();
-    let mut pending = VecDeque::with_capacity(in_flight);
-    let mut broken = false;
-    loop {
-        while pending.len() < in_flight
-            && !broken
-            && !publish.stop.load(Relaxed)
-            && publish.may_send()
-        {
-            publish.sent.fetch_add(batch as u64, Relaxed);
-            let call = p.send_batch(vec![payload.clone(); batch]);
-            pending.push_back((Instant::now(), Box::pin(call)));
-        }
-        let Some((t0, call)) = pending.pop_front() else {
-            if broken || publish.stop.load(Relaxed) {
-                break;
-            }
-            // The gate is shut: the groups are catching up.
-            tokio::time::sleep(GATE_POLL).await;
-            continue;
-        };
-        match call.await {
-            Ok(_) => {
-                let now = Instant::now();
-                publish.acked.fetch_add(batch as u64, Relaxed);
-                if publish.in_window(t0) {
-                    hist.saturating_record_n(micros(now - t0), batch as u64);
-                }
-            }
-            Err(e) => {
-                publish.fail(batch as u64, &e);
-                broken = true;
-            }
-        }
-    }
-    publish.ack_latency.lock().unwrap().add(&hist).ok();
-}
-
-/// The open loop's pacing thread: message `i` is due at
-/// `start + i / rate`, goes to producer `i % producers` when due (one per
-/// call) carrying its due time, and its ack latency runs from the due time
-/// (a stall anywhere counts against every message that should have gone
-/// out during it). Runs until told to stop; returns how late each
-/// hand-over in the window was.
-pub fn pace(
-    producers: Vec<Producer>,
-    size: usize,
-    rate: f64,
-    clock: Clock,
-    publish: Arc<Publish>,
-    rt: tokio::runtime::Handle,
-    start: Instant,
-) -> Histogram<u64> {
-    let mut lag = histogram();
-    let mut i = 0u64;
-    while !publish.stop.load(Relaxed) {
-        let due = start + Duration::from_secs_f64(i as f64 / rate);
-        let now = Instant::now();
-        if now < due {
-            std::thread::sleep(due - now);
-            continue;
-        }
-        if publish.in_window(due) {
-            lag.saturating_record(micros(now - due));
-        }
-        let p = producers[(i % producers.len() as u64) as usize].clone();
-        let payload = stamped(clock.unix_us(due), size);
-        publish.sent.fetch_add(1, Relaxed);
-        let publish = publish.clone();
-        rt.spawn(async move {
-            match p.send(payload).await {
-                Ok(_) => {
-                    let now = Instant::now();
-                    publish.acked.fetch_add(1, Relaxed);
-                    if publish.in_window(due) {
-                        let mut h = publish.ack_latency.lock().unwrap();
-                        h.saturating_record(micros(now - due));
-                    }
-                }
-                Err(e) => publish.fail(1, &e),
-            }
-        });
-        i += 1;
-    }
-    lag
 }
 
 /// Offsets seen, as bits from offset 0 (the phases use fresh streams,
@@ -365,13 +151,5 @@ mod tests {
         assert!(!s.insert(0));
         assert!(!s.insert(1_000_003));
         assert!(s.insert(63) && s.insert(64));
-    }
-
-    #[test]
-    fn clock_maps_instants_to_unix_time() {
-        let c = Clock::now();
-        let later = c.at + Duration::from_millis(1500);
-        assert_eq!(c.unix_us(later) - c.unix_us(c.at), 1_500_000);
-        assert!(c.unix_us(c.at) > 1_600_000_000_000_000);
     }
 }

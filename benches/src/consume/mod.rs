@@ -1,7 +1,7 @@
 //! The `e2e` scenario (first named `consume`, still an alias): the
 //! publish → consumer path. Producers (this
 //! process, fast path by default) publish to a `sluiced` (a child process,
-//! see [`crate::daemon`], or a running one) while consumers
+//! see [`sluice_testkit::daemon`], or a running one) while consumers
 //! (`sluice_transport::client::Consumer`, push mode, one per group, in this
 //! process on a runtime of their own) receive, ack and count every message
 //! once per group (at-least-once: distinct offsets).
@@ -48,13 +48,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sluice_transport::client::QuicOptions;
-use sluice_transport::quic::tls::{self, ClientTls, ServerTrust};
 
-use crate::daemon::DaemonSpec;
 use crate::filesystem::FileSystem;
 use crate::ingest::{self, External, PathKind};
 use crate::measure::Host;
 use crate::progress::{Goal, Progress};
+use sluice_testkit::daemon::DaemonSpec;
 
 pub use args::{main, ConsumeArgs};
 pub use load::{stamp_of, stamped, STAMP_BYTES};
@@ -208,9 +207,7 @@ impl ConsumeConfig {
 /// Runs the scenario: baselines, (a daemon,) then each phase.
 pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::Error>> {
     config.validate()?;
-    let started_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let started_unix = crate::measure::unix_now();
     std::fs::create_dir_all(&config.dir)?;
     let work = tempfile::Builder::new()
         .prefix("sluice-bench-e2e-")
@@ -242,9 +239,8 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
     let daemon = match config.external {
         Some(_) => None,
         None => {
-            let mut spec = DaemonSpec::new(&work.path().join("data"), &config.fsync);
-            spec.extra_args.extend(config.sluiced_args.iter().cloned());
-            Some(spec.start()?)
+            let spec = DaemonSpec::this_exe(&work.path().join("data"))?.fsync(&config.fsync);
+            Some(spec.args(config.sluiced_args.iter().cloned()).try_start()?)
         }
     };
     let (quic, admin, cert, token) = match (&daemon, &config.external) {
@@ -340,7 +336,7 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
     drop(producers_rt);
     drop(consumers_rt);
     if let Some(d) = daemon {
-        let status = d.terminate(Duration::from_secs(30))?;
+        let status = d.try_terminate(Duration::from_secs(30))?;
         if !status.success() && failure.is_none() {
             failure = Some(format!("the daemon did not stop cleanly: {status}"));
         }
@@ -374,16 +370,5 @@ fn client_options(
     cert: &std::path::Path,
     token: Option<String>,
 ) -> Result<QuicOptions, Box<dyn std::error::Error>> {
-    let certs = tls::load_certs(cert)?;
-    let first = certs
-        .first()
-        .ok_or_else(|| format!("no certificate in {}", cert.display()))?;
-    Ok(QuicOptions {
-        tls: ClientTls {
-            trust: ServerTrust::Fingerprint(tls::fingerprint(first)),
-            client_cert: None,
-            server_name: None,
-        },
-        token,
-    })
+    Ok(sluice_testkit::daemon::pinned(cert, token)?)
 }

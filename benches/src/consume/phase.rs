@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use hdrhistogram::Histogram;
 use sluice_daemon::metrics::scrape::Scrape;
 use sluice_transport::client::{
@@ -18,9 +17,10 @@ use sluice_transport::proto::SenderConfig;
 
 use super::{load, ConsumeConfig};
 use crate::cpu;
-use crate::daemon;
 use crate::ingest::PathKind;
+use crate::load::{Shape, Shared};
 use crate::measure::Machine;
+use crate::sizes::Payloads;
 
 /// How a phase publishes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -131,7 +131,7 @@ pub(crate) struct Sample {
     pub delivered: u64,
 }
 
-fn sample(publish: &load::Publish, tallies: &[Arc<load::Tally>]) -> Sample {
+fn sample(publish: &Shared, tallies: &[Arc<load::Tally>]) -> Sample {
     Sample {
         at: Instant::now(),
         acked: publish.acked.load(Relaxed),
@@ -144,7 +144,7 @@ fn sample(publish: &load::Publish, tallies: &[Arc<load::Tally>]) -> Sample {
 async fn sample_until(
     first: Sample,
     (start, end): (Instant, Instant),
-    publish: &load::Publish,
+    publish: &Shared,
     tallies: &[Arc<load::Tally>],
     progress: &crate::progress::Progress,
 ) -> Vec<Sample> {
@@ -174,7 +174,7 @@ async fn sample_until(
     samples
 }
 
-async fn mark(target: &Target, publish: &load::Publish, tallies: &[Arc<load::Tally>]) -> Mark {
+async fn mark(target: &Target, publish: &Shared, tallies: &[Arc<load::Tally>]) -> Mark {
     let at = Instant::now();
     let acked = publish.acked.load(Relaxed);
     let distinct = tallies.iter().map(|t| t.distinct.load(Relaxed)).collect();
@@ -200,7 +200,7 @@ async fn mark(target: &Target, publish: &load::Publish, tallies: &[Arc<load::Tal
 }
 
 async fn scrape(admin: SocketAddr) -> Option<Scrape> {
-    tokio::task::spawn_blocking(move || daemon::scrape(admin).ok())
+    tokio::task::spawn_blocking(move || sluice_testkit::daemon::scrape(admin).ok())
         .await
         .ok()
         .flatten()
@@ -247,9 +247,16 @@ pub(crate) async fn run_phase(
         start + warmup + Duration::from_secs_f64(config.seconds),
     );
     let tallies: Vec<Arc<load::Tally>> = (0..spec.groups).map(|_| Arc::default()).collect();
-    let mut publish = load::Publish::new(window);
+    let mut publish = Shared::new(window.0, Some(window.1), SAMPLE_EVERY.as_secs_f64());
+    publish.window_by_call = true;
     if spec.drive == Drive::Closed && spec.groups > 0 && config.max_ahead > 0 {
-        publish.gate = Some((config.max_ahead, tallies.clone()));
+        // Not while more than `max_ahead` messages sent have not reached
+        // the slowest group.
+        let (ahead, groups) = (config.max_ahead, tallies.clone());
+        publish.gate = Some(Box::new(move |sent| {
+            let slowest = groups.iter().map(|t| t.distinct.load(Relaxed)).min();
+            sent.saturating_sub(slowest.unwrap_or(u64::MAX)) <= ahead
+        }));
     }
     let publish = Arc::new(publish);
     let stamps = match spec.drive {
@@ -271,31 +278,20 @@ pub(crate) async fn run_phase(
         })
         .collect();
 
-    let mut pacer = None;
-    let mut producing = Vec::new();
-    match spec.drive {
-        Drive::Closed => {
-            let payload = Bytes::from(vec![0x42u8; config.size]);
-            for p in &producers {
-                producing.push(tokio::spawn(load::closed_loop(
-                    p.clone(),
-                    payload.clone(),
-                    config.batch,
-                    config.in_flight,
-                    publish.clone(),
-                )));
-            }
-        }
-        Drive::Open { rate } => {
-            let (ps, size, publish) = (producers.clone(), config.size, publish.clone());
-            let rt = tokio::runtime::Handle::current();
-            pacer = Some(
-                std::thread::Builder::new()
-                    .name("pacer".into())
-                    .spawn(move || load::pace(ps, size, rate, clock, publish, rt, start))?,
-            );
-        }
-    }
+    // The open loop sends one message per call, stamped with its due time.
+    let (rate, batch) = match spec.drive {
+        Drive::Open { rate } => (rate, 1),
+        Drive::Closed => (0.0, config.batch),
+    };
+    let shape = Shape {
+        batch,
+        in_flight: config.in_flight,
+        count: None,
+        rate,
+        stamp: (rate > 0.0).then_some(clock),
+    };
+    let payloads = Payloads::fixed(config.size);
+    let (producing, pacer) = crate::load::start(shape, &producers, payloads, 0, &publish, start)?;
 
     target.progress.set(0.0, "warm-up");
     tokio::time::sleep_until(window.0.into()).await;
@@ -325,20 +321,13 @@ pub(crate) async fn run_phase(
         delivered: last.distinct.iter().sum(),
     });
     publish.stop.store(true, Relaxed);
-    for p in producing {
-        let _ = p.await;
+    let pacer_lag = crate::load::pacer_lag(pacer).await?;
+    if pacer_lag.is_none() {
+        let _ = producing.await;
     }
-    let pacer_lag = match pacer {
-        Some(p) => Some(
-            tokio::task::spawn_blocking(move || p.join())
-                .await?
-                .map_err(|_| "the pacing thread panicked")?,
-        ),
-        None => None,
-    };
     // Open loop: the last sends are still out.
     let settle = Instant::now() + Duration::from_secs(30);
-    while !publish.settled() && Instant::now() < settle {
+    while publish.missing() > 0 && Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
@@ -379,17 +368,12 @@ pub(crate) async fn run_phase(
     }
     for p in producers {
         if let Err(e) = p.close().await {
-            publish
-                .first_error
-                .lock()
-                .unwrap()
-                .get_or_insert_with(|| format!("producer close: {e}"));
+            publish.fail(0, format!("close: {e}"));
         }
     }
     let after = scrape(target.admin).await;
-    let first_error = publish.first_error.lock().unwrap().clone();
-    let ack_latency =
-        std::mem::replace(&mut *publish.ack_latency.lock().unwrap(), load::histogram());
+    let first_error = publish.first_error().map(|e| format!("producer: {e}"));
+    let ack_latency = publish.take_latency();
     Ok(Outcome {
         spec: spec.clone(),
         stream,
@@ -439,7 +423,7 @@ async fn drain_backlog(
     config: &ConsumeConfig,
     target: &Target,
     stream: &str,
-    publish: &load::Publish,
+    publish: &Shared,
     published: u64,
 ) -> Result<Backlog, Box<dyn std::error::Error>> {
     target.progress.set(

@@ -293,13 +293,7 @@ pub struct LatencyRatios {
 /// An echo median this long means the echo queued up behind itself.
 const ECHO_FELL_BEHIND_US: u64 = 100_000;
 
-fn div(a: f64, b: f64) -> f64 {
-    if b > 0.0 {
-        a / b
-    } else {
-        0.0
-    }
-}
+use crate::measure::div;
 
 /// What the phases have in common: the window, groups and CPU.
 struct Common {

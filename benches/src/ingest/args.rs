@@ -3,19 +3,23 @@
 //! --part durable` (root), which measures sluiced's AF_XDP path against its
 //! socket path over a veth pair.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use super::config::{interval_for, External, IngestConfig, Length, PathKind};
-use super::sizes;
+use super::config::{interval_for, IngestConfig, Length, PathKind};
 use crate::progress::Progress;
+use crate::sizes;
 
 /// `sluice-bench ingest`'s flags (no `Debug`: it holds the token).
 #[derive(Clone, clap::Args)]
 pub struct IngestArgs {
+    #[command(flatten)]
+    pub load: crate::args::LoadArgs,
+    #[command(flatten)]
+    pub out: crate::args::Output,
+    #[command(flatten)]
+    pub sluiced: crate::args::DaemonArgs,
     /// Concurrent producers (one session each).
     #[arg(long, default_value_t = 8)]
     pub producers: usize,
@@ -31,48 +35,17 @@ pub struct IngestArgs {
     /// same order).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Seconds to measure per run, after the warm-up [default: 5].
-    #[arg(long, conflicts_with = "count")]
-    pub seconds: Option<f64>,
-    /// Instead of --seconds: messages per producer per run (the whole run
-    /// is measured unless --warmup is given).
-    #[arg(long)]
-    pub count: Option<u64>,
-    /// Seconds at the start of each run not measured [default: 1 with
-    /// --seconds, 0 with --count].
-    #[arg(long)]
-    pub warmup: Option<f64>,
     /// Runs (warm-up and window each) on the same daemon, with new
     /// producers each time; the table shows the median with [min–max] and
     /// the JSON keeps every run [default: 3 with --seconds, 1 with --count].
     #[arg(long)]
     pub repeat: Option<usize>,
-    /// Total messages/s over all producers, sent at their due times (open
-    /// loop; latency from the due time). 0: closed loop, as fast as acks
-    /// come back.
-    #[arg(long, default_value_t = 0.0)]
-    pub rate: f64,
-    /// The daemon's fsync policy (anything but `always` breaks the promise:
-    /// for separating disk from CPU).
-    #[arg(long, default_value = "always", value_parser = ["always", "interval", "never"])]
-    pub fsync: String,
-    /// Messages per send_batch call [default: 256 closed loop, 1 open loop].
-    #[arg(long)]
-    pub batch: Option<usize>,
-    /// Closed loop: send_batch calls outstanding per producer (the default
-    /// 16 x 256 = 4,096 messages is sluiced's default credit per session).
-    #[arg(long, default_value_t = 16)]
-    pub in_flight: usize,
     /// Spread the producers over this many streams (one spool writer each).
     #[arg(long, default_value_t = 1)]
     pub streams: usize,
     /// The producers' largest datagram (UDP payload), bytes.
     #[arg(long, default_value_t = 1452)]
     pub datagram: usize,
-    /// Where the temporary data folder is made (and the disk baseline
-    /// measured).
-    #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
     /// The path: `fast` (authenticate over QUIC, sealed raw UDP), `quic`
     /// (everything over QUIC), `udp` (raw, unsealed: the started daemon
     /// gets insecure_lan), or `xdp` (root: hands over to `sluice-bench xdp
@@ -80,49 +53,6 @@ pub struct IngestArgs {
     /// socket path, with --producers, --seconds, --size, --dir and --json).
     #[arg(long, default_value = "fast", value_parser = ["fast", "quic", "udp", "xdp"])]
     pub path: String,
-    /// Measure a running daemon instead of starting one: its QUIC address
-    /// (fast, quic) or data address (udp). Needs --admin, and for fast and
-    /// quic --server-cert.
-    #[arg(long, requires = "admin")]
-    pub daemon: Option<SocketAddr>,
-    /// The running daemon's certificate, pinned.
-    #[arg(long, requires = "daemon")]
-    pub server_cert: Option<PathBuf>,
-    /// An API token for the running daemon.
-    #[arg(
-        long,
-        requires = "daemon",
-        env = "SLUICE_TOKEN",
-        hide_env_values = true
-    )]
-    pub token: Option<String>,
-    /// The running daemon's admin (metrics) address.
-    #[arg(long, requires = "daemon")]
-    pub admin: Option<SocketAddr>,
-    /// An extra flag for the started daemon, e.g. --sluiced-arg=--data-credit=8192
-    /// (repeatable).
-    #[arg(
-        long = "sluiced-arg",
-        allow_hyphen_values = true,
-        conflicts_with = "daemon"
-    )]
-    pub sluiced_args: Vec<String>,
-    /// Seconds per baseline (disk gets twice this; UDP this per size),
-    /// measured once before the runs.
-    #[arg(long, default_value_t = 1.0)]
-    pub baseline_seconds: f64,
-    /// Skip the baselines (no ratios).
-    #[arg(long)]
-    pub no_baselines: bool,
-    /// Also write the report (every run, the summary and the plots' data)
-    /// as JSON to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Also draw the pictures into this folder: ingest-latency.svg (latency
-    /// by percentile) and ingest-throughput.svg (acked msgs/s over time),
-    /// one line per run.
-    #[arg(long, value_name = "DIR")]
-    pub plot: Option<PathBuf>,
     /// No progress line on stderr (it is shown only on a terminal anyway).
     #[arg(long, short)]
     pub quiet: bool,
@@ -131,15 +61,14 @@ pub struct IngestArgs {
 impl IngestArgs {
     /// The run's configuration (not for `--path xdp`).
     pub fn config(&self) -> Result<IngestConfig, String> {
-        let length = match self.count {
+        let length = match self.load.count {
             Some(n) => Length::CountPerProducer(n),
-            None => Length::Seconds(self.seconds.unwrap_or(5.0)),
+            None => Length::Seconds(self.load.seconds.unwrap_or(5.0)),
         };
         let (default_warmup, default_repeat) = match length {
             Length::Seconds(_) => (1.0, 3),
             Length::CountPerProducer(_) => (0.0, 1),
         };
-        let open = self.rate > 0.0;
         let sizes = match &self.sizes {
             Some(s) => sizes::parse_mix(s).map_err(|e| format!("--sizes {s}: {e}"))?,
             None => Vec::new(),
@@ -150,33 +79,24 @@ impl IngestArgs {
             sizes,
             seed: self.seed,
             length,
-            warmup: self.warmup.unwrap_or(default_warmup),
+            warmup: self.load.warmup.unwrap_or(default_warmup),
             repeat: self.repeat.unwrap_or(default_repeat),
-            rate: self.rate,
-            fsync: self.fsync.clone(),
-            batch: self.batch.unwrap_or(if open { 1 } else { 256 }),
-            in_flight: self.in_flight,
+            rate: self.load.rate,
+            fsync: self.sluiced.fsync.clone(),
+            batch: self.load.batch(),
+            in_flight: self.load.in_flight,
             streams: self.streams,
             datagram: self.datagram,
-            dir: self.dir.clone(),
+            dir: self.out.dir.clone(),
             path: match self.path.as_str() {
                 "quic" => PathKind::Quic,
                 "udp" => PathKind::Udp,
                 "fast" => PathKind::Fast,
                 other => return Err(format!("--path {other}: not a loopback path")),
             },
-            external: self.daemon.zip(self.admin).map(|(addr, admin)| External {
-                addr,
-                admin,
-                server_cert: self.server_cert.clone(),
-                token: self.token.clone(),
-            }),
-            sluiced_args: self.sluiced_args.clone(),
-            baseline_seconds: if self.no_baselines {
-                0.0
-            } else {
-                self.baseline_seconds
-            },
+            external: self.sluiced.external(),
+            sluiced_args: self.sluiced.sluiced_args.clone(),
+            baseline_seconds: self.sluiced.baseline_seconds(),
             interval: interval_for(length),
         })
     }
@@ -201,22 +121,12 @@ pub fn main(a: &IngestArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             progress.finish();
-            eprintln!("sluice-bench ingest: {e}");
-            return ExitCode::FAILURE;
+            return crate::args::fail("ingest", e);
         }
     };
     super::print(&report);
-    if let Some(path) = &a.json {
-        if let Err(e) = crate::measure::write_json(path, &report) {
-            eprintln!("sluice-bench ingest: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    if let Some(dir) = &a.plot {
-        if let Err(e) = crate::plot::draw_report(&report.plots, "ingest", &report.host, dir) {
-            eprintln!("sluice-bench ingest: {e}");
-            return ExitCode::FAILURE;
-        }
+    if let Err(e) = a.out.save("ingest", &report, &report.plots, &report.host) {
+        return crate::args::fail("ingest", e);
     }
     super::check(&report)
 }
@@ -227,7 +137,7 @@ pub fn main(a: &IngestArgs) -> ExitCode {
 /// so it runs that with the flags that carry over and refuses the rest.
 fn xdp(a: &IngestArgs) -> ExitCode {
     let command = "sluice-bench xdp --part durable";
-    if !sluice_xdp::testnet::is_root() {
+    if !sluice_testkit::testnet::is_root() {
         eprintln!(
             "sluice-bench ingest --path xdp: needs root (it makes two network namespaces and a \
              veth pair, loads an XDP program and opens AF_XDP sockets); run it with sudo, or run \
@@ -242,18 +152,18 @@ fn xdp(a: &IngestArgs) -> ExitCode {
         }
     };
     refuse(a.sizes.is_some(), "--sizes");
-    refuse(a.count.is_some(), "--count");
-    refuse(a.warmup.is_some(), "--warmup");
+    refuse(a.load.count.is_some(), "--count");
+    refuse(a.load.warmup.is_some(), "--warmup");
     refuse(a.repeat.is_some_and(|n| n != 1), "--repeat");
-    refuse(a.rate != 0.0, "--rate");
-    refuse(a.fsync != "always", "--fsync");
-    refuse(a.batch.is_some(), "--batch");
-    refuse(a.in_flight != 16, "--in-flight");
+    refuse(a.load.rate != 0.0, "--rate");
+    refuse(a.sluiced.fsync != "always", "--fsync");
+    refuse(a.load.batch.is_some(), "--batch");
+    refuse(a.load.in_flight != 16, "--in-flight");
     refuse(a.streams != 1, "--streams");
     refuse(a.datagram != 1452, "--datagram");
-    refuse(a.daemon.is_some(), "--daemon");
-    refuse(!a.sluiced_args.is_empty(), "--sluiced-arg");
-    refuse(a.plot.is_some(), "--plot");
+    refuse(a.sluiced.daemon.is_some(), "--daemon");
+    refuse(!a.sluiced.sluiced_args.is_empty(), "--sluiced-arg");
+    refuse(a.out.plot.is_some(), "--plot");
     if !refused.is_empty() {
         eprintln!(
             "sluice-bench ingest --path xdp: runs `{command}` (closed loop, fsync = always, one \
@@ -264,10 +174,13 @@ fn xdp(a: &IngestArgs) -> ExitCode {
     }
     let mut argv: Vec<String> = ["xdp", "--part", "durable"].map(String::from).to_vec();
     argv.extend(["--producers".into(), a.producers.to_string()]);
-    argv.extend(["--seconds".into(), a.seconds.unwrap_or(5.0).to_string()]);
+    argv.extend([
+        "--seconds".into(),
+        a.load.seconds.unwrap_or(5.0).to_string(),
+    ]);
     argv.extend(["--sizes".into(), a.size.to_string()]);
-    argv.extend(["--dir".into(), a.dir.display().to_string()]);
-    if let Some(j) = &a.json {
+    argv.extend(["--dir".into(), a.out.dir.display().to_string()]);
+    if let Some(j) = &a.out.json {
         argv.extend(["--json".into(), j.display().to_string()]);
     }
     eprintln!(

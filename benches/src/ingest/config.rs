@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::sizes::{self, SizeWeight};
+use crate::sizes::{self, SizeWeight};
 
 /// How long each repetition lasts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

@@ -9,16 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use sluice_transport::client::{Producer, ProducerOptions, QuicOptions, Transport};
+use sluice_transport::client::{Producer, ProducerOptions, Transport};
 use sluice_transport::proto::SenderConfig;
-use sluice_transport::quic::tls::{self, ClientTls, ServerTrust};
 
-use super::closed_loop::closed_loop;
 use super::config::{IngestConfig, Length, PathKind};
-use super::open_loop::{collect, pace};
-use super::sizes::{Payloads, Rng};
-use super::window::{histogram, mark, Mark, Shared, Timeline};
+use super::window::{mark, Mark};
+use crate::load::{self, Shape, Shared, Timeline};
 use crate::progress::{thousands, Goal, Progress};
+use crate::sizes::Payloads;
 
 /// Which repetition, and where to connect.
 pub(super) struct Target<'a> {
@@ -58,15 +56,7 @@ pub(super) fn transport(
     }
     let cert =
         cert.ok_or("the fast and quic paths need the daemon's certificate (--server-cert)")?;
-    let certs = tls::load_certs(cert)?;
-    let quic = QuicOptions {
-        tls: ClientTls {
-            trust: ServerTrust::Fingerprint(tls::fingerprint(&certs[0])),
-            client_cert: None,
-            server_name: None,
-        },
-        token,
-    };
+    let quic = sluice_testkit::daemon::pinned(cert, token)?;
     Ok(match path {
         PathKind::Quic => Transport::Quic(quic),
         _ => Transport::FastPath(quic),
@@ -126,38 +116,17 @@ pub(super) async fn drive(
     };
 
     // The producers run; this task marks the window's ends.
-    let (work, pacer): (
-        tokio::task::JoinHandle<()>,
-        Option<std::thread::JoinHandle<_>>,
-    ) = if config.open_loop() {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let pacer = {
-            let (shared, producers) = (shared.clone(), producers.clone());
-            let (handle, config) = (tokio::runtime::Handle::current(), config.clone());
-            let rng = Rng::new(config.seed);
-            std::thread::Builder::new()
-                .name("pacer".into())
-                .spawn(move || pace(&config, producers, payloads, rng, shared, handle, tx, start))?
-        };
-        (tokio::spawn(collect(rx)), Some(pacer))
-    } else {
-        let mut tasks = Vec::new();
-        for (k, p) in producers.iter().enumerate() {
-            tasks.push(tokio::spawn(closed_loop(
-                p.clone(),
-                payloads.clone(),
-                Rng::new(config.seed.wrapping_add(k as u64)),
-                config.clone(),
-                shared.clone(),
-            )));
-        }
-        let all = tokio::spawn(async move {
-            for t in tasks {
-                let _ = t.await;
-            }
-        });
-        (all, None)
+    let shape = Shape {
+        batch: config.batch,
+        in_flight: config.in_flight,
+        count: match config.length {
+            Length::CountPerProducer(n) => Some(n),
+            Length::Seconds(_) => None,
+        },
+        rate: config.rate,
+        stamp: None,
     };
+    let (work, pacer) = load::start(shape, &producers, payloads, config.seed, &shared, start)?;
 
     let first = match early {
         Some(m) => m,
@@ -188,22 +157,17 @@ pub(super) async fn drive(
         }
     };
     ticker.abort();
-    let pacer_lag = match pacer {
-        Some(p) => Some(
-            tokio::task::spawn_blocking(move || p.join())
-                .await?
-                .map_err(|_| "the pacing thread panicked")?,
-        ),
-        None => None,
-    };
+    let pacer_lag = load::pacer_lag(pacer).await?;
     for p in producers {
         if let Err(e) = p.close().await {
             shared.fail(0, &e);
         }
     }
-    let latency = std::mem::replace(&mut *shared.latency.lock().unwrap(), histogram());
-    let timeline = shared.timeline.lock().unwrap().clone();
-    let first_error = shared.first_error.lock().unwrap().clone();
+    let (latency, timeline, first_error) = (
+        shared.take_latency(),
+        shared.timeline(),
+        shared.first_error(),
+    );
     Ok(Outcome {
         start: first,
         end: last,

@@ -1,6 +1,6 @@
 //! The `ingest` scenario: end-to-end durable ingest on loopback. Producers
 //! (this process, `sluice_transport::client::Producer`) publish to a
-//! `sluiced` (a separate process, see [`crate::daemon`]) that acks each
+//! `sluiced` (a separate process, see [`sluice_testkit::daemon`]) that acks each
 //! message only once its group commit is on disk; the harness counts durable
 //! acks and their latency.
 //!
@@ -27,13 +27,10 @@
 
 mod args;
 pub mod baselines;
-mod closed_loop;
 pub mod config;
 mod drive;
-mod open_loop;
 mod print;
 pub mod report;
-pub mod sizes;
 mod window;
 
 use std::process::ExitCode;
@@ -48,10 +45,10 @@ pub use report::{
     TARGET_P99_US,
 };
 
-use crate::daemon::DaemonSpec;
 use crate::measure::{Host, PercentileCurve, Plots};
 use crate::progress::{Goal, Progress};
 use drive::{drive, transport, Target};
+use sluice_testkit::daemon::DaemonSpec;
 
 /// Runs the scenario without a progress line.
 pub fn run(config: &IngestConfig) -> Result<IngestReport, Box<dyn std::error::Error>> {
@@ -65,9 +62,7 @@ pub fn run_with(
     progress: &Progress,
 ) -> Result<IngestReport, Box<dyn std::error::Error>> {
     config.validate()?;
-    let started_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let started_unix = crate::measure::unix_now();
     std::fs::create_dir_all(&config.dir)
         .map_err(|e| format!("--dir {}: {e}", config.dir.display()))?;
     let work = tempfile::Builder::new()
@@ -98,12 +93,11 @@ pub fn run_with(
     let daemon = match config.external {
         Some(_) => None,
         None => {
-            let mut spec = DaemonSpec::new(&work.path().join("data"), &config.fsync);
+            let mut spec = DaemonSpec::this_exe(&work.path().join("data"))?.fsync(&config.fsync);
             if config.path == PathKind::Udp {
-                spec.extra_args = vec!["--data-insecure-lan".into(), "true".into()];
+                spec = spec.insecure_lan();
             }
-            spec.extra_args.extend(config.sluiced_args.iter().cloned());
-            Some(spec.start()?)
+            Some(spec.args(config.sluiced_args.iter().cloned()).try_start()?)
         }
     };
     let (addr, admin, transport) = match (&daemon, &config.external) {
@@ -158,7 +152,7 @@ pub fn run_with(
     drop(rt);
     progress.phase("stopping the daemon", Goal::Open);
     if let Some(d) = daemon {
-        let status = d.terminate(Duration::from_secs(30))?;
+        let status = d.try_terminate(Duration::from_secs(30))?;
         if failed.is_none() && !status.success() {
             failed = Some(format!("the daemon did not stop cleanly: {status}"));
         }

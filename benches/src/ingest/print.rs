@@ -10,15 +10,8 @@ use super::config::Length;
 use super::report::{IngestReport, RunReport, TARGET_ACKED_PER_SEC, TARGET_P99_US};
 use crate::measure::{CpuUse, Spread};
 
-/// `median [min–max]`, or just the value when every run gave the same (or
-/// there was one run).
 fn spread(s: &Spread, decimals: usize) -> String {
-    let f = |x: f64| format!("{x:.decimals$}");
-    if f(s.min) == f(s.max) {
-        f(s.median)
-    } else {
-        format!("{} [{}–{}]", f(s.median), f(s.min), f(s.max))
-    }
+    s.show(decimals)
 }
 
 /// A ratio: `median x [min–max]`.

@@ -145,13 +145,7 @@ pub struct IngestReport {
     pub plots: Plots,
 }
 
-fn div(a: f64, b: f64) -> f64 {
-    if b > 0.0 {
-        a / b
-    } else {
-        0.0
-    }
-}
+use crate::measure::div;
 
 /// One repetition's figures from its marks.
 pub(super) fn run_report(run: usize, o: &Outcome, baselines: Option<&Baselines>) -> RunReport {
@@ -233,33 +227,22 @@ pub(super) fn run_report(run: usize, o: &Outcome, baselines: Option<&Baselines>)
     }
 }
 
-/// The spread of `f` over the runs.
-fn spread(runs: &[RunReport], f: impl Fn(&RunReport) -> f64) -> Spread {
-    Spread::of(&runs.iter().map(f).collect::<Vec<_>>())
-}
-
-/// The spread of `f` if every run has it.
-fn spread_opt(runs: &[RunReport], f: impl Fn(&RunReport) -> Option<f64>) -> Option<Spread> {
-    let v: Option<Vec<f64>> = runs.iter().map(f).collect();
-    v.filter(|v| !v.is_empty()).map(|v| Spread::of(&v))
-}
-
 pub(super) fn summary(runs: &[RunReport]) -> Summary {
-    let ratio = |f: fn(&Ratios) -> f64| spread(runs, |r| r.ratios.map_or(0.0, |q| f(&q)));
+    let ratio = |f: fn(&Ratios) -> f64| Spread::over(runs, |r| r.ratios.map_or(0.0, |q| f(&q)));
     let ratio_opt =
-        |f: fn(&Ratios) -> Option<f64>| spread_opt(runs, |r| r.ratios.and_then(|q| f(&q)));
+        |f: fn(&Ratios) -> Option<f64>| Spread::over_all(runs, |r| r.ratios.and_then(|q| f(&q)));
     Summary {
         runs: runs.len(),
-        acked_per_sec: spread(runs, |r| r.acked_per_sec),
-        mb_per_sec: spread(runs, |r| r.mb_per_sec),
-        mean_payload_bytes: spread(runs, |r| r.mean_payload_bytes),
-        p50_us: spread(runs, |r| r.latency.p50_us as f64),
-        p99_us: spread(runs, |r| r.latency.p99_us as f64),
-        p999_us: spread(runs, |r| r.latency.p999_us as f64),
-        max_us: spread(runs, |r| r.latency.max_us as f64),
-        producer_cpu_us_per_msg: spread(runs, |r| r.producer_cpu_us_per_msg),
-        daemon_cpu_us_per_msg: spread_opt(runs, |r| r.daemon_cpu_us_per_msg),
-        group_commits_per_sec: spread_opt(runs, |r| r.group_commits_per_sec),
+        acked_per_sec: Spread::over(runs, |r| r.acked_per_sec),
+        mb_per_sec: Spread::over(runs, |r| r.mb_per_sec),
+        mean_payload_bytes: Spread::over(runs, |r| r.mean_payload_bytes),
+        p50_us: Spread::over(runs, |r| r.latency.p50_us as f64),
+        p99_us: Spread::over(runs, |r| r.latency.p99_us as f64),
+        p999_us: Spread::over(runs, |r| r.latency.p999_us as f64),
+        max_us: Spread::over(runs, |r| r.latency.max_us as f64),
+        producer_cpu_us_per_msg: Spread::over(runs, |r| r.producer_cpu_us_per_msg),
+        daemon_cpu_us_per_msg: Spread::over_all(runs, |r| r.daemon_cpu_us_per_msg),
+        group_commits_per_sec: Spread::over_all(runs, |r| r.group_commits_per_sec),
         ratios: runs
             .iter()
             .all(|r| r.ratios.is_some())

@@ -2,15 +2,7 @@
 //! [`run`] (it builds its tokio runtime there, so every socket is made
 //! there too).
 //!
-//! - closed loop (`rate == 0`): each producer keeps `in_flight` calls of
-//!   `batch` messages outstanding, awaited in order; latency from the call
-//!   to its durable ack.
-//! - open loop (`rate > 0`): one pacing thread hands message `i` to producer
-//!   `i % producers` at its due time `start + i / rate` (`batch` at a time,
-//!   when the batch's last one is due); latency runs from the **due** time,
-//!   so a stall anywhere counts against every message that should have gone
-//!   out during it (no coordinated omission), as `ingest` does.
-//!
+//! The load is [`crate::load`]'s, closed or open loop as for `ingest`.
 //! Every message handed over is counted as sent; the row then waits (at
 //! most `drain`) until each one is acked or has failed.
 //!
@@ -20,19 +12,19 @@
 //! the relay's thread (in this process in relay mode), nor the open loop's
 //! pacing thread, nor the harness's waiting counts as the producers'.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use hdrhistogram::Histogram;
-use sluice_transport::client::{Producer, ProducerError, ProducerOptions};
+use sluice_transport::client::{Producer, ProducerOptions};
 
-use super::interrupt;
 use crate::cpu;
+use crate::interrupt;
+use crate::load::{self, Shape, Shared};
 use crate::progress::{thousands, Progress};
+use crate::sizes::Payloads;
 
 /// The name of the producers' runtime threads (at most 15 bytes: the
 /// kernel cuts thread names there).
@@ -125,51 +117,6 @@ pub(super) struct LoadOutcome {
     pub cpu: CpuWindow,
 }
 
-pub(super) fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
-}
-
-fn micros(d: Duration) -> u64 {
-    d.as_micros().min(u128::from(u64::MAX)) as u64
-}
-
-struct Shared {
-    sent: AtomicU64,
-    acked: AtomicU64,
-    errors: AtomicU64,
-    first_error: Mutex<Option<String>>,
-    stop: AtomicBool,
-    window_start: Instant,
-    window_end: Option<Instant>,
-    latency: Mutex<Histogram<u64>>,
-}
-
-impl Shared {
-    fn in_window(&self, t: Instant) -> bool {
-        t >= self.window_start && self.window_end.is_none_or(|e| t < e)
-    }
-
-    fn stopped(&self) -> bool {
-        self.stop.load(Relaxed) || interrupt::requested()
-    }
-
-    fn fail(&self, n: u64, e: String) {
-        self.errors.fetch_add(n, Relaxed);
-        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
-        if first.is_none() {
-            *first = Some(e);
-        }
-    }
-
-    fn record(&self, h: &Histogram<u64>) {
-        let _ = self
-            .latency
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .add(h);
-    }
-}
-
 /// Connects `spec.producers` producers (ids from `first_id`) to `addr` for
 /// `stream` and runs the load on a runtime built on this thread.
 pub(super) fn run(
@@ -213,53 +160,23 @@ async fn drive(
     let window_end = spec
         .seconds
         .map(|s| window_start + Duration::from_secs_f64(s));
-    let shared = Arc::new(Shared {
-        sent: AtomicU64::new(0),
-        acked: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        first_error: Mutex::new(None),
-        stop: AtomicBool::new(false),
-        window_start,
-        window_end,
-        latency: Mutex::new(histogram()),
-    });
-    let payload = Bytes::from(vec![0x42u8; spec.size]);
+    let shared = Arc::new(Shared::new(window_start, window_end, SAMPLE.as_secs_f64()));
     let sampler = tokio::spawn(sample(shared.clone(), spec.daemon_pid));
     let ticker = tokio::spawn(show_progress(
         spec.clone(),
         shared.clone(),
         progress.clone(),
     ));
-    let (work, pacer) = if spec.rate > 0.0 {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let pacer = {
-            let (shared, producers, spec) = (shared.clone(), producers.clone(), spec.clone());
-            let handle = tokio::runtime::Handle::current();
-            std::thread::Builder::new()
-                .name("pacer".into())
-                .spawn(move || pace(&spec, &producers, payload, &shared, &handle, &tx, start))
-                .map_err(|e| format!("the pacing thread: {e}"))?
-        };
-        (tokio::spawn(collect(rx)), Some(pacer))
-    } else {
-        let tasks: Vec<_> = producers
-            .iter()
-            .map(|p| {
-                tokio::spawn(closed_loop(
-                    p.clone(),
-                    payload.clone(),
-                    spec.clone(),
-                    shared.clone(),
-                ))
-            })
-            .collect();
-        let all = tokio::spawn(async move {
-            for t in tasks {
-                let _ = t.await;
-            }
-        });
-        (all, None)
+    let shape = Shape {
+        batch: spec.batch,
+        in_flight: spec.in_flight,
+        count: spec.seconds.is_none().then_some(spec.count),
+        rate: spec.rate,
+        stamp: None,
     };
+    let payloads = Payloads::fixed(spec.size);
+    let (work, pacer) = load::start(shape, &producers, payloads, 0, &shared, start)
+        .map_err(|e| format!("the pacing thread: {e}"))?;
 
     // Until the window ends (or every producer is done, in count mode, or
     // the user interrupts), then the drain.
@@ -281,15 +198,7 @@ async fn drive(
         }
         shared.stop.store(true, Relaxed);
     }
-    let pacer_lag = match pacer {
-        Some(p) => Some(
-            tokio::task::spawn_blocking(move || p.join())
-                .await
-                .map_err(|e| format!("the pacing thread: {e}"))?
-                .map_err(|_| "the pacing thread panicked".to_owned())?,
-        ),
-        None => None,
-    };
+    let pacer_lag = load::pacer_lag(pacer).await?;
     if !finished {
         if window_end.is_none() {
             // Count mode: the work is the window; it ends when it is done,
@@ -307,10 +216,7 @@ async fn drive(
         }
         if !finished && !drain(&mut work, spec.drain).await {
             work.abort();
-            let missing = shared
-                .sent
-                .load(Relaxed)
-                .saturating_sub(shared.acked.load(Relaxed) + shared.errors.load(Relaxed));
+            let missing = shared.missing();
             shared.fail(
                 missing,
                 if interrupt::requested() {
@@ -347,15 +253,7 @@ async fn drive(
     }
     let end = window_end.unwrap_or_else(|| finished_at.unwrap_or_else(Instant::now));
     let window_seconds = end.saturating_duration_since(window_start).as_secs_f64();
-    let latency = std::mem::replace(
-        &mut *shared.latency.lock().unwrap_or_else(|p| p.into_inner()),
-        histogram(),
-    );
-    let first_error = shared
-        .first_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let (latency, first_error) = (shared.take_latency(), shared.first_error());
     Ok(LoadOutcome {
         sent: shared.sent.load(Relaxed),
         acked: shared.acked.load(Relaxed),
@@ -454,128 +352,5 @@ async fn show_progress(spec: LoadSpec, shared: Arc<Shared>, progress: Progress) 
             ""
         };
         progress.set(done, &format!("{phase}acked {}", thousands(acked)));
-    }
-}
-
-type Call = tokio::task::JoinHandle<Result<std::ops::Range<u64>, ProducerError>>;
-
-/// One producer, closed loop: `in_flight` calls outstanding, awaited in
-/// order (a producer's acks come in order).
-async fn closed_loop(p: Producer, payload: Bytes, spec: LoadSpec, shared: Arc<Shared>) {
-    let mut left = match spec.seconds {
-        Some(_) => u64::MAX,
-        None => spec.count,
-    };
-    let mut hist = histogram();
-    let mut pending: VecDeque<(Instant, u64, Call)> = VecDeque::with_capacity(spec.in_flight);
-    loop {
-        while pending.len() < spec.in_flight && left > 0 && !shared.stopped() {
-            let n = left.min(spec.batch as u64);
-            left -= n;
-            let msgs = vec![payload.clone(); n as usize];
-            let p = p.clone();
-            shared.sent.fetch_add(n, Relaxed);
-            pending.push_back((
-                Instant::now(),
-                n,
-                tokio::spawn(async move { p.send_batch(msgs).await }),
-            ));
-        }
-        let Some((t0, n, call)) = pending.pop_front() else {
-            break;
-        };
-        match call.await {
-            Ok(Ok(_)) => {
-                let now = Instant::now();
-                shared.acked.fetch_add(n, Relaxed);
-                if shared.in_window(now) {
-                    hist.saturating_record_n(micros(now - t0), n);
-                }
-            }
-            Ok(Err(e)) => {
-                shared.fail(n, e.to_string());
-                left = 0;
-            }
-            Err(e) => {
-                shared.fail(n, e.to_string());
-                left = 0;
-            }
-        }
-    }
-    shared.record(&hist);
-}
-
-/// Open loop: the pacing thread (see the module's comment). Returns how
-/// late each hand-over in the window was.
-fn pace(
-    spec: &LoadSpec,
-    producers: &[Producer],
-    payload: Bytes,
-    shared: &Arc<Shared>,
-    rt: &tokio::runtime::Handle,
-    calls: &tokio::sync::mpsc::UnboundedSender<tokio::task::JoinHandle<()>>,
-    start: Instant,
-) -> Histogram<u64> {
-    let n = producers.len();
-    let total = match spec.seconds {
-        Some(_) => u64::MAX,
-        None => spec.count.saturating_mul(n as u64),
-    };
-    let interval = 1.0 / spec.rate;
-    let mut lag = histogram();
-    let mut batches: Vec<Vec<Instant>> = vec![Vec::with_capacity(spec.batch); n];
-    let mut hand_over = |k: usize, dues: Vec<Instant>, now: Instant| {
-        let Some(last) = dues.last() else {
-            return;
-        };
-        if shared.in_window(*last) {
-            lag.saturating_record(micros(now.saturating_duration_since(*last)));
-        }
-        let msgs = vec![payload.clone(); dues.len()];
-        shared.sent.fetch_add(dues.len() as u64, Relaxed);
-        let (p, shared) = (producers[k].clone(), shared.clone());
-        let call = rt.spawn(async move {
-            let r = p.send_batch(msgs).await;
-            let now = Instant::now();
-            match r {
-                Ok(_) => {
-                    shared.acked.fetch_add(dues.len() as u64, Relaxed);
-                    let mut h = shared.latency.lock().unwrap_or_else(|p| p.into_inner());
-                    for d in dues.iter().filter(|d| shared.in_window(**d)) {
-                        h.saturating_record(micros(now - *d));
-                    }
-                }
-                Err(e) => shared.fail(dues.len() as u64, e.to_string()),
-            }
-        });
-        let _ = calls.send(call);
-    };
-    let mut i = 0u64;
-    while i < total && !shared.stopped() {
-        let due = start + Duration::from_secs_f64(i as f64 * interval);
-        let now = Instant::now();
-        if now < due {
-            std::thread::sleep(due - now);
-            continue;
-        }
-        let k = (i % n as u64) as usize;
-        batches[k].push(due);
-        i += 1;
-        if batches[k].len() >= spec.batch {
-            let dues = std::mem::replace(&mut batches[k], Vec::with_capacity(spec.batch));
-            hand_over(k, dues, now);
-        }
-    }
-    let now = Instant::now();
-    for (k, b) in batches.into_iter().enumerate() {
-        hand_over(k, b, now);
-    }
-    lag
-}
-
-/// Waits for the open loop's calls, in the order they were made.
-async fn collect(mut calls: tokio::sync::mpsc::UnboundedReceiver<tokio::task::JoinHandle<()>>) {
-    while let Some(c) = calls.recv().await {
-        let _ = c.await;
     }
 }

@@ -2,7 +2,7 @@
 //! loss rate, each row next to the same run's 0 % row.
 //!
 //! - **relay mode** (the default, no root): a `sluiced` on loopback and the
-//!   impairment relay (`sluice_transport::relay`) on the producers' data
+//!   impairment relay (`sluice_testkit::relay`) on the producers' data
 //!   path, which drops, reorders, duplicates and delays datagrams by a
 //!   seeded RNG. The producers publish over raw UDP to an `insecure_lan`
 //!   data port (or over QUIC, `--path quic`): the fast path's sealed UDP
@@ -28,7 +28,6 @@
 //! as cores.
 
 mod admin;
-mod interrupt;
 mod load;
 mod netns;
 mod print;
@@ -41,10 +40,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sluice_daemon::metrics::scrape::Scrape;
-use sluice_transport::client::{ProducerOptions, QuicOptions, Transport};
+use sluice_transport::client::{ProducerOptions, Transport};
 use sluice_transport::proto::SenderConfig;
-use sluice_transport::quic::tls::{self, ClientTls, ServerTrust};
 
+use crate::interrupt;
 use crate::measure::{
     CpuUse, DaemonCounters, Host, Latency, PercentileCurve, Plots, Spread, TimeSeries,
 };
@@ -57,6 +56,10 @@ pub const JSON_SCHEMA: u32 = 2;
 /// `sluice-bench loss`: see the module's comment.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LossArgs {
+    #[command(flatten)]
+    pub load: crate::args::LoadArgs,
+    #[command(flatten)]
+    pub out: crate::args::Output,
     /// Loss rates to sweep, percent of datagrams, one row each. A 0 % row
     /// is always run first: the baseline the others are divided by.
     #[arg(long, value_name = "PCT,...", value_delimiter = ',', default_values_t = [0.0, 1.0, 5.0, 10.0])]
@@ -109,46 +112,12 @@ pub struct LossArgs {
     /// then again), and the ratios are to the 0 % row's median.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub repeat: usize,
-    /// Seconds measured per row, after the warm-up [default: 3].
-    #[arg(long, conflicts_with = "count")]
-    pub seconds: Option<f64>,
-    /// Instead of --seconds: messages per producer per row (all measured
-    /// unless --warmup is given).
-    #[arg(long)]
-    pub count: Option<u64>,
-    /// Seconds at the start of each row not measured [default: 0.5 with
-    /// --seconds, 0 with --count].
-    #[arg(long)]
-    pub warmup: Option<f64>,
-    /// Total messages/s over all producers, sent at their due times (open
-    /// loop; latency from the due time). 0: closed loop, as fast as acks
-    /// come back (latency from the call).
-    #[arg(long, default_value_t = 0.0)]
-    pub rate: f64,
-    /// Messages per send_batch call [default: 256 closed loop, 1 open loop].
-    #[arg(long)]
-    pub batch: Option<usize>,
-    /// Closed loop: send_batch calls outstanding per producer.
-    #[arg(long, default_value_t = 16)]
-    pub in_flight: usize,
     /// The daemon's fsync policy (anything but `always` breaks the promise).
     #[arg(long, default_value = "always", value_parser = ["always", "interval", "never"])]
     pub fsync: String,
-    /// Where the temporary data folder is made.
-    #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
     /// Most seconds the calls outstanding at a row's end get to be acked.
     #[arg(long, default_value_t = 60.0)]
     pub drain_timeout: f64,
-    /// Also write the report as JSON to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Also draw the pictures into this folder: loss-latency.svg (ack
-    /// latency by percentile, one line per row) and loss-throughput.svg
-    /// (acks per 100 ms over each row's window); with --repeat, from each
-    /// row's first repetition.
-    #[arg(long)]
-    pub plot: Option<PathBuf>,
     /// No progress line on stderr (it is shown only on a terminal anyway).
     #[arg(long)]
     pub quiet: bool,
@@ -254,16 +223,16 @@ impl LossArgs {
         // The baseline first, then the sweep as given (without a second 0).
         let mut loss = vec![0.0];
         loss.extend(self.loss.iter().copied().filter(|l| *l != 0.0));
-        if self.producers == 0 || self.in_flight == 0 || self.batch == Some(0) {
+        if self.producers == 0 || self.load.in_flight == 0 || self.load.batch == Some(0) {
             return Err("--producers, --in-flight and --batch must be at least 1".into());
         }
         if self.repeat == 0 {
             return Err("--repeat must be at least 1".into());
         }
-        if !(self.rate >= 0.0 && self.rate.is_finite()) {
+        if !(self.load.rate >= 0.0 && self.load.rate.is_finite()) {
             return Err("--rate must be a number >= 0".into());
         }
-        let (seconds, count) = match (self.seconds, self.count) {
+        let (seconds, count) = match (self.load.seconds, self.load.count) {
             (_, Some(0)) => return Err("--count must be at least 1".into()),
             (_, Some(n)) => (None, Some(n)),
             (s, None) => {
@@ -275,6 +244,7 @@ impl LossArgs {
             }
         };
         let warmup = self
+            .load
             .warmup
             .unwrap_or(if count.is_some() { 0.0 } else { 0.5 });
         if !(warmup >= 0.0 && warmup.is_finite()) {
@@ -283,7 +253,6 @@ impl LossArgs {
         if !(self.drain_timeout > 0.0 && self.drain_timeout.is_finite()) {
             return Err("--drain-timeout must be more than 0".into());
         }
-        let open = self.rate > 0.0;
         Ok(LossConfig {
             mode,
             path: path.into(),
@@ -301,11 +270,11 @@ impl LossArgs {
             seconds,
             count,
             warmup,
-            rate: self.rate,
-            batch: self.batch.unwrap_or(if open { 1 } else { 256 }),
-            in_flight: self.in_flight,
+            rate: self.load.rate,
+            batch: self.load.batch(),
+            in_flight: self.load.in_flight,
             fsync: self.fsync.clone(),
-            dir: self.dir.clone(),
+            dir: self.out.dir.clone(),
             drain_timeout: self.drain_timeout,
         })
     }
@@ -449,12 +418,8 @@ pub struct RowSummary {
 
 impl RowSummary {
     fn of(runs: &[LossRun]) -> RowSummary {
-        let s = |f: &dyn Fn(&LossRun) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
-        // A spread of a figure some repetition lacks would hide that.
-        let all = |f: &dyn Fn(&LossRun) -> Option<f64>| {
-            let v: Option<Vec<f64>> = runs.iter().map(f).collect();
-            v.filter(|v| !v.is_empty()).map(|v| Spread::of(&v))
-        };
+        let s = |f: &dyn Fn(&LossRun) -> f64| Spread::over(runs, f);
+        let all = |f: &dyn Fn(&LossRun) -> Option<f64>| Spread::over_all(runs, f);
         RowSummary {
             runs: runs.len(),
             acked_per_sec: s(&|r| r.acked_per_sec),
@@ -547,28 +512,12 @@ fn producer_options(transport: Transport) -> ProducerOptions {
     }
 }
 
-/// QUIC options pinning the daemon's certificate at `cert`.
-fn quic_options(cert: &std::path::Path, token: Option<String>) -> Result<QuicOptions, String> {
-    let certs = tls::load_certs(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
-    let first = certs
-        .first()
-        .ok_or_else(|| format!("{}: no certificate", cert.display()))?;
-    Ok(QuicOptions {
-        tls: ClientTls {
-            trust: ServerTrust::Fingerprint(tls::fingerprint(first)),
-            client_cert: None,
-            server_name: None,
-        },
-        token,
-    })
-}
+use sluice_testkit::daemon::pinned as quic_options;
 
 /// Runs the scenario.
 pub fn run(c: &LossConfig, progress: &Progress) -> Result<LossReport, String> {
     interrupt::install();
-    let started_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let started_unix = crate::measure::unix_now();
     std::fs::create_dir_all(&c.dir).map_err(|e| format!("{}: {e}", c.dir.display()))?;
     let work = tempfile::Builder::new()
         .prefix("sluice-bench-loss-")
@@ -860,20 +809,12 @@ fn repetition(
     })
 }
 
-pub(crate) fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_else(|| "a panic".into())
-}
+use crate::measure::panic_text;
 
 /// `sluice-bench loss`: runs, prints the table, writes the JSON (and the
 /// pictures); fails when a row's checks fail.
 pub fn main(a: &LossArgs) -> ExitCode {
-    let fail = |e: String| {
-        eprintln!("sluice-bench loss: {e}");
-        ExitCode::FAILURE
-    };
+    let fail = |e: String| crate::args::fail("loss", e);
     let c = match a.config() {
         Ok(c) => c,
         Err(e) => return fail(e),
@@ -886,15 +827,8 @@ pub fn main(a: &LossArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     print::table(&report);
-    if let Some(path) = &a.json {
-        if let Err(e) = crate::measure::write_json(path, &report) {
-            return fail(e);
-        }
-    }
-    if let Some(dir) = &a.plot {
-        if let Err(e) = crate::plot::draw_report(&report.plots, "loss", &report.host, dir) {
-            return fail(e);
-        }
+    if let Err(e) = a.out.save("loss", &report, &report.plots, &report.host) {
+        return fail(e);
     }
     if !report.ok {
         return fail("a row's checks failed (see the table)".into());

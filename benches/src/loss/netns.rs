@@ -19,13 +19,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sluice_daemon::metrics::scrape::Scrape;
+use sluice_testkit::daemon::{self as launcher, Daemon, DaemonSpec, NS_DATA_PORT, NS_QUIC_PORT};
+use sluice_testkit::testnet::{self, Link, Netns};
 use sluice_transport::client::{ProducerOptions, Transport};
-use sluice_xdp::testnet::{self, Link, Netns};
 
 use super::load::{self, LoadOutcome, LoadSpec};
 use super::{admin, producer_options, quic_options, Bed, Impaired, LossConfig};
-use crate::daemon;
-use crate::ns_daemon::{self, NsDaemon, DATA_PORT, QUIC_PORT};
 use crate::progress::Progress;
 
 /// The nftables table of a row.
@@ -36,7 +35,7 @@ const STEPS: u32 = 10_000;
 pub(super) struct NetnsBed {
     // Dropped in this order: the rule, the daemon, then the namespaces.
     loss: Option<NftLoss>,
-    daemon: Option<NsDaemon>,
+    daemon: Option<Daemon>,
     link: Link,
     token: String,
     options: ProducerOptions,
@@ -71,7 +70,7 @@ impl NetnsBed {
         );
         let token = sluice_daemon::auth::new_token();
         let config = work.join("sluiced.toml");
-        ns_daemon::write_token_config(
+        launcher::write_token_config(
             &config,
             &token,
             "publish = [\"loss-*\"]\nconsume = [\"loss-*\"]\n",
@@ -81,15 +80,19 @@ impl NetnsBed {
             .ip
             .parse()
             .map_err(|e| format!("address {}: {e}", link.b.ip))?;
-        let admin = ns_daemon::admin_addr();
         let data = work.join("data");
-        let flags = ns_daemon::flags(&config, &data, b_ip, &c.fsync);
-        let d = NsDaemon::start(&link.b.ns, &flags, admin)?;
+        let d = DaemonSpec::this_exe(&data)
+            .and_then(|s| {
+                let s = s.in_netns(b_ip).fsync(&c.fsync).arg("--config");
+                s.arg(config.display().to_string()).try_start_in(&link.b.ns)
+            })
+            .map_err(|e| format!("the daemon in {}: {e}", link.b.ns.name()))?;
+        let admin = d.admin;
         let quic = quic_options(&data.join("tls/server.crt"), Some(token.clone()))?;
         let (transport, loss_port) = if c.path == "quic" {
-            (Transport::Quic(quic), QUIC_PORT)
+            (Transport::Quic(quic), NS_QUIC_PORT)
         } else {
-            (Transport::FastPath(quic), DATA_PORT)
+            (Transport::FastPath(quic), NS_DATA_PORT)
         };
         Ok(NetnsBed {
             loss: None,
@@ -97,7 +100,7 @@ impl NetnsBed {
             link,
             token,
             options: producer_options(transport),
-            quic: SocketAddr::new(b_ip, QUIC_PORT),
+            quic: SocketAddr::new(b_ip, NS_QUIC_PORT),
             loss_port,
             admin,
         })
@@ -141,8 +144,7 @@ impl Bed for NetnsBed {
     }
 
     fn scrape(&self) -> Option<Scrape> {
-        let admin = self.admin;
-        self.link.b.ns.enter(move || daemon::scrape(admin).ok())
+        self.daemon.as_ref()?.scrape().ok()
     }
 
     fn daemon_pid(&self) -> Option<u32> {
@@ -167,7 +169,10 @@ impl Bed for NetnsBed {
         self.loss = None;
         let d = self.daemon.take().expect("finished once");
         // The namespaces go when `self` is dropped.
-        match d.terminate(Duration::from_secs(30))? {
+        match d
+            .try_terminate(Duration::from_secs(30))
+            .map_err(|e| e.to_string())?
+        {
             s if s.success() => Ok(()),
             s => Err(format!("the daemon did not stop cleanly: {s}")),
         }

@@ -51,15 +51,8 @@ fn impairment(c: &LossConfig) -> String {
     )
 }
 
-/// `median [min–max]`, or just the value when the repetitions agree (or
-/// there was one).
 fn spread(s: &Spread, decimals: usize) -> String {
-    let f = |x: f64| format!("{x:.decimals$}");
-    if f(s.min) == f(s.max) {
-        f(s.median)
-    } else {
-        format!("{} [{}–{}]", f(s.median), f(s.min), f(s.max))
-    }
+    s.show(decimals)
 }
 
 /// The median of a ratio's spread.

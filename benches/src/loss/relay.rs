@@ -7,16 +7,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use sluice_daemon::metrics::scrape::Scrape;
+use sluice_testkit::daemon::{Daemon, DaemonSpec};
+use sluice_testkit::relay::{self as impairment, Impairment, RelayHandle, RelayStats};
 use sluice_transport::client::{ProducerOptions, Transport};
-use sluice_transport::relay::{self as impairment, Impairment, RelayHandle, RelayStats};
 
 use super::load::{self, LoadOutcome, LoadSpec};
 use super::{admin, producer_options, quic_options, Bed, Impaired, LossConfig};
-use crate::daemon::{self, DaemonProcess, DaemonSpec};
 use crate::progress::Progress;
 
 pub(super) struct RelayBed {
-    daemon: Option<DaemonProcess>,
+    daemon: Option<Daemon>,
     /// The relay's own runtime: one worker thread, apart from the
     /// producers' runtime.
     rt: tokio::runtime::Runtime,
@@ -35,13 +35,15 @@ fn ms(v: f64) -> Duration {
 impl RelayBed {
     pub(super) fn start(c: &LossConfig, work: &Path) -> Result<RelayBed, String> {
         let data = work.join("data");
-        let mut spec = DaemonSpec::new(&data, &c.fsync);
+        let mut spec = DaemonSpec::this_exe(&data)
+            .map_err(|e| e.to_string())?
+            .fsync(&c.fsync);
         let udp = c.path == "udp";
         if udp {
-            spec.extra_args = vec!["--data-insecure-lan".into(), "true".into()];
+            spec = spec.insecure_lan();
         }
         let d = spec
-            .start()
+            .try_start()
             .map_err(|e| format!("starting the daemon: {e}"))?;
         let (upstream, transport) = if udp {
             (d.data, Transport::Udp)
@@ -81,7 +83,7 @@ impl RelayBed {
         })
     }
 
-    fn daemon(&self) -> &DaemonProcess {
+    fn daemon(&self) -> &Daemon {
         self.daemon.as_ref().expect("running until finish")
     }
 }
@@ -143,11 +145,11 @@ impl Bed for RelayBed {
     }
 
     fn scrape(&self) -> Option<Scrape> {
-        daemon::scrape(self.daemon().admin).ok()
+        self.daemon().scrape().ok()
     }
 
     fn daemon_pid(&self) -> Option<u32> {
-        self.daemon.as_ref().map(DaemonProcess::pid)
+        self.daemon.as_ref().map(Daemon::pid)
     }
 
     fn udp_rcvbuf_errors(&self) -> Option<u64> {
@@ -162,7 +164,7 @@ impl Bed for RelayBed {
     fn finish(mut self: Box<Self>) -> Result<(), String> {
         self.relay = None;
         let d = self.daemon.take().expect("finished once");
-        match d.terminate(Duration::from_secs(30)) {
+        match d.try_terminate(Duration::from_secs(30)) {
             Ok(s) if s.success() => Ok(()),
             Ok(s) => Err(format!("the daemon did not stop cleanly: {s}")),
             Err(e) => Err(e.to_string()),

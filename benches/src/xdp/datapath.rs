@@ -26,7 +26,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sluice_xdp::testnet::Link;
+use sluice_testkit::testnet::Link;
 use sluice_xdp::xsk;
 
 use super::{div, sleep_until, us_per, CpuSplit, CpuStat, XdpConfig};

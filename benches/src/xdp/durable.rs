@@ -26,9 +26,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sluice_daemon::metrics::scrape::Scrape;
-use sluice_transport::client::{QuicOptions, Transport};
-use sluice_transport::quic::tls::{self, ClientTls, ServerTrust};
-use sluice_xdp::testnet::Link;
+use sluice_testkit::testnet::Link;
+use sluice_transport::client::Transport;
 
 use super::{div, sleep_until, us_per, CpuSplit, CpuStat, XdpConfig};
 use crate::cpu;
@@ -36,8 +35,9 @@ use crate::measure::{CpuUse, DaemonCounters};
 
 mod producers;
 
-use crate::ns_daemon::{self, NsDaemon, QUIC_PORT};
-use producers::{produce, Shared};
+use crate::load::Shared;
+use producers::produce;
+use sluice_testkit::daemon::{self as launcher, Daemon, DaemonSpec, NS_QUIC_PORT};
 
 const STREAM: &str = "bench";
 /// Closed loop, as `ingest` does by default: calls of 256 messages, 16
@@ -188,28 +188,33 @@ fn run_one(
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let token = sluice_daemon::auth::new_token();
     let config = dir.join("sluiced.toml");
-    ns_daemon::write_token_config(&config, &token, &format!("publish = [\"{STREAM}\"]\n"))?;
+    launcher::write_token_config(&config, &token, &format!("publish = [\"{STREAM}\"]\n"))?;
     let spool = dir.join("data");
     let b_ip: IpAddr = link
         .b
         .ip
         .parse()
         .map_err(|e| format!("address {}: {e}", link.b.ip))?;
-    let admin = ns_daemon::admin_addr();
-    let mut flags = ns_daemon::flags(&config, &spool, b_ip, "always");
+    let mut spec = DaemonSpec::this_exe(&spool)
+        .map_err(|e| e.to_string())?
+        .in_netns(b_ip)
+        .fsync("always")
+        .args(["--config".into(), config.display().to_string()]);
     if path.daemon_xdp() {
-        flags.extend(["--xdp-interface".into(), link.b.iface.clone()]);
+        spec = spec.args(["--xdp-interface", &link.b.iface]);
     }
-    let d = NsDaemon::start(&link.b.ns, &flags, admin)?;
+    let d = spec
+        .try_start_in(&link.b.ns)
+        .map_err(|e| format!("the daemon in {}: {e}", link.b.ns.name()))?;
     let measured = measure(link, c, &d, &spool, token, size, path);
-    let stopped = d.terminate(Duration::from_secs(30));
+    let stopped = d.try_terminate(Duration::from_secs(30));
     // The spool is not looked at again: free the disk now.
     let _ = std::fs::remove_dir_all(&dir);
     let run = measured?;
     match stopped {
         Ok(s) if s.success() => Ok(run),
         Ok(s) => Err(format!("the daemon did not stop cleanly: {s}")),
-        Err(e) => Err(e),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -226,7 +231,7 @@ struct Mark {
     machine: CpuStat,
 }
 
-fn mark(link: &Link, d: &NsDaemon, shared: &Shared) -> Mark {
+fn mark(link: &Link, d: &Daemon, shared: &Shared) -> Mark {
     let at = Instant::now();
     let acked = shared.acked.load(Relaxed);
     let self_cpu = cpu::self_seconds();
@@ -235,7 +240,7 @@ fn mark(link: &Link, d: &NsDaemon, shared: &Shared) -> Mark {
     let xsk_cpu = super::threads_cpu_seconds(pid, XSK_THREAD);
     let daemon_threads = cpu::threads_seconds(pid);
     let udp_out_a = link.a.ns.enter(|| super::udp_counter("OutDatagrams"));
-    let scrape = d.scrape(&link.b.ns);
+    let scrape = d.scrape().ok();
     let machine = CpuStat::now();
     Mark {
         at,
@@ -253,32 +258,21 @@ fn mark(link: &Link, d: &NsDaemon, shared: &Shared) -> Mark {
 fn measure(
     link: &Link,
     c: &XdpConfig,
-    d: &NsDaemon,
+    d: &Daemon,
     spool: &Path,
     token: String,
     size: usize,
     path: DurablePath,
 ) -> Result<DurableRun, String> {
     let cert = spool.join("tls/server.crt");
-    let certs = tls::load_certs(&cert).map_err(|e| format!("{}: {e}", cert.display()))?;
-    let first = certs
-        .first()
-        .ok_or_else(|| format!("{}: no certificate", cert.display()))?;
-    let transport = Transport::FastPath(QuicOptions {
-        tls: ClientTls {
-            trust: ServerTrust::Fingerprint(tls::fingerprint(first)),
-            client_cert: None,
-            server_name: None,
-        },
-        token: Some(token),
-    });
+    let transport = Transport::FastPath(launcher::pinned(&cert, Some(token))?);
     let b_ip: IpAddr = link
         .b
         .ip
         .parse()
         .map_err(|e| format!("address {}: {e}", link.b.ip))?;
-    let quic = SocketAddr::new(b_ip, QUIC_PORT);
-    let shared = Arc::new(Shared::default());
+    let quic = SocketAddr::new(b_ip, NS_QUIC_PORT);
+    let shared = Arc::new(Shared::new(Instant::now(), None, 1.0));
     let warmup = Duration::from_secs_f64(c.durable_warmup);
     let length = Duration::from_secs_f64(c.seconds);
     let (connected_tx, connected_rx) = mpsc::channel::<Result<(), String>>();
@@ -325,7 +319,7 @@ fn measure(
         Ok((m0, m1))
     })?;
     // Every producer is closed: whatever was acked is durable by now.
-    let last = d.scrape(&link.b.ns);
+    let last = d.scrape().ok();
 
     let window = (m1.at - m0.at).as_secs_f64();
     let window_acked = m1.acked - m0.acked;

@@ -10,15 +10,15 @@ use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use sluice_testkit::testnet::End;
 use sluice_xdp::bpf::{self, Attachment, Mode, RedirectProgram};
 use sluice_xdp::datapath::DEFAULT_RX_LINGER;
 use sluice_xdp::frame;
-use sluice_xdp::testnet::End;
 use sluice_xdp::xsk::{self, BindMode, XdpStatistics, XskConfig, XskSocket};
 
 use super::meter::{await_window, Drain, Meter, Side, Window};
 use super::{ReceiverKind, BATCH, POLL, PORT, RCVBUF};
-use sluice_xdp::testnet::udp_counter;
+use sluice_testkit::testnet::udp_counter;
 
 /// A receiver, open and counting.
 pub(super) struct Rx {

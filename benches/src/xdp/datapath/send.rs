@@ -7,10 +7,10 @@ use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use sluice_testkit::testnet::End;
 use sluice_xdp::bpf;
 use sluice_xdp::frame;
 use sluice_xdp::producer::TxSetup;
-use sluice_xdp::testnet::End;
 use sluice_xdp::xsk::{BindMode, XskSocket};
 
 use super::meter::{Meter, Side, Window};

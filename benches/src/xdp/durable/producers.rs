@@ -1,36 +1,16 @@
 //! The producers of a durable run, closed loop, in namespace a.
 
-use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
-use bytes::Bytes;
-use sluice_transport::client::{Producer, ProducerError, ProducerOptions, Transport};
+use sluice_testkit::testnet::End;
+use sluice_transport::client::{Producer, ProducerOptions, Transport};
 use sluice_xdp::producer::{tx_provider, TxSetup};
-use sluice_xdp::testnet::End;
 
 use super::{BATCH, IN_FLIGHT, STREAM};
-
-/// Counters the producers and the coordinator share.
-#[derive(Default)]
-pub(super) struct Shared {
-    pub(super) sent: AtomicU64,
-    pub(super) acked: AtomicU64,
-    pub(super) errors: AtomicU64,
-    pub(super) first_error: Mutex<Option<String>>,
-    pub(super) stop: AtomicBool,
-}
-
-impl Shared {
-    pub(super) fn fail(&self, n: u64, e: String) {
-        self.errors.fetch_add(n, Relaxed);
-        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
-        if first.is_none() {
-            *first = Some(e);
-        }
-    }
-}
+use crate::load::{self, Shape, Shared};
+use crate::sizes::Payloads;
 
 /// The producers, on a thread that enters namespace a (a tokio runtime
 /// made there: its threads and every socket stay in a). Reports on
@@ -96,14 +76,23 @@ pub(super) fn produce(
             }
         };
         let _ = connected.send(Ok(()));
-        let payload = Bytes::from(vec![0x42u8; size]);
-        let tasks: Vec<_> = all
-            .iter()
-            .map(|p| tokio::spawn(closed_loop(p.clone(), payload.clone(), shared.clone())))
-            .collect();
-        for t in tasks {
-            let _ = t.await;
-        }
+        let shape = Shape {
+            batch: BATCH,
+            in_flight: IN_FLIGHT,
+            count: None,
+            rate: 0.0,
+            stamp: None,
+        };
+        let (work, _) = load::start(
+            shape,
+            &all,
+            Payloads::fixed(size),
+            0,
+            &shared,
+            Instant::now(),
+        )
+        .map_err(|e| e.to_string())?;
+        let _ = work.await;
         for p in all {
             if let Err(e) = p.close().await {
                 shared.fail(0, format!("close: {e}"));
@@ -111,40 +100,4 @@ pub(super) fn produce(
         }
         Ok(())
     })
-}
-
-type Call = tokio::task::JoinHandle<Result<std::ops::Range<u64>, ProducerError>>;
-
-/// One producer: `IN_FLIGHT` calls of `BATCH` messages outstanding, awaited
-/// in order, a new one started as each is acked, until told to stop.
-async fn closed_loop(p: Producer, payload: Bytes, shared: Arc<Shared>) {
-    let mut pending: VecDeque<(u64, Call)> = VecDeque::with_capacity(IN_FLIGHT);
-    let mut broken = false;
-    loop {
-        while pending.len() < IN_FLIGHT && !broken && !shared.stop.load(Relaxed) {
-            let msgs = vec![payload.clone(); BATCH];
-            shared.sent.fetch_add(BATCH as u64, Relaxed);
-            let p = p.clone();
-            pending.push_back((
-                BATCH as u64,
-                tokio::spawn(async move { p.send_batch(msgs).await }),
-            ));
-        }
-        let Some((n, call)) = pending.pop_front() else {
-            break;
-        };
-        match call.await {
-            Ok(Ok(_)) => {
-                shared.acked.fetch_add(n, Relaxed);
-            }
-            Ok(Err(e)) => {
-                shared.fail(n, e.to_string());
-                broken = true;
-            }
-            Err(e) => {
-                shared.fail(n, e.to_string());
-                broken = true;
-            }
-        }
-    }
 }

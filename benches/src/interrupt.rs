@@ -14,7 +14,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 /// Installs the handler for SIGINT and SIGTERM (for the rest of the
 /// process's life: the scenario is all this process does).
-pub(super) fn install() {
+pub fn install() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: sigaction with a handler that only stores to an atomic;
         // the struct is zeroed and then filled.
@@ -28,6 +28,6 @@ pub(super) fn install() {
 }
 
 /// Whether the user asked the run to stop.
-pub(super) fn requested() -> bool {
+pub fn requested() -> bool {
     REQUESTED.load(Ordering::Relaxed)
 }

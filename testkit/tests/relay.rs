@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sluice_transport::relay::{self, Impairment, RelayStats};
+use sluice_testkit::relay::{self, Impairment, RelayStats};
 use tokio::net::UdpSocket;
 
 fn lo() -> SocketAddr {

@@ -1,0 +1,482 @@
+//! The one load generator of the scenarios that publish (`ingest`, `loss`,
+//! `xdp --part durable`): counters the producers share with the scenario's
+//! coordinator, and the two ways of offering load.
+//!
+//! - closed loop (`rate == 0`): each producer keeps `in_flight` calls of
+//!   `batch` messages outstanding, awaited in order (a producer's acks come
+//!   in order), and starts the next as each is acked: peak durable
+//!   throughput. Latency is per message, from the call to its ack, for acks
+//!   in the window.
+//! - open loop (`rate > 0`): one pacing thread hands message `i` to
+//!   producer `i % producers` at its due time `start + i / rate` (`batch` at
+//!   a time, when the batch's last one is due); latency runs from the
+//!   **due** time, so a stall anywhere counts against every message that
+//!   should have gone out during it (no coordinated omission).
+//!
+//! Either stops when its count is sent or when told to ([`Shared::stop`],
+//! or the user's interrupt). Every message handed over is counted as sent.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use sluice_transport::client::{Producer, ProducerError};
+
+use crate::interrupt;
+use crate::measure::TimeSeries;
+use crate::sizes::{Payloads, Rng};
+
+/// A latency histogram: 1 µs to an hour, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
+}
+
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counters shared by the producers and the coordinator.
+pub struct Shared {
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    /// Payload bytes of the acked messages.
+    pub acked_bytes: AtomicU64,
+    pub errors: AtomicU64,
+    pub first_error: Mutex<Option<String>>,
+    pub stop: AtomicBool,
+    pub window_start: Instant,
+    /// `None` in count mode: the window ends when the producers are done.
+    pub window_end: Option<Instant>,
+    pub latency: Mutex<Histogram<u64>>,
+    /// Acks in the window per interval.
+    pub timeline: Mutex<Timeline>,
+    /// Closed loop: no new call while this says no to the count sent so
+    /// far (`e2e`: the slowest group is too far behind).
+    pub gate: Option<Box<dyn Fn(u64) -> bool + Send + Sync>>,
+    /// Closed loop: latency of calls *made* in the window (`e2e`), not of
+    /// acks that came in it.
+    pub window_by_call: bool,
+}
+
+impl Shared {
+    /// `interval`: seconds per [`Timeline`] interval.
+    pub fn new(window_start: Instant, window_end: Option<Instant>, interval: f64) -> Shared {
+        Shared {
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            acked_bytes: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            window_start,
+            window_end,
+            latency: Mutex::new(histogram()),
+            timeline: Mutex::new(Timeline::new(interval)),
+            gate: None,
+            window_by_call: false,
+        }
+    }
+
+    fn may_send(&self) -> bool {
+        self.gate
+            .as_ref()
+            .is_none_or(|g| g(self.sent.load(Relaxed)))
+    }
+
+    pub fn in_window(&self, t: Instant) -> bool {
+        t >= self.window_start && self.window_end.is_none_or(|e| t < e)
+    }
+
+    /// Told to stop, or the user interrupted.
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Relaxed) || interrupt::requested()
+    }
+
+    /// `n` messages of `bytes` payload in all were acked at `now`.
+    pub fn acked(&self, now: Instant, n: u64, bytes: u64) {
+        self.acked.fetch_add(n, Relaxed);
+        self.acked_bytes.fetch_add(bytes, Relaxed);
+        if self.in_window(now) {
+            lock(&self.timeline).add(now - self.window_start, n);
+        }
+    }
+
+    /// `n` messages failed (0: an error that lost none, e.g. on close).
+    pub fn fail(&self, n: u64, e: impl std::fmt::Display) {
+        self.errors.fetch_add(n, Relaxed);
+        lock(&self.first_error).get_or_insert_with(|| e.to_string());
+    }
+
+    pub fn first_error(&self) -> Option<String> {
+        lock(&self.first_error).clone()
+    }
+
+    /// The latency recorded so far, leaving an empty histogram.
+    pub fn take_latency(&self) -> Histogram<u64> {
+        std::mem::replace(&mut *lock(&self.latency), histogram())
+    }
+
+    pub fn timeline(&self) -> Timeline {
+        lock(&self.timeline).clone()
+    }
+
+    /// Messages sent that are neither acked nor failed.
+    pub fn missing(&self) -> u64 {
+        self.sent
+            .load(Relaxed)
+            .saturating_sub(self.acked.load(Relaxed) + self.errors.load(Relaxed))
+    }
+}
+
+/// Acks counted per interval since the window opened (by ack time).
+#[derive(Debug, Clone)]
+pub struct Timeline {
+    interval: f64,
+    counts: Vec<u64>,
+}
+
+impl Timeline {
+    pub fn new(interval: f64) -> Timeline {
+        Timeline {
+            interval,
+            counts: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, since_start: Duration, n: u64) {
+        let i = (since_start.as_secs_f64() / self.interval) as usize;
+        if self.counts.len() <= i {
+            self.counts.resize(i + 1, 0);
+        }
+        self.counts[i] += n;
+    }
+
+    /// Msgs/s per interval of a `window`-second window, each point at the
+    /// interval's end. A last interval cut to under half its width by the
+    /// window's end is left out (a rate over a sliver is mostly noise),
+    /// unless it is the only one (a window shorter than an interval).
+    pub fn series(&self, label: String, window: f64) -> TimeSeries {
+        let iv = self.interval;
+        let whole = (window / iv).ceil() as usize;
+        let mut points = Vec::with_capacity(whole);
+        for i in 0..whole {
+            let from = i as f64 * iv;
+            let to = ((i + 1) as f64 * iv).min(window);
+            if i > 0 && to - from < iv / 2.0 {
+                break;
+            }
+            let n = self.counts.get(i).copied().unwrap_or(0);
+            points.push((to, n as f64 / (to - from)));
+        }
+        TimeSeries { label, points }
+    }
+}
+
+/// How the producers offer load.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Messages per call.
+    pub batch: usize,
+    /// Closed loop: calls outstanding per producer.
+    pub in_flight: usize,
+    /// Messages per producer; `None`: until told to stop.
+    pub count: Option<u64>,
+    /// Total messages/s of the open loop.
+    pub rate: f64,
+    /// Open loop: each payload starts with its due time (see
+    /// [`stamped`]).
+    pub stamp: Option<Clock>,
+}
+
+/// How often a closed loop held back by the gate looks again.
+const GATE_POLL: Duration = Duration::from_micros(200);
+
+/// Bytes at the start of a stamped payload: the message's due time,
+/// microseconds since the Unix epoch, big-endian.
+pub const STAMP_BYTES: usize = 8;
+
+/// Unix time as read once, advanced by the monotonic clock: stamps and
+/// receive times are comparable and do not jump with the wall clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    at: Instant,
+    unix_us: u64,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        Clock {
+            at: Instant::now(),
+            unix_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, micros),
+        }
+    }
+
+    /// `t` in microseconds since the Unix epoch.
+    pub fn unix_us(&self, t: Instant) -> u64 {
+        match t.checked_duration_since(self.at) {
+            Some(d) => self.unix_us + micros(d),
+            None => self.unix_us.saturating_sub(micros(self.at - t)),
+        }
+    }
+}
+
+/// A payload of `size` bytes (at least the stamp) starting with `unix_us`.
+pub fn stamped(unix_us: u64, size: usize) -> Bytes {
+    let mut b = bytes::BytesMut::with_capacity(size.max(STAMP_BYTES));
+    bytes::BufMut::put_u64(&mut b, unix_us);
+    b.resize(size.max(STAMP_BYTES), 0x42);
+    b.freeze()
+}
+
+type Call = tokio::task::JoinHandle<Result<std::ops::Range<u64>, ProducerError>>;
+
+/// One producer, closed loop (see the module's comment).
+pub async fn closed_loop(
+    p: Producer,
+    payloads: Payloads,
+    mut rng: Rng,
+    shape: Shape,
+    shared: Arc<Shared>,
+) {
+    let mut left = shape.count.unwrap_or(u64::MAX);
+    let mut hist = histogram();
+    let mut pending: VecDeque<(Instant, u64, u64, Call)> = VecDeque::with_capacity(shape.in_flight);
+    loop {
+        while pending.len() < shape.in_flight && left > 0 && !shared.stopped() && shared.may_send()
+        {
+            let n = left.min(shape.batch as u64);
+            left -= n;
+            let msgs: Vec<_> = (0..n).map(|_| payloads.pick(&mut rng)).collect();
+            let bytes = msgs.iter().map(|m| m.len() as u64).sum();
+            let p = p.clone();
+            shared.sent.fetch_add(n, Relaxed);
+            let call = tokio::spawn(async move { p.send_batch(msgs).await });
+            pending.push_back((Instant::now(), n, bytes, call));
+        }
+        let Some((t0, n, bytes, call)) = pending.pop_front() else {
+            if left == 0 || shared.stopped() {
+                break;
+            }
+            // The gate is shut.
+            tokio::time::sleep(GATE_POLL).await;
+            continue;
+        };
+        let failed = match call.await {
+            Ok(Ok(_)) => {
+                let now = Instant::now();
+                shared.acked(now, n, bytes);
+                if shared.in_window(if shared.window_by_call { t0 } else { now }) {
+                    hist.saturating_record_n(micros(now - t0), n);
+                }
+                continue;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        shared.fail(n, failed);
+        // The producer is broken: stop offering it more.
+        left = 0;
+    }
+    let _ = lock(&shared.latency).add(&hist);
+}
+
+/// The open loop's calls, for [`collect`] to await.
+pub type Calls = tokio::sync::mpsc::UnboundedSender<tokio::task::JoinHandle<()>>;
+
+/// The open loop's pacing thread (see the module's comment): message `i`
+/// gets the `i`th payload drawn from `rng`. Returns how late each
+/// hand-over in the window was.
+#[allow(clippy::too_many_arguments)]
+pub fn pace(
+    shape: Shape,
+    producers: &[Producer],
+    payloads: &Payloads,
+    mut rng: Rng,
+    shared: &Arc<Shared>,
+    rt: &tokio::runtime::Handle,
+    calls: &Calls,
+    start: Instant,
+) -> Histogram<u64> {
+    let n = producers.len();
+    let total = shape.count.map_or(u64::MAX, |c| c.saturating_mul(n as u64));
+    let interval = 1.0 / shape.rate;
+    let mut lag = histogram();
+    let mut batches: Vec<Vec<(Instant, Bytes)>> = vec![Vec::with_capacity(shape.batch); n];
+    let mut hand_over = |k: usize, batch: Vec<(Instant, Bytes)>, now: Instant| {
+        // Handed over when its last message is due.
+        let Some((last, _)) = batch.last() else {
+            return;
+        };
+        if shared.in_window(*last) {
+            lag.saturating_record(micros(now.saturating_duration_since(*last)));
+        }
+        let (dues, msgs): (Vec<Instant>, Vec<Bytes>) = batch.into_iter().unzip();
+        let bytes = msgs.iter().map(|m| m.len() as u64).sum();
+        shared.sent.fetch_add(dues.len() as u64, Relaxed);
+        let (p, shared) = (producers[k].clone(), shared.clone());
+        let call = rt.spawn(async move {
+            let r = p.send_batch(msgs).await;
+            let now = Instant::now();
+            match r {
+                Ok(_) => {
+                    shared.acked(now, dues.len() as u64, bytes);
+                    let mut h = lock(&shared.latency);
+                    for d in dues.iter().filter(|d| shared.in_window(**d)) {
+                        h.saturating_record(micros(now - *d));
+                    }
+                }
+                Err(e) => shared.fail(dues.len() as u64, e),
+            }
+        });
+        let _ = calls.send(call);
+    };
+    let mut i = 0u64;
+    while i < total && !shared.stopped() {
+        // Runs on past the window until told to stop, so that the window's
+        // end finds it (and its CPU time) still there.
+        let due = start + Duration::from_secs_f64(i as f64 * interval);
+        let now = Instant::now();
+        if now < due {
+            std::thread::sleep(due - now);
+            continue;
+        }
+        // Everything due by now (a late wake-up sends a burst).
+        let k = (i % n as u64) as usize;
+        let mut payload = payloads.pick(&mut rng);
+        if let Some(clock) = shape.stamp {
+            payload = stamped(clock.unix_us(due), payload.len());
+        }
+        batches[k].push((due, payload));
+        i += 1;
+        if batches[k].len() >= shape.batch {
+            let b = std::mem::replace(&mut batches[k], Vec::with_capacity(shape.batch));
+            hand_over(k, b, now);
+        }
+    }
+    // Partial batches go out as they are.
+    let now = Instant::now();
+    for (k, b) in batches.into_iter().enumerate() {
+        hand_over(k, b, now);
+    }
+    lag
+}
+
+/// Waits for the open loop's calls, in the order they were made.
+pub async fn collect(mut calls: tokio::sync::mpsc::UnboundedReceiver<tokio::task::JoinHandle<()>>) {
+    while let Some(c) = calls.recv().await {
+        let _ = c.await;
+    }
+}
+
+/// Starts the load on the current runtime: the closed loop's tasks, or the
+/// open loop's pacing thread (and the task that awaits its calls). The
+/// task ends when the load does; the thread returns the pacer's lag.
+pub fn start(
+    shape: Shape,
+    producers: &[Producer],
+    payloads: Payloads,
+    seed: u64,
+    shared: &Arc<Shared>,
+    start: Instant,
+) -> std::io::Result<Started> {
+    if shape.rate > 0.0 {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (shared, producers) = (shared.clone(), producers.to_vec());
+        let rt = tokio::runtime::Handle::current();
+        // The open loop's one pacer draws from the seed.
+        let rng = Rng::new(seed);
+        let pacer = std::thread::Builder::new()
+            .name("pacer".into())
+            .spawn(move || pace(shape, &producers, &payloads, rng, &shared, &rt, &tx, start))?;
+        return Ok((tokio::spawn(collect(rx)), Some(pacer)));
+    }
+    // Every producer draws from seed + its index.
+    let tasks: Vec<_> = producers
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            let rng = Rng::new(seed.wrapping_add(k as u64));
+            tokio::spawn(closed_loop(
+                p.clone(),
+                payloads.clone(),
+                rng,
+                shape,
+                shared.clone(),
+            ))
+        })
+        .collect();
+    let all = tokio::spawn(async move {
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    Ok((all, None))
+}
+
+/// The load's task, and the open loop's pacing thread.
+pub type Started = (
+    tokio::task::JoinHandle<()>,
+    Option<std::thread::JoinHandle<Histogram<u64>>>,
+);
+
+/// The pacer's lag, once its thread is done.
+pub async fn pacer_lag(
+    pacer: Option<std::thread::JoinHandle<Histogram<u64>>>,
+) -> Result<Option<Histogram<u64>>, String> {
+    let Some(p) = pacer else {
+        return Ok(None);
+    };
+    tokio::task::spawn_blocking(move || p.join())
+        .await
+        .map_err(|e| format!("the pacing thread: {e}"))?
+        .map(Some)
+        .map_err(|_| "the pacing thread panicked".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_maps_instants_to_unix_time() {
+        let c = Clock::now();
+        let later = c.at + Duration::from_millis(1500);
+        assert_eq!(c.unix_us(later) - c.unix_us(c.at), 1_500_000);
+        assert!(c.unix_us(c.at) > 1_600_000_000_000_000);
+    }
+
+    #[test]
+    fn timeline_rates_per_interval() {
+        let mut t = Timeline::new(0.1);
+        t.add(Duration::from_millis(10), 5);
+        t.add(Duration::from_millis(99), 5);
+        t.add(Duration::from_millis(150), 20);
+        t.add(Duration::from_millis(260), 1);
+        // 0.27 s: the third interval is 0.07 s wide, kept.
+        let s = t.series("r".into(), 0.27);
+        assert_eq!(s.points.len(), 3);
+        assert!((s.points[0].1 - 100.0).abs() < 1e-6, "{:?}", s.points);
+        assert!((s.points[1].1 - 200.0).abs() < 1e-6);
+        assert!((s.points[2].0 - 0.27).abs() < 1e-9);
+        assert!((s.points[2].1 - 1.0 / 0.07).abs() < 1e-6);
+        // 0.22 s: the sliver 0.2..0.22 is left out.
+        assert_eq!(t.series("r".into(), 0.22).points.len(), 2);
+        // A window shorter than half an interval still has its point.
+        let s = t.series("r".into(), 0.02);
+        assert_eq!(s.points.len(), 1);
+        assert!((s.points[0].1 - 10.0 / 0.02).abs() < 1e-6);
+        // Intervals without acks are zeros, not gaps.
+        let s = Timeline::new(0.1).series("e".into(), 0.3);
+        assert_eq!(s.points.len(), 3);
+        assert!(s.points.iter().all(|p| p.1 == 0.0));
+    }
+}
