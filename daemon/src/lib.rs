@@ -1,7 +1,7 @@
 //! sluice-daemon: the parts of `sluiced` that are not transport.
 
-pub mod api;
 pub mod any_bytes;
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod consume;
