@@ -653,6 +653,72 @@ pub struct Args {
     pub log_format: Option<String>,
 }
 
+/// The heading `--help` shows a section's options under.
+fn heading(section: &str) -> Option<&'static str> {
+    Some(match section {
+        "data" => "Data port: raw UDP from producers [data]",
+        "quic" => "QUIC plane: TLS, leases, consumers [quic]",
+        "admin" => "Admin and HTTP API port [admin]",
+        "spool" => "Spool: the durable log [spool]",
+        "streams" => "Streams [streams]",
+        "auth" => "Authentication [auth]",
+        "xdp" => "AF_XDP receive path [xdp]",
+        "consumers" => "Consumer groups [consumers]",
+        "log" => "Logging [log]",
+        _ => return None,
+    })
+}
+
+/// The configuration key an option's help names first (`[spool.fsync] ...`).
+fn key_of(help: &str) -> Option<(&str, &str)> {
+    let key = help.strip_prefix('[')?.split_once(']')?.0;
+    key.split_once('.')
+}
+
+impl Args {
+    /// The command line as `--help` shows it: each option under its
+    /// section's heading, with its default, read from `Config::default()`
+    /// (where defaults are declared, once).
+    pub fn command() -> clap::Command {
+        let defaults = toml::Value::try_from(Config::default()).expect("config serializes");
+        <Args as clap::CommandFactory>::command().mut_args(|a| {
+            let Some(help) = a.get_help().map(|h| h.to_string()) else {
+                return a;
+            };
+            let Some((section, key)) = key_of(&help) else {
+                return a;
+            };
+            let a = a.help_heading(heading(section));
+            let Some(value) = defaults.get(section).and_then(|t| t.get(key)) else {
+                return a;
+            };
+            let shown = format!("[default: {value}]");
+            let long = a.get_long_help().map(|h| format!("{h}\n{shown}"));
+            let a = a.help(format!("{help} {shown}"));
+            match long {
+                Some(l) => a.long_help(l),
+                None => a,
+            }
+        })
+    }
+
+    /// The arguments of this process (exits with clap's message on an
+    /// error, or after `--help` and `--version`).
+    pub fn from_env() -> Args {
+        Args::parse_args_from(std::env::args_os())
+    }
+
+    /// `args` (the program's name first) as [`Args::from_env`] reads them.
+    pub fn parse_args_from<I, T>(args: I) -> Args
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Args::command().get_matches_from(args);
+        <Args as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
 impl Config {
     /// Builds the effective configuration from `args` (and the file it names).
     pub fn load(args: &Args) -> Result<Config, ConfigError> {
@@ -1181,6 +1247,34 @@ fn xdp_key(field: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_option_names_a_key_of_the_configuration_and_help_shows_its_default() {
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let command = Args::command();
+        let mut named = 0;
+        for a in command.get_arguments() {
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let Some((section, key)) = key_of(&help) else {
+                continue;
+            };
+            named += 1;
+            let value = defaults.get(section).and_then(|t| t.get(key));
+            assert!(
+                value.is_some(),
+                "--{} names [{section}.{key}], which the configuration lacks",
+                a.get_long().unwrap_or_default()
+            );
+            assert!(help.contains("[default: "), "{help}");
+            assert!(
+                a.get_help_heading()
+                    .is_some_and(|h| h.ends_with(&format!("[{section}]"))),
+                "--{} is not under its section's heading",
+                a.get_long().unwrap_or_default()
+            );
+        }
+        assert!(named > 50, "only {named} options name a key");
+    }
 
     fn parse(text: &str) -> Result<Config, String> {
         let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;

@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use sluice_daemon::config::Args;
 use sluice_daemon::metrics::scrape::Scrape;
 use sluice_transport::client::{QuicOptions, Transport};
@@ -529,7 +528,8 @@ pub fn write_token_config(path: &Path, token: &str, rights: &str) -> Result<(), 
 /// [--stop-on-stdin-eof] -- <sluiced flags>`: stops on SIGTERM or SIGINT
 /// or, with `stop_on_stdin_eof`, when stdin closes (its starter is gone).
 pub fn serve(stop_on_stdin_eof: bool, sluiced_args: Vec<OsString>) -> ExitCode {
-    let args = Args::parse_from(std::iter::once(OsString::from("sluiced")).chain(sluiced_args));
+    let args =
+        Args::parse_args_from(std::iter::once(OsString::from("sluiced")).chain(sluiced_args));
     let (eof_tx, eof_rx) = tokio::sync::oneshot::channel::<()>();
     if stop_on_stdin_eof {
         std::thread::spawn(move || {

@@ -36,6 +36,9 @@ fn help_explains_every_option_with_its_key_and_variable() {
         "[data.listen]",
         "--print-config",
         "127.0.0.1:7401",
+        // Under its section, with its default (from the one declaration).
+        "Spool: the durable log [spool]:",
+        "[default: \"always\"]",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }

@@ -3,10 +3,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use sluice_daemon::config::Args;
 
 fn main() -> ExitCode {
     sluice_daemon::memory::start_trimmer();
-    sluice_daemon::launch::main(Args::parse(), std::future::pending(), |_| {})
+    sluice_daemon::launch::main(Args::from_env(), std::future::pending(), |_| {})
 }
