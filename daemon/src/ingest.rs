@@ -235,6 +235,17 @@ impl Owner for Ingest {
         // Batches of one stream complete in order, so acks go out in order.
         let then = move |result: Result<Vec<Outcome>, SpoolError>| {
             match result {
+                // After a failed append of this producer: nothing of this
+                // batch is acked; the session closes, the producer resends
+                // from its durable seq.
+                Ok(outcomes) if outcomes.contains(&Outcome::Refused) => {
+                    m.append_errors.fetch_add(1, Relaxed);
+                    control.close(
+                        id,
+                        CloseCode::StorageError,
+                        "an earlier batch of this producer could not be stored",
+                    );
+                }
                 Ok(outcomes) => {
                     let dups = outcomes
                         .iter()

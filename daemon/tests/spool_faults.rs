@@ -185,6 +185,63 @@ fn a_full_disk_stops_acks_and_leaves_no_half_record() {
     assert_eq!(seqs, (1..=seq + 1).collect::<Vec<_>>());
 }
 
+/// An append fails (the disk, for a moment) with seqs 11 and 12 of a
+/// producer; a batch of that producer queued behind it, 13, must not be
+/// stored: the idempotence table would pass 11 and 12, and the producer,
+/// reconnecting, would be told they are durable. (Found by path_sim.)
+#[test]
+fn after_a_failed_append_a_producer_goes_on_only_from_what_failed() {
+    let fs = SimFs::new();
+    let mut log = open(&fs, small()).unwrap();
+    fill(&mut log, 1, 1..=10, 100);
+    fill(&mut log, 2, 1..=3, 100);
+    fs.fail_after(Some(0));
+    assert!(log
+        .append(&[rec(1, 11, 100), rec(1, 12, 100), rec(2, 4, 100)], true)
+        .is_err());
+    fs.fail_after(None);
+    // Queued behind the failure: 13 of producer 1 (and a later one of 2).
+    let out = log
+        .append(&[rec(1, 13, 100), rec(2, 5, 100), rec(3, 1, 100)], true)
+        .unwrap();
+    assert_eq!(out[0], Outcome::Refused);
+    assert_eq!(out[1], Outcome::Refused);
+    assert!(matches!(out[2], Outcome::Stored { .. }), "others go on");
+    assert_eq!(
+        (log.highest_seq(1), log.highest_seq(2)),
+        (Some(10), Some(3))
+    );
+    // The producer resends from its durable seq + 1: all stored, in order,
+    // and from then on it goes on as before.
+    let out = log
+        .append(&[rec(1, 11, 100), rec(1, 12, 100), rec(1, 13, 100)], true)
+        .unwrap();
+    assert!(
+        out.iter().all(|o| matches!(o, Outcome::Stored { .. })),
+        "{out:?}"
+    );
+    let out = log.append(&[rec(1, 15, 100)], true).unwrap();
+    assert!(
+        matches!(out[0], Outcome::Stored { .. }),
+        "a gap once caught up is not refused"
+    );
+    let out = log.append(&[rec(2, 4, 100), rec(2, 5, 100)], true).unwrap();
+    assert!(
+        out.iter().all(|o| matches!(o, Outcome::Stored { .. })),
+        "{out:?}"
+    );
+    let seqs: Vec<(u64, u64)> = all(&log)
+        .unwrap()
+        .iter()
+        .map(|(_, r)| (r.producer, r.seq))
+        .filter(|(p, _)| *p == 1)
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=13).chain([15]).map(|s| (1, s)).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn retention_deletes_old_segments_but_not_what_a_group_still_needs() {
     let fs = SimFs::new();
@@ -281,6 +338,7 @@ async fn group_commit_acks_durably_dedupes_and_readers_follow_the_tail() {
         match a.await.unwrap().unwrap() {
             Outcome::Stored { .. } => stored += 1,
             Outcome::Duplicate => dups += 1,
+            Outcome::Refused => panic!("refused with nothing failed"),
         }
     }
     assert_eq!((stored, dups), (300, 6));

@@ -135,6 +135,9 @@ fn run_seed(seed: u64) -> Result<Totals, String> {
                         match o {
                             Outcome::Stored { .. } => totals.acked += 1,
                             Outcome::Duplicate => totals.duplicates += 1,
+                            Outcome::Refused => {
+                                return Err(format!("seed {seed}: refused with no append failed"))
+                            }
                         }
                     }
                 }

@@ -776,6 +776,16 @@ async fn dlq_replay(
                 match o {
                     Outcome::Stored { .. } => answer.replayed += 1,
                     Outcome::Duplicate => answer.duplicates += 1,
+                    // An earlier replay failed part-way; this one goes on
+                    // only from where that one stopped.
+                    Outcome::Refused => {
+                        return Err(ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!(
+                                "an earlier replay into {stream:?} failed part-way; replay again"
+                            ),
+                        ))
+                    }
                 }
             }
         }

@@ -24,7 +24,7 @@ use super::handle::{Cmd, GroupHandle, GroupSettings};
 use super::store::{Event, GroupStore};
 use crate::log_limit::LogLimit;
 use crate::spool::record::now_us;
-use crate::spool::{Cursor, Damage, Reader, Record, Spool, SpoolError, Stream};
+use crate::spool::{Cursor, Damage, Outcome, Reader, Record, Spool, SpoolError, Stream};
 
 /// Mean stored bytes per record of a stream (for backlog estimates).
 fn mean_record_bytes(stream: &Stream) -> u64 {
@@ -718,6 +718,11 @@ impl GroupTask {
         self.dead_appending = true;
         tokio::spawn(async move {
             let result = match appended.await {
+                // Refused: behind letters an earlier append failed to store
+                // (retried first, so this is not expected): not stored.
+                Ok(Ok(outcomes)) if outcomes.contains(&Outcome::Refused) => {
+                    Err("refused after an earlier failed append".to_owned())
+                }
                 Ok(r) => r.map(drop).map_err(|e| e.to_string()),
                 Err(_) => Err("the dead-letter stream closed".to_owned()),
             };

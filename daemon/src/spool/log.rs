@@ -42,6 +42,12 @@ pub enum Outcome {
     Stored { offset: u64 },
     /// This producer's seq was already stored: not written again.
     Duplicate,
+    /// Not written: an earlier append of this producer failed, and this
+    /// record comes after a seq that failure left unstored. Storing it
+    /// would move the idempotence table past that seq, and the producer,
+    /// reconnecting, would take what failed for durable. It resends from
+    /// the table's seq + 1, which is stored.
+    Refused,
 }
 
 /// How far the log is written, or known durable: the end offset and the
@@ -67,6 +73,10 @@ pub struct StreamLog {
     /// log changes it; a new session reads it without queueing behind the
     /// writer (which may be waiting on an fdatasync or a full disk).
     producers: SharedProducers,
+    /// Producers an append failed for, with the first seq each failure
+    /// left unstored: until it is stored, their later records are
+    /// [`Outcome::Refused`].
+    broken: HashMap<u64, u64>,
     /// Bytes since the last index entry of the active segment.
     since_index: u64,
     /// An append failed part-way: the active segment may hold bytes past
@@ -218,6 +228,7 @@ impl StreamLog {
             active,
             next_offset: written.end,
             producers: Arc::new(RwLock::new(s.producers)),
+            broken: HashMap::new(),
             since_index,
             dirty: false,
             written,
@@ -312,15 +323,28 @@ impl StreamLog {
         let mut outcomes = Vec::with_capacity(records.len());
         let mut batch_max: HashMap<u64, u64> = HashMap::new();
         let mut keep = Vec::with_capacity(records.len());
+        if let Some(r) = records
+            .iter()
+            .find(|r| r.payload.len() > self.config.max_record_bytes.min(MAX_PAYLOAD))
+        {
+            let len = r.payload.len();
+            self.broken_from(records.iter());
+            return Err(SpoolError::TooLarge(len));
+        }
         let producers = self.producers.read().unwrap();
         for r in records {
-            if r.payload.len() > self.config.max_record_bytes.min(MAX_PAYLOAD) {
-                return Err(SpoolError::TooLarge(r.payload.len()));
-            }
             let durable = producers.get(&r.producer).copied();
             let pending = batch_max.get(&r.producer).copied();
+            // Past the first seq a failure left unstored, only what follows
+            // on from it in this batch.
+            let after_a_failure = self
+                .broken
+                .get(&r.producer)
+                .is_some_and(|&b| r.seq > b && pending.is_none_or(|p| p < b || r.seq != p + 1));
             if durable.max(pending).is_some_and(|h| r.seq <= h) {
                 outcomes.push(Outcome::Duplicate);
+            } else if after_a_failure {
+                outcomes.push(Outcome::Refused);
             } else {
                 batch_max.insert(r.producer, r.seq);
                 outcomes.push(Outcome::Stored { offset: 0 });
@@ -331,13 +355,19 @@ impl StreamLog {
         let first = self.next_offset;
         let mut i = 0;
         while i < keep.len() {
-            let n = self.fitting(&keep[i..]);
-            if n == 0 {
-                self.roll(self.next_offset, self.next_offset)?;
-                continue;
+            let step = match self.fitting(&keep[i..]) {
+                0 => self.roll(self.next_offset, self.next_offset),
+                n => self.write_commit(&keep[i..i + n], sync).map(|()| i += n),
+            };
+            if let Err(e) = step {
+                self.broken_from(keep[i..].iter().copied());
+                return Err(e);
             }
-            self.write_commit(&keep[i..i + n], sync)?;
-            i += n;
+        }
+        if !self.broken.is_empty() {
+            let producers = self.producers.read().unwrap();
+            self.broken
+                .retain(|p, b| producers.get(p).is_none_or(|&h| h < *b));
         }
         let mut offset = first;
         for o in outcomes.iter_mut() {
@@ -347,6 +377,20 @@ impl StreamLog {
             }
         }
         Ok(outcomes)
+    }
+
+    /// An append failed with `unstored` not written: each producer's first
+    /// seq among them (above what is durable) is where its records must
+    /// continue from.
+    fn broken_from<'a>(&mut self, unstored: impl Iterator<Item = &'a Record>) {
+        let producers = self.producers.read().unwrap();
+        for r in unstored {
+            if producers.get(&r.producer).is_some_and(|&h| r.seq <= h) {
+                continue;
+            }
+            let b = self.broken.entry(r.producer).or_insert(r.seq);
+            *b = (*b).min(r.seq);
+        }
     }
 
     /// How many of `records` fit in the active segment as one commit: none
