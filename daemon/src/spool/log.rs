@@ -316,9 +316,21 @@ impl StreamLog {
     /// data is written but not synced: the promise is off, and the caller
     /// says so in its logs.
     pub fn append(&mut self, records: &[Record], sync: bool) -> Result<Vec<Outcome>, SpoolError> {
-        self.writable()?;
-        if self.dirty {
-            self.cut_back()?;
+        // Every way this fails leaves what it did not store noted, so
+        // that nothing queued behind it is stored past the hole.
+        let ready =
+            self.writable().map(drop).and_then(
+                |()| {
+                    if self.dirty {
+                        self.cut_back()
+                    } else {
+                        Ok(())
+                    }
+                },
+            );
+        if let Err(e) = ready {
+            self.broken_from(records.iter());
+            return Err(e);
         }
         let mut outcomes = Vec::with_capacity(records.len());
         let mut batch_max: HashMap<u64, u64> = HashMap::new();
@@ -337,10 +349,13 @@ impl StreamLog {
             let pending = batch_max.get(&r.producer).copied();
             // Past the first seq a failure left unstored, only what follows
             // on from it in this batch.
-            let after_a_failure = self
-                .broken
-                .get(&r.producer)
-                .is_some_and(|&b| r.seq > b && pending.is_none_or(|p| p < b || r.seq != p + 1));
+            // (An entry the table has reached since is stale: the hole
+            // was filled by a commit of an append that failed later.)
+            let after_a_failure = self.broken.get(&r.producer).is_some_and(|&b| {
+                durable.is_none_or(|d| d < b)
+                    && r.seq > b
+                    && pending.is_none_or(|p| p < b || r.seq != p + 1)
+            });
             if durable.max(pending).is_some_and(|h| r.seq <= h) {
                 outcomes.push(Outcome::Duplicate);
             } else if after_a_failure {
@@ -384,6 +399,9 @@ impl StreamLog {
     /// continue from.
     fn broken_from<'a>(&mut self, unstored: impl Iterator<Item = &'a Record>) {
         let producers = self.producers.read().unwrap();
+        // Holes filled since (by a commit before the failure) are closed.
+        self.broken
+            .retain(|p, b| producers.get(p).is_none_or(|&h| h < *b));
         for r in unstored {
             if producers.get(&r.producer).is_some_and(|&h| r.seq <= h) {
                 continue;
