@@ -2,27 +2,46 @@
 //! corrupts anything. Here the daemon's free-space floor is set above what
 //! the disk has, so the spool holds appends as it would on a full disk.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_tests::check;
-use sluice_tests::daemon::DaemonSpec;
+use sluice_tests::daemon::{Daemon, DaemonSpec};
 use sluice_tests::load;
 use sluice_tests::sluiced_bin;
 use sluice_transport::client::{Producer, ProducerError, ProducerOptions};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_holds_acks_times_out_senders_and_resumes_when_space_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let full = DaemonSpec::new(sluiced_bin!(), dir.path())
+/// A daemon whose free-space floor is above what any disk has (so the
+/// spool holds appends as on a full disk), and producer options that give
+/// up waiting for credit after 1 s.
+fn full_disk(dir: &Path) -> (DaemonSpec, Daemon, ProducerOptions) {
+    let full = DaemonSpec::new(sluiced_bin!(), dir)
         .arg("--spool-min-free-bytes")
         .arg((1u64 << 62).to_string());
     let d = full.start();
-    let fast = full.fast_path();
     let options = ProducerOptions {
         credit_timeout: Duration::from_secs(1),
-        ..load::patient(fast.transport)
+        ..load::patient(full.fast_path().transport)
     };
+    (full, d, options)
+}
+
+/// Space returns: the daemon started again on the same addresses, without
+/// the floor.
+fn space_returned(full: &DaemonSpec, dir: &Path) -> Daemon {
+    let mut spec = DaemonSpec::new(sluiced_bin!(), dir);
+    spec.data = full.data;
+    spec.quic = full.quic;
+    spec.admin = full.admin;
+    spec.start()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_holds_acks_times_out_senders_and_resumes_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (full, d, options) = full_disk(dir.path());
+    let fast = full.fast_path();
     let p = Producer::connect(fast.addr, "held", 5, options)
         .await
         .unwrap();
@@ -65,11 +84,7 @@ async fn a_full_disk_holds_acks_times_out_senders_and_resumes_when_space_returns
         check::stored(dir.path(), "held").is_empty(),
         "nothing was durable"
     );
-    let mut spec = DaemonSpec::new(sluiced_bin!(), dir.path());
-    spec.data = full.data;
-    spec.quic = full.quic;
-    spec.admin = full.admin;
-    let d = spec.start();
+    let d = space_returned(&full, dir.path());
     tokio::time::timeout(Duration::from_secs(30), p.flush())
         .await
         .expect("flush in time")
@@ -89,15 +104,8 @@ async fn a_full_disk_holds_acks_times_out_senders_and_resumes_when_space_returns
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_writer_holds_neither_a_new_session_nor_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    let full = DaemonSpec::new(sluiced_bin!(), dir.path())
-        .arg("--spool-min-free-bytes")
-        .arg((1u64 << 62).to_string());
-    let d = full.start();
+    let (full, d, options) = full_disk(dir.path());
     let fast = full.fast_path();
-    let options = ProducerOptions {
-        credit_timeout: Duration::from_secs(1),
-        ..load::patient(fast.transport)
-    };
     let first = Producer::connect(fast.addr, "held", 5, options.clone())
         .await
         .unwrap();
@@ -133,11 +141,7 @@ async fn a_held_writer_holds_neither_a_new_session_nor_the_others() {
 
     // Space returns: what was held is stored, once.
     d.kill9();
-    let mut spec = DaemonSpec::new(sluiced_bin!(), dir.path());
-    spec.data = full.data;
-    spec.quic = full.quic;
-    spec.admin = full.admin;
-    let d = spec.start();
+    let d = space_returned(&full, dir.path());
     tokio::time::timeout(Duration::from_secs(30), first.flush())
         .await
         .expect("flush in time")

@@ -191,6 +191,29 @@ fn within(cap: u64, n: usize, bytes: u64) -> bool {
     bytes <= cap || n == 1
 }
 
+/// Follows `next` from offset 0 through `route`'s pages (asking for 10,000
+/// a page) until one is empty; each page's `(list, source)` offsets, every
+/// page checked to be within `cap` bytes (or one item).
+fn page_through(
+    admin: SocketAddr,
+    route: &str,
+    (list, source): (&str, &str),
+    sent: &[Bytes],
+    cap: u64,
+) -> Vec<Vec<u64>> {
+    let (mut from, mut pages) = (0, Vec::new());
+    loop {
+        let page = get_page(admin, &format!("{route}?from={from}&limit=10000"));
+        let (offsets, bytes) = items(&page, list, source, sent);
+        if offsets.is_empty() {
+            return pages;
+        }
+        assert!(within(cap, offsets.len(), bytes), "{offsets:?}: {bytes}");
+        pages.push(offsets);
+        from = page["next"].as_u64().expect("next");
+    }
+}
+
 #[test]
 fn pages_are_capped_in_bytes_a_few_at_a_time_and_page_through_everything() {
     let _t = turn();
@@ -273,24 +296,19 @@ fn pages_are_capped_in_bytes_a_few_at_a_time_and_page_through_everything() {
 
     // Paging with `next` reads every record once, in order; the 12 MiB
     // one comes alone.
-    let (mut from, mut seen) = (0, Vec::new());
-    loop {
-        let page = get_page(
-            d.admin,
-            &format!("/streams/big/records?from={from}&limit=10000"),
-        );
-        let (offsets, bytes) = items(&page, "records", "offset", &sent);
-        if offsets.is_empty() {
-            break;
-        }
-        assert!(within(cap, offsets.len(), bytes), "{offsets:?}: {bytes}");
+    let pages = page_through(
+        d.admin,
+        "/streams/big/records",
+        ("records", "offset"),
+        &sent,
+        cap,
+    );
+    for offsets in &pages {
         if offsets.contains(&16) {
-            assert_eq!(offsets, [16], "the record larger than a page comes alone");
+            assert_eq!(offsets, &[16], "the record larger than a page comes alone");
         }
-        seen.extend(offsets);
-        from = page["next"].as_u64().expect("next");
     }
-    assert_eq!(seen, (0..33).collect::<Vec<u64>>());
+    assert_eq!(pages.concat(), (0..33).collect::<Vec<u64>>());
     // `sluice read` pages the same way.
     let read = succeeded(
         &Command::new(sluice_bin!())
@@ -345,21 +363,14 @@ fn pages_are_capped_in_bytes_a_few_at_a_time_and_page_through_everything() {
         assert!(Instant::now() < limit, "the dead letters are not stored");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (mut from, mut letters) = (0, Vec::new());
-    loop {
-        let page = get_page(
-            d.admin,
-            &format!("/streams/big/dlq?from={from}&limit=10000"),
-        );
-        let (offsets, bytes) = items(&page, "dead_letters", "source_offset", &sent);
-        if offsets.is_empty() {
-            break;
-        }
-        assert!(within(cap, offsets.len(), bytes), "{offsets:?}: {bytes}");
-        letters.extend(offsets);
-        from = page["next"].as_u64().expect("next");
-    }
-    assert_eq!(letters, (0..33).collect::<Vec<u64>>());
+    let pages = page_through(
+        d.admin,
+        "/streams/big/dlq",
+        ("dead_letters", "source_offset"),
+        &sent,
+        cap,
+    );
+    assert_eq!(pages.concat(), (0..33).collect::<Vec<u64>>());
     let listed = succeeded(
         &Command::new(sluice_bin!())
             .args(["dlq", "list", "big", "--json"])

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use sluice_testkit::daemon::write_token_config;
 use sluice_testkit::testnet::{self, require_netns, Link, Netns};
 use sluice_tests::check::{self, Acked};
 use sluice_tests::daemon::{Daemon, DaemonSpec, Target};
@@ -31,19 +32,10 @@ fn spec(net: &Link, dir: &Path, stream: &str, extra: &[&str]) -> (DaemonSpec, St
     spec.data = format!("{}:{DATA_PORT}", net.b.ip).parse().unwrap();
     spec.quic = format!("{}:{QUIC_PORT}", net.b.ip).parse().unwrap();
     spec.admin = format!("127.0.0.1:{ADMIN_PORT}").parse().unwrap();
-    let token = sluice_daemon::auth::new_token();
-    let config = dir.join("sluiced.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[auth.tokens]]\nname = \"xdp\"\nhash = \"{}\"\npublish = [\"{stream}\"]\n",
-            sluice_daemon::auth::hash_token(&token)
-        ),
-    )
-    .unwrap();
+    let (token, config) = token_config(dir, stream);
     let mut spec = spec
         .arg("--config")
-        .arg(config.display().to_string())
+        .arg(config)
         .arg("--xdp-interface")
         .arg(&net.b.iface);
     for a in extra {
@@ -404,14 +396,7 @@ fn a_restart_after_kill9_replaces_what_was_left_and_carries_on() {
 fn token_config(dir: &Path, stream: &str) -> (String, String) {
     let token = sluice_daemon::auth::new_token();
     let config = dir.join("sluiced.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[auth.tokens]]\nname = \"xdp\"\nhash = \"{}\"\npublish = [\"{stream}\"]\n",
-            sluice_daemon::auth::hash_token(&token)
-        ),
-    )
-    .unwrap();
+    write_token_config(&config, &token, &format!("publish = [\"{stream}\"]\n")).unwrap();
     (token, config.display().to_string())
 }
 
