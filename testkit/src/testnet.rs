@@ -257,35 +257,52 @@ impl Link {
     }
 }
 
+/// The nftables table [`Loss`] adds.
+const LOSS_TABLE: &str = "sluice_loss";
+/// Loss is drawn in steps of 1/10,000 (0.01 %).
+const LOSS_STEPS: u32 = 10_000;
+
 /// Random loss on `iface`'s egress in `ns` for UDP to `port`, with counters
 /// (this kernel has no netem; nftables' netdev egress hook drops before the
-/// peer sees the frame, and the sender gets no error).
+/// peer sees the frame, and the sender gets no error). The table is deleted
+/// on drop.
 pub struct Loss {
-    table: String,
+    ns: String,
 }
 
 impl Loss {
-    pub fn add(ns: &Netns, iface: &str, port: u16, percent: u32) -> Loss {
-        let table = "sluice_loss".to_owned();
-        ns.exec(&format!("nft add table netdev {table}"));
+    pub fn add(ns: &Netns, iface: &str, port: u16, percent: f64) -> Loss {
+        let guard = Loss {
+            ns: ns.name().to_owned(),
+        };
+        let below = (percent / 100.0 * f64::from(LOSS_STEPS)).round() as u32;
+        ns.exec(&format!("nft add table netdev {LOSS_TABLE}"));
         ns.exec(&format!(
-            "nft add chain netdev {table} egress \
+            "nft add chain netdev {LOSS_TABLE} egress \
              {{ type filter hook egress device {iface} priority 0 ; }}"
         ));
         ns.exec(&format!(
-            "nft add rule netdev {table} egress udp dport {port} counter"
+            "nft add rule netdev {LOSS_TABLE} egress udp dport {port} counter"
         ));
         ns.exec(&format!(
-            "nft add rule netdev {table} egress udp dport {port} \
-             numgen random mod 100 < {percent} counter drop"
+            "nft add rule netdev {LOSS_TABLE} egress udp dport {port} \
+             numgen random mod {LOSS_STEPS} < {below} counter drop"
         ));
-        Loss { table }
+        guard
     }
 
-    /// Packets counted by the two rules: (to the port, dropped).
-    pub fn counters(&self, ns: &Netns) -> (u64, u64) {
-        let out = ns.exec(&format!("nft list table netdev {}", self.table));
-        let counts: Vec<u64> = out
+    /// (datagrams to the port, dropped), from the two rules' counters;
+    /// `None` if they cannot be read.
+    pub fn counters(&self) -> Option<(u64, u64)> {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "nft", "list", "table", "netdev", LOSS_TABLE,
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let counts: Vec<u64> = text
             .lines()
             .filter_map(|l| {
                 let at = l.find("packets ")? + "packets ".len();
@@ -293,8 +310,27 @@ impl Loss {
             })
             .collect();
         match counts[..] {
-            [all, dropped] => (all, dropped),
-            _ => panic!("expected two counting rules in {out}"),
+            [all, dropped] => Some((all, dropped)),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Loss {
+    fn drop(&mut self) {
+        let ok = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "nft", "delete", "table", "netdev", LOSS_TABLE,
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // The namespace's deletion takes the table with it.
+            eprintln!(
+                "loss: could not delete nftables table {LOSS_TABLE} in {}",
+                self.ns
+            );
         }
     }
 }

@@ -27,7 +27,7 @@ const STREAM: &str = "lossy";
 const PRODUCERS: u64 = 4;
 const MESSAGES: usize = 20_000;
 const BATCH: usize = 250;
-const LOSS_PERCENT: u32 = 5;
+const LOSS_PERCENT: f64 = 5.0;
 /// The namespaces are the test's own, so fixed ports cannot clash.
 const DATA_PORT: u16 = 7401;
 const QUIC_PORT: u16 = 7400;
@@ -160,7 +160,9 @@ fn lossy_veth(xdp: bool) {
     let produce_took = produce_started.elapsed();
 
     let metrics = daemon.metrics();
-    let (datagrams, dropped) = loss.counters(&net.a.ns);
+    let (datagrams, dropped) = loss
+        .counters()
+        .expect("the two counting rules of the loss table");
     let status = daemon.terminate(Duration::from_secs(30));
     assert!(status.success(), "sluiced exited with {status} on SIGTERM");
 
@@ -206,7 +208,7 @@ fn lossy_veth(xdp: bool) {
         loss * 100.0,
         started.elapsed()
     );
-    let want = f64::from(LOSS_PERCENT) / 100.0;
+    let want = LOSS_PERCENT / 100.0;
     assert!(
         dropped > 0 && (want / 2.0..want * 2.0).contains(&loss),
         "nftables dropped {dropped} of {datagrams} datagrams, not about {LOSS_PERCENT} %"

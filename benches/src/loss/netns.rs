@@ -15,26 +15,20 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sluice_daemon::metrics::scrape::Scrape;
 use sluice_testkit::daemon::{self as launcher, Daemon, DaemonSpec, NS_DATA_PORT, NS_QUIC_PORT};
-use sluice_testkit::testnet::{self, Link, Netns};
+use sluice_testkit::testnet::{self, Link, Loss, Netns};
 use sluice_transport::client::{ProducerOptions, Transport};
 
 use super::load::{self, LoadOutcome, LoadSpec};
 use super::{admin, producer_options, quic_options, Bed, Impaired, LossConfig};
 use crate::progress::Progress;
 
-/// The nftables table of a row.
-const TABLE: &str = "sluice_bench_loss";
-/// Loss is set in steps of 0.01 %.
-const STEPS: u32 = 10_000;
-
 pub(super) struct NetnsBed {
     // Dropped in this order: the rule, the daemon, then the namespaces.
-    loss: Option<NftLoss>,
+    loss: Option<Loss>,
     daemon: Option<Daemon>,
     link: Link,
     token: String,
@@ -111,7 +105,7 @@ impl Bed for NetnsBed {
     fn impair(&mut self, _row: usize, loss_percent: f64) -> Result<SocketAddr, String> {
         self.loss = None;
         let a = &self.link.a;
-        self.loss = Some(NftLoss::add(&a.ns, &a.iface, self.loss_port, loss_percent));
+        self.loss = Some(Loss::add(&a.ns, &a.iface, self.loss_port, loss_percent));
         Ok(self.quic)
     }
 
@@ -175,77 +169,6 @@ impl Bed for NetnsBed {
         {
             s if s.success() => Ok(()),
             s => Err(format!("the daemon did not stop cleanly: {s}")),
-        }
-    }
-}
-
-/// An nftables table on `iface`'s egress in a namespace: a counter of the
-/// datagrams to `port`, and a rule dropping `percent` of them at random.
-/// Deleted on drop.
-struct NftLoss {
-    ns: String,
-}
-
-impl NftLoss {
-    fn add(ns: &Netns, iface: &str, port: u16, percent: f64) -> NftLoss {
-        let guard = NftLoss {
-            ns: ns.name().to_owned(),
-        };
-        let below = (percent / 100.0 * f64::from(STEPS)).round() as u32;
-        ns.exec(&format!("nft add table netdev {TABLE}"));
-        ns.exec(&format!(
-            "nft add chain netdev {TABLE} egress \
-             {{ type filter hook egress device {iface} priority 0 ; }}"
-        ));
-        ns.exec(&format!(
-            "nft add rule netdev {TABLE} egress udp dport {port} counter"
-        ));
-        ns.exec(&format!(
-            "nft add rule netdev {TABLE} egress udp dport {port} \
-             numgen random mod {STEPS} < {below} counter drop"
-        ));
-        guard
-    }
-
-    /// (datagrams to the port, dropped), from the two rules' counters.
-    fn counters(&self) -> Option<(u64, u64)> {
-        let out = Command::new("ip")
-            .args([
-                "netns", "exec", &self.ns, "nft", "list", "table", "netdev", TABLE,
-            ])
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let counts: Vec<u64> = text
-            .lines()
-            .filter_map(|l| {
-                let at = l.find("packets ")? + "packets ".len();
-                l[at..].split_whitespace().next()?.parse().ok()
-            })
-            .collect();
-        match counts[..] {
-            [all, dropped] => Some((all, dropped)),
-            _ => None,
-        }
-    }
-}
-
-impl Drop for NftLoss {
-    fn drop(&mut self) {
-        let ok = Command::new("ip")
-            .args([
-                "netns", "exec", &self.ns, "nft", "delete", "table", "netdev", TABLE,
-            ])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            // The namespace's deletion takes the table with it.
-            eprintln!(
-                "loss: could not delete nftables table {TABLE} in {}",
-                self.ns
-            );
         }
     }
 }
