@@ -6,10 +6,26 @@ use std::collections::HashMap;
 
 use clap::builder::StyledStr;
 use clap::error::{ContextKind, ContextValue};
-use clap::{Arg, Command, CommandFactory, FromArgMatches};
+use clap::{Arg, Command, FromArgMatches};
 
 use super::declare::{KeyHelp, UNNAMED};
 use super::{Args, Config};
+
+const ABOUT: &str = "sluice daemon: durable reliable-UDP ingest";
+
+const LONG_ABOUT: &str = "sluiced receives messages from producers over sluice's reliable UDP \
+protocol and acknowledges each one only after it is fsynced to the spool.\n\n\
+With no options it runs on embedded defaults: data on 127.0.0.1:7401/udp, metrics \
+and health on http://127.0.0.1:7480, spool in ./sluice-data.\n\n\
+Settings come from the defaults, then --config FILE (TOML), then SLUICED_* \
+environment variables, then flags; later ones win. Each option below names its \
+key in the file in brackets. Sizes take a unit (64MiB, 8KiB; or bytes); \
+durations are written like 10s, 500ms, 12h, 7d.\n\n\
+Exit status: 0 after a clean stop (SIGTERM, SIGINT); 1 when it cannot run \
+(a socket, the data folder); 2 for a bad configuration; 3 when the spool is \
+damaged: the message names stream, file, byte and the offsets affected \
+(check it with `sluice spool verify --data-dir DIR`; restore the files, or \
+start with --repair).";
 
 /// The flag of key `id`: `spool.fsync` → `spool-fsync`.
 pub fn flag_name(id: &str) -> String {
@@ -87,10 +103,16 @@ impl Args {
     /// `Config::default()`, where defaults are declared, once).
     pub fn command() -> Command {
         let keys: HashMap<&str, KeyHelp> = Config::keys().into_iter().map(|k| (k.id, k)).collect();
-        <Args as CommandFactory>::command().mut_args(|a| match keys.get(a.get_id().as_str()) {
-            Some(key) => describe(a, key),
-            None => a,
-        })
+        // About and version after the flags: clap's derive takes the doc
+        // comments of `Args` and of each section's flags for an about.
+        <Args as clap::Args>::augment_args(Command::new("sluiced"))
+            .version(env!("CARGO_PKG_VERSION"))
+            .about(ABOUT)
+            .long_about(LONG_ABOUT)
+            .mut_args(|a| match keys.get(a.get_id().as_str()) {
+                Some(key) => describe(a, key),
+                None => a,
+            })
     }
 
     /// The arguments of this process (exits with clap's message on an

@@ -19,7 +19,6 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
-use clap::Parser;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -74,25 +73,10 @@ pub struct Config {
 /// `sluiced`'s command line: `--config`, `--print-config`, and a flag for
 /// every key of the file (but `[auth]` and `consumers.groups`), which its
 /// help names in brackets, with the environment variable that also sets it.
-#[derive(Debug, Clone, Parser, Default)]
-#[command(
-    name = "sluiced",
-    version,
-    about = "sluice daemon: durable reliable-UDP ingest",
-    long_about = "sluiced receives messages from producers over sluice's reliable UDP \
-protocol and acknowledges each one only after it is fsynced to the spool.\n\n\
-With no options it runs on embedded defaults: data on 127.0.0.1:7401/udp, metrics \
-and health on http://127.0.0.1:7480, spool in ./sluice-data.\n\n\
-Settings come from the defaults, then --config FILE (TOML), then SLUICED_* \
-environment variables, then flags; later ones win. Each option below names its \
-key in the file in brackets. Sizes take a unit (64MiB, 8KiB; or bytes); \
-durations are written like 10s, 500ms, 12h, 7d.\n\n\
-Exit status: 0 after a clean stop (SIGTERM, SIGINT); 1 when it cannot run \
-(a socket, the data folder); 2 for a bad configuration; 3 when the spool is \
-damaged: the message names stream, file, byte and the offsets affected \
-(check it with `sluice spool verify --data-dir DIR`; restore the files, or \
-start with --repair)."
-)]
+///
+/// Only [`Args::command`] makes the command (it names the keys' flags),
+/// hence `clap::Args`, not `clap::Parser`: there is no `Args::parse()`.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Args {
     /// TOML configuration file.
     #[arg(long, short = 'c', env = "SLUICED_CONFIG")]
