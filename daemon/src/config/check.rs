@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::values::{Conflate, FsyncMode, LogFormat, XdpBind, XdpMode};
+use super::values::{Conflate, FsyncMode, LogFormat, Size, XdpBind, XdpMode};
 use super::{invalid, Config, ConfigError};
 use crate::api::serve::AdminLimits;
 use crate::auth::Authenticator;
@@ -66,6 +66,11 @@ fn at_least<T: PartialOrd>(
         return Err(invalid(key, format!("must be at least {shown}")));
     }
     Ok(())
+}
+
+/// A size of at least `min` (said with its unit: `64KiB`).
+fn min_size(key: &'static str, value: Size, min: Size) -> Result<(), ConfigError> {
+    at_least(key, value, min, &min.to_string())
 }
 
 /// A count that must not be zero.
@@ -135,19 +140,9 @@ impl Config {
                 ),
             ));
         }
-        at_least(
-            "data.window_bytes",
-            d.window_bytes.bytes(),
-            64 << 10,
-            "64 KiB",
-        )?;
+        min_size("data.window_bytes", d.window_bytes, Size::kib(64))?;
         let s = &self.spool;
-        at_least(
-            "spool.max_backlog_bytes",
-            s.max_backlog_bytes.bytes(),
-            1 << 20,
-            "1 MiB",
-        )?;
+        min_size("spool.max_backlog_bytes", s.max_backlog_bytes, Size::mib(1))?;
         let spool = self.spool_config()?;
         let scrub = self.scrub_config()?;
         for n in &self.streams.names {
@@ -199,7 +194,7 @@ impl Config {
         let timeout = |key: &'static str, d: Duration| {
             at_least(key, d, Duration::from_millis(100), "100ms").map(|()| d)
         };
-        at_least("admin.page_bytes", a.page_bytes.bytes(), 64 << 10, "64 KiB")?;
+        min_size("admin.page_bytes", a.page_bytes, Size::kib(64))?;
         Ok(AdminLimits {
             max_connections: a.max_connections,
             max_connections_per_source: a.max_connections_per_source,
@@ -223,18 +218,8 @@ impl Config {
                 FsyncPolicy::Interval(d)
             }
         };
-        at_least(
-            "spool.segment_bytes",
-            s.segment_bytes.bytes(),
-            1 << 20,
-            "1 MiB",
-        )?;
-        at_least(
-            "spool.max_batch_bytes",
-            s.max_batch_bytes.bytes(),
-            64 << 10,
-            "64 KiB",
-        )?;
+        min_size("spool.segment_bytes", s.segment_bytes, Size::mib(1))?;
+        min_size("spool.max_batch_bytes", s.max_batch_bytes, Size::kib(64))?;
         let retention_bytes = s.retention_bytes.bytes();
         Ok(SpoolConfig {
             log: LogConfig {

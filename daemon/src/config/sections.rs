@@ -248,7 +248,9 @@ section! {
 file_table! {
     /// One configured consumer group (`[[consumers.groups]]`).
     GroupEntry {
+        /// The stream the group reads.
         stream: String = String::new(),
+        /// The group's name.
         group: String = String::new(),
         /// Where the group starts when first created: `earliest`, `latest`,
         /// `offset:N` or `time:RFC3339`.
