@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::process::ExitCode;
 
-use crate::config::{Args, Config};
+use crate::config::{Args, Checked, Config, Logging};
 use crate::server::{self, Bound, ServerError};
 
 /// The exit status of a start refused for damage in the spool.
@@ -24,8 +24,8 @@ pub fn main(
     also_stop: impl Future<Output = ()>,
     ready: impl FnOnce(Bound),
 ) -> ExitCode {
-    let config = match Config::load(&args) {
-        Ok(c) => c,
+    let (config, Checked { settings, logging }) = match Config::load(&args) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("sluiced: {e}");
             return ExitCode::from(2);
@@ -35,7 +35,7 @@ pub fn main(
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    init_tracing(&config);
+    init_tracing(logging);
     raise_open_files();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -47,7 +47,7 @@ pub fn main(
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(server::run(config, stop(also_stop), ready)) {
+    match rt.block_on(server::run(config, settings, stop(also_stop), ready)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -61,14 +61,13 @@ pub fn main(
     }
 }
 
-fn init_tracing(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::new(&config.log.level);
+fn init_tracing(logging: Logging) {
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(logging.filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // `try_init`: a host program may have set up logging already.
-    let _ = if config.log.format == "json" {
+    let _ = if logging.json {
         builder.json().try_init()
     } else {
         builder.try_init()

@@ -1,5 +1,5 @@
-//! `sluiced` as a library: everything between a validated [`Config`] and a
-//! clean stop. The binary parses arguments and sets up logging; tests and
+//! `sluiced` as a library: everything between a checked [`Config`] (and
+//! the [`Settings`] built from it at load) and a clean stop. The binary parses arguments and sets up logging; tests and
 //! the load harness run the same code.
 
 use std::future::Future;
@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::api::serve::Http;
 use crate::api::{self, AdminState};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Settings};
 use crate::consume::service::{ConsumeError, Consumers};
 use crate::gate::Gate;
 use crate::identity::{self, IdentityError};
@@ -86,11 +86,23 @@ pub struct Bound {
 /// daemon accepts data.
 pub async fn run(
     config: Config,
+    settings: Settings,
     stop: impl Future<Output = ()>,
     ready: impl FnOnce(Bound),
 ) -> Result<(), ServerError> {
-    let gate = Arc::new(Gate::new(config.authenticator()?, config.loopback_only()));
-    let spool = Arc::new(Spool::open(&config.spool.dir, config.spool_config()?)?);
+    let Settings {
+        authenticator,
+        loopback_only,
+        spool: spool_config,
+        consumers: consumers_config,
+        scrub,
+        credit,
+        xdp: xdp_setup,
+        admin: admin_limits,
+        recv_buffer: wanted,
+    } = settings;
+    let gate = Arc::new(Gate::new(authenticator, loopback_only));
+    let spool = Arc::new(Spool::open(&config.spool.dir, spool_config)?);
     let identity = identity::load_or_create(&identity::IdentitySource {
         cert: &config.quic.cert,
         key: &config.quic.key,
@@ -98,15 +110,10 @@ pub async fn run(
         listen: config.quic.listen,
     })?;
     open_streams(&spool, &config.streams.names)?;
-    let consumers = Consumers::new(spool.clone(), config.consumers_config()?);
+    let consumers = Consumers::new(spool.clone(), consumers_config);
     consumers.start().await?;
     let scrub_stop = Arc::new(AtomicBool::new(false));
-    crate::spool::scrub::start(
-        Arc::downgrade(&spool),
-        config.scrub_config()?,
-        scrub_stop.clone(),
-    );
-    let wanted = config.data.recv_buffer;
+    crate::spool::scrub::start(Arc::downgrade(&spool), scrub, scrub_stop.clone());
     let socket = udp::bind(
         config.data.listen,
         &SocketOptions {
@@ -120,9 +127,10 @@ pub async fn run(
     let (got, _) = udp::buffer_sizes(&socket).map_err(ServerError::Admin)?;
     // Linux reports twice what it grants (its bookkeeping); about half of
     // the rest holds payload.
-    if config.data.window_bytes as usize > got / 2 {
+    let window = config.data.window_bytes.bytes();
+    if window > got as u64 / 2 {
         warn!(
-            window = config.data.window_bytes,
+            window,
             recv_buffer = got,
             "data.window_bytes exceeds what the data socket can buffer: bursts will be dropped and resent; raise data.recv_buffer or lower data.window_bytes"
         );
@@ -143,7 +151,7 @@ pub async fn run(
     let ingest = IngestShared::new(
         spool.clone(),
         config.streams.auto_create,
-        config.credit_policy(),
+        credit,
         config.data.max_sessions,
         metrics.clone(),
     );
@@ -154,7 +162,7 @@ pub async fn run(
     };
     // AF_XDP when configured: the program takes the data port's packets off
     // the interface's queues; the socket stays for replies and the rest.
-    let xdp = match config.xdp_setup()? {
+    let xdp = match xdp_setup {
         None => None,
         Some(setup) => match XdpPath::start(&setup, data.port()) {
             Ok(started) => Some(started),
@@ -183,7 +191,7 @@ pub async fn run(
         data_addr: data,
         lease_ttl: Duration::from_secs(config.data.lease_seconds),
         reset_key: identity::reset_key(&config.spool.dir)?,
-        recv_buffer: config.data.recv_buffer,
+        recv_buffer: wanted,
         consumers: consumers.clone(),
         max_connections: config.quic.max_connections,
         max_connections_per_principal: config.quic.max_connections_per_principal,
@@ -194,7 +202,7 @@ pub async fn run(
         quic: quic.local_addr,
         admin: admin_listener.local_addr().map_err(ServerError::Admin)?,
     };
-    let http = Arc::new(Http::new(config.admin_limits()?));
+    let http = Arc::new(Http::new(admin_limits));
     // Each subsystem says what it exports; /metrics shows them in this
     // order.
     let mut registry = Registry::default();

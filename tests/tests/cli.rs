@@ -36,12 +36,31 @@ fn help_explains_every_option_with_its_key_and_variable() {
         "[data.listen]",
         "--print-config",
         "127.0.0.1:7401",
-        // Under its section, with its default (from the one declaration).
+        // Under its section, with its default (from the one declaration)
+        // as one would write it after the flag.
         "Spool: the durable log [spool]:",
-        "[default: \"always\"]",
+        "[default: always]",
+        "[default: 8MiB]",
+        "[default: 24h]",
+        // The two flags named otherwise than by the rule.
+        "--repair",
+        "SLUICED_SPOOL_REPAIR",
+        "--streams <LIST>",
+        "SLUICED_STREAMS=",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
+    // `-h`: one line of help for each option.
+    let out = run(sluiced_bin!(), &["-h"], &[]);
+    let short = text(&out.stdout);
+    assert!(
+        short.contains("[spool.fsync] When appends are made durable [default: always]"),
+        "{short}"
+    );
+    assert!(
+        !short.contains("benchmarks only"),
+        "the details are for --help: {short}"
+    );
 }
 
 #[test]
@@ -50,7 +69,8 @@ fn print_config_shows_file_env_and_flags_in_order_of_precedence() {
     let file = dir.path().join("s.toml");
     std::fs::write(
         &file,
-        "[data]\ncredit = 10\nmax_sessions = 9\n[spool]\nfsync = \"never\"\n",
+        "[data]\ncredit = 10\nmax_sessions = 9\n[spool]\nfsync = \"never\"\n\
+         segment_bytes = \"64MiB\"\nretention_age = \"7d\"\nscrub_interval = \"12h\"\n",
     )
     .unwrap();
     let out = run(
@@ -61,10 +81,14 @@ fn print_config_shows_file_env_and_flags_in_order_of_precedence() {
             "--print-config",
             "--data-credit",
             "30",
+            "--admin-page-bytes",
+            "1MiB",
         ],
         &[
             ("SLUICED_DATA_CREDIT", "20"),
             ("SLUICED_DATA_MAX_SESSIONS", "11"),
+            ("SLUICED_SPOOL_SCRUB_INTERVAL", "36h"),
+            ("SLUICED_XDP_QUEUES", "1,2"),
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -78,6 +102,16 @@ fn print_config_shows_file_env_and_flags_in_order_of_precedence() {
         shown.contains("fsync = \"never\""),
         "the file beats defaults: {shown}"
     );
+    // Sizes are written as integers, durations as one writes them.
+    for line in [
+        "segment_bytes = 67108864",
+        "page_bytes = 1048576",
+        "retention_age = \"7d\"",
+        "scrub_interval = \"36h\"",
+        "queues = [\n    1,\n    2,\n]",
+    ] {
+        assert!(shown.contains(line), "{line}: {shown}");
+    }
     // What it prints is itself a valid config file.
     let again = dir.path().join("again.toml");
     std::fs::write(&again, &shown).unwrap();
@@ -111,6 +145,12 @@ fn bad_configuration_exits_2_and_names_the_key() {
         ("[data]\nlisten = \"nowhere\"\n", "listen"),
         ("[data]\ncredit = 0\n", "data.credit"),
         ("[log]\nformat = \"xml\"\n", "log.format"),
+        (
+            "[spool]\nfsync = \"sometimes\"\n",
+            "`always`, `interval`, `never`",
+        ),
+        ("[spool]\nsegment_bytes = \"lots\"\n", "spool.segment_bytes"),
+        ("[admin]\nidle_timeout = 60\n", "admin.idle_timeout"),
         ("[spool\n", "s.toml"),
     ] {
         let file = dir.path().join("s.toml");
@@ -130,7 +170,44 @@ fn bad_configuration_exits_2_and_names_the_key() {
     assert_eq!(out.status.code(), Some(2));
     let out = run(sluiced_bin!(), &[], &[("SLUICED_SPOOL_FSYNC", "maybe")]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("spool.fsync"));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("spool.fsync")
+            && err.contains("SLUICED_SPOOL_FSYNC")
+            && err.contains("interval"),
+        "{err}"
+    );
+    let out = run(sluiced_bin!(), &["--spool-segment-bytes", "12 apples"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("MiB"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn repair_is_a_switch_that_only_turns_repair_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let on = dir.path().join("on.toml");
+    std::fs::write(&on, "[spool]\nrepair = true\n").unwrap();
+    let on = on.to_str().unwrap();
+    let repair = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec!["--print-config"];
+        all.extend_from_slice(args);
+        let out = run(sluiced_bin!(), &all, env);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout).contains("repair = true")
+    };
+    assert!(!repair(&[], &[]));
+    assert!(repair(&["--repair"], &[]));
+    assert!(
+        repair(&["--config", on], &[]),
+        "absent, the file's value stays"
+    );
+    assert!(repair(&[], &[("SLUICED_SPOOL_REPAIR", "true")]));
+    assert!(
+        repair(&["--config", on], &[("SLUICED_SPOOL_REPAIR", "false")]),
+        "a switch can only turn repair on"
+    );
+    let out = run(sluiced_bin!(), &["--repair", "yes"], &[]);
+    assert_eq!(out.status.code(), Some(2), "--repair takes no value");
 }
 
 #[test]
@@ -307,6 +384,84 @@ fn publish_read_and_stat_against_a_running_daemon() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// The README's configuration reference: each row's cells (key, flag /
+/// variable, default, meaning), by the keys its first cell names.
+fn readme_rows() -> Vec<(Vec<String>, String, String)> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let table = readme
+        .split_once("### Configuration reference")
+        .expect("README has a configuration reference")
+        .1;
+    let mut rows = Vec::new();
+    for line in table.lines().skip_while(|l| !l.starts_with('|')) {
+        if !line.starts_with('|') {
+            break;
+        }
+        let cells: Vec<&str> = line.split(" | ").collect();
+        if cells.len() < 4 || !cells[0].contains('`') {
+            continue;
+        }
+        let keys = cells[0]
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        rows.push((keys, cells[1].to_owned(), cells[2].to_owned()));
+    }
+    rows
+}
+
+#[test]
+fn the_readme_names_each_keys_flag_variable_and_default_as_declared() {
+    // The defaults as `--print-config` writes them.
+    let out = run(sluiced_bin!(), &["--print-config"], &[]);
+    let mut defaults = std::collections::HashMap::new();
+    let mut section = String::new();
+    for line in text(&out.stdout).lines() {
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s.to_owned();
+        } else if let Some((key, value)) = line.split_once(" = ") {
+            // The README shows a string without its quotes, but for "".
+            let shown = match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+                Some(v) if !v.is_empty() => v.to_owned(),
+                _ => value.to_owned(),
+            };
+            defaults.insert(format!("{section}.{key}"), shown);
+        }
+    }
+    let rows = readme_rows();
+    let command = sluice_daemon::config::Args::command();
+    let mut checked = 0;
+    for a in command.get_arguments() {
+        let id = a.get_id().as_str();
+        if !id.contains('.') {
+            continue;
+        }
+        let Some((_, names, default)) = rows
+            .iter()
+            .find(|(keys, _, _)| keys.iter().any(|k| k == id))
+        else {
+            panic!("README's configuration reference has no row for `{id}`");
+        };
+        let long = format!("`--{}`", a.get_long().unwrap());
+        let env = format!("`{}`", a.get_env().unwrap().to_string_lossy());
+        assert!(
+            names.contains(&long) && names.contains(&env),
+            "README's row for `{id}` should name {long} and {env}: {names}"
+        );
+        let value = format!("`{}`", defaults[id]);
+        assert!(
+            default.contains(&value),
+            "README's row for `{id}` should give the default {value}: {default}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 50, "only {checked} flags checked");
 }
 
 #[test]
