@@ -13,6 +13,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, warn};
 
+pub use super::commit::{FsyncPolicy, CHECKPOINT_EVERY};
 use super::config::LogConfig;
 use super::error::{Damage, SpoolError};
 use super::fs::{RealFs, SpoolFs};
@@ -24,17 +25,6 @@ use super::reader::Reader;
 use super::record::{now_us, Record};
 use super::recoveries::{Kind, Recovery};
 use crate::histogram::{Histogram, Snapshot};
-
-/// When appends become durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// One fdatasync per batch, before any ack: the promise holds.
-    Always,
-    /// Acks at once, fdatasync on a timer: a crash loses up to this much.
-    Interval(Duration),
-    /// Never fdatasync: for benchmarks only.
-    Never,
-}
 
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
@@ -637,13 +627,6 @@ struct Writer {
 
 /// How often the free-space floor and retention are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
-/// How often at most the checkpoint follows the durable end. It bounds
-/// what a crash can leave unproven: damage to records made durable after
-/// the last checkpoint, in the last commit written, cannot be told from a
-/// torn write (such a tail is cut and set aside, not silently dropped).
-/// One more small fdatasync per period, on another file.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-
 impl Writer {
     fn run(mut self, rx: Receiver<Request>) {
         let mut last_check = Instant::now() - CHECK_EVERY;
