@@ -397,7 +397,7 @@ impl<W> Iterator for Answers<'_, W> {
 }
 
 /// SpoolError holds an io::Error, which is not Clone: rebuilt per waiter.
-pub fn copy_error(e: &SpoolError) -> SpoolError {
+fn copy_error(e: &SpoolError) -> SpoolError {
     match e {
         SpoolError::Io { op, path, source } => SpoolError::Io {
             op,
