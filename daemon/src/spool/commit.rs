@@ -137,8 +137,9 @@ impl<W> Batch<W> {
     }
 }
 
-/// Spare vectors kept between batches only up to this many entries, so
-/// that one burst does not pin its memory for the life of the stream.
+/// The vector that gathers requests is kept between batches only up to
+/// this many entries, so that one burst does not pin its memory for the
+/// life of the stream.
 const KEEP_SPARE: usize = 1024;
 
 /// The group commit's state: the batch being gathered, whether one is
@@ -152,8 +153,6 @@ pub struct Committer<W> {
     gathered_bytes: usize,
     /// A batch was taken and not finished.
     out: bool,
-    /// The waiters' vector of the last batch answered, kept for the next.
-    spare_waiters: Vec<(W, usize)>,
     /// Deadlines, by `Timer as usize`; `None`: not armed.
     timers: [Option<Instant>; 3],
     last_sync: Instant,
@@ -172,7 +171,6 @@ impl<W> Committer<W> {
             gathered_records: 0,
             gathered_bytes: 0,
             out: false,
-            spare_waiters: Vec::new(),
             timers,
             last_sync: now,
             last_checkpoint: now,
@@ -218,8 +216,7 @@ impl<W> Committer<W> {
         }
         let total = mem::take(&mut self.gathered_records);
         let bytes = mem::take(&mut self.gathered_bytes);
-        let mut waiters = mem::take(&mut self.spare_waiters);
-        waiters.reserve(self.requests.len());
+        let mut waiters = Vec::with_capacity(self.requests.len());
         let mut requests = self.requests.drain(..);
         let (mut records, first) = requests.next().expect("not empty");
         waiters.push((first, records.len()));
@@ -264,7 +261,7 @@ impl<W> Committer<W> {
         &mut self,
         batch: Batch<W>,
         result: Result<Vec<Outcome>, SpoolError>,
-    ) -> Answers<'_, W> {
+    ) -> Answers<W> {
         debug_assert!(self.out, "finish: no batch is out");
         if let Ok(outcomes) = &result {
             assert_eq!(
@@ -283,9 +280,8 @@ impl<W> Committer<W> {
         } = batch;
         // The records are dropped here, appended.
         drop(records);
-        self.spare_waiters = waiters;
         Answers {
-            waiters: self.spare_waiters.drain(..),
+            waiters: waiters.into_iter(),
             result,
             at: 0,
         }
@@ -346,21 +342,21 @@ impl<W> Committer<W> {
 
 /// Each waiter of a finished batch with its answer, in order: its own
 /// outcomes (one per record it asked for), or the batch's error.
-pub struct Answers<'a, W> {
-    waiters: std::vec::Drain<'a, (W, usize)>,
+pub struct Answers<W> {
+    waiters: std::vec::IntoIter<(W, usize)>,
     result: Result<Vec<Outcome>, SpoolError>,
     /// Outcomes handed out so far.
     at: usize,
 }
 
-impl<W> Answers<'_, W> {
+impl<W> Answers<W> {
     /// The batch's result as a whole (every record's outcome, in order).
     pub fn result(&self) -> &Result<Vec<Outcome>, SpoolError> {
         &self.result
     }
 }
 
-impl<W> Iterator for Answers<'_, W> {
+impl<W> Iterator for Answers<W> {
     type Item = (W, Result<Vec<Outcome>, SpoolError>);
 
     fn next(&mut self) -> Option<Self::Item> {
