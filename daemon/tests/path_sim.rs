@@ -2,24 +2,31 @@
 //! producers (the sans-IO [`Sender`], reconnecting with
 //! [`Sender::successor`] as the client does) → a simulated network (loss,
 //! duplication, reordering, partitions one way) → the daemon's [`Endpoint`]
-//! → an in-test ingest and group committer → the [`StreamLog`] on the
+//! → an in-test ingest → the daemon's group commit, the sans-IO
+//! [`Committer`] that the spool writer runs → the [`StreamLog`] on the
 //! simulated file system (power cuts that drop, keep, tear or flip unsynced
 //! writes; transient I/O errors) → consumer groups ([`Group`], journaled by
 //! a [`GroupStore`] on the same file system) that read the durable log,
 //! deliver to members with credit, and take acks.
 //!
-//! What the test writes itself, in place of the real code: the ingest
-//! (`ingest.rs`: HELLOs answered from `highest_seq`, one append request per
-//! session per poll, `mark_durable` when the batch is durable, the session
-//! closed with `StorageError` when it failed, credit from [`CreditPolicy`]
-//! on the backlog) and the spool writer's loop (one commit at a time, as
-//! many queued requests as `max_batch_bytes` allows, one `append` with
-//! fdatasync, answers after a simulated fdatasync latency, the checkpoint
-//! timer), without their threads and channels; the group task's turn
-//! (read ahead, read back, dispatch, journal). Not modelled: the
-//! dead-letter stream (dead letters are counted, not stored), retention,
-//! cursors, the scrub, `--repair`, damage to synced data (a refusal by
-//! design, see spool_damage.rs), QUIC and sealing, `fsync = interval`.
+//! The committer is the daemon's own (`spool/commit.rs`): which queued
+//! requests make a batch (as many as `max_batch_bytes` allows, in order),
+//! each request's outcomes split back to it, the error to every request of
+//! a failed batch, the checkpoint timer. What the test writes itself, in
+//! place of the real code: the committer's I/O shell (`writer.rs`'s thread:
+//! here a queue stands for its channel, the simulated clock for its
+//! deadlines, and a batch, appended with fdatasync when the committer gives
+//! it, is answered after a simulated fdatasync latency; a checkpoint that
+//! fails while the power goes is the power cut); the ingest (`ingest.rs`:
+//! HELLOs answered from `highest_seq`, one append request per session per
+//! poll, `mark_durable` when the batch is durable, the session closed with
+//! `StorageError` when it failed or the log refused any of it, credit from
+//! [`CreditPolicy`] on the backlog), without its tasks and channels; the
+//! group task's turn (read ahead, read back, dispatch, journal). Not
+//! modelled: the dead-letter stream (dead letters are counted, not
+//! stored), retention (no housekeeping timer), the disk-full hold, cursors,
+//! the scrub, `--repair`, damage to synced data (a refusal by design, see
+//! spool_damage.rs), QUIC and sealing, `fsync = interval`.
 //!
 //! Transient I/O errors: SimFs fails every operation after the n-th
 //! (`fail_after`), so an error hits whichever write, fdatasync, truncate or
@@ -35,7 +42,8 @@
 //!   that moment, and after every power cut and recovery;
 //! - stored once, in order: each producer's seqs in the log are 1, 2, 3…
 //!   without a repeat or a hole; at the end exactly 1..=n; an append
-//!   answered "duplicate" names a seq that is in the log;
+//!   answered "duplicate" names a seq that is in the log; each request is
+//!   answered with one outcome per record it asked for;
 //! - recovery never refuses a log or a group journal after a power cut,
 //!   and the idempotence table agrees with the log;
 //! - offsets are stable: a record a group was given is the record at that
@@ -69,8 +77,9 @@ use rand_chacha::ChaCha8Rng;
 use sluice_daemon::consume::group::{Credit, Group, GroupConfig};
 use sluice_daemon::consume::store::{GroupStore, OnDamage};
 use sluice_daemon::credit::CreditPolicy;
+use sluice_daemon::spool::commit::{Batch, CommitConfig, Committer, FsyncPolicy, Timer};
 use sluice_daemon::spool::simfs::{CrashMode, SimFs};
-use sluice_daemon::spool::{Health, LogConfig, Outcome, Record, StreamLog};
+use sluice_daemon::spool::{Health, LogConfig, Outcome, Record, SpoolError, StreamLog};
 use sluice_transport::proto::{
     CloseReason, Connect, Endpoint, EndpointEvent, PushError, ReceiverConfig, Sender, SenderConfig,
     SenderEvent,
@@ -313,14 +322,16 @@ fn window(rng: &mut ChaCha8Rng) -> Credit {
 
 // ------------------------------------------------------------- the daemon
 
-/// One group commit: appended (written and synced) when taken, answered
-/// when its fdatasync "returns".
+/// Whom a request of a batch answers: its session, the last seq in it
+/// (what `mark_durable` is told) and its number of records.
+type Waiter = (u64, u64, usize);
+
+/// One group commit: appended (written and synced) when the committer
+/// gave it, answered when its fdatasync "returns".
 struct Commit {
     done_at: Instant,
-    /// Each request of the batch: its session, the last seq in it, and
-    /// whether the log refused any of it (after a failed append).
-    requests: Vec<(u64, u64, bool)>,
-    ok: bool,
+    batch: Batch<Waiter>,
+    result: Result<Vec<Outcome>, SpoolError>,
 }
 
 #[derive(Debug, Default)]
@@ -363,8 +374,10 @@ struct Sim {
     /// waiting for the writer.
     queue: VecDeque<(u64, Vec<Record>)>,
     queued_bytes: u64,
+    /// The daemon's group commit (None while the daemon is down), and
+    /// its batch in flight.
+    committer: Option<Committer<Waiter>>,
     commit: Option<Commit>,
-    next_checkpoint: Instant,
     /// Commit latency range, µs.
     fsync_us: (u64, u64),
     /// Chance that an append meets a transient I/O error.
@@ -504,8 +517,8 @@ impl Sim {
             incarnation: 0,
             queue: VecDeque::new(),
             queued_bytes: 0,
+            committer: None,
             commit: None,
-            next_checkpoint: t0,
             fsync_us,
             io_error_rate,
             grants: HashMap::new(),
@@ -544,6 +557,10 @@ impl Sim {
         )
         .map_err(|e| format!("recovery refused after a power cut: {e}"))?;
         self.log = Some(log);
+        self.committer = Some(Committer::new(
+            CommitConfig::new(self.log_config.max_batch_bytes, FsyncPolicy::Always, false),
+            self.now,
+        ));
         self.incarnation += 1;
         self.endpoint = Some(Endpoint::new(ReceiverConfig {
             seed: Some(self.seed.wrapping_mul(1000) + self.incarnation),
@@ -564,6 +581,7 @@ impl Sim {
     fn power_off(&mut self) {
         self.endpoint = None;
         self.log = None;
+        self.committer = None;
         self.commit = None;
         self.queue.clear();
         self.queued_bytes = 0;
@@ -790,59 +808,81 @@ impl Sim {
 
     // -------------------------------------------------------- committer
 
-    /// The writer: answers the batch whose fdatasync returned, then takes
-    /// what is queued (up to the batch bound, as the writer does) and
-    /// appends it as one group commit.
+    /// The writer's shell around the daemon's [`Committer`]: answers the
+    /// batch whose fdatasync returned, runs the committer's timers, then
+    /// gives it what is queued while its batch has room and appends the
+    /// batch it makes as one group commit.
     fn committer(&mut self) -> Result<(), String> {
         if self.endpoint.is_none() {
             return Ok(());
         }
+        let committer = self.committer.as_mut().expect("up");
         if self.commit.as_ref().is_some_and(|c| c.done_at <= self.now) {
             let c = self.commit.take().expect("checked");
             let ep = self.endpoint.as_mut().expect("up");
-            for &(id, last, refused) in &c.requests {
-                if c.ok && !refused {
-                    if let Some(r) = ep.receiver_mut(id) {
-                        r.mark_durable(last);
+            let mut answered = Vec::new();
+            for ((id, last, n), answer) in committer.finish(c.batch, c.result) {
+                if answer.as_ref().is_ok_and(|o| o.len() != n) {
+                    return Err(format!(
+                        "session {id}: {n} records appended, {answer:?} answered"
+                    ));
+                }
+                match answer {
+                    // As ingest does: a request is acked only if the log
+                    // refused none of it.
+                    Ok(outcomes) if !outcomes.contains(&Outcome::Refused) => {
+                        if let Some(r) = ep.receiver_mut(id) {
+                            r.mark_durable(last);
+                        }
                     }
-                } else {
-                    // As ingest does: not acked, the producer resends.
-                    ep.close(
+                    // Not acked, the producer resends.
+                    _ => ep.close(
                         id,
                         CloseCode::StorageError,
                         "the spool could not store a batch",
-                    );
+                    ),
                 }
+                answered.push(id);
             }
-            for &(id, _, _) in &c.requests {
+            for id in answered {
                 self.note_grant(id);
             }
         }
-        // The writer's checkpoint timer: the durable end, known outside
-        // the log, which recovery checks the log against.
-        if self.power_off_at.is_none() && self.now >= self.next_checkpoint {
-            self.next_checkpoint = self.now + Duration::from_millis(200);
+        // The committer's timers: the checkpoint (the durable end, known
+        // outside the log, which recovery checks the log against). While
+        // the power goes, the disk fails: a checkpoint that fails is the
+        // power cut, now.
+        let committer = self.committer.as_mut().expect("up");
+        while let Some(timer) = committer.handle_timeout(self.now) {
+            if timer != Timer::Checkpoint {
+                return Err(format!(
+                    "{timer:?}: not armed with fsync = always, no retention"
+                ));
+            }
             let log = self.log.as_mut().expect("up");
             if log.checkpoint_behind() {
-                log.checkpoint(false)
-                    .map_err(|e| format!("checkpoint: {e}"))?;
+                match log.checkpoint(false) {
+                    Ok(()) => {}
+                    Err(_) if self.power_off_at.is_some() => {
+                        self.power_off_at = Some(self.now);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(format!("checkpoint: {e}")),
+                }
             }
         }
-        if self.commit.is_some() || self.queue.is_empty() {
+        if committer.writing() || self.queue.is_empty() {
             return Ok(());
         }
-        let mut records = Vec::new();
-        let mut requests = Vec::new();
-        let mut bytes = 0;
-        while let Some((id, rs)) = self.queue.pop_front() {
-            bytes += rs.iter().map(Record::encoded_len).sum::<usize>();
-            self.queued_bytes -= rs.iter().map(|r| r.payload.len() as u64).sum::<u64>();
-            requests.push((id, rs.last().expect("non-empty").seq, rs.len()));
-            records.extend(rs);
-            if bytes >= self.log_config.max_batch_bytes {
+        while committer.has_room() {
+            let Some((id, rs)) = self.queue.pop_front() else {
                 break;
-            }
+            };
+            self.queued_bytes -= rs.iter().map(|r| r.payload.len() as u64).sum::<u64>();
+            let waiter = (id, rs.last().expect("non-empty").seq, rs.len());
+            committer.push(rs, waiter);
         }
+        let batch = committer.take_batch().expect("requests were given");
         // A transient I/O error (a write or an fdatasync fails, then the
         // device works again), unless the power is about to go anyway.
         let io_error = self.power_off_at.is_none() && self.rng.random_bool(self.io_error_rate);
@@ -851,42 +891,25 @@ impl Sim {
         }
         let log = self.log.as_mut().expect("up");
         let from = log.next_offset();
-        let result = log.append(&records, true);
+        let result = log.append(batch.records(), batch.sync());
         if io_error {
             self.fs.fail_after(None);
         }
-        // Which requests the log refused any of (as ingest, they are then
-        // not acked and their sessions close).
-        let refused: Vec<bool> = match &result {
-            Ok(outcomes) => {
-                let mut i = 0;
-                requests
-                    .iter()
-                    .map(|&(_, _, n)| {
-                        let r = outcomes[i..i + n].contains(&Outcome::Refused);
-                        i += n;
-                        r
-                    })
-                    .collect()
-            }
-            Err(_) => vec![false; requests.len()],
-        };
-        let requests: Vec<(u64, u64, bool)> = requests
-            .iter()
-            .zip(refused)
-            .map(|(&(id, last, _), r)| (id, last, r))
-            .collect();
         if self.trace {
-            let seqs: Vec<(u64, u64)> = records.iter().map(|r| (r.producer, r.seq)).collect();
+            let seqs: Vec<(u64, u64)> = batch
+                .records()
+                .iter()
+                .map(|r| (r.producer, r.seq))
+                .collect();
             let at = (self.now - self.t0).as_secs_f64() * 1e3;
             eprintln!(
                 "{at:>10.3} ms  append {seqs:?}: {}",
                 if result.is_ok() { "ok" } else { "failed" }
             );
         }
-        let ok = match result {
+        match &result {
             Ok(outcomes) => {
-                for (r, o) in records.iter().zip(outcomes) {
+                for (r, &o) in batch.records().iter().zip(outcomes) {
                     let key = (r.producer, r.seq);
                     match o {
                         Outcome::Stored { offset } => {
@@ -915,13 +938,12 @@ impl Sim {
                         }
                     }
                 }
-                true
             }
             Err(e) => {
                 self.totals.io_errors += 1;
                 self.trace(format_args!(
                     "append of {} records failed: {e}",
-                    records.len()
+                    batch.records().len()
                 ));
                 if self.power_off_at.is_some() {
                     // The error was the power going: it goes now.
@@ -933,14 +955,13 @@ impl Sim {
                 if self.log.as_ref().expect("up").next_offset() != from {
                     self.rescan()?;
                 }
-                false
             }
-        };
+        }
         let lat = self.rng.random_range(self.fsync_us.0..self.fsync_us.1);
         self.commit = Some(Commit {
             done_at: self.now + Duration::from_micros(lat),
-            requests,
-            ok,
+            batch,
+            result,
         });
         Ok(())
     }
@@ -1222,11 +1243,7 @@ impl Sim {
         if let Some(ep) = &self.endpoint {
             ts.extend(ep.poll_timeout());
             ts.extend(self.commit.as_ref().map(|c| c.done_at));
-            if self.power_off_at.is_none()
-                && self.log.as_ref().is_some_and(|l| l.checkpoint_behind())
-            {
-                ts.push(self.next_checkpoint);
-            }
+            ts.extend(self.committer.as_ref().and_then(|c| c.poll_timeout()));
             ts.extend(self.groups.iter().map(|g| g.next_turn));
         }
         if self.power_off_at.is_none() && self.up_at.is_none() {
@@ -1242,7 +1259,7 @@ impl Sim {
         let now = self.now;
         let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
         format!(
-            "net {} senders {:?} endpoint {} commit {} groups {:?} crash {} off {} up {}",
+            "net {} senders {:?} endpoint {} commit {} timers {} groups {:?} crash {} off {} up {}",
             due(self.net.next_arrival()),
             self.producers
                 .iter()
@@ -1250,6 +1267,7 @@ impl Sim {
                 .collect::<Vec<_>>(),
             due(self.endpoint.as_ref().and_then(|e| e.poll_timeout())),
             due(self.commit.as_ref().map(|c| c.done_at)),
+            due(self.committer.as_ref().and_then(|c| c.poll_timeout())),
             self.groups
                 .iter()
                 .map(|g| due(Some(g.next_turn)))
@@ -1433,6 +1451,7 @@ fn the_whole_path_keeps_its_promises_under_any_seed() {
         total.reconnects += t.reconnects;
         total.timeouts += t.timeouts;
         total.duplicates_stored_once += t.duplicates_stored_once;
+        total.refused += t.refused;
         total.datagrams += t.datagrams;
         total.datagrams_dropped += t.datagrams_dropped;
         total.deliveries += t.deliveries;

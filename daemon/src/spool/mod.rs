@@ -10,14 +10,17 @@
 //!   done about them (nothing is ever deleted); [`recoveries`]: the record
 //!   of it for operators; [`scrub`]: sealed segments read again in the
 //!   background;
-//! - [`writer`]: the group-commit thread in front of it, which many sessions
-//!   append to and which issues one fdatasync per batch;
+//! - [`commit`]: the group commit, sans I/O: batches bounded in bytes,
+//!   each waiter's outcomes, the fsync policy, the writer's timers;
+//!   [`writer`]: the thread that runs it in front of the log, which many
+//!   sessions append to and which issues one fdatasync per batch;
 //! - [`reader`]: iteration from an offset or a time, and following the tail;
 //! - [`fs`] and [`simfs`]: the file I/O trait, the real file system, and the
 //!   simulated one that crashes on purpose in tests.
 
 pub mod aside;
 pub mod checkpoint;
+pub mod commit;
 pub mod config;
 pub mod error;
 pub mod fs;

@@ -1,11 +1,27 @@
 //! Group commit: one writer thread per stream takes appends from every
 //! session, writes them as one batch and issues one fdatasync for it; every
 //! waiter of the batch is answered after the sync returned.
+//!
+//! What to do is decided by the sans-IO [`Committer`] (`commit.rs`): which
+//! queued requests make a batch (up to `max_batch_bytes`, in the order they
+//! came), whether it is fdatasynced, each waiter's outcomes, and when the
+//! interval fdatasync, the checkpoint and housekeeping are due. This file
+//! is its I/O shell, the writer thread: it waits on the stream's channel
+//! until a request comes or the committer's next deadline, runs the timers
+//! that are due, takes what is queued while the batch has room (cursor,
+//! skip and recovery requests are done at once, in their place), appends
+//! the batch with one `StreamLog::append`, holds it while the disk is
+//! below the free-space floor or full (retried every 100 ms, never
+//! dropped, nothing taken meanwhile), and answers the waiters (oneshots or
+//! callbacks) after the durable end is published; it keeps the gauges and
+//! logs. When the last handle is gone it closes the log (a clean stop).
+//! The whole-path simulation (`daemon/tests/path_sim.rs`) drives the same
+//! committer on a simulated clock and file system.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +29,8 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, warn};
 
+use super::commit::{Batch, CommitConfig, Committer, Timer};
+pub use super::commit::{FsyncPolicy, CHECKPOINT_EVERY};
 use super::config::LogConfig;
 use super::error::{Damage, SpoolError};
 use super::fs::{RealFs, SpoolFs};
@@ -24,17 +42,6 @@ use super::reader::Reader;
 use super::record::{now_us, Record};
 use super::recoveries::{Kind, Recovery};
 use crate::histogram::{Histogram, Snapshot};
-
-/// When appends become durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// One fdatasync per batch, before any ack: the promise holds.
-    Always,
-    /// Acks at once, fdatasync on a timer: a crash loses up to this much.
-    Interval(Duration),
-    /// Never fdatasync: for benchmarks only.
-    Never,
-}
 
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
@@ -545,12 +552,7 @@ impl Spool {
         let producers = log.producers();
         let recoveries = log.recoveries();
         let gauges = Arc::new(Gauges::default());
-        let writer = Writer {
-            log,
-            config: self.config.clone(),
-            gauges: gauges.clone(),
-            durable_end: end_tx,
-        };
+        let writer = Writer::new(log, &self.config, gauges.clone(), end_tx);
         // The thread ends by itself once every handle (sender) is gone, after
         // the appends already queued.
         let thread = std::thread::Builder::new()
@@ -628,104 +630,71 @@ pub fn check_name(n: &str) -> Result<(), SpoolError> {
     }
 }
 
+/// The I/O shell around the [`Committer`]: the thread that receives
+/// requests, appends the committer's batches to the log, answers waiters,
+/// runs the timers the committer keeps, and holds a batch while the disk
+/// is full.
 struct Writer {
     log: StreamLog,
-    config: SpoolConfig,
+    committer: Committer<Done>,
+    min_free_bytes: u64,
+    retention_bytes: Option<u64>,
+    retention_age: Option<Duration>,
     gauges: Arc<Gauges>,
     durable_end: watch::Sender<u64>,
 }
 
-/// How often the free-space floor and retention are checked.
-const CHECK_EVERY: Duration = Duration::from_millis(100);
-/// How often at most the checkpoint follows the durable end. It bounds
-/// what a crash can leave unproven: damage to records made durable after
-/// the last checkpoint, in the last commit written, cannot be told from a
-/// torn write (such a tail is cut and set aside, not silently dropped).
-/// One more small fdatasync per period, on another file.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// How long a batch waits before it is tried again while the disk is
+/// full or below the free-space floor.
+const HOLD_RETRY: Duration = Duration::from_millis(100);
 
 impl Writer {
+    fn new(
+        log: StreamLog,
+        config: &SpoolConfig,
+        gauges: Arc<Gauges>,
+        durable_end: watch::Sender<u64>,
+    ) -> Self {
+        let retention = config.retention_bytes.is_some() || config.retention_age.is_some();
+        let commit = CommitConfig::new(config.log.max_batch_bytes, config.fsync, retention);
+        Writer {
+            log,
+            committer: Committer::new(commit, Instant::now()),
+            min_free_bytes: config.min_free_bytes,
+            retention_bytes: config.retention_bytes,
+            retention_age: config.retention_age,
+            gauges,
+            durable_end,
+        }
+    }
+
     fn run(mut self, rx: Receiver<Request>) {
-        let mut last_check = Instant::now() - CHECK_EVERY;
-        let mut last_sync = Instant::now();
-        let mut last_checkpoint = Instant::now();
-        let mut unsynced = false;
         loop {
-            let mut wait = match self.config.fsync {
-                FsyncPolicy::Interval(d) if unsynced => d.saturating_sub(last_sync.elapsed()),
-                _ => Duration::from_secs(1),
-            };
-            if self.log.checkpoint_behind() {
-                wait = wait.min(CHECKPOINT_EVERY.saturating_sub(last_checkpoint.elapsed()));
+            let now = Instant::now();
+            while let Some(timer) = self.committer.handle_timeout(now) {
+                self.on_timer(timer);
             }
-            let first = match rx.recv_timeout(wait) {
-                Ok(r) => Some(r),
-                Err(RecvTimeoutError::Timeout) => None,
+            // Sleeps until a request comes or the next timer is due; with
+            // no timer armed, until a request comes.
+            let first = match self.committer.poll_timeout() {
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            let first = match first {
+                Ok(r) => r,
+                Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            if let FsyncPolicy::Interval(d) = self.config.fsync {
-                if unsynced && last_sync.elapsed() >= d {
-                    if let Err(e) = self.log.sync() {
-                        error!(stream = self.log.name(), error = %e, "periodic fdatasync failed");
-                    }
-                    last_sync = Instant::now();
-                    unsynced = false;
-                }
-            }
-            if last_check.elapsed() >= CHECK_EVERY {
-                last_check = Instant::now();
-                self.housekeeping();
-            }
-            let Some(first) = first else { continue };
             // Take what is queued, up to the batch bound.
-            let mut appends = Vec::new();
-            let mut bytes = 0;
             let mut next = Some(first);
             while let Some(req) = next.take() {
-                match req {
-                    Request::Append { records, done } => {
-                        bytes += records.iter().map(Record::encoded_len).sum::<usize>();
-                        appends.push((records, done));
-                    }
-                    Request::SetCursor {
-                        group,
-                        cursor,
-                        done,
-                    } => {
-                        let _ = done.send(self.log.set_cursor(&group, cursor));
-                    }
-                    Request::RemoveCursor { group, done } => {
-                        let _ = done.send(self.log.remove_cursor(&group));
-                    }
-                    Request::Record { recovery, done } => {
-                        let _ = done.send(self.log.record(recovery));
-                    }
-                    Request::SkipTo { to, reason, done } => {
-                        let r = self.log.skip_to(to, Kind::Repair, &reason);
-                        if r.is_ok() {
-                            let _ = self.durable_end.send(self.log.next_offset());
-                        }
-                        let _ = done.send(r);
-                    }
-                }
-                if bytes < self.config.log.max_batch_bytes {
-                    match rx.try_recv() {
-                        Ok(r) => next = Some(r),
-                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
-                    }
+                self.handle(req);
+                if self.committer.has_room() {
+                    next = rx.try_recv().ok();
                 }
             }
-            if !appends.is_empty() {
-                self.commit(appends, bytes);
-                if self.config.fsync != FsyncPolicy::Always {
-                    unsynced = true;
-                }
-            }
-            if last_checkpoint.elapsed() >= CHECKPOINT_EVERY && self.log.checkpoint_behind() {
-                if let Err(e) = self.log.checkpoint(false) {
-                    error!(stream = self.log.name(), error = %e, "writing the checkpoint failed");
-                }
-                last_checkpoint = Instant::now();
+            if let Some(batch) = self.committer.take_batch() {
+                self.commit(batch);
             }
         }
         // A clean stop: synced, and a checkpoint that says the log ends here.
@@ -735,28 +704,74 @@ impl Writer {
         }
     }
 
+    /// An append joins the batch being gathered; anything else is done at
+    /// once, in the order it came.
+    fn handle(&mut self, req: Request) {
+        match req {
+            Request::Append { records, done } => self.committer.push(records, done),
+            Request::SetCursor {
+                group,
+                cursor,
+                done,
+            } => {
+                let _ = done.send(self.log.set_cursor(&group, cursor));
+            }
+            Request::RemoveCursor { group, done } => {
+                let _ = done.send(self.log.remove_cursor(&group));
+            }
+            Request::Record { recovery, done } => {
+                let _ = done.send(self.log.record(recovery));
+            }
+            Request::SkipTo { to, reason, done } => {
+                let r = self.log.skip_to(to, Kind::Repair, &reason);
+                if r.is_ok() {
+                    let _ = self.durable_end.send(self.log.next_offset());
+                    self.committer.durable_end_moved();
+                }
+                let _ = done.send(r);
+            }
+        }
+    }
+
+    fn on_timer(&mut self, timer: Timer) {
+        match timer {
+            Timer::Sync => {
+                if let Err(e) = self.log.sync() {
+                    error!(stream = self.log.name(), error = %e, "periodic fdatasync failed");
+                }
+            }
+            Timer::Housekeeping => self.housekeeping(),
+            Timer::Checkpoint => {
+                if self.log.checkpoint_behind() {
+                    if let Err(e) = self.log.checkpoint(false) {
+                        error!(stream = self.log.name(), error = %e, "writing the checkpoint failed");
+                        // Tried again a period later.
+                        self.committer.durable_end_moved();
+                    }
+                }
+            }
+        }
+    }
+
     /// Writes one batch and answers its waiters; holds it (never drops it)
     /// while the disk is full.
-    fn commit(&mut self, appends: Vec<(Vec<Record>, Done)>, bytes: usize) {
-        let counts: Vec<usize> = appends.iter().map(|(r, _)| r.len()).collect();
-        let mut all = Vec::with_capacity(counts.iter().sum());
-        let mut waiters = Vec::with_capacity(appends.len());
-        for (records, done) in appends {
-            all.extend(records);
-            waiters.push(done);
-        }
-        let sync = self.config.fsync == FsyncPolicy::Always;
+    fn commit(&mut self, batch: Batch<Done>) {
         let result = loop {
             if self.below_floor() {
                 self.gauges.disk_full.store(true, Ordering::Relaxed);
-                std::thread::sleep(CHECK_EVERY);
+                std::thread::sleep(HOLD_RETRY);
                 continue;
             }
             let started = Instant::now();
             let from = self.log.next_offset();
-            let appended = self.log.append(&all, sync);
+            let appended = self.log.append(batch.records(), batch.sync());
             if let Ok(outcomes) = &appended {
-                debug_assert_contiguous(from, outcomes, all.len(), self.log.next_offset());
+                debug_assert_contiguous(
+                    from,
+                    outcomes,
+                    batch.records().len(),
+                    self.log.next_offset(),
+                );
             }
             match appended {
                 Err(SpoolError::DiskFull { .. }) => {
@@ -768,15 +783,17 @@ impl Writer {
                             "disk full: holding appends until space returns"
                         );
                     }
-                    std::thread::sleep(CHECK_EVERY);
+                    std::thread::sleep(HOLD_RETRY);
                 }
                 other => {
-                    if sync {
+                    if batch.sync() {
                         let us = started.elapsed().as_micros() as u64;
                         self.gauges.last_sync_us.store(us, Ordering::Relaxed);
                         self.gauges.sync_us.observe(us);
                     }
-                    self.gauges.batch_records.observe(all.len() as u64);
+                    self.gauges
+                        .batch_records
+                        .observe(batch.records().len() as u64);
                     break other;
                 }
             }
@@ -789,39 +806,33 @@ impl Writer {
         }
         self.gauges
             .backlog_records
-            .fetch_sub(all.len() as u64, Ordering::Relaxed);
+            .fetch_sub(batch.records().len() as u64, Ordering::Relaxed);
         self.gauges
             .backlog_bytes
-            .fetch_sub(bytes as u64, Ordering::Relaxed);
-        match result {
-            Ok(outcomes) => {
+            .fetch_sub(batch.bytes() as u64, Ordering::Relaxed);
+        match &result {
+            Ok(_) => {
                 let _ = self.durable_end.send(self.log.next_offset());
-                let mut it = outcomes.into_iter();
-                for (done, n) in waiters.into_iter().zip(counts) {
-                    done.send(Ok(it.by_ref().take(n).collect()));
-                }
             }
-            Err(e) => {
-                error!(stream = self.log.name(), error = %e, "append failed");
-                for done in waiters {
-                    done.send(Err(copy_error(&e)));
-                }
-            }
+            Err(e) => error!(stream = self.log.name(), error = %e, "append failed"),
+        }
+        for (done, answer) in self.committer.finish(batch, result) {
+            done.send(answer);
         }
     }
 
     fn below_floor(&self) -> bool {
-        if self.config.min_free_bytes == 0 {
+        if self.min_free_bytes == 0 {
             return false;
         }
         match self.log.fs().available_space(self.log.dir()) {
-            Ok(free) => free < self.config.min_free_bytes,
+            Ok(free) => free < self.min_free_bytes,
             Err(_) => false,
         }
     }
 
     fn housekeeping(&mut self) {
-        let (bytes, age) = (self.config.retention_bytes, self.config.retention_age);
+        let (bytes, age) = (self.retention_bytes, self.retention_age);
         if bytes.is_none() && age.is_none() {
             return;
         }
@@ -832,7 +843,6 @@ impl Writer {
     }
 }
 
-/// SpoolError holds an io::Error, which is not Clone: rebuild it per waiter.
 /// A successful append answers every record, and stores the new ones at
 /// contiguous offsets from where the log ended before (`from`) to where it
 /// ends now (`to`): no offset skipped, none given twice.
@@ -854,42 +864,6 @@ fn debug_assert_contiguous(from: u64, outcomes: &[Outcome], records: usize, to: 
     );
 }
 
-fn copy_error(e: &SpoolError) -> SpoolError {
-    match e {
-        SpoolError::Io { op, path, source } => SpoolError::Io {
-            op,
-            path: path.clone(),
-            source: std::io::Error::new(source.kind(), source.to_string()),
-        },
-        SpoolError::Damaged(d) => SpoolError::Damaged(d.clone()),
-        SpoolError::GroupCorrupt {
-            stream,
-            group,
-            file,
-            offset,
-            reason,
-        } => SpoolError::GroupCorrupt {
-            stream: stream.clone(),
-            group: group.clone(),
-            file: file.clone(),
-            offset: *offset,
-            reason: reason.clone(),
-        },
-        SpoolError::DiskFull { free, floor } => SpoolError::DiskFull {
-            free: *free,
-            floor: *floor,
-        },
-        SpoolError::BadStreamName(n) => SpoolError::BadStreamName(n.clone()),
-        SpoolError::TooLarge(n) => SpoolError::TooLarge(*n),
-        SpoolError::Closed => SpoolError::Closed,
-        SpoolError::TooManyStreams { max } => SpoolError::TooManyStreams { max: *max },
-        SpoolError::Locked { dir, holder } => SpoolError::Locked {
-            dir: dir.clone(),
-            holder: holder.clone(),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -905,5 +879,43 @@ mod tests {
             "{e}"
         );
         assert!(check_name(&format!("{}.dlq", "x".repeat(MAX_STREAM_NAME + 1))).is_err());
+    }
+
+    /// The writer sleeps when idle, and the checkpoint still follows the
+    /// durable end within a period. (Before the committer, a checkpoint
+    /// not yet due when the last batch was written was never written
+    /// until the next request, and the writer spun on a zero timeout
+    /// meanwhile.)
+    #[test]
+    fn an_idle_stream_checkpoints_its_durable_end() {
+        use super::super::checkpoint::{self, Loaded};
+        use super::super::simfs::SimFs;
+        let fs = SimFs::new();
+        let config = SpoolConfig {
+            min_free_bytes: 0,
+            ..SpoolConfig::default()
+        };
+        let spool = Spool::open_with(Arc::new(fs.clone()), Path::new("/d"), config).unwrap();
+        let s = spool.stream("s").unwrap();
+        for seq in 1..=3 {
+            let o = s.append(1, seq, Bytes::from_static(b"m")).blocking_recv();
+            assert!(matches!(o, Ok(Ok(Outcome::Stored { .. }))), "{o:?}");
+        }
+        let end = |fs: &SimFs| match checkpoint::load(fs, s.dir()).unwrap() {
+            Loaded::Found { checkpoint, .. } => checkpoint.end,
+            other => panic!("{other:?}"),
+        };
+        let started = Instant::now();
+        while end(&fs) != 3 {
+            assert!(
+                started.elapsed() < 10 * CHECKPOINT_EVERY,
+                "the checkpoint still says {} after {:?} idle",
+                end(&fs),
+                started.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(s);
+        spool.shutdown();
     }
 }
