@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
@@ -48,7 +48,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::caller::Caller;
+use super::caller::{Admin, Consume, ConsumeAndPublish, OnStream};
 use super::error::{Answer, ApiError};
 use super::serve::{page_answer, PagePermit};
 use super::{existing_stream, json_into, AdminState};
@@ -322,14 +322,8 @@ fn message_json(d: Delivery, now: Instant) -> MessageJson {
 /// nothing more is ready. What it does not ask for stays with the group.
 /// The page takes one of the page turns (`admin.max_page_requests`) after
 /// its first message (a long poll does not hold a turn while it waits).
-async fn fetch(
-    caller: Caller,
-    State(s): State<Arc<AdminState>>,
-    Path((stream, group)): Path<(String, String)>,
-    body: Bytes,
-) -> Answer {
-    let (s, stream, group, body) = (&*s, &stream[..], &group[..], &body[..]);
-    caller.may(s, Action::Consume, stream)?;
+async fn fetch(on: OnStream<Consume>, State(s): State<Arc<AdminState>>, body: Bytes) -> Answer {
+    let (s, stream, group, body) = (&*s, &on.stream[..], &on.group[..], &body[..]);
     let f = Fields::parse(body, &["max", "wait_ms", "start"])?;
     let max = f.u64("max")?.unwrap_or(DEFAULT_FETCH);
     if max == 0 {
@@ -400,15 +394,9 @@ async fn fetch(
     Ok(page_answer(out, permit))
 }
 
-async fn reset_group(
-    caller: Caller,
-    State(s): State<Arc<AdminState>>,
-    Path((stream, group)): Path<(String, String)>,
-    body: Bytes,
-) -> Answer {
-    let (s, stream, group, body) = (&*s, &stream[..], &group[..], &body[..]);
-    // Moving a group moves it for every consumer of it: an operator's act.
-    caller.may(s, Action::Admin, stream)?;
+/// Moving a group moves it for every consumer of it: an operator's act.
+async fn reset_group(on: OnStream<Admin>, State(s): State<Arc<AdminState>>, body: Bytes) -> Answer {
+    let (s, stream, group, body) = (&*s, &on.stream[..], &on.group[..], &body[..]);
     let f = Fields::parse(body, &["start"])?;
     let Some(start) = f.start()? else {
         return Err(ApiError::bad(
@@ -429,13 +417,8 @@ async fn reset_group(
     .into_response())
 }
 
-async fn delete_group(
-    caller: Caller,
-    State(s): State<Arc<AdminState>>,
-    Path((stream, group)): Path<(String, String)>,
-) -> Answer {
-    let (s, stream, group) = (&*s, &stream[..], &group[..]);
-    caller.may(s, Action::Admin, stream)?;
+async fn delete_group(on: OnStream<Admin>, State(s): State<Arc<AdminState>>) -> Answer {
+    let (s, stream, group) = (&*s, &on.stream[..], &on.group[..]);
     s.consumers
         .delete(stream, group)
         .await
@@ -470,14 +453,8 @@ enum Settle {
     Extend,
 }
 
-async fn settle(
-    caller: &Caller,
-    s: &AdminState,
-    (stream, group): (&str, &str),
-    body: &[u8],
-    kind: Settle,
-) -> Answer {
-    caller.may(s, Action::Consume, stream)?;
+async fn settle(on: &OnStream<Consume>, s: &AdminState, body: &[u8], kind: Settle) -> Answer {
+    let (stream, group) = (&on.stream[..], &on.group[..]);
     let allowed: &[&str] = match kind {
         Settle::Ack => &["offsets"],
         Settle::Nack => &["offsets", "delay_ms"],
@@ -514,12 +491,11 @@ async fn settle(
 macro_rules! settle_route {
     ($name:ident, $kind:expr) => {
         async fn $name(
-            caller: Caller,
+            on: OnStream<Consume>,
             State(s): State<Arc<AdminState>>,
-            Path((stream, group)): Path<(String, String)>,
             body: Bytes,
         ) -> Answer {
-            settle(&caller, &s, (&stream, &group), &body, $kind).await
+            settle(&on, &s, &body, $kind).await
         }
     };
 }
@@ -581,13 +557,11 @@ struct DlqQuery {
 }
 
 async fn dlq_list(
-    caller: Caller,
+    on: OnStream<Consume>,
     State(s): State<Arc<AdminState>>,
-    Path(stream): Path<String>,
     Query(q): Query<DlqQuery>,
 ) -> Answer {
-    let (s, stream) = (&*s, &stream[..]);
-    caller.may(s, Action::Consume, stream)?;
+    let (s, stream) = (&*s, &on.stream[..]);
     existing_stream(s, stream)?;
     let (name, dlq) = dlq_of(s, stream)?;
     let Some(dlq) = dlq else {
@@ -726,18 +700,15 @@ fn replay_batch(
 }
 
 async fn dlq_replay(
-    caller: Caller,
+    on: OnStream<ConsumeAndPublish>,
     State(s): State<Arc<AdminState>>,
-    Path(stream): Path<String>,
     body: Bytes,
 ) -> Answer {
-    let (s, stream, body) = (&*s, &stream[..], &body[..]);
-    caller.may(s, Action::Consume, stream)?;
-    caller.may(s, Action::Publish, stream)?;
+    let (s, stream, body) = (&*s, &on.stream[..], &body[..]);
     let f = Fields::parse(body, &["purge"])?;
     let purge = f.bool("purge")?.unwrap_or(false);
     if purge {
-        caller.may(s, Action::Admin, stream)?;
+        on.caller.may(s, Action::Admin, stream)?;
     }
     let source = existing_stream(s, stream)?;
     let (_, dlq) = dlq_of(s, stream)?;
@@ -821,15 +792,10 @@ async fn set_purge_mark(dlq: &Stream, to: u64) -> Result<u64, ApiError> {
     Ok(to)
 }
 
-async fn dlq_purge(
-    caller: Caller,
-    State(s): State<Arc<AdminState>>,
-    Path(stream): Path<String>,
-    body: Bytes,
-) -> Answer {
-    let (s, stream, body) = (&*s, &stream[..], &body[..]);
-    // Dead letters dropped from view are dropped for every group.
-    caller.may(s, Action::Admin, stream)?;
+/// Dead letters dropped from view are dropped for every group: an
+/// operator's act.
+async fn dlq_purge(on: OnStream<Admin>, State(s): State<Arc<AdminState>>, body: Bytes) -> Answer {
+    let (s, stream, body) = (&*s, &on.stream[..], &body[..]);
     Fields::parse(body, &[])?;
     existing_stream(s, stream)?;
     let (_, dlq) = dlq_of(s, stream)?;

@@ -39,7 +39,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -54,7 +54,7 @@ use crate::metrics::Registry;
 use crate::spool::recoveries::Recovery;
 use crate::spool::writer::ScrubStats;
 use crate::spool::{Damage, Spool, SpoolError, Stream};
-use caller::Caller;
+use caller::{Caller, Consume, OnStream};
 use error::{Answer, ApiError};
 use serve::{page_answer, Http};
 
@@ -81,7 +81,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/streams", get(streams))
-        .route("/streams/{name}/records", get(records))
+        .route("/streams/{stream}/records", get(records))
         .route("/spool/verify", post(verify))
         .merge(consume::routes())
         .with_state(state)
@@ -294,13 +294,11 @@ pub struct RecordsPage {
 }
 
 async fn records(
-    caller: Caller,
+    on: OnStream<Consume>,
     State(s): State<Arc<AdminState>>,
-    Path(name): Path<String>,
     Query(q): Query<RecordsQuery>,
 ) -> Answer {
-    caller.may(&s, Action::Consume, &name)?;
-    let stream = existing_stream(&s, &name)?;
+    let stream = existing_stream(&s, &on.stream)?;
     let limit = q.limit.unwrap_or(1_000).clamp(1, MAX_RECORDS_PER_REQUEST);
     let from = q.from;
     let permit = s.http.page_permit().await?;
