@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::baseline::{self, DiskBaseline};
 use crate::filesystem::FileSystem;
 use crate::measure::{Host, Latency, PercentileCurve, Plots, Spread, TimeSeries};
-use crate::progress::{Goal, Progress};
+use crate::progress::Progress;
 use crate::udp_baseline::{self, UdpBaseline};
 
 /// Version of the JSON layout (bump on incompatible changes).
@@ -124,17 +124,16 @@ pub fn run(a: &BaselineArgs) -> Result<BaselineReport, String> {
         } else {
             String::new()
         };
-        let disk = timed(&progress, &format!("disk{round}"), 2.0 * a.seconds, || {
-            baseline::disk_detailed(work.path(), 2 * d, Duration::from_millis(200))
-        })
-        .map_err(|e| io("the disk loops", e))?;
+        let disk = progress
+            .timed(&format!("disk{round}"), 2.0 * a.seconds, || {
+                baseline::disk_detailed(work.path(), 2 * d, Duration::from_millis(200))
+            })
+            .map_err(|e| io("the disk loops", e))?;
         let mut udp = Vec::with_capacity(a.udp_sizes.len());
         for &size in &a.udp_sizes {
             let what = format!("UDP {size} B{round}");
             // The loop's 100 ms warm-up comes on top.
-            let u = timed(&progress, &what, a.seconds + 0.1, || {
-                udp_baseline::udp_loop(size, d)
-            });
+            let u = progress.timed(&what, a.seconds + 0.1, || udp_baseline::udp_loop(size, d));
             udp.push(u.map_err(|e| io("the UDP loop", e))?);
         }
         all_syncs.add(&disk.sync_latency).ok();
@@ -170,29 +169,6 @@ pub fn run(a: &BaselineArgs) -> Result<BaselineReport, String> {
         runs,
         summary,
         plots,
-    })
-}
-
-/// Runs `f` (which takes about `seconds`) as a phase of `progress` named
-/// `name`, moving the bar with the clock meanwhile: the measurement loops
-/// stay free of progress calls.
-pub fn timed<T>(progress: &Progress, name: &str, seconds: f64, f: impl FnOnce() -> T) -> T {
-    if progress.is_hidden() {
-        return f();
-    }
-    progress.phase(name, Goal::Seconds(seconds));
-    let done = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let start = std::time::Instant::now();
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                progress.set(start.elapsed().as_secs_f64(), "");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        let out = f();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        out
     })
 }
 

@@ -1,10 +1,102 @@
 //! Measurements over a window that any load scenario can take: latency
 //! percentiles, CPU time (of a process, of the whole machine), the kernel's
-//! UDP drop counters, and what a `sluiced` counted (from its /metrics).
+//! UDP drop counters, and what a `sluiced` counted (from its /metrics); a
+//! [`Mark`] at each end of the window, and the [`Window`] between them.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use sluice_daemon::metrics::scrape::Scrape;
+
+use crate::cpu;
+use crate::load::Shared;
+
+/// A snapshot at one end of a measured window: what the producers had
+/// acked, the CPU time of this process and of the daemon (in all and by
+/// thread name), the whole machine, and the daemon's /metrics.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    pub at: Instant,
+    pub acked: u64,
+    pub acked_bytes: u64,
+    pub self_cpu: f64,
+    pub self_threads: BTreeMap<String, f64>,
+    pub daemon_cpu: Option<f64>,
+    pub daemon_threads: BTreeMap<String, f64>,
+    pub machine: Option<Machine>,
+    pub scrape: Option<Scrape>,
+}
+
+impl Mark {
+    /// Now: the counts of `shared`, the daemon's process `pid` (if it is
+    /// measured) and its metrics from `scrape`.
+    pub fn take(
+        shared: &Shared,
+        pid: Option<u32>,
+        scrape: impl FnOnce() -> Option<Scrape>,
+    ) -> Mark {
+        use std::sync::atomic::Ordering::Relaxed;
+        Mark {
+            at: Instant::now(),
+            acked: shared.acked.load(Relaxed),
+            acked_bytes: shared.acked_bytes.load(Relaxed),
+            self_cpu: cpu::self_seconds(),
+            self_threads: cpu::threads_seconds(std::process::id()),
+            daemon_cpu: pid.and_then(cpu::process_seconds),
+            daemon_threads: pid.map(cpu::threads_seconds).unwrap_or_default(),
+            machine: Machine::now(),
+            scrape: scrape(),
+        }
+    }
+
+    /// What happened from `self` to `end`.
+    pub fn until(&self, end: &Mark) -> Window {
+        let seconds = end.at.duration_since(self.at).as_secs_f64();
+        let acked = end.acked - self.acked;
+        let harness = CpuUse::of(end.self_cpu - self.self_cpu, seconds, acked);
+        let daemon =
+            (self.daemon_cpu.zip(end.daemon_cpu)).map(|(a, b)| CpuUse::of(b - a, seconds, acked));
+        let ours = harness.seconds + daemon.map_or(0.0, |d| d.seconds);
+        Window {
+            seconds,
+            acked,
+            bytes: end.acked_bytes - self.acked_bytes,
+            harness,
+            harness_threads: cpu::threads_delta(&self.self_threads, &end.self_threads),
+            daemon,
+            daemon_threads: cpu::threads_delta(&self.daemon_threads, &end.daemon_threads),
+            machine: (self.machine.zip(end.machine)).map(|(a, b)| b.since(&a, ours)),
+            counters: (self.scrape.as_ref().zip(end.scrape.as_ref()))
+                .map(|(a, b)| DaemonCounters::between(a, b)),
+        }
+    }
+}
+
+/// What happened between two [`Mark`]s.
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub seconds: f64,
+    /// Messages acked, and their payload bytes.
+    pub acked: u64,
+    pub bytes: u64,
+    /// This process: the producers, and whatever else of the harness runs
+    /// in it; per million acked.
+    pub harness: CpuUse,
+    pub harness_threads: BTreeMap<String, f64>,
+    pub daemon: Option<CpuUse>,
+    pub daemon_threads: BTreeMap<String, f64>,
+    pub machine: Option<Machine>,
+    pub counters: Option<DaemonCounters>,
+}
+
+impl Window {
+    /// CPU seconds over the window of this process's threads named `name`.
+    pub fn thread(&self, name: &str) -> f64 {
+        self.harness_threads.get(name).copied().unwrap_or(0.0)
+    }
+}
 
 /// Latency percentiles, microseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize)]

@@ -13,7 +13,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::baseline::{self, DiskBaseline};
-use crate::baseline_scenario::timed;
 use crate::filesystem::FileSystem;
 use crate::measure::{Host, Latency, PercentileCurve, Plots, Spread};
 use crate::progress::Progress;
@@ -207,14 +206,15 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
         live: progress.is_hidden(),
         held: Vec::new(),
     };
-    let raw = timed(&progress, "raw disk baseline", a.baseline_seconds, || {
-        baseline::disk_detailed(
-            work.path(),
-            Duration::from_secs_f64(a.baseline_seconds),
-            Duration::from_millis(200),
-        )
-    })
-    .map_err(|e| io("the disk baseline", e))?;
+    let raw = progress
+        .timed("raw disk baseline", a.baseline_seconds, || {
+            baseline::disk_detailed(
+                work.path(),
+                Duration::from_secs_f64(a.baseline_seconds),
+                Duration::from_millis(200),
+            )
+        })
+        .map_err(|e| io("the disk baseline", e))?;
     let base = RawBaseline {
         disk: raw.figures,
         fdatasync_latency: Latency::of(&raw.sync_latency),
@@ -270,7 +270,7 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
                     k + 1,
                     plan.len()
                 );
-                let r = timed(&progress, &what, a.seconds, || {
+                let r = progress.timed(&what, a.seconds, || {
                     rt.block_on(spool::peak(work.path(), appenders, size, batch, d))
                 });
                 runs.push(RowRun {
@@ -315,7 +315,7 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
                 "\nack latency at half of {median}peak ({AT_RATE_RECORD} B, {AT_RATE_APPENDERS} appenders, open loop, once):"
             ));
             let rate = peak.summary.records_per_sec.median / 2.0;
-            let row = timed(&progress, "at half of peak", 2.0 * a.seconds, || {
+            let row = progress.timed("at half of peak", 2.0 * a.seconds, || {
                 latency_row(work.path(), &base, rate, d, &mut plots)
             })?;
             out.line(at_rate_line(&row, &base));
@@ -328,7 +328,7 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
         ));
         for &rate in &a.latency_at {
             let what = format!("at {rate:.0} records/s");
-            let row = timed(&progress, &what, 2.0 * a.seconds, || {
+            let row = progress.timed(&what, 2.0 * a.seconds, || {
                 latency_row(work.path(), &base, rate, d, &mut plots)
             })?;
             out.line(at_rate_line(&row, &base));

@@ -226,12 +226,9 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
             .then_some((config.rate, config.size));
         // Disk 2x, UDP 1x per size (two), fixed-rate ones 2x each.
         let planned = config.baseline_seconds * if at_rate.is_some() { 8.0 } else { 4.0 };
-        Some(crate::baseline_scenario::timed(
-            &progress,
-            "the machine's baselines",
-            planned,
-            || ingest::measure_baselines(work.path(), config.baseline_seconds, at_rate),
-        )?)
+        Some(progress.timed("the machine's baselines", planned, || {
+            ingest::measure_baselines(work.path(), config.baseline_seconds, at_rate)
+        })?)
     } else {
         None
     };

@@ -8,9 +8,8 @@ use serde::Serialize;
 
 use super::baselines::Baselines;
 use super::config::IngestConfig;
-use super::drive::Outcome;
-use crate::cpu;
-use crate::measure::{CpuUse, DaemonCounters, Host, Latency, Machine, Plots, Spread};
+use crate::load::Outcome;
+use crate::measure::{CpuUse, DaemonCounters, Host, Latency, Machine, Mark, Plots, Spread};
 
 /// The targets, printed next to the figures they apply to.
 pub const TARGET_ACKED_PER_SEC: f64 = 500_000.0;
@@ -148,34 +147,24 @@ pub struct IngestReport {
 use crate::measure::div;
 
 /// One repetition's figures from its marks.
-pub(super) fn run_report(run: usize, o: &Outcome, baselines: Option<&Baselines>) -> RunReport {
-    let window = o.end.at.duration_since(o.start.at).as_secs_f64();
-    let window_acked = o.end.acked - o.start.acked;
-    let window_bytes = o.end.acked_bytes - o.start.acked_bytes;
-    let acked_per_sec = window_acked as f64 / window.max(1e-9);
-    let mb_per_sec = window_bytes as f64 / window.max(1e-9) / 1e6;
+pub(super) fn run_report(
+    run: usize,
+    o: &Outcome<Mark>,
+    baselines: Option<&Baselines>,
+) -> RunReport {
+    let w = o.start.until(&o.end);
+    let window = w.seconds;
+    let acked_per_sec = w.acked as f64 / window.max(1e-9);
+    let mb_per_sec = w.bytes as f64 / window.max(1e-9) / 1e6;
     let latency = Latency::of(&o.latency);
-    let producer_cpu = CpuUse::of(o.end.self_cpu - o.start.self_cpu, window, window_acked);
-    let daemon_cpu = match (o.start.daemon_cpu, o.end.daemon_cpu) {
-        (Some(a), Some(b)) => Some(CpuUse::of(b - a, window, window_acked)),
-        _ => None,
-    };
-    let ours = producer_cpu.seconds + daemon_cpu.map_or(0.0, |d| d.seconds);
-    let machine = match (o.start.machine, o.end.machine) {
-        (Some(a), Some(b)) => Some(b.since(&a, ours)),
-        _ => None,
-    };
-    let counters = match (&o.start.scrape, &o.end.scrape) {
-        (Some(a), Some(b)) => Some(DaemonCounters::between(a, b)),
-        _ => None,
-    };
-    let producer_threads = cpu::threads_delta(&o.start.self_threads, &o.end.self_threads);
     // CPU per message of producers (less the harness's pacer) and daemon.
-    let pacer_seconds = producer_threads.get("pacer").copied().unwrap_or(0.0);
-    let per_msg = |s: f64| s * 1e6 / window_acked.max(1) as f64;
-    let sluice_cpu_us_per_msg =
-        daemon_cpu.map(|d| per_msg(producer_cpu.seconds - pacer_seconds + d.seconds));
-    let group_commits_per_sec = counters.map(|c| c.group_commits as f64 / window.max(1e-9));
+    let per_msg = |s: f64| s * 1e6 / w.acked.max(1) as f64;
+    let sluice_cpu_us_per_msg = w
+        .daemon
+        .map(|d| per_msg(w.harness.seconds - w.thread("pacer") + d.seconds));
+    let group_commits_per_sec = w
+        .counters
+        .map(|c| c.group_commits as f64 / window.max(1e-9));
     let ratios = baselines.map(|b| Ratios {
         acked_per_udp_128_datagram: div(acked_per_sec, b.udp_128.datagrams_per_sec),
         goodput_per_udp_1452_mb: div(mb_per_sec, b.udp_1452.mb_per_sec),
@@ -207,21 +196,21 @@ pub(super) fn run_report(run: usize, o: &Outcome, baselines: Option<&Baselines>)
         errors: o.errors,
         first_error: o.first_error.clone(),
         window_seconds: window,
-        window_acked,
-        window_bytes,
+        window_acked: w.acked,
+        window_bytes: w.bytes,
         acked_per_sec,
         mb_per_sec,
-        mean_payload_bytes: div(window_bytes as f64, window_acked as f64),
+        mean_payload_bytes: div(w.bytes as f64, w.acked as f64),
         latency,
         pacer_lag: o.pacer_lag.as_ref().map(Latency::of),
-        producer_cpu,
-        daemon_cpu,
-        producer_cpu_us_per_msg: per_msg(producer_cpu.seconds),
-        daemon_cpu_us_per_msg: daemon_cpu.map(|d| per_msg(d.seconds)),
-        producer_threads,
-        daemon_threads: cpu::threads_delta(&o.start.daemon_threads, &o.end.daemon_threads),
-        machine,
-        daemon: counters,
+        producer_cpu: w.harness,
+        daemon_cpu: w.daemon,
+        producer_cpu_us_per_msg: per_msg(w.harness.seconds),
+        daemon_cpu_us_per_msg: w.daemon.map(|d| per_msg(d.seconds)),
+        producer_threads: w.harness_threads,
+        daemon_threads: w.daemon_threads,
+        machine: w.machine,
+        daemon: w.counters,
         group_commits_per_sec,
         ratios,
     }
