@@ -24,11 +24,15 @@
 //! A row reports each repetition (`runs`) and their min / median / max
 //! (`summary`); its ratios are to the median of the 0 % row's repetitions.
 //! Each repetition's CPU is read over its window: the daemon's process
-//! and the producers' runtime threads (see `load`), per acked message and
-//! as cores.
+//! and the producers' runtime threads (named [`PRODUCER_THREADS`]), per
+//! acked message and as cores, so that neither the relay's thread (in this
+//! process in relay mode), nor the open loop's pacing thread, nor the
+//! harness's waiting counts as the producers'. The load is
+//! [`crate::load`]'s, closed or open loop as for `ingest`; every message
+//! handed over is counted as sent, and the row then waits (at most
+//! `--drain-timeout`) until each one is acked or has failed.
 
 mod admin;
-mod load;
 mod netns;
 mod print;
 mod relay;
@@ -44,11 +48,16 @@ use sluice_transport::client::{ProducerOptions, Transport};
 use sluice_transport::proto::SenderConfig;
 
 use crate::interrupt;
+use crate::load::{self as producers, Outcome, Plan, Shape};
 use crate::measure::{
-    CpuUse, DaemonCounters, Host, Latency, PercentileCurve, Plots, Spread, TimeSeries,
+    CpuUse, DaemonCounters, Host, Latency, Mark, PercentileCurve, Plots, Spread, TimeSeries, Window,
 };
 use crate::progress::{Goal, Progress};
-use load::{LoadOutcome, LoadSpec};
+use crate::sizes::Payloads;
+
+/// The name of the producers' runtime threads (at most 15 bytes: the
+/// kernel cuts thread names there).
+const PRODUCER_THREADS: &str = "loss-producer";
 
 /// Version of the JSON layout (bump on incompatible changes).
 pub const JSON_SCHEMA: u32 = 2;
@@ -285,18 +294,22 @@ impl LossConfig {
         self.rate > 0.0
     }
 
-    fn load_spec(&self) -> LoadSpec {
-        LoadSpec {
-            producers: self.producers,
-            size: self.size,
-            batch: self.batch,
-            in_flight: self.in_flight,
-            rate: self.rate,
-            seconds: self.seconds,
-            count: self.count.unwrap_or(0),
+    /// The load of every row: acks counted per 100 ms for the pictures.
+    fn plan(&self) -> Plan {
+        Plan {
+            shape: Shape {
+                batch: self.batch,
+                in_flight: self.in_flight,
+                count: self.count,
+                rate: self.rate,
+                stamp: None,
+            },
+            payloads: Payloads::fixed(self.size),
+            seed: 0,
             warmup: self.warmup,
+            seconds: self.seconds,
+            interval: 0.1,
             drain: Duration::from_secs_f64(self.drain_timeout),
-            daemon_pid: None,
         }
     }
 }
@@ -344,14 +357,15 @@ pub struct LossCpu {
 }
 
 impl LossCpu {
-    fn of(w: &load::CpuWindow) -> LossCpu {
+    fn of(w: &Window) -> LossCpu {
         let per_msg = |s: f64| s * 1e6 / w.acked.max(1) as f64;
+        let producers = w.thread(PRODUCER_THREADS);
         LossCpu {
             window_seconds: w.seconds,
-            producers: CpuUse::of(w.producers, w.seconds, w.acked),
-            daemon: w.daemon.map(|d| CpuUse::of(d, w.seconds, w.acked)),
-            producers_us_per_msg: per_msg(w.producers),
-            daemon_us_per_msg: w.daemon.map(per_msg),
+            producers: CpuUse::of(producers, w.seconds, w.acked),
+            daemon: w.daemon,
+            producers_us_per_msg: per_msg(producers),
+            daemon_us_per_msg: w.daemon.map(|d| per_msg(d.seconds)),
         }
     }
 }
@@ -477,15 +491,9 @@ trait Bed {
     fn impair(&mut self, row: usize, loss_percent: f64) -> Result<SocketAddr, String>;
     /// The row's impairment counters; the impairment is removed.
     fn clear(&mut self) -> Option<Impaired>;
-    /// Runs the producers where they belong (the producers' namespace).
-    fn load(
-        &self,
-        spec: &LoadSpec,
-        addr: SocketAddr,
-        stream: &str,
-        first_id: u64,
-        progress: &Progress,
-    ) -> Result<LoadOutcome, String>;
+    /// Runs `load` with the producers' options where they belong (the
+    /// producers' namespace).
+    fn producers(&self, load: &Load) -> Result<Outcome<Mark>, String>;
     fn scrape(&self) -> Option<Scrape>;
     /// The daemon's process (for its CPU time).
     fn daemon_pid(&self) -> Option<u32>;
@@ -497,6 +505,9 @@ trait Bed {
     /// Stops the daemon cleanly.
     fn finish(self: Box<Self>) -> Result<(), String>;
 }
+
+/// A row's load, given the producers' options.
+type Load<'a> = dyn Fn(&ProducerOptions) -> Result<Outcome<Mark>, String> + Sync + 'a;
 
 /// Options for producers that must ride out a lossy path: a patient
 /// handshake (its HELLO can be lost too).
@@ -621,10 +632,7 @@ fn sweep(
     mut bed: Box<dyn Bed>,
     progress: &Progress,
 ) -> Result<Vec<Measured>, String> {
-    let spec = LoadSpec {
-        daemon_pid: bed.daemon_pid(),
-        ..c.load_spec()
-    };
+    let plan = c.plan();
     let mut reps: Vec<Vec<Repetition>> = c.loss.iter().map(|_| Vec::new()).collect();
     let steps = c.loss.len() * c.repeat;
     // Fresh producer ids for every repetition.
@@ -655,7 +663,7 @@ fn sweep(
                 &name,
                 match c.seconds {
                     Some(s) => Goal::Seconds(c.warmup + s),
-                    None => Goal::Count(spec.count.saturating_mul(c.producers as u64)),
+                    None => Goal::Count(c.count.unwrap_or(0).saturating_mul(c.producers as u64)),
                 },
             );
             let first_id = next_id;
@@ -667,7 +675,7 @@ fn sweep(
                 stream: &stream,
                 first_id,
             };
-            match repetition(c, bed.as_mut(), &spec, &run, progress) {
+            match repetition(c, bed.as_mut(), &plan, &run, progress) {
                 Ok(m) => reps[i].push(m),
                 Err(e) => {
                     failed = Some(format!("{}, run {}: {e}", label(loss), k + 1));
@@ -741,7 +749,7 @@ struct Run<'a> {
 fn repetition(
     c: &LossConfig,
     bed: &mut dyn Bed,
-    spec: &LoadSpec,
+    plan: &Plan,
     r: &Run,
     progress: &Progress,
 ) -> Result<Repetition, String> {
@@ -749,7 +757,16 @@ fn repetition(
     let before = bed.scrape();
     let drops_before = bed.udp_rcvbuf_errors();
     let addr = bed.impair(r.row, r.loss)?;
-    let outcome = bed.load(spec, addr, stream, r.first_id, progress);
+    let pid = bed.daemon_pid();
+    // On a runtime built where `producers` calls it, so that every socket
+    // is made there (the producers' namespace).
+    let outcome = bed.producers(&|options| {
+        producers::runtime(Some(PRODUCER_THREADS))?.block_on(async {
+            let to = |_| stream.to_owned();
+            let p = producers::connect(c.producers, addr, to, r.first_id, options).await?;
+            producers::run(p, plan, progress, |s| Mark::take(s, pid, || None)).await
+        })
+    });
     let impaired = bed.clear();
     let o = outcome?;
     let after = bed.scrape();
@@ -771,14 +788,12 @@ fn repetition(
     };
     let all_acked = o.errors == 0 && o.acked == o.sent && o.sent > 0;
     let stored_once = stored.map(|n| n == o.acked);
-    let acked_per_sec = o.window_acked as f64 / o.window_seconds.max(1e-9);
+    let w = o.start.until(&o.end);
+    let acked_per_sec = w.acked as f64 / w.seconds.max(1e-9);
     let name = label(r.loss);
     Ok(Repetition {
         curve: PercentileCurve::of(name.clone(), &o.latency),
-        series: TimeSeries {
-            label: name,
-            points: o.series.clone(),
-        },
+        series: o.timeline.series(name, w.seconds),
         run: LossRun {
             run: r.number,
             stream: stream.to_owned(),
@@ -786,8 +801,8 @@ fn repetition(
             acked: o.acked,
             errors: o.errors,
             first_error: o.first_error.clone(),
-            window_seconds: o.window_seconds,
-            window_acked: o.window_acked,
+            window_seconds: w.seconds,
+            window_acked: w.acked,
             acked_per_sec,
             mb_per_sec: acked_per_sec * c.size as f64 / 1e6,
             acked_per_sec_per_baseline: None,
@@ -795,7 +810,7 @@ fn repetition(
             p99_per_baseline: None,
             latency: Latency::of(&o.latency),
             pacer_lag: o.pacer_lag.as_ref().map(Latency::of),
-            cpu: LossCpu::of(&o.cpu),
+            cpu: LossCpu::of(&w),
             impaired,
             daemon,
             kernel_udp_drops,
