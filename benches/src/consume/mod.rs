@@ -128,35 +128,6 @@ pub struct ConsumeConfig {
     pub repeat: usize,
 }
 
-impl Default for ConsumeConfig {
-    fn default() -> Self {
-        ConsumeConfig {
-            parts: vec![Part::Ingest, Part::Delivery, Part::Latency],
-            producers: 4,
-            size: 128,
-            seconds: 5.0,
-            warmup: 1.0,
-            groups: vec![1, 4],
-            rate: 20_000.0,
-            latency_groups: 1,
-            max_ahead: 65_536,
-            max_messages: 4096,
-            max_bytes: 16 << 20,
-            fsync: "always".into(),
-            batch: 256,
-            in_flight: 16,
-            path: PathKind::Fast,
-            datagram: 1452,
-            dir: PathBuf::from("."),
-            external: None,
-            sluiced_args: Vec::new(),
-            baseline_seconds: 1.0,
-            drain_timeout: 120.0,
-            repeat: 1,
-        }
-    }
-}
-
 impl ConsumeConfig {
     pub fn has(&self, p: Part) -> bool {
         self.parts.contains(&p)
@@ -259,8 +230,8 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
     };
     let client = client_options(&cert, token)?;
 
-    let producers_rt = runtime("producer")?;
-    let consumers_rt = runtime("consumer")?;
+    let producers_rt = crate::load::runtime(Some("producer"))?;
+    let consumers_rt = crate::load::runtime(Some("consumer"))?;
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -352,14 +323,6 @@ fn describe(spec: &PhaseSpec) -> String {
         (Drive::Closed, g) => format!("delivery to {g} group(s)"),
         (Drive::Open { rate }, g) => format!("latency at {rate:.0} msgs/s, {g} group(s)"),
     }
-}
-
-fn runtime(name: &str) -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(name)
-        .enable_all()
-        .build()
 }
 
 /// QUIC client options pinning the daemon's certificate `cert`.

@@ -2,7 +2,6 @@
 //! closed or open loop, and consumer groups on it; the window's marks, the
 //! drain, and what it all measured.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -11,15 +10,14 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use sluice_daemon::metrics::scrape::Scrape;
 use sluice_transport::client::{
-    Consumer, ConsumerOptions, Producer, ProducerOptions, QuicOptions, StartAt, Transport,
+    Consumer, ConsumerOptions, ProducerOptions, QuicOptions, StartAt, Transport,
 };
 use sluice_transport::proto::SenderConfig;
 
 use super::{load, ConsumeConfig};
-use crate::cpu;
 use crate::ingest::PathKind;
 use crate::load::{Shape, Shared};
-use crate::measure::Machine;
+use crate::measure;
 use crate::sizes::Payloads;
 
 /// How a phase publishes.
@@ -73,19 +71,20 @@ pub(crate) struct Target {
     pub progress: crate::progress::Progress,
 }
 
-/// A snapshot at one end of a window.
+/// A snapshot at one end of a window: the common mark, and per group the
+/// distinct messages and deliveries so far.
 pub(crate) struct Mark {
-    pub at: Instant,
-    pub acked: u64,
-    /// Per group: distinct messages and deliveries so far.
+    pub mark: measure::Mark,
     pub distinct: Vec<u64>,
     pub deliveries: Vec<u64>,
-    pub self_cpu: f64,
-    pub self_threads: BTreeMap<String, f64>,
-    pub daemon_cpu: Option<f64>,
-    pub daemon_threads: BTreeMap<String, f64>,
-    pub machine: Option<Machine>,
-    pub scrape: Option<Scrape>,
+}
+
+impl std::ops::Deref for Mark {
+    type Target = measure::Mark;
+
+    fn deref(&self) -> &measure::Mark {
+        &self.mark
+    }
 }
 
 /// What a phase measured.
@@ -175,28 +174,14 @@ async fn sample_until(
 }
 
 async fn mark(target: &Target, publish: &Shared, tallies: &[Arc<load::Tally>]) -> Mark {
-    let at = Instant::now();
-    let acked = publish.acked.load(Relaxed);
-    let distinct = tallies.iter().map(|t| t.distinct.load(Relaxed)).collect();
-    let deliveries = tallies.iter().map(|t| t.deliveries.load(Relaxed)).collect();
-    let self_cpu = cpu::self_seconds();
-    let self_threads = cpu::threads_seconds(std::process::id());
-    let daemon_cpu = target.pid.and_then(cpu::process_seconds);
-    let daemon_threads = target.pid.map(cpu::threads_seconds).unwrap_or_default();
-    let machine = Machine::now();
-    let scrape = scrape(target.admin).await;
-    Mark {
-        at,
-        acked,
-        distinct,
-        deliveries,
-        self_cpu,
-        self_threads,
-        daemon_cpu,
-        daemon_threads,
-        machine,
-        scrape,
-    }
+    let admin = target.admin;
+    tokio::task::block_in_place(|| Mark {
+        mark: measure::Mark::take(publish, target.pid, || {
+            sluice_testkit::daemon::scrape(admin).ok()
+        }),
+        distinct: tallies.iter().map(|t| t.distinct.load(Relaxed)).collect(),
+        deliveries: tallies.iter().map(|t| t.deliveries.load(Relaxed)).collect(),
+    })
 }
 
 async fn scrape(admin: SocketAddr) -> Option<Scrape> {
@@ -228,11 +213,10 @@ pub(crate) async fn run_phase(
         ..ProducerOptions::default()
     };
     // The producers first: their sessions create the stream the groups join.
-    let mut producers = Vec::with_capacity(config.producers);
-    for k in 0..config.producers as u64 {
-        let id = target.id_base + (index << 10) + k;
-        producers.push(Producer::connect(target.quic, &stream, id, options.clone()).await?);
-    }
+    let first_id = target.id_base + (index << 10);
+    let to = |_| stream.clone();
+    let producers =
+        crate::load::connect(config.producers, target.quic, to, first_id, &options).await?;
     let group_names: Vec<String> = (0..spec.groups).map(|k| format!("{stream}-g{k}")).collect();
     let mut consumers = Vec::with_capacity(spec.groups);
     for group in &group_names {

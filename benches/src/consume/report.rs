@@ -307,8 +307,9 @@ struct Common {
 
 fn common(o: &Outcome) -> Common {
     let (a, b) = (&o.start, &o.end);
-    let window = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
-    let window_published = b.acked - a.acked;
+    let w = a.until(b);
+    let window = w.seconds.max(1e-9);
+    let window_published = w.acked;
     let groups = o
         .group_names
         .iter()
@@ -333,43 +334,27 @@ fn common(o: &Outcome) -> Common {
     let window_deliveries: u64 = (0..o.group_names.len())
         .map(|k| b.deliveries[k] - a.deliveries[k])
         .sum();
-    let threads = cpu::threads_delta(&a.self_threads, &b.self_threads);
-    let thread = |n: &str| threads.get(n).copied().unwrap_or(0.0);
-    let harness = CpuUse::of(b.self_cpu - a.self_cpu, window, window_published);
-    let daemon_cpu = match (a.daemon_cpu, b.daemon_cpu) {
-        (Some(x), Some(y)) => Some(CpuUse::of(y - x, window, window_published)),
-        _ => None,
-    };
     let per = |s: f64, n: u64| (n > 0).then(|| s * 1e6 / n as f64);
     let cpu = PhaseCpu {
-        harness,
-        producer_seconds: thread("producer"),
-        consumer_seconds: thread("consumer"),
-        pacer_seconds: thread("pacer"),
-        daemon: daemon_cpu,
-        producer_us_per_message: per(thread("producer"), window_published).unwrap_or(0.0),
-        consumer_us_per_delivery: per(thread("consumer"), window_deliveries),
-        daemon_us_per_message: daemon_cpu.and_then(|d| per(d.seconds, window_published)),
-        daemon_us_per_delivery: daemon_cpu.and_then(|d| per(d.seconds, window_deliveries)),
-        harness_threads: threads,
-        daemon_threads: cpu::threads_delta(&a.daemon_threads, &b.daemon_threads),
-    };
-    let ours = cpu.harness.seconds + daemon_cpu.map_or(0.0, |d| d.seconds);
-    let machine = match (a.machine, b.machine) {
-        (Some(x), Some(y)) => Some(y.since(&x, ours)),
-        _ => None,
-    };
-    let daemon = match (&a.scrape, &b.scrape) {
-        (Some(x), Some(y)) => Some(DaemonCounters::between(x, y)),
-        _ => None,
+        harness: w.harness,
+        producer_seconds: w.thread("producer"),
+        consumer_seconds: w.thread("consumer"),
+        pacer_seconds: w.thread("pacer"),
+        daemon: w.daemon,
+        producer_us_per_message: per(w.thread("producer"), window_published).unwrap_or(0.0),
+        consumer_us_per_delivery: per(w.thread("consumer"), window_deliveries),
+        daemon_us_per_message: w.daemon.and_then(|d| per(d.seconds, window_published)),
+        daemon_us_per_delivery: w.daemon.and_then(|d| per(d.seconds, window_deliveries)),
+        harness_threads: w.harness_threads,
+        daemon_threads: w.daemon_threads,
     };
     Common {
         window,
         window_published,
         groups,
         cpu,
-        machine,
-        daemon,
+        machine: w.machine,
+        daemon: w.counters,
     }
 }
 
