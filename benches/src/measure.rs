@@ -388,6 +388,37 @@ impl Spread {
     }
 }
 
+/// The spread of every figure of `items`, field by field, as the same
+/// record with a [`Spread`] for each `f64` (`S` is `T` so written): over
+/// the items that have the figure (none if none has it). Whole numbers
+/// (what names a row: a size, a number of groups) are the first item's.
+pub fn spreads<T: Serialize, S: serde::de::DeserializeOwned>(items: &[T]) -> S {
+    use serde_json::Value;
+    fn of(v: &[Value]) -> Value {
+        let field = |k: &dyn Fn(&Value) -> Option<&Value>| -> Value {
+            of(&v.iter().filter_map(k).cloned().collect::<Vec<_>>())
+        };
+        match v.iter().find(|x| !x.is_null()) {
+            Some(Value::Object(m)) => m
+                .keys()
+                .map(|k| (k.clone(), field(&|x| x.get(k))))
+                .collect(),
+            Some(Value::Array(a)) => (0..a.len()).map(|i| field(&|x| x.get(i))).collect(),
+            Some(Value::Number(n)) if n.is_f64() => {
+                let xs: Vec<f64> = v.iter().filter_map(Value::as_f64).collect();
+                serde_json::to_value(Spread::of(&xs)).unwrap_or_default()
+            }
+            Some(x) => x.clone(),
+            None => Value::Null,
+        }
+    }
+    let items: Vec<Value> = items
+        .iter()
+        .map(|i| serde_json::to_value(i).unwrap_or_default())
+        .collect();
+    serde_json::from_value(of(&items)).expect("a record of spreads reads back")
+}
+
 /// What a report carries for its pictures, under the key `plots` of its
 /// JSON: `sluice-bench` draws them from there (the same code draws a run
 /// just made and one read back from a file).

@@ -61,9 +61,8 @@ use phase::{run_phase, Target};
 pub use phase::{Drive, PhaseSpec};
 pub use print::print;
 pub use report::{
-    ConsumeReport, DeliveryHeadline, DeliverySpread, Drain, GroupFigures, Headline,
-    LatencyHeadline, LatencyRatios, LatencyRun, LatencySpread, PhaseCpu, Repeats, ThroughputRatios,
-    ThroughputRun, TARGET_DELIVERY_RATIO,
+    ConsumeReport, DeliveryHeadline, Drain, GroupFigures, Headline, LatencyHeadline, LatencyRatios,
+    LatencyRun, PhaseCpu, Repeats, ThroughputRatios, ThroughputRun, TARGET_DELIVERY_RATIO,
 };
 
 /// Version of the JSON layout (bump on incompatible changes). 2: the

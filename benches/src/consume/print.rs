@@ -357,11 +357,12 @@ fn cpu_table(r: &ConsumeReport) {
     }
 }
 
-fn repeats_table(q: &Repeats) {
+fn repeats_table(r: &Repeats) {
     println!(
         "\n  over {} rounds (the tables above are of the first): median (min .. max)",
-        q.rounds.len()
+        r.rounds.len()
     );
+    let q = &r.spread;
     let row = |what: &str, s: &Spread, unit: &str, decimals: usize| {
         println!(
             "  {what:<36} {:>12.decimals$} {unit:<8} ({:.decimals$} .. {:.decimals$})",

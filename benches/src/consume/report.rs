@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sluice_daemon::metrics::scrape::Scrape;
 
 use super::phase::{Drive, Mark, Outcome, Sample, SAMPLE_EVERY};
@@ -55,59 +55,43 @@ pub struct ConsumeReport {
     pub plots: Plots,
 }
 
-/// The figures one round is summed up by.
-#[derive(Debug, Clone, Serialize)]
-pub struct Headline {
+/// The figures one round is summed up by (`T` = `f64`), or their spreads
+/// over the rounds (`T` = [`Spread`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Headline<T = f64> {
     /// Ingest alone: durably acked msgs/s.
-    pub ingest_published_per_sec: Option<f64>,
+    pub ingest_published_per_sec: Option<T>,
     /// One group draining the ingest phase's stream: msgs/s, and ÷ ingest
     /// alone (the target).
-    pub backlog_drain_per_sec: Option<f64>,
-    pub backlog_drain_per_ingest: Option<f64>,
-    pub delivery: Vec<DeliveryHeadline>,
-    pub latency: Option<LatencyHeadline>,
+    pub backlog_drain_per_sec: Option<T>,
+    pub backlog_drain_per_ingest: Option<T>,
+    pub delivery: Vec<DeliveryHeadline<T>>,
+    pub latency: Option<LatencyHeadline<T>>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct DeliveryHeadline {
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct DeliveryHeadline<T = f64> {
     pub groups: usize,
-    pub delivered_per_sec_per_group: f64,
+    pub delivered_per_sec_per_group: T,
     /// ÷ ingest alone of the same round.
-    pub delivered_per_group_per_ingest: Option<f64>,
+    pub delivered_per_group_per_ingest: Option<T>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct LatencyHeadline {
-    pub delivery_p50_us: f64,
-    pub delivery_p99_us: f64,
-    pub ack_p50_us: f64,
-    pub ack_p99_us: f64,
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct LatencyHeadline<T = f64> {
+    pub delivery_p50_us: T,
+    pub delivery_p99_us: T,
+    pub ack_p50_us: T,
+    pub ack_p99_us: T,
 }
 
-/// The rounds' headline figures, and each as min / median / max.
+/// The rounds' headline figures, and each as min / median / max (every
+/// round ran the same phases, in the same order).
 #[derive(Debug, Clone, Serialize)]
 pub struct Repeats {
     pub rounds: Vec<Headline>,
-    pub ingest_published_per_sec: Option<Spread>,
-    pub backlog_drain_per_sec: Option<Spread>,
-    pub backlog_drain_per_ingest: Option<Spread>,
-    pub delivery: Vec<DeliverySpread>,
-    pub latency: Option<LatencySpread>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct DeliverySpread {
-    pub groups: usize,
-    pub delivered_per_sec_per_group: Spread,
-    pub delivered_per_group_per_ingest: Option<Spread>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct LatencySpread {
-    pub delivery_p50_us: Spread,
-    pub delivery_p99_us: Spread,
-    pub ack_p50_us: Spread,
-    pub ack_p99_us: Spread,
+    #[serde(flatten)]
+    pub spread: Headline<Spread>,
 }
 
 /// A closed-loop phase: ingest alone (no groups) or delivery to groups.
@@ -513,7 +497,10 @@ pub(super) fn build(
             r.groups_short += other.groups_short;
             heads.push(headline(&other));
         }
-        r.repeats = Some(spreads(heads));
+        r.repeats = Some(Repeats {
+            spread: crate::measure::spreads(&heads),
+            rounds: heads,
+        });
     }
     r
 }
@@ -544,59 +531,6 @@ fn headline(r: &ConsumeReport) -> Headline {
             ack_p50_us: l.ack_latency.p50_us as f64,
             ack_p99_us: l.ack_latency.p99_us as f64,
         }),
-    }
-}
-
-/// Min / median / max of each headline figure over the rounds (every
-/// round ran the same phases, in the same order).
-fn spreads(rounds: Vec<Headline>) -> Repeats {
-    let of = |f: &dyn Fn(&Headline) -> Option<f64>| {
-        let v: Vec<f64> = rounds.iter().filter_map(f).collect();
-        (!v.is_empty()).then(|| Spread::of(&v))
-    };
-    let delivery = rounds
-        .first()
-        .map(|h| h.delivery.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .map(|(k, d)| DeliverySpread {
-            groups: d.groups,
-            delivered_per_sec_per_group: of(&|h| {
-                h.delivery.get(k).map(|x| x.delivered_per_sec_per_group)
-            })
-            .unwrap_or_default(),
-            delivered_per_group_per_ingest: of(&|h| {
-                h.delivery
-                    .get(k)
-                    .and_then(|x| x.delivered_per_group_per_ingest)
-            }),
-        })
-        .collect();
-    let lat = |f: fn(&LatencyHeadline) -> f64| of(&|h| h.latency.as_ref().map(f));
-    let latency = match (
-        lat(|l| l.delivery_p50_us),
-        lat(|l| l.delivery_p99_us),
-        lat(|l| l.ack_p50_us),
-        lat(|l| l.ack_p99_us),
-    ) {
-        (Some(delivery_p50_us), Some(delivery_p99_us), Some(ack_p50_us), Some(ack_p99_us)) => {
-            Some(LatencySpread {
-                delivery_p50_us,
-                delivery_p99_us,
-                ack_p50_us,
-                ack_p99_us,
-            })
-        }
-        _ => None,
-    };
-    Repeats {
-        ingest_published_per_sec: of(&|h| h.ingest_published_per_sec),
-        backlog_drain_per_sec: of(&|h| h.backlog_drain_per_sec),
-        backlog_drain_per_ingest: of(&|h| h.backlog_drain_per_ingest),
-        delivery,
-        latency,
-        rounds,
     }
 }
 

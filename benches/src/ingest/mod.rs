@@ -39,8 +39,7 @@ pub use baselines::{measure_baselines, Baselines};
 pub use config::{External, IngestConfig, Length, PathKind};
 pub use print::print;
 pub use report::{
-    IngestReport, Ratios, RunReport, Summary, SummaryRatios, JSON_SCHEMA, TARGET_ACKED_PER_SEC,
-    TARGET_P99_US,
+    IngestReport, Ratios, RunReport, Summary, JSON_SCHEMA, TARGET_ACKED_PER_SEC, TARGET_P99_US,
 };
 use sluice_transport::client::{ProducerOptions, Transport};
 use sluice_transport::proto::SenderConfig;

@@ -104,7 +104,7 @@ pub fn print(r: &IngestReport) {
     row("measure", "value", "baseline (same invocation)", "ratio");
     println!("  {}", "-".repeat(112));
     let with =
-        |f: fn(&super::report::SummaryRatios) -> &Spread| q.map_or(String::new(), |q| ratio(f(q)));
+        |f: fn(&super::report::Ratios<Spread>) -> &Spread| q.map_or(String::new(), |q| ratio(f(q)));
     row(
         "acked msgs/s",
         &spread(&s.acked_per_sec, 0),

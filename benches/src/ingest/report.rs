@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::baselines::Baselines;
 use super::config::IngestConfig;
@@ -19,30 +19,31 @@ pub const TARGET_P99_US: f64 = 1_000.0;
 /// figures moved into `runs` (one per repetition) and `summary`; `plots`.
 pub const JSON_SCHEMA: u32 = 2;
 
-/// Figures divided by baselines (and by the targets).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Ratios {
+/// Figures divided by baselines (and by the targets): of one
+/// repetition (`T` = `f64`), or their spreads (`T` = [`Spread`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Ratios<T = f64> {
     /// Acked msgs/s ÷ plain UDP 128 B datagrams/s (one message a datagram).
-    pub acked_per_udp_128_datagram: f64,
+    pub acked_per_udp_128_datagram: T,
     /// Acked payload MB/s ÷ plain UDP 1,452 B payload MB/s.
-    pub goodput_per_udp_1452_mb: f64,
+    pub goodput_per_udp_1452_mb: T,
     /// Group commits/s ÷ raw 4 KiB fdatasync/s.
-    pub commits_per_raw_fdatasync: f64,
+    pub commits_per_raw_fdatasync: T,
     /// Ack p50 ÷ raw fdatasync p50; ack p99 ÷ raw fdatasync p99.
-    pub p50_per_fdatasync_p50: f64,
-    pub p99_per_fdatasync_p99: f64,
+    pub p50_per_fdatasync_p50: T,
+    pub p99_per_fdatasync_p99: T,
     /// Open loop: ack p99 ÷ the ideal raw group commit's p99 at the same
     /// rate, and ÷ the UDP echo's p99 at the same rate.
-    pub p99_per_ideal_commit_p99: Option<f64>,
-    pub p99_per_udp_echo_p99: Option<f64>,
+    pub p99_per_ideal_commit_p99: Option<T>,
+    pub p99_per_udp_echo_p99: Option<T>,
     /// Open loop: CPU per acked message (producers without the harness's
     /// pacing thread, plus daemon) ÷ CPU per operation of the plain floor
     /// at the same rate (UDP echo round trip + ideal raw group commit).
-    pub cpu_per_msg_per_plain_floor: Option<f64>,
+    pub cpu_per_msg_per_plain_floor: Option<T>,
     /// Acked msgs/s ÷ 500,000 (the throughput target).
-    pub acked_per_target: f64,
+    pub acked_per_target: T,
     /// Ack p99 ÷ 1 ms (the latency target at 10,000 msgs/s).
-    pub p99_per_target: f64,
+    pub p99_per_target: T,
 }
 
 /// One repetition's figures, over its measurement window.
@@ -99,22 +100,7 @@ pub struct Summary {
     pub producer_cpu_us_per_msg: Spread,
     pub daemon_cpu_us_per_msg: Option<Spread>,
     pub group_commits_per_sec: Option<Spread>,
-    pub ratios: Option<SummaryRatios>,
-}
-
-/// [`Ratios`] over the repetitions.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SummaryRatios {
-    pub acked_per_udp_128_datagram: Spread,
-    pub goodput_per_udp_1452_mb: Spread,
-    pub commits_per_raw_fdatasync: Spread,
-    pub p50_per_fdatasync_p50: Spread,
-    pub p99_per_fdatasync_p99: Spread,
-    pub p99_per_ideal_commit_p99: Option<Spread>,
-    pub p99_per_udp_echo_p99: Option<Spread>,
-    pub cpu_per_msg_per_plain_floor: Option<Spread>,
-    pub acked_per_target: Spread,
-    pub p99_per_target: Spread,
+    pub ratios: Option<Ratios<Spread>>,
 }
 
 /// Everything one `sluice-bench ingest` invocation measured.
@@ -217,9 +203,7 @@ pub(super) fn run_report(
 }
 
 pub(super) fn summary(runs: &[RunReport]) -> Summary {
-    let ratio = |f: fn(&Ratios) -> f64| Spread::over(runs, |r| r.ratios.map_or(0.0, |q| f(&q)));
-    let ratio_opt =
-        |f: fn(&Ratios) -> Option<f64>| Spread::over_all(runs, |r| r.ratios.and_then(|q| f(&q)));
+    let ratios: Option<Vec<Ratios>> = runs.iter().map(|r| r.ratios).collect();
     Summary {
         runs: runs.len(),
         acked_per_sec: Spread::over(runs, |r| r.acked_per_sec),
@@ -232,21 +216,8 @@ pub(super) fn summary(runs: &[RunReport]) -> Summary {
         producer_cpu_us_per_msg: Spread::over(runs, |r| r.producer_cpu_us_per_msg),
         daemon_cpu_us_per_msg: Spread::over_all(runs, |r| r.daemon_cpu_us_per_msg),
         group_commits_per_sec: Spread::over_all(runs, |r| r.group_commits_per_sec),
-        ratios: runs
-            .iter()
-            .all(|r| r.ratios.is_some())
-            .then(|| SummaryRatios {
-                acked_per_udp_128_datagram: ratio(|q| q.acked_per_udp_128_datagram),
-                goodput_per_udp_1452_mb: ratio(|q| q.goodput_per_udp_1452_mb),
-                commits_per_raw_fdatasync: ratio(|q| q.commits_per_raw_fdatasync),
-                p50_per_fdatasync_p50: ratio(|q| q.p50_per_fdatasync_p50),
-                p99_per_fdatasync_p99: ratio(|q| q.p99_per_fdatasync_p99),
-                p99_per_ideal_commit_p99: ratio_opt(|q| q.p99_per_ideal_commit_p99),
-                p99_per_udp_echo_p99: ratio_opt(|q| q.p99_per_udp_echo_p99),
-                cpu_per_msg_per_plain_floor: ratio_opt(|q| q.cpu_per_msg_per_plain_floor),
-                acked_per_target: ratio(|q| q.acked_per_target),
-                p99_per_target: ratio(|q| q.p99_per_target),
-            })
-            .filter(|_| !runs.is_empty()),
+        ratios: ratios
+            .filter(|r| !r.is_empty())
+            .map(|r| crate::measure::spreads(&r)),
     }
 }
