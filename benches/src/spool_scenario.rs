@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::baseline::{self, DiskBaseline};
 use crate::filesystem::FileSystem;
-use crate::measure::{Host, Latency, PercentileCurve, Plots, Spread};
+use crate::measure::{div, Host, Latency, PercentileCurve, Plots, Spread};
 use crate::progress::Progress;
 use crate::spool;
 
@@ -276,7 +276,7 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
                 runs.push(RowRun {
                     records_per_sec: r.records_per_sec,
                     mb_per_sec: r.mb_per_sec,
-                    per_raw_1mib: ratio(r.mb_per_sec, base.disk.mb_per_sec_1mib),
+                    per_raw_1mib: div(r.mb_per_sec, base.disk.mb_per_sec_1mib),
                     ack_latency: Latency::of(&r.ack_latency),
                 });
                 hists.push(r.ack_latency);
@@ -355,14 +355,6 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
     })
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 {
-        a / b
-    } else {
-        0.0
-    }
-}
-
 /// Where the table's lines go: printed at once, or held until the
 /// progress line is gone.
 struct Output {
@@ -411,10 +403,6 @@ fn median_run(runs: &[RowRun]) -> usize {
     order[(order.len().max(1) - 1) / 2]
 }
 
-fn spread(s: &Spread) -> String {
-    s.show(0)
-}
-
 /// Widths of the records/s and ack p99 columns: wider when repeated, to
 /// fit `median [min–max]`.
 fn widths(repeated: bool) -> (usize, usize) {
@@ -441,11 +429,11 @@ fn row_line(r: &SpoolRow) -> String {
         r.appenders,
         r.record_bytes,
         r.batch,
-        spread(&s.records_per_sec),
+        s.records_per_sec.show(0),
         s.mb_per_sec.median,
         s.per_raw_1mib.median,
         s.ack_p50_us.median,
-        spread(&s.ack_p99_us),
+        s.ack_p99_us.show(0),
         w = p99_w - 2
     )
 }
@@ -483,11 +471,11 @@ fn latency_row(
         record_bytes: AT_RATE_RECORD,
         ack_latency: Latency::of(&h),
         ideal_group_commit: Latency::of(&ideal),
-        p99_per_ideal_p99: ratio(
+        p99_per_ideal_p99: div(
             h.value_at_quantile(0.99) as f64,
             ideal.value_at_quantile(0.99).max(1) as f64,
         ),
-        p99_per_fdatasync_p99: ratio(
+        p99_per_fdatasync_p99: div(
             h.value_at_quantile(0.99) as f64,
             base.fdatasync_latency.p99_us.max(1) as f64,
         ),

@@ -397,7 +397,7 @@ async fn join(
         .consumers
         .spawn(async move { Consumer::connect(addr, &stream, opts).await })
         .await?;
-    Ok(joined.map_err(|e| load::join_error(group, &e))?)
+    Ok(joined.map_err(|e| format!("consumer group {group}: {e}"))?)
 }
 
 /// One new group receives the whole stream (`published` messages), with
