@@ -261,15 +261,11 @@ pub fn print(r: &BaselineReport) {
 pub fn main(a: &BaselineArgs) -> ExitCode {
     let report = match run(a) {
         Ok(r) => r,
-        Err(e) => return fail(&e),
+        Err(e) => return crate::args::fail("baseline", e),
     };
     print(&report);
     if let Err(e) = a.out.save("baseline", &report, &report.plots, &report.host) {
-        return fail(&e);
+        return crate::args::fail("baseline", e);
     }
     ExitCode::SUCCESS
-}
-
-fn fail(e: &str) -> ExitCode {
-    crate::args::fail("baseline", e)
 }

@@ -177,18 +177,14 @@ impl SpoolArgs {
     }
 }
 
-fn fail(e: &str) -> ExitCode {
-    crate::args::fail("spool", e)
-}
-
 /// `sluice-bench spool`.
 pub fn main(a: &SpoolArgs) -> ExitCode {
     let report = match run(a) {
         Ok(r) => r,
-        Err(e) => return fail(&e),
+        Err(e) => return crate::args::fail("spool", e),
     };
     if let Err(e) = a.out.save("spool", &report, &report.plots, &report.host) {
-        return fail(&e);
+        return crate::args::fail("spool", e);
     }
     ExitCode::SUCCESS
 }

@@ -577,14 +577,14 @@ pub fn run(c: &LossConfig, progress: &Progress) -> Result<LossReport, String> {
             c.repeat
         ));
     }
-    let runs = || rows.iter().flat_map(|r| &r.row.runs);
+    let runs = || rows.iter().flat_map(|r| &r.item.runs);
     if runs().any(|r| r.stored.is_none()) {
         notes.push("the daemon's record count could not be read for some repetitions: their stored-once check is missing".into());
     }
     if runs().any(|r| r.cpu.daemon.is_none()) {
         notes.push("the daemon's CPU time could not be read for some repetitions".into());
     }
-    let ok = rows.iter().all(|r| r.row.checks.ok);
+    let ok = rows.iter().all(|r| r.item.checks.ok);
     let plots = Plots {
         latency: rows.iter().map(|r| r.curve.clone()).collect(),
         throughput: rows.iter().map(|r| r.series.clone()).collect(),
@@ -601,23 +601,17 @@ pub fn run(c: &LossConfig, progress: &Progress) -> Result<LossReport, String> {
         } else {
             "send_batch call"
         },
-        rows: rows.into_iter().map(|r| r.row).collect(),
+        rows: rows.into_iter().map(|r| r.item).collect(),
         plots,
         ok,
         notes,
     })
 }
 
-/// A row with the pictures of its first repetition.
-struct Measured {
-    row: LossRow,
-    curve: PercentileCurve,
-    series: TimeSeries,
-}
-
-/// One repetition with its pictures.
-struct Repetition {
-    run: LossRun,
+/// A row with the pictures of its first repetition, or one repetition
+/// with its pictures.
+struct Pictured<T> {
+    item: T,
     curve: PercentileCurve,
     series: TimeSeries,
 }
@@ -631,9 +625,9 @@ fn sweep(
     c: &LossConfig,
     mut bed: Box<dyn Bed>,
     progress: &Progress,
-) -> Result<Vec<Measured>, String> {
+) -> Result<Vec<Pictured<LossRow>>, String> {
     let plan = c.plan();
-    let mut reps: Vec<Vec<Repetition>> = c.loss.iter().map(|_| Vec::new()).collect();
+    let mut reps: Vec<Vec<Pictured<LossRun>>> = c.loss.iter().map(|_| Vec::new()).collect();
     let steps = c.loss.len() * c.repeat;
     // Fresh producer ids for every repetition.
     let mut next_id = 1001u64;
@@ -691,7 +685,7 @@ fn sweep(
     finished?;
     // Ratios to the median of the 0 % row (the first).
     let median = |f: &dyn Fn(&LossRun) -> f64| {
-        Spread::of(&reps[0].iter().map(|r| f(&r.run)).collect::<Vec<_>>()).median
+        Spread::of(&reps[0].iter().map(|r| f(&r.item)).collect::<Vec<_>>()).median
     };
     let base = (
         median(&|r| r.acked_per_sec),
@@ -704,7 +698,7 @@ fn sweep(
         let mut runs = Vec::with_capacity(reps.len());
         let mut first = None;
         for rep in reps {
-            let mut run = rep.run;
+            let mut run = rep.item;
             run.acked_per_sec_per_baseline = div(run.acked_per_sec, base.0);
             run.p50_per_baseline = div(run.latency.p50_us as f64, base.1);
             run.p99_per_baseline = div(run.latency.p99_us as f64, base.2);
@@ -721,8 +715,8 @@ fn sweep(
                 .map(|v| v.iter().all(|ok| *ok)),
             ok: runs.iter().all(|r| r.checks.ok),
         };
-        rows.push(Measured {
-            row: LossRow {
+        rows.push(Pictured {
+            item: LossRow {
                 loss_percent: *loss,
                 summary: RowSummary::of(&runs),
                 runs,
@@ -752,7 +746,7 @@ fn repetition(
     plan: &Plan,
     r: &Run,
     progress: &Progress,
-) -> Result<Repetition, String> {
+) -> Result<Pictured<LossRun>, String> {
     let stream = r.stream;
     let before = bed.scrape();
     let drops_before = bed.udp_rcvbuf_errors();
@@ -791,10 +785,10 @@ fn repetition(
     let w = o.start.until(&o.end);
     let acked_per_sec = w.acked as f64 / w.seconds.max(1e-9);
     let name = label(r.loss);
-    Ok(Repetition {
+    Ok(Pictured {
         curve: PercentileCurve::of(name.clone(), &o.latency),
         series: o.timeline.series(name, w.seconds),
-        run: LossRun {
+        item: LossRun {
             run: r.number,
             stream: stream.to_owned(),
             sent: o.sent,
