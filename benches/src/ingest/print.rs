@@ -103,7 +103,7 @@ pub fn print(r: &IngestReport) {
         |f: fn(&super::report::Ratios<Spread>) -> &Spread| q.map_or(String::new(), |q| ratio(f(q)));
     row(
         "acked msgs/s",
-        &&s.acked_per_sec.show(0),
+        &s.acked_per_sec.show(0),
         &b.map_or(String::new(), |b| {
             format!(
                 "plain UDP 128 B {:.0} dgrams/s",
@@ -114,7 +114,7 @@ pub fn print(r: &IngestReport) {
     );
     row(
         "acked payload MB/s",
-        &&s.mb_per_sec.show(1),
+        &s.mb_per_sec.show(1),
         &b.map_or(String::new(), |b| {
             format!("plain UDP 1452 B {:.0} MB/s", b.udp_1452.mb_per_sec)
         }),
@@ -132,7 +132,7 @@ pub fn print(r: &IngestReport) {
     }
     row(
         "ack latency p50 (us)",
-        &&s.p50_us.show(0),
+        &s.p50_us.show(0),
         &b.map_or(String::new(), |b| {
             format!("raw fdatasync p50 {} us", b.fdatasync_p50_us)
         }),
@@ -140,7 +140,7 @@ pub fn print(r: &IngestReport) {
     );
     row(
         "ack latency p99 (us)",
-        &&s.p99_us.show(0),
+        &s.p99_us.show(0),
         &b.map_or(String::new(), |b| {
             format!("raw fdatasync p99 {} us", b.fdatasync_p99_us)
         }),
@@ -159,14 +159,14 @@ pub fn print(r: &IngestReport) {
             row("", "", &format!("UDP echo p99 {} us", e.p99_us), &ratio(x));
         }
     }
-    row("ack latency p99.9 (us)", &&s.p999_us.show(0), "", "");
-    row("ack latency max (us)", &&s.max_us.show(0), "", "");
+    row("ack latency p99.9 (us)", &s.p999_us.show(0), "", "");
+    row("ack latency max (us)", &s.max_us.show(0), "", "");
     if let Some(d) = &s.daemon_cpu_us_per_msg {
         row("daemon CPU us/msg", &d.show(2), "", "");
     }
     row(
         "producers CPU us/msg",
-        &&s.producer_cpu_us_per_msg.show(2),
+        &s.producer_cpu_us_per_msg.show(2),
         "",
         "",
     );
@@ -186,7 +186,7 @@ pub fn print(r: &IngestReport) {
     if !c.sizes.is_empty() {
         row(
             "mean payload (B)",
-            &&s.mean_payload_bytes.show(1),
+            &s.mean_payload_bytes.show(1),
             &format!("asked {:.1}", c.mean_size()),
             "",
         );
