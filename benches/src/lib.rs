@@ -17,5 +17,6 @@ pub mod progress;
 pub mod sizes;
 pub mod spool;
 pub mod spool_scenario;
+pub mod table;
 pub mod udp_baseline;
 pub mod xdp;

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use super::config::Length;
 use super::report::{IngestReport, RunReport, TARGET_ACKED_PER_SEC, TARGET_P99_US};
 use crate::measure::{CpuUse, Spread};
+use crate::{row, table};
 
 /// A ratio: `median x [min–max]`.
 fn ratio(s: &Spread) -> String {
@@ -211,24 +212,17 @@ pub fn print(r: &IngestReport) {
     print_baselines(r);
 }
 
+/// The layout of a repetition's line.
+const RUNS: &str = "  {:>3} {:>12.0} {:>8.1} {:>8} {:>8} {:>8} {:>9} {:>14} {:>16.2} {:>7}";
+
 /// One line per repetition.
 fn print_runs(runs: &[RunReport]) {
-    println!(
-        "\n  {:>3} {:>12} {:>8} {:>8} {:>8} {:>8} {:>9} {:>14} {:>16} {:>7}",
-        "run",
-        "acked msgs/s",
-        "MB/s",
-        "p50 us",
-        "p99 us",
-        "p99.9 us",
-        "max us",
-        "daemon us/msg",
-        "producers us/msg",
-        "errors"
-    );
+    let heading = "run;acked msgs/s;MB/s;p50 us;p99 us;p99.9 us;max us;daemon us/msg;\
+                   producers us/msg;errors";
+    println!("\n{}", table::head(RUNS, heading));
     for x in runs {
-        println!(
-            "  {:>3} {:>12.0} {:>8.1} {:>8} {:>8} {:>8} {:>9} {:>14} {:>16.2} {:>7}",
+        row!(
+            RUNS,
             x.run,
             x.acked_per_sec,
             x.mb_per_sec,
