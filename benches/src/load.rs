@@ -1,5 +1,5 @@
 //! The one load generator of the scenarios that publish (`ingest`, `loss`,
-//! `xdp --part durable`): counters the producers share with the scenario's
+//! `e2e`, `xdp --part durable`): counters the producers share with the scenario's
 //! coordinator, and the two ways of offering load.
 //!
 //! - closed loop (`rate == 0`): each producer keeps `in_flight` calls of
@@ -18,7 +18,8 @@
 //!
 //! [`run`] is one measured run of either: a warm-up, a window with a
 //! [`Mark`](crate::measure::Mark) (or what the caller marks) at each end,
-//! then a bounded drain of the calls still out, and the producers closed.
+//! then a bounded drain of the calls still out, and the producers closed;
+//! [`run_with`] adds `e2e`'s gate, its clock and its sampling.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -94,6 +95,11 @@ impl Shared {
         self.gate
             .as_ref()
             .is_none_or(|g| g(self.sent.load(Relaxed)))
+    }
+
+    /// Messages and bytes acked so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.acked.load(Relaxed), self.acked_bytes.load(Relaxed))
     }
 
     pub fn in_window(&self, t: Instant) -> bool {
@@ -520,6 +526,18 @@ pub struct Outcome<M> {
     pub timeline: Timeline,
 }
 
+/// What `e2e` adds to a run (see [`run_with`]).
+#[derive(Default)]
+pub struct Extra<'a> {
+    /// When the run begins (its window counts from there); now if `None`.
+    pub begin: Option<Instant>,
+    /// [`Shared::gate`] and [`Shared::window_by_call`].
+    pub gate: Option<Box<dyn Fn(u64) -> bool + Send + Sync>>,
+    pub window_by_call: bool,
+    /// Called every [`POLL`] through the window.
+    pub poll: Option<&'a mut dyn FnMut(&Shared)>,
+}
+
 /// How often [`run`] looks at the clock, the load and the user's interrupt.
 const POLL: Duration = Duration::from_millis(20);
 /// How long outstanding calls (and closes) get once the user interrupts.
@@ -538,12 +556,26 @@ pub async fn run<M>(
     progress: &Progress,
     mark: impl Fn(&Shared) -> M,
 ) -> Result<Outcome<M>, String> {
-    let begin = Instant::now();
+    run_with(producers, plan, progress, mark, Extra::default()).await
+}
+
+/// [`run`] with what `extra` adds.
+pub async fn run_with<M>(
+    producers: Vec<Producer>,
+    plan: &Plan,
+    progress: &Progress,
+    mark: impl Fn(&Shared) -> M,
+    mut extra: Extra<'_>,
+) -> Result<Outcome<M>, String> {
+    let begin = extra.begin.unwrap_or_else(Instant::now);
     let window_start = begin + Duration::from_secs_f64(plan.warmup);
     let window_end = plan
         .seconds
         .map(|s| window_start + Duration::from_secs_f64(s));
-    let shared = Arc::new(Shared::new(window_start, window_end, plan.interval));
+    let mut shared = Shared::new(window_start, window_end, plan.interval);
+    shared.gate = extra.gate;
+    shared.window_by_call = extra.window_by_call;
+    let shared = Arc::new(shared);
     let mark = || tokio::task::block_in_place(|| mark(&shared));
     let ticker = tokio::spawn(tick(
         shared.clone(),
@@ -569,6 +601,9 @@ pub async fn run<M>(
     };
     let mut done = false;
     while !interrupt::requested() {
+        if let Some(poll) = extra.poll.as_mut() {
+            poll(&shared);
+        }
         let left = window_end.map(|e| e.saturating_duration_since(Instant::now()));
         if left.is_some_and(|l| l.is_zero()) {
             break;

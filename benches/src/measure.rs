@@ -11,7 +11,6 @@ use serde::Serialize;
 use sluice_daemon::metrics::scrape::Scrape;
 
 use crate::cpu;
-use crate::load::Shared;
 
 /// A snapshot at one end of a measured window: what the producers had
 /// acked, the CPU time of this process and of the daemon (in all and by
@@ -30,18 +29,18 @@ pub struct Mark {
 }
 
 impl Mark {
-    /// Now: the counts of `shared`, the daemon's process `pid` (if it is
-    /// measured) and its metrics from `scrape`.
+    /// Now: the `counts` (acked messages and bytes, from
+    /// [`crate::load::Shared::counts`]), the daemon's process `pid` (if it is measured)
+    /// and its metrics from `scrape`.
     pub fn take(
-        shared: &Shared,
+        (acked, acked_bytes): (u64, u64),
         pid: Option<u32>,
         scrape: impl FnOnce() -> Option<Scrape>,
     ) -> Mark {
-        use std::sync::atomic::Ordering::Relaxed;
         Mark {
             at: Instant::now(),
-            acked: shared.acked.load(Relaxed),
-            acked_bytes: shared.acked_bytes.load(Relaxed),
+            acked,
+            acked_bytes,
             self_cpu: cpu::self_seconds(),
             self_threads: cpu::threads_seconds(std::process::id()),
             daemon_cpu: pid.and_then(cpu::process_seconds),

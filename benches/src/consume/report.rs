@@ -290,7 +290,7 @@ struct Common {
 }
 
 fn common(o: &Outcome) -> Common {
-    let (a, b) = (&o.start, &o.end);
+    let (a, b) = (&o.run.start, &o.run.end);
     let w = a.until(b);
     let window = w.seconds.max(1e-9);
     let window_published = w.acked;
@@ -354,16 +354,16 @@ fn throughput(o: Outcome) -> ThroughputRun {
     let drains: Vec<f64> = c
         .groups
         .iter()
-        .zip(&o.end.distinct)
+        .zip(&o.run.end.distinct)
         .filter(|(g, _)| g.behind_at_window_end >= min_behind)
         .filter_map(|(g, had)| {
-            let left = o.acked.saturating_sub(*had);
+            let left = o.run.acked.saturating_sub(*had);
             g.caught_up_after.map(|s| left as f64 / s.max(1e-9))
         })
         .collect();
     let drain = o.drained.as_ref().map(|d| {
         let speed = drains.iter().sum::<f64>() / drains.len().max(1) as f64;
-        drain_between(&o.end, d, min_behind, drains.len(), speed)
+        drain_between(&o.run.end, d, min_behind, drains.len(), speed)
     });
     let backlog_drain = o.backlog.as_ref().map(|b| {
         let seconds = b.end.at.duration_since(b.start.at).as_secs_f64().max(1e-9);
@@ -384,13 +384,13 @@ fn throughput(o: Outcome) -> ThroughputRun {
         groups: o.spec.groups,
         stream: o.stream,
         window_seconds: c.window,
-        sent: o.sent,
-        published: o.acked,
-        errors: o.errors + u64::from(backlog_error.is_some()),
-        first_error: o.first_error.or(backlog_error),
+        sent: o.run.sent,
+        published: o.run.acked,
+        errors: o.run.errors + u64::from(backlog_error.is_some()),
+        first_error: o.run.first_error.or(backlog_error),
         window_published: c.window_published,
         published_per_sec: c.window_published as f64 / c.window,
-        ack_latency: Latency::of(&o.ack_latency),
+        ack_latency: Latency::of(&o.run.latency),
         delivered_per_sec_per_group: total / c.groups.len().max(1) as f64,
         delivered_per_sec_total: total,
         group_figures: c.groups,
@@ -438,7 +438,7 @@ fn latency(o: Outcome, baselines: Option<&Baselines>) -> LatencyRun {
         all.add(h).ok();
     }
     let delivery = Latency::of(&all);
-    let ack = Latency::of(&o.ack_latency);
+    let ack = Latency::of(&o.run.latency);
     let ratios = LatencyRatios {
         delivery_p50_per_ack_p50: div(delivery.p50_us as f64, ack.p50_us as f64),
         delivery_p99_per_ack_p99: div(delivery.p99_us as f64, ack.p99_us as f64),
@@ -458,16 +458,21 @@ fn latency(o: Outcome, baselines: Option<&Baselines>) -> LatencyRun {
         groups: o.spec.groups,
         stream: o.stream,
         window_seconds: c.window,
-        sent: o.sent,
-        published: o.acked,
-        errors: o.errors,
-        first_error: o.first_error,
+        sent: o.run.sent,
+        published: o.run.acked,
+        errors: o.run.errors,
+        first_error: o.run.first_error,
         published_per_sec: c.window_published as f64 / c.window,
         group_figures: c.groups,
         delivery_latency: delivery,
         delivery_latency_per_group: o.latency.iter().map(Latency::of).collect(),
         ack_latency: ack,
-        pacer_lag: o.pacer_lag.as_ref().map(Latency::of).unwrap_or_default(),
+        pacer_lag: o
+            .run
+            .pacer_lag
+            .as_ref()
+            .map(Latency::of)
+            .unwrap_or_default(),
         cpu: c.cpu,
         machine: c.machine,
         daemon: c.daemon,
@@ -590,7 +595,7 @@ fn plot(o: &Outcome, plots: &mut Plots) {
             ));
             plots.latency.push(PercentileCurve::of(
                 format!("durable ack at {rate:.0}/s"),
-                &o.ack_latency,
+                &o.run.latency,
             ));
         }
     }
@@ -623,11 +628,11 @@ fn build_round(
     };
     for o in outcomes {
         plot(&o, &mut r.plots);
-        r.errors += o.errors
+        r.errors += o.run.errors
             + o.backlog
                 .as_ref()
                 .map_or(0, |b| u64::from(b.first_error.is_some()));
-        r.groups_short += o.distinct.iter().filter(|&&d| d < o.acked).count() as u64;
+        r.groups_short += o.distinct.iter().filter(|&&d| d < o.run.acked).count() as u64;
         r.groups_short += o.backlog.as_ref().map_or(0, |b| u64::from(!b.caught_up));
         match (o.spec.drive, o.spec.groups) {
             (Drive::Closed, 0) => r.ingest_alone = Some(throughput(o)),

@@ -162,7 +162,7 @@ pub fn run_with(
         };
         let outcome = rt.block_on(async {
             let p = load::connect(config.producers, addr, stream, first_id, &options).await?;
-            load::run(p, &plan, progress, |s| Mark::take(s, pid, scrape)).await
+            load::run(p, &plan, progress, |s| Mark::take(s.counts(), pid, scrape)).await
         });
         match outcome {
             Ok(o) => outcomes.push(o),

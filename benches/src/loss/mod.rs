@@ -758,7 +758,7 @@ fn repetition(
         producers::runtime(Some(PRODUCER_THREADS))?.block_on(async {
             let to = |_| stream.to_owned();
             let p = producers::connect(c.producers, addr, to, r.first_id, options).await?;
-            producers::run(p, plan, progress, |s| Mark::take(s, pid, || None)).await
+            producers::run(p, plan, progress, |s| Mark::take(s.counts(), pid, || None)).await
         })
     });
     let impaired = bed.clear();

@@ -256,7 +256,7 @@ fn measure(
     };
     let pid = d.pid();
     let end = |s: &Shared| End {
-        mark: Mark::take(s, Some(pid), || d.scrape().ok()),
+        mark: Mark::take(s.counts(), Some(pid), || d.scrape().ok()),
         udp_out_a: super::udp_counter("OutDatagrams"),
         stat: CpuStat::now(),
     };
