@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::baseline::{self, DiskBaseline};
 use crate::filesystem::FileSystem;
-use crate::measure::{Host, Latency, PercentileCurve, Plots, Spread, TimeSeries};
+use crate::measure::{Head, Latency, PercentileCurve, Plots, Spread, TimeSeries};
 use crate::progress::Progress;
 use crate::udp_baseline::{self, UdpBaseline};
 
@@ -66,11 +66,8 @@ pub struct UdpSummary {
 /// The whole report (`--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct BaselineReport {
-    pub scenario: &'static str,
-    pub schema: u32,
-    /// Seconds since the Unix epoch when the run started.
-    pub started_unix: u64,
-    pub host: Host,
+    #[serde(flatten)]
+    pub head: Head,
     /// Where the disk figures were measured.
     pub file_system: FileSystem,
     /// fdatasync costs nothing on this file system (tmpfs): the disk
@@ -103,7 +100,7 @@ impl BaselineArgs {
 /// Measures everything `repeat` times on `dir`'s file system and loopback.
 pub fn run(a: &BaselineArgs) -> Result<BaselineReport, String> {
     a.validate()?;
-    let started_unix = crate::measure::unix_now();
+    let head = Head::now("baseline", JSON_SCHEMA);
     let (file_system, work) = crate::filesystem::workplace(&a.out.dir, "baseline")?;
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
     let d = Duration::from_secs_f64(a.seconds);
@@ -158,10 +155,7 @@ pub fn run(a: &BaselineArgs) -> Result<BaselineReport, String> {
     ));
     let summary = summarise(&runs, &a.udp_sizes);
     Ok(BaselineReport {
-        scenario: "baseline",
-        schema: JSON_SCHEMA,
-        started_unix,
-        host: Host::here(),
+        head,
         fdatasync_is_free: file_system.sync_is_free(),
         file_system,
         seconds: a.seconds,
@@ -196,11 +190,11 @@ fn summarise(runs: &[BaselineRun], sizes: &[usize]) -> BaselineSummary {
 pub fn print(r: &BaselineReport) {
     println!(
         "baseline: {} CPUs, kernel {}; disk: {}, {}",
-        r.host.cpus,
-        if r.host.kernel.is_empty() {
+        r.head.host.cpus,
+        if r.head.host.kernel.is_empty() {
             "?"
         } else {
-            &r.host.kernel
+            &r.head.host.kernel
         },
         r.file_system.path.display(),
         r.file_system.describe()
@@ -264,7 +258,7 @@ pub fn main(a: &BaselineArgs) -> ExitCode {
         Err(e) => return crate::args::fail("baseline", e),
     };
     print(&report);
-    if let Err(e) = a.out.save("baseline", &report, &report.plots, &report.host) {
+    if let Err(e) = a.out.save(&report, &report.head, &report.plots) {
         return crate::args::fail("baseline", e);
     }
     ExitCode::SUCCESS

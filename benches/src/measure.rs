@@ -300,6 +300,29 @@ impl Host {
     }
 }
 
+/// What every report starts with (flattened into it): the scenario, the
+/// version of its JSON layout, when it started (seconds since the Unix
+/// epoch) and where.
+#[derive(Debug, Clone, Serialize)]
+pub struct Head {
+    pub scenario: &'static str,
+    pub schema: u32,
+    pub started_unix: u64,
+    pub host: Host,
+}
+
+impl Head {
+    /// A run of `scenario` starting now, here.
+    pub fn now(scenario: &'static str, schema: u32) -> Head {
+        Head {
+            scenario,
+            schema,
+            started_unix: unix_now(),
+            host: Host::here(),
+        }
+    }
+}
+
 /// Seconds since the Unix epoch (a report's `started_unix`).
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

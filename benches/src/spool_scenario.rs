@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::baseline::{self, DiskBaseline};
 use crate::filesystem::FileSystem;
-use crate::measure::{div, Host, Latency, PercentileCurve, Plots, Spread};
+use crate::measure::{div, Head, Latency, PercentileCurve, Plots, Spread};
 use crate::progress::Progress;
 use crate::spool;
 
@@ -135,10 +135,8 @@ pub struct AtRateRow {
 /// The whole report (`--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct SpoolReport {
-    pub scenario: &'static str,
-    pub schema: u32,
-    pub started_unix: u64,
-    pub host: Host,
+    #[serde(flatten)]
+    pub head: Head,
     pub file_system: FileSystem,
     pub fdatasync_is_free: bool,
     pub seconds: f64,
@@ -183,7 +181,7 @@ pub fn main(a: &SpoolArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return crate::args::fail("spool", e),
     };
-    if let Err(e) = a.out.save("spool", &report, &report.plots, &report.host) {
+    if let Err(e) = a.out.save(&report, &report.head, &report.plots) {
         return crate::args::fail("spool", e);
     }
     ExitCode::SUCCESS
@@ -192,7 +190,7 @@ pub fn main(a: &SpoolArgs) -> ExitCode {
 /// Runs the scenario, printing each row as it is measured.
 pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
     a.validate()?;
-    let started_unix = crate::measure::unix_now();
+    let head = Head::now("spool", JSON_SCHEMA);
     let (file_system, work) = crate::filesystem::workplace(&a.out.dir, "spool")?;
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
     // With the progress line shown, the tables are printed at the end (a
@@ -336,10 +334,7 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
         println!("{l}");
     }
     Ok(SpoolReport {
-        scenario: "spool",
-        schema: JSON_SCHEMA,
-        started_unix,
-        host: Host::here(),
+        head,
         fdatasync_is_free: file_system.sync_is_free(),
         file_system,
         seconds: a.seconds,

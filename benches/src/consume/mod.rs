@@ -51,7 +51,7 @@ use sluice_transport::client::QuicOptions;
 
 use crate::filesystem::FileSystem;
 use crate::ingest::{self, External, PathKind};
-use crate::measure::Host;
+use crate::measure::Head;
 use crate::progress::{Goal, Progress};
 use sluice_testkit::daemon::DaemonSpec;
 
@@ -177,7 +177,7 @@ impl ConsumeConfig {
 /// Runs the scenario: baselines, (a daemon,) then each phase.
 pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::Error>> {
     config.validate()?;
-    let started_unix = crate::measure::unix_now();
+    let head = Head::now("e2e", JSON_SCHEMA);
     std::fs::create_dir_all(&config.dir)?;
     let work = tempfile::Builder::new()
         .prefix("sluice-bench-e2e-")
@@ -311,7 +311,7 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
     if let Some(f) = failure {
         return Err(f.into());
     }
-    let mut report = report::build(config, started_unix, Host::here(), baselines, rounds);
+    let mut report = report::build(config, head, baselines, rounds);
     report.file_system = file_system;
     Ok(report)
 }

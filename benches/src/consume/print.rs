@@ -27,11 +27,11 @@ pub fn print(r: &ConsumeReport) {
     );
     println!(
         "machine: {} CPUs, kernel {}",
-        r.host.cpus,
-        if r.host.kernel.is_empty() {
+        r.head.host.cpus,
+        if r.head.host.kernel.is_empty() {
             "?"
         } else {
-            &r.host.kernel
+            &r.head.host.kernel
         }
     );
     if let Some(fs) = &r.file_system {

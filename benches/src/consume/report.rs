@@ -8,12 +8,12 @@ use serde::{Deserialize, Serialize};
 use sluice_daemon::metrics::scrape::Scrape;
 
 use super::phase::{Drive, Mark, Outcome, Sample, SAMPLE_EVERY};
-use super::{ConsumeConfig, JSON_SCHEMA};
+use super::ConsumeConfig;
 use crate::cpu;
 use crate::filesystem::FileSystem;
 use crate::ingest::Baselines;
 use crate::measure::{
-    CpuUse, DaemonCounters, Host, Latency, Machine, PercentileCurve, Plots, Spread, TimeSeries,
+    CpuUse, DaemonCounters, Head, Latency, Machine, PercentileCurve, Plots, Spread, TimeSeries,
 };
 
 /// The target: delivered msgs/s to one group ≥ 0.8 × durable
@@ -23,11 +23,8 @@ pub const TARGET_DELIVERY_RATIO: f64 = 0.8;
 /// One run's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConsumeReport {
-    pub scenario: &'static str,
-    pub schema: u32,
-    /// Seconds since the Unix epoch when the run started.
-    pub started_unix: u64,
-    pub host: Host,
+    #[serde(flatten)]
+    pub head: Head,
     pub config: ConsumeConfig,
     pub target_delivery_ratio: f64,
     pub baselines: Option<Baselines>,
@@ -483,18 +480,17 @@ fn latency(o: Outcome, baselines: Option<&Baselines>) -> LatencyRun {
 /// The report of the rounds run: the first in detail, all in `repeats`.
 pub(super) fn build(
     config: &ConsumeConfig,
-    started_unix: u64,
-    host: Host,
+    head: Head,
     baselines: Option<Baselines>,
     rounds: Vec<Vec<Outcome>>,
 ) -> ConsumeReport {
     let several = rounds.len() > 1;
     let mut reports = rounds
         .into_iter()
-        .map(|outcomes| build_round(config, started_unix, host.clone(), baselines, outcomes));
+        .map(|outcomes| build_round(config, head.clone(), baselines, outcomes));
     let mut r = reports
         .next()
-        .unwrap_or_else(|| build_round(config, started_unix, host.clone(), baselines, Vec::new()));
+        .unwrap_or_else(|| build_round(config, head.clone(), baselines, Vec::new()));
     if several {
         let mut heads = vec![headline(&r)];
         for other in reports {
@@ -604,16 +600,12 @@ fn plot(o: &Outcome, plots: &mut Plots) {
 /// The report of one round's phases.
 fn build_round(
     config: &ConsumeConfig,
-    started_unix: u64,
-    host: Host,
+    head: Head,
     baselines: Option<Baselines>,
     outcomes: Vec<Outcome>,
 ) -> ConsumeReport {
     let mut r = ConsumeReport {
-        scenario: "e2e",
-        schema: JSON_SCHEMA,
-        started_unix,
-        host,
+        head,
         config: config.clone(),
         target_delivery_ratio: TARGET_DELIVERY_RATIO,
         baselines,

@@ -45,7 +45,7 @@ use sluice_transport::client::{ProducerOptions, Transport};
 use sluice_transport::proto::SenderConfig;
 
 use crate::load::{self, Plan, Shape};
-use crate::measure::{Host, Mark, PercentileCurve, Plots};
+use crate::measure::{Head, Mark, PercentileCurve, Plots};
 use crate::progress::{Goal, Progress};
 use crate::sizes::Payloads;
 use sluice_testkit::daemon::DaemonSpec;
@@ -57,7 +57,7 @@ pub fn run_with(
     progress: &Progress,
 ) -> Result<IngestReport, Box<dyn std::error::Error>> {
     config.validate()?;
-    let started_unix = crate::measure::unix_now();
+    let head = Head::now("ingest", JSON_SCHEMA);
     std::fs::create_dir_all(&config.dir)
         .map_err(|e| format!("--dir {}: {e}", config.dir.display()))?;
     let work = tempfile::Builder::new()
@@ -206,10 +206,7 @@ pub fn run_with(
             .collect(),
     };
     Ok(IngestReport {
-        scenario: "ingest",
-        schema: JSON_SCHEMA,
-        started_unix,
-        host: Host::here(),
+        head,
         config: config.clone(),
         mode: if config.open_loop() { "open" } else { "closed" },
         latency_from: if config.open_loop() {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::baselines::Baselines;
 use super::config::IngestConfig;
 use crate::load::Outcome;
-use crate::measure::{CpuUse, DaemonCounters, Host, Latency, Machine, Mark, Plots, Spread};
+use crate::measure::{CpuUse, DaemonCounters, Head, Latency, Machine, Mark, Plots, Spread};
 
 /// The targets, printed next to the figures they apply to.
 pub const TARGET_ACKED_PER_SEC: f64 = 500_000.0;
@@ -106,11 +106,8 @@ pub struct Summary {
 /// Everything one `sluice-bench ingest` invocation measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct IngestReport {
-    pub scenario: &'static str,
-    pub schema: u32,
-    /// Seconds since the Unix epoch when the run started.
-    pub started_unix: u64,
-    pub host: Host,
+    #[serde(flatten)]
+    pub head: Head,
     pub config: IngestConfig,
     /// `closed` or `open`.
     pub mode: &'static str,

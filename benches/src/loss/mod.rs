@@ -50,7 +50,7 @@ use sluice_transport::proto::SenderConfig;
 use crate::interrupt;
 use crate::load::{self as producers, Outcome, Plan, Shape};
 use crate::measure::{
-    CpuUse, DaemonCounters, Host, Latency, Mark, PercentileCurve, Plots, Spread, TimeSeries, Window,
+    CpuUse, DaemonCounters, Head, Latency, Mark, PercentileCurve, Plots, Spread, TimeSeries, Window,
 };
 use crate::progress::{Goal, Progress};
 use crate::sizes::Payloads;
@@ -465,11 +465,8 @@ pub struct LossRow {
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct LossReport {
-    pub scenario: &'static str,
-    pub schema: u32,
-    /// Seconds since the Unix epoch when the run started.
-    pub started_unix: u64,
-    pub host: Host,
+    #[serde(flatten)]
+    pub head: Head,
     pub config: LossConfig,
     /// `closed` or `open`.
     pub load: &'static str,
@@ -528,7 +525,7 @@ use sluice_testkit::daemon::pinned as quic_options;
 /// Runs the scenario.
 pub fn run(c: &LossConfig, progress: &Progress) -> Result<LossReport, String> {
     interrupt::install();
-    let started_unix = crate::measure::unix_now();
+    let head = Head::now("loss", JSON_SCHEMA);
     std::fs::create_dir_all(&c.dir).map_err(|e| format!("{}: {e}", c.dir.display()))?;
     let work = tempfile::Builder::new()
         .prefix("sluice-bench-loss-")
@@ -590,10 +587,7 @@ pub fn run(c: &LossConfig, progress: &Progress) -> Result<LossReport, String> {
         throughput: rows.iter().map(|r| r.series.clone()).collect(),
     };
     Ok(LossReport {
-        scenario: "loss",
-        schema: JSON_SCHEMA,
-        started_unix,
-        host: Host::here(),
+        head,
         config: c.clone(),
         load: if c.open_loop() { "open" } else { "closed" },
         latency_from: if c.open_loop() {
@@ -836,7 +830,7 @@ pub fn main(a: &LossArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     print::table(&report);
-    if let Err(e) = a.out.save("loss", &report, &report.plots, &report.host) {
+    if let Err(e) = a.out.save(&report, &report.head, &report.plots) {
         return fail(e);
     }
     if !report.ok {
