@@ -330,6 +330,14 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The index of the item whose `f` is the median (the lower middle one of
+/// an even count), if there are any.
+pub fn median_index<T>(items: &[T], f: impl Fn(&T) -> f64) -> Option<usize> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&x, &y| f(&items[x]).total_cmp(&f(&items[y])));
+    order.get(order.len().saturating_sub(1) / 2).copied()
+}
+
 /// `a / b`, or 0 when `b` is 0.
 pub fn div(a: f64, b: f64) -> f64 {
     if b > 0.0 {

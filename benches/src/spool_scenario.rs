@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::baseline::{self, DiskBaseline};
 use crate::filesystem::FileSystem;
-use crate::measure::{div, Head, Latency, PercentileCurve, Plots, Spread};
+use crate::measure::{div, median_index, Head, Latency, PercentileCurve, Plots, Spread};
 use crate::progress::Progress;
 use crate::spool;
 
@@ -285,7 +285,7 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
             out.line(row_line(&row));
             // One curve per row, so that the picture stays readable: the
             // repetition of median records/s stands for the row.
-            let m = median_run(&row.runs);
+            let m = median_index(&row.runs, |x| x.records_per_sec).unwrap_or(0);
             let of = if a.repeat == 1 {
                 String::new()
             } else {
@@ -384,14 +384,6 @@ fn print_baseline(out: &mut Output, fs: &FileSystem, b: &RawBaseline) {
     if let Some(w) = fs.warning() {
         out.line(format!("  WARNING: {w}"));
     }
-}
-
-/// The index of the repetition whose records/s is the median (the lower
-/// middle one of an even count).
-fn median_run(runs: &[RowRun]) -> usize {
-    let mut order: Vec<usize> = (0..runs.len()).collect();
-    order.sort_by(|&x, &y| runs[x].records_per_sec.total_cmp(&runs[y].records_per_sec));
-    order[(order.len().max(1) - 1) / 2]
 }
 
 /// Widths of the records/s and ack p99 columns: wider when repeated, to

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::config::Length;
 use super::report::{IngestReport, RunReport, TARGET_ACKED_PER_SEC, TARGET_P99_US};
-use crate::measure::{CpuUse, Spread};
+use crate::measure::{median_index, CpuUse, Spread};
 use crate::{row, table};
 
 /// A ratio: `median x [min–max]`.
@@ -24,14 +24,6 @@ fn ratio(s: &Spread) -> String {
 /// One row: measure, value, baseline, ratio.
 fn row(measure: &str, value: &str, baseline: &str, ratio: &str) {
     println!("  {measure:<26} {value:>28} | {baseline:<36} {ratio}");
-}
-
-/// The repetition whose acked msgs/s is the median (the lower middle one
-/// of an even count).
-fn median_run(runs: &[RunReport]) -> Option<&RunReport> {
-    let mut by_rate: Vec<&RunReport> = runs.iter().collect();
-    by_rate.sort_by(|a, b| a.acked_per_sec.total_cmp(&b.acked_per_sec));
-    by_rate.get(by_rate.len().saturating_sub(1) / 2).copied()
 }
 
 pub fn print(r: &IngestReport) {
@@ -206,8 +198,8 @@ pub fn print(r: &IngestReport) {
     );
 
     print_runs(&r.runs);
-    if let Some(m) = median_run(&r.runs) {
-        print_details(m, r.runs.len() > 1);
+    if let Some(m) = median_index(&r.runs, |x| x.acked_per_sec) {
+        print_details(&r.runs[m], r.runs.len() > 1);
     }
     print_baselines(r);
 }
