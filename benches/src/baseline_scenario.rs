@@ -167,8 +167,7 @@ pub fn run(a: &BaselineArgs) -> Result<BaselineReport, String> {
 }
 
 fn summarise(runs: &[BaselineRun], sizes: &[usize]) -> BaselineSummary {
-    let spread =
-        |f: &dyn Fn(&BaselineRun) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
+    let spread = |f: &dyn Fn(&BaselineRun) -> f64| Spread::over(runs, f);
     BaselineSummary {
         disk_mb_per_sec_1mib: spread(&|r| r.disk.mb_per_sec_1mib),
         fdatasync_per_sec_4kib: spread(&|r| r.disk.syncs_per_sec_4kib),
@@ -189,13 +188,8 @@ fn summarise(runs: &[BaselineRun], sizes: &[usize]) -> BaselineSummary {
 /// Prints the report as a table.
 pub fn print(r: &BaselineReport) {
     println!(
-        "baseline: {} CPUs, kernel {}; disk: {}, {}",
-        r.head.host.cpus,
-        if r.head.host.kernel.is_empty() {
-            "?"
-        } else {
-            &r.head.host.kernel
-        },
+        "baseline: {}; disk: {}, {}",
+        r.head.host,
         r.file_system.path.display(),
         r.file_system.describe()
     );

@@ -323,6 +323,16 @@ impl Head {
     }
 }
 
+/// `N CPUs, kernel K` (`?` for a kernel not read).
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kernel.as_str() {
+            "" => write!(f, "{} CPUs, kernel ?", self.cpus),
+            k => write!(f, "{} CPUs, kernel {k}", self.cpus),
+        }
+    }
+}
+
 /// Seconds since the Unix epoch (a report's `started_unix`).
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -25,15 +25,7 @@ pub fn print(r: &ConsumeReport) {
             None => String::new(),
         }
     );
-    println!(
-        "machine: {} CPUs, kernel {}",
-        r.head.host.cpus,
-        if r.head.host.kernel.is_empty() {
-            "?"
-        } else {
-            &r.head.host.kernel
-        }
-    );
+    println!("machine: {}", r.head.host);
     if let Some(fs) = &r.file_system {
         println!("data folder: {} ({})", fs.path.display(), fs.describe());
         if let Some(w) = fs.warning() {
