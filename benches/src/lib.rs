@@ -17,6 +17,5 @@ pub mod progress;
 pub mod sizes;
 pub mod spool;
 pub mod spool_scenario;
-pub mod table;
 pub mod udp_baseline;
 pub mod xdp;

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 
 use super::report::{ConsumeReport, GroupFigures, PhaseCpu, Repeats, ThroughputRun};
 use crate::measure::{Latency, Machine, Spread};
-use crate::{row, table};
 
 /// Prints the report.
 pub fn print(r: &ConsumeReport) {
@@ -41,8 +40,8 @@ pub fn print(r: &ConsumeReport) {
         );
         println!("{how}");
         println!(
-            "{}",
-            table::head(LATENCY, "(us);p50;p90;p99;p99.9;max;mean")
+            "  {:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+            "(us)", "p50", "p90", "p99", "p99.9", "max", "mean"
         );
         println!("  {}", "-".repeat(79));
         latency_row("publish -> delivery", &l.delivery_latency);
@@ -123,11 +122,11 @@ fn first_error(e: &Option<String>) -> String {
         .map_or(String::new(), |e| format!(" (first: {e})"))
 }
 
-/// The latency table's layout.
-const LATENCY: &str = "  {:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9.0}";
-
 fn latency_row(what: &str, l: &Latency) {
-    row!(LATENCY, what, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us);
+    println!(
+        "  {:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9.0}",
+        what, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.mean_us
+    );
 }
 
 fn phase_name(t: &ThroughputRun) -> String {
@@ -137,9 +136,6 @@ fn phase_name(t: &ThroughputRun) -> String {
         g => format!("delivery, {g} groups"),
     }
 }
-
-/// The closed-loop phases' table.
-const THROUGHPUT: &str = "  {:<20} {:>12.0} {:>13} {:>13} {:>11} {:>11} {:>14} {:>9}";
 
 fn throughput_table(r: &ConsumeReport) {
     let runs: Vec<&ThroughputRun> = r.ingest_alone.iter().chain(&r.delivery).collect();
@@ -157,11 +153,21 @@ fn throughput_table(r: &ConsumeReport) {
             }
         );
     }
-    let heading =
-        "closed loop;published/s;delivered/s;delivered/s;per group;published;drain/s;ack p99";
-    println!("\n{}", table::head(THROUGHPUT, heading));
-    let heading = ";;per group;all groups;÷ ingest;÷ ingest;per group;(us)";
-    println!("{}", table::head(THROUGHPUT, heading));
+    println!(
+        "\n  {:<20} {:>12} {:>13} {:>13} {:>11} {:>11} {:>14} {:>9}",
+        "closed loop",
+        "published/s",
+        "delivered/s",
+        "delivered/s",
+        "per group",
+        "published",
+        "drain/s",
+        "ack p99"
+    );
+    println!(
+        "  {:<20} {:>12} {:>13} {:>13} {:>11} {:>11} {:>14} {:>9}",
+        "", "", "per group", "all groups", "÷ ingest", "÷ ingest", "per group", "(us)"
+    );
     println!("  {}", "-".repeat(111));
     for t in &runs {
         let q = t.ratios;
@@ -170,8 +176,8 @@ fn throughput_table(r: &ConsumeReport) {
             .drain
             .filter(|d| d.groups_counted > 0)
             .map_or_else(dash, |d| format!("{:.0}", d.delivered_per_sec_per_group));
-        row!(
-            THROUGHPUT,
+        println!(
+            "  {:<20} {:>12.0} {:>13} {:>13} {:>11} {:>11} {:>14} {:>9}",
             phase_name(t),
             t.published_per_sec,
             if t.groups == 0 {
@@ -231,19 +237,25 @@ fn throughput_table(r: &ConsumeReport) {
     }
 }
 
-/// A phase's groups.
-const GROUPS: &str = "    {:<36} {:>11.0} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}";
-
 fn groups_table(groups: &[GroupFigures]) {
     if groups.is_empty() {
         return;
     }
-    let heading = "group;delivered/s;behind@end;caught up;distinct;deliveries;daemon:ack;redeliv.";
-    println!("{}", table::head(GROUPS, heading));
+    println!(
+        "    {:<36} {:>11} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "group",
+        "delivered/s",
+        "behind@end",
+        "caught up",
+        "distinct",
+        "deliveries",
+        "daemon:ack",
+        "redeliv."
+    );
     for g in groups {
         let d = g.daemon.unwrap_or_default();
-        row!(
-            GROUPS,
+        println!(
+            "    {:<36} {:>11.0} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}",
             g.group,
             g.delivered_per_sec,
             g.behind_at_window_end,
@@ -256,9 +268,6 @@ fn groups_table(groups: &[GroupFigures]) {
         );
     }
 }
-
-/// CPU over each phase's window.
-const CPU: &str = "  {:<20} {:>10} {:>10} {:>10.2} {:>10} | {:>8} {:>8.2} {:>8} {:>8}";
 
 fn cpu_table(r: &ConsumeReport) {
     let mut rows: Vec<(String, &PhaseCpu, f64, Option<Machine>)> = Vec::new();
@@ -278,15 +287,19 @@ fn cpu_table(r: &ConsumeReport) {
     }
     let opt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}"));
     println!("\n  CPU over each window (us per message published, per delivery to a group):");
-    let heading = ";daemon;daemon;producers;consumers;daemon;harness;other;iowait";
-    println!("{}", table::head(CPU, heading));
-    let heading = ";/publish;/delivery;/publish;/delivery;cores;cores;cores;cores";
-    println!("{}", table::head(CPU, heading));
+    println!(
+        "  {:<20} {:>10} {:>10} {:>10} {:>10} | {:>8} {:>8} {:>8} {:>8}",
+        "", "daemon", "daemon", "producers", "consumers", "daemon", "harness", "other", "iowait"
+    );
+    println!(
+        "  {:<20} {:>10} {:>10} {:>10} {:>10} | {:>8} {:>8} {:>8} {:>8}",
+        "", "/publish", "/delivery", "/publish", "/delivery", "cores", "cores", "cores", "cores"
+    );
     println!("  {}", "-".repeat(104));
     for (name, c, w, m) in &rows {
         let w = w.max(1e-9);
-        row!(
-            CPU,
+        println!(
+            "  {:<20} {:>10} {:>10} {:>10.2} {:>10} | {:>8} {:>8.2} {:>8} {:>8}",
             name,
             opt(c.daemon_us_per_message),
             opt(c.daemon_us_per_delivery),

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use super::config::Length;
 use super::report::{IngestReport, RunReport, TARGET_ACKED_PER_SEC, TARGET_P99_US};
 use crate::measure::{median_index, CpuUse, Spread};
-use crate::{row, table};
 
 /// A ratio: `median x [min–max]`.
 fn ratio(s: &Spread) -> String {
@@ -204,17 +203,24 @@ pub fn print(r: &IngestReport) {
     print_baselines(r);
 }
 
-/// The layout of a repetition's line.
-const RUNS: &str = "  {:>3} {:>12.0} {:>8.1} {:>8} {:>8} {:>8} {:>9} {:>14} {:>16.2} {:>7}";
-
 /// One line per repetition.
 fn print_runs(runs: &[RunReport]) {
-    let heading = "run;acked msgs/s;MB/s;p50 us;p99 us;p99.9 us;max us;daemon us/msg;\
-                   producers us/msg;errors";
-    println!("\n{}", table::head(RUNS, heading));
+    println!(
+        "\n  {:>3} {:>12} {:>8} {:>8} {:>8} {:>8} {:>9} {:>14} {:>16} {:>7}",
+        "run",
+        "acked msgs/s",
+        "MB/s",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "max us",
+        "daemon us/msg",
+        "producers us/msg",
+        "errors"
+    );
     for x in runs {
-        row!(
-            RUNS,
+        println!(
+            "  {:>3} {:>12.0} {:>8.1} {:>8} {:>8} {:>8} {:>9} {:>14} {:>16.2} {:>7}",
             x.run,
             x.acked_per_sec,
             x.mb_per_sec,

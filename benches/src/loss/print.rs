@@ -2,11 +2,6 @@
 
 use super::{Impaired, LossConfig, LossReport, LossRow, LossRun};
 use crate::measure::{DaemonCounters, Spread};
-use crate::{row, table};
-
-/// The rows of the first table (figures) and of the second (counts).
-const ROWS: &str = "  {:>6} | {:>23} {:>6} | {:>7.0} {:>23} {:>7.0} {:>6} | {:>6} {:>7.1} | {}";
-const COUNTS: &str = "  {:>6} | {:>9} {:>8} {:>6} {:>6} | {:>7} {:>8} {:>7} | {:>10} {:>10} {:>10}";
 
 fn path_name(c: &LossConfig) -> &'static str {
     match c.path.as_str() {
@@ -117,21 +112,18 @@ pub(super) fn table(r: &LossReport) {
         );
     }
     println!(
-        "\n{}",
-        table::head(
-            "  {:>6} | {:>23} {:>6} | {:>7} {:>23} {:>7} {:>6} | {:>14} |",
-            "loss;durable;÷ 0 %;ack p50;p99;p99.9;p99;CPU us/msg"
-        )
+        "\n  {:>6} | {:>23} {:>6} | {:>7} {:>23} {:>7} {:>6} | {:>14} |",
+        "loss", "durable", "÷ 0 %", "ack p50", "p99", "p99.9", "p99", "CPU us/msg",
     );
     println!(
-        "{}",
-        table::head(ROWS, "%;msgs/s;;us;us;us;÷ 0 %;daemon;prod;checks")
+        "  {:>6} | {:>23} {:>6} | {:>7} {:>23} {:>7} {:>6} | {:>6} {:>7} | checks",
+        "%", "msgs/s", "", "us", "us", "us", "÷ 0 %", "daemon", "prod",
     );
     println!("  {}", "-".repeat(114));
     for row in &r.rows {
         let s = &row.summary;
-        row!(
-            ROWS,
+        println!(
+            "  {:>6} | {:>23} {:>6} | {:>7.0} {:>23} {:>7.0} {:>6} | {:>6} {:>7.1} | {}",
             row.loss_percent,
             s.acked_per_sec.show(0),
             ratio(s.acked_per_sec_per_baseline),
@@ -145,16 +137,31 @@ pub(super) fn table(r: &LossReport) {
             verdict(row)
         );
     }
-    let counts = "loss;impaired;dropped;dup;reord;daemon;retrans;dups;sent;acked;stored";
-    println!("\n{}", table::head(COUNTS, counts));
-    println!("{}", table::head(COUNTS, "%;dgrams;;;;NACKs;recvd;;;;"));
+    println!(
+        "\n  {:>6} | {:>9} {:>8} {:>6} {:>6} | {:>7} {:>8} {:>7} | {:>10} {:>10} {:>10}",
+        "loss",
+        "impaired",
+        "dropped",
+        "dup",
+        "reord",
+        "daemon",
+        "retrans",
+        "dups",
+        "sent",
+        "acked",
+        "stored",
+    );
+    println!(
+        "  {:>6} | {:>9} {:>8} {:>6} {:>6} | {:>7} {:>8} {:>7} | {:>10} {:>10} {:>10}",
+        "%", "dgrams", "", "", "", "NACKs", "recvd", "", "", "", "",
+    );
     println!("  {}", "-".repeat(98));
     for row in &r.rows {
         let imp = |f: fn(&Impaired) -> u64| total(row, |x| x.impaired.as_ref().map_or(0, f));
         let dmn = |f: fn(&DaemonCounters) -> u64| total(row, |x| x.daemon.as_ref().map_or(0, f));
         let stored: Option<u64> = row.runs.iter().map(|x| x.stored).sum();
-        row!(
-            COUNTS,
+        println!(
+            "  {:>6} | {:>9} {:>8} {:>6} {:>6} | {:>7} {:>8} {:>7} | {:>10} {:>10} {:>10}",
             row.loss_percent,
             imp(|i| i.datagrams),
             imp(|i| i.dropped),

@@ -33,7 +33,6 @@ use crate::load::{self, Plan, Shape, Shared};
 use crate::measure::{CpuUse, DaemonCounters, Mark};
 use crate::progress::Progress;
 use crate::sizes::Payloads;
-use crate::{row, table};
 
 const STREAM: &str = "bench";
 /// Closed loop, as `ingest` does by default: calls of 256 messages, 16
@@ -381,27 +380,31 @@ pub fn ratios(size: usize, runs: &[DurableRun]) -> DurableRatios {
     }
 }
 
-/// A run's row; its heading's second line is the part before "acked".
-const ROWS: &str = "  {:<10} {:<15} | {:>12.0} {:>7.1} {:>10.0} {:>10.0} {:>10.0} | {:>9} {:>9} {:>9} {:>9.2} | {} ({}) / {}{}";
-
 pub fn print_size(size: usize, runs: &[DurableRun], q: &DurableRatios) {
     let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
     println!("\n  {size} B messages");
-    let heading =
-        "daemon;producers send;durable/s;MB/s;dgrams/s;xdp fr/s;kUDP out/s;daemon;daemon;\
-                   xsk thr;producer;acked;daemon's count;sent;";
-    println!("{}", table::head(ROWS, heading));
     println!(
-        "{}",
-        table::head(
-            "  {:<10} {:<15} | {:>12} {:>7} {:>10} {:>10} {:>10} | {:>9} {:>9} {:>9} {:>9} |",
-            ";;msgs;;;;(ns a);us/msg;us/dgram;us/pkt;us/msg"
-        )
+        "  {:<10} {:<15} | {:>12} {:>7} {:>10} {:>10} {:>10} | {:>9} {:>9} {:>9} {:>9} | acked (daemon's count) / sent",
+        "daemon",
+        "producers send",
+        "durable/s",
+        "MB/s",
+        "dgrams/s",
+        "xdp fr/s",
+        "kUDP out/s",
+        "daemon",
+        "daemon",
+        "xsk thr",
+        "producer"
+    );
+    println!(
+        "  {:<10} {:<15} | {:>12} {:>7} {:>10} {:>10} {:>10} | {:>9} {:>9} {:>9} {:>9} |",
+        "", "", "msgs", "", "", "", "(ns a)", "us/msg", "us/dgram", "us/pkt", "us/msg"
     );
     println!("  {}", "-".repeat(142));
     for r in runs {
-        row!(
-            ROWS,
+        println!(
+            "  {:<10} {:<15} | {:>12.0} {:>7.1} {:>10.0} {:>10.0} {:>10.0} | {:>9} {:>9} {:>9} {:>9.2} | {} ({}) / {}{}",
             r.path.name(),
             r.producer_tx,
             r.acked_per_sec,
