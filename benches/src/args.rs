@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::ingest::External;
-use crate::measure::{Host, Plots};
+use crate::measure::{Head, Plots};
+use serde::Serialize;
 
 /// Where a scenario works and what it writes besides its table.
 #[derive(clap::Args, Debug, Clone)]
@@ -26,18 +27,12 @@ pub struct Output {
 
 impl Output {
     /// Writes `--json` and draws `--plot`, where asked.
-    pub fn save(
-        &self,
-        scenario: &str,
-        report: &impl serde::Serialize,
-        plots: &Plots,
-        host: &Host,
-    ) -> Result<(), String> {
+    pub fn save(&self, report: &impl Serialize, head: &Head, plots: &Plots) -> Result<(), String> {
         if let Some(path) = &self.json {
             crate::measure::write_json(path, report)?;
         }
         if let Some(dir) = &self.plot {
-            crate::plot::draw_report(plots, scenario, host, dir)?;
+            crate::plot::draw_report(plots, head.scenario, &head.host, dir)?;
         }
         Ok(())
     }

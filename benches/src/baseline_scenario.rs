@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use crate::baseline::{self, DiskBaseline};
 use crate::filesystem::FileSystem;
-use crate::measure::{Host, Latency, PercentileCurve, Plots, Spread, TimeSeries};
-use crate::progress::{Goal, Progress};
+use crate::measure::{Head, Latency, PercentileCurve, Plots, Spread, TimeSeries};
+use crate::progress::Progress;
 use crate::udp_baseline::{self, UdpBaseline};
 
 /// Version of the JSON layout (bump on incompatible changes).
@@ -66,11 +66,8 @@ pub struct UdpSummary {
 /// The whole report (`--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct BaselineReport {
-    pub scenario: &'static str,
-    pub schema: u32,
-    /// Seconds since the Unix epoch when the run started.
-    pub started_unix: u64,
-    pub host: Host,
+    #[serde(flatten)]
+    pub head: Head,
     /// Where the disk figures were measured.
     pub file_system: FileSystem,
     /// fdatasync costs nothing on this file system (tmpfs): the disk
@@ -103,7 +100,7 @@ impl BaselineArgs {
 /// Measures everything `repeat` times on `dir`'s file system and loopback.
 pub fn run(a: &BaselineArgs) -> Result<BaselineReport, String> {
     a.validate()?;
-    let started_unix = crate::measure::unix_now();
+    let head = Head::now("baseline", JSON_SCHEMA);
     let (file_system, work) = crate::filesystem::workplace(&a.out.dir, "baseline")?;
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
     let d = Duration::from_secs_f64(a.seconds);
@@ -124,17 +121,16 @@ pub fn run(a: &BaselineArgs) -> Result<BaselineReport, String> {
         } else {
             String::new()
         };
-        let disk = timed(&progress, &format!("disk{round}"), 2.0 * a.seconds, || {
-            baseline::disk_detailed(work.path(), 2 * d, Duration::from_millis(200))
-        })
-        .map_err(|e| io("the disk loops", e))?;
+        let disk = progress
+            .timed(&format!("disk{round}"), 2.0 * a.seconds, || {
+                baseline::disk_detailed(work.path(), 2 * d, Duration::from_millis(200))
+            })
+            .map_err(|e| io("the disk loops", e))?;
         let mut udp = Vec::with_capacity(a.udp_sizes.len());
         for &size in &a.udp_sizes {
             let what = format!("UDP {size} B{round}");
             // The loop's 100 ms warm-up comes on top.
-            let u = timed(&progress, &what, a.seconds + 0.1, || {
-                udp_baseline::udp_loop(size, d)
-            });
+            let u = progress.timed(&what, a.seconds + 0.1, || udp_baseline::udp_loop(size, d));
             udp.push(u.map_err(|e| io("the UDP loop", e))?);
         }
         all_syncs.add(&disk.sync_latency).ok();
@@ -159,10 +155,7 @@ pub fn run(a: &BaselineArgs) -> Result<BaselineReport, String> {
     ));
     let summary = summarise(&runs, &a.udp_sizes);
     Ok(BaselineReport {
-        scenario: "baseline",
-        schema: JSON_SCHEMA,
-        started_unix,
-        host: Host::here(),
+        head,
         fdatasync_is_free: file_system.sync_is_free(),
         file_system,
         seconds: a.seconds,
@@ -173,32 +166,8 @@ pub fn run(a: &BaselineArgs) -> Result<BaselineReport, String> {
     })
 }
 
-/// Runs `f` (which takes about `seconds`) as a phase of `progress` named
-/// `name`, moving the bar with the clock meanwhile: the measurement loops
-/// stay free of progress calls.
-pub fn timed<T>(progress: &Progress, name: &str, seconds: f64, f: impl FnOnce() -> T) -> T {
-    if progress.is_hidden() {
-        return f();
-    }
-    progress.phase(name, Goal::Seconds(seconds));
-    let done = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let start = std::time::Instant::now();
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                progress.set(start.elapsed().as_secs_f64(), "");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        let out = f();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        out
-    })
-}
-
 fn summarise(runs: &[BaselineRun], sizes: &[usize]) -> BaselineSummary {
-    let spread =
-        |f: &dyn Fn(&BaselineRun) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
+    let spread = |f: &dyn Fn(&BaselineRun) -> f64| Spread::over(runs, f);
     BaselineSummary {
         disk_mb_per_sec_1mib: spread(&|r| r.disk.mb_per_sec_1mib),
         fdatasync_per_sec_4kib: spread(&|r| r.disk.syncs_per_sec_4kib),
@@ -219,13 +188,8 @@ fn summarise(runs: &[BaselineRun], sizes: &[usize]) -> BaselineSummary {
 /// Prints the report as a table.
 pub fn print(r: &BaselineReport) {
     println!(
-        "baseline: {} CPUs, kernel {}; disk: {}, {}",
-        r.host.cpus,
-        if r.host.kernel.is_empty() {
-            "?"
-        } else {
-            &r.host.kernel
-        },
+        "baseline: {}; disk: {}, {}",
+        r.head.host,
         r.file_system.path.display(),
         r.file_system.describe()
     );
@@ -285,15 +249,11 @@ pub fn print(r: &BaselineReport) {
 pub fn main(a: &BaselineArgs) -> ExitCode {
     let report = match run(a) {
         Ok(r) => r,
-        Err(e) => return fail(&e),
+        Err(e) => return crate::args::fail("baseline", e),
     };
     print(&report);
-    if let Err(e) = a.out.save("baseline", &report, &report.plots, &report.host) {
-        return fail(&e);
+    if let Err(e) = a.out.save(&report, &report.head, &report.plots) {
+        return crate::args::fail("baseline", e);
     }
     ExitCode::SUCCESS
-}
-
-fn fail(e: &str) -> ExitCode {
-    crate::args::fail("baseline", e)
 }

@@ -1,5 +1,5 @@
 //! The one load generator of the scenarios that publish (`ingest`, `loss`,
-//! `xdp --part durable`): counters the producers share with the scenario's
+//! `e2e`, `xdp --part durable`): counters the producers share with the scenario's
 //! coordinator, and the two ways of offering load.
 //!
 //! - closed loop (`rate == 0`): each producer keeps `in_flight` calls of
@@ -15,18 +15,25 @@
 //!
 //! Either stops when its count is sent or when told to ([`Shared::stop`],
 //! or the user's interrupt). Every message handed over is counted as sent.
+//!
+//! [`run`] is one measured run of either: a warm-up, a window with a
+//! [`Mark`](crate::measure::Mark) (or what the caller marks) at each end,
+//! then a bounded drain of the calls still out, and the producers closed;
+//! [`run_with`] adds `e2e`'s gate, its clock and its sampling.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use sluice_transport::client::{Producer, ProducerError};
+use sluice_transport::client::{Producer, ProducerError, ProducerOptions};
 
 use crate::interrupt;
 use crate::measure::TimeSeries;
+use crate::progress::{thousands, Progress};
 use crate::sizes::{Payloads, Rng};
 
 /// A latency histogram: 1 µs to an hour, 3 significant digits.
@@ -88,6 +95,11 @@ impl Shared {
         self.gate
             .as_ref()
             .is_none_or(|g| g(self.sent.load(Relaxed)))
+    }
+
+    /// Messages and bytes acked so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.acked.load(Relaxed), self.acked_bytes.load(Relaxed))
     }
 
     pub fn in_window(&self, t: Instant) -> bool {
@@ -440,6 +452,281 @@ pub async fn pacer_lag(
         .map_err(|e| format!("the pacing thread: {e}"))?
         .map(Some)
         .map_err(|_| "the pacing thread panicked".to_owned())
+}
+
+/// A tokio runtime with two worker threads, named `name` where the CPU
+/// time of its threads is read by name (else tokio's own name).
+pub fn runtime(name: Option<&str>) -> Result<tokio::runtime::Runtime, String> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(name) = name {
+        b.thread_name(name);
+    }
+    b.worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("a tokio runtime: {e}"))
+}
+
+/// Connects `n` producers to `addr`, producer `k` with id `first_id + k`
+/// on the stream `stream(k)`, each within 60 s.
+pub async fn connect(
+    n: usize,
+    addr: SocketAddr,
+    stream: impl Fn(usize) -> String,
+    first_id: u64,
+    options: &ProducerOptions,
+) -> Result<Vec<Producer>, String> {
+    let mut producers = Vec::with_capacity(n);
+    for k in 0..n {
+        let (stream, id) = (stream(k), first_id + k as u64);
+        let connect = Producer::connect(addr, &stream, id, options.clone());
+        let p = tokio::time::timeout(Duration::from_secs(60), connect)
+            .await
+            .map_err(|_| format!("producer {}: no session with {addr} within 60 s", k + 1))?
+            .map_err(|e| format!("producer {}: connect to {addr}: {e}", k + 1))?;
+        producers.push(p);
+    }
+    Ok(producers)
+}
+
+/// One measured run (see [`run`]).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub shape: Shape,
+    pub payloads: Payloads,
+    /// Seeds the payload sizes: seed + producer (closed loop) or seed
+    /// (the open loop's one pacer).
+    pub seed: u64,
+    /// Seconds at the start not measured.
+    pub warmup: f64,
+    /// Seconds measured after the warm-up; `None`: until every producer
+    /// has sent `shape.count`.
+    pub seconds: Option<f64>,
+    /// Seconds per [`Timeline`] interval.
+    pub interval: f64,
+    /// Most time the calls outstanding at the window's end get to be acked
+    /// (and the producers to close).
+    pub drain: Duration,
+}
+
+/// What [`run`] measured.
+pub struct Outcome<M> {
+    /// The marks at the window's two ends.
+    pub start: M,
+    pub end: M,
+    pub sent: u64,
+    pub acked: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// Per message, of the window (see the module's comment).
+    pub latency: Histogram<u64>,
+    /// Open loop: how late the pacing thread handed messages over.
+    pub pacer_lag: Option<Histogram<u64>>,
+    /// Acks per interval of the window.
+    pub timeline: Timeline,
+}
+
+/// What `e2e` adds to a run (see [`run_with`]).
+#[derive(Default)]
+pub struct Extra<'a> {
+    /// When the run begins (its window counts from there); now if `None`.
+    pub begin: Option<Instant>,
+    /// [`Shared::gate`] and [`Shared::window_by_call`].
+    pub gate: Option<Box<dyn Fn(u64) -> bool + Send + Sync>>,
+    pub window_by_call: bool,
+    /// Called every [`POLL`] through the window.
+    pub poll: Option<&'a mut dyn FnMut(&Shared)>,
+}
+
+/// How often [`run`] looks at the clock, the load and the user's interrupt.
+const POLL: Duration = Duration::from_millis(20);
+/// How long outstanding calls (and closes) get once the user interrupts.
+const INTERRUPTED_DRAIN: Duration = Duration::from_secs(2);
+
+/// Runs `producers` by `plan` on the current runtime: the warm-up, the
+/// window with `mark` at each end (called where it may block), until the
+/// window's end or, without one, until every producer is done (or the
+/// user interrupts); then the drain (messages not acked by its end fail),
+/// and the producers closed. Without a warm-up the window opens before
+/// the first message, so that it holds every ack (a count run then
+/// measures all of its messages).
+pub async fn run<M>(
+    producers: Vec<Producer>,
+    plan: &Plan,
+    progress: &Progress,
+    mark: impl Fn(&Shared) -> M,
+) -> Result<Outcome<M>, String> {
+    run_with(producers, plan, progress, mark, Extra::default()).await
+}
+
+/// [`run`] with what `extra` adds.
+pub async fn run_with<M>(
+    producers: Vec<Producer>,
+    plan: &Plan,
+    progress: &Progress,
+    mark: impl Fn(&Shared) -> M,
+    mut extra: Extra<'_>,
+) -> Result<Outcome<M>, String> {
+    let begin = extra.begin.unwrap_or_else(Instant::now);
+    let window_start = begin + Duration::from_secs_f64(plan.warmup);
+    let window_end = plan
+        .seconds
+        .map(|s| window_start + Duration::from_secs_f64(s));
+    let mut shared = Shared::new(window_start, window_end, plan.interval);
+    shared.gate = extra.gate;
+    shared.window_by_call = extra.window_by_call;
+    let shared = Arc::new(shared);
+    let mark = || tokio::task::block_in_place(|| mark(&shared));
+    let ticker = tokio::spawn(tick(
+        shared.clone(),
+        plan.seconds.is_none(),
+        progress.clone(),
+    ));
+    let early = (plan.warmup == 0.0).then(mark);
+    let (mut work, pacer) = start(
+        plan.shape,
+        &producers,
+        plan.payloads.clone(),
+        plan.seed,
+        &shared,
+        begin,
+    )
+    .map_err(|e| format!("the pacing thread: {e}"))?;
+    let first = match early {
+        Some(m) => m,
+        None => {
+            tokio::time::sleep_until(window_start.into()).await;
+            mark()
+        }
+    };
+    let mut done = false;
+    while !interrupt::requested() {
+        if let Some(poll) = extra.poll.as_mut() {
+            poll(&shared);
+        }
+        let left = window_end.map(|e| e.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            break;
+        }
+        // Every producer done: the count sent, or all of them failed.
+        if tokio::time::timeout(left.map_or(POLL, |l| l.min(POLL)), &mut work)
+            .await
+            .is_ok()
+        {
+            done = true;
+            break;
+        }
+    }
+    let last = mark();
+    shared.stop.store(true, Relaxed);
+    let pacer_lag = pacer_lag(pacer).await?;
+    if !done && !drain(&mut work, plan.drain).await {
+        work.abort();
+        let missing = shared.missing();
+        shared.fail(
+            missing,
+            if interrupt::requested() {
+                format!("interrupted with {missing} messages not acked")
+            } else {
+                format!(
+                    "{missing} messages not acked within the drain timeout of {:?}",
+                    plan.drain
+                )
+            },
+        );
+    }
+    ticker.abort();
+    // A close flushes: bounded, as the daemon may be gone (interrupted).
+    let within = if interrupt::requested() {
+        INTERRUPTED_DRAIN
+    } else {
+        plan.drain
+    };
+    let closes: Vec<_> = producers
+        .into_iter()
+        .map(|p| tokio::spawn(tokio::time::timeout(within, p.close())))
+        .collect();
+    for c in closes {
+        match c.await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => shared.fail(0, format!("close: {e}")),
+            Ok(Err(_)) => shared.fail(0, format!("close: not done within {within:?}")),
+            Err(e) => shared.fail(0, format!("close: {e}")),
+        }
+    }
+    Ok(Outcome {
+        start: first,
+        end: last,
+        sent: shared.sent.load(Relaxed),
+        acked: shared.acked.load(Relaxed),
+        errors: shared.errors.load(Relaxed),
+        first_error: shared.first_error(),
+        latency: shared.take_latency(),
+        pacer_lag,
+        timeline: shared.timeline(),
+    })
+}
+
+/// Waits for the work to end, at most `within`, and at most
+/// [`INTERRUPTED_DRAIN`] once the user interrupts (the daemon got the
+/// signal too: what is outstanding will not be acked). Whether it ended.
+async fn drain(work: &mut tokio::task::JoinHandle<()>, within: Duration) -> bool {
+    let mut deadline = Instant::now() + within;
+    let mut cut = false;
+    loop {
+        if interrupt::requested() && !cut {
+            deadline = deadline.min(Instant::now() + INTERRUPTED_DRAIN);
+            cut = true;
+        }
+        let slice =
+            Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now()));
+        if slice.is_zero() {
+            return false;
+        }
+        if tokio::time::timeout(slice, &mut *work).await.is_ok() {
+            return true;
+        }
+    }
+}
+
+/// Updates the progress line every 100 ms, in the phase the caller set:
+/// seconds so far (or, by count, messages acked), the acks and their rate
+/// over the last half second.
+async fn tick(shared: Arc<Shared>, by_count: bool, progress: Progress) {
+    if progress.is_hidden() {
+        return;
+    }
+    let begin = Instant::now();
+    let mut recent: VecDeque<(Instant, u64)> = VecDeque::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = Instant::now();
+        let acked = shared.acked.load(Relaxed);
+        recent.push_back((now, acked));
+        if recent.len() > 6 {
+            recent.pop_front();
+        }
+        let (t0, a0) = recent[0];
+        let rate = (acked - a0) as f64 / (now - t0).as_secs_f64().max(1e-3);
+        let phase = if now < shared.window_start {
+            "warm-up, "
+        } else if shared.stop.load(Relaxed) {
+            "drain, "
+        } else {
+            ""
+        };
+        let done = if by_count {
+            acked as f64
+        } else {
+            (now - begin).as_secs_f64()
+        };
+        let note = format!(
+            "{phase}acked {}  {} msgs/s",
+            thousands(acked),
+            thousands(rate as u64)
+        );
+        progress.set(done, &note);
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,101 @@
 //! Measurements over a window that any load scenario can take: latency
 //! percentiles, CPU time (of a process, of the whole machine), the kernel's
-//! UDP drop counters, and what a `sluiced` counted (from its /metrics).
+//! UDP drop counters, and what a `sluiced` counted (from its /metrics); a
+//! [`Mark`] at each end of the window, and the [`Window`] between them.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use sluice_daemon::metrics::scrape::Scrape;
+
+use crate::cpu;
+
+/// A snapshot at one end of a measured window: what the producers had
+/// acked, the CPU time of this process and of the daemon (in all and by
+/// thread name), the whole machine, and the daemon's /metrics.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    pub at: Instant,
+    pub acked: u64,
+    pub acked_bytes: u64,
+    pub self_cpu: f64,
+    pub self_threads: BTreeMap<String, f64>,
+    pub daemon_cpu: Option<f64>,
+    pub daemon_threads: BTreeMap<String, f64>,
+    pub machine: Option<Machine>,
+    pub scrape: Option<Scrape>,
+}
+
+impl Mark {
+    /// Now: the `counts` (acked messages and bytes, from
+    /// [`crate::load::Shared::counts`]), the daemon's process `pid` (if it is measured)
+    /// and its metrics from `scrape`.
+    pub fn take(
+        (acked, acked_bytes): (u64, u64),
+        pid: Option<u32>,
+        scrape: impl FnOnce() -> Option<Scrape>,
+    ) -> Mark {
+        Mark {
+            at: Instant::now(),
+            acked,
+            acked_bytes,
+            self_cpu: cpu::self_seconds(),
+            self_threads: cpu::threads_seconds(std::process::id()),
+            daemon_cpu: pid.and_then(cpu::process_seconds),
+            daemon_threads: pid.map(cpu::threads_seconds).unwrap_or_default(),
+            machine: Machine::now(),
+            scrape: scrape(),
+        }
+    }
+
+    /// What happened from `self` to `end`.
+    pub fn until(&self, end: &Mark) -> Window {
+        let seconds = end.at.duration_since(self.at).as_secs_f64();
+        let acked = end.acked - self.acked;
+        let harness = CpuUse::of(end.self_cpu - self.self_cpu, seconds, acked);
+        let daemon =
+            (self.daemon_cpu.zip(end.daemon_cpu)).map(|(a, b)| CpuUse::of(b - a, seconds, acked));
+        let ours = harness.seconds + daemon.map_or(0.0, |d| d.seconds);
+        Window {
+            seconds,
+            acked,
+            bytes: end.acked_bytes - self.acked_bytes,
+            harness,
+            harness_threads: cpu::threads_delta(&self.self_threads, &end.self_threads),
+            daemon,
+            daemon_threads: cpu::threads_delta(&self.daemon_threads, &end.daemon_threads),
+            machine: (self.machine.zip(end.machine)).map(|(a, b)| b.since(&a, ours)),
+            counters: (self.scrape.as_ref().zip(end.scrape.as_ref()))
+                .map(|(a, b)| DaemonCounters::between(a, b)),
+        }
+    }
+}
+
+/// What happened between two [`Mark`]s.
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub seconds: f64,
+    /// Messages acked, and their payload bytes.
+    pub acked: u64,
+    pub bytes: u64,
+    /// This process: the producers, and whatever else of the harness runs
+    /// in it; per million acked.
+    pub harness: CpuUse,
+    pub harness_threads: BTreeMap<String, f64>,
+    pub daemon: Option<CpuUse>,
+    pub daemon_threads: BTreeMap<String, f64>,
+    pub machine: Option<Machine>,
+    pub counters: Option<DaemonCounters>,
+}
+
+impl Window {
+    /// CPU seconds over the window of this process's threads named `name`.
+    pub fn thread(&self, name: &str) -> f64 {
+        self.harness_threads.get(name).copied().unwrap_or(0.0)
+    }
+}
 
 /// Latency percentiles, microseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -209,11 +300,52 @@ impl Host {
     }
 }
 
+/// What every report starts with (flattened into it): the scenario, the
+/// version of its JSON layout, when it started (seconds since the Unix
+/// epoch) and where.
+#[derive(Debug, Clone, Serialize)]
+pub struct Head {
+    pub scenario: &'static str,
+    pub schema: u32,
+    pub started_unix: u64,
+    pub host: Host,
+}
+
+impl Head {
+    /// A run of `scenario` starting now, here.
+    pub fn now(scenario: &'static str, schema: u32) -> Head {
+        Head {
+            scenario,
+            schema,
+            started_unix: unix_now(),
+            host: Host::here(),
+        }
+    }
+}
+
+/// `N CPUs, kernel K` (`?` for a kernel not read).
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kernel.as_str() {
+            "" => write!(f, "{} CPUs, kernel ?", self.cpus),
+            k => write!(f, "{} CPUs, kernel {k}", self.cpus),
+        }
+    }
+}
+
 /// Seconds since the Unix epoch (a report's `started_unix`).
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// The index of the item whose `f` is the median (the lower middle one of
+/// an even count), if there are any.
+pub fn median_index<T>(items: &[T], f: impl Fn(&T) -> f64) -> Option<usize> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&x, &y| f(&items[x]).total_cmp(&f(&items[y])));
+    order.get(order.len().saturating_sub(1) / 2).copied()
 }
 
 /// `a / b`, or 0 when `b` is 0.
@@ -294,6 +426,37 @@ impl Spread {
             format!("{} [{}–{}]", f(self.median), f(self.min), f(self.max))
         }
     }
+}
+
+/// The spread of every figure of `items`, field by field, as the same
+/// record with a [`Spread`] for each `f64` (`S` is `T` so written): over
+/// the items that have the figure (none if none has it). Whole numbers
+/// (what names a row: a size, a number of groups) are the first item's.
+pub fn spreads<T: Serialize, S: serde::de::DeserializeOwned>(items: &[T]) -> S {
+    use serde_json::Value;
+    fn of(v: &[Value]) -> Value {
+        let field = |k: &dyn Fn(&Value) -> Option<&Value>| -> Value {
+            of(&v.iter().filter_map(k).cloned().collect::<Vec<_>>())
+        };
+        match v.iter().find(|x| !x.is_null()) {
+            Some(Value::Object(m)) => m
+                .keys()
+                .map(|k| (k.clone(), field(&|x| x.get(k))))
+                .collect(),
+            Some(Value::Array(a)) => (0..a.len()).map(|i| field(&|x| x.get(i))).collect(),
+            Some(Value::Number(n)) if n.is_f64() => {
+                let xs: Vec<f64> = v.iter().filter_map(Value::as_f64).collect();
+                serde_json::to_value(Spread::of(&xs)).unwrap_or_default()
+            }
+            Some(x) => x.clone(),
+            None => Value::Null,
+        }
+    }
+    let items: Vec<Value> = items
+        .iter()
+        .map(|i| serde_json::to_value(i).unwrap_or_default())
+        .collect();
+    serde_json::from_value(of(&items)).expect("a record of spreads reads back")
 }
 
 /// What a report carries for its pictures, under the key `plots` of its

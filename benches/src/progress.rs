@@ -122,6 +122,29 @@ impl Progress {
         });
     }
 
+    /// Runs `f` (which takes about `seconds`) as a phase named `name`,
+    /// moving the bar with the clock meanwhile: the measurement loops stay
+    /// free of progress calls.
+    pub fn timed<T>(&self, name: &str, seconds: f64, f: impl FnOnce() -> T) -> T {
+        if self.is_hidden() {
+            return f();
+        }
+        self.phase(name, Goal::Seconds(seconds));
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let start = std::time::Instant::now();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.set(start.elapsed().as_secs_f64(), "");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+            let out = f();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            out
+        })
+    }
+
     /// Clears the line (call before printing results).
     pub fn finish(&self) {
         if let Some(i) = &self.inner {

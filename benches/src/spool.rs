@@ -8,17 +8,12 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use sluice_daemon::spool::{FsyncPolicy, Outcome, Record, Spool, SpoolConfig, SpoolError};
 
+/// What a closed-loop run of appenders did.
 #[derive(Debug, Clone)]
 pub struct SpoolRun {
-    pub appenders: usize,
-    pub record_bytes: usize,
-    /// Records per append call (1 = one call per record, as a naive client).
-    pub batch: usize,
     pub records_per_sec: f64,
     pub mb_per_sec: f64,
-    pub ack_p50_us: u64,
-    pub ack_p99_us: u64,
-    /// Every append's ack latency, microseconds (for the percentile plot).
+    /// Every append's ack latency, microseconds.
     pub ack_latency: Histogram<u64>,
 }
 
@@ -81,13 +76,8 @@ pub async fn peak(
     }
     let secs = start.elapsed().as_secs_f64();
     SpoolRun {
-        appenders,
-        record_bytes,
-        batch,
         records_per_sec: records as f64 / secs,
         mb_per_sec: records as f64 * record_bytes as f64 / 1e6 / secs,
-        ack_p50_us: hist.value_at_quantile(0.5),
-        ack_p99_us: hist.value_at_quantile(0.99),
         ack_latency: hist,
     }
 }
@@ -98,18 +88,6 @@ pub async fn peak(
 /// sending thread and one collecting thread: with a thread per appender on
 /// 2 cores, the scheduler's delays would be measured instead of the spool's,
 /// and tokio's 1 ms timer would add its own jitter.
-pub fn at_rate(
-    dir: &Path,
-    appenders: usize,
-    record_bytes: usize,
-    rate: f64,
-    duration: Duration,
-) -> (u64, u64) {
-    let h = at_rate_histogram(dir, appenders, record_bytes, rate, duration);
-    (h.value_at_quantile(0.5), h.value_at_quantile(0.99))
-}
-
-/// [`at_rate`]'s whole latency histogram (microseconds from the due time).
 pub fn at_rate_histogram(
     dir: &Path,
     appenders: usize,

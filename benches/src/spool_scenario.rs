@@ -13,9 +13,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::baseline::{self, DiskBaseline};
-use crate::baseline_scenario::timed;
 use crate::filesystem::FileSystem;
-use crate::measure::{Host, Latency, PercentileCurve, Plots, Spread};
+use crate::measure::{div, median_index, Head, Latency, PercentileCurve, Plots, Spread};
 use crate::progress::Progress;
 use crate::spool;
 
@@ -136,10 +135,8 @@ pub struct AtRateRow {
 /// The whole report (`--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct SpoolReport {
-    pub scenario: &'static str,
-    pub schema: u32,
-    pub started_unix: u64,
-    pub host: Host,
+    #[serde(flatten)]
+    pub head: Head,
     pub file_system: FileSystem,
     pub fdatasync_is_free: bool,
     pub seconds: f64,
@@ -178,18 +175,14 @@ impl SpoolArgs {
     }
 }
 
-fn fail(e: &str) -> ExitCode {
-    crate::args::fail("spool", e)
-}
-
 /// `sluice-bench spool`.
 pub fn main(a: &SpoolArgs) -> ExitCode {
     let report = match run(a) {
         Ok(r) => r,
-        Err(e) => return fail(&e),
+        Err(e) => return crate::args::fail("spool", e),
     };
-    if let Err(e) = a.out.save("spool", &report, &report.plots, &report.host) {
-        return fail(&e);
+    if let Err(e) = a.out.save(&report, &report.head, &report.plots) {
+        return crate::args::fail("spool", e);
     }
     ExitCode::SUCCESS
 }
@@ -197,7 +190,7 @@ pub fn main(a: &SpoolArgs) -> ExitCode {
 /// Runs the scenario, printing each row as it is measured.
 pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
     a.validate()?;
-    let started_unix = crate::measure::unix_now();
+    let head = Head::now("spool", JSON_SCHEMA);
     let (file_system, work) = crate::filesystem::workplace(&a.out.dir, "spool")?;
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
     // With the progress line shown, the tables are printed at the end (a
@@ -207,14 +200,15 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
         live: progress.is_hidden(),
         held: Vec::new(),
     };
-    let raw = timed(&progress, "raw disk baseline", a.baseline_seconds, || {
-        baseline::disk_detailed(
-            work.path(),
-            Duration::from_secs_f64(a.baseline_seconds),
-            Duration::from_millis(200),
-        )
-    })
-    .map_err(|e| io("the disk baseline", e))?;
+    let raw = progress
+        .timed("raw disk baseline", a.baseline_seconds, || {
+            baseline::disk_detailed(
+                work.path(),
+                Duration::from_secs_f64(a.baseline_seconds),
+                Duration::from_millis(200),
+            )
+        })
+        .map_err(|e| io("the disk baseline", e))?;
     let base = RawBaseline {
         disk: raw.figures,
         fdatasync_latency: Latency::of(&raw.sync_latency),
@@ -270,13 +264,13 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
                     k + 1,
                     plan.len()
                 );
-                let r = timed(&progress, &what, a.seconds, || {
+                let r = progress.timed(&what, a.seconds, || {
                     rt.block_on(spool::peak(work.path(), appenders, size, batch, d))
                 });
                 runs.push(RowRun {
                     records_per_sec: r.records_per_sec,
                     mb_per_sec: r.mb_per_sec,
-                    per_raw_1mib: ratio(r.mb_per_sec, base.disk.mb_per_sec_1mib),
+                    per_raw_1mib: div(r.mb_per_sec, base.disk.mb_per_sec_1mib),
                     ack_latency: Latency::of(&r.ack_latency),
                 });
                 hists.push(r.ack_latency);
@@ -291,7 +285,7 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
             out.line(row_line(&row));
             // One curve per row, so that the picture stays readable: the
             // repetition of median records/s stands for the row.
-            let m = median_run(&row.runs);
+            let m = median_index(&row.runs, |x| x.records_per_sec).unwrap_or(0);
             let of = if a.repeat == 1 {
                 String::new()
             } else {
@@ -315,7 +309,7 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
                 "\nack latency at half of {median}peak ({AT_RATE_RECORD} B, {AT_RATE_APPENDERS} appenders, open loop, once):"
             ));
             let rate = peak.summary.records_per_sec.median / 2.0;
-            let row = timed(&progress, "at half of peak", 2.0 * a.seconds, || {
+            let row = progress.timed("at half of peak", 2.0 * a.seconds, || {
                 latency_row(work.path(), &base, rate, d, &mut plots)
             })?;
             out.line(at_rate_line(&row, &base));
@@ -328,7 +322,7 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
         ));
         for &rate in &a.latency_at {
             let what = format!("at {rate:.0} records/s");
-            let row = timed(&progress, &what, 2.0 * a.seconds, || {
+            let row = progress.timed(&what, 2.0 * a.seconds, || {
                 latency_row(work.path(), &base, rate, d, &mut plots)
             })?;
             out.line(at_rate_line(&row, &base));
@@ -340,10 +334,7 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
         println!("{l}");
     }
     Ok(SpoolReport {
-        scenario: "spool",
-        schema: JSON_SCHEMA,
-        started_unix,
-        host: Host::here(),
+        head,
         fdatasync_is_free: file_system.sync_is_free(),
         file_system,
         seconds: a.seconds,
@@ -353,14 +344,6 @@ pub fn run(a: &SpoolArgs) -> Result<SpoolReport, String> {
         at_rate,
         plots,
     })
-}
-
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 {
-        a / b
-    } else {
-        0.0
-    }
 }
 
 /// Where the table's lines go: printed at once, or held until the
@@ -403,18 +386,6 @@ fn print_baseline(out: &mut Output, fs: &FileSystem, b: &RawBaseline) {
     }
 }
 
-/// The index of the repetition whose records/s is the median (the lower
-/// middle one of an even count).
-fn median_run(runs: &[RowRun]) -> usize {
-    let mut order: Vec<usize> = (0..runs.len()).collect();
-    order.sort_by(|&x, &y| runs[x].records_per_sec.total_cmp(&runs[y].records_per_sec));
-    order[(order.len().max(1) - 1) / 2]
-}
-
-fn spread(s: &Spread) -> String {
-    s.show(0)
-}
-
 /// Widths of the records/s and ack p99 columns: wider when repeated, to
 /// fit `median [min–max]`.
 fn widths(repeated: bool) -> (usize, usize) {
@@ -441,11 +412,11 @@ fn row_line(r: &SpoolRow) -> String {
         r.appenders,
         r.record_bytes,
         r.batch,
-        spread(&s.records_per_sec),
+        s.records_per_sec.show(0),
         s.mb_per_sec.median,
         s.per_raw_1mib.median,
         s.ack_p50_us.median,
-        spread(&s.ack_p99_us),
+        s.ack_p99_us.show(0),
         w = p99_w - 2
     )
 }
@@ -483,11 +454,11 @@ fn latency_row(
         record_bytes: AT_RATE_RECORD,
         ack_latency: Latency::of(&h),
         ideal_group_commit: Latency::of(&ideal),
-        p99_per_ideal_p99: ratio(
+        p99_per_ideal_p99: div(
             h.value_at_quantile(0.99) as f64,
             ideal.value_at_quantile(0.99).max(1) as f64,
         ),
-        p99_per_fdatasync_p99: ratio(
+        p99_per_fdatasync_p99: div(
             h.value_at_quantile(0.99) as f64,
             base.fdatasync_latency.p99_us.max(1) as f64,
         ),

@@ -35,15 +35,15 @@ pub fn udp_loop(datagram_bytes: usize, duration: Duration) -> std::io::Result<Ud
     tx.connect(rx.local_addr()?)?;
     rx.connect(tx.local_addr()?)?;
     rx.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let _ = set_buffer(&rx, libc::SO_RCVBUF, 4 << 20);
-    let _ = set_buffer(&tx, libc::SO_SNDBUF, 4 << 20);
+    let _ = set_int(&rx, libc::SO_RCVBUF, 4 << 20);
+    let _ = set_int(&tx, libc::SO_SNDBUF, 4 << 20);
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let sender = {
         let (stop, sent) = (stop.clone(), sent.clone());
         std::thread::spawn(move || {
-            let mut m = MmsgBuffers::new(datagram_bytes);
+            let mut m = MmsgBuffers::new(BATCH, datagram_bytes);
             while !stop.load(Ordering::Relaxed) {
                 // SAFETY: the headers point into `m`'s buffers, alive here.
                 let n = unsafe {
@@ -56,7 +56,7 @@ pub fn udp_loop(datagram_bytes: usize, duration: Duration) -> std::io::Result<Ud
         })
     };
 
-    let mut m = MmsgBuffers::new(datagram_bytes.max(1) + 1);
+    let mut m = MmsgBuffers::new(BATCH, datagram_bytes.max(1) + 1);
     let recv = |m: &mut MmsgBuffers| {
         // SAFETY: as above; MSG_WAITFORONE blocks (up to SO_RCVTIMEO) for
         // the first datagram only.
@@ -182,14 +182,15 @@ pub fn echo_at_rate(rate: f64, size: usize, duration: Duration) -> std::io::Resu
     })
 }
 
-fn set_buffer(s: &UdpSocket, opt: libc::c_int, bytes: libc::c_int) -> std::io::Result<()> {
+/// Sets an int socket option (a buffer size) on `s`.
+pub(crate) fn set_int(s: &UdpSocket, opt: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
     // SAFETY: setsockopt with an int option value of the right size.
     let rc = unsafe {
         libc::setsockopt(
             s.as_raw_fd(),
             libc::SOL_SOCKET,
             opt,
-            &bytes as *const libc::c_int as *const libc::c_void,
+            &value as *const libc::c_int as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -200,9 +201,9 @@ fn set_buffer(s: &UdpSocket, opt: libc::c_int, bytes: libc::c_int) -> std::io::R
     }
 }
 
-/// BATCH buffers of one size with their iovecs and mmsghdrs (connected
-/// sockets: no addresses).
-struct MmsgBuffers {
+/// `n` buffers of one size with their iovecs and mmsghdrs, for sendmmsg
+/// and recvmmsg on connected sockets (no addresses).
+pub(crate) struct MmsgBuffers {
     _bufs: Vec<Vec<u8>>,
     _iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
@@ -213,8 +214,8 @@ struct MmsgBuffers {
 unsafe impl Send for MmsgBuffers {}
 
 impl MmsgBuffers {
-    fn new(size: usize) -> Self {
-        let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0x5Au8; size]).collect();
+    pub(crate) fn new(n: usize, size: usize) -> Self {
+        let mut bufs: Vec<Vec<u8>> = (0..n).map(|_| vec![0x5Au8; size]).collect();
         let mut iovs: Vec<libc::iovec> = bufs
             .iter_mut()
             .map(|b| libc::iovec {
@@ -239,8 +240,13 @@ impl MmsgBuffers {
         }
     }
 
-    fn headers(&mut self) -> *mut libc::mmsghdr {
+    pub(crate) fn headers(&mut self) -> *mut libc::mmsghdr {
         self.hdrs.as_mut_ptr()
+    }
+
+    /// Bytes the first `n` headers received.
+    pub(crate) fn received(&self, n: usize) -> u64 {
+        self.hdrs[..n].iter().map(|m| u64::from(m.msg_len)).sum()
     }
 }
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sluice_testkit::testnet::{self, Link};
 
-use crate::measure::Host;
+use crate::measure::Head;
 pub use procfs::{threads_cpu_seconds, CpuSplit, CpuStat};
 pub use sluice_testkit::testnet::udp_counter;
 
@@ -195,11 +195,8 @@ pub struct NetInfo {
 /// Everything one `sluice-bench xdp` run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct XdpReport {
-    pub scenario: &'static str,
-    pub schema: u32,
-    /// Seconds since the Unix epoch when the run started.
-    pub started_unix: u64,
-    pub host: Host,
+    #[serde(flatten)]
+    pub head: Head,
     pub config: XdpConfig,
     pub net: NetInfo,
     pub datapath: Vec<datapath::DatapathRun>,
@@ -277,8 +274,8 @@ pub fn main(args: &XdpArgs) -> ExitCode {
 /// Makes the namespaces and runs the parts asked for (each table is printed
 /// as soon as its part is done).
 pub fn run(config: &XdpConfig) -> Result<XdpReport, String> {
-    let started_unix = crate::measure::unix_now();
-    let host = Host::here();
+    let head = Head::now("xdp", JSON_SCHEMA);
+    let host = &head.host;
     // Namespace set-up panics (with the command's stderr) if iproute2 fails.
     let link = std::panic::catch_unwind(|| Link::create("bx", 1))
         .map_err(|p| format!("making the namespaces: {}", panic_text(&p)))?;
@@ -296,10 +293,7 @@ pub fn run(config: &XdpConfig) -> Result<XdpReport, String> {
         host.cpus, host.kernel, net.ns_a, net.iface_a, net.ip_a, net.ns_b, net.iface_b, net.ip_b
     );
     let mut report = XdpReport {
-        scenario: "xdp",
-        schema: JSON_SCHEMA,
-        started_unix,
-        host,
+        head,
         config: config.clone(),
         net,
         datapath: Vec::new(),

@@ -117,7 +117,7 @@ pub fn main(a: &ConsumeArgs) -> ExitCode {
         Err(e) => return crate::args::fail("e2e", e),
     };
     super::print(&report);
-    if let Err(e) = a.out.save("e2e", &report, &report.plots, &report.host) {
+    if let Err(e) = a.out.save(&report, &report.head, &report.plots) {
         return crate::args::fail("e2e", e);
     }
     if report.errors > 0 || report.groups_short > 0 {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
-use sluice_transport::client::{Consumer, ConsumerError, Delivery};
+use sluice_transport::client::{Consumer, Delivery};
 use tokio::sync::watch;
 
 pub use crate::load::{histogram, stamped, Clock, STAMP_BYTES};
@@ -123,11 +123,6 @@ pub async fn consume(
     }
     c.close().await;
     Consumed { latency, error }
-}
-
-/// Why a consumer could not join.
-pub fn join_error(group: &str, e: &ConsumerError) -> String {
-    format!("consumer group {group}: {e}")
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ use sluice_transport::client::QuicOptions;
 
 use crate::filesystem::FileSystem;
 use crate::ingest::{self, External, PathKind};
-use crate::measure::Host;
+use crate::measure::Head;
 use crate::progress::{Goal, Progress};
 use sluice_testkit::daemon::DaemonSpec;
 
@@ -61,9 +61,8 @@ use phase::{run_phase, Target};
 pub use phase::{Drive, PhaseSpec};
 pub use print::print;
 pub use report::{
-    ConsumeReport, DeliveryHeadline, DeliverySpread, Drain, GroupFigures, Headline,
-    LatencyHeadline, LatencyRatios, LatencyRun, LatencySpread, PhaseCpu, Repeats, ThroughputRatios,
-    ThroughputRun, TARGET_DELIVERY_RATIO,
+    ConsumeReport, DeliveryHeadline, Drain, GroupFigures, Headline, LatencyHeadline, LatencyRatios,
+    LatencyRun, PhaseCpu, Repeats, ThroughputRatios, ThroughputRun, TARGET_DELIVERY_RATIO,
 };
 
 /// Version of the JSON layout (bump on incompatible changes). 2: the
@@ -128,35 +127,6 @@ pub struct ConsumeConfig {
     pub repeat: usize,
 }
 
-impl Default for ConsumeConfig {
-    fn default() -> Self {
-        ConsumeConfig {
-            parts: vec![Part::Ingest, Part::Delivery, Part::Latency],
-            producers: 4,
-            size: 128,
-            seconds: 5.0,
-            warmup: 1.0,
-            groups: vec![1, 4],
-            rate: 20_000.0,
-            latency_groups: 1,
-            max_ahead: 65_536,
-            max_messages: 4096,
-            max_bytes: 16 << 20,
-            fsync: "always".into(),
-            batch: 256,
-            in_flight: 16,
-            path: PathKind::Fast,
-            datagram: 1452,
-            dir: PathBuf::from("."),
-            external: None,
-            sluiced_args: Vec::new(),
-            baseline_seconds: 1.0,
-            drain_timeout: 120.0,
-            repeat: 1,
-        }
-    }
-}
-
 impl ConsumeConfig {
     pub fn has(&self, p: Part) -> bool {
         self.parts.contains(&p)
@@ -207,7 +177,7 @@ impl ConsumeConfig {
 /// Runs the scenario: baselines, (a daemon,) then each phase.
 pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::Error>> {
     config.validate()?;
-    let started_unix = crate::measure::unix_now();
+    let head = Head::now("e2e", JSON_SCHEMA);
     std::fs::create_dir_all(&config.dir)?;
     let work = tempfile::Builder::new()
         .prefix("sluice-bench-e2e-")
@@ -226,12 +196,9 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
             .then_some((config.rate, config.size));
         // Disk 2x, UDP 1x per size (two), fixed-rate ones 2x each.
         let planned = config.baseline_seconds * if at_rate.is_some() { 8.0 } else { 4.0 };
-        Some(crate::baseline_scenario::timed(
-            &progress,
-            "the machine's baselines",
-            planned,
-            || ingest::measure_baselines(work.path(), config.baseline_seconds, at_rate),
-        )?)
+        Some(progress.timed("the machine's baselines", planned, || {
+            ingest::measure_baselines(work.path(), config.baseline_seconds, at_rate)
+        })?)
     } else {
         None
     };
@@ -262,8 +229,8 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
     };
     let client = client_options(&cert, token)?;
 
-    let producers_rt = runtime("producer")?;
-    let consumers_rt = runtime("consumer")?;
+    let producers_rt = crate::load::runtime(Some("producer"))?;
+    let consumers_rt = crate::load::runtime(Some("consumer"))?;
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -344,7 +311,7 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
     if let Some(f) = failure {
         return Err(f.into());
     }
-    let mut report = report::build(config, started_unix, Host::here(), baselines, rounds);
+    let mut report = report::build(config, head, baselines, rounds);
     report.file_system = file_system;
     Ok(report)
 }
@@ -355,14 +322,6 @@ fn describe(spec: &PhaseSpec) -> String {
         (Drive::Closed, g) => format!("delivery to {g} group(s)"),
         (Drive::Open { rate }, g) => format!("latency at {rate:.0} msgs/s, {g} group(s)"),
     }
-}
-
-fn runtime(name: &str) -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(name)
-        .enable_all()
-        .build()
 }
 
 /// QUIC client options pinning the daemon's certificate `cert`.

@@ -1,8 +1,8 @@
 //! One phase of the `e2e` scenario: a fresh stream, producers driven
-//! closed or open loop, and consumer groups on it; the window's marks, the
+//! closed or open loop by [`crate::load::run_with`] (the gate holds them
+//! back for the slowest group), and consumer groups on it; the groups'
 //! drain, and what it all measured.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -11,15 +11,14 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use sluice_daemon::metrics::scrape::Scrape;
 use sluice_transport::client::{
-    Consumer, ConsumerOptions, Producer, ProducerOptions, QuicOptions, StartAt, Transport,
+    Consumer, ConsumerOptions, ProducerOptions, QuicOptions, StartAt, Transport,
 };
 use sluice_transport::proto::SenderConfig;
 
 use super::{load, ConsumeConfig};
-use crate::cpu;
 use crate::ingest::PathKind;
-use crate::load::{Shape, Shared};
-use crate::measure::Machine;
+use crate::load::{Plan, Shape, Shared};
+use crate::measure;
 use crate::sizes::Payloads;
 
 /// How a phase publishes.
@@ -73,19 +72,20 @@ pub(crate) struct Target {
     pub progress: crate::progress::Progress,
 }
 
-/// A snapshot at one end of a window.
+/// A snapshot at one end of a window: the common mark, and per group the
+/// distinct messages and deliveries so far.
 pub(crate) struct Mark {
-    pub at: Instant,
-    pub acked: u64,
-    /// Per group: distinct messages and deliveries so far.
+    pub mark: measure::Mark,
     pub distinct: Vec<u64>,
     pub deliveries: Vec<u64>,
-    pub self_cpu: f64,
-    pub self_threads: BTreeMap<String, f64>,
-    pub daemon_cpu: Option<f64>,
-    pub daemon_threads: BTreeMap<String, f64>,
-    pub machine: Option<Machine>,
-    pub scrape: Option<Scrape>,
+}
+
+impl std::ops::Deref for Mark {
+    type Target = measure::Mark;
+
+    fn deref(&self) -> &measure::Mark {
+        &self.mark
+    }
 }
 
 /// What a phase measured.
@@ -93,14 +93,9 @@ pub(crate) struct Outcome {
     pub spec: PhaseSpec,
     pub stream: String,
     pub group_names: Vec<String>,
-    pub start: Mark,
-    pub end: Mark,
-    pub sent: u64,
-    pub acked: u64,
-    pub errors: u64,
-    pub first_error: Option<String>,
-    pub ack_latency: Histogram<u64>,
-    pub pacer_lag: Option<Histogram<u64>>,
+    /// The producers' run: its marks, counts and ack latency (its errors
+    /// with the consumers' first).
+    pub run: crate::load::Outcome<Mark>,
     /// Per group: seconds from the window's end until it had every
     /// published message (`None`: not within the drain timeout).
     pub caught_up: Vec<Option<f64>>,
@@ -139,63 +134,47 @@ fn sample(publish: &Shared, tallies: &[Arc<load::Tally>]) -> Sample {
     }
 }
 
-/// Reads the counts every [`SAMPLE_EVERY`] from `first` until `end`, and
-/// shows them on the progress line (seconds since `start`).
-async fn sample_until(
-    first: Sample,
-    (start, end): (Instant, Instant),
-    publish: &Shared,
-    tallies: &[Arc<load::Tally>],
-    progress: &crate::progress::Progress,
-) -> Vec<Sample> {
-    let mut samples = vec![first];
-    let mut next = first.at + SAMPLE_EVERY;
-    while next < end {
-        tokio::time::sleep_until(next.into()).await;
-        let s = sample(publish, tallies);
-        let dt =
-            s.at.duration_since(samples[samples.len() - 1].at)
-                .as_secs_f64();
-        let rate = |now: u64, then: u64| now.saturating_sub(then) as f64 / dt.max(1e-9);
-        let last = samples[samples.len() - 1];
-        let mut note = format!(
-            "published {}  {:.0}/s",
-            crate::progress::thousands(s.acked),
-            rate(s.acked, last.acked)
-        );
-        if !tallies.is_empty() {
-            note += &format!("  delivered {:.0}/s", rate(s.delivered, last.delivered));
+/// Reads the counts every [`SAMPLE_EVERY`] of the window into `samples`,
+/// and shows them on the progress line (seconds since `start`).
+fn sampler<'a>(
+    samples: &'a mut Vec<Sample>,
+    start: Instant,
+    tallies: &'a [Arc<load::Tally>],
+    progress: &'a crate::progress::Progress,
+) -> impl FnMut(&Shared) + 'a {
+    let mut last: Option<Sample> = None;
+    move |publish| {
+        let due = publish.window_start + SAMPLE_EVERY * (samples.len() as u32 + 1);
+        if Instant::now() < due {
+            return;
         }
-        progress.set(s.at.duration_since(start).as_secs_f64(), &note);
+        let s = sample(publish, tallies);
+        if let Some(last) = last {
+            let dt = s.at.duration_since(last.at).as_secs_f64();
+            let rate = |now: u64, then: u64| now.saturating_sub(then) as f64 / dt.max(1e-9);
+            let mut note = format!(
+                "published {}  {:.0}/s",
+                crate::progress::thousands(s.acked),
+                rate(s.acked, last.acked)
+            );
+            if !tallies.is_empty() {
+                note += &format!("  delivered {:.0}/s", rate(s.delivered, last.delivered));
+            }
+            progress.set(s.at.duration_since(start).as_secs_f64(), &note);
+        }
+        last = Some(s);
         samples.push(s);
-        next += SAMPLE_EVERY;
     }
-    tokio::time::sleep_until(end.into()).await;
-    samples
 }
 
-async fn mark(target: &Target, publish: &Shared, tallies: &[Arc<load::Tally>]) -> Mark {
-    let at = Instant::now();
-    let acked = publish.acked.load(Relaxed);
-    let distinct = tallies.iter().map(|t| t.distinct.load(Relaxed)).collect();
-    let deliveries = tallies.iter().map(|t| t.deliveries.load(Relaxed)).collect();
-    let self_cpu = cpu::self_seconds();
-    let self_threads = cpu::threads_seconds(std::process::id());
-    let daemon_cpu = target.pid.and_then(cpu::process_seconds);
-    let daemon_threads = target.pid.map(cpu::threads_seconds).unwrap_or_default();
-    let machine = Machine::now();
-    let scrape = scrape(target.admin).await;
+fn mark(target: &Target, counts: (u64, u64), tallies: &[Arc<load::Tally>]) -> Mark {
+    let admin = target.admin;
     Mark {
-        at,
-        acked,
-        distinct,
-        deliveries,
-        self_cpu,
-        self_threads,
-        daemon_cpu,
-        daemon_threads,
-        machine,
-        scrape,
+        mark: measure::Mark::take(counts, target.pid, || {
+            sluice_testkit::daemon::scrape(admin).ok()
+        }),
+        distinct: tallies.iter().map(|t| t.distinct.load(Relaxed)).collect(),
+        deliveries: tallies.iter().map(|t| t.deliveries.load(Relaxed)).collect(),
     }
 }
 
@@ -228,11 +207,10 @@ pub(crate) async fn run_phase(
         ..ProducerOptions::default()
     };
     // The producers first: their sessions create the stream the groups join.
-    let mut producers = Vec::with_capacity(config.producers);
-    for k in 0..config.producers as u64 {
-        let id = target.id_base + (index << 10) + k;
-        producers.push(Producer::connect(target.quic, &stream, id, options.clone()).await?);
-    }
+    let first_id = target.id_base + (index << 10);
+    let to = |_| stream.clone();
+    let producers =
+        crate::load::connect(config.producers, target.quic, to, first_id, &options).await?;
     let group_names: Vec<String> = (0..spec.groups).map(|k| format!("{stream}-g{k}")).collect();
     let mut consumers = Vec::with_capacity(spec.groups);
     for group in &group_names {
@@ -241,29 +219,27 @@ pub(crate) async fn run_phase(
 
     let clock = load::Clock::now();
     let start = Instant::now();
-    let warmup = Duration::from_secs_f64(config.warmup);
-    let window = (
-        start + warmup,
-        start + warmup + Duration::from_secs_f64(config.seconds),
-    );
+    let window = start + Duration::from_secs_f64(config.warmup);
     let tallies: Vec<Arc<load::Tally>> = (0..spec.groups).map(|_| Arc::default()).collect();
-    let mut publish = Shared::new(window.0, Some(window.1), SAMPLE_EVERY.as_secs_f64());
-    publish.window_by_call = true;
+    let mut extra = crate::load::Extra {
+        begin: Some(start),
+        window_by_call: true,
+        ..Default::default()
+    };
     if spec.drive == Drive::Closed && spec.groups > 0 && config.max_ahead > 0 {
         // Not while more than `max_ahead` messages sent have not reached
         // the slowest group.
         let (ahead, groups) = (config.max_ahead, tallies.clone());
-        publish.gate = Some(Box::new(move |sent| {
+        extra.gate = Some(Box::new(move |sent| {
             let slowest = groups.iter().map(|t| t.distinct.load(Relaxed)).min();
             sent.saturating_sub(slowest.unwrap_or(u64::MAX)) <= ahead
         }));
     }
-    let publish = Arc::new(publish);
     let stamps = match spec.drive {
         Drive::Open { .. } => Some(load::Stamps {
             clock,
-            from: clock.unix_us(window.0),
-            to: clock.unix_us(window.1),
+            from: clock.unix_us(window),
+            to: clock.unix_us(window + Duration::from_secs_f64(config.seconds)),
         }),
         Drive::Closed => None,
     };
@@ -283,64 +259,54 @@ pub(crate) async fn run_phase(
         Drive::Open { rate } => (rate, 1),
         Drive::Closed => (0.0, config.batch),
     };
-    let shape = Shape {
-        batch,
-        in_flight: config.in_flight,
-        count: None,
-        rate,
-        stamp: (rate > 0.0).then_some(clock),
+    let plan = Plan {
+        shape: Shape {
+            batch,
+            in_flight: config.in_flight,
+            count: None,
+            rate,
+            stamp: (rate > 0.0).then_some(clock),
+        },
+        payloads: Payloads::fixed(config.size),
+        seed: 0,
+        warmup: config.warmup,
+        seconds: Some(config.seconds),
+        interval: SAMPLE_EVERY.as_secs_f64(),
+        // Open loop: the last sends are still out.
+        drain: Duration::from_secs(30),
     };
-    let payloads = Payloads::fixed(config.size);
-    let (producing, pacer) = crate::load::start(shape, &producers, payloads, 0, &publish, start)?;
-
     target.progress.set(0.0, "warm-up");
-    tokio::time::sleep_until(window.0.into()).await;
-    let first = mark(target, &publish, &tallies).await;
-    let at_first = Sample {
-        at: first.at,
-        acked: first.acked,
-        delivered: first.distinct.iter().sum(),
+    let mut samples = Vec::new();
+    let mut sampling = sampler(&mut samples, start, &tallies, &target.progress);
+    extra.poll = Some(&mut sampling);
+    let hidden = crate::progress::Progress::hidden();
+    let marks = |s: &Shared| mark(target, s.counts(), &tallies);
+    let mut run = crate::load::run_with(producers, &plan, &hidden, marks, extra).await?;
+    drop(sampling);
+    let sample_of = |m: &Mark| Sample {
+        at: m.at,
+        acked: m.acked,
+        delivered: m.distinct.iter().sum(),
     };
-    let mut samples = sample_until(
-        at_first,
-        (start, window.1),
-        &publish,
-        &tallies,
-        &target.progress,
-    )
-    .await;
-    let last = mark(target, &publish, &tallies).await;
+    samples.insert(0, sample_of(&run.start));
+    samples.push(sample_of(&run.end));
     if spec.groups > 0 {
         target
             .progress
             .set(config.warmup + config.seconds, "the groups catch up");
     }
-    samples.push(Sample {
-        at: last.at,
-        acked: last.acked,
-        delivered: last.distinct.iter().sum(),
-    });
-    publish.stop.store(true, Relaxed);
-    let pacer_lag = crate::load::pacer_lag(pacer).await?;
-    if pacer_lag.is_none() {
-        let _ = producing.await;
-    }
-    // Open loop: the last sends are still out.
-    let settle = Instant::now() + Duration::from_secs(30);
-    while publish.missing() > 0 && Instant::now() < settle {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 
     // Every group gets every message that was acked (and may get more:
     // a failed call's messages can be stored all the same).
-    let published = publish.acked.load(Relaxed);
-    let drain_until = last.at + Duration::from_secs_f64(config.drain_timeout);
+    let published = run.acked;
+    let counts = (run.acked, run.end.acked_bytes);
+    let drain_until = run.end.at + Duration::from_secs_f64(config.drain_timeout);
     let mut caught_up: Vec<Option<f64>> = vec![None; spec.groups];
     loop {
         let now = Instant::now();
         for (c, t) in caught_up.iter_mut().zip(&tallies) {
             if c.is_none() && t.distinct.load(Relaxed) >= published {
-                *c = Some(now.duration_since(last.at).as_secs_f64());
+                *c = Some(now.duration_since(run.end.at).as_secs_f64());
             }
         }
         if caught_up.iter().all(Option::is_some) || now >= drain_until {
@@ -350,13 +316,15 @@ pub(crate) async fn run_phase(
     }
     // The drain's end: what the consumers cost without producers.
     let drained = if spec.groups > 0 {
-        Some(mark(target, &publish, &tallies).await)
+        Some(tokio::task::block_in_place(|| {
+            mark(target, counts, &tallies)
+        }))
     } else {
         None
     };
     let backlog = match spec.backlog_groups {
         0 => None,
-        _ => Some(drain_backlog(config, target, &stream, &publish, published).await?),
+        _ => Some(drain_backlog(config, target, &stream, counts).await?),
     };
     let _ = stop_tx.send(true);
     let mut latency = Vec::with_capacity(spec.groups);
@@ -366,26 +334,15 @@ pub(crate) async fn run_phase(
         latency.push(got.latency);
         consumer_error = consumer_error.or(got.error);
     }
-    for p in producers {
-        if let Err(e) = p.close().await {
-            publish.fail(0, format!("close: {e}"));
-        }
-    }
     let after = scrape(target.admin).await;
-    let first_error = publish.first_error().map(|e| format!("producer: {e}"));
-    let ack_latency = publish.take_latency();
+    run.errors += u64::from(consumer_error.is_some());
+    run.first_error = run.first_error.map(|e| format!("producer: {e}"));
+    run.first_error = run.first_error.or(consumer_error);
     Ok(Outcome {
         spec: spec.clone(),
         stream,
         group_names,
-        start: first,
-        end: last,
-        sent: publish.sent.load(Relaxed),
-        acked: publish.acked.load(Relaxed),
-        errors: publish.errors.load(Relaxed) + u64::from(consumer_error.is_some()),
-        first_error: first_error.or(consumer_error),
-        ack_latency,
-        pacer_lag,
+        run,
         caught_up,
         drained,
         distinct: tallies.iter().map(|t| t.distinct.load(Relaxed)).collect(),
@@ -413,7 +370,7 @@ async fn join(
         .consumers
         .spawn(async move { Consumer::connect(addr, &stream, opts).await })
         .await?;
-    Ok(joined.map_err(|e| load::join_error(group, &e))?)
+    Ok(joined.map_err(|e| format!("consumer group {group}: {e}"))?)
 }
 
 /// One new group receives the whole stream (`published` messages), with
@@ -423,16 +380,16 @@ async fn drain_backlog(
     config: &ConsumeConfig,
     target: &Target,
     stream: &str,
-    publish: &Shared,
-    published: u64,
+    counts: (u64, u64),
 ) -> Result<Backlog, Box<dyn std::error::Error>> {
+    let published = counts.0;
     target.progress.set(
         config.warmup + config.seconds,
         "one group drains the backlog",
     );
     let tally: Arc<load::Tally> = Arc::default();
     let tallies = [tally.clone()];
-    let start = mark(target, publish, &tallies).await;
+    let start = tokio::task::block_in_place(|| mark(target, counts, &tallies));
     let consumer = join(config, target, stream, &format!("{stream}-backlog")).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let consuming = target
@@ -442,7 +399,7 @@ async fn drain_backlog(
     while tally.distinct.load(Relaxed) < published && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let end = mark(target, publish, &tallies).await;
+    let end = tokio::task::block_in_place(|| mark(target, counts, &tallies));
     let caught_up = tally.distinct.load(Relaxed) >= published;
     let _ = stop_tx.send(true);
     let first_error = consuming.await?.error;

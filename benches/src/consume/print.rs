@@ -24,15 +24,7 @@ pub fn print(r: &ConsumeReport) {
             None => String::new(),
         }
     );
-    println!(
-        "machine: {} CPUs, kernel {}",
-        r.host.cpus,
-        if r.host.kernel.is_empty() {
-            "?"
-        } else {
-            &r.host.kernel
-        }
-    );
+    println!("machine: {}", r.head.host);
     if let Some(fs) = &r.file_system {
         println!("data folder: {} ({})", fs.path.display(), fs.describe());
         if let Some(w) = fs.warning() {
@@ -357,11 +349,12 @@ fn cpu_table(r: &ConsumeReport) {
     }
 }
 
-fn repeats_table(q: &Repeats) {
+fn repeats_table(r: &Repeats) {
     println!(
         "\n  over {} rounds (the tables above are of the first): median (min .. max)",
-        q.rounds.len()
+        r.rounds.len()
     );
+    let q = &r.spread;
     let row = |what: &str, s: &Spread, unit: &str, decimals: usize| {
         println!(
             "  {what:<36} {:>12.decimals$} {unit:<8} ({:.decimals$} .. {:.decimals$})",

@@ -4,16 +4,16 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sluice_daemon::metrics::scrape::Scrape;
 
 use super::phase::{Drive, Mark, Outcome, Sample, SAMPLE_EVERY};
-use super::{ConsumeConfig, JSON_SCHEMA};
+use super::ConsumeConfig;
 use crate::cpu;
 use crate::filesystem::FileSystem;
 use crate::ingest::Baselines;
 use crate::measure::{
-    CpuUse, DaemonCounters, Host, Latency, Machine, PercentileCurve, Plots, Spread, TimeSeries,
+    CpuUse, DaemonCounters, Head, Latency, Machine, PercentileCurve, Plots, Spread, TimeSeries,
 };
 
 /// The target: delivered msgs/s to one group ≥ 0.8 × durable
@@ -23,11 +23,8 @@ pub const TARGET_DELIVERY_RATIO: f64 = 0.8;
 /// One run's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConsumeReport {
-    pub scenario: &'static str,
-    pub schema: u32,
-    /// Seconds since the Unix epoch when the run started.
-    pub started_unix: u64,
-    pub host: Host,
+    #[serde(flatten)]
+    pub head: Head,
     pub config: ConsumeConfig,
     pub target_delivery_ratio: f64,
     pub baselines: Option<Baselines>,
@@ -55,59 +52,43 @@ pub struct ConsumeReport {
     pub plots: Plots,
 }
 
-/// The figures one round is summed up by.
-#[derive(Debug, Clone, Serialize)]
-pub struct Headline {
+/// The figures one round is summed up by (`T` = `f64`), or their spreads
+/// over the rounds (`T` = [`Spread`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Headline<T = f64> {
     /// Ingest alone: durably acked msgs/s.
-    pub ingest_published_per_sec: Option<f64>,
+    pub ingest_published_per_sec: Option<T>,
     /// One group draining the ingest phase's stream: msgs/s, and ÷ ingest
     /// alone (the target).
-    pub backlog_drain_per_sec: Option<f64>,
-    pub backlog_drain_per_ingest: Option<f64>,
-    pub delivery: Vec<DeliveryHeadline>,
-    pub latency: Option<LatencyHeadline>,
+    pub backlog_drain_per_sec: Option<T>,
+    pub backlog_drain_per_ingest: Option<T>,
+    pub delivery: Vec<DeliveryHeadline<T>>,
+    pub latency: Option<LatencyHeadline<T>>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct DeliveryHeadline {
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct DeliveryHeadline<T = f64> {
     pub groups: usize,
-    pub delivered_per_sec_per_group: f64,
+    pub delivered_per_sec_per_group: T,
     /// ÷ ingest alone of the same round.
-    pub delivered_per_group_per_ingest: Option<f64>,
+    pub delivered_per_group_per_ingest: Option<T>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct LatencyHeadline {
-    pub delivery_p50_us: f64,
-    pub delivery_p99_us: f64,
-    pub ack_p50_us: f64,
-    pub ack_p99_us: f64,
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct LatencyHeadline<T = f64> {
+    pub delivery_p50_us: T,
+    pub delivery_p99_us: T,
+    pub ack_p50_us: T,
+    pub ack_p99_us: T,
 }
 
-/// The rounds' headline figures, and each as min / median / max.
+/// The rounds' headline figures, and each as min / median / max (every
+/// round ran the same phases, in the same order).
 #[derive(Debug, Clone, Serialize)]
 pub struct Repeats {
     pub rounds: Vec<Headline>,
-    pub ingest_published_per_sec: Option<Spread>,
-    pub backlog_drain_per_sec: Option<Spread>,
-    pub backlog_drain_per_ingest: Option<Spread>,
-    pub delivery: Vec<DeliverySpread>,
-    pub latency: Option<LatencySpread>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct DeliverySpread {
-    pub groups: usize,
-    pub delivered_per_sec_per_group: Spread,
-    pub delivered_per_group_per_ingest: Option<Spread>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct LatencySpread {
-    pub delivery_p50_us: Spread,
-    pub delivery_p99_us: Spread,
-    pub ack_p50_us: Spread,
-    pub ack_p99_us: Spread,
+    #[serde(flatten)]
+    pub spread: Headline<Spread>,
 }
 
 /// A closed-loop phase: ingest alone (no groups) or delivery to groups.
@@ -306,9 +287,10 @@ struct Common {
 }
 
 fn common(o: &Outcome) -> Common {
-    let (a, b) = (&o.start, &o.end);
-    let window = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
-    let window_published = b.acked - a.acked;
+    let (a, b) = (&o.run.start, &o.run.end);
+    let w = a.until(b);
+    let window = w.seconds.max(1e-9);
+    let window_published = w.acked;
     let groups = o
         .group_names
         .iter()
@@ -333,43 +315,27 @@ fn common(o: &Outcome) -> Common {
     let window_deliveries: u64 = (0..o.group_names.len())
         .map(|k| b.deliveries[k] - a.deliveries[k])
         .sum();
-    let threads = cpu::threads_delta(&a.self_threads, &b.self_threads);
-    let thread = |n: &str| threads.get(n).copied().unwrap_or(0.0);
-    let harness = CpuUse::of(b.self_cpu - a.self_cpu, window, window_published);
-    let daemon_cpu = match (a.daemon_cpu, b.daemon_cpu) {
-        (Some(x), Some(y)) => Some(CpuUse::of(y - x, window, window_published)),
-        _ => None,
-    };
     let per = |s: f64, n: u64| (n > 0).then(|| s * 1e6 / n as f64);
     let cpu = PhaseCpu {
-        harness,
-        producer_seconds: thread("producer"),
-        consumer_seconds: thread("consumer"),
-        pacer_seconds: thread("pacer"),
-        daemon: daemon_cpu,
-        producer_us_per_message: per(thread("producer"), window_published).unwrap_or(0.0),
-        consumer_us_per_delivery: per(thread("consumer"), window_deliveries),
-        daemon_us_per_message: daemon_cpu.and_then(|d| per(d.seconds, window_published)),
-        daemon_us_per_delivery: daemon_cpu.and_then(|d| per(d.seconds, window_deliveries)),
-        harness_threads: threads,
-        daemon_threads: cpu::threads_delta(&a.daemon_threads, &b.daemon_threads),
-    };
-    let ours = cpu.harness.seconds + daemon_cpu.map_or(0.0, |d| d.seconds);
-    let machine = match (a.machine, b.machine) {
-        (Some(x), Some(y)) => Some(y.since(&x, ours)),
-        _ => None,
-    };
-    let daemon = match (&a.scrape, &b.scrape) {
-        (Some(x), Some(y)) => Some(DaemonCounters::between(x, y)),
-        _ => None,
+        harness: w.harness,
+        producer_seconds: w.thread("producer"),
+        consumer_seconds: w.thread("consumer"),
+        pacer_seconds: w.thread("pacer"),
+        daemon: w.daemon,
+        producer_us_per_message: per(w.thread("producer"), window_published).unwrap_or(0.0),
+        consumer_us_per_delivery: per(w.thread("consumer"), window_deliveries),
+        daemon_us_per_message: w.daemon.and_then(|d| per(d.seconds, window_published)),
+        daemon_us_per_delivery: w.daemon.and_then(|d| per(d.seconds, window_deliveries)),
+        harness_threads: w.harness_threads,
+        daemon_threads: w.daemon_threads,
     };
     Common {
         window,
         window_published,
         groups,
         cpu,
-        machine,
-        daemon,
+        machine: w.machine,
+        daemon: w.counters,
     }
 }
 
@@ -385,16 +351,16 @@ fn throughput(o: Outcome) -> ThroughputRun {
     let drains: Vec<f64> = c
         .groups
         .iter()
-        .zip(&o.end.distinct)
+        .zip(&o.run.end.distinct)
         .filter(|(g, _)| g.behind_at_window_end >= min_behind)
         .filter_map(|(g, had)| {
-            let left = o.acked.saturating_sub(*had);
+            let left = o.run.acked.saturating_sub(*had);
             g.caught_up_after.map(|s| left as f64 / s.max(1e-9))
         })
         .collect();
     let drain = o.drained.as_ref().map(|d| {
         let speed = drains.iter().sum::<f64>() / drains.len().max(1) as f64;
-        drain_between(&o.end, d, min_behind, drains.len(), speed)
+        drain_between(&o.run.end, d, min_behind, drains.len(), speed)
     });
     let backlog_drain = o.backlog.as_ref().map(|b| {
         let seconds = b.end.at.duration_since(b.start.at).as_secs_f64().max(1e-9);
@@ -415,13 +381,13 @@ fn throughput(o: Outcome) -> ThroughputRun {
         groups: o.spec.groups,
         stream: o.stream,
         window_seconds: c.window,
-        sent: o.sent,
-        published: o.acked,
-        errors: o.errors + u64::from(backlog_error.is_some()),
-        first_error: o.first_error.or(backlog_error),
+        sent: o.run.sent,
+        published: o.run.acked,
+        errors: o.run.errors + u64::from(backlog_error.is_some()),
+        first_error: o.run.first_error.or(backlog_error),
         window_published: c.window_published,
         published_per_sec: c.window_published as f64 / c.window,
-        ack_latency: Latency::of(&o.ack_latency),
+        ack_latency: Latency::of(&o.run.latency),
         delivered_per_sec_per_group: total / c.groups.len().max(1) as f64,
         delivered_per_sec_total: total,
         group_figures: c.groups,
@@ -469,7 +435,7 @@ fn latency(o: Outcome, baselines: Option<&Baselines>) -> LatencyRun {
         all.add(h).ok();
     }
     let delivery = Latency::of(&all);
-    let ack = Latency::of(&o.ack_latency);
+    let ack = Latency::of(&o.run.latency);
     let ratios = LatencyRatios {
         delivery_p50_per_ack_p50: div(delivery.p50_us as f64, ack.p50_us as f64),
         delivery_p99_per_ack_p99: div(delivery.p99_us as f64, ack.p99_us as f64),
@@ -489,16 +455,21 @@ fn latency(o: Outcome, baselines: Option<&Baselines>) -> LatencyRun {
         groups: o.spec.groups,
         stream: o.stream,
         window_seconds: c.window,
-        sent: o.sent,
-        published: o.acked,
-        errors: o.errors,
-        first_error: o.first_error,
+        sent: o.run.sent,
+        published: o.run.acked,
+        errors: o.run.errors,
+        first_error: o.run.first_error,
         published_per_sec: c.window_published as f64 / c.window,
         group_figures: c.groups,
         delivery_latency: delivery,
         delivery_latency_per_group: o.latency.iter().map(Latency::of).collect(),
         ack_latency: ack,
-        pacer_lag: o.pacer_lag.as_ref().map(Latency::of).unwrap_or_default(),
+        pacer_lag: o
+            .run
+            .pacer_lag
+            .as_ref()
+            .map(Latency::of)
+            .unwrap_or_default(),
         cpu: c.cpu,
         machine: c.machine,
         daemon: c.daemon,
@@ -509,18 +480,17 @@ fn latency(o: Outcome, baselines: Option<&Baselines>) -> LatencyRun {
 /// The report of the rounds run: the first in detail, all in `repeats`.
 pub(super) fn build(
     config: &ConsumeConfig,
-    started_unix: u64,
-    host: Host,
+    head: Head,
     baselines: Option<Baselines>,
     rounds: Vec<Vec<Outcome>>,
 ) -> ConsumeReport {
     let several = rounds.len() > 1;
     let mut reports = rounds
         .into_iter()
-        .map(|outcomes| build_round(config, started_unix, host.clone(), baselines, outcomes));
+        .map(|outcomes| build_round(config, head.clone(), baselines, outcomes));
     let mut r = reports
         .next()
-        .unwrap_or_else(|| build_round(config, started_unix, host.clone(), baselines, Vec::new()));
+        .unwrap_or_else(|| build_round(config, head.clone(), baselines, Vec::new()));
     if several {
         let mut heads = vec![headline(&r)];
         for other in reports {
@@ -528,7 +498,10 @@ pub(super) fn build(
             r.groups_short += other.groups_short;
             heads.push(headline(&other));
         }
-        r.repeats = Some(spreads(heads));
+        r.repeats = Some(Repeats {
+            spread: crate::measure::spreads(&heads),
+            rounds: heads,
+        });
     }
     r
 }
@@ -559,59 +532,6 @@ fn headline(r: &ConsumeReport) -> Headline {
             ack_p50_us: l.ack_latency.p50_us as f64,
             ack_p99_us: l.ack_latency.p99_us as f64,
         }),
-    }
-}
-
-/// Min / median / max of each headline figure over the rounds (every
-/// round ran the same phases, in the same order).
-fn spreads(rounds: Vec<Headline>) -> Repeats {
-    let of = |f: &dyn Fn(&Headline) -> Option<f64>| {
-        let v: Vec<f64> = rounds.iter().filter_map(f).collect();
-        (!v.is_empty()).then(|| Spread::of(&v))
-    };
-    let delivery = rounds
-        .first()
-        .map(|h| h.delivery.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .map(|(k, d)| DeliverySpread {
-            groups: d.groups,
-            delivered_per_sec_per_group: of(&|h| {
-                h.delivery.get(k).map(|x| x.delivered_per_sec_per_group)
-            })
-            .unwrap_or_default(),
-            delivered_per_group_per_ingest: of(&|h| {
-                h.delivery
-                    .get(k)
-                    .and_then(|x| x.delivered_per_group_per_ingest)
-            }),
-        })
-        .collect();
-    let lat = |f: fn(&LatencyHeadline) -> f64| of(&|h| h.latency.as_ref().map(f));
-    let latency = match (
-        lat(|l| l.delivery_p50_us),
-        lat(|l| l.delivery_p99_us),
-        lat(|l| l.ack_p50_us),
-        lat(|l| l.ack_p99_us),
-    ) {
-        (Some(delivery_p50_us), Some(delivery_p99_us), Some(ack_p50_us), Some(ack_p99_us)) => {
-            Some(LatencySpread {
-                delivery_p50_us,
-                delivery_p99_us,
-                ack_p50_us,
-                ack_p99_us,
-            })
-        }
-        _ => None,
-    };
-    Repeats {
-        ingest_published_per_sec: of(&|h| h.ingest_published_per_sec),
-        backlog_drain_per_sec: of(&|h| h.backlog_drain_per_sec),
-        backlog_drain_per_ingest: of(&|h| h.backlog_drain_per_ingest),
-        delivery,
-        latency,
-        rounds,
     }
 }
 
@@ -671,7 +591,7 @@ fn plot(o: &Outcome, plots: &mut Plots) {
             ));
             plots.latency.push(PercentileCurve::of(
                 format!("durable ack at {rate:.0}/s"),
-                &o.ack_latency,
+                &o.run.latency,
             ));
         }
     }
@@ -680,16 +600,12 @@ fn plot(o: &Outcome, plots: &mut Plots) {
 /// The report of one round's phases.
 fn build_round(
     config: &ConsumeConfig,
-    started_unix: u64,
-    host: Host,
+    head: Head,
     baselines: Option<Baselines>,
     outcomes: Vec<Outcome>,
 ) -> ConsumeReport {
     let mut r = ConsumeReport {
-        scenario: "e2e",
-        schema: JSON_SCHEMA,
-        started_unix,
-        host,
+        head,
         config: config.clone(),
         target_delivery_ratio: TARGET_DELIVERY_RATIO,
         baselines,
@@ -704,11 +620,11 @@ fn build_round(
     };
     for o in outcomes {
         plot(&o, &mut r.plots);
-        r.errors += o.errors
+        r.errors += o.run.errors
             + o.backlog
                 .as_ref()
                 .map_or(0, |b| u64::from(b.first_error.is_some()));
-        r.groups_short += o.distinct.iter().filter(|&&d| d < o.acked).count() as u64;
+        r.groups_short += o.distinct.iter().filter(|&&d| d < o.run.acked).count() as u64;
         r.groups_short += o.backlog.as_ref().map_or(0, |b| u64::from(!b.caught_up));
         match (o.spec.drive, o.spec.groups) {
             (Drive::Closed, 0) => r.ingest_alone = Some(throughput(o)),

@@ -125,7 +125,7 @@ pub fn main(a: &IngestArgs) -> ExitCode {
         }
     };
     super::print(&report);
-    if let Err(e) = a.out.save("ingest", &report, &report.plots, &report.host) {
+    if let Err(e) = a.out.save(&report, &report.head, &report.plots) {
         return crate::args::fail("ingest", e);
     }
     super::check(&report)

@@ -95,32 +95,6 @@ pub struct IngestConfig {
     pub interval: f64,
 }
 
-impl Default for IngestConfig {
-    fn default() -> Self {
-        IngestConfig {
-            producers: 8,
-            size: 128,
-            sizes: Vec::new(),
-            seed: 1,
-            length: Length::Seconds(5.0),
-            warmup: 1.0,
-            repeat: 3,
-            rate: 0.0,
-            fsync: "always".into(),
-            batch: 256,
-            in_flight: 16,
-            streams: 1,
-            path: PathKind::Fast,
-            datagram: 1452,
-            dir: PathBuf::from("."),
-            external: None,
-            sluiced_args: Vec::new(),
-            baseline_seconds: 1.0,
-            interval: 0.1,
-        }
-    }
-}
-
 /// Throughput is counted per 100 ms, or per second in windows over a
 /// minute (a few hundred points are enough for a picture).
 pub fn interval_for(length: Length) -> f64 {
@@ -141,15 +115,6 @@ impl IngestConfig {
             self.size as f64
         } else {
             sizes::mean_of(&self.sizes)
-        }
-    }
-
-    /// The smallest and largest payloads it can send.
-    pub fn size_range(&self) -> (usize, usize) {
-        let drawn = self.sizes.iter().filter(|w| w.weight > 0).map(|w| w.bytes);
-        match (drawn.clone().min(), drawn.max()) {
-            (Some(a), Some(b)) => (a, b),
-            _ => (self.size, self.size),
         }
     }
 

@@ -4,15 +4,15 @@
 //! message only once its group commit is on disk; the harness counts durable
 //! acks and their latency.
 //!
-//! Two modes: [`closed_loop`] (`rate == 0`: peak durable throughput) and
-//! [`open_loop`] (`rate > 0`: a fixed rate, latency from each message's due
-//! time, so coordinated omission is corrected).
+//! Two modes, [`crate::load`]'s: closed loop (`rate == 0`: peak durable
+//! throughput) and open loop (`rate > 0`: a fixed rate, latency from each
+//! message's due time, so coordinated omission is corrected).
 //!
 //! One invocation measures the machine's limits once ([`baselines`]: raw
 //! fdatasync on the same file system, a plain UDP loop on loopback, and in
 //! open loop the ideal raw group commit and a UDP echo at the run's rate),
 //! starts one daemon (or uses a running one), then repeats the measured run
-//! `repeat` times on it ([`drive`]): each repetition connects new producers
+//! `repeat` times on it ([`load::run`]): each repetition connects new producers
 //! (fresh producer ids) to the same streams, warms up, and measures a
 //! window: acks, their payload bytes, latency, acks per interval, CPU time
 //! (daemon: /proc/PID/stat; producers: getrusage of this process) and the
@@ -28,10 +28,8 @@
 mod args;
 pub mod baselines;
 pub mod config;
-mod drive;
 mod print;
 pub mod report;
-mod window;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -41,19 +39,16 @@ pub use baselines::{measure_baselines, Baselines};
 pub use config::{External, IngestConfig, Length, PathKind};
 pub use print::print;
 pub use report::{
-    IngestReport, Ratios, RunReport, Summary, SummaryRatios, JSON_SCHEMA, TARGET_ACKED_PER_SEC,
-    TARGET_P99_US,
+    IngestReport, Ratios, RunReport, Summary, JSON_SCHEMA, TARGET_ACKED_PER_SEC, TARGET_P99_US,
 };
+use sluice_transport::client::{ProducerOptions, Transport};
+use sluice_transport::proto::SenderConfig;
 
-use crate::measure::{Host, PercentileCurve, Plots};
+use crate::load::{self, Plan, Shape};
+use crate::measure::{Head, Mark, PercentileCurve, Plots};
 use crate::progress::{Goal, Progress};
-use drive::{drive, transport, Target};
+use crate::sizes::Payloads;
 use sluice_testkit::daemon::DaemonSpec;
-
-/// Runs the scenario without a progress line.
-pub fn run(config: &IngestConfig) -> Result<IngestReport, Box<dyn std::error::Error>> {
-    run_with(config, &Progress::hidden())
-}
 
 /// Runs the scenario: baselines, then (a daemon and) `repeat` measured
 /// runs, reporting progress on `progress`.
@@ -62,7 +57,7 @@ pub fn run_with(
     progress: &Progress,
 ) -> Result<IngestReport, Box<dyn std::error::Error>> {
     config.validate()?;
-    let started_unix = crate::measure::unix_now();
+    let head = Head::now("ingest", JSON_SCHEMA);
     std::fs::create_dir_all(&config.dir)
         .map_err(|e| format!("--dir {}: {e}", config.dir.display()))?;
     let work = tempfile::Builder::new()
@@ -73,18 +68,10 @@ pub fn run_with(
         let at_rate = config
             .open_loop()
             .then_some((config.rate, config.mean_size().round() as usize));
-        progress.phase(
-            "baseline",
-            Goal::Seconds(baselines::planned_seconds(
-                config.baseline_seconds,
-                at_rate.is_some(),
-            )),
-        );
-        Some(with_clock(
-            progress,
-            "raw fdatasync, plain UDP loop",
-            || measure_baselines(work.path(), config.baseline_seconds, at_rate),
-        )?)
+        let planned = baselines::planned_seconds(config.baseline_seconds, at_rate.is_some());
+        Some(progress.timed("baseline", planned, || {
+            measure_baselines(work.path(), config.baseline_seconds, at_rate)
+        })?)
     } else {
         None
     };
@@ -117,7 +104,43 @@ pub fn run_with(
         ),
         (None, None) => unreachable!("one or the other"),
     };
-
+    let options = ProducerOptions {
+        transport,
+        sender: SenderConfig {
+            max_datagram: config.datagram,
+            ..SenderConfig::default()
+        },
+        ..ProducerOptions::default()
+    };
+    let plan = Plan {
+        shape: Shape {
+            batch: config.batch,
+            in_flight: config.in_flight,
+            count: match config.length {
+                Length::CountPerProducer(n) => Some(n),
+                Length::Seconds(_) => None,
+            },
+            rate: config.rate,
+            stamp: None,
+        },
+        payloads: if config.sizes.is_empty() {
+            Payloads::fixed(config.size)
+        } else {
+            Payloads::mix(&config.sizes)
+        },
+        seed: config.seed,
+        warmup: config.warmup,
+        seconds: match config.length {
+            Length::Seconds(s) => Some(s),
+            Length::CountPerProducer(_) => None,
+        },
+        interval: config.interval,
+        drain: Duration::from_secs(120),
+    };
+    let goal = match config.length {
+        Length::Seconds(s) => Goal::Seconds(config.warmup + s),
+        Length::CountPerProducer(n) => Goal::Count(n * config.producers as u64),
+    };
     // Ids of this invocation: fresh ones for a daemon that already has data
     // (and for every repetition).
     let base = (u64::from(std::process::id()) << 32)
@@ -125,23 +148,23 @@ pub fn run_with(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos()) as u64
             & 0xFFFF_0000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let pid = daemon.as_ref().map(|d| d.pid());
+    let scrape = || sluice_testkit::daemon::scrape(admin).ok();
+    let rt = load::runtime(None)?;
     let mut outcomes = Vec::with_capacity(config.repeat);
     let mut failed = None;
     for k in 0..config.repeat {
-        let target = Target {
-            addr,
-            admin,
-            transport: &transport,
-            daemon_pid: daemon.as_ref().map(|d| d.pid()),
-            first_id: base + (k * config.producers) as u64,
-            run: k + 1,
-            progress,
+        progress.phase(&format!("run {} of {}", k + 1, config.repeat), goal);
+        let first_id = base + (k * config.producers) as u64;
+        let stream = |k: usize| match config.streams {
+            1 => "bench".to_owned(),
+            n => format!("bench-{}", k % n),
         };
-        match rt.block_on(drive(config, target)) {
+        let outcome = rt.block_on(async {
+            let p = load::connect(config.producers, addr, stream, first_id, &options).await?;
+            load::run(p, &plan, progress, |s| Mark::take(s.counts(), pid, scrape)).await
+        });
+        match outcome {
             Ok(o) => outcomes.push(o),
             Err(e) => {
                 failed = Some(format!("run {} of {}: {e}", k + 1, config.repeat));
@@ -183,10 +206,7 @@ pub fn run_with(
             .collect(),
     };
     Ok(IngestReport {
-        scenario: "ingest",
-        schema: JSON_SCHEMA,
-        started_unix,
-        host: Host::here(),
+        head,
         config: config.clone(),
         mode: if config.open_loop() { "open" } else { "closed" },
         latency_from: if config.open_loop() {
@@ -205,23 +225,21 @@ pub fn run_with(
     })
 }
 
-/// Runs `f`, moving the progress line with the seconds it has taken.
-fn with_clock<T>(progress: &Progress, note: &str, f: impl FnOnce() -> T) -> T {
-    if progress.is_hidden() {
-        return f();
+/// The client transport for `path`, pinning `cert` (fast, quic).
+fn transport(
+    path: PathKind,
+    cert: Option<&std::path::Path>,
+    token: Option<String>,
+) -> Result<Transport, Box<dyn std::error::Error>> {
+    if path == PathKind::Udp {
+        return Ok(Transport::Udp);
     }
-    let done = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let start = std::time::Instant::now();
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                progress.set(start.elapsed().as_secs_f64(), note);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        let out = f();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        out
+    let cert =
+        cert.ok_or("the fast and quic paths need the daemon's certificate (--server-cert)")?;
+    let quic = sluice_testkit::daemon::pinned(cert, token)?;
+    Ok(match path {
+        PathKind::Quic => Transport::Quic(quic),
+        _ => Transport::FastPath(quic),
     })
 }
 

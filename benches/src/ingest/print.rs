@@ -8,11 +8,7 @@ use std::collections::BTreeMap;
 
 use super::config::Length;
 use super::report::{IngestReport, RunReport, TARGET_ACKED_PER_SEC, TARGET_P99_US};
-use crate::measure::{CpuUse, Spread};
-
-fn spread(s: &Spread, decimals: usize) -> String {
-    s.show(decimals)
-}
+use crate::measure::{median_index, CpuUse, Spread};
 
 /// A ratio: `median x [min–max]`.
 fn ratio(s: &Spread) -> String {
@@ -27,14 +23,6 @@ fn ratio(s: &Spread) -> String {
 /// One row: measure, value, baseline, ratio.
 fn row(measure: &str, value: &str, baseline: &str, ratio: &str) {
     println!("  {measure:<26} {value:>28} | {baseline:<36} {ratio}");
-}
-
-/// The repetition whose acked msgs/s is the median (the lower middle one
-/// of an even count).
-fn median_run(runs: &[RunReport]) -> Option<&RunReport> {
-    let mut by_rate: Vec<&RunReport> = runs.iter().collect();
-    by_rate.sort_by(|a, b| a.acked_per_sec.total_cmp(&b.acked_per_sec));
-    by_rate.get(by_rate.len().saturating_sub(1) / 2).copied()
 }
 
 pub fn print(r: &IngestReport) {
@@ -104,10 +92,10 @@ pub fn print(r: &IngestReport) {
     row("measure", "value", "baseline (same invocation)", "ratio");
     println!("  {}", "-".repeat(112));
     let with =
-        |f: fn(&super::report::SummaryRatios) -> &Spread| q.map_or(String::new(), |q| ratio(f(q)));
+        |f: fn(&super::report::Ratios<Spread>) -> &Spread| q.map_or(String::new(), |q| ratio(f(q)));
     row(
         "acked msgs/s",
-        &spread(&s.acked_per_sec, 0),
+        &s.acked_per_sec.show(0),
         &b.map_or(String::new(), |b| {
             format!(
                 "plain UDP 128 B {:.0} dgrams/s",
@@ -118,7 +106,7 @@ pub fn print(r: &IngestReport) {
     );
     row(
         "acked payload MB/s",
-        &spread(&s.mb_per_sec, 1),
+        &s.mb_per_sec.show(1),
         &b.map_or(String::new(), |b| {
             format!("plain UDP 1452 B {:.0} MB/s", b.udp_1452.mb_per_sec)
         }),
@@ -127,7 +115,7 @@ pub fn print(r: &IngestReport) {
     if let Some(g) = &s.group_commits_per_sec {
         row(
             "group commits/s",
-            &spread(g, 0),
+            &g.show(0),
             &b.map_or(String::new(), |b| {
                 format!("raw 4 KiB fdatasync {:.0}/s", b.fdatasync_per_sec)
             }),
@@ -136,7 +124,7 @@ pub fn print(r: &IngestReport) {
     }
     row(
         "ack latency p50 (us)",
-        &spread(&s.p50_us, 0),
+        &s.p50_us.show(0),
         &b.map_or(String::new(), |b| {
             format!("raw fdatasync p50 {} us", b.fdatasync_p50_us)
         }),
@@ -144,7 +132,7 @@ pub fn print(r: &IngestReport) {
     );
     row(
         "ack latency p99 (us)",
-        &spread(&s.p99_us, 0),
+        &s.p99_us.show(0),
         &b.map_or(String::new(), |b| {
             format!("raw fdatasync p99 {} us", b.fdatasync_p99_us)
         }),
@@ -163,14 +151,14 @@ pub fn print(r: &IngestReport) {
             row("", "", &format!("UDP echo p99 {} us", e.p99_us), &ratio(x));
         }
     }
-    row("ack latency p99.9 (us)", &spread(&s.p999_us, 0), "", "");
-    row("ack latency max (us)", &spread(&s.max_us, 0), "", "");
+    row("ack latency p99.9 (us)", &s.p999_us.show(0), "", "");
+    row("ack latency max (us)", &s.max_us.show(0), "", "");
     if let Some(d) = &s.daemon_cpu_us_per_msg {
-        row("daemon CPU us/msg", &spread(d, 2), "", "");
+        row("daemon CPU us/msg", &d.show(2), "", "");
     }
     row(
         "producers CPU us/msg",
-        &spread(&s.producer_cpu_us_per_msg, 2),
+        &s.producer_cpu_us_per_msg.show(2),
         "",
         "",
     );
@@ -190,7 +178,7 @@ pub fn print(r: &IngestReport) {
     if !c.sizes.is_empty() {
         row(
             "mean payload (B)",
-            &spread(&s.mean_payload_bytes, 1),
+            &s.mean_payload_bytes.show(1),
             &format!("asked {:.1}", c.mean_size()),
             "",
         );
@@ -209,8 +197,8 @@ pub fn print(r: &IngestReport) {
     );
 
     print_runs(&r.runs);
-    if let Some(m) = median_run(&r.runs) {
-        print_details(m, r.runs.len() > 1);
+    if let Some(m) = median_index(&r.runs, |x| x.acked_per_sec) {
+        print_details(&r.runs[m], r.runs.len() > 1);
     }
     print_baselines(r);
 }

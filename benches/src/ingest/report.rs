@@ -4,13 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::baselines::Baselines;
 use super::config::IngestConfig;
-use super::drive::Outcome;
-use crate::cpu;
-use crate::measure::{CpuUse, DaemonCounters, Host, Latency, Machine, Plots, Spread};
+use crate::load::Outcome;
+use crate::measure::{CpuUse, DaemonCounters, Head, Latency, Machine, Mark, Plots, Spread};
 
 /// The targets, printed next to the figures they apply to.
 pub const TARGET_ACKED_PER_SEC: f64 = 500_000.0;
@@ -20,30 +19,31 @@ pub const TARGET_P99_US: f64 = 1_000.0;
 /// figures moved into `runs` (one per repetition) and `summary`; `plots`.
 pub const JSON_SCHEMA: u32 = 2;
 
-/// Figures divided by baselines (and by the targets).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Ratios {
+/// Figures divided by baselines (and by the targets): of one
+/// repetition (`T` = `f64`), or their spreads (`T` = [`Spread`]).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Ratios<T = f64> {
     /// Acked msgs/s ÷ plain UDP 128 B datagrams/s (one message a datagram).
-    pub acked_per_udp_128_datagram: f64,
+    pub acked_per_udp_128_datagram: T,
     /// Acked payload MB/s ÷ plain UDP 1,452 B payload MB/s.
-    pub goodput_per_udp_1452_mb: f64,
+    pub goodput_per_udp_1452_mb: T,
     /// Group commits/s ÷ raw 4 KiB fdatasync/s.
-    pub commits_per_raw_fdatasync: f64,
+    pub commits_per_raw_fdatasync: T,
     /// Ack p50 ÷ raw fdatasync p50; ack p99 ÷ raw fdatasync p99.
-    pub p50_per_fdatasync_p50: f64,
-    pub p99_per_fdatasync_p99: f64,
+    pub p50_per_fdatasync_p50: T,
+    pub p99_per_fdatasync_p99: T,
     /// Open loop: ack p99 ÷ the ideal raw group commit's p99 at the same
     /// rate, and ÷ the UDP echo's p99 at the same rate.
-    pub p99_per_ideal_commit_p99: Option<f64>,
-    pub p99_per_udp_echo_p99: Option<f64>,
+    pub p99_per_ideal_commit_p99: Option<T>,
+    pub p99_per_udp_echo_p99: Option<T>,
     /// Open loop: CPU per acked message (producers without the harness's
     /// pacing thread, plus daemon) ÷ CPU per operation of the plain floor
     /// at the same rate (UDP echo round trip + ideal raw group commit).
-    pub cpu_per_msg_per_plain_floor: Option<f64>,
+    pub cpu_per_msg_per_plain_floor: Option<T>,
     /// Acked msgs/s ÷ 500,000 (the throughput target).
-    pub acked_per_target: f64,
+    pub acked_per_target: T,
     /// Ack p99 ÷ 1 ms (the latency target at 10,000 msgs/s).
-    pub p99_per_target: f64,
+    pub p99_per_target: T,
 }
 
 /// One repetition's figures, over its measurement window.
@@ -100,32 +100,14 @@ pub struct Summary {
     pub producer_cpu_us_per_msg: Spread,
     pub daemon_cpu_us_per_msg: Option<Spread>,
     pub group_commits_per_sec: Option<Spread>,
-    pub ratios: Option<SummaryRatios>,
-}
-
-/// [`Ratios`] over the repetitions.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SummaryRatios {
-    pub acked_per_udp_128_datagram: Spread,
-    pub goodput_per_udp_1452_mb: Spread,
-    pub commits_per_raw_fdatasync: Spread,
-    pub p50_per_fdatasync_p50: Spread,
-    pub p99_per_fdatasync_p99: Spread,
-    pub p99_per_ideal_commit_p99: Option<Spread>,
-    pub p99_per_udp_echo_p99: Option<Spread>,
-    pub cpu_per_msg_per_plain_floor: Option<Spread>,
-    pub acked_per_target: Spread,
-    pub p99_per_target: Spread,
+    pub ratios: Option<Ratios<Spread>>,
 }
 
 /// Everything one `sluice-bench ingest` invocation measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct IngestReport {
-    pub scenario: &'static str,
-    pub schema: u32,
-    /// Seconds since the Unix epoch when the run started.
-    pub started_unix: u64,
-    pub host: Host,
+    #[serde(flatten)]
+    pub head: Head,
     pub config: IngestConfig,
     /// `closed` or `open`.
     pub mode: &'static str,
@@ -148,34 +130,24 @@ pub struct IngestReport {
 use crate::measure::div;
 
 /// One repetition's figures from its marks.
-pub(super) fn run_report(run: usize, o: &Outcome, baselines: Option<&Baselines>) -> RunReport {
-    let window = o.end.at.duration_since(o.start.at).as_secs_f64();
-    let window_acked = o.end.acked - o.start.acked;
-    let window_bytes = o.end.acked_bytes - o.start.acked_bytes;
-    let acked_per_sec = window_acked as f64 / window.max(1e-9);
-    let mb_per_sec = window_bytes as f64 / window.max(1e-9) / 1e6;
+pub(super) fn run_report(
+    run: usize,
+    o: &Outcome<Mark>,
+    baselines: Option<&Baselines>,
+) -> RunReport {
+    let w = o.start.until(&o.end);
+    let window = w.seconds;
+    let acked_per_sec = w.acked as f64 / window.max(1e-9);
+    let mb_per_sec = w.bytes as f64 / window.max(1e-9) / 1e6;
     let latency = Latency::of(&o.latency);
-    let producer_cpu = CpuUse::of(o.end.self_cpu - o.start.self_cpu, window, window_acked);
-    let daemon_cpu = match (o.start.daemon_cpu, o.end.daemon_cpu) {
-        (Some(a), Some(b)) => Some(CpuUse::of(b - a, window, window_acked)),
-        _ => None,
-    };
-    let ours = producer_cpu.seconds + daemon_cpu.map_or(0.0, |d| d.seconds);
-    let machine = match (o.start.machine, o.end.machine) {
-        (Some(a), Some(b)) => Some(b.since(&a, ours)),
-        _ => None,
-    };
-    let counters = match (&o.start.scrape, &o.end.scrape) {
-        (Some(a), Some(b)) => Some(DaemonCounters::between(a, b)),
-        _ => None,
-    };
-    let producer_threads = cpu::threads_delta(&o.start.self_threads, &o.end.self_threads);
     // CPU per message of producers (less the harness's pacer) and daemon.
-    let pacer_seconds = producer_threads.get("pacer").copied().unwrap_or(0.0);
-    let per_msg = |s: f64| s * 1e6 / window_acked.max(1) as f64;
-    let sluice_cpu_us_per_msg =
-        daemon_cpu.map(|d| per_msg(producer_cpu.seconds - pacer_seconds + d.seconds));
-    let group_commits_per_sec = counters.map(|c| c.group_commits as f64 / window.max(1e-9));
+    let per_msg = |s: f64| s * 1e6 / w.acked.max(1) as f64;
+    let sluice_cpu_us_per_msg = w
+        .daemon
+        .map(|d| per_msg(w.harness.seconds - w.thread("pacer") + d.seconds));
+    let group_commits_per_sec = w
+        .counters
+        .map(|c| c.group_commits as f64 / window.max(1e-9));
     let ratios = baselines.map(|b| Ratios {
         acked_per_udp_128_datagram: div(acked_per_sec, b.udp_128.datagrams_per_sec),
         goodput_per_udp_1452_mb: div(mb_per_sec, b.udp_1452.mb_per_sec),
@@ -207,30 +179,28 @@ pub(super) fn run_report(run: usize, o: &Outcome, baselines: Option<&Baselines>)
         errors: o.errors,
         first_error: o.first_error.clone(),
         window_seconds: window,
-        window_acked,
-        window_bytes,
+        window_acked: w.acked,
+        window_bytes: w.bytes,
         acked_per_sec,
         mb_per_sec,
-        mean_payload_bytes: div(window_bytes as f64, window_acked as f64),
+        mean_payload_bytes: div(w.bytes as f64, w.acked as f64),
         latency,
         pacer_lag: o.pacer_lag.as_ref().map(Latency::of),
-        producer_cpu,
-        daemon_cpu,
-        producer_cpu_us_per_msg: per_msg(producer_cpu.seconds),
-        daemon_cpu_us_per_msg: daemon_cpu.map(|d| per_msg(d.seconds)),
-        producer_threads,
-        daemon_threads: cpu::threads_delta(&o.start.daemon_threads, &o.end.daemon_threads),
-        machine,
-        daemon: counters,
+        producer_cpu: w.harness,
+        daemon_cpu: w.daemon,
+        producer_cpu_us_per_msg: per_msg(w.harness.seconds),
+        daemon_cpu_us_per_msg: w.daemon.map(|d| per_msg(d.seconds)),
+        producer_threads: w.harness_threads,
+        daemon_threads: w.daemon_threads,
+        machine: w.machine,
+        daemon: w.counters,
         group_commits_per_sec,
         ratios,
     }
 }
 
 pub(super) fn summary(runs: &[RunReport]) -> Summary {
-    let ratio = |f: fn(&Ratios) -> f64| Spread::over(runs, |r| r.ratios.map_or(0.0, |q| f(&q)));
-    let ratio_opt =
-        |f: fn(&Ratios) -> Option<f64>| Spread::over_all(runs, |r| r.ratios.and_then(|q| f(&q)));
+    let ratios: Option<Vec<Ratios>> = runs.iter().map(|r| r.ratios).collect();
     Summary {
         runs: runs.len(),
         acked_per_sec: Spread::over(runs, |r| r.acked_per_sec),
@@ -243,21 +213,8 @@ pub(super) fn summary(runs: &[RunReport]) -> Summary {
         producer_cpu_us_per_msg: Spread::over(runs, |r| r.producer_cpu_us_per_msg),
         daemon_cpu_us_per_msg: Spread::over_all(runs, |r| r.daemon_cpu_us_per_msg),
         group_commits_per_sec: Spread::over_all(runs, |r| r.group_commits_per_sec),
-        ratios: runs
-            .iter()
-            .all(|r| r.ratios.is_some())
-            .then(|| SummaryRatios {
-                acked_per_udp_128_datagram: ratio(|q| q.acked_per_udp_128_datagram),
-                goodput_per_udp_1452_mb: ratio(|q| q.goodput_per_udp_1452_mb),
-                commits_per_raw_fdatasync: ratio(|q| q.commits_per_raw_fdatasync),
-                p50_per_fdatasync_p50: ratio(|q| q.p50_per_fdatasync_p50),
-                p99_per_fdatasync_p99: ratio(|q| q.p99_per_fdatasync_p99),
-                p99_per_ideal_commit_p99: ratio_opt(|q| q.p99_per_ideal_commit_p99),
-                p99_per_udp_echo_p99: ratio_opt(|q| q.p99_per_udp_echo_p99),
-                cpu_per_msg_per_plain_floor: ratio_opt(|q| q.cpu_per_msg_per_plain_floor),
-                acked_per_target: ratio(|q| q.acked_per_target),
-                p99_per_target: ratio(|q| q.p99_per_target),
-            })
-            .filter(|_| !runs.is_empty()),
+        ratios: ratios
+            .filter(|r| !r.is_empty())
+            .map(|r| crate::measure::spreads(&r)),
     }
 }

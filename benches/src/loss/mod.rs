@@ -24,11 +24,15 @@
 //! A row reports each repetition (`runs`) and their min / median / max
 //! (`summary`); its ratios are to the median of the 0 % row's repetitions.
 //! Each repetition's CPU is read over its window: the daemon's process
-//! and the producers' runtime threads (see `load`), per acked message and
-//! as cores.
+//! and the producers' runtime threads (named [`PRODUCER_THREADS`]), per
+//! acked message and as cores, so that neither the relay's thread (in this
+//! process in relay mode), nor the open loop's pacing thread, nor the
+//! harness's waiting counts as the producers'. The load is
+//! [`crate::load`]'s, closed or open loop as for `ingest`; every message
+//! handed over is counted as sent, and the row then waits (at most
+//! `--drain-timeout`) until each one is acked or has failed.
 
 mod admin;
-mod load;
 mod netns;
 mod print;
 mod relay;
@@ -44,11 +48,16 @@ use sluice_transport::client::{ProducerOptions, Transport};
 use sluice_transport::proto::SenderConfig;
 
 use crate::interrupt;
+use crate::load::{self as producers, Outcome, Plan, Shape};
 use crate::measure::{
-    CpuUse, DaemonCounters, Host, Latency, PercentileCurve, Plots, Spread, TimeSeries,
+    CpuUse, DaemonCounters, Head, Latency, Mark, PercentileCurve, Plots, Spread, TimeSeries, Window,
 };
 use crate::progress::{Goal, Progress};
-use load::{LoadOutcome, LoadSpec};
+use crate::sizes::Payloads;
+
+/// The name of the producers' runtime threads (at most 15 bytes: the
+/// kernel cuts thread names there).
+const PRODUCER_THREADS: &str = "loss-producer";
 
 /// Version of the JSON layout (bump on incompatible changes).
 pub const JSON_SCHEMA: u32 = 2;
@@ -285,18 +294,22 @@ impl LossConfig {
         self.rate > 0.0
     }
 
-    fn load_spec(&self) -> LoadSpec {
-        LoadSpec {
-            producers: self.producers,
-            size: self.size,
-            batch: self.batch,
-            in_flight: self.in_flight,
-            rate: self.rate,
-            seconds: self.seconds,
-            count: self.count.unwrap_or(0),
+    /// The load of every row: acks counted per 100 ms for the pictures.
+    fn plan(&self) -> Plan {
+        Plan {
+            shape: Shape {
+                batch: self.batch,
+                in_flight: self.in_flight,
+                count: self.count,
+                rate: self.rate,
+                stamp: None,
+            },
+            payloads: Payloads::fixed(self.size),
+            seed: 0,
             warmup: self.warmup,
+            seconds: self.seconds,
+            interval: 0.1,
             drain: Duration::from_secs_f64(self.drain_timeout),
-            daemon_pid: None,
         }
     }
 }
@@ -344,14 +357,15 @@ pub struct LossCpu {
 }
 
 impl LossCpu {
-    fn of(w: &load::CpuWindow) -> LossCpu {
+    fn of(w: &Window) -> LossCpu {
         let per_msg = |s: f64| s * 1e6 / w.acked.max(1) as f64;
+        let producers = w.thread(PRODUCER_THREADS);
         LossCpu {
             window_seconds: w.seconds,
-            producers: CpuUse::of(w.producers, w.seconds, w.acked),
-            daemon: w.daemon.map(|d| CpuUse::of(d, w.seconds, w.acked)),
-            producers_us_per_msg: per_msg(w.producers),
-            daemon_us_per_msg: w.daemon.map(per_msg),
+            producers: CpuUse::of(producers, w.seconds, w.acked),
+            daemon: w.daemon,
+            producers_us_per_msg: per_msg(producers),
+            daemon_us_per_msg: w.daemon.map(|d| per_msg(d.seconds)),
         }
     }
 }
@@ -451,11 +465,8 @@ pub struct LossRow {
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct LossReport {
-    pub scenario: &'static str,
-    pub schema: u32,
-    /// Seconds since the Unix epoch when the run started.
-    pub started_unix: u64,
-    pub host: Host,
+    #[serde(flatten)]
+    pub head: Head,
     pub config: LossConfig,
     /// `closed` or `open`.
     pub load: &'static str,
@@ -477,15 +488,9 @@ trait Bed {
     fn impair(&mut self, row: usize, loss_percent: f64) -> Result<SocketAddr, String>;
     /// The row's impairment counters; the impairment is removed.
     fn clear(&mut self) -> Option<Impaired>;
-    /// Runs the producers where they belong (the producers' namespace).
-    fn load(
-        &self,
-        spec: &LoadSpec,
-        addr: SocketAddr,
-        stream: &str,
-        first_id: u64,
-        progress: &Progress,
-    ) -> Result<LoadOutcome, String>;
+    /// Runs `load` with the producers' options where they belong (the
+    /// producers' namespace).
+    fn producers(&self, load: &Load) -> Result<Outcome<Mark>, String>;
     fn scrape(&self) -> Option<Scrape>;
     /// The daemon's process (for its CPU time).
     fn daemon_pid(&self) -> Option<u32>;
@@ -497,6 +502,9 @@ trait Bed {
     /// Stops the daemon cleanly.
     fn finish(self: Box<Self>) -> Result<(), String>;
 }
+
+/// A row's load, given the producers' options.
+type Load<'a> = dyn Fn(&ProducerOptions) -> Result<Outcome<Mark>, String> + Sync + 'a;
 
 /// Options for producers that must ride out a lossy path: a patient
 /// handshake (its HELLO can be lost too).
@@ -517,7 +525,7 @@ use sluice_testkit::daemon::pinned as quic_options;
 /// Runs the scenario.
 pub fn run(c: &LossConfig, progress: &Progress) -> Result<LossReport, String> {
     interrupt::install();
-    let started_unix = crate::measure::unix_now();
+    let head = Head::now("loss", JSON_SCHEMA);
     std::fs::create_dir_all(&c.dir).map_err(|e| format!("{}: {e}", c.dir.display()))?;
     let work = tempfile::Builder::new()
         .prefix("sluice-bench-loss-")
@@ -566,23 +574,20 @@ pub fn run(c: &LossConfig, progress: &Progress) -> Result<LossReport, String> {
             c.repeat
         ));
     }
-    let runs = || rows.iter().flat_map(|r| &r.row.runs);
+    let runs = || rows.iter().flat_map(|r| &r.item.runs);
     if runs().any(|r| r.stored.is_none()) {
         notes.push("the daemon's record count could not be read for some repetitions: their stored-once check is missing".into());
     }
     if runs().any(|r| r.cpu.daemon.is_none()) {
         notes.push("the daemon's CPU time could not be read for some repetitions".into());
     }
-    let ok = rows.iter().all(|r| r.row.checks.ok);
+    let ok = rows.iter().all(|r| r.item.checks.ok);
     let plots = Plots {
         latency: rows.iter().map(|r| r.curve.clone()).collect(),
         throughput: rows.iter().map(|r| r.series.clone()).collect(),
     };
     Ok(LossReport {
-        scenario: "loss",
-        schema: JSON_SCHEMA,
-        started_unix,
-        host: Host::here(),
+        head,
         config: c.clone(),
         load: if c.open_loop() { "open" } else { "closed" },
         latency_from: if c.open_loop() {
@@ -590,23 +595,17 @@ pub fn run(c: &LossConfig, progress: &Progress) -> Result<LossReport, String> {
         } else {
             "send_batch call"
         },
-        rows: rows.into_iter().map(|r| r.row).collect(),
+        rows: rows.into_iter().map(|r| r.item).collect(),
         plots,
         ok,
         notes,
     })
 }
 
-/// A row with the pictures of its first repetition.
-struct Measured {
-    row: LossRow,
-    curve: PercentileCurve,
-    series: TimeSeries,
-}
-
-/// One repetition with its pictures.
-struct Repetition {
-    run: LossRun,
+/// A row with the pictures of its first repetition, or one repetition
+/// with its pictures.
+struct Pictured<T> {
+    item: T,
     curve: PercentileCurve,
     series: TimeSeries,
 }
@@ -620,12 +619,9 @@ fn sweep(
     c: &LossConfig,
     mut bed: Box<dyn Bed>,
     progress: &Progress,
-) -> Result<Vec<Measured>, String> {
-    let spec = LoadSpec {
-        daemon_pid: bed.daemon_pid(),
-        ..c.load_spec()
-    };
-    let mut reps: Vec<Vec<Repetition>> = c.loss.iter().map(|_| Vec::new()).collect();
+) -> Result<Vec<Pictured<LossRow>>, String> {
+    let plan = c.plan();
+    let mut reps: Vec<Vec<Pictured<LossRun>>> = c.loss.iter().map(|_| Vec::new()).collect();
     let steps = c.loss.len() * c.repeat;
     // Fresh producer ids for every repetition.
     let mut next_id = 1001u64;
@@ -655,7 +651,7 @@ fn sweep(
                 &name,
                 match c.seconds {
                     Some(s) => Goal::Seconds(c.warmup + s),
-                    None => Goal::Count(spec.count.saturating_mul(c.producers as u64)),
+                    None => Goal::Count(c.count.unwrap_or(0).saturating_mul(c.producers as u64)),
                 },
             );
             let first_id = next_id;
@@ -667,7 +663,7 @@ fn sweep(
                 stream: &stream,
                 first_id,
             };
-            match repetition(c, bed.as_mut(), &spec, &run, progress) {
+            match repetition(c, bed.as_mut(), &plan, &run, progress) {
                 Ok(m) => reps[i].push(m),
                 Err(e) => {
                     failed = Some(format!("{}, run {}: {e}", label(loss), k + 1));
@@ -683,7 +679,7 @@ fn sweep(
     finished?;
     // Ratios to the median of the 0 % row (the first).
     let median = |f: &dyn Fn(&LossRun) -> f64| {
-        Spread::of(&reps[0].iter().map(|r| f(&r.run)).collect::<Vec<_>>()).median
+        Spread::of(&reps[0].iter().map(|r| f(&r.item)).collect::<Vec<_>>()).median
     };
     let base = (
         median(&|r| r.acked_per_sec),
@@ -696,7 +692,7 @@ fn sweep(
         let mut runs = Vec::with_capacity(reps.len());
         let mut first = None;
         for rep in reps {
-            let mut run = rep.run;
+            let mut run = rep.item;
             run.acked_per_sec_per_baseline = div(run.acked_per_sec, base.0);
             run.p50_per_baseline = div(run.latency.p50_us as f64, base.1);
             run.p99_per_baseline = div(run.latency.p99_us as f64, base.2);
@@ -713,8 +709,8 @@ fn sweep(
                 .map(|v| v.iter().all(|ok| *ok)),
             ok: runs.iter().all(|r| r.checks.ok),
         };
-        rows.push(Measured {
-            row: LossRow {
+        rows.push(Pictured {
+            item: LossRow {
                 loss_percent: *loss,
                 summary: RowSummary::of(&runs),
                 runs,
@@ -741,15 +737,24 @@ struct Run<'a> {
 fn repetition(
     c: &LossConfig,
     bed: &mut dyn Bed,
-    spec: &LoadSpec,
+    plan: &Plan,
     r: &Run,
     progress: &Progress,
-) -> Result<Repetition, String> {
+) -> Result<Pictured<LossRun>, String> {
     let stream = r.stream;
     let before = bed.scrape();
     let drops_before = bed.udp_rcvbuf_errors();
     let addr = bed.impair(r.row, r.loss)?;
-    let outcome = bed.load(spec, addr, stream, r.first_id, progress);
+    let pid = bed.daemon_pid();
+    // On a runtime built where `producers` calls it, so that every socket
+    // is made there (the producers' namespace).
+    let outcome = bed.producers(&|options| {
+        producers::runtime(Some(PRODUCER_THREADS))?.block_on(async {
+            let to = |_| stream.to_owned();
+            let p = producers::connect(c.producers, addr, to, r.first_id, options).await?;
+            producers::run(p, plan, progress, |s| Mark::take(s.counts(), pid, || None)).await
+        })
+    });
     let impaired = bed.clear();
     let o = outcome?;
     let after = bed.scrape();
@@ -771,23 +776,21 @@ fn repetition(
     };
     let all_acked = o.errors == 0 && o.acked == o.sent && o.sent > 0;
     let stored_once = stored.map(|n| n == o.acked);
-    let acked_per_sec = o.window_acked as f64 / o.window_seconds.max(1e-9);
+    let w = o.start.until(&o.end);
+    let acked_per_sec = w.acked as f64 / w.seconds.max(1e-9);
     let name = label(r.loss);
-    Ok(Repetition {
+    Ok(Pictured {
         curve: PercentileCurve::of(name.clone(), &o.latency),
-        series: TimeSeries {
-            label: name,
-            points: o.series.clone(),
-        },
-        run: LossRun {
+        series: o.timeline.series(name, w.seconds),
+        item: LossRun {
             run: r.number,
             stream: stream.to_owned(),
             sent: o.sent,
             acked: o.acked,
             errors: o.errors,
             first_error: o.first_error.clone(),
-            window_seconds: o.window_seconds,
-            window_acked: o.window_acked,
+            window_seconds: w.seconds,
+            window_acked: w.acked,
             acked_per_sec,
             mb_per_sec: acked_per_sec * c.size as f64 / 1e6,
             acked_per_sec_per_baseline: None,
@@ -795,7 +798,7 @@ fn repetition(
             p99_per_baseline: None,
             latency: Latency::of(&o.latency),
             pacer_lag: o.pacer_lag.as_ref().map(Latency::of),
-            cpu: LossCpu::of(&o.cpu),
+            cpu: LossCpu::of(&w),
             impaired,
             daemon,
             kernel_udp_drops,
@@ -827,7 +830,7 @@ pub fn main(a: &LossArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     print::table(&report);
-    if let Err(e) = a.out.save("loss", &report, &report.plots, &report.host) {
+    if let Err(e) = a.out.save(&report, &report.head, &report.plots) {
         return fail(e);
     }
     if !report.ok {

@@ -22,9 +22,9 @@ use sluice_testkit::daemon::{self as launcher, Daemon, DaemonSpec, NS_DATA_PORT,
 use sluice_testkit::testnet::{self, Link, Loss, Netns};
 use sluice_transport::client::{ProducerOptions, Transport};
 
-use super::load::{self, LoadOutcome, LoadSpec};
-use super::{admin, producer_options, quic_options, Bed, Impaired, LossConfig};
-use crate::progress::Progress;
+use super::{admin, producer_options, quic_options, Bed, Impaired, Load, LossConfig};
+use crate::load::Outcome;
+use crate::measure::Mark;
 
 pub(super) struct NetnsBed {
     // Dropped in this order: the rule, the daemon, then the namespaces.
@@ -122,19 +122,9 @@ impl Bed for NetnsBed {
         })
     }
 
-    fn load(
-        &self,
-        spec: &LoadSpec,
-        addr: SocketAddr,
-        stream: &str,
-        first_id: u64,
-        progress: &Progress,
-    ) -> Result<LoadOutcome, String> {
+    fn producers(&self, load: &Load) -> Result<Outcome<Mark>, String> {
         let options = &self.options;
-        self.link
-            .a
-            .ns
-            .enter(|| load::run(spec, addr, options, stream, first_id, progress))
+        self.link.a.ns.enter(|| load(options))
     }
 
     fn scrape(&self) -> Option<Scrape> {

@@ -51,10 +51,6 @@ fn impairment(c: &LossConfig) -> String {
     )
 }
 
-fn spread(s: &Spread, decimals: usize) -> String {
-    s.show(decimals)
-}
-
 /// The median of a ratio's spread.
 fn ratio(v: Option<Spread>) -> String {
     v.map_or("-".into(), |v| format!("{:.2}x", v.median))
@@ -129,10 +125,10 @@ pub(super) fn table(r: &LossReport) {
         println!(
             "  {:>6} | {:>23} {:>6} | {:>7.0} {:>23} {:>7.0} {:>6} | {:>6} {:>7.1} | {}",
             row.loss_percent,
-            spread(&s.acked_per_sec, 0),
+            s.acked_per_sec.show(0),
             ratio(s.acked_per_sec_per_baseline),
             s.p50_us.median,
-            spread(&s.p99_us, 0),
+            s.p99_us.show(0),
             s.p999_us.median,
             ratio(s.p99_per_baseline),
             s.daemon_cpu_us_per_msg

@@ -11,9 +11,9 @@ use sluice_testkit::daemon::{Daemon, DaemonSpec};
 use sluice_testkit::relay::{self as impairment, Impairment, RelayHandle, RelayStats};
 use sluice_transport::client::{ProducerOptions, Transport};
 
-use super::load::{self, LoadOutcome, LoadSpec};
-use super::{admin, producer_options, quic_options, Bed, Impaired, LossConfig};
-use crate::progress::Progress;
+use super::{admin, producer_options, quic_options, Bed, Impaired, Load, LossConfig};
+use crate::load::Outcome;
+use crate::measure::Mark;
 
 pub(super) struct RelayBed {
     daemon: Option<Daemon>,
@@ -133,15 +133,8 @@ impl Bed for RelayBed {
         })
     }
 
-    fn load(
-        &self,
-        spec: &LoadSpec,
-        addr: SocketAddr,
-        stream: &str,
-        first_id: u64,
-        progress: &Progress,
-    ) -> Result<LoadOutcome, String> {
-        load::run(spec, addr, &self.options, stream, first_id, progress)
+    fn producers(&self, load: &Load) -> Result<Outcome<Mark>, String> {
+        load(&self.options)
     }
 
     fn scrape(&self) -> Option<Scrape> {

@@ -26,7 +26,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sluice_testkit::testnet::Link;
+use sluice_testkit::testnet::{End, Link};
 use sluice_xdp::xsk;
 
 use super::{div, sleep_until, us_per, CpuSplit, CpuStat, XdpConfig};
@@ -220,6 +220,14 @@ pub fn run_size(
     Ok((runs, drains))
 }
 
+/// Moves the calling thread into `end`'s namespace, and onto `cpu`.
+fn settle(end: &End, cpu: Option<usize>) {
+    end.ns.enter_this_thread();
+    if let Some(cpu) = cpu {
+        let _ = xsk::pin_current_thread(cpu);
+    }
+}
+
 /// The CPUs for the sender and the receiver: apart, when there are two.
 fn cpus() -> (Option<usize>, Option<usize>) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -238,10 +246,7 @@ fn run_drain(link: &Link, size: usize, receiver: ReceiverKind) -> Result<DrainRu
     let (sent_tx, sent_rx) = mpsc::channel::<u64>();
     std::thread::scope(|s| {
         let rx = s.spawn(|| {
-            link.b.ns.enter_this_thread();
-            if let Some(cpu) = rx_cpu {
-                let _ = xsk::pin_current_thread(cpu);
-            }
+            settle(&link.b, rx_cpu);
             receive::drain(
                 receiver,
                 &link.b,
@@ -260,10 +265,7 @@ fn run_drain(link: &Link, size: usize, receiver: ReceiverKind) -> Result<DrainRu
             return Err(format!("receiver: {e}"));
         }
         let tx = s.spawn(|| {
-            link.a.ns.enter_this_thread();
-            if let Some(cpu) = tx_cpu {
-                let _ = xsk::pin_current_thread(cpu);
-            }
+            settle(&link.a, tx_cpu);
             send::bursts(&link.a, to, size, DRAIN_BURST, go_rx, sent_tx)
         });
         let sent = tx
@@ -333,10 +335,7 @@ fn run_one(
 
     std::thread::scope(|s| {
         let rx = s.spawn(|| {
-            link.b.ns.enter_this_thread();
-            if let Some(cpu) = rx_cpu {
-                let _ = xsk::pin_current_thread(cpu);
-            }
+            settle(&link.b, rx_cpu);
             let done = || sender_done.load(Ordering::Relaxed);
             receive::stream(receiver, &link.b, to, ready_tx, window_rx, done)
         });
@@ -355,10 +354,7 @@ fn run_one(
         };
         let _ = window_tx.send(Some(window));
         let tx = s.spawn(move || {
-            link.a.ns.enter_this_thread();
-            if let Some(cpu) = tx_cpu {
-                let _ = xsk::pin_current_thread(cpu);
-            }
+            settle(&link.a, tx_cpu);
             let stop_at = window.end + TAIL;
             match sender {
                 SenderKind::Sendmmsg => send::mmsg(&link.a, to, size, pace, window, stop_at),

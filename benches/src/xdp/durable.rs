@@ -20,24 +20,19 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
-use sluice_daemon::metrics::scrape::Scrape;
-use sluice_testkit::testnet::Link;
-use sluice_transport::client::Transport;
-
-use super::{div, sleep_until, us_per, CpuSplit, CpuStat, XdpConfig};
-use crate::cpu;
-use crate::measure::{CpuUse, DaemonCounters};
-
-mod producers;
-
-use crate::load::Shared;
-use producers::produce;
 use sluice_testkit::daemon::{self as launcher, Daemon, DaemonSpec, NS_QUIC_PORT};
+use sluice_testkit::testnet::Link;
+use sluice_transport::client::{ProducerOptions, Transport};
+use sluice_xdp::producer::{tx_provider, TxSetup};
+
+use super::{div, us_per, CpuSplit, CpuStat, XdpConfig};
+use crate::load::{self, Plan, Shape, Shared};
+use crate::measure::{CpuUse, DaemonCounters, Mark};
+use crate::progress::Progress;
+use crate::sizes::Payloads;
 
 const STREAM: &str = "bench";
 /// Closed loop, as `ingest` does by default: calls of 256 messages, 16
@@ -218,41 +213,12 @@ fn run_one(
     }
 }
 
-/// One end of the window.
-struct Mark {
-    at: Instant,
-    acked: u64,
-    self_cpu: f64,
-    daemon_cpu: Option<f64>,
-    xsk_cpu: Option<f64>,
-    daemon_threads: BTreeMap<String, f64>,
+/// One end of the window: the common mark, the UDP datagrams namespace
+/// a's kernel sent, and the machine's busy and softirq time.
+struct End {
+    mark: Mark,
     udp_out_a: Option<u64>,
-    scrape: Option<Scrape>,
-    machine: CpuStat,
-}
-
-fn mark(link: &Link, d: &Daemon, shared: &Shared) -> Mark {
-    let at = Instant::now();
-    let acked = shared.acked.load(Relaxed);
-    let self_cpu = cpu::self_seconds();
-    let pid = d.pid();
-    let daemon_cpu = cpu::process_seconds(pid);
-    let xsk_cpu = super::threads_cpu_seconds(pid, XSK_THREAD);
-    let daemon_threads = cpu::threads_seconds(pid);
-    let udp_out_a = link.a.ns.enter(|| super::udp_counter("OutDatagrams"));
-    let scrape = d.scrape().ok();
-    let machine = CpuStat::now();
-    Mark {
-        at,
-        acked,
-        self_cpu,
-        daemon_cpu,
-        xsk_cpu,
-        daemon_threads,
-        udp_out_a,
-        scrape,
-        machine,
-    }
+    stat: CpuStat,
 }
 
 fn measure(
@@ -272,89 +238,83 @@ fn measure(
         .parse()
         .map_err(|e| format!("address {}: {e}", link.b.ip))?;
     let quic = SocketAddr::new(b_ip, NS_QUIC_PORT);
-    let shared = Arc::new(Shared::new(Instant::now(), None, 1.0));
-    let warmup = Duration::from_secs_f64(c.durable_warmup);
-    let length = Duration::from_secs_f64(c.seconds);
-    let (connected_tx, connected_rx) = mpsc::channel::<Result<(), String>>();
-
-    let (m0, m1) = std::thread::scope(|s| {
-        let producers = s.spawn(|| {
-            produce(
-                &link.a,
-                quic,
+    let plan = Plan {
+        shape: Shape {
+            batch: BATCH,
+            in_flight: IN_FLIGHT,
+            count: None,
+            rate: 0.0,
+            stamp: None,
+        },
+        payloads: Payloads::fixed(size),
+        seed: 0,
+        warmup: c.durable_warmup,
+        seconds: Some(c.seconds),
+        interval: 1.0,
+        drain: Duration::from_secs(60),
+    };
+    let pid = d.pid();
+    let end = |s: &Shared| End {
+        mark: Mark::take(s.counts(), Some(pid), || d.scrape().ok()),
+        udp_out_a: super::udp_counter("OutDatagrams"),
+        stat: CpuStat::now(),
+    };
+    // The producers on a thread in namespace a, their runtime made there:
+    // its threads and every socket stay in a.
+    let o = link.a.ns.enter(|| {
+        load::runtime(None)?.block_on(async {
+            let a = &link.a;
+            let tx = if path.producer_tx() {
+                let tx = tx_provider(TxSetup::new(a.iface.clone(), 0))
+                    .map_err(|e| format!("the producers' AF_XDP TX ring: {e}"))?;
+                Some(tx)
+            } else {
+                None
+            };
+            let ip: IpAddr = a.ip.parse().map_err(|e| format!("address {}: {e}", a.ip))?;
+            let options = ProducerOptions {
                 transport,
-                path.producer_tx(),
-                c.producers,
-                size,
-                shared.clone(),
-                connected_tx,
-            )
-        });
-        let join = |h: std::thread::ScopedJoinHandle<'_, Result<(), String>>| {
-            h.join()
-                .unwrap_or_else(|p| Err(format!("producers panicked: {}", super::panic_text(&p))))
-        };
-        match connected_rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                let _ = join(producers);
-                return Err(e);
-            }
-            Err(_) => {
-                shared.stop.store(true, Relaxed);
-                let r = join(producers);
-                return Err(format!(
-                    "the producers did not connect within 60 s{}",
-                    r.err().map_or(String::new(), |e| format!(": {e}"))
-                ));
-            }
-        }
-        let begin = Instant::now();
-        sleep_until(begin + warmup);
-        let m0 = mark(link, d, &shared);
-        sleep_until(begin + warmup + length);
-        let m1 = mark(link, d, &shared);
-        shared.stop.store(true, Relaxed);
-        join(producers)?;
-        Ok((m0, m1))
+                // A bound source address: the TX ring writes it into the
+                // frames' headers (it leaves an unbound socket's datagrams
+                // to the kernel).
+                bind: Some(SocketAddr::new(ip, 0)),
+                tx,
+                ..ProducerOptions::default()
+            };
+            let stream = |_| STREAM.to_owned();
+            let producers = load::connect(c.producers, quic, stream, 1, &options).await?;
+            load::run(producers, &plan, &Progress::hidden(), end).await
+        })
     })?;
     // Every producer is closed: whatever was acked is durable by now.
     let last = d.scrape().ok();
 
-    let window = (m1.at - m0.at).as_secs_f64();
-    let window_acked = m1.acked - m0.acked;
-    let acked_per_sec = div(window_acked as f64, window);
-    let counters = m0
-        .scrape
-        .as_ref()
-        .zip(m1.scrape.as_ref())
-        .map(|(a, b)| DaemonCounters::between(a, b));
+    let (m0, m1) = (&o.start, &o.end);
+    let w = m0.mark.until(&m1.mark);
+    let window = w.seconds;
+    let acked_per_sec = div(w.acked as f64, window);
     let iface = [("interface", link.b.iface.as_str())];
     let xdp_frames = m0
+        .mark
         .scrape
         .as_ref()
-        .zip(m1.scrape.as_ref())
+        .zip(m1.mark.scrape.as_ref())
         .map_or(0.0, |(a, b)| {
             (b.value("sluice_xdp_rx_frames_total", &iface)
                 - a.value("sluice_xdp_rx_frames_total", &iface))
             .max(0.0)
         });
-    let datagrams = counters.map_or(0, |c| c.datagrams_in);
-    let daemon_cpu = m0
-        .daemon_cpu
-        .zip(m1.daemon_cpu)
-        .map(|(a, b)| CpuUse::of(b - a, window, window_acked));
-    let xsk = m0.xsk_cpu.zip(m1.xsk_cpu).map(|(a, b)| (b - a).max(0.0));
-    let producer_cpu = CpuUse::of(m1.self_cpu - m0.self_cpu, window, window_acked);
-    let (machine, _) = m1.machine.since(&m0.machine);
+    let datagrams = w.counters.map_or(0, |c| c.datagrams_in);
+    let xsk = w
+        .daemon_threads
+        .iter()
+        .filter(|(name, _)| name.starts_with(XSK_THREAD))
+        .map(|(_, s)| *s)
+        .reduce(|a, b| a + b);
+    let (machine, _) = m1.stat.since(&m0.stat);
     let other_busy_seconds =
-        (machine.busy - producer_cpu.seconds - daemon_cpu.map_or(0.0, |u| u.seconds)).max(0.0);
-    let first_error = shared
-        .first_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let xdp_mode = m1.scrape.as_ref().and_then(|s| {
+        (machine.busy - w.harness.seconds - w.daemon.map_or(0.0, |u| u.seconds)).max(0.0);
+    let xdp_mode = m1.mark.scrape.as_ref().and_then(|s| {
         let mode = s.label_values("sluice_xdp_info", "mode").pop()?;
         let bind = s.label_values("sluice_xdp_info", "bind").pop()?;
         Some(format!("{mode} XDP, {bind}"))
@@ -365,15 +325,15 @@ fn measure(
         producers: c.producers,
         producer_tx: path.tx_name(),
         xdp_mode,
-        sent: shared.sent.load(Relaxed),
-        acked: shared.acked.load(Relaxed),
-        errors: shared.errors.load(Relaxed),
-        first_error,
+        sent: o.sent,
+        acked: o.acked,
+        errors: o.errors,
+        first_error: o.first_error,
         daemon_durable_acks_total: last.map_or(0, |s| {
             s.value("sluice_durable_acks_total", &[("stream", STREAM)]) as u64
         }),
         window_seconds: window,
-        window_acked,
+        window_acked: w.acked,
         acked_per_sec,
         mb_per_sec: acked_per_sec * size as f64 / 1e6,
         datagrams_per_sec: div(datagrams as f64, window),
@@ -382,17 +342,17 @@ fn measure(
             .udp_out_a
             .zip(m1.udp_out_a)
             .map_or(0.0, |(a, b)| div(b.saturating_sub(a) as f64, window)),
-        daemon_cpu,
-        daemon_cpu_us_per_msg: daemon_cpu.map(|u| us_per(u.seconds, window_acked)),
-        daemon_cpu_us_per_datagram: daemon_cpu.map(|u| us_per(u.seconds, datagrams)),
+        daemon_cpu: w.daemon,
+        daemon_cpu_us_per_msg: w.daemon.map(|u| us_per(u.seconds, w.acked)),
+        daemon_cpu_us_per_datagram: w.daemon.map(|u| us_per(u.seconds, datagrams)),
         xsk_thread_cpu_seconds: xsk,
         xsk_thread_cpu_us_per_packet: xsk
             .filter(|_| xdp_frames > 0.0)
             .map(|s| us_per(s, xdp_frames as u64)),
-        producer_cpu,
-        producer_cpu_us_per_msg: us_per(producer_cpu.seconds, window_acked),
-        daemon_threads: cpu::threads_delta(&m0.daemon_threads, &m1.daemon_threads),
-        daemon: counters,
+        producer_cpu: w.harness,
+        producer_cpu_us_per_msg: us_per(w.harness.seconds, w.acked),
+        daemon_threads: w.daemon_threads,
+        daemon: w.counters,
         machine,
         other_busy_seconds,
     })

@@ -18,6 +18,7 @@ use sluice_xdp::xsk::{self, BindMode, XdpStatistics, XskConfig, XskSocket};
 
 use super::meter::{await_window, Drain, Meter, Side, Window};
 use super::{ReceiverKind, BATCH, POLL, PORT, RCVBUF};
+use crate::udp_baseline::{set_int, MmsgBuffers};
 use sluice_testkit::testnet::udp_counter;
 
 /// A receiver, open and counting.
@@ -38,11 +39,7 @@ enum Kind {
 
 struct SocketRx {
     sock: UdpSocket,
-    // `msgs` points into `iovs`, which point into `bufs`: heap buffers
-    // that never move (the Vecs are never grown).
-    msgs: Vec<libc::mmsghdr>,
-    _iovs: Vec<libc::iovec>,
-    _bufs: Vec<[u8; 2048]>,
+    msgs: MmsgBuffers,
     drops_before: u64,
 }
 
@@ -88,7 +85,7 @@ impl Rx {
                 let rc = unsafe {
                     libc::recvmmsg(
                         s.sock.as_raw_fd(),
-                        s.msgs.as_mut_ptr(),
+                        s.msgs.headers(),
                         BATCH as libc::c_uint,
                         flags,
                         std::ptr::null_mut(),
@@ -105,10 +102,7 @@ impl Rx {
                 }
                 let n = rc as usize;
                 self.total += n as u64;
-                self.bytes += s.msgs[..n]
-                    .iter()
-                    .map(|m| u64::from(m.msg_len))
-                    .sum::<u64>();
+                self.bytes += s.msgs.received(n);
                 n
             }
             Kind::Xdp(x) => {
@@ -184,54 +178,15 @@ impl SocketRx {
         let sock = UdpSocket::bind(at)?;
         let size = RCVBUF as libc::c_int;
         // As root SO_RCVBUFFORCE passes net.core.rmem_max; else SO_RCVBUF.
-        if setsockopt_int(&sock, libc::SO_RCVBUFFORCE, size).is_err() {
-            setsockopt_int(&sock, libc::SO_RCVBUF, size)?;
+        if set_int(&sock, libc::SO_RCVBUFFORCE, size).is_err() {
+            set_int(&sock, libc::SO_RCVBUF, size)?;
         }
         sock.set_read_timeout(Some(POLL))?;
-        let mut bufs = vec![[0u8; 2048]; BATCH];
-        let mut iovs: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        let msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .map(|iov| {
-                // SAFETY: mmsghdr is plain data; zeroed is "no name, no
-                // control".
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_iov = iov;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
         Ok(SocketRx {
             sock,
-            msgs,
-            _iovs: iovs,
-            _bufs: bufs,
+            msgs: MmsgBuffers::new(BATCH, 2048),
             drops_before: udp_counter("RcvbufErrors").unwrap_or(0),
         })
-    }
-}
-
-fn setsockopt_int(sock: &UdpSocket, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: an int option of the size we pass, on a socket we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

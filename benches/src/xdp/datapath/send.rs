@@ -15,6 +15,7 @@ use sluice_xdp::xsk::{BindMode, XskSocket};
 
 use super::meter::{Meter, Side, Window};
 use super::{BATCH, PACE_BURST, SRC_PORT};
+use crate::udp_baseline::MmsgBuffers;
 use crate::xdp::{parse_mac, secs};
 
 /// A token bucket checked before each batch.
@@ -52,14 +53,10 @@ impl Pacer {
     }
 }
 
-/// One connected UDP socket and BATCH headers over one payload.
+/// One connected UDP socket and BATCH headers over payloads of one size.
 struct Mmsg {
     sock: UdpSocket,
-    // `msgs` point at the iovec in `iov`, which points into `payload`:
-    // boxed and never changed, so they stay put.
-    msgs: Vec<libc::mmsghdr>,
-    _iov: Box<libc::iovec>,
-    _payload: Vec<u8>,
+    msgs: MmsgBuffers,
 }
 
 impl Mmsg {
@@ -67,40 +64,20 @@ impl Mmsg {
         let from: IpAddr = a.ip.parse().map_err(|e| format!("address {}: {e}", a.ip))?;
         let sock = UdpSocket::bind(SocketAddr::new(from, 0)).map_err(|e| format!("bind: {e}"))?;
         sock.connect(to).map_err(|e| format!("connect {to}: {e}"))?;
-        let payload = vec![0x5au8; size];
-        let mut iov = Box::new(libc::iovec {
-            iov_base: payload.as_ptr() as *mut libc::c_void,
-            iov_len: payload.len(),
-        });
-        let iov_ptr: *mut libc::iovec = &mut *iov;
-        let msgs = (0..BATCH)
-            .map(|_| {
-                // SAFETY: plain data; zeroed is "no name (connected), no
-                // control".
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_iov = iov_ptr;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
-        Ok(Mmsg {
-            sock,
-            msgs,
-            _iov: iov,
-            _payload: payload,
-        })
+        let msgs = MmsgBuffers::new(BATCH, size);
+        Ok(Mmsg { sock, msgs })
     }
 
     /// One sendmmsg of up to `n` (at most BATCH) packets: how many went.
     /// Full queues (and an ICMP error for an earlier packet) send none.
     fn send(&mut self, n: usize) -> Result<usize, String> {
         let n = n.min(BATCH);
-        // SAFETY: `n` headers pointing at one iovec over the payload, all
-        // alive for the call; the kernel only reads them.
+        // SAFETY: `n` headers pointing at their payloads, all alive for the
+        // call; the kernel only reads them.
         let rc = unsafe {
             libc::sendmmsg(
                 self.sock.as_raw_fd(),
-                self.msgs.as_mut_ptr(),
+                self.msgs.headers(),
                 n as libc::c_uint,
                 0,
             )
