@@ -821,7 +821,7 @@ impl Sim {
             let c = self.commit.take().expect("checked");
             let ep = self.endpoint.as_mut().expect("up");
             let mut answered = Vec::new();
-            for ((id, last, n), answer) in committer.finish(c.batch, c.result) {
+            for ((id, last, n), answer) in committer.finish(c.batch, c.result, self.now) {
                 if answer.as_ref().is_ok_and(|o| o.len() != n) {
                     return Err(format!(
                         "session {id}: {n} records appended, {answer:?} answered"
