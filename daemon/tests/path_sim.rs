@@ -5,28 +5,42 @@
 //! → an in-test ingest → the daemon's group commit, the sans-IO
 //! [`Committer`] that the spool writer runs → the [`StreamLog`] on the
 //! simulated file system (power cuts that drop, keep, tear or flip unsynced
-//! writes; transient I/O errors) → consumer groups ([`Group`], journaled by
-//! a [`GroupStore`] on the same file system) that read the durable log,
-//! deliver to members with credit, and take acks.
+//! writes; transient I/O errors; a disk that fills up and frees again) →
+//! consumer groups ([`Group`], journaled by a [`GroupStore`] on the same
+//! file system) that read the durable log, deliver to members with credit,
+//! and take acks.
 //!
 //! The committer is the daemon's own (`spool/commit.rs`): which queued
 //! requests make a batch (as many as `max_batch_bytes` allows, in order),
 //! each request's outcomes split back to it, the error to every request of
-//! a failed batch, the checkpoint timer. What the test writes itself, in
-//! place of the real code: the committer's I/O shell (`writer.rs`'s thread:
-//! here a queue stands for its channel, the simulated clock for its
-//! deadlines, and a batch, appended with fdatasync when the committer gives
-//! it, is answered after a simulated fdatasync latency; a checkpoint that
-//! fails while the power goes is the power cut); the ingest (`ingest.rs`:
-//! HELLOs answered from `highest_seq`, one append request per session per
-//! poll, `mark_durable` when the batch is durable, the session closed with
-//! `StorageError` when it failed or the log refused any of it, credit from
-//! [`CreditPolicy`] on the backlog), without its tasks and channels; the
-//! group task's turn (read ahead, read back, dispatch, journal). Not
-//! modelled: the dead-letter stream (dead letters are counted, not
-//! stored), retention (no housekeeping timer), the disk-full hold, cursors,
-//! the scrub, `--repair`, damage to synced data (a refusal by design, see
+//! a failed batch, the disk-full hold (a batch that met a full disk is
+//! held, unanswered, and given back whole on its retry timer), the
+//! checkpoint timer. What the test writes itself, in place of the real
+//! code: the committer's I/O shell (`writer.rs`'s thread: here a queue
+//! stands for its channel, the simulated clock for its deadlines, and a
+//! batch, appended with fdatasync when the committer gives it, unless the
+//! free space is below the seed's floor, is finished after a simulated
+//! fdatasync latency; nothing is taken from the queue while a batch is
+//! held; a checkpoint that fails while the power goes is the power cut,
+//! one that meets a full disk is tried again a period later); the ingest
+//! (`ingest.rs`: HELLOs answered from `highest_seq`, one append request per
+//! session per poll, `mark_durable` when the batch is durable, the session
+//! closed with `StorageError` when it failed or the log refused any of it,
+//! credit from [`CreditPolicy`] on the backlog and on `disk_full`, which
+//! is the committer's `holding()`), without its tasks and channels; the
+//! group task's turn (read ahead, read back, dispatch, journal; a journal
+//! write that meets a full disk puts its events back for the next turn);
+//! a start that meets a full disk fails and is tried again later, as
+//! systemd would. Not modelled: the dead-letter stream (dead letters are
+//! counted, not stored), retention (no housekeeping timer), cursors, the
+//! scrub, `--repair`, damage to synced data (a refusal by design, see
 //! spool_damage.rs), QUIC and sealing, `fsync = interval`.
+//!
+//! A full disk: two seeds in five fill the disk one to three times, for
+//! 5 ms to 1.5 s each (SimFs's capacity set up to 20 kB above what it
+//! holds, so a write past it fails with ENOSPC), and half the seeds have
+//! a free-space floor of up to 6 kB. Fills, power cuts, transient errors
+//! and reconnects overlap freely.
 //!
 //! Transient I/O errors: SimFs fails every operation after the n-th
 //! (`fail_after`), so an error hits whichever write, fdatasync, truncate or
@@ -55,8 +69,20 @@
 //!   and every message a receiver delivers lies within the grant (durable
 //!   + credit) its session was given; receivers count nothing over credit;
 //! - `Group::check()` after every step of a group's turn, the group
-//!   journal's floor equal to the machine's, and the transport's debug
-//!   assertions (a panic fails its seed).
+//!   journal's floor equal to the machine's (once what a full disk kept
+//!   from the journal is written), and the transport's debug assertions
+//!   (a panic fails its seed);
+//! - the disk-full hold: while a batch is held nobody is answered, no
+//!   other batch is taken (its retry is the same batch, whole), no
+//!   session's grant grows, and no producer is told of a seq the log did
+//!   not hold when the hold began (or that the held batch's own retry
+//!   made durable); once space returns every producer's messages get
+//!   through: the seed's time bound is its liveness check (the drain
+//!   waits for the last fill to end).
+//!
+//! The totals count disk fills, holds, retries, appends that met ENOSPC,
+//! journal writes and starts that met a full disk, and acks taken during
+//! holds; a run of many seeds asserts that holds and retries happened.
 //!
 //! `PATH_SIM_SEEDS=n` sets the number of seeds (default 500);
 //! `PATH_SIM_SEED=s` replays one and prints its summary (with
