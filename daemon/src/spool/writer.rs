@@ -802,13 +802,6 @@ impl Writer {
             }
             appended
         };
-        match &result {
-            Ok(_) => {
-                let _ = self.durable_end.send(self.log.next_offset());
-            }
-            Err(SpoolError::DiskFull { .. }) => {}
-            Err(e) => error!(stream = self.log.name(), error = %e, "append failed"),
-        }
         let answers = self.committer.finish(batch, result, Instant::now());
         if self.committer.holding() {
             debug_assert_eq!(answers.size_hint().0, 0, "a held batch answers nobody");
@@ -832,6 +825,12 @@ impl Writer {
         self.gauges
             .backlog_bytes
             .fetch_sub(bytes as u64, Ordering::Relaxed);
+        match answers.result() {
+            Ok(_) => {
+                let _ = self.durable_end.send(self.log.next_offset());
+            }
+            Err(e) => error!(stream = self.log.name(), error = %e, "append failed"),
+        }
         for (done, answer) in answers {
             done.send(answer);
         }
@@ -934,5 +933,55 @@ mod tests {
         }
         drop(s);
         spool.shutdown();
+    }
+
+    /// The shell's part of the hold: while the disk is full (ENOSPC) or
+    /// below the floor, an append is not answered and the gauge is set;
+    /// what comes after waits behind it; once space returns both are
+    /// stored, in order, and the gauge clears.
+    #[test]
+    fn a_full_disk_holds_appends_unanswered_until_space_returns() {
+        use super::super::commit::HOLD_RETRY;
+        use super::super::simfs::SimFs;
+        use tokio::sync::oneshot::error::TryRecvError;
+        // (floor, headroom): ENOSPC with no floor; the floor before any
+        // write would fail.
+        for (floor, headroom) in [(0, 0), (1000, 500)] {
+            let fs = SimFs::new();
+            let config = SpoolConfig {
+                min_free_bytes: floor,
+                ..SpoolConfig::default()
+            };
+            let spool = Spool::open_with(Arc::new(fs.clone()), Path::new("/d"), config).unwrap();
+            let s = spool.stream("s").unwrap();
+            let o = s.append(1, 1, Bytes::from_static(b"m")).blocking_recv();
+            assert!(matches!(o, Ok(Ok(Outcome::Stored { offset: 0 }))), "{o:?}");
+            fs.set_capacity(Some(fs.used() + headroom));
+            let mut first = s.append(1, 2, Bytes::from(vec![2; 100]));
+            let started = Instant::now();
+            while !s.health().disk_full {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "floor {floor}: no hold"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let mut second = s.append(1, 3, Bytes::from(vec![3; 100]));
+            // Two retries and more: still held, nobody answered.
+            std::thread::sleep(3 * HOLD_RETRY);
+            assert!(s.health().disk_full, "floor {floor}");
+            assert_eq!(first.try_recv().unwrap_err(), TryRecvError::Empty);
+            assert_eq!(second.try_recv().unwrap_err(), TryRecvError::Empty);
+            assert_eq!(s.durable_end(), 1);
+            fs.set_capacity(None);
+            let o = first.blocking_recv();
+            assert!(matches!(o, Ok(Ok(Outcome::Stored { offset: 1 }))), "{o:?}");
+            let o = second.blocking_recv();
+            assert!(matches!(o, Ok(Ok(Outcome::Stored { offset: 2 }))), "{o:?}");
+            assert!(!s.health().disk_full);
+            assert_eq!(s.health().backlog_records, 0);
+            drop(s);
+            spool.shutdown();
+        }
     }
 }
