@@ -5,28 +5,42 @@
 //! → an in-test ingest → the daemon's group commit, the sans-IO
 //! [`Committer`] that the spool writer runs → the [`StreamLog`] on the
 //! simulated file system (power cuts that drop, keep, tear or flip unsynced
-//! writes; transient I/O errors) → consumer groups ([`Group`], journaled by
-//! a [`GroupStore`] on the same file system) that read the durable log,
-//! deliver to members with credit, and take acks.
+//! writes; transient I/O errors; a disk that fills up and frees again) →
+//! consumer groups ([`Group`], journaled by a [`GroupStore`] on the same
+//! file system) that read the durable log, deliver to members with credit,
+//! and take acks.
 //!
 //! The committer is the daemon's own (`spool/commit.rs`): which queued
 //! requests make a batch (as many as `max_batch_bytes` allows, in order),
 //! each request's outcomes split back to it, the error to every request of
-//! a failed batch, the checkpoint timer. What the test writes itself, in
-//! place of the real code: the committer's I/O shell (`writer.rs`'s thread:
-//! here a queue stands for its channel, the simulated clock for its
-//! deadlines, and a batch, appended with fdatasync when the committer gives
-//! it, is answered after a simulated fdatasync latency; a checkpoint that
-//! fails while the power goes is the power cut); the ingest (`ingest.rs`:
-//! HELLOs answered from `highest_seq`, one append request per session per
-//! poll, `mark_durable` when the batch is durable, the session closed with
-//! `StorageError` when it failed or the log refused any of it, credit from
-//! [`CreditPolicy`] on the backlog), without its tasks and channels; the
-//! group task's turn (read ahead, read back, dispatch, journal). Not
-//! modelled: the dead-letter stream (dead letters are counted, not
-//! stored), retention (no housekeeping timer), the disk-full hold, cursors,
-//! the scrub, `--repair`, damage to synced data (a refusal by design, see
+//! a failed batch, the disk-full hold (a batch that met a full disk is
+//! held, unanswered, and given back whole on its retry timer), the
+//! checkpoint timer. What the test writes itself, in place of the real
+//! code: the committer's I/O shell (`writer.rs`'s thread: here a queue
+//! stands for its channel, the simulated clock for its deadlines, and a
+//! batch, appended with fdatasync when the committer gives it, unless the
+//! free space is below the seed's floor, is finished after a simulated
+//! fdatasync latency; nothing is taken from the queue while a batch is
+//! held; a checkpoint that fails while the power goes is the power cut,
+//! one that meets a full disk is tried again a period later); the ingest
+//! (`ingest.rs`: HELLOs answered from `highest_seq`, one append request per
+//! session per poll, `mark_durable` when the batch is durable, the session
+//! closed with `StorageError` when it failed or the log refused any of it,
+//! credit from [`CreditPolicy`] on the backlog and on `disk_full`, which
+//! is the committer's `holding()`), without its tasks and channels; the
+//! group task's turn (read ahead, read back, dispatch, journal; a journal
+//! write that meets a full disk puts its events back for the next turn);
+//! a start that meets a full disk fails and is tried again later, as
+//! systemd would. Not modelled: the dead-letter stream (dead letters are
+//! counted, not stored), retention (no housekeeping timer), cursors, the
+//! scrub, `--repair`, damage to synced data (a refusal by design, see
 //! spool_damage.rs), QUIC and sealing, `fsync = interval`.
+//!
+//! A full disk: two seeds in five fill the disk one to three times, for
+//! 5 ms to 1.5 s each (SimFs's capacity set up to 20 kB above what it
+//! holds, so a write past it fails with ENOSPC), and half the seeds have
+//! a free-space floor of up to 6 kB. Fills, power cuts, transient errors
+//! and reconnects overlap freely.
 //!
 //! Transient I/O errors: SimFs fails every operation after the n-th
 //! (`fail_after`), so an error hits whichever write, fdatasync, truncate or
@@ -55,8 +69,20 @@
 //!   and every message a receiver delivers lies within the grant (durable
 //!   + credit) its session was given; receivers count nothing over credit;
 //! - `Group::check()` after every step of a group's turn, the group
-//!   journal's floor equal to the machine's, and the transport's debug
-//!   assertions (a panic fails its seed).
+//!   journal's floor equal to the machine's (once what a full disk kept
+//!   from the journal is written), and the transport's debug assertions
+//!   (a panic fails its seed);
+//! - the disk-full hold: while a batch is held nobody is answered, no
+//!   other batch is taken (its retry is the same batch, whole), no
+//!   session's grant grows, and no producer is told of a seq the log did
+//!   not hold when the hold began (or that the held batch's own retry
+//!   made durable); once space returns every producer's messages get
+//!   through: the seed's time bound is its liveness check (the drain
+//!   waits for the last fill to end).
+//!
+//! The totals count disk fills, holds, retries, appends that met ENOSPC,
+//! journal writes and starts that met a full disk, and acks taken during
+//! holds; a run of many seeds asserts that holds and retries happened.
 //!
 //! `PATH_SIM_SEEDS=n` sets the number of seeds (default 500);
 //! `PATH_SIM_SEED=s` replays one and prints its summary (with
@@ -75,9 +101,10 @@ use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sluice_daemon::consume::group::{Credit, Group, GroupConfig};
-use sluice_daemon::consume::store::{GroupStore, OnDamage};
+use sluice_daemon::consume::store::{Event, GroupStore, OnDamage};
 use sluice_daemon::credit::CreditPolicy;
 use sluice_daemon::spool::commit::{Batch, CommitConfig, Committer, FsyncPolicy, Timer};
+use sluice_daemon::spool::fs::SpoolFs;
 use sluice_daemon::spool::simfs::{CrashMode, SimFs};
 use sluice_daemon::spool::{Health, LogConfig, Outcome, Record, SpoolError, StreamLog};
 use sluice_transport::proto::{
@@ -267,6 +294,9 @@ struct GroupSim {
     out: BTreeMap<u64, u64>,
     next_turn: Instant,
     turn_every: Duration,
+    /// Events whose journal write failed (the disk was full), written
+    /// again before the next ones, as the group task does.
+    unjournaled: Vec<Event>,
 }
 
 impl GroupSim {
@@ -293,19 +323,25 @@ impl GroupSim {
             out: BTreeMap::new(),
             next_turn: now,
             turn_every: Duration::from_micros(rng.random_range(500..10_000)),
+            unjournaled: Vec::new(),
         }
     }
 
-    /// The daemon restarted: the group is what its journal held.
-    fn restart(&mut self, fs: &SimFs) -> Result<(), String> {
-        self.store = GroupStore::open(Arc::new(fs.clone()), &self.dir, OnDamage::Refuse)
-            .map_err(|e| format!("group journal refused after a power cut: {e}"))?
-            .ok_or("the group is gone after a power cut")?;
+    /// The daemon restarted: the group is what its journal held. `false`:
+    /// the disk is full, the start fails (and is tried again later).
+    fn restart(&mut self, fs: &SimFs) -> Result<bool, String> {
+        self.store = match GroupStore::open(Arc::new(fs.clone()), &self.dir, OnDamage::Refuse) {
+            Err(SpoolError::DiskFull { .. }) => return Ok(false),
+            r => r
+                .map_err(|e| format!("group journal refused after a power cut: {e}"))?
+                .ok_or("the group is gone after a power cut")?,
+        };
         self.group = Group::new(self.config.clone(), self.store.state());
         self.group.check();
         self.members.clear();
         self.out.clear();
-        Ok(())
+        self.unjournaled.clear();
+        Ok(true)
     }
 }
 
@@ -353,6 +389,19 @@ struct Totals {
     credit_stalls: u64,
     /// Messages pushed and not yet acked when the power went (resent).
     unacked_at_crash: u64,
+    /// Times the disk filled up, holds of a batch (each ended by space
+    /// coming back or by a power cut), retries of held batches, appends
+    /// that met ENOSPC, group journal writes and starts that met a full
+    /// disk (tried again later).
+    disk_fills: u64,
+    holds: u64,
+    hold_retries: u64,
+    enospc: u64,
+    journal_full: u64,
+    starts_full: u64,
+    /// Acks producers took while a batch was held (each of a seq durable
+    /// before: checked).
+    acks_while_held: u64,
     sim_ms: u64,
 }
 
@@ -395,6 +444,20 @@ struct Sim {
     crash_times: Vec<Instant>,
     power_off_at: Option<Instant>,
     up_at: Option<Instant>,
+    /// Times the disk fills up, each for how long (popped from the end),
+    /// and when the one in progress ends (space returns).
+    disk_fills: Vec<(Instant, Duration)>,
+    full_until: Option<Instant>,
+    /// The writer's free-space floor (`min_free_bytes`; 0: none).
+    min_free: u64,
+    /// While the committer holds a batch: the log's end when the hold
+    /// began, raised only by the held batch's own retries (what they made
+    /// durable); no producer may be told of a seq at or past it meanwhile.
+    held_end: Option<u64>,
+    /// The held batch's waiters: a retry gives the same batch, whole.
+    held_waiters: Vec<Waiter>,
+    /// A grant that grew while a batch was held (a failure).
+    grant_grew: Option<String>,
     over_credit: u64,
     totals: Totals,
 }
@@ -490,6 +553,25 @@ impl Sim {
             .collect();
         crash_times.sort_unstable();
         crash_times.reverse(); // popped from the end
+        let mut disk_fills: Vec<(Instant, Duration)> = if rng.random_bool(0.4) {
+            (0..rng.random_range(1..=3))
+                .map(|_| {
+                    (
+                        t0 + span.mul_f64(rng.random::<f64>()),
+                        Duration::from_millis(rng.random_range(5..1500)),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        disk_fills.sort_unstable();
+        disk_fills.reverse(); // popped from the end
+        let min_free = if rng.random_bool(0.5) {
+            0
+        } else {
+            rng.random_range(1..6000)
+        };
         let fsync_lo = rng.random_range(20..1000);
         let fsync_us = (fsync_lo, fsync_lo + rng.random_range(1..20_000));
         let io_error_rate = if rng.random_bool(0.3) {
@@ -530,6 +612,12 @@ impl Sim {
             crash_times,
             power_off_at: None,
             up_at: Some(t0),
+            disk_fills,
+            full_until: None,
+            min_free,
+            held_end: None,
+            held_waiters: Vec::new(),
+            grant_grew: None,
             over_credit: 0,
             totals,
         }
@@ -547,15 +635,19 @@ impl Sim {
     // ------------------------------------------------------ daemon up/down
 
     /// Starts the daemon: recovers the log, then checks it against
-    /// everything acked and everything groups were given.
-    fn start(&mut self) -> Result<(), String> {
-        let log = StreamLog::open(
+    /// everything acked and everything groups were given. `false`: the
+    /// disk is full (recovery or a group could not write); the daemon
+    /// exits, and is started again later (as systemd would).
+    fn start(&mut self) -> Result<bool, String> {
+        let log = match StreamLog::open(
             Arc::new(self.fs.clone()),
             Path::new(DIR),
             STREAM,
             self.log_config.clone(),
-        )
-        .map_err(|e| format!("recovery refused after a power cut: {e}"))?;
+        ) {
+            Err(SpoolError::DiskFull { .. }) => return Ok(false),
+            r => r.map_err(|e| format!("recovery refused after a power cut: {e}"))?,
+        };
         self.log = Some(log);
         self.committer = Some(Committer::new(
             CommitConfig::new(self.log_config.max_batch_bytes, FsyncPolicy::Always, false),
@@ -568,12 +660,17 @@ impl Sim {
         }));
         self.rescan()?;
         for g in &mut self.groups {
-            g.restart(&self.fs)?;
+            if !g.restart(&self.fs)? {
+                self.log = None;
+                self.committer = None;
+                self.endpoint = None;
+                return Ok(false);
+            }
         }
         self.check_log(false)?;
         let end = self.at.len();
         self.trace(format_args!("daemon up: the log holds {end} records"));
-        Ok(())
+        Ok(true)
     }
 
     /// A power cut: the daemon's state is gone, the file system keeps what
@@ -583,6 +680,7 @@ impl Sim {
         self.log = None;
         self.committer = None;
         self.commit = None;
+        self.held_end = None;
         self.queue.clear();
         self.queued_bytes = 0;
         let mode = [
@@ -700,6 +798,14 @@ impl Sim {
         };
         let g = r.durable_seq() + u64::from(r.credit());
         let e = self.grants.entry(id).or_insert(g);
+        // Backpressure: while a batch is held, no session's grant grows
+        // (nothing is acked, and credit is zero once ingest sees the gauge).
+        if self.held_end.is_some() && g > *e && self.grant_grew.is_none() {
+            self.grant_grew = Some(format!(
+                "session {id}: grant raised from {} to {g} while the disk is full",
+                *e
+            ));
+        }
         *e = (*e).max(g);
     }
 
@@ -707,6 +813,8 @@ impl Sim {
         Health {
             backlog_records: self.queue.iter().map(|(_, r)| r.len() as u64).sum(),
             backlog_bytes: self.queued_bytes,
+            // The writer's gauge: set while the committer holds a batch.
+            disk_full: self.committer.as_ref().is_some_and(|c| c.holding()),
             ..Health::default()
         }
     }
@@ -809,9 +917,12 @@ impl Sim {
     // -------------------------------------------------------- committer
 
     /// The writer's shell around the daemon's [`Committer`]: answers the
-    /// batch whose fdatasync returned, runs the committer's timers, then
-    /// gives it what is queued while its batch has room and appends the
-    /// batch it makes as one group commit.
+    /// batch whose fdatasync returned (or, when it met a full disk, leaves
+    /// it to the committer's hold), runs the committer's timers, then
+    /// gives it what is queued while its batch has room (nothing while a
+    /// batch is held: the writer thread takes nothing from its channel
+    /// meanwhile), checks the free-space floor and appends the batch it
+    /// makes (the held one again, on its retry) as one group commit.
     fn committer(&mut self) -> Result<(), String> {
         if self.endpoint.is_none() {
             return Ok(());
@@ -820,8 +931,13 @@ impl Sim {
         if self.commit.as_ref().is_some_and(|c| c.done_at <= self.now) {
             let c = self.commit.take().expect("checked");
             let ep = self.endpoint.as_mut().expect("up");
+            let was_holding = committer.holding();
+            let waiters: Vec<Waiter> = c.batch.waiters().map(|(w, _)| *w).collect();
             let mut answered = Vec::new();
-            for ((id, last, n), answer) in committer.finish(c.batch, c.result) {
+            for ((id, last, n), answer) in committer.finish(c.batch, c.result, self.now) {
+                if committer.holding() {
+                    return Err(format!("session {id} answered while its batch is held"));
+                }
                 if answer.as_ref().is_ok_and(|o| o.len() != n) {
                     return Err(format!(
                         "session {id}: {n} records appended, {answer:?} answered"
@@ -844,37 +960,60 @@ impl Sim {
                 }
                 answered.push(id);
             }
+            let holding = committer.holding();
             for id in answered {
                 self.note_grant(id);
             }
+            match (was_holding, holding) {
+                (false, true) => {
+                    self.totals.holds += 1;
+                    self.held_end = Some(self.at.len() as u64);
+                    self.held_waiters = waiters;
+                    self.trace(format_args!("disk full: the batch is held"));
+                }
+                (true, false) => {
+                    self.held_end = None;
+                    self.trace(format_args!("the held batch went through"));
+                }
+                _ => {}
+            }
         }
-        // The committer's timers: the checkpoint (the durable end, known
-        // outside the log, which recovery checks the log against). While
-        // the power goes, the disk fails: a checkpoint that fails is the
-        // power cut, now.
+        // The committer's timers: the retry of a held batch, the
+        // checkpoint (the durable end, known outside the log, which
+        // recovery checks the log against). While the power goes, the
+        // disk fails: a checkpoint that fails is the power cut, now. One
+        // that meets a full disk is tried again a period later, as the
+        // writer does.
         let committer = self.committer.as_mut().expect("up");
         while let Some(timer) = committer.handle_timeout(self.now) {
-            if timer != Timer::Checkpoint {
-                return Err(format!(
-                    "{timer:?}: not armed with fsync = always, no retention"
-                ));
-            }
-            let log = self.log.as_mut().expect("up");
-            if log.checkpoint_behind() {
-                match log.checkpoint(false) {
-                    Ok(()) => {}
-                    Err(_) if self.power_off_at.is_some() => {
-                        self.power_off_at = Some(self.now);
-                        return Ok(());
+            match timer {
+                // take_batch gives the held batch again, below.
+                Timer::Retry => self.totals.hold_retries += 1,
+                Timer::Checkpoint => {
+                    let log = self.log.as_mut().expect("up");
+                    if log.checkpoint_behind() {
+                        match log.checkpoint(false) {
+                            Ok(()) => {}
+                            Err(_) if self.power_off_at.is_some() => {
+                                self.power_off_at = Some(self.now);
+                                return Ok(());
+                            }
+                            Err(SpoolError::DiskFull { .. }) => committer.durable_end_moved(),
+                            Err(e) => return Err(format!("checkpoint: {e}")),
+                        }
                     }
-                    Err(e) => return Err(format!("checkpoint: {e}")),
+                }
+                Timer::Sync | Timer::Housekeeping => {
+                    return Err(format!(
+                        "{timer:?}: not armed with fsync = always, no retention"
+                    ))
                 }
             }
         }
-        if committer.writing() || self.queue.is_empty() {
+        if committer.writing() {
             return Ok(());
         }
-        while committer.has_room() {
+        while !committer.holding() && committer.has_room() {
             let Some((id, rs)) = self.queue.pop_front() else {
                 break;
             };
@@ -882,7 +1021,41 @@ impl Sim {
             let waiter = (id, rs.last().expect("non-empty").seq, rs.len());
             committer.push(rs, waiter);
         }
-        let batch = committer.take_batch().expect("requests were given");
+        let Some(batch) = committer.take_batch() else {
+            return Ok(());
+        };
+        if committer.holding()
+            && !batch
+                .waiters()
+                .map(|(w, _)| *w)
+                .eq(self.held_waiters.iter().copied())
+        {
+            return Err(format!(
+                "a batch for {:?} was taken while the one for {:?} is held",
+                batch.waiters().collect::<Vec<_>>(),
+                self.held_waiters
+            ));
+        }
+        // Below the free-space floor the writer does not append: the
+        // committer holds the batch as after ENOSPC.
+        let free = if self.min_free > 0 {
+            self.fs.available_space(Path::new(DIR)).ok()
+        } else {
+            None
+        };
+        if let Some(free) = free.filter(|&f| f < self.min_free) {
+            self.trace(format_args!("{free} bytes free, below the floor: held"));
+            let lat = self.rng.random_range(self.fsync_us.0..self.fsync_us.1);
+            self.commit = Some(Commit {
+                done_at: self.now + Duration::from_micros(lat),
+                batch,
+                result: Err(SpoolError::DiskFull {
+                    free,
+                    floor: self.min_free,
+                }),
+            });
+            return Ok(());
+        }
         // A transient I/O error (a write or an fdatasync fails, then the
         // device works again), unless the power is about to go anyway.
         let io_error = self.power_off_at.is_none() && self.rng.random_bool(self.io_error_rate);
@@ -939,6 +1112,15 @@ impl Sim {
                     }
                 }
             }
+            Err(SpoolError::DiskFull { .. }) => {
+                // ENOSPC: held, not an error. Part of it may be durable
+                // (a commit before a roll): read back what the log holds
+                // now.
+                self.totals.enospc += 1;
+                if self.log.as_ref().expect("up").next_offset() != from {
+                    self.rescan()?;
+                }
+            }
             Err(e) => {
                 self.totals.io_errors += 1;
                 self.trace(format_args!(
@@ -956,6 +1138,12 @@ impl Sim {
                     self.rescan()?;
                 }
             }
+        }
+        // The held batch's own append (its retry) is the only way the log
+        // grows during a hold; what it made durable a producer may learn
+        // of at once (a HELLO reads the idempotence table).
+        if let Some(end) = self.held_end.as_mut() {
+            *end = self.at.len() as u64;
         }
         let lat = self.rng.random_range(self.fsync_us.0..self.fsync_us.1);
         self.commit = Some(Commit {
@@ -980,11 +1168,23 @@ impl Sim {
                         }
                         // Acked ⇒ durable: in the log at the moment of the ack.
                         for s in p.acked + 1..=up_to {
-                            if !self.stored.contains_key(&(p.id, s)) {
+                            let Some(&offset) = self.stored.get(&(p.id, s)) else {
                                 return Err(format!(
                                     "producer {} told seq {s} is durable; the log does not hold it",
                                     p.id
                                 ));
+                            };
+                            // While the disk is full, acks only of what
+                            // was durable before.
+                            if let Some(end) = self.held_end {
+                                if offset >= end {
+                                    return Err(format!(
+                                        "producer {} told seq {s} (offset {offset}) is durable \
+                                         while a batch is held at {end}",
+                                        p.id
+                                    ));
+                                }
+                                self.totals.acks_while_held += 1;
                             }
                         }
                         p.acked = up_to;
@@ -1166,8 +1366,12 @@ impl Sim {
             }
             g.group.tick(now);
             g.group.check();
-            let (events, dead) = g.group.take_events();
+            let (new, dead) = g.group.take_events();
             g.group.check();
+            // What a full disk kept from the journal goes first, as the
+            // group task puts a failed write's events back.
+            let mut events = std::mem::take(&mut g.unjournaled);
+            events.extend(new);
             if !events.is_empty() {
                 match g.store.append(&events) {
                     Ok(()) => {}
@@ -1175,10 +1379,15 @@ impl Sim {
                         self.power_off_at = Some(now);
                         return Ok(());
                     }
+                    Err(SpoolError::DiskFull { .. }) => {
+                        // Nothing of it applied; tried again next turn.
+                        self.totals.journal_full += 1;
+                        g.unjournaled = events;
+                    }
                     Err(e) => return Err(format!("group journal: {e}")),
                 }
             }
-            if g.store.state().floor != g.group.floor() {
+            if g.unjournaled.is_empty() && g.store.state().floor != g.group.floor() {
                 return Err(format!(
                     "group {gi}: journal floor {}, machine floor {}",
                     g.store.state().floor,
@@ -1192,7 +1401,9 @@ impl Sim {
 
     fn groups_drained(&self) -> bool {
         let end = self.at.len() as u64;
-        self.groups.iter().all(|g| g.group.floor() == end)
+        self.groups
+            .iter()
+            .all(|g| g.group.floor() == end && g.unjournaled.is_empty())
     }
 
     // ------------------------------------------------------------ the run
@@ -1249,6 +1460,10 @@ impl Sim {
         if self.power_off_at.is_none() && self.up_at.is_none() {
             ts.extend(self.crash_times.last().copied());
         }
+        match self.full_until {
+            Some(t) => ts.push(t),
+            None => ts.extend(self.disk_fills.last().map(|f| f.0)),
+        }
         ts.extend(self.power_off_at);
         ts.extend(self.up_at);
         ts.into_iter().min()
@@ -1259,7 +1474,8 @@ impl Sim {
         let now = self.now;
         let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
         format!(
-            "net {} senders {:?} endpoint {} commit {} timers {} groups {:?} crash {} off {} up {}",
+            "net {} senders {:?} endpoint {} commit {} timers {} groups {:?} crash {} off {} up {} \
+             full {} space {}",
             due(self.net.next_arrival()),
             self.producers
                 .iter()
@@ -1275,6 +1491,8 @@ impl Sim {
             due(self.crash_times.last().copied()),
             due(self.power_off_at),
             due(self.up_at),
+            due(self.disk_fills.last().map(|f| f.0)),
+            due(self.full_until),
         )
     }
 
@@ -1285,7 +1503,7 @@ impl Sim {
             "producers (id, messages) {:?}; groups {}; log segment {} B, batch {} B; \
              fsync {}..{} µs, I/O error rate {:.3}; credit {:?}; \
              network to daemon {:?}, to producers {:?}; partitions (ms) {:?}; \
-             power cuts at (ms) {:?}",
+             power cuts at (ms) {:?}; disk full at (ms, for ms) {:?}, free-space floor {} B",
             self.producers
                 .iter()
                 .map(|p| (p.id, p.total))
@@ -1305,6 +1523,12 @@ impl Sim {
                 .map(|w| w.iter().map(|(a, b)| (ms(a), ms(b))).collect::<Vec<_>>())
                 .collect::<Vec<_>>(),
             self.crash_times.iter().rev().map(ms).collect::<Vec<_>>(),
+            self.disk_fills
+                .iter()
+                .rev()
+                .map(|(t, d)| (ms(t), d.as_millis()))
+                .collect::<Vec<_>>(),
+            self.min_free,
         )
     }
 
@@ -1349,7 +1573,31 @@ impl Sim {
             }
             if self.up_at.is_some_and(|t| t <= self.now) {
                 self.up_at = None;
-                self.start()?;
+                if !self.start()? {
+                    self.totals.starts_full += 1;
+                    self.trace(format_args!("start failed: the disk is full"));
+                    self.up_at =
+                        Some(self.now + Duration::from_millis(self.rng.random_range(50..500)));
+                }
+            }
+            // The disk fills up (to a little above what it holds now) and,
+            // a while later, has space again.
+            if self.full_until.is_none() && self.disk_fills.last().is_some_and(|f| f.0 <= self.now)
+            {
+                let (_, lasts) = self.disk_fills.pop().expect("checked");
+                let used = self.fs.used();
+                let headroom = self.rng.random_range(0..20_000);
+                self.fs.set_capacity(Some(used + headroom));
+                self.full_until = Some(self.now + lasts);
+                self.totals.disk_fills += 1;
+                self.trace(format_args!(
+                    "disk full: {headroom} bytes left for {lasts:?}"
+                ));
+            }
+            if self.full_until.is_some_and(|t| t <= self.now) {
+                self.full_until = None;
+                self.fs.set_capacity(None);
+                self.trace(format_args!("disk space is back"));
             }
             while let Some((to, d)) = self.net.pop(self.now) {
                 match to {
@@ -1376,9 +1624,16 @@ impl Sim {
                 .producers
                 .iter()
                 .all(|p| p.acked == p.total && p.sender.is_drained());
-            let draining = producers_done && self.crash_times.is_empty() && self.up_at.is_none();
+            let draining = producers_done
+                && self.crash_times.is_empty()
+                && self.up_at.is_none()
+                && self.disk_fills.is_empty()
+                && self.full_until.is_none();
             self.groups_act(draining)?;
             self.transmit()?;
+            if let Some(e) = self.grant_grew.take() {
+                return Err(e);
+            }
             if draining && self.power_off_at.is_none() && self.groups_drained() {
                 break;
             }
@@ -1458,6 +1713,13 @@ fn the_whole_path_keeps_its_promises_under_any_seed() {
         total.dead_lettered += t.dead_lettered;
         total.credit_stalls += t.credit_stalls;
         total.unacked_at_crash += t.unacked_at_crash;
+        total.disk_fills += t.disk_fills;
+        total.holds += t.holds;
+        total.hold_retries += t.hold_retries;
+        total.enospc += t.enospc;
+        total.journal_full += t.journal_full;
+        total.starts_full += t.starts_full;
+        total.acks_while_held += t.acks_while_held;
         total.sim_ms += t.sim_ms;
     }) else {
         return;
@@ -1467,4 +1729,6 @@ fn the_whole_path_keeps_its_promises_under_any_seed() {
     assert!(total.crashes > 0 && total.reconnects > 0 && total.datagrams_dropped > 0);
     assert!(total.timeouts > 0 && total.io_errors > 0 && total.dead_lettered > 0);
     assert!(total.duplicates_stored_once > 0 && total.deliveries >= total.messages);
+    assert!(total.disk_fills > 0 && total.holds > 0 && total.hold_retries > 0);
+    assert!(total.enospc > 0);
 }

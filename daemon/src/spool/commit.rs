@@ -19,18 +19,33 @@
 //!    back [`Answers`]: each waiter with its own outcomes, in order, or a
 //!    copy of the error for every waiter of the batch.
 //!
+//! **The disk-full hold.** A full disk stops acks; it never fails or drops
+//! an append. When the append failed with [`SpoolError::DiskFull`]
+//! (ENOSPC: the log cut itself back to its durable end), or the caller
+//! found the free space below its floor and did not append (it finishes
+//! with `DiskFull { free, floor }`), `finish` answers nobody: the batch is
+//! *held* ([`holding`](Committer::holding) says so, for the gauge that
+//! turns producers' credit to zero) and [`Timer::Retry`] is armed
+//! ([`HOLD_RETRY`]). When it fires, [`take_batch`](Committer::take_batch)
+//! gives the same batch again, whole, before anything gathered since;
+//! the caller checks the floor and appends it. The hold ends with the
+//! first `finish` of another result, which answers the batch's waiters as
+//! any other. Meanwhile requests may still be pushed (they are the next
+//! batch), and no other timer fires: the fdatasync, checkpoint and
+//! housekeeping wait until the hold ends, as the writer thread always did
+//! (it did nothing else while it held a batch).
+//!
 //! It also owns the writer's timers, one table of deadlines:
 //! [`poll_timeout`](Committer::poll_timeout) says when the next is due and
 //! [`handle_timeout`](Committer::handle_timeout) which one is due now
-//! ([`Timer`]): an fdatasync (`fsync = "interval"`, once written data is
-//! unsynced), the checkpoint (at most every [`CHECKPOINT_EVERY`] once the
-//! durable end may have moved), housekeeping (retention, every
-//! [`HOUSEKEEPING_EVERY`] when configured). With nothing due, there is no
-//! deadline: an idle writer sleeps.
+//! ([`Timer`]): the retry of a held batch, an fdatasync (`fsync =
+//! "interval"`, once written data is unsynced), the checkpoint (at most
+//! every [`CHECKPOINT_EVERY`] once the durable end may have moved),
+//! housekeeping (retention, every [`HOUSEKEEPING_EVERY`] when configured).
+//! With nothing due, there is no deadline: an idle writer sleeps.
 //!
-//! What is left to the caller: the I/O itself, answering waiters,
-//! metrics and logs, and holding a batch while the disk is full (the
-//! batch stays out and is appended again; see `writer.rs`).
+//! What is left to the caller: the I/O itself (the free-space check
+//! included), answering waiters, metrics and logs.
 
 use std::mem;
 use std::time::{Duration, Instant};
@@ -60,6 +75,10 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// How often housekeeping (retention) runs, when there is any to do.
 pub const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);
 
+/// How long a held batch waits before it is appended again, while the
+/// disk is full or below the free-space floor.
+pub const HOLD_RETRY: Duration = Duration::from_millis(100);
+
 /// A committer's settings.
 #[derive(Debug, Clone)]
 pub struct CommitConfig {
@@ -71,6 +90,8 @@ pub struct CommitConfig {
     pub checkpoint_every: Duration,
     /// Housekeeping's period; `None`: no housekeeping timer.
     pub housekeeping_every: Option<Duration>,
+    /// How long a held batch waits before its retry ([`HOLD_RETRY`]).
+    pub hold_retry: Duration,
 }
 
 impl CommitConfig {
@@ -82,6 +103,7 @@ impl CommitConfig {
             fsync,
             checkpoint_every: CHECKPOINT_EVERY,
             housekeeping_every: housekeeping.then_some(HOUSEKEEPING_EVERY),
+            hold_retry: HOLD_RETRY,
         }
     }
 }
@@ -89,6 +111,10 @@ impl CommitConfig {
 /// What is due, from [`Committer::handle_timeout`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timer {
+    /// Append the held batch again ([`Committer::take_batch`] gives it):
+    /// the disk was full or below the floor. The only timer that fires
+    /// while a batch is held.
+    Retry,
     /// fdatasync what was written (`fsync = "interval"`).
     Sync,
     /// Retention and the like.
@@ -101,7 +127,14 @@ pub enum Timer {
 impl Timer {
     /// The order in which timers due at once fire: an fdatasync first, so
     /// that a checkpoint due at the same time covers what it made durable.
-    const ORDER: [Timer; 3] = [Timer::Sync, Timer::Housekeeping, Timer::Checkpoint];
+    /// (A retry is armed only while a batch is held, when nothing else
+    /// fires.)
+    const ORDER: [Timer; 4] = [
+        Timer::Retry,
+        Timer::Sync,
+        Timer::Housekeeping,
+        Timer::Checkpoint,
+    ];
 }
 
 /// A batch to append: the records of one or more requests, in the order
@@ -143,7 +176,7 @@ impl<W> Batch<W> {
 const KEEP_SPARE: usize = 1024;
 
 /// The group commit's state: the batch being gathered, whether one is
-/// out, and the timers. See the module's documentation.
+/// out or held, and the timers. See the module's documentation.
 #[derive(Debug)]
 pub struct Committer<W> {
     config: CommitConfig,
@@ -153,8 +186,14 @@ pub struct Committer<W> {
     gathered_bytes: usize,
     /// A batch was taken and not finished.
     out: bool,
+    /// The batch held while the disk is full, between a `DiskFull`
+    /// finish and its retry (then it is out again).
+    held: Option<Batch<W>>,
+    /// The hold is on: from a `DiskFull` finish to the next finish of
+    /// another result.
+    holding: bool,
     /// Deadlines, by `Timer as usize`; `None`: not armed.
-    timers: [Option<Instant>; 3],
+    timers: [Option<Instant>; 4],
     last_sync: Instant,
     last_checkpoint: Instant,
 }
@@ -163,7 +202,7 @@ impl<W> Committer<W> {
     /// A committer started at `now`: nothing unsynced, the checkpoint just
     /// written (a log writes it when it opens), housekeeping due at once.
     pub fn new(config: CommitConfig, now: Instant) -> Self {
-        let mut timers = [None; 3];
+        let mut timers = [None; 4];
         timers[Timer::Housekeeping as usize] = config.housekeeping_every.map(|_| now);
         Committer {
             config,
@@ -171,6 +210,8 @@ impl<W> Committer<W> {
             gathered_records: 0,
             gathered_bytes: 0,
             out: false,
+            held: None,
+            holding: false,
             timers,
             last_sync: now,
             last_checkpoint: now,
@@ -207,11 +248,30 @@ impl<W> Committer<W> {
         self.out
     }
 
-    /// The gathered requests as one batch to append, unless a batch is
-    /// out or nothing was gathered. Records are moved, not copied: the
+    /// Whether a batch is held because the disk is full (or below the
+    /// free-space floor): from the `DiskFull` finish until a retry of it
+    /// finishes otherwise. Nobody is answered meanwhile; producers should
+    /// get no credit (`Health::disk_full`).
+    pub fn holding(&self) -> bool {
+        self.holding
+    }
+
+    /// The batch to append next, unless a batch is out: the held batch,
+    /// once its [`Timer::Retry`] fired (none before); else the gathered
+    /// requests as one batch, if any. Records are moved, not copied: the
     /// first request's vector becomes the batch's.
     pub fn take_batch(&mut self) -> Option<Batch<W>> {
-        if self.out || self.requests.is_empty() {
+        if self.out {
+            return None;
+        }
+        if self.held.is_some() {
+            if self.timers[Timer::Retry as usize].is_some() {
+                return None;
+            }
+            self.out = true;
+            return self.held.take();
+        }
+        if self.requests.is_empty() {
             return None;
         }
         let total = mem::take(&mut self.gathered_records);
@@ -248,12 +308,19 @@ impl<W> Committer<W> {
         })
     }
 
-    /// The append of `batch` returned `result`: gives back each waiter's
-    /// answer, in the order the requests came. `Ok` holds one outcome per
-    /// record of the batch, in order; each waiter gets its own. An error
-    /// answers every waiter of the batch. Arms the interval fdatasync (data
-    /// was written unsynced) and the checkpoint (the durable end may have
-    /// moved, whatever the result: a commit before a roll stays).
+    /// The append of `batch` returned `result` at `now`: gives back each
+    /// waiter's answer, in the order the requests came. `Ok` holds one
+    /// outcome per record of the batch, in order; each waiter gets its
+    /// own. An error answers every waiter of the batch. Arms the interval
+    /// fdatasync (data was written unsynced) and the checkpoint (the
+    /// durable end may have moved, whatever the result: a commit before a
+    /// roll stays).
+    ///
+    /// Except [`SpoolError::DiskFull`] (ENOSPC, or the caller found the
+    /// disk below its free-space floor and did not append): that answers
+    /// nobody. The batch is held, [`Timer::Retry`] armed for `now` +
+    /// [`HOLD_RETRY`], and `take_batch` gives it again when it fired; see
+    /// the module's documentation.
     ///
     /// Every answer should be taken: waiters left in a dropped [`Answers`]
     /// are dropped unanswered.
@@ -261,8 +328,23 @@ impl<W> Committer<W> {
         &mut self,
         batch: Batch<W>,
         result: Result<Vec<Outcome>, SpoolError>,
+        now: Instant,
     ) -> Answers<W> {
         debug_assert!(self.out, "finish: no batch is out");
+        self.out = false;
+        if let Err(SpoolError::DiskFull { .. }) = result {
+            // Held whole, in its place: nothing gathered since goes first,
+            // nobody is answered, nothing is dropped.
+            self.holding = true;
+            self.held = Some(batch);
+            self.timers[Timer::Retry as usize] = Some(now + self.config.hold_retry);
+            return Answers {
+                waiters: Vec::new().into_iter(),
+                result,
+                at: 0,
+            };
+        }
+        self.holding = false;
         if let Ok(outcomes) = &result {
             assert_eq!(
                 outcomes.len(),
@@ -270,7 +352,6 @@ impl<W> Committer<W> {
                 "append: one outcome per record"
             );
         }
-        self.out = false;
         if matches!(self.config.fsync, FsyncPolicy::Interval(_)) {
             self.arm(Timer::Sync);
         }
@@ -293,20 +374,29 @@ impl<W> Committer<W> {
         self.arm(Timer::Checkpoint);
     }
 
-    /// When the next timer is due; `None`: none is armed.
+    /// When the next timer is due; `None`: none is armed. While a batch
+    /// is held, only its retry counts.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.holding {
+            return self.timers[Timer::Retry as usize];
+        }
         self.timers.iter().flatten().min().copied()
     }
 
     /// The next timer due at `now`, if any; call until `None`. Timers due
-    /// at once come in [`Timer`]'s order (sync, housekeeping, checkpoint).
-    /// A fired timer is disarmed or, for housekeeping, set a period on.
+    /// at once come in [`Timer`]'s order (sync, housekeeping, checkpoint);
+    /// while a batch is held, only its retry fires (the others stay armed
+    /// for after the hold). A fired timer is disarmed or, for
+    /// housekeeping, set a period on.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Timer> {
-        let t = Timer::ORDER
-            .into_iter()
-            .find(|&t| self.timers[t as usize].is_some_and(|d| d <= now))?;
+        let t = Timer::ORDER.into_iter().find(|&t| {
+            (!self.holding || t == Timer::Retry)
+                && self.timers[t as usize].is_some_and(|d| d <= now)
+        })?;
         self.timers[t as usize] = None;
         match t {
+            // The held batch may be taken again.
+            Timer::Retry => {}
             Timer::Sync => {
                 self.last_sync = now;
                 // What the fdatasync makes durable, the checkpoint follows.
@@ -326,7 +416,8 @@ impl<W> Committer<W> {
 
     /// Arms the fdatasync (an interval after the last one) or the
     /// checkpoint (a period after the last one), unless it is armed: due
-    /// at once if that time is past. Housekeeping is always armed.
+    /// at once if that time is past. Housekeeping is always armed; the
+    /// retry is armed by `finish`.
     fn arm(&mut self, t: Timer) {
         let at = match t {
             Timer::Sync => match self.config.fsync {
@@ -334,7 +425,7 @@ impl<W> Committer<W> {
                 FsyncPolicy::Always | FsyncPolicy::Never => return,
             },
             Timer::Checkpoint => self.last_checkpoint + self.config.checkpoint_every,
-            Timer::Housekeeping => return,
+            Timer::Housekeeping | Timer::Retry => return,
         };
         self.timers[t as usize].get_or_insert(at);
     }
@@ -494,7 +585,9 @@ mod tests {
             let ws: Vec<(u32, usize)> = b.waiters().map(|(w, n)| (*w, n)).collect();
             let n = b.records().len();
             batches.push((ws, n, b.bytes()));
-            let _ = c.finish(b, Ok(vec![Outcome::Duplicate; n])).count();
+            let _ = c
+                .finish(b, Ok(vec![Outcome::Duplicate; n]), Instant::now())
+                .count();
         }
         batches
     }
@@ -537,7 +630,7 @@ mod tests {
         let b = c.take_batch().expect("gathered");
         assert_eq!(b.records().len(), 3);
         assert_eq!(b.waiters().count(), 1);
-        let _ = c.finish(b, Ok(stored(0, 3))).count();
+        let _ = c.finish(b, Ok(stored(0, 3)), t0).count();
         // After a small request there is room: the large one joins it (the
         // bound is checked before taking, as the writer always did).
         c.push(records(2, 1, 1, 10), 2);
@@ -569,7 +662,7 @@ mod tests {
             Outcome::Stored { offset: 13 },
         ];
         let answers: Vec<(&str, Vec<Outcome>)> = c
-            .finish(b, Ok(outcomes))
+            .finish(b, Ok(outcomes), t0)
             .map(|(w, r)| (w, r.expect("ok")))
             .collect();
         assert_eq!(
@@ -596,7 +689,7 @@ mod tests {
         let b = c.take_batch().expect("gathered");
         let all = stored(20, 2);
         let ptr = all.as_ptr();
-        let (w, r) = c.finish(b, Ok(all)).next().expect("one answer");
+        let (w, r) = c.finish(b, Ok(all), t0).next().expect("one answer");
         let r = r.expect("ok");
         assert_eq!((w, r.as_ptr()), ("d", ptr));
     }
@@ -612,14 +705,14 @@ mod tests {
         let b = c.take_batch().expect("gathered");
         c.push(records(1, 2, 1, 10), 4);
         let answers: Vec<(u32, String)> = c
-            .finish(b, Err(io_error()))
+            .finish(b, Err(io_error()), t0)
             .map(|(w, r)| (w, r.expect_err("failed").to_string()))
             .collect();
         let e = io_error().to_string();
         assert_eq!(answers, vec![(1, e.clone()), (2, e.clone()), (3, e)]);
         // The request gathered meanwhile is the next batch, and succeeds.
         let b = c.take_batch().expect("gathered");
-        let answers: Vec<_> = c.finish(b, Ok(stored(0, 1))).collect();
+        let answers: Vec<_> = c.finish(b, Ok(stored(0, 1)), t0).collect();
         assert_eq!(answers.len(), 1);
         assert_eq!(answers[0].0, 4);
         assert_eq!(answers[0].1.as_ref().ok(), Some(&stored(0, 1)));
@@ -641,7 +734,7 @@ mod tests {
         c.push(records(1, 3, 1, 5), 3);
         assert!(c.take_batch().is_none(), "one batch out at a time");
         assert_eq!(c.gathered(), 1);
-        let _ = c.finish(b, Ok(stored(0, 4))).count();
+        let _ = c.finish(b, Ok(stored(0, 4)), t0).count();
         assert!(!c.writing());
         let b = c.take_batch().expect("the next");
         assert_eq!(b.waiters().map(|(w, _)| *w).collect::<Vec<_>>(), [3]);
@@ -654,7 +747,7 @@ mod tests {
         let mut c = Committer::new(config(1 << 20, FsyncPolicy::Always, false), t0);
         c.push(records(1, 1, 3, 5), 1u32);
         let b = c.take_batch().expect("gathered");
-        let _ = c.finish(b, Ok(stored(0, 2))).count();
+        let _ = c.finish(b, Ok(stored(0, 2)), t0).count();
     }
 
     /// Runs one batch of one record through `c`.
@@ -662,7 +755,7 @@ mod tests {
         c.push(records(1, 1, 1, 5), 1);
         let b = c.take_batch().expect("gathered");
         let sync = b.sync();
-        let _ = c.finish(b, Ok(stored(0, 1))).count();
+        let _ = c.finish(b, Ok(stored(0, 1)), Instant::now()).count();
         sync
     }
 
@@ -773,5 +866,166 @@ mod tests {
         assert_eq!(c.handle_timeout(t), Some(Timer::Housekeeping));
         assert_eq!(c.handle_timeout(t), Some(Timer::Checkpoint));
         assert_eq!(c.handle_timeout(t), None);
+    }
+
+    fn disk_full() -> SpoolError {
+        SpoolError::DiskFull { free: 0, floor: 0 }
+    }
+
+    /// Who a batch answers, in order.
+    fn waiters_of(b: &Batch<u32>) -> Vec<u32> {
+        b.waiters().map(|(w, _)| *w).collect()
+    }
+
+    #[test]
+    fn a_full_disk_answers_nobody_and_holds_the_batch_for_a_retry() {
+        let t0 = Instant::now();
+        let mut c = Committer::new(config(1 << 20, FsyncPolicy::Always, false), t0);
+        c.push(records(1, 1, 2, 5), 1u32);
+        c.push(records(2, 1, 1, 5), 2);
+        let b = c.take_batch().expect("gathered");
+        let ptr = b.records().as_ptr();
+        assert!(!c.holding());
+        let t1 = t0 + 10 * MS;
+        let answers = c.finish(b, Err(disk_full()), t1);
+        assert!(
+            matches!(answers.result(), Err(SpoolError::DiskFull { .. })),
+            "the result as a whole is still told"
+        );
+        assert_eq!(answers.count(), 0, "nobody is answered while held");
+        assert!(c.holding());
+        assert!(!c.writing(), "held is not out");
+        // Meanwhile requests queue behind it; nothing is taken before
+        // the retry, neither the held batch nor what came after.
+        c.push(records(1, 3, 1, 5), 3);
+        assert!(c.take_batch().is_none(), "the retry is not due");
+        assert_eq!(c.poll_timeout(), Some(t1 + HOLD_RETRY));
+        assert_eq!(c.handle_timeout(t1 + HOLD_RETRY - MS), None);
+        assert_eq!(c.handle_timeout(t1 + HOLD_RETRY), Some(Timer::Retry));
+        assert_eq!(c.handle_timeout(t1 + HOLD_RETRY), None);
+        // The retry gives the same batch, whole: same records (the same
+        // vector, not a copy), same waiters with the same counts.
+        let b = c.take_batch().expect("the held batch");
+        assert_eq!(b.records().as_ptr(), ptr);
+        let seqs: Vec<(u64, u64)> = b.records().iter().map(|r| (r.producer, r.seq)).collect();
+        assert_eq!(seqs, [(1, 1), (1, 2), (2, 1)]);
+        assert_eq!(
+            b.waiters().map(|(w, n)| (*w, n)).collect::<Vec<_>>(),
+            [(1, 2), (2, 1)]
+        );
+        assert!(b.sync());
+        assert!(c.writing());
+        assert!(c.holding(), "the hold lasts until the retry succeeds");
+        assert!(c.take_batch().is_none(), "one batch out at a time");
+        assert_eq!(c.poll_timeout(), None);
+        // It succeeds: each waiter answered once, in order; the hold ends.
+        let t2 = t1 + HOLD_RETRY + 5 * MS;
+        let answers: Vec<(u32, Vec<Outcome>)> = c
+            .finish(b, Ok(stored(0, 3)), t2)
+            .map(|(w, r)| (w, r.expect("ok")))
+            .collect();
+        assert_eq!(answers, vec![(1, stored(0, 2)), (2, stored(2, 1))]);
+        assert!(!c.holding());
+        // Then what was pushed meanwhile.
+        let b = c.take_batch().expect("the request behind it");
+        assert_eq!(waiters_of(&b), [3]);
+        let answers: Vec<_> = c.finish(b, Ok(stored(3, 1)), t2).collect();
+        assert_eq!(answers.len(), 1);
+        assert_eq!(c.poll_timeout(), Some(t0 + CHECKPOINT_EVERY));
+    }
+
+    #[test]
+    fn a_hold_is_retried_every_period_until_space_returns_and_keeps_the_order() {
+        let t0 = Instant::now();
+        let mut c = Committer::new(config(300, FsyncPolicy::Always, false), t0);
+        let mut queue: std::collections::VecDeque<_> = (0..5)
+            .map(|i| (records(1, 1 + 2 * i, 2, 20), i as u32))
+            .collect();
+        gather(&mut c, &mut queue);
+        let mut now = t0;
+        let mut b = c.take_batch().expect("gathered");
+        assert_eq!(waiters_of(&b), [0, 1, 2]);
+        // Full three times (ENOSPC, then below the floor twice): each
+        // time the same batch comes back a period later, never answered.
+        for (i, e) in [
+            disk_full(),
+            SpoolError::DiskFull {
+                free: 10,
+                floor: 100,
+            },
+            disk_full(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert_eq!(c.finish(b, Err(e), now).count(), 0, "retry {i}");
+            // Requests keep queueing behind the held batch.
+            gather(&mut c, &mut queue);
+            assert!(c.holding());
+            assert_eq!(c.poll_timeout(), Some(now + HOLD_RETRY));
+            now += HOLD_RETRY;
+            assert_eq!(c.handle_timeout(now), Some(Timer::Retry));
+            b = c.take_batch().expect("the held batch again");
+            assert_eq!(waiters_of(&b), [0, 1, 2], "retry {i}: the same batch");
+            assert_eq!(b.records().len(), 6);
+        }
+        assert_eq!(c.gathered(), 2, "what came meanwhile waits, in order");
+        let answered: Vec<u32> = c.finish(b, Ok(stored(0, 6)), now).map(|(w, _)| w).collect();
+        assert_eq!(answered, [0, 1, 2], "each answered once");
+        let b = c.take_batch().expect("next");
+        assert_eq!(waiters_of(&b), [3, 4]);
+        let answered: Vec<u32> = c.finish(b, Ok(stored(6, 4)), now).map(|(w, _)| w).collect();
+        assert_eq!(answered, [3, 4]);
+        assert!(!c.holding());
+        assert!(c.take_batch().is_none());
+    }
+
+    #[test]
+    fn a_hold_ended_by_another_error_answers_every_waiter_with_it() {
+        let t0 = Instant::now();
+        let mut c = Committer::new(config(1 << 20, FsyncPolicy::Always, false), t0);
+        c.push(records(1, 1, 1, 5), 1u32);
+        c.push(records(2, 1, 1, 5), 2);
+        let b = c.take_batch().expect("gathered");
+        assert_eq!(c.finish(b, Err(disk_full()), t0).count(), 0);
+        assert_eq!(c.handle_timeout(t0 + HOLD_RETRY), Some(Timer::Retry));
+        let b = c.take_batch().expect("held");
+        let answers: Vec<(u32, bool)> = c
+            .finish(b, Err(io_error()), t0 + HOLD_RETRY)
+            .map(|(w, r)| (w, matches!(r, Err(SpoolError::Io { .. }))))
+            .collect();
+        assert_eq!(answers, [(1, true), (2, true)]);
+        assert!(!c.holding());
+    }
+
+    #[test]
+    fn while_a_batch_is_held_no_other_timer_fires() {
+        let t0 = Instant::now();
+        let d = 30 * MS;
+        let mut c = Committer::new(config(1 << 20, FsyncPolicy::Interval(d), true), t0);
+        assert_eq!(c.handle_timeout(t0), Some(Timer::Housekeeping));
+        // A batch written (sync and checkpoint armed), then one held.
+        one_batch(&mut c);
+        c.push(records(1, 2, 1, 5), 2);
+        let b = c.take_batch().expect("gathered");
+        let t1 = t0 + 5 * MS;
+        assert_eq!(c.finish(b, Err(disk_full()), t1).count(), 0);
+        // The sync (due at t0 + d), housekeeping (t0 + 100 ms) and the
+        // checkpoint (t0 + 200 ms) wait; only the retry is due.
+        assert_eq!(c.poll_timeout(), Some(t1 + HOLD_RETRY));
+        let late = t0 + 10 * CHECKPOINT_EVERY;
+        assert_eq!(c.handle_timeout(late), Some(Timer::Retry));
+        assert_eq!(c.handle_timeout(late), None, "held: nothing else fires");
+        let b = c.take_batch().expect("held");
+        assert_eq!(c.handle_timeout(late), None, "still held while out");
+        assert_eq!(c.finish(b, Err(disk_full()), late).count(), 0);
+        assert_eq!(c.handle_timeout(late + HOLD_RETRY), Some(Timer::Retry));
+        let b = c.take_batch().expect("held");
+        assert_eq!(c.finish(b, Ok(stored(1, 1)), late).count(), 1);
+        // The hold over, the timers kept come due, in their order.
+        assert_eq!(c.handle_timeout(late), Some(Timer::Sync));
+        assert_eq!(c.handle_timeout(late), Some(Timer::Housekeeping));
+        assert_eq!(c.handle_timeout(late), Some(Timer::Checkpoint));
+        assert_eq!(c.handle_timeout(late), None);
     }
 }

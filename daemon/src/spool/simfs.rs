@@ -82,6 +82,12 @@ impl SimFs {
         self.state.lock().unwrap().capacity = bytes;
     }
 
+    /// Bytes all files hold together now (what a capacity counts), without
+    /// counting as an operation.
+    pub fn used(&self) -> u64 {
+        SimFs::used_by(&self.state.lock().unwrap())
+    }
+
     /// Makes every read fail with EIO (true) or work again (false), as a
     /// failing sector or a flaky device does.
     pub fn fail_reads(&self, on: bool) {
@@ -100,7 +106,7 @@ impl SimFs {
         }
     }
 
-    fn used(s: &State) -> u64 {
+    fn used_by(s: &State) -> u64 {
         s.visible
             .iter()
             .filter_map(|p| s.files.get(p))
@@ -237,7 +243,7 @@ impl SpoolFile for SimFile {
             if let Some(cap) = s.capacity {
                 let len = self.state.lock().unwrap().current.len() as u64;
                 let grow = (offset + buf.len() as u64).saturating_sub(len);
-                if SimFs::used(&s) + grow > cap {
+                if SimFs::used_by(&s) + grow > cap {
                     return Err(io::Error::from_raw_os_error(libc::ENOSPC));
                 }
             }
@@ -373,7 +379,7 @@ impl SpoolFs for SimFs {
         self.tick()?;
         let s = self.state.lock().unwrap();
         Ok(s.capacity
-            .map_or(u64::MAX / 2, |c| c.saturating_sub(SimFs::used(&s))))
+            .map_or(u64::MAX / 2, |c| c.saturating_sub(SimFs::used_by(&s))))
     }
 
     fn exists(&self, path: &Path) -> bool {

@@ -4,17 +4,21 @@
 //!
 //! What to do is decided by the sans-IO [`Committer`] (`commit.rs`): which
 //! queued requests make a batch (up to `max_batch_bytes`, in the order they
-//! came), whether it is fdatasynced, each waiter's outcomes, and when the
-//! interval fdatasync, the checkpoint and housekeeping are due. This file
-//! is its I/O shell, the writer thread: it waits on the stream's channel
-//! until a request comes or the committer's next deadline, runs the timers
-//! that are due, takes what is queued while the batch has room (cursor,
-//! skip and recovery requests are done at once, in their place), appends
-//! the batch with one `StreamLog::append`, holds it while the disk is
-//! below the free-space floor or full (retried every 100 ms, never
-//! dropped, nothing taken meanwhile), and answers the waiters (oneshots or
-//! callbacks) after the durable end is published; it keeps the gauges and
-//! logs. When the last handle is gone it closes the log (a clean stop).
+//! came), whether it is fdatasynced, each waiter's outcomes, when the
+//! interval fdatasync, the checkpoint and housekeeping are due, and the
+//! disk-full hold (a batch that met a full disk is held, unanswered, and
+//! given back for a retry every 100 ms). This file is its I/O shell, the
+//! writer thread: it waits on the stream's channel until a request comes
+//! or the committer's next deadline, runs the timers that are due, takes
+//! what is queued while the batch has room (cursor, skip and recovery
+//! requests are done at once, in their place), checks the free space
+//! against `min_free_bytes` and appends the batch with one
+//! `StreamLog::append`, and answers the waiters (oneshots or callbacks)
+//! after the durable end is published; it keeps the gauges (`disk_full`
+//! while the committer holds a batch: producers get no credit) and logs.
+//! While a batch is held it only sleeps until the retry: requests wait in
+//! the channel, as they always did. When the last handle is gone it closes
+//! the log (a clean stop).
 //! The whole-path simulation (`daemon/tests/path_sim.rs`) drives the same
 //! committer on a simulated clock and file system.
 
@@ -631,9 +635,10 @@ pub fn check_name(n: &str) -> Result<(), SpoolError> {
 }
 
 /// The I/O shell around the [`Committer`]: the thread that receives
-/// requests, appends the committer's batches to the log, answers waiters,
-/// runs the timers the committer keeps, and holds a batch while the disk
-/// is full.
+/// requests, appends the committer's batches to the log (or, below the
+/// free-space floor, tells the committer the disk is full without
+/// appending), answers waiters, and runs the timers the committer keeps
+/// (the retry of a held batch among them).
 struct Writer {
     log: StreamLog,
     committer: Committer<Done>,
@@ -643,10 +648,6 @@ struct Writer {
     gauges: Arc<Gauges>,
     durable_end: watch::Sender<u64>,
 }
-
-/// How long a batch waits before it is tried again while the disk is
-/// full or below the free-space floor.
-const HOLD_RETRY: Duration = Duration::from_millis(100);
 
 impl Writer {
     fn new(
@@ -673,6 +674,15 @@ impl Writer {
             let now = Instant::now();
             while let Some(timer) = self.committer.handle_timeout(now) {
                 self.on_timer(timer);
+            }
+            if self.committer.holding() {
+                // A batch is held (the disk is full): nothing else is
+                // taken until its retry succeeds; requests wait in the
+                // channel, producers get no credit (the gauge).
+                if let Some(at) = self.committer.poll_timeout() {
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                }
+                continue;
             }
             // Sleeps until a request comes or the next timer is due; with
             // no timer armed, until a request comes.
@@ -735,6 +745,11 @@ impl Writer {
 
     fn on_timer(&mut self, timer: Timer) {
         match timer {
+            Timer::Retry => {
+                if let Some(batch) = self.committer.take_batch() {
+                    self.commit(batch);
+                }
+            }
             Timer::Sync => {
                 if let Err(e) = self.log.sync() {
                     error!(stream = self.log.name(), error = %e, "periodic fdatasync failed");
@@ -753,51 +768,51 @@ impl Writer {
         }
     }
 
-    /// Writes one batch and answers its waiters; holds it (never drops it)
-    /// while the disk is full.
+    /// Writes one batch and answers its waiters, unless the disk is full
+    /// or below the free-space floor: then the committer holds the batch
+    /// (nobody is answered, nothing dropped) and gives it back on its
+    /// retry timer.
     fn commit(&mut self, batch: Batch<Done>) {
-        let result = loop {
-            if self.below_floor() {
-                self.gauges.disk_full.store(true, Ordering::Relaxed);
-                std::thread::sleep(HOLD_RETRY);
-                continue;
-            }
+        let (records, bytes, sync) = (batch.records().len(), batch.bytes(), batch.sync());
+        let mut enospc = false;
+        let result = if let Some(free) = self.free_below_floor() {
+            Err(SpoolError::DiskFull {
+                free,
+                floor: self.min_free_bytes,
+            })
+        } else {
             let started = Instant::now();
             let from = self.log.next_offset();
-            let appended = self.log.append(batch.records(), batch.sync());
-            if let Ok(outcomes) = &appended {
-                debug_assert_contiguous(
-                    from,
-                    outcomes,
-                    batch.records().len(),
-                    self.log.next_offset(),
-                );
-            }
-            match appended {
-                Err(SpoolError::DiskFull { .. }) => {
-                    // ENOSPC: nothing was acked; the log is cut back to its
-                    // last durable end before the retry.
-                    if !self.gauges.disk_full.swap(true, Ordering::Relaxed) {
-                        warn!(
-                            stream = self.log.name(),
-                            "disk full: holding appends until space returns"
-                        );
-                    }
-                    std::thread::sleep(HOLD_RETRY);
-                }
+            let appended = self.log.append(batch.records(), sync);
+            match &appended {
+                // ENOSPC: nothing was acked; the log is cut back to its
+                // last durable end before the retry.
+                Err(SpoolError::DiskFull { .. }) => enospc = true,
                 other => {
-                    if batch.sync() {
+                    if let Ok(outcomes) = other {
+                        debug_assert_contiguous(from, outcomes, records, self.log.next_offset());
+                    }
+                    if sync {
                         let us = started.elapsed().as_micros() as u64;
                         self.gauges.last_sync_us.store(us, Ordering::Relaxed);
                         self.gauges.sync_us.observe(us);
                     }
-                    self.gauges
-                        .batch_records
-                        .observe(batch.records().len() as u64);
-                    break other;
+                    self.gauges.batch_records.observe(records as u64);
                 }
             }
+            appended
         };
+        let answers = self.committer.finish(batch, result, Instant::now());
+        if self.committer.holding() {
+            debug_assert_eq!(answers.size_hint().0, 0, "a held batch answers nobody");
+            if !self.gauges.disk_full.swap(true, Ordering::Relaxed) && enospc {
+                warn!(
+                    stream = self.log.name(),
+                    "disk full: holding appends until space returns"
+                );
+            }
+            return;
+        }
         if self.gauges.disk_full.swap(false, Ordering::Relaxed) {
             warn!(
                 stream = self.log.name(),
@@ -806,28 +821,29 @@ impl Writer {
         }
         self.gauges
             .backlog_records
-            .fetch_sub(batch.records().len() as u64, Ordering::Relaxed);
+            .fetch_sub(records as u64, Ordering::Relaxed);
         self.gauges
             .backlog_bytes
-            .fetch_sub(batch.bytes() as u64, Ordering::Relaxed);
-        match &result {
+            .fetch_sub(bytes as u64, Ordering::Relaxed);
+        match answers.result() {
             Ok(_) => {
                 let _ = self.durable_end.send(self.log.next_offset());
             }
             Err(e) => error!(stream = self.log.name(), error = %e, "append failed"),
         }
-        for (done, answer) in self.committer.finish(batch, result) {
+        for (done, answer) in answers {
             done.send(answer);
         }
     }
 
-    fn below_floor(&self) -> bool {
+    /// The free space, if the floor is set and it is below.
+    fn free_below_floor(&self) -> Option<u64> {
         if self.min_free_bytes == 0 {
-            return false;
+            return None;
         }
         match self.log.fs().available_space(self.log.dir()) {
-            Ok(free) => free < self.min_free_bytes,
-            Err(_) => false,
+            Ok(free) => (free < self.min_free_bytes).then_some(free),
+            Err(_) => None,
         }
     }
 
@@ -917,5 +933,55 @@ mod tests {
         }
         drop(s);
         spool.shutdown();
+    }
+
+    /// The shell's part of the hold: while the disk is full (ENOSPC) or
+    /// below the floor, an append is not answered and the gauge is set;
+    /// what comes after waits behind it; once space returns both are
+    /// stored, in order, and the gauge clears.
+    #[test]
+    fn a_full_disk_holds_appends_unanswered_until_space_returns() {
+        use super::super::commit::HOLD_RETRY;
+        use super::super::simfs::SimFs;
+        use tokio::sync::oneshot::error::TryRecvError;
+        // (floor, headroom): ENOSPC with no floor; the floor before any
+        // write would fail.
+        for (floor, headroom) in [(0, 0), (1000, 500)] {
+            let fs = SimFs::new();
+            let config = SpoolConfig {
+                min_free_bytes: floor,
+                ..SpoolConfig::default()
+            };
+            let spool = Spool::open_with(Arc::new(fs.clone()), Path::new("/d"), config).unwrap();
+            let s = spool.stream("s").unwrap();
+            let o = s.append(1, 1, Bytes::from_static(b"m")).blocking_recv();
+            assert!(matches!(o, Ok(Ok(Outcome::Stored { offset: 0 }))), "{o:?}");
+            fs.set_capacity(Some(fs.used() + headroom));
+            let mut first = s.append(1, 2, Bytes::from(vec![2; 100]));
+            let started = Instant::now();
+            while !s.health().disk_full {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "floor {floor}: no hold"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let mut second = s.append(1, 3, Bytes::from(vec![3; 100]));
+            // Two retries and more: still held, nobody answered.
+            std::thread::sleep(3 * HOLD_RETRY);
+            assert!(s.health().disk_full, "floor {floor}");
+            assert_eq!(first.try_recv().unwrap_err(), TryRecvError::Empty);
+            assert_eq!(second.try_recv().unwrap_err(), TryRecvError::Empty);
+            assert_eq!(s.durable_end(), 1);
+            fs.set_capacity(None);
+            let o = first.blocking_recv();
+            assert!(matches!(o, Ok(Ok(Outcome::Stored { offset: 1 }))), "{o:?}");
+            let o = second.blocking_recv();
+            assert!(matches!(o, Ok(Ok(Outcome::Stored { offset: 2 }))), "{o:?}");
+            assert!(!s.health().disk_full);
+            assert_eq!(s.health().backlog_records, 0);
+            drop(s);
+            spool.shutdown();
+        }
     }
 }
