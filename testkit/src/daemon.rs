@@ -77,6 +77,9 @@ pub struct DaemonSpec {
     pub log_level: String,
     /// More flags, last, e.g. `["--spool-fsync", "never"]`.
     pub args: Vec<String>,
+    /// Where the daemon's stderr (its logs) goes instead of ours, appended
+    /// to: for tests that check what it said.
+    pub log_file: Option<PathBuf>,
 }
 
 impl DaemonSpec {
@@ -92,6 +95,7 @@ impl DaemonSpec {
             admin: free_tcp(),
             log_level: std::env::var("SLUICED_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             args: Vec::new(),
+            log_file: None,
         }
     }
 
@@ -300,10 +304,19 @@ impl DaemonSpec {
     }
 
     fn spawn(&self, cmd: &mut Command, netns: Option<&str>) -> std::io::Result<Daemon> {
+        let stderr = match &self.log_file {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+            None => Stdio::inherit(),
+        };
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .map_err(|e| std::io::Error::other(format!("start {}: {e}", self.bin.display())))?;
         let stdin = child.stdin.take();

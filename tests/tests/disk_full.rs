@@ -16,9 +16,10 @@ use sluice_transport::client::{Producer, ProducerError, ProducerOptions};
 /// spool holds appends as on a full disk), and producer options that give
 /// up waiting for credit after 1 s.
 fn full_disk(dir: &Path) -> (DaemonSpec, Daemon, ProducerOptions) {
-    let full = DaemonSpec::new(sluiced_bin!(), dir)
+    let mut full = DaemonSpec::new(sluiced_bin!(), dir)
         .arg("--spool-min-free-bytes")
         .arg((1u64 << 62).to_string());
+    full.log_file = Some(dir.join("sluiced.log"));
     let d = full.start();
     let options = ProducerOptions {
         credit_timeout: Duration::from_secs(1),
@@ -75,6 +76,12 @@ async fn a_full_disk_holds_acks_times_out_senders_and_resumes_when_space_returns
         }
         other => panic!("health with a full disk: {other:?}"),
     }
+    // And its log says why, once.
+    let log = std::fs::read_to_string(dir.path().join("sluiced.log")).unwrap();
+    let said = log
+        .matches("free space below spool.min_free_bytes: holding appends")
+        .count();
+    assert_eq!(said, 1, "the hold is logged once when it begins:\n{log}");
 
     // Space returns (here: the daemon restarts without the floor). The
     // producer, still running, reconnects and its queued message is stored

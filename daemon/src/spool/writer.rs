@@ -775,7 +775,9 @@ impl Writer {
     fn commit(&mut self, batch: Batch<Done>) {
         let (records, bytes, sync) = (batch.records().len(), batch.bytes(), batch.sync());
         let mut enospc = false;
+        let mut free_at_hold = 0;
         let result = if let Some(free) = self.free_below_floor() {
+            free_at_hold = free;
             Err(SpoolError::DiskFull {
                 free,
                 floor: self.min_free_bytes,
@@ -805,11 +807,23 @@ impl Writer {
         let answers = self.committer.finish(batch, result, Instant::now());
         if self.committer.holding() {
             debug_assert_eq!(answers.size_hint().0, 0, "a held batch answers nobody");
-            if !self.gauges.disk_full.swap(true, Ordering::Relaxed) && enospc {
-                warn!(
-                    stream = self.log.name(),
-                    "disk full: holding appends until space returns"
-                );
+            // Said once, when the hold begins, with what began it: the
+            // file system refused a write, or free space fell below the
+            // configured floor before one was tried.
+            if !self.gauges.disk_full.swap(true, Ordering::Relaxed) {
+                if enospc {
+                    warn!(
+                        stream = self.log.name(),
+                        "disk full: holding appends until space returns"
+                    );
+                } else {
+                    warn!(
+                        stream = self.log.name(),
+                        free = free_at_hold,
+                        floor = self.min_free_bytes,
+                        "free space below spool.min_free_bytes: holding appends until space returns"
+                    );
+                }
             }
             return;
         }
