@@ -3,6 +3,28 @@
 # installs what is missing, and only when it can (as root with apt-get).
 set -euo pipefail
 
+# The Python clients of the HTTP-plane tests (tests/python), in a venv of
+# the project's own: target/pyenv, made again when requirements.txt changes.
+python_venv() {
+    local venv=target/pyenv req=tests/python/requirements.txt
+    if [ -x "$venv/bin/python" ] && cmp -s "$req" "$venv/requirements.txt"; then
+        return 0
+    fi
+    if ! command -v python3 >/dev/null 2>&1; then
+        echo "setup: no python3; the Python client tests will report it" >&2
+        return 0
+    fi
+    echo "setup: making the Python venv $venv" >&2
+    rm -rf "$venv"
+    if python3 -m venv "$venv" && "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"; then
+        cp "$req" "$venv/requirements.txt"
+    else
+        echo "setup: could not make the Python venv; the Python client tests will report it" >&2
+        rm -rf "$venv"
+    fi
+}
+(cd "$(dirname "$0")/.." && python_venv)
+
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ethtool >/dev/null 2>&1 || need+=(ethtool)

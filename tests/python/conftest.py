@@ -1,0 +1,166 @@
+"""A real sluiced for the Python client tests.
+
+The daemon binary comes from $SLUICED_BIN (tests/tests/python_clients.rs
+sets it to the sluiced cargo built for the tests). Each test gets its own
+daemon, spool folder and loopback ports; `kill9()` and `start()` let a test
+crash it and start it again on the same spool.
+
+Three tokens are configured:
+- WRITER publishes to and consumes from every stream,
+- READER only consumes,
+- ADMIN may do everything (admin operations included).
+"""
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import httpx
+import pytest
+
+WRITER = "writer-token-0123456789abcdef0123456789abcdef"
+READER = "reader-token-0123456789abcdef0123456789abcdef"
+ADMIN = "admin-token-0123456789abcdef0123456789abcdef0"
+
+
+def _hash(token):
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def _free_port(kind):
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def auth(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+class Sluiced:
+    def __init__(self, tmp_path, extra_args=()):
+        self.bin = os.environ.get("SLUICED_BIN")
+        if not self.bin:
+            raise RuntimeError("SLUICED_BIN is not set: run these tests through cargo test (tests/tests/python_clients.rs)")
+        self.dir = tmp_path
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        self.spool = tmp_path / "spool"
+        self.config = tmp_path / "sluiced.toml"
+        self.log = tmp_path / "sluiced.log"
+        self.extra_args = list(extra_args)
+        self.admin_port = _free_port(socket.SOCK_STREAM)
+        self.data_port = _free_port(socket.SOCK_DGRAM)
+        self.quic_port = _free_port(socket.SOCK_DGRAM)
+        self.base = f"http://127.0.0.1:{self.admin_port}"
+        self.config.write_text(
+            "".join(
+                f'[[auth.tokens]]\nname = "{name}"\nhash = "{_hash(tok)}"\n{rights}\n'
+                for name, tok, rights in [
+                    ("writer", WRITER, 'publish = ["*"]\nconsume = ["*"]'),
+                    ("reader", READER, 'consume = ["*"]'),
+                    ("admin", ADMIN, 'publish = ["*"]\nconsume = ["*"]\nadmin = true'),
+                ]
+            )
+        )
+        self.proc = None
+
+    def command(self):
+        return [
+            self.bin,
+            "--config",
+            str(self.config),
+            "--spool-dir",
+            str(self.spool),
+            "--data-listen",
+            f"127.0.0.1:{self.data_port}",
+            "--quic-listen",
+            f"127.0.0.1:{self.quic_port}",
+            "--admin-listen",
+            f"127.0.0.1:{self.admin_port}",
+            "--spool-min-free-bytes",
+            "0",
+            "--log-level",
+            os.environ.get("SLUICED_TEST_LOG", "warn"),
+            *self.extra_args,
+        ]
+
+    def start(self, within=30.0):
+        assert self.proc is None, "already running"
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+        logf.close()
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sluiced exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.base + "/health", timeout=1.0).status_code in (200, 503):
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"sluiced did not answer /health within {within} s:\n{self.log.read_text()}")
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
+    def stop(self):
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise
+        finally:
+            self.proc = None
+
+    def client(self, token=WRITER, timeout=20.0):
+        return httpx.Client(base_url=self.base, headers=auth(token), timeout=timeout)
+
+    def records(self, stream, start=0, limit=10_000):
+        """Every durable record of `stream` from `start` (the admin records route)."""
+        r = httpx.get(
+            f"{self.base}/streams/{stream}/records",
+            params={"from": start, "limit": limit},
+            headers=auth(ADMIN),
+            timeout=20.0,
+        )
+        r.raise_for_status()
+        return r.json()["records"]
+
+    def rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+
+@pytest.fixture
+def sluiced(tmp_path):
+    d = Sluiced(tmp_path).start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def make_sluiced(tmp_path):
+    """Starts a daemon with extra flags: make_sluiced("--spool-fsync", "never")."""
+    made = []
+
+    def make(*args):
+        d = Sluiced(tmp_path / f"d{len(made)}", args)
+        made.append(d)
+        return d.start()
+
+    yield make
+    for d in made:
+        d.stop()

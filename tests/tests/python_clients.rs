@@ -1,0 +1,52 @@
+//! The HTTP plane driven by clients not written in Rust: the pytest files
+//! in tests/python (httpx, httpx-sse, websockets), each against real
+//! `sluiced` processes they start, crash and restart themselves
+//! (tests/python/conftest.py). scripts/setup.sh makes their venv in
+//! target/pyenv; without it these tests say why they skip (with `CI=true`
+//! a skip is a failure).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sluice_tests::sluiced_bin;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Runs one pytest file (`-k` narrows it) and fails with its output.
+fn pytest(file: &str) {
+    let root = workspace();
+    let python = root.join("target/pyenv/bin/python");
+    if !python.exists() {
+        let why = format!(
+            "skipped: no Python venv at {} (scripts/setup.sh makes it)",
+            python.display()
+        );
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("{why}");
+        return;
+    }
+    let out = Command::new(&python)
+        .args(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"])
+        .arg(root.join("tests/python").join(file))
+        .env("SLUICED_BIN", sluiced_bin!())
+        .current_dir(root.join("tests/python"))
+        .output()
+        .expect("run pytest");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pytest {file} failed:\n{text}");
+    eprintln!("{text}");
+}
+
+#[test]
+fn http_publish() {
+    pytest("test_publish.py");
+}
