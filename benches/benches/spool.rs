@@ -27,6 +27,7 @@ fn batch(seq: &mut u64, n: usize, size: usize) -> Vec<Record> {
                 seq: *seq,
                 timestamp_us: 0,
                 payload: payload.clone(),
+                key: None,
             }
         })
         .collect()

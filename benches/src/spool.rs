@@ -52,6 +52,7 @@ pub async fn peak(
                                 seq,
                                 timestamp_us: 0,
                                 payload: payload.clone(),
+                                key: None,
                             }
                         })
                         .collect();

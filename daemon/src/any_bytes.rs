@@ -42,6 +42,7 @@ fn stream() -> SimFs {
             seq,
             timestamp_us: seq,
             payload: Bytes::from(vec![seq as u8; 90]),
+            key: None,
         };
         log.append(&[r], true).expect("append");
     }

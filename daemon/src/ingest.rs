@@ -220,6 +220,7 @@ impl Owner for Ingest {
                 seq: m.seq,
                 timestamp_us: ts,
                 payload: m.payload,
+                key: None,
             });
         }
         let Some(last) = records.last().map(|r| r.seq) else {

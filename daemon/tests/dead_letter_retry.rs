@@ -23,6 +23,7 @@ fn rec(seq: u64) -> Record {
         seq,
         timestamp_us: 1_000 * seq,
         payload: Bytes::from(format!("message {seq}")),
+        key: None,
     }
 }
 

@@ -30,6 +30,7 @@ async fn a_large_backlog_is_read_in_slices_and_arrives_whole() {
             seq: seq + 1,
             timestamp_us: seq,
             payload: Bytes::from(vec![seq as u8; SIZE]),
+            key: None,
         })
         .collect();
     let s = spool.stream("big").unwrap();

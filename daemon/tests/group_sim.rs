@@ -45,6 +45,7 @@ fn record(offset: u64) -> (u64, Record) {
             seq: offset + 1,
             timestamp_us: offset,
             payload: Bytes::from(format!("k{}=v{offset}", offset % 5)),
+            key: None,
         },
     )
 }

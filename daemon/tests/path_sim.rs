@@ -875,6 +875,7 @@ impl Sim {
                     seq: m.seq,
                     timestamp_us: ts,
                     payload: m.payload,
+                    key: None,
                 });
             }
             if !records.is_empty() {
@@ -1108,6 +1109,9 @@ impl Sim {
                                 return Err(format!("{key:?} refused but in the log"));
                             }
                             self.totals.refused += 1;
+                        }
+                        Outcome::Repeated { .. } | Outcome::KeyConflict => {
+                            return Err(format!("{key:?}: a key outcome, but no record has a key"));
                         }
                     }
                 }

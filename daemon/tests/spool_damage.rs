@@ -172,6 +172,7 @@ impl Run {
                     seq: *seq,
                     timestamp_us: *seq,
                     payload: payload(p, *seq, len),
+                    key: None,
                 });
                 *seq += 1;
             }

@@ -108,6 +108,7 @@ fn run_seed(seed: u64) -> Result<Totals, String> {
                         seq,
                         timestamp_us: seq,
                         payload: payload(p.id, seq, len),
+                        key: None,
                     });
                 }
             }
@@ -137,6 +138,9 @@ fn run_seed(seed: u64) -> Result<Totals, String> {
                             Outcome::Duplicate => totals.duplicates += 1,
                             Outcome::Refused => {
                                 return Err(format!("seed {seed}: refused with no append failed"))
+                            }
+                            Outcome::Repeated { .. } | Outcome::KeyConflict => {
+                                return Err(format!("seed {seed}: a key outcome without keys"))
                             }
                         }
                     }
@@ -285,6 +289,7 @@ fn interval_seed(seed: u64) -> Result<u64, String> {
                         seq: next_seq,
                         timestamp_us: next_seq,
                         payload: payload(1, next_seq, rng.random_range(0..600)),
+                        key: None,
                     }
                 })
                 .collect();

@@ -691,6 +691,7 @@ fn replay_batch(
                     seq: offset + 1,
                     timestamp_us: now_us(),
                     payload: d.payload,
+                    key: None,
                 });
             }
             Err(_) => b.skipped += 1,
@@ -746,7 +747,11 @@ async fn dlq_replay(
             for o in outcomes {
                 match o {
                     Outcome::Stored { .. } => answer.replayed += 1,
-                    Outcome::Duplicate => answer.duplicates += 1,
+                    // (Replayed records carry no request key: the key
+                    // outcomes do not occur.)
+                    Outcome::Duplicate | Outcome::Repeated { .. } | Outcome::KeyConflict => {
+                        answer.duplicates += 1
+                    }
                     // An earlier replay failed part-way; this one goes on
                     // only from where that one stopped.
                     Outcome::Refused => {

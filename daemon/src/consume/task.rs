@@ -711,6 +711,7 @@ impl GroupTask {
                 seq: *seq,
                 timestamp_us: now_us(),
                 payload: Bytes::from(dead_letter::encode(l)),
+                key: None,
             })
             .collect();
         let appended = dlq.append_batch(records);

@@ -541,6 +541,7 @@ mod tests {
                 seq: seq + i,
                 timestamp_us: 0,
                 payload: Bytes::from(vec![7; len]),
+                key: None,
             })
             .collect()
     }

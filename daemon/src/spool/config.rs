@@ -1,6 +1,7 @@
 //! A stream log's settings: what the writer, recovery, the survey and
 //! the scrub all read, below all of them.
 
+use super::keys::KeyLimits;
 use super::record::{HEADER_LEN, MAX_PAYLOAD};
 use super::segment::{COMMIT_HEADER_LEN, SEGMENT_HEADER_LEN};
 
@@ -36,6 +37,8 @@ pub struct LogConfig {
     /// in the checkpoint, so that the next start knows marks may be ahead
     /// of what a power cut left.
     pub early_acks: bool,
+    /// How many request keys the idempotence table keeps, and how long.
+    pub keys: KeyLimits,
 }
 
 impl Default for LogConfig {
@@ -47,6 +50,7 @@ impl Default for LogConfig {
             index_interval: INDEX_EVERY,
             recovery: Recovery::Recover,
             early_acks: false,
+            keys: KeyLimits::default(),
         }
     }
 }

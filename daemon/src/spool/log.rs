@@ -22,6 +22,7 @@ use super::config::{LogConfig, Recovery};
 use super::error::SpoolError;
 use super::fs::{SpoolFile, SpoolFs};
 use super::index::{segment_name, write_index, IndexEntry, SegmentMeta, SharedSegments};
+use super::keys::{KeyEntry, Keys};
 use super::marks::{self, Cursor};
 use super::record::now_us;
 use super::record::{Record, MAX_PAYLOAD};
@@ -48,6 +49,14 @@ pub enum Outcome {
     /// reconnecting, would take what failed for durable. It resends from
     /// the table's seq + 1, which is stored.
     Refused,
+    /// The first record of a keyed request whose key is in the table with
+    /// the same body hash: not written; the request's records are at
+    /// `first`.. (`count` of them). The request's other records are
+    /// reported [`Outcome::Duplicate`].
+    Repeated { first: u64, count: u32 },
+    /// As `Repeated`, but the key was stored with another body: nothing of
+    /// the request is written (its other records: `Duplicate`).
+    KeyConflict,
 }
 
 /// How far the log is written, or known durable: the end offset and the
@@ -73,6 +82,9 @@ pub struct StreamLog {
     /// log changes it; a new session reads it without queueing behind the
     /// writer (which may be waiting on an fdatasync or a full disk).
     producers: SharedProducers,
+    /// The request keys of the idempotence table (only appends read them:
+    /// they are checked and set in the writer's order).
+    keys: Keys,
     /// Producers an append failed for, with the first seq each failure
     /// left unstored: until it is stored, their later records are
     /// [`Outcome::Refused`].
@@ -214,6 +226,7 @@ impl StreamLog {
             segments = s.segments.len(),
             next_offset = written.end,
             producers = s.producers.len(),
+            keys = s.keys.len(),
             read_bytes = s.bytes_read,
             "log opened"
         );
@@ -228,6 +241,11 @@ impl StreamLog {
             active,
             next_offset: written.end,
             producers: Arc::new(RwLock::new(s.producers)),
+            keys: {
+                let mut keys = s.keys;
+                keys.expire(now_us());
+                keys
+            },
             broken: HashMap::new(),
             since_index,
             dirty: false,
@@ -333,18 +351,56 @@ impl StreamLog {
             return Err(e);
         }
         let mut outcomes = Vec::with_capacity(records.len());
+        // Outcomes that repeat a request of this same batch.
+        let mut repeats_in_batch = Vec::new();
         let mut batch_max: HashMap<u64, u64> = HashMap::new();
         let mut keep = Vec::with_capacity(records.len());
-        if let Some(r) = records
-            .iter()
-            .find(|r| r.payload.len() > self.config.max_record_bytes.min(MAX_PAYLOAD))
-        {
+        if let Some(r) = records.iter().find(|r| {
+            r.payload.len() > self.config.max_record_bytes.min(MAX_PAYLOAD)
+                || r.body_len() > MAX_PAYLOAD
+        }) {
             let len = r.payload.len();
             self.broken_from(records.iter());
             return Err(SpoolError::TooLarge(len));
         }
         let producers = self.producers.read().unwrap();
+        let now = now_us();
+        // Keys of requests earlier in this batch: the index of their
+        // first record's outcome (its offset is known after the write).
+        let mut batch_keys: HashMap<&str, (usize, [u8; 32], u32)> = HashMap::new();
+        // The rest of a repeated or conflicting request: not written.
+        let mut skip = 0;
         for r in records {
+            if skip > 0 {
+                skip -= 1;
+                outcomes.push(Outcome::Duplicate);
+                continue;
+            }
+            if let Some(k) = &r.key {
+                let earlier = batch_keys.get(k.key.as_str()).map(|&(i, hash, count)| {
+                    // Patched to the stored offset below.
+                    let first = i as u64;
+                    (hash, Outcome::Repeated { first, count })
+                });
+                let known = earlier.or_else(|| {
+                    let e = self.keys.get(&k.key, now)?;
+                    let (first, count) = (e.first, e.count);
+                    Some((e.hash, Outcome::Repeated { first, count }))
+                });
+                if let Some((hash, repeated)) = known {
+                    outcomes.push(if hash == k.hash {
+                        repeated
+                    } else {
+                        Outcome::KeyConflict
+                    });
+                    if earlier.is_some() {
+                        repeats_in_batch.push(outcomes.len() - 1);
+                    }
+                    skip = k.count.saturating_sub(1);
+                    continue;
+                }
+                batch_keys.insert(&k.key, (outcomes.len(), k.hash, k.count));
+            }
             let durable = producers.get(&r.producer).copied();
             let pending = batch_max.get(&r.producer).copied();
             // Past the first seq a failure left unstored, only what follows
@@ -391,6 +447,18 @@ impl StreamLog {
                 offset += 1;
             }
         }
+        for i in repeats_in_batch {
+            if let Outcome::Repeated { first, count } = outcomes[i] {
+                // Like the request it repeats: stored there, or refused.
+                outcomes[i] = match outcomes[first as usize] {
+                    Outcome::Stored { offset } => Outcome::Repeated {
+                        first: offset,
+                        count,
+                    },
+                    _ => Outcome::Refused,
+                };
+            }
+        }
         Ok(outcomes)
     }
 
@@ -427,6 +495,22 @@ impl StreamLog {
             }
             pos += size;
             n += 1;
+        }
+        // A keyed request goes whole into one commit: its key is durable
+        // only with all of its records, so that a retry found by the key
+        // never misses some (an empty segment takes it even if it is
+        // larger).
+        let mut j = 0;
+        while j < n {
+            let Some(k) = &records[j].key else {
+                j += 1;
+                continue;
+            };
+            let end = (j + k.count as usize).min(records.len());
+            if end > n {
+                return if j == 0 && empty { end } else { j };
+            }
+            j = end;
         }
         n
     }
@@ -507,6 +591,12 @@ impl StreamLog {
             *e = (*e).max(r.seq);
         }
         drop(producers);
+        for (k, r) in records.iter().enumerate() {
+            if let Some(key) = &r.key {
+                let e = KeyEntry::new(first + k as u64, key, r.producer, r.seq, r.timestamp_us);
+                self.keys.insert(key.key.clone(), e);
+            }
+        }
         self.written = Mark {
             end: self.next_offset,
             segment: base,
@@ -632,7 +722,9 @@ impl StreamLog {
         self.sync()?;
         let sealed = self.shared.read().unwrap().last().expect("active").clone();
         write_index(&*self.fs, &sealed)?;
-        marks::write_snapshot(&*self.fs, &self.dir, base, &self.producers.read().unwrap())?;
+        self.keys.expire(now_us());
+        let producers = self.producers.read().unwrap().clone();
+        marks::write_snapshot(&*self.fs, &self.dir, base, &producers, &self.keys)?;
         let path = self.dir.join(segment_name(base));
         let header = SegmentHeader {
             base,

@@ -25,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod fs;
 pub mod index;
+pub mod keys;
 pub mod lock;
 pub mod log;
 pub mod marks;

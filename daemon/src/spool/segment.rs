@@ -525,6 +525,7 @@ mod tests {
                 seq: first + i as u64,
                 timestamp_us: 5,
                 payload: Bytes::from(vec![i as u8; 30]),
+                key: None,
             }
             .encode(out);
             body_crc = fold_record_crc(body_crc, u32_at(out, at + 4));

@@ -31,7 +31,9 @@ pub use super::config::INDEX_EVERY;
 use super::error::{Damage, SpoolError};
 use super::fs::SpoolFs;
 use super::index::{load_index, parse_segment_name, IndexEntry, SegmentMeta};
+use super::keys::{KeyEntry, Keys};
 use super::marks;
+use super::record::HEADER_LEN;
 use super::segment::{self, CommitHeader, SegmentHeader, SEGMENT_HEADER_LEN};
 
 /// How much to read.
@@ -83,8 +85,10 @@ pub struct Survey {
     /// The valid log, as readers will see it.
     pub segments: Vec<SegmentMeta>,
     pub headers: Vec<SegmentHeader>,
-    /// The idempotence table of the valid log.
+    /// The idempotence table of the valid log: the producers' seqs and
+    /// the request keys.
     pub producers: HashMap<u64, u64>,
+    pub keys: Keys,
     /// The last commit of the last valid segment, if it was read: its
     /// header and the position after it.
     pub last_commit: Option<(CommitHeader, u64)>,
@@ -162,6 +166,7 @@ pub fn survey(
         segments: Vec::new(),
         headers: Vec::new(),
         producers: HashMap::new(),
+        keys: Keys::new(config.keys),
         last_commit: None,
         torn: None,
         unborn: None,
@@ -232,7 +237,7 @@ pub fn survey(
 /// not be scanned. A snapshot that does not check out is damage only when
 /// the segments it summed up are gone (retention): otherwise the table is
 /// rebuilt from them.
-fn usable_snapshot(fs: &dyn SpoolFs, s: &mut Survey) -> Option<(u64, HashMap<u64, u64>)> {
+fn usable_snapshot(fs: &dyn SpoolFs, s: &mut Survey) -> Option<(u64, marks::Table)> {
     let last_base = s.files.last().map_or(0, |(b, _)| *b);
     let first_base = s.files.first().map_or(0, |(b, _)| *b);
     for base in marks::snapshot_bases(fs, &s.dir).into_iter().rev() {
@@ -272,15 +277,18 @@ fn survey_segments(
     s: &mut Survey,
     depth: Depth,
     config: &LogConfig,
-    snapshot: Option<(u64, HashMap<u64, u64>)>,
+    snapshot: Option<(u64, marks::Table)>,
 ) -> Result<(), SpoolError> {
     let snap_base = snapshot.as_ref().map(|(b, _)| *b);
     let cp_segment = match &s.checkpoint {
         Loaded::Found { checkpoint, .. } => Some(checkpoint.segment),
         _ => None,
     };
-    if let Some((_, t)) = snapshot {
+    if let Some((_, (t, keys))) = snapshot {
         s.producers = t;
+        for (k, e) in keys {
+            s.keys.insert(k, e);
+        }
     }
     let last = s.files.len() - 1;
     // Where the next segment must continue from; None after damage (the
@@ -389,11 +397,17 @@ fn survey_segments(
             None => {
                 let data = read_whole(&*f, path, file_len)?;
                 s.bytes_read += file_len;
-                let producers = &mut s.producers;
+                let (producers, keys) = (&mut s.producers, &mut s.keys);
                 let (meta, scan) = scan_segment(&data, *base, path, id, config, |r| {
                     if in_prefix {
                         let e = producers.entry(r.header.producer).or_insert(r.header.seq);
                         *e = (*e).max(r.header.seq);
+                        let body = &data[r.pos as usize + HEADER_LEN..];
+                        if let Some((k, _)) = r.header.key(body) {
+                            let h = &r.header;
+                            let e = KeyEntry::new(r.offset, &k, h.producer, h.seq, h.timestamp_us);
+                            keys.insert(k.key, e);
+                        }
                     }
                 });
                 let whole = scan.stop.is_none();

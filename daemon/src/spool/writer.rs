@@ -232,6 +232,7 @@ impl Stream {
             seq,
             timestamp_us: now_us(),
             payload,
+            key: None,
         };
         self.submit(vec![record], Done::One(done));
         rx

@@ -10,6 +10,7 @@ fn rec(i: u64, payload: &str) -> (u64, Record) {
             seq: i + 1,
             timestamp_us: 1_000 + i,
             payload: Bytes::copy_from_slice(payload.as_bytes()),
+            key: None,
         },
     )
 }
