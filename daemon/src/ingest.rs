@@ -78,6 +78,10 @@ impl IngestShared {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
+
+    pub fn policy(&self) -> &CreditPolicy {
+        &self.policy
+    }
 }
 
 /// One endpoint's owner. It lives in the endpoint's task.

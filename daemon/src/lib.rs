@@ -14,6 +14,7 @@ pub mod launch;
 pub mod log_limit;
 pub mod memory;
 pub mod metrics;
+pub mod publish;
 pub mod quic;
 pub mod server;
 pub mod spool;

@@ -227,6 +227,7 @@ pub async fn run(
         gate: gate.clone(),
         consumers: consumers.clone(),
         http: http.clone(),
+        publisher: crate::publish::Publisher::new(ingest.clone(), &credit),
     });
     // Served within the admin limits (connections, timeouts, pages).
     let admin = api::serve::serve(admin_listener, api::router(state.clone()), http);

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sluice_tests::sluiced_bin;
+use sluice_tests::{sluice_bin, sluiced_bin};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -34,6 +34,7 @@ fn pytest(file: &str) {
         .args(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"])
         .arg(root.join("tests/python").join(file))
         .env("SLUICED_BIN", sluiced_bin!())
+        .env("SLUICE_BIN", sluice_bin!())
         .current_dir(root.join("tests/python"))
         .output()
         .expect("run pytest");

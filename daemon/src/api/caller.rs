@@ -81,12 +81,17 @@ pub struct Consume;
 pub struct Admin;
 /// Taking messages out of a stream and writing them into it (a replay).
 pub struct ConsumeAndPublish;
+/// Writing messages into a stream.
+pub struct Publish;
 
 impl Rights for Consume {
     const ACTIONS: &'static [Action] = &[Action::Consume];
 }
 impl Rights for Admin {
     const ACTIONS: &'static [Action] = &[Action::Admin];
+}
+impl Rights for Publish {
+    const ACTIONS: &'static [Action] = &[Action::Publish];
 }
 impl Rights for ConsumeAndPublish {
     const ACTIONS: &'static [Action] = &[Action::Consume, Action::Publish];

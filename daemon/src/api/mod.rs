@@ -9,6 +9,7 @@
 //! | `GET /streams` | JSON: each stream's name, first and durable end offsets, damage found, recoveries (torn tails cut, repairs, offsets given up), scrub progress |
 //! | `POST /spool/verify?stream=S` | JSON: every durable record, checkpoint, cursor and group state checked now, at full speed (admin principals only) |
 //! | `GET /streams/{name}/records?from=N&limit=M` | JSON: durable records from offset N (payloads in base64), at most `admin.page_bytes` of payload (one record always) |
+//! | `POST /streams/{name}/messages` | publish: the body is the message (or a batch); `200` once durable, with offset, producer, seq, duplicate. Idempotence by `Sluice-Producer-Id` + `Sluice-Seq` or `Idempotency-Key` ([`publish`]) |
 //! | `POST /streams/{name}/groups/{group}/fetch` | JSON: up to `max` messages for the group, long-polling up to `wait_ms` |
 //! | `POST /streams/{name}/groups/{group}/ack` | `{"acked":n}` once the acks are durable |
 //! | `POST /streams/{name}/groups/{group}/nack` | `{"nacked":n}`: delivered again after `delay_ms` |
@@ -33,6 +34,7 @@
 mod caller;
 pub mod consume;
 pub mod error;
+pub mod publish;
 pub mod serve;
 
 use std::net::SocketAddr;
@@ -74,6 +76,8 @@ pub struct AdminState {
     /// The admin port's limits: connections, and the turns and size of
     /// pages.
     pub http: Arc<Http>,
+    /// Where HTTP publishes go: the same ingest as the fast path's.
+    pub publisher: Arc<crate::publish::Publisher>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -84,6 +88,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/streams/{stream}/records", get(records))
         .route("/spool/verify", post(verify))
         .merge(consume::routes())
+        .merge(publish::routes())
         .with_state(state)
 }
 

@@ -13,6 +13,7 @@ use crate::consume::group::GroupConfig;
 use crate::consume::service::{parse_key_rule, parse_start, ConsumersConfig, GroupSettings};
 use crate::consume::store::check_group_name;
 use crate::credit::CreditPolicy;
+use crate::spool::keys::KeyLimits;
 use crate::spool::scrub::ScrubConfig;
 use crate::spool::{FsyncPolicy, LogConfig, Recovery, SpoolConfig};
 use sluice_transport::quic::control::StartAt;
@@ -220,6 +221,13 @@ impl Config {
         };
         min_size("spool.segment_bytes", s.segment_bytes, Size::mib(1))?;
         min_size("spool.max_batch_bytes", s.max_batch_bytes, Size::kib(64))?;
+        at_least(
+            "spool.idempotency_window",
+            s.idempotency_window.get(),
+            Duration::from_secs(1),
+            "1s",
+        )?;
+        not_zero("spool.idempotency_keys", s.idempotency_keys)?;
         let retention_bytes = s.retention_bytes.bytes();
         Ok(SpoolConfig {
             log: LogConfig {
@@ -229,6 +237,10 @@ impl Config {
                     Recovery::Repair
                 } else {
                     Recovery::Recover
+                },
+                keys: KeyLimits {
+                    window_us: s.idempotency_window.get().as_micros() as u64,
+                    max: to_usize("spool.idempotency_keys", s.idempotency_keys)?,
                 },
                 ..LogConfig::default()
             },

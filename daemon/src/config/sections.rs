@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use super::declare::{file_table, section, switch_on};
 use super::values::{Conflate, FsyncMode, LogFormat, OptionalSpan, Size, Span, XdpBind, XdpMode};
+use crate::spool::keys::KeyLimits;
 use crate::spool::LogConfig;
 
 fn loopback(port: u16) -> SocketAddr {
@@ -136,6 +137,10 @@ section! {
         scrub_bytes_per_sec: Size = Size::mib(16),
         /// A scrub pass starts at most this often.
         scrub_interval: Span = Span::secs(24 * 3600),
+        /// How long an HTTP publish's Idempotency-Key is remembered: a retry within it stores nothing.
+        idempotency_window: Span = Span::secs(24 * 3600),
+        /// Most Idempotency-Keys remembered per stream (the oldest go first).
+        idempotency_keys: u64 = KeyLimits::default().max as u64,
     }
 }
 

@@ -42,6 +42,12 @@ pub struct StreamMetrics {
     pub credit: AtomicU64,
     /// Open sessions (gauge).
     pub sessions: AtomicU64,
+    /// Publish requests over HTTP.
+    pub http_requests: AtomicU64,
+    /// Requests answered from the idempotence table's keys (retries).
+    pub key_repeats: AtomicU64,
+    /// Requests refused: their key was used with another body.
+    pub key_conflicts: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +120,24 @@ const STREAM_FIELDS: &[StreamField] = &[
         Kind::Gauge,
         "Open producer sessions.",
         |m| &m.sessions,
+    ),
+    (
+        "sluice_http_publish_requests_total",
+        Kind::Counter,
+        "Publish requests received over HTTP.",
+        |m| &m.http_requests,
+    ),
+    (
+        "sluice_idempotency_key_repeats_total",
+        Kind::Counter,
+        "Publish requests whose Idempotency-Key was known: answered with the original offsets, nothing stored.",
+        |m| &m.key_repeats,
+    ),
+    (
+        "sluice_idempotency_key_conflicts_total",
+        Kind::Counter,
+        "Publish requests refused (422): their Idempotency-Key was used with another body.",
+        |m| &m.key_conflicts,
     ),
 ];
 

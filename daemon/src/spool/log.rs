@@ -51,9 +51,14 @@ pub enum Outcome {
     Refused,
     /// The first record of a keyed request whose key is in the table with
     /// the same body hash: not written; the request's records are at
-    /// `first`.. (`count` of them). The request's other records are
-    /// reported [`Outcome::Duplicate`].
-    Repeated { first: u64, count: u32 },
+    /// `first`.. (`count` of them), the first with `producer` and `seq`.
+    /// The request's other records are reported [`Outcome::Duplicate`].
+    Repeated {
+        first: u64,
+        count: u32,
+        producer: u64,
+        seq: u64,
+    },
     /// As `Repeated`, but the key was stored with another body: nothing of
     /// the request is written (its other records: `Duplicate`).
     KeyConflict,
@@ -378,14 +383,26 @@ impl StreamLog {
             }
             if let Some(k) = &r.key {
                 let earlier = batch_keys.get(k.key.as_str()).map(|&(i, hash, count)| {
-                    // Patched to the stored offset below.
-                    let first = i as u64;
-                    (hash, Outcome::Repeated { first, count })
+                    let r = &records[i];
+                    // `first` is patched to the stored offset below.
+                    let (first, producer, seq) = (i as u64, r.producer, r.seq);
+                    let repeated = Outcome::Repeated {
+                        first,
+                        count,
+                        producer,
+                        seq,
+                    };
+                    (hash, repeated)
                 });
                 let known = earlier.or_else(|| {
                     let e = self.keys.get(&k.key, now)?;
-                    let (first, count) = (e.first, e.count);
-                    Some((e.hash, Outcome::Repeated { first, count }))
+                    let repeated = Outcome::Repeated {
+                        first: e.first,
+                        count: e.count,
+                        producer: e.producer,
+                        seq: e.seq,
+                    };
+                    Some((e.hash, repeated))
                 });
                 if let Some((hash, repeated)) = known {
                     outcomes.push(if hash == k.hash {
@@ -447,16 +464,14 @@ impl StreamLog {
                 offset += 1;
             }
         }
+        let outcomes_before = outcomes.clone();
         for i in repeats_in_batch {
-            if let Outcome::Repeated { first, count } = outcomes[i] {
+            if let Outcome::Repeated { first, .. } = &mut outcomes[i] {
                 // Like the request it repeats: stored there, or refused.
-                outcomes[i] = match outcomes[first as usize] {
-                    Outcome::Stored { offset } => Outcome::Repeated {
-                        first: offset,
-                        count,
-                    },
-                    _ => Outcome::Refused,
-                };
+                match outcomes_before[*first as usize] {
+                    Outcome::Stored { offset } => *first = offset,
+                    _ => outcomes[i] = Outcome::Refused,
+                }
             }
         }
         Ok(outcomes)

@@ -1,0 +1,203 @@
+"""Publishing over HTTP from Python (httpx): idempotency keys, the
+producer-id/seq form beside the fast path, batches, and bad input."""
+
+import base64
+import json
+import os
+import struct
+import subprocess
+import threading
+import time
+
+import httpx
+
+from conftest import ADMIN, READER, WRITER, auth
+
+
+def post(d, stream, body=b"", headers=None, token=WRITER):
+    h = dict(auth(token))
+    h.update(headers or {})
+    return httpx.post(f"{d.base}/streams/{stream}/messages", content=body, headers=h, timeout=30.0)
+
+
+def payloads(d, stream):
+    return [base64.b64decode(r["payload"]) for r in d.records(stream)]
+
+
+def test_the_same_key_three_times_stores_one_record(sluiced):
+    answers = [post(sluiced, "orders", b"order 42", {"Idempotency-Key": "order-42"}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    first, *retries = [a.json() for a in answers]
+    assert first["duplicate"] is False and first["offset"] == 0
+    for r in retries:
+        # The original answer: same offset, producer and seq.
+        assert r == dict(first, duplicate=True)
+    assert "idempotent-replayed" not in answers[0].headers
+    assert answers[1].headers["idempotent-replayed"] == "true"
+    # The same key with another body is refused and stores nothing.
+    other = post(sluiced, "orders", b"order 43", {"Idempotency-Key": "order-42"})
+    assert other.status_code == 422, other.text
+    assert "Idempotency-Key" in other.json()["error"]
+    # Another key is another request.
+    assert post(sluiced, "orders", b"order 43", {"Idempotency-Key": "order-43"}).json()["offset"] == 1
+    assert payloads(sluiced, "orders") == [b"order 42", b"order 43"]
+    # Requests without a key are each stored.
+    post(sluiced, "orders", b"no key")
+    post(sluiced, "orders", b"no key")
+    assert payloads(sluiced, "orders")[2:] == [b"no key", b"no key"]
+
+
+def test_keys_survive_kill_9_between_the_durable_write_and_the_answer(sluiced):
+    """Keyed requests from 16 threads; the daemon is killed (kill -9) while
+    they are in flight, started again, and every request is sent again with
+    its key until answered. Each key's message must be stored exactly once.
+    The cycle repeats until some request was durable but unanswered when
+    the daemon died (the window the key exists for), at most 30 times."""
+    sent = {}  # key -> body
+    answered = {}  # key -> offset
+    lock = threading.Lock()
+    hit_window = 0
+    cycle = 0
+    for cycle in range(30):
+        stop = threading.Event()
+        in_flight = set()
+
+        def worker(w):
+            n = 0
+            with httpx.Client(base_url=sluiced.base, headers=auth(WRITER), timeout=10.0) as c:
+                while not stop.is_set():
+                    key = f"c{cycle}-w{w}-{n}"
+                    body = f"message {key}".encode()
+                    n += 1
+                    with lock:
+                        sent[key] = body
+                        in_flight.add(key)
+                    try:
+                        r = c.post("/streams/crash/messages", content=body, headers={"Idempotency-Key": key})
+                    except httpx.TransportError:
+                        return
+                    if r.status_code != 200:
+                        return
+                    with lock:
+                        answered[key] = r.json()["offset"]
+                        in_flight.discard(key)
+
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(16)]
+        for t in threads:
+            t.start()
+        time.sleep(0.2 + 0.05 * (cycle % 5))
+        sluiced.kill9()
+        stop.set()
+        for t in threads:
+            t.join(20)
+        sluiced.start()
+        stored = {}
+        for b in payloads(sluiced, "crash"):
+            key = b.decode().removeprefix("message ")
+            stored[key] = stored.get(key, 0) + 1
+        # Stored but never answered: durable before the kill, answer lost.
+        hit_window += len([k for k in in_flight if k in stored])
+        # Retry every request not answered, with its key.
+        with httpx.Client(base_url=sluiced.base, headers=auth(WRITER), timeout=20.0) as c:
+            for key in sorted(set(sent) - set(answered)):
+                r = c.post("/streams/crash/messages", content=sent[key], headers={"Idempotency-Key": key})
+                assert r.status_code == 200, r.text
+                if key in stored:
+                    assert r.json()["duplicate"] is True, (key, r.text)
+                answered[key] = r.json()["offset"]
+        if hit_window and cycle >= 2:
+            break
+    records = sluiced.records("crash")
+    by_key = {}
+    for r in records:
+        key = base64.b64decode(r["payload"]).decode().removeprefix("message ")
+        by_key.setdefault(key, []).append(r["offset"])
+    assert set(by_key) == set(sent), "every request sent is stored"
+    dups = {k: v for k, v in by_key.items() if len(v) != 1}
+    assert not dups, f"stored more than once: {dict(list(dups.items())[:5])}"
+    for key, offset in answered.items():
+        assert by_key[key] == [offset], (key, offset, by_key[key])
+    print(f"kills: {cycle + 1}, durable and unanswered: {hit_window}, requests: {len(sent)}")
+    assert hit_window > 0, f"in {cycle + 1} kills no request was durable and unanswered: the window was never tested"
+
+
+def test_producer_seqs_are_the_fast_paths_idempotence(sluiced):
+    sluice = os.environ.get("SLUICE_BIN")
+    assert sluice, "SLUICE_BIN is not set: run through cargo test (tests/tests/python_clients.rs)"
+    h = lambda seq: {"Sluice-Producer-Id": "4242", "Sluice-Seq": str(seq)}
+    for seq in (1, 2, 3):
+        r = post(sluiced, "mixed", f"http {seq}".encode(), h(seq))
+        assert r.status_code == 200 and r.json()["seq"] == seq and not r.json()["duplicate"], r.text
+    # A resend of seq 2 over HTTP: a duplicate, stored nothing.
+    r = post(sluiced, "mixed", b"http 2", h(2))
+    assert r.json()["duplicate"] is True and r.json()["offset"] is None, r.text
+    # The same producer id over QUIC continues from the durable seq (4, 5).
+    out = subprocess.run(
+        [sluice, "publish", "--stream", "mixed", "--transport", "quic", "--producer", "4242",
+         "--to", f"127.0.0.1:{sluiced.quic_port}", "--token", WRITER,
+         "--server-cert", str(sluiced.spool / "tls" / "server.crt")],
+        input=b"quic 4\nquic 5\n", capture_output=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr.decode()
+    # HTTP seq 5 was stored by the fast path: a duplicate; 6 is new.
+    assert post(sluiced, "mixed", b"http 5", h(5)).json()["duplicate"] is True
+    r = post(sluiced, "mixed", b"http 6", h(6)).json()
+    assert r["duplicate"] is False and r["offset"] == 5
+    recs = sluiced.records("mixed")
+    assert [(r["producer"], r["seq"]) for r in recs] == [(4242, s) for s in range(1, 7)]
+    assert [base64.b64decode(r["payload"]) for r in recs] == [
+        b"http 1", b"http 2", b"http 3", b"quic 4", b"quic 5", b"http 6"]
+
+
+def test_batches_are_stored_together_in_order(sluiced):
+    lines = "\n".join([json.dumps({"data": "one"}), json.dumps({"base64": base64.b64encode(b"\x00\xfftwo").decode()}), ""])
+    r = post(sluiced, "batch", lines.encode(), {"Content-Type": "application/x-ndjson", "Idempotency-Key": "b1"})
+    assert r.status_code == 200, r.text
+    a = r.json()
+    assert [m["offset"] for m in a["messages"]] == [0, 1] and a["duplicate"] is False
+    again = post(sluiced, "batch", lines.encode(), {"Content-Type": "application/x-ndjson", "Idempotency-Key": "b1"}).json()
+    assert again["messages"] == [dict(m, duplicate=True) for m in a["messages"]] and again["duplicate"] is True
+    frames = b"".join(struct.pack(">I", len(p)) + p for p in [b"three", b"", b"five"])
+    r = post(sluiced, "batch", frames, {"Content-Type": "application/vnd.sluice.frames"})
+    assert [m["offset"] for m in r.json()["messages"]] == [2, 3, 4], r.text
+    assert payloads(sluiced, "batch") == [b"one", b"\x00\xfftwo", b"three", b"", b"five"]
+
+
+def test_bad_input_gets_a_clear_4xx_and_stores_nothing(make_sluiced):
+    d = make_sluiced("--streams-auto-create", "false", "--streams", "s")
+    ok = post(d, "s", b"first")
+    assert ok.status_code == 200, ok.text
+    cases = [
+        ("no token", dict(token="", body=b"x"), 401),
+        ("a reader may not publish", dict(token=READER, body=b"x"), 403),
+        ("producer id without seq", dict(headers={"Sluice-Producer-Id": "7"}), 400),
+        ("seq without producer id", dict(headers={"Sluice-Seq": "7"}), 400),
+        ("garbage seq", dict(headers={"Sluice-Producer-Id": "7", "Sluice-Seq": "seven"}), 400),
+        ("negative producer id", dict(headers={"Sluice-Producer-Id": "-1", "Sluice-Seq": "1"}), 400),
+        ("seq 0", dict(headers={"Sluice-Producer-Id": "7", "Sluice-Seq": "0"}), 400),
+        ("key and producer", dict(headers={"Idempotency-Key": "k", "Sluice-Producer-Id": "7", "Sluice-Seq": "1"}), 400),
+        ("key too long", dict(headers={"Idempotency-Key": "k" * 256}), 400),
+        ("key with a space", dict(headers={"Idempotency-Key": "a b"}), 400),
+        ("a form", dict(headers={"Content-Type": "application/x-www-form-urlencoded"}, body=b"a=b"), 415),
+        ("multipart", dict(headers={"Content-Type": "multipart/form-data; boundary=x"}, body=b"--x--"), 415),
+        ("ndjson not json", dict(headers={"Content-Type": "application/x-ndjson"}, body=b"{nope\n"), 400),
+        ("ndjson bad base64", dict(headers={"Content-Type": "application/x-ndjson"}, body=b'{"base64":"!!"}\n'), 400),
+        ("ndjson both fields", dict(headers={"Content-Type": "application/x-ndjson"}, body=b'{"data":"a","base64":"YQ=="}\n'), 400),
+        ("ndjson unknown field", dict(headers={"Content-Type": "application/x-ndjson"}, body=b'{"text":"a"}\n'), 400),
+        ("empty batch", dict(headers={"Content-Type": "application/x-ndjson"}, body=b"\n"), 400),
+        ("frame cut short", dict(headers={"Content-Type": "application/vnd.sluice.frames"}, body=b"\x00\x00\x00\x09abc"), 400),
+        ("huge body", dict(body=b"x" * (16 * 1024 * 1024 + 1)), 413),
+    ]
+    for name, kw, status in cases:
+        token = kw.get("token", WRITER)
+        h = dict(auth(token)) if token else {}
+        h.update(kw.get("headers", {}))
+        r = httpx.post(f"{d.base}/streams/s/messages", content=kw.get("body", b"x"), headers=h, timeout=30.0)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        assert r.json()["error"], name
+    # An unknown stream (auto_create off): 404, and no stream made.
+    r = post(d, "nope", b"x")
+    assert r.status_code == 404, r.text
+    assert payloads(d, "s") == [b"first"]
+    streams = [s["name"] for s in httpx.get(f"{d.base}/streams", headers=auth(ADMIN)).json()["streams"]]
+    assert "nope" not in streams
