@@ -201,3 +201,25 @@ def test_bad_input_gets_a_clear_4xx_and_stores_nothing(make_sluiced):
     assert payloads(d, "s") == [b"first"]
     streams = [s["name"] for s in httpx.get(f"{d.base}/streams", headers=auth(ADMIN)).json()["streams"]]
     assert "nope" not in streams
+
+
+def test_the_cli_publishes_over_http(sluiced, tmp_path):
+    sluice = os.environ.get("SLUICE_BIN")
+    assert sluice, "SLUICE_BIN is not set: run through cargo test (tests/tests/python_clients.rs)"
+    lines = tmp_path / "lines.txt"
+    lines.write_text("".join(f"line {i}\n" for i in range(1000)))
+    out = subprocess.run(
+        [sluice, "publish", "--stream", "cli", "--transport", "http", "--admin", f"127.0.0.1:{sluiced.admin_port}",
+         "--token", WRITER, "--batch", "64", "--file", str(lines)],
+        capture_output=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr.decode()
+    assert "published 1000 messages" in out.stderr.decode()
+    assert payloads(sluiced, "cli") == [f"line {i}".encode() for i in range(1000)]
+    # A reader may not: the daemon's 403 is said, with a failing status.
+    out = subprocess.run(
+        [sluice, "publish", "--stream", "cli", "--transport", "http", "--admin", f"127.0.0.1:{sluiced.admin_port}",
+         "--token", READER, "--file", str(lines)],
+        capture_output=True, timeout=60,
+    )
+    assert out.returncode != 0 and "403" in out.stderr.decode(), out.stderr.decode()

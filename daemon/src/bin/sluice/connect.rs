@@ -17,11 +17,12 @@ const DEFAULT_SERVER_CERT: &str = "./sluice-data/tls/server.crt";
 pub struct ConnectArgs {
     /// `fast`: authenticate over QUIC, publish over sealed raw UDP (LAN);
     /// `quic`: everything over QUIC (firewalls, WAN); `udp`: raw UDP to a
-    /// daemon whose data port is insecure_lan.
-    #[arg(long, default_value = "fast", value_parser = ["fast", "quic", "udp"])]
-    transport: String,
+    /// daemon whose data port is insecure_lan; `http`: POSTs to the HTTP
+    /// API (`--admin`), each batch under an Idempotency-Key.
+    #[arg(long, default_value = "fast", value_parser = ["fast", "quic", "udp", "http"])]
+    pub transport: String,
     #[command(flatten)]
-    quic: QuicArgs,
+    pub quic: QuicArgs,
     /// Send through an AF_XDP TX ring on this interface ("IFACE" or
     /// "IFACE:QUEUE", queue 0 by default) instead of the kernel's UDP
     /// stack (fast and udp transports; Linux, root or CAP_NET_RAW).
@@ -104,6 +105,20 @@ impl QuicArgs {
         Ok((addr, self.options(addr)?))
     }
 
+    /// The API token, from `--token` or `--token-file`.
+    pub fn token(&self) -> Result<Option<String>, String> {
+        Ok(match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| format!("cannot read token file {}: {e}", f.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        })
+    }
+
     fn addr(&self, default_port: u16) -> SocketAddr {
         self.to
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)))
@@ -133,16 +148,7 @@ impl QuicArgs {
             let certs = tls::load_certs(&cert).map_err(|e| e.to_string())?;
             ServerTrust::Fingerprint(tls::fingerprint(&certs[0]))
         };
-        let token = match (&self.token, &self.token_file) {
-            (Some(t), _) => Some(t.clone()),
-            (None, Some(f)) => Some(
-                std::fs::read_to_string(f)
-                    .map_err(|e| format!("cannot read token file {}: {e}", f.display()))?
-                    .trim()
-                    .to_owned(),
-            ),
-            (None, None) => None,
-        };
+        let token = self.token()?;
         Ok(QuicOptions {
             tls: ClientTls {
                 trust,

@@ -35,9 +35,13 @@ pub struct Args {
     /// Size in bytes of generated messages (each starts with its number).
     #[arg(long, default_value_t = 128, requires = "count")]
     size: usize,
-    /// Messages handed to the producer at a time.
+    /// Messages handed to the producer at a time (with `--transport
+    /// http`: messages per request).
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// With `--transport http`: sluiced's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:7480", env = "SLUICE_ADMIN")]
+    admin: std::net::SocketAddr,
 }
 
 pub fn run(a: Args) -> Res {
@@ -73,6 +77,10 @@ pub fn run(a: Args) -> Res {
             "{spinner} {pos} durable  {per_sec}",
         )?),
     };
+    if a.connect.transport == "http" {
+        let token = a.connect.quic.token()?;
+        return http::publish(&a, token, messages, bar);
+    }
     let (addr, options) = a.connect.resolve()?;
     let started = Instant::now();
     let rt = tokio::runtime::Runtime::new()?;
@@ -117,14 +125,107 @@ pub fn run(a: Args) -> Res {
         Ok::<_, Box<dyn std::error::Error>>((acked, bytes, seqs))
     })?;
     bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64().max(1e-9);
     let range = seqs.map_or("none".to_owned(), |(a, b)| format!("{a}..={b}"));
+    let who = format!("as producer {producer}, seqs {range}");
+    report(&a.stream, acked, bytes, &who, started);
+    Ok(())
+}
+
+fn report(stream: &str, acked: u64, bytes: u64, who: &str, started: Instant) {
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
     eprintln!(
-        "published {acked} messages ({bytes} bytes) to {} as producer {producer}, seqs {range}: \
+        "published {acked} messages ({bytes} bytes) to {stream} {who}: \
          all durable; {:.0} msgs/s, {:.1} MB/s",
-        a.stream,
         acked as f64 / secs,
         bytes as f64 / secs / 1e6
     );
-    Ok(())
+}
+
+/// `--transport http`: each batch is one request (length-prefixed frames)
+/// under an Idempotency-Key of its own, sent again with the same key
+/// after a 503 or a lost connection, so it is stored once however often
+/// it is sent.
+mod http {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use indicatif::ProgressBar;
+
+    use super::{report, Args};
+
+    /// How long one batch is retried before giving up.
+    const RETRY_FOR: Duration = Duration::from_secs(60);
+
+    pub fn publish(
+        a: &Args,
+        token: Option<String>,
+        messages: Box<dyn Iterator<Item = std::io::Result<Bytes>>>,
+        bar: ProgressBar,
+    ) -> crate::Res {
+        let url = format!("http://{}/streams/{}/messages", a.admin, a.stream);
+        let started = Instant::now();
+        // Unique to this run: keys of another run never collide with ours.
+        let run = format!("{:x}-{:x}", std::process::id(), rand::random::<u64>());
+        let (mut acked, mut bytes, mut batch_no) = (0u64, 0u64, 0u64);
+        let mut it = messages.peekable();
+        while it.peek().is_some() {
+            let mut body = Vec::new();
+            let mut n = 0u64;
+            for m in it.by_ref().take(a.batch.max(1)) {
+                let m = m?;
+                body.extend_from_slice(&(m.len() as u32).to_be_bytes());
+                body.extend_from_slice(&m);
+                bytes += m.len() as u64;
+                n += 1;
+            }
+            let key = format!("sluice-cli-{run}-{batch_no}");
+            batch_no += 1;
+            send(&url, token.as_deref(), &key, &body)?;
+            acked += n;
+            bar.inc(n);
+        }
+        bar.finish_and_clear();
+        report(&a.stream, acked, bytes, "over HTTP", started);
+        Ok(())
+    }
+
+    fn send(url: &str, token: Option<&str>, key: &str, body: &[u8]) -> crate::Res {
+        let deadline = Instant::now() + RETRY_FOR;
+        loop {
+            let mut req = ureq::post(url)
+                .timeout(Duration::from_secs(60))
+                .set("content-type", "application/vnd.sluice.frames")
+                .set("idempotency-key", key);
+            if let Some(t) = token {
+                req = req.set("authorization", &format!("Bearer {t}"));
+            }
+            let wait = match req.send_bytes(body) {
+                Ok(_) => return Ok(()),
+                Err(ureq::Error::Status(503, r)) => {
+                    let secs = r
+                        .header("retry-after")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1);
+                    Duration::from_secs(secs)
+                }
+                Err(ureq::Error::Status(code, r)) => {
+                    let body = r.into_string().unwrap_or_default();
+                    let msg = serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["error"].as_str().map(str::to_owned))
+                        .unwrap_or(body);
+                    return Err(format!("{url} answered {code}: {msg}").into());
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("publish request failed ({e}); sending it again with its key");
+                    Duration::from_millis(500)
+                }
+                Err(e) => return Err(format!("{url}: {e}").into()),
+            };
+            if Instant::now() + wait > deadline {
+                return Err(format!("{url}: busy for {RETRY_FOR:?}, giving up").into());
+            }
+            std::thread::sleep(wait);
+        }
+    }
 }
