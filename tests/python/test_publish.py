@@ -223,3 +223,47 @@ def test_the_cli_publishes_over_http(sluiced, tmp_path):
         capture_output=True, timeout=60,
     )
     assert out.returncode != 0 and "403" in out.stderr.decode(), out.stderr.decode()
+
+
+def test_a_full_disk_answers_503_and_a_keyed_retry_stores_once(tmp_path):
+    from conftest import Sluiced
+
+    # The free-space floor above any disk: the spool holds appends as on a
+    # full disk.
+    d = Sluiced(tmp_path, ["--spool-min-free-bytes", str(1 << 62)]).start()
+    try:
+        # The first request is held (no answer while the disk is full).
+        try:
+            r = post_timeout(d, b"held", {"Idempotency-Key": "k1"}, 2.0)
+            assert r.status_code == 503, r.text
+        except httpx.TimeoutException:
+            pass
+        # Now the daemon knows: later requests are turned away at once.
+        deadline = time.monotonic() + 10
+        while True:
+            r = post_timeout(d, b"later", {"Idempotency-Key": "k2"}, 5.0)
+            if r.status_code == 503 or time.monotonic() > deadline:
+                break
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1"
+        assert "disk full" in r.json()["error"]
+    finally:
+        # A held batch holds a stop too (nothing is dropped): killed, as
+        # an operator out of patience would.
+        d.kill9()
+    # Space returns: the held request was never stored; a retry with its
+    # key stores it, and another retry stores nothing.
+    d = Sluiced(tmp_path, []).start()
+    try:
+        for _ in range(2):
+            assert post_timeout(d, b"held", {"Idempotency-Key": "k1"}, 20.0).status_code == 200
+            assert post_timeout(d, b"later", {"Idempotency-Key": "k2"}, 20.0).status_code == 200
+        assert sorted(payloads(d, "full")) == [b"held", b"later"]
+    finally:
+        d.stop()
+
+
+def post_timeout(d, body, headers, timeout):
+    h = dict(auth(WRITER))
+    h.update(headers)
+    return httpx.post(f"{d.base}/streams/full/messages", content=body, headers=h, timeout=timeout)
