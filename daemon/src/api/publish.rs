@@ -23,21 +23,17 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use base64::Engine;
-use bytes::{Buf, Bytes};
 use serde::{Deserialize, Serialize};
 
 use super::caller::{OnStream, Publish};
 use super::error::{Answer, ApiError};
 use super::AdminState;
-use crate::publish::{Identity, Placed, PublishError, Published, MAX_MESSAGES};
-use crate::spool::record::MAX_PAYLOAD;
+use crate::publish::{batch, Identity, Placed, PublishError, Published};
 
 pub const PRODUCER_HEADER: &str = "sluice-producer-id";
 pub const SEQ_HEADER: &str = "sluice-seq";
 pub const KEY_HEADER: &str = "idempotency-key";
-pub const NDJSON: &str = "application/x-ndjson";
-pub const FRAMES: &str = "application/vnd.sluice.frames";
+use batch::{FRAMES, NDJSON};
 
 /// Largest request body: one message of the largest size, or a batch of
 /// that much (NDJSON's base64 takes a third more).
@@ -76,14 +72,6 @@ pub struct BatchAnswer {
     /// Every message was a duplicate (a retry).
     pub duplicate: bool,
     pub messages: Vec<MessageAnswer>,
-}
-
-/// One line of an NDJSON batch.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    data: Option<String>,
-    base64: Option<String>,
 }
 
 enum Form {
@@ -130,8 +118,8 @@ async fn publish(
     };
     let payloads = match form {
         Form::One => vec![body],
-        Form::Ndjson => ndjson(&body)?,
-        Form::Frames => frames(body)?,
+        Form::Ndjson => batch::ndjson(&body).map_err(ApiError::bad)?,
+        Form::Frames => batch::frames(body).map_err(ApiError::bad)?,
     };
     let one = matches!(form, Form::One);
     let published = s
@@ -280,73 +268,4 @@ fn identity(headers: &HeaderMap) -> Result<Keyed, ApiError> {
 fn sha256(b: &[u8]) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, b);
     d.as_ref().try_into().expect("SHA-256 is 32 bytes")
-}
-
-/// The messages of an NDJSON batch (blank lines are skipped).
-fn ndjson(body: &[u8]) -> Result<Vec<Bytes>, ApiError> {
-    let mut out = Vec::new();
-    for (n, line) in body.split(|&b| b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let at = || format!("line {}", n + 1);
-        let l: Line =
-            serde_json::from_slice(line).map_err(|e| ApiError::bad(format!("{}: {e}", at())))?;
-        let payload = match (l.data, l.base64) {
-            (Some(d), None) => Bytes::from(d),
-            (None, Some(b)) => base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .map(Bytes::from)
-                .map_err(|e| ApiError::bad(format!("{}: base64: {e}", at())))?,
-            _ => {
-                return Err(ApiError::bad(format!(
-                    "{}: give one of \"data\" (text) or \"base64\"",
-                    at()
-                )))
-            }
-        };
-        out.push(payload);
-        check_count(out.len())?;
-    }
-    if out.is_empty() {
-        return Err(ApiError::bad("an empty batch: no lines"));
-    }
-    Ok(out)
-}
-
-/// The messages of a frames batch.
-fn frames(mut body: Bytes) -> Result<Vec<Bytes>, ApiError> {
-    let mut out = Vec::new();
-    while body.has_remaining() {
-        if body.len() < 4 {
-            return Err(ApiError::bad(format!(
-                "frame {}: {} bytes left, less than a length",
-                out.len() + 1,
-                body.len()
-            )));
-        }
-        let len = body.get_u32() as usize;
-        if len > MAX_PAYLOAD || len > body.len() {
-            return Err(ApiError::bad(format!(
-                "frame {}: a length of {len} bytes, but {} are left",
-                out.len() + 1,
-                body.len()
-            )));
-        }
-        out.push(body.split_to(len));
-        check_count(out.len())?;
-    }
-    if out.is_empty() {
-        return Err(ApiError::bad("an empty batch: no frames"));
-    }
-    Ok(out)
-}
-
-fn check_count(n: usize) -> Result<(), ApiError> {
-    if n > MAX_MESSAGES {
-        return Err(ApiError::bad(format!(
-            "more than {MAX_MESSAGES} messages in one request"
-        )));
-    }
-    Ok(())
 }

@@ -150,6 +150,7 @@ mod http {
 
     use bytes::Bytes;
     use indicatif::ProgressBar;
+    use sluice_daemon::publish::batch::{encode_frames, FRAMES};
 
     use super::{report, Args};
 
@@ -169,15 +170,13 @@ mod http {
         let (mut acked, mut bytes, mut batch_no) = (0u64, 0u64, 0u64);
         let mut it = messages.peekable();
         while it.peek().is_some() {
-            let mut body = Vec::new();
-            let mut n = 0u64;
-            for m in it.by_ref().take(a.batch.max(1)) {
-                let m = m?;
-                body.extend_from_slice(&(m.len() as u32).to_be_bytes());
-                body.extend_from_slice(&m);
-                bytes += m.len() as u64;
-                n += 1;
-            }
+            let chunk = it
+                .by_ref()
+                .take(a.batch.max(1))
+                .collect::<std::io::Result<Vec<Bytes>>>()?;
+            let n = chunk.len() as u64;
+            bytes += chunk.iter().map(|m| m.len() as u64).sum::<u64>();
+            let body = encode_frames(chunk.iter().map(|m| &m[..]));
             let key = format!("sluice-cli-{run}-{batch_no}");
             batch_no += 1;
             send(&url, token.as_deref(), &key, &body)?;
@@ -194,7 +193,7 @@ mod http {
         loop {
             let mut req = ureq::post(url)
                 .timeout(Duration::from_secs(60))
-                .set("content-type", "application/vnd.sluice.frames")
+                .set("content-type", FRAMES)
                 .set("idempotency-key", key);
             if let Some(t) = token {
                 req = req.set("authorization", &format!("Bearer {t}"));

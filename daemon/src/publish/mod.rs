@@ -22,6 +22,8 @@
 //! its later records would be refused (the table must not pass a hole):
 //! the daemon then takes a new id.
 
+pub mod batch;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
