@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sluice_tests::sluiced_bin;
+use sluice_tests::{sluice_bin, sluiced_bin};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -34,6 +34,8 @@ fn pytest(file: &str) {
         .args(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"])
         .arg(root.join("tests/python").join(file))
         .env("SLUICED_BIN", sluiced_bin!())
+        // The CLI, to put messages into streams over QUIC.
+        .env("SLUICE_BIN", sluice_bin!())
         .current_dir(root.join("tests/python"))
         .output()
         .expect("run pytest");
@@ -49,4 +51,14 @@ fn pytest(file: &str) {
 #[test]
 fn http_publish() {
     pytest("test_publish.py");
+}
+
+#[test]
+fn http_ws() {
+    pytest("test_ws.py");
+}
+
+#[test]
+fn http_sse() {
+    pytest("test_sse.py");
 }
