@@ -104,6 +104,21 @@ impl QuicArgs {
         Ok((addr, self.options(addr)?))
     }
 
+    /// The API token of --token or --token-file, if either is given (the
+    /// HTTP transports of `consume` send it as a bearer token).
+    pub fn token(&self) -> Result<Option<String>, String> {
+        Ok(match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| format!("cannot read token file {}: {e}", f.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        })
+    }
+
     fn addr(&self, default_port: u16) -> SocketAddr {
         self.to
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)))
@@ -133,16 +148,7 @@ impl QuicArgs {
             let certs = tls::load_certs(&cert).map_err(|e| e.to_string())?;
             ServerTrust::Fingerprint(tls::fingerprint(&certs[0]))
         };
-        let token = match (&self.token, &self.token_file) {
-            (Some(t), _) => Some(t.clone()),
-            (None, Some(f)) => Some(
-                std::fs::read_to_string(f)
-                    .map_err(|e| format!("cannot read token file {}: {e}", f.display()))?
-                    .trim()
-                    .to_owned(),
-            ),
-            (None, None) => None,
-        };
+        let token = self.token()?;
         Ok(QuicOptions {
             tls: ClientTls {
                 trust,
