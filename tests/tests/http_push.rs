@@ -327,3 +327,29 @@ async fn rights_are_checked_before_the_upgrade() {
     });
     assert_eq!((none, forbidden, missing), (401, 403, 404));
 }
+
+#[test]
+fn a_slow_command_does_not_lose_the_connection() {
+    // Pings every second, a client silent for 3 s is taken for gone, and
+    // an event stream that takes nothing for 2 s is closed: the CLI reads
+    // on while its command runs.
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, d) = start(dir.path(), &["--admin-idle-timeout", "2s"]);
+    publish(sluice_bin!(), &spec, "jobs", 1, &["a", "b", "c", "d"], None);
+    for transport in ["ws", "sse"] {
+        let out = consume(
+            &d,
+            transport,
+            &["--count", "2", "--print", "line", "--exec", "sleep 4"],
+        );
+        let got = lines(&succeeded(&out));
+        assert_eq!(got.len(), 2, "{transport}: {got:?}");
+        assert!(got.iter().all(|m| m.1 == 1), "{transport}: {got:?}");
+    }
+    let g = group(&d, "jobs", "w");
+    assert_eq!(
+        (g["acked"].as_u64(), g["redelivered"].as_u64()),
+        (Some(4), Some(0)),
+        "{g}"
+    );
+}

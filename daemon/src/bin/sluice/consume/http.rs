@@ -93,6 +93,8 @@ enum Link {
     Ws {
         ws: Box<WebSocketStream<MaybeTlsStream<TcpStream>>>,
         max_bytes: u64,
+        /// Deliveries read while a command ran (within the window).
+        early: std::collections::VecDeque<Msg>,
     },
     Sse {
         events: mpsc::Receiver<Result<Msg, String>>,
@@ -141,6 +143,7 @@ impl Link {
         Ok(Link::Ws {
             ws: Box::new(ws),
             max_bytes: a.max_bytes,
+            early: Default::default(),
         })
     }
 
@@ -166,6 +169,37 @@ impl Link {
 
     /// The next delivery; `None` when the daemon ended the stream.
     async fn next(&mut self) -> Result<Option<Msg>, Error> {
+        if let Link::Ws { early, .. } = self {
+            if let Some(m) = early.pop_front() {
+                return Ok(Some(m));
+            }
+        }
+        self.read().await
+    }
+
+    /// Reads the WebSocket while a command runs, keeping what comes for
+    /// later: reading is what answers the daemon's pings (a client that
+    /// answers none for 45 s is taken for gone). Returns only if the
+    /// link fails or ends. An event stream needs nothing (its thread
+    /// reads; the daemon's comments need no answer).
+    async fn keep_alive(&mut self) -> Error {
+        if !matches!(self, Link::Ws { .. }) {
+            return std::future::pending().await;
+        }
+        loop {
+            match self.read().await {
+                Ok(Some(m)) => {
+                    if let Link::Ws { early, .. } = self {
+                        early.push_back(m);
+                    }
+                }
+                Ok(None) => return "sluiced ended the stream (is it stopping?)".into(),
+                Err(e) => return e,
+            }
+        }
+    }
+
+    async fn read(&mut self) -> Result<Option<Msg>, Error> {
         match self {
             Link::Ws { ws, .. } => loop {
                 let m = match ws.next().await {
@@ -208,7 +242,9 @@ impl Link {
     async fn send(&mut self, what: Value) -> Res {
         match self {
             Link::Ws { ws, .. } => {
-                ws.send(Message::Text(what.to_string().into())).await?;
+                ws.send(Message::Text(what.to_string().into()))
+                    .await
+                    .map_err(|e| format!("the WebSocket failed: {e}"))?;
                 Ok(())
             }
             Link::Sse {
@@ -389,13 +425,23 @@ async fn consume(a: &Args, link: &mut Link) -> Res {
         }
         let ok = match &a.exec {
             None => true,
-            Some(cmd) => match exec(cmd, &f, &mut stop).await? {
-                Some(ok) => ok,
-                None => {
-                    eprintln!("sluice: stopped while running the command on offset {}; it will be delivered again", m.offset);
-                    return Ok(());
+            Some(cmd) => {
+                let ran = {
+                    let run = exec(cmd, &f, &mut stop);
+                    tokio::pin!(run);
+                    tokio::select! {
+                        r = &mut run => r?,
+                        e = link.keep_alive() => return Err(e),
+                    }
+                };
+                match ran {
+                    Some(ok) => ok,
+                    None => {
+                        eprintln!("sluice: stopped while running the command on offset {}; it will be delivered again", m.offset);
+                        return Ok(());
+                    }
                 }
-            },
+            }
         };
         if ok {
             // With --count, no larger a window than what is left to do.
