@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -277,3 +278,44 @@ def test_a_client_that_stops_reading_holds_no_memory_and_nobody_back(sluiced):
     assert grew_mib < 120, f"RSS grew {grew_mib:.0f} MiB while {published_mib:.0f} MiB were published"
     stuck.close()
     live.close()
+
+
+def _metric(d, name):
+    for line in httpx.get(d.base + "/metrics", timeout=10.0).text.splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[1]))
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def _try_metric(d, name):
+    try:
+        return _metric(d, name) is not None
+    except httpx.TransportError:
+        return False
+
+
+def _admin_connections(d):
+    return _metric(d, "sluice_admin_connections")
+
+
+def test_websockets_count_against_the_connection_limits_while_open(make_sluiced):
+    d = make_sluiced("--admin-max-connections-per-source", "4")
+    publish(d, "jobs", ["a"])
+    socks = [open_ws(d, "jobs", f"g{i}") for i in range(4)]
+    for ws in socks:
+        assert deliveries(ws, 1)[0]["offset"] == 0
+    # A fifth from the same address: over the limit, and none of the four
+    # is idle to make room, so the new one is closed at once (were the
+    # upgraded sockets no longer counted, it would be let in).
+    with pytest.raises((OSError, ConnectionClosed, InvalidStatus, Exception)) as e:
+        connect(ws_url(d, "jobs", "g4"), additional_headers=auth(READER), open_timeout=5)
+    assert not isinstance(e.value, AssertionError)
+    # The four go on; once one is closed, there is room (for /metrics).
+    for i, ws in enumerate(socks):
+        sync(ws, i)
+    socks[0].close()
+    wait_until("a place is free", lambda: _try_metric(d, 'sluice_admin_connections_refused_total{reason="source"}'))
+    assert _metric(d, 'sluice_admin_connections_refused_total{reason="source"}') >= 1
+    for ws in socks[1:]:
+        ws.close()
+    wait_until("the WebSockets are forgotten", lambda: _admin_connections(d) <= 1)
