@@ -1103,6 +1103,13 @@ mod tests {
         assert_eq!(at(&c), Some((l.idle_timeout, Timeout::Write)));
         c.answer_sent();
         assert_eq!(at(&c), Some((l.idle_timeout, Timeout::Idle)));
+        // A WebSocket: its handler keeps its own time; the 101's body
+        // ending does not make it idle (a new connection cannot take its
+        // place).
+        c.enter(Phase::Upgraded);
+        c.answer_sent();
+        assert_eq!(at(&c), None, "an upgraded socket is the handler's to time");
+        assert_eq!(c.idle_since(), None);
     }
 
     #[test]
