@@ -319,3 +319,38 @@ def test_websockets_count_against_the_connection_limits_while_open(make_sluiced)
     for ws in socks[1:]:
         ws.close()
     wait_until("the WebSockets are forgotten", lambda: _admin_connections(d) <= 1)
+
+
+def test_a_stopping_daemon_closes_with_going_away(sluiced):
+    publish(sluiced, "jobs", ["a"])
+    ws = open_ws(sluiced, "jobs", "w")
+    deliveries(ws, 1)
+    events = httpx.Client(base_url=sluiced.base, headers=auth(READER), timeout=20.0)
+    with events.stream("GET", "/streams/jobs/groups/e/events") as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        began = time.monotonic()
+        sluiced.stop()
+        assert time.monotonic() - began < 10, "the push connections held the stop up"
+        # The event stream ended; the WebSocket got a close frame.
+        list(r.iter_bytes())
+    with pytest.raises(ConnectionClosed) as e:
+        while True:
+            ws.recv(timeout=10)
+    assert e.value.rcvd is not None and e.value.rcvd.code == 1001, e.value
+    events.close()
+
+
+def test_an_extension_moves_the_deadline(make_sluiced):
+    d = make_sluiced("--consumers-ack-deadline", "1s")
+    publish(d, "jobs", ["a"])
+    ws = open_ws(d, "jobs", "w")
+    (m,) = deliveries(ws, 1)
+    assert m["deadline_ms"] <= 1000
+    ws.send(json.dumps({"extend": [0], "ms": 3000}))
+    # Past the 1 s deadline, within the extension: not delivered again.
+    nothing_within(ws, 2.0)
+    (again,) = deliveries(ws, 1, timeout=5)
+    assert (again["offset"], again["delivery"]) == (0, 2)
+    ws.close()
+    assert group(d, "jobs", "w")["expired"] == 1
