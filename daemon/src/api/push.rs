@@ -82,6 +82,9 @@ pub const MAX_CLIENT_MESSAGE: usize = 64 << 10;
 pub const MAX_SETTLE_OFFSETS: u64 = 65_536;
 /// Most bytes of deliveries gathered into one flush of a WebSocket.
 const WRITE_BATCH: usize = 256 << 10;
+/// How long a close frame may take to go out before the socket is just
+/// dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Size of a binary frame's header, before the payload.
 pub const BINARY_HEADER_LEN: usize = 40;
 
@@ -382,13 +385,21 @@ async fn serve_ws(
             }
         }
     };
+    // Leave first: what the member held goes back to the group now, not
+    // after a close frame a stuck client may never take.
+    drop(member);
     match end {
         End::Close(code, reason) => {
             let frame = CloseFrame {
                 code,
                 reason: Utf8Bytes::from(truncate(reason, 120)),
             };
-            let _ = send(&mut socket, Message::Close(Some(frame)), idle).await;
+            let _ = send(
+                &mut socket,
+                Message::Close(Some(frame)),
+                CLOSE_WAIT.min(idle),
+            )
+            .await;
             "closed by the daemon"
         }
         End::Gone(why) => why,
