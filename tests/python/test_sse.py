@@ -12,7 +12,7 @@ import httpx
 from httpx_sse import connect_sse
 
 from conftest import READER, Sluiced, auth
-from push_helpers import Reader, ack, group, publish, wait_until
+from push_helpers import Reader, ack, group, publish, publish_count, wait_until
 
 
 class Events:
@@ -179,3 +179,27 @@ def test_tokens_streams_and_parameters_are_checked(sluiced):
     for params in [{"max_outstanding": "0"}, {"max_outstanding": "x"}, {"start": "never"}, {"colour": "red"}]:
         status, text = refused(sluiced, "jobs", "w", **params)
         assert status == 400 and "error" in json.loads(text), (params, text)
+
+
+def test_a_client_that_stops_reading_is_disconnected_and_its_events_go_back(make_sluiced):
+    d = make_sluiced("--admin-idle-timeout", "2s")
+    publish(d, "big", ["first"])
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", d.admin_port))
+    s.sendall(
+        (
+            "GET /streams/big/groups/stuck/events?max_outstanding=10000&max_bytes=16777216 HTTP/1.1\r\n"
+            f"Host: 127.0.0.1\r\nAuthorization: Bearer {READER}\r\n\r\n"
+        ).encode()
+    )
+    # More than the window, the socket's buffers and hyper's together:
+    # the daemon's writes stall, and the stream is closed 2 s later.
+    publish_count(d, "big", 512, 64 << 10, producer=2)
+    wait_until("the member is out", lambda: group(d, "big", "stuck")["members"] == 0, within=30)
+    g = group(d, "big", "stuck")
+    assert g["out"] == 0 and g["delivered"] > 0, g
+    s.close()
+    closed = [line for line in httpx.get(d.base + "/metrics", timeout=10).text.splitlines()
+              if line.startswith('sluice_admin_connections_closed_total{reason="write_timeout"}')]
+    assert closed and float(closed[0].split()[1]) >= 1, closed

@@ -354,3 +354,30 @@ def test_an_extension_moves_the_deadline(make_sluiced):
     assert (again["offset"], again["delivery"]) == (0, 2)
     ws.close()
     assert group(d, "jobs", "w")["expired"] == 1
+
+
+def test_unacked_deliveries_never_pass_max_messages(sluiced):
+    import random
+
+    rng = random.Random(19)
+    n, window = 200, 7
+    publish(sluiced, "jobs", [f"m{i}" for i in range(n)])
+    ws = open_ws(sluiced, "jobs", "w", max_messages=window)
+    unacked, seen, most = set(), set(), 0
+    while len(seen) < n or unacked:
+        if unacked and (len(unacked) == window or len(seen) == n or rng.random() < 0.3):
+            # Ack a random part of what is held (at least one).
+            part = rng.sample(sorted(unacked), rng.randint(1, len(unacked)))
+            unacked.difference_update(part)
+            ws.send(json.dumps({"ack": part}))
+            continue
+        (m,) = deliveries(ws, 1)
+        assert m["offset"] not in unacked, m
+        unacked.add(m["offset"])
+        seen.add(m["offset"])
+        most = max(most, len(unacked))
+        assert len(unacked) <= window, f"{len(unacked)} unacked deliveries with a window of {window}"
+    sync(ws)
+    ws.close()
+    assert seen == set(range(n)) and most == window
+    assert group(sluiced, "jobs", "w")["backlog_messages"] == 0
