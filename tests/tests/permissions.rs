@@ -107,6 +107,16 @@ const RIGHTS: &[Rule] = &[
         Needs::Rights(&[Consume]),
     ),
     rule(
+        "`GET /streams/{s}/groups/{g}/ws`",
+        Some("sluice consume --transport ws"),
+        Needs::Rights(&[Consume]),
+    ),
+    rule(
+        "`GET /streams/{s}/groups/{g}/events`",
+        Some("sluice consume --transport sse"),
+        Needs::Rights(&[Consume]),
+    ),
+    rule(
         "`GET /streams/{s}/dlq`",
         Some("sluice dlq list"),
         Needs::Rights(&[Consume]),
@@ -657,6 +667,40 @@ const CLI: &[CliCase] = &[
     CliCase {
         key: "QUIC: subscribe",
         args: &["consume", "orders", "-g", "cli-{who}", "--count", "1"],
+        stdin: "",
+    },
+    // The push routes, tried through the CLI: a route that streams (or
+    // upgrades) answers no 200 with a body the HTTP table could wait for.
+    CliCase {
+        key: "`GET /streams/{s}/groups/{g}/ws`",
+        args: &[
+            "consume",
+            "orders",
+            "-g",
+            "ws-{who}",
+            "--count",
+            "1",
+            "--transport",
+            "ws",
+            "--admin",
+            "{admin}",
+        ],
+        stdin: "",
+    },
+    CliCase {
+        key: "`GET /streams/{s}/groups/{g}/events`",
+        args: &[
+            "consume",
+            "orders",
+            "-g",
+            "sse-{who}",
+            "--count",
+            "1",
+            "--transport",
+            "sse",
+            "--admin",
+            "{admin}",
+        ],
         stdin: "",
     },
     CliCase {

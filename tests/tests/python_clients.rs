@@ -34,6 +34,7 @@ fn pytest(file: &str) {
         .args(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"])
         .arg(root.join("tests/python").join(file))
         .env("SLUICED_BIN", sluiced_bin!())
+        // The CLI, to put messages into streams over QUIC.
         .env("SLUICE_BIN", sluice_bin!())
         .current_dir(root.join("tests/python"))
         .output()
@@ -50,4 +51,14 @@ fn pytest(file: &str) {
 #[test]
 fn http_publish() {
     pytest("test_publish.py");
+}
+
+#[test]
+fn http_ws() {
+    pytest("test_ws.py");
+}
+
+#[test]
+fn http_sse() {
+    pytest("test_sse.py");
 }

@@ -14,13 +14,16 @@
 //! | `POST /streams/{name}/groups/{group}/ack` | `{"acked":n}` once the acks are durable |
 //! | `POST /streams/{name}/groups/{group}/nack` | `{"nacked":n}`: delivered again after `delay_ms` |
 //! | `POST /streams/{name}/groups/{group}/extend` | `{"extended":n}`: ack deadlines moved to now + `ms` |
+//! | `GET /streams/{name}/groups/{group}/ws` | WebSocket push consumer: deliveries out, acks, nacks, extensions and credit in |
+//! | `GET /streams/{name}/groups/{group}/events` | server-sent events: one per delivery (`id` = offset), at most `max_outstanding` unacked; acks over `.../ack` |
 //! | `GET /groups` | JSON: every consumer group's backlog, members, credit and counters |
 //! | `GET /streams/{name}/dlq?from=N&limit=M` | JSON: the stream's dead letters, decoded, from the purge mark on |
 //! | `POST /streams/{name}/dlq/replay` | appends the dead letters' payloads to the stream again (once each) |
 //! | `POST /streams/{name}/dlq/purge` | moves the purge mark to the dead-letter stream's end |
 //!
 //! The consumer routes (fetch to purge) are served by
-//! [`consume`]; `daemon/HTTP.md` documents them with examples.
+//! [`consume`], the push routes (ws, events) by [`push`];
+//! `daemon/HTTP.md` documents them with examples.
 //!
 //! Metrics, health and `/groups` are open (for scrapers and load
 //! balancers; keep the admin port off untrusted networks). Everything else
@@ -35,6 +38,7 @@ mod caller;
 pub mod consume;
 pub mod error;
 pub mod publish;
+pub mod push;
 pub mod serve;
 
 use std::net::SocketAddr;
@@ -89,6 +93,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/spool/verify", post(verify))
         .merge(consume::routes())
         .merge(publish::routes())
+        .merge(push::routes())
         .with_state(state)
 }
 

@@ -29,6 +29,8 @@
 //! | handling, the request's body not all received | `idle_timeout` from its headers |
 //! | handling, body received (the handler works; long polls end by themselves) | — |
 //! | writing: the answer is out of the handler, not all taken by the client | `idle_timeout` |
+//! | writing a stream ([`Streaming`]: server-sent events) | `idle_timeout` from the last piece the client took room for |
+//! | upgraded (a WebSocket) | — (the handler keeps its own time: pings, a timeout on each send) |
 //!
 //! hyper's own `header_read_timeout` starts when hyper starts waiting for a
 //! request, so on a kept-alive connection it is an idle timeout and cannot
@@ -60,7 +62,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ConnectInfo;
-use axum::http::{header, HeaderValue, Request};
+use axum::http::{header, HeaderValue, Request, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
@@ -129,8 +131,13 @@ pub fn open_files_limit() -> u64 {
 enum Phase {
     Idle,
     Head,
-    Handling { body_done: bool },
+    Handling {
+        body_done: bool,
+    },
     Writing,
+    /// Switched protocols (a WebSocket): the socket is the handler's, which
+    /// times it; it still counts against the limits until it is closed.
+    Upgraded,
 }
 
 /// Why a connection is told to close.
@@ -254,6 +261,7 @@ impl ConnState {
             }
             Phase::Handling { body_done: true } => None,
             Phase::Writing => Some((self.since + l.idle_timeout, Timeout::Write)),
+            Phase::Upgraded => None,
         }
     }
 }
@@ -654,13 +662,16 @@ async fn drive(
     router: Router,
     http: Arc<Http>,
 ) {
-    let _registered = Registered {
-        http: http.clone(),
-        id: conn.id,
-    };
+    // The guard goes with the socket: a connection upgraded to a WebSocket
+    // outlives this task (hyper hands its socket to the handler), and
+    // counts against the limits until that socket is closed.
     let io = TokioIo::new(Watched {
         io: stream,
         conn: conn.clone(),
+        _registered: Registered {
+            http: http.clone(),
+            id: conn.id,
+        },
     });
     let for_service = conn.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -680,8 +691,17 @@ async fn drive(
                 Ok(a) => a,
                 Err(never) => match never {},
             };
-            conn.enter(Phase::Writing);
-            Ok::<_, Infallible>(answer.map(|inner| ResponseBody { inner, conn }))
+            if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
+                conn.enter(Phase::Upgraded);
+            } else {
+                conn.enter(Phase::Writing);
+            }
+            let streaming = answer.extensions().get::<Streaming>().is_some();
+            Ok::<_, Infallible>(answer.map(|inner| ResponseBody {
+                inner,
+                conn,
+                streaming,
+            }))
         }
     });
     let l = http.limits;
@@ -691,7 +711,7 @@ async fn drive(
         .header_read_timeout(l.header_timeout + l.idle_timeout)
         .keep_alive(true)
         .max_buf_size(MAX_BUF);
-    let mut connection = pin!(builder.serve_connection(io, service));
+    let mut connection = pin!(builder.serve_connection(io, service).with_upgrades());
     let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
     let mut armed: Option<Instant> = None;
     let mut stopping = false;
@@ -739,6 +759,7 @@ async fn drive(
 struct Watched {
     io: TcpStream,
     conn: Arc<Conn>,
+    _registered: Registered,
 }
 
 impl AsyncRead for Watched {
@@ -826,10 +847,21 @@ impl HttpBody for RequestBody {
     }
 }
 
+/// Marks an answer that streams for as long as the client stays
+/// (server-sent events), as a response extension: its write deadline
+/// counts from the last piece of it the connection took, not from its
+/// start. A client that stops reading stops the connection from taking
+/// pieces, and is closed `idle_timeout` later; the stream must send
+/// something (a heartbeat) more often than that.
+#[derive(Clone, Copy, Debug)]
+pub struct Streaming;
+
 /// An answer's body, telling its connection when it is all sent.
 struct ResponseBody {
     inner: axum::body::Body,
     conn: Arc<Conn>,
+    /// A [`Streaming`] answer: each piece moves the write deadline.
+    streaming: bool,
 }
 
 impl HttpBody for ResponseBody {
@@ -840,7 +872,13 @@ impl HttpBody for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        // hyper asks for the next piece only once the last has gone into
+        // its buffer: progress of the client.
+        if self.streaming && matches!(r, Poll::Ready(Some(Ok(_)))) {
+            self.conn.enter(Phase::Writing);
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -1065,6 +1103,13 @@ mod tests {
         assert_eq!(at(&c), Some((l.idle_timeout, Timeout::Write)));
         c.answer_sent();
         assert_eq!(at(&c), Some((l.idle_timeout, Timeout::Idle)));
+        // A WebSocket: its handler keeps its own time; the 101's body
+        // ending does not make it idle (a new connection cannot take its
+        // place).
+        c.enter(Phase::Upgraded);
+        c.answer_sent();
+        assert_eq!(at(&c), None, "an upgraded socket is the handler's to time");
+        assert_eq!(c.idle_since(), None);
     }
 
     #[test]

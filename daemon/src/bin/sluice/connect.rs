@@ -105,7 +105,8 @@ impl QuicArgs {
         Ok((addr, self.options(addr)?))
     }
 
-    /// The API token, from `--token` or `--token-file`.
+    /// The API token of --token or --token-file, if either is given (the
+    /// HTTP transports of `consume` send it as a bearer token).
     pub fn token(&self) -> Result<Option<String>, String> {
         Ok(match (&self.token, &self.token_file) {
             (Some(t), _) => Some(t.clone()),

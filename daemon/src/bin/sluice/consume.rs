@@ -13,6 +13,8 @@ use tokio::io::AsyncWriteExt;
 use crate::connect::QuicArgs;
 use crate::Res;
 
+mod http;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Stream to consume.
@@ -63,6 +65,15 @@ pub struct Args {
     /// --exec).
     #[arg(long, value_parser = ["payload", "line", "json"])]
     print: Option<String>,
+    /// How messages come: `quic` (a QUIC session: push or --pull), `ws`
+    /// (the admin port's WebSocket route) or `sse` (its server-sent
+    /// events; acks and nacks go over HTTP). ws and sse are push, within
+    /// --max-messages and --max-bytes.
+    #[arg(long, default_value = "quic", value_parser = ["quic", "ws", "sse"])]
+    transport: String,
+    /// sluiced's admin (HTTP) address, for --transport ws and sse.
+    #[arg(long, default_value = "127.0.0.1:7480", env = "SLUICE_ADMIN")]
+    admin: std::net::SocketAddr,
 }
 
 fn parse_start(s: &str) -> Result<sluice_transport::client::StartAt, String> {
@@ -75,6 +86,12 @@ pub fn run(a: Args) -> Res {
     }
     if a.max_messages == 0 || a.max_bytes == 0 {
         return Err("--max-messages and --max-bytes must be at least 1".into());
+    }
+    if a.transport != "quic" {
+        if a.pull {
+            return Err("--pull needs --transport quic (ws and sse are push)".into());
+        }
+        return http::run(&a);
     }
     let (addr, quic) = a.connect.resolve()?;
     let mut options = ConsumerOptions::new(quic, a.group.clone());
@@ -245,6 +262,30 @@ async fn handle(
 
 /// One message as `--print` asks.
 fn render(how: &str, d: &Delivery) -> Vec<u8> {
+    render_fields(
+        how,
+        &Fields {
+            offset: d.offset,
+            delivery: d.delivery,
+            timestamp_us: d.timestamp_us,
+            producer: d.producer,
+            seq: d.seq,
+            payload: &d.payload,
+        },
+    )
+}
+
+/// What is printed of a message, whichever transport brought it.
+struct Fields<'a> {
+    offset: u64,
+    delivery: u32,
+    timestamp_us: u64,
+    producer: u64,
+    seq: u64,
+    payload: &'a [u8],
+}
+
+fn render_fields(how: &str, d: &Fields<'_>) -> Vec<u8> {
     match how {
         "line" => format!(
             "{}\t{}\t{}\t{}\t{}\n",
@@ -252,7 +293,7 @@ fn render(how: &str, d: &Delivery) -> Vec<u8> {
             d.delivery,
             d.producer,
             d.seq,
-            String::from_utf8_lossy(&d.payload).escape_debug()
+            String::from_utf8_lossy(d.payload).escape_debug()
         )
         .into_bytes(),
         "json" => {
@@ -262,7 +303,7 @@ fn render(how: &str, d: &Delivery) -> Vec<u8> {
                 "timestamp_us": d.timestamp_us,
                 "producer": d.producer,
                 "seq": d.seq,
-                "payload": base64::engine::general_purpose::STANDARD.encode(&d.payload),
+                "payload": base64::engine::general_purpose::STANDARD.encode(d.payload),
             }))
             .expect("JSON of plain values");
             v.push(b'\n');
