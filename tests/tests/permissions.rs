@@ -82,6 +82,11 @@ const RIGHTS: &[Rule] = &[
         Needs::Rights(&[Consume]),
     ),
     rule(
+        "`POST /streams/{s}/messages`",
+        Some("sluice publish --transport http"),
+        Needs::Rights(&[Publish]),
+    ),
+    rule(
         "`GET /streams/{s}/records`",
         Some("sluice read"),
         Needs::Rights(&[Consume]),
@@ -343,6 +348,12 @@ struct Route {
 }
 
 const ROUTES: &[Route] = &[
+    Route {
+        key: "`POST /streams/{s}/messages`",
+        method: "POST",
+        path: "/streams/orders/messages",
+        body: "by http",
+    },
     Route {
         key: "`GET /streams/{s}/records`",
         method: "GET",
@@ -658,6 +669,19 @@ const CLI: &[CliCase] = &[
             "7",
         ],
         stdin: "by quic\n",
+    },
+    CliCase {
+        key: "`POST /streams/{s}/messages`",
+        args: &[
+            "publish",
+            "-s",
+            "orders",
+            "--transport",
+            "http",
+            "--admin",
+            "{admin}",
+        ],
+        stdin: "by http\n",
     },
     CliCase {
         key: "QUIC: lease the fast path",
