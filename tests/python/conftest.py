@@ -124,16 +124,23 @@ class Sluiced:
     def client(self, token=WRITER, timeout=20.0):
         return httpx.Client(base_url=self.base, headers=auth(token), timeout=timeout)
 
-    def records(self, stream, start=0, limit=10_000):
-        """Every durable record of `stream` from `start` (the admin records route)."""
-        r = httpx.get(
-            f"{self.base}/streams/{stream}/records",
-            params={"from": start, "limit": limit},
-            headers=auth(ADMIN),
-            timeout=20.0,
-        )
-        r.raise_for_status()
-        return r.json()["records"]
+    def records(self, stream, start=0):
+        """Every durable record of `stream` from `start` (the admin records
+        route, page after page)."""
+        out = []
+        while True:
+            r = httpx.get(
+                f"{self.base}/streams/{stream}/records",
+                params={"from": start, "limit": 10_000},
+                headers=auth(ADMIN),
+                timeout=20.0,
+            )
+            r.raise_for_status()
+            page = r.json()
+            out.extend(page["records"])
+            if not page["records"] or page["next"] >= page["durable_end"]:
+                return out
+            start = page["next"]
 
     def rss_kib(self):
         with open(f"/proc/{self.proc.pid}/status") as f:

@@ -267,3 +267,46 @@ def post_timeout(d, body, headers, timeout):
     h = dict(auth(WRITER))
     h.update(headers)
     return httpx.post(f"{d.base}/streams/full/messages", content=body, headers=h, timeout=timeout)
+
+
+def test_many_large_requests_at_once_are_turned_away_before_their_bodies_are_read(sluiced):
+    """40 clients send 8 MiB each at once (320 MiB): the daemon takes room
+    for a body before reading it, so it holds about one at a time, turns
+    the others away with 503 + Retry-After, and its memory stays bounded;
+    a retry of each stores it once."""
+    body = lambda i: bytes([i]) * (8 << 20)
+    start_rss = sluiced.rss_kib()
+    peak = [start_rss]
+    answers = {}
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], sluiced.rss_kib())
+            time.sleep(0.005)
+
+    def send(i):
+        r = httpx.post(f"{sluiced.base}/streams/big/messages", content=body(i),
+                       headers={**auth(WRITER), "Idempotency-Key": f"big-{i}"}, timeout=60.0)
+        answers[i] = (r.status_code, r.headers.get("retry-after"), r.text)
+
+    w = threading.Thread(target=watch)
+    w.start()
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    stop.set()
+    w.join()
+    busy = [i for i, a in answers.items() if a[0] == 503]
+    assert len(answers) == 40 and all(a[0] in (200, 503) for a in answers.values()), answers
+    assert busy, "40 large requests at once, none turned away"
+    assert all(answers[i][1] == "1" and "bytes of publish requests" in answers[i][2] for i in busy)
+    grew_mib = (peak[0] - start_rss) / 1024
+    assert grew_mib < 120, f"the daemon's memory grew {grew_mib:.0f} MiB with 320 MiB sent at once"
+    # Each turned-away request, sent again with its key, is stored once.
+    for i in busy:
+        assert post(sluiced, "big", body(i), {"Idempotency-Key": f"big-{i}"}).status_code == 200
+    recs = sluiced.records("big")
+    assert sorted(base64.b64decode(r["payload"])[0] for r in recs) == list(range(40))

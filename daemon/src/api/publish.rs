@@ -92,15 +92,18 @@ async fn publish(
         Form::Ndjson => MAX_NDJSON_BODY,
         _ => MAX_BODY,
     };
-    if let Some(len) = headers
+    let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(too_large(len));
-        }
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = length.filter(|&l| l > limit as u64) {
+        return Err(too_large(len));
     }
+    // Room for the body before it is read (a chunked one may take all).
+    let reserved = s
+        .publisher
+        .reserve(length.unwrap_or(limit as u64))
+        .map_err(refusal)?;
     let body = to_bytes(body, limit).await.map_err(|e| {
         if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
         {
@@ -124,7 +127,7 @@ async fn publish(
     let one = matches!(form, Form::One);
     let published = s
         .publisher
-        .publish(&on.stream, identity, payloads)
+        .publish(reserved, &on.stream, identity, payloads)
         .await
         .map_err(refusal)?;
     Ok(answer(&on.stream, one, published))

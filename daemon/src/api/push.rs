@@ -695,12 +695,7 @@ mod tests {
             offset: 7,
             delivery: 2,
             deadline: now + Duration::from_millis(1500),
-            record: crate::spool::Record {
-                producer: 9,
-                seq: 11,
-                timestamp_us: 13,
-                payload: bytes::Bytes::from_static(b"hi"),
-            },
+            record: crate::spool::Record::new(9, 11, 13, bytes::Bytes::from_static(b"hi")),
         };
         let f = binary_frame(d, now);
         assert_eq!(f.len(), BINARY_HEADER_LEN + 2);

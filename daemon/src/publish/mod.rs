@@ -127,8 +127,8 @@ impl Own {
 pub struct Publisher {
     ingest: Arc<IngestShared>,
     own: Mutex<HashMap<String, Own>>,
-    /// Payload bytes handed to the spool and not yet answered, and the
-    /// most allowed: what requests in flight may hold of memory.
+    /// Bytes of requests being read or stored and not yet answered, and
+    /// the most allowed: what requests in flight may hold of memory.
     in_flight: AtomicU64,
     max_in_flight: u64,
 }
@@ -144,10 +144,26 @@ impl Publisher {
         })
     }
 
-    /// Stores `payloads` in `stream` as one request; answers once they are
-    /// durable.
+    /// Room for a request of up to `bytes`, taken before its body is read
+    /// (so that many large requests at once cannot take the daemon's
+    /// memory) and held until it is answered. One request alone may
+    /// always go, else a large one never could.
+    pub fn reserve(&self, bytes: u64) -> Result<Reserved<'_>, PublishError> {
+        let before = self.in_flight.fetch_add(bytes, Relaxed);
+        let r = Reserved(&self.in_flight, bytes);
+        if before > 0 && before + bytes > self.max_in_flight {
+            return Err(PublishError::Busy(format!(
+                "{before} bytes of publish requests are being read or stored, the most held at once: try again"
+            )));
+        }
+        Ok(r)
+    }
+
+    /// Stores `payloads` in `stream` as one request, in room `reserved`;
+    /// answers once they are durable.
     pub async fn publish(
         &self,
+        _reserved: Reserved<'_>,
         stream: &str,
         identity: Identity,
         payloads: Vec<Bytes>,
@@ -176,14 +192,6 @@ impl Publisher {
             )));
         }
         let bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
-        let before = self.in_flight.fetch_add(bytes, Relaxed);
-        let _release = Release(&self.in_flight, bytes);
-        // One request alone may always go (else a large one never could).
-        if before > 0 && before + bytes > self.max_in_flight {
-            return Err(PublishError::Busy(format!(
-                "{before} bytes of requests are being stored, the most held at once: try again"
-            )));
-        }
         let metrics = self.ingest.metrics().stream(s.name());
         metrics.http_requests.fetch_add(1, Relaxed);
         metrics
@@ -346,10 +354,10 @@ fn answer(producer: u64, first_seq: u64, outcomes: &[Outcome]) -> Result<Publish
     })
 }
 
-/// Gives back what a request held of the in-flight bytes.
-struct Release<'a>(&'a AtomicU64, u64);
+/// Room a request holds of the in-flight bytes, given back when dropped.
+pub struct Reserved<'a>(&'a AtomicU64, u64);
 
-impl Drop for Release<'_> {
+impl Drop for Reserved<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(self.1, Relaxed);
     }
