@@ -82,9 +82,11 @@ const REPLAY_BATCH_BYTES: usize = 4 << 20;
 #[into_params(parameter_in = Path)]
 pub(super) struct GroupPath {
     /// The stream's name.
+    #[param(example = "orders")]
     #[allow(dead_code)] // read by OnStream, from the raw path
     stream: String,
     /// The consumer group's name.
+    #[param(example = "billing")]
     #[allow(dead_code)]
     group: String,
 }

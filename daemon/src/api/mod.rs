@@ -24,11 +24,11 @@
 //! lists every route, and makes the router and the OpenAPI document from
 //! that one list.
 //!
-//! Metrics, health and `/groups` are open (for scrapers and load
-//! balancers; keep the admin port off untrusted networks). Everything else
-//! needs a principal allowed to consume the stream (replay: and to publish
-//! to it): `Authorization: Bearer <token>` (unless the daemon runs
-//! anonymously on loopback).
+//! Metrics, health, `/groups` and `/openapi.json` are open (for scrapers
+//! and load balancers; keep the admin port off untrusted networks).
+//! Everything else needs a principal allowed to consume the stream
+//! (replay: and to publish to it): `Authorization: Bearer <token>` (unless
+//! the daemon runs anonymously on loopback).
 //!
 //! [`serve`] serves the router: the limits on connections,
 //! the timeouts, and the turns pages take.
@@ -99,10 +99,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
 /// error components of [`openapi`] it really gives, and `security(("bearer"
 /// = []))` if it needs a token; see `records` or `consume::fetch`), derive
 /// `utoipa::ToSchema` on its body types, and add one line here:
-/// `.routes(routes!(module::handler))`. Do not add routes with `.route(..)`
-/// or `.merge(..)` of a plain axum router: they would be served without
-/// documentation, and `openapi::tests` fails on any route the router
-/// serves that the document does not list.
+/// `.routes(routes!(module::handler))`. A WebSocket route documents its
+/// upgrade (`(status = 101, description = "...")`), an SSE route its
+/// stream (`content_type = "text/event-stream"`). Do not add routes with
+/// `.route(..)` or `.merge(..)` of a plain axum router: they would be
+/// served without documentation, and `openapi::tests` fails on any route
+/// the router serves that the document does not list.
 pub fn api() -> OpenApiRouter<Arc<AdminState>> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(metrics))
@@ -365,6 +367,7 @@ struct RecordsQuery {
 #[into_params(parameter_in = Path)]
 pub(crate) struct StreamPath {
     /// The stream's name.
+    #[param(example = "orders")]
     #[allow(dead_code)] // read by OnStream, from the raw path
     stream: String,
 }
@@ -546,6 +549,7 @@ mod tests {
 #[into_params(parameter_in = Query)]
 struct VerifyQuery {
     /// Only this stream (default: every open stream).
+    #[param(example = "orders")]
     stream: Option<String>,
 }
 

@@ -235,7 +235,7 @@ mod tests {
                 "/streams/{stream}/undocumented",
                 axum::routing::put(|| async {}),
             )
-            .route_service("/raw", tower_service_fn());
+            .route_service("/raw", raw_service());
         let (undocumented, unserved) = differences(extra, &doc());
         assert_eq!(
             undocumented,
@@ -247,14 +247,15 @@ mod tests {
         assert!(unserved.is_empty());
     }
 
-    /// A service that is not a method router.
-    fn tower_service_fn() -> axum::routing::MethodRouter {
+    /// A service for `route_service`: axum keeps it as a plain service,
+    /// without the methods of a method router.
+    fn raw_service() -> axum::routing::MethodRouter {
         axum::routing::any(|| async {})
     }
 
-    /// Every `$ref` points at a component, every tag is declared, every
-    /// `{param}` of a path is a parameter of its operations, and routes
-    /// with a security requirement name the bearer scheme.
+    /// Every `$ref` points at a component; every operation has a declared
+    /// tag and a success answer; every `{param}` of a path is a parameter
+    /// of its operations; security requirements name the bearer scheme.
     #[test]
     fn the_document_holds_together() {
         let doc = doc();
@@ -316,7 +317,10 @@ mod tests {
                         assert_eq!(scheme, "bearer", "{at}");
                     }
                 }
-                assert!(op["responses"]["200"].is_object(), "{at}: no 200");
+                let ok = op["responses"]
+                    .as_object()
+                    .is_some_and(|r| r.keys().any(|c| c.starts_with('2') || c == "101"));
+                assert!(ok, "{at}: no success answer (2xx, or 101 for a WebSocket)");
             }
         }
     }
