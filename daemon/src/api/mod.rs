@@ -14,6 +14,8 @@
 //! | `POST /streams/{name}/groups/{group}/nack` | `{"nacked":n}`: delivered again after `delay_ms` |
 //! | `POST /streams/{name}/groups/{group}/extend` | `{"extended":n}`: ack deadlines moved to now + `ms` |
 //! | `GET /groups` | JSON: every consumer group's backlog, members, credit and counters |
+//! | `POST /streams/{name}/groups/{group}/reset` | moves the group (admin principals only) |
+//! | `DELETE /streams/{name}/groups/{group}` | forgets the group (admin principals only) |
 //! | `GET /streams/{name}/dlq?from=N&limit=M` | JSON: the stream's dead letters, decoded, from the purge mark on |
 //! | `POST /streams/{name}/dlq/replay` | appends the dead letters' payloads to the stream again (once each) |
 //! | `POST /streams/{name}/dlq/purge` | moves the purge mark to the dead-letter stream's end |
