@@ -66,13 +66,26 @@ impl IngestShared {
         self.in_flight.load(Relaxed)
     }
 
-    /// The stream `name`, opened or (if allowed) created.
-    pub fn stream_for(&self, name: &str) -> Result<Stream, String> {
+    /// The stream `name`, opened or (if allowed) created, for producers:
+    /// a dead-letter stream takes only what its consumer groups move
+    /// there.
+    pub fn stream_for(&self, name: &str) -> Result<Stream, NoStream> {
+        if name.ends_with(".dlq") {
+            return Err(NoStream::Refused(format!(
+                "{name:?} is a dead-letter stream: only its stream's consumer groups write to it"
+            )));
+        }
         let exists = self.spool.stream_names().iter().any(|n| n == name);
         if !exists && !self.auto_create {
-            return Err(format!("no stream {name:?} (streams.auto_create is off)"));
+            return Err(NoStream::Missing(format!(
+                "no stream {name:?} (streams.auto_create is off)"
+            )));
         }
-        self.spool.stream(name).map_err(|e| e.to_string())
+        self.spool.stream(name).map_err(|e| match e {
+            SpoolError::BadStreamName(_) => NoStream::Refused(e.to_string()),
+            SpoolError::TooManyStreams { .. } => NoStream::Full(e.to_string()),
+            e => NoStream::Unavailable(e.to_string()),
+        })
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -81,6 +94,29 @@ impl IngestShared {
 
     pub fn policy(&self) -> &CreditPolicy {
         &self.policy
+    }
+}
+
+/// Why a producer's stream is not there for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoStream {
+    /// The name is not one a producer may publish to.
+    Refused(String),
+    /// No such stream, and streams are not made on first use.
+    Missing(String),
+    /// It would be one stream too many.
+    Full(String),
+    /// It could not be opened (damage, an I/O error).
+    Unavailable(String),
+}
+
+impl std::fmt::Display for NoStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (NoStream::Refused(why)
+        | NoStream::Missing(why)
+        | NoStream::Full(why)
+        | NoStream::Unavailable(why)) = self;
+        f.write_str(why)
     }
 }
 
@@ -188,7 +224,9 @@ impl Owner for Ingest {
                 "{open} sessions open, the most allowed (data.max_sessions)"
             ))
         } else {
-            self.shared.stream_for(&inc.hello.stream)
+            self.shared
+                .stream_for(&inc.hello.stream)
+                .map_err(|e| e.to_string())
         };
         let stream = stream.map_err(|reason| self.refuse(inc, reason))?;
         // Where this producer stands: read from the idempotence table at

@@ -24,7 +24,8 @@ use crate::spool::survey::{self, Depth};
 use crate::spool::{Damage, LogConfig, Spool, SpoolError};
 
 /// What a verify found, stream by stream.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[schema(as = VerifyReport)]
 pub struct Report {
     /// `offline` (the files of a data folder) or `daemon` (through a
     /// running sluiced: its durable segments).
@@ -32,7 +33,7 @@ pub struct Report {
     pub streams: Vec<StreamCheck>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct StreamCheck {
     pub stream: String,
     pub segments: u64,
@@ -58,7 +59,7 @@ pub struct StreamCheck {
     pub groups: Vec<GroupCheck>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct GroupCheck {
     pub group: String,
     /// Nothing wrong.

@@ -160,6 +160,7 @@ const RIGHTS: &[Rule] = &[
     rule("`GET /groups`", Some("sluice group list"), Needs::Open),
     rule("`GET /metrics`", Some("sluice stat"), Needs::Open),
     rule("`GET /health`", None, Needs::Open),
+    rule("`GET /openapi.json`", None, Needs::Open),
 ];
 
 fn needs(key: &str) -> Needs {
@@ -448,6 +449,12 @@ const ROUTES: &[Route] = &[
         key: "`GET /health`",
         method: "GET",
         path: "/health",
+        body: "",
+    },
+    Route {
+        key: "`GET /openapi.json`",
+        method: "GET",
+        path: "/openapi.json",
         body: "",
     },
 ];

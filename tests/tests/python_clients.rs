@@ -1,5 +1,6 @@
 //! The HTTP plane driven by clients not written in Rust: the pytest files
-//! in tests/python (httpx, httpx-sse, websockets), each against real
+//! in tests/python (httpx, httpx-sse, websockets; schemathesis fuzzing the
+//! API from its /openapi.json), each against real
 //! `sluiced` processes they start, crash and restart themselves
 //! (tests/python/conftest.py). scripts/setup.sh makes their venv in
 //! target/pyenv; without it these tests say why they skip (with `CI=true`
@@ -61,4 +62,9 @@ fn http_ws() {
 #[test]
 fn http_sse() {
     pytest("test_sse.py");
+}
+
+#[test]
+fn openapi_schemathesis() {
+    pytest("test_openapi.py");
 }

@@ -39,19 +39,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::caller::{Admin, Consume, ConsumeAndPublish, OnStream};
 use super::error::{Answer, ApiError};
+use super::openapi::{BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable};
 use super::serve::{page_answer, PagePermit};
-use super::{existing_stream, json_into, AdminState};
+use super::{existing_stream, json_into, AdminState, ApiQuery, StreamPath};
 use crate::auth::Action;
 use crate::consume::dead_letter::{self, DeadLetter};
 use crate::consume::group::Delivery;
@@ -76,23 +77,130 @@ const REPLAY_BATCH: usize = 1_000;
 /// ... and about this many payload bytes.
 const REPLAY_BATCH_BYTES: usize = 4 << 20;
 
-/// The routes, to merge into the admin router.
-pub fn routes() -> Router<Arc<AdminState>> {
-    Router::new()
-        .route("/streams/{stream}/groups/{group}/fetch", post(fetch))
-        .route("/streams/{stream}/groups/{group}/ack", post(ack))
-        .route("/streams/{stream}/groups/{group}/nack", post(nack))
-        .route("/streams/{stream}/groups/{group}/extend", post(extend))
-        .route("/streams/{stream}/groups/{group}/reset", post(reset_group))
-        .route("/streams/{stream}/groups/{group}", delete(delete_group))
-        .route("/groups", get(groups))
-        .route("/streams/{stream}/dlq", get(dlq_list))
-        .route("/streams/{stream}/dlq/replay", post(dlq_replay))
-        .route("/streams/{stream}/dlq/purge", post(dlq_purge))
+/// The path of a consumer group's routes.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct GroupPath {
+    /// The stream's name.
+    #[param(example = "orders")]
+    #[allow(dead_code)] // read by OnStream, from the raw path
+    stream: String,
+    /// The consumer group's name.
+    #[param(example = "billing")]
+    #[allow(dead_code)]
+    group: String,
+}
+
+// The request bodies, for the OpenAPI document: the handlers read them
+// field by field (`Fields`, so that each complaint names its field) from
+// the field lists below, which the document's test compares with these.
+
+pub(super) const FETCH_FIELDS: &[&str] = &["max", "wait_ms", "start"];
+pub(super) const ACK_FIELDS: &[&str] = &["offsets"];
+pub(super) const NACK_FIELDS: &[&str] = &["offsets", "delay_ms"];
+pub(super) const EXTEND_FIELDS: &[&str] = &["offsets", "ms"];
+pub(super) const RESET_FIELDS: &[&str] = &["start"];
+pub(super) const REPLAY_FIELDS: &[&str] = &["purge"];
+pub(super) const PURGE_FIELDS: &[&str] = &[];
+
+/// A fetch's body (an empty body is `{}`).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // a schema: `fetch` reads the fields itself
+pub struct FetchBody {
+    /// Most messages to return (default 10; more than 10,000 is cut to 10,000).
+    #[schema(minimum = 1)]
+    max: Option<u64>,
+    /// Long poll: wait up to this long for a first message, ms (default 0;
+    /// more than 30,000 is cut to 30,000).
+    wait_ms: Option<u64>,
+    /// Where the group starts if it is new (default `earliest`):
+    /// `earliest`, `latest`, `offset:N` or `time:RFC3339`.
+    #[schema(pattern = "^(earliest|latest|offset:[0-9]+|time:.+)$")]
+    start: Option<String>,
+}
+
+/// An ack's body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct AckBody {
+    /// The offsets of the messages done with.
+    offsets: Vec<u64>,
+}
+
+/// A nack's body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct NackBody {
+    /// The offsets of the messages to deliver again.
+    offsets: Vec<u64>,
+    /// Deliver them again after this long, ms (default 0: at once).
+    delay_ms: Option<u64>,
+}
+
+/// An extension's body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ExtendBody {
+    /// The offsets of the messages still being worked on.
+    offsets: Vec<u64>,
+    /// Their ack deadline becomes now + this, ms (default: the group's ack
+    /// deadline; at most `consumers.max_ack_extension`).
+    ms: Option<u64>,
+}
+
+/// A reset's body.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ResetBody {
+    /// Where the group starts now: `earliest`, `latest`, `offset:N` or
+    /// `time:RFC3339`.
+    #[schema(pattern = "^(earliest|latest|offset:[0-9]+|time:.+)$")]
+    start: String,
+}
+
+/// A replay's body (an empty body is `{}`).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ReplayBody {
+    /// Move the purge mark past what was replayed (default false; needs an
+    /// admin principal).
+    purge: Option<bool>,
+}
+
+/// A purge's body: none, or `{}`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeBody {}
+
+/// What an ack answers.
+#[derive(Serialize, Deserialize, Debug, PartialEq, ToSchema)]
+pub struct Acked {
+    /// The offsets given.
+    pub acked: usize,
+}
+
+/// What a nack answers.
+#[derive(Serialize, Deserialize, Debug, PartialEq, ToSchema)]
+pub struct Nacked {
+    /// The offsets given.
+    pub nacked: usize,
+}
+
+/// What an extension answers.
+#[derive(Serialize, Deserialize, Debug, PartialEq, ToSchema)]
+pub struct Extended {
+    /// The offsets given.
+    pub extended: usize,
 }
 
 /// One message as a fetch returns it.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
 pub struct MessageJson {
     /// Its offset in the stream: what acks, nacks and extensions name.
     pub offset: u64,
@@ -107,18 +215,18 @@ pub struct MessageJson {
     pub payload: String,
 }
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct FetchAnswer {
     pub messages: Vec<MessageJson>,
 }
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct GroupList {
     pub groups: Vec<GroupStats>,
 }
 
 /// One delivery attempt of a dead letter.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
 pub struct AttemptJson {
     /// When it ended, µs since the Unix epoch.
     pub at_us: u64,
@@ -128,7 +236,7 @@ pub struct AttemptJson {
 }
 
 /// One dead letter, decoded.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
 pub struct DeadLetterJson {
     /// Its offset in the dead-letter stream.
     pub offset: u64,
@@ -149,13 +257,13 @@ pub struct DeadLetterJson {
 }
 
 /// A record of the dead-letter stream that is not an envelope.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
 pub struct Skipped {
     pub offset: u64,
     pub error: String,
 }
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct DeadLetterPage {
     pub stream: String,
     /// The dead-letter stream's name.
@@ -170,7 +278,7 @@ pub struct DeadLetterPage {
     pub durable_end: u64,
 }
 
-#[derive(Serialize, Deserialize, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, PartialEq, ToSchema)]
 pub struct ReplayAnswer {
     /// Dead letters appended to the stream now.
     pub replayed: u64,
@@ -182,7 +290,7 @@ pub struct ReplayAnswer {
     pub purged_to: u64,
 }
 
-#[derive(Serialize, Deserialize, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, PartialEq, ToSchema)]
 pub struct PurgeAnswer {
     /// Dead letters that went below the mark now.
     pub purged: u64,
@@ -190,7 +298,7 @@ pub struct PurgeAnswer {
 }
 
 /// What a reset or deletion of a group answers.
-#[derive(Serialize, Deserialize, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, PartialEq, ToSchema)]
 pub struct GroupChange {
     pub stream: String,
     pub group: String,
@@ -314,6 +422,8 @@ fn message_json(d: Delivery, now: Instant) -> MessageJson {
     }
 }
 
+/// Up to `max` messages for the group, long-polling up to `wait_ms`.
+///
 /// A fetch hands out at most `max` messages and about `admin.page_bytes`
 /// of payload (one message always). The group hands out only what it is
 /// asked for, so the fetch asks in slices: first one message (long-polling
@@ -322,9 +432,30 @@ fn message_json(d: Delivery, now: Instant) -> MessageJson {
 /// nothing more is ready. What it does not ask for stays with the group.
 /// The page takes one of the page turns (`admin.max_page_requests`) after
 /// its first message (a long poll does not hold a turn while it waits).
-async fn fetch(on: OnStream<Consume>, State(s): State<Arc<AdminState>>, body: Bytes) -> Answer {
+#[utoipa::path(
+    post,
+    path = "/streams/{stream}/groups/{group}/fetch",
+    tag = "consumers",
+    params(GroupPath),
+    request_body(content = FetchBody, content_type = "application/json", description = "An empty body counts as `{}`"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Up to `max` messages, as soon as one is there; none when `wait_ms` has passed", body = FetchAnswer),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub(super) async fn fetch(
+    on: OnStream<Consume>,
+    State(s): State<Arc<AdminState>>,
+    body: Bytes,
+) -> Answer {
     let (s, stream, group, body) = (&*s, &on.stream[..], &on.group[..], &body[..]);
-    let f = Fields::parse(body, &["max", "wait_ms", "start"])?;
+    let f = Fields::parse(body, FETCH_FIELDS)?;
     let max = f.u64("max")?.unwrap_or(DEFAULT_FETCH);
     if max == 0 {
         return Err(ApiError::bad("field \"max\" must be at least 1"));
@@ -394,10 +525,33 @@ async fn fetch(on: OnStream<Consume>, State(s): State<Arc<AdminState>>, body: By
     Ok(page_answer(out, permit))
 }
 
+/// Moves a group as if it were created there now.
+///
 /// Moving a group moves it for every consumer of it: an operator's act.
-async fn reset_group(on: OnStream<Admin>, State(s): State<Arc<AdminState>>, body: Bytes) -> Answer {
+#[utoipa::path(
+    post,
+    path = "/streams/{stream}/groups/{group}/reset",
+    tag = "consumers",
+    params(GroupPath),
+    request_body(content = ResetBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The group's new floor, once durable", body = GroupChange),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub(super) async fn reset_group(
+    on: OnStream<Admin>,
+    State(s): State<Arc<AdminState>>,
+    body: Bytes,
+) -> Answer {
     let (s, stream, group, body) = (&*s, &on.stream[..], &on.group[..], &body[..]);
-    let f = Fields::parse(body, &["start"])?;
+    let f = Fields::parse(body, RESET_FIELDS)?;
     let Some(start) = f.start()? else {
         return Err(ApiError::bad(
             "field \"start\" is required: earliest, latest, offset:N or time:RFC3339",
@@ -417,7 +571,24 @@ async fn reset_group(on: OnStream<Admin>, State(s): State<Arc<AdminState>>, body
     .into_response())
 }
 
-async fn delete_group(on: OnStream<Admin>, State(s): State<Arc<AdminState>>) -> Answer {
+/// Forgets a group: its position, ack state and cursor.
+#[utoipa::path(
+    delete,
+    path = "/streams/{stream}/groups/{group}",
+    tag = "consumers",
+    params(GroupPath),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Deleted, durably", body = GroupChange),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub(super) async fn delete_group(on: OnStream<Admin>, State(s): State<Arc<AdminState>>) -> Answer {
     let (s, stream, group) = (&*s, &on.stream[..], &on.group[..]);
     s.consumers
         .delete(stream, group)
@@ -455,56 +626,125 @@ enum Settle {
 
 async fn settle(on: &OnStream<Consume>, s: &AdminState, body: &[u8], kind: Settle) -> Answer {
     let (stream, group) = (&on.stream[..], &on.group[..]);
-    let allowed: &[&str] = match kind {
-        Settle::Ack => &["offsets"],
-        Settle::Nack => &["offsets", "delay_ms"],
-        Settle::Extend => &["offsets", "ms"],
+    let allowed = match kind {
+        Settle::Ack => ACK_FIELDS,
+        Settle::Nack => NACK_FIELDS,
+        Settle::Extend => EXTEND_FIELDS,
     };
     let f = Fields::parse(body, allowed)?;
     let offsets = f.offsets()?;
     let n = offsets.len();
     let ms = |key| f.u64(key).map(|v| v.map(Duration::from_millis));
-    let (h, word) = match kind {
+    let (h, answer) = match kind {
         Settle::Ack => {
             let h = existing(s, stream, group).await?;
             h.ack(sluice_transport::offsets::ranges_of(&offsets));
-            (h, "acked")
+            (h, Json(Acked { acked: n }).into_response())
         }
         Settle::Nack => {
             let delay = ms("delay_ms")?.unwrap_or(Duration::ZERO);
             let h = existing(s, stream, group).await?;
             h.nack_any(offsets, delay);
-            (h, "nacked")
+            (h, Json(Nacked { nacked: n }).into_response())
         }
         Settle::Extend => {
             let by = ms("ms")?;
             let h = existing(s, stream, group).await?;
             let by = by.unwrap_or(h.config.ack_deadline);
             h.extend_any(offsets, by);
-            (h, "extended")
+            (h, Json(Extended { extended: n }).into_response())
         }
     };
     h.sync().await.map_err(consume_error)?;
-    Ok(Json(serde_json::json!({ word: n })).into_response())
+    Ok(answer)
 }
 
-macro_rules! settle_route {
-    ($name:ident, $kind:expr) => {
-        async fn $name(
-            on: OnStream<Consume>,
-            State(s): State<Arc<AdminState>>,
-            body: Bytes,
-        ) -> Answer {
-            settle(&on, &s, &body, $kind).await
-        }
-    };
+/// Done with these messages: the answer comes once the acks are durable.
+#[utoipa::path(
+    post,
+    path = "/streams/{stream}/groups/{group}/ack",
+    tag = "consumers",
+    params(GroupPath),
+    request_body(content = AckBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "How many offsets were given, once the acks are durable", body = Acked),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub(super) async fn ack(
+    on: OnStream<Consume>,
+    State(s): State<Arc<AdminState>>,
+    body: Bytes,
+) -> Answer {
+    settle(&on, &s, &body, Settle::Ack).await
 }
 
-settle_route!(ack, Settle::Ack);
-settle_route!(nack, Settle::Nack);
-settle_route!(extend, Settle::Extend);
+/// Not done: deliver these again after `delay_ms` (messages out now only).
+#[utoipa::path(
+    post,
+    path = "/streams/{stream}/groups/{group}/nack",
+    tag = "consumers",
+    params(GroupPath),
+    request_body(content = NackBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "How many offsets were given, once durable", body = Nacked),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub(super) async fn nack(
+    on: OnStream<Consume>,
+    State(s): State<Arc<AdminState>>,
+    body: Bytes,
+) -> Answer {
+    settle(&on, &s, &body, Settle::Nack).await
+}
 
-async fn groups(State(s): State<Arc<AdminState>>) -> Json<GroupList> {
+/// Still working on these: their ack deadline becomes now + `ms`.
+#[utoipa::path(
+    post,
+    path = "/streams/{stream}/groups/{group}/extend",
+    tag = "consumers",
+    params(GroupPath),
+    request_body(content = ExtendBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "How many offsets were given, once durable", body = Extended),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub(super) async fn extend(
+    on: OnStream<Consume>,
+    State(s): State<Arc<AdminState>>,
+    body: Bytes,
+) -> Answer {
+    settle(&on, &s, &body, Settle::Extend).await
+}
+
+/// Every consumer group the daemon runs, by stream then group (open, as
+/// `/metrics` is).
+#[utoipa::path(
+    get,
+    path = "/groups",
+    tag = "consumers",
+    responses(
+        (status = 200, description = "Each group's backlog, members, credit and counters", body = GroupList),
+    )
+)]
+pub(super) async fn groups(State(s): State<Arc<AdminState>>) -> Json<GroupList> {
     Json(GroupList {
         groups: s.consumers.stats(),
     })
@@ -549,17 +789,37 @@ fn dead_letter_json(offset: u64, d: DeadLetter) -> DeadLetterJson {
     }
 }
 
-#[derive(Deserialize)]
-struct DlqQuery {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct DlqQuery {
+    /// The first dead-letter offset wanted (default 0; the purge mark if
+    /// lower).
     #[serde(default)]
     from: u64,
+    /// Most dead letters (default 100; more than 10,000 is cut to 10,000).
     limit: Option<usize>,
 }
 
-async fn dlq_list(
+/// The stream's dead letters, decoded, from the purge mark on.
+#[utoipa::path(
+    get,
+    path = "/streams/{stream}/dlq",
+    tag = "dead letters",
+    params(StreamPath, DlqQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "At most `limit` dead letters and about `admin.page_bytes` of envelopes (one always); `next` is where to go on. A stream without a dead-letter stream answers an empty list", body = DeadLetterPage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub(super) async fn dlq_list(
     on: OnStream<Consume>,
     State(s): State<Arc<AdminState>>,
-    Query(q): Query<DlqQuery>,
+    ApiQuery(q): ApiQuery<DlqQuery>,
 ) -> Answer {
     let (s, stream) = (&*s, &on.stream[..]);
     existing_stream(s, stream)?;
@@ -700,13 +960,31 @@ fn replay_batch(
     Ok(b)
 }
 
-async fn dlq_replay(
+/// Appends the payloads of the dead letters from the purge mark on to the
+/// stream again (once each: replaying twice stores nothing twice).
+#[utoipa::path(
+    post,
+    path = "/streams/{stream}/dlq/replay",
+    tag = "dead letters",
+    params(StreamPath),
+    request_body(content = ReplayBody, content_type = "application/json", description = "An empty body counts as `{}`"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "How many were replayed, once durable", body = ReplayAnswer),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub(super) async fn dlq_replay(
     on: OnStream<ConsumeAndPublish>,
     State(s): State<Arc<AdminState>>,
     body: Bytes,
 ) -> Answer {
     let (s, stream, body) = (&*s, &on.stream[..], &body[..]);
-    let f = Fields::parse(body, &["purge"])?;
+    let f = Fields::parse(body, REPLAY_FIELDS)?;
     let purge = f.bool("purge")?.unwrap_or(false);
     if purge {
         on.caller.may(s, Action::Admin, stream)?;
@@ -797,11 +1075,32 @@ async fn set_purge_mark(dlq: &Stream, to: u64) -> Result<u64, ApiError> {
     Ok(to)
 }
 
+/// Moves the purge mark to the dead-letter stream's durable end.
+///
 /// Dead letters dropped from view are dropped for every group: an
 /// operator's act.
-async fn dlq_purge(on: OnStream<Admin>, State(s): State<Arc<AdminState>>, body: Bytes) -> Answer {
+#[utoipa::path(
+    post,
+    path = "/streams/{stream}/dlq/purge",
+    tag = "dead letters",
+    params(StreamPath),
+    request_body(content = PurgeBody, content_type = "application/json", description = "No body, or `{}`"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "How many went below the mark, once durable", body = PurgeAnswer),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
+pub(super) async fn dlq_purge(
+    on: OnStream<Admin>,
+    State(s): State<Arc<AdminState>>,
+    body: Bytes,
+) -> Answer {
     let (s, stream, body) = (&*s, &on.stream[..], &body[..]);
-    Fields::parse(body, &[])?;
+    Fields::parse(body, PURGE_FIELDS)?;
     existing_stream(s, stream)?;
     let (_, dlq) = dlq_of(s, stream)?;
     let Some(dlq) = dlq else {

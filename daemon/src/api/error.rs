@@ -4,6 +4,15 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The body of every error answer.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, naming the field when the request is malformed.
+    pub error: String,
+}
 
 /// A request turned down.
 #[derive(Debug)]
@@ -63,7 +72,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (
             self.status,
-            Json(serde_json::json!({ "error": self.message })),
+            Json(ErrorBody {
+                error: self.message,
+            }),
         )
             .into_response();
         if let Some(s) = self.retry_after {

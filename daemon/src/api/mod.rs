@@ -17,19 +17,24 @@
 //! | `GET /streams/{name}/groups/{group}/ws` | WebSocket push consumer: deliveries out, acks, nacks, extensions and credit in |
 //! | `GET /streams/{name}/groups/{group}/events` | server-sent events: one per delivery (`id` = offset), at most `max_outstanding` unacked; acks over `.../ack` |
 //! | `GET /groups` | JSON: every consumer group's backlog, members, credit and counters |
+//! | `POST /streams/{name}/groups/{group}/reset` | moves the group (admin principals only) |
+//! | `DELETE /streams/{name}/groups/{group}` | forgets the group (admin principals only) |
 //! | `GET /streams/{name}/dlq?from=N&limit=M` | JSON: the stream's dead letters, decoded, from the purge mark on |
 //! | `POST /streams/{name}/dlq/replay` | appends the dead letters' payloads to the stream again (once each) |
 //! | `POST /streams/{name}/dlq/purge` | moves the purge mark to the dead-letter stream's end |
+//! | `GET /openapi.json` | the OpenAPI 3.1 document of these routes, generated from the code ([`openapi`]) |
 //!
 //! The consumer routes (fetch to purge) are served by
-//! [`consume`], the push routes (ws, events) by [`push`];
-//! `daemon/HTTP.md` documents them with examples.
+//! [`consume`], the push routes (ws, events) by [`push`], publishing by
+//! [`publish`]; `daemon/HTTP.md` documents them with examples. [`api`]
+//! lists every route, and makes the router and the OpenAPI document from
+//! that one list.
 //!
-//! Metrics, health and `/groups` are open (for scrapers and load
-//! balancers; keep the admin port off untrusted networks). Everything else
-//! needs a principal allowed to consume the stream (replay: and to publish
-//! to it): `Authorization: Bearer <token>` (unless the daemon runs
-//! anonymously on loopback).
+//! Metrics, health, `/groups` and `/openapi.json` are open (for scrapers
+//! and load balancers; keep the admin port off untrusted networks).
+//! Everything else needs a principal allowed to consume the stream
+//! (replay: and to publish to it): `Authorization: Bearer <token>` (unless
+//! the daemon runs anonymously on loopback).
 //!
 //! [`serve`] serves the router: the limits on connections,
 //! the timeouts, and the turns pages take.
@@ -37,6 +42,7 @@
 mod caller;
 pub mod consume;
 pub mod error;
+pub mod openapi;
 pub mod publish;
 pub mod push;
 pub mod serve;
@@ -45,14 +51,18 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Action;
 use crate::gate::Gate;
@@ -84,17 +94,63 @@ pub struct AdminState {
     pub publisher: Arc<crate::publish::Publisher>,
 }
 
+/// The admin port's router: every route of [`api`].
 pub fn router(state: Arc<AdminState>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/health", get(health))
-        .route("/streams", get(streams))
-        .route("/streams/{stream}/records", get(records))
-        .route("/spool/verify", post(verify))
-        .merge(consume::routes())
-        .merge(publish::routes())
-        .merge(push::routes())
-        .with_state(state)
+    api().split_for_parts().0.with_state(state)
+}
+
+/// Every route of the API listener, each with its OpenAPI documentation:
+/// the router ([`router`]) and `/openapi.json` ([`openapi::document`]) are
+/// both made from this list, so a route is served and documented, or
+/// neither.
+///
+/// **To add a route:** annotate its handler with `#[utoipa::path(...)]`
+/// (method, path, `tag`, `params`, `request_body`, `responses` with the
+/// error components of [`openapi`] it really gives, and `security(("bearer"
+/// = []))` if it needs a token; see `records` or `consume::fetch`), derive
+/// `utoipa::ToSchema` on its body types, and add one line here:
+/// `.routes(routes!(module::handler))`. A WebSocket route documents its
+/// upgrade (`(status = 101, description = "...")`), an SSE route its
+/// stream (`content_type = "text/event-stream"`). Do not add routes with
+/// `.route(..)` or `.merge(..)` of a plain axum router: they would be
+/// served without documentation, and `openapi::tests` fails on any route
+/// the router serves that the document does not list.
+pub fn api() -> OpenApiRouter<Arc<AdminState>> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(metrics))
+        .routes(routes!(health))
+        .routes(routes!(streams))
+        .routes(routes!(records))
+        .routes(routes!(verify))
+        .routes(routes!(publish::publish))
+        .routes(routes!(consume::fetch))
+        .routes(routes!(consume::ack))
+        .routes(routes!(consume::nack))
+        .routes(routes!(consume::extend))
+        .routes(routes!(consume::reset_group))
+        .routes(routes!(consume::delete_group))
+        .routes(routes!(push::ws))
+        .routes(routes!(push::events))
+        .routes(routes!(consume::groups))
+        .routes(routes!(consume::dlq_list))
+        .routes(routes!(consume::dlq_replay))
+        .routes(routes!(consume::dlq_purge))
+        .routes(routes!(openapi::openapi))
+}
+
+/// A query string, refused with the API's JSON error (axum's own
+/// rejection answers in plain text).
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<ApiQuery<T>, ApiError> {
+        Query::<T>::from_request_parts(parts, s)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| ApiError::bad(e.body_text()))
+    }
 }
 
 /// Connections the kernel holds for the admin listener until they are
@@ -118,6 +174,18 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     listen().map_err(|e| std::io::Error::new(e.kind(), format!("admin listener {addr}: {e}")))
 }
 
+/// The daemon's metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((
+        status = 200,
+        description = "Prometheus text format (see the README, \"Watching it\")",
+        content_type = "text/plain; version=0.0.4",
+        body = String
+    ))
+)]
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -126,7 +194,7 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         .into_response()
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
 pub struct Health {
     /// `ok`, `degraded` (serving, but damage was found in the spool, or a
     /// consumer group stopped at it) or `unhealthy` (503).
@@ -142,7 +210,7 @@ pub struct Health {
 }
 
 /// Offsets a stream gave up.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
 pub struct LostOffsets {
     pub stream: String,
     pub from: u64,
@@ -150,6 +218,16 @@ pub struct LostOffsets {
     pub reason: String,
 }
 
+/// Whether the daemon accepts, for load balancers.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "`ok`; or `degraded` while damage found in the spool is unrepaired or a consumer group stopped at it", body = Health),
+        (status = 503, description = "`unhealthy`: acks are held (disk full) or the daemon is stopping", body = Health),
+    )
+)]
 async fn health(State(s): State<Arc<AdminState>>) -> (StatusCode, Json<Health>) {
     let streams = s.spool.open_streams();
     let damage: Vec<Damage> = streams.iter().flat_map(|st| st.damage()).collect();
@@ -224,7 +302,7 @@ async fn health(State(s): State<Arc<AdminState>>) -> (StatusCode, Json<Health>) 
     (code, Json(body))
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
 pub struct StreamInfo {
     pub name: String,
     /// Offset after the last durable record (`null` if the stream is on
@@ -247,11 +325,22 @@ pub struct StreamInfo {
     pub scrub: Option<ScrubStats>,
 }
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct StreamList {
     pub streams: Vec<StreamInfo>,
 }
 
+/// The streams the caller may consume.
+#[utoipa::path(
+    get,
+    path = "/streams",
+    tag = "streams",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Each stream's offsets, damage, recoveries and scrub progress", body = StreamList),
+        (status = 401, response = openapi::Unauthorized),
+    )
+)]
 async fn streams(caller: Caller, State(s): State<Arc<AdminState>>) -> Response {
     let who = caller.principal;
     let open = s.spool.open_streams();
@@ -276,15 +365,28 @@ async fn streams(caller: Caller, State(s): State<Arc<AdminState>>) -> Response {
     Json(StreamList { streams }).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RecordsQuery {
+    /// The first offset wanted (default 0).
     #[serde(default)]
     from: u64,
+    /// Most records (default 1,000; more than 10,000 is cut to 10,000).
     limit: Option<usize>,
 }
 
+/// The path of a stream route.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct StreamPath {
+    /// The stream's name.
+    #[param(example = "orders")]
+    #[allow(dead_code)] // read by OnStream, from the raw path
+    stream: String,
+}
+
 /// One record as `/records` shows it.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
 pub struct RecordJson {
     pub offset: u64,
     pub timestamp_us: u64,
@@ -294,7 +396,7 @@ pub struct RecordJson {
     pub payload: String,
 }
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct RecordsPage {
     pub stream: String,
     pub records: Vec<RecordJson>,
@@ -303,10 +405,26 @@ pub struct RecordsPage {
     pub durable_end: u64,
 }
 
+/// Durable records of a stream, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/streams/{stream}/records",
+    tag = "streams",
+    params(StreamPath, RecordsQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Records from `from` on, at most `limit` and about `admin.page_bytes` of payload (one record always); `next` is where to go on", body = RecordsPage),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
 async fn records(
     on: OnStream<Consume>,
     State(s): State<Arc<AdminState>>,
-    Query(q): Query<RecordsQuery>,
+    ApiQuery(q): ApiQuery<RecordsQuery>,
 ) -> Answer {
     let stream = existing_stream(&s, &on.stream)?;
     let limit = q.limit.unwrap_or(1_000).clamp(1, MAX_RECORDS_PER_REQUEST);
@@ -440,18 +558,35 @@ mod tests {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct VerifyQuery {
+    /// Only this stream (default: every open stream).
+    #[param(example = "orders")]
     stream: Option<String>,
 }
 
 /// Checks every durable record of every open stream (or one) now, with
 /// its checkpoint, cursors and groups: `sluice spool verify` through the
 /// daemon. Reads at full speed: admin principals only.
+#[utoipa::path(
+    post,
+    path = "/spool/verify",
+    tag = "streams",
+    params(VerifyQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What the check found, stream by stream (what `sluice spool verify` shows)", body = crate::verify::Report),
+        (status = 400, response = openapi::BadRequest),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+    )
+)]
 async fn verify(
     caller: Caller,
     State(s): State<Arc<AdminState>>,
-    Query(q): Query<VerifyQuery>,
+    ApiQuery(q): ApiQuery<VerifyQuery>,
 ) -> Answer {
     caller.may(&s, Action::Admin, "")?;
     if let Some(name) = &q.stream {

@@ -21,13 +21,16 @@ use axum::body::{to_bytes, Body};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::caller::{OnStream, Publish};
 use super::error::{Answer, ApiError};
-use super::AdminState;
+use super::openapi::{
+    BadRequest, Conflict, Forbidden, KeyUsed, NotAMessage, NotFound, TooLarge, Unauthorized, Unavailable,
+};
+use super::{AdminState, StreamPath};
 use crate::publish::{batch, Identity, Placed, PublishError, Published};
 
 pub const PRODUCER_HEADER: &str = "sluice-producer-id";
@@ -40,12 +43,8 @@ use batch::{FRAMES, NDJSON};
 const MAX_BODY: usize = 16 << 20;
 const MAX_NDJSON_BODY: usize = MAX_BODY / 3 * 4 + (1 << 20);
 
-pub fn routes() -> Router<Arc<AdminState>> {
-    Router::new().route("/streams/{stream}/messages", post(publish))
-}
-
 /// One message of the answer.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
 pub struct MessageAnswer {
     /// Where it is stored (`null`: a duplicate of a producer's seq, stored
     /// before).
@@ -55,17 +54,22 @@ pub struct MessageAnswer {
 }
 
 /// The answer to a one-message request.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
 pub struct PublishAnswer {
     pub stream: String,
+    /// Where it is stored (`null`: a duplicate of a producer's seq, stored
+    /// before).
     pub offset: Option<u64>,
+    /// The producer id it is stored under (the daemon's own for a request
+    /// without producer headers).
     pub producer: u64,
     pub seq: u64,
+    /// A retry: nothing was stored; the rest is the original answer.
     pub duplicate: bool,
 }
 
 /// The answer to a batch.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
 pub struct BatchAnswer {
     pub stream: String,
     pub producer: u64,
@@ -74,13 +78,81 @@ pub struct BatchAnswer {
     pub messages: Vec<MessageAnswer>,
 }
 
+/// What the document says a publish answers: one message's answer, or a
+/// batch's.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // a schema only: the handler makes the two apart
+enum Published200 {
+    One(PublishAnswer),
+    Batch(BatchAnswer),
+}
+
+/// How a request is told from its retries (one way or none).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // a schema only: `identity` reads the headers
+struct PublishHeaders {
+    /// Names this request: a retry with the same key (and body) stores
+    /// nothing and gets the original answer; with another body, 422.
+    /// Kept `spool.idempotency_window` (24 h).
+    #[serde(rename = "Idempotency-Key")]
+    #[param(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]+$",
+        example = "order-42"
+    )]
+    key: Option<String>,
+    /// With `Sluice-Seq`: the producer's id, in the fast path's
+    /// idempotence table.
+    #[serde(rename = "Sluice-Producer-Id")]
+    #[param(minimum = 1)]
+    producer: Option<u64>,
+    /// The seq of the request's first message (the others follow on); at
+    /// or below the producer's highest stored, a duplicate.
+    #[serde(rename = "Sluice-Seq")]
+    #[param(minimum = 1)]
+    seq: Option<u64>,
+}
+
 enum Form {
     One,
     Ndjson,
     Frames,
 }
 
-async fn publish(
+#[utoipa::path(
+    post,
+    path = "/streams/{stream}/messages",
+    tag = "publish",
+    params(StreamPath, PublishHeaders),
+    request_body(
+        description = "The message's bytes (any content type but the two batch forms and forms); \
+            or a batch: NDJSON lines `{\"data\": text}` / `{\"base64\": bytes}`, or frames \
+            (u32 big-endian length, bytes). At most 16 MiB of messages, 10,000 messages.",
+        content(
+            (Vec<u8> = "application/octet-stream"),
+            (String = "text/plain"),
+            (String = "application/x-ndjson"),
+            (Vec<u8> = "application/vnd.sluice.frames"),
+        ),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Stored and durable (or a retry: `duplicate`, the original answer, `Idempotent-Replayed: true`)", body = Published200),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 415, response = NotAMessage),
+        (status = 422, response = KeyUsed),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub(super) async fn publish(
     on: OnStream<Publish>,
     State(s): State<Arc<AdminState>>,
     headers: HeaderMap,
@@ -143,6 +215,7 @@ fn too_large(len: u64) -> ApiError {
 fn refusal(e: PublishError) -> ApiError {
     let status = match &e {
         PublishError::NoStream(_) => StatusCode::NOT_FOUND,
+        PublishError::Refused(_) => StatusCode::CONFLICT,
         PublishError::Busy(_) => return ApiError::busy(e.to_string(), 1),
         PublishError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         PublishError::KeyConflict => StatusCode::UNPROCESSABLE_ENTITY,

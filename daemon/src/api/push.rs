@@ -39,23 +39,24 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use base64::Engine;
 use futures_util::SinkExt;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tracing::debug;
+use utoipa::IntoParams;
 
 use super::caller::{Consume, OnStream};
-use super::consume::MessageJson;
+use super::consume::{GroupPath, MessageJson};
 use super::error::{Answer, ApiError};
+use super::openapi::{BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable};
 use super::serve::Streaming;
-use super::{existing_stream, AdminState};
+use super::{existing_stream, AdminState, ApiQuery};
 use crate::consume::group::{Credit, Delivery};
 use crate::consume::service::{parse_start, to_wire, ConsumeError, Member, StartAt};
 
@@ -88,11 +89,51 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Size of a binary frame's header, before the payload.
 pub const BINARY_HEADER_LEN: usize = 40;
 
-/// The routes, to merge into the admin router.
-pub fn routes() -> Router<Arc<AdminState>> {
-    Router::new()
-        .route("/streams/{stream}/groups/{group}/ws", get(ws))
-        .route("/streams/{stream}/groups/{group}/events", get(events))
+/// The WebSocket route's query (the document's; [`Params`] reads it).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct WsQuery {
+    /// Where the group starts if it is new: `earliest`, `latest`,
+    /// `offset:N`, `time:RFC3339`.
+    #[param(example = "earliest")]
+    start: Option<String>,
+    /// The window: messages out and not acked (at least 1; default 100).
+    #[param(minimum = 1)]
+    max_messages: Option<u64>,
+    /// The window's payload bytes (at least 1; default 4 MiB).
+    #[param(minimum = 1)]
+    max_bytes: Option<u64>,
+    /// `json` (text frames, the default) or `binary` (a 40-byte header,
+    /// then the payload).
+    #[param(pattern = "^(json|binary)$")]
+    format: Option<String>,
+    /// What the client relies on: `latest_per_key` or `none`; 409 if the
+    /// group does otherwise.
+    #[param(pattern = "^(latest_per_key|none)$")]
+    conflate: Option<String>,
+}
+
+/// The event stream's query (the document's; [`Params`] reads it).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct EventsQuery {
+    /// Where the group starts if it is new: `earliest`, `latest`,
+    /// `offset:N`, `time:RFC3339`.
+    #[param(example = "earliest")]
+    start: Option<String>,
+    /// Events out and not acked at once (at least 1, default 100, at most
+    /// 10,000).
+    #[param(minimum = 1)]
+    max_outstanding: Option<u64>,
+    /// Their payload bytes (at least 1; default 4 MiB).
+    #[param(minimum = 1)]
+    max_bytes: Option<u64>,
+    /// What the client relies on: `latest_per_key` or `none`; 409 if the
+    /// group does otherwise.
+    #[param(pattern = "^(latest_per_key|none)$")]
+    conflate: Option<String>,
 }
 
 /// A query string read parameter by parameter, so that every complaint
@@ -258,10 +299,28 @@ fn heartbeat(s: &AdminState) -> Duration {
 
 // ---- WebSocket ----
 
-async fn ws(
+#[utoipa::path(
+    get,
+    path = "/streams/{stream}/groups/{group}/ws",
+    tag = "push",
+    params(GroupPath, WsQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 101, description = "The WebSocket is open: the group's deliveries come as frames (daemon/HTTP.md, Push)"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 405, response = BadRequest),
+        (status = 409, response = Conflict),
+        (status = 426, response = BadRequest),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub(super) async fn ws(
     on: OnStream<Consume>,
     State(s): State<Arc<AdminState>>,
-    Query(q): Query<HashMap<String, String>>,
+    ApiQuery(q): ApiQuery<HashMap<String, String>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Answer {
     let p = Params::new(
@@ -610,10 +669,26 @@ fn credit(v: &Value) -> Result<Credit, String> {
 
 // ---- server-sent events ----
 
-async fn events(
+#[utoipa::path(
+    get,
+    path = "/streams/{stream}/groups/{group}/events",
+    tag = "push",
+    params(GroupPath, EventsQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "An endless event stream: an event per delivery (`id`: its offset, `data`: the message as JSON), `: heartbeat` comments", content_type = "text/event-stream", body = String),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub(super) async fn events(
     on: OnStream<Consume>,
     State(s): State<Arc<AdminState>>,
-    Query(q): Query<HashMap<String, String>>,
+    ApiQuery(q): ApiQuery<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Answer {
     let p = Params::new(q, &["start", "max_outstanding", "max_bytes", "conflate"])?;

@@ -64,7 +64,9 @@ pub enum ConsumeError {
 }
 
 /// What the service shows of a group (metrics, `sluice stat`, HTTP).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+#[derive(
+    Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema,
+)]
 pub struct GroupStats {
     pub stream: String,
     pub group: String,

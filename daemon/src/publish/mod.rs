@@ -32,7 +32,7 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use crate::credit::CreditPolicy;
-use crate::ingest::IngestShared;
+use crate::ingest::{IngestShared, NoStream};
 use crate::spool::record::{now_us, RequestKey, MAX_KEY_LEN};
 use crate::spool::{Outcome, Record, SpoolError, Stream};
 
@@ -77,6 +77,9 @@ pub struct Published {
 pub enum PublishError {
     /// No such stream, and streams are not created on first use.
     NoStream(String),
+    /// The stream cannot take requests: a name no producer may use, or
+    /// one stream too many.
+    Refused(String),
     /// Try again later: the spool or consumers are behind, the disk is
     /// full, too much is being published at once, or an append failed.
     Busy(String),
@@ -91,9 +94,10 @@ pub enum PublishError {
 impl std::fmt::Display for PublishError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PublishError::NoStream(why) | PublishError::Busy(why) | PublishError::Bad(why) => {
-                f.write_str(why)
-            }
+            PublishError::NoStream(why)
+            | PublishError::Refused(why)
+            | PublishError::Busy(why)
+            | PublishError::Bad(why) => f.write_str(why),
             PublishError::TooLarge { len, max } => {
                 write!(f, "a message of {len} bytes, more than the {max} allowed")
             }
@@ -177,10 +181,12 @@ impl Publisher {
         if let Identity::Key { key, .. } = &identity {
             check_key(key).map_err(PublishError::Bad)?;
         }
-        let s = self
-            .ingest
-            .stream_for(stream)
-            .map_err(PublishError::NoStream)?;
+        let s = self.ingest.stream_for(stream).map_err(|e| match e {
+            NoStream::Missing(why) => PublishError::NoStream(why),
+            NoStream::Refused(why) => PublishError::Bad(why),
+            NoStream::Full(why) => PublishError::Refused(why),
+            NoStream::Unavailable(why) => PublishError::Busy(why),
+        })?;
         let max = s.log_config().max_record_bytes;
         if let Some(p) = payloads.iter().find(|p| p.len() > max) {
             return Err(PublishError::TooLarge { len: p.len(), max });

@@ -441,7 +441,7 @@ async fn serve_stream(
         return;
     }
     if let Err(reason) = plane.ingest.stream_for(&stream) {
-        refuse(&mut send, RefuseCode::NoSuchStream, &reason).await;
+        refuse(&mut send, RefuseCode::NoSuchStream, &reason.to_string()).await;
         return;
     }
     match purpose {

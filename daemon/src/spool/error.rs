@@ -7,10 +7,11 @@ use thiserror::Error;
 
 /// Damage found in a stream's files: where it is, which offsets it
 /// affects, and why it is damage rather than what a crash leaves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Damage {
     pub stream: String,
     /// The damaged file (a segment, the checkpoint, a cursor, ...).
+    #[schema(value_type = String)]
     pub file: PathBuf,
     /// Byte position in it where the damage starts.
     pub byte: u64,

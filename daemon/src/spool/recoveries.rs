@@ -14,8 +14,9 @@ use super::fs::{read_all, write_atomic, SpoolFs};
 
 pub const FILE: &str = "recoveries";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
+#[schema(as = RecoveryKind)]
 pub enum Kind {
     /// A crash's torn write at the end of the log, cut at start; its
     /// bytes were never acknowledged.
@@ -32,7 +33,7 @@ pub enum Kind {
 }
 
 /// One entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Recovery {
     /// When (µs since the Unix epoch).
     pub at_us: u64,
@@ -43,6 +44,7 @@ pub struct Recovery {
     pub to: u64,
     /// Bytes set aside, and where.
     pub bytes_aside: u64,
+    #[schema(value_type = Option<String>)]
     pub aside: Option<PathBuf>,
     pub reason: String,
 }

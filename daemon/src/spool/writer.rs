@@ -199,7 +199,17 @@ pub struct Stream {
 }
 
 /// What the scrub has done on a stream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct ScrubStats {
     pub bytes: u64,
     pub segments: u64,

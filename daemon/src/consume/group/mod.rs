@@ -181,7 +181,9 @@ pub struct DeadOut {
 }
 
 /// Counters a group keeps (totals since the daemon started).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct GroupCounters {
     pub delivered: u64,
     pub redelivered: u64,
