@@ -51,3 +51,8 @@ fn pytest(file: &str) {
 fn http_publish() {
     pytest("test_publish.py");
 }
+
+#[test]
+fn http_tls() {
+    pytest("test_tls.py");
+}
