@@ -250,13 +250,15 @@ impl Config {
             tls::load_certs(&a.tls_cert).map_err(|e| invalid("admin.tls_cert", e.to_string()))?;
         let key = tls::load_key(&a.tls_key).map_err(|e| invalid("admin.tls_key", e.to_string()))?;
         let config = identity::https_config(chain, key).map_err(|e| {
+            let (k, c) = (a.tls_key.display(), a.tls_cert.display());
             invalid(
                 "admin.tls_key",
-                format!(
-                    "{e} (the key {} with the certificate {})",
-                    a.tls_key.display(),
-                    a.tls_cert.display()
-                ),
+                match e {
+                    rustls::Error::InconsistentKeys(_) => {
+                        format!("{k} is not the key of the certificate {c} (admin.tls_cert)")
+                    }
+                    e => format!("{k} with the certificate {c}: {e}"),
+                },
             )
         })?;
         Ok(AdminTls::Own(config))

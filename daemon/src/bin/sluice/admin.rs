@@ -31,7 +31,7 @@ impl FromStr for AdminUrl {
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         let port = authority.rsplit_once(':').map(|(_, p)| p);
-        if authority.contains('/') || !port.is_some_and(|p| p.parse::<u16>().is_ok()) {
+        if authority.contains('/') || port.is_none_or(|p| p.parse::<u16>().is_err()) {
             return Err(format!(
                 "{s:?}: expected HOST:PORT, http://HOST:PORT or https://HOST:PORT"
             ));
