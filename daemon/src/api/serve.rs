@@ -547,6 +547,24 @@ impl Http {
         self.freed.notify_waiters();
     }
 
+    /// Counts a failed TLS handshake, and logs it unless a few were
+    /// logged this second already.
+    fn tls_failed(&self, why: TlsFailure, peer: SocketAddr, error: &dyn std::fmt::Display) {
+        let i = TlsFailure::ALL
+            .iter()
+            .position(|&f| f == why)
+            .expect("listed");
+        self.stats.tls_failed[i].fetch_add(1, Relaxed);
+        let logged = self
+            .tls_log
+            .lock()
+            .unwrap()
+            .allow(std::time::Instant::now());
+        if let Some(suppressed) = logged {
+            warn!(%peer, reason = why.as_str(), %error, suppressed, "admin endpoint: TLS handshake failed");
+        }
+    }
+
     fn close_all(&self, why: Close) {
         for e in self.registry.lock().unwrap().conns.values() {
             e.conn.close(why);
@@ -867,21 +885,7 @@ async fn handshake(
     // idle phase (no byte yet), as on a plain connection.
     let mut first = [0u8; 1];
     let peeked = supervise(conn, l, pin!(stream.peek(&mut first)), |_| false).await;
-    let failed = |why: TlsFailure, error: &dyn std::fmt::Display| {
-        http.stats.tls_failed[TlsFailure::ALL
-            .iter()
-            .position(|&f| f == why)
-            .expect("listed")]
-        .fetch_add(1, Relaxed);
-        if let Some(suppressed) = http
-            .tls_log
-            .lock()
-            .unwrap()
-            .allow(std::time::Instant::now())
-        {
-            warn!(%peer, reason = why.as_str(), %error, suppressed, "admin endpoint: TLS handshake failed");
-        }
-    };
+    let failed = |why, error: &dyn std::fmt::Display| http.tls_failed(why, peer, error);
     match peeked {
         // Closed before a byte: a port check, not a failed handshake.
         Ok(Ok(0)) | Ok(Err(_)) => return Err(End::Refused),
@@ -894,6 +898,7 @@ async fn handshake(
         }
         Err(end) => return Err(end),
     }
+    // Peeked bytes are not read through `Watched`: the head starts now.
     conn.read_some();
     let mut socket = Watched {
         io: stream,
