@@ -40,7 +40,7 @@ fn failures(d: &Daemon, reason: &str) -> f64 {
 fn https_with_the_daemons_own_certificate_serves_clients_that_trust_it() {
     let dir = tempfile::tempdir().unwrap();
     let spec = DaemonSpec::new(sluiced_bin!(), dir.path()).admin_tls();
-    let _d = spec.start();
+    let d = spec.start();
     let cert = spec.server_cert();
     let cert_arg = cert.display().to_string();
 
@@ -114,6 +114,13 @@ fn https_with_the_daemons_own_certificate_serves_clients_that_trust_it() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // A stop with an HTTPS connection kept alive (the agent's) and a
+    // handshake that has not started: clean, and without waiting for them.
+    let _stalled = TcpStream::connect(spec.admin).unwrap();
+    let t = Instant::now();
+    assert!(d.terminate(Duration::from_secs(10)).success());
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
 
 #[test]
@@ -121,7 +128,10 @@ fn plain_http_garbage_and_stalled_handshakes_are_closed_and_others_are_served() 
     let dir = tempfile::tempdir().unwrap();
     let spec = DaemonSpec::new(sluiced_bin!(), dir.path())
         .admin_tls()
-        .args(["--admin-idle-timeout", "1s", "--admin-header-timeout", "1s"]);
+        .args(["--admin-idle-timeout", "2s", "--admin-header-timeout", "2s"]);
+    // Well under the deadlines (2 s): an answer that waited for a stalled
+    // handshake would take longer.
+    let prompt = Duration::from_secs(1);
     let d = spec.start();
     let agent = admin_agent(Some(&spec.server_cert())).unwrap();
     let health = || {
@@ -141,7 +151,7 @@ fn plain_http_garbage_and_stalled_handshakes_are_closed_and_others_are_served() 
         }
         other => panic!("plain HTTP to the HTTPS port: {other:?}"),
     }
-    assert!(health() < Duration::from_millis(500));
+    assert!(health() < prompt);
 
     // Bytes that are not TLS at all, and a TLS record that is garbage:
     // closed at once.
@@ -177,21 +187,18 @@ fn plain_http_garbage_and_stalled_handshakes_are_closed_and_others_are_served() 
     let t = Instant::now();
     closed(junk);
     closed(bad_record);
-    assert!(t.elapsed() < Duration::from_millis(900), "closed at once");
+    assert!(t.elapsed() < prompt, "closed at once");
     for _ in 0..5 {
-        assert!(
-            health() < Duration::from_millis(500),
-            "served while handshakes stall"
-        );
+        assert!(health() < prompt, "served while handshakes stall");
     }
-    // Past the deadlines (1 s), the stalled ones are closed.
+    // Past the deadlines, the stalled ones are closed.
     let t = Instant::now();
     for s in silent {
         closed(s);
     }
     closed(half);
-    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
-    assert!(health() < Duration::from_millis(500));
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(health() < prompt);
 
     assert_eq!(failures(&d, "not_tls"), 2.0, "plain HTTP and junk");
     assert_eq!(failures(&d, "error"), 1.0, "the garbage record");
@@ -202,7 +209,8 @@ fn plain_http_garbage_and_stalled_handshakes_are_closed_and_others_are_served() 
             &[("reason", reason)],
         )
     };
-    assert_eq!(closed_by("idle_timeout"), 8.0);
+    // (And perhaps the client's own kept-alive connection, idle as long.)
+    assert!(closed_by("idle_timeout") >= 8.0);
     assert_eq!(closed_by("header_timeout"), 1.0);
 }
 
