@@ -27,7 +27,8 @@ use clap::{Parser, Subcommand};
     long_about = "Publish to, consume from, read and watch a sluiced.\n\n\
 Addresses default to sluiced's embedded defaults (data 127.0.0.1:7401/udp, \
 admin http://127.0.0.1:7480); set SLUICE_ADDR and SLUICE_ADMIN to point \
-elsewhere."
+elsewhere. An admin port served over HTTPS (admin.tls): SLUICE_ADMIN=https://HOST:PORT, \
+and SLUICE_ADMIN_CERT (--admin-cert) for the certificate to trust."
 )]
 struct Cli {
     #[command(subcommand)]
