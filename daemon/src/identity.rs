@@ -7,11 +7,64 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sluice_transport::quic::tls::{self, TlsError};
 use thiserror::Error;
 use tracing::{info, warn};
+
+/// The admin port's TLS (`admin.tls`), as the configuration gives it.
+#[derive(Debug, Clone)]
+pub enum AdminTls {
+    /// Plain HTTP.
+    Off,
+    /// HTTPS with the QUIC plane's certificate and key ([`Identity`]), known
+    /// once the daemon has loaded (or made) them.
+    QuicIdentity,
+    /// HTTPS with its own certificate (`admin.tls_cert`, `admin.tls_key`),
+    /// loaded and checked with the configuration.
+    Own(Arc<rustls::ServerConfig>),
+}
+
+/// The admin port's HTTPS for this certificate chain and key: rustls
+/// with ring (as the QUIC plane), HTTP/1.1 by ALPN (the only protocol it
+/// speaks). Fails if the key is not the certificate's.
+pub fn https_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The client side of [`https_config`]: trusts the certificates of the
+/// PEM file `trust` (a CA, or the daemon's own self-signed certificate),
+/// and nothing else, for an `https://` admin port (`sluice --admin-cert`,
+/// tests).
+pub fn https_client(trust: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in tls::load_certs(trust)? {
+        roots.add(c).map_err(|e| TlsError::Load {
+            what: "a trusted certificate",
+            path: trust.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
 
 /// The self-signed certificate and key, inside the data folder.
 pub const SELF_SIGNED_CERT: &str = "tls/server.crt";

@@ -20,7 +20,7 @@ use crate::api::{self, AdminState};
 use crate::config::{Config, ConfigError, Settings};
 use crate::consume::service::{ConsumeError, Consumers};
 use crate::gate::Gate;
-use crate::identity::{self, IdentityError};
+use crate::identity::{self, AdminTls, IdentityError};
 use crate::ingest::{Ingest, IngestShared};
 use crate::metrics::{Metrics, Registry};
 use crate::quic::{QuicPlane, QuicSetup, SecurityMetrics};
@@ -99,6 +99,7 @@ pub async fn run(
         credit,
         xdp: xdp_setup,
         admin: admin_limits,
+        admin_tls,
         recv_buffer: wanted,
     } = settings;
     let gate = Arc::new(Gate::new(authenticator, loopback_only));
@@ -109,6 +110,34 @@ pub async fn run(
         dir: &config.spool.dir,
         listen: config.quic.listen,
     })?;
+    // The admin port's HTTPS reuses the QUIC identity unless it has its
+    // own (checked with the configuration).
+    let admin_tls = match admin_tls {
+        AdminTls::Off => None,
+        AdminTls::Own(config) => Some(config),
+        AdminTls::QuicIdentity => Some(
+            identity::https_config(identity.chain.clone(), identity.key.clone_key()).map_err(
+                |e| ConfigError::Invalid {
+                    key: "admin.tls",
+                    reason: format!(
+                        "the QUIC certificate {} cannot serve HTTPS: {e}",
+                        identity.cert_path.display()
+                    ),
+                },
+            )?,
+        ),
+    };
+    if admin_tls.is_some() {
+        info!(
+            admin = %config.admin.listen,
+            cert = %if config.admin.tls_cert.as_os_str().is_empty() {
+                identity.cert_path.display()
+            } else {
+                config.admin.tls_cert.display()
+            },
+            "the admin endpoint serves HTTPS (admin.tls)"
+        );
+    }
     open_streams(&spool, &config.streams.names)?;
     let consumers = Consumers::new(spool.clone(), consumers_config);
     consumers.start().await?;
@@ -230,7 +259,12 @@ pub async fn run(
         publisher: crate::publish::Publisher::new(ingest.clone(), &credit),
     });
     // Served within the admin limits (connections, timeouts, pages).
-    let admin = api::serve::serve(admin_listener, api::router(state.clone()), http);
+    let admin = api::serve::serve(
+        admin_listener,
+        api::router(state.clone()),
+        http,
+        admin_tls.map(tokio_rustls::TlsAcceptor::from),
+    );
     info!(
         data = %bound.data,
         quic = %bound.quic,

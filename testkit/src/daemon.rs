@@ -80,6 +80,9 @@ pub struct DaemonSpec {
     /// Where the daemon's stderr (its logs) goes instead of ours, appended
     /// to: for tests that check what it said.
     pub log_file: Option<PathBuf>,
+    /// The admin port speaks HTTPS with this certificate (PEM), which the
+    /// handle's requests trust ([`DaemonSpec::admin_tls`]).
+    pub admin_trust: Option<PathBuf>,
 }
 
 impl DaemonSpec {
@@ -96,6 +99,7 @@ impl DaemonSpec {
             log_level: std::env::var("SLUICED_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             args: Vec::new(),
             log_file: None,
+            admin_trust: None,
         }
     }
 
@@ -116,6 +120,19 @@ impl DaemonSpec {
     pub fn args<S: Into<String>>(mut self, a: impl IntoIterator<Item = S>) -> Self {
         self.args.extend(a.into_iter().map(Into::into));
         self
+    }
+
+    /// The admin port over HTTPS (`admin.tls`) with the daemon's
+    /// self-signed certificate (the QUIC plane's, made at first start),
+    /// which the handle's requests then trust.
+    pub fn admin_tls(mut self) -> Self {
+        self.admin_trust = Some(self.server_cert());
+        self.arg("--admin-tls").arg("true")
+    }
+
+    /// The admin port's base URL: `http://ADDR`, or `https://ADDR`.
+    pub fn admin_url(&self) -> String {
+        admin_url(self.admin, self.admin_trust.is_some())
     }
 
     /// `--spool-fsync`: `always`, `interval` or `never`.
@@ -326,6 +343,7 @@ impl DaemonSpec {
             data: self.data,
             quic: self.quic,
             admin: self.admin,
+            admin_trust: self.admin_trust.clone(),
             netns: netns.map(str::to_owned),
         };
         d.wait_ready(START_WITHIN)?;
@@ -348,6 +366,8 @@ pub struct Daemon {
     pub data: SocketAddr,
     pub quic: SocketAddr,
     pub admin: SocketAddr,
+    /// The certificate its HTTPS admin port is trusted by, if it has one.
+    admin_trust: Option<PathBuf>,
     /// The network namespace it runs in, if not ours.
     netns: Option<String>,
 }
@@ -362,10 +382,17 @@ impl Daemon {
                 )));
             }
             let admin = self.admin;
+            let trust = self.admin_trust.clone();
             // An HTTP answer (200, or 503 while acks are held), not just a
             // connection: the port listens before the daemon is set up.
+            // Over HTTPS, the certificate may not be made yet.
             let up = self.here(move || {
-                let health = ureq::get(&format!("http://{admin}/health"))
+                let Ok(agent) = admin_agent(trust.as_deref()) else {
+                    return false;
+                };
+                let url = admin_url(admin, trust.is_some());
+                let health = agent
+                    .get(&format!("{url}/health"))
                     .timeout(Duration::from_millis(500))
                     .call();
                 matches!(health, Ok(_) | Err(ureq::Error::Status(..)))
@@ -427,15 +454,28 @@ impl Daemon {
 
     /// The daemon's metrics now.
     pub fn scrape(&self) -> std::io::Result<Scrape> {
-        let admin = self.admin;
-        self.here(move || scrape(admin))
+        self.try_get("/metrics").map(|t| Scrape::parse(&t))
     }
 
     /// GETs an admin path and returns the body (panics on errors).
     pub fn get(&self, path: &str) -> String {
-        let admin = self.admin;
-        self.here(move || http_get(admin, path))
-            .unwrap_or_else(|e| panic!("GET http://{admin}{path}: {e}"))
+        self.try_get(path)
+            .unwrap_or_else(|e| panic!("GET {}{path}: {e}", self.admin_url()))
+    }
+
+    /// GETs an admin path (over HTTPS if the port speaks it); any status
+    /// but 200 is an error.
+    pub fn try_get(&self, path: &str) -> std::io::Result<String> {
+        let (admin, trust) = (self.admin, self.admin_trust.clone());
+        self.here(move || match trust {
+            None => http_get(admin, path),
+            Some(trust) => get_with(&admin_agent(Some(&trust))?, &admin_url(admin, true), path),
+        })
+    }
+
+    /// The admin port's base URL: `http://ADDR`, or `https://ADDR`.
+    pub fn admin_url(&self) -> String {
+        admin_url(self.admin, self.admin_trust.is_some())
     }
 
     /// Runs `f` where the daemon's addresses are reachable: in its network
@@ -501,10 +541,34 @@ pub fn pinned(cert: &Path, token: Option<String>) -> Result<QuicOptions, String>
     })
 }
 
+/// `http://ADDR`, or `https://ADDR`.
+pub fn admin_url(admin: SocketAddr, https: bool) -> String {
+    let scheme = if https { "https" } else { "http" };
+    format!("{scheme}://{admin}")
+}
+
+/// An HTTP client that, given `trust` (a PEM file), speaks HTTPS trusting
+/// exactly its certificates.
+pub fn admin_agent(trust: Option<&Path>) -> std::io::Result<ureq::Agent> {
+    let mut agent = ureq::AgentBuilder::new();
+    if let Some(trust) = trust {
+        let config = sluice_daemon::identity::https_client(trust).map_err(std::io::Error::other)?;
+        agent = agent.tls_config(config);
+    }
+    Ok(agent.build())
+}
+
 /// GETs `path` from an admin endpoint and returns the body; any status
 /// but 200 is an error.
 pub fn http_get(admin: SocketAddr, path: &str) -> std::io::Result<String> {
-    let resp = ureq::get(&format!("http://{admin}{path}"))
+    get_with(&ureq::agent(), &admin_url(admin, false), path)
+}
+
+/// GETs `path` under the base URL `base` with `agent`; any status but 200
+/// is an error.
+pub fn get_with(agent: &ureq::Agent, base: &str, path: &str) -> std::io::Result<String> {
+    let resp = agent
+        .get(&format!("{base}{path}"))
         .timeout(Duration::from_secs(10))
         .call()
         .map_err(|e| std::io::Error::other(format!("GET {path}: {e}")))?;

@@ -5,6 +5,11 @@ sets it to the sluiced cargo built for the tests). Each test gets its own
 daemon, spool folder and loopback ports; `kill9()` and `start()` let a test
 crash it and start it again on the same spool.
 
+With "--admin-tls", "true" among its flags the daemon serves HTTPS with
+its self-signed certificate (<spool>/tls/server.crt, made at its first
+start): `base` is then https:// and `verify` (for httpx's `verify=`) an SSL
+context trusting exactly that certificate.
+
 Three tokens are configured:
 - WRITER publishes to and consumes from every stream,
 - READER only consumes,
@@ -15,6 +20,7 @@ import hashlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 
@@ -54,7 +60,11 @@ class Sluiced:
         self.admin_port = _free_port(socket.SOCK_STREAM)
         self.data_port = _free_port(socket.SOCK_DGRAM)
         self.quic_port = _free_port(socket.SOCK_DGRAM)
-        self.base = f"http://127.0.0.1:{self.admin_port}"
+        args = self.extra_args
+        self.tls = any(a == "--admin-tls" and args[i + 1 : i + 2] == ["true"] for i, a in enumerate(args))
+        self.cert = self.spool / "tls" / "server.crt"
+        self.base = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.admin_port}"
+        self._verify = None
         self.config.write_text(
             "".join(
                 f'[[auth.tokens]]\nname = "{name}"\nhash = "{_hash(tok)}"\n{rights}\n'
@@ -86,6 +96,16 @@ class Sluiced:
             *self.extra_args,
         ]
 
+    @property
+    def verify(self):
+        """httpx's `verify=`: the default, or (admin.tls) trust in exactly
+        the daemon's certificate, once it has made it."""
+        if not self.tls:
+            return True
+        if self._verify is None:
+            self._verify = ssl.create_default_context(cafile=str(self.cert))
+        return self._verify
+
     def start(self, within=30.0):
         assert self.proc is None, "already running"
         logf = open(self.log, "ab")
@@ -95,8 +115,11 @@ class Sluiced:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sluiced exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            if self.tls and not self.cert.exists():
+                time.sleep(0.05)
+                continue
             try:
-                if httpx.get(self.base + "/health", timeout=1.0).status_code in (200, 503):
+                if httpx.get(self.base + "/health", timeout=1.0, verify=self.verify).status_code in (200, 503):
                     return self
             except httpx.TransportError:
                 pass
@@ -122,7 +145,7 @@ class Sluiced:
             self.proc = None
 
     def client(self, token=WRITER, timeout=20.0):
-        return httpx.Client(base_url=self.base, headers=auth(token), timeout=timeout)
+        return httpx.Client(base_url=self.base, headers=auth(token), timeout=timeout, verify=self.verify)
 
     def records(self, stream, start=0):
         """Every durable record of `stream` from `start` (the admin records
@@ -134,6 +157,7 @@ class Sluiced:
                 params={"from": start, "limit": 10_000},
                 headers=auth(ADMIN),
                 timeout=20.0,
+                verify=self.verify,
             )
             r.raise_for_status()
             page = r.json()

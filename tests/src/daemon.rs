@@ -1,4 +1,6 @@
 //! A real `sluiced` process for a test: the launcher of `sluice-testkit`
 //! (start it with [`crate::sluiced_bin!`] as the program).
 
-pub use sluice_testkit::daemon::{free_tcp, free_udp, Daemon, DaemonSpec, Exited, Target};
+pub use sluice_testkit::daemon::{
+    admin_agent, free_tcp, free_udp, get_with, Daemon, DaemonSpec, Exited, Target,
+};

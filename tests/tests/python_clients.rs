@@ -68,3 +68,8 @@ fn http_sse() {
 fn openapi_schemathesis() {
     pytest("test_openapi.py");
 }
+
+#[test]
+fn http_tls() {
+    pytest("test_tls.py");
+}

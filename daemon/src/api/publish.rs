@@ -28,7 +28,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::caller::{OnStream, Publish};
 use super::error::{Answer, ApiError};
 use super::openapi::{
-    BadRequest, Conflict, Forbidden, KeyUsed, NotAMessage, NotFound, TooLarge, Unauthorized, Unavailable,
+    BadRequest, Conflict, Forbidden, KeyUsed, NotAMessage, NotFound, TooLarge, Unauthorized,
+    Unavailable,
 };
 use super::{AdminState, StreamPath};
 use crate::publish::{batch, Identity, Placed, PublishError, Published};

@@ -28,9 +28,9 @@
 //! | head: a request's first byte came, its headers are not complete | `header_timeout` from that byte |
 //! | handling, the request's body not all received | `idle_timeout` from its headers |
 //! | handling, body received (the handler works; long polls end by themselves) | — |
-//! | writing: the answer is out of the handler, not all taken by the client | `idle_timeout` |
 //! | writing a stream ([`Streaming`]: server-sent events) | `idle_timeout` from the last piece the client took room for |
 //! | upgraded (a WebSocket) | — (the handler keeps its own time: pings, a timeout on each send) |
+//! | writing: the answer is out of the handler, not all taken by the client | `idle_timeout` |
 //!
 //! hyper's own `header_read_timeout` starts when hyper starts waiting for a
 //! request, so on a kept-alive connection it is an idle timeout and cannot
@@ -48,6 +48,18 @@
 //! **Stop.** [`AdminServer::shutdown`] stops accepting, lets answers in
 //! progress finish (no keep-alive) for up to [`STOP_GRACE`], then closes
 //! what is left.
+//!
+//! **HTTPS** (`admin.tls`). The TLS handshake runs in the connection's own
+//! task, never in the accept loop (a slow one must not stop accepting),
+//! under the same deadlines: nothing sent for `idle_timeout` (an idle
+//! connection, which a new one may take the place of), or the handshake
+//! not done `header_timeout` after its first byte. Then HTTP runs over the
+//! TLS stream exactly as over a plain socket: the limits, the phases (the
+//! bytes counted are the socket's, below TLS) and the peer's address are
+//! the same. A connection whose first byte is not a TLS handshake record
+//! (plain HTTP sent to the HTTPS port) is answered a 400 in clear saying
+//! so, and closed. Failed handshakes are counted by reason and logged a
+//! few a second.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -68,15 +80,18 @@ use axum::Router;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 use tracing::{info, warn};
 
 use super::error::ApiError;
+use crate::log_limit::LogLimit;
 use crate::metrics::exposition::{Exposition, Kind};
 use crate::metrics::Collect;
 
@@ -175,6 +190,42 @@ impl Timeout {
         }
     }
 }
+
+/// Why a TLS handshake failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsFailure {
+    /// The first byte was not a TLS handshake record (plain HTTP, say).
+    NotTls,
+    /// rustls refused what came (garbage, no common cipher, ...).
+    Error,
+    /// Nothing for `idle_timeout`, or not done `header_timeout` after its
+    /// first byte.
+    Timeout,
+}
+
+impl TlsFailure {
+    const ALL: [TlsFailure; 3] = [TlsFailure::NotTls, TlsFailure::Error, TlsFailure::Timeout];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            TlsFailure::NotTls => "not_tls",
+            TlsFailure::Error => "error",
+            TlsFailure::Timeout => "timeout",
+        }
+    }
+}
+
+/// The first byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// What a plain-HTTP request to the HTTPS port is answered, in clear: a
+/// client (curl, a script) then says why instead of "connection reset".
+const PLAIN_TO_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+content-type: text/plain\r\n\
+connection: close\r\n\
+content-length: 56\r\n\
+\r\n\
+this port serves HTTPS (admin.tls): use https:// instead\n";
 
 /// A limit a new connection was over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,6 +403,8 @@ struct Stats {
     evicted: AtomicU64,
     timed_out: [AtomicU64; 4],
     pages_busy: AtomicU64,
+    /// By [`TlsFailure::ALL`].
+    tls_failed: [AtomicU64; 3],
 }
 
 /// The admin port's limits and what they did; shared by the accept loop,
@@ -366,6 +419,9 @@ pub struct Http {
     /// Told when a connection's task ends.
     freed: Notify,
     next_id: AtomicU64,
+    /// Failed TLS handshakes are a stranger's to make: a few a second are
+    /// logged.
+    tls_log: Mutex<LogLimit>,
 }
 
 /// A page-returning request's turn; it ends when dropped.
@@ -388,6 +444,7 @@ impl Http {
             registry: Mutex::new(Registry::default()),
             freed: Notify::new(),
             next_id: AtomicU64::new(1),
+            tls_log: Mutex::new(LogLimit::new(5)),
         }
     }
 
@@ -498,6 +555,24 @@ impl Http {
         self.freed.notify_waiters();
     }
 
+    /// Counts a failed TLS handshake, and logs it unless a few were
+    /// logged this second already.
+    fn tls_failed(&self, why: TlsFailure, peer: SocketAddr, error: &dyn std::fmt::Display) {
+        let i = TlsFailure::ALL
+            .iter()
+            .position(|&f| f == why)
+            .expect("listed");
+        self.stats.tls_failed[i].fetch_add(1, Relaxed);
+        let logged = self
+            .tls_log
+            .lock()
+            .unwrap()
+            .allow(std::time::Instant::now());
+        if let Some(suppressed) = logged {
+            warn!(%peer, reason = why.as_str(), %error, suppressed, "admin endpoint: TLS handshake failed");
+        }
+    }
+
     fn close_all(&self, why: Close) {
         for e in self.registry.lock().unwrap().conns.values() {
             e.conn.close(why);
@@ -524,11 +599,17 @@ pub struct AdminServer {
     accepting: Option<JoinHandle<()>>,
 }
 
-/// Serves `router` on `listener` within `http`'s limits, until
-/// [`AdminServer::shutdown`].
-pub fn serve(listener: TcpListener, router: Router, http: Arc<Http>) -> AdminServer {
+/// Serves `router` on `listener` within `http`'s limits, over TLS if
+/// `tls` is given, until [`AdminServer::shutdown`].
+pub fn serve(
+    listener: TcpListener,
+    router: Router,
+    http: Arc<Http>,
+    tls: Option<TlsAcceptor>,
+) -> AdminServer {
     let l = &http.limits;
     info!(
+        https = tls.is_some(),
         max_connections = http.max_connections,
         configured = l.max_connections,
         per_source = l.max_connections_per_source,
@@ -549,7 +630,7 @@ pub fn serve(listener: TcpListener, router: Router, http: Arc<Http>) -> AdminSer
         );
     }
     let (stop, stopped) = watch::channel(false);
-    let accepting = tokio::spawn(accept_loop(listener, router, http.clone(), stopped));
+    let accepting = tokio::spawn(accept_loop(listener, router, http.clone(), tls, stopped));
     AdminServer {
         http,
         stop,
@@ -588,6 +669,7 @@ async fn accept_loop(
     listener: TcpListener,
     router: Router,
     http: Arc<Http>,
+    tls: Option<TlsAcceptor>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut said_out_of_fds: Option<Instant> = None;
@@ -629,7 +711,14 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let id = conn.id;
-        let task = tokio::spawn(drive(stream, peer, conn, router.clone(), http.clone()));
+        let task = tokio::spawn(drive(
+            stream,
+            peer,
+            conn,
+            router.clone(),
+            http.clone(),
+            tls.clone(),
+        ));
         http.set_abort(id, task.abort_handle());
     }
 }
@@ -646,33 +735,112 @@ impl Drop for Registered {
     }
 }
 
-/// How a connection's task ended.
+/// Why a connection's task ended before its work did.
 enum End {
-    Done,
     Evicted,
+    Stopped,
     TimedOut(Timeout),
+    /// The TLS handshake failed (counted where it failed).
+    Refused,
 }
 
 /// Serves one connection until it ends, is told to close, or misses its
-/// deadline.
+/// deadline: over TLS if `tls` is given, after the handshake.
 async fn drive(
     stream: TcpStream,
     peer: SocketAddr,
     conn: Arc<Conn>,
     router: Router,
     http: Arc<Http>,
+    tls: Option<TlsAcceptor>,
 ) {
     // The guard goes with the socket: a connection upgraded to a WebSocket
     // outlives this task (hyper hands its socket to the handler), and
     // counts against the limits until that socket is closed.
-    let io = TokioIo::new(Watched {
-        io: stream,
-        conn: conn.clone(),
-        _registered: Registered {
-            http: http.clone(),
-            id: conn.id,
+    let registered = Registered {
+        http: http.clone(),
+        id: conn.id,
+    };
+    let end = match tls {
+        None => {
+            let socket = Watched {
+                io: stream,
+                conn: conn.clone(),
+                _registered: registered,
+            };
+            serve_http(socket, peer, &conn, router, &http).await
+        }
+        Some(tls) => match handshake(&tls, stream, registered, peer, &conn, &http).await {
+            Ok(stream) => serve_http(stream, peer, &conn, router, &http).await,
+            Err(end) => Err(end),
         },
-    });
+    };
+    if let Err(End::TimedOut(why)) = end {
+        let i = Timeout::ALL.iter().position(|&t| t == why).expect("listed");
+        http.stats.timed_out[i].fetch_add(1, Relaxed);
+    }
+}
+
+/// Drives `work` under the connection's deadlines: its output, or why it
+/// was cut short (the connection evicted, stopped, or past its deadline).
+/// On a stop, `on_stop` is called once: `true` if the work will then end by
+/// itself soon (an answer in progress finishing), `false` to end it now.
+async fn supervise<F: Future>(
+    conn: &Conn,
+    l: &AdminLimits,
+    mut work: Pin<&mut F>,
+    mut on_stop: impl FnMut(Pin<&mut F>) -> bool,
+) -> Result<F::Output, End> {
+    let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
+    let mut armed: Option<Instant> = None;
+    let mut stopping = false;
+    poll_fn(|cx: &mut Context<'_>| loop {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        let (close, deadline) = {
+            let mut s = conn.state();
+            s.waker = Some(cx.waker().clone());
+            (s.close, s.deadline(l))
+        };
+        match close {
+            Some(Close::Evict) => return Poll::Ready(Err(End::Evicted)),
+            Some(Close::Stop) if !stopping => {
+                stopping = true;
+                if !on_stop(work.as_mut()) {
+                    return Poll::Ready(Err(End::Stopped));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let Some((at, why)) = deadline else {
+            return Poll::Pending;
+        };
+        if armed != Some(at) {
+            armed = Some(at);
+            timer.as_mut().reset(at);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(End::TimedOut(why)));
+        }
+        return Poll::Pending;
+    })
+    .await
+}
+
+/// HTTP/1.1 on `io` (a socket, or a TLS stream over one) until the
+/// connection ends.
+async fn serve_http<IO>(
+    io: IO,
+    peer: SocketAddr,
+    conn: &Arc<Conn>,
+    router: Router,
+    http: &Http,
+) -> Result<(), End>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let for_service = conn.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let conn = for_service.clone();
@@ -711,47 +879,91 @@ async fn drive(
         .header_read_timeout(l.header_timeout + l.idle_timeout)
         .keep_alive(true)
         .max_buf_size(MAX_BUF);
-    let mut connection = pin!(builder.serve_connection(io, service).with_upgrades());
-    let mut timer = pin!(tokio::time::sleep(Duration::ZERO));
-    let mut armed: Option<Instant> = None;
-    let mut stopping = false;
-    let end = poll_fn(|cx: &mut Context<'_>| loop {
-        if connection.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(End::Done);
-        }
-        let (close, deadline) = {
-            let mut s = conn.state();
-            s.waker = Some(cx.waker().clone());
-            (s.close, s.deadline(&l))
-        };
-        match close {
-            Some(Close::Evict) => return Poll::Ready(End::Evicted),
-            Some(Close::Stop) if !stopping => {
-                stopping = true;
-                connection.as_mut().graceful_shutdown();
-                continue;
-            }
-            _ => {}
-        }
-        let Some((at, why)) = deadline else {
-            return Poll::Pending;
-        };
-        if armed != Some(at) {
-            armed = Some(at);
-            timer.as_mut().reset(at);
-        }
-        if timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(End::TimedOut(why));
-        }
-        return Poll::Pending;
+    let connection = pin!(builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades());
+    // A stop lets the answer in progress finish, with no keep-alive.
+    supervise(conn, &l, connection, |c| {
+        c.graceful_shutdown();
+        true
     })
-    .await;
-    match end {
-        End::Done | End::Evicted => {}
-        End::TimedOut(why) => {
-            let i = Timeout::ALL.iter().position(|&t| t == why).expect("listed");
-            http.stats.timed_out[i].fetch_add(1, Relaxed);
+    .await
+    // hyper's own errors (a client gone, a malformed request) end the
+    // connection; it has answered what it could.
+    .map(|_| ())
+}
+
+/// The TLS handshake of a new connection, under its deadlines; a failure
+/// is counted and logged (a few a second).
+async fn handshake(
+    tls: &TlsAcceptor,
+    stream: TcpStream,
+    registered: Registered,
+    peer: SocketAddr,
+    conn: &Arc<Conn>,
+    http: &Http,
+) -> Result<tokio_rustls::server::TlsStream<Watched>, End> {
+    let l = &http.limits;
+    // The first byte, left in the socket: a ClientHello starts with a
+    // handshake record; anything else is not TLS. Waiting for it is the
+    // idle phase (no byte yet), as on a plain connection.
+    let mut first = [0u8; 1];
+    let peeked = supervise(conn, l, pin!(stream.peek(&mut first)), |_| false).await;
+    let failed = |why, error: &dyn std::fmt::Display| http.tls_failed(why, peer, error);
+    match peeked {
+        // Closed before a byte: a port check, not a failed handshake.
+        Ok(Ok(0)) | Ok(Err(_)) => return Err(End::Refused),
+        Ok(Ok(_)) => {}
+        // No ClientHello within idle_timeout: for TLS, a handshake not
+        // done in time.
+        Err(End::TimedOut(why)) => {
+            failed(TlsFailure::Timeout, &why.as_str());
+            return Err(End::TimedOut(why));
         }
+        Err(end) => return Err(end),
+    }
+    // Peeked bytes are not read through `Watched`: the head starts now.
+    conn.read_some();
+    let mut socket = Watched {
+        io: stream,
+        conn: conn.clone(),
+        _registered: registered,
+    };
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        failed(
+            TlsFailure::NotTls,
+            &format_args!("first byte {:#04x}", first[0]),
+        );
+        if first[0].is_ascii_uppercase() {
+            // Plain HTTP: take the request in (closing with it unread
+            // would reset the connection before the answer is read), then
+            // say why in clear. Bounded like any request head.
+            let answer = async {
+                let mut head = [0u8; 2048];
+                let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut head).await;
+                socket.write_all(PLAIN_TO_TLS).await?;
+                socket.shutdown().await
+            };
+            let _ = supervise(conn, l, pin!(answer), |_| false).await;
+        }
+        return Err(End::Refused);
+    }
+    match supervise(conn, l, pin!(tls.accept(socket)), |_| false).await {
+        Ok(Ok(stream)) => {
+            // Done: waiting for the first request is idle time, as on a
+            // plain connection (and such a connection may make room).
+            conn.enter(Phase::Idle);
+            Ok(stream)
+        }
+        Ok(Err(e)) => {
+            failed(TlsFailure::Error, &e);
+            Err(End::Refused)
+        }
+        Err(End::TimedOut(why)) => {
+            failed(TlsFailure::Timeout, &why.as_str());
+            Err(End::TimedOut(why))
+        }
+        Err(end) => Err(end),
     }
 }
 
@@ -1025,6 +1237,15 @@ fn render(e: &mut Exposition, http: &Http) {
         "Page-returning requests answered 503 after waiting for a turn.",
     )
     .sample(name, &[], s.pages_busy.load(Relaxed));
+    let name = "sluice_admin_tls_handshake_failures_total";
+    e.family(
+        name,
+        Kind::Counter,
+        "TLS handshakes on the admin port (admin.tls) that failed: not TLS at all (plain HTTP: answered 400), refused by rustls, or not done in time.",
+    );
+    for (f, n) in TlsFailure::ALL.iter().zip(&s.tls_failed) {
+        e.sample(name, &[("reason", f.as_str())], n.load(Relaxed));
+    }
 }
 
 #[cfg(test)]

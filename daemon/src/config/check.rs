@@ -13,10 +13,12 @@ use crate::consume::group::GroupConfig;
 use crate::consume::service::{parse_key_rule, parse_start, ConsumersConfig, GroupSettings};
 use crate::consume::store::check_group_name;
 use crate::credit::CreditPolicy;
+use crate::identity::{self, AdminTls};
 use crate::spool::keys::KeyLimits;
 use crate::spool::scrub::ScrubConfig;
 use crate::spool::{FsyncPolicy, LogConfig, Recovery, SpoolConfig};
 use sluice_transport::quic::control::StartAt;
+use sluice_transport::quic::tls;
 use sluice_xdp::bpf::Mode;
 use sluice_xdp::datapath::XdpSetup;
 use sluice_xdp::xsk::{BindMode, BusyPoll, XskConfig, XskError};
@@ -36,6 +38,8 @@ pub struct Settings {
     /// The AF_XDP path; None when it is off.
     pub xdp: Option<XdpSetup>,
     pub admin: AdminLimits,
+    /// Whether the admin port speaks HTTPS, and with what certificate.
+    pub admin_tls: AdminTls,
     /// SO_RCVBUF asked of the data socket (0: the kernel's default).
     pub recv_buffer: usize,
 }
@@ -115,6 +119,7 @@ impl Config {
             not_zero(key, v as u64)?;
         }
         let admin = self.admin_limits()?;
+        let admin_tls = self.admin_tls()?;
         if self.quic.cert.as_os_str().is_empty() != self.quic.key.as_os_str().is_empty() {
             let missing = if self.quic.cert.as_os_str().is_empty() {
                 "quic.cert"
@@ -167,6 +172,7 @@ impl Config {
             },
             xdp,
             admin,
+            admin_tls,
             recv_buffer: to_usize("data.recv_buffer", d.recv_buffer.bytes())?,
         };
         let logging = Logging {
@@ -204,6 +210,58 @@ impl Config {
             page_bytes: a.page_bytes.bytes(),
             max_page_requests: a.max_page_requests,
         })
+    }
+
+    /// `admin.tls`: its own certificate is read and checked now, so that a
+    /// missing file or a key of another certificate is a configuration
+    /// error naming its key.
+    fn admin_tls(&self) -> Result<AdminTls, ConfigError> {
+        let a = &self.admin;
+        let (no_cert, no_key) = (
+            a.tls_cert.as_os_str().is_empty(),
+            a.tls_key.as_os_str().is_empty(),
+        );
+        if no_cert != no_key {
+            let missing = if no_cert {
+                "admin.tls_cert"
+            } else {
+                "admin.tls_key"
+            };
+            return Err(invalid(
+                missing,
+                "admin.tls_cert and admin.tls_key go together",
+            ));
+        }
+        if !a.tls {
+            if !no_cert {
+                // An operator who names a certificate expects HTTPS:
+                // serving plain HTTP instead would be a silent surprise.
+                return Err(invalid(
+                    "admin.tls_cert",
+                    "given while admin.tls is off: set admin.tls = true to serve HTTPS, or leave it empty",
+                ));
+            }
+            return Ok(AdminTls::Off);
+        }
+        if no_cert {
+            return Ok(AdminTls::QuicIdentity);
+        }
+        let chain =
+            tls::load_certs(&a.tls_cert).map_err(|e| invalid("admin.tls_cert", e.to_string()))?;
+        let key = tls::load_key(&a.tls_key).map_err(|e| invalid("admin.tls_key", e.to_string()))?;
+        let config = identity::https_config(chain, key).map_err(|e| {
+            let (k, c) = (a.tls_key.display(), a.tls_cert.display());
+            invalid(
+                "admin.tls_key",
+                match e {
+                    rustls::Error::InconsistentKeys(_) => {
+                        format!("{k} is not the key of the certificate {c} (admin.tls_cert)")
+                    }
+                    e => format!("{k} with the certificate {c}: {e}"),
+                },
+            )
+        })?;
+        Ok(AdminTls::Own(config))
     }
 
     fn spool_config(&self) -> Result<SpoolConfig, ConfigError> {

@@ -97,6 +97,16 @@ section! {
         ///
         /// With admin.page_bytes, this bounds the memory pages can take.
         max_page_requests: usize = 8,
+        /// Serve the admin port over HTTPS (TLS via rustls; ALPN http/1.1).
+        ///
+        /// With admin.tls_cert and admin.tls_key empty, it serves the QUIC
+        /// plane's certificate (quic.cert, or the self-signed one in the
+        /// data folder: tls/server.crt, which clients then trust).
+        tls: bool = false,
+        /// Certificate chain (PEM) of the admin port's HTTPS; empty: the QUIC plane's.
+        tls_cert: PathBuf = PathBuf::new(),
+        /// Private key (PEM) of admin.tls_cert.
+        tls_key: PathBuf = PathBuf::new(),
     }
 }
 

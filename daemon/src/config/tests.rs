@@ -456,3 +456,50 @@ fn help_shows_defaults_as_one_writes_them() {
         assert_eq!(name, placeholder, "{id}");
     }
 }
+
+#[test]
+fn admin_tls_takes_the_quic_identity_or_its_own_checked_files() {
+    use crate::identity::AdminTls;
+    assert!(matches!(checked("").admin_tls, AdminTls::Off));
+    assert!(matches!(
+        checked("[admin]\ntls = true\n").admin_tls,
+        AdminTls::QuicIdentity
+    ));
+    let e = parse("[admin]\ntls = true\ntls_cert = \"a.crt\"\n").unwrap_err();
+    assert!(e.contains("admin.tls_key") && e.contains("together"), "{e}");
+    let e = parse("[admin]\ntls_cert = \"a.crt\"\ntls_key = \"a.key\"\n").unwrap_err();
+    assert!(
+        e.contains("admin.tls_cert") && e.contains("admin.tls = true"),
+        "{e}"
+    );
+    let e = parse("[admin]\ntls = true\ntls_cert = \"/nonexistent/a.crt\"\ntls_key = \"/nonexistent/a.key\"\n")
+        .unwrap_err();
+    assert!(
+        e.contains("admin.tls_cert") && e.contains("/nonexistent/a.crt"),
+        "{e}"
+    );
+
+    // A certificate with its key; then with the key of another one.
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str| {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert, key) = (
+            dir.path().join(format!("{name}.crt")),
+            dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+        (cert.display().to_string(), key.display().to_string())
+    };
+    let ((a_cert, a_key), (_, b_key)) = (write("a"), write("b"));
+    let conf = |cert: &str, key: &str| {
+        format!("[admin]\ntls = true\ntls_cert = {cert:?}\ntls_key = {key:?}\n")
+    };
+    let own = checked(&conf(&a_cert, &a_key)).admin_tls;
+    let AdminTls::Own(config) = own else {
+        panic!("{own:?}")
+    };
+    assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
+    let e = parse(&conf(&a_cert, &b_key)).unwrap_err();
+    assert!(e.contains("admin.tls_key") && e.contains(&b_key), "{e}");
+}

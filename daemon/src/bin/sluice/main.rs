@@ -3,6 +3,7 @@
 //! Exit codes: 0 on success, 1 when the work failed (daemon unreachable,
 //! stream missing, ...), 2 for bad usage.
 
+mod admin;
 mod connect;
 mod consume;
 mod dlq;
@@ -14,7 +15,6 @@ mod spool;
 mod stat;
 mod token;
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -27,7 +27,8 @@ use clap::{Parser, Subcommand};
     long_about = "Publish to, consume from, read and watch a sluiced.\n\n\
 Addresses default to sluiced's embedded defaults (data 127.0.0.1:7401/udp, \
 admin http://127.0.0.1:7480); set SLUICE_ADDR and SLUICE_ADMIN to point \
-elsewhere."
+elsewhere. An admin port served over HTTPS (admin.tls): SLUICE_ADMIN=https://HOST:PORT, \
+and SLUICE_ADMIN_CERT (--admin-cert) for the certificate to trust."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -71,12 +72,15 @@ enum Cmd {
 }
 
 /// The admin address and credentials, shared by `read`, `stat`, `dlq`,
-/// `group` and `spool`.
+/// `group`, `nic` and `spool`.
 #[derive(clap::Args, Clone)]
 struct AdminAddr {
-    /// sluiced's admin (HTTP) address.
+    /// sluiced's admin (HTTP) address: HOST:PORT, or a base URL
+    /// (http://HOST:PORT, https://HOST:PORT for admin.tls).
     #[arg(long, default_value = "127.0.0.1:7480", env = "SLUICE_ADMIN")]
-    admin: SocketAddr,
+    admin: admin::AdminUrl,
+    #[command(flatten)]
+    cert: admin::AdminCert,
     /// API token of a principal allowed to consume the stream (not needed
     /// for `stat`, nor by a daemon running anonymously on loopback).
     #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
@@ -84,8 +88,9 @@ struct AdminAddr {
 }
 
 impl AdminAddr {
-    /// A GET of `path` on the admin endpoint, with the token if there is one.
-    fn request(&self, path: &str, timeout: std::time::Duration) -> ureq::Request {
+    /// A GET of `path` on the admin endpoint, with the token if there is
+    /// one; an error if `--admin-cert` cannot be read.
+    fn request(&self, path: &str, timeout: std::time::Duration) -> Result<ureq::Request, String> {
         self.request_with("GET", path, timeout)
     }
 
@@ -95,19 +100,20 @@ impl AdminAddr {
         method: &str,
         path: &str,
         timeout: std::time::Duration,
-    ) -> ureq::Request {
-        let req = ureq::request(method, &format!("http://{}{path}", self.admin)).timeout(timeout);
-        match &self.token {
+    ) -> Result<ureq::Request, String> {
+        let admin = admin::Admin::new(&self.admin, self.cert.path.as_deref())?;
+        let req = admin.request(method, path).timeout(timeout);
+        Ok(match &self.token {
             Some(t) => req.set("authorization", &format!("Bearer {t}")),
             None => req,
-        }
+        })
     }
 
     /// GETs `path` from the admin endpoint and returns the body; an HTTP
     /// error status becomes an error carrying the daemon's message.
     fn get(&self, path: &str) -> Result<String, Box<dyn std::error::Error>> {
         let r = self
-            .request(path, std::time::Duration::from_secs(10))
+            .request(path, std::time::Duration::from_secs(10))?
             .call();
         self.answer(r)
     }
@@ -121,7 +127,7 @@ impl AdminAddr {
         body: &serde_json::Value,
     ) -> Result<String, Box<dyn std::error::Error>> {
         let r = self
-            .request_with("POST", path, std::time::Duration::from_secs(300))
+            .request_with("POST", path, std::time::Duration::from_secs(300))?
             .send_json(body);
         self.answer(r)
     }
@@ -129,7 +135,7 @@ impl AdminAddr {
     /// DELETEs `path` and returns the answer's body, as [`get`](Self::get).
     fn delete(&self, path: &str) -> Result<String, Box<dyn std::error::Error>> {
         let r = self
-            .request_with("DELETE", path, std::time::Duration::from_secs(60))
+            .request_with("DELETE", path, std::time::Duration::from_secs(60))?
             .call();
         self.answer(r)
     }
@@ -138,7 +144,7 @@ impl AdminAddr {
         &self,
         r: Result<ureq::Response, ureq::Error>,
     ) -> Result<String, Box<dyn std::error::Error>> {
-        let admin = self.admin;
+        let admin = &self.admin;
         match r {
             Ok(r) => Ok(r.into_string()?),
             Err(ureq::Error::Status(code, r)) => {

@@ -153,8 +153,8 @@ fn plan(a: PlanArgs) -> Res {
 /// line telling why there are none. Not an error: `show` is useful
 /// without a daemon.
 fn counters(admin: &AdminAddr, iface: &str) -> Result<Vec<QueueCounters>, String> {
-    let addr = admin.admin;
-    let body = match admin.request("/metrics", Duration::from_secs(3)).call() {
+    let addr = &admin.admin;
+    let body = match admin.request("/metrics", Duration::from_secs(3))?.call() {
         Ok(r) => r
             .into_string()
             .map_err(|e| format!("reading sluiced's /metrics at {addr}: {e}"))?,

@@ -39,9 +39,12 @@ pub struct Args {
     /// http`: messages per request).
     #[arg(long, default_value_t = 256)]
     batch: usize,
-    /// With `--transport http`: sluiced's HTTP address.
+    /// With `--transport http`: sluiced's HTTP address, HOST:PORT or a
+    /// base URL (http://HOST:PORT, https://HOST:PORT for admin.tls).
     #[arg(long, default_value = "127.0.0.1:7480", env = "SLUICE_ADMIN")]
-    admin: std::net::SocketAddr,
+    admin: crate::admin::AdminUrl,
+    #[command(flatten)]
+    admin_cert: crate::admin::AdminCert,
 }
 
 pub fn run(a: Args) -> Res {
@@ -163,7 +166,8 @@ mod http {
         messages: Box<dyn Iterator<Item = std::io::Result<Bytes>>>,
         bar: ProgressBar,
     ) -> crate::Res {
-        let url = format!("http://{}/streams/{}/messages", a.admin, a.stream);
+        let admin = crate::admin::Admin::new(&a.admin, a.admin_cert.path.as_deref())?;
+        let url = format!("{}/streams/{}/messages", admin.base, a.stream);
         let started = Instant::now();
         // Unique to this run: keys of another run never collide with ours.
         let run = format!("{:x}-{:x}", std::process::id(), rand::random::<u64>());
@@ -179,7 +183,7 @@ mod http {
             let body = encode_frames(chunk.iter().map(|m| &m[..]));
             let key = format!("sluice-cli-{run}-{batch_no}");
             batch_no += 1;
-            send(&url, token.as_deref(), &key, &body)?;
+            send(&admin.agent, &url, token.as_deref(), &key, &body)?;
             acked += n;
             bar.inc(n);
         }
@@ -188,10 +192,17 @@ mod http {
         Ok(())
     }
 
-    fn send(url: &str, token: Option<&str>, key: &str, body: &[u8]) -> crate::Res {
+    fn send(
+        agent: &ureq::Agent,
+        url: &str,
+        token: Option<&str>,
+        key: &str,
+        body: &[u8],
+    ) -> crate::Res {
         let deadline = Instant::now() + RETRY_FOR;
         loop {
-            let mut req = ureq::post(url)
+            let mut req = agent
+                .post(url)
                 .timeout(Duration::from_secs(60))
                 .set("content-type", FRAMES)
                 .set("idempotency-key", key);

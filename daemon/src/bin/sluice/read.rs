@@ -103,7 +103,7 @@ pub(crate) fn get_page(
 ) -> Result<String, Box<dyn std::error::Error>> {
     let mut tries = 0;
     loop {
-        match admin.request(path, Duration::from_secs(60)).call() {
+        match admin.request(path, Duration::from_secs(60))?.call() {
             Ok(r) => {
                 let mut body = String::new();
                 std::io::Read::read_to_string(&mut r.into_reader(), &mut body)?;

@@ -69,7 +69,7 @@ fn verify(a: VerifyArgs) -> Res {
             };
             let r = a
                 .admin
-                .request_with("POST", &path, std::time::Duration::from_secs(24 * 3600))
+                .request_with("POST", &path, std::time::Duration::from_secs(24 * 3600))?
                 .call();
             let body = a.admin.answer(r)?;
             serde_json::from_str::<Report>(&body)?
