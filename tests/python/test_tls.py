@@ -4,7 +4,9 @@ start), a client that trusts only the public CAs is refused, plain HTTP
 to the port gets a 400 that says why, and publishing and reading work as
 over plain HTTP."""
 
+import asyncio
 import base64
+import json
 import shutil
 import ssl
 import subprocess
@@ -49,8 +51,8 @@ def test_plain_http_to_the_https_port_is_told_and_the_daemon_serves_on(make_slui
     assert 'sluice_admin_tls_handshake_failures_total{reason="not_tls"} 1' in m, m
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="no curl")
 def test_the_curl_example_of_http_md(make_sluiced):
+    assert shutil.which("curl"), "no curl (scripts/setup.sh installs it)"
     d = make_sluiced("--admin-tls", "true")
     out = subprocess.run(
         ["curl", "-sS", "--fail", "--cacert", str(d.cert), f"{d.base}/health"],
@@ -68,3 +70,35 @@ def test_the_curl_example_of_http_md(make_sluiced):
         timeout=30,
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_a_websocket_consumer_over_tls(make_sluiced):
+    """wss://: the push route over the TLS port, trusting the daemon's
+    certificate; what it acks is not delivered again."""
+    import websockets
+
+    d = make_sluiced("--admin-tls", "true")
+    with d.client(WRITER) as c:
+        for i in range(5):
+            assert c.post("/streams/wss/messages", content=f"w{i}".encode()).status_code == 200
+    url = d.base.replace("https://", "wss://") + "/streams/wss/groups/g/ws?max_messages=2"
+    trust = ssl.create_default_context(cafile=str(d.cert))
+
+    async def consume():
+        got = []
+        async with websockets.connect(
+            url, ssl=trust, additional_headers={"Authorization": f"Bearer {WRITER}"}
+        ) as ws:
+            while len(got) < 5:
+                m = json.loads(await asyncio.wait_for(ws.recv(), 20))
+                if "offset" in m:
+                    got.append(base64.b64decode(m["payload"]))
+                    await ws.send(json.dumps({"ack": [m["offset"]]}))
+            await ws.send(json.dumps({"sync": 1}))
+            while "synced" not in json.loads(await asyncio.wait_for(ws.recv(), 20)):
+                pass
+        return got
+
+    assert asyncio.run(consume()) == [f"w{i}".encode() for i in range(5)]
+    groups = {(g["stream"], g["group"]): g for g in httpx.get(f"{d.base}/groups", verify=d.verify).json()["groups"]}
+    assert groups[("wss", "g")]["floor"] == 5, groups[("wss", "g")]
