@@ -90,8 +90,8 @@ pub struct DaemonArgs {
     #[arg(long, default_value = "always", value_parser = ["always", "interval", "never"])]
     pub fsync: String,
     /// Measure a running daemon instead of starting one: its QUIC address
-    /// (its data address for `--path udp`). Needs --admin, and but for udp
-    /// --server-cert.
+    /// (its data address for `--path udp`; `--path http` publishes on
+    /// --admin). Needs --admin, and but for udp and http --server-cert.
     #[arg(long, visible_alias = "quic", requires = "admin")]
     pub daemon: Option<SocketAddr>,
     /// The running daemon's certificate, pinned.
