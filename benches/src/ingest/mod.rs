@@ -112,16 +112,17 @@ pub fn run_with(
         (None, None) => unreachable!("one or the other"),
     };
     // HTTP publishers have no session to set up.
-    let options = match http {
-        true => None,
-        false => Some(ProducerOptions {
+    let options = if http {
+        None
+    } else {
+        Some(ProducerOptions {
             transport: transport(config.path, cert.as_deref(), token.clone())?,
             sender: SenderConfig {
                 max_datagram: config.datagram,
                 ..SenderConfig::default()
             },
             ..ProducerOptions::default()
-        }),
+        })
     };
     let plan = Plan {
         shape: Shape {
