@@ -80,6 +80,28 @@ run baseline "Machine limits (baseline)" baseline --dir "$work" --seconds 2 --re
 run spool "Spool alone (fsync = always)" spool --dir "$work" --appenders 1,8,64 --sizes 128,1024,65536 --seconds 2 --repeat "$repeat"
 run ingest "Durable ingest, fast path (closed loop)" ingest --dir "$work" --seconds "$secs" --repeat "$repeat"
 run ingest-rate "Durable ingest at a fixed rate (open loop, 50,000 msgs/s)" ingest --dir "$work" --seconds "$secs" --repeat "$repeat" --rate 50000
+# HTTP publish against the fast path: its own script (four runs in
+# interleaved rounds, two ratios), its summary as printed.
+echo "benches/scripts/http-publish.sh ..." >&2
+{
+  echo
+  echo "## HTTP publish against the fast path"
+  echo
+  echo "\`POST /streams/{stream}/messages\` (daemon/HTTP.md) through the same load generator, as ratios"
+  echo "to the fast path in the same run: (a) a frames batch of 256 per request, one connection per"
+  echo "producer (Sluice-Producer-Id + Sluice-Seq), durable msgs/s ÷ the fast path's closed loop"
+  echo "(target >= 0.25); (b) one message per request at 1,000 req/s, open loop: ack p99 ÷ the fast"
+  echo "path's p99 at 1,000 msgs/s (target <= 2)."
+  echo
+  echo '```'
+  echo "ROUNDS=$repeat SECS=$secs benches/scripts/http-publish.sh"
+  echo '```'
+  echo
+  echo '```'
+  BENCH=$bench ROUNDS=$repeat SECS=$secs benches/scripts/http-publish.sh 2> "$work/http-publish.err" \
+    || echo "the run failed: $(tail -n 5 "$work/http-publish.err")"
+  echo '```'
+} >> "$page"
 run e2e "Publish to consumers (e2e)" e2e --dir "$work" --seconds "$secs" --repeat "$repeat"
 run loss "Loss through the impairment relay (raw UDP)" loss --dir "$work" --seconds 3 --repeat "$repeat"
 if [ "$(id -u)" -eq 0 ]; then

@@ -63,14 +63,21 @@ pub struct LoadArgs {
     pub batch: Option<usize>,
     /// Closed loop: send_batch calls outstanding per producer (the default
     /// 16 x 256 = 4,096 messages is sluiced's default credit per session).
-    #[arg(long, default_value_t = 16)]
-    pub in_flight: usize,
+    /// ingest --path http: connections per producer, closed or open loop
+    /// [default: 16; --path http 1].
+    #[arg(long)]
+    pub in_flight: Option<usize>,
 }
 
 impl LoadArgs {
     /// Messages per call: as given, else 256 (closed loop) or 1 (open).
     pub fn batch(&self) -> usize {
         self.batch.unwrap_or(if self.rate > 0.0 { 1 } else { 256 })
+    }
+
+    /// Calls outstanding per producer: as given, else 16.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.unwrap_or(16)
     }
 }
 
@@ -83,8 +90,8 @@ pub struct DaemonArgs {
     #[arg(long, default_value = "always", value_parser = ["always", "interval", "never"])]
     pub fsync: String,
     /// Measure a running daemon instead of starting one: its QUIC address
-    /// (its data address for `--path udp`). Needs --admin, and but for udp
-    /// --server-cert.
+    /// (its data address for `--path udp`; `--path http` publishes on
+    /// --admin). Needs --admin, and but for udp and http --server-cert.
     #[arg(long, visible_alias = "quic", requires = "admin")]
     pub daemon: Option<SocketAddr>,
     /// The running daemon's certificate, pinned.

@@ -14,6 +14,7 @@ pub mod loss;
 pub mod measure;
 pub mod plot;
 pub mod progress;
+pub mod publisher;
 pub mod sizes;
 pub mod spool;
 pub mod spool_scenario;

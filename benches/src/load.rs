@@ -1,10 +1,14 @@
 //! The one load generator of the scenarios that publish (`ingest`, `loss`,
 //! `e2e`, `xdp --part durable`): counters the producers share with the scenario's
-//! coordinator, and the two ways of offering load.
+//! coordinator, and the two ways of offering load. A producer is a
+//! [`Publisher`]: a sluice producer (fast path, QUIC, raw UDP) or an HTTP
+//! publisher, one `send_batch` for both, so every path is measured alike.
 //!
 //! - closed loop (`rate == 0`): each producer keeps `in_flight` calls of
-//!   `batch` messages outstanding, awaited in order (a producer's acks come
-//!   in order), and starts the next as each is acked: peak durable
+//!   `batch` messages outstanding, awaited in order (a sluice producer's
+//!   acks come in order; an HTTP publisher's calls over several connections
+//!   may not, and one that overtakes is then counted when those before it
+//!   are done), and starts the next as each is acked: peak durable
 //!   throughput. Latency is per message, from the call to its ack, for acks
 //!   in the window.
 //! - open loop (`rate > 0`): one pacing thread hands message `i` to
@@ -29,11 +33,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use sluice_transport::client::{Producer, ProducerError, ProducerOptions};
+use sluice_transport::client::{Producer, ProducerOptions};
 
 use crate::interrupt;
 use crate::measure::TimeSeries;
 use crate::progress::{thousands, Progress};
+use crate::publisher::Publisher;
 use crate::sizes::{Payloads, Rng};
 
 /// A latency histogram: 1 µs to an hour, 3 significant digits.
@@ -249,11 +254,11 @@ pub fn stamped(unix_us: u64, size: usize) -> Bytes {
     b.freeze()
 }
 
-type Call = tokio::task::JoinHandle<Result<std::ops::Range<u64>, ProducerError>>;
+type Call = tokio::task::JoinHandle<Result<(), String>>;
 
 /// One producer, closed loop (see the module's comment).
 pub async fn closed_loop(
-    p: Producer,
+    p: Publisher,
     payloads: Payloads,
     mut rng: Rng,
     shape: Shape,
@@ -310,7 +315,7 @@ pub type Calls = tokio::sync::mpsc::UnboundedSender<tokio::task::JoinHandle<()>>
 #[allow(clippy::too_many_arguments)]
 pub fn pace(
     shape: Shape,
-    producers: &[Producer],
+    producers: &[Publisher],
     payloads: &Payloads,
     mut rng: Rng,
     shared: &Arc<Shared>,
@@ -394,7 +399,7 @@ pub async fn collect(mut calls: tokio::sync::mpsc::UnboundedReceiver<tokio::task
 /// task ends when the load does; the thread returns the pacer's lag.
 pub fn start(
     shape: Shape,
-    producers: &[Producer],
+    producers: &[Publisher],
     payloads: Payloads,
     seed: u64,
     shared: &Arc<Shared>,
@@ -475,7 +480,7 @@ pub async fn connect(
     stream: impl Fn(usize) -> String,
     first_id: u64,
     options: &ProducerOptions,
-) -> Result<Vec<Producer>, String> {
+) -> Result<Vec<Publisher>, String> {
     let mut producers = Vec::with_capacity(n);
     for k in 0..n {
         let (stream, id) = (stream(k), first_id + k as u64);
@@ -484,7 +489,7 @@ pub async fn connect(
             .await
             .map_err(|_| format!("producer {}: no session with {addr} within 60 s", k + 1))?
             .map_err(|e| format!("producer {}: connect to {addr}: {e}", k + 1))?;
-        producers.push(p);
+        producers.push(p.into());
     }
     Ok(producers)
 }
@@ -551,7 +556,7 @@ const INTERRUPTED_DRAIN: Duration = Duration::from_secs(2);
 /// the first message, so that it holds every ack (a count run then
 /// measures all of its messages).
 pub async fn run<M>(
-    producers: Vec<Producer>,
+    producers: Vec<Publisher>,
     plan: &Plan,
     progress: &Progress,
     mark: impl Fn(&Shared) -> M,
@@ -561,7 +566,7 @@ pub async fn run<M>(
 
 /// [`run`] with what `extra` adds.
 pub async fn run_with<M>(
-    producers: Vec<Producer>,
+    producers: Vec<Publisher>,
     plan: &Plan,
     progress: &Progress,
     mark: impl Fn(&Shared) -> M,

@@ -48,10 +48,14 @@ pub struct IngestArgs {
     pub datagram: usize,
     /// The path: `fast` (authenticate over QUIC, sealed raw UDP), `quic`
     /// (everything over QUIC), `udp` (raw, unsealed: the started daemon
-    /// gets insecure_lan), or `xdp` (root: hands over to `sluice-bench xdp
-    /// --part durable`, sluiced on AF_XDP over a veth pair against its
-    /// socket path, with --producers, --seconds, --size, --dir and --json).
-    #[arg(long, default_value = "fast", value_parser = ["fast", "quic", "udp", "xdp"])]
+    /// gets insecure_lan), `http` (POST /streams/{stream}/messages on the
+    /// admin address: --batch 1 one message per request, more a frames
+    /// batch; --in-flight connections per producer, 1 by default: producer
+    /// seqs, more: an Idempotency-Key per request), or `xdp` (root: hands
+    /// over to `sluice-bench xdp --part durable`, sluiced on AF_XDP over a
+    /// veth pair against its socket path, with --producers, --seconds,
+    /// --size, --dir and --json).
+    #[arg(long, default_value = "fast", value_parser = ["fast", "quic", "udp", "http", "xdp"])]
     pub path: String,
     /// No progress line on stderr (it is shown only on a terminal anyway).
     #[arg(long, short)]
@@ -84,7 +88,12 @@ impl IngestArgs {
             rate: self.load.rate,
             fsync: self.sluiced.fsync.clone(),
             batch: self.load.batch(),
-            in_flight: self.load.in_flight,
+            // HTTP: one connection per producer, the fast path's seqs (see
+            // crate::publisher).
+            in_flight: match self.path.as_str() {
+                "http" => self.load.in_flight.unwrap_or(1),
+                _ => self.load.in_flight(),
+            },
             streams: self.streams,
             datagram: self.datagram,
             dir: self.out.dir.clone(),
@@ -92,6 +101,7 @@ impl IngestArgs {
                 "quic" => PathKind::Quic,
                 "udp" => PathKind::Udp,
                 "fast" => PathKind::Fast,
+                "http" => PathKind::Http,
                 other => return Err(format!("--path {other}: not a loopback path")),
             },
             external: self.sluiced.external(),
@@ -158,7 +168,7 @@ fn xdp(a: &IngestArgs) -> ExitCode {
     refuse(a.load.rate != 0.0, "--rate");
     refuse(a.sluiced.fsync != "always", "--fsync");
     refuse(a.load.batch.is_some(), "--batch");
-    refuse(a.load.in_flight != 16, "--in-flight");
+    refuse(a.load.in_flight.is_some_and(|n| n != 16), "--in-flight");
     refuse(a.streams != 1, "--streams");
     refuse(a.datagram != 1452, "--datagram");
     refuse(a.sluiced.daemon.is_some(), "--daemon");
@@ -199,5 +209,37 @@ fn xdp(a: &IngestArgs) -> ExitCode {
             eprintln!("sluice-bench ingest --path xdp: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<IngestConfig, String> {
+        #[derive(Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            args: IngestArgs,
+        }
+        let argv = std::iter::once("ingest").chain(args.iter().copied());
+        let c = Cmd::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let config = c.args.config()?;
+        config.validate().map(|()| config)
+    }
+
+    #[test]
+    fn http_takes_one_connection_per_producer_unless_told() {
+        let c = config(&["--path", "http"]).unwrap();
+        assert_eq!(c.path, PathKind::Http);
+        assert_eq!((c.in_flight, c.batch), (1, 256));
+        let c = config(&["--path", "http", "--rate", "1000", "--in-flight", "4"]).unwrap();
+        assert_eq!((c.in_flight, c.batch), (4, 1));
+        // The other paths keep their 16 calls in flight.
+        assert_eq!(config(&[]).unwrap().in_flight, 16);
+        // 8 x 8 connections are more than sluiced keeps for one client.
+        let e = config(&["--path", "http", "--in-flight", "8"]).unwrap_err();
+        assert!(e.contains("max_connections_per_source"), "{e}");
+        assert!(config(&["--path", "http", "--in-flight", "7"]).is_ok());
     }
 }

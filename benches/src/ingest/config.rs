@@ -42,6 +42,9 @@ pub enum PathKind {
     Quic,
     /// Raw UDP, unsealed (a started daemon gets `insecure_lan`).
     Udp,
+    /// HTTP/1.1 publish requests on the admin address (see
+    /// [`crate::publisher`]).
+    Http,
 }
 
 impl PathKind {
@@ -50,6 +53,7 @@ impl PathKind {
             PathKind::Fast => "the fast path (sealed UDP)",
             PathKind::Quic => "QUIC",
             PathKind::Udp => "raw UDP (insecure_lan)",
+            PathKind::Http => "HTTP (POST /streams/{stream}/messages)",
         }
     }
 }
@@ -77,7 +81,8 @@ pub struct IngestConfig {
     pub fsync: String,
     /// Messages per `send_batch` call.
     pub batch: usize,
-    /// Closed loop: calls outstanding per producer.
+    /// Closed loop: calls outstanding per producer; HTTP (either loop):
+    /// connections per producer.
     pub in_flight: usize,
     /// Producers are spread round-robin over this many streams.
     pub streams: usize,
@@ -124,6 +129,17 @@ impl IngestConfig {
         }
         if self.batch == 0 || self.in_flight == 0 || self.streams == 0 {
             return Err("--batch, --in-flight and --streams must be at least 1".into());
+        }
+        // Beyond the daemon's 64 connections per source address
+        // (admin.max_connections_per_source), a new connection closes an
+        // idle one of ours; one more is the harness's /metrics scrape.
+        let connections = self.producers.saturating_mul(self.in_flight);
+        if self.path == PathKind::Http && connections > 63 {
+            return Err(format!(
+                "--path http: --producers x --in-flight = {connections} connections, over the 63 \
+                 sluiced keeps open for one client (admin.max_connections_per_source 64, less \
+                 one for /metrics)"
+            ));
         }
         if self.repeat == 0 {
             return Err("--repeat must be at least 1".into());

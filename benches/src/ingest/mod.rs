@@ -1,5 +1,6 @@
 //! The `ingest` scenario: end-to-end durable ingest on loopback. Producers
-//! (this process, `sluice_transport::client::Producer`) publish to a
+//! (this process, `sluice_transport::client::Producer`, or HTTP publishers:
+//! [`crate::publisher`]) publish to a
 //! `sluiced` (a separate process, see [`sluice_testkit::daemon`]) that acks each
 //! message only once its group commit is on disk; the harness counts durable
 //! acks and their latency.
@@ -32,6 +33,8 @@ mod print;
 pub mod report;
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use args::{main, IngestArgs};
@@ -47,6 +50,7 @@ use sluice_transport::proto::SenderConfig;
 use crate::load::{self, Plan, Shape};
 use crate::measure::{Head, Mark, PercentileCurve, Plots};
 use crate::progress::{Goal, Progress};
+use crate::publisher::{HttpPublisher, Publisher};
 use crate::sizes::Payloads;
 use sluice_testkit::daemon::DaemonSpec;
 
@@ -87,30 +91,38 @@ pub fn run_with(
             Some(spec.args(config.sluiced_args.iter().cloned()).try_start()?)
         }
     };
-    let (addr, admin, transport) = match (&daemon, &config.external) {
+    let http = config.path == PathKind::Http;
+    let (addr, admin, cert, token) = match (&daemon, &config.external) {
         (Some(d), _) => {
-            let cert = work.path().join("data/tls/server.crt");
-            let addr = if config.path == PathKind::Udp {
-                d.data
-            } else {
-                d.quic
+            let addr = match config.path {
+                PathKind::Udp => d.data,
+                PathKind::Http => d.admin,
+                _ => d.quic,
             };
-            (addr, d.admin, transport(config.path, Some(&cert), None)?)
+            let cert = work.path().join("data/tls/server.crt");
+            (addr, d.admin, Some(cert), None)
         }
+        // HTTP publishes on the admin address.
         (None, Some(e)) => (
-            e.addr,
+            if http { e.admin } else { e.addr },
             e.admin,
-            transport(config.path, e.server_cert.as_deref(), e.token.clone())?,
+            e.server_cert.clone(),
+            e.token.clone(),
         ),
         (None, None) => unreachable!("one or the other"),
     };
-    let options = ProducerOptions {
-        transport,
-        sender: SenderConfig {
-            max_datagram: config.datagram,
-            ..SenderConfig::default()
-        },
-        ..ProducerOptions::default()
+    // HTTP publishers have no session to set up.
+    let options = if http {
+        None
+    } else {
+        Some(ProducerOptions {
+            transport: transport(config.path, cert.as_deref(), token.clone())?,
+            sender: SenderConfig {
+                max_datagram: config.datagram,
+                ..SenderConfig::default()
+            },
+            ..ProducerOptions::default()
+        })
     };
     let plan = Plan {
         shape: Shape {
@@ -152,6 +164,7 @@ pub fn run_with(
     let scrape = || sluice_testkit::daemon::scrape(admin).ok();
     let rt = load::runtime(None)?;
     let mut outcomes = Vec::with_capacity(config.repeat);
+    let mut retries = Vec::with_capacity(config.repeat);
     let mut failed = None;
     for k in 0..config.repeat {
         progress.phase(&format!("run {} of {}", k + 1, config.repeat), goal);
@@ -160,10 +173,21 @@ pub fn run_with(
             1 => "bench".to_owned(),
             n => format!("bench-{}", k % n),
         };
+        let retried = Arc::new(AtomicU64::new(0));
         let outcome = rt.block_on(async {
-            let p = load::connect(config.producers, addr, stream, first_id, &options).await?;
+            let p = match &options {
+                Some(o) => load::connect(config.producers, addr, stream, first_id, o).await?,
+                None => (0..config.producers)
+                    .map(|k| {
+                        let id = first_id + k as u64;
+                        let (t, n, r) = (token.clone(), config.in_flight, retried.clone());
+                        Publisher::Http(HttpPublisher::new(addr, &stream(k), id, t, n, r))
+                    })
+                    .collect(),
+            };
             load::run(p, &plan, progress, |s| Mark::take(s.counts(), pid, scrape)).await
         });
+        retries.push(retried.load(Relaxed));
         match outcome {
             Ok(o) => outcomes.push(o),
             Err(e) => {
@@ -187,8 +211,12 @@ pub fn run_with(
 
     let runs: Vec<RunReport> = outcomes
         .iter()
+        .zip(retries)
         .enumerate()
-        .map(|(k, o)| report::run_report(k + 1, o, baselines.as_ref()))
+        .map(|(k, (o, r))| RunReport {
+            http_retries: http.then_some(r),
+            ..report::run_report(k + 1, o, baselines.as_ref())
+        })
         .collect();
     let plots = Plots {
         latency: outcomes

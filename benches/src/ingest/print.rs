@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::config::Length;
+use super::config::{Length, PathKind};
 use super::report::{IngestReport, RunReport, TARGET_ACKED_PER_SEC, TARGET_P99_US};
 use crate::measure::{median_index, CpuUse, Spread};
 
@@ -68,6 +68,22 @@ pub fn print(r: &IngestReport) {
             None => String::new(),
         }
     );
+    if c.path == PathKind::Http {
+        println!(
+            "  HTTP: {}, {} connection(s) per producer, exactly once by {}; {} request(s) answered 503 and sent again",
+            match c.batch {
+                1 => "one message per request".to_owned(),
+                n => format!("{n} msgs per request as frames"),
+            },
+            c.in_flight,
+            if crate::publisher::keyed(c.in_flight) {
+                "an Idempotency-Key per request"
+            } else {
+                "Sluice-Producer-Id + Sluice-Seq"
+            },
+            r.runs.iter().filter_map(|x| x.http_retries).sum::<u64>()
+        );
+    }
     println!(
         "  sent {} acked {} errors {} over all repetitions{}",
         r.sent,
@@ -295,14 +311,17 @@ fn print_details(r: &RunReport, several: bool) {
             "      messages in {} durable acks {} duplicates {}",
             d.messages_in, d.durable_acks, d.duplicates
         );
-        println!(
-            "      datagrams in {} out {} dropped {}  ({:.1} msgs per datagram in)",
-            d.datagrams_in, d.datagrams_out, d.datagrams_dropped, d.messages_per_datagram
-        );
-        println!(
-            "      nacks sent {} retransmits received {} over credit {}",
-            d.nacks_sent, d.retransmits_received, d.over_credit
-        );
+        // HTTP sends no datagrams.
+        if d.datagrams_in > 0 {
+            println!(
+                "      datagrams in {} out {} dropped {}  ({:.1} msgs per datagram in)",
+                d.datagrams_in, d.datagrams_out, d.datagrams_dropped, d.messages_per_datagram
+            );
+            println!(
+                "      nacks sent {} retransmits received {} over credit {}",
+                d.nacks_sent, d.retransmits_received, d.over_credit
+            );
+        }
         println!(
             "      group commits {}: records mean {:.1} (p50 <= {}, p99 <= {}); write+fdatasync mean {:.0} us (p50 <= {:.0}, p99 <= {:.0})",
             d.group_commits,

@@ -83,6 +83,9 @@ pub struct RunReport {
     pub machine: Option<Machine>,
     pub daemon: Option<DaemonCounters>,
     pub group_commits_per_sec: Option<f64>,
+    /// `--path http`: requests answered 503 (backpressure) and sent again
+    /// after their Retry-After.
+    pub http_retries: Option<u64>,
     pub ratios: Option<Ratios>,
 }
 
@@ -195,6 +198,7 @@ pub(super) fn run_report(
         machine: w.machine,
         daemon: w.counters,
         group_commits_per_sec,
+        http_retries: None,
         ratios,
     }
 }

@@ -232,7 +232,7 @@ impl LossArgs {
         // The baseline first, then the sweep as given (without a second 0).
         let mut loss = vec![0.0];
         loss.extend(self.loss.iter().copied().filter(|l| *l != 0.0));
-        if self.producers == 0 || self.load.in_flight == 0 || self.load.batch == Some(0) {
+        if self.producers == 0 || self.load.in_flight() == 0 || self.load.batch == Some(0) {
             return Err("--producers, --in-flight and --batch must be at least 1".into());
         }
         if self.repeat == 0 {
@@ -281,7 +281,7 @@ impl LossArgs {
             warmup,
             rate: self.load.rate,
             batch: self.load.batch(),
-            in_flight: self.load.in_flight,
+            in_flight: self.load.in_flight(),
             fsync: self.fsync.clone(),
             dir: self.out.dir.clone(),
             drain_timeout: self.drain_timeout,
