@@ -50,7 +50,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::caller::{Admin, Consume, ConsumeAndPublish, OnStream};
 use super::error::{Answer, ApiError};
-use super::openapi::{BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable};
+use super::openapi::{Conflict, StreamRefusals, Unavailable};
 use super::serve::{page_answer, PagePermit};
 use super::{existing_stream, json_into, AdminState, ApiQuery, StreamPath};
 use crate::auth::Action;
@@ -441,10 +441,7 @@ fn message_json(d: Delivery, now: Instant) -> MessageJson {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Up to `max` messages, as soon as one is there; none when `wait_ms` has passed", body = FetchAnswer),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
+        StreamRefusals,
         (status = 409, response = Conflict),
         (status = 503, response = Unavailable),
     )
@@ -537,10 +534,7 @@ pub(super) async fn fetch(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The group's new floor, once durable", body = GroupChange),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
+        StreamRefusals,
         (status = 409, response = Conflict),
         (status = 503, response = Unavailable),
     )
@@ -580,10 +574,7 @@ pub(super) async fn reset_group(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Deleted, durably", body = GroupChange),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
+        StreamRefusals,
         (status = 409, response = Conflict),
         (status = 503, response = Unavailable),
     )
@@ -669,10 +660,7 @@ async fn settle(on: &OnStream<Consume>, s: &AdminState, body: &[u8], kind: Settl
     security(("bearer" = [])),
     responses(
         (status = 200, description = "How many offsets were given, once the acks are durable", body = Acked),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
+        StreamRefusals,
         (status = 503, response = Unavailable),
     )
 )]
@@ -694,10 +682,7 @@ pub(super) async fn ack(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "How many offsets were given, once durable", body = Nacked),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
+        StreamRefusals,
         (status = 503, response = Unavailable),
     )
 )]
@@ -719,10 +704,7 @@ pub(super) async fn nack(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "How many offsets were given, once durable", body = Extended),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
+        StreamRefusals,
         (status = 503, response = Unavailable),
     )
 )]
@@ -809,10 +791,7 @@ pub(super) struct DlqQuery {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "At most `limit` dead letters and about `admin.page_bytes` of envelopes (one always); `next` is where to go on. A stream without a dead-letter stream answers an empty list", body = DeadLetterPage),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
+        StreamRefusals,
         (status = 503, response = Unavailable),
     )
 )]
@@ -971,10 +950,7 @@ fn replay_batch(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "How many were replayed, once durable", body = ReplayAnswer),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
+        StreamRefusals,
         (status = 503, response = Unavailable),
     )
 )]
@@ -1088,10 +1064,7 @@ async fn set_purge_mark(dlq: &Stream, to: u64) -> Result<u64, ApiError> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "How many went below the mark, once durable", body = PurgeAnswer),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
+        StreamRefusals,
     )
 )]
 pub(super) async fn dlq_purge(

@@ -414,10 +414,7 @@ pub struct RecordsPage {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Records from `from` on, at most `limit` and about `admin.page_bytes` of payload (one record always); `next` is where to go on", body = RecordsPage),
-        (status = 400, response = openapi::BadRequest),
-        (status = 401, response = openapi::Unauthorized),
-        (status = 403, response = openapi::Forbidden),
-        (status = 404, response = openapi::NotFound),
+        openapi::StreamRefusals,
         (status = 503, response = openapi::Unavailable),
     )
 )]
@@ -577,10 +574,7 @@ struct VerifyQuery {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "What the check found, stream by stream (what `sluice spool verify` shows)", body = crate::verify::Report),
-        (status = 400, response = openapi::BadRequest),
-        (status = 401, response = openapi::Unauthorized),
-        (status = 403, response = openapi::Forbidden),
-        (status = 404, response = openapi::NotFound),
+        openapi::StreamRefusals,
     )
 )]
 async fn verify(

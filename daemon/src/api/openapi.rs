@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToResponse};
+use utoipa::{IntoResponses, Modify, OpenApi, ToResponse};
 
 use super::error::ErrorBody;
 
@@ -122,6 +122,22 @@ pub struct NotAMessage(pub ErrorBody);
 #[derive(ToResponse)]
 #[response(description = "The Idempotency-Key was used with another body")]
 pub struct KeyUsed(pub ErrorBody);
+
+/// What any route on a stream may answer before it gets to work: a
+/// malformed request, no principal, no right, no such stream (or group).
+/// `StreamRefusals` in an annotation's `responses(...)`.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // documentation only
+pub enum StreamRefusals {
+    #[response(status = 400)]
+    Bad(#[ref_response] BadRequest),
+    #[response(status = 401)]
+    NoPrincipal(#[ref_response] Unauthorized),
+    #[response(status = 403)]
+    NoRight(#[ref_response] Forbidden),
+    #[response(status = 404)]
+    NoStream(#[ref_response] NotFound),
+}
 
 /// The document, built once: it depends on the code only.
 pub fn document() -> &'static str {

@@ -27,10 +27,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::caller::{OnStream, Publish};
 use super::error::{Answer, ApiError};
-use super::openapi::{
-    BadRequest, Conflict, Forbidden, KeyUsed, NotAMessage, NotFound, TooLarge, Unauthorized,
-    Unavailable,
-};
+use super::openapi::{Conflict, KeyUsed, NotAMessage, StreamRefusals, TooLarge, Unavailable};
 use super::{AdminState, StreamPath};
 use crate::publish::{batch, Identity, Placed, PublishError, Published};
 
@@ -142,10 +139,7 @@ enum Form {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Stored and durable (or a retry: `duplicate`, the original answer, `Idempotent-Replayed: true`)", body = Published200),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
+        StreamRefusals,
         (status = 409, response = Conflict),
         (status = 413, response = TooLarge),
         (status = 415, response = NotAMessage),

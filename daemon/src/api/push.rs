@@ -54,7 +54,7 @@ use utoipa::IntoParams;
 use super::caller::{Consume, OnStream};
 use super::consume::{GroupPath, MessageJson};
 use super::error::{Answer, ApiError};
-use super::openapi::{BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable};
+use super::openapi::{BadRequest, Conflict, StreamRefusals, Unavailable};
 use super::serve::Streaming;
 use super::{existing_stream, AdminState, ApiQuery};
 use crate::consume::group::{Credit, Delivery};
@@ -307,10 +307,7 @@ fn heartbeat(s: &AdminState) -> Duration {
     security(("bearer" = [])),
     responses(
         (status = 101, description = "The WebSocket is open: the group's deliveries come as frames (daemon/HTTP.md, Push)"),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
+        StreamRefusals,
         (status = 405, response = BadRequest),
         (status = 409, response = Conflict),
         (status = 426, response = BadRequest),
@@ -677,10 +674,7 @@ fn credit(v: &Value) -> Result<Credit, String> {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "An endless event stream: an event per delivery (`id`: its offset, `data`: the message as JSON), `: heartbeat` comments", content_type = "text/event-stream", body = String),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
+        StreamRefusals,
         (status = 409, response = Conflict),
         (status = 503, response = Unavailable),
     )
