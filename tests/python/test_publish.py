@@ -45,6 +45,11 @@ def test_the_same_key_three_times_stores_one_record(sluiced):
     post(sluiced, "orders", b"no key")
     post(sluiced, "orders", b"no key")
     assert payloads(sluiced, "orders")[2:] == [b"no key", b"no key"]
+    # Operators see the retries and the conflict.
+    m = httpx.get(f"{sluiced.base}/metrics").text
+    assert 'sluice_idempotency_key_repeats_total{stream="orders"} 2' in m, m
+    assert 'sluice_idempotency_key_conflicts_total{stream="orders"} 1' in m, m
+    assert 'sluice_http_publish_requests_total{stream="orders"} 7' in m, m
 
 
 def test_keys_survive_kill_9_between_the_durable_write_and_the_answer(sluiced):
@@ -131,9 +136,10 @@ def test_producer_seqs_are_the_fast_paths_idempotence(sluiced):
     # A resend of seq 2 over HTTP: a duplicate, stored nothing.
     r = post(sluiced, "mixed", b"http 2", h(2))
     assert r.json()["duplicate"] is True and r.json()["offset"] is None, r.text
-    # The same producer id over QUIC continues from the durable seq (4, 5).
+    # The same producer id over the fast path (sealed UDP, leased over
+    # QUIC) continues from the durable seq (4, 5).
     out = subprocess.run(
-        [sluice, "publish", "--stream", "mixed", "--transport", "quic", "--producer", "4242",
+        [sluice, "publish", "--stream", "mixed", "--transport", "fast", "--producer", "4242",
          "--to", f"127.0.0.1:{sluiced.quic_port}", "--token", WRITER,
          "--server-cert", str(sluiced.spool / "tls" / "server.crt")],
         input=b"quic 4\nquic 5\n", capture_output=True, timeout=60,
