@@ -134,3 +134,28 @@ pub fn main(a: &ConsumeArgs) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        e2e: ConsumeArgs,
+    }
+
+    fn path(args: &[&str]) -> Result<ConsumePath, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("e2e").chain(args.iter().copied()))?;
+        Ok(cli.e2e.config().consume_path)
+    }
+
+    #[test]
+    fn consumers_take_quic_unless_told() {
+        assert_eq!(path(&[]).unwrap(), ConsumePath::Quic);
+        assert_eq!(path(&["--consume-path", "ws"]).unwrap(), ConsumePath::Ws);
+        assert_eq!(path(&["--consume-path", "sse"]).unwrap(), ConsumePath::Sse);
+        assert!(path(&["--consume-path", "udp"]).is_err());
+    }
+}
