@@ -3,8 +3,9 @@
 //! process, fast path by default) publish to a `sluiced` (a child process,
 //! see [`sluice_testkit::daemon`], or a running one) while consumers
 //! (`sluice_transport::client::Consumer`, push mode, one per group, in this
-//! process on a runtime of their own) receive, ack and count every message
-//! once per group (at-least-once: distinct offsets).
+//! process on a runtime of their own; or, with `consume_path`, the admin
+//! port's WebSocket or event stream: push.rs) receive, ack and count every
+//! message once per group (at-least-once: distinct offsets).
 //!
 //! Phases, each on a fresh stream of the same daemon (so every group starts
 //! with no backlog, and offsets are record numbers from 0):
