@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use super::{ConsumeConfig, Part};
+use super::{ConsumeConfig, ConsumePath, Part};
 use crate::ingest::PathKind;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -56,10 +56,14 @@ pub struct ConsumeArgs {
     /// Closed loop: send_batch calls outstanding per producer.
     #[arg(long, default_value_t = 16)]
     pub in_flight: usize,
-    /// The producers' path: `fast` (sealed raw UDP) or `quic`. Consumers
-    /// always use QUIC.
+    /// The producers' path: `fast` (sealed raw UDP) or `quic`.
     #[arg(long, default_value = "fast", value_parser = ["fast", "quic"])]
     pub path: String,
+    /// The consumers' path: `quic` (a QUIC session), `ws` (the admin
+    /// port's WebSocket, binary frames) or `sse` (its event stream, acks
+    /// over POST); the credit is --max-messages / --max-bytes on each.
+    #[arg(long, value_enum, default_value_t = ConsumePath::Quic)]
+    pub consume_path: ConsumePath,
     /// The producers' largest datagram (UDP payload), bytes.
     #[arg(long, default_value_t = 1452)]
     pub datagram: usize,
@@ -95,6 +99,7 @@ impl ConsumeArgs {
             } else {
                 PathKind::Fast
             },
+            consume_path: self.consume_path,
             datagram: self.datagram,
             dir: self.out.dir.clone(),
             external: self.sluiced.external(),
@@ -128,4 +133,29 @@ pub fn main(a: &ConsumeArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        e2e: ConsumeArgs,
+    }
+
+    fn path(args: &[&str]) -> Result<ConsumePath, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("e2e").chain(args.iter().copied()))?;
+        Ok(cli.e2e.config().consume_path)
+    }
+
+    #[test]
+    fn consumers_take_quic_unless_told() {
+        assert_eq!(path(&[]).unwrap(), ConsumePath::Quic);
+        assert_eq!(path(&["--consume-path", "ws"]).unwrap(), ConsumePath::Ws);
+        assert_eq!(path(&["--consume-path", "sse"]).unwrap(), ConsumePath::Sse);
+        assert!(path(&["--consume-path", "udp"]).is_err());
+    }
 }

@@ -66,20 +66,99 @@ pub struct Consumed {
 }
 
 /// Deliveries taken from the consumer at most at once.
-const BATCH: usize = 1024;
+pub(super) const BATCH: usize = 1024;
 
-/// One group's consumer: receives what has arrived in batches, acks each
-/// delivery at once, counts it once per offset, until `stop`; then makes
-/// its acks durable and leaves. The stop signal is looked at once per
-/// batch, not per message (a wait on it costs as much as a delivery).
+/// A consumer of one group, on one of the paths.
+pub enum Link {
+    Quic(Consumer),
+    Ws(super::push::Ws),
+    Sse(super::push::Sse),
+}
+
+/// What every path does with what it receives: counts each delivery, each
+/// offset once, and its latency (open loop). The paths call [`add`] per
+/// delivery and [`flush`] per batch, so that the tallies the coordinator
+/// reads move once per batch.
+///
+/// [`add`]: Counter::add
+/// [`flush`]: Counter::flush
+pub(super) struct Counter {
+    seen: Seen,
+    latency: Histogram<u64>,
+    stamps: Option<Stamps>,
+    tally: Arc<Tally>,
+    deliveries: u64,
+    distinct: u64,
+}
+
+impl Counter {
+    /// The time a batch arrived (Unix µs), if latency is measured: read
+    /// once per batch, once all of it is in.
+    pub fn now(&self) -> Option<u64> {
+        self.stamps
+            .as_ref()
+            .map(|s| s.clock.unix_us(Instant::now()))
+    }
+
+    pub fn add(&mut self, offset: u64, payload: &[u8], now: Option<u64>) {
+        self.deliveries += 1;
+        if !self.seen.insert(offset) {
+            return;
+        }
+        self.distinct += 1;
+        if let (Some(s), Some(now)) = (&self.stamps, now) {
+            match stamp_of(payload) {
+                Some(t) if t >= s.from && t < s.to => {
+                    self.latency.saturating_record(now.saturating_sub(t));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub fn flush(&mut self) {
+        self.tally.deliveries.fetch_add(self.deliveries, Relaxed);
+        self.tally.distinct.fetch_add(self.distinct, Relaxed);
+        (self.deliveries, self.distinct) = (0, 0);
+    }
+}
+
+/// One group's consumer, on its path: receives what has arrived in
+/// batches, acks each delivery at once, counts it once per offset, until
+/// `stop`; then makes its acks durable and leaves. The stop signal is
+/// looked at once per batch, not per message (a wait on it costs as much
+/// as a delivery).
 pub async fn consume(
-    mut c: Consumer,
+    link: Link,
     tally: Arc<Tally>,
     stamps: Option<Stamps>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Consumed {
-    let mut seen = Seen::default();
-    let mut latency = histogram();
+    let mut count = Counter {
+        seen: Seen::default(),
+        latency: histogram(),
+        stamps,
+        tally,
+        deliveries: 0,
+        distinct: 0,
+    };
+    let result = match link {
+        Link::Quic(c) => quic(c, &mut count, stop).await,
+        Link::Ws(ws) => super::push::run_ws(ws, &mut count, stop).await,
+        Link::Sse(sse) => super::push::run_sse(sse, &mut count, stop).await,
+    };
+    count.flush();
+    Consumed {
+        latency: count.latency,
+        error: result.err(),
+    }
+}
+
+async fn quic(
+    mut c: Consumer,
+    count: &mut Counter,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
     let mut error = None;
     loop {
         let batch = tokio::select! {
@@ -96,25 +175,12 @@ pub async fn consume(
             }
         };
         // One clock reading per batch: they all arrived by now.
-        let now = stamps.as_ref().map(|s| s.clock.unix_us(Instant::now()));
+        let now = count.now();
         Delivery::ack_all(&batch);
-        let mut distinct = 0;
         for d in &batch {
-            if !seen.insert(d.offset) {
-                continue;
-            }
-            distinct += 1;
-            if let (Some(s), Some(now)) = (&stamps, now) {
-                match stamp_of(&d.payload) {
-                    Some(t) if t >= s.from && t < s.to => {
-                        latency.saturating_record(now.saturating_sub(t));
-                    }
-                    _ => {}
-                }
-            }
+            count.add(d.offset, &d.payload, now);
         }
-        tally.deliveries.fetch_add(batch.len() as u64, Relaxed);
-        tally.distinct.fetch_add(distinct, Relaxed);
+        count.flush();
     }
     if error.is_none() {
         if let Err(e) = c.sync().await {
@@ -122,7 +188,7 @@ pub async fn consume(
         }
     }
     c.close().await;
-    Consumed { latency, error }
+    error.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

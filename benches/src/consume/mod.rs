@@ -3,8 +3,9 @@
 //! process, fast path by default) publish to a `sluiced` (a child process,
 //! see [`sluice_testkit::daemon`], or a running one) while consumers
 //! (`sluice_transport::client::Consumer`, push mode, one per group, in this
-//! process on a runtime of their own) receive, ack and count every message
-//! once per group (at-least-once: distinct offsets).
+//! process on a runtime of their own; or, with `consume_path`, the admin
+//! port's WebSocket or event stream: push.rs) receive, ack and count every
+//! message once per group (at-least-once: distinct offsets).
 //!
 //! Phases, each on a fresh stream of the same daemon (so every group starts
 //! with no backlog, and offsets are record numbers from 0):
@@ -41,6 +42,7 @@ mod args;
 mod load;
 mod phase;
 mod print;
+mod push;
 mod report;
 
 use std::path::PathBuf;
@@ -81,6 +83,29 @@ pub enum Part {
     Latency,
 }
 
+/// How the consumers receive: a QUIC session (the client library's
+/// `Consumer`), or the admin port's push routes (daemon/HTTP.md, "Push").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumePath {
+    /// `sluice_transport::client::Consumer`, push over QUIC.
+    Quic,
+    /// The WebSocket route, binary frames, acks as ranges over the socket.
+    Ws,
+    /// Server-sent events, acks over `POST .../ack` on a second connection.
+    Sse,
+}
+
+impl ConsumePath {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConsumePath::Quic => "QUIC",
+            ConsumePath::Ws => "WebSocket (binary frames)",
+            ConsumePath::Sse => "server-sent events (acks over POST)",
+        }
+    }
+}
+
 /// Everything that describes one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConsumeConfig {
@@ -109,8 +134,10 @@ pub struct ConsumeConfig {
     /// producer.
     pub batch: usize,
     pub in_flight: usize,
-    /// The producers' path: fast (default) or quic. Consumers use QUIC.
+    /// The producers' path: fast (default) or quic.
     pub path: PathKind,
+    /// The consumers' path: quic (default), ws or sse.
+    pub consume_path: ConsumePath,
     /// The producers' largest datagram (UDP payload).
     pub datagram: usize,
     /// Where the temporary data folder (and the disk baseline) goes.
@@ -227,7 +254,7 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
         ),
         (None, None) => unreachable!("one or the other"),
     };
-    let client = client_options(&cert, token)?;
+    let client = client_options(&cert, token.clone())?;
 
     let producers_rt = crate::load::runtime(Some("producer"))?;
     let consumers_rt = crate::load::runtime(Some("consumer"))?;
@@ -239,6 +266,7 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
         admin,
         pid: daemon.as_ref().map(|d| d.pid()),
         client,
+        token,
         prefix: format!("e2e-{:x}-{:x}", std::process::id(), nonce >> 12),
         id_base: (u64::from(std::process::id()) << 32) | u64::from(nonce & 0xFFF0_0000),
         consumers: consumers_rt.handle().clone(),

@@ -15,7 +15,7 @@ use sluice_transport::client::{
 };
 use sluice_transport::proto::SenderConfig;
 
-use super::{load, ConsumeConfig};
+use super::{load, push, ConsumeConfig, ConsumePath};
 use crate::ingest::PathKind;
 use crate::load::{Plan, Shape, Shared};
 use crate::measure;
@@ -64,6 +64,8 @@ pub(crate) struct Target {
     /// A started daemon's pid (for its CPU time).
     pub pid: Option<u32>,
     pub client: QuicOptions,
+    /// A running daemon's token (for the admin port's push routes).
+    pub token: Option<String>,
     /// Prefix of this run's stream and group names, and of its producer ids.
     pub prefix: String,
     pub id_base: u64,
@@ -354,22 +356,50 @@ pub(crate) async fn run_phase(
     })
 }
 
-/// A consumer of `group` on `stream`, from its start.
+/// A consumer of `group` on `stream`, from its start, on the configured
+/// path (connected on the consumers' runtime, whose reactor its sockets
+/// then belong to).
 async fn join(
     config: &ConsumeConfig,
     target: &Target,
     stream: &str,
     group: &str,
-) -> Result<Consumer, Box<dyn std::error::Error>> {
-    let mut opts = ConsumerOptions::new(target.client.clone(), group.to_owned());
-    opts.start = StartAt::Earliest;
-    opts.max_messages = config.max_messages;
-    opts.max_bytes = config.max_bytes;
-    let (addr, stream) = (target.quic, stream.to_owned());
-    let joined = target
-        .consumers
-        .spawn(async move { Consumer::connect(addr, &stream, opts).await })
-        .await?;
+) -> Result<load::Link, Box<dyn std::error::Error>> {
+    let credit = (config.max_messages, config.max_bytes);
+    let (stream, name) = (stream.to_owned(), group.to_owned());
+    let joined = match config.consume_path {
+        ConsumePath::Quic => {
+            let mut opts = ConsumerOptions::new(target.client.clone(), name);
+            opts.start = StartAt::Earliest;
+            (opts.max_messages, opts.max_bytes) = credit;
+            let addr = target.quic;
+            target
+                .consumers
+                .spawn(async move {
+                    let c = Consumer::connect(addr, &stream, opts).await;
+                    c.map(load::Link::Quic).map_err(|e| e.to_string())
+                })
+                .await?
+        }
+        path => {
+            let to = push::Route {
+                admin: target.admin,
+                stream,
+                group: name,
+                token: target.token.clone(),
+            };
+            target
+                .consumers
+                .spawn(async move {
+                    if path == ConsumePath::Ws {
+                        push::Ws::connect(&to, credit).await.map(load::Link::Ws)
+                    } else {
+                        push::Sse::connect(&to, credit).await.map(load::Link::Sse)
+                    }
+                })
+                .await?
+        }
+    };
     Ok(joined.map_err(|e| format!("consumer group {group}: {e}"))?)
 }
 

@@ -10,13 +10,14 @@ pub fn print(r: &ConsumeReport) {
     let c = &r.config;
     println!(
         "\ne2e: {} producers x {} B over {}, fsync = {}, {} s per phase after {} s warm-up; \
-         consumers over QUIC, push, credit {} msgs / {} B{}",
+         consumers over {}, push, credit {} msgs / {} B{}",
         c.producers,
         c.size,
         c.path.name(),
         c.fsync,
         c.seconds,
         c.warmup,
+        c.consume_path.name(),
         c.max_messages,
         c.max_bytes,
         match &c.external {
