@@ -103,6 +103,26 @@ echo "benches/scripts/http-publish.sh ..." >&2
   echo '```'
 } >> "$page"
 run e2e "Publish to consumers (e2e)" e2e --dir "$work" --seconds "$secs" --repeat "$repeat"
+# Consumers over WebSocket and SSE against QUIC: its own script (three
+# e2e runs, ratios to QUIC), its summary as printed.
+echo "benches/scripts/e2e-push.sh ..." >&2
+{
+  echo
+  echo "## Consumers over WebSocket and server-sent events (e2e --consume-path)"
+  echo
+  echo "\`sluice-bench e2e --consume-path quic|ws|sse\`: the consumers on the API port's push routes"
+  echo "(daemon/HTTP.md, \"Push\") instead of QUIC, one group; delivery while producers publish and"
+  echo "the backlog drain, ÷ the QUIC run's (target: WebSocket delivery >= 0.5 of QUIC's)."
+  echo
+  echo '```'
+  echo "REPEAT=$repeat SECS=$secs benches/scripts/e2e-push.sh"
+  echo '```'
+  echo
+  echo '```'
+  BENCH=$bench REPEAT=$repeat SECS=$secs benches/scripts/e2e-push.sh 2> "$work/e2e-push.err" \
+    || echo "the run failed: $(tail -n 5 "$work/e2e-push.err")"
+  echo '```'
+} >> "$page"
 run loss "Loss through the impairment relay (raw UDP)" loss --dir "$work" --seconds 3 --repeat "$repeat"
 if [ "$(id -u)" -eq 0 ]; then
   run loss-netns "Loss on a veth pair, nftables random drop (fast path, root)" loss --netns --dir "$work" --seconds 3 --repeat "$repeat"
