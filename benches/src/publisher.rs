@@ -31,9 +31,9 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use sluice_transport::client::Producer;
+
+use crate::http::{self, Connection};
 
 /// A batch publisher of either kind.
 #[derive(Clone)]
@@ -98,7 +98,7 @@ struct Inner {
     /// One per connection: a call holds one while its request is out.
     slots: tokio::sync::Semaphore,
     /// Connections kept alive between calls.
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    idle: Mutex<Vec<Connection>>,
     /// Requests answered 503 and sent again (shared by the run's publishers).
     retries: Arc<AtomicU64>,
 }
@@ -143,13 +143,15 @@ impl HttpPublisher {
         let idle = me.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut conn = match idle.filter(|c| !c.is_closed()) {
             Some(c) => c,
-            None => connect(me.addr).await?,
+            None => http::connect(me.addr)
+                .await
+                .map_err(|e| format!("HTTP: connect to {}: {e}", me.addr))?,
         };
         // Numbered under the slot: with one connection, in the order sent.
         let seq = me.next_seq.fetch_add(n, Relaxed);
         loop {
-            let mut req = hyper::Request::post(&me.path)
-                .header(hyper::header::HOST, me.addr.to_string())
+            let token = me.token.as_deref();
+            let mut req = http::request(hyper::Method::POST, me.addr, &me.path, token)
                 .header(hyper::header::CONTENT_TYPE, content_type);
             req = if me.keyed {
                 req.header("idempotency-key", format!("{}-{seq}", me.producer))
@@ -157,9 +159,6 @@ impl HttpPublisher {
                 req.header("sluice-producer-id", me.producer)
                     .header("sluice-seq", seq)
             };
-            if let Some(t) = &me.token {
-                req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
-            }
             let req = req
                 .body(Full::new(body.clone()))
                 .map_err(|e| e.to_string())?;
@@ -198,20 +197,6 @@ impl HttpPublisher {
         me.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
         Ok(())
     }
-}
-
-/// A kept-alive HTTP/1.1 connection (no Nagle: one small request at a
-/// time would wait for the previous answer's ack).
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("HTTP: connect to {addr}: {e}"))?;
-    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| format!("HTTP: {addr}: {e}"))?;
-    tokio::spawn(conn);
-    Ok(send)
 }
 
 /// `msgs` as frames: a u32 big-endian length, then the bytes, each.

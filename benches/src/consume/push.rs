@@ -8,18 +8,22 @@
 //!   on a second, kept alive, by a task of their own: each POST is answered
 //!   once durable, and what arrives meanwhile goes in the next one.
 //!
-//! The HTTP is the least that talks to sluiced's admin port (HTTP/1.1,
-//! answers with a length or chunked): the workspace has no HTTP client on
-//! tokio, and the event stream must be read on the consumers' runtime with
-//! its stop signal, which a blocking client (ureq) cannot.
+//! Both over hyper's HTTP/1.1 client connections ([`crate::http`]), made
+//! on the consumers' runtime: the event stream's body is read there frame
+//! by frame, until the stop signal.
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use base64::Engine;
+use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::Method;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
@@ -28,15 +32,15 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::load::{Counter, BATCH};
+use crate::http::{self, Connection};
 
 /// Longest a connection, an answer or the final sync may take.
 const WAIT: Duration = Duration::from_secs(30);
 /// A binary frame's header before the payload (offset first, u64 LE).
 const HEADER: usize = 40;
-/// Bytes read from an event stream at most at once.
-const READ: usize = 64 << 10;
 
 /// Where a group's push routes are.
+#[derive(Clone)]
 pub struct Route {
     pub admin: SocketAddr,
     pub stream: String,
@@ -49,16 +53,25 @@ impl Route {
     fn path(&self, what: &str) -> String {
         format!("/streams/{}/groups/{}/{what}", self.stream, self.group)
     }
+
+    /// A request to `path`, with the token.
+    fn request(&self, method: Method, path: &str, body: Bytes) -> hyper::Request<Full<Bytes>> {
+        http::request(method, self.admin, path, self.token.as_deref())
+            .body(Full::new(body))
+            .expect("a path of our own")
+    }
 }
 
-async fn tcp(admin: SocketAddr) -> Result<TcpStream, String> {
-    let s = timeout(WAIT, TcpStream::connect(admin))
+/// A connection to the admin port (`open`: [`http::tcp`] or
+/// [`http::connect`]), within [`WAIT`].
+async fn open<T, F>(admin: SocketAddr, open: impl FnOnce(SocketAddr) -> F) -> Result<T, String>
+where
+    F: Future<Output = io::Result<T>>,
+{
+    timeout(WAIT, open(admin))
         .await
         .map_err(|_| format!("no connection to {admin} within {WAIT:?}"))?
-        .map_err(|e| format!("cannot connect to the admin port {admin}: {e}"))?;
-    // Acks are small and wanted at once.
-    s.set_nodelay(true).map_err(|e| e.to_string())?;
-    Ok(s)
+        .map_err(|e| format!("cannot connect to the admin port {admin}: {e}"))
 }
 
 // ---- WebSocket ----
@@ -84,7 +97,7 @@ impl Ws {
         }
         let (mut ws, _) = timeout(
             WAIT,
-            tokio_tungstenite::client_async(req, tcp(to.admin).await?),
+            tokio_tungstenite::client_async(req, open(to.admin, http::tcp).await?),
         )
         .await
         .map_err(|_| "no WebSocket upgrade within 30 s")?
@@ -192,182 +205,6 @@ pub async fn run_ws(
 
 // ---- server-sent events ----
 
-/// One HTTP/1.1 connection to the admin port: one request at a time.
-struct Http {
-    io: BufReader<TcpStream>,
-    host: String,
-    auth: String,
-}
-
-/// How an answer's body comes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Framing {
-    Length(usize),
-    Chunked,
-    /// Until the connection closes.
-    Close,
-}
-
-impl Http {
-    async fn open(to: &Route) -> Result<Http, String> {
-        Ok(Http {
-            io: BufReader::with_capacity(READ, tcp(to.admin).await?),
-            host: to.admin.to_string(),
-            auth: match &to.token {
-                Some(t) => format!("authorization: Bearer {t}\r\n"),
-                None => String::new(),
-            },
-        })
-    }
-
-    /// Sends a request; reads the answer's status and headers.
-    async fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: &[u8],
-    ) -> Result<(u16, Framing), String> {
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\n{}content-length: {}\r\n\r\n",
-            self.host,
-            self.auth,
-            body.len()
-        )
-        .into_bytes();
-        req.extend_from_slice(body);
-        let io = |e: std::io::Error| format!("the admin port: {e}");
-        self.io.get_mut().write_all(&req).await.map_err(io)?;
-        let mut line = String::new();
-        self.line(&mut line).await?;
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("not an HTTP answer: {line:?}"))?;
-        let mut framing = Framing::Close;
-        loop {
-            self.line(&mut line).await?;
-            let Some((name, value)) = line.split_once(':') else {
-                break; // the empty line that ends the head
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                let n = value
-                    .parse()
-                    .map_err(|_| format!("a bad length {value:?}"))?;
-                framing = Framing::Length(n);
-            } else if name.eq_ignore_ascii_case("transfer-encoding")
-                && value.to_ascii_lowercase().contains("chunked")
-            {
-                framing = Framing::Chunked;
-            }
-        }
-        Ok((status, framing))
-    }
-
-    async fn line(&mut self, line: &mut String) -> Result<(), String> {
-        line.clear();
-        match self.io.read_line(line).await {
-            Ok(0) => Err("the admin port closed the connection".into()),
-            Ok(_) => Ok(()),
-            Err(e) => Err(format!("the admin port: {e}")),
-        }
-    }
-
-    /// A whole (small) body: an ack's answer, a refusal.
-    async fn body(&mut self, framing: Framing) -> Result<Vec<u8>, String> {
-        let io = |e: std::io::Error| format!("the admin port: {e}");
-        let mut out = Vec::new();
-        match framing {
-            Framing::Length(n) => {
-                out.resize(n, 0);
-                self.io.read_exact(&mut out).await.map_err(io)?;
-            }
-            Framing::Chunked => {
-                let (mut raw, mut d) = (Vec::new(), Dechunk::default());
-                while !d.done {
-                    raw.reserve(4096);
-                    if self.io.read_buf(&mut raw).await.map_err(io)? == 0 {
-                        return Err("the admin port closed the connection".into());
-                    }
-                    d.feed(&mut raw, &mut out)?;
-                }
-            }
-            Framing::Close => {
-                self.io.read_to_end(&mut out).await.map_err(io)?;
-            }
-        }
-        Ok(out)
-    }
-
-    /// A request whose answer must be 200; its body.
-    async fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Result<Vec<u8>, String> {
-        let call = async {
-            let (status, framing) = self.send(method, path, body).await?;
-            let answer = self.body(framing).await?;
-            match status {
-                200 => Ok(answer),
-                s => Err(format!(
-                    "sluiced answered {s} to {method} {path}: {}",
-                    String::from_utf8_lossy(&answer)
-                )),
-            }
-        };
-        timeout(WAIT, call)
-            .await
-            .map_err(|_| format!("no answer to {method} {path} within 30 s"))?
-    }
-}
-
-/// A chunked body's decoder (RFC 9112 §7.1), fed whatever the socket gave:
-/// nothing waits inside it, so a partial size line just stays for the
-/// next read.
-#[derive(Default)]
-struct Dechunk {
-    /// Bytes of the current chunk's data still to come.
-    left: usize,
-    /// The last chunk came: trailer lines until an empty one.
-    last: bool,
-    done: bool,
-}
-
-impl Dechunk {
-    /// Moves the body's bytes from `raw` to `out`; what cannot be read yet
-    /// stays in `raw`.
-    fn feed(&mut self, raw: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<(), String> {
-        let mut at = 0;
-        while !self.done {
-            if self.left > 0 {
-                let n = self.left.min(raw.len() - at);
-                if n == 0 {
-                    break;
-                }
-                out.extend_from_slice(&raw[at..at + n]);
-                (at, self.left) = (at + n, self.left - n);
-                continue;
-            }
-            let Some(nl) = raw[at..].iter().position(|&b| b == b'\n') else {
-                break;
-            };
-            let line = String::from_utf8_lossy(&raw[at..at + nl]);
-            let line = line.trim();
-            at += nl + 1;
-            if self.last {
-                self.done = line.is_empty();
-            } else if !line.is_empty() {
-                // (An empty line is the CRLF after a chunk's data.)
-                let size = line.split(';').next().unwrap_or_default().trim();
-                let size = usize::from_str_radix(size, 16)
-                    .map_err(|_| format!("a bad chunk size line {line:?}"))?;
-                self.left = size;
-                self.last = size == 0;
-            }
-        }
-        raw.drain(..at);
-        Ok(())
-    }
-}
-
 /// Server-sent events from a body's bytes: the `data` of each event (its
 /// lines joined by `\n`); comments, `id` and other fields are skipped.
 #[derive(Default)]
@@ -418,39 +255,50 @@ struct Event<'a> {
     payload: Cow<'a, str>,
 }
 
+/// Sends `req` on `conn`; the answer's body if it is 200, else the error
+/// (with the body).
+async fn call(conn: &mut Connection, req: hyper::Request<Full<Bytes>>) -> Result<Incoming, String> {
+    let what = format!("{} {}", req.method(), req.uri());
+    let fail = |e: hyper::Error| format!("the admin port: {e}");
+    conn.ready().await.map_err(fail)?;
+    let answer = conn.send_request(req).await.map_err(fail)?;
+    let status = answer.status().as_u16();
+    if status == 200 {
+        return Ok(answer.into_body());
+    }
+    let body = answer.into_body().collect().await.map(|b| b.to_bytes());
+    Err(format!(
+        "sluiced answered {status} to {what}: {}",
+        String::from_utf8_lossy(&body.unwrap_or_default())
+    ))
+}
+
 /// A group's member over the event stream (its head read: joined), and
 /// the connection its acks go over.
 pub struct Sse {
-    events: Http,
-    framing: Framing,
-    acks: Http,
-    ack_path: String,
+    events: Incoming,
+    acks: Connection,
+    to: Route,
 }
 
 impl Sse {
     /// Opens the event stream with `max_outstanding` = the credit's
     /// messages (and its bytes), and the acks' connection.
     pub async fn connect(to: &Route, (messages, bytes): (u32, u64)) -> Result<Sse, String> {
-        let mut events = Http::open(to).await?;
+        let mut conn = open(to.admin, http::connect).await?;
         let path = format!(
             "{}?start=earliest&max_outstanding={messages}&max_bytes={bytes}",
             to.path("events")
         );
-        let (status, framing) = timeout(WAIT, events.send("GET", &path, b""))
+        let get = to.request(Method::GET, &path, Bytes::new());
+        // (`conn` may go: the connection ends with the body.)
+        let events = timeout(WAIT, call(&mut conn, get))
             .await
             .map_err(|_| "no answer to the event stream's request within 30 s")??;
-        if status != 200 {
-            let body = events.body(framing).await.unwrap_or_default();
-            return Err(format!(
-                "sluiced answered {status} to GET {path}: {}",
-                String::from_utf8_lossy(&body)
-            ));
-        }
         Ok(Sse {
             events,
-            framing,
-            acks: Http::open(to).await?,
-            ack_path: to.path("ack"),
+            acks: open(to.admin, http::connect).await?,
+            to: to.clone(),
         })
     }
 }
@@ -462,47 +310,37 @@ pub async fn run_sse(
     count: &mut Counter,
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let Sse {
-        mut events,
-        framing,
-        acks,
-        ack_path,
-    } = link;
+    let Sse { events, acks, to } = link;
     let (tx, rx) = mpsc::unbounded_channel();
-    let acker = tokio::spawn(ack_loop(acks, ack_path, rx));
-    let read = read_events(&mut events, framing, count, stop, tx).await;
+    let acker = tokio::spawn(ack_loop(acks, to, rx));
+    let read = read_events(events, count, stop, tx).await;
     let acked = acker.await.map_err(|e| e.to_string()).and_then(|r| r);
     // The acker's failure is the cause of the reader's, if both failed.
     acked.and(read)
 }
 
 async fn read_events(
-    http: &mut Http,
-    framing: Framing,
+    mut body: Incoming,
     count: &mut Counter,
     mut stop: watch::Receiver<bool>,
     acks: mpsc::UnboundedSender<Vec<u64>>,
 ) -> Result<(), String> {
-    let (mut raw, mut text) = (Vec::with_capacity(READ), Vec::with_capacity(READ));
-    let mut dechunk = (framing == Framing::Chunked).then(Dechunk::default);
+    let mut text = Vec::new();
     let mut events = Events::default();
     let mut payload = Vec::new();
     loop {
-        raw.reserve(READ);
-        // One read, of whatever has arrived, is one batch: nothing below
+        // One frame, of what has arrived, is one batch: nothing below
         // waits, so the acks of what was read go out before the next wait.
-        let n = tokio::select! {
+        let frame = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => return Ok(()),
-            n = http.io.read_buf(&mut raw) => n.map_err(|e| format!("the event stream: {e}"))?,
+            f = body.frame() => f.ok_or("sluiced ended the event stream")?,
         };
-        if n == 0 {
-            return Err("sluiced ended the event stream".into());
-        }
-        match &mut dechunk {
-            Some(d) => d.feed(&mut raw, &mut text)?,
-            None => text.append(&mut raw),
-        }
+        let frame = frame.map_err(|e| format!("the event stream: {e}"))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        text.extend_from_slice(&data);
         let now = count.now();
         let mut offsets = Vec::new();
         events.feed(&mut text, |data| {
@@ -525,25 +363,27 @@ async fn read_events(
 /// POSTs the offsets handed over, all that waited in one request, each
 /// answered once durable; returns when the reader is done and all are.
 async fn ack_loop(
-    mut http: Http,
-    path: String,
+    mut conn: Connection,
+    to: Route,
     mut rx: mpsc::UnboundedReceiver<Vec<u64>>,
 ) -> Result<(), String> {
-    let mut body = String::new();
+    let path = to.path("ack");
     while let Some(mut offsets) = rx.recv().await {
         while let Ok(more) = rx.try_recv() {
             offsets.extend(more);
         }
-        body.clear();
-        body.push_str("{\"offsets\":[");
-        for (i, o) in offsets.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            body.push_str(&o.to_string());
-        }
-        body.push_str("]}");
-        http.call("POST", &path, body.as_bytes()).await?;
+        let body = serde_json::json!({ "offsets": offsets }).to_string();
+        let post = to.request(Method::POST, &path, body.into());
+        let acked = async {
+            let answer = call(&mut conn, post).await?;
+            answer
+                .collect()
+                .await
+                .map_err(|e| format!("the admin port: {e}"))
+        };
+        timeout(WAIT, acked)
+            .await
+            .map_err(|_| format!("no answer to POST {path} within 30 s"))??;
     }
     Ok(())
 }
@@ -574,22 +414,6 @@ mod tests {
         text.extend_from_slice(b"ta:b\r\n\r\n: x\n\n");
         assert_eq!(feed(&mut e, &mut text), ["a\nb"]);
         assert!(text.is_empty());
-    }
-
-    #[test]
-    fn a_chunked_body_is_decoded_in_any_pieces() {
-        let wire = b"5\r\nhello\r\n1;ext=1\r\n\n\r\n0\r\n\r\n";
-        for cut in 0..wire.len() {
-            let (mut d, mut out) = (Dechunk::default(), Vec::new());
-            let mut raw = wire[..cut].to_vec();
-            d.feed(&mut raw, &mut out).unwrap();
-            raw.extend_from_slice(&wire[cut..]);
-            d.feed(&mut raw, &mut out).unwrap();
-            assert_eq!(out, b"hello\n", "cut at {cut}");
-            assert!(d.done && raw.is_empty(), "cut at {cut}");
-        }
-        let mut raw = b"zz\r\n".to_vec();
-        assert!(Dechunk::default().feed(&mut raw, &mut Vec::new()).is_err());
     }
 
     #[test]
