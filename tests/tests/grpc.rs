@@ -481,3 +481,71 @@ async fn health_and_reflection_answer_and_tls_serves_the_daemons_certificate() {
         "a clean stop"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_resource_exhausted_with_retry_info_and_not_serving() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    // A free-space floor above what any disk has: the spool holds appends
+    // as on a full disk (as tests/disk_full.rs does).
+    let floor = (1u64 << 62).to_string();
+    let (d, t) = start(
+        dir.path(),
+        &["--streams", "jobs", "--spool-min-free-bytes", &floor],
+    );
+    let ch = channel(&d).await;
+    let mut p = PublisherClient::new(ch.clone());
+    // The first publish finds the floor only when the writer tries to
+    // commit it: held, it is not answered (an answer means durable), and
+    // the client's deadline ends the call (its outcome unknown: a retry
+    // with a key or seq would be safe). From then on the stream gives no
+    // credit: RESOURCE_EXHAUSTED at once, with RetryInfo.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let e = loop {
+        let mut r = with_token(request("jobs", &[b"x"], None), &t.writer);
+        r.set_timeout(Duration::from_millis(500));
+        let e = p.publish(r).await.unwrap_err();
+        if e.code() == Code::ResourceExhausted {
+            break e;
+        }
+        // The deadline passed: the server's DEADLINE_EXCEEDED, or the
+        // client's own CANCELLED when its timer fires first.
+        assert!(
+            matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+            "{e:?}"
+        );
+        assert!(std::time::Instant::now() < until, "still {e:?}");
+    };
+    let retry = e
+        .get_details_retry_info()
+        .expect("RetryInfo in the details");
+    assert!(
+        retry.retry_delay.is_some_and(|d| d > Duration::ZERO),
+        "{retry:?}"
+    );
+    // Health follows GET /health: acks held, not serving (within the
+    // watcher's second).
+    let mut health = HealthClient::new(ch.clone());
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = health
+            .check(HealthCheckRequest {
+                service: "sluice.v1.Publisher".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if r.status == ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "still {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(durable_end(&ch, &t.writer, "jobs").await, Some(0));
+    // A spool holding a batch for free space does not stop on SIGTERM (it
+    // waits for the disk; tests/disk_full.rs kills it too).
+    d.kill9();
+}

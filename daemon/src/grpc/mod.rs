@@ -149,6 +149,7 @@ pub struct GrpcPlane {
     stop: Option<oneshot::Sender<()>>,
     serve: JoinHandle<()>,
     accept: JoinHandle<()>,
+    watch: JoinHandle<()>,
 }
 
 impl GrpcPlane {
@@ -193,11 +194,8 @@ impl GrpcPlane {
         let reflection_v1alpha = reflection()
             .build_v1alpha()
             .map_err(std::io::Error::other)?;
-        for name in SERVICES {
-            health
-                .set_service_status(name, tonic_health::ServingStatus::Serving)
-                .await;
-        }
+        set_health(&health, true).await;
+        let watch = tokio::spawn(watch_health(shared.clone(), health.clone()));
         let router = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(setup.max_streams_per_connection))
             .http2_keepalive_interval(Some(setup.keepalive))
@@ -229,6 +227,7 @@ impl GrpcPlane {
             stop: Some(stop),
             serve,
             accept,
+            watch,
         })
     }
 
@@ -240,16 +239,14 @@ impl GrpcPlane {
     /// that balancers and clients go elsewhere while the daemon drains.
     pub async fn pause(&self) {
         self.shared.stopping.store(true, Relaxed);
-        for name in SERVICES {
-            self.health
-                .set_service_status(name, tonic_health::ServingStatus::NotServing)
-                .await;
-        }
+        self.watch.abort();
+        set_health(&self.health, false).await;
     }
 
     /// Stops accepting, lets calls in progress finish for a short grace,
     /// then cuts what is left (streaming calls can last for ever).
     pub async fn shutdown(mut self) {
+        self.watch.abort();
         self.accept.abort();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -272,6 +269,43 @@ const SERVICES: [&str; 4] = [
     "sluice.v1.Subscriber",
     "sluice.v1.Admin",
 ];
+
+/// How often the health service looks at the daemon's health.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+async fn set_health(health: &HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for name in SERVICES {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Keeps the health service saying what `GET /health` says: NOT_SERVING
+/// while acks are held (a stream's disk is full: publishes would only be
+/// refused) or the daemon stops, SERVING otherwise (damage found in the
+/// spool degrades, it does not stop the service).
+async fn watch_health(s: Arc<Shared>, health: HealthReporter) {
+    let mut serving = true;
+    let mut tick = tokio::time::interval(HEALTH_EVERY);
+    loop {
+        tick.tick().await;
+        let now = !s.stopping.load(Relaxed)
+            && !s
+                .spool
+                .open_streams()
+                .iter()
+                .any(|st| st.health().disk_full);
+        if now != serving {
+            serving = now;
+            info!(serving, "gRPC health changes (acks held: a disk is full)");
+            set_health(&health, serving).await;
+        }
+    }
+}
 
 /// The gRPC status of a publish refused by the domain, shared by
 /// Publish and PublishStream (daemon/GRPC.md lists them).
