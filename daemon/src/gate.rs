@@ -70,6 +70,15 @@ impl Denied {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value (an HTTP header,
+/// gRPC metadata); the scheme is case-insensitive (RFC 9110 §11.1).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 pub struct Gate {
     auth: Authenticator,
     /// No principals configured and loopback only: everyone is anonymous.

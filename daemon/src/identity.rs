@@ -43,6 +43,17 @@ pub fn https_config(
     Ok(Arc::new(config))
 }
 
+/// The gRPC plane's TLS (`grpc.tls`) for this certificate chain and key:
+/// as [`https_config`], but HTTP/2 by ALPN (gRPC's only protocol).
+pub fn grpc_tls_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let mut config = Arc::unwrap_or_clone(https_config(chain, key)?);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The client side of [`https_config`]: trusts the certificates of the
 /// PEM file `trust` (a CA, or the daemon's own self-signed certificate),
 /// and nothing else, for an `https://` admin port (`sluice --admin-cert`,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod consume;
 pub mod credit;
 pub mod gate;
+pub mod grpc;
 pub mod histogram;
 pub mod identity;
 pub mod ingest;

@@ -20,6 +20,7 @@ use crate::api::{self, AdminState};
 use crate::config::{Config, ConfigError, Settings};
 use crate::consume::service::{ConsumeError, Consumers};
 use crate::gate::Gate;
+use crate::grpc::{GrpcPlane, GrpcSetup};
 use crate::identity::{self, AdminTls, IdentityError};
 use crate::ingest::{Ingest, IngestShared};
 use crate::metrics::{Metrics, Registry};
@@ -44,6 +45,11 @@ pub enum ServerError {
     Admin(std::io::Error),
     #[error("{0}")]
     Quic(String),
+    #[error("gRPC listener {addr}: {source}")]
+    Grpc {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error("{0} (set xdp.fallback = true to run on the socket path instead)")]
@@ -77,6 +83,8 @@ pub struct Bound {
     pub data: SocketAddr,
     pub quic: SocketAddr,
     pub admin: SocketAddr,
+    /// `None` with `grpc.enabled = false`.
+    pub grpc: Option<SocketAddr>,
 }
 
 /// Runs `sluiced` until `stop` resolves, then drains: no new data is taken,
@@ -137,6 +145,25 @@ pub async fn run(
             },
             "the admin endpoint serves HTTPS (admin.tls)"
         );
+    }
+    // The gRPC plane's TLS is the QUIC plane's identity (grpc.tls).
+    let grpc_tls = if config.grpc.enabled && config.grpc.tls {
+        Some(
+            identity::grpc_tls_config(identity.chain.clone(), identity.key.clone_key()).map_err(
+                |e| ConfigError::Invalid {
+                    key: "grpc.tls",
+                    reason: format!(
+                        "the QUIC certificate {} cannot serve gRPC over TLS: {e}",
+                        identity.cert_path.display()
+                    ),
+                },
+            )?,
+        )
+    } else {
+        None
+    };
+    if config.grpc.enabled && !config.grpc.tls && !config.grpc.listen.ip().is_loopback() {
+        warn!(grpc = %config.grpc.listen, "the gRPC plane listens beyond loopback without TLS (grpc.tls = false): tokens and messages travel in clear");
     }
     open_streams(&spool, &config.streams.names)?;
     let consumers = Consumers::new(spool.clone(), consumers_config);
@@ -226,10 +253,34 @@ pub async fn run(
         max_connections_per_principal: config.quic.max_connections_per_principal,
     })
     .map_err(ServerError::Quic)?;
+    let publisher = crate::publish::Publisher::new(ingest.clone(), &credit);
+    let grpc = if config.grpc.enabled {
+        Some(
+            GrpcPlane::start(GrpcSetup {
+                listen: config.grpc.listen,
+                tls: grpc_tls,
+                gate: gate.clone(),
+                publisher: publisher.clone(),
+                spool: spool.clone(),
+                consumers: consumers.clone(),
+                max_connections: config.grpc.max_connections,
+                max_streams_per_connection: config.grpc.max_streams_per_connection,
+                keepalive: config.grpc.keepalive.get(),
+            })
+            .await
+            .map_err(|source| ServerError::Grpc {
+                addr: config.grpc.listen,
+                source,
+            })?,
+        )
+    } else {
+        None
+    };
     let bound = Bound {
         data,
         quic: quic.local_addr,
         admin: admin_listener.local_addr().map_err(ServerError::Admin)?,
+        grpc: grpc.as_ref().map(|g| g.local_addr),
     };
     let http = Arc::new(Http::new(admin_limits));
     // Each subsystem says what it exports; /metrics shows them in this
@@ -245,6 +296,9 @@ pub async fn run(
         sealed,
     }));
     registry.register(http.clone());
+    if let Some(g) = &grpc {
+        registry.register(g.stats());
+    }
     registry.register(consumers.clone());
     if let Some(x) = &xdp_path {
         registry.register(x.stats());
@@ -256,7 +310,9 @@ pub async fn run(
         gate: gate.clone(),
         consumers: consumers.clone(),
         http: http.clone(),
-        publisher: crate::publish::Publisher::new(ingest.clone(), &credit),
+        // One publisher for HTTP and gRPC: one bound on what publish
+        // requests in flight hold.
+        publisher,
     });
     // Served within the admin limits (connections, timeouts, pages).
     let admin = api::serve::serve(
@@ -269,6 +325,7 @@ pub async fn run(
         data = %bound.data,
         quic = %bound.quic,
         admin = %bound.admin,
+        grpc = ?bound.grpc,
         spool = %config.spool.dir.display(),
         fsync = %config.spool.fsync,
         "sluiced ready"
@@ -281,6 +338,9 @@ pub async fn run(
     state.stopping.store(true, Ordering::Relaxed);
     server.pause();
     quic.pause();
+    if let Some(g) = &grpc {
+        g.pause().await;
+    }
     let deadline = started + DRAIN_TIMEOUT;
     while ingest.in_flight() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -296,6 +356,10 @@ pub async fn run(
         .shutdown(CloseCode::ShuttingDown, "sluiced is stopping")
         .await;
     quic.shutdown().await;
+    // Its StreamingPull members leave their groups before the groups stop.
+    if let Some(g) = grpc {
+        g.shutdown().await;
+    }
     // Group journals are written out before the spool stops.
     consumers.shutdown().await;
     drop(consumers);

@@ -35,6 +35,7 @@ pub const STOP_ON_STDIN_EOF: &str = "--stop-on-stdin-eof";
 pub const NS_DATA_PORT: u16 = 7401;
 pub const NS_QUIC_PORT: u16 = 7400;
 pub const NS_ADMIN_PORT: u16 = 7480;
+pub const NS_GRPC_PORT: u16 = 7402;
 
 /// How long a daemon may take to answer on its admin port.
 const START_WITHIN: Duration = Duration::from_secs(30);
@@ -73,6 +74,8 @@ pub struct DaemonSpec {
     pub data: SocketAddr,
     pub quic: SocketAddr,
     pub admin: SocketAddr,
+    /// The gRPC plane's TCP address (plaintext unless `--grpc-tls true`).
+    pub grpc: SocketAddr,
     /// `--log-level` (the daemon's logs go to our stderr).
     pub log_level: String,
     /// More flags, last, e.g. `["--spool-fsync", "never"]`.
@@ -96,6 +99,7 @@ impl DaemonSpec {
             data: free_udp(),
             quic: free_udp(),
             admin: free_tcp(),
+            grpc: free_tcp(),
             log_level: std::env::var("SLUICED_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             args: Vec::new(),
             log_file: None,
@@ -149,6 +153,7 @@ impl DaemonSpec {
         self.data = SocketAddr::new(ip, NS_DATA_PORT);
         self.quic = SocketAddr::new(ip, NS_QUIC_PORT);
         self.admin = SocketAddr::from(([127, 0, 0, 1], NS_ADMIN_PORT));
+        self.grpc = SocketAddr::from(([127, 0, 0, 1], NS_GRPC_PORT));
         self.log_level = format!("{},sluice_daemon::identity=error", self.log_level);
         self
     }
@@ -217,6 +222,8 @@ impl DaemonSpec {
             self.quic.to_string(),
             "--admin-listen".into(),
             self.admin.to_string(),
+            "--grpc-listen".into(),
+            self.grpc.to_string(),
             "--log-level".into(),
             self.log_level.clone(),
         ]);
@@ -343,6 +350,7 @@ impl DaemonSpec {
             data: self.data,
             quic: self.quic,
             admin: self.admin,
+            grpc: self.grpc,
             admin_trust: self.admin_trust.clone(),
             netns: netns.map(str::to_owned),
         };
@@ -366,6 +374,7 @@ pub struct Daemon {
     pub data: SocketAddr,
     pub quic: SocketAddr,
     pub admin: SocketAddr,
+    pub grpc: SocketAddr,
     /// The certificate its HTTPS admin port is trusted by, if it has one.
     admin_trust: Option<PathBuf>,
     /// The network namespace it runs in, if not ours.

@@ -60,6 +60,7 @@ class Sluiced:
         self.admin_port = _free_port(socket.SOCK_STREAM)
         self.data_port = _free_port(socket.SOCK_DGRAM)
         self.quic_port = _free_port(socket.SOCK_DGRAM)
+        self.grpc_port = _free_port(socket.SOCK_STREAM)
         args = self.extra_args
         self.tls = any(a == "--admin-tls" and args[i + 1 : i + 2] == ["true"] for i, a in enumerate(args))
         self.cert = self.spool / "tls" / "server.crt"
@@ -90,6 +91,8 @@ class Sluiced:
             f"127.0.0.1:{self.quic_port}",
             "--admin-listen",
             f"127.0.0.1:{self.admin_port}",
+            "--grpc-listen",
+            f"127.0.0.1:{self.grpc_port}",
             *([] if "--spool-min-free-bytes" in self.extra_args else ["--spool-min-free-bytes", "0"]),
             "--log-level",
             os.environ.get("SLUICED_TEST_LOG", "warn"),

@@ -35,14 +35,8 @@ impl Caller {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` value; the scheme is
-/// case-insensitive (RFC 9110 §11.1).
-pub fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-}
+// One reading of `Authorization: Bearer` for the HTTP and gRPC planes.
+pub use crate::gate::bearer_token;
 
 impl FromRequestParts<Arc<AdminState>> for Caller {
     type Rejection = ApiError;

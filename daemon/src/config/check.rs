@@ -113,12 +113,25 @@ impl Config {
                 self.admin.max_connections_per_source,
             ),
             ("admin.max_page_requests", self.admin.max_page_requests),
+            ("grpc.max_connections", self.grpc.max_connections),
+            (
+                "grpc.max_streams_per_connection",
+                self.grpc.max_streams_per_connection as usize,
+            ),
             ("consumers.max_groups", self.consumers.max_groups),
             ("streams.max_streams", self.streams.max_streams),
         ] {
             not_zero(key, v as u64)?;
         }
         let admin = self.admin_limits()?;
+        // Below a second, pings would cost more than the idle connections
+        // they find.
+        at_least(
+            "grpc.keepalive",
+            self.grpc.keepalive.get(),
+            Duration::from_secs(1),
+            "1s",
+        )?;
         let admin_tls = self.admin_tls()?;
         if self.quic.cert.as_os_str().is_empty() != self.quic.key.as_os_str().is_empty() {
             let missing = if self.quic.cert.as_os_str().is_empty() {
@@ -193,6 +206,7 @@ impl Config {
         !self.xdp_off_machine()
             && [self.data.listen, self.quic.listen, self.admin.listen]
                 .iter()
+                .chain(self.grpc.enabled.then_some(&self.grpc.listen))
                 .all(|a| a.ip().is_loopback())
     }
 

@@ -28,8 +28,8 @@ use declare::KeyHelp;
 pub use help::{env_name, flag_name};
 pub use sections::{
     AdminFlags, AdminSection, ConsumersFlags, ConsumersSection, DataFlags, DataSection, GroupEntry,
-    LogFlags, LogSection, QuicFlags, QuicSection, SpoolFlags, SpoolSection, StreamsFlags,
-    StreamsSection, XdpFlags, XdpSection,
+    GrpcFlags, GrpcSection, LogFlags, LogSection, QuicFlags, QuicSection, SpoolFlags, SpoolSection,
+    StreamsFlags, StreamsSection, XdpFlags, XdpSection,
 };
 pub use values::{Conflate, FsyncMode, LogFormat, OptionalSpan, Size, Span, XdpBind, XdpMode};
 
@@ -62,6 +62,7 @@ pub struct Config {
     pub data: DataSection,
     pub quic: QuicSection,
     pub admin: AdminSection,
+    pub grpc: GrpcSection,
     pub spool: SpoolSection,
     pub streams: StreamsSection,
     pub auth: AuthConfig,
@@ -90,6 +91,8 @@ pub struct Args {
     pub quic: QuicFlags,
     #[command(flatten)]
     pub admin: AdminFlags,
+    #[command(flatten)]
+    pub grpc: GrpcFlags,
     #[command(flatten)]
     pub spool: SpoolFlags,
     #[command(flatten)]
@@ -125,6 +128,7 @@ impl Config {
             data,
             quic,
             admin,
+            grpc,
             spool,
             streams,
             xdp,
@@ -134,6 +138,7 @@ impl Config {
         self.data.apply(data);
         self.quic.apply(quic);
         self.admin.apply(admin);
+        self.grpc.apply(grpc);
         self.spool.apply(spool);
         self.streams.apply(streams);
         self.xdp.apply(xdp);
@@ -147,6 +152,7 @@ impl Config {
             DataSection::keys(),
             QuicSection::keys(),
             AdminSection::keys(),
+            GrpcSection::keys(),
             SpoolSection::keys(),
             StreamsSection::keys(),
             XdpSection::keys(),

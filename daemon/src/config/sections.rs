@@ -111,6 +111,31 @@ section! {
 }
 
 section! {
+    /// The gRPC plane: clients generated from proto/sluice/v1/sluice.proto
+    /// (daemon/GRPC.md).
+    [grpc] GrpcSection, GrpcFlags, "gRPC plane: publish, streaming pull, admin views" {
+        /// Serve the gRPC API (off: no gRPC listener).
+        enabled: bool = true,
+        /// TCP address of the gRPC listener (HTTP/2).
+        listen: SocketAddr = loopback(7402),
+        /// Serve gRPC over TLS (rustls, ALPN h2) with the QUIC plane's certificate.
+        ///
+        /// That is quic.cert, or the self-signed one in the data folder
+        /// (tls/server.crt, which clients then trust). Off: plaintext
+        /// HTTP/2 (h2c), as the admin port is plain HTTP by default; sluiced
+        /// warns when it listens beyond loopback without TLS (tokens would
+        /// travel in clear).
+        tls: bool = false,
+        /// gRPC connections open at once; more are closed at once and counted.
+        max_connections: usize = 1024,
+        /// Calls (HTTP/2 streams) one gRPC connection may have open at once.
+        max_streams_per_connection: u32 = 64,
+        /// Interval of HTTP/2 pings on a gRPC connection; one unanswered within 20 s closes it.
+        keepalive: Span = Span::secs(30),
+    }
+}
+
+section! {
     /// The durable log.
     [spool] SpoolSection, SpoolFlags, "Spool: the durable log" {
         /// Data folder (streams, segments, cursors).

@@ -326,7 +326,10 @@ impl Link {
         })
         .await
         .map_err(|_| "the acks were not durable within 30 s")?;
-        let _ = ws.close(None).await;
+        // The stream's own close (a close frame), named: once futures'
+        // `alloc` feature is on (tonic turns it on), `Box<_>` is a Sink and
+        // `ws.close(..)` would find SinkExt::close first.
+        let _ = WebSocketStream::close(ws, None).await;
         synced
     }
 }
