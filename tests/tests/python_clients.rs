@@ -73,3 +73,8 @@ fn openapi_schemathesis() {
 fn http_tls() {
     pytest("test_tls.py");
 }
+
+#[test]
+fn grpc_python() {
+    pytest("test_grpc.py");
+}
