@@ -79,9 +79,10 @@ impl proto::subscriber_server::Subscriber for Service {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("the stream ended before its first request"))?;
-        // Rights before anything that tells whether the stream exists.
-        caller.may(&self.s.gate, Action::Consume, &first.stream)?;
+        // Its shape first (that tells nothing of the daemon's streams),
+        // then rights before anything that tells whether the stream exists.
         let open = Open::of(&first)?;
+        caller.may(&self.s.gate, Action::Consume, &first.stream)?;
         let name = match first.consumer_name.trim() {
             "" => format!("grpc {}", caller.peer),
             n => format!("grpc {} {}", caller.peer, clip(n, MAX_NAME)),
