@@ -285,7 +285,7 @@ fn received(d: Delivery, now: Instant) -> ReceivedMessage {
         }),
         producer_id: w.producer,
         seq: w.seq,
-        payload: w.payload.into(),
+        payload: w.payload,
         ack_deadline: Some(prost_types::Duration {
             seconds: (w.deadline_ms / 1_000) as i64,
             nanos: (w.deadline_ms % 1_000) as i32 * 1_000_000,
