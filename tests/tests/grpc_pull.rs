@@ -230,11 +230,41 @@ async fn pull_acks_once_nacks_redeliver_after_the_delay() {
     })
     .await;
 
+    // A client that half-closes after its first request still receives.
+    publish(&ch, &t.writer, "orders", 1).await;
+    let mut rx = SubscriberClient::new(ch.clone())
+        .streaming_pull(with_token(
+            tokio_stream::iter([open("orders", "reads-only", 10, 1 << 20)]),
+            &t.reader,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut offsets = Vec::new();
+    while offsets.len() < 10 {
+        let r = tokio::time::timeout(Duration::from_secs(10), rx.message())
+            .await
+            .expect("deliveries after a half-close")
+            .unwrap()
+            .unwrap();
+        offsets.extend(r.messages.iter().map(|m| m.offset));
+    }
+    // Ten out at most, none acked: the first ten, nothing more.
+    assert_eq!(offsets, (0..10).collect::<Vec<_>>());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.message())
+            .await
+            .is_err(),
+        "more than the flow control"
+    );
+    drop(rx);
+    let _ = p.take(1).await;
+
     // A nack with a delay: delivered again after it, attempt 2.
     let mut p = Pull::open(&ch, &t.reader, open("orders", "nacking", 100, 1 << 20))
         .await
         .unwrap();
-    let got = p.take(21).await;
+    let got = p.take(22).await;
     let nacked_at = Instant::now();
     p.send(StreamingPullRequest {
         ack_offsets: got.iter().map(|m| m.offset).filter(|o| *o != 5).collect(),

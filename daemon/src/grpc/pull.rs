@@ -8,7 +8,7 @@
 //! hands it no more than the window of messages not yet acked, nacked or
 //! expired. Acks, nacks (with their delay) and deadline changes go to the
 //! [`Member`]; a new flow control is a new credit. When the call ends (the
-//! client half-closes or cancels, the connection breaks, an error) the
+//! client cancels, the connection breaks, an error) the
 //! member is dropped, and what it held is delivered again at once.
 //! Conflation and dead letters are the group's, as over QUIC.
 //!
@@ -216,6 +216,10 @@ async fn serve(
     // Deliveries taken from the member and not yet in a response: at most
     // the window.
     let mut pending: VecDeque<Delivery> = VecDeque::new();
+    // Requests still come: a half-close ends them, not the deliveries
+    // (grpcurl, or a client that only reads, half-closes after its first
+    // request); the call ends when the client cancels or goes.
+    let mut reading = true;
     let why = loop {
         tokio::select! {
             batch = member.deliveries.recv(), if pending.is_empty() => {
@@ -233,15 +237,14 @@ async fn serve(
                 let Ok(permit) = permit else { break "the client went away" };
                 permit.send(Ok(response(&mut pending)));
             }
-            r = inbound.message() => match r {
+            r = inbound.message(), if reading => match r {
                 Ok(Some(r)) => {
                     if let Err(s) = settle(&member, &r, &mut declared, true).await {
                         let _ = tx.send(Err(s)).await;
                         break "a bad request";
                     }
                 }
-                // Half-closed: Pub/Sub's clients end a pull so.
-                Ok(None) => break "the client closed its side",
+                Ok(None) => reading = false,
                 Err(_) => break "the stream broke",
             },
             _ = tx.closed() => break "the client went away",
