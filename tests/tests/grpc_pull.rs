@@ -473,3 +473,28 @@ async fn two_hundred_idle_pulls_on_one_connection_and_the_daemon_serves() {
         assert_eq!(got[0].offset, 1);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_ends_pulls_with_unavailable_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, t) = start(dir.path(), "");
+    let ch = channel(&d).await;
+    publish(&ch, &t.writer, "orders", 1).await;
+    let mut p = Pull::open(&ch, &t.reader, open("orders", "g", 10, 1 << 20))
+        .await
+        .unwrap();
+    p.take(1).await;
+    let stopping = Instant::now();
+    let stop = tokio::task::spawn_blocking(move || d.terminate(Duration::from_secs(20)));
+    let end = tokio::time::timeout(Duration::from_secs(4), p.rx.message())
+        .await
+        .expect("the pull ends within the stop's grace");
+    assert_eq!(end.unwrap_err().code(), Code::Unavailable);
+    let status = stop.await.unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+}

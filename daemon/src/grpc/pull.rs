@@ -23,6 +23,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,8 @@ const RESPONSE_BYTES: usize = 1 << 20;
 /// Most offsets one nack or deadline change may name (a member holds at
 /// most `consumers.max_member_messages` anyway), as HTTP's push routes.
 const MAX_SETTLE_OFFSETS: usize = 65_536;
+/// How often a pull looks whether the daemon is stopping.
+const STOP_CHECK: Duration = Duration::from_secs(1);
 /// Longest consumer name kept (it goes into logs and metrics).
 const MAX_NAME: usize = 128;
 
@@ -126,8 +129,9 @@ impl proto::subscriber_server::Subscriber for Service {
         // Acks (and the rest) of the first request count too, as Pub/Sub's.
         let declared = (open.messages, open.bytes);
         let peer = caller.peer;
+        let s = self.s.clone();
         tokio::spawn(async move {
-            let why = serve(member, inbound, first, declared, tx).await;
+            let why = serve(&s, member, inbound, first, declared, tx).await;
             debug!(%peer, why, "gRPC subscriber left");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -202,6 +206,7 @@ fn consume_status(e: ConsumeError) -> Status {
 
 /// Serves one member until its call ends; returns why.
 async fn serve(
+    s: &Shared,
     mut member: Member,
     mut inbound: Streaming<StreamingPullRequest>,
     first: StreamingPullRequest,
@@ -220,6 +225,11 @@ async fn serve(
     // (grpcurl, or a client that only reads, half-closes after its first
     // request); the call ends when the client cancels or goes.
     let mut reading = true;
+    // A stop ends pulls at once (UNAVAILABLE: the client goes elsewhere or
+    // comes back), rather than have the server wait out its grace for
+    // calls that never end by themselves. Looked at once a second: a flag
+    // is all a pause sets.
+    let mut watch = tokio::time::interval(STOP_CHECK);
     let why = loop {
         tokio::select! {
             batch = member.deliveries.recv(), if pending.is_empty() => {
@@ -248,6 +258,12 @@ async fn serve(
                 Err(_) => break "the stream broke",
             },
             _ = tx.closed() => break "the client went away",
+            _ = watch.tick() => if s.stopping.load(Relaxed) {
+                // Handed back first, so the status is the last thing sent.
+                drop(member);
+                let _ = tx.send(Err(Status::unavailable("sluiced is stopping"))).await;
+                return "the daemon is stopping";
+            },
         }
     };
     // Leave now: what the member held (and `pending`) goes back to the
