@@ -16,8 +16,8 @@ use sluice_daemon::grpc::proto::admin_client::AdminClient;
 use sluice_daemon::grpc::proto::publisher_client::PublisherClient;
 use sluice_daemon::grpc::proto::subscriber_client::SubscriberClient;
 use sluice_daemon::grpc::proto::{
-    DescribeGroupRequest, GroupInfo, Nack, PublishRequest, ReceivedMessage, StreamingPullRequest,
-    StreamingPullResponse, Subscribed,
+    DeadlineChange, DescribeGroupRequest, GroupInfo, Nack, PublishRequest, ReceivedMessage,
+    StreamingPullRequest, StreamingPullResponse, Subscribed,
 };
 use sluice_tests::daemon::{Daemon, DaemonSpec};
 use sluice_tests::sluiced_bin;
@@ -497,4 +497,44 @@ async fn a_stop_ends_pulls_with_unavailable_at_once() {
         "{:?}",
         stopping.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_expire_and_deadline_changes_extend_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, t) = start(dir.path(), "[consumers]\nack_deadline = \"1s\"\n");
+    let ch = channel(&d).await;
+    publish(&ch, &t.writer, "orders", 2).await;
+    let mut p = Pull::open(&ch, &t.reader, open("orders", "g", 10, 1 << 20))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.subscribed.ack_deadline,
+        Some(Duration::from_secs(1).try_into().unwrap())
+    );
+    let got = p.take(2).await;
+    // Offset 1 gets 4 s more; offset 0 expires after its 1 s and comes
+    // again, attempt 2; offset 1 does not within 2 s.
+    p.send(StreamingPullRequest {
+        deadline_changes: vec![DeadlineChange {
+            offsets: vec![1],
+            extension: Some(Duration::from_secs(4).try_into().unwrap()),
+        }],
+        ..Default::default()
+    })
+    .await;
+    let sent = Instant::now();
+    let again = p.take(1).await;
+    assert_eq!((again[0].offset, again[0].delivery_attempt), (0, 2));
+    assert!(got.iter().all(|m| m.delivery_attempt == 1));
+    p.send(acks([0])).await;
+    let left = Duration::from_secs(3).saturating_sub(sent.elapsed());
+    if let Some(m) = p.next(left).await {
+        panic!(
+            "the extended one came again: {m:?} after {:?}",
+            sent.elapsed()
+        );
+    }
+    p.send(acks([1])).await;
+    until_group(&ch, &t.reader, "orders", "g", |g| g.backlog_messages == 0).await;
 }
