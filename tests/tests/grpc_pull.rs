@@ -423,8 +423,19 @@ async fn rights_and_bad_first_requests_are_refused() {
             "{bad:?}"
         );
     }
-    // A reader may pull.
-    let mut p = Pull::open(&ch, &t.reader, ok).await.unwrap();
+    // No first request at all: the request stream ends at once.
+    let e = SubscriberClient::new(ch.clone())
+        .streaming_pull(with_token(
+            tokio_stream::iter(Vec::<StreamingPullRequest>::new()),
+            &t.reader,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // A reader may pull (its name, whatever it holds, only goes to logs).
+    let mut named = ok.clone();
+    named.consumer_name = format!("billing\n\u{1b}[31m{}", "x".repeat(1000));
+    let mut p = Pull::open(&ch, &t.reader, named).await.unwrap();
     assert_eq!(p.take(1).await[0].payload, Bytes::from("m0"));
 }
 

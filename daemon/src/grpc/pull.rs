@@ -51,6 +51,8 @@ const RESPONSE_BYTES: usize = 1 << 20;
 /// Most offsets one nack or deadline change may name (a member holds at
 /// most `consumers.max_member_messages` anyway), as HTTP's push routes.
 const MAX_SETTLE_OFFSETS: usize = 65_536;
+/// How long a call may take to send its first request.
+const FIRST_REQUEST: Duration = Duration::from_secs(30);
 /// How often a pull looks whether the daemon is stopping.
 const STOP_CHECK: Duration = Duration::from_secs(1);
 /// Longest consumer name kept (it goes into logs and metrics).
@@ -78,9 +80,13 @@ impl proto::subscriber_server::Subscriber for Service {
     ) -> Result<Response<Deliveries>, Status> {
         let caller = Caller::of(&self.s.gate, &req)?;
         let mut inbound = req.into_inner();
-        let first = inbound
-            .message()
-            .await?
+        // A call that never says what it wants holds an HTTP/2 stream of
+        // its connection: not for long.
+        let first = tokio::time::timeout(FIRST_REQUEST, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!("no first request within {FIRST_REQUEST:?}"))
+            })??
             .ok_or_else(|| Status::invalid_argument("the stream ended before its first request"))?;
         // Its shape first (that tells nothing of the daemon's streams),
         // then rights before anything that tells whether the stream exists.
@@ -88,7 +94,12 @@ impl proto::subscriber_server::Subscriber for Service {
         caller.may(&self.s.gate, Action::Consume, &first.stream)?;
         let name = match first.consumer_name.trim() {
             "" => format!("grpc {}", caller.peer),
-            n => format!("grpc {} {}", caller.peer, clip(n, MAX_NAME)),
+            // The client's words go into logs: no control characters.
+            n => format!(
+                "grpc {} {}",
+                caller.peer,
+                clip(n, MAX_NAME).replace(char::is_control, "?")
+            ),
         };
         let member = self
             .s
