@@ -3,8 +3,10 @@
 //! its delay (attempt 2); the flow control is never exceeded; a puller
 //! that drops its stream hands what it held to the next one; rights give
 //! UNAUTHENTICATED and PERMISSION_DENIED, a bad first request
-//! INVALID_ARGUMENT, a missing stream NOT_FOUND; 200 idle pulls on one
-//! connection leave the daemon serving.
+//! INVALID_ARGUMENT, a missing stream NOT_FOUND; a half-closed pull still
+//! receives; deadlines expire and deadline changes extend them; a stop ends
+//! pulls with UNAVAILABLE at once; 200 idle pulls on one connection leave
+//! the daemon serving.
 
 use std::collections::BTreeSet;
 use std::path::Path;
