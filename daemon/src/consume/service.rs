@@ -62,6 +62,9 @@ pub struct Member {
     pub id: MemberId,
     pub group: Arc<GroupHandle>,
     pub deliveries: mpsc::UnboundedReceiver<Vec<Delivery>>,
+    /// The credit it joined with, as the daemon's limits clamped what it
+    /// declared (gRPC's StreamingPull tells the client).
+    pub granted: Credit,
     /// Its share of the byte credit (push members of a connection).
     grant: Option<Mutex<Grant>>,
 }
@@ -364,6 +367,7 @@ impl Consumers {
             id,
             group: handle,
             deliveries,
+            granted: credit,
             grant: Some(Mutex::new(grant)),
         })
     }
