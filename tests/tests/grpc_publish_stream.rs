@@ -162,7 +162,7 @@ impl Pipe {
         assert!(s.durable_seq >= self.acked, "acks go forward: {s:?}");
         self.acked = s.durable_seq;
         self.credit = s.credit_messages;
-        self.statuses.push(s.clone());
+        self.statuses.push(s);
         Ok(Some(s))
     }
 
@@ -302,7 +302,7 @@ async fn credit_grows_with_small_messages_and_a_batch_past_it_is_refused() {
     let (mut p, opened) = open(&ch, Some(&t.writer), "credit", 5).await.unwrap();
     assert_eq!(opened.durable_seq, 10);
     p.send(12, 1).await;
-    let e = p.status().await.err().expect("a gap is refused");
+    let e = p.status().await.expect_err("a gap is refused");
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 
     assert!(d.terminate(Duration::from_secs(10)).success());
