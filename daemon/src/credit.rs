@@ -93,6 +93,14 @@ mod tests {
     }
 
     #[test]
+    fn credit_in_bytes_is_the_share_scaled_by_backlog_and_zero_with_credit() {
+        assert_eq!(POLICY.credit_bytes(&health(0, false), 4), 16 << 20);
+        assert_eq!(POLICY.credit_bytes(&health(32 << 20, false), 4), 8 << 20);
+        assert_eq!(POLICY.credit_bytes(&health(0, true), 1), 0);
+        assert_eq!(POLICY.credit_bytes(&health(64 << 20, false), 1), 0);
+    }
+
+    #[test]
     fn a_group_at_its_backlog_limit_stops_credit() {
         let held = Health {
             held_by_consumers: true,
