@@ -35,11 +35,12 @@ use sluice_transport::client::Producer;
 
 use crate::http::{self, Connection};
 
-/// A batch publisher of either kind.
+/// A batch publisher of any kind.
 #[derive(Clone)]
 pub enum Publisher {
     Sluice(Producer),
     Http(HttpPublisher),
+    Grpc(GrpcPublisher),
 }
 
 impl From<Producer> for Publisher {
@@ -58,6 +59,7 @@ impl Publisher {
                 .map(drop)
                 .map_err(|e| e.to_string()),
             Publisher::Http(h) => h.send_batch(msgs).await,
+            Publisher::Grpc(g) => g.send_batch(msgs).await,
         }
     }
 
@@ -66,8 +68,179 @@ impl Publisher {
     pub async fn close(self) -> Result<(), String> {
         match self {
             Publisher::Sluice(p) => p.close().await.map_err(|e| e.to_string()),
-            Publisher::Http(_) => Ok(()),
+            // The last clone dropped half-closes the call: every batch has
+            // its ack by then, so the daemon ends it OK.
+            Publisher::Http(_) | Publisher::Grpc(_) => Ok(()),
         }
+    }
+}
+
+/// One producer publishing over gRPC's PublishStream (daemon/GRPC.md):
+/// one call, its batches numbered and sent in order, several in flight
+/// within the credit the daemon grants; a batch is done when the durable
+/// seq reaches its last seq. Clones share the call.
+#[derive(Clone)]
+pub struct GrpcPublisher(Arc<GrpcInner>);
+
+struct GrpcInner {
+    /// Batches go out under this lock, so they are numbered in the order
+    /// sent: (the next seq, the batches not yet acked: last seq, bytes).
+    order: tokio::sync::Mutex<(u64, std::collections::VecDeque<(u64, u64)>)>,
+    tx: tokio::sync::mpsc::Sender<proto::PublishStreamRequest>,
+    state: tokio::sync::watch::Receiver<GrpcState>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct GrpcState {
+    acked: u64,
+    credit_messages: u64,
+    credit_bytes: u64,
+    /// The call ended: its status, or that it ended early.
+    ended: Option<String>,
+}
+
+use sluice_daemon::grpc::proto;
+
+impl GrpcPublisher {
+    /// Opens a PublishStream of `producer` on `stream` at the gRPC address
+    /// `addr`.
+    pub async fn connect(
+        addr: SocketAddr,
+        stream: &str,
+        producer: u64,
+        token: Option<String>,
+    ) -> Result<GrpcPublisher, String> {
+        use proto::{publish_stream_request as rq, publish_stream_response as rs};
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| format!("gRPC: connect to {addr}: {e}"))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let open = proto::PublishStreamRequest {
+            kind: Some(rq::Kind::Open(proto::PublishStreamOpen {
+                stream: stream.into(),
+                producer_id: producer,
+            })),
+        };
+        tx.send(open).await.map_err(|e| e.to_string())?;
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Some(t) = token {
+            let v = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| "a token not ASCII")?;
+            req.metadata_mut().insert("authorization", v);
+        }
+        let mut answers = proto::publisher_client::PublisherClient::new(ch)
+            .max_decoding_message_size(sluice_daemon::grpc::MAX_MESSAGE)
+            .max_encoding_message_size(sluice_daemon::grpc::MAX_MESSAGE)
+            .publish_stream(req)
+            .await
+            .map_err(|e| format!("gRPC: PublishStream: {e}"))?
+            .into_inner();
+        let opened = match answers.message().await {
+            Ok(Some(proto::PublishStreamResponse {
+                kind: Some(rs::Kind::Opened(o)),
+            })) => o,
+            Ok(other) => return Err(format!("gRPC: PublishStream: not opened: {other:?}")),
+            Err(e) => return Err(format!("gRPC: PublishStream: {e}")),
+        };
+        let (set, state) = tokio::sync::watch::channel(GrpcState {
+            acked: opened.durable_seq,
+            credit_messages: opened.credit_messages,
+            credit_bytes: opened.credit_bytes,
+            ended: None,
+        });
+        tokio::spawn(async move {
+            loop {
+                match answers.message().await {
+                    Ok(Some(proto::PublishStreamResponse {
+                        kind: Some(rs::Kind::Status(st)),
+                    })) => set.send_modify(|s| {
+                        s.acked = st.durable_seq;
+                        s.credit_messages = st.credit_messages;
+                        s.credit_bytes = st.credit_bytes;
+                    }),
+                    Ok(Some(other)) => {
+                        set.send_modify(|s| s.ended = Some(format!("gRPC: unexpected {other:?}")));
+                        return;
+                    }
+                    Ok(None) => {
+                        set.send_modify(|s| s.ended = Some("gRPC: the stream ended".into()));
+                        return;
+                    }
+                    Err(e) => {
+                        set.send_modify(|s| s.ended = Some(format!("gRPC: {e}")));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(GrpcPublisher(Arc::new(GrpcInner {
+            order: tokio::sync::Mutex::new((opened.durable_seq + 1, Default::default())),
+            tx,
+            state,
+        })))
+    }
+
+    /// Sends `msgs` as one batch once the credit allows; returns once
+    /// they are durable.
+    pub async fn send_batch(&self, msgs: Vec<Bytes>) -> Result<(), String> {
+        let n = msgs.len() as u64;
+        if n == 0 {
+            return Ok(());
+        }
+        let bytes: u64 = msgs.iter().map(|m| m.len() as u64).sum();
+        let me = &self.0;
+        let mut state = me.state.clone();
+        let last = {
+            let mut order = me.order.lock().await;
+            let (next, unacked) = &mut *order;
+            let first = *next;
+            let last = first + n - 1;
+            let granted = state
+                .wait_for(|s| {
+                    let out: u64 = unacked
+                        .iter()
+                        .filter(|(l, _)| *l > s.acked)
+                        .map(|(_, b)| b)
+                        .sum();
+                    s.ended.is_some()
+                        || (last <= s.acked + s.credit_messages
+                            && (out == 0 || out + bytes <= s.credit_bytes))
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .clone();
+            if let Some(e) = granted.ended {
+                return Err(e);
+            }
+            unacked.retain(|(l, _)| *l > granted.acked);
+            unacked.push_back((last, bytes));
+            let batch = proto::PublishStreamRequest {
+                kind: Some(proto::publish_stream_request::Kind::Batch(
+                    proto::PublishBatch {
+                        seq: first,
+                        payloads: msgs,
+                    },
+                )),
+            };
+            me.tx
+                .send(batch)
+                .await
+                .map_err(|_| "gRPC: the call ended")?;
+            *next = last + 1;
+            last
+        };
+        let done = state
+            .wait_for(|s| s.ended.is_some() || s.acked >= last)
+            .await
+            .map_err(|e| e.to_string())?;
+        if done.acked >= last {
+            return Ok(());
+        }
+        Err(done.ended.clone().unwrap_or_default())
     }
 }
 

@@ -46,6 +46,19 @@ impl CreditPolicy {
         // At least one message, so every session can make progress.
         messages.clamp(1, u128::from(self.max_credit)) as u32
     }
+
+    /// The same share in payload bytes, for planes that count both (gRPC's
+    /// PublishStream): zero when [`CreditPolicy::credit`] is, else the
+    /// session's share of the window, scaled down as the backlog grows.
+    pub fn credit_bytes(&self, health: &Health, sessions: usize) -> u64 {
+        if self.credit(health, sessions, None) == 0 {
+            return 0;
+        }
+        let share = self.window_bytes / sessions.max(1) as u64;
+        let free = self.backlog_limit - health.backlog_bytes;
+        // At least one byte: credit is never "0 bytes but some messages".
+        ((share as u128 * free as u128 / self.backlog_limit as u128) as u64).max(1)
+    }
 }
 
 #[cfg(test)]
@@ -77,6 +90,14 @@ mod tests {
         assert_eq!(POLICY.credit(&health(0, false), 256, Some(64 << 10)), 4);
         // Huge messages still get one, so every session progresses.
         assert_eq!(POLICY.credit(&health(0, false), 256, Some(16 << 20)), 1);
+    }
+
+    #[test]
+    fn credit_in_bytes_is_the_share_scaled_by_backlog_and_zero_with_credit() {
+        assert_eq!(POLICY.credit_bytes(&health(0, false), 4), 16 << 20);
+        assert_eq!(POLICY.credit_bytes(&health(32 << 20, false), 4), 8 << 20);
+        assert_eq!(POLICY.credit_bytes(&health(0, true), 1), 0);
+        assert_eq!(POLICY.credit_bytes(&health(64 << 20, false), 1), 0);
     }
 
     #[test]

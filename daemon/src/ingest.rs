@@ -95,6 +95,30 @@ impl IngestShared {
     pub fn policy(&self) -> &CreditPolicy {
         &self.policy
     }
+
+    /// Producer sessions open now, on every plane: what the credit
+    /// policy shares the window among.
+    pub fn sessions_open(&self) -> usize {
+        self.open.load(Relaxed)
+    }
+
+    /// Counts a session of another plane (gRPC's PublishStream) among the
+    /// open ones, within `data.max_sessions`; [`IngestShared::leave`]
+    /// when it closes.
+    pub fn join(&self) -> Result<(), String> {
+        self.open
+            .fetch_update(Relaxed, Relaxed, |n| {
+                (n < self.max_sessions).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(|open| format!("{open} sessions open, the most allowed (data.max_sessions)"))
+    }
+
+    pub fn leave(&self) {
+        let _ = self
+            .open
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+    }
 }
 
 /// Why a producer's stream is not there for it.

@@ -233,12 +233,15 @@ async fn publish_is_the_http_planes_publish_keys_seqs_and_rights() {
     }
     assert_eq!(durable_end(&ch, &t.writer, "orders").await, Some(7));
 
-    // The streaming calls are declared, not served yet.
-    let e = p
+    // PublishStream checks its first request (tests/grpc_publish_stream.rs
+    // serves it whole): a call closed before `open` is refused.
+    let mut answers = p
         .publish_stream(with_token(tokio_stream::iter(vec![]), &t.writer))
         .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+        .unwrap()
+        .into_inner();
+    let e = answers.message().await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(
         d.terminate(Duration::from_secs(10)).success(),
         "a clean stop"

@@ -51,11 +51,14 @@ pub struct IngestArgs {
     /// gets insecure_lan), `http` (POST /streams/{stream}/messages on the
     /// admin address: --batch 1 one message per request, more a frames
     /// batch; --in-flight connections per producer, 1 by default: producer
-    /// seqs, more: an Idempotency-Key per request), or `xdp` (root: hands
+    /// seqs, more: an Idempotency-Key per request), `grpc` (one
+    /// PublishStream per producer on the gRPC address, or --daemon's:
+    /// --batch messages per batch, --in-flight batches pipelined within
+    /// the credit), or `xdp` (root: hands
     /// over to `sluice-bench xdp --part durable`, sluiced on AF_XDP over a
     /// veth pair against its socket path, with --producers, --seconds,
     /// --size, --dir and --json).
-    #[arg(long, default_value = "fast", value_parser = ["fast", "quic", "udp", "http", "xdp"])]
+    #[arg(long, default_value = "fast", value_parser = ["fast", "quic", "udp", "http", "grpc", "xdp"])]
     pub path: String,
     /// No progress line on stderr (it is shown only on a terminal anyway).
     #[arg(long, short)]
@@ -102,6 +105,7 @@ impl IngestArgs {
                 "udp" => PathKind::Udp,
                 "fast" => PathKind::Fast,
                 "http" => PathKind::Http,
+                "grpc" => PathKind::Grpc,
                 other => return Err(format!("--path {other}: not a loopback path")),
             },
             external: self.sluiced.external(),

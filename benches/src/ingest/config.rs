@@ -45,6 +45,8 @@ pub enum PathKind {
     /// HTTP/1.1 publish requests on the admin address (see
     /// [`crate::publisher`]).
     Http,
+    /// gRPC PublishStream on the gRPC address (see [`crate::publisher`]).
+    Grpc,
 }
 
 impl PathKind {
@@ -54,6 +56,7 @@ impl PathKind {
             PathKind::Quic => "QUIC",
             PathKind::Udp => "raw UDP (insecure_lan)",
             PathKind::Http => "HTTP (POST /streams/{stream}/messages)",
+            PathKind::Grpc => "gRPC (PublishStream)",
         }
     }
 }

@@ -50,7 +50,7 @@ use sluice_transport::proto::SenderConfig;
 use crate::load::{self, Plan, Shape};
 use crate::measure::{Head, Mark, PercentileCurve, Plots};
 use crate::progress::{Goal, Progress};
-use crate::publisher::{HttpPublisher, Publisher};
+use crate::publisher::{GrpcPublisher, HttpPublisher, Publisher};
 use crate::sizes::Payloads;
 use sluice_testkit::daemon::DaemonSpec;
 
@@ -92,11 +92,14 @@ pub fn run_with(
         }
     };
     let http = config.path == PathKind::Http;
+    // gRPC publishes on the gRPC address (an external daemon's: --daemon).
+    let grpc = config.path == PathKind::Grpc;
     let (addr, admin, cert, token) = match (&daemon, &config.external) {
         (Some(d), _) => {
             let addr = match config.path {
                 PathKind::Udp => d.data,
                 PathKind::Http => d.admin,
+                PathKind::Grpc => d.grpc,
                 _ => d.quic,
             };
             let cert = work.path().join("data/tls/server.crt");
@@ -111,8 +114,8 @@ pub fn run_with(
         ),
         (None, None) => unreachable!("one or the other"),
     };
-    // HTTP publishers have no session to set up.
-    let options = if http {
+    // HTTP and gRPC publishers have no sluice session to set up.
+    let options = if http || grpc {
         None
     } else {
         Some(ProducerOptions {
@@ -177,6 +180,15 @@ pub fn run_with(
         let outcome = rt.block_on(async {
             let p = match &options {
                 Some(o) => load::connect(config.producers, addr, stream, first_id, o).await?,
+                None if grpc => {
+                    let mut p = Vec::with_capacity(config.producers);
+                    for k in 0..config.producers {
+                        let id = first_id + k as u64;
+                        let g = GrpcPublisher::connect(addr, &stream(k), id, token.clone()).await?;
+                        p.push(Publisher::Grpc(g));
+                    }
+                    p
+                }
                 None => (0..config.producers)
                     .map(|k| {
                         let id = first_id + k as u64;

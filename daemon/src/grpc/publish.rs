@@ -1,11 +1,16 @@
 //! The Publisher service: `Publish` (a batch, answered once durable) over
 //! the same [`crate::publish::Publisher`] as HTTP's
-//! `POST /streams/{s}/messages`, and `PublishStream` (not yet).
+//! `POST /streams/{s}/messages`, and `PublishStream` (a producer's
+//! session with durable acks and credit, in `publish/stream.rs`).
+
+mod stream;
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -76,15 +81,24 @@ impl proto::publisher_server::Publisher for Service {
 
     async fn publish_stream(
         &self,
-        _req: Request<Streaming<PublishStreamRequest>>,
+        req: Request<Streaming<PublishStreamRequest>>,
     ) -> Result<Response<Answers>, Status> {
-        // Not built yet (issue 20, next step): it will check the caller as
-        // `publish` does, take `open`, and feed batches to the ingest with
-        // the producer's own id (Identity::Producer), answering with the
-        // durable seq and the credit policy's credit.
-        Err(Status::unimplemented(
-            "PublishStream is not served yet: use Publish with a producer id and seq",
-        ))
+        let caller = Caller::of(&self.s.gate, &req)?;
+        let inbound = req.into_inner();
+        // Room for a few answers: a client that stops reading holds the
+        // session at this many, and then its batches wait (bounded: see
+        // MAX_BATCHES_IN_FLIGHT).
+        let (tx, rx) = mpsc::channel(8);
+        let s = self.s.clone();
+        // The call is answered (headers) at once: `open` is read in the
+        // session's task, so a client that waits for the headers before
+        // it sends is not held.
+        tokio::spawn(async move {
+            if let Err(status) = stream::serve(&s, caller, inbound, &tx).await {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 

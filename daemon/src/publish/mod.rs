@@ -33,6 +33,7 @@ use tracing::{info, warn};
 
 use crate::credit::CreditPolicy;
 use crate::ingest::{IngestShared, NoStream};
+use crate::metrics::StreamMetrics;
 use crate::spool::record::{now_us, RequestKey, MAX_KEY_LEN};
 use crate::spool::{Outcome, Record, SpoolError, Stream};
 
@@ -167,11 +168,29 @@ impl Publisher {
     /// answers once they are durable.
     pub async fn publish(
         &self,
-        _reserved: Reserved<'_>,
+        reserved: Reserved<'_>,
         stream: &str,
         identity: Identity,
         payloads: Vec<Bytes>,
     ) -> Result<Published, PublishError> {
+        self.start(reserved, stream, identity, payloads, Credit::Check)?
+            .durable()
+            .await
+    }
+
+    /// Queues `payloads` for `stream` as one request, at once: requests
+    /// started one after another reach the spool's writer in that order
+    /// (a stream of batches of one producer relies on it, since a seq
+    /// queued after a higher one would be taken for a duplicate). The
+    /// answer comes from [`Pending::durable`].
+    pub fn start<'a>(
+        &'a self,
+        reserved: Reserved<'a>,
+        stream: &str,
+        identity: Identity,
+        payloads: Vec<Bytes>,
+        credit: Credit,
+    ) -> Result<Pending<'a>, PublishError> {
         if payloads.is_empty() || payloads.len() > MAX_MESSAGES {
             return Err(PublishError::Bad(format!(
                 "a request holds 1 to {MAX_MESSAGES} messages, not {}",
@@ -181,18 +200,12 @@ impl Publisher {
         if let Identity::Key { key, .. } = &identity {
             check_key(key).map_err(PublishError::Bad)?;
         }
-        let s = self.ingest.stream_for(stream).map_err(|e| match e {
-            NoStream::Missing(why) => PublishError::NoStream(why),
-            NoStream::Refused(why) => PublishError::Bad(why),
-            NoStream::Full(why) => PublishError::Refused(why),
-            NoStream::Unavailable(why) => PublishError::Busy(why),
-        })?;
+        let s = self.stream_for(stream)?;
         let max = s.log_config().max_record_bytes;
         if let Some(p) = payloads.iter().find(|p| p.len() > max) {
             return Err(PublishError::TooLarge { len: p.len(), max });
         }
-        let credit = self.ingest.policy().credit(&s.health(), 1, None);
-        if credit == 0 {
+        if credit == Credit::Check && self.ingest.policy().credit(&s.health(), 1, None) == 0 {
             return Err(PublishError::Busy(format!(
                 "stream {stream:?} takes nothing now (disk full, or the spool or its consumers are behind): try again"
             )));
@@ -205,39 +218,45 @@ impl Publisher {
             .fetch_add(payloads.len() as u64, Relaxed);
         metrics.bytes_in.fetch_add(bytes, Relaxed);
         let (producer, first_seq, done) = self.submit(&s, identity, payloads);
-        let outcomes = match done.await {
-            Ok(Ok(o)) => o,
-            Ok(Err(e)) => {
-                metrics.append_errors.fetch_add(1, Relaxed);
-                self.failed(s.name(), producer);
-                return Err(PublishError::Busy(match e {
-                    SpoolError::Closed => "the daemon is stopping".to_owned(),
-                    e => format!("the spool could not store the request ({e}): try again"),
-                }));
-            }
-            Err(_) => return Err(PublishError::Busy("the daemon is stopping".into())),
-        };
-        let answer = answer(producer, first_seq, &outcomes);
-        match &answer {
-            Ok(p) => {
-                let dups = p.messages.iter().filter(|m| m.duplicate).count() as u64;
-                metrics.duplicates.fetch_add(dups, Relaxed);
-                metrics
-                    .stored
-                    .fetch_add(p.messages.len() as u64 - dups, Relaxed);
-                if p.replayed {
-                    metrics.key_repeats.fetch_add(1, Relaxed);
-                }
-            }
-            Err(PublishError::KeyConflict) => {
-                metrics.key_conflicts.fetch_add(1, Relaxed);
-            }
-            Err(_) => {
-                metrics.append_errors.fetch_add(1, Relaxed);
-                self.failed(s.name(), producer);
-            }
+        Ok(Pending {
+            publisher: self,
+            _reserved: reserved,
+            stream: s,
+            metrics,
+            producer,
+            first_seq,
+            done,
+        })
+    }
+
+    /// The stream `name` for a publish, found or created by the ingest's
+    /// rule.
+    fn stream_for(&self, name: &str) -> Result<Stream, PublishError> {
+        self.ingest.stream_for(name).map_err(|e| match e {
+            NoStream::Missing(why) => PublishError::NoStream(why),
+            NoStream::Refused(why) => PublishError::Bad(why),
+            NoStream::Full(why) => PublishError::Refused(why),
+            NoStream::Unavailable(why) => PublishError::Busy(why),
+        })
+    }
+
+    /// Opens a long-lived session of `producer` on `stream` (gRPC's
+    /// PublishStream): counted with the fast path's sessions, within
+    /// `data.max_sessions`, so that they all share one window and one
+    /// credit policy.
+    pub fn session(&self, stream: &str, producer: u64) -> Result<Session<'_>, PublishError> {
+        if producer == 0 {
+            return Err(PublishError::Bad(
+                "producer_id: 0 is not a producer id".into(),
+            ));
         }
-        answer
+        let s = self.stream_for(stream)?;
+        self.ingest.join().map_err(PublishError::Busy)?;
+        Ok(Session {
+            publisher: self,
+            stream: s,
+            producer,
+        })
     }
 
     /// Makes the request's records and queues them: under the lock that
@@ -358,6 +377,123 @@ fn answer(producer: u64, first_seq: u64, outcomes: &[Outcome]) -> Result<Publish
         messages,
         replayed: false,
     })
+}
+
+/// Whether [`Publisher::start`] turns a request away while its stream's
+/// credit is zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credit {
+    /// A whole request: refused (Busy) while the stream takes nothing.
+    Check,
+    /// A session's batch, sent within the credit it was granted (the
+    /// session checks it): taken, as the fast path takes what a session
+    /// sends within its credit even if the spool fell behind since.
+    Granted,
+}
+
+/// A request queued for the spool, not yet durable.
+pub struct Pending<'a> {
+    publisher: &'a Publisher,
+    _reserved: Reserved<'a>,
+    stream: Stream,
+    metrics: Arc<StreamMetrics>,
+    producer: u64,
+    first_seq: u64,
+    done: tokio::sync::oneshot::Receiver<Result<Vec<Outcome>, SpoolError>>,
+}
+
+impl Pending<'_> {
+    /// The answer, once the request's records are durable.
+    pub async fn durable(self) -> Result<Published, PublishError> {
+        let Pending {
+            publisher,
+            _reserved,
+            stream: s,
+            metrics,
+            producer,
+            first_seq,
+            done,
+        } = self;
+        let outcomes = match done.await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                metrics.append_errors.fetch_add(1, Relaxed);
+                publisher.failed(s.name(), producer);
+                return Err(PublishError::Busy(match e {
+                    SpoolError::Closed => "the daemon is stopping".to_owned(),
+                    e => format!("the spool could not store the request ({e}): try again"),
+                }));
+            }
+            Err(_) => return Err(PublishError::Busy("the daemon is stopping".into())),
+        };
+        let answer = answer(producer, first_seq, &outcomes);
+        match &answer {
+            Ok(p) => {
+                let dups = p.messages.iter().filter(|m| m.duplicate).count() as u64;
+                metrics.duplicates.fetch_add(dups, Relaxed);
+                metrics
+                    .stored
+                    .fetch_add(p.messages.len() as u64 - dups, Relaxed);
+                if p.replayed {
+                    metrics.key_repeats.fetch_add(1, Relaxed);
+                }
+            }
+            Err(PublishError::KeyConflict) => {
+                metrics.key_conflicts.fetch_add(1, Relaxed);
+            }
+            Err(_) => {
+                metrics.append_errors.fetch_add(1, Relaxed);
+                publisher.failed(s.name(), producer);
+            }
+        }
+        answer
+    }
+}
+
+/// One producer's session on one stream (gRPC's PublishStream), counted
+/// among the daemon's open sessions until dropped.
+pub struct Session<'a> {
+    publisher: &'a Publisher,
+    stream: Stream,
+    producer: u64,
+}
+
+impl Session<'_> {
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    pub fn producer(&self) -> u64 {
+        self.producer
+    }
+
+    /// The producer's highest durable seq (0: none), read from the
+    /// idempotence table at once as the fast path's accept does: never
+    /// behind the writer's queue, so that opening is not held by an
+    /// fdatasync or a full disk. Batches of an earlier session still
+    /// queued may be durable a moment later: resent, they are stored once.
+    pub fn durable_seq(&self) -> u64 {
+        self.stream.highest_seq(self.producer).unwrap_or(0)
+    }
+
+    /// The session's credit now, in messages and bytes past its durable
+    /// seq, by the fast path's policy, given its average message so far.
+    pub fn credit(&self, avg_message: Option<u64>) -> (u32, u64) {
+        let ingest = &self.publisher.ingest;
+        let health = self.stream.health();
+        let sessions = ingest.sessions_open();
+        let policy = ingest.policy();
+        (
+            policy.credit(&health, sessions, avg_message),
+            policy.credit_bytes(&health, sessions),
+        )
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.publisher.ingest.leave();
+    }
 }
 
 /// Room a request holds of the in-flight bytes, given back when dropped.
