@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
-use sluice_daemon::auth::{hash_token, new_token};
 use sluice_daemon::grpc::proto::admin_client::AdminClient;
 use sluice_daemon::grpc::proto::publisher_client::PublisherClient;
 use sluice_daemon::grpc::proto::{
@@ -18,61 +17,20 @@ use sluice_daemon::grpc::proto::{
     PublishResponse,
 };
 use sluice_tests::consume::post;
-use sluice_tests::daemon::{Daemon, DaemonSpec};
+use sluice_tests::daemon::Daemon;
+use sluice_tests::grpc::{channel, spec, with_token, Tokens};
 use sluice_tests::sluiced_bin;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-struct Tokens {
-    writer: String,
-    reader: String,
-}
-
-/// A daemon with two principals: `writer` (publish and consume anything)
-/// and `reader` (consume only).
+/// A daemon with the shared principals (writer, reader, producer) and
+/// more flags.
 fn start(dir: &Path, args: &[&str]) -> (Daemon, Tokens) {
-    let t = Tokens {
-        writer: new_token(),
-        reader: new_token(),
-    };
-    std::fs::create_dir_all(dir).unwrap();
-    let config = dir.join("sluiced.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[auth.tokens]]\nname = \"writer\"\nhash = \"{}\"\npublish = [\"*\"]\nconsume = [\"*\"]\n\n\
-             [[auth.tokens]]\nname = \"reader\"\nhash = \"{}\"\nconsume = [\"*\"]\n",
-            hash_token(&t.writer),
-            hash_token(&t.reader)
-        ),
-    )
-    .unwrap();
-    let mut spec = DaemonSpec::new(sluiced_bin!(), &dir.join("data"))
-        .arg("--config")
-        .arg(config.display().to_string());
-    for a in args {
-        spec = spec.arg(*a);
-    }
-    (spec.start(), t)
-}
-
-async fn channel(d: &Daemon) -> Channel {
-    Endpoint::from_shared(format!("http://{}", d.grpc))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .expect("connect to the gRPC port")
-}
-
-fn with_token<T>(msg: T, token: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
+    let (spec, t) = spec(sluiced_bin!(), dir, "");
+    (spec.args(args.iter().copied()).start(), t)
 }
 
 fn request(

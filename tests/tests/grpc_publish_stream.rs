@@ -7,69 +7,21 @@
 //! a reopen say the durable seq, and a resend from there stores every
 //! message exactly once.
 
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sluice_daemon::auth::{hash_token, new_token};
 use sluice_daemon::grpc::proto::publisher_client::PublisherClient;
 use sluice_daemon::grpc::proto::{
     publish_stream_request, publish_stream_response, PublishBatch, PublishStatus,
     PublishStreamOpen, PublishStreamOpened, PublishStreamRequest, PublishStreamResponse,
 };
 use sluice_tests::check::{records, stored};
-use sluice_tests::daemon::{Daemon, DaemonSpec};
+use sluice_tests::grpc::{channel, spec, with_token};
 use sluice_tests::sluiced_bin;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status, Streaming};
-
-struct Tokens {
-    writer: String,
-    reader: String,
-}
-
-/// A daemon's spec with two principals: `writer` (publish and consume
-/// anything) and `reader` (consume only).
-fn spec(dir: &Path) -> (DaemonSpec, Tokens) {
-    let t = Tokens {
-        writer: new_token(),
-        reader: new_token(),
-    };
-    std::fs::create_dir_all(dir).unwrap();
-    let config = dir.join("sluiced.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[auth.tokens]]\nname = \"writer\"\nhash = \"{}\"\npublish = [\"*\"]\nconsume = [\"*\"]\n\n\
-             [[auth.tokens]]\nname = \"reader\"\nhash = \"{}\"\nconsume = [\"*\"]\n",
-            hash_token(&t.writer),
-            hash_token(&t.reader)
-        ),
-    )
-    .unwrap();
-    let spec = DaemonSpec::new(sluiced_bin!(), &dir.join("data"))
-        .arg("--config")
-        .arg(config.display().to_string());
-    (spec, t)
-}
-
-async fn channel(d: &Daemon) -> Channel {
-    Endpoint::from_shared(format!("http://{}", d.grpc))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .expect("connect to the gRPC port")
-}
-
-fn with_token<T>(msg: T, token: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
-}
 
 fn payload(producer: u64, seq: u64) -> Bytes {
     Bytes::from(format!("{producer}:{seq}"))
@@ -220,7 +172,7 @@ fn seqs(producer: u64, range: std::ops::RangeInclusive<u64>) -> Vec<(u64, u64)> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_pipelined_every_ack_stored_once_in_order_and_resends_stored_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (spec, t) = spec(dir.path());
+    let (spec, t) = spec(sluiced_bin!(), dir.path(), "");
     let d = spec.start();
     let ch = channel(&d).await;
 
@@ -259,7 +211,7 @@ async fn ten_thousand_pipelined_every_ack_stored_once_in_order_and_resends_store
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credit_grows_with_small_messages_and_a_batch_past_it_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (spec, t) = spec(dir.path());
+    let (spec, t) = spec(sluiced_bin!(), dir.path(), "");
     let d = spec.start();
     let ch = channel(&d).await;
 
@@ -312,7 +264,7 @@ async fn credit_grows_with_small_messages_and_a_batch_past_it_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_reopen_says_the_durable_seq_and_a_resend_stores_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (spec, t) = spec(dir.path());
+    let (spec, t) = spec(sluiced_bin!(), dir.path(), "");
     let d = spec.start();
     let ch = channel(&d).await;
 

@@ -13,7 +13,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_daemon::auth::{hash_token, new_token};
 use sluice_daemon::grpc::proto::admin_client::AdminClient;
 use sluice_daemon::grpc::proto::publisher_client::PublisherClient;
 use sluice_daemon::grpc::proto::subscriber_client::SubscriberClient;
@@ -21,62 +20,19 @@ use sluice_daemon::grpc::proto::{
     DeadlineChange, DescribeGroupRequest, GroupInfo, Nack, PublishRequest, ReceivedMessage,
     StreamingPullRequest, StreamingPullResponse, Subscribed,
 };
-use sluice_tests::daemon::{Daemon, DaemonSpec};
+use sluice_tests::daemon::Daemon;
+use sluice_tests::grpc::{channel, spec, with_token, Tokens};
 use sluice_tests::sluiced_bin;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status, Streaming};
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
 
-struct Tokens {
-    writer: String,
-    reader: String,
-    /// Publish only: no consume right.
-    producer: String,
-}
-
-/// A daemon with three principals; `extra` goes at the end of its
+/// A daemon with the shared principals; `extra` goes at the end of its
 /// configuration.
 fn start(dir: &Path, extra: &str) -> (Daemon, Tokens) {
-    let t = Tokens {
-        writer: new_token(),
-        reader: new_token(),
-        producer: new_token(),
-    };
-    std::fs::create_dir_all(dir).unwrap();
-    let config = dir.join("sluiced.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[auth.tokens]]\nname = \"writer\"\nhash = \"{}\"\npublish = [\"*\"]\nconsume = [\"*\"]\n\n\
-             [[auth.tokens]]\nname = \"reader\"\nhash = \"{}\"\nconsume = [\"*\"]\n\n\
-             [[auth.tokens]]\nname = \"producer\"\nhash = \"{}\"\npublish = [\"*\"]\n\n{extra}",
-            hash_token(&t.writer),
-            hash_token(&t.reader),
-            hash_token(&t.producer),
-        ),
-    )
-    .unwrap();
-    let spec = DaemonSpec::new(sluiced_bin!(), &dir.join("data"))
-        .arg("--config")
-        .arg(config.display().to_string());
+    let (spec, t) = spec(sluiced_bin!(), dir, extra);
     (spec.start(), t)
-}
-
-async fn channel(d: &Daemon) -> Channel {
-    Endpoint::from_shared(format!("http://{}", d.grpc))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .expect("connect to the gRPC port")
-}
-
-fn with_token<T>(msg: T, token: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
 }
 
 /// Publishes `n` payloads `m0`, `m1`, ... to `stream`.
