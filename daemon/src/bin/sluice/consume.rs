@@ -218,33 +218,13 @@ async fn handle(
         d.ack();
         return Ok(Handled::Acked);
     };
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .env("SLUICE_OFFSET", d.offset.to_string())
-        .env("SLUICE_DELIVERY", d.delivery.to_string())
-        .env("SLUICE_PRODUCER", d.producer.to_string())
-        .env("SLUICE_SEQ", d.seq.to_string())
-        .stdin(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run sh -c {cmd:?}: {e}"))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let payload = d.payload.clone();
-    // The command need not read its input: a closed pipe is no failure.
-    let feed = tokio::spawn(async move {
-        let _ = stdin.write_all(&payload).await;
-    });
-    let status = tokio::select! {
-        s = child.wait() => s?,
-        _ = &mut *stop => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+    let status = match exec(cmd, &fields(d), stop).await? {
+        Some(status) => status,
+        None => {
             eprintln!("sluice: stopped while running the command on offset {}; it will be delivered again", d.offset);
             return Ok(Handled::Stopped);
         }
     };
-    feed.abort();
     if status.success() {
         shrink_credit(a, consumer, acked);
         d.ack();
@@ -262,17 +242,57 @@ async fn handle(
 
 /// One message as `--print` asks.
 fn render(how: &str, d: &Delivery) -> Vec<u8> {
-    render_fields(
-        how,
-        &Fields {
-            offset: d.offset,
-            delivery: d.delivery,
-            timestamp_us: d.timestamp_us,
-            producer: d.producer,
-            seq: d.seq,
-            payload: &d.payload,
-        },
-    )
+    render_fields(how, &fields(d))
+}
+
+/// What `--print` and `--exec` use of a QUIC delivery.
+fn fields(d: &Delivery) -> Fields<'_> {
+    Fields {
+        offset: d.offset,
+        delivery: d.delivery,
+        timestamp_us: d.timestamp_us,
+        producer: d.producer,
+        seq: d.seq,
+        payload: &d.payload,
+    }
+}
+
+/// Runs `sh -c cmd` on one message, whichever transport brought it (its
+/// payload on stdin, its offset, delivery, producer and seq in the
+/// environment): its exit status, or `None` if we were stopped meanwhile
+/// (the command is killed).
+async fn exec(
+    cmd: &str,
+    f: &Fields<'_>,
+    stop: &mut std::pin::Pin<Box<impl std::future::Future<Output = ()>>>,
+) -> Result<Option<std::process::ExitStatus>, Box<dyn std::error::Error>> {
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("SLUICE_OFFSET", f.offset.to_string())
+        .env("SLUICE_DELIVERY", f.delivery.to_string())
+        .env("SLUICE_PRODUCER", f.producer.to_string())
+        .env("SLUICE_SEQ", f.seq.to_string())
+        .stdin(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run sh -c {cmd:?}: {e}"))?;
+    let mut stdin = child.stdin.take().ok_or("no stdin for the command")?;
+    let payload = f.payload.to_vec();
+    // The command need not read its input: a closed pipe is no failure.
+    let feed = tokio::spawn(async move {
+        let _ = stdin.write_all(&payload).await;
+    });
+    let status = tokio::select! {
+        s = child.wait() => s?,
+        _ = &mut *stop => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Ok(None);
+        }
+    };
+    feed.abort();
+    Ok(Some(status))
 }
 
 /// What is printed of a message, whichever transport brought it.

@@ -5,21 +5,19 @@
 //! nacks as HTTP requests, each durable when it returns.
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use sluice_transport::client::StartAt;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::{render_fields, stop_signal, Args, Fields};
+use super::{exec, render_fields, stop_signal, Args, Fields};
 use crate::Res;
 
 type Error = Box<dyn std::error::Error>;
@@ -438,7 +436,7 @@ async fn consume(a: &Args, link: &mut Link) -> Res {
                     }
                 };
                 match ran {
-                    Some(ok) => ok,
+                    Some(status) => status.success(),
                     None => {
                         eprintln!("sluice: stopped while running the command on offset {}; it will be delivered again", m.offset);
                         return Ok(());
@@ -467,40 +465,4 @@ async fn consume(a: &Args, link: &mut Link) -> Res {
         }
     }
     Ok(())
-}
-
-/// Runs `sh -c cmd` on one message (as `--exec` over QUIC does): whether it
-/// succeeded, or `None` if we were stopped meanwhile.
-async fn exec(
-    cmd: &str,
-    f: &Fields<'_>,
-    stop: &mut std::pin::Pin<Box<impl std::future::Future<Output = ()>>>,
-) -> Result<Option<bool>, Error> {
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .env("SLUICE_OFFSET", f.offset.to_string())
-        .env("SLUICE_DELIVERY", f.delivery.to_string())
-        .env("SLUICE_PRODUCER", f.producer.to_string())
-        .env("SLUICE_SEQ", f.seq.to_string())
-        .stdin(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run sh -c {cmd:?}: {e}"))?;
-    let mut stdin = child.stdin.take().ok_or("no stdin for the command")?;
-    let payload = f.payload.to_vec();
-    // The command need not read its input: a closed pipe is no failure.
-    let feed = tokio::spawn(async move {
-        let _ = stdin.write_all(&payload).await;
-    });
-    let status = tokio::select! {
-        s = child.wait() => s?,
-        _ = &mut *stop => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            return Ok(None);
-        }
-    };
-    feed.abort();
-    Ok(Some(status.success()))
 }
