@@ -266,6 +266,8 @@ pub async fn run(
                 max_connections: config.grpc.max_connections,
                 max_streams_per_connection: config.grpc.max_streams_per_connection,
                 keepalive: config.grpc.keepalive.get(),
+                max_request_bytes: config.grpc.max_request_bytes.bytes() as usize,
+                message_timeout: config.grpc.message_timeout.get(),
             })
             .await
             .map_err(|source| ServerError::Grpc {
@@ -298,6 +300,7 @@ pub async fn run(
     registry.register(http.clone());
     if let Some(g) = &grpc {
         registry.register(g.stats());
+        registry.register(g.budget());
     }
     registry.register(consumers.clone());
     if let Some(x) = &xdp_path {

@@ -94,6 +94,9 @@ class Sluiced:
             "--grpc-listen",
             f"127.0.0.1:{self.grpc_port}",
             *([] if "--spool-min-free-bytes" in self.extra_args else ["--spool-min-free-bytes", "0"]),
+            # Segments are preallocated: at the default 256 MiB, the daemons
+            # of one run would take gigabytes of the CI machine's disk.
+            *([] if "--spool-segment-bytes" in self.extra_args else ["--spool-segment-bytes", "8MiB"]),
             "--log-level",
             os.environ.get("SLUICED_TEST_LOG", "warn"),
             *self.extra_args,

@@ -33,6 +33,10 @@ fn pytest(file: &str) {
     }
     let out = Command::new(&python)
         .args(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"])
+        // A passing test's data folder goes at once (pytest would keep the
+        // last three runs': spools of every daemon, on the CI machine's
+        // disk); a failing one's stays to be read.
+        .args(["-o", "tmp_path_retention_policy=failed"])
         .arg(root.join("tests/python").join(file))
         .env("SLUICED_BIN", sluiced_bin!())
         // The CLI, to put messages into streams over QUIC.

@@ -132,6 +132,19 @@ impl Config {
             Duration::from_secs(1),
             "1s",
         )?;
+        // One largest message must fit, else it could never be read.
+        const _: () = assert!(crate::grpc::MAX_REQUEST_TAKE as u64 <= Size::mib(17).bytes());
+        min_size(
+            "grpc.max_request_bytes",
+            self.grpc.max_request_bytes,
+            Size::mib(17),
+        )?;
+        at_least(
+            "grpc.message_timeout",
+            self.grpc.message_timeout.get(),
+            Duration::from_secs(1),
+            "1s",
+        )?;
         let admin_tls = self.admin_tls()?;
         if self.quic.cert.as_os_str().is_empty() != self.quic.key.as_os_str().is_empty() {
             let missing = if self.quic.cert.as_os_str().is_empty() {

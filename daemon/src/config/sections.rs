@@ -132,6 +132,19 @@ section! {
         max_streams_per_connection: u32 = 64,
         /// Interval of HTTP/2 pings on a gRPC connection; one unanswered within 20 s closes it.
         keepalive: Span = Span::secs(30),
+        /// Bytes of request messages all gRPC calls together may be receiving at once.
+        ///
+        /// A message takes its length from this before its first byte is
+        /// read and gives it back once decoded; a call finding it spent
+        /// waits (HTTP/2's flow control holds its client). At least one
+        /// largest message (16 MiB and framing).
+        max_request_bytes: Size = Size::mib(64),
+        /// A request message must arrive whole within this of its first bytes, else its call ends.
+        ///
+        /// Its room in grpc.max_request_bytes is held meanwhile: a client
+        /// that stops halfway must not keep it from everyone (16 MiB in
+        /// 60 s is 280 KB/s).
+        message_timeout: Span = Span::secs(60),
     }
 }
 

@@ -17,11 +17,15 @@
 //! more are closed at once), calls per connection
 //! (`grpc.max_streams_per_connection`, HTTP/2's SETTINGS), one message
 //! ([`MAX_MESSAGE`]: the largest payload plus framing; larger is refused
-//! before it is read whole), headers ([`MAX_HEADERS`]), TLS handshakes
+//! before it is read whole), the bytes of messages all calls are receiving
+//! at once (`grpc.max_request_bytes`, budget.rs: a call waits for room,
+//! its client held by HTTP/2's flow control; `grpc.message_timeout` ends
+//! one stopped halfway), headers ([`MAX_HEADERS`]), TLS handshakes
 //! ([`HANDSHAKE_TIMEOUT`]) and dead peers (HTTP/2 keepalive pings,
 //! `grpc.keepalive`, [`KEEPALIVE_TIMEOUT`]).
 
 mod admin;
+mod budget;
 mod caller;
 mod conn;
 mod publish;
@@ -57,6 +61,9 @@ pub mod proto {
         include_bytes!(concat!(env!("OUT_DIR"), "/sluice_v1_descriptor.bin"));
 }
 
+/// The most room one request message takes of `grpc.max_request_bytes`.
+pub const MAX_REQUEST_TAKE: usize = budget::MAX_TAKE;
+
 /// Largest gRPC message read or written: a request of the largest
 /// payload (16 MiB, as HTTP's body) plus its protobuf framing (a few bytes
 /// a message for up to 10,000 messages, the stream name, the key) with
@@ -83,6 +90,10 @@ pub struct GrpcSetup {
     pub max_connections: usize,
     pub max_streams_per_connection: u32,
     pub keepalive: Duration,
+    /// `grpc.max_request_bytes`: request messages received at once.
+    pub max_request_bytes: usize,
+    /// `grpc.message_timeout`: a request message arrives whole within it.
+    pub message_timeout: Duration,
 }
 
 /// Counters of the gRPC plane.
@@ -146,6 +157,7 @@ pub struct GrpcPlane {
     shared: Arc<Shared>,
     health: HealthReporter,
     stats: Arc<GrpcStats>,
+    budget: Arc<budget::Budget>,
     stop: Option<oneshot::Sender<()>>,
     serve: JoinHandle<()>,
     accept: JoinHandle<()>,
@@ -165,6 +177,7 @@ impl GrpcPlane {
             stopping: AtomicBool::new(false),
         });
         let stats = Arc::new(GrpcStats::default());
+        let budget = budget::Budget::new(setup.max_request_bytes, setup.message_timeout);
         let (incoming, accept) = conn::accept(
             listener,
             setup.tls.clone().map(tokio_rustls::TlsAcceptor::from),
@@ -201,6 +214,7 @@ impl GrpcPlane {
             .http2_keepalive_interval(Some(setup.keepalive))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .http2_max_header_list_size(Some(MAX_HEADERS))
+            .layer(budget::MeterLayer(budget.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -224,6 +238,7 @@ impl GrpcPlane {
             shared,
             health,
             stats,
+            budget,
             stop: Some(stop),
             serve,
             accept,
@@ -233,6 +248,11 @@ impl GrpcPlane {
 
     pub fn stats(&self) -> Arc<GrpcStats> {
         self.stats.clone()
+    }
+
+    /// The request budget, for its metrics.
+    pub fn budget(&self) -> Arc<dyn Collect> {
+        self.budget.clone()
     }
 
     /// No new publishes (UNAVAILABLE), and health says NOT_SERVING, so
