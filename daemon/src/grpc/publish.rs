@@ -84,6 +84,8 @@ impl proto::publisher_server::Publisher for Service {
         req: Request<Streaming<PublishStreamRequest>>,
     ) -> Result<Response<Answers>, Status> {
         let caller = Caller::of(&self.s.gate, &req)?;
+        // Held by the session's task: given back however the call ends.
+        let slot = self.s.streams.open(&caller.principal)?;
         let inbound = req.into_inner();
         // Room for a few answers: a client that stops reading holds the
         // session at this many, and then its batches wait (bounded: see
@@ -97,6 +99,7 @@ impl proto::publisher_server::Publisher for Service {
             if let Err(status) = stream::serve(&s, caller, inbound, &tx).await {
                 let _ = tx.send(Err(status)).await;
             }
+            drop(slot);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

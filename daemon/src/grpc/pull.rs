@@ -79,6 +79,9 @@ impl proto::subscriber_server::Subscriber for Service {
         req: Request<Streaming<StreamingPullRequest>>,
     ) -> Result<Response<Deliveries>, Status> {
         let caller = Caller::of(&self.s.gate, &req)?;
+        // Taken before the first request is waited for (that holds the
+        // call too); given back when the call ends, however it ends.
+        let slot = self.s.streams.open(&caller.principal)?;
         let mut inbound = req.into_inner();
         // A call that never says what it wants holds an HTTP/2 stream of
         // its connection: not for long.
@@ -143,6 +146,7 @@ impl proto::subscriber_server::Subscriber for Service {
         let s = self.s.clone();
         tokio::spawn(async move {
             let why = serve(&s, member, inbound, first, declared, tx).await;
+            drop(slot);
             debug!(%peer, why, "gRPC subscriber left");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
