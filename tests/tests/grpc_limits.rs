@@ -364,3 +364,34 @@ async fn a_publish_stream_that_never_reads_its_acks_is_held_and_memory_stays_bou
     }
     assert_eq!(durable, sent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_are_counted_by_the_plane_they_came_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, t) = start(dir.path(), "");
+    let ch = channel(&d).await;
+    // One over HTTP; two Publish calls and two PublishStream batches over
+    // gRPC.
+    let a = sluice_tests::consume::post(d.admin, "/streams/acks/messages", "h", Some(&t.writer));
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    publish(&ch, &t.writer, "acks").await;
+    publish(&ch, &t.writer, "acks").await;
+    let (tx, mut answers, _) = publish_stream(&ch, &t.writer).await.unwrap();
+    for seq in [1, 2] {
+        tx.send(PublishStreamRequest {
+            kind: Some(publish_stream_request::Kind::Batch(PublishBatch {
+                seq,
+                payloads: vec![Bytes::from_static(b"s")],
+            })),
+        })
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    while answers.message().await.expect("ends OK").is_some() {}
+    let m = d.metrics();
+    let stream = [("stream", "acks")];
+    assert_eq!(m.value("sluice_http_publish_requests_total", &stream), 1.0);
+    assert_eq!(m.value("sluice_grpc_publish_requests_total", &stream), 4.0);
+    assert_eq!(m.value("sluice_messages_in_total", &stream), 5.0);
+}

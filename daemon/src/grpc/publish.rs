@@ -21,7 +21,7 @@ use super::proto::{
 };
 use super::{publish_status, Shared};
 use crate::auth::Action;
-use crate::publish::{Identity, Published};
+use crate::publish::{Identity, Plane, Published};
 
 /// Most payload bytes of one Publish: as an HTTP publish's body.
 pub const MAX_PAYLOAD_BYTES: u64 = 16 << 20;
@@ -71,7 +71,7 @@ impl proto::publisher_server::Publisher for Service {
             .map_err(|e| publish_status(e, stopping()))?;
         let published = s
             .publisher
-            .publish(reserved, &r.stream, identity, r.payloads)
+            .publish(reserved, &r.stream, identity, r.payloads, Plane::Grpc)
             .await
             .map_err(|e| publish_status(e, stopping()))?;
         Ok(Response::new(answer(r.stream, published)))
