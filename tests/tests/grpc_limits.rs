@@ -6,7 +6,9 @@
 //! RESOURCE_EXHAUSTED (RetryInfo, counted) while another token gets in, and
 //! once the flood's calls close the token gets in again; a PublishStream
 //! client that never reads its acks is held by backpressure (the server
-//! stops reading it) and the daemon's memory stays bounded.
+//! stops reading it) and the daemon's memory stays bounded; credit 0
+//! reaching an open PublishStream (a group at its max_backlog) refuses a
+//! batch past the most granted; publishes are counted per plane.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,8 +18,8 @@ use sluice_daemon::grpc::proto::publisher_client::PublisherClient;
 use sluice_daemon::grpc::proto::subscriber_client::SubscriberClient;
 use sluice_daemon::grpc::proto::{
     publish_stream_request, publish_stream_response, start_at, PublishBatch, PublishRequest,
-    PublishStreamOpen, PublishStreamRequest, PublishStreamResponse, StartAt, StreamingPullRequest,
-    StreamingPullResponse,
+    PublishStreamOpen, PublishStreamOpened, PublishStreamRequest, PublishStreamResponse, StartAt,
+    StreamingPullRequest, StreamingPullResponse,
 };
 use sluice_tests::daemon::Daemon;
 use sluice_tests::grpc::{channel, spec, with_token, Tokens};
@@ -83,9 +85,10 @@ fn idle(stream: &str, group: &str) -> StreamingPullRequest {
     }
 }
 
-/// An open StreamingPull: the request side is kept open by `_tx`.
+/// An open StreamingPull: requests go in through `tx` (held open while
+/// the pull is).
 struct Pull {
-    _tx: mpsc::Sender<StreamingPullRequest>,
+    tx: mpsc::Sender<StreamingPullRequest>,
     rx: Streaming<StreamingPullResponse>,
 }
 
@@ -98,7 +101,7 @@ async fn pull(ch: &Channel, token: &str, first: StreamingPullRequest) -> Result<
         .into_inner();
     let first = rx.message().await?.expect("a first response");
     assert!(first.subscribed.is_some(), "{first:?}");
-    Ok(Pull { _tx: tx, rx })
+    Ok(Pull { tx, rx })
 }
 
 /// `n` channels (each its own HTTP/2 connection).
@@ -263,7 +266,7 @@ async fn a_flood_of_stream_openings_from_one_token_is_refused_past_its_limit() {
 }
 
 /// Opens a PublishStream of producer 7 on "acks"; the request sender and
-/// the answers, `opened` read.
+/// the answers, `opened` read, and its credit in messages.
 async fn publish_stream(
     ch: &Channel,
     token: &str,
@@ -275,10 +278,27 @@ async fn publish_stream(
     ),
     Status,
 > {
+    let (tx, answers, o) = open_stream(ch, token, "acks").await?;
+    Ok((tx, answers, o.credit_messages))
+}
+
+/// Opens a PublishStream of producer 7 on `stream`.
+async fn open_stream(
+    ch: &Channel,
+    token: &str,
+    stream: &str,
+) -> Result<
+    (
+        mpsc::Sender<PublishStreamRequest>,
+        Streaming<PublishStreamResponse>,
+        PublishStreamOpened,
+    ),
+    Status,
+> {
     let (tx, rx) = mpsc::channel(16);
     tx.send(PublishStreamRequest {
         kind: Some(publish_stream_request::Kind::Open(PublishStreamOpen {
-            stream: "acks".into(),
+            stream: stream.into(),
             producer_id: 7,
         })),
     })
@@ -292,7 +312,7 @@ async fn publish_stream(
     let Some(publish_stream_response::Kind::Opened(o)) = first.kind else {
         panic!("not opened: {first:?}");
     };
-    Ok((tx, answers, o.credit_messages))
+    Ok((tx, answers, o))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,4 +414,113 @@ async fn publishes_are_counted_by_the_plane_they_came_over() {
     assert_eq!(m.value("sluice_http_publish_requests_total", &stream), 1.0);
     assert_eq!(m.value("sluice_grpc_publish_requests_total", &stream), 4.0);
     assert_eq!(m.value("sluice_messages_in_total", &stream), 5.0);
+}
+
+fn batch(seq: u64, n: u64) -> PublishStreamRequest {
+    PublishStreamRequest {
+        kind: Some(publish_stream_request::Kind::Batch(PublishBatch {
+            seq,
+            payloads: (0..n).map(|_| Bytes::from_static(b"held")).collect(),
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credit_0_reaching_an_open_publish_stream_stops_it_taking_more() {
+    let dir = tempfile::tempdir().unwrap();
+    // A group that holds producers at a backlog of 50.
+    let (d, t) = start(
+        dir.path(),
+        "[[consumers.groups]]\nstream = \"held\"\ngroup = \"ledger\"\nmax_backlog = 50\n",
+    );
+    let ch = channel(&d).await;
+    let (tx, mut answers, opened) = open_stream(&ch, &t.writer, "held").await.unwrap();
+    // Within the credit, batches of 10, reading every status, until one
+    // says 0 (the backlog reached 50). The most any answer granted: the
+    // server holds the client to it.
+    let (mut acked, mut credit) = (opened.durable_seq, opened.credit_messages);
+    let mut granted = acked + credit;
+    let mut sent = 0;
+    let until = Instant::now() + Duration::from_secs(10);
+    while credit > 0 {
+        assert!(
+            Instant::now() < until,
+            "credit never reached 0: sent {sent}"
+        );
+        let n = 10.min((acked + credit).saturating_sub(sent));
+        if n > 0 {
+            tx.send(batch(sent + 1, n)).await.unwrap();
+            sent += n;
+        }
+        let a = answers.message().await.unwrap().expect("a status");
+        let Some(publish_stream_response::Kind::Status(s)) = a.kind else {
+            panic!("{a:?}");
+        };
+        (acked, credit) = (s.durable_seq, s.credit_messages);
+        granted = granted.max(acked + credit);
+    }
+    assert!(sent >= 50, "credit 0 after {sent}");
+    // Every batch sent is acked; the credit stays 0 (statuses keep coming
+    // while the ones in flight are acked).
+    while acked < sent {
+        let a = answers.message().await.unwrap().expect("a status");
+        if let Some(publish_stream_response::Kind::Status(s)) = a.kind {
+            acked = s.durable_seq;
+            granted = granted.max(acked + s.credit_messages);
+            assert_eq!(s.credit_messages, 0, "{s:?}");
+        }
+    }
+    // One seq past the most granted: refused, nothing of it stored.
+    tx.send(batch(sent + 1, granted + 1 - sent)).await.unwrap();
+    let e = loop {
+        match answers.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended OK after a batch past the credit"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    drop(tx);
+    // Reopened while the group is behind: still no credit, and the
+    // durable seq says nothing of the refused batch was stored.
+    let (tx, _answers, o) = open_stream(&ch, &t.writer, "held").await.unwrap();
+    assert_eq!((o.durable_seq, o.credit_messages), (sent, 0));
+    drop(tx);
+    // The group catches up: credit comes back.
+    let mut p = pull(&ch, &t.reader, {
+        let mut r = idle("held", "ledger");
+        r.start = None;
+        r.max_outstanding_messages = 1_000;
+        r
+    })
+    .await
+    .unwrap();
+    let mut n = 0;
+    while n < sent {
+        let r = tokio::time::timeout(Duration::from_secs(10), p.rx.message())
+            .await
+            .expect("deliveries")
+            .unwrap()
+            .unwrap();
+        n += r.messages.len() as u64;
+        p.tx.send(StreamingPullRequest {
+            ack_offsets: r.messages.iter().map(|m| m.offset).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (tx, _answers, o) = open_stream(&ch, &t.writer, "held").await.unwrap();
+        drop(tx);
+        if o.credit_messages > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no credit after the group caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
