@@ -265,6 +265,7 @@ pub async fn run(
                 consumers: consumers.clone(),
                 max_connections: config.grpc.max_connections,
                 max_streams_per_connection: config.grpc.max_streams_per_connection,
+                max_streams_per_principal: config.grpc.max_streams_per_principal,
                 keepalive: config.grpc.keepalive.get(),
                 max_request_bytes: config.grpc.max_request_bytes.bytes() as usize,
                 message_timeout: config.grpc.message_timeout.get(),

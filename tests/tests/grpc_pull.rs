@@ -17,8 +17,8 @@ use sluice_daemon::grpc::proto::admin_client::AdminClient;
 use sluice_daemon::grpc::proto::publisher_client::PublisherClient;
 use sluice_daemon::grpc::proto::subscriber_client::SubscriberClient;
 use sluice_daemon::grpc::proto::{
-    DeadlineChange, DescribeGroupRequest, GroupInfo, Nack, PublishRequest, ReceivedMessage,
-    StreamingPullRequest, StreamingPullResponse, Subscribed,
+    AckConfirmation, DeadlineChange, DescribeGroupRequest, GroupInfo, Nack, PublishRequest,
+    ReceivedMessage, StreamingPullRequest, StreamingPullResponse, Subscribed,
 };
 use sluice_tests::daemon::Daemon;
 use sluice_tests::grpc::{channel, spec, with_token, Tokens};
@@ -73,6 +73,8 @@ struct Pull {
     tx: mpsc::Sender<StreamingPullRequest>,
     rx: Streaming<StreamingPullResponse>,
     subscribed: Subscribed,
+    /// Confirmations received so far, in order.
+    confirmations: Vec<AckConfirmation>,
 }
 
 impl Pull {
@@ -90,14 +92,63 @@ impl Pull {
             .subscribed
             .expect("the first response says subscribed");
         assert!(first.messages.is_empty());
-        Ok(Pull { tx, rx, subscribed })
+        Ok(Pull {
+            tx,
+            rx,
+            subscribed,
+            confirmations: Vec::new(),
+        })
     }
 
-    /// The next deliveries, or `None` if nothing comes within `wait`.
+    /// The next deliveries, or `None` if none come within `wait`
+    /// (confirmations meanwhile are kept in `confirmations`).
     async fn next(&mut self, wait: Duration) -> Option<Vec<ReceivedMessage>> {
-        match tokio::time::timeout(wait, self.rx.message()).await {
-            Err(_) => None,
-            Ok(r) => Some(r.expect("the pull goes on").expect("not ended").messages),
+        let until = Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let r = match tokio::time::timeout(left, self.rx.message()).await {
+                Err(_) => return None,
+                Ok(r) => r.expect("the pull goes on").expect("not ended"),
+            };
+            self.confirmations.extend(r.confirmation);
+            if !r.messages.is_empty() {
+                return Some(r.messages);
+            }
+        }
+    }
+
+    /// Waits (10 s at most) until the confirmations received name every
+    /// offset of `acked` as acked and of `ignored` as ignored; what they
+    /// said, in all. Deliveries meanwhile go to `seen`.
+    async fn confirmed(
+        &mut self,
+        acked: &[u64],
+        ignored: &[u64],
+        seen: &mut Vec<u64>,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let all = |f: fn(&AckConfirmation) -> &Vec<u64>| -> Vec<u64> {
+                let mut v: Vec<u64> = self
+                    .confirmations
+                    .iter()
+                    .flat_map(|c| f(c).clone())
+                    .collect();
+                v.sort_unstable();
+                v
+            };
+            let (a, i) = (all(|c| &c.acked_offsets), all(|c| &c.ignored_offsets));
+            if acked.iter().all(|o| a.contains(o)) && ignored.iter().all(|o| i.contains(o)) {
+                return (a, i);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "confirmed so far: acked {a:?}, ignored {i:?}"
+            );
+            if let Some(m) = self.next(left).await {
+                seen.extend(m.iter().map(|m| m.offset));
+            }
         }
     }
 
@@ -506,4 +557,64 @@ async fn deadlines_expire_and_deadline_changes_extend_them() {
     }
     p.send(acks([1])).await;
     until_group(&ch, &t.reader, "orders", "g", |g| g.backlog_messages == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_are_confirmed_once_durable_and_what_changed_nothing_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, t) = start(dir.path(), "");
+    let ch = channel(&d).await;
+    publish(&ch, &t.writer, "confirm", 5).await;
+    let mut p = Pull::open(&ch, &t.reader, open("confirm", "g", 3, 1 << 20))
+        .await
+        .unwrap();
+    // Three out (the flow control); 3 and 4 never delivered to anyone.
+    let got = p.take(3).await;
+    assert_eq!(got.iter().map(|m| m.offset).collect::<Vec<_>>(), [0, 1, 2]);
+    // Acks of 0 and 1, of 900 (never delivered: past the end), a nack of
+    // 4 (not out with this member), a deadline change of 2 (out: it
+    // takes effect, so it is named nowhere).
+    p.send(StreamingPullRequest {
+        ack_offsets: vec![0, 1, 900],
+        nacks: vec![Nack {
+            offsets: vec![4],
+            delay: None,
+        }],
+        deadline_changes: vec![DeadlineChange {
+            offsets: vec![2],
+            extension: None,
+        }],
+        ..Default::default()
+    })
+    .await;
+    // (The acks free the window: 3 and 4 may come meanwhile.)
+    let mut seen = Vec::new();
+    let (acked, ignored) = p.confirmed(&[0, 1], &[4, 900], &mut seen).await;
+    assert_eq!((acked, ignored), (vec![0, 1], vec![4, 900]));
+    // The group counts them acked: durable with its journal.
+    until_group(&ch, &t.reader, "confirm", "g", |g| g.acked == 2).await;
+    // An ack of 0 again changes nothing: ignored, not acked twice.
+    p.send(acks([0, 2])).await;
+    let (acked, ignored) = p.confirmed(&[0, 1, 2], &[0, 4, 900], &mut seen).await;
+    assert_eq!((acked, ignored), (vec![0, 1, 2], vec![0, 4, 900]));
+    // The window freed: 3 and 4 came; now out with this member, a nack
+    // of 4 takes effect (named nowhere) and 4 comes again.
+    while seen.len() < 2 {
+        let m = p.next(Duration::from_secs(10)).await.expect("3 and 4");
+        seen.extend(m.iter().map(|m| m.offset));
+    }
+    assert_eq!(seen, [3, 4]);
+    p.send(StreamingPullRequest {
+        ack_offsets: vec![3],
+        nacks: vec![Nack {
+            offsets: vec![4],
+            delay: None,
+        }],
+        ..Default::default()
+    })
+    .await;
+    let again = p.take(1).await;
+    assert_eq!((again[0].offset, again[0].delivery_attempt), (4, 2));
+    let (acked, ignored) = p.confirmed(&[3], &[], &mut seen).await;
+    assert_eq!((acked, ignored), (vec![0, 1, 2, 3], vec![0, 4, 900]));
 }

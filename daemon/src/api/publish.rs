@@ -29,7 +29,7 @@ use super::caller::{OnStream, Publish};
 use super::error::{Answer, ApiError};
 use super::openapi::{Conflict, KeyUsed, NotAMessage, StreamRefusals, TooLarge, Unavailable};
 use super::{AdminState, StreamPath};
-use crate::publish::{batch, Identity, Placed, PublishError, Published};
+use crate::publish::{batch, Identity, Placed, Plane, PublishError, Published};
 
 pub const PRODUCER_HEADER: &str = "sluice-producer-id";
 pub const SEQ_HEADER: &str = "sluice-seq";
@@ -194,7 +194,7 @@ pub(super) async fn publish(
     let one = matches!(form, Form::One);
     let published = s
         .publisher
-        .publish(reserved, &on.stream, identity, payloads)
+        .publish(reserved, &on.stream, identity, payloads, Plane::Http)
         .await
         .map_err(refusal)?;
     Ok(answer(&on.stream, one, published))

@@ -118,6 +118,10 @@ impl Config {
                 "grpc.max_streams_per_connection",
                 self.grpc.max_streams_per_connection as usize,
             ),
+            (
+                "grpc.max_streams_per_principal",
+                self.grpc.max_streams_per_principal,
+            ),
             ("consumers.max_groups", self.consumers.max_groups),
             ("streams.max_streams", self.streams.max_streams),
         ] {

@@ -130,6 +130,17 @@ section! {
         max_connections: usize = 1024,
         /// Calls (HTTP/2 streams) one gRPC connection may have open at once.
         max_streams_per_connection: u32 = 64,
+        /// Streaming calls (PublishStream, StreamingPull) one principal may have open at once.
+        ///
+        /// Counted over all its connections; one more is refused with
+        /// RESOURCE_EXHAUSTED and RetryInfo and counted. Without it one
+        /// token could hold max_connections × max_streams_per_connection
+        /// calls (65,536 by default), each a task, a member or a producer
+        /// session. 1,024 is sixteen connections full of calls: more than
+        /// a client process's pool of pulls and producers, 1/64 of what
+        /// the plane holds. The anonymous principal (loopback only) is not
+        /// limited.
+        max_streams_per_principal: usize = 1024,
         /// Interval of HTTP/2 pings on a gRPC connection; one unanswered within 20 s closes it.
         keepalive: Span = Span::secs(30),
         /// Bytes of request messages all gRPC calls together may be receiving at once.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::group::{Credit, Delivery, GroupConfig, GroupCounters, MemberId};
+use super::group::{Credit, Delivery, GroupConfig, GroupCounters, MemberId, Settle};
 use crate::spool::SpoolError;
 
 /// Where a new group starts (an existing group continues from its state):
@@ -100,6 +100,15 @@ pub struct GroupStats {
     pub queue_waits: u64,
 }
 
+/// What a member's [`Settle`] did: the offsets newly acked (not durable
+/// yet: [`GroupHandle::sync`] says when) and those that changed nothing
+/// (never delivered, done already, not out with the member).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub acked: Vec<u64>,
+    pub ignored: Vec<u64>,
+}
+
 pub(super) enum Cmd {
     Join {
         member: MemberId,
@@ -113,6 +122,10 @@ pub(super) enum Cmd {
     AckUpTo(MemberId, u64),
     Nack(Option<MemberId>, Vec<u64>, Duration),
     Extend(Option<MemberId>, Vec<u64>, Duration),
+    /// A member's acks, nacks and deadline changes, answered at once
+    /// with the offsets newly acked and those ignored
+    /// ([`super::group::Group::settle`]).
+    Settle(MemberId, Settle, oneshot::Sender<Settled>),
     /// Pull: deliver up to `max` to `member`, answering when any arrived
     /// or at `until`.
     Fetch {

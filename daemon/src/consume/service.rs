@@ -52,8 +52,9 @@ impl ConsumersConfig {
     }
 }
 
+pub use super::group::Settle;
 use super::handle::Cmd;
-pub use super::handle::{ConsumeError, GroupHandle, GroupSettings, GroupStats, StartAt};
+pub use super::handle::{ConsumeError, GroupHandle, GroupSettings, GroupStats, Settled, StartAt};
 
 /// A member of a group: deliveries arrive on `deliveries` (in batches,
 /// one per turn of the group's task); dropping it
@@ -72,6 +73,14 @@ pub struct Member {
 impl Member {
     pub fn ack(&self, ranges: Vec<Range<u64>>) {
         self.group.ack(ranges);
+    }
+
+    /// Acks, nacks and deadline changes of one request at once; the
+    /// answer says which offsets took effect (see [`Settled`]).
+    pub fn settle(&self, s: Settle) -> oneshot::Receiver<Settled> {
+        let (done, rx) = oneshot::channel();
+        self.group.send(Cmd::Settle(self.id, s, done));
+        rx
     }
 
     pub fn ack_up_to(&self, offset: u64) {

@@ -503,6 +503,11 @@ impl GroupTask {
                 self.machine.set_end(self.stream.durable_end());
                 self.machine.ack_ranges(&ranges);
             }
+            Cmd::Settle(member, settle, done) => {
+                self.machine.set_end(self.stream.durable_end());
+                let (acked, ignored) = self.machine.settle(member, &settle, now);
+                let _ = done.send(super::handle::Settled { acked, ignored });
+            }
             Cmd::AckUpTo(member, offset) => {
                 self.machine.ack_up_to(member, offset);
             }

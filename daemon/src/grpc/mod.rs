@@ -15,7 +15,9 @@
 //!
 //! What one client can hold is bounded: connections (`grpc.max_connections`,
 //! more are closed at once), calls per connection
-//! (`grpc.max_streams_per_connection`, HTTP/2's SETTINGS), one message
+//! (`grpc.max_streams_per_connection`, HTTP/2's SETTINGS), streaming calls
+//! per principal over all its connections
+//! (`grpc.max_streams_per_principal`, [`caller::StreamLimits`]), one message
 //! ([`MAX_MESSAGE`]: the largest payload plus framing; larger is refused
 //! before it is read whole), the bytes of messages all calls are receiving
 //! at once (`grpc.max_request_bytes`, budget.rs: a call waits for room,
@@ -89,6 +91,9 @@ pub struct GrpcSetup {
     pub consumers: Arc<Consumers>,
     pub max_connections: usize,
     pub max_streams_per_connection: u32,
+    /// Streaming calls (PublishStream, StreamingPull) one principal may
+    /// have open at once over all its connections.
+    pub max_streams_per_principal: usize,
     pub keepalive: Duration,
     /// `grpc.max_request_bytes`: request messages received at once.
     pub max_request_bytes: usize,
@@ -105,6 +110,11 @@ pub struct GrpcStats {
     pub connections_refused: AtomicU64,
     /// TLS handshakes that failed or took too long.
     pub handshake_failures: AtomicU64,
+    /// Streaming calls open (PublishStream, StreamingPull).
+    pub streaming_calls: AtomicU64,
+    /// Streaming calls refused: their principal held
+    /// `grpc.max_streams_per_principal`.
+    pub refused_principal_streams: AtomicU64,
 }
 
 impl Collect for GrpcStats {
@@ -134,10 +144,29 @@ impl Collect for GrpcStats {
                 "gRPC TLS handshakes that failed or timed out (grpc.tls).",
                 &self.handshake_failures,
             ),
+            (
+                "sluice_grpc_streaming_calls",
+                Kind::Gauge,
+                "gRPC streaming calls open (PublishStream, StreamingPull).",
+                &self.streaming_calls,
+            ),
         ] {
             e.family(name, kind, help);
             e.sample(name, &[], v.load(Relaxed) as f64);
         }
+        // By reason, so that later limits on calls join the same family.
+        let name = "sluice_grpc_calls_refused_total";
+        e.family(
+            name,
+            Kind::Counter,
+            "gRPC calls refused with RESOURCE_EXHAUSTED by a limit: principal_streams \
+             (grpc.max_streams_per_principal).",
+        );
+        e.sample(
+            name,
+            &[("reason", "principal_streams")],
+            self.refused_principal_streams.load(Relaxed) as f64,
+        );
     }
 }
 
@@ -147,6 +176,8 @@ struct Shared {
     publisher: Arc<Publisher>,
     spool: Arc<Spool>,
     consumers: Arc<Consumers>,
+    /// Streaming calls open by principal (`grpc.max_streams_per_principal`).
+    streams: Arc<caller::StreamLimits>,
     /// The daemon is stopping: new publishes are refused (UNAVAILABLE).
     stopping: AtomicBool,
 }
@@ -169,14 +200,15 @@ impl GrpcPlane {
     pub async fn start(setup: GrpcSetup) -> std::io::Result<GrpcPlane> {
         let listener = TcpListener::bind(setup.listen).await?;
         let local_addr = listener.local_addr()?;
+        let stats = Arc::new(GrpcStats::default());
         let shared = Arc::new(Shared {
             gate: setup.gate,
             publisher: setup.publisher,
             spool: setup.spool,
             consumers: setup.consumers,
+            streams: caller::StreamLimits::new(setup.max_streams_per_principal, stats.clone()),
             stopping: AtomicBool::new(false),
         });
-        let stats = Arc::new(GrpcStats::default());
         let budget = budget::Budget::new(setup.max_request_bytes, setup.message_timeout);
         let (incoming, accept) = conn::accept(
             listener,

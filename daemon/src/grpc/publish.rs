@@ -21,7 +21,7 @@ use super::proto::{
 };
 use super::{publish_status, Shared};
 use crate::auth::Action;
-use crate::publish::{Identity, Published};
+use crate::publish::{Identity, Plane, Published};
 
 /// Most payload bytes of one Publish: as an HTTP publish's body.
 pub const MAX_PAYLOAD_BYTES: u64 = 16 << 20;
@@ -71,7 +71,7 @@ impl proto::publisher_server::Publisher for Service {
             .map_err(|e| publish_status(e, stopping()))?;
         let published = s
             .publisher
-            .publish(reserved, &r.stream, identity, r.payloads)
+            .publish(reserved, &r.stream, identity, r.payloads, Plane::Grpc)
             .await
             .map_err(|e| publish_status(e, stopping()))?;
         Ok(Response::new(answer(r.stream, published)))
@@ -84,6 +84,8 @@ impl proto::publisher_server::Publisher for Service {
         req: Request<Streaming<PublishStreamRequest>>,
     ) -> Result<Response<Answers>, Status> {
         let caller = Caller::of(&self.s.gate, &req)?;
+        // Held by the session's task: given back however the call ends.
+        let slot = self.s.streams.open(&caller.principal)?;
         let inbound = req.into_inner();
         // Room for a few answers: a client that stops reading holds the
         // session at this many, and then its batches wait (bounded: see
@@ -97,6 +99,7 @@ impl proto::publisher_server::Publisher for Service {
             if let Err(status) = stream::serve(&s, caller, inbound, &tx).await {
                 let _ = tx.send(Err(status)).await;
             }
+            drop(slot);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

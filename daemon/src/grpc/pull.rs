@@ -15,19 +15,29 @@
 //! Memory: what is out is bounded by the window; the responses wait in a
 //! channel of [`OUTBOUND`] and then in HTTP/2's flow-control window, so a
 //! client that never reads stops its member (no more deliveries once the
-//! window is full) and nothing piles up. Acks keep being read meanwhile:
+//! window is full) and nothing piles up. Acks keep being read meanwhile
+//! (up to the confirmations' bound below):
 //! the loop takes a new batch only once the last one went into the
 //! channel, but reads requests all the time, so a client whose acks are
 //! what would let it read is never deadlocked.
+//!
+//! Confirmations: each request's acks, nacks and deadline changes go to
+//! the group as one command, which answers which offsets took effect.
+//! Offsets newly acked are confirmed (`confirmation.acked_offsets`) once
+//! the group's journal holding them is fdatasynced; offsets that changed
+//! nothing (`ignored_offsets`) ride with the next confirmation. What waits
+//! to be confirmed is bounded ([`MAX_UNCONFIRMED_REQUESTS`],
+//! [`MAX_CONFIRM_OFFSETS`]): a client that sends acks but never reads its
+//! responses is held there (its requests are not read further).
 
 use std::collections::VecDeque;
-use std::ops::Range;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -35,12 +45,13 @@ use tracing::debug;
 
 use super::caller::Caller;
 use super::proto::{
-    self, start_at, ReceivedMessage, StreamingPullRequest, StreamingPullResponse, Subscribed,
+    self, start_at, AckConfirmation, ReceivedMessage, StreamingPullRequest, StreamingPullResponse,
+    Subscribed,
 };
 use super::Shared;
 use crate::auth::Action;
 use crate::consume::group::{Credit, Delivery};
-use crate::consume::service::{to_wire, ConsumeError, Member, StartAt};
+use crate::consume::service::{to_wire, ConsumeError, Member, Settle, Settled, StartAt};
 
 /// Responses waiting for the client to take them: few, since HTTP/2's
 /// window buffers more behind them and each may be [`RESPONSE_BYTES`].
@@ -51,6 +62,13 @@ const RESPONSE_BYTES: usize = 1 << 20;
 /// Most offsets one nack or deadline change may name (a member holds at
 /// most `consumers.max_member_messages` anyway), as HTTP's push routes.
 const MAX_SETTLE_OFFSETS: usize = 65_536;
+/// Requests whose acks the group has not answered yet, at most; past it
+/// no more requests are read until it has.
+const MAX_UNCONFIRMED_REQUESTS: usize = 64;
+/// Offsets waiting to be confirmed (acked and not yet synced, or synced
+/// and not yet sent, or ignored), at most; past it no more requests are
+/// read until the client takes its confirmations.
+const MAX_CONFIRM_OFFSETS: usize = 1 << 18;
 /// How long a call may take to send its first request.
 const FIRST_REQUEST: Duration = Duration::from_secs(30);
 /// How often a pull looks whether the daemon is stopping.
@@ -79,6 +97,9 @@ impl proto::subscriber_server::Subscriber for Service {
         req: Request<Streaming<StreamingPullRequest>>,
     ) -> Result<Response<Deliveries>, Status> {
         let caller = Caller::of(&self.s.gate, &req)?;
+        // Taken before the first request is waited for (that holds the
+        // call too); given back when the call ends, however it ends.
+        let slot = self.s.streams.open(&caller.principal)?;
         let mut inbound = req.into_inner();
         // A call that never says what it wants holds an HTTP/2 stream of
         // its connection: not for long.
@@ -143,6 +164,7 @@ impl proto::subscriber_server::Subscriber for Service {
         let s = self.s.clone();
         tokio::spawn(async move {
             let why = serve(&s, member, inbound, first, declared, tx).await;
+            drop(slot);
             debug!(%peer, why, "gRPC subscriber left");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -224,9 +246,13 @@ async fn serve(
     mut declared: (u32, u64),
     tx: mpsc::Sender<Result<StreamingPullResponse, Status>>,
 ) -> &'static str {
-    if let Err(s) = settle(&member, &first, &mut declared, false).await {
-        let _ = tx.send(Err(s)).await;
-        return "a bad first request";
+    let mut confirm = Confirm::default();
+    match settle(&member, &first, &mut declared, false).await {
+        Ok(o) => confirm.asked(o),
+        Err(s) => {
+            let _ = tx.send(Err(s)).await;
+            return "a bad first request";
+        }
     }
     drop(first);
     // Deliveries taken from the member and not yet in a response: at most
@@ -242,7 +268,12 @@ async fn serve(
     // is all a pause sets.
     let mut watch = tokio::time::interval(STOP_CHECK);
     let why = loop {
+        confirm.start_sync(&member);
         tokio::select! {
+            settled = next_answer(&mut confirm.answers), if confirm.answering() => {
+                confirm.answered(settled)
+            }
+            synced = synced(&mut confirm.sync), if confirm.syncing() => confirm.durable(synced),
             batch = member.deliveries.recv(), if pending.is_empty() => {
                 let Some(batch) = batch else {
                     let _ = tx.send(Err(Status::unavailable("sluiced is stopping"))).await;
@@ -254,17 +285,20 @@ async fn serve(
                     pending.extend(more);
                 }
             }
-            permit = tx.reserve(), if !pending.is_empty() => {
+            permit = tx.reserve(), if !pending.is_empty() || confirm.ready.is_some() => {
                 let Ok(permit) = permit else { break "the client went away" };
-                permit.send(Ok(response(&mut pending)));
+                let mut r = response(&mut pending);
+                r.confirmation = confirm.ready.take();
+                permit.send(Ok(r));
             }
-            r = inbound.message(), if reading => match r {
-                Ok(Some(r)) => {
-                    if let Err(s) = settle(&member, &r, &mut declared, true).await {
+            r = inbound.message(), if reading && confirm.has_room() => match r {
+                Ok(Some(r)) => match settle(&member, &r, &mut declared, true).await {
+                    Ok(o) => confirm.asked(o),
+                    Err(s) => {
                         let _ = tx.send(Err(s)).await;
                         break "a bad request";
                     }
-                }
+                },
                 Ok(None) => reading = false,
                 Err(_) => break "the stream broke",
             },
@@ -284,7 +318,7 @@ async fn serve(
 }
 
 /// One response of deliveries from `pending`: up to [`RESPONSE_BYTES`] of
-/// payload, at least one message.
+/// payload, at least one message if there is one.
 fn response(pending: &mut VecDeque<Delivery>) -> StreamingPullResponse {
     let now = Instant::now();
     let mut messages = Vec::new();
@@ -325,13 +359,14 @@ fn received(d: Delivery, now: Instant) -> ReceivedMessage {
 
 /// Hands a request's acks, nacks, deadline changes and flow control to the
 /// member. `later`: not the first request (whose flow control is the
-/// join's).
+/// join's). The group's answer (which offsets took effect), if the
+/// request had any to settle.
 async fn settle(
     member: &Member,
     r: &StreamingPullRequest,
     declared: &mut (u32, u64),
     later: bool,
-) -> Result<(), Status> {
+) -> Result<Option<oneshot::Receiver<Settled>>, Status> {
     if r.nacks.iter().any(|n| n.offsets.len() > MAX_SETTLE_OFFSETS)
         || r.deadline_changes
             .iter()
@@ -344,23 +379,29 @@ async fn settle(
     // A full group queue holds this reader (and so the client, through
     // HTTP/2's window), not memory.
     member.group.room().await;
-    if !r.ack_offsets.is_empty() {
-        member.ack(ranges(&r.ack_offsets));
-    }
-    for n in &r.nacks {
-        if !n.offsets.is_empty() {
-            member.nack(n.offsets.clone(), duration(n.delay.as_ref()));
-        }
-    }
-    for c in &r.deadline_changes {
-        if !c.offsets.is_empty() {
-            let by = match &c.extension {
-                None => member.group.config.ack_deadline,
-                Some(d) => duration(Some(d)),
-            };
-            member.extend(c.offsets.clone(), by);
-        }
-    }
+    let s = Settle {
+        acks: r.ack_offsets.clone(),
+        nacks: r
+            .nacks
+            .iter()
+            .filter(|n| !n.offsets.is_empty())
+            .map(|n| (n.offsets.clone(), duration(n.delay.as_ref())))
+            .collect(),
+        extends: r
+            .deadline_changes
+            .iter()
+            .filter(|c| !c.offsets.is_empty())
+            .map(|c| {
+                let by = match &c.extension {
+                    None => member.group.config.ack_deadline,
+                    Some(d) => duration(Some(d)),
+                };
+                (c.offsets.clone(), by)
+            })
+            .collect(),
+    };
+    let answer = (!s.acks.is_empty() || !s.nacks.is_empty() || !s.extends.is_empty())
+        .then(|| member.settle(s));
     if later && (r.max_outstanding_messages != 0 || r.max_outstanding_bytes != 0) {
         if r.max_outstanding_messages != 0 {
             declared.0 = r.max_outstanding_messages;
@@ -373,26 +414,114 @@ async fn settle(
             bytes: declared.1,
         });
     }
-    Ok(())
+    Ok(answer)
 }
 
-/// Offsets as ranges, runs of consecutive ones merged.
-fn ranges(offsets: &[u64]) -> Vec<Range<u64>> {
-    let mut sorted = offsets.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut out: Vec<Range<u64>> = Vec::new();
-    for o in sorted {
-        let Some(end) = o.checked_add(1) else {
-            // u64::MAX is never a delivered offset: nothing to ack.
-            continue;
-        };
-        match out.last_mut() {
-            Some(r) if r.end == o => r.end = end,
-            _ => out.push(o..end),
+/// The oldest of the group's answers (never, with none to come). Apart
+/// from [`Confirm`] so that it and [`synced`] borrow different fields.
+async fn next_answer(answers: &mut VecDeque<oneshot::Receiver<Settled>>) -> Option<Settled> {
+    match answers.front_mut() {
+        Some(rx) => rx.await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// The running sync's end (never, with none running).
+async fn synced(sync: &mut Option<(Sync, Settled)>) -> Result<(), ConsumeError> {
+    match sync {
+        Some((f, _)) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+type Sync = Pin<Box<dyn Future<Output = Result<(), ConsumeError>> + Send>>;
+
+/// What one pull owes its client in confirmations: the group's answers
+/// to come, the acks waiting for the journal's fdatasync, the
+/// confirmation ready to send.
+#[derive(Default)]
+struct Confirm {
+    /// The group's answers, in the order the requests were read.
+    answers: VecDeque<oneshot::Receiver<Settled>>,
+    /// Answered, not yet synced (acked), or to go with the next sync
+    /// (ignored).
+    unsynced: Settled,
+    /// The sync running, and what it makes durable.
+    sync: Option<(Sync, Settled)>,
+    /// To send with the next response.
+    ready: Option<AckConfirmation>,
+}
+
+impl Confirm {
+    fn asked(&mut self, answer: Option<oneshot::Receiver<Settled>>) {
+        self.answers.extend(answer);
+    }
+
+    fn answering(&self) -> bool {
+        !self.answers.is_empty()
+    }
+
+    /// The oldest answer came (`None`: the group is gone, which ends the
+    /// pull anyway).
+    fn answered(&mut self, settled: Option<Settled>) {
+        self.answers.pop_front();
+        if let Some(s) = settled {
+            self.unsynced.acked.extend(s.acked);
+            self.unsynced.ignored.extend(s.ignored);
         }
     }
-    out
+
+    /// Starts a sync of what was answered, if none runs. With nothing
+    /// acked, nothing waits for a sync: the ignored offsets are ready.
+    fn start_sync(&mut self, member: &Member) {
+        if self.sync.is_some() {
+            return;
+        }
+        let s = std::mem::take(&mut self.unsynced);
+        if s.acked.is_empty() {
+            if !s.ignored.is_empty() {
+                self.durable_now(s);
+            }
+            return;
+        }
+        let group = member.group.clone();
+        self.sync = Some((Box::pin(async move { group.sync().await }), s));
+    }
+
+    fn syncing(&self) -> bool {
+        self.sync.is_some()
+    }
+
+    /// The sync ended: what it covered is confirmed (if it failed, the
+    /// daemon is stopping and the pull ends: nothing is said durable).
+    fn durable(&mut self, r: Result<(), ConsumeError>) {
+        if let Some((_, s)) = self.sync.take() {
+            if r.is_ok() {
+                self.durable_now(s);
+            }
+        }
+    }
+
+    fn durable_now(&mut self, s: Settled) {
+        let c = self.ready.get_or_insert_with(AckConfirmation::default);
+        c.acked_offsets.extend(s.acked);
+        c.ignored_offsets.extend(s.ignored);
+    }
+
+    /// Whether another request may be read.
+    fn has_room(&self) -> bool {
+        let waiting = self.unsynced.acked.len()
+            + self.unsynced.ignored.len()
+            + self
+                .sync
+                .as_ref()
+                .map_or(0, |(_, s)| s.acked.len() + s.ignored.len())
+            + self
+                .ready
+                .as_ref()
+                .map_or(0, |c| c.acked_offsets.len() + c.ignored_offsets.len());
+        self.answers.len() < MAX_UNCONFIRMED_REQUESTS && waiting < MAX_CONFIRM_OFFSETS
+    }
 }
 
 /// A protobuf duration as a std one: negative is zero, too long is cut by
@@ -417,12 +546,6 @@ fn clip(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges_merge_runs_and_skip_the_impossible() {
-        assert_eq!(ranges(&[5, 3, 4, 9, 9, u64::MAX]), vec![3..6, 9..10]);
-        assert!(ranges(&[]).is_empty());
-    }
 
     #[test]
     fn durations_are_never_negative() {

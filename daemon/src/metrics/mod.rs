@@ -44,6 +44,9 @@ pub struct StreamMetrics {
     pub sessions: AtomicU64,
     /// Publish requests over HTTP.
     pub http_requests: AtomicU64,
+    /// Publish requests over gRPC: `Publish` calls and `PublishStream`
+    /// batches.
+    pub grpc_requests: AtomicU64,
     /// Requests answered from the idempotence table's keys (retries).
     pub key_repeats: AtomicU64,
     /// Requests refused: their key was used with another body.
@@ -126,6 +129,12 @@ const STREAM_FIELDS: &[StreamField] = &[
         Kind::Counter,
         "Publish requests received over HTTP.",
         |m| &m.http_requests,
+    ),
+    (
+        "sluice_grpc_publish_requests_total",
+        Kind::Counter,
+        "Publish requests received over gRPC: Publish calls and PublishStream batches.",
+        |m| &m.grpc_requests,
     ),
     (
         "sluice_idempotency_key_repeats_total",

@@ -54,6 +54,15 @@ pub enum Identity {
     None,
 }
 
+/// Which plane a request came over: each counts its own requests
+/// (`sluice_http_publish_requests_total`,
+/// `sluice_grpc_publish_requests_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    Http,
+    Grpc,
+}
+
 /// One message of an answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placed {
@@ -172,8 +181,9 @@ impl Publisher {
         stream: &str,
         identity: Identity,
         payloads: Vec<Bytes>,
+        plane: Plane,
     ) -> Result<Published, PublishError> {
-        self.start(reserved, stream, identity, payloads, Credit::Check)?
+        self.start(reserved, stream, identity, payloads, Credit::Check, plane)?
             .durable()
             .await
     }
@@ -190,6 +200,7 @@ impl Publisher {
         identity: Identity,
         payloads: Vec<Bytes>,
         credit: Credit,
+        plane: Plane,
     ) -> Result<Pending<'a>, PublishError> {
         if payloads.is_empty() || payloads.len() > MAX_MESSAGES {
             return Err(PublishError::Bad(format!(
@@ -212,7 +223,11 @@ impl Publisher {
         }
         let bytes: u64 = payloads.iter().map(|p| p.len() as u64).sum();
         let metrics = self.ingest.metrics().stream(s.name());
-        metrics.http_requests.fetch_add(1, Relaxed);
+        match plane {
+            Plane::Http => &metrics.http_requests,
+            Plane::Grpc => &metrics.grpc_requests,
+        }
+        .fetch_add(1, Relaxed);
         metrics
             .messages_in
             .fetch_add(payloads.len() as u64, Relaxed);

@@ -25,6 +25,15 @@ mod check;
 mod deadlines;
 mod member;
 mod ready;
+/// One request's acks, nacks (offsets, delay) and deadline changes
+/// (offsets, extension) of a member, for [`Group::settle`].
+#[derive(Debug, Default)]
+pub struct Settle {
+    pub acks: Vec<u64>,
+    pub nacks: Vec<(Vec<u64>, Duration)>,
+    pub extends: Vec<(Vec<u64>, Duration)>,
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -480,6 +489,48 @@ impl Group {
         self.trim_deadlines();
         self.counters.acked += n;
         n
+    }
+
+    /// A member's acks, nacks and deadline changes at once, saying which
+    /// offsets took effect: acks as [`ack_ranges`](Self::ack_ranges) takes
+    /// them (any member may ack a message not done); nacks and deadline
+    /// changes only for messages out with `member`. Returns the offsets
+    /// newly acked, and those of the request that changed nothing (sorted,
+    /// each once).
+    pub fn settle(&mut self, member: MemberId, s: &Settle, now: Instant) -> (Vec<u64>, Vec<u64>) {
+        let mut ignored: Vec<u64> = Vec::new();
+        for (offsets, _) in s.nacks.iter().chain(&s.extends) {
+            ignored.extend(
+                offsets
+                    .iter()
+                    .copied()
+                    .filter(|&o| !self.is_out_with(o, Some(member))),
+            );
+        }
+        let ranges = ranges_of(&s.acks);
+        let mut acked: Vec<u64> = Vec::new();
+        for r in &ranges {
+            let r = r.start.max(self.floor)..r.end.min(self.end);
+            if !r.is_empty() {
+                acked.extend(self.done.gaps(r).into_iter().flatten());
+            }
+        }
+        self.ack_ranges(&ranges);
+        ignored.extend(
+            s.acks
+                .iter()
+                .copied()
+                .filter(|o| acked.binary_search(o).is_err()),
+        );
+        for (offsets, delay) in &s.nacks {
+            self.nack(Some(member), offsets, *delay, now);
+        }
+        for (offsets, by) in &s.extends {
+            self.extend(Some(member), offsets, *by, now);
+        }
+        ignored.sort_unstable();
+        ignored.dedup();
+        (acked, ignored)
     }
 
     /// [`ack_ranges`](Self::ack_ranges) of single offsets.

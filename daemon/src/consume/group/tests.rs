@@ -305,3 +305,48 @@ fn a_window_lowered_below_what_is_held_takes_nothing_until_it_fits() {
     g.ack(&[1, 2]);
     assert_eq!(send(&mut g, now).len(), 1);
 }
+
+#[test]
+fn settle_says_which_acks_nacks_and_extensions_took_effect() {
+    let now = Instant::now();
+    let mut g = group(GroupConfig::default(), 6);
+    g.join(1, "a".into(), window(2));
+    g.join(2, "b".into(), window(2));
+    let d = send(&mut g, now);
+    let of = |m: MemberId| -> Vec<u64> {
+        d.iter()
+            .filter(|d| d.member == m)
+            .map(|d| d.offset)
+            .collect()
+    };
+    let (mine, theirs) = (of(1), of(2));
+    assert_eq!((mine.len(), theirs.len()), (2, 2), "{d:?}");
+    // Acks: one of mine, one of theirs (any member may ack), one never
+    // delivered past the end, one twice. A nack and an extension of
+    // theirs: not out with member 1, ignored; of mine: taken.
+    let s = Settle {
+        acks: vec![mine[0], theirs[0], 99, mine[0]],
+        nacks: vec![(vec![theirs[1]], Duration::ZERO)],
+        extends: vec![(vec![mine[1], theirs[1]], Duration::from_secs(5))],
+    };
+    let (acked, ignored) = g.settle(1, &s, now);
+    let mut want = vec![mine[0], theirs[0]];
+    want.sort_unstable();
+    assert_eq!(acked, want);
+    let mut want = vec![99, theirs[1]];
+    want.sort_unstable();
+    assert_eq!(ignored, want);
+    assert_eq!(g.counters().acked, 2);
+    assert_eq!(g.counters().nacked, 0);
+    // Acked again: ignored now.
+    let (acked, ignored) = g.settle(
+        1,
+        &Settle {
+            acks: vec![mine[0]],
+            ..Default::default()
+        },
+        now,
+    );
+    assert!(acked.is_empty());
+    assert_eq!(ignored, [mine[0]]);
+}

@@ -41,7 +41,9 @@ use super::super::proto::{
 use super::super::{publish_status, Shared};
 use super::MAX_PAYLOAD_BYTES;
 use crate::auth::Action;
-use crate::publish::{Credit, Identity, PublishError, Published, Reserved, Session, MAX_MESSAGES};
+use crate::publish::{
+    Credit, Identity, Plane, PublishError, Published, Reserved, Session, MAX_MESSAGES,
+};
 
 /// Most batches of one session queued for the spool and not yet acked:
 /// past this the session reads no more until the oldest is durable.
@@ -225,6 +227,7 @@ fn queue<'a>(
         h.payloads,
         // Checked against what the session granted (State::check).
         Credit::Granted,
+        Plane::Grpc,
     )?;
     Ok(InFlight {
         last_seq: h.last_seq,
