@@ -58,7 +58,7 @@ class Session:
             pass
 
 
-def publish_stream(stub, stream, producer_id, payloads, metadata=(), batch=100, attempts=10, timeout=None):
+def publish_stream(address, stream, producer_id, payloads, metadata=(), batch=100, attempts=10, timeout=None):
     """Stores payloads[i] under seq i + 1, each once. Returns the durable seq
     the daemon first said it held, and the last one (len(payloads) or more)."""
     # ends[k]: the payload bytes of seqs 1..k, to keep within the byte credit.
@@ -68,8 +68,12 @@ def publish_stream(stub, stream, producer_id, payloads, metadata=(), batch=100, 
     held = None
     for attempt in range(attempts):
         s = None
+        # A new channel each attempt, with a connection of its own: gRPC's
+        # connection to an address, shared by default, keeps failing for
+        # seconds after a refused connect, even once sluiced is back.
+        channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
         try:
-            s = Session(stub, stream, producer_id, metadata, timeout)
+            s = Session(rpc.PublisherStub(channel), stream, producer_id, metadata, timeout)
             held = s.durable if held is None else held
             sent = s.durable  # what is durable is never sent again
             while s.durable < len(payloads):
@@ -90,21 +94,24 @@ def publish_stream(stub, stream, producer_id, payloads, metadata=(), batch=100, 
         except grpc.RpcError as e:
             if e.code() not in RETRY:
                 raise
+            print(f"reopening after {e.code().name}: {e.details()}", file=sys.stderr)
             time.sleep(min(2 ** attempt * 0.1, 5))  # then reopen: `opened` says where to go on
         finally:
             if s is not None:
                 s.requests.put(None)  # ends the request iterator's thread
+            channel.close()
     raise RuntimeError("sluiced is not taking messages")
 
 
 def main():
+    if len(sys.argv) != 3 or not sys.argv[2].isdigit() or int(sys.argv[2]) == 0:
+        sys.exit("usage: publish_stream.py STREAM PRODUCER_ID < lines (PRODUCER_ID: a number, not 0)")
     stream, producer_id = sys.argv[1], int(sys.argv[2])
     payloads = [line.rstrip("\n").encode() for line in sys.stdin]
     address = os.environ.get("SLUICE_GRPC", "127.0.0.1:7402")
     token = os.environ.get("SLUICE_TOKEN")
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    with grpc.insecure_channel(address) as channel:
-        held, durable = publish_stream(rpc.PublisherStub(channel), stream, producer_id, payloads, metadata)
+    held, durable = publish_stream(address, stream, producer_id, payloads, metadata)
     print(f"{len(payloads)} messages; the daemon held seqs up to {held}, now durable up to seq {durable}")
 
 

@@ -301,3 +301,47 @@ def test_the_python_publish_stream_example_is_exactly_once_when_run_again(sluice
     assert run() == "250 messages; the daemon held seqs up to 250, now durable up to seq 250"
     records = sluiced.records("lines")
     assert [base64.b64decode(r["payload"]) for r in records] == [f"line {i}".encode() for i in range(1, 251)]
+
+
+def test_the_python_publish_stream_example_goes_on_after_a_kill_9(sluiced):
+    """The example streaming 100,000 lines; sluiced is killed (kill -9) once
+    some are durable and started again: the example reopens, learns the
+    durable seq from `opened`, resends from there, and every line is stored
+    exactly once, in order."""
+    import os
+    import subprocess
+    import sys
+
+    import grpc_stubs
+
+    n = 100_000
+    proc = subprocess.Popen(
+        [sys.executable, str(grpc_stubs.ROOT / "examples/python/publish_stream.py"), "crashy", "43"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(grpc_stubs._out), "SLUICE_GRPC": f"127.0.0.1:{sluiced.grpc_port}",
+             "SLUICE_TOKEN": WRITER},
+    )
+    try:
+        proc.stdin.write("".join(f"line {i}\n" for i in range(1, n + 1)))
+        proc.stdin.close()
+        deadline = time.monotonic() + 30
+        while True:
+            r = httpx.get(f"{sluiced.base}/streams/crashy/records", params={"limit": 1},
+                          headers={"authorization": f"Bearer {WRITER}"})
+            if r.status_code == 200 and r.json()["durable_end"] > 1000:
+                break
+            assert time.monotonic() < deadline, "the example stored nothing within 30 s"
+            time.sleep(0.01)
+        assert proc.poll() is None, "the example finished before the kill: nothing was tested"
+        sluiced.kill9()
+        time.sleep(0.3)
+        sluiced.start()
+        proc.wait(120)  # its output is one line: the pipes do not fill
+        out, err = proc.stdout.read(), proc.stderr.read()
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err + "\nsluiced.log:\n" + sluiced.log.read_text()[-3000:]
+    assert out.strip() == f"{n} messages; the daemon held seqs up to 0, now durable up to seq {n}", out
+    records = sluiced.records("crashy")
+    assert len(records) == n, f"{len(records)} records for {n} lines"
+    assert [base64.b64decode(r["payload"]) for r in records] == [f"line {i}".encode() for i in range(1, n + 1)]
