@@ -57,6 +57,10 @@ fn options() -> Result<Options> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        const FLAGS: [&str; 5] = ["--addr", "--token", "--stream", "--group", "--count"];
+        if !FLAGS.contains(&flag.as_str()) {
+            return Err(format!("unknown argument {flag}; the flags: {}", FLAGS.join(", ")).into());
+        }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--addr" => o.addr = value,
@@ -70,7 +74,7 @@ fn options() -> Result<Options> {
                     .filter(|n| (1..=10_000).contains(n))
                     .ok_or(format!("--count {value}: a number from 1 to 10000"))?
             }
-            _ => return Err(format!("unknown flag {flag} (see the top of src/main.rs)").into()),
+            _ => unreachable!("checked above"),
         }
     }
     Ok(o)
