@@ -2,7 +2,8 @@
 //! proto/sluice/v1/sluice.proto by build.rs: it publishes a few messages
 //! exactly once (an idempotency key; the answer comes once they are
 //! durable), then joins a consumer group with StreamingPull, receives and
-//! acks them, and checks with DescribeGroup that the acks reached the group.
+//! acks them, waits for the daemon to confirm the acks durable, and shows
+//! the group with DescribeGroup.
 //!
 //! ```sh
 //! cargo run -p sluice-grpc-example -- --addr 127.0.0.1:7402 --stream orders
@@ -174,6 +175,7 @@ async fn run(o: Options) -> Result<()> {
     // The group may hold older messages too: ack whatever comes until ours
     // have all come.
     let mut waiting: BTreeSet<u64> = offsets.iter().copied().collect();
+    let mut unconfirmed = waiting.clone();
     while !waiting.is_empty() {
         let response = tokio::time::timeout(Duration::from_secs(10), responses.message())
             .await
@@ -181,6 +183,11 @@ async fn run(o: Options) -> Result<()> {
             .ok_or("the daemon ended the pull")?;
         if let Some(s) = response.subscribed {
             println!("joined group {} as member {}", o.group, s.member_id);
+        }
+        if let Some(c) = response.confirmation {
+            for offset in c.acked_offsets {
+                unconfirmed.remove(&offset);
+            }
         }
         let mut acks = Vec::new();
         for m in response.messages {
@@ -203,29 +210,36 @@ async fn run(o: Options) -> Result<()> {
         }
     }
 
-    // 3. Acks are not confirmed on the pull: the group's ack floor tells
-    // when they are in. Only then end the pull (a member that leaves hands
+    // 3. The daemon confirms acks on the pull once they are durable in the
+    // group's journal. Only then end the pull (a member that leaves hands
     // back what it holds unacked).
-    let mut admin = AdminClient::with_interceptor(channel, auth);
-    let last = offsets.iter().max().copied().unwrap_or(0);
-    for _ in 0..100 {
-        let group = admin
-            .describe_group(DescribeGroupRequest {
-                stream: o.stream.clone(),
-                group: o.group.clone(),
-            })
-            .await?
-            .into_inner()
-            .group
-            .ok_or("DescribeGroup answered no group")?;
-        if group.ack_floor > last {
-            println!(
-                "group {}: every offset below {} acked, backlog {}",
-                o.group, group.ack_floor, group.backlog_messages
-            );
-            return Ok(());
+    while !unconfirmed.is_empty() {
+        let response = tokio::time::timeout(Duration::from_secs(10), responses.message())
+            .await
+            .map_err(|_| "no ack confirmation within 10 s")??
+            .ok_or("the daemon ended the pull")?;
+        if let Some(c) = response.confirmation {
+            for offset in c.acked_offsets {
+                unconfirmed.remove(&offset);
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(format!("the acks did not reach group {} within 10 s", o.group).into())
+    println!("acks of offsets {offsets:?} confirmed durable");
+
+    // 4. What the group says now.
+    let mut admin = AdminClient::with_interceptor(channel, auth);
+    let group = admin
+        .describe_group(DescribeGroupRequest {
+            stream: o.stream.clone(),
+            group: o.group.clone(),
+        })
+        .await?
+        .into_inner()
+        .group
+        .ok_or("DescribeGroup answered no group")?;
+    println!(
+        "group {}: every offset below {} acked, backlog {}",
+        o.group, group.ack_floor, group.backlog_messages
+    );
+    Ok(())
 }

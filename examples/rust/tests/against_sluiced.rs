@@ -113,6 +113,7 @@ fn the_example_publishes_once_and_its_pull_acks() {
         "received offset 0: \"message 1\" (attempt 1)",
         "received offset 1: \"message 2\" (attempt 1)",
         "received offset 2: \"message 3\" (attempt 1)",
+        "acks of offsets [0, 1, 2] confirmed durable",
         "group billing: every offset below 3 acked, backlog 0",
     ] {
         assert!(
