@@ -103,16 +103,17 @@ echo "benches/scripts/http-publish.sh ..." >&2
   echo '```'
 } >> "$page"
 run e2e "Publish to consumers (e2e)" e2e --dir "$work" --seconds "$secs" --repeat "$repeat"
-# Consumers over WebSocket and SSE against QUIC: its own script (three
-# e2e runs, ratios to QUIC), its summary as printed.
+# Consumers over WebSocket, SSE and gRPC against QUIC: its own script
+# (four e2e runs, ratios to QUIC), its summary as printed.
 echo "benches/scripts/e2e-push.sh ..." >&2
 {
   echo
-  echo "## Consumers over WebSocket and server-sent events (e2e --consume-path)"
+  echo "## Consumers over WebSocket, server-sent events and gRPC (e2e --consume-path)"
   echo
-  echo "\`sluice-bench e2e --consume-path quic|ws|sse\`: the consumers on the API port's push routes"
-  echo "(daemon/HTTP.md, \"Push\") instead of QUIC, one group; delivery while producers publish and"
-  echo "the backlog drain, ÷ the QUIC run's (target: WebSocket delivery >= 0.5 of QUIC's)."
+  echo "\`sluice-bench e2e --consume-path quic|ws|sse|grpc\`: the consumers on the API port's push routes"
+  echo "(daemon/HTTP.md, \"Push\") or the gRPC port's StreamingPull (daemon/GRPC.md) instead of QUIC,"
+  echo "one group; delivery while producers publish and the backlog drain, ÷ the QUIC run's"
+  echo "(targets: WebSocket and gRPC delivery each >= 0.5 of QUIC's)."
   echo
   echo '```'
   echo "REPEAT=$repeat SECS=$secs benches/scripts/e2e-push.sh"

@@ -245,39 +245,51 @@ fn plots_of_every_phase() {
 #[test]
 fn consumers_over_websocket_and_event_stream() {
     for path in ["ws", "sse"] {
-        let dir = tempfile::tempdir().unwrap();
-        let r = run(
-            dir.path(),
-            &[
-                "--consume-path",
-                path,
-                "--seconds",
-                "0.5",
-                "--warmup",
-                "0.2",
-                "--rate",
-                "1000",
-                "--groups",
-                "2",
-                "--producers",
-                "1",
-                "--no-baselines",
-            ],
-        );
-        assert_eq!(r["config"]["consume_path"], path);
-        assert_eq!(num(&r, "errors"), 0.0, "{path}: {r:#}");
-        assert_eq!(num(&r, "groups_short"), 0.0, "{path}: {r:#}");
-        let d = &r["ingest_alone"]["backlog_drain"];
-        assert_eq!(num(d, "groups_counted"), 1.0, "{path}: {d:#}");
-        assert_eq!(
-            num(d, "min_behind"),
-            num(&r, "ingest_alone.published"),
-            "{path}: {d:#}"
-        );
-        groups_complete(&r["delivery"][0], 2, &format!("{path}: delivery"));
-        groups_complete(&r["latency"], 1, &format!("{path}: latency"));
-        assert!(num(&r, "latency.delivery_latency.count") > 0.0, "{path}");
+        other_path(path);
     }
+}
+
+/// The consumers as gRPC StreamingPull calls: the same checks.
+#[test]
+fn consumers_over_grpc_streaming_pull() {
+    other_path("grpc");
+}
+
+/// A run with the consumers on `path`: every phase's groups get every
+/// message, and the daemon saw their acks.
+fn other_path(path: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(
+        dir.path(),
+        &[
+            "--consume-path",
+            path,
+            "--seconds",
+            "0.5",
+            "--warmup",
+            "0.2",
+            "--rate",
+            "1000",
+            "--groups",
+            "2",
+            "--producers",
+            "1",
+            "--no-baselines",
+        ],
+    );
+    assert_eq!(r["config"]["consume_path"], path);
+    assert_eq!(num(&r, "errors"), 0.0, "{path}: {r:#}");
+    assert_eq!(num(&r, "groups_short"), 0.0, "{path}: {r:#}");
+    let d = &r["ingest_alone"]["backlog_drain"];
+    assert_eq!(num(d, "groups_counted"), 1.0, "{path}: {d:#}");
+    assert_eq!(
+        num(d, "min_behind"),
+        num(&r, "ingest_alone.published"),
+        "{path}: {d:#}"
+    );
+    groups_complete(&r["delivery"][0], 2, &format!("{path}: delivery"));
+    groups_complete(&r["latency"], 1, &format!("{path}: latency"));
+    assert!(num(&r, "latency.delivery_latency.count") > 0.0, "{path}");
 }
 
 #[test]

@@ -61,9 +61,14 @@ pub struct ConsumeArgs {
     pub path: String,
     /// The consumers' path: `quic` (a QUIC session), `ws` (the admin
     /// port's WebSocket, binary frames) or `sse` (its event stream, acks
-    /// over POST); the credit is --max-messages / --max-bytes on each.
+    /// over POST) or `grpc` (the gRPC port's StreamingPull, acks in later
+    /// requests); the credit is --max-messages / --max-bytes on each.
     #[arg(long, value_enum, default_value_t = ConsumePath::Quic)]
     pub consume_path: ConsumePath,
+    /// The running daemon's gRPC address (with --daemon and
+    /// --consume-path grpc).
+    #[arg(long, requires = "daemon")]
+    pub daemon_grpc: Option<std::net::SocketAddr>,
     /// The producers' largest datagram (UDP payload), bytes.
     #[arg(long, default_value_t = 1452)]
     pub datagram: usize,
@@ -103,6 +108,7 @@ impl ConsumeArgs {
             datagram: self.datagram,
             dir: self.out.dir.clone(),
             external: self.sluiced.external(),
+            external_grpc: self.daemon_grpc,
             sluiced_args: self.sluiced.sluiced_args.clone(),
             baseline_seconds: self.sluiced.baseline_seconds(),
             drain_timeout: self.drain_timeout,
@@ -156,6 +162,10 @@ mod tests {
         assert_eq!(path(&[]).unwrap(), ConsumePath::Quic);
         assert_eq!(path(&["--consume-path", "ws"]).unwrap(), ConsumePath::Ws);
         assert_eq!(path(&["--consume-path", "sse"]).unwrap(), ConsumePath::Sse);
+        assert_eq!(
+            path(&["--consume-path", "grpc"]).unwrap(),
+            ConsumePath::Grpc
+        );
         assert!(path(&["--consume-path", "udp"]).is_err());
     }
 }

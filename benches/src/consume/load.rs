@@ -73,6 +73,7 @@ pub enum Link {
     Quic(Consumer),
     Ws(super::push::Ws),
     Sse(super::push::Sse),
+    Grpc(super::grpc::Grpc),
 }
 
 /// What every path does with what it receives: counts each delivery, each
@@ -116,6 +117,12 @@ impl Counter {
         }
     }
 
+    /// Distinct offsets counted so far (once flushed: this group's only
+    /// consumer is the one writing its tally).
+    pub fn counted(&self) -> u64 {
+        self.tally.distinct.load(Relaxed) + self.distinct
+    }
+
     pub fn flush(&mut self) {
         self.tally.deliveries.fetch_add(self.deliveries, Relaxed);
         self.tally.distinct.fetch_add(self.distinct, Relaxed);
@@ -146,6 +153,7 @@ pub async fn consume(
         Link::Quic(c) => quic(c, &mut count, stop).await,
         Link::Ws(ws) => super::push::run_ws(ws, &mut count, stop).await,
         Link::Sse(sse) => super::push::run_sse(sse, &mut count, stop).await,
+        Link::Grpc(g) => super::grpc::run_grpc(g, &mut count, stop).await,
     };
     count.flush();
     Consumed {

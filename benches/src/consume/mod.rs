@@ -4,7 +4,8 @@
 //! see [`sluice_testkit::daemon`], or a running one) while consumers
 //! (`sluice_transport::client::Consumer`, push mode, one per group, in this
 //! process on a runtime of their own; or, with `consume_path`, the admin
-//! port's WebSocket or event stream: push.rs) receive, ack and count every
+//! port's WebSocket or event stream: push.rs; or the gRPC port's
+//! StreamingPull: grpc.rs) receive, ack and count every
 //! message once per group (at-least-once: distinct offsets).
 //!
 //! Phases, each on a fresh stream of the same daemon (so every group starts
@@ -39,12 +40,14 @@
 
 mod args;
 
+mod grpc;
 mod load;
 mod phase;
 mod print;
 mod push;
 mod report;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -94,6 +97,8 @@ pub enum ConsumePath {
     Ws,
     /// Server-sent events, acks over `POST .../ack` on a second connection.
     Sse,
+    /// The gRPC port's `Subscriber/StreamingPull`, acks in later requests.
+    Grpc,
 }
 
 impl ConsumePath {
@@ -102,6 +107,7 @@ impl ConsumePath {
             ConsumePath::Quic => "QUIC",
             ConsumePath::Ws => "WebSocket (binary frames)",
             ConsumePath::Sse => "server-sent events (acks over POST)",
+            ConsumePath::Grpc => "gRPC StreamingPull",
         }
     }
 }
@@ -144,6 +150,8 @@ pub struct ConsumeConfig {
     pub dir: PathBuf,
     /// A running daemon: its QUIC address, admin address, certificate.
     pub external: Option<External>,
+    /// The running daemon's gRPC address (`--consume-path grpc`).
+    pub external_grpc: Option<SocketAddr>,
     /// More `sluiced` flags for a started daemon.
     pub sluiced_args: Vec<String>,
     /// Seconds for the machine's baselines (0: skip them).
@@ -194,6 +202,14 @@ impl ConsumeConfig {
         }
         if self.max_messages == 0 {
             return Err("--max-messages must be at least 1".into());
+        }
+        if self.consume_path == ConsumePath::Grpc
+            && self.external.is_some()
+            && self.external_grpc.is_none()
+        {
+            return Err(
+                "--consume-path grpc with --daemon needs --daemon-grpc (its gRPC address)".into(),
+            );
         }
         if self.path == PathKind::Udp {
             return Err("--path udp is not offered here: consumers need QUIC anyway".into());
@@ -264,6 +280,7 @@ pub fn run(config: &ConsumeConfig) -> Result<ConsumeReport, Box<dyn std::error::
     let target = Target {
         quic,
         admin,
+        grpc: daemon.as_ref().map(|d| d.grpc).or(config.external_grpc),
         pid: daemon.as_ref().map(|d| d.pid()),
         client,
         token,

@@ -15,7 +15,7 @@ use sluice_transport::client::{
 };
 use sluice_transport::proto::SenderConfig;
 
-use super::{load, push, ConsumeConfig, ConsumePath};
+use super::{grpc, load, push, ConsumeConfig, ConsumePath};
 use crate::ingest::PathKind;
 use crate::load::{Plan, Shape, Shared};
 use crate::measure;
@@ -61,6 +61,8 @@ pub(crate) struct Backlog {
 pub(crate) struct Target {
     pub quic: SocketAddr,
     pub admin: SocketAddr,
+    /// The gRPC port (a started daemon's, or `--daemon-grpc`).
+    pub grpc: Option<SocketAddr>,
     /// A started daemon's pid (for its CPU time).
     pub pid: Option<u32>,
     pub client: QuicOptions,
@@ -379,6 +381,20 @@ async fn join(
                     let c = Consumer::connect(addr, &stream, opts).await;
                     c.map(load::Link::Quic).map_err(|e| e.to_string())
                 })
+                .await?
+        }
+        ConsumePath::Grpc => {
+            let to = grpc::Route {
+                grpc: target
+                    .grpc
+                    .ok_or("no gRPC address for --consume-path grpc")?,
+                stream,
+                group: name,
+                token: target.token.clone(),
+            };
+            target
+                .consumers
+                .spawn(async move { grpc::Grpc::connect(&to, credit).await.map(load::Link::Grpc) })
                 .await?
         }
         path => {
