@@ -8,18 +8,17 @@
 //! responses that has arrived is counted, then acked in one later request
 //! (`ack_offsets`), as the WebSocket path acks a batch of frames.
 //!
-//! StreamingPull has no sync (its `confirmation` is not sent yet): at the
-//! stop the last acks go out, and the member stays until the group's
-//! `DescribeGroup` counts every message this member counted as acked;
-//! leaving earlier would hand them back to the group unacked.
+//! At the stop the last acks go out, and the member stays until the
+//! daemon has confirmed each of its acks (`confirmation`: acked once
+//! durable in the group's journal, or ignored); leaving earlier would hand
+//! them back to the group unacked.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use sluice_daemon::grpc::proto::{
-    self, admin_client::AdminClient, subscriber_client::SubscriberClient, StreamingPullRequest,
-    StreamingPullResponse,
+    self, subscriber_client::SubscriberClient, StreamingPullRequest, StreamingPullResponse,
 };
 use sluice_daemon::grpc::MAX_MESSAGE;
 use tokio::sync::{mpsc, watch};
@@ -36,8 +35,6 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Requests (acks) waiting to go out: the server reads them all the time,
 /// so a few are enough.
 const REQUESTS: usize = 16;
-/// How often the group is asked whether the last acks were applied.
-const POLL: Duration = Duration::from_millis(5);
 
 /// Where a member joins over gRPC.
 #[derive(Clone)]
@@ -65,8 +62,8 @@ impl Route {
 
 /// A member of a group over StreamingPull, subscribed.
 pub struct Grpc {
-    route: Route,
-    channel: Channel,
+    /// Held for the call's life.
+    _channel: Channel,
     requests: mpsc::Sender<StreamingPullRequest>,
     responses: Streaming<StreamingPullResponse>,
 }
@@ -111,8 +108,7 @@ impl Grpc {
             .into_inner();
         match timeout(WAIT, responses.message()).await {
             Ok(Ok(Some(r))) if r.subscribed.is_some() => Ok(Grpc {
-                route: to.clone(),
-                channel,
+                _channel: channel,
                 requests,
                 responses,
             }),
@@ -120,39 +116,30 @@ impl Grpc {
             other => Err(format!("sluiced did not subscribe us: {other:?}")),
         }
     }
+}
 
-    /// The group's count of acked messages.
-    async fn acked(&self) -> Result<u64, String> {
-        let req = self.route.request(proto::DescribeGroupRequest {
-            stream: self.route.stream.clone(),
-            group: self.route.group.clone(),
-        })?;
-        let info = AdminClient::new(self.channel.clone())
-            .describe_group(req)
-            .await
-            .map_err(|e| format!("DescribeGroup: {e}"))?
-            .into_inner()
-            .group
-            .ok_or("DescribeGroup: no group in the answer")?;
-        Ok(info.acked)
-    }
+/// The offsets a response confirms: acked (durable) or ignored.
+fn confirmed(r: &StreamingPullResponse) -> u64 {
+    r.confirmation.as_ref().map_or(0, |c| {
+        (c.acked_offsets.len() + c.ignored_offsets.len()) as u64
+    })
 }
 
 /// Receives until `stop`, acking each batch in the next request; then
-/// waits until the group has applied every ack, and ends the call.
+/// waits until the daemon has confirmed every ack, and ends the call.
 pub async fn run_grpc(
     link: Grpc,
     count: &mut Counter,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let Grpc {
-        route,
-        channel,
+        _channel,
         requests,
         mut responses,
     } = link;
     let mut got = Vec::with_capacity(BATCH);
-    let mut acked = 0u64;
+    // Each offset acked comes back once in a confirmation.
+    let (mut acked, mut confirmations) = (0u64, 0u64);
     let fail = |e: tonic::Status| format!("StreamingPull: {e}");
     loop {
         let first = tokio::select! {
@@ -173,6 +160,7 @@ pub async fn run_grpc(
         let mut offsets = Vec::new();
         for m in got.drain(..) {
             let r = m.map_err(fail)?.ok_or("sluiced ended the StreamingPull")?;
+            confirmations += confirmed(&r);
             for d in &r.messages {
                 count.add(d.offset, &d.payload, now);
                 offsets.push(d.offset);
@@ -191,32 +179,21 @@ pub async fn run_grpc(
                 .map_err(|_| "the request stream closed")?;
         }
     }
-    // Every offset this member counted was acked once at least; the group
-    // counts each distinct one it applied. (A redelivered offset acked
-    // twice counts once there: so the target is the distinct count.)
-    let distinct = count.counted();
-    // The deliveries that come meanwhile are not read: they wait in
-    // HTTP/2's window, and go back to the group when the call ends.
-    let member = Grpc {
-        route,
-        channel,
-        requests,
-        responses,
-    };
+    // Deliveries that come meanwhile are not counted nor acked: they go
+    // back to the group when the call ends.
     let until = Instant::now() + WAIT;
-    loop {
-        let n = member.acked().await?;
-        if n >= distinct {
-            break;
-        }
-        if Instant::now() >= until {
-            return Err(format!(
-                "the group applied {n} of {distinct} acks ({acked} sent) within 30 s"
-            ));
-        }
-        tokio::time::sleep(POLL).await;
+    while confirmations < acked {
+        let left = until.saturating_duration_since(Instant::now());
+        let r = timeout(left, responses.message())
+            .await
+            .map_err(|_| {
+                format!("the daemon confirmed {confirmations} of {acked} acks within 30 s")
+            })?
+            .map_err(fail)?
+            .ok_or("sluiced ended the StreamingPull")?;
+        confirmations += confirmed(&r);
     }
     // Dropping the call's halves cancels it: the member leaves.
-    drop(member);
+    drop((requests, responses));
     Ok(())
 }

@@ -117,12 +117,6 @@ impl Counter {
         }
     }
 
-    /// Distinct offsets counted so far (once flushed: this group's only
-    /// consumer is the one writing its tally).
-    pub fn counted(&self) -> u64 {
-        self.tally.distinct.load(Relaxed) + self.distinct
-    }
-
     pub fn flush(&mut self) {
         self.tally.deliveries.fetch_add(self.deliveries, Relaxed);
         self.tally.distinct.fetch_add(self.distinct, Relaxed);
