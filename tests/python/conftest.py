@@ -17,6 +17,7 @@ Three tokens are configured:
 """
 
 import hashlib
+import itertools
 import os
 import signal
 import socket
@@ -36,10 +37,34 @@ def _hash(token):
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
+def _ephemeral_start():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports below the kernel's ephemeral range: one the kernel hands out (bind
+# to port 0) is given up before sluiced binds it, and in between any
+# outgoing connection may take it as its source port. Below the range only
+# another picker could; this one hands each port out once per process, from
+# a start that differs between processes (as testkit/src/daemon.rs does).
+_FIRST = 10000
+_SPAN = max(_ephemeral_start(), _FIRST + 1000) - _FIRST
+_next = itertools.count((os.getpid() * 7919) % _SPAN)
+
+
 def _free_port(kind):
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(_SPAN):
+        port = _FIRST + next(_next) % _SPAN
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port")
 
 
 def auth(token):
