@@ -356,11 +356,15 @@ impl Cluster {
     /// GETs `path` from node `i`'s monitoring port as JSON.
     pub fn monitor_json(&self, i: usize, path: &str) -> Result<Value, String> {
         let url = format!("http://{}{path}", self.nodes[i].http);
-        let resp = ureq::agent()
-            .get(&url)
-            .timeout(HTTP_TIMEOUT)
-            .call()
-            .map_err(|e| format!("GET {url}: {e}"))?;
+        let resp = match ureq::agent().get(&url).timeout(HTTP_TIMEOUT).call() {
+            Ok(resp) => resp,
+            // /healthz says why it is not ok in its 503's body.
+            Err(ureq::Error::Status(code, resp)) => {
+                let body = resp.into_string().unwrap_or_default();
+                return Err(format!("GET {url}: {code} {}", body.trim()));
+            }
+            Err(e) => return Err(format!("GET {url}: {e}")),
+        };
         resp.into_json().map_err(|e| format!("GET {url}: {e}"))
     }
 
@@ -384,10 +388,11 @@ impl Cluster {
     }
 
     /// Waits until `deadline` for node `i` to be ready: its `/healthz`
-    /// says ok (on 2.9 that covers JetStream: enabled, and in a cluster
-    /// current with its meta leader and the streams it holds) and its
-    /// `/jsz` shows JetStream on, with a meta leader if clustered. A
-    /// failure kills the node and names it with its log's tail.
+    /// says ok (2.9.10 answers 503 "JetStream has not established contact
+    /// with a meta leader" until a cluster node knows one) and its `/jsz`
+    /// shows JetStream on, with a meta leader if clustered (checked as
+    /// well, not left to one version's health check). A failure kills the
+    /// node and names it with its log's tail.
     fn wait_ready(&mut self, i: usize, deadline: Instant) -> Result<(), String> {
         let clustered = self.nodes.len() > 1;
         loop {

@@ -174,13 +174,15 @@ fn r3_stream_survives_its_leaders_kill9_and_the_node_rejoins() {
     cluster.kill9(old);
     let killed_at = Instant::now();
     let new = cluster.wait_leader(STREAM, Some(old), ELECTION_WITHIN);
+    let elected = killed_at.elapsed();
+    publish_range(&rt, &js, &mut acked, 100..101);
     eprintln!(
-        "stream leader {} killed; {} leads after {:?}",
+        "stream leader {} killed; {} leads after {elected:?}, the first publish acked after {:?}",
         cluster.name(old),
         cluster.name(new),
         killed_at.elapsed()
     );
-    publish_range(&rt, &js, &mut acked, 100..200);
+    publish_range(&rt, &js, &mut acked, 101..200);
     rt.block_on(assert_holds(&js, &acked));
 
     // The killed node comes back on its ports and store and catches up.
@@ -208,6 +210,12 @@ fn one_server_refuses_a_wrong_expected_last_sequence() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let err = Cluster::try_start(dir.path(), 0).err();
+    assert!(
+        err.as_deref()
+            .is_some_and(|e| e.contains("at least one node")),
+        "a cluster of no node: {err:?}"
+    );
     let mut cluster = Cluster::start(dir.path(), 1);
     let rt = runtime();
     let js = rt.block_on(connect(&cluster));
