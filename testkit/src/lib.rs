@@ -5,9 +5,15 @@
 //!   it;
 //! - [`relay`]: the impairment relay, a UDP proxy that loses, reorders,
 //!   duplicates, delays and damages datagrams by a seeded RNG;
-//! - [`testnet`]: network namespaces and veth pairs (root).
+//! - [`testnet`]: network namespaces and veth pairs (root);
+//! - [`nats`] (feature `nats`): a NATS JetStream server or cluster of real
+//!   `nats-server` processes on loopback;
+//! - [`ports`]: free loopback ports for the processes above.
 
 #[cfg(feature = "launcher")]
 pub mod daemon;
+#[cfg(feature = "nats")]
+pub mod nats;
+pub mod ports;
 pub mod relay;
 pub mod testnet;
