@@ -27,7 +27,8 @@ pub use check::{Checked, Logging, Settings};
 use declare::KeyHelp;
 pub use help::{env_name, flag_name};
 pub use sections::{
-    AdminFlags, AdminSection, ConsumersFlags, ConsumersSection, DataFlags, DataSection, GroupEntry,
+    AdminFlags, AdminSection, ConsumersFlags, ConsumersSection, DataFlags, DataSection, ForwardEntry,
+    GroupEntry,
     GrpcFlags, GrpcSection, LogFlags, LogSection, QuicFlags, QuicSection, SpoolFlags, SpoolSection,
     StreamsFlags, StreamsSection, XdpFlags, XdpSection,
 };
@@ -69,6 +70,11 @@ pub struct Config {
     pub xdp: XdpSection,
     pub consumers: ConsumersSection,
     pub log: LogSection,
+    /// Forwards into NATS JetStream (`[[forward]]`), file only; not
+    /// written when there are none, so that `--print-config` stays a list
+    /// of sections.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forward: Vec<ForwardEntry>,
 }
 
 /// `sluiced`'s command line: `--config`, `--print-config`, and a flag for
