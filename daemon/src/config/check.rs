@@ -556,7 +556,9 @@ impl Config {
                 ));
             }
             if f.servers.is_empty() {
-                return Err(at("servers: name at least one, e.g. nats://127.0.0.1:4222".into()));
+                return Err(at(
+                    "servers: name at least one, e.g. nats://127.0.0.1:4222".into()
+                ));
             }
             for u in &f.servers {
                 u.parse::<async_nats::ServerAddr>()
@@ -609,7 +611,7 @@ impl Config {
                 (true, true, false) => Auth::CredsFile(f.creds_file.clone()),
                 _ => {
                     return Err(at(
-                        "give one of token, user (with password), creds_file".into(),
+                        "give one of token, user (with password), creds_file".into()
                     ))
                 }
             };
@@ -619,14 +621,23 @@ impl Config {
                 "local" => {}
                 "replicated" => {
                     return Err(at(
-                        "ack: \"replicated\" is not built yet (daemon/FORWARD.md); use \"local\"".into(),
+                        "ack: \"replicated\" is not built yet (daemon/FORWARD.md); use \"local\""
+                            .into(),
                     ))
                 }
-                other => return Err(at(format!("ack: {other:?} is not one of local, replicated"))),
+                other => {
+                    return Err(at(format!(
+                        "ack: {other:?} is not one of local, replicated"
+                    )))
+                }
             }
             let group = group_name(&f.name);
             for s in &f.streams {
-                if consumers.groups.iter().any(|(gs, g, _)| gs == s && *g == group) {
+                if consumers
+                    .groups
+                    .iter()
+                    .any(|(gs, g, _)| gs == s && *g == group)
+                {
                     return Err(at(format!(
                         "group {group} of stream {s:?} is also in [[consumers.groups]]"
                     )));

@@ -27,10 +27,9 @@ pub use check::{Checked, Logging, Settings};
 use declare::KeyHelp;
 pub use help::{env_name, flag_name};
 pub use sections::{
-    AdminFlags, AdminSection, ConsumersFlags, ConsumersSection, DataFlags, DataSection, ForwardEntry,
-    GroupEntry,
-    GrpcFlags, GrpcSection, LogFlags, LogSection, QuicFlags, QuicSection, SpoolFlags, SpoolSection,
-    StreamsFlags, StreamsSection, XdpFlags, XdpSection,
+    AdminFlags, AdminSection, ConsumersFlags, ConsumersSection, DataFlags, DataSection,
+    ForwardEntry, GroupEntry, GrpcFlags, GrpcSection, LogFlags, LogSection, QuicFlags, QuicSection,
+    SpoolFlags, SpoolSection, StreamsFlags, StreamsSection, XdpFlags, XdpSection,
 };
 pub use values::{Conflate, FsyncMode, LogFormat, OptionalSpan, Size, Span, XdpBind, XdpMode};
 

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 pub enum Auth {
     None,
     Token(String),
-    UserPassword { user: String, password: String },
+    UserPassword {
+        user: String,
+        password: String,
+    },
     /// A NATS credentials file (JWT and NKey seed).
     CredsFile(PathBuf),
 }

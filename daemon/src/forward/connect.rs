@@ -68,7 +68,9 @@ async fn try_connect(
     o = match &f.auth {
         Auth::None => o,
         Auth::Token(t) => o.token(t.clone()),
-        Auth::UserPassword { user, password } => o.user_and_password(user.clone(), password.clone()),
+        Auth::UserPassword { user, password } => {
+            o.user_and_password(user.clone(), password.clone())
+        }
         Auth::CredsFile(p) => o
             .credentials_file(p)
             .await
@@ -81,7 +83,8 @@ async fn try_connect(
         forward: f.name.clone(),
         servers: f.servers.join(","),
         counters: c,
-        limit: Mutex::new(LogLimit::new(2)),
+        // A line a second while the cluster stays away.
+        limit: Mutex::new(LogLimit::new(1)),
         down_since: Mutex::new(Some(Instant::now())),
     });
     o = o.event_callback(move |e| {
@@ -118,7 +121,10 @@ impl Events {
             }
             Event::Disconnected => {
                 self.counters.connected.store(0, Relaxed);
-                self.down_since.lock().unwrap().get_or_insert_with(Instant::now);
+                self.down_since
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(Instant::now);
                 self.counters.error(ErrorKind::Unreachable);
                 warn!(forward = %f, servers = %self.servers,
                       "the NATS cluster is unreachable: messages wait in the spool until it is back");
@@ -134,7 +140,7 @@ impl Events {
                 self.counters.error(ErrorKind::Unreachable);
                 if let Some(n) = self.limit.lock().unwrap().allow(Instant::now()) {
                     warn!(forward = %f, servers = %self.servers, suppressed = n,
-                          "cannot reach the NATS cluster: {e}");
+                          "the NATS cluster is unreachable ({e}); messages wait in the spool, connecting again");
                 }
             }
             other => {

@@ -135,12 +135,20 @@ impl Collect for ForwardStats {
             return;
         }
         let name = "sluice_forward_connected";
-        e.family(name, Kind::Gauge, "1 while the forward is connected to a NATS server.");
+        e.family(
+            name,
+            Kind::Gauge,
+            "1 while the forward is connected to a NATS server.",
+        );
         for f in &self.forwards {
             e.sample(name, &[("forward", &f.name)], f.connected.load(Relaxed));
         }
         let name = "sluice_forward_errors_total";
-        e.family(name, Kind::Counter, "Forward failures by kind (each failed publish is sent again).");
+        e.family(
+            name,
+            Kind::Counter,
+            "Forward failures by kind (each failed publish is sent again).",
+        );
         for f in &self.forwards {
             for k in ErrorKind::ALL {
                 let v = f.errors[k as usize].load(Relaxed);
@@ -161,16 +169,32 @@ impl Collect for ForwardStats {
         }
         let groups = self.consumers.stats();
         for (name, help, pick) in [
-            ("sluice_forward_lag_messages", "Messages not yet forwarded (the backlog of group forward.<name>).",
-             (|g: &crate::consume::service::GroupStats| g.backlog_messages as f64) as fn(&_) -> f64),
-            ("sluice_forward_lag_bytes", "Payload bytes not yet forwarded.", |g| g.backlog_bytes as f64),
-            ("sluice_forward_lag_seconds", "Age of the oldest message not yet forwarded.", |g| g.oldest_unacked_seconds),
+            (
+                "sluice_forward_lag_messages",
+                "Messages not yet forwarded (the backlog of group forward.<name>).",
+                (|g: &crate::consume::service::GroupStats| g.backlog_messages as f64)
+                    as fn(&_) -> f64,
+            ),
+            (
+                "sluice_forward_lag_bytes",
+                "Payload bytes not yet forwarded.",
+                |g| g.backlog_bytes as f64,
+            ),
+            (
+                "sluice_forward_lag_seconds",
+                "Age of the oldest message not yet forwarded.",
+                |g| g.oldest_unacked_seconds,
+            ),
         ] {
             e.family(name, Kind::Gauge, help);
             for f in &self.forwards {
                 let group = group_name(&f.name);
                 for g in groups.iter().filter(|g| g.group == group) {
-                    e.sample(name, &[("forward", &f.name), ("stream", &g.stream)], pick(g));
+                    e.sample(
+                        name,
+                        &[("forward", &f.name), ("stream", &g.stream)],
+                        pick(g),
+                    );
                 }
             }
         }

@@ -77,7 +77,10 @@ impl Forwarders {
         let _ = self.stop.send(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap());
         for t in tasks {
-            if tokio::time::timeout(Duration::from_secs(5), t).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
                 warn!("a forward did not stop within 5 s");
             }
         }

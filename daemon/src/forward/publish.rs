@@ -169,10 +169,20 @@ impl Run {
             match js.get_or_create_stream(config.clone()).await {
                 Ok(_) => return,
                 Err(e) => {
-                    self.stats.error(ErrorKind::CreateStream);
+                    let down = self.stats.connected.load(Relaxed) == 0;
+                    self.stats.error(if down {
+                        ErrorKind::Unreachable
+                    } else {
+                        ErrorKind::CreateStream
+                    });
                     if let Some(n) = limit.allow(Instant::now()) {
-                        warn!(forward = %f.name, target = %f.target_stream, suppressed = n,
-                              "cannot create or find the JetStream stream: {e}; trying again");
+                        if down {
+                            warn!(forward = %f.name, servers = ?f.servers, suppressed = n,
+                                  "the NATS cluster is unreachable: cannot create the JetStream stream {} yet ({e}); messages wait in the spool", f.target_stream);
+                        } else {
+                            warn!(forward = %f.name, target = %f.target_stream, suppressed = n,
+                                  "cannot create or find the JetStream stream: {e}; trying again");
+                        }
                     }
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(MAX_BACKOFF);
@@ -192,7 +202,14 @@ impl Run {
     }
 
     /// Logs a failed publish, a few a second.
-    fn say(&self, limit: &mut LogLimit, kind: ErrorKind, offset: u64, subject: &str, e: &PublishError) {
+    fn say(
+        &self,
+        limit: &mut LogLimit,
+        kind: ErrorKind,
+        offset: u64,
+        subject: &str,
+        e: &PublishError,
+    ) {
         let Some(n) = limit.allow(Instant::now()) else {
             return;
         };
@@ -228,7 +245,10 @@ fn ranges(mut offsets: Vec<u64>) -> Vec<std::ops::Range<u64>> {
 fn message(id_prefix: &str, stream: &str, target: &str, d: Delivery) -> PublishMessage {
     let r = d.record;
     let mut h = HeaderMap::new();
-    h.insert(NATS_MESSAGE_ID, format!("{id_prefix}{}/{}", r.producer, r.seq).as_str());
+    h.insert(
+        NATS_MESSAGE_ID,
+        format!("{id_prefix}{}/{}", r.producer, r.seq).as_str(),
+    );
     h.insert(async_nats::header::NATS_EXPECTED_STREAM, target);
     h.insert("Sluice-Stream", stream);
     h.insert("Sluice-Producer", r.producer.to_string().as_str());
