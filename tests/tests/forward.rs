@@ -478,3 +478,59 @@ fn twenty_thousand_messages_reach_an_r3_stream_once_through_two_kill9s_of_sluice
     );
     d.terminate(Duration::from_secs(10));
 }
+
+#[test]
+fn wrong_credentials_are_said_and_nothing_is_lost_once_they_are_right() {
+    if !require_nats_server("wrong_credentials_are_said_and_nothing_is_lost_once_they_are_right") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start_with_token(dir.path(), 1, "right-token");
+    let config = write_config(
+        dir.path(),
+        &cluster.client_urls(),
+        "create = true\ntoken = \"wrong-token\"\n",
+    );
+    let spec = spec(dir.path(), &config);
+    let d = spec.start();
+    publish_until_acked(&spec, 5, 1, 20);
+    wait_metric(
+        &d,
+        "sluice_forward_errors_total",
+        &[("forward", "js"), ("kind", "auth")],
+        1.0,
+        Duration::from_secs(30),
+    );
+    let log = log_of(dir.path());
+    assert!(log.contains("refuse the forward's credentials"), "{log}");
+    assert_eq!(
+        d.metrics()
+            .value("sluice_forward_connected", &[("forward", "js")]),
+        0.0
+    );
+    d.terminate(Duration::from_secs(10));
+    // The operator fixes the token: what waited in the spool is forwarded.
+    write_config(
+        dir.path(),
+        &cluster.client_urls(),
+        "create = true\ntoken = \"right-token\"\n",
+    );
+    let d = spec.start();
+    let rt = runtime();
+    let js = rt.block_on(async {
+        let client = async_nats::ConnectOptions::with_token("right-token".into())
+            .connect(cluster.client_urls()[0].as_str())
+            .await
+            .expect("connect with the token");
+        jetstream::new(client)
+    });
+    rt.block_on(wait_count(&js, 20, FORWARD_WITHIN));
+    let (seen, _) = rt.block_on(read_all(&js));
+    assert_same_ids(
+        &seen,
+        &(1..=20)
+            .map(|s| format!("{STREAM}/5/{s}"))
+            .collect::<Vec<_>>(),
+    );
+    d.terminate(Duration::from_secs(10));
+}

@@ -129,13 +129,10 @@ impl Events {
                 warn!(forward = %f, servers = %self.servers,
                       "the NATS cluster is unreachable: messages wait in the spool until it is back");
             }
-            Event::ServerError(ServerError::AuthorizationViolation) => {
-                self.counters.error(ErrorKind::Auth);
-                if let Some(n) = self.limit.lock().unwrap().allow(Instant::now()) {
-                    error!(forward = %f, servers = %self.servers, suppressed = n,
-                           "the NATS servers refuse the forward's credentials (authorization violation): check token, user/password or creds_file");
-                }
-            }
+            Event::ServerError(ServerError::AuthorizationViolation) => self.refused(),
+            // A connect refused for its credentials comes as a client
+            // error that names it.
+            Event::ClientError(e) if refused_credentials(&e.to_string()) => self.refused(),
             Event::ClientError(e) => {
                 self.counters.error(ErrorKind::Unreachable);
                 if let Some(n) = self.limit.lock().unwrap().allow(Instant::now()) {
@@ -150,4 +147,18 @@ impl Events {
             }
         }
     }
+
+    fn refused(&self) {
+        self.counters.error(ErrorKind::Auth);
+        if let Some(n) = self.limit.lock().unwrap().allow(Instant::now()) {
+            error!(forward = %self.forward, servers = %self.servers, suppressed = n,
+                   "the NATS servers refuse the forward's credentials (authorization violation): check token, user/password or creds_file; messages wait in the spool");
+        }
+    }
+}
+
+/// Whether a connection error says the credentials were refused.
+fn refused_credentials(e: &str) -> bool {
+    let e = e.to_ascii_lowercase();
+    e.contains("authorization violation") || e.contains("authentication")
 }
