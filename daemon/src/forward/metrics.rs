@@ -55,6 +55,9 @@ impl ErrorKind {
     }
 }
 
+/// A stream's (forwarded, in flight) counters.
+type StreamCounters = (Arc<AtomicU64>, Arc<AtomicU64>);
+
 /// One forward's counters.
 #[derive(Debug)]
 pub struct ForwardCounters {
@@ -63,7 +66,7 @@ pub struct ForwardCounters {
     pub connected: AtomicU64,
     errors: [AtomicU64; ErrorKind::ALL.len()],
     /// Per stream: (forwarded, in flight).
-    streams: Mutex<BTreeMap<String, (Arc<AtomicU64>, Arc<AtomicU64>)>>,
+    streams: Mutex<BTreeMap<String, StreamCounters>>,
     /// Send to PubAck, microseconds.
     pub latency: Histogram,
 }
@@ -73,7 +76,7 @@ impl ForwardCounters {
         self.errors[kind as usize].fetch_add(1, Relaxed);
     }
 
-    fn stream(&self, stream: &str) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
+    fn stream(&self, stream: &str) -> StreamCounters {
         self.streams
             .lock()
             .unwrap()
