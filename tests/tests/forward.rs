@@ -429,6 +429,7 @@ fn twenty_thousand_messages_reach_an_r3_stream_once_through_two_kill9s_of_sluice
     );
     let spec = spec(dir.path(), &config);
     let mut d = spec.start();
+    let started = Instant::now();
     let producers: Vec<_> = (1..=2u64)
         .map(|p| {
             let spec = spec.clone();
@@ -444,6 +445,14 @@ fn twenty_thousand_messages_reach_an_r3_stream_once_through_two_kill9s_of_sluice
     let mut kills = 0;
     for at in [3_000, 11_000] {
         rt.block_on(wait_count(&js, at, FORWARD_WITHIN));
+        // Killed while forwarding: not everything is in JetStream yet.
+        let stored = rt.block_on(count(&js));
+        assert!(
+            stored < 2 * EACH,
+            "all {stored} forwarded before kill {}",
+            kills + 1
+        );
+        eprintln!("kill -9 of sluiced with {stored} messages in JetStream");
         d.kill9();
         kills += 1;
         d = spec.start();
@@ -452,6 +461,12 @@ fn twenty_thousand_messages_reach_an_r3_stream_once_through_two_kill9s_of_sluice
         p.join().expect("a producer");
     }
     rt.block_on(wait_count(&js, 2 * EACH, FORWARD_WITHIN));
+    let took = started.elapsed();
+    eprintln!(
+        "{} messages published over HTTP and forwarded into the R3 stream in {took:?} ({:.0}/s, two kill -9s included)",
+        2 * EACH,
+        (2 * EACH) as f64 / took.as_secs_f64()
+    );
     let (seen, order) = rt.block_on(read_all(&js));
     assert_same_ids(&seen, &expected(2, EACH));
     // Per-producer order: redeliveries after a kill are of messages the
