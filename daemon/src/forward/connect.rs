@@ -160,5 +160,20 @@ impl Events {
 /// Whether a connection error says the credentials were refused.
 fn refused_credentials(e: &str) -> bool {
     let e = e.to_ascii_lowercase();
-    e.contains("authorization violation") || e.contains("authentication")
+    // "failed signing nonce": a creds file's seed that cannot sign.
+    e.contains("authorization violation") || e.contains("failed signing nonce")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused_credentials;
+
+    #[test]
+    fn refused_credentials_are_told_from_other_connect_errors() {
+        // As async-nats 0.46 words them (ConnectErrorKind's Display).
+        assert!(refused_credentials("authorization violation"));
+        assert!(refused_credentials("failed signing nonce"));
+        assert!(!refused_credentials("nats: IO error"));
+        assert!(!refused_credentials("timed out"));
+    }
 }
