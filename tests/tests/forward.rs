@@ -301,7 +301,8 @@ fn messages_published_to_sluiced_are_in_jetstream_once_with_their_headers() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(m.value("sluice_forward_puback_seconds_count", &[("forward", "js")]) >= 1000.0);
-    d.terminate(Duration::from_secs(10));
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "sluiced stopped with {status}");
 }
 
 #[test]
@@ -360,7 +361,8 @@ fn a_cluster_down_at_start_is_said_and_forwarded_to_once_it_is_up() {
         Duration::from_secs(10),
     );
     assert!(log_of(dir.path()).contains("connected to the NATS cluster"));
-    d.terminate(Duration::from_secs(10));
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "sluiced stopped with {status}");
 }
 
 #[test]
@@ -408,7 +410,8 @@ fn a_missing_target_stream_is_said_and_nothing_is_lost_once_it_exists() {
             .map(|s| format!("{STREAM}/3/{s}"))
             .collect::<Vec<_>>(),
     );
-    d.terminate(Duration::from_secs(10));
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "sluiced stopped with {status}");
 }
 
 #[test]
@@ -436,6 +439,9 @@ fn twenty_thousand_messages_reach_an_r3_stream_once_through_two_kill9s_of_sluice
             std::thread::spawn(move || {
                 for b in 0..EACH / BATCH {
                     publish_until_acked(&spec, p, 1 + b * BATCH, BATCH);
+                    // Paced (about 2 s in all), so that the kills come
+                    // while there is still forwarding to do.
+                    std::thread::sleep(Duration::from_millis(10));
                 }
             })
         })
@@ -462,10 +468,10 @@ fn twenty_thousand_messages_reach_an_r3_stream_once_through_two_kill9s_of_sluice
     }
     rt.block_on(wait_count(&js, 2 * EACH, FORWARD_WITHIN));
     let took = started.elapsed();
+    // Paced publishing: a check, not a throughput figure.
     eprintln!(
-        "{} messages published over HTTP and forwarded into the R3 stream in {took:?} ({:.0}/s, two kill -9s included)",
-        2 * EACH,
-        (2 * EACH) as f64 / took.as_secs_f64()
+        "{} messages published (paced) and forwarded into the R3 stream in {took:?}, two kill -9s included",
+        2 * EACH
     );
     let (seen, order) = rt.block_on(read_all(&js));
     assert_same_ids(&seen, &expected(2, EACH));
@@ -491,7 +497,8 @@ fn twenty_thousand_messages_reach_an_r3_stream_once_through_two_kill9s_of_sluice
         m.value("sluice_forward_messages_total", &[("forward", "js")]),
         m.value("sluice_forward_errors_total", &[("forward", "js")])
     );
-    d.terminate(Duration::from_secs(10));
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "sluiced stopped with {status}");
 }
 
 #[test]
@@ -523,7 +530,8 @@ fn wrong_credentials_are_said_and_nothing_is_lost_once_they_are_right() {
             .value("sluice_forward_connected", &[("forward", "js")]),
         0.0
     );
-    d.terminate(Duration::from_secs(10));
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "sluiced stopped with {status}");
     // The operator fixes the token: what waited in the spool is forwarded.
     write_config(
         dir.path(),
@@ -547,5 +555,6 @@ fn wrong_credentials_are_said_and_nothing_is_lost_once_they_are_right() {
             .map(|s| format!("{STREAM}/5/{s}"))
             .collect::<Vec<_>>(),
     );
-    d.terminate(Duration::from_secs(10));
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "sluiced stopped with {status}");
 }
