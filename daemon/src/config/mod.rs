@@ -77,8 +77,9 @@ pub struct Config {
 }
 
 /// `sluiced`'s command line: `--config`, `--print-config`, and a flag for
-/// every key of the file (but `[auth]` and `consumers.groups`), which its
-/// help names in brackets, with the environment variable that also sets it.
+/// every key of the file (but `[auth]`, `consumers.groups` and
+/// `[[forward]]`), which its help names in brackets, with the environment
+/// variable that also sets it.
 ///
 /// Only [`Args::command`] makes the command (it names the keys' flags),
 /// hence `clap::Args`, not `clap::Parser`: there is no `Args::parse()`.

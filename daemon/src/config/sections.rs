@@ -5,8 +5,8 @@
 //!
 //! Flags are `--section-key` and variables `SLUICED_SECTION_KEY`, but for
 //! `--streams` / `SLUICED_STREAMS` (`streams.names`) and the switch
-//! `--repair` (`spool.repair`). `[auth]` and `consumers.groups` are tables
-//! of the file only.
+//! `--repair` (`spool.repair`). `[auth]`, `consumers.groups` and
+//! `[[forward]]` are tables of the file only.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
