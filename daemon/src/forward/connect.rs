@@ -140,6 +140,11 @@ impl Events {
                           "the NATS cluster is unreachable ({e}); messages wait in the spool, connecting again");
                 }
             }
+            // The client is dropped: sluiced stops.
+            Event::Closed => {
+                self.counters.connected.store(0, Relaxed);
+                info!(forward = %f, "NATS connection closed");
+            }
             other => {
                 if let Some(n) = self.limit.lock().unwrap().allow(Instant::now()) {
                     warn!(forward = %f, suppressed = n, "NATS connection: {other}");
