@@ -109,6 +109,7 @@ pub async fn run(
         admin: admin_limits,
         admin_tls,
         recv_buffer: wanted,
+        forwards,
     } = settings;
     let gate = Arc::new(Gate::new(authenticator, loopback_only));
     let spool = Arc::new(Spool::open(&config.spool.dir, spool_config)?);
@@ -168,6 +169,8 @@ pub async fn run(
     open_streams(&spool, &config.streams.names)?;
     let consumers = Consumers::new(spool.clone(), consumers_config);
     consumers.start().await?;
+    // Forwards are members of configured groups: after the groups start.
+    let forwarders = crate::forward::Forwarders::start(forwards, consumers.clone());
     let scrub_stop = Arc::new(AtomicBool::new(false));
     crate::spool::scrub::start(Arc::downgrade(&spool), scrub, scrub_stop.clone());
     let socket = udp::bind(
@@ -304,6 +307,7 @@ pub async fn run(
         registry.register(g.budget());
     }
     registry.register(consumers.clone());
+    registry.register(forwarders.stats());
     if let Some(x) = &xdp_path {
         registry.register(x.stats());
     }
@@ -364,6 +368,8 @@ pub async fn run(
     if let Some(g) = grpc {
         g.shutdown().await;
     }
+    // Forwards leave their groups before the groups stop.
+    forwarders.shutdown().await;
     // Group journals are written out before the spool stops.
     consumers.shutdown().await;
     drop(consumers);

@@ -13,6 +13,7 @@ use crate::consume::group::GroupConfig;
 use crate::consume::service::{parse_key_rule, parse_start, ConsumersConfig, GroupSettings};
 use crate::consume::store::check_group_name;
 use crate::credit::CreditPolicy;
+use crate::forward::config::{check_subject, group_name, Auth, Create, ForwardConfig, Storage};
 use crate::identity::{self, AdminTls};
 use crate::spool::keys::KeyLimits;
 use crate::spool::scrub::ScrubConfig;
@@ -42,6 +43,8 @@ pub struct Settings {
     pub admin_tls: AdminTls,
     /// SO_RCVBUF asked of the data socket (0: the kernel's default).
     pub recv_buffer: usize,
+    /// Forwards into NATS JetStream (`[[forward]]`).
+    pub forwards: Vec<ForwardConfig>,
 }
 
 /// How the daemon logs (`[log]`), set up before it runs.
@@ -186,7 +189,8 @@ impl Config {
                 .map_err(|e| invalid("streams.names", e.to_string()))?;
         }
         let xdp = self.xdp_setup()?;
-        let consumers = self.consumers_config()?;
+        let mut consumers = self.consumers_config()?;
+        let forwards = self.forward_config(&mut consumers)?;
         let filter = tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
         let settings = Settings {
@@ -204,6 +208,7 @@ impl Config {
             admin,
             admin_tls,
             recv_buffer: to_usize("data.recv_buffer", d.recv_buffer.bytes())?,
+            forwards,
         };
         let logging = Logging {
             filter,
@@ -518,6 +523,154 @@ impl Config {
             defaults,
             groups,
         })
+    }
+}
+
+impl Config {
+    /// The `[[forward]]` entries checked; each adds its consumer group
+    /// (`forward.<name>`) on each of its streams to `consumers`, with the
+    /// entry's retention and backpressure.
+    fn forward_config(
+        &self,
+        consumers: &mut ConsumersConfig,
+    ) -> Result<Vec<ForwardConfig>, ConfigError> {
+        let mut out: Vec<ForwardConfig> = Vec::new();
+        for f in &self.forward {
+            let at = |reason: String| invalid("forward", format!("forward {:?}: {reason}", f.name));
+            check_group_name(&group_name(&f.name))
+                .map_err(|e| at(format!("name: {e} (the name makes group forward.<name>)")))?;
+            if out.iter().any(|o| o.name == f.name) {
+                return Err(at("named twice".into()));
+            }
+            if f.streams.is_empty() {
+                return Err(at("streams: name at least one stream".into()));
+            }
+            for s in &f.streams {
+                crate::spool::writer::check_name(s).map_err(|e| at(format!("streams: {e}")))?;
+                check_subject(&f.subject.replace("{stream}", s))
+                    .map_err(|e| at(format!("subject: {e}")))?;
+            }
+            if f.streams.len() > 1 && !f.subject.contains("{stream}") {
+                return Err(at(
+                    "subject: several streams need `{stream}` in the subject (their messages would mix)".into(),
+                ));
+            }
+            if f.servers.is_empty() {
+                return Err(at(
+                    "servers: name at least one, e.g. nats://127.0.0.1:4222".into()
+                ));
+            }
+            for u in &f.servers {
+                u.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| at(format!("servers: {u:?} is not a NATS URL: {e}")))?;
+            }
+            if f.target_stream.is_empty()
+                || f.target_stream
+                    .chars()
+                    .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+            {
+                return Err(at(format!(
+                    "target_stream: {:?} is not a JetStream stream name (no spaces, dots, wildcards or slashes)",
+                    f.target_stream
+                )));
+            }
+            let create = if f.create {
+                if !(1..=5).contains(&f.replicas) {
+                    return Err(at(format!("replicas: {} is not within 1..=5", f.replicas)));
+                }
+                let storage = match f.storage.as_str() {
+                    "file" => Storage::File,
+                    "memory" => Storage::Memory,
+                    other => {
+                        return Err(at(format!("storage: {other:?} is not one of file, memory")))
+                    }
+                };
+                Some(Create {
+                    replicas: f.replicas,
+                    storage,
+                })
+            } else {
+                None
+            };
+            let auth = match (
+                f.token.is_empty(),
+                f.user.is_empty(),
+                f.creds_file.as_os_str().is_empty(),
+            ) {
+                (true, true, true) => {
+                    if !f.password.is_empty() {
+                        return Err(at("password: given without user".into()));
+                    }
+                    Auth::None
+                }
+                (false, true, true) => Auth::Token(f.token.clone()),
+                (true, false, true) => Auth::UserPassword {
+                    user: f.user.clone(),
+                    password: f.password.clone(),
+                },
+                (true, true, false) => Auth::CredsFile(f.creds_file.clone()),
+                _ => {
+                    return Err(at(
+                        "give one of token, user (with password), creds_file".into()
+                    ))
+                }
+            };
+            not_zero("forward", f.max_in_flight.into())
+                .map_err(|_| at("max_in_flight: must be at least 1".into()))?;
+            match f.ack.as_str() {
+                "local" => {}
+                "replicated" => {
+                    return Err(at(
+                        "ack: \"replicated\" is not built yet (daemon/FORWARD.md); use \"local\""
+                            .into(),
+                    ))
+                }
+                other => {
+                    return Err(at(format!(
+                        "ack: {other:?} is not one of local, replicated"
+                    )))
+                }
+            }
+            let group = group_name(&f.name);
+            for s in &f.streams {
+                if consumers
+                    .groups
+                    .iter()
+                    .any(|(gs, g, _)| gs == s && *g == group)
+                {
+                    return Err(at(format!(
+                        "group {group} of stream {s:?} is also in [[consumers.groups]]"
+                    )));
+                }
+                let mut machine = consumers.defaults.machine.clone();
+                // A forward never gives a message up: a failed publish is
+                // retried until the cluster takes it.
+                machine.max_deliveries = u32::MAX;
+                machine.conflate = None;
+                consumers.groups.push((
+                    s.clone(),
+                    group.clone(),
+                    GroupSettings {
+                        machine,
+                        retain_until_acked: f.retain,
+                        start: StartAt::Earliest,
+                        max_backlog: f.max_backlog,
+                    },
+                ));
+            }
+            out.push(ForwardConfig {
+                name: f.name.clone(),
+                streams: f.streams.clone(),
+                servers: f.servers.clone(),
+                subject: f.subject.clone(),
+                target_stream: f.target_stream.clone(),
+                create,
+                auth,
+                tls_ca: (!f.tls_ca.as_os_str().is_empty()).then(|| f.tls_ca.clone()),
+                max_in_flight: f.max_in_flight,
+            });
+        }
+        Ok(out)
     }
 }
 

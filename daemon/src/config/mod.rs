@@ -27,9 +27,9 @@ pub use check::{Checked, Logging, Settings};
 use declare::KeyHelp;
 pub use help::{env_name, flag_name};
 pub use sections::{
-    AdminFlags, AdminSection, ConsumersFlags, ConsumersSection, DataFlags, DataSection, GroupEntry,
-    GrpcFlags, GrpcSection, LogFlags, LogSection, QuicFlags, QuicSection, SpoolFlags, SpoolSection,
-    StreamsFlags, StreamsSection, XdpFlags, XdpSection,
+    AdminFlags, AdminSection, ConsumersFlags, ConsumersSection, DataFlags, DataSection,
+    ForwardEntry, GroupEntry, GrpcFlags, GrpcSection, LogFlags, LogSection, QuicFlags, QuicSection,
+    SpoolFlags, SpoolSection, StreamsFlags, StreamsSection, XdpFlags, XdpSection,
 };
 pub use values::{Conflate, FsyncMode, LogFormat, OptionalSpan, Size, Span, XdpBind, XdpMode};
 
@@ -69,11 +69,17 @@ pub struct Config {
     pub xdp: XdpSection,
     pub consumers: ConsumersSection,
     pub log: LogSection,
+    /// Forwards into NATS JetStream (`[[forward]]`), file only; not
+    /// written when there are none, so that `--print-config` stays a list
+    /// of sections.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forward: Vec<ForwardEntry>,
 }
 
 /// `sluiced`'s command line: `--config`, `--print-config`, and a flag for
-/// every key of the file (but `[auth]` and `consumers.groups`), which its
-/// help names in brackets, with the environment variable that also sets it.
+/// every key of the file (but `[auth]`, `consumers.groups` and
+/// `[[forward]]`), which its help names in brackets, with the environment
+/// variable that also sets it.
 ///
 /// Only [`Args::command`] makes the command (it names the keys' flags),
 /// hence `clap::Args`, not `clap::Parser`: there is no `Args::parse()`.

@@ -5,8 +5,8 @@
 //!
 //! Flags are `--section-key` and variables `SLUICED_SECTION_KEY`, but for
 //! `--streams` / `SLUICED_STREAMS` (`streams.names`) and the switch
-//! `--repair` (`spool.repair`). `[auth]` and `consumers.groups` are tables
-//! of the file only.
+//! `--repair` (`spool.repair`). `[auth]`, `consumers.groups` and
+//! `[[forward]]` are tables of the file only.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -334,5 +334,51 @@ file_table! {
         /// What the key is: `producer`, `prefix:N` (first N bytes of the
         /// payload) or `delimiter:C` (the payload up to the first C).
         conflate_key: String = "producer".into(),
+    }
+}
+
+file_table! {
+    /// One forward into a NATS JetStream cluster (`[[forward]]`, daemon/FORWARD.md).
+    ForwardEntry {
+        /// The forward's name: its consumer group is `forward.<name>`.
+        name: String = String::new(),
+        /// The sluice streams it forwards (exact names).
+        streams: Vec<String> = Vec::new(),
+        /// NATS server URLs (`nats://host:port`), any node of the cluster.
+        servers: Vec<String> = Vec::new(),
+        /// The subject of a stream's messages; `{stream}` is its name.
+        subject: String = "sluice.{stream}".into(),
+        /// The JetStream stream that must store them (checked by the server
+        /// with `Nats-Expected-Stream`).
+        target_stream: String = String::new(),
+        /// Create the target stream if it is missing (its subjects: those
+        /// of the forwarded streams).
+        create: bool = false,
+        /// With `create`: the stream's replicas (1 to 5).
+        replicas: usize = 1,
+        /// With `create`: `file` or `memory`.
+        storage: String = "file".into(),
+        /// Token to authenticate with (empty: none).
+        token: String = String::new(),
+        /// User name to authenticate with, with `password`.
+        user: String = String::new(),
+        /// Password of `user`.
+        password: String = String::new(),
+        /// NATS credentials file (JWT and NKey seed; empty: none).
+        creds_file: PathBuf = PathBuf::new(),
+        /// CA certificates (PEM) the servers' TLS certificates must chain to
+        /// (given: TLS required).
+        tls_ca: PathBuf = PathBuf::new(),
+        /// Most publishes awaiting their PubAck at once, per stream.
+        max_in_flight: u32 = 1024,
+        /// Retention keeps what is not forwarded yet (the group's
+        /// `retain_until_acked`).
+        retain: bool = true,
+        /// Backpressure: at this many messages not yet forwarded, producers
+        /// to the stream get no credit (0: never).
+        max_backlog: u64 = 0,
+        /// When a producer's message counts as acked: `local` (after the
+        /// local fdatasync). `replicated` is not built yet.
+        ack: String = "local".into(),
     }
 }

@@ -503,3 +503,74 @@ fn admin_tls_takes_the_quic_identity_or_its_own_checked_files() {
     let e = parse(&conf(&a_cert, &b_key)).unwrap_err();
     assert!(e.contains("admin.tls_key") && e.contains(&b_key), "{e}");
 }
+
+#[test]
+fn forward_entries_are_checked_and_make_their_consumer_groups() {
+    let f = "[[forward]]\nname = \"js\"\nstreams = [\"orders\", \"audit\"]\nservers = [\"nats://127.0.0.1:4222\"]\ntarget_stream = \"SLUICE\"\n";
+    let s = checked(&format!(
+        "{f}create = true\nreplicas = 3\nstorage = \"memory\"\nmax_backlog = 500\ntoken = \"t\"\n"
+    ));
+    let fw = &s.forwards[0];
+    assert_eq!(fw.group(), "forward.js");
+    assert_eq!(fw.subject_of("orders"), "sluice.orders");
+    assert_eq!(fw.max_in_flight, 1024);
+    assert_eq!(
+        fw.create,
+        Some(crate::forward::config::Create {
+            replicas: 3,
+            storage: crate::forward::config::Storage::Memory
+        })
+    );
+    assert_eq!(fw.auth, crate::forward::config::Auth::Token("t".into()));
+    // One group per stream, retaining what is not forwarded, never
+    // dead-lettering, with the entry's backpressure.
+    let groups: Vec<_> = s
+        .consumers
+        .groups
+        .iter()
+        .filter(|(_, g, _)| g == "forward.js")
+        .collect();
+    assert_eq!(groups.len(), 2);
+    for (_, _, g) in groups {
+        assert!(g.retain_until_acked);
+        assert_eq!(g.max_backlog, 500);
+        assert_eq!(g.machine.max_deliveries, u32::MAX);
+    }
+    // Not written by --print-config when there is none.
+    assert!(!Config::default().to_toml().contains("forward"));
+    for (extra, says) in [
+        ("ack = \"replicated\"\n", "not built yet"),
+        ("ack = \"sometimes\"\n", "ack"),
+        ("create = true\nreplicas = 7\n", "replicas"),
+        ("create = true\nstorage = \"tape\"\n", "storage"),
+        ("token = \"t\"\nuser = \"u\"\n", "one of token"),
+        ("password = \"p\"\n", "without user"),
+        ("max_in_flight = 0\n", "max_in_flight"),
+        ("subject = \"sluice.all\"\n", "{stream}"),
+        ("subject = \"sluice.*.{stream}\"\n", "subject"),
+    ] {
+        let e = parse(&format!("{f}{extra}")).unwrap_err();
+        assert!(e.contains("`forward`") && e.contains(says), "{extra}: {e}");
+    }
+    for (text, says) in [
+        (f.replace("name = \"js\"", "name = \"a/b\""), "name"),
+        (
+            f.replace("streams = [\"orders\", \"audit\"]", "streams = []"),
+            "streams",
+        ),
+        (f.replace("[\"nats://127.0.0.1:4222\"]", "[]"), "servers"),
+        (
+            f.replace("[\"nats://127.0.0.1:4222\"]", "[\"http://x y\"]"),
+            "servers",
+        ),
+        (f.replace("\"SLUICE\"", "\"a.b\""), "target_stream"),
+        (format!("{f}{f}"), "named twice"),
+        (
+            format!("{f}[[consumers.groups]]\nstream = \"orders\"\ngroup = \"forward.js\"\n"),
+            "consumers.groups",
+        ),
+    ] {
+        let e = parse(&text).unwrap_err();
+        assert!(e.contains(says), "{text}: {e}");
+    }
+}

@@ -1,0 +1,87 @@
+//! A forward's settings as the daemon runs them, checked from the file's
+//! `[[forward]]` entries (config/check.rs builds them).
+
+use std::path::PathBuf;
+
+/// How the forwarder authenticates to the NATS servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    None,
+    Token(String),
+    UserPassword {
+        user: String,
+        password: String,
+    },
+    /// A NATS credentials file (JWT and NKey seed).
+    CredsFile(PathBuf),
+}
+
+/// Where a created JetStream stream keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    File,
+    Memory,
+}
+
+/// The target stream to create when missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Create {
+    pub replicas: usize,
+    pub storage: Storage,
+}
+
+/// One `[[forward]]` entry, checked.
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    pub name: String,
+    /// Sluice streams forwarded (exact names).
+    pub streams: Vec<String>,
+    pub servers: Vec<String>,
+    /// Subject template: `{stream}` is replaced by the stream's name.
+    pub subject: String,
+    pub target_stream: String,
+    /// `Some`: create the target stream if it is missing.
+    pub create: Option<Create>,
+    pub auth: Auth,
+    /// CA certificates for TLS to the servers (TLS required when given).
+    pub tls_ca: Option<PathBuf>,
+    pub max_in_flight: u32,
+}
+
+impl ForwardConfig {
+    /// The consumer group through which this forward reads its streams.
+    pub fn group(&self) -> String {
+        group_name(&self.name)
+    }
+
+    /// The subject `stream`'s messages are published to.
+    pub fn subject_of(&self, stream: &str) -> String {
+        self.subject.replace("{stream}", stream)
+    }
+}
+
+/// The consumer group of forward `name`.
+pub fn group_name(name: &str) -> String {
+    format!("forward.{name}")
+}
+
+/// Checks a subject template rendered for a stream: NATS subjects are
+/// dot-separated tokens without spaces or wildcards.
+pub fn check_subject(subject: &str) -> Result<(), String> {
+    if subject.is_empty() {
+        return Err("empty subject".into());
+    }
+    if let Some(c) = subject
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '*' | '>' | '{' | '}'))
+    {
+        return Err(format!(
+            "subject {subject:?} contains {c:?} (a NATS subject takes no spaces or wildcards; \
+             `{{stream}}` is the only placeholder)"
+        ));
+    }
+    if subject.split('.').any(str::is_empty) {
+        return Err(format!("subject {subject:?} has an empty token"));
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! The forwarder: each `[[forward]]` entry sends its sluice streams into a
+//! NATS JetStream cluster, exactly once (daemon/FORWARD.md).
+//!
+//! A forward is an internal member of consumer group `forward.<name>` of
+//! each of its streams: the group's journal is its durable cursor. Each
+//! delivery is published with `Nats-Msg-Id: {stream}/{producer}/{seq}`
+//! (JetStream drops a copy within its duplicate window); its offset is
+//! acked to the group on the PubAck and nacked with a backoff on an error,
+//! so that it comes again. After a crash the group delivers again what was
+//! not acked, and JetStream stores it once.
+
+pub mod config;
+mod connect;
+mod metrics;
+mod publish;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::consume::service::Consumers;
+pub use config::ForwardConfig;
+pub use metrics::ForwardStats;
+
+/// Every forward of the daemon, running.
+pub struct Forwarders {
+    stop: watch::Sender<bool>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    stats: Arc<ForwardStats>,
+}
+
+impl Forwarders {
+    /// Starts every forward (after the consumer groups have started: their
+    /// groups are configured ones). Nothing here waits for a cluster: a
+    /// forward connects in the background and says in the log and the
+    /// metrics when it cannot.
+    pub fn start(forwards: Vec<ForwardConfig>, consumers: Arc<Consumers>) -> Forwarders {
+        let (stop, stopped) = watch::channel(false);
+        let stats = Arc::new(ForwardStats::new(consumers.clone(), &forwards));
+        let mut tasks = Vec::new();
+        for f in forwards {
+            let f = Arc::new(f);
+            info!(forward = %f.name, streams = ?f.streams, servers = ?f.servers,
+                  target = %f.target_stream, "forwarding to NATS JetStream");
+            let js = connect::connect(f.clone(), stats.forward(&f.name));
+            for stream in f.streams.clone() {
+                let run = publish::Run {
+                    forward: f.clone(),
+                    stream,
+                    js: js.clone(),
+                    consumers: consumers.clone(),
+                    stats: stats.forward(&f.name),
+                    stop: stopped.clone(),
+                };
+                tasks.push(tokio::spawn(run.run()));
+            }
+        }
+        Forwarders {
+            stop,
+            tasks: std::sync::Mutex::new(tasks),
+            stats,
+        }
+    }
+
+    /// What `/metrics` shows of the forwards.
+    pub fn stats(&self) -> Arc<ForwardStats> {
+        self.stats.clone()
+    }
+
+    /// Stops every forward: they leave their groups (what they hold
+    /// unacked is delivered again at the next start, and JetStream drops
+    /// what it already has). Before the consumer groups stop.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap());
+        for t in tasks {
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
+                warn!("a forward did not stop within 5 s");
+            }
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! The forwarder (issue 21, daemon/FORWARD.md): sluiced forwards a stream
+//! into a real NATS JetStream server or 3-node cluster on loopback
+//! (sluice-testkit's `nats` kit), exactly once: every message published to
+//! sluiced is in the JetStream stream once, with its headers, through
+//! `kill -9`s of sluiced, a cluster down at the start, and a target stream
+//! that is missing until the operator creates it.
+//!
+//! Needs `nats-server` (scripts/setup.sh installs Debian's): without it
+//! each test says why it skips; with `CI=true` a skip fails.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_nats::header::NATS_MESSAGE_ID;
+use async_nats::jetstream::{self, stream::Config, Context};
+use async_nats::ServerAddr;
+use sluice_testkit::nats::{require_nats_server, Cluster};
+use sluice_tests::daemon::{Daemon, DaemonSpec};
+use sluice_tests::sluiced_bin;
+use tokio::runtime::Runtime;
+
+const STREAM: &str = "orders";
+const TARGET: &str = "SLUICE";
+/// How long forwarding all of a test's messages may take.
+const FORWARD_WITHIN: Duration = Duration::from_secs(90);
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A `[[forward]]` of stream `orders` to `servers`, with more keys.
+fn write_config(dir: &Path, servers: &[String], extra: &str) -> String {
+    let servers: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
+    let text = format!(
+        "[streams]\nnames = [\"{STREAM}\"]\n\n[[forward]]\nname = \"js\"\nstreams = [\"{STREAM}\"]\n\
+         servers = [{}]\ntarget_stream = \"{TARGET}\"\n{extra}\n",
+        servers.join(", ")
+    );
+    let path = dir.join("sluiced.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn spec(dir: &Path, config: &str) -> DaemonSpec {
+    let mut spec = DaemonSpec::new(sluiced_bin!(), &dir.join("data")).args(["--config", config]);
+    spec.log_file = Some(dir.join("sluiced.log"));
+    spec.log_level = "info".into();
+    spec
+}
+
+/// Publishes messages `first_seq..first_seq + n` of `producer` over HTTP
+/// as one batch (its payloads: `p{producer}-{seq}`); Err if the daemon did
+/// not answer 200.
+fn publish(spec: &DaemonSpec, producer: u64, first_seq: u64, n: u64) -> Result<(), String> {
+    let body: String = (first_seq..first_seq + n)
+        .map(|s| format!("{{\"data\": \"p{producer}-{s}\"}}\n"))
+        .collect();
+    let url = format!("{}/streams/{STREAM}/messages", spec.admin_url());
+    ureq::post(&url)
+        .timeout(Duration::from_secs(10))
+        .set("content-type", "application/x-ndjson")
+        .set("sluice-producer-id", &producer.to_string())
+        .set("sluice-seq", &first_seq.to_string())
+        .send_string(&body)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The same batch until the daemon takes it (it may be down meanwhile).
+fn publish_until_acked(spec: &DaemonSpec, producer: u64, first_seq: u64, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match publish(spec, producer, first_seq, n) {
+            Ok(()) => return,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "batch {producer}/{first_seq} not acked: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn connect(urls: &[String]) -> Context {
+    let addrs: Vec<ServerAddr> = urls.iter().map(|u| u.parse().unwrap()).collect();
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(addrs)
+        .await
+        .expect("connect to the cluster");
+    jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build(client)
+}
+
+/// How many messages the target stream holds (0 if it does not exist yet).
+async fn count(js: &Context) -> u64 {
+    match js.get_stream(TARGET).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+async fn wait_count(js: &Context, n: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let c = count(js).await;
+        if c >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the target stream holds {c} messages, not {n}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One stored message: its headers as the forwarder set them.
+#[derive(Debug)]
+struct Stored {
+    producer: u64,
+    seq: u64,
+    offset: u64,
+    payload: String,
+}
+
+/// Every message of the target stream, keyed by `Nats-Msg-Id` (in the
+/// stream's order per producer); panics if an id is there twice or a
+/// header is missing or wrong.
+async fn read_all(js: &Context) -> (BTreeMap<String, Stored>, Vec<(u64, u64)>) {
+    let mut stream = js.get_stream(TARGET).await.expect("the target stream");
+    let info = stream.info().await.expect("stream info").clone();
+    let mut seen = BTreeMap::new();
+    let mut order = Vec::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        let m = stream
+            .get_raw_message(seq)
+            .await
+            .unwrap_or_else(|e| panic!("message {seq}: {e}"));
+        let h = |name: &str| -> String {
+            m.headers
+                .get(name)
+                .unwrap_or_else(|| panic!("message {seq} has no {name}: {m:?}"))
+                .as_str()
+                .to_owned()
+        };
+        let id = m
+            .headers
+            .get(NATS_MESSAGE_ID)
+            .expect("a Nats-Msg-Id")
+            .as_str()
+            .to_owned();
+        assert_eq!(h("Sluice-Stream"), STREAM);
+        let s = Stored {
+            producer: h("Sluice-Producer").parse().unwrap(),
+            seq: h("Sluice-Seq").parse().unwrap(),
+            offset: h("Sluice-Offset").parse().unwrap(),
+            payload: String::from_utf8(m.payload.to_vec()).unwrap(),
+        };
+        assert_eq!(
+            id,
+            format!("{STREAM}/{}/{}", s.producer, s.seq),
+            "message {seq}'s id"
+        );
+        assert_eq!(
+            s.payload,
+            format!("p{}-{}", s.producer, s.seq),
+            "message {seq}'s payload"
+        );
+        assert!(h("Sluice-Time").parse::<u64>().is_ok());
+        order.push((s.producer, s.seq));
+        if let Some(before) = seen.insert(id.clone(), s) {
+            panic!("{id} is in the stream twice (first as {before:?}, again at {seq})");
+        }
+    }
+    (seen, order)
+}
+
+/// Every (producer, seq) for producers `1..=producers`, seqs `1..=each`.
+fn expected(producers: u64, each: u64) -> Vec<String> {
+    (1..=producers)
+        .flat_map(|p| (1..=each).map(move |s| format!("{STREAM}/{p}/{s}")))
+        .collect()
+}
+
+/// The stream holds exactly the ids `want`; says which are missing or extra.
+fn assert_same_ids(seen: &BTreeMap<String, Stored>, want: &[String]) {
+    let want: std::collections::BTreeSet<&String> = want.iter().collect();
+    let missing: Vec<&&String> = want
+        .iter()
+        .filter(|id| !seen.contains_key(**id))
+        .take(10)
+        .collect();
+    let extra: Vec<&String> = seen
+        .keys()
+        .filter(|id| !want.contains(id))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && seen.len() == want.len(),
+        "the stream holds {} messages, {} expected; missing (first 10): {missing:?}; extra: {extra:?}",
+        seen.len(),
+        want.len()
+    );
+}
+
+fn wait_metric(
+    d: &Daemon,
+    name: &str,
+    labels: &[(&str, &str)],
+    at_least: f64,
+    within: Duration,
+) -> f64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = d.scrape().map(|s| s.value(name, labels)).unwrap_or(0.0);
+        if v >= at_least {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}{labels:?} is {v}, not at least {at_least}, after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("sluiced.log")).unwrap_or_default()
+}
+
+#[test]
+fn messages_published_to_sluiced_are_in_jetstream_once_with_their_headers() {
+    if !require_nats_server(
+        "messages_published_to_sluiced_are_in_jetstream_once_with_their_headers",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 1);
+    let config = write_config(
+        dir.path(),
+        &cluster.client_urls(),
+        "create = true\nmax_in_flight = 64\n",
+    );
+    let spec = spec(dir.path(), &config);
+    let d = spec.start();
+    for p in 1..=2 {
+        for b in 0..5 {
+            publish_until_acked(&spec, p, 1 + b * 100, 100);
+        }
+    }
+    let rt = runtime();
+    let js = rt.block_on(connect(&cluster.client_urls()));
+    rt.block_on(wait_count(&js, 1000, FORWARD_WITHIN));
+    // The lag drains to 0 once every PubAck is acked to the group.
+    wait_metric(
+        &d,
+        "sluice_forward_messages_total",
+        &[("forward", "js")],
+        1000.0,
+        FORWARD_WITHIN,
+    );
+    let (seen, order) = rt.block_on(read_all(&js));
+    assert_same_ids(&seen, &expected(2, 500));
+    // Offsets are sluice's: each once.
+    let mut offsets: Vec<u64> = seen.values().map(|s| s.offset).collect();
+    offsets.sort_unstable();
+    offsets.dedup();
+    assert_eq!(offsets.len(), 1000);
+    // Nothing failed here: each producer's messages are in seq order.
+    for p in 1..=2 {
+        let seqs: Vec<u64> = order
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, s)| *s)
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "producer {p} out of order"
+        );
+    }
+    let m = d.metrics();
+    assert_eq!(
+        m.value("sluice_forward_connected", &[("forward", "js")]),
+        1.0
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d
+        .metrics()
+        .value("sluice_forward_lag_messages", &[("forward", "js")])
+        > 0.0
+    {
+        assert!(Instant::now() < deadline, "the forward's lag stays above 0");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(m.value("sluice_forward_puback_seconds_count", &[("forward", "js")]) >= 1000.0);
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "sluiced stopped with {status}");
+}
+
+#[test]
+fn a_cluster_down_at_start_is_said_and_forwarded_to_once_it_is_up() {
+    if !require_nats_server("a_cluster_down_at_start_is_said_and_forwarded_to_once_it_is_up") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 1);
+    cluster.kill9(0);
+    let config = write_config(dir.path(), &cluster.client_urls(), "create = true\n");
+    let spec = spec(dir.path(), &config);
+    let d = spec.start();
+    // sluiced takes messages while the cluster is down: they wait in the spool.
+    publish_until_acked(&spec, 7, 1, 200);
+    wait_metric(
+        &d,
+        "sluice_forward_errors_total",
+        &[("forward", "js"), ("kind", "unreachable")],
+        1.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        d.metrics()
+            .value("sluice_forward_connected", &[("forward", "js")]),
+        0.0
+    );
+    wait_metric(
+        &d,
+        "sluice_forward_lag_messages",
+        &[("forward", "js")],
+        200.0,
+        Duration::from_secs(10),
+    );
+    assert!(
+        log_of(dir.path()).contains("the NATS cluster is unreachable"),
+        "{}",
+        log_of(dir.path())
+    );
+    cluster.restart(0);
+    let rt = runtime();
+    let js = rt.block_on(connect(&cluster.client_urls()));
+    rt.block_on(wait_count(&js, 200, FORWARD_WITHIN));
+    let (seen, _) = rt.block_on(read_all(&js));
+    assert_same_ids(
+        &seen,
+        &(1..=200)
+            .map(|s| format!("{STREAM}/7/{s}"))
+            .collect::<Vec<_>>(),
+    );
+    wait_metric(
+        &d,
+        "sluice_forward_connected",
+        &[("forward", "js")],
+        1.0,
+        Duration::from_secs(10),
+    );
+    assert!(log_of(dir.path()).contains("connected to the NATS cluster"));
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "sluiced stopped with {status}");
+}
+
+#[test]
+fn a_missing_target_stream_is_said_and_nothing_is_lost_once_it_exists() {
+    if !require_nats_server("a_missing_target_stream_is_said_and_nothing_is_lost_once_it_exists") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 1);
+    let config = write_config(dir.path(), &cluster.client_urls(), "");
+    let spec = spec(dir.path(), &config);
+    let d = spec.start();
+    publish_until_acked(&spec, 3, 1, 50);
+    wait_metric(
+        &d,
+        "sluice_forward_errors_total",
+        &[("forward", "js"), ("kind", "no_stream")],
+        1.0,
+        Duration::from_secs(30),
+    );
+    let log = log_of(dir.path());
+    assert!(
+        log.contains("no JetStream stream takes subject sluice.orders"),
+        "{log}"
+    );
+    assert_eq!(
+        d.metrics()
+            .value("sluice_forward_lag_messages", &[("forward", "js")]),
+        50.0
+    );
+    // The operator creates the stream: what waited is forwarded, once.
+    let rt = runtime();
+    let js = rt.block_on(connect(&cluster.client_urls()));
+    rt.block_on(js.create_stream(Config {
+        name: TARGET.into(),
+        subjects: vec![format!("sluice.{STREAM}")],
+        ..Default::default()
+    }))
+    .expect("create the target stream");
+    rt.block_on(wait_count(&js, 50, FORWARD_WITHIN));
+    let (seen, _) = rt.block_on(read_all(&js));
+    assert_same_ids(
+        &seen,
+        &(1..=50)
+            .map(|s| format!("{STREAM}/3/{s}"))
+            .collect::<Vec<_>>(),
+    );
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "sluiced stopped with {status}");
+}
+
+#[test]
+fn twenty_thousand_messages_reach_an_r3_stream_once_through_two_kill9s_of_sluiced() {
+    if !require_nats_server(
+        "twenty_thousand_messages_reach_an_r3_stream_once_through_two_kill9s_of_sluiced",
+    ) {
+        return;
+    }
+    const EACH: u64 = 10_000;
+    const BATCH: u64 = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3);
+    let config = write_config(
+        dir.path(),
+        &cluster.client_urls(),
+        "create = true\nreplicas = 3\n",
+    );
+    let spec = spec(dir.path(), &config);
+    let mut d = spec.start();
+    let started = Instant::now();
+    let producers: Vec<_> = (1..=2u64)
+        .map(|p| {
+            let spec = spec.clone();
+            std::thread::spawn(move || {
+                for b in 0..EACH / BATCH {
+                    publish_until_acked(&spec, p, 1 + b * BATCH, BATCH);
+                    // Paced (about 2 s in all), so that the kills come
+                    // while there is still forwarding to do.
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        })
+        .collect();
+    let rt = runtime();
+    let js = rt.block_on(connect(&cluster.client_urls()));
+    let mut kills = 0;
+    for at in [3_000, 11_000] {
+        rt.block_on(wait_count(&js, at, FORWARD_WITHIN));
+        // Killed while forwarding: not everything is in JetStream yet.
+        let stored = rt.block_on(count(&js));
+        assert!(
+            stored < 2 * EACH,
+            "all {stored} forwarded before kill {}",
+            kills + 1
+        );
+        eprintln!("kill -9 of sluiced with {stored} messages in JetStream");
+        d.kill9();
+        kills += 1;
+        d = spec.start();
+    }
+    for p in producers {
+        p.join().expect("a producer");
+    }
+    rt.block_on(wait_count(&js, 2 * EACH, FORWARD_WITHIN));
+    let took = started.elapsed();
+    // Paced publishing: a check, not a throughput figure.
+    eprintln!(
+        "{} messages published (paced) and forwarded into the R3 stream in {took:?}, two kill -9s included",
+        2 * EACH
+    );
+    let (seen, order) = rt.block_on(read_all(&js));
+    assert_same_ids(&seen, &expected(2, EACH));
+    // Per-producer order: redeliveries after a kill are of messages the
+    // stream already holds (dropped as duplicates), so it holds unless a
+    // publish failed and was retried after later ones.
+    let inversions: usize = (1..=2)
+        .map(|p| {
+            let seqs: Vec<u64> = order
+                .iter()
+                .filter(|(q, _)| *q == p)
+                .map(|(_, s)| *s)
+                .collect();
+            seqs.windows(2).filter(|w| w[0] > w[1]).count()
+        })
+        .sum();
+    eprintln!(
+        "{kills} kill -9s of sluiced; {inversions} per-producer order inversions in JetStream"
+    );
+    let m = d.metrics();
+    eprintln!(
+        "after the last restart: {} forwarded, {} errors",
+        m.value("sluice_forward_messages_total", &[("forward", "js")]),
+        m.value("sluice_forward_errors_total", &[("forward", "js")])
+    );
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "sluiced stopped with {status}");
+}
+
+#[test]
+fn wrong_credentials_are_said_and_nothing_is_lost_once_they_are_right() {
+    if !require_nats_server("wrong_credentials_are_said_and_nothing_is_lost_once_they_are_right") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start_with_token(dir.path(), 1, "right-token");
+    let config = write_config(
+        dir.path(),
+        &cluster.client_urls(),
+        "create = true\ntoken = \"wrong-token\"\n",
+    );
+    let spec = spec(dir.path(), &config);
+    let d = spec.start();
+    publish_until_acked(&spec, 5, 1, 20);
+    wait_metric(
+        &d,
+        "sluice_forward_errors_total",
+        &[("forward", "js"), ("kind", "auth")],
+        1.0,
+        Duration::from_secs(30),
+    );
+    let log = log_of(dir.path());
+    assert!(log.contains("refuse the forward's credentials"), "{log}");
+    assert_eq!(
+        d.metrics()
+            .value("sluice_forward_connected", &[("forward", "js")]),
+        0.0
+    );
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "sluiced stopped with {status}");
+    // The operator fixes the token: what waited in the spool is forwarded.
+    write_config(
+        dir.path(),
+        &cluster.client_urls(),
+        "create = true\ntoken = \"right-token\"\n",
+    );
+    let d = spec.start();
+    let rt = runtime();
+    let js = rt.block_on(async {
+        let client = async_nats::ConnectOptions::with_token("right-token".into())
+            .connect(cluster.client_urls()[0].as_str())
+            .await
+            .expect("connect with the token");
+        jetstream::new(client)
+    });
+    rt.block_on(wait_count(&js, 20, FORWARD_WITHIN));
+    let (seen, _) = rt.block_on(read_all(&js));
+    assert_same_ids(
+        &seen,
+        &(1..=20)
+            .map(|s| format!("{STREAM}/5/{s}"))
+            .collect::<Vec<_>>(),
+    );
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "sluiced stopped with {status}");
+}
