@@ -55,6 +55,9 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// What `--print-config` writes in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
 /// The whole configuration, as the TOML file spells it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -200,7 +203,18 @@ impl Config {
         })
     }
 
+    /// The configuration as a file, but for the forwards' secrets (token,
+    /// password), written as [`REDACTED`]: `--print-config` output is
+    /// pasted into tickets and chats.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serializes")
+        let mut shown = self.clone();
+        for f in &mut shown.forward {
+            for secret in [&mut f.token, &mut f.password] {
+                if !secret.is_empty() {
+                    *secret = REDACTED.into();
+                }
+            }
+        }
+        toml::to_string_pretty(&shown).expect("config serializes")
     }
 }

@@ -538,6 +538,15 @@ fn forward_entries_are_checked_and_make_their_consumer_groups() {
     }
     // Not written by --print-config when there is none.
     assert!(!Config::default().to_toml().contains("forward"));
+    // Secrets are not printed.
+    let c = parse(&format!("{f}user = \"u\"\npassword = \"hunter2\"\n")).unwrap();
+    let printed = c.to_toml();
+    assert!(
+        !printed.contains("hunter2") && printed.contains(super::REDACTED),
+        "{printed}"
+    );
+    let c = parse(&format!("{f}token = \"s3cret\"\n")).unwrap();
+    assert!(!c.to_toml().contains("s3cret"));
     for (extra, says) in [
         ("ack = \"replicated\"\n", "not built yet"),
         ("ack = \"sometimes\"\n", "ack"),
