@@ -633,6 +633,15 @@ fn ten_thousand_messages_reach_an_r3_stream_once_through_a_kill9_of_its_leader()
         inversions(&order, 2),
         errors_by_kind(&d)
     );
+    // During the election JetStream answers "no responders", as for a
+    // missing stream: the log must not send the operator after one.
+    let log = log_of(dir.path());
+    for line in log
+        .lines()
+        .filter(|l| l.contains("no JetStream stream takes"))
+    {
+        assert!(line.contains("has no leader right now"), "{line}");
+    }
     let status = d.terminate(Duration::from_secs(10));
     assert!(status.success(), "sluiced stopped with {status}");
 }
