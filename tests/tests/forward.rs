@@ -235,6 +235,56 @@ fn log_of(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("sluiced.log")).unwrap_or_default()
 }
 
+/// How many times, in the stream's order, a message of a producer comes
+/// after a later one of the same producer (producers `1..=producers`).
+fn inversions(order: &[(u64, u64)], producers: u64) -> usize {
+    (1..=producers)
+        .map(|p| {
+            let seqs: Vec<u64> = order
+                .iter()
+                .filter(|(q, _)| *q == p)
+                .map(|(_, s)| *s)
+                .collect();
+            seqs.windows(2).filter(|w| w[0] > w[1]).count()
+        })
+        .sum()
+}
+
+/// Waits (at most `within`) until the forward's lag is 0 messages, and
+/// says how long that took; panics with the last lag otherwise.
+fn wait_lag_zero(d: &Daemon, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let lag = d
+            .scrape()
+            .map(|s| s.value("sluice_forward_lag_messages", &[("forward", "js")]))
+            .ok();
+        if lag == Some(0.0) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "the forward's lag is {lag:?} messages, not 0, after {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The forward's `sluice_forward_errors_total`, kind by kind.
+fn errors_by_kind(d: &Daemon) -> Vec<(String, f64)> {
+    let m = d.metrics();
+    m.label_values("sluice_forward_errors_total", "kind")
+        .into_iter()
+        .map(|k| {
+            let v = m.value(
+                "sluice_forward_errors_total",
+                &[("forward", "js"), ("kind", &k)],
+            );
+            (k, v)
+        })
+        .collect()
+}
+
 #[test]
 fn messages_published_to_sluiced_are_in_jetstream_once_with_their_headers() {
     if !require_nats_server(
@@ -478,16 +528,7 @@ fn twenty_thousand_messages_reach_an_r3_stream_once_through_two_kill9s_of_sluice
     // Per-producer order: redeliveries after a kill are of messages the
     // stream already holds (dropped as duplicates), so it holds unless a
     // publish failed and was retried after later ones.
-    let inversions: usize = (1..=2)
-        .map(|p| {
-            let seqs: Vec<u64> = order
-                .iter()
-                .filter(|(q, _)| *q == p)
-                .map(|(_, s)| *s)
-                .collect();
-            seqs.windows(2).filter(|w| w[0] > w[1]).count()
-        })
-        .sum();
+    let inversions = inversions(&order, 2);
     eprintln!(
         "{kills} kill -9s of sluiced; {inversions} per-producer order inversions in JetStream"
     );
@@ -497,6 +538,110 @@ fn twenty_thousand_messages_reach_an_r3_stream_once_through_two_kill9s_of_sluice
         m.value("sluice_forward_messages_total", &[("forward", "js")]),
         m.value("sluice_forward_errors_total", &[("forward", "js")])
     );
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "sluiced stopped with {status}");
+}
+
+#[test]
+fn ten_thousand_messages_reach_an_r3_stream_once_through_a_kill9_of_its_leader() {
+    if !require_nats_server(
+        "ten_thousand_messages_reach_an_r3_stream_once_through_a_kill9_of_its_leader",
+    ) {
+        return;
+    }
+    const EACH: u64 = 5_000;
+    const BATCH: u64 = 50;
+    const ELECTION_WITHIN: Duration = Duration::from_secs(30);
+    let dir = tempfile::tempdir().unwrap();
+    eprintln!("test folder: {}", dir.path().display());
+    let mut cluster = Cluster::start(dir.path(), 3);
+    let config = write_config(
+        dir.path(),
+        &cluster.client_urls(),
+        "create = true\nreplicas = 3\nstorage = \"file\"\n",
+    );
+    let spec = spec(dir.path(), &config);
+    let d = spec.start();
+    let started = Instant::now();
+    let producers: Vec<_> = (1..=2u64)
+        .map(|p| {
+            let spec = spec.clone();
+            std::thread::spawn(move || {
+                for b in 0..EACH / BATCH {
+                    publish_until_acked(&spec, p, 1 + b * BATCH, BATCH);
+                    // Paced, so that the kill comes while there is still
+                    // forwarding to do.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        })
+        .collect();
+    let rt = runtime();
+    let js = rt.block_on(connect(&cluster.client_urls()));
+    rt.block_on(wait_count(&js, 3_000, FORWARD_WITHIN));
+    let leader = cluster.wait_leader(TARGET, None, ELECTION_WITHIN);
+    // Killed while forwarding: not everything is in JetStream yet.
+    let stored = rt.block_on(count(&js));
+    assert!(stored < 2 * EACH, "all {stored} forwarded before the kill");
+    eprintln!(
+        "kill -9 of {}, the leader of {TARGET}, with {stored} messages in JetStream",
+        cluster.name(leader)
+    );
+    cluster.kill9(leader);
+    let killed_at = Instant::now();
+    let new_leader = cluster.wait_leader(TARGET, Some(leader), ELECTION_WITHIN);
+    eprintln!(
+        "{} leads {TARGET} {:?} after the kill",
+        cluster.name(new_leader),
+        killed_at.elapsed()
+    );
+    // Forwarding goes on to the new leader with the old one still down.
+    let more = (stored + 1_000).min(2 * EACH);
+    rt.block_on(wait_count(&js, more, FORWARD_WITHIN));
+    eprintln!(
+        "{more} messages in JetStream {:?} after the kill; restarting {}",
+        killed_at.elapsed(),
+        cluster.name(leader)
+    );
+    cluster.restart(leader);
+    for p in producers {
+        p.join().expect("a producer");
+    }
+    rt.block_on(wait_count(&js, 2 * EACH, FORWARD_WITHIN));
+    let took = started.elapsed();
+    // Paced publishing: a check, not a throughput figure.
+    eprintln!(
+        "{} messages published (paced) and forwarded into the R3 stream in {took:?}, a kill -9 of its leader included",
+        2 * EACH
+    );
+    let (seen, order) = rt.block_on(read_all(&js));
+    assert_same_ids(&seen, &expected(2, EACH));
+    let lag_zero = wait_lag_zero(&d, Duration::from_secs(30));
+    // The restarted node catches up: the stream is whole on all three.
+    let caught_up = cluster.wait_stream_state(leader, TARGET, Duration::from_secs(30), |s| {
+        s.messages == 2 * EACH
+    });
+    eprintln!(
+        "lag 0 {lag_zero:?} after the last message was in; {} holds {} messages again",
+        cluster.name(leader),
+        caught_up.messages
+    );
+    // Known (FORWARD.md): a publish that fails and is retried after later
+    // ones lands after them; so this is said, not asserted.
+    eprintln!(
+        "{} per-producer order inversions in JetStream; forward errors by kind: {:?}",
+        inversions(&order, 2),
+        errors_by_kind(&d)
+    );
+    // During the election JetStream answers "no responders", as for a
+    // missing stream: the log must not send the operator after one.
+    let log = log_of(dir.path());
+    for line in log
+        .lines()
+        .filter(|l| l.contains("no JetStream stream takes"))
+    {
+        assert!(line.contains("has no leader right now"), "{line}");
+    }
     let status = d.terminate(Duration::from_secs(10));
     assert!(status.success(), "sluiced stopped with {status}");
 }

@@ -216,8 +216,12 @@ impl Run {
         let f = &self.forward;
         let stream = &self.stream;
         match kind {
+            // JetStream's "no responders": nobody stores the subject now.
+            // That is a missing stream, or one that lists other subjects,
+            // but also a stream between leaders (a leader killed, an
+            // election under way): the client cannot tell which.
             ErrorKind::NoStream => error!(forward = %f.name, %stream, offset, suppressed = n,
-                "no JetStream stream takes subject {subject}: target_stream {:?} is missing (create = false) or does not list the subject; the message waits in the spool",
+                "no JetStream stream takes subject {subject}: target_stream {:?} is missing, does not list the subject, or has no leader right now (an election); the message waits in the spool",
                 f.target_stream),
             ErrorKind::Unreachable => warn!(forward = %f.name, %stream, offset, suppressed = n,
                 "the NATS cluster is unreachable ({e}); the message waits in the spool"),
