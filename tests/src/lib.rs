@@ -10,6 +10,17 @@ pub mod load;
 pub mod pki;
 pub mod privilege;
 
+/// A two-thread tokio runtime for a synchronous test that drives async
+/// clients (the NATS tests: they block on the cluster kit's processes
+/// between async steps).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 /// Path of the `sluiced` built for these tests (use from integration tests).
 #[macro_export]
 macro_rules! sluiced_bin {

@@ -17,21 +17,12 @@ use async_nats::jetstream::{self, stream::Config, Context};
 use async_nats::ServerAddr;
 use sluice_testkit::nats::{require_nats_server, Cluster};
 use sluice_tests::daemon::{Daemon, DaemonSpec};
-use sluice_tests::sluiced_bin;
-use tokio::runtime::Runtime;
+use sluice_tests::{runtime, sluiced_bin};
 
 const STREAM: &str = "orders";
 const TARGET: &str = "SLUICE";
 /// How long forwarding all of a test's messages may take.
 const FORWARD_WITHIN: Duration = Duration::from_secs(90);
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 /// A `[[forward]]` of stream `orders` to `servers`, with more keys.
 fn write_config(dir: &Path, servers: &[String], extra: &str) -> String {
@@ -84,6 +75,29 @@ fn publish_until_acked(spec: &DaemonSpec, producer: u64, first_seq: u64, n: u64)
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `producers` threads (ids 1, 2, ...) each publishing `each` messages to
+/// sluiced in batches of `batch`, with `pause` after each batch: paced, so
+/// that a test's kills come while there is still forwarding to do.
+fn paced_producers(
+    spec: &DaemonSpec,
+    producers: u64,
+    each: u64,
+    batch: u64,
+    pause: Duration,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (1..=producers)
+        .map(|p| {
+            let spec = spec.clone();
+            std::thread::spawn(move || {
+                for b in 0..each / batch {
+                    publish_until_acked(&spec, p, 1 + b * batch, batch);
+                    std::thread::sleep(pause);
+                }
+            })
+        })
+        .collect()
 }
 
 async fn connect(urls: &[String]) -> Context {
@@ -483,19 +497,8 @@ fn twenty_thousand_messages_reach_an_r3_stream_once_through_two_kill9s_of_sluice
     let spec = spec(dir.path(), &config);
     let mut d = spec.start();
     let started = Instant::now();
-    let producers: Vec<_> = (1..=2u64)
-        .map(|p| {
-            let spec = spec.clone();
-            std::thread::spawn(move || {
-                for b in 0..EACH / BATCH {
-                    publish_until_acked(&spec, p, 1 + b * BATCH, BATCH);
-                    // Paced (about 2 s in all), so that the kills come
-                    // while there is still forwarding to do.
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            })
-        })
-        .collect();
+    // Paced: about 2 s in all.
+    let producers = paced_producers(&spec, 2, EACH, BATCH, Duration::from_millis(10));
     let rt = runtime();
     let js = rt.block_on(connect(&cluster.client_urls()));
     let mut kills = 0;
@@ -563,19 +566,7 @@ fn ten_thousand_messages_reach_an_r3_stream_once_through_a_kill9_of_its_leader()
     let spec = spec(dir.path(), &config);
     let d = spec.start();
     let started = Instant::now();
-    let producers: Vec<_> = (1..=2u64)
-        .map(|p| {
-            let spec = spec.clone();
-            std::thread::spawn(move || {
-                for b in 0..EACH / BATCH {
-                    publish_until_acked(&spec, p, 1 + b * BATCH, BATCH);
-                    // Paced, so that the kill comes while there is still
-                    // forwarding to do.
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            })
-        })
-        .collect();
+    let producers = paced_producers(&spec, 2, EACH, BATCH, Duration::from_millis(20));
     let rt = runtime();
     let js = rt.block_on(connect(&cluster.client_urls()));
     rt.block_on(wait_count(&js, 3_000, FORWARD_WITHIN));

@@ -19,6 +19,7 @@ use async_nats::jetstream::stream::{Config, StorageType, Stream};
 use async_nats::ServerAddr;
 use bytes::Bytes;
 use sluice_testkit::nats::{require_nats_server, Cluster};
+use sluice_tests::runtime;
 use tokio::runtime::Runtime;
 
 const STREAM: &str = "FWD";
@@ -30,14 +31,6 @@ const ELECTION_WITHIN: Duration = Duration::from_secs(30);
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one message may be retried across a failover.
 const PUBLISH_WITHIN: Duration = Duration::from_secs(60);
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 /// A JetStream context on a client that knows every node and reconnects
 /// to whichever is up.
