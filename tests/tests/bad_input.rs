@@ -62,7 +62,7 @@ fn attack(to: std::net::SocketAddr, seed: u64, stop: Arc<AtomicBool>) -> u64 {
         };
         let _ = s.send_to(&datagram, to);
         sent += 1;
-        if sent % 64 == 0 {
+        if sent.is_multiple_of(64) {
             std::thread::sleep(Duration::from_millis(1));
         }
     }

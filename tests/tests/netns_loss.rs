@@ -38,7 +38,11 @@ const PRODUCE_WITHIN: Duration = Duration::from_secs(120);
 /// The message `i` of `producer`: mostly small, and every 97th spans a few
 /// datagrams, so that lost fragments must be recovered too.
 fn payload(producer: u64, i: usize) -> Bytes {
-    let len = if i % 97 == 0 { 4000 } else { 40 + i % 200 };
+    let len = if i.is_multiple_of(97) {
+        4000
+    } else {
+        40 + i % 200
+    };
     let unit = format!("p{producer} m{i} ");
     Bytes::from(unit.repeat(len / unit.len() + 1)[..len].to_owned())
 }

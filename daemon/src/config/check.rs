@@ -526,6 +526,9 @@ impl Config {
     }
 }
 
+/// The ack deadline of a forward's group: a day (see `forward_config`).
+const FORWARD_ACK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 impl Config {
     /// The `[[forward]]` entries checked; each adds its consumer group
     /// (`forward.<name>`) on each of its streams to `consumers`, with the
@@ -547,8 +550,8 @@ impl Config {
             }
             for s in &f.streams {
                 crate::spool::writer::check_name(s).map_err(|e| at(format!("streams: {e}")))?;
-                check_subject(&f.subject.replace("{stream}", s))
-                    .map_err(|e| at(format!("subject: {e}")))?;
+                let rendered = f.subject.replace("{stream}", s).replace("{producer}", "1");
+                check_subject(&rendered).map_err(|e| at(format!("subject: {e}")))?;
             }
             if f.streams.len() > 1 && !f.subject.contains("{stream}") {
                 return Err(at(
@@ -647,6 +650,10 @@ impl Config {
                 // retried until the cluster takes it.
                 machine.max_deliveries = u32::MAX;
                 machine.conflate = None;
+                // The forward holds what it sent until JetStream confirms it
+                // (through an outage too) and resends it itself, in order:
+                // the group has no reason to deliver it again meanwhile.
+                machine.ack_deadline = FORWARD_ACK_DEADLINE;
                 consumers.groups.push((
                     s.clone(),
                     group.clone(),

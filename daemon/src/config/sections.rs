@@ -346,8 +346,10 @@ file_table! {
         streams: Vec<String> = Vec::new(),
         /// NATS server URLs (`nats://host:port`), any node of the cluster.
         servers: Vec<String> = Vec::new(),
-        /// The subject of a stream's messages; `{stream}` is its name.
-        subject: String = "sluice.{stream}".into(),
+        /// The subject of a stream's messages; `{stream}` is its name,
+        /// `{producer}` the producer's id (with it, a restart resumes each
+        /// producer where the target stands, beyond the duplicate window).
+        subject: String = "sluice.{stream}.{producer}".into(),
         /// The JetStream stream that must store them (checked by the server
         /// with `Nats-Expected-Stream`).
         target_stream: String = String::new(),

@@ -512,7 +512,8 @@ fn forward_entries_are_checked_and_make_their_consumer_groups() {
     ));
     let fw = &s.forwards[0];
     assert_eq!(fw.group(), "forward.js");
-    assert_eq!(fw.subject_of("orders"), "sluice.orders");
+    assert_eq!(fw.subject_for("orders", 7), "sluice.orders.7");
+    assert_eq!(fw.subjects_of("orders"), "sluice.orders.*");
     assert_eq!(fw.max_in_flight, 1024);
     assert_eq!(
         fw.create,

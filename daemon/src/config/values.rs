@@ -143,7 +143,7 @@ impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
         for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
-            if n != 0 && n % (1u64 << shift) == 0 {
+            if n != 0 && n.is_multiple_of(1u64 << shift) {
                 return write!(f, "{}{unit}", n >> shift);
             }
         }
@@ -234,7 +234,7 @@ impl fmt::Display for Span {
             (60, "h"),
             (24, "d"),
         ] {
-            if n < 100 || n % factor != 0 {
+            if n < 100 || !n.is_multiple_of(factor) {
                 break;
             }
             n /= factor;

@@ -37,7 +37,8 @@ pub struct ForwardConfig {
     /// Sluice streams forwarded (exact names).
     pub streams: Vec<String>,
     pub servers: Vec<String>,
-    /// Subject template: `{stream}` is replaced by the stream's name.
+    /// Subject template: `{stream}` is replaced by the stream's name,
+    /// `{producer}` by the producer's id.
     pub subject: String,
     pub target_stream: String,
     /// `Some`: create the target stream if it is missing.
@@ -54,9 +55,25 @@ impl ForwardConfig {
         group_name(&self.name)
     }
 
-    /// The subject `stream`'s messages are published to.
-    pub fn subject_of(&self, stream: &str) -> String {
-        self.subject.replace("{stream}", stream)
+    /// The subject a message of `producer` on `stream` is published to.
+    pub fn subject_for(&self, stream: &str, producer: u64) -> String {
+        self.subject
+            .replace("{stream}", stream)
+            .replace("{producer}", &producer.to_string())
+    }
+
+    /// The subject filter that takes every message of `stream` (what a
+    /// created target stream lists): `{producer}` becomes `*`.
+    pub fn subjects_of(&self, stream: &str) -> String {
+        self.subject
+            .replace("{stream}", stream)
+            .replace("{producer}", "*")
+    }
+
+    /// `true` if each producer has a subject of its own, so that where the
+    /// target stands for a producer can be read (its last message there).
+    pub fn per_producer(&self) -> bool {
+        self.subject.contains("{producer}")
     }
 }
 
@@ -65,8 +82,8 @@ pub fn group_name(name: &str) -> String {
     format!("forward.{name}")
 }
 
-/// Checks a subject template rendered for a stream: NATS subjects are
-/// dot-separated tokens without spaces or wildcards.
+/// Checks a subject template rendered for a stream and a producer: NATS
+/// subjects are dot-separated tokens without spaces or wildcards.
 pub fn check_subject(subject: &str) -> Result<(), String> {
     if subject.is_empty() {
         return Err("empty subject".into());
@@ -77,7 +94,7 @@ pub fn check_subject(subject: &str) -> Result<(), String> {
     {
         return Err(format!(
             "subject {subject:?} contains {c:?} (a NATS subject takes no spaces or wildcards; \
-             `{{stream}}` is the only placeholder)"
+             `{{stream}}` and `{{producer}}` are the only placeholders)"
         ));
     }
     if subject.split('.').any(str::is_empty) {

@@ -28,17 +28,25 @@ pub enum ErrorKind {
     CreateStream,
     /// A setting the client refused (creds file, CA file).
     Config,
+    /// The stream refused a message (full at max_bytes with discard =
+    /// new, a wrong expected stream, a message too large).
+    Refused,
+    /// A batch was cut short (a leader change, a message lost on the way):
+    /// what it did not store is sent again.
+    Interrupted,
     Other,
 }
 
 impl ErrorKind {
-    const ALL: [ErrorKind; 7] = [
+    const ALL: [ErrorKind; 9] = [
         ErrorKind::Unreachable,
         ErrorKind::Auth,
         ErrorKind::NoStream,
         ErrorKind::Timeout,
         ErrorKind::CreateStream,
         ErrorKind::Config,
+        ErrorKind::Refused,
+        ErrorKind::Interrupted,
         ErrorKind::Other,
     ];
 
@@ -50,6 +58,8 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::CreateStream => "create_stream",
             ErrorKind::Config => "config",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Interrupted => "interrupted",
             ErrorKind::Other => "other",
         }
     }

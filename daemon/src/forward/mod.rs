@@ -11,8 +11,12 @@
 
 pub mod config;
 mod connect;
+mod each;
+mod message;
 mod metrics;
+mod ordered;
 mod publish;
+mod standing;
 
 use std::sync::Arc;
 use std::time::Duration;

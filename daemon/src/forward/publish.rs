@@ -1,35 +1,38 @@
-//! One forwarded stream: the member of group `forward.<name>` that
-//! publishes each delivery to JetStream and acks it on its PubAck.
+//! One forwarded stream: the member of group `forward.<name>` that sends
+//! each delivery to JetStream and acks it to the group once JetStream has
+//! it. In order through fast-ingest batches (ordered.rs) when the server
+//! and the target stream take them; else one publish per message, many in
+//! flight (each.rs: servers before 2.14, or a stream without
+//! `allow_batched`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::jetstream::Context;
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use futures_util::FutureExt;
 use sluice_transport::quic::control::StartAt;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::config::{ForwardConfig, Storage};
 use super::metrics::{ErrorKind, ForwardCounters};
-use crate::consume::group::{Credit, Delivery};
+use super::ordered::{End, Ordered};
+use crate::consume::group::Credit;
 use crate::consume::service::Consumers;
 use crate::log_limit::LogLimit;
 
-/// The first delay before a failed message comes again; it doubles with
+/// The first delay before a failed message is sent again; it doubles with
 /// each failure in a row, up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// JetStream's duplicate window for a stream the forward creates: resends
-/// after a restart of sluiced come within seconds.
+/// after a restart of sluiced come within seconds (and beyond it, with
+/// `{producer}` in the subject, the target's standing says what it has).
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// The first server version with fast-ingest batches.
+const BATCHES_SINCE: (u64, u64) = (2, 14);
 
 pub struct Run {
     pub forward: Arc<ForwardConfig>,
@@ -39,9 +42,6 @@ pub struct Run {
     pub stats: Arc<ForwardCounters>,
     pub stop: watch::Receiver<bool>,
 }
-
-/// A publish's outcome: its offset, when it was sent, the PubAck or error.
-type Outcome = (u64, Instant, Result<(), PublishError>);
 
 impl Run {
     pub async fn run(mut self) {
@@ -59,9 +59,14 @@ impl Run {
             Ok(c) => c.clone().expect("waited for it"),
             Err(_) => return,
         };
-        let subject = f.subject_of(&self.stream);
+        // The server's version decides how to publish: wait for a
+        // connection (said in the log meanwhile by connect.rs).
+        while self.stats.connected.load(Relaxed) == 0 {
+            tokio::time::sleep(MIN_BACKOFF).await;
+        }
+        let batches = takes_batches(&js.client().server_info().version);
         if f.create.is_some() {
-            self.create_stream(&js).await;
+            self.create_stream(&js, batches).await;
         }
         let name = format!("forward {} to {}", f.name, f.target_stream);
         let mut member = match self
@@ -85,63 +90,37 @@ impl Run {
                 return;
             }
         };
-        let mut pending = FuturesUnordered::new();
-        let mut backoff = MIN_BACKOFF;
-        let mut limit = LogLimit::new(2);
-        let in_flight = self.stats.in_flight(&self.stream);
-        let id_prefix = format!("{}/", self.stream);
-        info!(forward = %f.name, stream = %self.stream, %subject, "forwarding");
+        if batches {
+            let target = self.target(&js).await;
+            info!(forward = %f.name, stream = %self.stream, subject = %f.subjects_of(&self.stream),
+                  "forwarding in order (fast-ingest batches)");
+            match Ordered::new(self, js.clone(), target)
+                .forward(&mut member)
+                .await
+            {
+                End::Stopped => return,
+                End::NotEnabled => warn!(forward = %f.name, target = %f.target_stream,
+                    "the JetStream stream does not allow batched publishes (allow_batched): forwarding one publish at a time; a producer's order is not kept across failures (daemon/FORWARD.md)"),
+            }
+        } else {
+            warn!(forward = %f.name, version = %js.client().server_info().version,
+                  "the NATS server is older than 2.14 (no fast-ingest batches): forwarding one publish at a time; a producer's order is not kept across failures (daemon/FORWARD.md)");
+        }
+        super::each::forward(self, &js, &mut member).await;
+    }
+
+    /// The target stream's handle (for reading where producers stand),
+    /// retried until the cluster answers.
+    async fn target(&self, js: &Context) -> async_nats::jetstream::stream::Stream<()> {
+        let mut wait = MIN_BACKOFF;
         loop {
-            tokio::select! {
-                done = pending.next(), if !pending.is_empty() => {
-                    let Some(first) = done else { continue };
-                    let mut acked = Vec::new();
-                    let mut nacked = Vec::new();
-                    let mut outcome: Option<Outcome> = Some(first);
-                    // Every PubAck ready now, then one ack to the group.
-                    while let Some((offset, sent, r)) = outcome.take() {
-                        in_flight.fetch_sub(1, Relaxed);
-                        match r {
-                            Ok(()) => {
-                                self.stats.forwarded(&self.stream);
-                                self.stats.latency.observe(sent.elapsed().as_micros() as u64);
-                                acked.push(offset);
-                                backoff = MIN_BACKOFF;
-                            }
-                            Err(e) => {
-                                let kind = self.kind_of(&e);
-                                self.stats.error(kind);
-                                self.say(&mut limit, kind, offset, &subject, &e);
-                                nacked.push(offset);
-                            }
-                        }
-                        outcome = pending.next().now_or_never().flatten();
-                    }
-                    if !acked.is_empty() {
-                        member.ack(ranges(acked));
-                    }
-                    if !nacked.is_empty() {
-                        member.nack(nacked, backoff);
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                }
-                batch = member.deliveries.recv() => {
-                    let Some(batch) = batch else {
-                        // The group stopped (the daemon stops).
-                        return;
-                    };
-                    for d in batch {
-                        let offset = d.offset;
-                        let msg = message(&id_prefix, &self.stream, &f.target_stream, d);
-                        let sent = Instant::now();
-                        in_flight.fetch_add(1, Relaxed);
-                        match js.send_publish(subject.clone(), msg).await {
-                            Ok(ack) => pending.push(async move {
-                                (offset, sent, ack.await.map(|_| ()))
-                            }.boxed()),
-                            Err(e) => pending.push(async move { (offset, sent, Err(e)) }.boxed()),
-                        }
-                    }
+            match js.get_stream_no_info(&self.forward.target_stream).await {
+                Ok(s) => return s,
+                Err(e) => {
+                    warn!(forward = %self.forward.name, target = %self.forward.target_stream,
+                          "cannot look up the JetStream stream: {e}; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -149,18 +128,19 @@ impl Run {
 
     /// Creates the target stream if it is missing, retrying until the
     /// cluster answers.
-    async fn create_stream(&self, js: &Context) {
+    async fn create_stream(&self, js: &Context, batches: bool) {
         let f = &self.forward;
         let Some(c) = &f.create else { return };
         let config = StreamConfig {
             name: f.target_stream.clone(),
-            subjects: f.streams.iter().map(|s| f.subject_of(s)).collect(),
+            subjects: f.streams.iter().map(|s| f.subjects_of(s)).collect(),
             num_replicas: c.replicas,
             storage: match c.storage {
                 Storage::File => StorageType::File,
                 Storage::Memory => StorageType::Memory,
             },
             duplicate_window: DUPLICATE_WINDOW,
+            allow_batch_publish: batches,
             ..Default::default()
         };
         let mut wait = MIN_BACKOFF;
@@ -190,85 +170,31 @@ impl Run {
             }
         }
     }
-
-    fn kind_of(&self, e: &PublishError) -> ErrorKind {
-        match e.kind() {
-            PublishErrorKind::StreamNotFound => ErrorKind::NoStream,
-            _ if self.stats.connected.load(Relaxed) == 0 => ErrorKind::Unreachable,
-            PublishErrorKind::TimedOut => ErrorKind::Timeout,
-            PublishErrorKind::BrokenPipe => ErrorKind::Unreachable,
-            _ => ErrorKind::Other,
-        }
-    }
-
-    /// Logs a failed publish, a few a second.
-    fn say(
-        &self,
-        limit: &mut LogLimit,
-        kind: ErrorKind,
-        offset: u64,
-        subject: &str,
-        e: &PublishError,
-    ) {
-        let Some(n) = limit.allow(Instant::now()) else {
-            return;
-        };
-        let f = &self.forward;
-        let stream = &self.stream;
-        match kind {
-            // JetStream's "no responders": nobody stores the subject now.
-            // That is a missing stream, or one that lists other subjects,
-            // but also a stream between leaders (a leader killed, an
-            // election under way): the client cannot tell which.
-            ErrorKind::NoStream => error!(forward = %f.name, %stream, offset, suppressed = n,
-                "no JetStream stream takes subject {subject}: target_stream {:?} is missing, does not list the subject, or has no leader right now (an election); the message waits in the spool",
-                f.target_stream),
-            ErrorKind::Unreachable => warn!(forward = %f.name, %stream, offset, suppressed = n,
-                "the NATS cluster is unreachable ({e}); the message waits in the spool"),
-            _ => warn!(forward = %f.name, %stream, offset, suppressed = n,
-                "publish to {subject} failed ({e}); sent again after a backoff"),
-        }
-    }
 }
 
-/// Offsets (any order) as sorted ranges.
-fn ranges(mut offsets: Vec<u64>) -> Vec<std::ops::Range<u64>> {
-    offsets.sort_unstable();
-    let mut out: Vec<std::ops::Range<u64>> = Vec::new();
-    for o in offsets {
-        match out.last_mut() {
-            Some(r) if r.end == o => r.end = o + 1,
-            _ => out.push(o..o + 1),
-        }
-    }
-    out
-}
-
-/// A delivery as a JetStream message: its id is the same whichever daemon
-/// sends it (a producer's seq is its own), so JetStream stores it once.
-fn message(id_prefix: &str, stream: &str, target: &str, d: Delivery) -> PublishMessage {
-    let r = d.record;
-    let mut h = HeaderMap::new();
-    h.insert(
-        NATS_MESSAGE_ID,
-        format!("{id_prefix}{}/{}", r.producer, r.seq).as_str(),
-    );
-    h.insert(async_nats::header::NATS_EXPECTED_STREAM, target);
-    h.insert("Sluice-Stream", stream);
-    h.insert("Sluice-Producer", r.producer.to_string().as_str());
-    h.insert("Sluice-Seq", r.seq.to_string().as_str());
-    h.insert("Sluice-Offset", d.offset.to_string().as_str());
-    h.insert("Sluice-Time", r.timestamp_us.to_string().as_str());
-    PublishMessage::build().headers(h).payload(r.payload)
+/// Whether a server of this version (`2.14.0`, `2.15.1-beta`) takes
+/// fast-ingest batches.
+fn takes_batches(version: &str) -> bool {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= BATCHES_SINCE
 }
 
 #[cfg(test)]
 mod tests {
-    use super::ranges;
+    use super::takes_batches;
 
     #[test]
-    fn offsets_become_sorted_ranges() {
-        assert_eq!(ranges(vec![5, 3, 4, 9, 1]), vec![1..2, 3..6, 9..10]);
-        assert!(ranges(vec![]).is_empty());
+    fn batches_come_with_2_14() {
+        assert!(takes_batches("2.14.0"));
+        assert!(takes_batches("2.15.1"));
+        assert!(takes_batches("3.0.0-beta.1"));
+        assert!(!takes_batches("2.9.10"));
+        assert!(!takes_batches("2.12.8"));
+        assert!(!takes_batches(""));
     }
 }
