@@ -79,6 +79,9 @@ pub struct ForwardCounters {
     streams: Mutex<BTreeMap<String, StreamCounters>>,
     /// Send to PubAck, microseconds.
     pub latency: Histogram,
+    /// Messages not sent because the target already had them (its
+    /// standing per producer: an earlier run or another daemon sent them).
+    pub already: AtomicU64,
 }
 
 impl ForwardCounters {
@@ -122,6 +125,7 @@ impl ForwardStats {
                         errors: Default::default(),
                         streams: Mutex::new(BTreeMap::new()),
                         latency: Histogram::latency(),
+                        already: AtomicU64::new(0),
                     };
                     for s in &f.streams {
                         c.stream(s);
@@ -155,6 +159,15 @@ impl Collect for ForwardStats {
         );
         for f in &self.forwards {
             e.sample(name, &[("forward", &f.name)], f.connected.load(Relaxed));
+        }
+        let name = "sluice_forward_already_stored_total";
+        e.family(
+            name,
+            Kind::Counter,
+            "Messages not sent because JetStream already had them (read from the target per producer after a restart or a failure).",
+        );
+        for f in &self.forwards {
+            e.sample(name, &[("forward", &f.name)], f.already.load(Relaxed));
         }
         let name = "sluice_forward_errors_total";
         e.family(

@@ -90,7 +90,21 @@ impl<'a> Ordered<'a> {
         }
     }
 
+    /// Forwards until the group stops, or until the stream turns out not
+    /// to take batches: then what the queue holds goes back to the group
+    /// (nacked) for the next way of forwarding.
     pub async fn forward(&mut self, member: &mut Member) -> End {
+        let end = self.forward_until_end(member).await;
+        if let End::NotEnabled = end {
+            let offsets: Vec<u64> = self.queue.drain(..).map(|s| s.out.offset).collect();
+            if !offsets.is_empty() {
+                member.nack(offsets, Duration::ZERO);
+            }
+        }
+        end
+    }
+
+    async fn forward_until_end(&mut self, member: &mut Member) -> End {
         let mut backoff = MIN_BACKOFF;
         let mut failed = false;
         let mut limit = LogLimit::new(2);
@@ -172,7 +186,7 @@ impl<'a> Ordered<'a> {
             match stored {
                 Ok(true) => {
                     // Stored through an earlier run or another daemon.
-                    self.run.stats.forwarded(&self.run.stream);
+                    self.run.stats.already.fetch_add(1, Relaxed);
                     member.ack(ranges(vec![out.offset]));
                     return Ok(());
                 }
@@ -183,8 +197,10 @@ impl<'a> Ordered<'a> {
                         batch_seq: 0,
                         sent: Instant::now(),
                     });
+                    // Most often a lookup not answered in time (an
+                    // election, a server going away).
                     return Err(Failure::Failed {
-                        kind: self.unreachable_or(ErrorKind::Other),
+                        kind: self.unreachable_or(ErrorKind::Timeout),
                         what,
                     });
                 }
@@ -293,9 +309,11 @@ impl<'a> Ordered<'a> {
     fn failure(&self, e: FastPublishError) -> Failure {
         let kind = match e.kind() {
             FastPublishErrorKind::NotEnabled => return Failure::NotEnabled,
-            FastPublishErrorKind::GapDetected | FastPublishErrorKind::UnknownBatchId => {
-                ErrorKind::Interrupted
-            }
+            // Serialization: a reply the batch cannot read, such as the
+            // empty "no responders" a stream between leaders gives.
+            FastPublishErrorKind::GapDetected
+            | FastPublishErrorKind::UnknownBatchId
+            | FastPublishErrorKind::Serialization => ErrorKind::Interrupted,
             FastPublishErrorKind::FlowError => ErrorKind::Refused,
             FastPublishErrorKind::Timeout => self.unreachable_or(ErrorKind::Timeout),
             _ => self.unreachable_or(ErrorKind::Other),

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::jetstream::Context;
 use sluice_transport::quic::control::StartAt;
@@ -110,19 +111,41 @@ impl Run {
     }
 
     /// The target stream's handle (for reading where producers stand),
-    /// retried until the cluster answers.
+    /// once the cluster says it exists; until then the forward waits, and
+    /// says why.
     async fn target(&self, js: &Context) -> async_nats::jetstream::stream::Stream<()> {
+        let f = &self.forward;
         let mut wait = MIN_BACKOFF;
+        let mut limit = LogLimit::new(1);
         loop {
-            match js.get_stream_no_info(&self.forward.target_stream).await {
-                Ok(s) => return s,
-                Err(e) => {
-                    warn!(forward = %self.forward.name, target = %self.forward.target_stream,
+            let e = match js.get_stream(&f.target_stream).await {
+                Ok(_) => match js.get_stream_no_info(&f.target_stream).await {
+                    Ok(s) => return s,
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            let missing = matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+                if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND);
+            let kind = if missing {
+                ErrorKind::NoStream
+            } else if self.stats.connected.load(Relaxed) == 0 {
+                ErrorKind::Unreachable
+            } else {
+                ErrorKind::Other
+            };
+            self.stats.error(kind);
+            if let Some(n) = limit.allow(Instant::now()) {
+                if missing {
+                    error!(forward = %f.name, stream = %self.stream, suppressed = n,
+                           "JetStream stream {} is missing (target_stream; create = false): the messages wait in the spool until it exists", f.target_stream);
+                } else {
+                    warn!(forward = %f.name, target = %f.target_stream, suppressed = n,
                           "cannot look up the JetStream stream: {e}; trying again");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(MAX_BACKOFF);
                 }
             }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(MAX_BACKOFF);
         }
     }
 
