@@ -790,3 +790,69 @@ fn what_jetstream_has_is_not_sent_again_beyond_its_duplicate_window() {
         assert!(status.success(), "sluiced stopped with {status}");
     }
 }
+
+#[test]
+fn a_full_target_stream_holds_messages_back_and_loses_none() {
+    if !require_nats_server("a_full_target_stream_holds_messages_back_and_loses_none") {
+        return;
+    }
+    const N: u64 = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 1);
+    let rt = runtime();
+    let js = rt.block_on(connect(&cluster.client_urls()));
+    // Room for a few hundred of the messages; discard = new: a full stream
+    // refuses more instead of dropping its oldest.
+    let mut config = Config {
+        name: TARGET.into(),
+        subjects: vec![format!("sluice.{STREAM}.*")],
+        max_bytes: 64 * 1024,
+        discard: jetstream::stream::DiscardPolicy::New,
+        allow_batch_publish: true,
+        ..Default::default()
+    };
+    rt.block_on(js.create_stream(config.clone()))
+        .expect("create the target stream");
+    let cfg = write_config(dir.path(), &cluster.client_urls(), "");
+    let spec = spec(dir.path(), &cfg);
+    let d = spec.start();
+    for b in 0..N / 100 {
+        publish_until_acked(&spec, 5, 1 + b * 100, 100);
+    }
+    // The stream fills; the rest waits in the spool, the refusals counted
+    // and said.
+    wait_metric(
+        &d,
+        "sluice_forward_errors_total",
+        &[("forward", "js"), ("kind", "refused")],
+        1.0,
+        FORWARD_WITHIN,
+    );
+    let held = rt.block_on(count(&js));
+    assert!(held > 0 && held < N, "the full stream holds {held}");
+    let lag = d
+        .metrics()
+        .value("sluice_forward_lag_messages", &[("forward", "js")]);
+    assert!(
+        lag >= (N - held) as f64,
+        "lag {lag} with {held} of {N} in JetStream"
+    );
+    let log = log_of(dir.path());
+    assert!(log.contains("refused a message"), "{log}");
+    // The operator makes room: everything that waited comes, once, in order.
+    config.max_bytes = 64 * 1024 * 1024;
+    rt.block_on(js.update_stream(config))
+        .expect("raise max_bytes");
+    rt.block_on(wait_count(&js, N, FORWARD_WITHIN));
+    let (seen, order) = rt.block_on(read_all(&js));
+    assert_same_ids(
+        &seen,
+        &(1..=N)
+            .map(|s| format!("{STREAM}/5/{s}"))
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(inversions(&order, 5), 0);
+    wait_lag_zero(&d, Duration::from_secs(30));
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "sluiced stopped with {status}");
+}
