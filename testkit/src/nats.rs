@@ -115,23 +115,30 @@ impl Cluster {
 
     /// [`Cluster::start`], for callers that report errors.
     pub fn try_start(dir: &Path, nodes: usize) -> Result<Cluster, String> {
-        Cluster::try_start_with_token(dir, nodes, None)
+        Cluster::try_start_with(dir, nodes, "")
     }
 
     /// [`Cluster::start`] with clients required to give `token` (the
     /// servers' `authorization { token }`): for tests of credentials.
     pub fn start_with_token(dir: &Path, nodes: usize, token: &str) -> Cluster {
-        Cluster::try_start_with_token(dir, nodes, Some(token)).unwrap_or_else(|e| panic!("{e}"))
+        if token.is_empty() || token.contains(['"', '\\', '\n']) {
+            panic!("a token of the NATS kit must be non-empty and quotable");
+        }
+        Cluster::start_with(
+            dir,
+            nodes,
+            &format!("authorization {{\n  token: \"{token}\"\n}}\n"),
+        )
     }
 
-    fn try_start_with_token(
-        dir: &Path,
-        nodes: usize,
-        token: Option<&str>,
-    ) -> Result<Cluster, String> {
-        if token.is_some_and(|t| t.is_empty() || t.contains(['"', '\\', '\n'])) {
-            return Err("a token of the NATS kit must be non-empty and quotable".into());
-        }
+    /// [`Cluster::start`] with `conf` added to every node's configuration
+    /// (an `authorization` or `tls` block: tests of credentials and TLS).
+    /// Clients still reach the nodes at [`Cluster::client_urls`].
+    pub fn start_with(dir: &Path, nodes: usize, conf: &str) -> Cluster {
+        Cluster::try_start_with(dir, nodes, conf).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_with(dir: &Path, nodes: usize, extra: &str) -> Result<Cluster, String> {
         if nodes == 0 {
             return Err("a NATS cluster needs at least one node".into());
         }
@@ -163,9 +170,7 @@ impl Cluster {
                  max_memory_store: 268435456\n  max_file_store: 1073741824\n}}\n",
                 client[i], http[i],
             );
-            if let Some(t) = token {
-                conf.push_str(&format!("authorization {{\n  token: \"{t}\"\n}}\n"));
-            }
+            conf.push_str(extra);
             if nodes > 1 {
                 // Every node lists every route, itself too: the server
                 // drops the route to itself.

@@ -595,26 +595,29 @@ impl Config {
             } else {
                 None
             };
+            let given = |p: &std::path::PathBuf| (!p.as_os_str().is_empty()).then(|| p.clone());
             let auth = match (
                 f.token.is_empty(),
                 f.user.is_empty(),
-                f.creds_file.as_os_str().is_empty(),
+                given(&f.creds_file),
+                given(&f.nkey_file),
             ) {
-                (true, true, true) => {
+                (true, true, None, None) => {
                     if !f.password.is_empty() {
                         return Err(at("password: given without user".into()));
                     }
                     Auth::None
                 }
-                (false, true, true) => Auth::Token(f.token.clone()),
-                (true, false, true) => Auth::UserPassword {
+                (false, true, None, None) => Auth::Token(f.token.clone()),
+                (true, false, None, None) => Auth::UserPassword {
                     user: f.user.clone(),
                     password: f.password.clone(),
                 },
-                (true, true, false) => Auth::CredsFile(f.creds_file.clone()),
+                (true, true, Some(p), None) => Auth::CredsFile(p),
+                (true, true, None, Some(p)) => Auth::NKeyFile(p),
                 _ => {
                     return Err(at(
-                        "give one of token, user (with password), creds_file".into()
+                        "give one of token, user (with password), creds_file, nkey_file".into(),
                     ))
                 }
             };

@@ -368,6 +368,9 @@ file_table! {
         password: String = String::new(),
         /// NATS credentials file (JWT and NKey seed; empty: none).
         creds_file: PathBuf = PathBuf::new(),
+        /// File holding a user NKey seed (`SU...`; empty: none), for servers
+        /// that list the user's public NKey.
+        nkey_file: PathBuf = PathBuf::new(),
         /// CA certificates (PEM) the servers' TLS certificates must chain to
         /// (given: TLS required).
         tls_ca: PathBuf = PathBuf::new(),

@@ -14,6 +14,9 @@ pub enum Auth {
     },
     /// A NATS credentials file (JWT and NKey seed).
     CredsFile(PathBuf),
+    /// A file holding a user NKey seed (`SU...`): the servers list the
+    /// public key in `authorization { users = [{ nkey: ... }] }`.
+    NKeyFile(PathBuf),
 }
 
 /// Where a created JetStream stream keeps its messages.

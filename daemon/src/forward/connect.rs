@@ -75,6 +75,18 @@ async fn try_connect(
             .credentials_file(p)
             .await
             .map_err(|e| format!("creds_file {}: {e}", p.display()))?,
+        Auth::NKeyFile(p) => {
+            let seed = std::fs::read_to_string(p)
+                .map_err(|e| format!("nkey_file {}: {e}", p.display()))?;
+            let seed = seed.trim().to_owned();
+            if !seed.starts_with("SU") {
+                return Err(format!(
+                    "nkey_file {}: not a user NKey seed (it starts with SU)",
+                    p.display()
+                ));
+            }
+            o.nkey(seed)
+        }
     };
     if let Some(ca) = &f.tls_ca {
         o = o.add_root_certificates(ca.clone()).require_tls(true);
