@@ -9,6 +9,7 @@
 //! [`Sender`]: crate::proto::Sender
 
 mod consumer;
+mod failover;
 mod link;
 mod options;
 mod producer;
@@ -17,5 +18,5 @@ mod tx;
 pub use crate::quic::control::{ConsumeMode, StartAt};
 pub use consumer::{Consumer, ConsumerError, ConsumerOptions, Delivery, SubscriptionInfo};
 pub use options::{ProducerError, ProducerOptions, QuicOptions, Transport};
-pub use producer::Producer;
+pub use producer::{FailoverEvent, Producer, ProducerStatus};
 pub use tx::{DatagramTx, TxProvider};
