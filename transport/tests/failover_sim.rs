@@ -35,6 +35,9 @@ const PRODUCER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
 ));
 const TIME_BOUND: Duration = Duration::from_secs(60);
 
+/// A datagram on its way: (arrival, order sent, to the receiver?, bytes).
+type InFlight = Reverse<(Instant, u64, bool, Vec<u8>)>;
+
 fn payload(seq: u64) -> Bytes {
     Bytes::from(format!("message {seq} ").repeat((seq % 7 + 1) as usize))
 }
@@ -88,8 +91,7 @@ fn run_seed(seed: u64) -> Result<(), String> {
         ..ReceiverConfig::default()
     });
     let mut net_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5A5A);
-    // (arrival, order, to receiver?, datagram)
-    let mut in_flight: BinaryHeap<Reverse<(Instant, u64, bool, Vec<u8>)>> = BinaryHeap::new();
+    let mut in_flight: BinaryHeap<InFlight> = BinaryHeap::new();
     let mut sent = 0u64;
     let mut stored: Vec<u64> = Vec::new();
     let mut owner_durable = b_durable;
