@@ -211,3 +211,42 @@ async fn a_producer_fails_over_to_the_second_daemon_over_the_fast_path() {
     })
     .await;
 }
+
+/// `sluice publish` takes several daemons (a comma list, or `--to`
+/// repeated) and fails over between them: here the first is down from the
+/// start, and every message goes to the second.
+#[test]
+fn sluice_publish_takes_several_daemons_and_moves_past_one_that_is_down() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // A is never started: nothing answers at its address.
+    let a = DaemonSpec::new(sluiced_bin!(), da.path()).insecure_lan();
+    let b_spec = DaemonSpec::new(sluiced_bin!(), db.path()).insecure_lan();
+    let b = b_spec.start();
+    let (a_addr, b_addr) = (a.data.to_string(), b_spec.data.to_string());
+    let list = format!("{a_addr},{b_addr}");
+    let publish = |to: &[&str]| {
+        let out = std::process::Command::new(sluice_tests::sluice_bin!())
+            .args(["publish", "-s", STREAM, "--transport", "udp"])
+            .args(to)
+            .args(["--producer", "5", "--count", "500", "--size", "32"])
+            .env_remove("SLUICE_ADDR")
+            .output()
+            .expect("run sluice publish");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "sluice publish failed: {err}");
+        err
+    };
+    let first = publish(&["--to", &list]);
+    assert!(first.contains("published 500 messages"), "{first}");
+    assert!(first.contains("seqs 1..=500"), "{first}");
+    // Repeated --to; the producer continues its numbering at B.
+    let second = publish(&["--to", &a_addr, "--to", &b_addr]);
+    assert!(second.contains("seqs 501..=1000"), "{second}");
+    assert!(b.terminate(Duration::from_secs(15)).success());
+    let stored: Vec<(u64, u64)> = check::stored(db.path(), STREAM);
+    assert_eq!(
+        stored,
+        (1..=1000).map(|s| (5, s)).collect::<Vec<_>>(),
+        "B holds every message once, in order"
+    );
+}
