@@ -337,3 +337,51 @@ async fn sends_fail_with_unreachable_once_every_daemon_is_down_past_the_deadline
     );
     assert!(p.status().failovers >= 2, "{:?}", p.status());
 }
+
+#[tokio::test]
+async fn a_restarted_producer_continues_after_the_furthest_daemon_not_the_first() {
+    let a = TestDaemon::start(loopback(), Arc::default(), false).await;
+    let b = TestDaemon::start(loopback(), Arc::default(), false).await;
+    let addrs = [a.addr, b.addr];
+    let p = within(Producer::connect_any(&addrs, "s", 11, quick_failover()))
+        .await
+        .unwrap();
+    within(p.send_batch((0..100).map(|i| Bytes::from(format!("a{i}"))).collect()))
+        .await
+        .unwrap();
+    let (a_addr, a_store) = a.stop().await;
+    let at_b = within(p.send_batch((0..100).map(|i| Bytes::from(format!("b{i}"))).collect()))
+        .await
+        .unwrap();
+    assert_eq!(at_b, 101..201);
+    within(p.close()).await.unwrap();
+    // The producer restarts and A is back: A knows it up to 100 only, B up
+    // to 200. Numbering from A's mark would reuse 101..=200.
+    let a = TestDaemon::start(a_addr, a_store, false).await;
+    let p = within(Producer::connect_any(&addrs, "s", 11, quick_failover()))
+        .await
+        .unwrap();
+    assert_eq!(p.status().daemon, a.addr);
+    assert_eq!(
+        within(p.send(Bytes::from_static(b"again"))).await.unwrap(),
+        201
+    );
+    within(p.close()).await.unwrap();
+    assert_eq!(
+        seqs(&a.store, 11),
+        (1..=100).chain([201]).collect::<Vec<_>>()
+    );
+    // An application that keeps its own mark gives it, and numbering
+    // continues after it.
+    let mut options = quick_failover();
+    options.resume_after = Some(500);
+    let p = within(Producer::connect(a.addr, "s", 11, options))
+        .await
+        .unwrap();
+    assert_eq!(
+        within(p.send(Bytes::from_static(b"later"))).await.unwrap(),
+        501
+    );
+    within(p.close()).await.unwrap();
+    let _ = (a.stop().await, b.stop().await);
+}

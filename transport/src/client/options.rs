@@ -32,6 +32,11 @@ pub struct ProducerOptions {
     /// `max_reconnects` bounds the attempts). Meanwhile sends queue up to
     /// the unacked buffer and then wait: backpressure, nothing is dropped.
     pub unreachable_timeout: Option<Duration>,
+    /// The highest seq of this producer the application knows was acked
+    /// (kept across its restarts), if it keeps one: numbering continues
+    /// after it, or after the daemon's durable seq if that is further.
+    /// Without it a producer that starts asks the daemons where it stands.
+    pub resume_after: Option<u64>,
     /// Local address to send from; by default any port of the daemon's family.
     pub bind: Option<SocketAddr>,
     /// Send raw-UDP datagrams (udp and fast path) through this instead of
@@ -47,6 +52,7 @@ impl Default for ProducerOptions {
             credit_timeout: Duration::from_secs(30),
             max_reconnects: 5,
             unreachable_timeout: None,
+            resume_after: None,
             bind: None,
             tx: None,
         }

@@ -159,6 +159,34 @@ impl Producer {
                 }
             }
         };
+        // Where the producer stands: what the application says, and, with
+        // several daemons, the furthest any reachable one has stored (a
+        // producer that restarts may have moved on to another daemon than
+        // the one it opens with: numbering from that one alone would reuse
+        // seqs, and JetStream would drop those messages as duplicates).
+        let mut resume_after = connector.options.resume_after;
+        if failover.len() > 1 {
+            let others: Vec<_> = addrs
+                .iter()
+                .filter(|&&a| a != connector.addr)
+                .map(|&addr| {
+                    let c = Connector {
+                        addr,
+                        ..connector.clone()
+                    };
+                    tokio::spawn(async move { (addr, stands_at(&c).await) })
+                })
+                .collect();
+            for probe in others {
+                match probe.await {
+                    Ok((_, Some(seq))) => resume_after = Some(resume_after.unwrap_or(0).max(seq)),
+                    Ok((addr, None)) => {
+                        warn!(stream, daemon = %addr, "could not ask where this producer stands (unreachable): numbering continues from what the others know")
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
         let (tx, rx) = mpsc::channel(1024);
         let (ready_tx, ready_rx) = oneshot::channel();
         let (status_tx, status) = watch::channel(ProducerStatus {
@@ -167,7 +195,7 @@ impl Producer {
             failovers: 0,
             last_failover: None,
         });
-        let task = Task::new(link, connector, failover, status_tx, rx);
+        let task = Task::new(link, connector, resume_after, failover, status_tx, rx);
         tokio::spawn(task.run(ready_tx));
         ready_rx.await.map_err(|_| ProducerError::Closed)??;
         Ok(Producer {
@@ -271,6 +299,8 @@ struct Task {
     fatal: Option<ProducerError>,
     /// The sender's settings for this transport's links.
     sender_config: crate::proto::SenderConfig,
+    /// Where the producer stood when it started, if known.
+    resume_after: Option<u64>,
     stream: String,
     options: ProducerOptions,
     sender: Sender,
@@ -289,13 +319,18 @@ impl Task {
     fn new(
         link: Link,
         connector: Connector,
+        resume_after: Option<u64>,
         failover: Failover,
         status: watch::Sender<ProducerStatus>,
         commands: mpsc::Receiver<Command>,
     ) -> Self {
         let options = connector.options.clone();
         let config = sender_config(&options, &link);
-        let sender = Sender::new(config.clone(), first_connect(&connector), Instant::now());
+        let connect = Connect {
+            resume_after,
+            ..first_connect(&connector)
+        };
+        let sender = Sender::new(config.clone(), connect, Instant::now());
         Task {
             link: Some(link),
             stream: connector.stream.clone(),
@@ -306,6 +341,7 @@ impl Task {
             ready: None,
             fatal: None,
             sender_config: config,
+            resume_after,
             options,
             sender,
             commands,
@@ -473,13 +509,14 @@ impl Task {
         self.sender = if opened {
             self.sender.successor(rand::random(), now)
         } else {
-            // Nothing was pushed yet and we do not know where the producer
-            // stands: ask the next daemon, as the first was to be asked.
-            Sender::new(
-                self.sender_config.clone(),
-                first_connect(&self.connector),
-                now,
-            )
+            // Nothing was pushed yet: ask the next daemon where the
+            // producer stands, as the first was to be asked (from the
+            // same known mark, if any).
+            let connect = Connect {
+                resume_after: self.resume_after,
+                ..first_connect(&self.connector)
+            };
+            Sender::new(self.sender_config.clone(), connect, now)
         };
         // Over QUIC a session ends with its stream or connection, and a
         // raw-UDP socket is connected to one daemon: start afresh, unless
@@ -718,6 +755,51 @@ impl Task {
         }
         if let Some(done) = self.closing.take() {
             let _ = done.send(Err(e));
+        }
+    }
+}
+
+/// Where `connector`'s producer stands at the daemon it points to: the
+/// durable seq that daemon's WELCOME reports, then the session is closed.
+/// `None` when it does not answer within the handshake timeout.
+async fn stands_at(connector: &Connector) -> Option<u64> {
+    let mut link = connector.link().await.ok()?;
+    let config = sender_config(&connector.options, &link);
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let mut sender = Sender::new(config, first_connect(connector), Instant::now());
+    let mut out = Vec::with_capacity(MAX_DATAGRAM);
+    let mut batch = SendBatch::new();
+    loop {
+        while sender.poll_transmit(Instant::now(), &mut out) {
+            batch.push(connector.addr, &out);
+        }
+        link.send(&mut batch).await.ok()?;
+        while let Some(ev) = sender.poll_event() {
+            match ev {
+                SenderEvent::Connected { durable_seq, .. } => {
+                    sender.close();
+                    while sender.poll_transmit(Instant::now(), &mut out) {
+                        batch.push(connector.addr, &out);
+                    }
+                    let _ = link.send(&mut batch).await;
+                    return Some(durable_seq);
+                }
+                SenderEvent::Closed(_) => return None,
+                SenderEvent::Durable { .. } => {}
+            }
+        }
+        let wake = sender
+            .poll_timeout()
+            .map_or(deadline, tokio::time::Instant::from_std)
+            .min(deadline);
+        tokio::select! {
+            r = link.recv() => sender.handle_datagram(Instant::now(), r.ok()?),
+            _ = tokio::time::sleep_until(wake) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return None;
+                }
+                sender.handle_timeout(Instant::now());
+            }
         }
     }
 }
