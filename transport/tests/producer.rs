@@ -217,3 +217,171 @@ async fn errors_name_what_went_wrong() {
     // The producer still works after a refused message.
     assert_eq!(within(p.send(Bytes::from("ok"))).await, Ok(1));
 }
+
+/// Options that notice a silent daemon within a second or so.
+fn quick_failover() -> ProducerOptions {
+    let mut o = ProducerOptions::default();
+    o.sender.heartbeat_interval = Duration::from_millis(100);
+    o.sender.idle_timeout = Duration::from_millis(600);
+    o.sender.handshake_timeout = Duration::from_millis(600);
+    o.max_reconnects = 20;
+    o
+}
+
+/// The seqs a store holds for `producer`, in the order stored.
+fn seqs(store: &Arc<Mutex<Store>>, producer: u64) -> Vec<u64> {
+    let st = store.lock().unwrap();
+    st.records
+        .iter()
+        .filter(|r| r.0 == producer)
+        .map(|r| r.1)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_producer_fails_over_to_the_next_daemon_and_resends_what_was_not_acked() {
+    let a = TestDaemon::start(loopback(), Arc::default(), false).await;
+    let b = TestDaemon::start(loopback(), Arc::default(), false).await;
+    let (a_addr, b_addr) = (a.addr, b.addr);
+    let p = within(Producer::connect_any(
+        &[a_addr, b_addr],
+        "s",
+        9,
+        quick_failover(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(p.status().daemon, a_addr);
+    let first = within(p.send_batch((0..100).map(|i| Bytes::from(format!("m{i}"))).collect()))
+        .await
+        .unwrap();
+    assert_eq!(first, 1..101);
+    // A goes away for good; what is sent now must reach B.
+    let (_, a_store) = a.stop().await;
+    let second = within(p.send_batch((100..200).map(|i| Bytes::from(format!("m{i}"))).collect()))
+        .await
+        .unwrap();
+    assert_eq!(second, 101..201, "the same numbering continues at B");
+    let status = p.status();
+    assert_eq!(status.daemon, b_addr);
+    assert_eq!(status.failovers, 1);
+    let event = status.last_failover.expect("the failover is reported");
+    assert_eq!((event.from, event.to), (a_addr, b_addr));
+    // B never saw this producer: it starts at the first seq A had not
+    // acked (no NACK for 1..=100, which the producer no longer holds).
+    assert_eq!(seqs(&a_store, 9), (1..=100).collect::<Vec<_>>());
+    assert_eq!(seqs(&b.store, 9), (101..=200).collect::<Vec<_>>());
+    within(p.close()).await.unwrap();
+    let _ = b.stop().await;
+}
+
+#[tokio::test]
+async fn a_producer_whose_first_daemon_is_down_starts_at_the_next() {
+    // An address where nothing listens.
+    let down = TestDaemon::start(loopback(), Arc::default(), false).await;
+    let (down_addr, _) = down.stop().await;
+    let b = TestDaemon::start(loopback(), Arc::default(), false).await;
+    let p = within(Producer::connect_any(
+        &[down_addr, b.addr],
+        "s",
+        3,
+        quick_failover(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(p.status().daemon, b.addr);
+    assert_eq!(within(p.send(Bytes::from_static(b"x"))).await.unwrap(), 1);
+    within(p.close()).await.unwrap();
+    // None at all: an error naming the last one tried, not a hang.
+    let e = within(Producer::connect_any(
+        &[down_addr],
+        "s",
+        3,
+        quick_failover(),
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(e, ProducerError::Unreachable { addr, .. } if addr == down_addr),
+        "{e}"
+    );
+    let e = within(Producer::connect_any(&[], "s", 3, quick_failover()))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ProducerError::Config(_)), "{e}");
+}
+
+#[tokio::test]
+async fn sends_fail_with_unreachable_once_every_daemon_is_down_past_the_deadline() {
+    let a = TestDaemon::start(loopback(), Arc::default(), false).await;
+    let b = TestDaemon::start(loopback(), Arc::default(), false).await;
+    let mut options = quick_failover();
+    options.max_reconnects = u32::MAX;
+    options.unreachable_timeout = Some(Duration::from_secs(2));
+    let p = within(Producer::connect_any(&[a.addr, b.addr], "s", 4, options))
+        .await
+        .unwrap();
+    assert_eq!(within(p.send(Bytes::from_static(b"x"))).await.unwrap(), 1);
+    let _ = a.stop().await;
+    let _ = b.stop().await;
+    let started = Instant::now();
+    // Not lost silently: the send waits while the producer tries, then
+    // fails with the reason.
+    let e = within(p.send(Bytes::from_static(b"y"))).await.unwrap_err();
+    assert!(matches!(e, ProducerError::Unreachable { .. }), "{e}");
+    assert!(e.to_string().contains("gave up"), "{e}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "gave up after {took:?}, the deadline is 2 s"
+    );
+    assert!(p.status().failovers >= 2, "{:?}", p.status());
+}
+
+#[tokio::test]
+async fn a_restarted_producer_continues_after_the_furthest_daemon_not_the_first() {
+    let a = TestDaemon::start(loopback(), Arc::default(), false).await;
+    let b = TestDaemon::start(loopback(), Arc::default(), false).await;
+    let addrs = [a.addr, b.addr];
+    let p = within(Producer::connect_any(&addrs, "s", 11, quick_failover()))
+        .await
+        .unwrap();
+    within(p.send_batch((0..100).map(|i| Bytes::from(format!("a{i}"))).collect()))
+        .await
+        .unwrap();
+    let (a_addr, a_store) = a.stop().await;
+    let at_b = within(p.send_batch((0..100).map(|i| Bytes::from(format!("b{i}"))).collect()))
+        .await
+        .unwrap();
+    assert_eq!(at_b, 101..201);
+    within(p.close()).await.unwrap();
+    // The producer restarts and A is back: A knows it up to 100 only, B up
+    // to 200. Numbering from A's mark would reuse 101..=200.
+    let a = TestDaemon::start(a_addr, a_store, false).await;
+    let p = within(Producer::connect_any(&addrs, "s", 11, quick_failover()))
+        .await
+        .unwrap();
+    assert_eq!(p.status().daemon, a.addr);
+    assert_eq!(
+        within(p.send(Bytes::from_static(b"again"))).await.unwrap(),
+        201
+    );
+    within(p.close()).await.unwrap();
+    assert_eq!(
+        seqs(&a.store, 11),
+        (1..=100).chain([201]).collect::<Vec<_>>()
+    );
+    // An application that keeps its own mark gives it, and numbering
+    // continues after it.
+    let mut options = quick_failover();
+    options.resume_after = Some(500);
+    let p = within(Producer::connect(a.addr, "s", 11, options))
+        .await
+        .unwrap();
+    assert_eq!(
+        within(p.send(Bytes::from_static(b"later"))).await.unwrap(),
+        501
+    );
+    within(p.close()).await.unwrap();
+    let _ = (a.stop().await, b.stop().await);
+}

@@ -23,7 +23,20 @@ pub struct ProducerOptions {
     pub credit_timeout: Duration,
     /// How many times in a row to try opening a new session after one ends
     /// (daemon restarted, session timed out) before failing what is pending.
+    /// With several daemons ([`Producer::connect_any`](super::Producer::connect_any)):
+    /// how many rounds of the list, each failure (a lost session or a failed
+    /// attempt) counting as one daemon tried.
     pub max_reconnects: u32,
+    /// Fail what is pending once no session has been open at any daemon for
+    /// this long, however many attempts that was (`None`: only
+    /// `max_reconnects` bounds the attempts). Meanwhile sends queue up to
+    /// the unacked buffer and then wait: backpressure, nothing is dropped.
+    pub unreachable_timeout: Option<Duration>,
+    /// The highest seq of this producer the application knows was acked
+    /// (kept across its restarts), if it keeps one: numbering continues
+    /// after it, or after the daemon's durable seq if that is further.
+    /// Without it a producer that starts asks the daemons where it stands.
+    pub resume_after: Option<u64>,
     /// Local address to send from; by default any port of the daemon's family.
     pub bind: Option<SocketAddr>,
     /// Send raw-UDP datagrams (udp and fast path) through this instead of
@@ -38,6 +51,8 @@ impl Default for ProducerOptions {
             sender: SenderConfig::default(),
             credit_timeout: Duration::from_secs(30),
             max_reconnects: 5,
+            unreachable_timeout: None,
+            resume_after: None,
             bind: None,
             tx: None,
         }

@@ -8,9 +8,10 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
+use super::failover::{Failover, Failure, Next};
 use super::link::{Connector, Link};
 use super::options::{ProducerError, ProducerOptions, Transport};
 use crate::proto::{CloseReason, Connect, PushError, Sender, SenderEvent};
@@ -73,6 +74,31 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct Producer {
     commands: mpsc::Sender<Command>,
+    status: watch::Receiver<ProducerStatus>,
+}
+
+/// Which daemon a [`Producer`] uses, and how often it moved to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerStatus {
+    /// The daemon the producer talks to, or is trying to reach.
+    pub daemon: SocketAddr,
+    /// Whether a session is open there now.
+    pub connected: bool,
+    /// How many times the producer moved to another daemon of its list.
+    pub failovers: u64,
+    /// The last move, if any.
+    pub last_failover: Option<FailoverEvent>,
+}
+
+/// A producer left one daemon for the next of its list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverEvent {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    /// Why it left `from`.
+    pub reason: String,
+    /// Messages not yet acked then, sent again to `to`.
+    pub resent: usize,
 }
 
 impl Producer {
@@ -85,23 +111,108 @@ impl Producer {
         producer_id: u64,
         options: ProducerOptions,
     ) -> Result<Producer, ProducerError> {
+        Producer::connect_any(&[addr], stream, producer_id, options).await
+    }
+
+    /// Like [`connect`](Producer::connect), over an ordered list of daemons
+    /// that all take this stream: the producer opens its session with the
+    /// first that answers, and when that one becomes unreachable it moves
+    /// to the next (round robin), sending again there every message not yet
+    /// acked, with the same producer id and seqs. See the module docs of
+    /// [`client`](super) for the rules.
+    pub async fn connect_any(
+        addrs: &[SocketAddr],
+        stream: &str,
+        producer_id: u64,
+        options: ProducerOptions,
+    ) -> Result<Producer, ProducerError> {
         options
             .sender
             .validate()
             .map_err(|e| ProducerError::Config(e.to_string()))?;
-        let connector = Connector {
-            addr,
+        if addrs.is_empty() {
+            return Err(ProducerError::Config("no daemon address given".into()));
+        }
+        let mut failover = Failover::new(
+            addrs.to_vec(),
+            options.max_reconnects,
+            options.unreachable_timeout,
+        );
+        let mut connector = Connector {
+            addr: failover.current(),
             stream: stream.to_owned(),
             producer_id,
             options,
         };
-        let link = connector.link().await?;
+        // The first that answers; each is tried once before giving up.
+        let link = loop {
+            match connector.link().await {
+                Ok(link) => break link,
+                Err(e) if e.is_permanent() => return Err(e),
+                Err(e) => {
+                    if failover.failures() + 1 >= failover.len() as u32 {
+                        return Err(e);
+                    }
+                    warn!(stream, daemon = %connector.addr, error = %e, "cannot reach sluiced; trying the next daemon");
+                    failover.failed(Instant::now(), Failure::ConnectFailed);
+                    connector.addr = failover.current();
+                }
+            }
+        };
+        // Where the producer stands: what the application says, and, with
+        // several daemons, the furthest any reachable one has stored (a
+        // producer that restarts may have moved on to another daemon than
+        // the one it opens with: numbering from that one alone would reuse
+        // seqs, and JetStream would drop those messages as duplicates).
+        let mut resume_after = connector.options.resume_after;
+        if failover.len() > 1 {
+            let others: Vec<_> = addrs
+                .iter()
+                .filter(|&&a| a != connector.addr)
+                .map(|&addr| {
+                    let c = Connector {
+                        addr,
+                        ..connector.clone()
+                    };
+                    tokio::spawn(async move { (addr, stands_at(&c).await) })
+                })
+                .collect();
+            for probe in others {
+                match probe.await {
+                    Ok((_, Some(seq))) => resume_after = Some(resume_after.unwrap_or(0).max(seq)),
+                    Ok((addr, None)) => {
+                        warn!(stream, daemon = %addr, "could not ask where this producer stands (unreachable): numbering continues from what the others know")
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
         let (tx, rx) = mpsc::channel(1024);
         let (ready_tx, ready_rx) = oneshot::channel();
-        let task = Task::new(link, connector, rx);
+        let (status_tx, status) = watch::channel(ProducerStatus {
+            daemon: connector.addr,
+            connected: false,
+            failovers: 0,
+            last_failover: None,
+        });
+        let task = Task::new(link, connector, resume_after, failover, status_tx, rx);
         tokio::spawn(task.run(ready_tx));
         ready_rx.await.map_err(|_| ProducerError::Closed)??;
-        Ok(Producer { commands: tx })
+        Ok(Producer {
+            commands: tx,
+            status,
+        })
+    }
+
+    /// Which daemon the producer uses now, and its failovers so far.
+    pub fn status(&self) -> ProducerStatus {
+        self.status.borrow().clone()
+    }
+
+    /// The producer's status as it changes (session open or lost, moved to
+    /// another daemon): `changed().await` on it wakes on each.
+    pub fn watch_status(&self) -> watch::Receiver<ProducerStatus> {
+        self.status.clone()
     }
 
     /// Publishes one message; resolves with its sequence number once it is
@@ -168,12 +279,28 @@ struct Waiter {
     done: Done,
 }
 
+/// Answers `Producer::connect` once the first session is open (or failed).
+type Ready = oneshot::Sender<Result<(), ProducerError>>;
+
 /// The I/O task: owns the link and the sans-IO sender.
 struct Task {
     /// `None` while a new one is being set up.
     link: Option<Link>,
+    /// Says where `link` goes (its `addr` is the current daemon's).
     connector: Connector,
-    addr: SocketAddr,
+    failover: Failover,
+    /// Wait this long before the next link is set up (a whole round of
+    /// daemons failed).
+    relink_delay: Duration,
+    status: watch::Sender<ProducerStatus>,
+    /// Until the first session opens.
+    ready: Option<Ready>,
+    /// Why the producer must stop, found where it could not stop at once.
+    fatal: Option<ProducerError>,
+    /// The sender's settings for this transport's links.
+    sender_config: crate::proto::SenderConfig,
+    /// Where the producer stood when it started, if known.
+    resume_after: Option<u64>,
     stream: String,
     options: ProducerOptions,
     sender: Sender,
@@ -184,29 +311,37 @@ struct Task {
     waiters: VecDeque<Waiter>,
     flushes: Vec<(u64, oneshot::Sender<Result<(), ProducerError>>)>,
     closing: Option<oneshot::Sender<Result<(), ProducerError>>>,
-    reconnects: u32,
     /// Since when sends have waited for durability with no progress.
     stalled_since: Option<Instant>,
 }
 
 impl Task {
-    fn new(link: Link, connector: Connector, commands: mpsc::Receiver<Command>) -> Self {
+    fn new(
+        link: Link,
+        connector: Connector,
+        resume_after: Option<u64>,
+        failover: Failover,
+        status: watch::Sender<ProducerStatus>,
+        commands: mpsc::Receiver<Command>,
+    ) -> Self {
         let options = connector.options.clone();
-        let sender = Sender::new(
-            sender_config(&options, &link),
-            Connect {
-                producer_id: connector.producer_id,
-                stream: connector.stream.clone(),
-                resume_after: None,
-                nonce: rand::random(),
-            },
-            Instant::now(),
-        );
+        let config = sender_config(&options, &link);
+        let connect = Connect {
+            resume_after,
+            ..first_connect(&connector)
+        };
+        let sender = Sender::new(config.clone(), connect, Instant::now());
         Task {
             link: Some(link),
-            addr: connector.addr,
             stream: connector.stream.clone(),
             connector,
+            failover,
+            relink_delay: Duration::ZERO,
+            status,
+            ready: None,
+            fatal: None,
+            sender_config: config,
+            resume_after,
             options,
             sender,
             commands,
@@ -214,16 +349,19 @@ impl Task {
             waiters: VecDeque::new(),
             flushes: Vec::new(),
             closing: None,
-            reconnects: 0,
             stalled_since: None,
         }
     }
 
-    async fn run(mut self, ready: oneshot::Sender<Result<(), ProducerError>>) {
-        let mut ready = Some(ready);
+    async fn run(mut self, ready: Ready) {
+        self.ready = Some(ready);
         let mut out = Vec::with_capacity(MAX_DATAGRAM);
         let mut outbox = SendBatch::new();
         loop {
+            if let Some(e) = self.fatal.take() {
+                self.fail_all(e);
+                return;
+            }
             if self.link.is_none() {
                 if let Err(e) = self.relink().await {
                     self.fail_all(e);
@@ -234,16 +372,16 @@ impl Task {
             // Everything due goes out in one batch: at high rates the
             // system call per datagram is most of the cost.
             while self.sender.poll_transmit(now, &mut out) {
-                outbox.push(self.addr, &out);
+                outbox.push(self.connector.addr, &out);
                 if outbox.len() >= SEND_BATCH {
                     self.flush_outbox(&mut outbox).await;
                 }
             }
             self.flush_outbox(&mut outbox).await;
-            if self.link.is_none() {
+            if self.link.is_none() || self.fatal.is_some() {
                 continue;
             }
-            if let Err(e) = self.handle_events(&mut ready) {
+            if let Err(e) = self.handle_events() {
                 self.fail_all(e);
                 return;
             }
@@ -254,7 +392,13 @@ impl Task {
                 return;
             }
             self.unblock(now);
-            self.check_progress(now);
+            if let Err(e) = self.check_progress(now) {
+                self.fail_all(e);
+                return;
+            }
+            if self.link.is_none() {
+                continue;
+            }
             let deadline = [self.sender.poll_timeout(), self.stall_deadline()]
                 .into_iter()
                 .flatten()
@@ -307,49 +451,119 @@ impl Task {
         if let Err(e) = link.send(outbox).await {
             outbox.clear();
             if let Err(e) = self.link_lost(e) {
-                // Permanent: the next relink reports it.
-                warn!(stream = %self.stream, error = %e, "link failed");
+                // Permanent, or every daemon failed: the loop reports it.
+                self.fatal = Some(e);
             }
         }
     }
 
-    /// The link stopped working: drop it and carry the unacked messages
-    /// over to a new session on a new link, unless retrying cannot help.
+    /// The link stopped working: move on (to the next daemon, if there are
+    /// several) with the unacked messages, unless retrying cannot help.
     fn link_lost(&mut self, e: ProducerError) -> Result<(), ProducerError> {
         if e.is_permanent() {
             return Err(e);
         }
-        warn!(stream = %self.stream, error = %e, transport = self.options.transport.name(), "link to sluiced lost; reconnecting");
-        self.link = None;
-        self.sender = self.sender.successor(rand::random(), Instant::now());
+        let failure = if self.sender.is_established() {
+            Failure::SessionLost
+        } else {
+            Failure::ConnectFailed
+        };
+        let reason = format!("{} link lost: {e}", self.options.transport.name());
+        self.fail_over(failure, &reason)
+    }
+
+    /// The current daemon failed: go where the failover says (the next
+    /// daemon of the list, or the same one when there is only one), or give
+    /// up. Every message not yet acked moves to the new session with its seq.
+    fn fail_over(&mut self, failure: Failure, reason: &str) -> Result<(), ProducerError> {
+        let from = self.connector.addr;
+        let now = Instant::now();
+        let next = self.failover.failed(now, failure);
+        let opened = self.ready.is_none();
+        let addr = match next {
+            // Before the first session opened, each daemon is tried once:
+            // `connect` reports the error rather than retrying for long.
+            _ if !opened && self.failover.failures() >= self.failover.len() as u32 => {
+                return Err(ProducerError::Unreachable {
+                    addr: from,
+                    reason: reason.to_owned(),
+                });
+            }
+            Next::GiveUp { rounds, down_for } => {
+                return Err(ProducerError::Unreachable {
+                    addr: from,
+                    reason: format!(
+                        "{reason}; gave up after {} failures in a row ({rounds} round(s) of {} daemon(s)), \
+                         no session open for {down_for:?}",
+                        self.failover.failures(),
+                        self.failover.len()
+                    ),
+                });
+            }
+            Next::Try { addr, delay, .. } => {
+                self.relink_delay = delay;
+                addr
+            }
+        };
+        let resent = self.sender.unacked_len();
+        self.sender = if opened {
+            self.sender.successor(rand::random(), now)
+        } else {
+            // Nothing was pushed yet: ask the next daemon where the
+            // producer stands, as the first was to be asked (from the
+            // same known mark, if any).
+            let connect = Connect {
+                resume_after: self.resume_after,
+                ..first_connect(&self.connector)
+            };
+            Sender::new(self.sender_config.clone(), connect, now)
+        };
+        // Over QUIC a session ends with its stream or connection, and a
+        // raw-UDP socket is connected to one daemon: start afresh, unless
+        // raw UDP goes back to the same daemon at once (it keeps its socket).
+        let keep = matches!(self.options.transport, Transport::Udp)
+            && addr == from
+            && self.relink_delay.is_zero();
+        if !keep {
+            self.link = None;
+        }
+        self.connector.addr = addr;
+        if addr != from {
+            warn!(stream = %self.stream, %from, to = %addr, reason, resent, "failing over to the next sluiced");
+            self.status.send_modify(|s| {
+                s.daemon = addr;
+                s.connected = false;
+                s.failovers += 1;
+                s.last_failover = Some(FailoverEvent {
+                    from,
+                    to: addr,
+                    reason: reason.to_owned(),
+                    resent,
+                });
+            });
+        } else {
+            warn!(stream = %self.stream, daemon = %from, reason, resent, "session ended; reconnecting");
+            self.status.send_modify(|s| s.connected = false);
+        }
         Ok(())
     }
 
-    /// Sets up a new link, retrying with backoff up to `max_reconnects`.
+    /// Sets up a new link to the current daemon, moving on through the list
+    /// while they fail, until the failover gives up.
     async fn relink(&mut self) -> Result<(), ProducerError> {
-        let mut delay = Duration::from_millis(50);
         loop {
+            let delay = std::mem::take(&mut self.relink_delay);
+            if !delay.is_zero() {
+                warn!(stream = %self.stream, ?delay, "no sluiced reachable; waiting before the next round");
+                tokio::time::sleep(delay).await;
+            }
             match self.connector.link().await {
                 Ok(link) => {
                     self.link = Some(link);
                     return Ok(());
                 }
                 Err(e) if e.is_permanent() => return Err(e),
-                Err(e) => {
-                    self.reconnects += 1;
-                    if self.reconnects > self.options.max_reconnects {
-                        return Err(ProducerError::Unreachable {
-                            addr: self.addr,
-                            reason: format!(
-                                "{e}; gave up after {} reconnects",
-                                self.reconnects - 1
-                            ),
-                        });
-                    }
-                    warn!(stream = %self.stream, error = %e, ?delay, "cannot reach sluiced; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
+                Err(e) => self.fail_over(Failure::ConnectFailed, &e.to_string())?,
             }
         }
     }
@@ -385,15 +599,17 @@ impl Task {
     /// Fails what waits for durability once nothing became durable for
     /// `credit_timeout` on an open session (reconnects have their own
     /// bounds). The messages stay queued: the daemon may still store them.
-    fn check_progress(&mut self, now: Instant) {
+    /// With several daemons, the producer also moves to the next one, where
+    /// the messages are sent again.
+    fn check_progress(&mut self, now: Instant) -> Result<(), ProducerError> {
         let waiting = !self.waiters.is_empty() || !self.flushes.is_empty();
         if !waiting || !self.sender.is_established() {
             self.stalled_since = None;
-            return;
+            return Ok(());
         }
         let since = *self.stalled_since.get_or_insert(now);
         if now.duration_since(since) < self.options.credit_timeout {
-            return;
+            return Ok(());
         }
         let e = ProducerError::CreditTimeout(self.options.credit_timeout);
         warn!(stream = %self.stream, error = %e, "sends failed");
@@ -404,6 +620,11 @@ impl Task {
             let _ = done.send(Err(e.clone()));
         }
         self.stalled_since = None;
+        if self.failover.len() > 1 {
+            let reason = format!("nothing acked for {:?}", self.options.credit_timeout);
+            self.fail_over(Failure::SessionLost, &reason)?;
+        }
+        Ok(())
     }
 
     /// Pushes as much of the blocked send as the buffer takes.
@@ -446,19 +667,17 @@ impl Task {
         }
     }
 
-    fn handle_events(
-        &mut self,
-        ready: &mut Option<oneshot::Sender<Result<(), ProducerError>>>,
-    ) -> Result<(), ProducerError> {
+    fn handle_events(&mut self) -> Result<(), ProducerError> {
         while let Some(ev) = self.sender.poll_event() {
             match ev {
                 SenderEvent::Connected {
                     session_id,
                     durable_seq,
                 } => {
-                    info!(session_id, durable_seq, stream = %self.stream, "session open");
-                    self.reconnects = 0;
-                    if let Some(r) = ready.take() {
+                    info!(session_id, durable_seq, stream = %self.stream, daemon = %self.connector.addr, "session open");
+                    self.failover.connected();
+                    self.status.send_modify(|s| s.connected = true);
+                    if let Some(r) = self.ready.take() {
                         let _ = r.send(Ok(()));
                     }
                 }
@@ -483,46 +702,28 @@ impl Task {
                         self.sender.close();
                     }
                 }
-                SenderEvent::Closed(reason) => self.on_closed(reason, ready)?,
+                SenderEvent::Closed(reason) => {
+                    self.on_closed(reason)?;
+                    // A new session replaced the old one: its events are
+                    // for the next turn of the loop.
+                    return Ok(());
+                }
             }
         }
         Ok(())
     }
 
-    fn on_closed(
-        &mut self,
-        reason: CloseReason,
-        ready: &mut Option<oneshot::Sender<Result<(), ProducerError>>>,
-    ) -> Result<(), ProducerError> {
+    fn on_closed(&mut self, reason: CloseReason) -> Result<(), ProducerError> {
         match reason {
             CloseReason::Local => Ok(()),
-            CloseReason::Rejected { reason, .. } => {
-                let e = ProducerError::Rejected(reason);
-                if let Some(r) = ready.take() {
-                    let _ = r.send(Err(e.clone()));
-                }
-                Err(e)
+            CloseReason::Rejected { reason, .. } => Err(ProducerError::Rejected(reason)),
+            CloseReason::HandshakeTimedOut => {
+                self.fail_over(Failure::ConnectFailed, "no answer to the handshake")
             }
-            CloseReason::HandshakeTimedOut if ready.is_some() => {
-                let e = ProducerError::Unreachable {
-                    addr: self.addr,
-                    reason: "no answer to the handshake".into(),
-                };
-                if let Some(r) = ready.take() {
-                    let _ = r.send(Err(e.clone()));
-                }
-                Err(e)
-            }
+            // The session ended under us (daemon restarted or went silent,
+            // session timed out, replaced): open a new one and carry the
+            // unacked messages over.
             other => {
-                // The session ended under us (daemon restarted, timeout,
-                // replaced): open a new one and carry the unacked messages over.
-                if self.reconnects >= self.options.max_reconnects {
-                    return Err(ProducerError::Unreachable {
-                        addr: self.addr,
-                        reason: format!("{other}; gave up after {} reconnects", self.reconnects),
-                    });
-                }
-                self.reconnects += 1;
                 if matches!(
                     other,
                     CloseReason::Remote {
@@ -530,27 +731,19 @@ impl Task {
                         ..
                     }
                 ) {
-                    info!(stream = %self.stream, "daemon no longer knows our session; reconnecting");
-                } else {
-                    warn!(stream = %self.stream, reason = %other, "session ended; reconnecting");
+                    info!(stream = %self.stream, daemon = %self.connector.addr, "daemon no longer knows our session");
                 }
-                self.reconnect();
-                Ok(())
+                self.fail_over(Failure::SessionLost, &other.to_string())
             }
-        }
-    }
-
-    fn reconnect(&mut self) {
-        self.sender = self.sender.successor(rand::random(), Instant::now());
-        // Over QUIC a session ends with its stream or connection: start
-        // afresh. Raw UDP keeps its socket.
-        if !matches!(self.options.transport, Transport::Udp) {
-            self.link = None;
         }
     }
 
     fn fail_all(&mut self, e: ProducerError) {
         warn!(error = %e, stream = %self.stream, "producer failed");
+        if let Some(r) = self.ready.take() {
+            let _ = r.send(Err(e.clone()));
+        }
+        self.status.send_modify(|s| s.connected = false);
         for w in self.waiters.drain(..) {
             let _ = w.done.send(Err(e.clone()));
         }
@@ -563,6 +756,62 @@ impl Task {
         if let Some(done) = self.closing.take() {
             let _ = done.send(Err(e));
         }
+    }
+}
+
+/// Where `connector`'s producer stands at the daemon it points to: the
+/// durable seq that daemon's WELCOME reports, then the session is closed.
+/// `None` when it does not answer within the handshake timeout.
+async fn stands_at(connector: &Connector) -> Option<u64> {
+    let mut link = connector.link().await.ok()?;
+    let config = sender_config(&connector.options, &link);
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let mut sender = Sender::new(config, first_connect(connector), Instant::now());
+    let mut out = Vec::with_capacity(MAX_DATAGRAM);
+    let mut batch = SendBatch::new();
+    loop {
+        while sender.poll_transmit(Instant::now(), &mut out) {
+            batch.push(connector.addr, &out);
+        }
+        link.send(&mut batch).await.ok()?;
+        while let Some(ev) = sender.poll_event() {
+            match ev {
+                SenderEvent::Connected { durable_seq, .. } => {
+                    sender.close();
+                    while sender.poll_transmit(Instant::now(), &mut out) {
+                        batch.push(connector.addr, &out);
+                    }
+                    let _ = link.send(&mut batch).await;
+                    return Some(durable_seq);
+                }
+                SenderEvent::Closed(_) => return None,
+                SenderEvent::Durable { .. } => {}
+            }
+        }
+        let wake = sender
+            .poll_timeout()
+            .map_or(deadline, tokio::time::Instant::from_std)
+            .min(deadline);
+        tokio::select! {
+            r = link.recv() => sender.handle_datagram(Instant::now(), r.ok()?),
+            _ = tokio::time::sleep_until(wake) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return None;
+                }
+                sender.handle_timeout(Instant::now());
+            }
+        }
+    }
+}
+
+/// How a producer's first session opens: it does not know where it stands,
+/// and asks the daemon.
+fn first_connect(connector: &Connector) -> Connect {
+    Connect {
+        producer_id: connector.producer_id,
+        stream: connector.stream.clone(),
+        resume_after: None,
+        nonce: rand::random(),
     }
 }
 

@@ -36,9 +36,10 @@ pub struct ConnectArgs {
 pub struct QuicArgs {
     /// The daemon's QUIC address (default 127.0.0.1:7400); with
     /// `publish --transport udp`, its data address (default
-    /// 127.0.0.1:7401).
-    #[arg(long, env = "SLUICE_ADDR")]
-    to: Option<SocketAddr>,
+    /// 127.0.0.1:7401). `publish` takes several (repeated, or a comma
+    /// list) and fails over from one to the next in that order.
+    #[arg(long, env = "SLUICE_ADDR", value_delimiter = ',', value_name = "ADDR")]
+    to: Vec<SocketAddr>,
     /// API token (`sluice token new`).
     #[arg(
         long,
@@ -78,10 +79,14 @@ pub struct QuicArgs {
 }
 
 impl ConnectArgs {
-    /// The address and producer options these flags describe.
-    pub fn resolve(&self) -> Result<(SocketAddr, ProducerOptions), String> {
+    /// The daemons' addresses, in failover order, and the producer options
+    /// these flags describe.
+    pub fn resolve(&self) -> Result<(Vec<SocketAddr>, ProducerOptions), String> {
         let default_port = if self.transport == "udp" { 7401 } else { 7400 };
-        let addr = self.quic.addr(default_port);
+        let addrs = self.quic.addrs(default_port);
+        // Trust is one setting for all: with several daemons, a CA (or
+        // one certificate they share) rather than the default file.
+        let addr = addrs[0];
         let transport = match self.transport.as_str() {
             "udp" => Transport::Udp,
             "quic" => Transport::Quic(self.quic.options(addr)?),
@@ -94,14 +99,20 @@ impl ConnectArgs {
             }
             options.tx = Some(xdp_tx(spec)?);
         }
-        Ok((addr, options))
+        Ok((addrs, options))
     }
 }
 
 impl QuicArgs {
     /// The daemon's QUIC address and how to connect to it (consumers).
     pub fn resolve(&self) -> Result<(SocketAddr, QuicOptions), String> {
-        let addr = self.addr(7400);
+        if self.to.len() > 1 {
+            return Err(format!(
+                "--to: a consumer reads from one daemon, {} were given",
+                self.to.len()
+            ));
+        }
+        let addr = self.addrs(7400)[0];
         Ok((addr, self.options(addr)?))
     }
 
@@ -120,9 +131,13 @@ impl QuicArgs {
         })
     }
 
-    fn addr(&self, default_port: u16) -> SocketAddr {
-        self.to
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port)))
+    /// The addresses given, or the local default: never empty.
+    fn addrs(&self, default_port: u16) -> Vec<SocketAddr> {
+        if self.to.is_empty() {
+            vec![SocketAddr::from(([127, 0, 0, 1], default_port))]
+        } else {
+            self.to.clone()
+        }
     }
 
     fn options(&self, addr: SocketAddr) -> Result<QuicOptions, String> {

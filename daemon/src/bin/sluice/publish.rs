@@ -84,11 +84,30 @@ pub fn run(a: Args) -> Res {
         let token = a.connect.quic.token()?;
         return http::publish(&a, token, messages, bar);
     }
-    let (addr, options) = a.connect.resolve()?;
+    let (addrs, options) = a.connect.resolve()?;
     let started = Instant::now();
     let rt = tokio::runtime::Runtime::new()?;
     let (acked, bytes, seqs) = rt.block_on(async {
-        let p = Producer::connect(addr, &a.stream, producer, options).await?;
+        let p = Producer::connect_any(&addrs, &a.stream, producer, options).await?;
+        let mut status = p.watch_status();
+        // Say so when the producer moves to another daemon.
+        let watch_bar = bar.clone();
+        tokio::spawn(async move {
+            let mut told = 0;
+            while status.changed().await.is_ok() {
+                let s = status.borrow_and_update().clone();
+                if s.failovers == told {
+                    continue;
+                }
+                told = s.failovers;
+                if let Some(f) = s.last_failover {
+                    watch_bar.println(format!(
+                        "sluice: failed over from {} to {} ({}); {} unacked messages sent again",
+                        f.from, f.to, f.reason, f.resent
+                    ));
+                }
+            }
+        });
         let (mut acked, mut bytes) = (0u64, 0u64);
         let mut seqs: Option<(u64, u64)> = None;
         // Several batches in flight, so the next is on the wire while the
