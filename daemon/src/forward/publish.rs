@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::config::{ForwardConfig, Storage};
+use super::confirm::ForwardConfirm;
 use super::metrics::{ErrorKind, ForwardCounters};
 use crate::consume::group::{Credit, Delivery};
 use crate::consume::service::Consumers;
@@ -38,6 +39,8 @@ pub struct Run {
     pub consumers: Arc<Consumers>,
     pub stats: Arc<ForwardCounters>,
     pub stop: watch::Receiver<bool>,
+    /// `ack = "replicated"`: told what is sent and PubAcked (confirm.rs).
+    pub confirm: Option<ForwardConfirm>,
 }
 
 /// A publish's outcome: its offset, when it was sent, the PubAck or error.
@@ -117,6 +120,8 @@ impl Run {
                         }
                         outcome = pending.next().now_or_never().flatten();
                     }
+                    // ack = "replicated": the producers' acks wait for these PubAcks.
+                    if let Some(c) = &self.confirm { c.forwarded(&acked) }
                     if !acked.is_empty() {
                         member.ack(ranges(acked));
                     }
@@ -132,6 +137,8 @@ impl Run {
                     };
                     for d in batch {
                         let offset = d.offset;
+                        // ack = "replicated": what is in flight of each producer.
+                        if let Some(c) = &self.confirm { c.sending(offset, d.record.producer, d.record.seq) }
                         let msg = message(&id_prefix, &self.stream, &f.target_stream, d);
                         let sent = Instant::now();
                         in_flight.fetch_add(1, Relaxed);
