@@ -317,7 +317,7 @@ impl Owner for Ingest {
         let control = control.clone();
         let id = r.session_id();
         let confirm = shared.confirm.clone();
-        let stream_name = session.stream.name().to_owned();
+        let stream = session.stream.clone();
         let count = records.len() as u64;
         // Runs on the spool's writer thread once the batch is durable.
         // Batches of one stream complete in order, so acks go out in order.
@@ -345,9 +345,10 @@ impl Owner for Ingest {
                     // has it too (duplicates as well: a resent message the
                     // spool had may not be forwarded yet); at once else.
                     confirm.when(
-                        &stream_name,
+                        stream.name(),
                         producer,
                         last,
+                        stream.durable_end(),
                         count,
                         Some(id),
                         Box::new(move || control.mark_durable(id, last)),

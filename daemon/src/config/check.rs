@@ -619,6 +619,13 @@ impl Config {
                 .map_err(|_| at("max_in_flight: must be at least 1".into()))?;
             let replicated = match f.ack.as_str() {
                 "local" => false,
+                // What retention dropped unforwarded would pass the
+                // forward's floor and count as in JetStream.
+                "replicated" if !f.retain => {
+                    return Err(at(
+                        "ack: \"replicated\" needs retain = true (a message dropped unforwarded could not be acked)".into(),
+                    ))
+                }
                 "replicated" => true,
                 other => {
                     return Err(at(format!(

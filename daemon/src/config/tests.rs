@@ -552,6 +552,7 @@ fn forward_entries_are_checked_and_make_their_consumer_groups() {
     assert!(!c.to_toml().contains("s3cret"));
     for (extra, says) in [
         ("ack = \"sometimes\"\n", "ack"),
+        ("ack = \"replicated\"\nretain = false\n", "retain = true"),
         ("create = true\nreplicas = 7\n", "replicas"),
         ("create = true\nstorage = \"tape\"\n", "storage"),
         ("token = \"t\"\nuser = \"u\"\n", "one of token"),

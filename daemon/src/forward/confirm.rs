@@ -18,9 +18,17 @@
 //! producer was sent before (and is in flight or PubAcked), or was
 //! PubAcked and acked to the group before a restart.
 //!
+//! A second rule covers what was PubAcked before a restart (and is not
+//! published again, so never confirmed per producer): each forward also
+//! keeps its floor, the offset below which every record of the stream is
+//! in JetStream (the group's floor when the forward joined, then the
+//! lowest offset in flight, or past the highest sent). A waiter records the
+//! stream's durable end when its batch was durable; once the floor reaches
+//! it, the batch (and any duplicate in it, stored earlier) is in JetStream.
+//!
 //! Confirmations live in memory: after a restart every producer starts
-//! confirmed at 0 and moves on as the forward publishes again (see
-//! [`Confirmations::durable_at_open`] for what a new session is told).
+//! confirmed at 0 (see [`Confirmations::durable_at_open`] for what a new
+//! session is told) and its acks come by either rule.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -61,9 +69,31 @@ struct StreamConfirm {
 
 #[derive(Default)]
 struct StreamState {
-    /// Per forward: offsets in flight → (producer, seq).
-    in_flight: Vec<HashMap<u64, (u64, u64)>>,
+    /// Per forward.
+    floors: Vec<Floor>,
     producers: HashMap<u64, Producer>,
+}
+
+/// What one forward has in JetStream of the stream, by offset.
+#[derive(Default)]
+struct Floor {
+    /// Offsets in flight → (producer, seq).
+    in_flight: BTreeMap<u64, (u64, u64)>,
+    /// The group's floor when the forward joined (acked before: in
+    /// JetStream), then past every offset sent.
+    below: u64,
+}
+
+impl Floor {
+    /// Every record below it is in JetStream: the group delivers a
+    /// stream's offsets in order, so below the lowest in flight all were
+    /// PubAcked (now, or before a restart).
+    fn floor(&self) -> u64 {
+        match self.in_flight.keys().next() {
+            Some(&o) => o.min(self.below),
+            None => self.below,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -93,6 +123,8 @@ impl Track {
 }
 
 struct Waiter {
+    /// The stream's durable end when the batch was durable: past it.
+    end: u64,
     /// The session whose ack this is (None: a request that waits itself).
     session: Option<u64>,
     messages: u64,
@@ -106,6 +138,14 @@ impl Producer {
             return 0;
         }
         self.tracks.iter().map(Track::confirmed).min().unwrap_or(0)
+    }
+
+    /// Whether every replicated forward has `seq` (stored before `end`):
+    /// per producer, or by its floor.
+    fn has(&self, floors: &[Floor], seq: u64, end: u64) -> bool {
+        floors.iter().enumerate().all(|(i, f)| {
+            f.floor() >= end || self.tracks.get(i).is_some_and(|t| t.confirmed() >= seq)
+        })
     }
 }
 
@@ -131,7 +171,7 @@ impl Confirmations {
             .into_iter()
             .map(|(stream, forwards)| {
                 let state = StreamState {
-                    in_flight: vec![HashMap::new(); forwards.len()],
+                    floors: (0..forwards.len()).map(|_| Floor::default()).collect(),
                     producers: HashMap::new(),
                 };
                 let c = StreamConfirm {
@@ -205,13 +245,16 @@ impl Confirmations {
 
     /// Runs `then` once `producer`'s `seq` in `stream` is confirmed: now
     /// (in this thread) if it is already or the stream is not replicated.
-    /// `messages` is what waits (for the gauge); `session` lets
-    /// [`Confirmations::session_closed`] drop the wait.
+    /// `end` is the stream's durable end once the seq's batch was durable
+    /// (read after it was); `messages` is what waits (for the gauge);
+    /// `session` lets [`Confirmations::session_closed`] drop the wait.
+    #[allow(clippy::too_many_arguments)]
     pub fn when(
         &self,
         stream: &str,
         producer: u64,
         seq: u64,
+        end: u64,
         messages: u64,
         session: Option<u64>,
         then: Then,
@@ -220,11 +263,12 @@ impl Confirmations {
             return then();
         };
         {
-            let mut st = s.state.lock().unwrap();
-            let n = s.forwards.len();
+            let mut guard = s.state.lock().unwrap();
+            let st = &mut *guard;
             let p = st.producers.entry(producer).or_default();
-            if p.confirmed(n) < seq {
+            if !p.has(&st.floors, seq, end) {
                 p.waiters.entry(seq).or_default().push(Waiter {
+                    end,
                     session,
                     messages,
                     since: Instant::now(),
@@ -242,7 +286,14 @@ impl Confirmations {
     /// a stream that is not replicated). For publish requests, which bound
     /// it with their own timeout (the wait is dropped with the future's
     /// receiver: its callback then finds no one).
-    pub async fn confirmed_to(&self, stream: &str, producer: u64, seq: u64, messages: u64) {
+    pub async fn confirmed_to(
+        &self,
+        stream: &str,
+        producer: u64,
+        seq: u64,
+        end: u64,
+        messages: u64,
+    ) {
         if !self.is_replicated(stream) {
             return;
         }
@@ -251,6 +302,7 @@ impl Confirmations {
             stream,
             producer,
             seq,
+            end,
             messages,
             None,
             Box::new(move || {
@@ -293,13 +345,26 @@ pub struct ForwardConfirm {
 }
 
 impl ForwardConfirm {
+    /// The forward joined its group, whose floor is `floor`: every offset
+    /// below was PubAcked (before a restart too).
+    pub fn joined(&self, floor: u64) {
+        let mut st = self.stream.state.lock().unwrap();
+        let f = &mut st.floors[self.index];
+        f.below = f.below.max(floor);
+        drop(st);
+        self.wake();
+    }
+
     /// The forwarder publishes the record at `offset`: `producer`'s `seq`.
     /// Sent again after a failure, it is the same record.
     pub fn sending(&self, offset: u64, producer: u64, seq: u64) {
         let s = &self.stream;
         let n = s.forwards.len();
-        let mut st = s.state.lock().unwrap();
-        st.in_flight[self.index].insert(offset, (producer, seq));
+        let mut guard = s.state.lock().unwrap();
+        let st = &mut *guard;
+        st.floors[self.index]
+            .in_flight
+            .insert(offset, (producer, seq));
         let p = st.producers.entry(producer).or_default();
         p.tracks.resize_with(n, Track::default);
         p.tracks[self.index].outstanding.insert(seq);
@@ -310,30 +375,49 @@ impl ForwardConfirm {
     pub fn forwarded(&self, offsets: &[u64]) {
         let s = &self.stream;
         let n = s.forwards.len();
-        let mut ready = Vec::new();
         {
             let mut guard = s.state.lock().unwrap();
             let st = &mut *guard;
-            let mut touched = Vec::new();
+            let floor = &mut st.floors[self.index];
             for o in offsets {
-                let Some((producer, seq)) = st.in_flight[self.index].remove(o) else {
+                let Some((producer, seq)) = floor.in_flight.remove(o) else {
                     continue;
                 };
+                floor.below = floor.below.max(o + 1);
                 let p = st.producers.entry(producer).or_default();
                 p.tracks.resize_with(n, Track::default);
                 let t = &mut p.tracks[self.index];
                 t.outstanding.remove(&seq);
                 t.acked = t.acked.max(seq);
-                if !touched.contains(&producer) {
-                    touched.push(producer);
-                }
             }
-            for producer in touched {
-                let p = st.producers.get_mut(&producer).expect("touched above");
-                let confirmed = p.confirmed(n);
-                let rest = p.waiters.split_off(&confirmed.saturating_add(1));
-                let done = std::mem::replace(&mut p.waiters, rest);
-                ready.extend(done.into_values().flatten());
+        }
+        self.wake();
+    }
+
+    /// Runs every waiter whose seq is confirmed now (a scan of the
+    /// stream's waiters: a few per producer session, as many as its
+    /// batches in flight).
+    fn wake(&self) {
+        let s = &self.stream;
+        let mut ready = Vec::new();
+        {
+            let mut guard = s.state.lock().unwrap();
+            let st = &mut *guard;
+            for p in st.producers.values_mut() {
+                if p.waiters.is_empty() {
+                    continue;
+                }
+                let mut keep = BTreeMap::new();
+                for (seq, ws) in std::mem::take(&mut p.waiters) {
+                    for w in ws {
+                        if p.has(&st.floors, seq, w.end) {
+                            ready.push(w);
+                        } else {
+                            keep.entry(seq).or_insert_with(Vec::new).push(w);
+                        }
+                    }
+                }
+                p.waiters = keep;
             }
         }
         let now = Instant::now();
@@ -378,7 +462,7 @@ mod tests {
         let c = Confirmations::new(&[forward("a", &["s"], false)]);
         assert!(!c.is_replicated("s"));
         let (done, then) = flag();
-        c.when("s", 1, 10, 1, None, then);
+        c.when("s", 1, 10, 11, 1, None, then);
         assert!(done.load(Relaxed));
     }
 
@@ -387,7 +471,7 @@ mod tests {
         let c = Confirmations::new(&[forward("a", &["s"], true)]);
         let f = c.forward("a", "s").unwrap();
         let (done, then) = flag();
-        c.when("s", 7, 2, 2, Some(1), then);
+        c.when("s", 7, 2, 102, 2, Some(1), then);
         assert!(!done.load(Relaxed));
         assert_eq!(c.stats.waiting.load(Relaxed), 2);
         f.sending(100, 7, 1);
@@ -404,7 +488,7 @@ mod tests {
         assert_eq!(c.stats.waiting.load(Relaxed), 0);
         // Already confirmed: at once.
         let (done, then) = flag();
-        c.when("s", 7, 2, 1, None, then);
+        c.when("s", 7, 2, 102, 1, None, then);
         assert!(done.load(Relaxed));
     }
 
@@ -418,7 +502,7 @@ mod tests {
         assert!(c.forward("c", "s").is_none());
         let (a, b) = (c.forward("a", "s").unwrap(), c.forward("b", "s").unwrap());
         let (done, then) = flag();
-        c.when("s", 1, 1, 1, None, then);
+        c.when("s", 1, 1, 1, 1, None, then);
         a.sending(0, 1, 1);
         a.forwarded(&[0]);
         assert!(!done.load(Relaxed));
@@ -431,7 +515,7 @@ mod tests {
     fn a_closed_session_drops_its_waits_and_opening_tells_no_more_than_confirmed() {
         let c = Confirmations::new(&[forward("a", &["s"], true)]);
         let (done, then) = flag();
-        c.when("s", 1, 5, 5, Some(9), then);
+        c.when("s", 1, 5, 5, 5, Some(9), then);
         c.session_closed("s", 1, 9);
         assert_eq!(c.stats.waiting.load(Relaxed), 0);
         let f = c.forward("a", "s").unwrap();
@@ -443,5 +527,31 @@ mod tests {
         assert_eq!(c.durable_at_open("s", 1, 8, 0), 8);
         assert_eq!(c.durable_at_open("s", 2, 8, 3), 0);
         assert_eq!(c.durable_at_open("other", 2, 8, 3), 8);
+    }
+
+    #[test]
+    fn what_the_group_acked_before_a_restart_is_confirmed_by_the_floor() {
+        let c = Confirmations::new(&[forward("a", &["s"], true)]);
+        let f = c.forward("a", "s").unwrap();
+        // After a restart a producer resends seqs the spool had (stored
+        // before offset 40); nothing of them is published again.
+        let (done, then) = flag();
+        c.when("s", 3, 9, 40, 2, Some(1), then);
+        assert!(!done.load(Relaxed));
+        // The forward joins its group, whose floor is 50.
+        f.joined(50);
+        assert!(done.load(Relaxed));
+        // A batch stored up to 60 waits for offsets 50..60: 55 in flight.
+        let (done, then) = flag();
+        c.when("s", 4, 1, 60, 1, None, then);
+        f.sending(55, 5, 1);
+        f.sending(56, 5, 2);
+        f.forwarded(&[56]);
+        assert!(!done.load(Relaxed), "55 is not PubAcked");
+        f.forwarded(&[55]);
+        assert!(!done.load(Relaxed), "56..60 were not sent yet");
+        f.sending(59, 4, 1);
+        f.forwarded(&[59]);
+        assert!(done.load(Relaxed));
     }
 }

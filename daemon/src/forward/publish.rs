@@ -88,6 +88,10 @@ impl Run {
                 return;
             }
         };
+        // ack = "replicated": below the group's floor all is in JetStream.
+        if let Some(c) = &self.confirm {
+            c.joined(member.group.stats().floor)
+        }
         let mut pending = FuturesUnordered::new();
         let mut backoff = MIN_BACKOFF;
         let mut limit = LogLimit::new(2);
