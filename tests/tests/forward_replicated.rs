@@ -253,8 +253,22 @@ fn every_message_acked_is_in_jetstream_through_kill9s_of_sluiced() {
         .collect();
     let total = |a: &Acked| a.values().map(|s| s.len()).sum::<usize>();
     let mut kills = Vec::new();
-    for k in 0..KILLS {
-        std::thread::sleep(Duration::from_millis(rng.random_range(300..1500)));
+    // Random points of the run: after so many acks (1,000 to 18,000 of
+    // the 20,000).
+    let mut at: Vec<usize> = (0..KILLS)
+        .map(|_| rng.random_range(1_000..18_000))
+        .collect();
+    at.sort_unstable();
+    for (k, at) in at.into_iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while total(&acked.lock().unwrap()) < at {
+            assert!(
+                Instant::now() < deadline,
+                "{} acked, not {at}, within 120 s",
+                total(&acked.lock().unwrap())
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         d.kill9();
         // sluiced is gone: nothing more is published or acked. Whatever
         // a producer saw acked must be in JetStream already.
