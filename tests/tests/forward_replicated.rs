@@ -135,6 +135,26 @@ fn metric(d: &Daemon, name: &str) -> f64 {
     d.scrape().map(|s| s.value(name, &[])).unwrap_or(0.0)
 }
 
+/// Publishes `n` messages of `producer` from seq 1 over HTTP to `stream`:
+/// the status and the body of the answer.
+fn http_publish(spec: &DaemonSpec, stream: &str, producer: u64, n: u64) -> (u16, String) {
+    let body: String = (1..=n)
+        .map(|s| format!("{{\"data\": \"h{s}\"}}\n"))
+        .collect();
+    let url = format!("{}/streams/{stream}/messages", spec.admin_url());
+    let r = ureq::post(&url)
+        .timeout(Duration::from_secs(30))
+        .set("content-type", "application/x-ndjson")
+        .set("sluice-producer-id", &producer.to_string())
+        .set("sluice-seq", "1")
+        .send_string(&body);
+    match r {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("POST {url}: {e}"),
+    }
+}
+
 fn batch(producer: u64, n: u64) -> Vec<Bytes> {
     (0..n).map(|i| load::payload(producer, i)).collect()
 }
@@ -192,6 +212,17 @@ fn without_a_quorum_a_replicated_stream_is_not_acked_and_a_local_one_is() {
         .metrics()
         .value("sluice_durable_acks_total", &[("stream", REPL)]);
     assert_eq!(stored, 100.0, "stored locally meanwhile");
+    // An HTTP publish is answered as not yet replicated, never as a success.
+    let started = Instant::now();
+    let (status, body) = http_publish(&spec, REPL, 9, 5);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not yet replicated"), "{body}");
+    eprintln!(
+        "HTTP publish without a quorum: {status} after {:?}: {body}",
+        started.elapsed()
+    );
+    let (status, body) = http_publish(&spec, LOCAL, 9, 5);
+    assert_eq!(status, 200, "the local stream: {body}");
     // The cluster comes back: the acks come, and what is acked is there.
     for i in 1..3 {
         cluster.restart(i);
@@ -202,9 +233,12 @@ fn without_a_quorum_a_replicated_stream_is_not_acked_and_a_local_one_is() {
         .expect("the producer task")
         .expect("the replicated acks");
     assert_eq!(seqs, 1..101);
+    // Sent again, the HTTP request is answered, its messages stored once.
+    let (status, body) = http_publish(&spec, REPL, 9, 5);
+    assert_eq!(status, 200, "{body}");
     let js = rt.block_on(connect(&cluster.client_urls()));
     let held = rt.block_on(in_jetstream(&js, REPL_TARGET));
-    let acked: Acked = [(1, (1..=100).collect())].into();
+    let acked: Acked = [(1, (1..=100).collect()), (9, (1..=5).collect())].into();
     assert_acked_held(&acked, &held, "once acked");
     assert!(held.values().all(|&n| n == 1), "each once: {held:?}");
     let m = d.metrics();
