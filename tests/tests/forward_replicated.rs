@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use rand::Rng;
 use sluice_testkit::nats::{require_nats_server, Cluster};
 use sluice_tests::check::Acked;
-use sluice_tests::daemon::{Daemon, DaemonSpec};
+use sluice_tests::daemon::{Daemon, DaemonSpec, Target};
 use sluice_tests::load::{self, Plan};
 use sluice_tests::sluiced_bin;
 use sluice_transport::client::{Producer, ProducerOptions};
@@ -57,12 +57,18 @@ fn spec(dir: &Path, config: &str) -> DaemonSpec {
     spec
 }
 
-/// Producers that wait for acks as long as a test's cluster may be down.
-fn options(spec: &DaemonSpec) -> ProducerOptions {
+/// Producers over `target` that wait for acks as long as a test's
+/// cluster may be down.
+fn options_for(target: &Target) -> ProducerOptions {
     ProducerOptions {
         credit_timeout: Duration::from_secs(120),
-        ..load::patient(spec.fast_path().transport)
+        ..load::patient(target.transport.clone())
     }
+}
+
+/// Over the fast path.
+fn options(spec: &DaemonSpec) -> ProducerOptions {
+    options_for(&spec.fast_path())
 }
 
 async fn connect(urls: &[String]) -> Context {
@@ -258,6 +264,24 @@ fn every_message_acked_is_in_jetstream_through_kill9s_of_sluiced() {
     if !require_nats_server("every_message_acked_is_in_jetstream_through_kill9s_of_sluiced") {
         return;
     }
+    kill9s_of_sluiced(DaemonSpec::fast_path);
+}
+
+#[test]
+fn every_message_acked_over_quic_is_in_jetstream_through_kill9s_of_sluiced() {
+    if !require_nats_server(
+        "every_message_acked_over_quic_is_in_jetstream_through_kill9s_of_sluiced",
+    ) {
+        return;
+    }
+    kill9s_of_sluiced(DaemonSpec::quic_path);
+}
+
+/// 4 producers publish 5,000 messages each over `path` to a replicated
+/// stream while sluiced is killed with kill -9 three times at random
+/// points: at each kill and at the end, every message a producer saw acked
+/// is in JetStream, once.
+fn kill9s_of_sluiced(path: fn(&DaemonSpec) -> Target) {
     const PRODUCERS: u64 = 4;
     const EACH: u64 = 5_000;
     const KILLS: usize = 3;
@@ -271,7 +295,7 @@ fn every_message_acked_is_in_jetstream_through_kill9s_of_sluiced() {
     let js = rt.block_on(connect(&cluster.client_urls()));
     let acked: Arc<Mutex<Acked>> = Arc::default();
     let never = Arc::new(AtomicBool::new(false));
-    let target = spec.fast_path();
+    let target = path(&spec);
     let tasks: Vec<_> = (1..=PRODUCERS)
         .map(|p| {
             let plan = Plan {
@@ -280,7 +304,7 @@ fn every_message_acked_is_in_jetstream_through_kill9s_of_sluiced() {
                 producer: p,
                 count: EACH,
                 batch: 50,
-                options: options(&spec),
+                options: options_for(&target),
             };
             rt.spawn(load::run(plan, acked.clone(), never.clone()))
         })
