@@ -20,6 +20,7 @@ use sluice_transport::wire::CloseCode;
 use tracing::{error, info, warn};
 
 use crate::credit::CreditPolicy;
+use crate::forward::Confirmations;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, StreamMetrics};
 use crate::spool::record::now_us;
@@ -38,6 +39,8 @@ pub struct IngestShared {
     in_flight: AtomicU64,
     /// Anyone can send HELLOs: their refusals are logged at a bounded rate.
     refusals: Mutex<LogLimit>,
+    /// `ack = "replicated"` streams: acks wait for JetStream's PubAck.
+    confirm: Arc<Confirmations>,
 }
 
 impl IngestShared {
@@ -47,6 +50,7 @@ impl IngestShared {
         policy: CreditPolicy,
         max_sessions: usize,
         metrics: Arc<Metrics>,
+        confirm: Arc<Confirmations>,
     ) -> Arc<Self> {
         Arc::new(IngestShared {
             spool,
@@ -57,6 +61,7 @@ impl IngestShared {
             metrics,
             in_flight: AtomicU64::new(0),
             refusals: Mutex::new(LogLimit::new(5)),
+            confirm,
         })
     }
 
@@ -90,6 +95,11 @@ impl IngestShared {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// What JetStream confirmed of replicated streams (forward/confirm.rs).
+    pub fn confirmations(&self) -> &Arc<Confirmations> {
+        &self.confirm
     }
 
     pub fn policy(&self) -> &CreditPolicy {
@@ -258,8 +268,16 @@ impl Owner for Ingest {
         // held by an fdatasync or a full disk (nor is every other session
         // of this endpoint meanwhile). Batches of an earlier session still
         // queued may be durable a moment later: the producer then sends
-        // them again and they are stored once.
-        let durable = stream.highest_seq(inc.hello.producer_id).unwrap_or(0);
+        // them again and they are stored once. On an `ack = "replicated"`
+        // stream no more than JetStream confirmed (see
+        // Confirmations::durable_at_open for a producer asking afresh).
+        let highest = stream.highest_seq(inc.hello.producer_id).unwrap_or(0);
+        let durable = self.shared.confirm.durable_at_open(
+            &inc.hello.stream,
+            inc.hello.producer_id,
+            highest,
+            inc.hello.first_seq,
+        );
         let sessions = self.shared.open.load(Relaxed);
         let credit = self
             .shared
@@ -298,6 +316,9 @@ impl Owner for Ingest {
         shared.in_flight.fetch_add(1, Relaxed);
         let control = control.clone();
         let id = r.session_id();
+        let confirm = shared.confirm.clone();
+        let stream = session.stream.clone();
+        let count = records.len() as u64;
         // Runs on the spool's writer thread once the batch is durable.
         // Batches of one stream complete in order, so acks go out in order.
         let then = move |result: Result<Vec<Outcome>, SpoolError>| {
@@ -320,7 +341,18 @@ impl Owner for Ingest {
                         .count() as u64;
                     m.duplicates.fetch_add(dups, Relaxed);
                     m.stored.fetch_add(outcomes.len() as u64 - dups, Relaxed);
-                    control.mark_durable(id, last);
+                    // On an `ack = "replicated"` stream, once JetStream
+                    // has it too (duplicates as well: a resent message the
+                    // spool had may not be forwarded yet); at once else.
+                    confirm.when(
+                        stream.name(),
+                        producer,
+                        last,
+                        stream.durable_end(),
+                        count,
+                        Some(id),
+                        Box::new(move || control.mark_durable(id, last)),
+                    );
                 }
                 // The spool is closing: nothing is acked.
                 Err(SpoolError::Closed) => {}
@@ -352,6 +384,10 @@ impl Owner for Ingest {
             .shared
             .open
             .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+        // Its acks waiting for JetStream are of no use now.
+        self.shared
+            .confirm
+            .session_closed(stream, *producer_id, *session_id);
         if let Some(mut s) = self.sessions.remove(session_id) {
             count(&s.metrics, &mut s.counted, stats);
             s.metrics.sessions.fetch_sub(1, Relaxed);

@@ -170,7 +170,11 @@ pub async fn run(
     let consumers = Consumers::new(spool.clone(), consumers_config);
     consumers.start().await?;
     // Forwards are members of configured groups: after the groups start.
-    let forwarders = crate::forward::Forwarders::start(forwards, consumers.clone());
+    // Who waits for JetStream (ack = "replicated"): the forwards confirm,
+    // the ingest planes wait.
+    let confirmations = Arc::new(crate::forward::Confirmations::new(&forwards));
+    let forwarders =
+        crate::forward::Forwarders::start(forwards, consumers.clone(), confirmations.clone());
     let scrub_stop = Arc::new(AtomicBool::new(false));
     crate::spool::scrub::start(Arc::downgrade(&spool), scrub, scrub_stop.clone());
     let socket = udp::bind(
@@ -213,6 +217,7 @@ pub async fn run(
         credit,
         config.data.max_sessions,
         metrics.clone(),
+        confirmations,
     );
     let receiver = ReceiverConfig {
         max_datagram: config.data.max_datagram,

@@ -623,20 +623,22 @@ impl Config {
             };
             not_zero("forward", f.max_in_flight.into())
                 .map_err(|_| at("max_in_flight: must be at least 1".into()))?;
-            match f.ack.as_str() {
-                "local" => {}
-                "replicated" => {
+            let replicated = match f.ack.as_str() {
+                "local" => false,
+                // What retention dropped unforwarded would pass the
+                // forward's floor and count as in JetStream.
+                "replicated" if !f.retain => {
                     return Err(at(
-                        "ack: \"replicated\" is not built yet (daemon/FORWARD.md); use \"local\""
-                            .into(),
+                        "ack: \"replicated\" needs retain = true (a message dropped unforwarded could not be acked)".into(),
                     ))
                 }
+                "replicated" => true,
                 other => {
                     return Err(at(format!(
                         "ack: {other:?} is not one of local, replicated"
                     )))
                 }
-            }
+            };
             let group = group_name(&f.name);
             for s in &f.streams {
                 if consumers
@@ -678,6 +680,7 @@ impl Config {
                 auth,
                 tls_ca: (!f.tls_ca.as_os_str().is_empty()).then(|| f.tls_ca.clone()),
                 max_in_flight: f.max_in_flight,
+                replicated,
             });
         }
         Ok(out)

@@ -383,7 +383,9 @@ file_table! {
         /// to the stream get no credit (0: never).
         max_backlog: u64 = 0,
         /// When a producer's message counts as acked: `local` (after the
-        /// local fdatasync). `replicated` is not built yet.
+        /// local fdatasync) or `replicated` (also after JetStream's PubAck:
+        /// stored by a quorum of the target stream; for every stream of
+        /// this forward).
         ack: String = "local".into(),
     }
 }

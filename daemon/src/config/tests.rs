@@ -523,6 +523,9 @@ fn forward_entries_are_checked_and_make_their_consumer_groups() {
         })
     );
     assert_eq!(fw.auth, crate::forward::config::Auth::Token("t".into()));
+    assert!(!fw.replicated, "ack = \"local\" is the default");
+    let r = checked(&format!("{f}ack = \"replicated\"\n"));
+    assert!(r.forwards[0].replicated);
     // One group per stream, retaining what is not forwarded, never
     // dead-lettering, with the entry's backpressure.
     let groups: Vec<_> = s
@@ -549,8 +552,8 @@ fn forward_entries_are_checked_and_make_their_consumer_groups() {
     let c = parse(&format!("{f}token = \"s3cret\"\n")).unwrap();
     assert!(!c.to_toml().contains("s3cret"));
     for (extra, says) in [
-        ("ack = \"replicated\"\n", "not built yet"),
         ("ack = \"sometimes\"\n", "ack"),
+        ("ack = \"replicated\"\nretain = false\n", "retain = true"),
         ("create = true\nreplicas = 7\n", "replicas"),
         ("create = true\nstorage = \"tape\"\n", "storage"),
         ("token = \"t\"\nuser = \"u\"\n", "one of token"),

@@ -50,6 +50,9 @@ pub struct ForwardConfig {
     /// CA certificates for TLS to the servers (TLS required when given).
     pub tls_ca: Option<PathBuf>,
     pub max_in_flight: u32,
+    /// `ack = "replicated"`: producers of its streams are acked once
+    /// JetStream PubAcked their messages (forward/confirm.rs).
+    pub replicated: bool,
 }
 
 impl ForwardConfig {

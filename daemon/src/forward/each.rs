@@ -56,6 +56,10 @@ pub async fn forward(run: &Run, js: &Context, member: &mut Member) {
                     }
                     outcome = pending.next().now_or_never().flatten();
                 }
+                // ack = "replicated": the producers' acks wait for these.
+                if let Some(c) = &run.confirm {
+                    c.forwarded(&acked)
+                }
                 if !acked.is_empty() {
                     member.ack(ranges(acked));
                 }
@@ -70,6 +74,10 @@ pub async fn forward(run: &Run, js: &Context, member: &mut Member) {
                     return;
                 };
                 for d in batch {
+                    // ack = "replicated": what is in flight of each producer.
+                    if let Some(c) = &run.confirm {
+                        c.sending(d.offset, d.record.producer, d.record.seq)
+                    }
                     let subject = f.subject_for(&run.stream, d.record.producer);
                     let out = Outgoing::new(&run.stream, &f.target_stream, subject, d);
                     let offset = out.offset;

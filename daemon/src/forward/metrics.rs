@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use super::config::{group_name, ForwardConfig};
+use super::confirm::WaitStats;
 use crate::consume::service::Consumers;
 use crate::histogram::Histogram;
 use crate::metrics::exposition::{Exposition, Kind};
@@ -111,6 +112,8 @@ impl ForwardCounters {
 pub struct ForwardStats {
     forwards: Vec<Arc<ForwardCounters>>,
     consumers: Arc<Consumers>,
+    /// `ack = "replicated"`: the producers' acks waiting for JetStream.
+    replication: Option<Arc<WaitStats>>,
 }
 
 impl ForwardStats {
@@ -134,7 +137,15 @@ impl ForwardStats {
                 })
                 .collect(),
             consumers,
+            replication: None,
         }
+    }
+
+    /// Shows the waits of replicated acks too (when a forward has
+    /// `ack = "replicated"`).
+    pub fn with_replication(mut self, waits: Arc<WaitStats>) -> ForwardStats {
+        self.replication = Some(waits);
+        self
     }
 
     pub fn forward(&self, name: &str) -> Arc<ForwardCounters> {
@@ -228,6 +239,22 @@ impl Collect for ForwardStats {
         e.family(name, Kind::Histogram, "From a publish to its PubAck.");
         for f in &self.forwards {
             e.histogram(name, &[("forward", &f.name)], &f.latency.snapshot());
+        }
+        if let Some(r) = &self.replication {
+            let name = "sluice_forward_replicated_waiting";
+            e.family(
+                name,
+                Kind::Gauge,
+                "Messages of ack = \"replicated\" streams stored locally whose ack waits for JetStream's PubAck.",
+            );
+            e.sample(name, &[], r.waiting.load(Relaxed));
+            let name = "sluice_forward_replicated_wait_seconds";
+            e.family(
+                name,
+                Kind::Histogram,
+                "From a replicated stream's batch stored locally to its PubAck (its ack waits that long).",
+            );
+            e.histogram(name, &[], &r.wait.snapshot());
         }
     }
 }

@@ -10,6 +10,7 @@
 //! not acked, and JetStream stores it once.
 
 pub mod config;
+pub mod confirm;
 mod connect;
 mod each;
 mod message;
@@ -27,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::consume::service::Consumers;
 pub use config::ForwardConfig;
+pub use confirm::Confirmations;
 pub use metrics::ForwardStats;
 
 /// Every forward of the daemon, running.
@@ -41,9 +43,19 @@ impl Forwarders {
     /// groups are configured ones). Nothing here waits for a cluster: a
     /// forward connects in the background and says in the log and the
     /// metrics when it cannot.
-    pub fn start(forwards: Vec<ForwardConfig>, consumers: Arc<Consumers>) -> Forwarders {
+    /// `confirmations` (built from the same `forwards`) hears what the
+    /// replicated forwards have in JetStream.
+    pub fn start(
+        forwards: Vec<ForwardConfig>,
+        consumers: Arc<Consumers>,
+        confirmations: Arc<Confirmations>,
+    ) -> Forwarders {
         let (stop, stopped) = watch::channel(false);
-        let stats = Arc::new(ForwardStats::new(consumers.clone(), &forwards));
+        let mut stats = ForwardStats::new(consumers.clone(), &forwards);
+        if forwards.iter().any(|f| f.replicated) {
+            stats = stats.with_replication(confirmations.stats());
+        }
+        let stats = Arc::new(stats);
         let mut tasks = Vec::new();
         for f in forwards {
             let f = Arc::new(f);
@@ -52,6 +64,7 @@ impl Forwarders {
             let js = connect::connect(f.clone(), stats.forward(&f.name));
             for stream in f.streams.clone() {
                 let run = publish::Run {
+                    confirm: confirmations.forward(&f.name, &stream),
                     forward: f.clone(),
                     stream,
                     js: js.clone(),

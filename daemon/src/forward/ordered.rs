@@ -136,6 +136,10 @@ impl<'a> Ordered<'a> {
                 Ok(Some(deliveries)) => {
                     let mut r = Ok(());
                     for d in deliveries {
+                        // ack = "replicated": what is in flight of each producer.
+                        if let Some(c) = &self.run.confirm {
+                            c.sending(d.offset, d.record.producer, d.record.seq)
+                        }
                         let subject = self
                             .run
                             .forward
@@ -187,6 +191,9 @@ impl<'a> Ordered<'a> {
                 Ok(true) => {
                     // Stored through an earlier run or another daemon.
                     self.run.stats.already.fetch_add(1, Relaxed);
+                    if let Some(c) = &self.run.confirm {
+                        c.forwarded(&[out.offset])
+                    }
                     member.ack(ranges(vec![out.offset]));
                     return Ok(());
                 }
@@ -298,6 +305,10 @@ impl<'a> Ordered<'a> {
             offsets.push(s.out.offset);
         }
         if !offsets.is_empty() {
+            // ack = "replicated": the producers' acks wait for these.
+            if let Some(c) = &self.run.confirm {
+                c.forwarded(&offsets)
+            }
             member.ack(ranges(offsets));
         }
         self.run

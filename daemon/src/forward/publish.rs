@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::config::{ForwardConfig, Storage};
+use super::confirm::ForwardConfirm;
 use super::metrics::{ErrorKind, ForwardCounters};
 use super::ordered::{End, Ordered};
 use crate::consume::group::Credit;
@@ -42,6 +43,9 @@ pub struct Run {
     pub consumers: Arc<Consumers>,
     pub stats: Arc<ForwardCounters>,
     pub stop: watch::Receiver<bool>,
+    /// `ack = "replicated"`: told what is sent and what JetStream has
+    /// (confirm.rs), for the producers' acks.
+    pub confirm: Option<ForwardConfirm>,
 }
 
 impl Run {
@@ -91,6 +95,10 @@ impl Run {
                 return;
             }
         };
+        // ack = "replicated": below the group's floor all is in JetStream.
+        if let Some(c) = &self.confirm {
+            c.joined(member.group.stats().floor)
+        }
         if batches {
             let target = self.target(&js).await;
             info!(forward = %f.name, stream = %self.stream, subject = %f.subjects_of(&self.stream),

@@ -27,6 +27,7 @@ pub mod batch;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tracing::{info, warn};
@@ -461,9 +462,35 @@ impl Pending<'_> {
                 publisher.failed(s.name(), producer);
             }
         }
-        answer
+        let p = answer?;
+        // ack = "replicated": answered once JetStream has the request's
+        // messages too (duplicates included: the spool had them, JetStream
+        // may not yet), or refused as not yet replicated; sent again, the
+        // messages are stored once.
+        let confirm = publisher.ingest.confirmations();
+        if let Some(last) = p.messages.iter().map(|m| m.seq).max() {
+            if confirm.is_replicated(s.name()) {
+                let wait = confirm.confirmed_to(
+                    s.name(),
+                    p.producer,
+                    last,
+                    s.durable_end(),
+                    p.messages.len() as u64,
+                );
+                if tokio::time::timeout(REPLICATED_WAIT, wait).await.is_err() {
+                    return Err(PublishError::Busy(format!(
+                        "stored here but not yet replicated: JetStream has not acknowledged it within {REPLICATED_WAIT:?} (ack = \"replicated\"); send the same messages again (stored once)"
+                    )));
+                }
+            }
+        }
+        Ok(p)
     }
 }
+
+/// How long a publish to an `ack = "replicated"` stream waits for
+/// JetStream before it is answered as not yet replicated.
+pub const REPLICATED_WAIT: Duration = Duration::from_secs(10);
 
 /// One producer's session on one stream (gRPC's PublishStream), counted
 /// among the daemon's open sessions until dropped.
