@@ -11,6 +11,7 @@
 //!   duplicate the spool stores once.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -894,16 +895,15 @@ impl GroupTask {
     }
 
     fn publish_stats(&mut self) {
-        let oldest = self
-            .oldest_us()
-            .map_or(0.0, |t| now_us().saturating_sub(t) as f64 / 1e6);
+        // A record's time is never 0 (µs since 1970).
+        let oldest = self.oldest_us().unwrap_or(0);
+        self.handle.oldest_us.store(oldest, Relaxed);
         let m = &self.machine;
         let unread = self.stream.durable_end().saturating_sub(m.next_read());
         // Updated in place: this runs at every turn of the loop.
         let mut s = self.handle.stats.lock().unwrap();
         s.backlog_messages = m.backlog();
         s.backlog_bytes = m.pending_bytes() + unread * mean_record_bytes(&self.stream);
-        s.oldest_unacked_seconds = oldest;
         s.members = m.member_count() as u64;
         s.credit = m.free_credit();
         s.out = m.out() as u64;
