@@ -266,8 +266,11 @@ fn render(
     }
 }
 
+/// Reads one figure of a group.
+type Field = fn(&GroupStats) -> f64;
+
 /// The lag of a forward's stream: (metric, help, field of its group).
-const LAG: [(&str, &str, fn(&GroupStats) -> f64); 3] = [
+const LAG: [(&str, &str, Field); 3] = [
     (
         "sluice_forward_lag_messages",
         "Messages not yet forwarded (the backlog of group forward.<name>).",
@@ -341,7 +344,7 @@ mod tests {
         f.stream("orders");
         let t0 = Instant::now();
         // A forward starts without a connection.
-        let s = scrape(&[f.clone()], &[], t0 + Duration::from_secs(3));
+        let s = scrape(std::slice::from_ref(&f), &[], t0 + Duration::from_secs(3));
         let l = [("forward", "js")];
         assert_eq!(s.value("sluice_forward_connected", &l), 0.0);
         assert!(s.value("sluice_forward_disconnected_seconds", &l) >= 3.0);
