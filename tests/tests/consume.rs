@@ -285,6 +285,12 @@ async fn a_group_with_backpressure_holds_producers_at_its_backlog_limit() {
         (200..1_000).contains(&s.backlog_messages),
         "held at the limit: {s:?}"
     );
+    // Nobody has read the group yet: the age of its oldest message comes
+    // from the record at its floor, sent about 4 s ago.
+    assert!(
+        (3.0..60.0).contains(&s.oldest_unacked_seconds),
+        "age of the unread floor: {s:?}"
+    );
     // The group catches up: the producer finishes.
     let mut c = consumer(&spec, "orders", options(&spec, "ledger")).await;
     let mut n = 0;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::group::{Credit, Delivery, GroupConfig, GroupCounters, MemberId, Settle};
+use crate::spool::record::now_us;
 use crate::spool::SpoolError;
 
 /// Where a new group starts (an existing group continues from its state):
@@ -166,6 +167,10 @@ pub struct GroupHandle {
     pub(super) waits: AtomicU64,
     /// Written by the group's task at every turn.
     pub(super) stats: Mutex<GroupStats>,
+    /// Append time (µs) of the oldest message not acked, 0 for none: its
+    /// age is taken when the stats are read, not when the task last
+    /// turned (an idle group's task turns about once a second).
+    pub(super) oldest_us: AtomicU64,
     /// The group's ack deadline and max deliveries, for subscribers.
     pub config: GroupConfig,
 }
@@ -184,6 +189,7 @@ impl GroupHandle {
             queued: AtomicUsize::new(0),
             drained: Notify::new(),
             waits: AtomicU64::new(0),
+            oldest_us: AtomicU64::new(0),
             stats: Mutex::new(GroupStats {
                 stream: stream.to_owned(),
                 group: group.to_owned(),
@@ -197,6 +203,10 @@ impl GroupHandle {
         let mut s = self.stats.lock().unwrap().clone();
         s.queued = self.queued.load(Relaxed) as u64;
         s.queue_waits = self.waits.load(Relaxed);
+        s.oldest_unacked_seconds = match self.oldest_us.load(Relaxed) {
+            0 => 0.0,
+            t => now_us().saturating_sub(t) as f64 / 1e6,
+        };
         s
     }
 

@@ -11,6 +11,7 @@
 //!   duplicate the spool stores once.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -90,6 +91,10 @@ pub(super) struct GroupTask {
     /// Read errors that may pass (I/O) are tried again at every turn but
     /// logged at most once a second.
     read_errors: LogLimit,
+    /// The append time of the record at the floor while the group has not
+    /// read it (no member yet, or none with credit): read once per floor,
+    /// not at every turn, for the age of the oldest unacked message.
+    floor_time: Option<(u64, Option<u64>)>,
 }
 
 /// Dead letters, and the dead-letter seq that their append completes
@@ -160,6 +165,7 @@ impl GroupTask {
             retiring: None,
             damage: None,
             read_errors: LogLimit::new(1),
+            floor_time: None,
         }
     }
 
@@ -859,17 +865,45 @@ impl GroupTask {
         ));
     }
 
-    fn publish_stats(&self) {
+    /// Append time of the oldest message not done: the machine knows it
+    /// once the floor is read; before that (a group nobody reads yet, such
+    /// as a forward whose cluster was never reached) one record is read at
+    /// the floor, again only when the floor moves.
+    fn oldest_us(&mut self) -> Option<u64> {
+        if let Some(t) = self.machine.oldest_pending_us() {
+            return Some(t);
+        }
+        if self.machine.backlog() == 0 {
+            return None;
+        }
+        let floor = self.machine.floor();
+        if let Some((at, t)) = self.floor_time {
+            if at == floor {
+                return t;
+            }
+        }
+        // Below the stream's first offset (retention took it) the reader
+        // returns the first record left, the oldest there is. A read error
+        // gives no age here; the group's own reads say what it is.
+        let t = self
+            .readable(floor)
+            .then(|| self.stream.reader(floor).next_record().ok().flatten())
+            .flatten()
+            .map(|(_, r)| r.timestamp_us);
+        self.floor_time = Some((floor, t));
+        t
+    }
+
+    fn publish_stats(&mut self) {
+        // A record's time is never 0 (µs since 1970).
+        let oldest = self.oldest_us().unwrap_or(0);
+        self.handle.oldest_us.store(oldest, Relaxed);
         let m = &self.machine;
         let unread = self.stream.durable_end().saturating_sub(m.next_read());
-        let oldest = m
-            .oldest_pending_us()
-            .map_or(0.0, |t| now_us().saturating_sub(t) as f64 / 1e6);
         // Updated in place: this runs at every turn of the loop.
         let mut s = self.handle.stats.lock().unwrap();
         s.backlog_messages = m.backlog();
         s.backlog_bytes = m.pending_bytes() + unread * mean_record_bytes(&self.stream);
-        s.oldest_unacked_seconds = oldest;
         s.members = m.member_count() as u64;
         s.credit = m.free_credit();
         s.out = m.out() as u64;

@@ -29,6 +29,7 @@ pub fn connect(f: Arc<ForwardConfig>, c: Arc<ForwardCounters>) -> watch::Receive
         loop {
             match try_connect(&f, c.clone()).await {
                 Ok(client) => {
+                    c.set_client(client.clone());
                     let js = jetstream::ContextBuilder::new()
                         .timeout(ACK_TIMEOUT)
                         .max_ack_inflight(f.max_in_flight as usize * f.streams.len())
@@ -95,9 +96,9 @@ async fn try_connect(
         forward: f.name.clone(),
         servers: f.servers.join(","),
         counters: c,
-        // A line a second while the cluster stays away.
+        // Other events: a line a second at most.
         limit: Mutex::new(LogLimit::new(1)),
-        down_since: Mutex::new(Some(Instant::now())),
+        outage: Mutex::new(Outage::default()),
     });
     o = o.event_callback(move |e| {
         let events = events.clone();
@@ -111,14 +112,42 @@ async fn try_connect(
     o.connect(addrs).await.map_err(|e| e.to_string())
 }
 
+/// While the cluster stays unreachable, a line this often (the first at
+/// once): the outage is said once, then reminded, not logged at every
+/// reconnect attempt.
+const REMIND_EVERY: Duration = Duration::from_secs(60);
+
 /// What the client reports about its connection.
 struct Events {
     forward: String,
     servers: String,
     counters: Arc<ForwardCounters>,
     limit: Mutex<LogLimit>,
-    /// Since when the connection is down (None: up).
-    down_since: Mutex<Option<Instant>>,
+    outage: Mutex<Outage>,
+}
+
+/// What was said of the current outage.
+#[derive(Default)]
+struct Outage {
+    /// When the last line about it was logged (None: none yet).
+    said_at: Option<Instant>,
+    /// Disconnections and failed attempts since it began.
+    failures: u64,
+}
+
+impl Outage {
+    /// Whether to log now: the first failure of an outage, then one every
+    /// [`REMIND_EVERY`].
+    fn say(&mut self, now: Instant) -> bool {
+        self.failures += 1;
+        let due = self
+            .said_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= REMIND_EVERY);
+        if due {
+            self.said_at = Some(now);
+        }
+        due
+    }
 }
 
 impl Events {
@@ -127,31 +156,17 @@ impl Events {
         match e {
             Event::Connected => {
                 self.counters.connected.store(1, Relaxed);
-                let was = self.down_since.lock().unwrap().take();
+                let was = self.counters.down_since.lock().unwrap().take();
+                let failures = std::mem::take(&mut *self.outage.lock().unwrap()).failures;
                 info!(forward = %f, servers = %self.servers, down_for = ?was.map(|t| t.elapsed()),
-                      "connected to the NATS cluster");
+                      failures, "connected to the NATS cluster");
             }
-            Event::Disconnected => {
-                self.counters.connected.store(0, Relaxed);
-                self.down_since
-                    .lock()
-                    .unwrap()
-                    .get_or_insert_with(Instant::now);
-                self.counters.error(ErrorKind::Unreachable);
-                warn!(forward = %f, servers = %self.servers,
-                      "the NATS cluster is unreachable: messages wait in the spool until it is back");
-            }
+            Event::Disconnected => self.unreachable("the connection dropped"),
             Event::ServerError(ServerError::AuthorizationViolation) => self.refused(),
             // A connect refused for its credentials comes as a client
             // error that names it.
             Event::ClientError(e) if refused_credentials(&e.to_string()) => self.refused(),
-            Event::ClientError(e) => {
-                self.counters.error(ErrorKind::Unreachable);
-                if let Some(n) = self.limit.lock().unwrap().allow(Instant::now()) {
-                    warn!(forward = %f, servers = %self.servers, suppressed = n,
-                          "the NATS cluster is unreachable ({e}); messages wait in the spool, connecting again");
-                }
-            }
+            Event::ClientError(e) => self.unreachable(&e.to_string()),
             // The client is dropped: sluiced stops.
             Event::Closed => {
                 self.counters.connected.store(0, Relaxed);
@@ -162,6 +177,34 @@ impl Events {
                     warn!(forward = %f, suppressed = n, "NATS connection: {other}");
                 }
             }
+        }
+    }
+
+    /// The connection dropped or an attempt failed: counted each time
+    /// (errors{kind="unreachable"}), said once per outage and then every
+    /// [`REMIND_EVERY`], with the servers tried.
+    fn unreachable(&self, why: &str) {
+        self.counters.connected.store(0, Relaxed);
+        self.counters.error(ErrorKind::Unreachable);
+        let since = *self
+            .counters
+            .down_since
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        let mut o = self.outage.lock().unwrap();
+        if !o.say(now) {
+            return;
+        }
+        let f = &self.forward;
+        if o.failures == 1 {
+            warn!(forward = %f, servers = %self.servers,
+                  "the NATS cluster is unreachable ({why}): messages wait in the spool (sluice_forward_connected 0, lag in sluice_forward_lag_*); connecting again until it is back");
+        } else {
+            warn!(forward = %f, servers = %self.servers, down_for = ?now.saturating_duration_since(since),
+                  failures = o.failures,
+                  "the NATS cluster is still unreachable ({why}): messages wait in the spool; connecting again until it is back");
         }
     }
 
@@ -183,7 +226,20 @@ fn refused_credentials(e: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::refused_credentials;
+    use super::*;
+
+    #[test]
+    fn an_outage_is_said_once_then_reminded() {
+        let t0 = Instant::now();
+        let mut o = Outage::default();
+        assert!(o.say(t0), "the first failure is said");
+        for i in 1..100 {
+            assert!(!o.say(t0 + Duration::from_millis(i * 500)), "attempt {i}");
+        }
+        assert!(o.say(t0 + REMIND_EVERY), "reminded");
+        assert!(!o.say(t0 + REMIND_EVERY + Duration::from_secs(1)));
+        assert_eq!(o.failures, 102);
+    }
 
     #[test]
     fn refused_credentials_are_told_from_other_connect_errors() {

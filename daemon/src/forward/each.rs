@@ -125,8 +125,8 @@ fn say(run: &Run, limit: &mut LogLimit, kind: ErrorKind, offset: u64, e: &Publis
         ErrorKind::NoStream => error!(forward = %f.name, %stream, offset, suppressed = n,
             "no JetStream stream takes subject {subject}: target_stream {:?} is missing, does not list the subject, or has no leader right now (an election); the message waits in the spool",
             f.target_stream),
-        ErrorKind::Unreachable => warn!(forward = %f.name, %stream, offset, suppressed = n,
-            "the NATS cluster is unreachable ({e}); the message waits in the spool"),
+        // connect.rs says an outage once, with the servers tried.
+        ErrorKind::Unreachable => {}
         _ => warn!(forward = %f.name, %stream, offset, suppressed = n,
             "publish to {subject} failed ({e}); sent again after a backoff"),
     }

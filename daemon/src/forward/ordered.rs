@@ -352,8 +352,8 @@ impl<'a> Ordered<'a> {
         let (fw, stream) = (&self.run.forward.name, &self.run.stream);
         let waiting = self.queue.len();
         match kind {
-            ErrorKind::Unreachable => warn!(forward = %fw, %stream, waiting, suppressed = n,
-                "the NATS cluster is unreachable ({what}); messages wait in the spool"),
+            // connect.rs says an outage once, with the servers tried.
+            ErrorKind::Unreachable => {}
             ErrorKind::Refused => warn!(forward = %fw, %stream, waiting, suppressed = n,
                 "JetStream stream {} refused a message ({what}): full (max_bytes, discard new)? sent again after a backoff; producers get backpressure at max_backlog",
                 self.run.forward.target_stream),

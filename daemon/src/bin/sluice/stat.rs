@@ -1,6 +1,8 @@
 //! `sluice stat`: a live view of a running daemon, from its `/metrics`
 //! and its consumer groups (`/groups`).
 
+mod forwards;
+
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,7 @@ pub fn run(a: Args) -> Res {
         at = Instant::now();
         let mut out = render(&a.admin.admin.to_string(), &prev, &now, secs);
         render_groups(&mut out, &groups.groups);
+        forwards::render(&mut out, &prev, &now, secs);
         out.push('\n');
         print!("{out}");
         prev = now;
