@@ -59,6 +59,10 @@ pub struct ForwardArgs {
     /// Most seconds a phase may take (forwarding included).
     #[arg(long, default_value_t = 300.0)]
     pub timeout: f64,
+    /// With --servers: leave the run's streams in the cluster (else they
+    /// are deleted at the end).
+    #[arg(long, requires = "servers")]
+    pub keep: bool,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -88,6 +92,7 @@ impl ForwardArgs {
             datagram: self.datagram,
             dir: self.out.dir.clone(),
             timeout: self.timeout,
+            keep: self.keep,
             quiet: self.quiet,
         }
     }

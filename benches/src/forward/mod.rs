@@ -74,6 +74,9 @@ pub struct ForwardConfig {
     pub dir: PathBuf,
     /// Most seconds a phase may take.
     pub timeout: f64,
+    /// Leave the run's streams on a running cluster (`--servers`), for a
+    /// look at them after the run.
+    pub keep: bool,
     pub quiet: bool,
 }
 
@@ -214,7 +217,7 @@ pub fn run(config: &ForwardConfig) -> Result<ForwardReport, Box<dyn std::error::
             config.latency_messages,
         )
         .await;
-        if !started {
+        if !started && !config.keep {
             let all = [
                 names.target.clone(),
                 direct_name.clone(),
@@ -230,7 +233,15 @@ pub fn run(config: &ForwardConfig) -> Result<ForwardReport, Box<dyn std::error::
     drop(rt);
     servers.stop()?;
     let ((d, d_stored), (f, f_stored), one) = outcome?;
+    let streams = report::Streams {
+        sluice: names.stream.clone(),
+        forwarded: names.target.clone(),
+        direct: direct_name,
+        fast: fast_name,
+        one_at_a_time: single_name,
+    };
     Ok(report::build(
+        streams,
         config,
         head,
         urls,
@@ -240,4 +251,58 @@ pub fn run(config: &ForwardConfig) -> Result<ForwardReport, Box<dyn std::error::
         (&f, f_stored),
         &one,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        forward: ForwardArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<ForwardConfig, String> {
+        let cli = Cli::try_parse_from(std::iter::once("forward").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        let c = cli.forward.config();
+        c.validate().map(|()| c)
+    }
+
+    #[test]
+    fn replicas_follow_the_cluster_unless_told() {
+        assert_eq!(config(&[]).unwrap().replicas, 3);
+        assert_eq!(config(&["--nodes", "1"]).unwrap().replicas, 1);
+        let c = config(&["--servers", "nats://127.0.0.1:4222,nats://127.0.0.1:4223"]).unwrap();
+        assert_eq!((c.replicas, c.servers.len()), (3, 2));
+        assert_eq!(
+            config(&["--nodes", "5", "--replicas", "3"])
+                .unwrap()
+                .replicas,
+            3
+        );
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_a_reason() {
+        let e = config(&["--nodes", "1", "--replicas", "3"]).unwrap_err();
+        assert!(e.contains("--replicas"), "{e}");
+        assert!(config(&["--producers", "0"])
+            .unwrap_err()
+            .contains("--producers"));
+        assert!(config(&["--messages", "3", "--producers", "4"]).is_err());
+        assert!(config(&["--size", "0"]).is_err());
+        assert!(config(&["--timeout", "0"]).is_err());
+        // --keep is for a running cluster; --nodes and --servers exclude each other.
+        assert!(config(&["--keep"]).is_err());
+        assert!(config(&["--nodes", "1", "--servers", "nats://127.0.0.1:1"]).is_err());
+    }
+
+    #[test]
+    fn messages_round_down_to_whole_producers() {
+        let c = config(&["--messages", "10", "--producers", "4"]).unwrap();
+        assert_eq!((c.each(), c.total()), (2, 8));
+    }
 }

@@ -71,6 +71,18 @@ impl Row {
     }
 }
 
+/// The names of the run's streams.
+#[derive(Debug, Clone, Serialize)]
+pub struct Streams {
+    /// sluice's stream, forwarded.
+    pub sluice: String,
+    /// The JetStream streams: the forward's target, and the NATS client's.
+    pub forwarded: String,
+    pub direct: String,
+    pub fast: String,
+    pub one_at_a_time: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ForwardReport {
     #[serde(flatten)]
@@ -79,6 +91,7 @@ pub struct ForwardReport {
     /// The cluster's client URLs, and whether this run started it.
     pub servers: Vec<String>,
     pub started_cluster: bool,
+    pub streams: Streams,
     /// sluice → JetStream: first send until JetStream held them all.
     pub forwarded: Row,
     /// The same run's durable ingest into sluiced (first send to last ack).
@@ -105,6 +118,7 @@ pub struct ForwardReport {
 /// Puts the rows together.
 #[allow(clippy::too_many_arguments)]
 pub fn build(
+    streams: Streams,
     config: &ForwardConfig,
     head: Head,
     servers: Vec<String>,
@@ -181,6 +195,7 @@ pub fn build(
         config: config.clone(),
         servers,
         started_cluster,
+        streams,
         forwarded,
         sluice_ingest,
         direct: direct_row,
