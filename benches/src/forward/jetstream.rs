@@ -122,8 +122,9 @@ pub async fn create_stream(
 /// How many messages stream `name` holds; `None` if it does not exist (or
 /// the cluster does not answer now).
 pub async fn stored(js: &Context, name: &str) -> Option<u64> {
-    let mut s = js.get_stream(name).await.ok()?;
-    s.info().await.ok().map(|i| i.state.messages)
+    // One request: the stream's info as looked up is fresh.
+    let s = js.get_stream(name).await.ok()?;
+    Some(s.cached_info().state.messages)
 }
 
 /// Waits (at most `within`) until stream `name` exists.

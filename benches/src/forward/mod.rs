@@ -169,7 +169,8 @@ pub fn run(config: &ForwardConfig) -> Result<ForwardReport, Box<dyn std::error::
         &progress,
     ));
     let status = daemon.try_terminate(Duration::from_secs(30));
-    let forwarded = forwarded?;
+    // The log goes with the temporary folder: what it said comes along.
+    let forwarded = forwarded.map_err(|e| sluice::with_log(e, work.path()))?;
     let status = status?;
     if !status.success() {
         return Err(format!("sluiced did not stop cleanly: {status}").into());

@@ -85,12 +85,8 @@ pub fn start_daemon(
         .args(config.sluiced_args.iter().cloned());
     spec.log_file = Some(work.join("sluiced.log"));
     spec.log_level = "info".into();
-    spec.try_start().map_err(|e| {
-        format!(
-            "start sluiced (its log: {}): {e}",
-            work.join("sluiced.log").display()
-        )
-    })
+    spec.try_start()
+        .map_err(|e| with_log(format!("start sluiced: {e}"), work))
 }
 
 /// The run (on the current runtime): waits for the daemon to create the
@@ -105,12 +101,7 @@ pub async fn run(
 ) -> Result<Forwarded, String> {
     wait_exists(js, &names.target, CREATE_WITHIN)
         .await
-        .map_err(|e| {
-            format!(
-                "{e}: sluiced's forward did not create it (its log: {})",
-                work.join("sluiced.log").display()
-            )
-        })?;
+        .map_err(|e| format!("{e}: sluiced's forward did not create it"))?;
     let client = sluice_testkit::daemon::pinned(&work.join("data/tls/server.crt"), None)?;
     let options = ProducerOptions {
         transport: Transport::FastPath(client),
@@ -186,4 +177,15 @@ pub async fn run(
         stored: stored(js, &names.target).await.unwrap_or(n),
         complete,
     })
+}
+
+/// Lines of sluiced's log shown with a failure.
+const LOG_TAIL_LINES: usize = 20;
+
+/// `e` and the end of sluiced's log under `work` (which the run removes).
+pub fn with_log(e: String, work: &Path) -> String {
+    let log = std::fs::read_to_string(work.join("sluiced.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+    format!("{e}\nthe end of sluiced's log:\n{tail}")
 }
