@@ -124,6 +124,13 @@ echo "benches/scripts/e2e-push.sh ..." >&2
     || echo "the run failed: $(tail -n 5 "$work/e2e-push.err")"
   echo '```'
 } >> "$page"
+# sluice -> JetStream needs nats-server (scripts/setup.sh puts it in
+# target/pyenv); without it the section says so instead of failing.
+if [ -n "${SLUICE_NATS_SERVER:-}" ] || [ -x target/pyenv/bin/nats-server ] || command -v nats-server > /dev/null; then
+  run forward "Forwarding into NATS JetStream (forward)" forward --dir "$work"
+else
+  printf '\n## Forwarding into NATS JetStream (forward)\n\nNot run: nats-server is not installed (scripts/setup.sh).\n' >> "$page"
+fi
 run loss "Loss through the impairment relay (raw UDP)" loss --dir "$work" --seconds 3 --repeat "$repeat"
 if [ "$(id -u)" -eq 0 ]; then
   run loss-netns "Loss on a veth pair, nftables random drop (fast path, root)" loss --netns --dir "$work" --seconds 3 --repeat "$repeat"

@@ -7,6 +7,7 @@ pub mod compare;
 pub mod consume;
 pub mod cpu;
 pub mod filesystem;
+pub mod forward;
 pub mod http;
 pub mod ingest;
 pub mod interrupt;

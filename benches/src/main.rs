@@ -17,6 +17,8 @@
 //!                        [--plot DIR]
 //!   sluice-bench xdp [--part datapath|durable|all] [--seconds 3] [--sizes 64,1400]
 //!                    [--rate 100000] [--producers 4] [--dir D] [--json FILE]   (root)
+//!   sluice-bench forward [--producers 4] [--messages 200000] [--size 128] [--nodes 3 |
+//!                        --servers URL,..] [--replicas N] [--window 1024] [--json FILE]
 //!   sluice-bench plot REPORT.json [--out DIR]
 //!   sluice-bench compare A.json B.json [--json FILE]   (or: sluice-bench --compare A B)
 
@@ -76,6 +78,13 @@ enum Scenario {
     /// duplication, delay), or with --netns (root) by nftables random drop
     /// on a veth pair between two namespaces it creates.
     Loss(Box<sluice_bench::loss::LossArgs>),
+    /// sluice -> NATS JetStream (issue 21): a `sluiced` forwarding one
+    /// stream into a JetStream cluster (started here, or running), msgs/s
+    /// from the first send until JetStream holds them all, next to the NATS
+    /// client alone publishing the same messages to the same cluster (async
+    /// publishes, fast-ingest batches) in the same run; and the direct
+    /// PubAck latency.
+    Forward(Box<sluice_bench::forward::ForwardArgs>),
     /// Draw the pictures of a saved report (its `plots`) again, as SVG:
     /// REPORT-latency.svg and REPORT-throughput.svg.
     Plot(sluice_bench::plot::PlotArgs),
@@ -118,6 +127,7 @@ fn main() -> ExitCode {
         Scenario::E2e(a) => sluice_bench::consume::main(&a),
         Scenario::Xdp(a) => sluice_bench::xdp::main(&a),
         Scenario::Loss(a) => sluice_bench::loss::main(&a),
+        Scenario::Forward(a) => sluice_bench::forward::main(&a),
         Scenario::Plot(a) => sluice_bench::plot::main(&a),
         Scenario::Compare(a) => sluice_bench::compare::main(&a),
         Scenario::Daemon {
