@@ -5,6 +5,7 @@ pub mod check;
 pub mod consume;
 pub mod daemon;
 pub mod flood;
+pub mod forward;
 pub mod grpc;
 pub mod load;
 pub mod pki;

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::{self, stream::Config, Context};
-use async_nats::ServerAddr;
 use sluice_testkit::nats::{require_nats_server, Cluster};
 use sluice_tests::daemon::{Daemon, DaemonSpec};
+use sluice_tests::forward::{self, connect, log_of};
 use sluice_tests::{runtime, sluiced_bin};
 
 const STREAM: &str = "orders";
@@ -27,22 +27,11 @@ const FORWARD_WITHIN: Duration = Duration::from_secs(90);
 
 /// A `[[forward]]` of stream `orders` to `servers`, with more keys.
 fn write_config(dir: &Path, servers: &[String], extra: &str) -> String {
-    let servers: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
-    let text = format!(
-        "[streams]\nnames = [\"{STREAM}\"]\n\n[[forward]]\nname = \"js\"\nstreams = [\"{STREAM}\"]\n\
-         servers = [{}]\ntarget_stream = \"{TARGET}\"\n{extra}\n",
-        servers.join(", ")
-    );
-    let path = dir.join("sluiced.toml");
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
+    forward::write_config(dir, STREAM, servers, TARGET, extra)
 }
 
 fn spec(dir: &Path, config: &str) -> DaemonSpec {
-    let mut spec = DaemonSpec::new(sluiced_bin!(), &dir.join("data")).args(["--config", config]);
-    spec.log_file = Some(dir.join("sluiced.log"));
-    spec.log_level = "info".into();
-    spec
+    forward::spec(sluiced_bin!(), dir, config)
 }
 
 /// Publishes messages `first_seq..first_seq + n` of `producer` over HTTP
@@ -99,18 +88,6 @@ fn paced_producers(
             })
         })
         .collect()
-}
-
-async fn connect(urls: &[String]) -> Context {
-    let addrs: Vec<ServerAddr> = urls.iter().map(|u| u.parse().unwrap()).collect();
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(addrs)
-        .await
-        .expect("connect to the cluster");
-    jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(5))
-        .build(client)
 }
 
 /// How many messages the target stream holds (0 if it does not exist yet).
@@ -256,10 +233,6 @@ fn wait_metric(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn log_of(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("sluiced.log")).unwrap_or_default()
 }
 
 /// How many times, in the stream's order, a message of a producer comes

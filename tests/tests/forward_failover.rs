@@ -13,11 +13,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::OrderedConfig;
-use async_nats::jetstream::{self, Context};
-use async_nats::ServerAddr;
+use async_nats::jetstream::Context;
 use futures_util::StreamExt;
 use sluice_testkit::nats::{require_nats_server, Cluster};
 use sluice_tests::daemon::DaemonSpec;
+use sluice_tests::forward::{self, connect};
 use sluice_tests::load;
 use sluice_tests::sluiced_bin;
 use sluice_transport::client::{Producer, ProducerError, ProducerOptions};
@@ -34,24 +34,14 @@ const IN_FLIGHT: usize = 8;
 const KILL_AFTER: usize = 6_000;
 
 fn spec(dir: &Path, servers: &[String]) -> DaemonSpec {
-    std::fs::create_dir_all(dir).unwrap();
-    let servers: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
-    let config = dir.join("sluiced.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[streams]\nnames = [\"{STREAM}\"]\n\n[[forward]]\nname = \"js\"\nstreams = [\"{STREAM}\"]\n\
-             servers = [{}]\ntarget_stream = \"{TARGET}\"\ncreate = true\nreplicas = 3\nack = \"replicated\"\n",
-            servers.join(", ")
-        ),
-    )
-    .unwrap();
-    let mut spec = DaemonSpec::new(sluiced_bin!(), &dir.join("data"))
-        .args(["--config", &config.display().to_string()])
-        .insecure_lan();
-    spec.log_file = Some(dir.join("sluiced.log"));
-    spec.log_level = "info".into();
-    spec
+    let config = forward::write_config(
+        dir,
+        STREAM,
+        servers,
+        TARGET,
+        "create = true\nreplicas = 3\nack = \"replicated\"",
+    );
+    forward::spec(sluiced_bin!(), dir, &config).insecure_lan()
 }
 
 /// A producer that notices a dead daemon within about a second, and
@@ -68,18 +58,6 @@ fn options(spec: &DaemonSpec) -> ProducerOptions {
         unreachable_timeout: Some(Duration::from_secs(60)),
         ..load::patient(spec.udp().transport)
     }
-}
-
-async fn connect(urls: &[String]) -> Context {
-    let addrs: Vec<ServerAddr> = urls.iter().map(|u| u.parse().unwrap()).collect();
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(addrs)
-        .await
-        .expect("connect to the cluster");
-    jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(5))
-        .build(client)
 }
 
 /// The producer's seqs in the target stream, in the stream's order.

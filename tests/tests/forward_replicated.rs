@@ -14,14 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::OrderedConfig;
-use async_nats::jetstream::{self, Context};
-use async_nats::ServerAddr;
+use async_nats::jetstream::Context;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use rand::Rng;
 use sluice_testkit::nats::{require_nats_server, Cluster};
 use sluice_tests::check::Acked;
 use sluice_tests::daemon::{Daemon, DaemonSpec, Target};
+use sluice_tests::forward::{self, connect};
 use sluice_tests::load::{self, Plan};
 use sluice_tests::sluiced_bin;
 use sluice_transport::client::{Producer, ProducerOptions};
@@ -51,10 +51,7 @@ fn write_config(dir: &Path, servers: &[String]) -> String {
 }
 
 fn spec(dir: &Path, config: &str) -> DaemonSpec {
-    let mut spec = DaemonSpec::new(sluiced_bin!(), &dir.join("data")).args(["--config", config]);
-    spec.log_file = Some(dir.join("sluiced.log"));
-    spec.log_level = "info".into();
-    spec
+    forward::spec(sluiced_bin!(), dir, config)
 }
 
 /// Producers over `target` that wait for acks as long as a test's
@@ -69,18 +66,6 @@ fn options_for(target: &Target) -> ProducerOptions {
 /// Over the fast path.
 fn options(spec: &DaemonSpec) -> ProducerOptions {
     options_for(&spec.fast_path())
-}
-
-async fn connect(urls: &[String]) -> Context {
-    let addrs: Vec<ServerAddr> = urls.iter().map(|u| u.parse().unwrap()).collect();
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(addrs)
-        .await
-        .expect("connect to the cluster");
-    jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(5))
-        .build(client)
 }
 
 /// Every (producer, seq) JetStream stream `target` holds, with how many

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use sluice_daemon::metrics::scrape::Scrape;
 use sluice_testkit::nats::{require_nats_server, Cluster};
 use sluice_tests::daemon::{Daemon, DaemonSpec};
+use sluice_tests::forward;
 use sluice_tests::{sluice_bin, sluiced_bin};
 
 const STREAM: &str = "orders";
@@ -24,22 +25,14 @@ const LAG: [(&str, &str); 2] = [("forward", "js"), ("stream", STREAM)];
 /// sluiced forwarding stream `orders` to `servers` (the target stream
 /// created by the forward), logging to `dir`/sluiced.log.
 fn spec(dir: &Path, servers: &[String]) -> DaemonSpec {
-    let servers: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
-    let config = dir.join("sluiced.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[streams]\nnames = [\"{STREAM}\"]\n\n[[forward]]\nname = \"js\"\nstreams = [\"{STREAM}\"]\n\
-             servers = [{}]\ntarget_stream = \"SLUICE\"\ncreate = true\nmax_in_flight = 64\n",
-            servers.join(", ")
-        ),
-    )
-    .unwrap();
-    let mut spec = DaemonSpec::new(sluiced_bin!(), &dir.join("data"))
-        .args(["--config", &config.display().to_string()]);
-    spec.log_file = Some(dir.join("sluiced.log"));
-    spec.log_level = "info".into();
-    spec
+    let config = forward::write_config(
+        dir,
+        STREAM,
+        servers,
+        "SLUICE",
+        "create = true\nmax_in_flight = 64",
+    );
+    forward::spec(sluiced_bin!(), dir, &config)
 }
 
 /// Publishes `n` messages of producer 1 from `first_seq` over HTTP as one
