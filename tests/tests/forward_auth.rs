@@ -93,7 +93,9 @@ impl Forwarder {
     /// Publishes seqs `1..=n` of `producer` as one HTTP batch, again until
     /// sluiced has them in its spool (it may still be starting).
     fn send(&self, producer: u64, n: u64) {
-        let body: String = (1..=n).map(|s| format!("{{\"data\": \"m{s}\"}}\n")).collect();
+        let body: String = (1..=n)
+            .map(|s| format!("{{\"data\": \"m{s}\"}}\n"))
+            .collect();
         let url = format!("{}/streams/{STREAM}/messages", self.spec.admin_url());
         let deadline = Instant::now() + WITHIN;
         loop {
@@ -424,7 +426,11 @@ fn tls_ca_forwards_over_tls_and_another_ca_connects_not_and_loses_nothing() {
     );
     let tls_ca = |pem: &Path| format!("tls_ca = {:?}\n", pem.display().to_string());
 
-    let a = Forwarder::new(&dir.path().join("a"), cluster.client_urls(), &tls_ca(&ca.pem));
+    let a = Forwarder::new(
+        &dir.path().join("a"),
+        cluster.client_urls(),
+        &tls_ca(&ca.pem),
+    );
     let d = a.start();
     a.send(1, 50);
     js.assert_all_once(&[1], 50);
