@@ -596,18 +596,33 @@ impl Config {
                 None
             };
             let given = |p: &std::path::PathBuf| (!p.as_os_str().is_empty()).then(|| p.clone());
+            // Said before the match below: a password beside a token (no
+            // user) would otherwise be taken for nothing.
+            if !f.password.is_empty() && f.user.is_empty() {
+                return Err(at("password: given without user".into()));
+            }
+            let credentials: Vec<&str> = [
+                ("token", !f.token.is_empty()),
+                ("user", !f.user.is_empty()),
+                ("creds_file", given(&f.creds_file).is_some()),
+                ("nkey_file", given(&f.nkey_file).is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(key, set)| set.then_some(key))
+            .collect();
+            if credentials.len() > 1 {
+                return Err(at(format!(
+                    "{} are all given: give one of token, user (with password), creds_file, nkey_file",
+                    credentials.join(", ")
+                )));
+            }
             let auth = match (
                 f.token.is_empty(),
                 f.user.is_empty(),
                 given(&f.creds_file),
                 given(&f.nkey_file),
             ) {
-                (true, true, None, None) => {
-                    if !f.password.is_empty() {
-                        return Err(at("password: given without user".into()));
-                    }
-                    Auth::None
-                }
+                (true, true, None, None) => Auth::None,
                 (false, true, None, None) => Auth::Token(f.token.clone()),
                 (true, false, None, None) => Auth::UserPassword {
                     user: f.user.clone(),
@@ -615,6 +630,7 @@ impl Config {
                 },
                 (true, true, Some(p), None) => Auth::CredsFile(p),
                 (true, true, None, Some(p)) => Auth::NKeyFile(p),
+                // Two or more: refused above already, with their names.
                 _ => {
                     return Err(at(
                         "give one of token, user (with password), creds_file, nkey_file".into(),

@@ -587,3 +587,70 @@ fn forward_entries_are_checked_and_make_their_consumer_groups() {
         assert!(e.contains(says), "{text}: {e}");
     }
 }
+
+#[test]
+fn a_forward_takes_one_credential_and_says_which_ones_clash() {
+    use crate::forward::config::Auth;
+    let f = "[[forward]]\nname = \"js\"\nstreams = [\"orders\"]\nservers = [\"nats://127.0.0.1:4222\"]\ntarget_stream = \"SLUICE\"\n";
+    // Each alone is taken, as what it is.
+    for (keys, auth) in [
+        ("", Auth::None),
+        ("token = \"t\"\n", Auth::Token("t".into())),
+        (
+            "user = \"u\"\npassword = \"p\"\n",
+            Auth::UserPassword {
+                user: "u".into(),
+                password: "p".into(),
+            },
+        ),
+        (
+            "creds_file = \"/etc/fw.creds\"\n",
+            Auth::CredsFile("/etc/fw.creds".into()),
+        ),
+        (
+            "nkey_file = \"/etc/fw.nk\"\n",
+            Auth::NKeyFile("/etc/fw.nk".into()),
+        ),
+    ] {
+        assert_eq!(
+            checked(&format!("{f}{keys}")).forwards[0].auth,
+            auth,
+            "{keys}"
+        );
+    }
+    let tls = checked(&format!(
+        "{f}nkey_file = \"/etc/fw.nk\"\ntls_ca = \"/etc/ca.pem\"\n"
+    ));
+    assert_eq!(tls.forwards[0].tls_ca, Some(PathBuf::from("/etc/ca.pem")));
+    // Two or more: refused, naming the keys given.
+    for (keys, named) in [
+        (
+            "token = \"t\"\nnkey_file = \"/etc/fw.nk\"\n",
+            "token, nkey_file are all given",
+        ),
+        (
+            "user = \"u\"\npassword = \"p\"\ncreds_file = \"/etc/fw.creds\"\n",
+            "user, creds_file are all given",
+        ),
+        (
+            "creds_file = \"/etc/fw.creds\"\nnkey_file = \"/etc/fw.nk\"\n",
+            "creds_file, nkey_file are all given",
+        ),
+        (
+            "token = \"t\"\nuser = \"u\"\ncreds_file = \"/c\"\nnkey_file = \"/n\"\n",
+            "token, user, creds_file, nkey_file are all given",
+        ),
+    ] {
+        let e = parse(&format!("{f}{keys}")).unwrap_err();
+        assert!(
+            e.contains("`forward`")
+                && e.contains("forward \"js\"")
+                && e.contains(named)
+                && e.contains("give one of token, user (with password), creds_file, nkey_file"),
+            "{keys}: {e}"
+        );
+    }
+    // A password is a user's: beside a token it is refused, not dropped.
+    let e = parse(&format!("{f}token = \"t\"\npassword = \"p\"\n")).unwrap_err();
+    assert!(e.contains("password: given without user"), "{e}");
+}

@@ -82,7 +82,7 @@ async fn try_connect(
             let seed = seed.trim().to_owned();
             if !seed.starts_with("SU") {
                 return Err(format!(
-                    "nkey_file {}: not a user NKey seed (it starts with SU)",
+                    "nkey_file {}: not a user NKey seed (a user seed starts with SU; a public key, U..., will not do)",
                     p.display()
                 ));
             }
@@ -96,6 +96,7 @@ async fn try_connect(
         forward: f.name.clone(),
         servers: f.servers.join(","),
         counters: c,
+        tls_ca: f.tls_ca.clone(),
         // Other events: a line a second at most.
         limit: Mutex::new(LogLimit::new(1)),
         outage: Mutex::new(Outage::default()),
@@ -122,6 +123,10 @@ struct Events {
     forward: String,
     servers: String,
     counters: Arc<ForwardCounters>,
+    /// The forward's `tls_ca`: named when an attempt fails, since the
+    /// client reports a server certificate that CA did not sign as a bare
+    /// "IO error", as it does a server that is down.
+    tls_ca: Option<std::path::PathBuf>,
     limit: Mutex<LogLimit>,
     outage: Mutex<Outage>,
 }
@@ -198,13 +203,20 @@ impl Events {
             return;
         }
         let f = &self.forward;
+        let tls = match &self.tls_ca {
+            Some(ca) => format!(
+                "; if the servers are up, check that tls_ca {} signed their certificates",
+                ca.display()
+            ),
+            None => String::new(),
+        };
         if o.failures == 1 {
             warn!(forward = %f, servers = %self.servers,
-                  "the NATS cluster is unreachable ({why}): messages wait in the spool (sluice_forward_connected 0, lag in sluice_forward_lag_*); connecting again until it is back");
+                  "the NATS cluster is unreachable ({why}{tls}): messages wait in the spool (sluice_forward_connected 0, lag in sluice_forward_lag_*); connecting again until it is back");
         } else {
             warn!(forward = %f, servers = %self.servers, down_for = ?now.saturating_duration_since(since),
                   failures = o.failures,
-                  "the NATS cluster is still unreachable ({why}): messages wait in the spool; connecting again until it is back");
+                  "the NATS cluster is still unreachable ({why}{tls}): messages wait in the spool; connecting again until it is back");
         }
     }
 
@@ -212,7 +224,7 @@ impl Events {
         self.counters.error(ErrorKind::Auth);
         if let Some(n) = self.limit.lock().unwrap().allow(Instant::now()) {
             error!(forward = %self.forward, servers = %self.servers, suppressed = n,
-                   "the NATS servers refuse the forward's credentials (authorization violation): check token, user/password or creds_file; messages wait in the spool");
+                   "the NATS servers refuse the forward's credentials (authorization violation): check token, user/password, creds_file or nkey_file; messages wait in the spool");
         }
     }
 }
