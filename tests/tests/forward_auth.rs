@@ -15,6 +15,7 @@ use async_nats::jetstream::{self, Context};
 use async_nats::ConnectOptions;
 use sluice_testkit::nats::{require_nats_server, Cluster};
 use sluice_tests::daemon::{Daemon, DaemonSpec};
+use sluice_tests::forward;
 use sluice_tests::pki::Ca;
 use sluice_tests::{runtime, sluiced_bin};
 
@@ -38,17 +39,14 @@ struct Forwarder {
 impl Forwarder {
     /// `keys`: the entry's credentials and TLS lines.
     fn new(dir: &Path, servers: Vec<String>, keys: &str) -> Forwarder {
-        std::fs::create_dir_all(dir).unwrap();
-        let mut spec = DaemonSpec::new(sluiced_bin!(), &dir.join("data")).args([
-            "--config".to_string(),
-            dir.join("sluiced.toml").display().to_string(),
-        ]);
-        spec.log_file = Some(dir.join("sluiced.log"));
-        spec.log_level = "info".into();
         let f = Forwarder {
             dir: dir.to_path_buf(),
+            spec: forward::spec(
+                sluiced_bin!(),
+                dir,
+                &dir.join("sluiced.toml").display().to_string(),
+            ),
             servers,
-            spec,
         };
         f.set_keys(keys);
         f
@@ -56,14 +54,13 @@ impl Forwarder {
 
     /// Rewrites the config with other credentials (read at the next start).
     fn set_keys(&self, keys: &str) {
-        let servers: Vec<String> = self.servers.iter().map(|s| format!("{s:?}")).collect();
-        let text = format!(
-            "[streams]\nnames = [\"{STREAM}\"]\n\n[[forward]]\nname = \"js\"\n\
-             streams = [\"{STREAM}\"]\nservers = [{}]\ntarget_stream = \"{TARGET}\"\n\
-             create = true\n{keys}\n",
-            servers.join(", ")
+        forward::write_config(
+            &self.dir,
+            STREAM,
+            &self.servers,
+            TARGET,
+            &format!("create = true\n{keys}"),
         );
-        std::fs::write(self.dir.join("sluiced.toml"), text).unwrap();
     }
 
     fn start(&self) -> Daemon {
@@ -74,8 +71,7 @@ impl Forwarder {
     /// forward/connect.rs (not the rest, which names certificates and
     /// files of its own).
     fn connect_lines(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("sluiced.log"))
-            .unwrap_or_default()
+        forward::log_of(&self.dir)
             .lines()
             .filter(|l| l.contains("sluice_daemon::forward::connect") && l.contains("forward=js"))
             .map(str::to_owned)
