@@ -829,3 +829,90 @@ fn a_full_target_stream_holds_messages_back_and_loses_none() {
     let status = d.terminate(Duration::from_secs(10));
     assert!(status.success(), "sluiced stopped with {status}");
 }
+
+#[test]
+fn a_pattern_forwards_the_streams_it_takes_made_later_too() {
+    if !require_nats_server("a_pattern_forwards_the_streams_it_takes_made_later_too") {
+        return;
+    }
+    use futures_util::StreamExt;
+    const N: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 1);
+    let servers: Vec<String> = cluster
+        .client_urls()
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect();
+    // `orders-*` takes orders-eu (there at the start) and orders-us (made
+    // by its first publish, later); not `billing`.
+    let config = dir.path().join("sluiced.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[streams]\nnames = [\"orders-eu\", \"billing\"]\n\n[[forward]]\nname = \"js\"\n\
+             streams = [\"orders-*\"]\nservers = [{}]\ntarget_stream = \"{TARGET}\"\ncreate = true\n",
+            servers.join(", ")
+        ),
+    )
+    .unwrap();
+    let spec = spec(dir.path(), &config.display().to_string());
+    let d = spec.start();
+    let post = |stream: &str, producer: u64| {
+        let body: String = (1..=N)
+            .map(|s| format!("{{\"data\": \"{stream}-{s}\"}}\n"))
+            .collect();
+        let r = ureq::post(&format!("{}/streams/{stream}/messages", spec.admin_url()))
+            .timeout(Duration::from_secs(10))
+            .set("content-type", "application/x-ndjson")
+            .set("sluice-producer-id", &producer.to_string())
+            .set("sluice-seq", "1")
+            .send_string(&body);
+        assert!(r.is_ok(), "publish to {stream}: {r:?}");
+    };
+    post("orders-eu", 1);
+    post("billing", 2);
+    let rt = runtime();
+    let js = rt.block_on(connect(&cluster.client_urls()));
+    rt.block_on(wait_count(&js, N, FORWARD_WITHIN));
+    post("orders-us", 3);
+    rt.block_on(wait_count(&js, 2 * N, FORWARD_WITHIN));
+    std::thread::sleep(Duration::from_millis(500));
+    let by_stream: BTreeMap<String, u64> = rt.block_on(async {
+        let mut stream = js.get_stream(TARGET).await.expect("the target stream");
+        let n = stream.info().await.expect("info").state.messages;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .expect("an ordered consumer");
+        let mut messages = consumer.messages().await.expect("messages");
+        let mut by_stream = BTreeMap::new();
+        for _ in 0..n {
+            let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+                .await
+                .expect("a message in time")
+                .expect("a message")
+                .expect("not an error");
+            let h = m.headers.as_ref().expect("headers");
+            let s = h
+                .get("Sluice-Stream")
+                .expect("Sluice-Stream")
+                .as_str()
+                .to_owned();
+            assert_eq!(
+                m.subject.as_str(),
+                format!("sluice.{s}.{}", h.get("Sluice-Producer").unwrap())
+            );
+            *by_stream.entry(s).or_insert(0) += 1;
+        }
+        by_stream
+    });
+    assert_eq!(
+        by_stream,
+        BTreeMap::from([("orders-eu".to_string(), N), ("orders-us".to_string(), N)]),
+        "billing is not forwarded; each orders-* stream's messages once"
+    );
+    assert!(log_of(dir.path()).contains("forwarding a stream the pattern takes"));
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "sluiced stopped with {status}");
+}

@@ -13,7 +13,9 @@ use crate::consume::group::GroupConfig;
 use crate::consume::service::{parse_key_rule, parse_start, ConsumersConfig, GroupSettings};
 use crate::consume::store::check_group_name;
 use crate::credit::CreditPolicy;
-use crate::forward::config::{check_subject, group_name, Auth, Create, ForwardConfig, Storage};
+use crate::forward::config::{
+    check_subject, group_name, is_pattern, Auth, Create, ForwardConfig, Storage,
+};
 use crate::identity::{self, AdminTls};
 use crate::spool::keys::KeyLimits;
 use crate::spool::scrub::ScrubConfig;
@@ -549,11 +551,26 @@ impl Config {
                 return Err(at("streams: name at least one stream".into()));
             }
             for s in &f.streams {
-                crate::spool::writer::check_name(s).map_err(|e| at(format!("streams: {e}")))?;
-                let rendered = f.subject.replace("{stream}", s).replace("{producer}", "1");
+                // A pattern: `*` for any run of a stream name's characters.
+                let sample = s.replace('*', "x");
+                crate::spool::writer::check_name(&sample).map_err(|_| {
+                    at(format!(
+                        "streams: {s:?} is not a stream name or a pattern (letters, digits, `.`, `_`, `-`, and `*` for any run of them)"
+                    ))
+                })?;
+                let rendered = f
+                    .subject
+                    .replace("{stream}", &sample)
+                    .replace("{producer}", "1");
                 check_subject(&rendered).map_err(|e| at(format!("subject: {e}")))?;
             }
-            if f.streams.len() > 1 && !f.subject.contains("{stream}") {
+            let patterns = f.streams.iter().any(|s| is_pattern(s));
+            if patterns && f.subject.starts_with("{stream}") {
+                return Err(at(
+                    "subject: with a pattern in streams, the subject needs a fixed start before `{stream}` (a created stream takes `<start>.>`)".into(),
+                ));
+            }
+            if (f.streams.len() > 1 || patterns) && !f.subject.contains("{stream}") {
                 return Err(at(
                     "subject: several streams need `{stream}` in the subject (their messages would mix)".into(),
                 ));
@@ -646,6 +663,13 @@ impl Config {
                 "replicated" if !f.retain => {
                     return Err(at(
                         "ack: \"replicated\" needs retain = true (a message dropped unforwarded could not be acked)".into(),
+                    ))
+                }
+                // Which streams are replicated is known at the start
+                // (confirm.rs); a pattern takes streams made later.
+                "replicated" if f.streams.iter().any(|s| is_pattern(s)) => {
+                    return Err(at(
+                        "ack: \"replicated\" takes exact stream names (not patterns) for now".into(),
                     ))
                 }
                 "replicated" => true,

@@ -342,7 +342,9 @@ file_table! {
     ForwardEntry {
         /// The forward's name: its consumer group is `forward.<name>`.
         name: String = String::new(),
-        /// The sluice streams it forwards (exact names).
+        /// The sluice streams it forwards: exact names, or patterns where
+        /// `*` stands for any run of characters (`orders-*`, `*`; streams
+        /// made later too, found within a second; never `.dlq` streams).
         streams: Vec<String> = Vec::new(),
         /// NATS server URLs (`nats://host:port`), any node of the cluster.
         servers: Vec<String> = Vec::new(),

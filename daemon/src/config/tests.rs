@@ -579,6 +579,27 @@ fn forward_entries_are_checked_and_make_their_consumer_groups() {
         (f.replace("\"SLUICE\"", "\"a.b\""), "target_stream"),
         (format!("{f}{f}"), "named twice"),
         (
+            f.replace(
+                "streams = [\"orders\", \"audit\"]",
+                "streams = [\"orders-*\"]",
+            ) + "ack = \"replicated\"\n",
+            "exact stream names",
+        ),
+        (
+            f.replace(
+                "streams = [\"orders\", \"audit\"]",
+                "streams = [\"or ders*\"]",
+            ),
+            "not a stream name or a pattern",
+        ),
+        (
+            f.replace(
+                "streams = [\"orders\", \"audit\"]",
+                "streams = [\"orders-*\"]",
+            ) + "subject = \"{stream}.x\"\n",
+            "fixed start",
+        ),
+        (
             format!("{f}[[consumers.groups]]\nstream = \"orders\"\ngroup = \"forward.js\"\n"),
             "consumers.groups",
         ),

@@ -32,7 +32,8 @@ pub struct ConsumersConfig {
     /// For groups not named in `groups`.
     pub defaults: GroupSettings,
     /// Configured groups: (stream, group) → settings. They exist from the
-    /// daemon's start on.
+    /// daemon's start on. A stream with `*` is a pattern (a forward's):
+    /// its settings hold for every matching stream, made later too.
     pub groups: Vec<(String, String, GroupSettings)>,
 }
 
@@ -47,14 +48,21 @@ impl ConsumersConfig {
     fn configured(&self, stream: &str, group: &str) -> Option<&GroupSettings> {
         self.groups
             .iter()
-            .find(|(s, g, _)| s == stream && g == group)
+            .find(|(s, g, _)| g == group && (s == stream || pattern_takes(s, stream)))
             .map(|(_, _, c)| c)
     }
+}
+
+/// Whether configured-group pattern `pattern` takes stream `name` (never
+/// a dead-letter stream).
+fn pattern_takes(pattern: &str, name: &str) -> bool {
+    is_pattern(pattern) && !name.ends_with(".dlq") && matches(pattern, name)
 }
 
 pub use super::group::Settle;
 use super::handle::Cmd;
 pub use super::handle::{ConsumeError, GroupHandle, GroupSettings, GroupStats, Settled, StartAt};
+use crate::forward::config::{is_pattern, matches};
 
 /// A member of a group: deliveries arrive on `deliveries` (in batches,
 /// one per turn of the group's task); dropping it
@@ -172,6 +180,16 @@ impl Consumers {
     /// subscribes.
     pub async fn start(&self) -> Result<(), ConsumeError> {
         for (stream, group, settings) in self.config.groups.clone() {
+            if is_pattern(&stream) {
+                // The streams there are now; those made later get the
+                // group when its forward finds them.
+                for name in self.spool.stream_names() {
+                    if pattern_takes(&stream, &name) {
+                        self.group(&name, &group, settings.start).await?;
+                    }
+                }
+                continue;
+            }
             if !self.spool.stream_names().contains(&stream) {
                 self.spool.stream(&stream)?;
             }
@@ -196,6 +214,11 @@ impl Consumers {
             }
         }
         Ok(())
+    }
+
+    /// The spool's streams (dead-letter streams too).
+    pub fn stream_names(&self) -> Vec<String> {
+        self.spool.stream_names()
     }
 
     /// A fresh member id.

@@ -37,7 +37,9 @@ pub struct Create {
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
     pub name: String,
-    /// Sluice streams forwarded (exact names).
+    /// Sluice streams forwarded: exact names, or patterns where `*`
+    /// stands for any run of characters (`orders-*`, `*`), matched
+    /// against the streams there are and those made later.
     pub streams: Vec<String>,
     pub servers: Vec<String>,
     /// Subject template: `{stream}` is replaced by the stream's name,
@@ -69,11 +71,39 @@ impl ForwardConfig {
     }
 
     /// The subject filter that takes every message of `stream` (what a
-    /// created target stream lists): `{producer}` becomes `*`.
+    /// created target stream lists): `{producer}` becomes `*`. For a
+    /// pattern, whose streams may have dots (several tokens), the subject
+    /// up to `{stream}` then `>`.
     pub fn subjects_of(&self, stream: &str) -> String {
+        if is_pattern(stream) {
+            let prefix = self.subject.split("{stream}").next().unwrap_or_default();
+            return format!("{prefix}>");
+        }
         self.subject
             .replace("{stream}", stream)
             .replace("{producer}", "*")
+    }
+
+    /// The exact stream names among `streams`.
+    pub fn exact_streams(&self) -> impl Iterator<Item = &String> {
+        self.streams.iter().filter(|s| !is_pattern(s))
+    }
+
+    /// Whether stream `name` is one this forward takes (a dead-letter
+    /// stream only by its exact name).
+    pub fn takes(&self, name: &str) -> bool {
+        self.streams.iter().any(|s| {
+            if is_pattern(s) {
+                !name.ends_with(".dlq") && matches(s, name)
+            } else {
+                s == name
+            }
+        })
+    }
+
+    /// Whether any entry of `streams` is a pattern.
+    pub fn has_patterns(&self) -> bool {
+        self.streams.iter().any(|s| is_pattern(s))
     }
 
     /// `true` if each producer has a subject of its own, so that where the
@@ -81,6 +111,32 @@ impl ForwardConfig {
     pub fn per_producer(&self) -> bool {
         self.subject.contains("{producer}")
     }
+}
+
+/// Whether a `streams` entry is a pattern.
+pub fn is_pattern(s: &str) -> bool {
+    s.contains('*')
+}
+
+/// Whether `name` matches `pattern`, in which `*` stands for any run of
+/// characters (none too) and every other character for itself.
+pub fn matches(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// The consumer group of forward `name`.
@@ -107,4 +163,25 @@ pub fn check_subject(subject: &str) -> Result<(), String> {
         return Err(format!("subject {subject:?} has an empty token"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn a_star_stands_for_any_run_of_characters() {
+        assert!(matches("*", "orders"));
+        assert!(matches("orders-*", "orders-eu"));
+        assert!(matches("orders-*", "orders-"));
+        assert!(!matches("orders-*", "orders"));
+        assert!(matches("*-eu", "orders-eu"));
+        assert!(!matches("*-eu", "orders-us"));
+        assert!(matches("a*b*c", "aXbYc"));
+        assert!(matches("a*b*c", "abc"));
+        assert!(!matches("a*b*c", "acb"));
+        assert!(!matches("ab*ba", "aba"));
+        assert!(matches("orders", "orders"));
+        assert!(!matches("orders", "orders2"));
+    }
 }

@@ -166,7 +166,7 @@ impl ForwardStats {
                 .iter()
                 .map(|f| {
                     let c = ForwardCounters::new(&f.name);
-                    for s in &f.streams {
+                    for s in f.exact_streams() {
                         c.stream(s);
                     }
                     Arc::new(c)

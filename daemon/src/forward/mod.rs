@@ -62,18 +62,15 @@ impl Forwarders {
             info!(forward = %f.name, streams = ?f.streams, servers = ?f.servers,
                   target = %f.target_stream, "forwarding to NATS JetStream");
             let js = connect::connect(f.clone(), stats.forward(&f.name));
-            for stream in f.streams.clone() {
-                let run = publish::Run {
-                    confirm: confirmations.forward(&f.name, &stream),
-                    forward: f.clone(),
-                    stream,
-                    js: js.clone(),
-                    consumers: consumers.clone(),
-                    stats: stats.forward(&f.name),
-                    stop: stopped.clone(),
-                };
-                tasks.push(tokio::spawn(run.run()));
-            }
+            let runs = Runs {
+                forward: f.clone(),
+                js,
+                consumers: consumers.clone(),
+                confirmations: confirmations.clone(),
+                stats: stats.forward(&f.name),
+                stop: stopped.clone(),
+            };
+            tasks.push(tokio::spawn(runs.run()));
         }
         Forwarders {
             stop,
@@ -100,6 +97,68 @@ impl Forwarders {
             {
                 warn!("a forward did not stop within 5 s");
             }
+        }
+    }
+}
+
+/// How often a forward with patterns looks for new matching streams.
+const FIND_STREAMS_EVERY: Duration = Duration::from_secs(1);
+
+/// One forward's runs: one per stream it takes; with patterns, a stream
+/// made later gets its run within [`FIND_STREAMS_EVERY`].
+struct Runs {
+    forward: Arc<ForwardConfig>,
+    js: watch::Receiver<Option<async_nats::jetstream::Context>>,
+    consumers: Arc<Consumers>,
+    confirmations: Arc<Confirmations>,
+    stats: Arc<metrics::ForwardCounters>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Runs {
+    async fn run(self) {
+        let f = self.forward.clone();
+        let mut started: std::collections::HashSet<String> = Default::default();
+        let mut runs = Vec::new();
+        let mut stop = self.stop.clone();
+        loop {
+            let mut names: Vec<String> = f.exact_streams().cloned().collect();
+            if f.has_patterns() {
+                names.extend(
+                    self.consumers
+                        .stream_names()
+                        .into_iter()
+                        .filter(|n| f.takes(n)),
+                );
+            }
+            for stream in names {
+                if !started.insert(stream.clone()) {
+                    continue;
+                }
+                if f.has_patterns() {
+                    info!(forward = %f.name, %stream, "forwarding a stream the pattern takes");
+                }
+                let run = publish::Run {
+                    confirm: self.confirmations.forward(&f.name, &stream),
+                    forward: f.clone(),
+                    stream,
+                    js: self.js.clone(),
+                    consumers: self.consumers.clone(),
+                    stats: self.stats.clone(),
+                    stop: self.stop.clone(),
+                };
+                runs.push(tokio::spawn(run.run()));
+            }
+            if !f.has_patterns() {
+                break;
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                _ = tokio::time::sleep(FIND_STREAMS_EVERY) => {}
+            }
+        }
+        for r in runs {
+            let _ = r.await;
         }
     }
 }

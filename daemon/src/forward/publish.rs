@@ -164,7 +164,13 @@ impl Run {
         let Some(c) = &f.create else { return };
         let config = StreamConfig {
             name: f.target_stream.clone(),
-            subjects: f.streams.iter().map(|s| f.subjects_of(s)).collect(),
+            subjects: {
+                let mut subjects: Vec<String> =
+                    f.streams.iter().map(|s| f.subjects_of(s)).collect();
+                subjects.sort();
+                subjects.dedup();
+                subjects
+            },
             num_replicas: c.replicas,
             storage: match c.storage {
                 Storage::File => StorageType::File,
