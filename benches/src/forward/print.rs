@@ -52,18 +52,18 @@ pub fn print(r: &ForwardReport) {
     );
     println!();
     println!(
-        "  {:<30} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "  {:<33} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
         "PubAck latency (us)", "p50", "p90", "p99", "p99.9", "max", "count"
     );
-    println!("  {}", "-".repeat(85));
+    println!("  {}", "-".repeat(88));
     latency_row("direct, window full", &r.direct_puback_latency);
     latency_row("direct, one at a time", &r.single_puback_latency);
     println!();
     println!(
-        "  {:<30} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "  {:<33} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
         "producer -> ack latency (us)", "p50", "p90", "p99", "p99.9", "max", "count"
     );
-    println!("  {}", "-".repeat(85));
+    println!("  {}", "-".repeat(88));
     for a in &r.ack_latency {
         let w = if a.window == 1 {
             "one at a time".to_owned()
@@ -105,7 +105,7 @@ fn print_row(r: &Row) {
 
 fn latency_row(name: &str, l: &Latency) {
     println!(
-        "  {:<30} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "  {:<33} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
         name, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.count
     );
 }
