@@ -3,7 +3,8 @@
 # target: forwarded msgs/s >= 0.8 x the better of the client's two ways),
 # `sluice-bench forward` run ROUNDS times (each its own cluster and
 # daemon: one slow spell of the machine lands in one round), then each
-# figure's median (min .. max) over the rounds.
+# figure's median (min .. max) over the rounds: the rates, the ratio, and
+# the PubAck and producer -> ack latencies (ack = replicated and local).
 #
 #   benches/scripts/forward.sh                      # 3 rounds, 200,000 msgs
 #   ROUNDS=5 MESSAGES=500000 benches/scripts/forward.sh
@@ -47,4 +48,13 @@ for key, name in [("direct_puback_latency", "direct PubAck, window full"),
                   ("single_puback_latency", "direct PubAck, one at a time")]:
     print(f"  {name:<30} p50 {spread([x[key]['p50_us'] for x in runs], n)} us, "
           f"p99 {spread([x[key]['p99_us'] for x in runs], n)} us")
+for k, row in enumerate(runs[0]["ack_latency"]):
+    w = "one at a time" if row["window"] == 1 else f"{row['window']} in flight"
+    for mode in ["replicated", "local", "direct"]:
+        name = f"{'direct PubAck' if mode == 'direct' else 'ack = ' + mode}, {w}"
+        print(f"  {name:<33} p50 {spread([x['ack_latency'][k][mode]['p50_us'] for x in runs], n)} us, "
+              f"p99 {spread([x['ack_latency'][k][mode]['p99_us'] for x in runs], n)} us")
+    print(f"    replicated ÷ direct: p50 {spread([x['ack_latency'][k]['replicated_over_direct_p50'] for x in runs], r)}x, "
+          f"p99 {spread([x['ack_latency'][k]['replicated_over_direct_p99'] for x in runs], r)}x; "
+          f"replicated ÷ local p50 {spread([x['ack_latency'][k]['replicated_over_local_p50'] for x in runs], r)}x")
 PY

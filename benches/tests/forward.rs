@@ -2,8 +2,10 @@
 //! real binary (its daemon started from itself, a JetStream server on
 //! loopback): every way of publishing must report a nonzero rate, and
 //! every JetStream stream of the run must hold exactly the messages sent,
-//! once each; the second test looks at the streams itself, on a server
-//! it started, instead of trusting the report.
+//! once each; the producer → ack latency (`ack = "replicated"` and
+//! `"local"`) is measured for every message, next to the direct one. The
+//! second test looks at the streams itself, on a server it started,
+//! instead of trusting the report.
 //!
 //! Needs `nats-server` (scripts/setup.sh installs it in target/pyenv):
 //! without it each test says why it skips; with `CI=true` a skip fails.
@@ -30,6 +32,8 @@ fn tiny(extra: &[&str]) -> Vec<String> {
         "2",
         "--latency-messages",
         "50",
+        "--latency-window",
+        "4",
         "--timeout",
         "120",
         "--quiet",
@@ -62,6 +66,41 @@ fn rows_exact(r: &Value) {
     ordered(&r["single_puback_latency"], "direct PubAck, one at a time");
     assert_eq!(num(r, "direct_puback_latency.count"), MESSAGES);
     assert_eq!(num(r, "single_puback_latency.count"), 50.0);
+    ack_latency(r);
+}
+
+/// The producer → ack latency: one row per window (one at a time, then
+/// 4 in flight), each mode's every message acked and measured, the
+/// ratios those of the figures shown; both JetStream streams complete.
+fn ack_latency(r: &Value) {
+    let rows = r["ack_latency"].as_array().expect("ack_latency rows");
+    let windows: Vec<f64> = rows.iter().map(|a| num(a, "window")).collect();
+    assert_eq!(windows, [1.0, 4.0], "{r:#}");
+    for a in rows {
+        let w = num(a, "window");
+        for mode in ["replicated", "local", "direct"] {
+            ordered(&a[mode], &format!("{mode}, window {w}"));
+            assert_eq!(num(a, &format!("{mode}.count")), 50.0, "{mode}: {a:#}");
+        }
+        assert_eq!(num(a, "errors"), 0.0, "{a:#}");
+        let ratio = |over: &str, p: &str| {
+            num(a, &format!("replicated.{p}_us")) / num(a, &format!("{over}.{p}_us"))
+        };
+        for (key, over, p) in [
+            ("replicated_over_direct_p50", "direct", "p50"),
+            ("replicated_over_direct_p99", "direct", "p99"),
+            ("replicated_over_local_p50", "local", "p50"),
+        ] {
+            let v = num(a, key);
+            assert!(v > 0.0 && (v - ratio(over, p)).abs() < 1e-9, "{key}: {a:#}");
+        }
+    }
+    // The one-at-a-time direct figures are the single publishes'.
+    assert_eq!(rows[0]["direct"], r["single_puback_latency"], "{r:#}");
+    let s = &r["ack_stored"];
+    assert_eq!(num(s, "expected"), 100.0, "{s:#}");
+    assert_eq!(num(s, "replicated"), 100.0, "{s:#}");
+    assert_eq!(num(s, "local"), 100.0, "{s:#}");
 }
 
 #[test]
@@ -105,8 +144,13 @@ fn forward_into_a_running_server_stores_each_message_once() {
         ("direct", 2000),
         ("fast", 2000),
         ("one_at_a_time", 50),
+        ("window", 50),
+        ("acked.replicated.target", 100),
+        ("acked.local.target", 100),
     ] {
-        let name = r["streams"][which]
+        let name = which
+            .split('.')
+            .fold(&r["streams"], |v, k| &v[k])
             .as_str()
             .expect("stream names in the report");
         let s = cluster

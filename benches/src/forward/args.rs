@@ -39,8 +39,14 @@ pub struct ForwardArgs {
     pub window: usize,
     /// Direct publishes one at a time (each PubAck awaited), for the
     /// PubAck latency without load.
+    /// Also the messages of each ack-latency run (`ack = "replicated"`
+    /// and `"local"`, one at a time and --latency-window in flight).
     #[arg(long, default_value_t = 2000)]
     pub latency_messages: u64,
+    /// Messages in flight of the second ack-latency runs (and of a direct
+    /// publisher next to them); 1: one at a time only.
+    #[arg(long, default_value_t = 16)]
+    pub latency_window: usize,
     /// The started daemon's fsync policy.
     #[arg(long, default_value = "always", value_parser = ["always", "interval", "never"])]
     pub fsync: String,
@@ -85,6 +91,7 @@ impl ForwardArgs {
             storage: self.storage,
             window: self.window,
             latency_messages: self.latency_messages,
+            latency_window: self.latency_window,
             fsync: self.fsync.clone(),
             sluiced_args: self.sluiced_args.clone(),
             batch: self.batch,

@@ -16,13 +16,19 @@
 //!    publishes with a window of PubAcks outstanding (direct.rs), and
 //!    jetstream-extra's fast-ingest batches (fast.rs). The ratio is
 //!    forwarded ÷ the better of the two (the target ≥ 0.8).
-//! 3. PubAck latency of direct publishes, window full and one at a time:
-//!    the yardstick for `ack = "replicated"` latency, to be measured next
-//!    to it once that mode exists.
+//! 3. PubAck latency of direct publishes, window full, one at a time,
+//!    and `latency_window` in flight from one publisher.
+//! 4. Producer → ack latency with a forward (acked.rs): a second `sluiced`
+//!    whose streams are forwarded with `ack = "replicated"` and with
+//!    `ack = "local"`; one producer one message at a time, then
+//!    `latency_window` in flight; next to the direct PubAck latency of the
+//!    same window (replicated ÷ direct: what sluice adds to JetStream's own
+//!    latency; replicated − local: what waiting for JetStream costs).
 //!
 //! Every stream must end holding exactly the messages sent; the run fails
 //! otherwise.
 
+mod acked;
 mod args;
 mod direct;
 mod fast;
@@ -62,8 +68,11 @@ pub struct ForwardConfig {
     pub storage: Storage,
     /// Direct publishes: PubAcks outstanding per producer task.
     pub window: usize,
-    /// Direct publishes one at a time, for their latency.
+    /// Direct publishes one at a time, for their latency; and each
+    /// ack-latency run's messages.
     pub latency_messages: u64,
+    /// Messages in flight of the second ack-latency runs.
+    pub latency_window: usize,
     /// The started daemon's fsync policy and extra flags.
     pub fsync: String,
     pub sluiced_args: Vec<String>,
@@ -94,6 +103,9 @@ impl ForwardConfig {
     fn validate(&self) -> Result<(), String> {
         if self.producers == 0 || self.batch == 0 || self.in_flight == 0 || self.window == 0 {
             return Err("--producers, --batch, --in-flight and --window must be at least 1".into());
+        }
+        if self.latency_messages == 0 || self.latency_window == 0 {
+            return Err("--latency-messages and --latency-window must be at least 1".into());
         }
         if self.messages < self.producers as u64 {
             return Err("--messages must be at least --producers".into());
@@ -152,6 +164,17 @@ pub fn run(config: &ForwardConfig) -> Result<ForwardReport, Box<dyn std::error::
     let direct_name = format!("SLUICE_BENCH_DIRECT_{nonce}");
     let fast_name = format!("SLUICE_BENCH_FAST_{nonce}");
     let single_name = format!("SLUICE_BENCH_ONE_{nonce}");
+    let win_name = format!("SLUICE_BENCH_WIN_{nonce}");
+    let ack_names = acked::AckNames {
+        replicated: acked::Pair {
+            stream: format!("ackr{nonce}"),
+            target: format!("SLUICE_BENCH_ACKR_{nonce}"),
+        },
+        local: acked::Pair {
+            stream: format!("ackl{nonce}"),
+            target: format!("SLUICE_BENCH_ACKL_{nonce}"),
+        },
+    };
     let rt = crate::load::runtime(Some("producer"))?;
     let window_all = config.window * config.producers;
     let js = rt.block_on(jetstream::connect(&urls, window_all))?;
@@ -205,6 +228,7 @@ pub fn run(config: &ForwardConfig) -> Result<ForwardReport, Box<dyn std::error::
         create(direct_name.clone(), "direct", false).await?;
         create(fast_name.clone(), "fast", true).await?;
         create(single_name.clone(), "one", false).await?;
+        create(win_name.clone(), "win", false).await?;
         say("NATS client alone, async publishes");
         let d = direct::windowed(&js, &load(&subject("direct"), &direct_name), config.window).await;
         let d_stored = jetstream::stored(&js, &direct_name).await.unwrap_or(0);
@@ -218,28 +242,55 @@ pub fn run(config: &ForwardConfig) -> Result<ForwardReport, Box<dyn std::error::
             config.latency_messages,
         )
         .await;
-        if !started && !config.keep {
-            let all = [
-                names.target.clone(),
-                direct_name.clone(),
-                fast_name.clone(),
-                single_name.clone(),
-            ];
-            jetstream::delete(&js, &all).await;
-        }
-        Ok::<_, String>(((d, d_stored), (f, f_stored), one))
+        say("NATS client alone, one publisher's window");
+        let one_load = Load {
+            producers: 1,
+            each: config.latency_messages,
+            ..load(&subject("win"), &win_name)
+        };
+        let win = direct::windowed(&js, &one_load, config.latency_window).await;
+        Ok::<_, String>(((d, d_stored), (f, f_stored), one, win))
     });
+    // 4. Producer → ack latency, replicated and local.
+    let ack = outcome.as_ref().ok().map(|_| {
+        say("starting sluiced for the ack latency");
+        acked::measure(
+            config,
+            &work.path().join("acked"),
+            &ack_names,
+            &urls,
+            &js,
+            &rt,
+            &progress,
+        )
+    });
+    if !started && !config.keep {
+        let all = [
+            names.target.clone(),
+            direct_name.clone(),
+            fast_name.clone(),
+            single_name.clone(),
+            win_name.clone(),
+            ack_names.replicated.target.clone(),
+            ack_names.local.target.clone(),
+        ];
+        rt.block_on(jetstream::delete(&js, &all));
+    }
     progress.finish();
     drop(js);
     drop(rt);
     servers.stop()?;
-    let ((d, d_stored), (f, f_stored), one) = outcome?;
+    let ((d, d_stored), (f, f_stored), one, win) = outcome?;
+    // Measured whenever the direct phases were (else `outcome?` returned).
+    let ack = ack.unwrap_or_else(|| Err("the ack latency: not measured".into()))?;
     let streams = report::Streams {
         sluice: names.stream.clone(),
         forwarded: names.target.clone(),
         direct: direct_name,
         fast: fast_name,
         one_at_a_time: single_name,
+        window: win_name,
+        acked: ack_names,
     };
     Ok(report::build(
         streams,
@@ -251,6 +302,8 @@ pub fn run(config: &ForwardConfig) -> Result<ForwardReport, Box<dyn std::error::
         (&d, d_stored),
         (&f, f_stored),
         &one,
+        &win,
+        &ack,
     ))
 }
 

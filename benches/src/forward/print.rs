@@ -52,12 +52,40 @@ pub fn print(r: &ForwardReport) {
     );
     println!();
     println!(
-        "  {:<30} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "  {:<33} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
         "PubAck latency (us)", "p50", "p90", "p99", "p99.9", "max", "count"
     );
-    println!("  {}", "-".repeat(85));
+    println!("  {}", "-".repeat(88));
     latency_row("direct, window full", &r.direct_puback_latency);
     latency_row("direct, one at a time", &r.single_puback_latency);
+    println!();
+    println!(
+        "  {:<33} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "producer -> ack latency (us)", "p50", "p90", "p99", "p99.9", "max", "count"
+    );
+    println!("  {}", "-".repeat(88));
+    for a in &r.ack_latency {
+        let w = if a.window == 1 {
+            "one at a time".to_owned()
+        } else {
+            format!("{} in flight", a.window)
+        };
+        latency_row(&format!("ack = replicated, {w}"), &a.replicated);
+        latency_row(&format!("ack = local, {w}"), &a.local);
+        latency_row(&format!("direct PubAck, {w}"), &a.direct);
+        println!(
+            "    replicated ÷ direct: p50 {:.2}x, p99 {:.2}x; replicated ÷ local p50 {:.2}x",
+            a.replicated_over_direct_p50, a.replicated_over_direct_p99, a.replicated_over_local_p50
+        );
+        if let Some(e) = &a.first_error {
+            println!("    {} error(s): {e}", a.errors);
+        }
+    }
+    let s = &r.ack_stored;
+    println!(
+        "  their JetStream streams hold: replicated {}, local {} of {} each",
+        s.replicated, s.local, s.expected
+    );
     for row in [&r.forwarded, &r.sluice_ingest, &r.direct, &r.fast] {
         if let Some(e) = &row.first_error {
             println!("  {}: {e}", row.name);
@@ -77,7 +105,7 @@ fn print_row(r: &Row) {
 
 fn latency_row(name: &str, l: &Latency) {
     println!(
-        "  {:<30} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "  {:<33} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
         name, l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.count
     );
 }

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::acked::{AckNames, Acked, Mode};
 use super::direct::Published;
 use super::sluice::Forwarded;
 use super::ForwardConfig;
@@ -81,6 +82,41 @@ pub struct Streams {
     pub direct: String,
     pub fast: String,
     pub one_at_a_time: String,
+    /// One direct publisher, `latency_window` in flight.
+    pub window: String,
+    /// The ack-latency phase's streams (sluice's, and JetStream's).
+    pub acked: AckNames,
+}
+
+/// Producer → ack latency with a forward, next to a direct publisher's
+/// PubAck latency, at one window.
+#[derive(Debug, Clone, Serialize)]
+pub struct AckLatency {
+    /// Messages in flight (1: each ack awaited before the next send).
+    pub window: usize,
+    /// `ack = "replicated"`: send → ack once JetStream PubAcked it.
+    pub replicated: Latency,
+    /// `ack = "local"`: send → ack once on the local disk.
+    pub local: Latency,
+    /// The NATS client alone: publish → PubAck, same window.
+    pub direct: Latency,
+    /// replicated ÷ direct, at p50 and at p99.
+    pub replicated_over_direct_p50: f64,
+    pub replicated_over_direct_p99: f64,
+    /// replicated ÷ local at p50: what waiting for JetStream costs.
+    pub replicated_over_local_p50: f64,
+    /// Producers' errors of the two runs, and the first.
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+/// What the ack-latency phase's JetStream streams held at the end.
+#[derive(Debug, Clone, Serialize)]
+pub struct AckStored {
+    /// Messages sent to each stream.
+    pub expected: u64,
+    pub replicated: u64,
+    pub local: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,6 +146,10 @@ pub struct ForwardReport {
     /// Publish → PubAck one at a time (no load): the floor a producer
     /// waiting on a replicated ack would pay.
     pub single_puback_latency: Latency,
+    /// Producer → ack latency with `ack = "replicated"` and `"local"`,
+    /// one at a time, then `latency_window` in flight.
+    pub ack_latency: Vec<AckLatency>,
+    pub ack_stored: AckStored,
     /// Rows that did not end with exactly their messages stored.
     pub short: Vec<&'static str>,
     pub plots: Plots,
@@ -127,6 +167,8 @@ pub fn build(
     direct: (&Published, u64),
     fast: (&Published, u64),
     single: &Published,
+    window: &Published,
+    acked: &Acked,
 ) -> ForwardReport {
     let total = config.total();
     let size = config.size;
@@ -183,11 +225,31 @@ pub fn build(
             short.push(r.name);
         }
     }
+    let ack_latency = ack_rows(acked, single, window);
+    if ack_latency.iter().any(|a| a.errors > 0) {
+        short.push("ack latency");
+    }
+    let ack_stored = AckStored {
+        expected: acked.expected,
+        replicated: acked.replicated_stored,
+        local: acked.local_stored,
+    };
+    if ack_stored.replicated != acked.expected {
+        short.push("ack = replicated, JetStream stream");
+    }
+    if ack_stored.local != acked.expected {
+        short.push("ack = local, JetStream stream");
+    }
+    let mut latency = vec![
+        crate::measure::PercentileCurve::of("direct PubAck, window full", &direct.0.latency),
+        crate::measure::PercentileCurve::of("direct PubAck, one at a time", &single.latency),
+    ];
+    for r in &acked.runs {
+        let name = format!("ack = {}, {} in flight", r.mode.name(), r.window);
+        latency.push(crate::measure::PercentileCurve::of(&name, &r.latency));
+    }
     let plots = Plots {
-        latency: vec![
-            crate::measure::PercentileCurve::of("direct PubAck, window full", &direct.0.latency),
-            crate::measure::PercentileCurve::of("direct PubAck, one at a time", &single.latency),
-        ],
+        latency,
         throughput: Vec::new(),
     };
     ForwardReport {
@@ -205,7 +267,50 @@ pub fn build(
         target_ratio: TARGET_RATIO,
         direct_puback_latency: Latency::of(&direct.0.latency),
         single_puback_latency: Latency::of(&single.latency),
+        ack_latency,
+        ack_stored,
         short,
         plots,
     }
+}
+
+/// One [`AckLatency`] per window of the phase: its replicated and local
+/// runs next to the direct publisher of that window (one at a time:
+/// `single`; else `window`).
+fn ack_rows(acked: &Acked, single: &Published, window: &Published) -> Vec<AckLatency> {
+    let mut windows: Vec<usize> = acked.runs.iter().map(|r| r.window).collect();
+    windows.dedup();
+    windows
+        .into_iter()
+        .map(|w| {
+            let of = |mode: Mode| acked.runs.iter().find(|r| r.window == w && r.mode == mode);
+            let (rep, loc) = (of(Mode::Replicated), of(Mode::Local));
+            let lat = |r: Option<&super::acked::AckRun>| {
+                r.map_or(Latency::default(), |r| Latency::of(&r.latency))
+            };
+            let (replicated, local) = (lat(rep), lat(loc));
+            let direct = Latency::of(if w == 1 {
+                &single.latency
+            } else {
+                &window.latency
+            });
+            let runs = rep.into_iter().chain(loc);
+            let errors = runs
+                .clone()
+                .map(|r| r.errors.max(r.sent.saturating_sub(r.acked)))
+                .sum();
+            let first_error = runs.filter_map(|r| r.first_error.clone()).next();
+            AckLatency {
+                window: w,
+                replicated_over_direct_p50: div(replicated.p50_us as f64, direct.p50_us as f64),
+                replicated_over_direct_p99: div(replicated.p99_us as f64, direct.p99_us as f64),
+                replicated_over_local_p50: div(replicated.p50_us as f64, local.p50_us as f64),
+                replicated,
+                local,
+                direct,
+                errors,
+                first_error,
+            }
+        })
+        .collect()
 }

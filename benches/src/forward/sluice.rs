@@ -78,6 +78,11 @@ pub fn start_daemon(
 ) -> Result<Daemon, String> {
     let file = work.join("sluiced.toml");
     write_config(&file, names, urls, config.replicas, config.storage)?;
+    start_with(config, work, &file)
+}
+
+/// Starts a daemon under `work` (its data, log) with configuration `file`.
+pub fn start_with(config: &ForwardConfig, work: &Path, file: &Path) -> Result<Daemon, String> {
     let mut spec = DaemonSpec::this_exe(&work.join("data"))
         .map_err(|e| format!("this program: {e}"))?
         .fsync(&config.fsync)
@@ -87,6 +92,20 @@ pub fn start_daemon(
     spec.log_level = "info".into();
     spec.try_start()
         .map_err(|e| with_log(format!("start sluiced: {e}"), work))
+}
+
+/// The run's sluice producers' options: the fast path to the daemon under
+/// `work` (its certificate pinned), the run's datagram size.
+pub fn producer_options(config: &ForwardConfig, work: &Path) -> Result<ProducerOptions, String> {
+    let client = sluice_testkit::daemon::pinned(&work.join("data/tls/server.crt"), None)?;
+    Ok(ProducerOptions {
+        transport: Transport::FastPath(client),
+        sender: SenderConfig {
+            max_datagram: config.datagram,
+            ..SenderConfig::default()
+        },
+        ..ProducerOptions::default()
+    })
 }
 
 /// The run (on the current runtime): waits for the daemon to create the
@@ -102,15 +121,7 @@ pub async fn run(
     wait_exists(js, &names.target, CREATE_WITHIN)
         .await
         .map_err(|e| format!("{e}: sluiced's forward did not create it"))?;
-    let client = sluice_testkit::daemon::pinned(&work.join("data/tls/server.crt"), None)?;
-    let options = ProducerOptions {
-        transport: Transport::FastPath(client),
-        sender: SenderConfig {
-            max_datagram: config.datagram,
-            ..SenderConfig::default()
-        },
-        ..ProducerOptions::default()
-    };
+    let options = producer_options(config, work)?;
     let stream = names.stream.clone();
     let producers = crate::load::connect(
         config.producers,
