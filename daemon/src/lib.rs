@@ -16,6 +16,7 @@ pub mod launch;
 pub mod log_limit;
 pub mod memory;
 pub mod metrics;
+pub mod pattern;
 pub mod publish;
 pub mod quic;
 pub mod server;

@@ -6,7 +6,7 @@
 //! the end, once; the killed node rejoins and catches up. A single server
 //! refuses a publish with a wrong expected last sequence.
 //!
-//! Needs `nats-server` (scripts/setup.sh installs Debian's): without it
+//! Needs `nats-server` (scripts/setup.sh installs it in target/pyenv): without it
 //! each test says why it skips; with `CI=true` a skip fails.
 
 use std::collections::BTreeMap;

@@ -13,10 +13,9 @@ use crate::consume::group::GroupConfig;
 use crate::consume::service::{parse_key_rule, parse_start, ConsumersConfig, GroupSettings};
 use crate::consume::store::check_group_name;
 use crate::credit::CreditPolicy;
-use crate::forward::config::{
-    check_subject, group_name, is_pattern, Auth, Create, ForwardConfig, Storage,
-};
+use crate::forward::config::{check_subject, group_name, Auth, Create, ForwardConfig, Storage};
 use crate::identity::{self, AdminTls};
+use crate::pattern::is_pattern;
 use crate::spool::keys::KeyLimits;
 use crate::spool::scrub::ScrubConfig;
 use crate::spool::{FsyncPolicy, LogConfig, Recovery, SpoolConfig};

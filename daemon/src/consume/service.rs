@@ -62,7 +62,7 @@ fn pattern_takes(pattern: &str, name: &str) -> bool {
 pub use super::group::Settle;
 use super::handle::Cmd;
 pub use super::handle::{ConsumeError, GroupHandle, GroupSettings, GroupStats, Settled, StartAt};
-use crate::forward::config::{is_pattern, matches};
+use crate::pattern::{is_pattern, matches};
 
 /// A member of a group: deliveries arrive on `deliveries` (in batches,
 /// one per turn of the group's task); dropping it

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use super::message::{ranges, Outgoing};
 use super::metrics::ErrorKind;
-use super::publish::{Run, MAX_BACKOFF, MIN_BACKOFF};
+use super::run::{Run, MAX_BACKOFF, MIN_BACKOFF};
 use crate::consume::service::Member;
 use crate::log_limit::LogLimit;
 

@@ -17,6 +17,7 @@ mod message;
 mod metrics;
 mod ordered;
 mod publish;
+mod run;
 mod standing;
 
 use std::sync::Arc;
@@ -138,7 +139,7 @@ impl Runs {
                 if f.has_patterns() {
                     info!(forward = %f.name, %stream, "forwarding a stream the pattern takes");
                 }
-                let run = publish::Run {
+                let run = run::Run {
                     confirm: self.confirmations.forward(&f.name, &stream),
                     forward: f.clone(),
                     stream,

@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use super::connect::ACK_TIMEOUT;
 use super::message::{ranges, Outgoing};
 use super::metrics::ErrorKind;
-use super::publish::{Run, MAX_BACKOFF, MIN_BACKOFF};
+use super::run::{Run, MAX_BACKOFF, MIN_BACKOFF};
 use super::standing::Standing;
 use crate::consume::service::Member;
 use crate::log_limit::LogLimit;

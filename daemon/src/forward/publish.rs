@@ -7,46 +7,27 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::jetstream::Context;
 use sluice_transport::quic::control::StartAt;
-use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::config::{ForwardConfig, Storage};
-use super::confirm::ForwardConfirm;
-use super::metrics::{ErrorKind, ForwardCounters};
+use super::config::Storage;
+use super::metrics::ErrorKind;
 use super::ordered::{End, Ordered};
+use super::run::{Run, MAX_BACKOFF, MIN_BACKOFF};
 use crate::consume::group::Credit;
-use crate::consume::service::Consumers;
 use crate::log_limit::LogLimit;
 
-/// The first delay before a failed message is sent again; it doubles with
-/// each failure in a row, up to [`MAX_BACKOFF`].
-pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// JetStream's duplicate window for a stream the forward creates: resends
 /// after a restart of sluiced come within seconds (and beyond it, with
 /// `{producer}` in the subject, the target's standing says what it has).
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// The first server version with fast-ingest batches.
 const BATCHES_SINCE: (u64, u64) = (2, 14);
-
-pub struct Run {
-    pub forward: Arc<ForwardConfig>,
-    pub stream: String,
-    pub js: watch::Receiver<Option<Context>>,
-    pub consumers: Arc<Consumers>,
-    pub stats: Arc<ForwardCounters>,
-    pub stop: watch::Receiver<bool>,
-    /// `ack = "replicated"`: told what is sent and what JetStream has
-    /// (confirm.rs), for the producers' acks.
-    pub confirm: Option<ForwardConfirm>,
-}
 
 impl Run {
     pub async fn run(mut self) {
