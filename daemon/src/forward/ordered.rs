@@ -155,11 +155,7 @@ impl<'a> Ordered<'a> {
                         } else {
                             // After a failure the rest is queued unsent:
                             // it goes out with the resend, in order.
-                            self.queue.push_back(Sent {
-                                out,
-                                batch_seq: 0,
-                                sent: Instant::now(),
-                            });
+                            self.queue_unsent(out);
                         }
                     }
                     r
@@ -199,11 +195,7 @@ impl<'a> Ordered<'a> {
                 }
                 Ok(false) => {}
                 Err(what) => {
-                    self.queue.push_back(Sent {
-                        out,
-                        batch_seq: 0,
-                        sent: Instant::now(),
-                    });
+                    self.queue_unsent(out);
                     // Most often a lookup not answered in time (an
                     // election, a server going away).
                     return Err(Failure::Failed {
@@ -214,11 +206,7 @@ impl<'a> Ordered<'a> {
             }
         }
         let message = out.message();
-        self.queue.push_back(Sent {
-            out,
-            batch_seq: 0,
-            sent: Instant::now(),
-        });
+        self.queue_unsent(out);
         if self.batch.is_none() {
             let b = self
                 .js
@@ -237,10 +225,7 @@ impl<'a> Ordered<'a> {
                 if let Some(s) = self.queue.back_mut() {
                     s.batch_seq = ack.batch_sequence;
                 }
-                self.run
-                    .stats
-                    .in_flight(&self.run.stream)
-                    .store(self.queue.len() as u64, Relaxed);
+                // Also sets the in-flight gauge.
                 self.confirm(ack.ack_sequence, member);
                 Ok(())
             }
@@ -259,16 +244,22 @@ impl<'a> Ordered<'a> {
             if let Err(f) = self.send(out, member).await {
                 // What was not sent stays queued behind, in order.
                 for out in again {
-                    self.queue.push_back(Sent {
-                        out,
-                        batch_seq: 0,
-                        sent: Instant::now(),
-                    });
+                    self.queue_unsent(out);
                 }
                 return Err(f);
             }
         }
         Ok(())
+    }
+
+    /// Queues a message not sent in the open batch (yet): it goes out with
+    /// the next resend, in order.
+    fn queue_unsent(&mut self, out: Outgoing) {
+        self.queue.push_back(Sent {
+            out,
+            batch_seq: 0,
+            sent: Instant::now(),
+        });
     }
 
     /// Ends the open batch; its PubAck confirms all it holds.
