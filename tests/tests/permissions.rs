@@ -673,7 +673,7 @@ const CLI: &[CliCase] = &[
             "--transport",
             "quic",
             "--producer",
-            "7",
+            "{quic_producer}",
         ],
         stdin: "by quic\n",
     },
@@ -692,7 +692,7 @@ const CLI: &[CliCase] = &[
     },
     CliCase {
         key: "QUIC: lease the fast path",
-        args: &["publish", "-s", "orders", "--producer", "8"],
+        args: &["publish", "-s", "orders", "--producer", "{udp_producer}"],
         stdin: "by the fast path\n",
     },
     CliCase {
@@ -846,8 +846,13 @@ fn every_cli_command_answers_every_principal_as_its_rights_say() {
         let handles: Vec<_> = s
             .who
             .iter()
-            .map(|w| {
+            .enumerate()
+            .map(|(i, w)| {
                 let (cert, quic, admin) = (&cert, &quic, &admin);
+                // Each client publishes as producers of its own: two
+                // processes sending as one producer at once replace each
+                // other's sessions (a misuse, and a race in this test).
+                let (quic_producer, udp_producer) = (producer(i, 0), producer(i, 1));
                 scope.spawn(move || {
                     let mut failures = Failures::default();
                     for c in CLI {
@@ -862,6 +867,8 @@ fn every_cli_command_answers_every_principal_as_its_rights_say() {
                                     .replace("{cert}", cert)
                                     .replace("{own}", &format!("cli-del-{}", w.name))
                                     .replace("{who}", w.name)
+                                    .replace("{quic_producer}", &quic_producer.to_string())
+                                    .replace("{udp_producer}", &udp_producer.to_string())
                             })
                             .collect();
                         let (code, stderr) =
