@@ -16,6 +16,9 @@
 //!   against it);
 //! - an ack that was journaled is never undone by a crash: that message is
 //!   not delivered again;
+//! - with a backlog limit (`on_backlog = "drop_oldest"`), after a drop the
+//!   backlog is within the limit or all out with members; a dropped
+//!   message was not out, not done, and is never delivered after;
 //! - in the end, with a member that acks everything, every message is acked
 //!   or dead-lettered and the floor reaches the end;
 //! - after every step of a turn, the machine's own rules ([`Group::check`]:
@@ -80,6 +83,8 @@ struct Model {
     /// Acks not yet journaled.
     acks: BTreeSet<u64>,
     dead: BTreeSet<u64>,
+    /// Given up at the backlog limit.
+    dropped: BTreeSet<u64>,
     /// Offsets that were out for their last delivery when the daemon
     /// crashed: the crash is not held against them, they get one more.
     last_chance: BTreeSet<u64>,
@@ -99,6 +104,7 @@ fn run(seed: u64) {
         ..GroupConfig::default()
     };
     let total: u64 = rng.random_range(1..400);
+    let keep: Option<u64> = rng.random_bool(0.2).then(|| rng.random_range(0..40));
     let mut journal = GroupState::new(0);
     let mut group = Group::new(config.clone(), &journal);
     let mut now = Instant::now();
@@ -111,6 +117,7 @@ fn run(seed: u64) {
         durable_acks: BTreeSet::new(),
         acks: BTreeSet::new(),
         dead: BTreeSet::new(),
+        dropped: BTreeSet::new(),
         last_chance: BTreeSet::new(),
         windows: HashMap::new(),
         held: HashMap::new(),
@@ -229,6 +236,27 @@ fn run(seed: u64) {
         group.tick(now);
         group.check();
         expire(&mut m, now);
+        // The group's task drops the oldest at its backlog limit.
+        if let Some(keep) = keep.filter(|_| !draining) {
+            for o in group.drop_oldest(keep).into_iter().flatten() {
+                assert!(
+                    !m.out.contains_key(&o),
+                    "seed {seed}: {o} dropped while out"
+                );
+                assert!(
+                    !m.durable_acks.contains(&o) && !m.acks.contains(&o) && !m.dead.contains(&o),
+                    "seed {seed}: {o} dropped when done"
+                );
+                assert!(m.dropped.insert(o), "seed {seed}: {o} dropped twice");
+            }
+            group.check();
+            assert!(
+                group.backlog() <= keep.max(group.out() as u64),
+                "seed {seed}: backlog {} after a drop to {keep} with {} out",
+                group.backlog(),
+                group.out()
+            );
+        }
         // Journal what happened (the service does it after every round).
         let (events, dead) = group.take_events();
         group.check();
@@ -318,6 +346,11 @@ fn check_delivery(m: &mut Model, d: &Delivery, seed: u64) {
     assert!(
         !m.dead.contains(&d.offset),
         "seed {seed}: dead {} delivered",
+        d.offset
+    );
+    assert!(
+        !m.dropped.contains(&d.offset),
+        "seed {seed}: dropped {} delivered",
         d.offset
     );
     assert!(

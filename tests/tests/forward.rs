@@ -416,6 +416,72 @@ fn a_cluster_down_at_start_is_said_and_forwarded_to_once_it_is_up() {
 }
 
 #[test]
+fn with_drop_oldest_producers_are_never_held_and_the_oldest_are_dropped_and_counted() {
+    if !require_nats_server(
+        "with_drop_oldest_producers_are_never_held_and_the_oldest_are_dropped_and_counted",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), 1);
+    cluster.kill9(0);
+    let config = write_config(
+        dir.path(),
+        &cluster.client_urls(),
+        "create = true\nmax_backlog = 1000\non_backlog = \"drop_oldest\"\n",
+    );
+    let spec = spec(dir.path(), &config);
+    let d = spec.start();
+    // The cluster is down: without the drops producers would be held at
+    // 1,000. Each batch is acked (publish fails on a refusal or after 10 s).
+    for b in 0..10 {
+        publish(&spec, 7, 1 + b * 500, 500).expect("a batch acked while the cluster is down");
+    }
+    let group = [("stream", STREAM), ("group", "forward.js")];
+    wait_metric(
+        &d,
+        "sluice_group_dropped_total",
+        &group,
+        4000.0,
+        Duration::from_secs(30),
+    );
+    // Nothing was out with the forward (it had no connection): exactly the
+    // 4,000 oldest went, and the 1,000 newest wait.
+    std::thread::sleep(Duration::from_millis(500));
+    let m = d.metrics();
+    assert_eq!(m.value("sluice_group_dropped_total", &group), 4000.0);
+    assert_eq!(
+        m.value("sluice_forward_lag_messages", &[("forward", "js")]),
+        1000.0
+    );
+    assert!(
+        log_of(dir.path()).contains("on_backlog = \"drop_oldest\""),
+        "the drops are said: {}",
+        log_of(dir.path())
+    );
+    cluster.restart(0);
+    let rt = runtime();
+    let js = rt.block_on(connect(&cluster.client_urls()));
+    rt.block_on(wait_count(&js, 1000, FORWARD_WITHIN));
+    wait_lag_zero(&d, FORWARD_WITHIN);
+    let (seen, order) = rt.block_on(read_all(&js));
+    assert_same_ids(
+        &seen,
+        &(4001..=5000)
+            .map(|s| format!("{STREAM}/7/{s}"))
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(inversions(&order, 7), 0, "the newest 1,000 in order");
+    assert_eq!(
+        d.metrics().value("sluice_group_dropped_total", &group),
+        4000.0,
+        "nothing dropped once forwarding kept up"
+    );
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "sluiced stopped with {status}");
+}
+
+#[test]
 fn a_missing_target_stream_is_said_and_nothing_is_lost_once_it_exists() {
     if !require_nats_server("a_missing_target_stream_is_said_and_nothing_is_lost_once_it_exists") {
         return;

@@ -10,7 +10,9 @@ use crate::api::serve::AdminLimits;
 use crate::auth::Authenticator;
 use crate::consume::budget::ConsumerLimits;
 use crate::consume::group::GroupConfig;
-use crate::consume::service::{parse_key_rule, parse_start, ConsumersConfig, GroupSettings};
+use crate::consume::service::{
+    parse_key_rule, parse_start, ConsumersConfig, GroupSettings, OnBacklog,
+};
 use crate::consume::store::check_group_name;
 use crate::credit::CreditPolicy;
 use crate::forward::config::{check_subject, group_name, Auth, Create, ForwardConfig, Storage};
@@ -453,6 +455,7 @@ impl Config {
             retain_until_acked: false,
             start: StartAt::Earliest,
             max_backlog: 0,
+            on_backlog: OnBacklog::Hold,
         };
         let mut groups: Vec<(String, String, GroupSettings)> = Vec::new();
         for g in &c.groups {
@@ -488,6 +491,7 @@ impl Config {
                 ),
             };
             let start = parse_start(&g.start).map_err(|e| at(format!("start: {e}")))?;
+            drop_needs_a_limit(g.on_backlog, g.max_backlog).map_err(at)?;
             groups.push((
                 g.stream.clone(),
                 g.group.clone(),
@@ -496,6 +500,7 @@ impl Config {
                     retain_until_acked: g.retain_until_acked,
                     start,
                     max_backlog: g.max_backlog,
+                    on_backlog: g.on_backlog,
                 },
             ));
         }
@@ -653,6 +658,7 @@ impl Config {
                     ))
                 }
             };
+            drop_needs_a_limit(f.on_backlog, f.max_backlog).map_err(at)?;
             not_zero("forward", f.max_in_flight.into())
                 .map_err(|_| at("max_in_flight: must be at least 1".into()))?;
             let replicated = match f.ack.as_str() {
@@ -669,6 +675,12 @@ impl Config {
                 "replicated" if f.streams.iter().any(|s| is_pattern(s)) => {
                     return Err(at(
                         "ack: \"replicated\" takes exact stream names (not patterns) for now".into(),
+                    ))
+                }
+                // The producers' acks would wait for what was dropped.
+                "replicated" if f.on_backlog == OnBacklog::DropOldest => {
+                    return Err(at(
+                        "ack: \"replicated\" cannot go with on_backlog = \"drop_oldest\" (a producer's ack waits for JetStream to store its message, and a dropped one never is)".into(),
                     ))
                 }
                 "replicated" => true,
@@ -706,6 +718,7 @@ impl Config {
                         retain_until_acked: f.retain,
                         start: StartAt::Earliest,
                         max_backlog: f.max_backlog,
+                        on_backlog: f.on_backlog,
                     },
                 ));
             }
@@ -724,6 +737,16 @@ impl Config {
         }
         Ok(out)
     }
+}
+
+/// `on_backlog = "drop_oldest"` drops at `max_backlog`: it needs one.
+fn drop_needs_a_limit(on: OnBacklog, max_backlog: u64) -> Result<(), String> {
+    if on == OnBacklog::DropOldest && max_backlog == 0 {
+        return Err(
+            "on_backlog: \"drop_oldest\" needs max_backlog (the backlog to drop at)".into(),
+        );
+    }
+    Ok(())
 }
 
 /// The `[xdp]` key of an AF_XDP socket setting.

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use super::declare::{file_table, section, switch_on};
 use super::values::{Conflate, FsyncMode, LogFormat, OptionalSpan, Size, Span, XdpBind, XdpMode};
+use crate::consume::service::OnBacklog;
 use crate::spool::keys::KeyLimits;
 use crate::spool::LogConfig;
 
@@ -328,6 +329,10 @@ file_table! {
         /// Backpressure: at this many messages of backlog, producers to the
         /// stream get no credit until the group catches up (0: never).
         max_backlog: u64 = 0,
+        /// At `max_backlog`: `hold` (producers get no credit, nothing is
+        /// lost) or `drop_oldest` (the oldest messages not out with a
+        /// consumer are dropped unacked and counted; producers never wait).
+        on_backlog: OnBacklog = OnBacklog::Hold,
         /// `none`, or `latest_per_key`: a group that falls behind gets the
         /// newest message of each key instead of every one.
         conflate: Conflate = Conflate::None,
@@ -384,6 +389,11 @@ file_table! {
         /// Backpressure: at this many messages not yet forwarded, producers
         /// to the stream get no credit (0: never).
         max_backlog: u64 = 0,
+        /// At `max_backlog`: `hold` (producers get no credit, nothing is
+        /// lost) or `drop_oldest` (the oldest messages not yet sent to
+        /// JetStream are dropped and counted, `sluice_group_dropped_total`;
+        /// producers never wait; not with `ack = "replicated"`).
+        on_backlog: OnBacklog = OnBacklog::Hold,
         /// When a producer's message counts as acked: `local` (after the
         /// local fdatasync) or `replicated` (also after JetStream's PubAck:
         /// stored by a quorum of the target stream; for every stream of

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::*;
-use crate::consume::service::parse_start;
+use crate::consume::service::{parse_start, OnBacklog};
 use crate::spool::FsyncPolicy;
 use sluice_transport::quic::control::StartAt;
 
@@ -283,6 +283,11 @@ fn consumer_settings_are_checked_with_their_keys() {
     assert_eq!(s.start, StartAt::Offset(7));
     assert!(s.machine.conflate.is_some());
     assert_eq!(s.machine.ack_deadline, Duration::from_secs(300));
+    assert_eq!(s.on_backlog, OnBacklog::Hold);
+    let s = checked(&format!(
+        "{g}max_backlog = 100\non_backlog = \"drop_oldest\"\n"
+    ));
+    assert_eq!(s.consumers.groups[0].2.on_backlog, OnBacklog::DropOldest);
     // An empty ack_deadline keeps the consumers' one.
     let s = checked(&format!("{g}ack_deadline = \"\"\n"));
     assert_eq!(
@@ -311,6 +316,10 @@ fn consumer_settings_are_checked_with_their_keys() {
             "consumers.groups",
         ),
         (format!("{g}{g}"), "named twice"),
+        (
+            format!("{g}on_backlog = \"drop_oldest\"\n"),
+            "needs max_backlog",
+        ),
     ] {
         let e = parse(&text).unwrap_err();
         assert!(e.contains(key), "{text}: {e}");
@@ -526,6 +535,15 @@ fn forward_entries_are_checked_and_make_their_consumer_groups() {
     assert!(!fw.replicated, "ack = \"local\" is the default");
     let r = checked(&format!("{f}ack = \"replicated\"\n"));
     assert!(r.forwards[0].replicated);
+    let d = checked(&format!(
+        "{f}max_backlog = 9\non_backlog = \"drop_oldest\"\n"
+    ));
+    assert!(d
+        .consumers
+        .groups
+        .iter()
+        .filter(|(_, g, _)| g == "forward.js")
+        .all(|(_, _, g)| g.on_backlog == OnBacklog::DropOldest));
     // One group per stream, retaining what is not forwarded, never
     // dead-lettering, with the entry's backpressure.
     let groups: Vec<_> = s
@@ -538,6 +556,7 @@ fn forward_entries_are_checked_and_make_their_consumer_groups() {
     for (_, _, g) in groups {
         assert!(g.retain_until_acked);
         assert_eq!(g.max_backlog, 500);
+        assert_eq!(g.on_backlog, OnBacklog::Hold);
         assert_eq!(g.machine.max_deliveries, u32::MAX);
     }
     // Not written by --print-config when there is none.
@@ -554,6 +573,11 @@ fn forward_entries_are_checked_and_make_their_consumer_groups() {
     for (extra, says) in [
         ("ack = \"sometimes\"\n", "ack"),
         ("ack = \"replicated\"\nretain = false\n", "retain = true"),
+        (
+            "ack = \"replicated\"\nmax_backlog = 9\non_backlog = \"drop_oldest\"\n",
+            "cannot go with on_backlog",
+        ),
+        ("on_backlog = \"drop_oldest\"\n", "needs max_backlog"),
         ("create = true\nreplicas = 7\n", "replicas"),
         ("create = true\nstorage = \"tape\"\n", "storage"),
         ("token = \"t\"\nuser = \"u\"\n", "one of token"),

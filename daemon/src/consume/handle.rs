@@ -31,6 +31,21 @@ pub struct GroupSettings {
     /// producers get no credit until the group catches up (0: never; a
     /// stalled group then holds back nobody).
     pub max_backlog: u64,
+    /// What the group does at `max_backlog`.
+    pub on_backlog: OnBacklog,
+}
+
+/// What a group at its `max_backlog` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBacklog {
+    /// The stream's producers get no credit until the group's backlog is
+    /// back under half the limit: nothing is lost, producers wait.
+    #[default]
+    Hold,
+    /// The oldest messages not out with a member are given up (done
+    /// unacked, counted as dropped, logged): producers never wait.
+    DropOldest,
 }
 
 impl Default for GroupSettings {
@@ -40,6 +55,7 @@ impl Default for GroupSettings {
             retain_until_acked: false,
             start: StartAt::Earliest,
             max_backlog: 0,
+            on_backlog: OnBacklog::Hold,
         }
     }
 }

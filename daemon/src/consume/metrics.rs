@@ -90,6 +90,11 @@ const COUNTERS: &[(&str, &str, Field)] = &[
         |g| g.counters.conflated as f64,
     ),
     (
+        "sluice_group_dropped_total",
+        "Messages given up unacked at the group's max_backlog (on_backlog = \"drop_oldest\").",
+        |g| g.counters.dropped as f64,
+    ),
+    (
         "sluice_group_queue_waits_total",
         "Times a consumer waited for room in the group's command queue (it was not read meanwhile).",
         |g| g.queue_waits as f64,
@@ -143,6 +148,7 @@ mod tests {
                 dead_lettered: 1,
                 conflated: 6,
                 lost_to_retention: 0,
+                dropped: 7,
             },
             ..GroupStats::default()
         };
@@ -165,6 +171,7 @@ mod tests {
             ("sluice_group_expired_total", 2.0),
             ("sluice_group_dead_lettered_total", 1.0),
             ("sluice_group_conflated_total", 6.0),
+            ("sluice_group_dropped_total", 7.0),
         ] {
             assert_eq!(s.value(name, &l), want, "{name}");
         }

@@ -61,7 +61,9 @@ fn pattern_takes(pattern: &str, name: &str) -> bool {
 
 pub use super::group::Settle;
 use super::handle::Cmd;
-pub use super::handle::{ConsumeError, GroupHandle, GroupSettings, GroupStats, Settled, StartAt};
+pub use super::handle::{
+    ConsumeError, GroupHandle, GroupSettings, GroupStats, OnBacklog, Settled, StartAt,
+};
 use crate::pattern::{is_pattern, matches};
 
 /// A member of a group: deliveries arrive on `deliveries` (in batches,

@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 
 use super::dead_letter::{self, DeadLetter};
 use super::group::{Credit, DeadOut, Delivery, Group, MemberId};
-use super::handle::{Cmd, GroupHandle, GroupSettings};
+use super::handle::{Cmd, GroupHandle, GroupSettings, OnBacklog};
 use super::store::{Event, GroupStore};
 use crate::log_limit::LogLimit;
 use crate::spool::record::now_us;
@@ -53,6 +53,9 @@ pub(super) struct GroupTask {
     store: Option<GroupStore>,
     retain_until_acked: bool,
     max_backlog: u64,
+    on_backlog: OnBacklog,
+    /// Drops at the backlog limit are logged at most once a second.
+    drops_said: LogLimit,
     /// Whether this group holds the stream's producers back now.
     holding: bool,
     members: HashMap<MemberId, mpsc::UnboundedSender<Vec<Delivery>>>,
@@ -145,6 +148,8 @@ impl GroupTask {
             store: Some(store),
             retain_until_acked: settings.retain_until_acked,
             max_backlog: settings.max_backlog,
+            on_backlog: settings.on_backlog,
+            drops_said: LogLimit::new(1),
             holding: false,
             members: HashMap::new(),
             fetches: HashMap::new(),
@@ -290,6 +295,10 @@ impl GroupTask {
         if self.max_backlog == 0 {
             return;
         }
+        if self.on_backlog == OnBacklog::DropOldest {
+            self.drop_oldest();
+            return;
+        }
         let backlog = self.machine.backlog();
         let hold = if self.holding {
             backlog > self.max_backlog / 2
@@ -301,6 +310,25 @@ impl GroupTask {
             self.stream.hold_producers(hold);
             info!(stream = %self.handle.stream, group = %self.handle.group, backlog, limit = self.max_backlog,
                 "{}", if hold { "consumer group at its backlog limit: producers get no credit" } else { "consumer group caught up: producers get credit again" });
+        }
+    }
+
+    /// Gives up the oldest messages past the backlog limit
+    /// (`on_backlog = "drop_oldest"`): counted, and said once a second.
+    fn drop_oldest(&mut self) {
+        let dropped = self.machine.drop_oldest(self.max_backlog);
+        let (Some(first), Some(last)) = (dropped.first(), dropped.last()) else {
+            return;
+        };
+        // What was dropped unread is not read.
+        if self.reader.position() < self.machine.next_read() {
+            self.reader = self.stream.reader(self.machine.next_read());
+        }
+        if let Some(suppressed) = self.drops_said.allow(Instant::now()) {
+            let n: u64 = dropped.iter().map(|r| r.end - r.start).sum();
+            warn!(stream = %self.handle.stream, group = %self.handle.group, dropped = n,
+                first = first.start, last = last.end - 1, limit = self.max_backlog, suppressed,
+                "consumer group at its backlog limit (on_backlog = \"drop_oldest\"): the oldest messages not out with a member are dropped unacked (sluice_group_dropped_total)");
         }
     }
 

@@ -94,6 +94,7 @@ impl proto::admin_server::Admin for Service {
             dead_lettered: c.dead_lettered,
             conflated: c.conflated,
             lost_to_retention: c.lost_to_retention,
+            dropped: c.dropped,
             stopped_at_damage: g.stopped_at_damage,
             stream: g.stream,
             group: g.group,

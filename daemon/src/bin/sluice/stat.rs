@@ -181,6 +181,15 @@ pub(crate) fn render_groups(o: &mut String, groups: &[GroupStats]) {
             human(g.counters.redelivered as f64),
             human(g.counters.dead_lettered as f64),
         );
+        if g.counters.dropped > 0 {
+            let _ = writeln!(
+                o,
+                "  ! {}/{}: {} dropped unacked at max_backlog (on_backlog = \"drop_oldest\")",
+                g.stream,
+                g.group,
+                human(g.counters.dropped as f64)
+            );
+        }
         if let Some(d) = &g.stopped_at_damage {
             let _ = writeln!(
                 o,
@@ -257,5 +266,20 @@ mod tests {
         let f: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(f[..4], ["orders", "billing", "12", "2.0"], "{o}");
         assert!(lines[1].contains("2.5s") && lines[1].ends_with(" 3"), "{o}");
+        // A group that dropped messages says so under its line.
+        let mut o = String::new();
+        let dropping = GroupStats {
+            stream: "ticks".into(),
+            group: "forward.js".into(),
+            counters: GroupCounters {
+                dropped: 1500,
+                ..GroupCounters::default()
+            },
+            ..GroupStats::default()
+        };
+        render_groups(&mut o, &[dropping]);
+        let lines: Vec<&str> = o.lines().collect();
+        assert_eq!(lines.len(), 3, "{o}");
+        assert!(lines[2].contains("ticks/forward.js: 1500 dropped"), "{o}");
     }
 }

@@ -203,6 +203,10 @@ pub struct GroupCounters {
     pub conflated: u64,
     /// Records retention deleted before the group read them.
     pub lost_to_retention: u64,
+    /// Messages given up unacked at the group's backlog limit
+    /// (`on_backlog = "drop_oldest"`).
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// A consumer group.
@@ -536,6 +540,47 @@ impl Group {
     /// [`ack_ranges`](Self::ack_ranges) of single offsets.
     pub fn ack(&mut self, offsets: &[u64]) -> u64 {
         self.ack_ranges(&ranges_of(offsets))
+    }
+
+    /// Gives up the oldest messages not out with a member until at most
+    /// `keep` are left (`on_backlog = "drop_oldest"`): they are done as if
+    /// acked, counted as dropped, never delivered (again). Messages out
+    /// with a member stay: they may be acked yet, and a forward may have
+    /// sent them already. Returns the offsets dropped.
+    pub fn drop_oldest(&mut self, keep: u64) -> Vec<Range<u64>> {
+        let mut excess = self.backlog().saturating_sub(keep);
+        let mut drop: Vec<Range<u64>> = Vec::new();
+        let mut add = |o: Range<u64>| match drop.last_mut() {
+            Some(last) if last.end == o.start => last.end = o.end,
+            _ => drop.push(o),
+        };
+        for gap in self.done.gaps(self.floor..self.end) {
+            let mut o = gap.start;
+            while o < gap.end && excess > 0 {
+                if o >= self.next {
+                    // Not read yet: none of it is out.
+                    let n = (gap.end - o).min(excess);
+                    add(o..o + n);
+                    excess -= n;
+                    break;
+                }
+                if !self.is_out_with(o, None) {
+                    add(o..o + 1);
+                    excess -= 1;
+                }
+                o += 1;
+            }
+            if excess == 0 {
+                break;
+            }
+        }
+        let n = self.ack_ranges(&drop);
+        self.counters.acked -= n;
+        self.counters.dropped += n;
+        // What was dropped unread is not read just to be skipped: reading
+        // goes on past it (the task moves its reader to `next_read`).
+        self.next = self.done.run_end(self.next.max(self.floor));
+        drop
     }
 
     /// Cumulative ack: every message up to and including `offset` that

@@ -350,3 +350,40 @@ fn settle_says_which_acks_nacks_and_extensions_took_effect() {
     assert!(acked.is_empty());
     assert_eq!(ignored, [mine[0]]);
 }
+
+#[test]
+fn dropping_the_oldest_spares_what_is_out_and_counts_the_rest() {
+    let now = Instant::now();
+    // 10 read, 10 more past them not read yet.
+    let mut g = group(GroupConfig::default(), 10);
+    g.set_end(20);
+    g.join(1, "a".into(), window(2));
+    let out: Vec<u64> = send(&mut g, now).iter().map(|d| d.offset).collect();
+    assert_eq!(out, [0, 1]);
+    g.ack(&[4]);
+    assert_eq!(g.backlog(), 19);
+    assert!(
+        g.drop_oldest(19).is_empty(),
+        "at the limit: nothing to drop"
+    );
+    // 11 to drop: 2, 3, 5..=9 read, 10..=13 not read yet (0 and 1 are
+    // out, 4 is acked).
+    assert_eq!(g.drop_oldest(8), [2..4, 5..14]);
+    g.check();
+    assert_eq!(g.backlog(), 8);
+    assert_eq!(g.counters().dropped, 11);
+    assert_eq!(g.counters().acked, 1, "a drop is no ack");
+    // What is out can still be acked; the next to go out is 14.
+    assert_eq!(g.next_read(), 14, "what was dropped unread is not read");
+    assert_eq!(g.ack(&[0, 1]), 2);
+    assert_eq!(g.floor(), 14);
+    g.offer((14..20).map(|i| rec(i, "x")).collect());
+    let next: Vec<u64> = send(&mut g, now).iter().map(|d| d.offset).collect();
+    assert_eq!(next, [14, 15]);
+    assert_eq!(g.drop_oldest(3), vec![Range { start: 16, end: 19 }]);
+    assert_eq!(g.counters().dropped, 14);
+    assert_eq!(g.ack(&[14, 15]), 2);
+    assert_eq!(g.floor(), 19);
+    assert_eq!(g.backlog(), 1);
+    g.check();
+}
