@@ -37,7 +37,10 @@ use crate::consume::service::Member;
 use crate::log_limit::LogLimit;
 
 /// How long the forward waits for more deliveries before it ends the open
-/// batch (its final PubAck confirms the tail the flow acks have not).
+/// batch (its final PubAck confirms the tail the flow acks have not). With
+/// `ack = "replicated"` producers wait for that PubAck: the batch ends as
+/// soon as no delivery is ready, as a group commit does (what arrives
+/// meanwhile goes in the next batch, so batches grow with the load).
 const LINGER: Duration = Duration::from_millis(5);
 
 /// Why ordered forwarding ended.
@@ -126,10 +129,16 @@ impl<'a> Ordered<'a> {
                     }
                 }
             }
+            let linger = if self.run.confirm.is_some() {
+                Duration::ZERO
+            } else {
+                LINGER
+            };
             let next = if self.queue.is_empty() {
                 Ok(member.deliveries.recv().await)
             } else {
-                tokio::time::timeout(LINGER, member.deliveries.recv()).await
+                // (A zero timeout still takes a delivery that is ready.)
+                tokio::time::timeout(linger, member.deliveries.recv()).await
             };
             let step = match next {
                 Ok(None) => return End::Stopped,

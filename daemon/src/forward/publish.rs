@@ -55,6 +55,20 @@ impl Run {
             self.create_stream(&js, batches).await;
         }
         let name = format!("forward {} to {}", f.name, f.target_stream);
+        // In batches, twice the batch's window: while `max_in_flight`
+        // messages await the server's acks, the next deliveries are at
+        // hand, so the forward waits in the batch's flow control (which
+        // reads those acks) and not for deliveries that the unread acks
+        // hold back. One publish per message: one each.
+        let credit = |messages| Credit::Window {
+            messages,
+            bytes: u64::MAX,
+        };
+        let window = if batches {
+            f.max_in_flight.saturating_mul(2)
+        } else {
+            f.max_in_flight
+        };
         let mut member = match self
             .consumers
             .join(
@@ -62,10 +76,7 @@ impl Run {
                 &f.group(),
                 StartAt::Earliest,
                 name,
-                Credit::Window {
-                    messages: f.max_in_flight,
-                    bytes: u64::MAX,
-                },
+                credit(window),
                 SocketAddr::from(([0, 0, 0, 0], 0)),
             )
             .await
@@ -89,8 +100,11 @@ impl Run {
                 .await
             {
                 End::Stopped => return,
-                End::NotEnabled => warn!(forward = %f.name, target = %f.target_stream,
-                    "the JetStream stream does not allow batched publishes (allow_batched): forwarding one publish at a time; a producer's order is not kept across failures (daemon/FORWARD.md)"),
+                End::NotEnabled => {
+                    warn!(forward = %f.name, target = %f.target_stream,
+                        "the JetStream stream does not allow batched publishes (allow_batched): forwarding one publish at a time; a producer's order is not kept across failures (daemon/FORWARD.md)");
+                    member.set_credit(credit(f.max_in_flight));
+                }
             }
         } else {
             warn!(forward = %f.name, version = %js.client().server_info().version,
