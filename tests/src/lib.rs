@@ -8,6 +8,7 @@ pub mod flood;
 pub mod forward;
 pub mod grpc;
 pub mod load;
+pub mod nats_jwt;
 pub mod pki;
 pub mod privilege;
 

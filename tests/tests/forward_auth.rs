@@ -1,5 +1,6 @@
 //! A forward's credentials and TLS (issue 21, daemon/FORWARD.md): a
-//! `[[forward]]` entry with `user` + `password`, `nkey_file` or `tls_ca`
+//! `[[forward]]` entry with `user` + `password`, `nkey_file`, `creds_file`
+//! (operator mode: JWTs signed here, tests/src/nats_jwt.rs) or `tls_ca`
 //! forwards into a 1-node JetStream server that requires them; wrong ones
 //! are counted and said, and lose nothing: the messages wait in the spool
 //! (the forward's lag) until the forward is set right.
@@ -16,6 +17,7 @@ use async_nats::ConnectOptions;
 use sluice_testkit::nats::{require_nats_server, Cluster};
 use sluice_tests::daemon::{Daemon, DaemonSpec};
 use sluice_tests::forward;
+use sluice_tests::nats_jwt::Operator;
 use sluice_tests::pki::Ca;
 use sluice_tests::{runtime, sluiced_bin};
 
@@ -378,6 +380,88 @@ fn an_nkey_file_forwards_and_a_file_without_a_user_seed_is_said() {
         "nkey_file = {:?}\n",
         seed_file.display().to_string()
     ));
+    let d = b.start();
+    js.assert_all_once(&[1, 2], 50);
+    stop(d);
+}
+
+#[test]
+fn a_creds_file_forwards_in_operator_mode_and_an_unknown_accounts_user_is_refused() {
+    if !require_nats_server(
+        "a_creds_file_forwards_in_operator_mode_and_an_unknown_accounts_user_is_refused",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let operator = Operator::new();
+    let cluster = Cluster::start_with(dir.path(), 1, &operator.server_conf());
+    let mine = operator.user("test");
+    let js = Target::connect(
+        ConnectOptions::with_credentials(&mine).expect("the test's creds parse"),
+        &cluster.url(0),
+    );
+    let creds = dir.path().join("forward.creds");
+    std::fs::write(&creds, operator.user("sluiced")).unwrap();
+    let a = Forwarder::new(
+        &dir.path().join("a"),
+        cluster.client_urls(),
+        &format!("creds_file = {:?}\n", creds.display().to_string()),
+    );
+    let d = a.start();
+    a.send(1, 50);
+    js.assert_all_once(&[1], 50);
+    assert_eq!(metric(&d, "sluice_forward_connected", &[]), 1.0);
+    stop(d);
+
+    // A user of an account the servers do not know: refused as
+    // credentials, said, and nothing lost.
+    let stranger = dir.path().join("stranger.creds");
+    std::fs::write(&stranger, operator.user_of_unknown_account("stranger")).unwrap();
+    let b = Forwarder::new(
+        &dir.path().join("b"),
+        cluster.client_urls(),
+        &format!("creds_file = {:?}\n", stranger.display().to_string()),
+    );
+    let d = b.start();
+    b.send(2, 50);
+    wait_metric(
+        &d,
+        "sluice_forward_errors_total",
+        &[("kind", "auth")],
+        |v| v >= 1.0,
+    );
+    assert!(
+        b.said(&["refuse the forward's credentials", "creds_file"]),
+        "{:#?}",
+        b.connect_lines()
+    );
+    holds_back(&d, 50, &js, 50);
+    stop(d);
+
+    // A file that is not a creds file: a config error naming it.
+    let garbage = dir.path().join("garbage.creds");
+    std::fs::write(&garbage, "not a creds file\n").unwrap();
+    b.set_keys(&format!(
+        "creds_file = {:?}\n",
+        garbage.display().to_string()
+    ));
+    let d = b.start();
+    wait_metric(
+        &d,
+        "sluice_forward_errors_total",
+        &[("kind", "config")],
+        |v| v >= 1.0,
+    );
+    assert!(
+        b.said(&[&garbage.display().to_string()]),
+        "sluiced names the file: {:#?}",
+        b.connect_lines()
+    );
+    holds_back(&d, 50, &js, 50);
+    stop(d);
+
+    // The right file at last: everything of both, once.
+    b.set_keys(&format!("creds_file = {:?}\n", creds.display().to_string()));
     let d = b.start();
     js.assert_all_once(&[1, 2], 50);
     stop(d);
