@@ -29,12 +29,16 @@ use sluice_transport::client::{Producer, ProducerOptions};
 /// The replicated stream, its forward and JetStream stream.
 const REPL: &str = "repl";
 const REPL_TARGET: &str = "REPL";
+/// Streams made by their first publish, replicated through a pattern.
+const SENSORS: &str = "sensors-*";
+const SENSORS_TARGET: &str = "SENS";
 /// A local-ack stream on the same daemon.
 const LOCAL: &str = "loc";
 const LOCAL_TARGET: &str = "LOC";
 
-/// Stream `repl` forwarded by `js` with `ack = "replicated"`, stream `loc`
-/// by `jl` with `ack = "local"`, both into R3 streams they create.
+/// Stream `repl` forwarded by `js` with `ack = "replicated"`, streams
+/// `sensors-*` (made later) by `jp` with `ack = "replicated"` too, stream
+/// `loc` by `jl` with `ack = "local"`, all into R3 streams they create.
 fn write_config(dir: &Path, servers: &[String]) -> String {
     let servers: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
     let servers = servers.join(", ");
@@ -42,6 +46,9 @@ fn write_config(dir: &Path, servers: &[String]) -> String {
         "[streams]\nnames = [\"{REPL}\", \"{LOCAL}\"]\n\n\
          [[forward]]\nname = \"js\"\nstreams = [\"{REPL}\"]\nservers = [{servers}]\n\
          target_stream = \"{REPL_TARGET}\"\ncreate = true\nreplicas = 3\nack = \"replicated\"\n\n\
+         [[forward]]\nname = \"jp\"\nstreams = [\"{SENSORS}\"]\nservers = [{servers}]\n\
+         subject = \"sensors.{{stream}}.{{producer}}\"\n\
+         target_stream = \"{SENSORS_TARGET}\"\ncreate = true\nreplicas = 3\nack = \"replicated\"\n\n\
          [[forward]]\nname = \"jl\"\nstreams = [\"{LOCAL}\"]\nservers = [{servers}]\n\
          target_stream = \"{LOCAL_TARGET}\"\ncreate = true\nreplicas = 3\nack = \"local\"\n"
     );
@@ -214,6 +221,9 @@ fn without_a_quorum_a_replicated_stream_is_not_acked_and_a_local_one_is() {
     );
     let (status, body) = http_publish(&spec, LOCAL, 9, 5);
     assert_eq!(status, 200, "the local stream: {body}");
+    // So is one to a stream made now, replicated through a pattern.
+    let (status, body) = http_publish(&spec, "sensors-a", 4, 5);
+    assert_eq!(status, 503, "a stream of a replicated pattern: {body}");
     // The cluster comes back: the acks come, and what is acked is there.
     for i in 1..3 {
         cluster.restart(i);
@@ -227,7 +237,13 @@ fn without_a_quorum_a_replicated_stream_is_not_acked_and_a_local_one_is() {
     // Sent again, the HTTP request is answered, its messages stored once.
     let (status, body) = http_publish(&spec, REPL, 9, 5);
     assert_eq!(status, 200, "{body}");
+    let (status, body) = http_publish(&spec, "sensors-a", 4, 5);
+    assert_eq!(status, 200, "sensors-a: {body}");
     let js = rt.block_on(connect(&cluster.client_urls()));
+    let sensors = rt.block_on(in_jetstream(&js, SENSORS_TARGET));
+    let acked: Acked = [(4, (1..=5).collect())].into();
+    assert_acked_held(&acked, &sensors, "sensors-a once acked");
+    assert!(sensors.values().all(|&n| n == 1), "each once: {sensors:?}");
     let held = rt.block_on(in_jetstream(&js, REPL_TARGET));
     let acked: Acked = [(1, (1..=100).collect()), (9, (1..=5).collect())].into();
     assert_acked_held(&acked, &held, "once acked");

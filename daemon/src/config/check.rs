@@ -670,13 +670,6 @@ impl Config {
                         "ack: \"replicated\" needs retain = true (a message dropped unforwarded could not be acked)".into(),
                     ))
                 }
-                // Which streams are replicated is known at the start
-                // (confirm.rs); a pattern takes streams made later.
-                "replicated" if f.streams.iter().any(|s| is_pattern(s)) => {
-                    return Err(at(
-                        "ack: \"replicated\" takes exact stream names (not patterns) for now".into(),
-                    ))
-                }
                 // The producers' acks would wait for what was dropped.
                 "replicated" if f.on_backlog == OnBacklog::DropOldest => {
                     return Err(at(

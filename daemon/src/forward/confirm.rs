@@ -26,13 +26,19 @@
 //! stream's durable end when its batch was durable; once the floor reaches
 //! it, the batch (and any duplicate in it, stored earlier) is in JetStream.
 //!
+//! A forward's `streams` may be patterns: a stream is replicated when a
+//! replicated forward takes it, whenever it was made; its confirmations
+//! are set up at its first use (by the forward's run or a producer's ack),
+//! with every forward's floor at 0, so nothing is confirmed before the
+//! forward has joined the stream's group.
+//!
 //! Confirmations live in memory: after a restart every producer starts
 //! confirmed at 0 (see [`Confirmations::durable_at_open`] for what a new
 //! session is told) and its acks come by either rule.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use super::config::ForwardConfig;
@@ -45,8 +51,11 @@ pub type Then = Box<dyn FnOnce() + Send>;
 /// Every replicated stream's confirmations, shared by the forwarders (who
 /// confirm) and the ingest planes (who wait).
 pub struct Confirmations {
-    /// Replicated streams only.
-    streams: HashMap<String, Arc<StreamConfirm>>,
+    /// The forwards with `ack = "replicated"`.
+    replicated: Vec<ForwardConfig>,
+    /// Replicated streams met so far (a stream only once a replicated
+    /// forward takes it: at most the daemon's streams).
+    streams: RwLock<HashMap<String, Arc<StreamConfirm>>>,
     stats: Arc<WaitStats>,
 }
 
@@ -154,39 +163,48 @@ impl Confirmations {
     /// `ack = "replicated"` (a stream in several forwards waits for each
     /// replicated one; a `local` forward of it confirms nothing).
     pub fn new(forwards: &[ForwardConfig]) -> Confirmations {
-        let stats = Arc::new(WaitStats {
-            waiting: AtomicU64::new(0),
-            wait: Histogram::latency(),
-        });
-        let mut by_stream: HashMap<String, Vec<String>> = HashMap::new();
-        for f in forwards.iter().filter(|f| f.replicated) {
-            for s in &f.streams {
-                let names = by_stream.entry(s.clone()).or_default();
-                if !names.contains(&f.name) {
-                    names.push(f.name.clone());
-                }
+        Confirmations {
+            replicated: forwards.iter().filter(|f| f.replicated).cloned().collect(),
+            streams: RwLock::new(HashMap::new()),
+            stats: Arc::new(WaitStats {
+                waiting: AtomicU64::new(0),
+                wait: Histogram::latency(),
+            }),
+        }
+    }
+
+    /// Stream `name`'s confirmations, set up at its first use; None when
+    /// no replicated forward takes it.
+    fn stream(&self, name: &str) -> Option<Arc<StreamConfirm>> {
+        if let Some(s) = self.streams.read().unwrap().get(name) {
+            return Some(s.clone());
+        }
+        let mut forwards: Vec<String> = Vec::new();
+        for f in self.replicated.iter().filter(|f| f.takes(name)) {
+            if !forwards.contains(&f.name) {
+                forwards.push(f.name.clone());
             }
         }
-        let streams = by_stream
-            .into_iter()
-            .map(|(stream, forwards)| {
-                let state = StreamState {
-                    floors: (0..forwards.len()).map(|_| Floor::default()).collect(),
-                    producers: HashMap::new(),
-                };
-                let c = StreamConfirm {
-                    forwards,
-                    state: Mutex::new(state),
-                    stats: stats.clone(),
-                };
-                (stream, Arc::new(c))
+        if forwards.is_empty() {
+            return None;
+        }
+        let mut streams = self.streams.write().unwrap();
+        let s = streams.entry(name.to_owned()).or_insert_with(|| {
+            let state = StreamState {
+                floors: (0..forwards.len()).map(|_| Floor::default()).collect(),
+                producers: HashMap::new(),
+            };
+            Arc::new(StreamConfirm {
+                forwards,
+                state: Mutex::new(state),
+                stats: self.stats.clone(),
             })
-            .collect();
-        Confirmations { streams, stats }
+        });
+        Some(s.clone())
     }
 
     pub fn is_replicated(&self, stream: &str) -> bool {
-        self.streams.contains_key(stream)
+        self.stream(stream).is_some()
     }
 
     pub fn stats(&self) -> Arc<WaitStats> {
@@ -196,7 +214,7 @@ impl Confirmations {
     /// The handle forward `forward` confirms `stream` through; None when
     /// that forward does not replicate the stream.
     pub fn forward(&self, forward: &str, stream: &str) -> Option<ForwardConfirm> {
-        let s = self.streams.get(stream)?;
+        let s = self.stream(stream)?;
         let index = s.forwards.iter().position(|f| f == forward)?;
         Some(ForwardConfirm {
             stream: s.clone(),
@@ -207,7 +225,7 @@ impl Confirmations {
     /// The highest seq of `producer` every replicated forward of `stream`
     /// has in JetStream (u64::MAX for a stream that is not replicated).
     pub fn confirmed(&self, stream: &str, producer: u64) -> u64 {
-        let Some(s) = self.streams.get(stream) else {
+        let Some(s) = self.stream(stream) else {
             return u64::MAX;
         };
         let st = s.state.lock().unwrap();
@@ -259,7 +277,7 @@ impl Confirmations {
         session: Option<u64>,
         then: Then,
     ) {
-        let Some(s) = self.streams.get(stream) else {
+        let Some(s) = self.stream(stream) else {
             return then();
         };
         {
@@ -315,7 +333,7 @@ impl Confirmations {
     /// A session ended: its acks waiting here are dropped (its producer
     /// resends from its durable seq on a new session).
     pub fn session_closed(&self, stream: &str, producer: u64, session: u64) {
-        let Some(s) = self.streams.get(stream) else {
+        let Some(s) = self.stream(stream) else {
             return;
         };
         let mut st = s.state.lock().unwrap();
@@ -490,6 +508,32 @@ mod tests {
         let (done, then) = flag();
         c.when("s", 7, 2, 102, 1, None, then);
         assert!(done.load(Relaxed));
+    }
+
+    #[test]
+    fn a_pattern_replicates_the_streams_it_takes_whenever_they_are_made() {
+        let c = Confirmations::new(&[forward("a", &["s-*"], true), forward("b", &["*"], false)]);
+        assert!(!c.is_replicated("t"), "only a local forward takes it");
+        assert!(
+            !c.is_replicated("s-x.dlq"),
+            "a dead-letter stream by its name only"
+        );
+        // A producer's ack on a stream made now waits until the forward
+        // has joined and JetStream has the message.
+        let (done, then) = flag();
+        c.when("s-x", 3, 1, 1, 1, None, then);
+        assert!(c.is_replicated("s-x"));
+        assert!(!done.load(Relaxed));
+        let f = c.forward("a", "s-x").expect("forward a takes s-x");
+        f.joined(0);
+        assert!(
+            !done.load(Relaxed),
+            "joined at floor 0: nothing is in JetStream"
+        );
+        f.sending(0, 3, 1);
+        f.forwarded(&[0]);
+        assert!(done.load(Relaxed));
+        assert!(c.forward("b", "s-x").is_none(), "b is a local forward");
     }
 
     #[test]
