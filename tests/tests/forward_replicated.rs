@@ -153,6 +153,21 @@ fn http_publish(spec: &DaemonSpec, stream: &str, producer: u64, n: u64) -> (u16,
     }
 }
 
+/// Asks sluiced to reset `group` of `stream` to the stream's end: the
+/// status and the body of the answer.
+fn reset_group(spec: &DaemonSpec, stream: &str, group: &str) -> (u16, String) {
+    let url = format!("{}/streams/{stream}/groups/{group}/reset", spec.admin_url());
+    let r = ureq::post(&url)
+        .timeout(Duration::from_secs(30))
+        .set("content-type", "application/json")
+        .send_string(r#"{"start": "latest"}"#);
+    match r {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("POST {url}: {e}"),
+    }
+}
+
 fn batch(producer: u64, n: u64) -> Vec<Bytes> {
     (0..n).map(|i| load::payload(producer, i)).collect()
 }
@@ -224,6 +239,22 @@ fn without_a_quorum_a_replicated_stream_is_not_acked_and_a_local_one_is() {
     // So is one to a stream made now, replicated through a pattern.
     let (status, body) = http_publish(&spec, "sensors-a", 4, 5);
     assert_eq!(status, 503, "a stream of a replicated pattern: {body}");
+    // A replicated forward's group is never reset (the acks rely on its
+    // floor), even while its forward has not joined it (it waits for the
+    // quorum to create its JetStream stream); a local one's is (an
+    // operator skips a backlog not worth forwarding).
+    let (status, body) = reset_group(&spec, REPL, "forward.js");
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("cannot be reset") && body.contains("replicated"),
+        "{body}"
+    );
+    let (status, body) = reset_group(&spec, LOCAL, "forward.jl");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"floor\":105"),
+        "past the 105 stored: {body}"
+    );
     // The cluster comes back: the acks come, and what is acked is there.
     for i in 1..3 {
         cluster.restart(i);

@@ -318,6 +318,7 @@ fn consume_error(e: ConsumeError) -> ApiError {
         ConsumeError::NoSuchGroup { .. } => ApiError::not_found(e.to_string()),
         ConsumeError::GroupBusy { .. }
         | ConsumeError::ConfiguredGroup { .. }
+        | ConsumeError::NoReset { .. }
         | ConsumeError::TooManyGroups { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
     }
 }

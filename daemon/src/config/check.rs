@@ -456,6 +456,7 @@ impl Config {
             start: StartAt::Earliest,
             max_backlog: 0,
             on_backlog: OnBacklog::Hold,
+            no_reset: None,
         };
         let mut groups: Vec<(String, String, GroupSettings)> = Vec::new();
         for g in &c.groups {
@@ -501,6 +502,7 @@ impl Config {
                     start,
                     max_backlog: g.max_backlog,
                     on_backlog: g.on_backlog,
+                    no_reset: None,
                 },
             ));
         }
@@ -712,6 +714,11 @@ impl Config {
                         start: StartAt::Earliest,
                         max_backlog: f.max_backlog,
                         on_backlog: f.on_backlog,
+                        // Below its floor the producers' acks take
+                        // messages as in JetStream (forward/confirm.rs).
+                        no_reset: replicated.then_some(
+                            "it forwards with ack = \"replicated\": its floor says what JetStream has, and producers' acks rely on it",
+                        ),
                     },
                 ));
             }

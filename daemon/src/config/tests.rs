@@ -543,6 +543,18 @@ fn forward_entries_are_checked_and_make_their_consumer_groups() {
         ) + "ack = \"replicated\"\n"),
     );
     assert!(p.forwards[0].replicated);
+    assert!(
+        p.consumers
+            .groups
+            .iter()
+            .all(|(_, _, g)| g.no_reset.is_some()),
+        "a replicated forward's group is never reset"
+    );
+    assert!(s
+        .consumers
+        .groups
+        .iter()
+        .all(|(_, _, g)| g.no_reset.is_none()));
     let d = checked(&format!(
         "{f}max_backlog = 9\non_backlog = \"drop_oldest\"\n"
     ));

@@ -33,6 +33,9 @@ pub struct GroupSettings {
     pub max_backlog: u64,
     /// What the group does at `max_backlog`.
     pub on_backlog: OnBacklog,
+    /// Why the group must not be reset, if it must not (its floor means
+    /// more than where its consumers are).
+    pub no_reset: Option<&'static str>,
 }
 
 /// What a group at its `max_backlog` does.
@@ -56,6 +59,7 @@ impl Default for GroupSettings {
             start: StartAt::Earliest,
             max_backlog: 0,
             on_backlog: OnBacklog::Hold,
+            no_reset: None,
         }
     }
 }
@@ -76,6 +80,8 @@ pub enum ConsumeError {
     GroupBusy { group: String, members: u64 },
     #[error("consumer group {group:?} is configured ([[consumers.groups]]): remove it from the configuration first, or it comes back at the next start")]
     ConfiguredGroup { group: String },
+    #[error("consumer group {group:?} cannot be reset: {reason}")]
+    NoReset { group: String, reason: &'static str },
     #[error("too many consumer groups: the daemon has {max} (consumers.max_groups); delete one, or raise the limit")]
     TooManyGroups { max: usize },
 }

@@ -439,6 +439,16 @@ impl Consumers {
         group: &str,
         start: StartAt,
     ) -> Result<u64, ConsumeError> {
+        if let Some(reason) = self
+            .config
+            .configured(stream, group)
+            .and_then(|s| s.no_reset)
+        {
+            return Err(ConsumeError::NoReset {
+                group: group.to_owned(),
+                reason,
+            });
+        }
         let mut groups = self.groups.lock().await;
         let s = self.retire(&mut groups, stream, group).await?;
         let (fs, dir) = (s.fs().clone(), group_dir(&s, group));

@@ -232,7 +232,8 @@ fn consume_status(e: ConsumeError) -> Status {
         ConsumeError::Stopping => Status::unavailable(e.to_string()),
         ConsumeError::TooManyGroups { .. }
         | ConsumeError::GroupBusy { .. }
-        | ConsumeError::ConfiguredGroup { .. } => Status::failed_precondition(e.to_string()),
+        | ConsumeError::ConfiguredGroup { .. }
+        | ConsumeError::NoReset { .. } => Status::failed_precondition(e.to_string()),
         ConsumeError::Spool(_) => Status::internal(e.to_string()),
     }
 }
