@@ -4,6 +4,7 @@
 pub mod check;
 pub mod consume;
 pub mod daemon;
+pub mod failover;
 pub mod flood;
 pub mod forward;
 pub mod grpc;

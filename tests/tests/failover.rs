@@ -11,30 +11,32 @@
 //! renumbering); and the producer reported the failover (which daemon,
 //! why). Run over raw UDP and over the fast path (QUIC lease, sealed UDP).
 
-use std::collections::{BTreeSet, VecDeque};
-use std::ops::Range;
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sluice_tests::check::{self, Acked};
 use sluice_tests::daemon::{DaemonSpec, Target};
+use sluice_tests::failover::{Run, Sent};
 use sluice_tests::load;
 use sluice_tests::pki::Ca;
 use sluice_tests::sluiced_bin;
-use sluice_transport::client::{Producer, ProducerError, ProducerOptions, QuicOptions, Transport};
+use sluice_transport::client::{Producer, ProducerOptions, QuicOptions, Transport};
 use sluice_transport::proto::SenderConfig;
 use sluice_transport::quic::tls::{ClientTls, ServerTrust};
-use tokio::task::JoinHandle;
 
 const STREAM: &str = "failover";
 const PRODUCER: u64 = 21;
 const TOTAL: u64 = 20_000;
 const BATCH: u64 = 200;
-/// Batches awaiting their ack at once: what is unacked when the first
-/// daemon dies, and is sent again to the second.
-const IN_FLIGHT: usize = 8;
-/// The first daemon dies once this many messages were acked.
-const KILL_AFTER: usize = 6_000;
+/// 8 batches in flight; the first daemon dies after 6,000 acks.
+const RUN: Run = Run {
+    total: TOTAL,
+    batch: BATCH,
+    in_flight: 8,
+    kill_after: 6_000,
+    ack_within: Duration::from_secs(60),
+};
 
 /// A producer that notices a dead daemon within about a second.
 fn options(transport: Transport) -> ProducerOptions {
@@ -81,32 +83,10 @@ async fn fail_over(a_spec: DaemonSpec, b_spec: DaemonSpec, path: impl Fn(&Daemon
     assert_eq!(producer.status().daemon, ta.addr);
 
     let started = Instant::now();
-    let mut a = Some(a);
-    let mut acked = BTreeSet::new();
-    let mut acked_at_kill = None;
-    let mut in_flight: VecDeque<JoinHandle<Result<Range<u64>, ProducerError>>> = VecDeque::new();
-    let mut next = 0;
-    while next < TOTAL || !in_flight.is_empty() {
-        while in_flight.len() < IN_FLIGHT && next < TOTAL {
-            let n = BATCH.min(TOTAL - next);
-            let batch = (next..next + n)
-                .map(|i| load::payload(PRODUCER, i))
-                .collect();
-            in_flight.push_back(tokio::spawn(producer.send_batch(batch)));
-            next += n;
-        }
-        let oldest = in_flight.pop_front().expect("a batch in flight");
-        let seqs = tokio::time::timeout(Duration::from_secs(60), oldest)
-            .await
-            .expect("each batch is acked within 60 s")
-            .expect("send task")
-            .unwrap_or_else(|e| panic!("a send failed instead of failing over: {e}"));
-        acked.extend(seqs);
-        if acked_at_kill.is_none() && acked.len() >= KILL_AFTER {
-            a.take().expect("A runs").kill9();
-            acked_at_kill = Some(acked.len() as u64);
-        }
-    }
+    let Sent {
+        acked,
+        acked_at_kill,
+    } = RUN.send(&producer, PRODUCER, || a.kill9()).await;
     let elapsed = started.elapsed();
     let status = producer.status();
     producer.close().await.expect("a clean close at B");
@@ -116,7 +96,6 @@ async fn fail_over(a_spec: DaemonSpec, b_spec: DaemonSpec, path: impl Fn(&Daemon
     // Every message sent was acked in the end, numbered 1..=TOTAL: the
     // second daemon continued the producer's numbering.
     assert_eq!(acked, (1..=TOTAL).collect::<BTreeSet<_>>());
-    let acked_at_kill = acked_at_kill.expect("A was killed");
     // The failover is reported: from A, to B, with a reason.
     assert!(status.connected);
     assert_eq!(status.daemon, tb.addr, "{status:?}");
@@ -161,7 +140,7 @@ async fn fail_over(a_spec: DaemonSpec, b_spec: DaemonSpec, path: impl Fn(&Daemon
     // Only what was unacked when A died can be at both (stored at A, its
     // ack lost with A): within the producer's window.
     assert!(
-        both as u64 <= BATCH * IN_FLIGHT as u64,
+        both as u64 <= BATCH * RUN.in_flight as u64,
         "{both} seqs stored at both daemons"
     );
     eprintln!(

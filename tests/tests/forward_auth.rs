@@ -88,6 +88,49 @@ impl Forwarder {
             .any(|l| words.iter().all(|w| l.contains(w)))
     }
 
+    /// Starts sluiced, sends it seqs `1..=n` of `producer` (if any) and
+    /// waits until the target holds those of every one of `all`, once.
+    fn forwards(&self, t: &Target, producer: Option<u64>, n: u64, all: &[u64]) -> Daemon {
+        let d = self.start();
+        if let Some(p) = producer {
+            self.send(p, n);
+        }
+        t.assert_all_once(all, n);
+        d
+    }
+
+    /// Starts sluiced with credentials (or TLS) that do not get through:
+    /// sends it seqs `1..=n` of `producer` (if any), waits for an error of
+    /// `kind`, checks that a line of the log has every one of `words`, and
+    /// that the `waiting` messages stay in the spool while the target
+    /// keeps its `target` messages.
+    #[allow(clippy::too_many_arguments)]
+    fn refused(
+        &self,
+        t: &Target,
+        producer: Option<u64>,
+        n: u64,
+        kind: &str,
+        words: &[&str],
+        waiting: u64,
+        target: u64,
+    ) -> Daemon {
+        let d = self.start();
+        if let Some(p) = producer {
+            self.send(p, n);
+        }
+        wait_metric(&d, "sluice_forward_errors_total", &[("kind", kind)], |v| {
+            v >= 1.0
+        });
+        assert!(
+            self.said(words),
+            "sluiced says why it does not forward ({words:?}): {:#?}",
+            self.connect_lines()
+        );
+        holds_back(&d, waiting, t, target);
+        d
+    }
+
     /// Publishes seqs `1..=n` of `producer` as one HTTP batch, again until
     /// sluiced has them in its spool (it may still be starting).
     fn send(&self, producer: u64, n: u64) {
@@ -259,9 +302,7 @@ fn user_and_password_forward_and_a_wrong_password_is_said_and_loses_nothing() {
 
     // The right password: everything forwarded, once.
     let a = Forwarder::new(&dir.path().join("a"), cluster.client_urls(), right);
-    let d = a.start();
-    a.send(1, 100);
-    js.assert_all_once(&[1], 100);
+    let d = a.forwards(&js, Some(1), 100, &[1]);
     wait_metric(&d, "sluice_forward_lag_messages", &[], |v| v == 0.0);
     assert_eq!(metric(&d, "sluice_forward_connected", &[]), 1.0);
     stop(d);
@@ -269,27 +310,13 @@ fn user_and_password_forward_and_a_wrong_password_is_said_and_loses_nothing() {
     // Another sluiced with a wrong password: refused, counted, said, and
     // what it was given stays in its spool.
     let b = Forwarder::new(&dir.path().join("b"), cluster.client_urls(), wrong);
-    let d = b.start();
-    b.send(2, 100);
-    wait_metric(
-        &d,
-        "sluice_forward_errors_total",
-        &[("kind", "auth")],
-        |v| v >= 1.0,
-    );
-    assert!(
-        b.said(&["refuse the forward's credentials", "user/password"]),
-        "sluiced says why it does not forward: {:#?}",
-        b.connect_lines()
-    );
-    holds_back(&d, 100, &js, 100);
-    stop(d);
+    let words = ["refuse the forward's credentials", "user/password"];
+    stop(b.refused(&js, Some(2), 100, "auth", &words, 100, 100));
 
     // The operator puts the right password: what waited is forwarded, and
     // nothing twice.
     b.set_keys(right);
-    let d = b.start();
-    js.assert_all_once(&[1, 2], 100);
+    let d = b.forwards(&js, None, 100, &[1, 2]);
     wait_metric(&d, "sluice_forward_lag_messages", &[], |v| v == 0.0);
     stop(d);
 }
@@ -321,9 +348,7 @@ fn an_nkey_file_forwards_and_a_file_without_a_user_seed_is_said() {
         cluster.client_urls(),
         &format!("nkey_file = {:?}\n", seed_file.display().to_string()),
     );
-    let d = a.start();
-    a.send(1, 50);
-    js.assert_all_once(&[1], 50);
+    let d = a.forwards(&js, Some(1), 50, &[1]);
     assert_eq!(metric(&d, "sluice_forward_connected", &[]), 1.0);
     stop(d);
 
@@ -336,21 +361,8 @@ fn an_nkey_file_forwards_and_a_file_without_a_user_seed_is_said() {
         cluster.client_urls(),
         &format!("nkey_file = {:?}\n", public_file.display().to_string()),
     );
-    let d = b.start();
-    b.send(2, 50);
-    wait_metric(
-        &d,
-        "sluice_forward_errors_total",
-        &[("kind", "config")],
-        |v| v >= 1.0,
-    );
-    assert!(
-        b.said(&["not a user NKey seed", &public_file.display().to_string()]),
-        "sluiced names the file and what is wrong with it: {:#?}",
-        b.connect_lines()
-    );
-    holds_back(&d, 50, &js, 50);
-    stop(d);
+    let words = ["not a user NKey seed", &public_file.display().to_string()];
+    stop(b.refused(&js, Some(2), 50, "config", &words, 50, 50));
 
     // A user seed the servers do not list: refused as credentials.
     let stranger = nkeys::KeyPair::new_user().seed().unwrap();
@@ -360,29 +372,15 @@ fn an_nkey_file_forwards_and_a_file_without_a_user_seed_is_said() {
         "nkey_file = {:?}\n",
         stranger_file.display().to_string()
     ));
-    let d = b.start();
-    wait_metric(
-        &d,
-        "sluice_forward_errors_total",
-        &[("kind", "auth")],
-        |v| v >= 1.0,
-    );
-    assert!(
-        b.said(&["refuse the forward's credentials", "nkey_file"]),
-        "{:#?}",
-        b.connect_lines()
-    );
-    holds_back(&d, 50, &js, 50);
-    stop(d);
+    let words = ["refuse the forward's credentials", "nkey_file"];
+    stop(b.refused(&js, None, 50, "auth", &words, 50, 50));
 
     // The right seed at last: everything of both, once.
     b.set_keys(&format!(
         "nkey_file = {:?}\n",
         seed_file.display().to_string()
     ));
-    let d = b.start();
-    js.assert_all_once(&[1, 2], 50);
-    stop(d);
+    stop(b.forwards(&js, None, 50, &[1, 2]));
 }
 
 #[test]
@@ -407,9 +405,7 @@ fn a_creds_file_forwards_in_operator_mode_and_an_unknown_accounts_user_is_refuse
         cluster.client_urls(),
         &format!("creds_file = {:?}\n", creds.display().to_string()),
     );
-    let d = a.start();
-    a.send(1, 50);
-    js.assert_all_once(&[1], 50);
+    let d = a.forwards(&js, Some(1), 50, &[1]);
     assert_eq!(metric(&d, "sluice_forward_connected", &[]), 1.0);
     stop(d);
 
@@ -422,21 +418,8 @@ fn a_creds_file_forwards_in_operator_mode_and_an_unknown_accounts_user_is_refuse
         cluster.client_urls(),
         &format!("creds_file = {:?}\n", stranger.display().to_string()),
     );
-    let d = b.start();
-    b.send(2, 50);
-    wait_metric(
-        &d,
-        "sluice_forward_errors_total",
-        &[("kind", "auth")],
-        |v| v >= 1.0,
-    );
-    assert!(
-        b.said(&["refuse the forward's credentials", "creds_file"]),
-        "{:#?}",
-        b.connect_lines()
-    );
-    holds_back(&d, 50, &js, 50);
-    stop(d);
+    let words = ["refuse the forward's credentials", "creds_file"];
+    stop(b.refused(&js, Some(2), 50, "auth", &words, 50, 50));
 
     // A file that is not a creds file: a config error naming it.
     let garbage = dir.path().join("garbage.creds");
@@ -445,26 +428,12 @@ fn a_creds_file_forwards_in_operator_mode_and_an_unknown_accounts_user_is_refuse
         "creds_file = {:?}\n",
         garbage.display().to_string()
     ));
-    let d = b.start();
-    wait_metric(
-        &d,
-        "sluice_forward_errors_total",
-        &[("kind", "config")],
-        |v| v >= 1.0,
-    );
-    assert!(
-        b.said(&[&garbage.display().to_string()]),
-        "sluiced names the file: {:#?}",
-        b.connect_lines()
-    );
-    holds_back(&d, 50, &js, 50);
-    stop(d);
+    let words = [&garbage.display().to_string()[..]];
+    stop(b.refused(&js, None, 50, "config", &words, 50, 50));
 
     // The right file at last: everything of both, once.
     b.set_keys(&format!("creds_file = {:?}\n", creds.display().to_string()));
-    let d = b.start();
-    js.assert_all_once(&[1, 2], 50);
-    stop(d);
+    stop(b.forwards(&js, None, 50, &[1, 2]));
 }
 
 /// The TLS versions of the server's client connections named `name`.
@@ -511,9 +480,7 @@ fn tls_ca_forwards_over_tls_and_another_ca_connects_not_and_loses_nothing() {
         cluster.client_urls(),
         &tls_ca(&ca.pem),
     );
-    let d = a.start();
-    a.send(1, 50);
-    js.assert_all_once(&[1], 50);
+    let d = a.forwards(&js, Some(1), 50, &[1]);
     assert_eq!(metric(&d, "sluice_forward_connected", &[]), 1.0);
     // The server says the forward's connection is TLS.
     let versions = tls_versions(&cluster, "sluiced forward js");
@@ -531,29 +498,15 @@ fn tls_ca_forwards_over_tls_and_another_ca_connects_not_and_loses_nothing() {
         cluster.client_urls(),
         &tls_ca(&other.pem),
     );
-    let d = b.start();
-    b.send(2, 50);
     // The client tells an untrusted certificate from a server that is
     // down no better than "IO error": counted as unreachable, and the
     // line names the CA file to check.
-    wait_metric(
-        &d,
-        "sluice_forward_errors_total",
-        &[("kind", "unreachable")],
-        |v| v >= 1.0,
-    );
-    assert!(
-        b.said(&["unreachable", "tls_ca", &other.pem.display().to_string()]),
-        "sluiced points at the CA: {:#?}",
-        b.connect_lines()
-    );
-    holds_back(&d, 50, &js, 50);
+    let words = ["unreachable", "tls_ca", &other.pem.display().to_string()];
+    let d = b.refused(&js, Some(2), 50, "unreachable", &words, 50, 50);
     assert!(tls_versions(&cluster, "sluiced forward js").is_empty());
     stop(d);
 
     // Given the right CA, what waited is forwarded, once.
     b.set_keys(&tls_ca(&ca.pem));
-    let d = b.start();
-    js.assert_all_once(&[1, 2], 50);
-    stop(d);
+    stop(b.forwards(&js, None, 50, &[1, 2]));
 }

@@ -7,8 +7,7 @@
 //! before it died is skipped by the second (it reads where the producer
 //! stands in the target), what it had not is sent by the second.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::ops::Range;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -17,21 +16,25 @@ use async_nats::jetstream::Context;
 use futures_util::StreamExt;
 use sluice_testkit::nats::{require_nats_server, Cluster};
 use sluice_tests::daemon::DaemonSpec;
+use sluice_tests::failover::{Run, Sent};
 use sluice_tests::forward::{self, connect};
 use sluice_tests::load;
 use sluice_tests::sluiced_bin;
-use sluice_transport::client::{Producer, ProducerError, ProducerOptions};
+use sluice_transport::client::{Producer, ProducerOptions};
 use sluice_transport::proto::SenderConfig;
-use tokio::task::JoinHandle;
 
 const STREAM: &str = "orders";
 const TARGET: &str = "SLUICE";
 const PRODUCER: u64 = 31;
 const TOTAL: u64 = 20_000;
-const BATCH: u64 = 200;
-const IN_FLIGHT: usize = 8;
-/// The first daemon dies once this many messages were acked.
-const KILL_AFTER: usize = 6_000;
+/// Batches of 200, 8 in flight; the first daemon dies after 6,000 acks.
+const RUN: Run = Run {
+    total: TOTAL,
+    batch: 200,
+    in_flight: 8,
+    kill_after: 6_000,
+    ack_within: Duration::from_secs(90),
+};
 
 fn spec(dir: &Path, servers: &[String]) -> DaemonSpec {
     let config = forward::write_config(
@@ -130,32 +133,10 @@ async fn acked_messages_reach_jetstream_once_in_order_when_the_producer_fails_ov
         .expect("the producer opens its session at the first daemon");
 
     let started = Instant::now();
-    let mut a = Some(a);
-    let mut acked = BTreeSet::new();
-    let mut acked_at_kill = None;
-    let mut in_flight: VecDeque<JoinHandle<Result<Range<u64>, ProducerError>>> = VecDeque::new();
-    let mut next = 0;
-    while next < TOTAL || !in_flight.is_empty() {
-        while in_flight.len() < IN_FLIGHT && next < TOTAL {
-            let n = BATCH.min(TOTAL - next);
-            let batch = (next..next + n)
-                .map(|i| load::payload(PRODUCER, i))
-                .collect();
-            in_flight.push_back(tokio::spawn(producer.send_batch(batch)));
-            next += n;
-        }
-        let oldest = in_flight.pop_front().expect("a batch in flight");
-        let seqs = tokio::time::timeout(Duration::from_secs(90), oldest)
-            .await
-            .expect("each batch is acked within 90 s")
-            .expect("send task")
-            .unwrap_or_else(|e| panic!("a send failed instead of failing over: {e}"));
-        acked.extend(seqs);
-        if acked_at_kill.is_none() && acked.len() >= KILL_AFTER {
-            a.take().expect("A runs").kill9();
-            acked_at_kill = Some(acked.len());
-        }
-    }
+    let Sent {
+        acked,
+        acked_at_kill,
+    } = RUN.send(&producer, PRODUCER, || a.kill9()).await;
     let status = producer.status();
     producer.close().await.expect("a clean close at B");
     assert_eq!(status.failovers, 1, "{status:?}");
@@ -190,7 +171,7 @@ async fn acked_messages_reach_jetstream_once_in_order_when_the_producer_fails_ov
     eprintln!(
         "{TOTAL} messages in {:?}; A killed after {} acks; B found {already} of the resent ones already in JetStream; failover: {:?}",
         started.elapsed(),
-        acked_at_kill.expect("A was killed"),
+        acked_at_kill,
         status.last_failover.map(|e| e.reason)
     );
     let b_status = b.terminate(Duration::from_secs(15));
