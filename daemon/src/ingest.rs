@@ -23,6 +23,7 @@ use crate::credit::CreditPolicy;
 use crate::forward::Confirmations;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Metrics, StreamMetrics};
+use crate::sessions::{Reading, Sessions};
 use crate::spool::record::now_us;
 use crate::spool::{Outcome, Record, Spool, SpoolError, Stream};
 
@@ -41,6 +42,8 @@ pub struct IngestShared {
     refusals: Mutex<LogLimit>,
     /// `ack = "replicated"` streams: acks wait for JetStream's PubAck.
     confirm: Arc<Confirmations>,
+    /// The open sessions' figures, for `/sessions`.
+    views: Arc<Sessions>,
 }
 
 impl IngestShared {
@@ -61,6 +64,7 @@ impl IngestShared {
             metrics,
             in_flight: AtomicU64::new(0),
             refusals: Mutex::new(LogLimit::new(5)),
+            views: Arc::new(Sessions::default()),
             confirm,
         })
     }
@@ -98,6 +102,11 @@ impl IngestShared {
     }
 
     /// What JetStream confirmed of replicated streams (forward/confirm.rs).
+    /// The open sessions' figures (`/sessions`).
+    pub fn views(&self) -> Arc<Sessions> {
+        self.views.clone()
+    }
+
     pub fn confirmations(&self) -> &Arc<Confirmations> {
         &self.confirm
     }
@@ -388,6 +397,7 @@ impl Owner for Ingest {
         self.shared
             .confirm
             .session_closed(stream, *producer_id, *session_id);
+        self.shared.views.remove(*session_id);
         if let Some(mut s) = self.sessions.remove(session_id) {
             count(&s.metrics, &mut s.counted, stats);
             s.metrics.sessions.fetch_sub(1, Relaxed);
@@ -396,7 +406,7 @@ impl Owner for Ingest {
         info!(session = session_id, producer = producer_id, %stream, %reason, "session closed");
     }
 
-    fn tick(&mut self, _now: Instant, ep: &mut Endpoint) {
+    fn tick(&mut self, now: Instant, ep: &mut Endpoint) {
         for (((_, now), before), total) in ep
             .drops()
             .iter()
@@ -408,6 +418,7 @@ impl Owner for Ingest {
         self.drops_counted = ep.drops().clone();
         let ids: Vec<u64> = ep.session_ids().collect();
         for id in ids {
+            let peer = ep.peer(id);
             let Some(r) = ep.receiver_mut(id) else {
                 continue;
             };
@@ -425,6 +436,27 @@ impl Owner for Ingest {
             s.metrics.credit.fetch_add(u64::from(credit), Relaxed);
             s.metrics.credit.fetch_sub(u64::from(s.credit), Relaxed);
             s.credit = credit;
+            let st = r.stats();
+            self.shared.views.update(
+                Reading {
+                    session_id: id,
+                    stream: r.stream(),
+                    producer: r.producer_id(),
+                    peer,
+                    via: if self.only.is_some() { "quic" } else { "udp" },
+                    messages: st.messages_delivered,
+                    bytes: st.bytes_delivered,
+                    durable_seq: r.durable_seq(),
+                    received_seq: r.received_seq(),
+                    credit: r.credit(),
+                    nacks_sent: st.nacks_sent,
+                    repaired: st.recovered,
+                    duplicates: st.duplicates,
+                    over_credit: st.over_credit,
+                    rtt: r.rtt(),
+                },
+                now,
+            );
         }
     }
 }

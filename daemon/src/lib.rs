@@ -20,5 +20,6 @@ pub mod pattern;
 pub mod publish;
 pub mod quic;
 pub mod server;
+pub mod sessions;
 pub mod spool;
 pub mod verify;

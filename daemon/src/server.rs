@@ -326,6 +326,7 @@ pub async fn run(
         // One publisher for HTTP and gRPC: one bound on what publish
         // requests in flight hold.
         publisher,
+        sessions: ingest.views(),
     });
     // Served within the admin limits (connections, timeouts, pages).
     let admin = api::serve::serve(

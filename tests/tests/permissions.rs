@@ -158,6 +158,11 @@ const RIGHTS: &[Rule] = &[
     ),
     rule("`GET /streams`", None, Needs::Principal),
     rule("`GET /groups`", Some("sluice group list"), Needs::Open),
+    rule(
+        "`GET /sessions`",
+        Some("sluice stat --sessions"),
+        Needs::Open,
+    ),
     rule("`GET /metrics`", Some("sluice stat"), Needs::Open),
     rule("`GET /health`", None, Needs::Open),
     rule("`GET /openapi.json`", None, Needs::Open),
@@ -437,6 +442,12 @@ const ROUTES: &[Route] = &[
         key: "`GET /groups`",
         method: "GET",
         path: "/groups",
+        body: "",
+    },
+    Route {
+        key: "`GET /sessions`",
+        method: "GET",
+        path: "/sessions",
         body: "",
     },
     Route {
@@ -784,6 +795,11 @@ const CLI: &[CliCase] = &[
     CliCase {
         key: "`GET /metrics`",
         args: &["stat", "--count", "1", "--admin", "{admin}"],
+        stdin: "",
+    },
+    CliCase {
+        key: "`GET /sessions`",
+        args: &["stat", "--sessions", "--count", "1", "--admin", "{admin}"],
         stdin: "",
     },
 ];

@@ -17,6 +17,7 @@
 //! | `GET /streams/{name}/groups/{group}/ws` | WebSocket push consumer: deliveries out, acks, nacks, extensions and credit in |
 //! | `GET /streams/{name}/groups/{group}/events` | server-sent events: one per delivery (`id` = offset), at most `max_outstanding` unacked; acks over `.../ack` |
 //! | `GET /groups` | JSON: every consumer group's backlog, members, credit and counters |
+//! | `GET /sessions` | JSON: every producer session open now: stream, producer, peer, rate, NACKs, repairs, credit, RTT |
 //! | `POST /streams/{name}/groups/{group}/reset` | moves the group (admin principals only) |
 //! | `DELETE /streams/{name}/groups/{group}` | forgets the group (admin principals only) |
 //! | `GET /streams/{name}/dlq?from=N&limit=M` | JSON: the stream's dead letters, decoded, from the purge mark on |
@@ -30,7 +31,7 @@
 //! lists every route, and makes the router and the OpenAPI document from
 //! that one list.
 //!
-//! Metrics, health, `/groups` and `/openapi.json` are open (for scrapers
+//! Metrics, health, `/groups`, `/sessions` and `/openapi.json` are open (for scrapers
 //! and load balancers; keep the admin port off untrusted networks).
 //! Everything else needs a principal allowed to consume the stream
 //! (replay: and to publish to it): `Authorization: Bearer <token>` (unless
@@ -92,6 +93,8 @@ pub struct AdminState {
     pub http: Arc<Http>,
     /// Where HTTP publishes go: the same ingest as the fast path's.
     pub publisher: Arc<crate::publish::Publisher>,
+    /// The producer sessions open now.
+    pub sessions: Arc<crate::sessions::Sessions>,
 }
 
 /// The admin port's router: every route of [`api`].
@@ -132,6 +135,7 @@ pub fn api() -> OpenApiRouter<Arc<AdminState>> {
         .routes(routes!(push::ws))
         .routes(routes!(push::events))
         .routes(routes!(consume::groups))
+        .routes(routes!(sessions))
         .routes(routes!(consume::dlq_list))
         .routes(routes!(consume::dlq_replay))
         .routes(routes!(consume::dlq_purge))
@@ -172,6 +176,28 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         socket.listen(ACCEPT_QUEUE)
     };
     listen().map_err(|e| std::io::Error::new(e.kind(), format!("admin listener {addr}: {e}")))
+}
+
+/// Every producer session open now.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<crate::sessions::SessionView>,
+}
+
+/// The producer sessions open now, by stream then producer (open, as
+/// `/metrics` is): what `sluice stat --sessions` shows.
+#[utoipa::path(
+    get,
+    path = "/sessions",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Each open session's stream, producer, peer, rate, NACKs, repairs, credit and RTT", body = SessionList),
+    )
+)]
+async fn sessions(State(s): State<Arc<AdminState>>) -> Json<SessionList> {
+    Json(SessionList {
+        sessions: s.sessions.list(),
+    })
 }
 
 /// The daemon's metrics.

@@ -1,12 +1,15 @@
 //! `sluice stat`: a live view of a running daemon, from its `/metrics`
-//! and its consumer groups (`/groups`).
+//! and its consumer groups (`/groups`); with `--sessions`, its producer
+//! sessions too (`/sessions`).
 
 mod forwards;
+mod sessions;
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use sluice_daemon::api::consume::GroupList;
+use sluice_daemon::api::SessionList;
 use sluice_daemon::consume::service::GroupStats;
 use sluice_daemon::metrics::scrape::Scrape;
 
@@ -22,6 +25,10 @@ pub struct Args {
     /// Stop after this many refreshes (default: until interrupted).
     #[arg(long)]
     count: Option<u64>,
+    /// Also one line per producer session: peer, rate, NACKs, repairs,
+    /// credit, round trip (like Aeron's LossStat).
+    #[arg(long)]
+    sessions: bool,
 }
 
 pub fn run(a: Args) -> Res {
@@ -41,6 +48,10 @@ pub fn run(a: Args) -> Res {
         let mut out = render(&a.admin.admin.to_string(), &prev, &now, secs);
         render_groups(&mut out, &groups.groups);
         forwards::render(&mut out, &prev, &now, secs);
+        if a.sessions {
+            let list: SessionList = serde_json::from_str(&a.admin.get("/sessions")?)?;
+            sessions::render(&mut out, &list.sessions);
+        }
         out.push('\n');
         print!("{out}");
         prev = now;
@@ -211,7 +222,7 @@ fn age(secs: f64) -> String {
     }
 }
 
-fn human(v: f64) -> String {
+pub(crate) fn human(v: f64) -> String {
     match v {
         v if v >= 1e9 => format!("{:.1}G", v / 1e9),
         v if v >= 1e6 => format!("{:.2}M", v / 1e6),
