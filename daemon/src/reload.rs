@@ -86,21 +86,28 @@ impl Reloader {
         let log_keys: Vec<&String> = changed.iter().filter(|k| k.starts_with("log.")).collect();
         if !log_keys.is_empty() {
             match &self.log {
-                Some(handle) => match handle.apply(checked.logging) {
-                    Ok(()) => {
-                        self.running.log = new.log.clone();
-                        for k in log_keys {
-                            let value = if k == "log.level" {
-                                new.log.level.clone()
-                            } else {
-                                new.log.format.to_string()
-                            };
-                            info!(key = %k, value, "reload: applied");
-                            outcome.applied.push(k.clone());
+                Some(handle) => {
+                    // Said before the switch, under the filter and format
+                    // that the reader of the log knows so far (a level
+                    // raised to `warn` would hide the lines otherwise).
+                    for k in &log_keys {
+                        let value = if k.as_str() == "log.level" {
+                            new.log.level.clone()
+                        } else {
+                            new.log.format.to_string()
+                        };
+                        info!(key = %k, value, "reload: applied");
+                    }
+                    match handle.apply(checked.logging) {
+                        Ok(()) => {
+                            self.running.log = new.log.clone();
+                            outcome.applied.extend(log_keys.into_iter().cloned());
+                        }
+                        Err(e) => {
+                            error!(error = %e, "reload: the log settings were not applied after all")
                         }
                     }
-                    Err(e) => error!(error = %e, "reload: the log settings were not applied"),
-                },
+                }
                 None => warn!(
                     "reload: log settings changed, but this process's log was set up by its host program and cannot be changed"
                 ),

@@ -437,8 +437,26 @@ fn sighup_with_a_broken_file_keeps_the_old_settings() {
     d.wait_log(&["reload: auth applied"]);
     assert_eq!(publish(d.admin, &b, 2, 1, 1), Ok(()));
     assert_eq!(publish(d.admin, &a, 1, 3, 1), Err(401));
+
+    // The log level changes in place: after `warn`, the stop's info lines
+    // are not written.
+    write_config(
+        &config,
+        &format!(
+            "{}\n[data]\nmax_sessions = 77\n[log]\nlevel = \"warn\"\n",
+            token_config("beta", &b)
+        ),
+    );
+    d.signal(libc::SIGHUP);
+    d.wait_log(&["reload: applied", "log.level", "warn"]);
+    let log = d.log.clone();
     let status = d.terminate();
     assert_eq!(status.code(), Some(0));
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(
+        !text.contains("SIGTERM received") && !text.contains("stopped cleanly"),
+        "info lines after log.level = warn:\n{text}"
+    );
 }
 
 #[test]
