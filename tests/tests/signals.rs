@@ -32,8 +32,8 @@ struct Sluiced {
 
 impl Sluiced {
     /// sluiced on free loopback ports with `config`, its spool in `dir`,
-    /// notifying `notify` if given.
-    fn spawn(dir: &Path, config: &Path, notify: Option<&Path>) -> Sluiced {
+    /// notifying `notify` if given, with `env` set.
+    fn spawn(dir: &Path, config: &Path, notify: Option<&Path>, env: &[(&str, &str)]) -> Sluiced {
         let admin = free_tcp();
         let log = dir.join("sluiced.log");
         let mut cmd = Command::new(sluiced_bin!());
@@ -59,6 +59,7 @@ impl Sluiced {
         if let Some(n) = notify {
             cmd.env("NOTIFY_SOCKET", n);
         }
+        cmd.envs(env.iter().copied());
         let child = cmd.spawn().expect("start sluiced");
         Sluiced { child, admin, log }
     }
@@ -172,7 +173,7 @@ fn readiness_reload_and_stop_reach_the_notify_socket() {
     let token = new_token();
     let config = dir.path().join("sluiced.toml");
     write_config(&config, &token_config("a", &token));
-    let mut d = Sluiced::spawn(dir.path(), &config, Some(&sock_path));
+    let mut d = Sluiced::spawn(dir.path(), &config, Some(&sock_path), &[]);
 
     let ready = notification(&sock);
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
@@ -204,6 +205,55 @@ fn readiness_reload_and_stop_reach_the_notify_socket() {
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
     let status = d.terminate();
     assert_eq!(status.code(), Some(0), "a clean stop");
+}
+
+#[test]
+fn watchdog_pings_at_half_its_timeout_on_an_abstract_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    // An abstract name (`@...` in NOTIFY_SOCKET), as systemd may hand out.
+    let name = format!("sluice-signals-test-{}", std::process::id());
+    let sock = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        UnixDatagram::bind_addr(&addr).unwrap()
+    };
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let config = dir.path().join("sluiced.toml");
+    write_config(&config, "");
+    let at = format!("@{name}");
+    let started = Instant::now();
+    let d = Sluiced::spawn(
+        dir.path(),
+        &config,
+        Some(Path::new(&at)),
+        // 400 ms: a ping every 200 ms.
+        &[("WATCHDOG_USEC", "400000")],
+    );
+    let mut pings = 0;
+    let mut ready = false;
+    // Bounded: 30 notifications at most.
+    for _ in 0..30 {
+        let n = notification(&sock);
+        if n.lines().any(|l| l == "READY=1") {
+            ready = true;
+        }
+        if n == "WATCHDOG=1" {
+            pings += 1;
+        }
+        if ready && pings >= 5 {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert!(ready && pings >= 5, "READY and 5 pings: {ready} {pings}");
+    // Five pings at 200 ms take about 800 ms (the first comes at once);
+    // well under the 400 ms timeout each would mean a busy loop.
+    assert!(
+        took >= Duration::from_millis(700),
+        "pinged too fast: {took:?}"
+    );
+    assert_eq!(d.terminate().code(), Some(0));
 }
 
 /// Publishes seqs `first..first + n` of `producer` to [`STREAM`] over HTTP
@@ -329,7 +379,7 @@ fn sighup_swaps_the_token_under_load_losing_nothing() {
     let (a, b) = (new_token(), new_token());
     let config = dir.path().join("sluiced.toml");
     write_config(&config, &token_config("alpha", &a));
-    let mut d = Sluiced::spawn(dir.path(), &config, None);
+    let mut d = Sluiced::spawn(dir.path(), &config, None, &[]);
     d.wait_up();
     let pid = d.child.id();
 
@@ -407,7 +457,7 @@ fn sighup_with_a_broken_file_keeps_the_old_settings() {
     let (a, b) = (new_token(), new_token());
     let config = dir.path().join("sluiced.toml");
     write_config(&config, &token_config("alpha", &a));
-    let mut d = Sluiced::spawn(dir.path(), &config, None);
+    let mut d = Sluiced::spawn(dir.path(), &config, None, &[]);
     d.wait_up();
     publish(d.admin, &a, 1, 1, 1).expect("publish with A");
 
@@ -467,7 +517,7 @@ fn an_unreadable_configured_certificate_is_a_config_error() {
         &config,
         "[quic]\ncert = \"/nonexistent/server.crt\"\nkey = \"/nonexistent/server.key\"\n",
     );
-    let mut d = Sluiced::spawn(dir.path(), &config, None);
+    let mut d = Sluiced::spawn(dir.path(), &config, None, &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(s) = d.child.try_wait().unwrap() {
