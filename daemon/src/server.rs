@@ -130,6 +130,16 @@ pub async fn run(
         listen: config.quic.listen,
     })
     .map_err(|e| configured_identity(e, &config))?;
+    // The CA of client certificates, read again by the QUIC plane: one
+    // that cannot be read is the configuration's fault (exit status 2).
+    if !config.quic.client_ca.as_os_str().is_empty() {
+        sluice_transport::quic::tls::load_certs(&config.quic.client_ca).map_err(|e| {
+            ConfigError::Invalid {
+                key: "quic.client_ca",
+                reason: e.to_string(),
+            }
+        })?;
+    }
     // The admin port's HTTPS reuses the QUIC identity unless it has its
     // own (checked with the configuration).
     let admin_tls = match admin_tls {

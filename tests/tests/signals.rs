@@ -511,21 +511,30 @@ fn sighup_with_a_broken_file_keeps_the_old_settings() {
 
 #[test]
 fn an_unreadable_configured_certificate_is_a_config_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("sluiced.toml");
-    write_config(
-        &config,
-        "[quic]\ncert = \"/nonexistent/server.crt\"\nkey = \"/nonexistent/server.key\"\n",
-    );
-    let mut d = Sluiced::spawn(dir.path(), &config, None, &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = d.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "sluiced kept running");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(2), "{}", d.log_text());
-    assert!(d.log_text().contains("quic.cert"), "{}", d.log_text());
+    for (key, text) in [
+        (
+            "quic.cert",
+            "[quic]\ncert = \"/nonexistent/server.crt\"\nkey = \"/nonexistent/server.key\"\n",
+        ),
+        (
+            "quic.client_ca",
+            "[quic]\nclient_ca = \"/nonexistent/ca.pem\"\n",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("sluiced.toml");
+        write_config(&config, text);
+        let mut d = Sluiced::spawn(dir.path(), &config, None, &[]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = d.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "{key}: sluiced kept running");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // 2: a bad configuration, which the unit does not restart.
+        assert_eq!(status.code(), Some(2), "{key}: {}", d.log_text());
+        assert!(d.log_text().contains(key), "{}", d.log_text());
+    }
 }
