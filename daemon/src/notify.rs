@@ -52,6 +52,9 @@ impl Notifier {
     pub fn to(name: &str) -> std::io::Result<Notifier> {
         let addr = socket_addr(name)?;
         let socket = UnixDatagram::unbound()?;
+        // Sent from the runtime's threads: a manager that does not read
+        // (its queue full) costs a logged notification, never a stall.
+        socket.set_nonblocking(true)?;
         Ok(Notifier {
             target: Some(Arc::new(Target {
                 socket,
