@@ -8,7 +8,8 @@
 //! `$NOTIFY_SOCKET` is set (`crate::notify`).
 //!
 //! Exit codes: 0 after a clean stop, 1 when it could not run (spool,
-//! socket), 2 for a bad configuration, 3 when the spool is damaged (a
+//! socket), 2 for a bad configuration (configured certificate files that
+//! cannot be read too: systemd does not restart it), 3 when the spool is damaged (a
 //! stream's files or a consumer group's state: the message names the
 //! file, the byte and the offsets; `--repair` sets the damage aside).
 
