@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use tracing::warn;
@@ -80,30 +80,75 @@ pub fn bearer_token(value: &str) -> Option<&str> {
 }
 
 pub struct Gate {
-    auth: Authenticator,
-    /// No principals configured and loopback only: everyone is anonymous.
-    anonymous: bool,
+    /// Who is admitted; replaced whole by a reload (SIGHUP), so a check
+    /// sees either the old principals or the new ones, never a mix.
+    access: RwLock<Access>,
+    /// Every listener is on loopback (fixed for the process: listeners
+    /// change only with a restart).
+    loopback_only: bool,
     /// Per [`Denied::ALL`].
     pub denied: [AtomicU64; Denied::ALL.len()],
     log: Mutex<LogLimit>,
 }
 
-impl Gate {
-    pub fn new(auth: Authenticator, loopback_only: bool) -> Self {
+/// The principals in force, and whether there are none (on loopback:
+/// everyone is anonymous).
+struct Access {
+    auth: Arc<Authenticator>,
+    anonymous: bool,
+}
+
+impl Access {
+    fn new(auth: Authenticator, loopback_only: bool) -> Access {
         let anonymous = auth.is_empty() && loopback_only;
         if anonymous {
             warn!("no principals configured ([auth]): every local client is anonymous with all rights; this is allowed only because every listener is on loopback");
         }
-        Gate {
-            auth,
+        Access {
+            auth: Arc::new(auth),
             anonymous,
+        }
+    }
+}
+
+/// Why [`Gate::replace`] kept the principals it had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotReplaced(pub &'static str);
+
+impl Gate {
+    pub fn new(auth: Authenticator, loopback_only: bool) -> Self {
+        Gate {
+            access: RwLock::new(Access::new(auth, loopback_only)),
+            loopback_only,
             denied: Default::default(),
             log: Mutex::new(LogLimit::new(5)),
         }
     }
 
     pub fn is_anonymous(&self) -> bool {
-        self.anonymous
+        self.access.read().unwrap().anonymous
+    }
+
+    /// Puts `auth` in force for every credential checked from now on
+    /// (connections and requests already admitted keep their principal).
+    /// Refused when it has no principals while a listener is beyond
+    /// loopback: that would shut everyone out (a restart with such a
+    /// configuration is refused the same way).
+    pub fn replace(&self, auth: Authenticator) -> Result<(), NotReplaced> {
+        if auth.is_empty() && !self.loopback_only {
+            return Err(NotReplaced(
+                "no principals while listening beyond loopback: nobody could connect",
+            ));
+        }
+        *self.access.write().unwrap() = Access::new(auth, self.loopback_only);
+        Ok(())
+    }
+
+    /// The principals in force (a reference that a reload does not
+    /// change under the caller).
+    fn current(&self) -> (Arc<Authenticator>, bool) {
+        let a = self.access.read().unwrap();
+        (a.auth.clone(), a.anonymous)
     }
 
     /// The principal of a connection: by its client certificate's common
@@ -114,19 +159,20 @@ impl Gate {
         token: &str,
         cert_common_name: Option<&str>,
     ) -> Result<Principal, Denied> {
-        if self.anonymous {
-            return Ok(anonymous());
+        let (auth, anonymous) = self.current();
+        if anonymous {
+            return Ok(self::anonymous());
         }
         let found = match (cert_common_name, token.is_empty()) {
-            (Some(cn), _) => match self.auth.by_client_cert(cn) {
+            (Some(cn), _) => match auth.by_client_cert(cn) {
                 Some(p) => Ok(p),
                 // A token can still vouch for a client whose certificate
                 // maps to nobody.
-                None if !token.is_empty() => self.auth.by_token(token).ok_or(Denied::BadToken),
+                None if !token.is_empty() => auth.by_token(token).ok_or(Denied::BadToken),
                 None => Err(Denied::UnknownCertificate),
             },
             (None, true) => Err(Denied::NoCredentials),
-            (None, false) => self.auth.by_token(token).ok_or(Denied::BadToken),
+            (None, false) => auth.by_token(token).ok_or(Denied::BadToken),
         };
         found.inspect_err(|d| self.deny(peer, *d, ""))
     }
@@ -232,6 +278,40 @@ mod tests {
         gate.refused(peer(), Denied::PrincipalConnectionLimit, "ingest");
         let counts: Vec<u64> = gate.denied.iter().map(|c| c.load(Relaxed)).collect();
         assert_eq!(counts, vec![1, 1, 1, 1, 0, 1]);
+    }
+
+    #[test]
+    fn replaced_principals_apply_to_the_next_check() {
+        let (a, b) = (new_token(), new_token());
+        let only = |token: &str| {
+            Authenticator::new(&AuthConfig {
+                tokens: vec![TokenEntry {
+                    name: "ingest".into(),
+                    hash: hash_token(token),
+                    publish: vec!["*".into()],
+                    consume: vec![],
+                    admin: false,
+                }],
+                clients: vec![],
+            })
+            .unwrap()
+        };
+        let gate = Gate::new(only(&a), false);
+        assert!(gate.principal(peer(), &a, None).is_ok());
+        gate.replace(only(&b)).unwrap();
+        assert_eq!(
+            gate.principal(peer(), &a, None).unwrap_err(),
+            Denied::BadToken
+        );
+        assert!(gate.principal(peer(), &b, None).is_ok());
+        // Beyond loopback, no principals would shut everyone out: kept.
+        let empty = Authenticator::new(&AuthConfig::default()).unwrap();
+        assert!(gate.replace(empty.clone()).is_err());
+        assert!(gate.principal(peer(), &b, None).is_ok());
+        // On loopback, no principals means anonymous, as at start.
+        let local = Gate::new(only(&a), true);
+        local.replace(empty).unwrap();
+        assert!(local.is_anonymous());
     }
 
     #[test]

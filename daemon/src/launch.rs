@@ -1,18 +1,30 @@
 //! What `sluiced`'s `main` does, for every program that runs the daemon
 //! (the binary, and the load harness's daemon process): configuration from
-//! arguments, logging, the runtime, stopping on SIGTERM or SIGINT, and exit
-//! codes.
+//! arguments, logging, the runtime, signals and exit codes.
+//!
+//! Signals: SIGTERM and SIGINT stop the daemon cleanly (a drain); SIGHUP
+//! reloads the configuration (`crate::reload`: what changes, what needs a
+//! restart) and never stops it. The service manager hears each step when
+//! `$NOTIFY_SOCKET` is set (`crate::notify`).
 //!
 //! Exit codes: 0 after a clean stop, 1 when it could not run (spool,
-//! socket), 2 for a bad configuration, 3 when the spool is damaged (a
+//! socket), 2 for a bad configuration (configured certificate files that
+//! cannot be read too: systemd does not restart it), 3 when the spool is damaged (a
 //! stream's files or a consumer group's state: the message names the
 //! file, the byte and the offsets; `--repair` sets the damage aside).
 
 use std::future::Future;
 use std::process::ExitCode;
 
-use crate::config::{Args, Checked, Config, Logging};
-use crate::server::{self, Bound, ServerError};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::oneshot;
+
+use crate::config::{Args, Checked, Config};
+use crate::gate::Gate;
+use crate::notify::Notifier;
+use crate::reload::Reloader;
+use crate::server::{self, Bound, Running, ServerError};
+use std::sync::Arc;
 
 /// The exit status of a start refused for damage in the spool.
 pub const EXIT_DAMAGED: u8 = 3;
@@ -24,6 +36,12 @@ pub fn main(
     also_stop: impl Future<Output = ()>,
     ready: impl FnOnce(Bound),
 ) -> ExitCode {
+    // Until the handler is installed (in the runtime, below), a SIGHUP
+    // would end the process by its default action; from here it is held
+    // off, and a reload asked for before the daemon is ready happens once
+    // it is.
+    // SAFETY: signal(2) with SIG_IGN installs no code of ours.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let (config, Checked { settings, logging }) = match Config::load(&args) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -35,7 +53,7 @@ pub fn main(
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    init_tracing(logging);
+    let log = crate::logging::init(logging);
     raise_open_files();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -47,7 +65,21 @@ pub fn main(
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(server::run(config, settings, stop(also_stop), ready)) {
+    let reloader = Reloader::new(args, config.clone(), log);
+    let run = async move {
+        let notifier = Notifier::from_env();
+        notifier.spawn_watchdog();
+        let (running_tx, running_rx) = oneshot::channel();
+        let control = control(also_stop, running_rx, reloader, notifier.clone())?;
+        server::run(config, settings, control, move |running: Running| {
+            let bound = running.bound;
+            let _ = running_tx.send(running.gate);
+            notifier.ready();
+            ready(bound);
+        })
+        .await
+    };
+    match rt.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -59,19 +91,6 @@ pub fn main(
             })
         }
     }
-}
-
-fn init_tracing(logging: Logging) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(logging.filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    // `try_init`: a host program may have set up logging already.
-    let _ = if logging.json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
 }
 
 /// Raises the soft limit on open files to the hard one, where allowed:
@@ -118,14 +137,64 @@ fn raise_open_files() {
     }
 }
 
-/// SIGTERM (service managers), SIGINT (Ctrl-C), or `also`.
-async fn stop(also: impl Future<Output = ()>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-        _ = also => {}
-    }
+/// What the daemon runs until: resolves (after `STOPPING=1`) on SIGTERM,
+/// SIGINT or `also`; reloads on each SIGHUP meanwhile, between
+/// `RELOADING=1` and `READY=1`. A SIGHUP before the daemon is ready is
+/// remembered and served once it is (`running` brings its gate).
+fn control(
+    also: impl Future<Output = ()>,
+    running: oneshot::Receiver<Arc<Gate>>,
+    mut reloader: Reloader,
+    notifier: Notifier,
+) -> Result<impl Future<Output = ()>, ServerError> {
+    let install = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| {
+            ServerError::Admin(std::io::Error::other(format!(
+                "cannot install the {name} handler: {e}"
+            )))
+        })
+    };
+    let mut term = install(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = install(SignalKind::interrupt(), "SIGINT")?;
+    let mut hup = install(SignalKind::hangup(), "SIGHUP")?;
+    Ok(async move {
+        tokio::pin!(also);
+        let mut running = Some(running);
+        let mut gate: Option<Arc<Gate>> = None;
+        let mut pending = false;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM received"); break }
+                _ = int.recv() => { tracing::info!("SIGINT received"); break }
+                _ = &mut also => break,
+                got = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
+                    running = None;
+                    // Err: the daemon stopped before it was ready; the
+                    // stop comes with its error.
+                    gate = got.ok();
+                    if pending && gate.is_some() {
+                        pending = false;
+                        tracing::info!("serving the SIGHUP received during start-up");
+                    } else {
+                        continue;
+                    }
+                }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading the configuration");
+                    if gate.is_none() {
+                        pending = true;
+                        continue;
+                    }
+                }
+            }
+            // A reload, now that there is a gate to apply it to.
+            if let Some(g) = &gate {
+                notifier.reloading();
+                // Errors are logged by the reloader; the daemon runs on.
+                let _ = reloader.reload(g);
+                notifier.ready();
+            }
+        }
+        notifier.stopping();
+    })
 }

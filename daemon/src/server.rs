@@ -87,16 +87,26 @@ pub struct Bound {
     pub grpc: Option<SocketAddr>,
 }
 
+/// A daemon that accepts data: where it listens, and what a reload
+/// (SIGHUP) changes while it runs.
+#[derive(Clone)]
+pub struct Running {
+    pub bound: Bound,
+    /// Whom it admits; a reload replaces its principals.
+    pub gate: Arc<Gate>,
+}
+
 /// Runs `sluiced` until `stop` resolves, then drains: no new data is taken,
 /// the batches in flight are made durable and acked, every session is
 /// closed with "shutting down" (producers reconnect to the next daemon), and
-/// the spool's writers finish. `ready` is told the bound addresses once the
+/// the spool's writers finish. `ready` is told the bound addresses (and
+/// the gate) once every listener is bound and the spool recovered: the
 /// daemon accepts data.
 pub async fn run(
     config: Config,
     settings: Settings,
     stop: impl Future<Output = ()>,
-    ready: impl FnOnce(Bound),
+    ready: impl FnOnce(Running),
 ) -> Result<(), ServerError> {
     let Settings {
         authenticator,
@@ -118,7 +128,18 @@ pub async fn run(
         key: &config.quic.key,
         dir: &config.spool.dir,
         listen: config.quic.listen,
-    })?;
+    })
+    .map_err(|e| configured_identity(e, &config))?;
+    // The CA of client certificates, read again by the QUIC plane: one
+    // that cannot be read is the configuration's fault (exit status 2).
+    if !config.quic.client_ca.as_os_str().is_empty() {
+        sluice_transport::quic::tls::load_certs(&config.quic.client_ca).map_err(|e| {
+            ConfigError::Invalid {
+                key: "quic.client_ca",
+                reason: e.to_string(),
+            }
+        })?;
+    }
     // The admin port's HTTPS reuses the QUIC identity unless it has its
     // own (checked with the configuration).
     let admin_tls = match admin_tls {
@@ -344,7 +365,10 @@ pub async fn run(
         fsync = %config.spool.fsync,
         "sluiced ready"
     );
-    ready(bound);
+    ready(Running {
+        bound,
+        gate: gate.clone(),
+    });
 
     stop.await;
     let started = Instant::now();
@@ -391,6 +415,25 @@ pub async fn run(
         Err(_) => warn!("gave up waiting for the spool's writers"),
     }
     Ok(())
+}
+
+/// A configured certificate (`quic.cert`, `quic.key`) that cannot be read
+/// is a configuration error (exit status 2: restarting does not help); the
+/// self-signed one's trouble is the spool folder's (exit status 1).
+fn configured_identity(e: IdentityError, config: &Config) -> ServerError {
+    match e {
+        IdentityError::Tls(tls) if !config.quic.cert.as_os_str().is_empty() => {
+            ConfigError::Invalid {
+                key: "quic.cert",
+                reason: format!(
+                    "{tls} (leave quic.cert and quic.key empty for a self-signed certificate made in {})",
+                    config.spool.dir.join("tls").display()
+                ),
+            }
+            .into()
+        }
+        e => e.into(),
+    }
 }
 
 /// Opens (recovering) every stream on disk and the configured ones, so

@@ -21,6 +21,10 @@ Settings come from the defaults, then --config FILE (TOML), then SLUICED_* \
 environment variables, then flags; later ones win. Each option below names its \
 key in the file in brackets. Sizes take a unit (64MiB, 8KiB; or bytes); \
 durations are written like 10s, 500ms, 12h, 7d.\n\n\
+SIGHUP reads the configuration again: [auth] and [log] change in place, \
+other changed keys are logged as needing a restart, an invalid file changes \
+nothing. With $NOTIFY_SOCKET set, sluiced reports READY, RELOADING and \
+STOPPING to it (systemd Type=notify).\n\n\
 Exit status: 0 after a clean stop (SIGTERM, SIGINT); 1 when it cannot run \
 (a socket, the data folder); 2 for a bad configuration; 3 when the spool is \
 damaged: the message names stream, file, byte and the offsets affected \

@@ -1,0 +1,240 @@
+//! SIGHUP: the configuration read again (the file, under the flags and
+//! environment the daemon started with) and what can change safely put in
+//! force without stopping anything:
+//!
+//! - `[auth]` (tokens and client-certificate principals): every credential
+//!   checked from then on meets the new principals; connections and
+//!   sessions admitted before keep theirs until they close.
+//! - `log.level` and `log.format`.
+//!
+//! Every other changed key is named in a warning as needing a restart and
+//! keeps its running value (listeners, the spool, limits, groups,
+//! forwards...). A file that does not load or check changes nothing: the
+//! daemon runs on, on its old settings, and logs why.
+
+use tracing::{error, info, warn};
+
+use crate::auth::AuthConfig;
+use crate::config::{Args, Config, ConfigError};
+use crate::gate::Gate;
+use crate::logging::LogHandle;
+
+/// Keys a reload applies; any other changed key needs a restart.
+const RELOADABLE: [&str; 4] = ["auth.tokens", "auth.clients", "log.level", "log.format"];
+
+/// What one reload did (also logged, a line per key).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Keys now in force.
+    pub applied: Vec<String>,
+    /// Keys that changed in the file but keep their running value.
+    pub need_restart: Vec<String>,
+}
+
+/// The configuration in force and how to read it again.
+pub struct Reloader {
+    args: Args,
+    running: Config,
+    log: Option<LogHandle>,
+}
+
+impl Reloader {
+    /// `running` is what the daemon started with from `args`; `log` the
+    /// log's handle, if this process set the log up.
+    pub fn new(args: Args, running: Config, log: Option<LogHandle>) -> Reloader {
+        Reloader { args, running, log }
+    }
+
+    /// Reads and checks the configuration again and applies what can
+    /// change to `gate` and the log. Logs one line per key applied, one
+    /// per key that needs a restart, and an error (changing nothing) if
+    /// the configuration is invalid, which is also returned.
+    pub fn reload(&mut self, gate: &Gate) -> Result<Outcome, ConfigError> {
+        let (new, checked) = match Config::load(&self.args) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                error!(error = %e, "reload refused: the configuration is invalid; running on the previous settings");
+                return Err(e);
+            }
+        };
+        let mut outcome = Outcome::default();
+        let changed = changed_keys(&self.running, &new);
+        if changed.is_empty() {
+            info!("reload: the configuration is unchanged");
+            return Ok(outcome);
+        }
+        if changed.iter().any(|k| k.starts_with("auth.")) {
+            match gate.replace(checked.settings.authenticator) {
+                Ok(()) => {
+                    info!(
+                        change = %auth_change(&self.running.auth, &new.auth),
+                        "reload: auth applied (credentials checked from now on; connections already admitted keep their principal)"
+                    );
+                    self.running.auth = new.auth.clone();
+                    outcome
+                        .applied
+                        .extend(changed.iter().filter(|k| k.starts_with("auth.")).cloned());
+                }
+                Err(why) => {
+                    error!(
+                        reason = why.0,
+                        "reload: auth not applied; the previous principals stay in force"
+                    );
+                }
+            }
+        }
+        let log_keys: Vec<&String> = changed.iter().filter(|k| k.starts_with("log.")).collect();
+        if !log_keys.is_empty() {
+            match &self.log {
+                Some(handle) => {
+                    // Said before the switch, under the filter and format
+                    // that the reader of the log knows so far (a level
+                    // raised to `warn` would hide the lines otherwise).
+                    for k in &log_keys {
+                        let value = if k.as_str() == "log.level" {
+                            new.log.level.clone()
+                        } else {
+                            new.log.format.to_string()
+                        };
+                        info!(key = %k, value, "reload: applied");
+                    }
+                    match handle.apply(checked.logging) {
+                        Ok(()) => {
+                            self.running.log = new.log.clone();
+                            outcome.applied.extend(log_keys.into_iter().cloned());
+                        }
+                        Err(e) => {
+                            error!(error = %e, "reload: the log settings were not applied after all")
+                        }
+                    }
+                }
+                None => warn!(
+                    "reload: log settings changed, but this process's log was set up by its host program and cannot be changed"
+                ),
+            }
+        }
+        for k in changed
+            .into_iter()
+            .filter(|k| !RELOADABLE.contains(&k.as_str()))
+        {
+            warn!(key = %k, "reload: changed, needs a restart to take effect (the running value stays)");
+            outcome.need_restart.push(k);
+        }
+        Ok(outcome)
+    }
+}
+
+/// What differs between two `[auth]` sections, by principal name (never
+/// a hash): `tokens +a -b ~c; clients +x`.
+fn auth_change(old: &AuthConfig, new: &AuthConfig) -> String {
+    fn diff<T: PartialEq>(
+        old: &[T],
+        new: &[T],
+        name: impl Fn(&T) -> &str,
+        what: &str,
+    ) -> Option<String> {
+        let find = |list: &'_ [T], n: &str| list.iter().position(|e| name(e) == n);
+        let mut parts = Vec::new();
+        for e in new {
+            match find(old, name(e)) {
+                None => parts.push(format!("+{}", name(e))),
+                Some(i) if old[i] != *e => parts.push(format!("~{}", name(e))),
+                Some(_) => {}
+            }
+        }
+        for e in old {
+            if find(new, name(e)).is_none() {
+                parts.push(format!("-{}", name(e)));
+            }
+        }
+        (!parts.is_empty()).then(|| format!("{what} {}", parts.join(" ")))
+    }
+    let parts: Vec<String> = [
+        diff(&old.tokens, &new.tokens, |t| &t.name, "tokens"),
+        diff(&old.clients, &new.clients, |c| &c.common_name, "clients"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        // Same names and entries, another order.
+        "order only".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// Every key (`section.key`, or a whole array such as `forward`) whose
+/// value differs between `old` and `new`, sorted.
+pub fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+    let (Ok(toml::Value::Table(old)), Ok(toml::Value::Table(new))) =
+        (toml::Value::try_from(old), toml::Value::try_from(new))
+    else {
+        // Both are configurations that loaded: they serialize.
+        return vec!["(the whole configuration)".into()];
+    };
+    let mut keys = Vec::new();
+    for section in union(&old, &new) {
+        match (old.get(&section), new.get(&section)) {
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                for key in union(a, b) {
+                    if a.get(&key) != b.get(&key) {
+                        keys.push(format!("{section}.{key}"));
+                    }
+                }
+            }
+            (a, b) if a != b => keys.push(section),
+            _ => {}
+        }
+    }
+    keys
+}
+
+/// The keys of `a` then those only in `b`.
+fn union(a: &toml::Table, b: &toml::Table) -> Vec<String> {
+    let mut keys: Vec<String> = a.keys().cloned().collect();
+    keys.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{hash_token, new_token, TokenEntry};
+
+    fn token(name: &str, token: &str) -> TokenEntry {
+        TokenEntry {
+            name: name.into(),
+            hash: hash_token(token),
+            publish: vec!["*".into()],
+            consume: vec![],
+            admin: false,
+        }
+    }
+
+    #[test]
+    fn changed_keys_name_section_and_key() {
+        let old = Config::default();
+        let mut new = old.clone();
+        assert!(changed_keys(&old, &new).is_empty());
+        new.log.level = "debug".into();
+        new.spool.dir = "/elsewhere".into();
+        new.auth.tokens.push(token("a", &new_token()));
+        let keys = changed_keys(&old, &new);
+        assert_eq!(keys, ["auth.tokens", "log.level", "spool.dir"]);
+    }
+
+    #[test]
+    fn auth_changes_by_name() {
+        let (a, b) = (new_token(), new_token());
+        let old = AuthConfig {
+            tokens: vec![token("a", &a), token("keep", &b)],
+            clients: vec![],
+        };
+        let mut new = old.clone();
+        new.tokens[1].admin = true;
+        new.tokens.remove(0);
+        new.tokens.push(token("b", &new_token()));
+        assert_eq!(auth_change(&old, &new), "tokens ~keep +b -a");
+    }
+}
