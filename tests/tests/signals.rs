@@ -564,11 +564,15 @@ fn the_unit_waits_for_readiness_reloads_and_does_not_restart_bad_configs() {
     }
     // systemd's own check, where systemd is installed, with ExecStart
     // pointed at the sluiced under test (verify wants it executable).
-    let Ok(analyze) = Command::new("systemd-analyze").arg("--version").output() else {
-        eprintln!("no systemd-analyze here: the unit's text was checked only");
+    let analyze = Command::new("systemd-analyze").arg("--version").output();
+    if !sluice_testkit::testnet::require(
+        "the_unit_waits_for_readiness_reloads_and_does_not_restart_bad_configs",
+        "systemd-analyze",
+        analyze.is_ok_and(|o| o.status.success()),
+        "not installed (Debian's systemd package; scripts/setup.sh installs it as root): the unit's text was checked only",
+    ) {
         return;
-    };
-    assert!(analyze.status.success());
+    }
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("sluiced.service");
     std::fs::write(
