@@ -6,7 +6,8 @@ mod forwards;
 mod sessions;
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant, SystemTime};
 
 use sluice_daemon::api::consume::GroupList;
 use sluice_daemon::api::SessionList;
@@ -36,6 +37,9 @@ pub fn run(a: Args) -> Res {
     let scrape = || -> Result<Scrape, Box<dyn std::error::Error>> {
         Ok(Scrape::parse(&a.admin.get("/metrics")?))
     };
+    // On a terminal each refresh replaces the last; piped, refreshes
+    // follow one another (each under its time) for a log or a grep.
+    let tty = std::io::stdout().is_terminal();
     let mut prev = scrape()?;
     let mut at = Instant::now();
     let mut n = 0;
@@ -53,13 +57,20 @@ pub fn run(a: Args) -> Res {
             sessions::render(&mut out, &list.sessions);
         }
         out.push('\n');
-        print!("{out}");
+        print!("{}", frame(&out, tty, SystemTime::now()));
         prev = now;
         n += 1;
         if a.count.is_some_and(|c| n >= c) {
             return Ok(());
         }
     }
+}
+
+/// What one refresh prints: under its time (UTC, to the second); on a
+/// terminal after clearing the screen, so that it redraws in place.
+fn frame(out: &str, tty: bool, at: SystemTime) -> String {
+    let clear = if tty { "\x1b[H\x1b[2J" } else { "" };
+    format!("{clear}{}\n{out}", humantime::format_rfc3339_seconds(at))
 }
 
 /// One refresh: rates are over the `secs` between the two scrapes.
@@ -250,6 +261,18 @@ mod tests {
         assert_eq!(age(12.34), "12.3s");
         assert_eq!(age(245.0), "4m05s");
         assert_eq!(age(3.0 * 3600.0 + 12.0 * 60.0 + 5.0), "3h12m");
+    }
+
+    #[test]
+    fn a_refresh_redraws_on_a_terminal_and_follows_on_when_piped() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let piped = frame("table\n", false, at);
+        assert_eq!(piped, "2027-01-15T08:00:00Z\ntable\n");
+        let tty = frame("table\n", true, at);
+        assert!(
+            tty.starts_with("\x1b[H\x1b[2J2027-01-15T08:00:00Z\n"),
+            "{tty:?}"
+        );
     }
 
     #[test]
