@@ -7,6 +7,7 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /health` | `200 {"status":"ok",...}`; `200 {"status":"degraded",...}` while damage found in the spool is unrepaired or a consumer group stopped at it; `503` while acks are held (disk full) or the daemon is stopping. Lists damage found and offsets given up by repairs |
 //! | `GET /streams` | JSON: each stream's name, first and durable end offsets, damage found, recoveries (torn tails cut, repairs, offsets given up), scrub progress |
+//! | `GET /streams/{name}` | JSON: one stream in full: offsets, records, bytes on disk, segments, producers (highest seq, connected), groups, retention and fsync policy |
 //! | `POST /spool/verify?stream=S` | JSON: every durable record, checkpoint, cursor and group state checked now, at full speed (admin principals only) |
 //! | `GET /streams/{name}/records?from=N&limit=M` | JSON: durable records from offset N (payloads in base64), at most `admin.page_bytes` of payload (one record always) |
 //! | `POST /streams/{name}/messages` | publish: the body is the message (or a batch); `200` once durable, with offset, producer, seq, duplicate. Idempotence by `Sluice-Producer-Id` + `Sluice-Seq` or `Idempotency-Key` ([`publish`]) |
@@ -123,6 +124,7 @@ pub fn api() -> OpenApiRouter<Arc<AdminState>> {
         .routes(routes!(metrics))
         .routes(routes!(health))
         .routes(routes!(streams))
+        .routes(routes!(stream_info))
         .routes(routes!(records))
         .routes(routes!(verify))
         .routes(routes!(publish::publish))
@@ -460,6 +462,121 @@ async fn records(
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     Ok(page_answer(json, Some(permit)))
+}
+
+/// A producer the stream has stored messages of.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
+pub struct ProducerMark {
+    pub producer: u64,
+    /// Its highest seq stored (what a resending producer is held to).
+    pub highest_seq: u64,
+    /// Whether it has a session open now (`/sessions` has its figures).
+    pub connected: bool,
+}
+
+/// One stream in full: `sluice stream info`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
+pub struct StreamDetail {
+    pub name: String,
+    /// Offset of the oldest record retention kept, and after the last
+    /// durable one: `records` = their difference.
+    pub first_offset: u64,
+    pub durable_end: u64,
+    pub records: u64,
+    /// Bytes of its records (headers included), and of its segment files'
+    /// durable data.
+    pub bytes: u64,
+    pub bytes_on_disk: u64,
+    pub segments: usize,
+    /// When the newest record was stored, Unix microseconds (0: none).
+    pub last_append_us: u64,
+    /// Producers the idempotence table knows, by id (at most
+    /// [`MAX_PRODUCERS_LISTED`]; `producer_count` has them all).
+    pub producers: Vec<ProducerMark>,
+    pub producer_count: usize,
+    /// Its consumer groups (as `/groups` shows them).
+    pub groups: Vec<crate::consume::service::GroupStats>,
+    /// `always`, `interval <duration>` or `never`.
+    pub fsync: String,
+    /// Retention: bytes and age kept at most (null: no limit).
+    pub retention_bytes: Option<u64>,
+    pub retention_age_seconds: Option<f64>,
+    pub segment_bytes: u64,
+    pub damage: Vec<Damage>,
+}
+
+/// Most producers [`StreamDetail`] lists.
+pub const MAX_PRODUCERS_LISTED: usize = 1_000;
+
+/// A stream in full: offsets, records, bytes on disk, segments, producers,
+/// groups, retention and fsync policy.
+#[utoipa::path(
+    get,
+    path = "/streams/{stream}",
+    tag = "streams",
+    params(StreamPath),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The stream's offsets, size, segments, producers, groups, retention and fsync policy", body = StreamDetail),
+        openapi::StreamRefusals,
+    )
+)]
+async fn stream_info(on: OnStream<Consume>, State(s): State<Arc<AdminState>>) -> Answer {
+    let stream = existing_stream(&s, &on.stream)?;
+    let segments = stream.segments();
+    let connected: std::collections::HashSet<u64> = s
+        .sessions
+        .list()
+        .into_iter()
+        .filter(|v| v.stream == on.stream)
+        .map(|v| v.producer)
+        .collect();
+    let all = stream.producers();
+    let config = s.spool.config();
+    let fsync = match config.fsync {
+        crate::spool::FsyncPolicy::Always => "always".to_owned(),
+        crate::spool::FsyncPolicy::Interval(d) => {
+            format!("interval {}", humantime::format_duration(d))
+        }
+        crate::spool::FsyncPolicy::Never => "never".to_owned(),
+    };
+    let (first, end) = (stream.first_offset(), stream.durable_end());
+    let detail = StreamDetail {
+        name: on.stream.clone(),
+        first_offset: first,
+        durable_end: end,
+        records: end.saturating_sub(first),
+        bytes: stream.total_bytes(),
+        bytes_on_disk: segments.iter().map(|m| m.len).sum(),
+        segments: segments.len(),
+        last_append_us: segments
+            .iter()
+            .map(|m| m.last_timestamp_us)
+            .max()
+            .unwrap_or(0),
+        producer_count: all.len(),
+        producers: all
+            .into_iter()
+            .take(MAX_PRODUCERS_LISTED)
+            .map(|(producer, highest_seq)| ProducerMark {
+                producer,
+                highest_seq,
+                connected: connected.contains(&producer),
+            })
+            .collect(),
+        groups: s
+            .consumers
+            .stats()
+            .into_iter()
+            .filter(|g| g.stream == on.stream)
+            .collect(),
+        fsync,
+        retention_bytes: config.retention_bytes,
+        retention_age_seconds: config.retention_age.map(|d| d.as_secs_f64()),
+        segment_bytes: config.log.segment_bytes,
+        damage: stream.damage(),
+    };
+    Ok(Json(detail).into_response())
 }
 
 /// Stream `name`, if it exists (404 if not).

@@ -290,6 +290,20 @@ impl Stream {
         self.producers.read().unwrap().get(&producer).copied()
     }
 
+    /// Every producer the idempotence table knows, with its highest stored
+    /// seq, by producer id.
+    pub fn producers(&self) -> Vec<(u64, u64)> {
+        let mut all: Vec<(u64, u64)> = self
+            .producers
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(&p, &s)| (p, s))
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
     /// Stores a consumer group's cursor durably.
     pub fn set_cursor(
         &self,
@@ -525,6 +539,11 @@ impl Spool {
             writers: Mutex::new(Vec::new()),
             lock: None,
         })
+    }
+
+    /// The settings the spool was opened with.
+    pub fn config(&self) -> &SpoolConfig {
+        &self.config
     }
 
     /// Names of the streams on disk.
