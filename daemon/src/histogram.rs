@@ -1,7 +1,10 @@
 //! A fixed-bucket histogram that many threads record into without locks,
 //! rendered as a Prometheus histogram. Values are whole numbers in a unit
-//! the owner picks (microseconds, records); `scale` turns them into the
-//! exposed unit (seconds) when rendered.
+//! the owner picks (microseconds, records); `per_unit` (how many of them
+//! make one exposed unit: 1,000,000 µs a second) turns them into the
+//! exposed unit when rendered. Dividing by it, not multiplying by its
+//! inverse, makes 50 µs the double nearest 0.00005 (50 × 1e-6 is not), so
+//! bounds print as the short decimals they are.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -12,8 +15,8 @@ pub struct Histogram {
     /// Per bucket (not cumulative), the `+Inf` one last.
     counts: Box<[AtomicU64]>,
     sum: AtomicU64,
-    /// Multiplies values (and bounds) when rendered.
-    scale: f64,
+    /// Divides values (and bounds) when rendered: a whole number.
+    per_unit: f64,
 }
 
 /// Bounds in microseconds for fdatasync and ack latencies: 50 µs to 5 s.
@@ -37,24 +40,25 @@ pub struct Snapshot {
 }
 
 impl Histogram {
-    pub fn new(bounds: &'static [u64], scale: f64) -> Self {
+    pub fn new(bounds: &'static [u64], per_unit: u32) -> Self {
         debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]));
+        debug_assert!(per_unit > 0);
         Histogram {
             bounds,
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum: AtomicU64::new(0),
-            scale,
+            per_unit: f64::from(per_unit.max(1)),
         }
     }
 
     /// Microsecond latencies exposed in seconds.
     pub fn latency() -> Self {
-        Self::new(LATENCY_US, 1e-6)
+        Self::new(LATENCY_US, 1_000_000)
     }
 
     /// Batch sizes exposed as counts.
     pub fn batch_sizes() -> Self {
-        Self::new(BATCH_SIZES, 1.0)
+        Self::new(BATCH_SIZES, 1)
     }
 
     pub fn observe(&self, value: u64) {
@@ -71,12 +75,12 @@ impl Histogram {
             let bound = self
                 .bounds
                 .get(i)
-                .map_or(f64::INFINITY, |&b| b as f64 * self.scale);
+                .map_or(f64::INFINITY, |&b| b as f64 / self.per_unit);
             buckets.push((bound, cumulative));
         }
         Snapshot {
             buckets,
-            sum: self.sum.load(Relaxed) as f64 * self.scale,
+            sum: self.sum.load(Relaxed) as f64 / self.per_unit,
             count: cumulative,
         }
     }
@@ -107,7 +111,7 @@ mod tests {
 
     #[test]
     fn values_land_in_the_first_bucket_that_holds_them() {
-        let h = Histogram::new(&[10, 100], 1.0);
+        let h = Histogram::new(&[10, 100], 1);
         for v in [0, 10, 11, 100, 101, 5_000] {
             h.observe(v);
         }
@@ -126,10 +130,10 @@ mod tests {
         h.observe(2_500);
         h.observe(40_000);
         let s = h.snapshot();
-        // Bounds are scaled from microseconds the same way here.
-        assert_eq!(s.quantile(0.5), Some(100.0 * 1e-6));
-        assert_eq!(s.quantile(0.99), Some(3_000.0 * 1e-6));
-        assert_eq!(s.quantile(1.0), Some(50_000.0 * 1e-6));
+        // Bounds are the doubles nearest the decimal seconds.
+        assert_eq!(s.quantile(0.5), Some(0.0001));
+        assert_eq!(s.quantile(0.99), Some(0.003));
+        assert_eq!(s.quantile(1.0), Some(0.05));
         assert_eq!(Histogram::latency().snapshot().quantile(0.5), None);
     }
 }

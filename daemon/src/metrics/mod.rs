@@ -7,6 +7,7 @@
 //! module knows none of them: it sits below all.
 
 pub mod exposition;
+pub mod number;
 pub mod scrape;
 mod xdp;
 
