@@ -35,7 +35,7 @@ impl Collect for SecurityMetrics {
         let q = &s.quic;
         for (name, kind, help, v) in [
             (
-                "sluice_quic_connections",
+                "sluice_quic_connections_open",
                 Kind::Gauge,
                 "Open QUIC connections.",
                 &q.connections,
