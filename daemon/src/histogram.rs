@@ -61,10 +61,18 @@ impl Histogram {
         Self::new(BATCH_SIZES, 1)
     }
 
+    /// Observes the time since `since`, in microseconds.
+    pub fn observe_since(&self, since: std::time::Instant) {
+        self.observe(u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX));
+    }
+
     pub fn observe(&self, value: u64) {
         let i = self.bounds.partition_point(|&b| b < value);
         self.counts[i].fetch_add(1, Relaxed);
-        self.sum.fetch_add(value, Relaxed);
+        // Saturating: a huge value must not wrap the sum.
+        let _ = self
+            .sum
+            .fetch_update(Relaxed, Relaxed, |s| Some(s.saturating_add(value)));
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -83,6 +91,25 @@ impl Histogram {
             sum: self.sum.load(Relaxed) as f64 / self.per_unit,
             count: cumulative,
         }
+    }
+}
+
+/// A latency histogram ([`Histogram::latency`]) that is its own default,
+/// for structs of counters that derive `Default`.
+#[derive(Debug)]
+pub struct Latency(Histogram);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency(Histogram::latency())
+    }
+}
+
+impl std::ops::Deref for Latency {
+    type Target = Histogram;
+
+    fn deref(&self) -> &Histogram {
+        &self.0
     }
 }
 

@@ -8,17 +8,31 @@ bounds are short decimals, counters end in `_total`.
 """
 
 import re
+import subprocess
 
 import httpx
 from conftest import ADMIN, WRITER
 from prometheus_client.parser import text_string_to_metric_families
-from push_helpers import publish, wait_until
+from push_helpers import sluice_bin, wait_until
 
 # A histogram family's own sample suffixes in the text format.
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # A bound: an integer or a decimal of at most nine places (microseconds of
 # seconds), never an exponent nor a long binary remainder.
 SHORT_DECIMAL = re.compile(r"^(\+Inf|\d+(\.\d{1,9})?)$")
+
+
+def publish_fast(d, stream, lines, producer=1):
+    """Publishes `lines` over the fast path (sealed UDP under a lease the
+    CLI takes over QUIC) and closes cleanly; returns once all is durable."""
+    out = subprocess.run(
+        [sluice_bin(), "publish", "--stream", stream, "--transport", "fast", "--producer", str(producer),
+         "--to", f"127.0.0.1:{d.quic_port}", "--token", WRITER, "--server-cert", str(d.spool / "tls" / "server.crt")],
+        input="".join(f"{line}\n" for line in lines).encode(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr.decode()
 
 
 def scrape(d):
@@ -31,7 +45,7 @@ def worked(d):
     """Puts the daemon to work on every plane these metrics cover."""
     # The fast path: sealed UDP under a lease the CLI takes over QUIC; the
     # producer closes cleanly at the end of its input.
-    publish(d, "fast", [f"fast {i}" for i in range(200)])
+    publish_fast(d, "fast", [f"fast {i}" for i in range(200)])
     # HTTP, one message a request and a batch.
     with d.client(WRITER) as c:
         for i in range(20):
@@ -137,8 +151,15 @@ def one(text, name, **labels):
 
 def test_a_clean_close_counts_no_drop(sluiced):
     for producer in range(1, 6):
-        publish(sluiced, "closing", [f"m {producer} {i}" for i in range(20)], producer=producer)
-    text = wait_until("leases ended", lambda: (t := scrape(sluiced)) if one(t, "sluice_leases") == 0 else None)
+        publish_fast(sluiced, "closing", [f"m {producer} {i}" for i in range(20)], producer=producer)
+
+    def ended():
+        t = scrape(sluiced)
+        return t if one(t, "sluice_leases") == 0 else None
+
+    # Leases drain a moment after their producers close.
+    text = wait_until("leases ended", ended)
+    assert one(text, "sluice_leases_granted_total") == 5
     drops = values(text, "sluice_fastpath_dropped_total")
     assert drops, "no sluice_fastpath_dropped_total samples"
     assert all(v == 0 for v in drops.values()), drops
