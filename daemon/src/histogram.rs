@@ -1,7 +1,10 @@
 //! A fixed-bucket histogram that many threads record into without locks,
 //! rendered as a Prometheus histogram. Values are whole numbers in a unit
-//! the owner picks (microseconds, records); `scale` turns them into the
-//! exposed unit (seconds) when rendered.
+//! the owner picks (microseconds, records); `per_unit` (how many of them
+//! make one exposed unit: 1,000,000 µs a second) turns them into the
+//! exposed unit when rendered. Dividing by it, not multiplying by its
+//! inverse, makes 50 µs the double nearest 0.00005 (50 × 1e-6 is not), so
+//! bounds print as the short decimals they are.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -12,8 +15,8 @@ pub struct Histogram {
     /// Per bucket (not cumulative), the `+Inf` one last.
     counts: Box<[AtomicU64]>,
     sum: AtomicU64,
-    /// Multiplies values (and bounds) when rendered.
-    scale: f64,
+    /// Divides values (and bounds) when rendered: a whole number.
+    per_unit: f64,
 }
 
 /// Bounds in microseconds for fdatasync and ack latencies: 50 µs to 5 s.
@@ -37,30 +40,39 @@ pub struct Snapshot {
 }
 
 impl Histogram {
-    pub fn new(bounds: &'static [u64], scale: f64) -> Self {
+    pub fn new(bounds: &'static [u64], per_unit: u32) -> Self {
         debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]));
+        debug_assert!(per_unit > 0);
         Histogram {
             bounds,
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum: AtomicU64::new(0),
-            scale,
+            per_unit: f64::from(per_unit.max(1)),
         }
     }
 
     /// Microsecond latencies exposed in seconds.
     pub fn latency() -> Self {
-        Self::new(LATENCY_US, 1e-6)
+        Self::new(LATENCY_US, 1_000_000)
     }
 
     /// Batch sizes exposed as counts.
     pub fn batch_sizes() -> Self {
-        Self::new(BATCH_SIZES, 1.0)
+        Self::new(BATCH_SIZES, 1)
+    }
+
+    /// Observes the time since `since`, in microseconds.
+    pub fn observe_since(&self, since: std::time::Instant) {
+        self.observe(u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX));
     }
 
     pub fn observe(&self, value: u64) {
         let i = self.bounds.partition_point(|&b| b < value);
         self.counts[i].fetch_add(1, Relaxed);
-        self.sum.fetch_add(value, Relaxed);
+        // Saturating: a huge value must not wrap the sum.
+        let _ = self
+            .sum
+            .fetch_update(Relaxed, Relaxed, |s| Some(s.saturating_add(value)));
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -71,14 +83,33 @@ impl Histogram {
             let bound = self
                 .bounds
                 .get(i)
-                .map_or(f64::INFINITY, |&b| b as f64 * self.scale);
+                .map_or(f64::INFINITY, |&b| b as f64 / self.per_unit);
             buckets.push((bound, cumulative));
         }
         Snapshot {
             buckets,
-            sum: self.sum.load(Relaxed) as f64 * self.scale,
+            sum: self.sum.load(Relaxed) as f64 / self.per_unit,
             count: cumulative,
         }
+    }
+}
+
+/// A latency histogram ([`Histogram::latency`]) that is its own default,
+/// for structs of counters that derive `Default`.
+#[derive(Debug)]
+pub struct Latency(Histogram);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency(Histogram::latency())
+    }
+}
+
+impl std::ops::Deref for Latency {
+    type Target = Histogram;
+
+    fn deref(&self) -> &Histogram {
+        &self.0
     }
 }
 
@@ -107,7 +138,7 @@ mod tests {
 
     #[test]
     fn values_land_in_the_first_bucket_that_holds_them() {
-        let h = Histogram::new(&[10, 100], 1.0);
+        let h = Histogram::new(&[10, 100], 1);
         for v in [0, 10, 11, 100, 101, 5_000] {
             h.observe(v);
         }
@@ -126,10 +157,10 @@ mod tests {
         h.observe(2_500);
         h.observe(40_000);
         let s = h.snapshot();
-        // Bounds are scaled from microseconds the same way here.
-        assert_eq!(s.quantile(0.5), Some(100.0 * 1e-6));
-        assert_eq!(s.quantile(0.99), Some(3_000.0 * 1e-6));
-        assert_eq!(s.quantile(1.0), Some(50_000.0 * 1e-6));
+        // Bounds are the doubles nearest the decimal seconds.
+        assert_eq!(s.quantile(0.5), Some(0.0001));
+        assert_eq!(s.quantile(0.99), Some(0.003));
+        assert_eq!(s.quantile(1.0), Some(0.05));
         assert_eq!(Histogram::latency().snapshot().quantile(0.5), None);
     }
 }

@@ -303,6 +303,7 @@ impl Owner for Ingest {
             return;
         };
         let producer = r.producer_id();
+        let received = Instant::now();
         let ts = now_us();
         let mut records = Vec::new();
         let mut bytes = 0;
@@ -360,7 +361,10 @@ impl Owner for Ingest {
                         stream.durable_end(),
                         count,
                         Some(id),
-                        Box::new(move || control.mark_durable(id, last)),
+                        Box::new(move || {
+                            control.mark_durable(id, last);
+                            m.publish_ack.observe_since(received);
+                        }),
                     );
                 }
                 // The spool is closing: nothing is acked.

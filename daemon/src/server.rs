@@ -337,6 +337,7 @@ pub async fn run(
     if let Some(x) = &xdp_path {
         registry.register(x.stats());
     }
+    registry.register(Arc::new(crate::metrics::process::ProcessMetrics));
     let state = Arc::new(AdminState {
         metrics: registry,
         spool: spool.clone(),

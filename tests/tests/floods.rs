@@ -257,7 +257,7 @@ async fn flood(
 async fn settle(d: &Daemon, want: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let open = d.metrics().value("sluice_quic_connections", &[]);
+        let open = d.metrics().value("sluice_quic_connections_open", &[]);
         if open == want as f64 {
             return;
         }

@@ -82,3 +82,8 @@ fn http_tls() {
 fn grpc_python() {
     pytest("test_grpc.py");
 }
+
+#[test]
+fn metrics_prometheus_client() {
+    pytest("test_metrics.py");
+}

@@ -98,6 +98,8 @@ struct Lease {
     session: Option<u64>,
     /// Where the producer sends from: its last authentic packet's source.
     peer: Option<SocketAddr>,
+    /// The producer ended the lease; its keys drain (see [`Leases::end`]).
+    ending: bool,
 }
 
 #[derive(Default)]
@@ -161,6 +163,7 @@ impl Leases {
                 producer_id,
                 session: None,
                 peer: None,
+                ending: false,
             },
         );
     }
@@ -174,6 +177,22 @@ impl Leases {
         }
         lease.expires = now + ttl;
         Ok(())
+    }
+
+    /// The producer ended lease `id` (its QUIC stream or connection
+    /// closed): its keys keep opening packets of the session it carries
+    /// for `drain`, then it expires; no new session opens under it. Its
+    /// last datagrams, the session's CLOSE above all, were sent before its
+    /// connection closed but travel apart from it (QUIC does not order
+    /// them): revoked at once, they would be dropped as for an unknown
+    /// lease, and the session would linger until it timed out. The caller
+    /// revokes it after `drain`.
+    pub fn end(&self, id: u64, drain: Duration, now: Instant) {
+        let mut t = self.table.lock().unwrap();
+        if let Some(lease) = t.leases.get_mut(&id) {
+            lease.ending = true;
+            lease.expires = lease.expires.min(now + drain);
+        }
     }
 
     pub fn revoke(&self, id: u64) {
@@ -217,6 +236,8 @@ impl Leases {
         // Authentic from here on: now the inner packet may be looked at.
         let h = wire::Header::decode(&inner).map_err(|_| SealedDrop::LeaseMismatch)?;
         match (h.packet_type, h.session_id) {
+            // The producer is gone: only its session's last packets land.
+            (PacketType::Hello, 0) if lease.ending => Err(SealedDrop::ExpiredLease),
             (PacketType::Hello, 0) => {
                 match Packet::decode(&inner) {
                     Ok(wire::Decoded {
@@ -333,5 +354,103 @@ impl<I: PacketIo> PacketIo for SealedIo<I> {
             return Ok(());
         }
         self.inner.send(&mut self.sealed).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Close, CloseCode, Hello, Welcome};
+
+    const ID: u64 = 7;
+    const SESSION: u64 = 99;
+
+    fn hello() -> Vec<u8> {
+        let mut out = Vec::new();
+        Packet::Hello(Hello {
+            producer_id: 3,
+            nonce: 1,
+            first_seq: 0,
+            stream: "s".into(),
+        })
+        .encode(0, &mut out);
+        out
+    }
+
+    fn close() -> Vec<u8> {
+        let mut out = Vec::new();
+        Packet::Close(Close {
+            code: CloseCode::Normal,
+            nonce: 0,
+            reason: "producer closed".into(),
+        })
+        .encode(SESSION, &mut out);
+        out
+    }
+
+    /// A lease with session `SESSION` open under it, and the producer's
+    /// sealer.
+    fn leased(now: Instant) -> (Leases, Sealer, SocketAddr) {
+        let material = [0x33; EXPORTER_LEN];
+        let leases = Leases::default();
+        leases.grant(ID, &material, "s", 3, Duration::from_secs(60), now);
+        let (mut sealer, _) = seal::keys(&material, ID, Side::Producer);
+        let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut out = Vec::new();
+        sealer.seal(&hello(), &mut out).unwrap();
+        leases.open(from, BytesMut::from(&out[..]), now).unwrap();
+        let mut welcome = Vec::new();
+        Packet::Welcome(Welcome {
+            nonce: 1,
+            durable_seq: 0,
+            credit: 8,
+        })
+        .encode(SESSION, &mut welcome);
+        assert!(leases.seal(from, &welcome, &mut Vec::new()).is_some());
+        (leases, sealer, from)
+    }
+
+    fn open(
+        leases: &Leases,
+        sealer: &mut Sealer,
+        from: SocketAddr,
+        inner: &[u8],
+        now: Instant,
+    ) -> Result<Bytes, SealedDrop> {
+        let mut out = Vec::new();
+        sealer.seal(inner, &mut out).unwrap();
+        leases.open(from, BytesMut::from(&out[..]), now)
+    }
+
+    #[test]
+    fn an_ended_lease_still_opens_its_sessions_last_packets_while_it_drains() {
+        let now = Instant::now();
+        let (leases, mut sealer, from) = leased(now);
+        leases.end(ID, Duration::from_secs(2), now);
+        // The CLOSE the producer sent before its connection ended lands.
+        let inner = open(&leases, &mut sealer, from, &close(), now).unwrap();
+        assert_eq!(&inner[..], &close()[..]);
+        // No new session under it.
+        let hello = open(&leases, &mut sealer, from, &hello(), now);
+        assert_eq!(hello, Err(SealedDrop::ExpiredLease));
+        // After the drain it opens nothing, and once revoked it is unknown.
+        let later = now + Duration::from_secs(2);
+        let late = open(&leases, &mut sealer, from, &close(), later);
+        assert_eq!(late, Err(SealedDrop::ExpiredLease));
+        leases.revoke(ID);
+        let gone = open(&leases, &mut sealer, from, &close(), later);
+        assert_eq!(gone, Err(SealedDrop::UnknownLease));
+        assert!(leases.is_empty());
+    }
+
+    #[test]
+    fn ending_never_extends_a_lease() {
+        let now = Instant::now();
+        let (leases, mut sealer, from) = leased(now);
+        let at = now + Duration::from_secs(59);
+        leases.end(ID, Duration::from_secs(10), at);
+        let after_ttl = now + Duration::from_secs(61);
+        let r = open(&leases, &mut sealer, from, &close(), after_ttl);
+        assert_eq!(r, Err(SealedDrop::ExpiredLease));
     }
 }

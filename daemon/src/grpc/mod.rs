@@ -121,7 +121,7 @@ impl Collect for GrpcStats {
     fn collect(&self, e: &mut Exposition) {
         for (name, kind, help, v) in [
             (
-                "sluice_grpc_connections",
+                "sluice_grpc_connections_open",
                 Kind::Gauge,
                 "gRPC connections open.",
                 &self.connections,

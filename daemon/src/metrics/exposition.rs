@@ -2,9 +2,11 @@
 //! with HELP and TYPE, samples with labels, histograms with cumulative
 //! buckets. A family's samples are written together, as the format needs.
 
-use std::fmt::{Display, Write};
+use std::fmt::Write;
 
 use crate::histogram::Snapshot;
+
+use super::number::{float, SampleValue};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
@@ -40,22 +42,20 @@ impl Exposition {
         &mut self,
         name: &str,
         labels: &[(&str, &str)],
-        value: impl Display,
+        value: impl SampleValue,
     ) -> &mut Self {
         self.out.push_str(name);
         write_labels(&mut self.out, labels, None);
-        let _ = writeln!(self.out, " {value}");
+        self.out.push(' ');
+        value.write_to(&mut self.out);
+        self.out.push('\n');
         self
     }
 
     /// A histogram's `_bucket`, `_sum` and `_count` samples.
     pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Snapshot) -> &mut Self {
         for (bound, count) in &h.buckets {
-            let le = if bound.is_infinite() {
-                "+Inf".to_owned()
-            } else {
-                bound.to_string()
-            };
+            let le = float(*bound);
             let _ = write!(self.out, "{name}_bucket");
             write_labels(&mut self.out, labels, Some(&le));
             let _ = writeln!(self.out, " {count}");
@@ -103,7 +103,7 @@ mod tests {
 
     #[test]
     fn families_samples_and_histograms() {
-        let h = Histogram::new(&[10], 0.5);
+        let h = Histogram::new(&[10], 2);
         h.observe(4);
         h.observe(40);
         let mut e = Exposition::default();

@@ -7,6 +7,8 @@
 //! module knows none of them: it sits below all.
 
 pub mod exposition;
+pub mod number;
+pub mod process;
 pub mod scrape;
 mod xdp;
 
@@ -17,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use sluice_transport::proto::DropReason;
 use sluice_transport::serve::ServeStats;
 
+use crate::histogram::Latency;
 use exposition::{Exposition, Kind};
 
 /// Per-stream ingest counters.
@@ -51,6 +54,10 @@ pub struct StreamMetrics {
     pub key_repeats: AtomicU64,
     /// Requests refused: their key was used with another body.
     pub key_conflicts: AtomicU64,
+    /// From a batch's receipt to its durable ack being sent, in µs: a
+    /// fast-path session's messages completed to its STATUS queued, an
+    /// HTTP or gRPC request read to its answer.
+    pub publish_ack: Latency,
 }
 
 #[derive(Debug, Default)]
@@ -203,6 +210,16 @@ impl Collect for Metrics {
             for (stream, m) in &streams {
                 e.sample(name, &[("stream", stream)], field(m).load(Relaxed));
             }
+        }
+
+        let name = "sluice_publish_ack_seconds";
+        e.family(
+            name,
+            Kind::Histogram,
+            "From a batch's receipt by the daemon (a fast-path session's messages complete, an HTTP or gRPC request read) to its durable ack being sent: spool queue, group commit, replication when ack = replicated.",
+        );
+        for (stream, m) in &streams {
+            e.histogram(name, &[("stream", stream)], &m.publish_ack.snapshot());
         }
 
         // Retransmissions by what they did: repaired a gap, or were a copy.

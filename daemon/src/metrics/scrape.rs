@@ -167,6 +167,6 @@ mod tests {
         assert_eq!(s.value("plain", &[]), 1.5);
         assert_eq!(s.label_values("a_total", "stream"), vec!["x,\"y\"", "z"]);
         let q = s.quantile_since(&Scrape::default(), "lat", &[("stream", "z")], 0.99);
-        assert_eq!(q, Some(1_000.0 * 1e-6));
+        assert_eq!(q, Some(0.001));
     }
 }

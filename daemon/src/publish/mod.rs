@@ -27,7 +27,7 @@ pub mod batch;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{info, warn};
@@ -233,8 +233,10 @@ impl Publisher {
             .messages_in
             .fetch_add(payloads.len() as u64, Relaxed);
         metrics.bytes_in.fetch_add(bytes, Relaxed);
+        let received = Instant::now();
         let (producer, first_seq, done) = self.submit(&s, identity, payloads);
         Ok(Pending {
+            received,
             publisher: self,
             _reserved: reserved,
             stream: s,
@@ -409,6 +411,8 @@ pub enum Credit {
 
 /// A request queued for the spool, not yet durable.
 pub struct Pending<'a> {
+    /// When the request was read: its ack's latency runs from here.
+    received: Instant,
     publisher: &'a Publisher,
     _reserved: Reserved<'a>,
     stream: Stream,
@@ -422,6 +426,7 @@ impl Pending<'_> {
     /// The answer, once the request's records are durable.
     pub async fn durable(self) -> Result<Published, PublishError> {
         let Pending {
+            received,
             publisher,
             _reserved,
             stream: s,
@@ -484,6 +489,7 @@ impl Pending<'_> {
                 }
             }
         }
+        metrics.publish_ack.observe_since(received);
         Ok(p)
     }
 }

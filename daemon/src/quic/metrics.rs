@@ -35,7 +35,7 @@ impl Collect for SecurityMetrics {
         let q = &s.quic;
         for (name, kind, help, v) in [
             (
-                "sluice_quic_connections",
+                "sluice_quic_connections_open",
                 Kind::Gauge,
                 "Open QUIC connections.",
                 &q.connections,
@@ -63,8 +63,12 @@ impl Collect for SecurityMetrics {
                 .sample(name, &[], v.load(Relaxed));
         }
         if let (Some(leases), Some(sealed)) = (&s.leases, &s.sealed) {
-            e.family("sluice_leases", Kind::Gauge, "Raw-UDP leases held.")
-                .sample("sluice_leases", &[], leases.len());
+            e.family(
+                "sluice_leases",
+                Kind::Gauge,
+                "Raw-UDP leases held (ended ones while they drain, 2 s).",
+            )
+            .sample("sluice_leases", &[], leases.len());
             let name = "sluice_fastpath_dropped_total";
             e.family(name, Kind::Counter, "Raw-UDP datagrams dropped before parsing: unsealed, forged, replayed, for unknown or expired leases.");
             for reason in SealedDrop::all() {

@@ -45,6 +45,11 @@ use subscriber::Subscription;
 /// How long a client has to send its first message on a stream.
 const FIRST_MESSAGE: Duration = Duration::from_secs(10);
 
+/// How long a lease the producer ended keeps opening its session's last
+/// datagrams ([`Leases::end`]): they left before the connection closed,
+/// so this is ample on any path whose round trip is below it.
+const LEASE_DRAIN: Duration = Duration::from_secs(2);
+
 /// Counters of the QUIC plane.
 #[derive(Debug, Default)]
 pub struct QuicStats {
@@ -520,6 +525,17 @@ async fn lease(
                 break;
             }
         }
+    }
+    // Ended by the producer (its stream or connection closed): what it sent
+    // just before still lands. Ended here (expired, the daemon closed the
+    // connection): its keys go at once.
+    let by_producer = !matches!(
+        conn.close_reason(),
+        Some(quinn::ConnectionError::LocallyClosed)
+    );
+    if by_producer {
+        leases.end(id, LEASE_DRAIN, Instant::now());
+        tokio::time::sleep(LEASE_DRAIN).await;
     }
     leases.revoke(id);
     debug!(lease = id, "fast-path lease ended");

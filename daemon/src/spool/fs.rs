@@ -37,7 +37,33 @@ pub trait SpoolFs: Send + Sync {
     /// Bytes free for an unprivileged writer on the file system of `dir`.
     fn available_space(&self, dir: &Path) -> io::Result<u64>;
     fn exists(&self, path: &Path) -> bool;
+    /// The file system of `dir`: its size and what is free (for metrics).
+    /// Its size is unknown unless the file system says.
+    fn space(&self, dir: &Path) -> io::Result<Space> {
+        Ok(Space {
+            free: self.available_space(dir)?,
+            size: None,
+        })
+    }
+    /// Bytes the files under `dir` take on disk (allocated blocks:
+    /// preallocated segments count whole), for metrics; `None` where the
+    /// file system cannot say.
+    fn disk_usage(&self, _dir: &Path) -> io::Result<Option<u64>> {
+        Ok(None)
+    }
 }
+
+/// A file system's size and free bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Free for an unprivileged writer (what appends can use).
+    pub free: u64,
+    pub size: Option<u64>,
+}
+
+/// How deep [`SpoolFs::disk_usage`] looks below a stream's folder (its
+/// groups' folders are one level down): a bound, not a limit met.
+const USAGE_DEPTH: usize = 4;
 
 /// The real file system.
 #[derive(Debug, Default, Clone, Copy)]
@@ -132,6 +158,14 @@ impl SpoolFs for RealFs {
     }
 
     fn available_space(&self, dir: &Path) -> io::Result<u64> {
+        Ok(self.space(dir)?.free)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn space(&self, dir: &Path) -> io::Result<Space> {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
         let c = CString::new(dir.as_os_str().as_bytes())
@@ -141,12 +175,36 @@ impl SpoolFs for RealFs {
         if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(st.f_bavail as u64 * st.f_frsize as u64)
+        let frsize = st.f_frsize as u64;
+        Ok(Space {
+            free: st.f_bavail as u64 * frsize,
+            size: Some(st.f_blocks as u64 * frsize),
+        })
     }
 
-    fn exists(&self, path: &Path) -> bool {
-        path.exists()
+    fn disk_usage(&self, dir: &Path) -> io::Result<Option<u64>> {
+        usage(dir, USAGE_DEPTH).map(Some)
     }
+}
+
+/// Allocated bytes of `path` and, for a folder, of what it holds, `depth`
+/// levels down. Symbolic links are not followed. A file removed while
+/// this looks (retention, a group's state replaced) counts nothing.
+fn usage(path: &Path, depth: usize) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    // st_blocks counts 512-byte units whatever the block size.
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir() && depth > 0 {
+        for e in std::fs::read_dir(path)? {
+            total += usage(&e?.path(), depth - 1)?;
+        }
+    }
+    Ok(total)
 }
 
 /// Writes `data` to `path` atomically and durably: a temporary file, fsync,
@@ -168,4 +226,30 @@ pub fn read_all(fs: &dyn SpoolFs, path: &Path) -> io::Result<Vec<u8>> {
     let mut buf = vec![0; f.size()? as usize];
     f.read_exact_at(&mut buf, 0)?;
     Ok(buf)
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn usage_counts_allocated_bytes_below_a_folder_and_space_is_the_file_systems() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RealFs;
+        let empty = fs.disk_usage(dir.path()).unwrap().unwrap();
+        std::fs::create_dir(dir.path().join("groups")).unwrap();
+        std::fs::write(dir.path().join("groups/g"), vec![7u8; 64 * 1024]).unwrap();
+        let f = fs.open(&dir.path().join("seg"), true).unwrap();
+        f.preallocate(1 << 20).unwrap();
+        let used = fs.disk_usage(dir.path()).unwrap().unwrap();
+        // 64 KiB written and 1 MiB reserved (file systems that cannot
+        // reserve still hold the written bytes).
+        assert!(used >= empty + 64 * 1024, "{used}");
+        assert_eq!(fs.disk_usage(&dir.path().join("gone")).unwrap(), Some(0));
+        let space = fs.space(dir.path()).unwrap();
+        assert!(
+            space.free > 0 && space.size.unwrap() >= space.free,
+            "{space:?}"
+        );
+    }
 }

@@ -26,6 +26,18 @@ const FIGURES: &[(&str, Kind, &str, Field)] = &[
         |s| u64::from(s.health().disk_full),
     ),
     (
+        "sluice_spool_first_offset",
+        Kind::Gauge,
+        "Offset of the oldest record retention kept.",
+        |s| s.first_offset(),
+    ),
+    (
+        "sluice_spool_stream_bytes",
+        Kind::Gauge,
+        "Bytes of the records the stream holds (what retention.bytes counts).",
+        |s| s.total_bytes(),
+    ),
+    (
         "sluice_spool_durable_offset",
         Kind::Gauge,
         "Offset after the last durable record.",
@@ -96,7 +108,40 @@ impl Collect for Spool {
                 e.sample(name, &[("stream", s.name())], field(s));
             }
         }
+        collect_disk(e, self, &spooled);
         collect_recoveries(e, &spooled);
+    }
+}
+
+/// Space: what each stream's files take on disk, and what the data
+/// folder's file system has left. A figure the file system cannot give is
+/// left out (a scrape must not fail for it).
+fn collect_disk(e: &mut Exposition, spool: &Spool, spooled: &[Stream]) {
+    let name = "sluice_spool_disk_bytes";
+    e.family(
+        name,
+        Kind::Gauge,
+        "Bytes the stream's files take on disk: segments (preallocated ones whole), indexes, its groups' state.",
+    );
+    for s in spooled {
+        if let Ok(Some(n)) = s.fs().disk_usage(s.dir()) {
+            e.sample(name, &[("stream", s.name())], n);
+        }
+    }
+    let space = spool.space().ok();
+    let name = "sluice_spool_fs_free_bytes";
+    e.family(
+        name,
+        Kind::Gauge,
+        "Bytes free for sluiced on the spool's file system (appends are held below spool.min_free_bytes).",
+    );
+    if let Some(sp) = space {
+        e.sample(name, &[], sp.free);
+    }
+    let name = "sluice_spool_fs_size_bytes";
+    e.family(name, Kind::Gauge, "Size of the spool's file system.");
+    if let Some(size) = space.and_then(|sp| sp.size) {
+        e.sample(name, &[], size);
     }
 }
 

@@ -629,6 +629,11 @@ impl Spool {
 
     /// Stops every stream's writer after the appends already queued, and
     /// waits for them. Every other `Stream` handle must be dropped first.
+    /// The data folder's file system: size and free bytes (metrics).
+    pub fn space(&self) -> std::io::Result<super::fs::Space> {
+        self.fs.space(&self.root)
+    }
+
     pub fn shutdown(&self) {
         self.streams.lock().unwrap().clear();
         for t in self.writers.lock().unwrap().drain(..) {

@@ -355,11 +355,28 @@ fn io_err(e: io::Error) -> ProducerError {
     ProducerError::Io(e.to_string())
 }
 
+/// How long a clean close waits for its QUIC close to go out.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// Why a link stopped working: the caller reconnects, or gives up on a
 /// permanent error.
 pub type LinkLost = ProducerError;
 
 impl Link {
+    /// Ends the link after a clean close: its QUIC connection is closed as
+    /// done, and this returns once that reached the daemon (or after
+    /// `CLOSE_WAIT`), so that the daemon ends its lease and the connection
+    /// at once, not at QUIC's idle timeout after a process that exits.
+    pub async fn close(self) {
+        let session = match self {
+            Link::Udp(..) => return,
+            Link::Quic(q) => q.session,
+            Link::Sealed(s) => s.session,
+        };
+        session.conn.close(close_code::DONE.into(), b"done");
+        let _ = tokio::time::timeout(CLOSE_WAIT, session.endpoint.wait_idle()).await;
+    }
+
     /// Sends every datagram of `batch` (all to the daemon) and empties it.
     pub async fn send(&mut self, batch: &mut SendBatch) -> Result<(), LinkLost> {
         match self {

@@ -386,6 +386,12 @@ impl Task {
                 return;
             }
             if self.closing.is_some() && self.sender.is_closed() {
+                // The CLOSE went out above; then the QUIC connection (the
+                // daemon drains the lease's keys for what is still on its
+                // way).
+                if let Some(link) = self.link.take() {
+                    link.close().await;
+                }
                 if let Some(done) = self.closing.take() {
                     let _ = done.send(Ok(()));
                 }
