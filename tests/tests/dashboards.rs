@@ -1,4 +1,5 @@
-//! The operators' files in daemon/dist/ (issue 22, point 6): the
+//! The operators' files in daemon/dist/ (issue 22, points 3 and 6): a
+//! busy daemon's /metrics passes `promtool check metrics`, the
 //! Prometheus alert rules pass `promtool check rules`, the Grafana
 //! dashboard is a dashboard, and every metric either of them names is one
 //! a running sluiced exports (a rename in the daemon that forgets them
@@ -53,6 +54,48 @@ fn the_alert_rules_pass_promtool() {
     );
     assert!(out.status.success(), "promtool check rules: {said}");
     assert!(said.contains("SUCCESS"), "{said}");
+}
+
+#[test]
+fn the_metrics_of_a_busy_daemon_pass_promtool() {
+    if !require(
+        "the_metrics_of_a_busy_daemon_pass_promtool",
+        "promtool",
+        has_promtool(),
+        "not installed (Debian's prometheus package has it; scripts/setup.sh installs it as root)",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = busy_daemon(dir.path());
+    let text = d.get("/metrics");
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("its stdin")
+        .write_all(text.as_bytes())
+        .expect("the metrics written to promtool");
+    let out = child.wait_with_output().expect("promtool ends");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics on {} lines: {said}",
+        text.lines().count()
+    );
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success());
 }
 
 /// The `sluice_*` names in a PromQL expression.

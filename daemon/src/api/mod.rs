@@ -483,8 +483,9 @@ pub struct StreamDetail {
     pub first_offset: u64,
     pub durable_end: u64,
     pub records: u64,
-    /// Bytes of its records (headers included), and of its segment files'
-    /// durable data.
+    /// Bytes of its records (headers included), and what its files take
+    /// on disk (segments, preallocated ones whole; indexes; its groups'
+    /// state).
     pub bytes: u64,
     pub bytes_on_disk: u64,
     pub segments: usize,
@@ -547,7 +548,15 @@ async fn stream_info(on: OnStream<Consume>, State(s): State<Arc<AdminState>>) ->
         durable_end: end,
         records: end.saturating_sub(first),
         bytes: stream.total_bytes(),
-        bytes_on_disk: segments.iter().map(|m| m.len).sum(),
+        // As sluice_spool_disk_bytes: preallocated segments whole,
+        // indexes, its groups' state (the durable data if the file system
+        // cannot say).
+        bytes_on_disk: stream
+            .fs()
+            .disk_usage(stream.dir())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| segments.iter().map(|m| m.len).sum()),
         segments: segments.len(),
         last_append_us: segments
             .iter()

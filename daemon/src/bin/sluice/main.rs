@@ -13,6 +13,7 @@ mod publish;
 mod read;
 mod spool;
 mod stat;
+mod stream;
 mod token;
 
 use std::process::ExitCode;
@@ -69,6 +70,10 @@ enum Cmd {
     /// sluiced or on a data folder (`--data-dir`); exit status 1 if
     /// anything is damaged.
     Spool(spool::Args),
+    /// Streams: `stream ls` (offsets and records of each), `stream info
+    /// STREAM` (one in full: size on disk, segments, producers, groups,
+    /// retention and fsync policy).
+    Stream(stream::Args),
 }
 
 /// The admin address and credentials, shared by `read`, `stat`, `dlq`,
@@ -179,6 +184,7 @@ fn main() -> ExitCode {
         Cmd::Publish(a) => publish::run(*a),
         Cmd::Read(a) => read::run(a),
         Cmd::Stat(a) => stat::run(a),
+        Cmd::Stream(a) => stream::run(a),
         Cmd::Token(a) => token::run(a),
         Cmd::Nic(a) => nic::run(a),
         Cmd::Dlq(a) => dlq::run(a),

@@ -242,7 +242,7 @@ pub(crate) fn human(v: f64) -> String {
     }
 }
 
-fn bytes(v: f64) -> String {
+pub(crate) fn bytes(v: f64) -> String {
     match v {
         v if v >= 1048576.0 => format!("{:.1} MiB", v / 1048576.0),
         v if v >= 1024.0 => format!("{:.1} KiB", v / 1024.0),
