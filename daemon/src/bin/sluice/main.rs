@@ -7,6 +7,7 @@ mod admin;
 mod connect;
 mod consume;
 mod dlq;
+mod docs;
 mod group;
 mod nic;
 mod publish;
@@ -69,6 +70,12 @@ enum Cmd {
     /// sluiced or on a data folder (`--data-dir`); exit status 1 if
     /// anything is damaged.
     Spool(spool::Args),
+    /// Print a shell's completion script for sluice (bash, zsh, fish,
+    /// elvish, powershell); see the README for where to put it.
+    Completions(docs::CompletionsArgs),
+    /// Print the manual page (roff) of `sluice` or of `sluiced`, or write
+    /// them all into a folder (--dir): `sluice man sluiced | man -l -`.
+    Man(docs::ManArgs),
 }
 
 /// The admin address and credentials, shared by `read`, `stat`, `dlq`,
@@ -185,6 +192,8 @@ fn main() -> ExitCode {
         Cmd::Group(a) => group::run(a),
         Cmd::Consume(a) => consume::run(*a),
         Cmd::Spool(a) => spool::run(a),
+        Cmd::Completions(a) => docs::completions(a),
+        Cmd::Man(a) => docs::man(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
