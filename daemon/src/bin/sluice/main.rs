@@ -39,7 +39,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Publish messages and wait until each is durable: lines of stdin (the
-    /// default), the lines of files, or --count generated messages.
+    /// default) or of files, stdin or each file as one message (--format
+    /// raw), length-prefixed frames, or --count generated messages.
     Publish(Box<publish::Args>),
     /// Print a stream's records (offset, time, producer, seq, payload),
     /// through a running sluiced or from its data folder.
