@@ -44,15 +44,14 @@ pub fn main(
     unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let (config, Checked { settings, logging }) = match Config::load(&args) {
         Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("sluiced: {e}");
-            return ExitCode::from(2);
-        }
+        // As JSON if the flag, variable or file asked for it (fatal.rs).
+        Err(e) => return crate::fatal::report(crate::fatal::asked_json(&args), &e, 2),
     };
     if args.print_config {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
+    let json = logging.json;
     let log = crate::logging::init(logging);
     raise_open_files();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -61,8 +60,8 @@ pub fn main(
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("sluiced: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            let e = format!("cannot start the async runtime: {e}");
+            return crate::fatal::report(json, &e, 1);
         }
     };
     let reloader = Reloader::new(args, config.clone(), log);
@@ -82,13 +81,17 @@ pub fn main(
     match rt.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("sluiced: {e}");
-            ExitCode::from(match e {
+            let code = match e {
                 ServerError::Config(_) => 2,
                 ref e if e.is_damage() => EXIT_DAMAGED,
                 _ => 1,
-            })
+            };
+            // In text, a log line and the last line of the output; in
+            // JSON, one line (the log's own format).
+            if !json {
+                tracing::error!("{e}");
+            }
+            crate::fatal::report(json, &e, code)
         }
     }
 }

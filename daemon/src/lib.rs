@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod consume;
 pub mod credit;
+pub mod fatal;
 pub mod forward;
 pub mod gate;
 pub mod grpc;

@@ -110,6 +110,32 @@ fn a_missing_interface_is_named_and_fails() {
 }
 
 #[test]
+fn a_plan_that_cannot_work_exits_1_and_is_printed_whole() {
+    // Loopback's MTU (65536) fits no AF_XDP frame: a FAIL check on any
+    // machine, no privilege needed; a queue given twice is another.
+    for (args, fails) in [
+        (&["nic", "plan", "lo", "--queues", "0"][..], 1),
+        (&["nic", "plan", "lo", "--queues", "0,0"][..], 2),
+    ] {
+        let out = sluice(args);
+        let plan = text(&out.stdout);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {plan}{err}");
+        assert_eq!(plan.matches("  FAIL  ").count(), fails, "{plan}");
+        assert!(plan.contains("FAIL  MTU 65536 does not fit"), "{plan}");
+        // Still the whole plan: commands and config.
+        assert!(plan.contains("sluiced config:"), "{plan}");
+        let s = if fails == 1 { "" } else { "s" };
+        assert!(
+            err.contains(&format!(
+                "the plan for lo cannot work as it is: {fails} check{s} FAIL (above)"
+            )),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn bad_usage_exits_2() {
     for args in [
         &["nic", "plan", "lo"][..],
@@ -361,6 +387,9 @@ fn show_reads_a_running_daemons_program_and_queue_counters() {
 
     let out = sluice_in(ns, &["nic", "plan", iface, "--queues", "0,1"]);
     let plan = text(&out.stdout);
+    // A program of sluiced's attached is no reason to fail the plan.
+    assert!(!plan.contains("FAIL"), "{plan}");
+    assert!(out.status.success(), "{plan}{}", text(&out.stderr));
     assert!(
         plan.contains("sluiced's XDP program is attached to veth-b"),
         "{plan}"

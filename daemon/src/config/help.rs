@@ -144,7 +144,7 @@ impl Args {
         let matches = command
             .clone()
             .try_get_matches_from(args)
-            .map_err(|e| name_the_key(e, &command))?;
+            .map_err(|e| super::flag_hints::hint(name_the_key(e, &command), &command))?;
         Args::from_arg_matches(&matches)
     }
 }

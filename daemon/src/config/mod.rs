@@ -10,6 +10,7 @@
 
 mod check;
 mod declare;
+mod flag_hints;
 mod help;
 mod sections;
 mod values;

@@ -712,3 +712,59 @@ fn a_forward_takes_one_credential_and_says_which_ones_clash() {
     let e = parse(&format!("{f}token = \"t\"\npassword = \"p\"\n")).unwrap_err();
     assert!(e.contains("password: given without user"), "{e}");
 }
+
+#[test]
+fn a_guessed_or_sectionless_flag_is_told_the_right_one() {
+    for (line, tips) in [
+        // A guess from other daemons: clap alone would offer --data-credit.
+        (
+            &["--data-dir", "/x"][..],
+            &["--spool-dir (`spool.dir`", "SLUICED_SPOOL_DIR"][..],
+        ),
+        (&["--data_dir=/x"][..], &["--spool-dir"][..]),
+        (&["--dir", "/x"][..], &["--spool-dir"][..]),
+        (
+            &["--fsync", "never"][..],
+            &["--spool-fsync (`spool.fsync`"][..],
+        ),
+        (
+            &["--listen", "0.0.0.0:7401"][..],
+            &[
+                "one of",
+                "--data-listen [data.listen],",
+                "--quic-listen",
+                "--admin-listen",
+                "--grpc-listen",
+            ][..],
+        ),
+        (
+            &["--spool_fsync", "never"][..],
+            &["did you mean --spool-fsync"][..],
+        ),
+    ] {
+        let e = args(line).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            clap::error::ErrorKind::UnknownArgument,
+            "{line:?}"
+        );
+        assert_eq!(e.exit_code(), 2);
+        let shown = e.to_string();
+        for tip in tips {
+            assert!(shown.contains(tip), "{line:?}: no {tip} in {shown}");
+        }
+        assert!(!shown.contains("--data-credit"), "{shown}");
+    }
+    // The usage line names the flag offered, not clap's nearest spelling.
+    let shown = args(&["--data-dir", "/x"]).unwrap_err().to_string();
+    assert!(
+        shown.contains("Usage: sluiced --spool-dir <PATH>"),
+        "{shown}"
+    );
+    // A plain typo keeps clap's suggestion.
+    let shown = args(&["--spool-fsinc", "never"]).unwrap_err().to_string();
+    assert!(
+        shown.contains("a similar argument exists: '--spool-fsync'"),
+        "{shown}"
+    );
+}

@@ -66,6 +66,15 @@ pub struct Admin {
 impl Admin {
     /// `url`, trusting `cert` (which implies HTTPS) if given.
     pub fn new(url: &AdminUrl, cert: Option<&Path>) -> Result<Admin, String> {
+        Admin::with_agent(url, cert, |b| b)
+    }
+
+    /// As [`Admin::new`], the agent set up by `tune` too (timeouts).
+    pub fn with_agent(
+        url: &AdminUrl,
+        cert: Option<&Path>,
+        tune: impl FnOnce(ureq::AgentBuilder) -> ureq::AgentBuilder,
+    ) -> Result<Admin, String> {
         let https = match (url.https, cert) {
             (Some(false), Some(_)) => {
                 return Err(format!(
@@ -75,7 +84,7 @@ impl Admin {
             (Some(https), _) => https,
             (None, cert) => cert.is_some(),
         };
-        let mut agent = ureq::AgentBuilder::new();
+        let mut agent = tune(ureq::AgentBuilder::new());
         if let Some(cert) = cert {
             let config = sluice_daemon::identity::https_client(cert)
                 .map_err(|e| format!("--admin-cert: {e}"))?;
@@ -86,6 +95,11 @@ impl Admin {
             base: format!("{scheme}://{}", url.authority),
             agent: agent.build(),
         })
+    }
+
+    /// Whether it speaks HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.base.starts_with("https://")
     }
 
     /// A request of `method` for `path` (which starts with `/`).

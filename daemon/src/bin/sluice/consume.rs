@@ -71,9 +71,13 @@ pub struct Args {
     /// --max-messages and --max-bytes.
     #[arg(long, default_value = "quic", value_parser = ["quic", "ws", "sse"])]
     transport: String,
-    /// sluiced's admin (HTTP) address, for --transport ws and sse.
+    /// sluiced's admin (HTTP) address, for --transport ws and sse:
+    /// HOST:PORT or a base URL (http://HOST:PORT, https://HOST:PORT for
+    /// admin.tls, with sse).
     #[arg(long, default_value = "127.0.0.1:7480", env = "SLUICE_ADMIN")]
-    admin: std::net::SocketAddr,
+    admin: crate::admin::AdminUrl,
+    #[command(flatten)]
+    admin_cert: crate::admin::AdminCert,
 }
 
 fn parse_start(s: &str) -> Result<sluice_transport::client::StartAt, String> {

@@ -7,6 +7,7 @@ mod admin;
 mod connect;
 mod consume;
 mod dlq;
+mod docs;
 mod group;
 mod nic;
 mod publish;
@@ -39,7 +40,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Publish messages and wait until each is durable: lines of stdin (the
-    /// default), the lines of files, or --count generated messages.
+    /// default) or of files, stdin or each file as one message (--format
+    /// raw), length-prefixed frames, or --count generated messages.
     Publish(Box<publish::Args>),
     /// Print a stream's records (offset, time, producer, seq, payload),
     /// through a running sluiced or from its data folder.
@@ -74,6 +76,12 @@ enum Cmd {
     /// STREAM` (one in full: size on disk, segments, producers, groups,
     /// retention and fsync policy).
     Stream(stream::Args),
+    /// Print a shell's completion script for sluice (bash, zsh, fish,
+    /// elvish, powershell); see the README for where to put it.
+    Completions(docs::CompletionsArgs),
+    /// Print the manual page (roff) of `sluice` or of `sluiced`, or write
+    /// them all into a folder (--dir): `sluice man sluiced | man -l -`.
+    Man(docs::ManArgs),
 }
 
 /// The admin address and credentials, shared by `read`, `stat`, `dlq`,
@@ -191,6 +199,8 @@ fn main() -> ExitCode {
         Cmd::Group(a) => group::run(a),
         Cmd::Consume(a) => consume::run(*a),
         Cmd::Spool(a) => spool::run(a),
+        Cmd::Completions(a) => docs::completions(a),
+        Cmd::Man(a) => docs::man(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use sluice_daemon::metrics::scrape::Scrape;
+use sluice_xdp::nic::plan::Level;
 use sluice_xdp::nic::{self, PlanInput, QueueCounters};
 
 use crate::{AdminAddr, Res};
@@ -59,7 +60,9 @@ Runs in the current network namespace (ip netns exec NS sluice nic ...).";
 const PLAN_NOTES: &str = "\
 One ntuple rule steers a port to one queue; for several queues the plan
 makes an RSS context over them and points the port's rules at it.
-The exit status is 0 even when a check fails: read the FAIL lines.";
+Exit status: 0 when the plan can work (its checks are ok or WARN); 1 when
+a check FAILs (the whole plan is printed all the same: read the FAIL
+lines); 2 for bad usage.";
 
 #[derive(clap::Args)]
 struct ShowArgs {
@@ -146,6 +149,21 @@ fn plan(a: PlanArgs) -> Res {
         },
     );
     print!("{plan}");
+    // Scripts (and operators who skim) must not take a plan that cannot
+    // work for one that can: its failed checks make the exit status 1.
+    let failed = plan
+        .checks
+        .iter()
+        .filter(|c| c.level == Level::Fail)
+        .count();
+    if failed > 0 {
+        return Err(format!(
+            "the plan for {} cannot work as it is: {failed} check{} FAIL (above)",
+            plan.iface,
+            if failed == 1 { "" } else { "s" }
+        )
+        .into());
+    }
     Ok(())
 }
 

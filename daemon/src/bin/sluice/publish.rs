@@ -1,6 +1,7 @@
 //! `sluice publish`: messages in, durable acks back.
 
-use std::io::BufRead;
+mod input;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -26,9 +27,15 @@ pub struct Args {
     /// stored once. Default: the process id.
     #[arg(long)]
     producer: Option<u64>,
-    /// Publish the lines of these files (in order) instead of stdin.
+    /// Publish the messages of these files (in order) instead of stdin's.
     #[arg(long = "file", short = 'f')]
     files: Vec<PathBuf>,
+    /// How the input holds messages (any bytes, not only UTF-8): `lines`,
+    /// a message per line (without its newline); `raw`, all of stdin as
+    /// one message, or each --file as one; `length-prefixed`, each as a
+    /// u32 big-endian length, then its bytes.
+    #[arg(long, value_enum, default_value = "lines", conflicts_with = "count")]
+    format: input::Format,
     /// Publish this many generated messages instead of reading input.
     #[arg(long, conflicts_with = "files")]
     count: Option<u64>,
@@ -59,18 +66,8 @@ pub fn run(a: Args) -> Res {
             v.resize(size.max(v.len()), b'x');
             Ok(Bytes::from(v))
         })),
-        None if !a.files.is_empty() => {
-            let files = a.files.clone();
-            Box::new(files.into_iter().flat_map(|path| {
-                let lines: Box<dyn Iterator<Item = std::io::Result<String>>> =
-                    match std::fs::File::open(&path) {
-                        Ok(f) => Box::new(std::io::BufReader::new(f).lines()),
-                        Err(e) => Box::new(std::iter::once(Err(e))),
-                    };
-                lines.map(|l| l.map(Bytes::from))
-            }))
-        }
-        None => Box::new(std::io::stdin().lock().lines().map(|l| l.map(Bytes::from))),
+        None if !a.files.is_empty() => input::files(a.format, a.files.clone()),
+        None => input::stdin(a.format),
     };
     let bar = match a.count {
         Some(n) => ProgressBar::new(n).with_style(ProgressStyle::with_template(

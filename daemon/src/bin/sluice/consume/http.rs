@@ -44,12 +44,26 @@ pub fn run(a: &Args) -> Res {
         Some(n) => a.max_messages.min(n.clamp(1, u32::MAX as u64) as u32),
         None => a.max_messages,
     };
+    // The event stream is read with a read timeout (the daemon's
+    // heartbeats keep it alive); acks and nacks have their own.
+    let admin = crate::admin::Admin::with_agent(&a.admin, a.admin_cert.path.as_deref(), |b| {
+        b.timeout_connect(Duration::from_secs(10))
+            .timeout_read(SSE_READ_TIMEOUT)
+    })?;
+    if a.transport == "ws" && admin.is_https() {
+        return Err(format!(
+            "--transport ws speaks plain HTTP only, and --admin {} is HTTPS (admin.tls): \
+             use --transport sse or quic",
+            a.admin
+        )
+        .into());
+    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let mut link = if a.transport == "ws" {
-            Link::ws(a, token.as_deref(), window).await?
+            Link::ws(a, &admin, token.as_deref(), window).await?
         } else {
-            Link::sse(a, token, window)
+            Link::sse(a, admin, token, window)
         };
         let result = consume(a, &mut link).await;
         // The acks made so far durable (ws; sse's are at each answer), then
@@ -72,11 +86,9 @@ fn start_param(s: StartAt) -> String {
     }
 }
 
+/// The path (and query) of the group's route `what`.
 fn route(a: &Args, what: &str, query: &str) -> String {
-    format!(
-        "{}/streams/{}/groups/{}/{what}?{query}",
-        a.admin, a.stream, a.group
-    )
+    format!("/streams/{}/groups/{}/{what}?{query}", a.stream, a.group)
 }
 
 /// The daemon's `{"error": ...}`, or the body as it is.
@@ -96,25 +108,34 @@ enum Link {
     },
     Sse {
         events: mpsc::Receiver<Result<Msg, String>>,
+        /// `http(s)://HOST:PORT`.
         admin: String,
+        agent: ureq::Agent,
         path: String,
         token: Option<String>,
     },
 }
 
 impl Link {
-    async fn ws(a: &Args, token: Option<&str>, window: u32) -> Result<Link, Error> {
+    async fn ws(
+        a: &Args,
+        admin: &crate::admin::Admin,
+        token: Option<&str>,
+        window: u32,
+    ) -> Result<Link, Error> {
         let query = format!(
             "start={}&max_messages={window}&max_bytes={}",
             start_param(a.start),
             a.max_bytes
         );
-        let mut req = format!("ws://{}", route(a, "ws", &query)).into_client_request()?;
+        // http://HOST:PORT → ws://HOST:PORT (run() refused https).
+        let base = admin.base.strip_prefix("http://").unwrap_or(&admin.base);
+        let mut req = format!("ws://{base}{}", route(a, "ws", &query)).into_client_request()?;
         if let Some(t) = token {
             req.headers_mut()
                 .insert("authorization", format!("Bearer {t}").parse()?);
         }
-        let admin = a.admin;
+        let admin = &a.admin;
         let (mut ws, _) = match tokio_tungstenite::connect_async(req).await {
             Ok(c) => c,
             Err(tungstenite::Error::Http(r)) => {
@@ -145,21 +166,22 @@ impl Link {
         })
     }
 
-    fn sse(a: &Args, token: Option<String>, window: u32) -> Link {
+    fn sse(a: &Args, admin: crate::admin::Admin, token: Option<String>, window: u32) -> Link {
         let query = format!(
             "start={}&max_outstanding={window}&max_bytes={}",
             start_param(a.start),
             a.max_bytes
         );
-        let url = format!("http://{}", route(a, "events", &query));
+        let url = format!("{}{}", admin.base, route(a, "events", &query));
         // One event at a time: the thread stops reading (and so the daemon
         // stops sending, past its window) while we work.
         let (tx, events) = mpsc::channel(1);
-        let (admin, t) = (a.admin, token.clone());
-        std::thread::spawn(move || read_events(&url, admin, t.as_deref(), tx));
+        let (agent, shown, t) = (admin.agent.clone(), a.admin.to_string(), token.clone());
+        std::thread::spawn(move || read_events(&agent, &url, &shown, t.as_deref(), tx));
         Link::Sse {
             events,
-            admin: format!("http://{}", a.admin),
+            admin: admin.base,
+            agent: admin.agent,
             path: format!("/streams/{}/groups/{}", a.stream, a.group),
             token,
         }
@@ -246,7 +268,11 @@ impl Link {
                 Ok(())
             }
             Link::Sse {
-                admin, path, token, ..
+                admin,
+                agent,
+                path,
+                token,
+                ..
             } => {
                 // {"ack": [n]} → POST .../ack {"offsets": [n]}, and so on.
                 let (verb, body) = match what {
@@ -261,9 +287,9 @@ impl Link {
                     _ => return Err("only acks and nacks go over HTTP".into()),
                 };
                 let url = format!("{admin}{path}/{verb}");
-                let token = token.clone();
+                let (agent, token) = (agent.clone(), token.clone());
                 let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
-                    let mut req = ureq::post(&url).timeout(Duration::from_secs(60));
+                    let mut req = agent.post(&url).timeout(Duration::from_secs(60));
                     if let Some(t) = &token {
                         req = req.set("authorization", &format!("Bearer {t}"));
                     }
@@ -335,15 +361,12 @@ impl Link {
 /// Reads the event stream at `url` and hands each delivery to `tx` (an
 /// error, and the end, too).
 fn read_events(
+    agent: &ureq::Agent,
     url: &str,
-    admin: std::net::SocketAddr,
+    admin: &str,
     token: Option<&str>,
     tx: mpsc::Sender<Result<Msg, String>>,
 ) {
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(10))
-        .timeout_read(SSE_READ_TIMEOUT)
-        .build();
     let mut req = agent.get(url);
     if let Some(t) = token {
         req = req.set("authorization", &format!("Bearer {t}"));
