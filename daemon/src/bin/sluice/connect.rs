@@ -8,9 +8,15 @@ use sluice_transport::client::{ProducerOptions, QuicOptions, Transport, TxProvid
 use sluice_transport::quic::tls::{self, ClientTls, ServerTrust};
 use sluice_xdp::producer::TxSetup;
 
-/// Where the embedded-default daemon keeps its self-signed certificate,
-/// relative to where it was started.
-const DEFAULT_SERVER_CERT: &str = "./sluice-data/tls/server.crt";
+/// Where a daemon on this machine keeps its self-signed certificate, tried
+/// in this order when none is given for a daemon on loopback: the
+/// embedded default's data folder (relative to where it was started: the
+/// quick start runs both in one folder), then the packaged service's
+/// (daemon/dist/sluiced.toml: spool.dir = /var/lib/sluice).
+const LOCAL_SERVER_CERTS: [&str; 2] = [
+    "./sluice-data/tls/server.crt",
+    "/var/lib/sluice/tls/server.crt",
+];
 
 /// How producers reach the daemon: a transport, and the QUIC flags.
 #[derive(clap::Args, Clone)]
@@ -58,9 +64,15 @@ pub struct QuicArgs {
     /// ("sha256:...", printed in sluiced's log).
     #[arg(long, conflicts_with_all = ["server_cert", "insecure_skip_verify"])]
     server_fingerprint: Option<String>,
-    /// Trust exactly the daemon certificate in this file (default, on
-    /// loopback: ./sluice-data/tls/server.crt, the self-signed one).
-    #[arg(long, conflicts_with = "insecure_skip_verify")]
+    /// Trust exactly the daemon certificate in this file. Default, for a
+    /// daemon on loopback: its self-signed one, the first found of
+    /// ./sluice-data/tls/server.crt (the embedded defaults, started in
+    /// this folder) and /var/lib/sluice/tls/server.crt (the service).
+    #[arg(
+        long,
+        env = "SLUICE_SERVER_CERT",
+        conflicts_with = "insecure_skip_verify"
+    )]
     server_cert: Option<PathBuf>,
     /// The name the daemon's certificate must carry (with --ca-file);
     /// default: the address's IP.
@@ -149,15 +161,27 @@ impl QuicArgs {
             eprintln!("sluice: --insecure-skip-verify: the daemon's certificate is NOT checked (tests only)");
             ServerTrust::InsecureSkipVerify
         } else {
+            let local = || {
+                LOCAL_SERVER_CERTS
+                    .iter()
+                    .map(Path::new)
+                    .find(|p| p.exists())
+                    .map(Path::to_path_buf)
+            };
             let cert = match &self.server_cert {
                 Some(c) => c.clone(),
-                None if addr.ip().is_loopback() && Path::new(DEFAULT_SERVER_CERT).exists() => {
-                    PathBuf::from(DEFAULT_SERVER_CERT)
-                }
+                None if addr.ip().is_loopback() => local().ok_or_else(|| {
+                    format!(
+                        "how should the daemon at {addr} be trusted? its self-signed certificate is \
+                         in none of {} (the daemon's <spool.dir>/tls/server.crt): give \
+                         --server-cert (or SLUICE_SERVER_CERT), --server-fingerprint or --ca-file",
+                        LOCAL_SERVER_CERTS.join(", ")
+                    )
+                })?,
                 None => {
                     return Err(format!(
                         "how should the daemon at {addr} be trusted? give --ca-file, \
-                         --server-fingerprint or --server-cert"
+                         --server-fingerprint or --server-cert (or SLUICE_SERVER_CERT)"
                     ))
                 }
             };
