@@ -53,6 +53,9 @@ pub fn main(
     }
     let json = logging.json;
     let log = crate::logging::init(logging);
+    for said in crate::config::unknown_variables(std::env::vars().map(|(k, _)| k)) {
+        tracing::warn!("{said}");
+    }
     raise_open_files();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -184,3 +184,27 @@ fn with_json_logs_a_failed_start_ends_the_log_with_a_json_line() {
     let errors = lines.iter().filter(|l| l["level"] == "ERROR").count();
     assert_eq!(errors, 1, "said once: {}", stderr(&out));
 }
+
+#[test]
+fn a_mistyped_sluiced_variable_is_named_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluiced.toml");
+    std::fs::write(&config, "").unwrap();
+    let spec =
+        sluice_tests::forward::spec(sluiced_bin!(), dir.path(), &config.display().to_string());
+    let line = spec.command_line();
+    let mut cmd = Command::new(&line[0]);
+    cmd.args(&line[1..])
+        .env("SLUICED_SPOOL_FSYNCC", "never")
+        .env_remove("SLUICED_SPOOL_FSYNC");
+    let d = spec.start_with(&mut cmd);
+    let status = d.terminate(std::time::Duration::from_secs(10));
+    assert!(status.success());
+    let log = sluice_tests::forward::log_of(dir.path());
+    assert!(
+        log.contains(
+            "SLUICED_SPOOL_FSYNCC is not one sluiced reads: did you mean SLUICED_SPOOL_FSYNC?"
+        ),
+        "{log}"
+    );
+}

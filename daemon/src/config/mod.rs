@@ -10,6 +10,7 @@
 
 mod check;
 mod declare;
+mod env_hints;
 mod flag_hints;
 mod help;
 mod sections;
@@ -26,6 +27,7 @@ use thiserror::Error;
 use crate::auth::AuthConfig;
 pub use check::{Checked, Logging, Settings};
 use declare::KeyHelp;
+pub use env_hints::unknown_variables;
 pub use help::{env_name, flag_name};
 pub use sections::{
     AdminFlags, AdminSection, ConsumersFlags, ConsumersSection, DataFlags, DataSection,

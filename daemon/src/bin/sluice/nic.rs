@@ -94,6 +94,10 @@ struct PlanArgs {
     /// AF_XDP frame size (default: the smallest that holds the MTU).
     #[arg(long, value_parser = frame_size)]
     frame_size: Option<u32>,
+    /// Print the plan as one JSON object (checks with their level, steps,
+    /// the [xdp] section) instead of text; the exit status is the same.
+    #[arg(long)]
+    json: bool,
 }
 
 fn frame_size(s: &str) -> Result<u32, String> {
@@ -148,7 +152,11 @@ fn plan(a: PlanArgs) -> Res {
             frame_size: a.frame_size,
         },
     );
-    print!("{plan}");
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print!("{plan}");
+    }
     // Scripts (and operators who skim) must not take a plan that cannot
     // work for one that can: its failed checks make the exit status 1.
     let failed = plan

@@ -52,6 +52,21 @@ pub struct Args {
     admin: crate::admin::AdminUrl,
     #[command(flatten)]
     admin_cert: crate::admin::AdminCert,
+    /// Print the summary as one JSON object on stdout (stream, messages,
+    /// bytes, producer, first and last seq, seconds, rates) instead of a
+    /// sentence on stderr.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What a publish did, for its summary.
+struct Summary<'a> {
+    stream: &'a str,
+    acked: u64,
+    bytes: u64,
+    /// The producer id and the seqs it used (not over HTTP).
+    producer: Option<(u64, Option<(u64, u64)>)>,
+    started: Instant,
 }
 
 pub fn run(a: Args) -> Res {
@@ -144,19 +159,53 @@ pub fn run(a: Args) -> Res {
         Ok::<_, Box<dyn std::error::Error>>((acked, bytes, seqs))
     })?;
     bar.finish_and_clear();
-    let range = seqs.map_or("none".to_owned(), |(a, b)| format!("{a}..={b}"));
-    let who = format!("as producer {producer}, seqs {range}");
-    report(&a.stream, acked, bytes, &who, started);
+    report(
+        &Summary {
+            stream: &a.stream,
+            acked,
+            bytes,
+            producer: Some((producer, seqs)),
+            started,
+        },
+        a.json,
+    );
     Ok(())
 }
 
-fn report(stream: &str, acked: u64, bytes: u64, who: &str, started: Instant) {
-    let secs = started.elapsed().as_secs_f64().max(1e-9);
+/// Says what was published: a sentence on stderr, or (`--json`) one JSON
+/// object on stdout.
+fn report(s: &Summary, json: bool) {
+    let secs = s.started.elapsed().as_secs_f64().max(1e-9);
+    let (rate, mbps) = (s.acked as f64 / secs, s.bytes as f64 / secs / 1e6);
+    if json {
+        let (producer, seqs) = s.producer.unzip();
+        let seqs = seqs.flatten();
+        println!(
+            "{}",
+            serde_json::json!({
+                "stream": s.stream,
+                "messages": s.acked,
+                "bytes": s.bytes,
+                "producer": producer,
+                "first_seq": seqs.map(|r| r.0),
+                "last_seq": seqs.map(|r| r.1),
+                "seconds": secs,
+                "messages_per_sec": rate,
+                "mb_per_sec": mbps,
+            })
+        );
+        return;
+    }
+    let who = match s.producer {
+        Some((p, seqs)) => {
+            let range = seqs.map_or("none".to_owned(), |(a, b)| format!("{a}..={b}"));
+            format!("as producer {p}, seqs {range}")
+        }
+        None => "over HTTP".to_owned(),
+    };
     eprintln!(
-        "published {acked} messages ({bytes} bytes) to {stream} {who}: \
-         all durable; {:.0} msgs/s, {:.1} MB/s",
-        acked as f64 / secs,
-        bytes as f64 / secs / 1e6
+        "published {} messages ({} bytes) to {} {who}: all durable; {rate:.0} msgs/s, {mbps:.1} MB/s",
+        s.acked, s.bytes, s.stream
     );
 }
 
@@ -171,7 +220,7 @@ mod http {
     use indicatif::ProgressBar;
     use sluice_daemon::publish::batch::{encode_frames, FRAMES};
 
-    use super::{report, Args};
+    use super::{report, Args, Summary};
 
     /// How long one batch is retried before giving up.
     const RETRY_FOR: Duration = Duration::from_secs(60);
@@ -204,7 +253,16 @@ mod http {
             bar.inc(n);
         }
         bar.finish_and_clear();
-        report(&a.stream, acked, bytes, "over HTTP", started);
+        report(
+            &Summary {
+                stream: &a.stream,
+                acked,
+                bytes,
+                producer: None,
+                started,
+            },
+            a.json,
+        );
         Ok(())
     }
 

@@ -30,6 +30,11 @@ pub struct Args {
     /// credit, round trip (like Aeron's LossStat).
     #[arg(long)]
     sessions: bool,
+    /// One JSON object a line per refresh instead of tables: `at`, the
+    /// daemon's rates, `streams` (rates, credit, sessions, fsync p50/p99,
+    /// backlog), `groups` (as /groups), `sessions` (with --sessions).
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(a: Args) -> Res {
@@ -49,6 +54,26 @@ pub fn run(a: Args) -> Res {
         let groups: GroupList = serde_json::from_str(&a.admin.get("/groups")?)?;
         let secs = at.elapsed().as_secs_f64();
         at = Instant::now();
+        if a.json {
+            let sessions = if a.sessions {
+                let list: SessionList = serde_json::from_str(&a.admin.get("/sessions")?)?;
+                Some(list.sessions)
+            } else {
+                None
+            };
+            let mut line = json_frame(&prev, &now, secs, SystemTime::now());
+            line["groups"] = serde_json::to_value(&groups.groups)?;
+            if let Some(s) = sessions {
+                line["sessions"] = serde_json::to_value(s)?;
+            }
+            println!("{line}");
+            prev = now;
+            n += 1;
+            if a.count.is_some_and(|c| n >= c) {
+                return Ok(());
+            }
+            continue;
+        }
         let mut out = render(&a.admin.admin.to_string(), &prev, &now, secs);
         render_groups(&mut out, &groups.groups);
         forwards::render(&mut out, &prev, &now, secs);
@@ -64,6 +89,46 @@ pub fn run(a: Args) -> Res {
             return Ok(());
         }
     }
+}
+
+/// One refresh for `--json`: the daemon's and each stream's figures (rates
+/// over the `secs` between the two scrapes).
+fn json_frame(prev: &Scrape, now: &Scrape, secs: f64, at: SystemTime) -> serde_json::Value {
+    let rate = |name: &str, labels: &[(&str, &str)]| {
+        (now.value(name, labels) - prev.value(name, labels)).max(0.0) / secs
+    };
+    let streams: Vec<serde_json::Value> = now
+        .label_values("sluice_durable_acks_total", "stream")
+        .into_iter()
+        .map(|s| {
+            let l = [("stream", s.as_str())];
+            let fsync = |q| now.quantile_since(prev, "sluice_spool_fsync_seconds", &l, q);
+            serde_json::json!({
+                "stream": s,
+                "messages_per_sec": rate("sluice_messages_in_total", &l),
+                "bytes_per_sec": rate("sluice_bytes_in_total", &l),
+                "acks_per_sec": rate("sluice_durable_acks_total", &l),
+                "duplicates_per_sec": rate("sluice_duplicates_total", &l),
+                "nacks_per_sec": rate("sluice_nacks_sent_total", &l),
+                "retransmits_per_sec": rate("sluice_retransmits_received_total", &l),
+                "credit": now.value("sluice_credit", &l),
+                "sessions": now.value("sluice_sessions", &l),
+                "fsync_p50_seconds": fsync(0.5),
+                "fsync_p99_seconds": fsync(0.99),
+                "backlog_bytes": now.value("sluice_spool_backlog_bytes", &l),
+                "disk_full": now.value("sluice_spool_disk_full", &l) > 0.0,
+                "damage": now.value("sluice_spool_damage", &l),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "at": humantime::format_rfc3339_seconds(at).to_string(),
+        "sessions": now.value("sluice_sessions", &[]),
+        "datagrams_in_per_sec": rate("sluice_datagrams_in_total", &[]),
+        "datagrams_out_per_sec": rate("sluice_datagrams_out_total", &[]),
+        "datagrams_dropped_per_sec": rate("sluice_datagrams_dropped_total", &[]),
+        "streams": streams,
+    })
 }
 
 /// What one refresh prints: under its time (UTC, to the second); on a

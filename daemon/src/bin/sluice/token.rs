@@ -48,6 +48,11 @@ struct NewArgs {
     /// instead of printing it. The file must not exist yet.
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
+    /// Print one JSON object on stdout instead: the entry's fields (name,
+    /// hash, publish, consume, admin), `toml` (the block to paste) and
+    /// `token` (or `token_file`, where it was written).
+    #[arg(long)]
+    json: bool,
 }
 
 // The same checks as the config's, so that a block printed here always loads.
@@ -84,6 +89,22 @@ fn new(a: NewArgs) -> Res {
     // token nobody has.
     if let Some(path) = &a.token_file {
         write_token_file(path, &token)?;
+    }
+    if a.json {
+        let mut shown = serde_json::json!({
+            "name": entry.name,
+            "hash": entry.hash,
+            "publish": entry.publish,
+            "consume": entry.consume,
+            "admin": entry.admin,
+            "toml": entry.to_toml(),
+        });
+        match &a.token_file {
+            Some(path) => shown["token_file"] = path.display().to_string().into(),
+            None => shown["token"] = token.clone().into(),
+        }
+        println!("{shown}");
+        return Ok(());
     }
     print!("{}", entry.to_toml());
     std::io::stdout().flush()?;

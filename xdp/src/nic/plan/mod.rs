@@ -26,7 +26,8 @@ pub fn max_mtu(frame_size: u32) -> u32 {
     frame_size.saturating_sub(XDP_HEADROOM + L2_OVERHEAD)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Level {
     Ok,
     Warn,
@@ -43,14 +44,14 @@ impl fmt::Display for Level {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Check {
     pub level: Level,
     pub message: String,
 }
 
 /// One command for the operator to run, with why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Step {
     pub command: String,
     pub comment: String,
@@ -73,7 +74,7 @@ pub struct PlanInput<'a> {
     pub frame_size: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Plan {
     pub iface: String,
     pub port: u16,
