@@ -156,7 +156,12 @@ const RIGHTS: &[Rule] = &[
         Some("sluice spool verify"),
         Needs::Rights(&[Admin]),
     ),
-    rule("`GET /streams`", None, Needs::Principal),
+    rule("`GET /streams`", Some("sluice stream ls"), Needs::Principal),
+    rule(
+        "`GET /streams/{s}`",
+        Some("sluice stream info"),
+        Needs::Rights(&[Consume]),
+    ),
     rule("`GET /groups`", Some("sluice group list"), Needs::Open),
     rule(
         "`GET /sessions`",
@@ -436,6 +441,12 @@ const ROUTES: &[Route] = &[
         key: "`GET /streams`",
         method: "GET",
         path: "/streams",
+        body: "",
+    },
+    Route {
+        key: "`GET /streams/{s}`",
+        method: "GET",
+        path: "/streams/orders",
         body: "",
     },
     Route {
@@ -795,6 +806,16 @@ const CLI: &[CliCase] = &[
     CliCase {
         key: "`GET /metrics`",
         args: &["stat", "--count", "1", "--admin", "{admin}"],
+        stdin: "",
+    },
+    CliCase {
+        key: "`GET /streams`",
+        args: &["stream", "ls", "--admin", "{admin}"],
+        stdin: "",
+    },
+    CliCase {
+        key: "`GET /streams/{s}`",
+        args: &["stream", "info", "orders", "--admin", "{admin}"],
         stdin: "",
     },
     CliCase {
