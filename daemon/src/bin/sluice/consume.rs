@@ -17,8 +17,8 @@ mod http;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Stream to consume.
-    stream: String,
+    #[command(flatten)]
+    stream: crate::stream_arg::StreamArg,
     /// Consumer group to join: members of a group share its messages; each
     /// group gets every message.
     #[arg(long, short)]
@@ -113,7 +113,7 @@ pub fn run(a: Args) -> Res {
     options.max_bytes = a.max_bytes;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let mut consumer = Consumer::connect(addr, &a.stream, options).await?;
+        let mut consumer = Consumer::connect(addr, a.stream.name(), options).await?;
         let result = consume(&a, &mut consumer).await;
         // Makes the acks made so far durable, and leaves the group: what
         // was not acked goes to other members.

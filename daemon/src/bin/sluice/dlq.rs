@@ -37,7 +37,8 @@ enum DlqCmd {
 #[derive(clap::Args)]
 struct Common {
     /// The stream whose dead letters (in STREAM.dlq) to handle.
-    stream: String,
+    #[command(flatten)]
+    stream: crate::stream_arg::StreamArg,
     #[command(flatten)]
     admin: AdminAddr,
     /// Print JSON (list: one dead letter a line; replay, purge: the
@@ -85,14 +86,14 @@ fn list(a: ListArgs) -> Res {
         let want = left.min(MAX_DEAD_LETTERS_PER_REQUEST as u64);
         let page: DeadLetterPage = serde_json::from_str(&crate::read::get_page(
             &c.admin,
-            &format!("/streams/{}/dlq?from={from}&limit={want}", c.stream),
+            &format!("/streams/{}/dlq?from={from}&limit={want}", c.stream.name()),
         )?)?;
         (purged_to, dlq) = (page.purged_to, page.dlq);
         for d in &page.dead_letters {
             if c.json {
                 writeln!(out, "{}", serde_json::to_string(d)?)?;
             } else {
-                write!(out, "{}", describe(&c.stream, d))?;
+                write!(out, "{}", describe(c.stream.name(), d))?;
             }
         }
         for s in &page.skipped {
@@ -121,7 +122,7 @@ fn list(a: ListArgs) -> Res {
 fn replay(a: ReplayArgs) -> Res {
     let c = &a.common;
     let body = c.admin.post(
-        &format!("/streams/{}/dlq/replay", c.stream),
+        &format!("/streams/{}/dlq/replay", c.stream.name()),
         &serde_json::json!({ "purge": a.purge }),
     )?;
     let r: ReplayAnswer = serde_json::from_str(&body)?;
@@ -133,7 +134,7 @@ fn replay(a: ReplayArgs) -> Res {
         "replayed {} dead letter{} into {} ({} replayed before, not stored again){}",
         r.replayed,
         if r.replayed == 1 { "" } else { "s" },
-        c.stream,
+        c.stream.name(),
         r.duplicates,
         if a.purge {
             format!("; purged below offset {}", r.purged_to)
@@ -146,7 +147,7 @@ fn replay(a: ReplayArgs) -> Res {
             "sluice: {} record{} of {}.dlq {} not a dead letter (skipped)",
             r.skipped,
             if r.skipped == 1 { "" } else { "s" },
-            c.stream,
+            c.stream.name(),
             if r.skipped == 1 { "is" } else { "are" },
         );
     }
@@ -155,7 +156,7 @@ fn replay(a: ReplayArgs) -> Res {
 
 fn purge(c: Common) -> Res {
     let body = c.admin.post(
-        &format!("/streams/{}/dlq/purge", c.stream),
+        &format!("/streams/{}/dlq/purge", c.stream.name()),
         &serde_json::json!({}),
     )?;
     let r: PurgeAnswer = serde_json::from_str(&body)?;
@@ -166,7 +167,7 @@ fn purge(c: Common) -> Res {
             "purged {} dead letter{} of {}; the purge mark is at offset {}",
             r.purged,
             if r.purged == 1 { "" } else { "s" },
-            c.stream,
+            c.stream.name(),
             r.purged_to
         );
     }

@@ -34,7 +34,8 @@ enum GroupCmd {
 #[derive(clap::Args)]
 struct ListArgs {
     /// Only the groups of this stream.
-    stream: Option<String>,
+    #[command(flatten)]
+    stream: crate::stream_arg::MaybeStream,
     #[command(flatten)]
     admin: AdminAddr,
     /// Print the daemon's JSON, one group a line, instead of a table.
@@ -44,7 +45,7 @@ struct ListArgs {
 
 #[derive(clap::Args)]
 struct Target {
-    /// The group's stream.
+    /// The group's stream (positional here: the group follows it).
     stream: String,
     /// The group.
     group: String,
@@ -75,8 +76,8 @@ pub fn run(a: Args) -> Res {
 
 fn list(a: ListArgs) -> Res {
     let mut groups: GroupList = serde_json::from_str(&a.admin.get("/groups")?)?;
-    if let Some(s) = &a.stream {
-        groups.groups.retain(|g| &g.stream == s);
+    if let Some(s) = a.stream.name() {
+        groups.groups.retain(|g| g.stream == s);
     }
     if a.json {
         for g in &groups.groups {

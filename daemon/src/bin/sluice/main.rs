@@ -15,6 +15,7 @@ mod read;
 mod spool;
 mod stat;
 mod stream;
+mod stream_arg;
 mod token;
 
 use std::process::ExitCode;

@@ -17,9 +17,8 @@ const BATCHES_IN_FLIGHT: usize = 16;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Stream to publish to.
-    #[arg(long, short)]
-    stream: String,
+    #[command(flatten)]
+    stream: crate::stream_arg::StreamArg,
     #[command(flatten)]
     connect: ConnectArgs,
     /// Stable id of this producer. Publishing again with the same id
@@ -100,7 +99,7 @@ pub fn run(a: Args) -> Res {
     let started = Instant::now();
     let rt = tokio::runtime::Runtime::new()?;
     let (acked, bytes, seqs) = rt.block_on(async {
-        let p = Producer::connect_any(&addrs, &a.stream, producer, options).await?;
+        let p = Producer::connect_any(&addrs, a.stream.name(), producer, options).await?;
         let mut status = p.watch_status();
         // Say so when the producer moves to another daemon.
         let watch_bar = bar.clone();
@@ -161,7 +160,7 @@ pub fn run(a: Args) -> Res {
     bar.finish_and_clear();
     report(
         &Summary {
-            stream: &a.stream,
+            stream: a.stream.name(),
             acked,
             bytes,
             producer: Some((producer, seqs)),
@@ -232,7 +231,7 @@ mod http {
         bar: ProgressBar,
     ) -> crate::Res {
         let admin = crate::admin::Admin::new(&a.admin, a.admin_cert.path.as_deref())?;
-        let url = format!("{}/streams/{}/messages", admin.base, a.stream);
+        let url = format!("{}/streams/{}/messages", admin.base, a.stream.name());
         let started = Instant::now();
         // Unique to this run: keys of another run never collide with ours.
         let run = format!("{:x}-{:x}", std::process::id(), rand::random::<u64>());
@@ -255,7 +254,7 @@ mod http {
         bar.finish_and_clear();
         report(
             &Summary {
-                stream: &a.stream,
+                stream: a.stream.name(),
                 acked,
                 bytes,
                 producer: None,

@@ -15,9 +15,8 @@ use crate::{existing, AdminAddr, Res};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Stream to read.
-    #[arg(long, short)]
-    stream: String,
+    #[command(flatten)]
+    stream: crate::stream_arg::StreamArg,
     #[command(flatten)]
     admin: AdminAddr,
     /// Read the files of this data folder instead of asking a running
@@ -63,7 +62,7 @@ pub fn run(a: Args) -> Res {
         Ok(())
     };
     match &a.data_dir {
-        Some(dir) => from_files(dir, &a.stream, a.from, &mut left, &mut print),
+        Some(dir) => from_files(dir, a.stream.name(), a.from, &mut left, &mut print),
         None => through_daemon(&a, &mut left, &mut print),
     }
 }
@@ -74,7 +73,10 @@ fn through_daemon(a: &Args, left: &mut u64, print: &mut impl FnMut(&RecordJson) 
         let want = (*left).min(MAX_RECORDS_PER_REQUEST as u64);
         let body = get_page(
             &a.admin,
-            &format!("/streams/{}/records?from={from}&limit={want}", a.stream),
+            &format!(
+                "/streams/{}/records?from={from}&limit={want}",
+                a.stream.name()
+            ),
         )?;
         let page: RecordsPage = serde_json::from_str(&body)?;
         for r in &page.records {

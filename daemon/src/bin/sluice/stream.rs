@@ -37,8 +37,8 @@ struct LsArgs {
 
 #[derive(clap::Args)]
 struct InfoArgs {
-    /// The stream.
-    stream: String,
+    #[command(flatten)]
+    stream: crate::stream_arg::StreamArg,
     #[command(flatten)]
     admin: AdminAddr,
     /// Print the daemon's JSON instead of text.
@@ -80,7 +80,7 @@ fn ls(a: LsArgs) -> Res {
 }
 
 fn info(a: InfoArgs) -> Res {
-    let path = format!("/streams/{}", a.stream);
+    let path = format!("/streams/{}", a.stream.name());
     let body = a.admin.get(&path)?;
     let d: StreamDetail = serde_json::from_str(&body)?;
     if a.json {

@@ -88,7 +88,11 @@ fn start_param(s: StartAt) -> String {
 
 /// The path (and query) of the group's route `what`.
 fn route(a: &Args, what: &str, query: &str) -> String {
-    format!("/streams/{}/groups/{}/{what}?{query}", a.stream, a.group)
+    format!(
+        "/streams/{}/groups/{}/{what}?{query}",
+        a.stream.name(),
+        a.group
+    )
 }
 
 /// The daemon's `{"error": ...}`, or the body as it is.
@@ -182,7 +186,7 @@ impl Link {
             events,
             admin: admin.base,
             agent: admin.agent,
-            path: format!("/streams/{}/groups/{}", a.stream, a.group),
+            path: format!("/streams/{}/groups/{}", a.stream.name(), a.group),
             token,
         }
     }
