@@ -1,6 +1,7 @@
 //! Every `sluice` subcommand that takes a stream takes it the same two
 //! ways (issue 22, point 4): as its first argument or with `-s`/`--stream`
-//! — one of them, not both, not neither (usage errors, exit 2).
+//! — one of them, not both, not neither (usage errors, exit 2); a group
+//! command takes STREAM GROUP, or -s and -g for either.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -75,6 +76,39 @@ fn a_stream_is_named_as_the_first_argument_or_with_s_everywhere() {
     consume.extend(["--to", &quic, "--server-cert", &cert]);
     let (code, _, err) = sluice(&consume, b"");
     assert_eq!(code, Some(0), "consume -s: {err}");
+    // A group: STREAM GROUP, or -s and -g for either.
+    for args in [
+        vec![
+            "group", "reset", "-s", "orders", "-g", "g1", "--start", "earliest",
+        ],
+        vec!["group", "reset", "orders", "g1", "--start", "latest"],
+        vec![
+            "group", "reset", "-s", "orders", "g1", "--start", "earliest",
+        ],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--admin", &admin]);
+        let (code, out, err) = sluice(&args, b"");
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(out.contains("group g1 of orders"), "{out}");
+    }
+    for args in [
+        vec!["group", "reset", "orders", "--start", "earliest"],
+        vec![
+            "group", "reset", "orders", "g1", "extra", "--start", "earliest",
+        ],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--admin", &admin]);
+        let (code, _, err) = sluice(&args, b"");
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+    }
+    let (code, out, err) = sluice(
+        &["group", "delete", "orders", "-g", "g1", "--admin", &admin],
+        b"",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("deleted group g1 of orders"), "{out}");
     // Both, or neither: usage errors.
     let (code, _, err) = sluice(&["read", "orders", "-s", "other", "--admin", &admin], b"");
     assert_eq!(code, Some(2), "both: {err}");

@@ -45,10 +45,16 @@ struct ListArgs {
 
 #[derive(clap::Args)]
 struct Target {
-    /// The group's stream (positional here: the group follows it).
-    stream: String,
+    /// The group's stream, then the group (either may be given with
+    /// -s/--stream or -g/--group instead).
+    #[arg(value_name = "STREAM GROUP", num_args = 0..=2)]
+    names: Vec<String>,
+    /// The group's stream.
+    #[arg(short = 's', long = "stream", value_name = "STREAM")]
+    stream: Option<String>,
     /// The group.
-    group: String,
+    #[arg(short = 'g', long = "group", value_name = "GROUP")]
+    group: Option<String>,
     #[command(flatten)]
     admin: AdminAddr,
     /// Print the daemon's JSON answer instead of a sentence.
@@ -96,12 +102,39 @@ fn list(a: ListArgs) -> Res {
     Ok(())
 }
 
+impl Target {
+    /// The stream and the group, from the arguments and flags together: a
+    /// usage error (exit 2) unless each is given exactly once.
+    fn stream_and_group(&self) -> (String, String) {
+        let mut names = self.names.iter().cloned();
+        let stream = self.stream.clone().or_else(|| names.next());
+        let group = self.group.clone().or_else(|| names.next());
+        match (stream, group, names.next()) {
+            (Some(s), Some(g), None) => (s, g),
+            (_, _, Some(extra)) => usage(&format!(
+                "{extra:?} is one name too many: give STREAM GROUP, or -s STREAM and/or -g GROUP for either"
+            )),
+            _ => usage("give the group's STREAM and GROUP (as arguments, or with -s and -g)"),
+        }
+    }
+}
+
+/// Ends with clap's usage error (exit status 2).
+fn usage(msg: &str) -> ! {
+    clap::Error::raw(
+        clap::error::ErrorKind::MissingRequiredArgument,
+        format!("{msg}\n"),
+    )
+    .exit()
+}
+
 fn reset(a: ResetArgs) -> Res {
     // Checked here too, so that a typo is a usage error before any request.
     sluice_daemon::consume::service::parse_start(&a.start).map_err(|e| format!("--start: {e}"))?;
     let t = &a.target;
+    let (stream, group) = t.stream_and_group();
     let body = t.admin.post(
-        &format!("/streams/{}/groups/{}/reset", t.stream, t.group),
+        &format!("/streams/{stream}/groups/{group}/reset"),
         &serde_json::json!({ "start": a.start }),
     )?;
     let r: GroupChange = serde_json::from_str(&body)?;
@@ -119,9 +152,10 @@ fn reset(a: ResetArgs) -> Res {
 }
 
 fn delete(t: Target) -> Res {
+    let (stream, group) = t.stream_and_group();
     let body = t
         .admin
-        .delete(&format!("/streams/{}/groups/{}", t.stream, t.group))?;
+        .delete(&format!("/streams/{stream}/groups/{group}"))?;
     let r: GroupChange = serde_json::from_str(&body)?;
     if t.json {
         println!("{}", serde_json::to_string(&r)?);
