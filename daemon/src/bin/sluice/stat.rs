@@ -54,35 +54,29 @@ pub fn run(a: Args) -> Res {
         let groups: GroupList = serde_json::from_str(&a.admin.get("/groups")?)?;
         let secs = at.elapsed().as_secs_f64();
         at = Instant::now();
+        let sessions = if a.sessions {
+            let list: SessionList = serde_json::from_str(&a.admin.get("/sessions")?)?;
+            Some(list.sessions)
+        } else {
+            None
+        };
         if a.json {
-            let sessions = if a.sessions {
-                let list: SessionList = serde_json::from_str(&a.admin.get("/sessions")?)?;
-                Some(list.sessions)
-            } else {
-                None
-            };
             let mut line = json_frame(&prev, &now, secs, SystemTime::now());
             line["groups"] = serde_json::to_value(&groups.groups)?;
             if let Some(s) = sessions {
                 line["sessions"] = serde_json::to_value(s)?;
             }
             println!("{line}");
-            prev = now;
-            n += 1;
-            if a.count.is_some_and(|c| n >= c) {
-                return Ok(());
+        } else {
+            let mut out = render(&a.admin.admin.to_string(), &prev, &now, secs);
+            render_groups(&mut out, &groups.groups);
+            forwards::render(&mut out, &prev, &now, secs);
+            if let Some(s) = &sessions {
+                sessions::render(&mut out, s);
             }
-            continue;
+            out.push('\n');
+            print!("{}", frame(&out, tty, SystemTime::now()));
         }
-        let mut out = render(&a.admin.admin.to_string(), &prev, &now, secs);
-        render_groups(&mut out, &groups.groups);
-        forwards::render(&mut out, &prev, &now, secs);
-        if a.sessions {
-            let list: SessionList = serde_json::from_str(&a.admin.get("/sessions")?)?;
-            sessions::render(&mut out, &list.sessions);
-        }
-        out.push('\n');
-        print!("{}", frame(&out, tty, SystemTime::now()));
         prev = now;
         n += 1;
         if a.count.is_some_and(|c| n >= c) {
