@@ -2,6 +2,7 @@
 //! loopback, and checks of what ended up in their spool.
 
 pub mod check;
+pub mod cli;
 pub mod consume;
 pub mod daemon;
 pub mod failover;

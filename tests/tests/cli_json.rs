@@ -2,34 +2,17 @@
 //! summary, `sluice stat`, `sluice nic plan` and `sluice token new` prints
 //! JSON that scripts can read, with the same figures as the text.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
+use sluice_tests::cli;
 use sluice_tests::daemon::DaemonSpec;
 use sluice_tests::{sluice_bin, sluiced_bin};
 
 /// Runs `sluice` with `args` and `stdin`: exit code, stdout, stderr.
 fn sluice(args: &[&str], stdin: &[u8]) -> (Option<i32>, String, String) {
-    let mut child = Command::new(sluice_bin!())
-        .args(args)
-        .env_remove("SLUICE_ADDR")
-        .env_remove("SLUICE_ADMIN")
-        .env_remove("SLUICE_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sluice runs");
-    // A sluice that exits before it reads its input closes the pipe.
-    let _ = child.stdin.take().unwrap().write_all(stdin);
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    cli::run(Command::new(sluice_bin!()).args(args), stdin)
 }
 
 fn json(text: &str) -> Value {

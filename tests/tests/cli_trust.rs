@@ -4,11 +4,11 @@
 //! it (`./sluice-data/tls/server.crt`, `/var/lib/sluice/tls/server.crt`);
 //! from any folder, and when none is found the error says where it looked.
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use sluice_tests::cli;
 use sluice_tests::daemon::DaemonSpec;
 use sluice_tests::{sluice_bin, sluiced_bin};
 
@@ -28,21 +28,9 @@ fn publish(spec: &DaemonSpec, cwd: &Path, env: &[(&str, &str)]) -> (Option<i32>,
     .args(["--to", &spec.quic.to_string()])
     .current_dir(cwd)
     .env_remove("SLUICE_SERVER_CERT")
-    .env_remove("SLUICE_ADDR")
-    .env_remove("SLUICE_TOKEN")
-    .envs(env.iter().copied())
-    .stdin(Stdio::piped())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("sluice runs");
-    // A sluice that fails before it reads its input (no certificate
-    // found) closes the pipe: that write's error is no failure.
-    let _ = child.stdin.take().unwrap().write_all(b"one line\n");
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    .envs(env.iter().copied());
+    let (code, _, err) = cli::run(&mut cmd, b"one line\n");
+    (code, err)
 }
 
 #[test]
