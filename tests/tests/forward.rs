@@ -641,7 +641,11 @@ fn ten_thousand_messages_reach_an_r3_stream_once_through_a_kill9_of_its_leader()
     let spec = spec(dir.path(), &config);
     let d = spec.start();
     let started = Instant::now();
-    let producers = paced_producers(&spec, 2, EACH, BATCH, Duration::from_millis(20));
+    // Paced to send for about 6 s: the forward keeps up with producers
+    // (since the forward's group credit was doubled), so the kill must
+    // come while they still send (at 20 ms a batch, all 10,000 were in
+    // JetStream before the kill once under CI load).
+    let producers = paced_producers(&spec, 2, EACH, BATCH, Duration::from_millis(60));
     let rt = runtime();
     let js = rt.block_on(connect(&cluster.client_urls()));
     rt.block_on(wait_count(&js, 3_000, FORWARD_WITHIN));
