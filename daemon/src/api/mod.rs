@@ -602,7 +602,11 @@ pub(crate) fn existing_stream(s: &AdminState, name: &str) -> Result<Stream, ApiE
     if !s.spool.stream_names().iter().any(|n| n == name) {
         return Err(ApiError::not_found(format!("no stream {name:?}")));
     }
-    s.spool.stream(name).map_err(ApiError::internal)
+    s.spool.stream(name).map_err(|e| match e {
+        // Being deleted now.
+        SpoolError::StreamDeleted(_) => ApiError::not_found(e.to_string()),
+        e => ApiError::internal(e),
+    })
 }
 
 /// A [`RecordsPage`] of `stream` from `from`, as JSON: at most `limit`

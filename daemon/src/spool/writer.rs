@@ -550,6 +550,8 @@ pub struct Spool {
     config: SpoolConfig,
     streams: Mutex<HashMap<String, Stream>>,
     writers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Streams being deleted: not opened until their folders are gone.
+    deleting: Mutex<std::collections::HashSet<String>>,
     /// The data folder's lock (real file systems only).
     lock: Option<DirLock>,
 }
@@ -583,6 +585,7 @@ impl Spool {
             config,
             streams: Mutex::new(HashMap::new()),
             writers: Mutex::new(Vec::new()),
+            deleting: Mutex::new(Default::default()),
             lock: None,
         })
     }
@@ -631,46 +634,37 @@ impl Spool {
     pub fn delete(&self, name: &str) -> Result<bool, SpoolError> {
         check_name(name)?;
         let root = self.root.join("streams");
-        let mut tombs = Vec::new();
-        let existed = {
+        let dlq = format!("{name}.dlq");
+        // Taken out of the map and marked: nobody opens them again while
+        // their writers stop (which the map's lock is not held for: a
+        // writer holding a batch for disk space would hold every stream).
+        let (names, handles) = {
             let mut streams = self.streams.lock().unwrap();
             let on_disk = self.stream_names();
             if !on_disk.iter().any(|n| n == name) {
                 return Ok(false);
             }
-            let dlq = format!("{name}.dlq");
-            for n in [dlq.as_str(), name] {
-                if !on_disk.iter().any(|d| d == n) {
-                    continue;
-                }
-                if let Some(s) = streams.remove(n) {
-                    s.gauges.deleted.store(true, Ordering::Relaxed);
-                    let (done, rx) = oneshot::channel();
-                    if s.tx.send(Request::Retire { done }).is_ok() {
-                        // Err: the writer stopped already (its log closed).
-                        if let Ok(r) = rx.blocking_recv() {
-                            r?;
-                        }
-                    }
-                }
-                let tomb = root.join(format!(
-                    "{TOMBSTONE}{}-{n}",
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_nanos()
-                ));
-                let dir = root.join(n);
-                self.fs
-                    .rename(&dir, &tomb)
-                    .map_err(SpoolError::io("rename", &dir))?;
-                self.fs
-                    .sync_dir(&root)
-                    .map_err(SpoolError::io("fsync directory", &root))?;
-                tombs.push(tomb);
+            let mut deleting = self.deleting.lock().unwrap();
+            if deleting.contains(name) {
+                return Err(SpoolError::StreamDeleted(name.to_owned()));
             }
-            true
+            let names: Vec<String> = [dlq.as_str(), name]
+                .into_iter()
+                .filter(|n| on_disk.iter().any(|d| d == n))
+                .map(str::to_owned)
+                .collect();
+            deleting.extend(names.iter().cloned());
+            let handles: Vec<Stream> = names.iter().filter_map(|n| streams.remove(n)).collect();
+            (names, handles)
         };
+        let result = self.entomb(&root, &names, handles);
+        {
+            let mut deleting = self.deleting.lock().unwrap();
+            for n in &names {
+                deleting.remove(n);
+            }
+        }
+        let tombs = result?;
         // The names are free from here: what is left is only files.
         for tomb in &tombs {
             remove_tree(&*self.fs, tomb)?;
@@ -679,7 +673,47 @@ impl Spool {
             .sync_dir(&root)
             .map_err(SpoolError::io("fsync directory", &root))?;
         info!(stream = name, "stream deleted");
-        Ok(existed)
+        Ok(true)
+    }
+
+    /// Stops the writers of streams being deleted (their handles) and
+    /// renames their folders (`names`, the dead-letter stream first) to
+    /// tombstones, durably; returns the tombstones.
+    fn entomb(
+        &self,
+        root: &Path,
+        names: &[String],
+        handles: Vec<Stream>,
+    ) -> Result<Vec<PathBuf>, SpoolError> {
+        for s in handles {
+            s.gauges.deleted.store(true, Ordering::Relaxed);
+            let (done, rx) = oneshot::channel();
+            if s.tx.send(Request::Retire { done }).is_ok() {
+                // Err: the writer stopped already (its log closed).
+                if let Ok(r) = rx.blocking_recv() {
+                    r?;
+                }
+            }
+        }
+        let mut tombs = Vec::new();
+        for n in names {
+            let tomb = root.join(format!(
+                "{TOMBSTONE}{}-{n}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos()
+            ));
+            let dir = root.join(n);
+            self.fs
+                .rename(&dir, &tomb)
+                .map_err(SpoolError::io("rename", &dir))?;
+            self.fs
+                .sync_dir(root)
+                .map_err(SpoolError::io("fsync directory", root))?;
+            tombs.push(tomb);
+        }
+        Ok(tombs)
     }
 
     /// [`stream`](Self::stream), with the map of open streams held.
@@ -690,6 +724,9 @@ impl Spool {
     ) -> Result<Stream, SpoolError> {
         if let Some(s) = streams.get(name) {
             return Ok(s.clone());
+        }
+        if self.deleting.lock().unwrap().contains(name) {
+            return Err(SpoolError::StreamDeleted(name.to_owned()));
         }
         let dir = self.root.join("streams").join(name);
         let on_disk = self.stream_names();
