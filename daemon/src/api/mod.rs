@@ -31,7 +31,7 @@
 //!
 //! The consumer routes (fetch to purge) are served by
 //! [`consume`], the push routes (ws, events) by [`push`], publishing by
-//! [`publish`]; `daemon/HTTP.md` documents them with examples. [`api`]
+//! [`publish`], a stream's creation, deletion and purge by [`lifecycle`]; `daemon/HTTP.md` documents them with examples. [`api`]
 //! lists every route, and makes the router and the OpenAPI document from
 //! that one list.
 //!
