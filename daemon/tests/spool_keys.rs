@@ -252,3 +252,39 @@ fn power_cuts_never_store_a_keyed_request_twice() {
         }
     }
 }
+
+/// A purge removes the records but not the idempotence table: a request
+/// retried with its key after the purge (and after a reopen) is answered
+/// as a repeat and nothing is stored; the log goes on from its old end.
+#[test]
+fn a_purge_keeps_the_request_keys() {
+    let fs = SimFs::new();
+    let mut log = open(&fs, config()).unwrap();
+    let mut seq = 0;
+    let first = log.append(&request("a", 1, 3, &mut seq), true).unwrap();
+    assert_eq!(stored(&first), [0, 1, 2]);
+    assert_eq!(log.purge().unwrap(), 3);
+    assert_eq!(log.reader(0).next_record().unwrap().map(|(o, _)| o), None);
+    for reopen in [false, true] {
+        if reopen {
+            log.close().unwrap();
+            log = open(&fs, config()).unwrap();
+        }
+        let again = log.append(&request("a", 1, 3, &mut seq), true).unwrap();
+        assert!(stored(&again).is_empty(), "reopened {reopen}: {again:?}");
+        assert!(
+            matches!(
+                again[0],
+                Outcome::Repeated {
+                    first: 0,
+                    count: 3,
+                    ..
+                }
+            ),
+            "reopened {reopen}: {again:?}"
+        );
+        assert_eq!(log.next_offset(), 3);
+    }
+    let fresh = log.append(&request("b", 2, 1, &mut seq), true).unwrap();
+    assert_eq!(stored(&fresh), [3]);
+}

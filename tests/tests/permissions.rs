@@ -156,6 +156,21 @@ const RIGHTS: &[Rule] = &[
         Some("sluice spool verify"),
         Needs::Rights(&[Admin]),
     ),
+    rule(
+        "`PUT /streams/{s}`",
+        Some("sluice stream create"),
+        Needs::Rights(&[Admin]),
+    ),
+    rule(
+        "`DELETE /streams/{s}`",
+        Some("sluice stream delete"),
+        Needs::Rights(&[Admin]),
+    ),
+    rule(
+        "`POST /streams/{s}/purge`",
+        Some("sluice stream purge"),
+        Needs::Rights(&[Admin]),
+    ),
     rule("`GET /streams`", Some("sluice stream ls"), Needs::Principal),
     rule(
         "`GET /streams/{s}`",
@@ -203,7 +218,11 @@ fn clients() -> (Vec<Who>, String) {
     for (name, rights) in principals {
         let token = new_token();
         let list = |r: Right| {
-            if rights.contains(&r) {
+            if rights.contains(&r) && name == "all" {
+                // Also the streams made to be purged and deleted: set up,
+                // and looked at afterwards, as "all".
+                "[\"orders\", \"*-del-*\", \"cli-*\"]"
+            } else if rights.contains(&r) {
                 "[\"orders\"]"
             } else {
                 "[]"
@@ -303,6 +322,26 @@ impl Setup {
         for w in &s.who {
             groups.push(format!("del-{}", w.name));
             groups.push(format!("cli-del-{}", w.name));
+        }
+        // The streams to purge and delete, per client and way, each
+        // holding a message (made with `PUT /streams/{s}`).
+        for w in &s.who {
+            for name in [
+                format!("purged-del-{}", w.name),
+                format!("gone-del-{}", w.name),
+                format!("cli-purged-{}", w.name),
+                format!("cli-gone-{}", w.name),
+            ] {
+                let a = put(s.daemon.admin, &format!("/streams/{name}"), Some(s.all()));
+                assert_eq!(a.status, 201, "creating stream {name}: {:?}", a.body);
+                let a = post(
+                    s.daemon.admin,
+                    &format!("/streams/{name}/messages"),
+                    "m",
+                    Some(s.all()),
+                );
+                assert_eq!(a.status, 200, "publishing to {name}: {:?}", a.body);
+            }
         }
         for g in groups {
             let a = post(
@@ -438,6 +477,24 @@ const ROUTES: &[Route] = &[
         body: "",
     },
     Route {
+        key: "`PUT /streams/{s}`",
+        method: "PUT",
+        path: "/streams/new-{own}",
+        body: "",
+    },
+    Route {
+        key: "`POST /streams/{s}/purge`",
+        method: "POST",
+        path: "/streams/purged-{own}/purge?force=true",
+        body: "",
+    },
+    Route {
+        key: "`DELETE /streams/{s}`",
+        method: "DELETE",
+        path: "/streams/gone-{own}?force=true",
+        body: "",
+    },
+    Route {
         key: "`GET /streams`",
         method: "GET",
         path: "/streams",
@@ -482,14 +539,24 @@ const ROUTES: &[Route] = &[
 ];
 
 fn delete(admin: std::net::SocketAddr, path: &str, token: Option<&str>) -> Answer {
-    let mut r = ureq::delete(&format!("http://{admin}{path}")).timeout(Duration::from_secs(30));
+    call("DELETE", admin, path, token)
+}
+
+fn put(admin: std::net::SocketAddr, path: &str, token: Option<&str>) -> Answer {
+    call("PUT", admin, path, token)
+}
+
+/// A request without a body.
+fn call(method: &str, admin: std::net::SocketAddr, path: &str, token: Option<&str>) -> Answer {
+    let mut r =
+        ureq::request(method, &format!("http://{admin}{path}")).timeout(Duration::from_secs(30));
     if let Some(t) = token {
         r = r.set("authorization", &format!("Bearer {t}"));
     }
     let (status, text) = match r.call() {
         Ok(r) => (r.status(), r.into_string().unwrap()),
         Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
-        Err(e) => panic!("DELETE {path}: {e}"),
+        Err(e) => panic!("{method} {path}: {e}"),
     };
     Answer {
         status,
@@ -512,6 +579,7 @@ fn every_http_route_answers_every_principal_as_its_rights_say() {
                 "GET" => get(admin, &path, token),
                 "POST" => post(admin, &path, r.body, token),
                 "DELETE" => delete(admin, &path, token),
+                "PUT" => put(admin, &path, token),
                 m => unreachable!("{m}"),
             };
             tries += 1;
@@ -519,9 +587,10 @@ fn every_http_route_answers_every_principal_as_its_rights_say() {
             let what = || format!("{} {path} as {}: {} {}", r.method, w.name, a.status, a.body);
             let error = a.body["error"].as_str().unwrap_or("");
             match want {
-                Outcome::Allowed => {
-                    failures.check(a.status == 200, || format!("{} (expected 200)", what()))
-                }
+                // A creation answers 201.
+                Outcome::Allowed => failures.check(matches!(a.status, 200 | 201), || {
+                    format!("{} (expected 200 or 201)", what())
+                }),
                 Outcome::Unauthenticated => failures.check(
                     a.status == 401 && error.contains(unauthenticated_says(w)),
                     || format!("{} (expected 401, {:?})", what(), unauthenticated_says(w)),
@@ -547,6 +616,31 @@ fn every_http_route_answers_every_principal_as_its_rights_say() {
         let own = format!("del-{}", w.name);
         failures.check(names.contains(&own.as_str()) != deleted, || {
             format!("group {own} of {} exists: {}", w.name, !deleted)
+        });
+    }
+    // And the streams of those allowed to create, purge and delete were
+    // created, emptied and deleted; the others' were not.
+    let streams = get(admin, "/streams", Some(s.all())).body.to_string();
+    for w in &s.who {
+        let may = expected(needs("`PUT /streams/{s}`"), w) == Outcome::Allowed;
+        let (new, gone) = (
+            format!("new-del-{}", w.name),
+            format!("gone-del-{}", w.name),
+        );
+        failures.check(streams.contains(&format!("\"{new}\"")) == may, || {
+            format!("stream {new} exists: {}", !may)
+        });
+        failures.check(streams.contains(&format!("\"{gone}\"")) != may, || {
+            format!("stream {gone} exists: {may}")
+        });
+        let purged = get(
+            admin,
+            &format!("/streams/purged-del-{}", w.name),
+            Some(s.all()),
+        )
+        .body;
+        failures.check((purged["first_offset"] == 1) == may, || {
+            format!("stream purged-del-{} purged: {}: {purged}", w.name, !may)
         });
     }
     // Every refusal was counted, by reason.
@@ -796,6 +890,36 @@ const CLI: &[CliCase] = &[
     CliCase {
         key: "`POST /spool/verify`",
         args: &["spool", "verify", "--admin", "{admin}"],
+        stdin: "",
+    },
+    CliCase {
+        key: "`PUT /streams/{s}`",
+        args: &["stream", "create", "cli-new-{who}", "--admin", "{admin}"],
+        stdin: "",
+    },
+    CliCase {
+        key: "`POST /streams/{s}/purge`",
+        args: &[
+            "stream",
+            "purge",
+            "cli-purged-{who}",
+            "--force",
+            "--admin",
+            "{admin}",
+        ],
+        stdin: "",
+    },
+    CliCase {
+        key: "`DELETE /streams/{s}`",
+        args: &[
+            "stream",
+            "delete",
+            "-s",
+            "cli-gone-{who}",
+            "--force",
+            "--admin",
+            "{admin}",
+        ],
         stdin: "",
     },
     CliCase {

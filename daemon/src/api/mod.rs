@@ -8,6 +8,9 @@
 //! | `GET /health` | `200 {"status":"ok",...}`; `200 {"status":"degraded",...}` while damage found in the spool is unrepaired or a consumer group stopped at it; `503` while acks are held (disk full) or the daemon is stopping. Lists damage found and offsets given up by repairs |
 //! | `GET /streams` | JSON: each stream's name, first and durable end offsets, damage found, recoveries (torn tails cut, repairs, offsets given up), scrub progress |
 //! | `GET /streams/{name}` | JSON: one stream in full: offsets, records, bytes on disk, segments, producers (highest seq, connected), groups, retention and fsync policy |
+//! | `PUT /streams/{name}` | creates the stream, empty, now (also with `streams.auto_create` off); `201`, `409` if it exists (admin principals only) |
+//! | `DELETE /streams/{name}?force=true` | deletes the stream, its dead-letter stream, its groups' state and files; `409` naming what uses it (producer sessions, groups with members or a backlog, forwards) unless forced (admin principals only) |
+//! | `POST /streams/{name}/purge?force=true` | removes every record: the first offset moves to the end, offsets are never reused, the idempotence table stays; `409` while in use unless forced (admin principals only) |
 //! | `POST /spool/verify?stream=S` | JSON: every durable record, checkpoint, cursor and group state checked now, at full speed (admin principals only) |
 //! | `GET /streams/{name}/records?from=N&limit=M` | JSON: durable records from offset N (payloads in base64), at most `admin.page_bytes` of payload (one record always) |
 //! | `POST /streams/{name}/messages` | publish: the body is the message (or a batch); `200` once durable, with offset, producer, seq, duplicate. Idempotence by `Sluice-Producer-Id` + `Sluice-Seq` or `Idempotency-Key` ([`publish`]) |
@@ -28,7 +31,7 @@
 //!
 //! The consumer routes (fetch to purge) are served by
 //! [`consume`], the push routes (ws, events) by [`push`], publishing by
-//! [`publish`]; `daemon/HTTP.md` documents them with examples. [`api`]
+//! [`publish`], a stream's creation, deletion and purge by [`lifecycle`]; `daemon/HTTP.md` documents them with examples. [`api`]
 //! lists every route, and makes the router and the OpenAPI document from
 //! that one list.
 //!
@@ -44,6 +47,7 @@
 mod caller;
 pub mod consume;
 pub mod error;
+pub mod lifecycle;
 pub mod openapi;
 pub mod publish;
 pub mod push;
@@ -124,7 +128,12 @@ pub fn api() -> OpenApiRouter<Arc<AdminState>> {
         .routes(routes!(metrics))
         .routes(routes!(health))
         .routes(routes!(streams))
-        .routes(routes!(stream_info))
+        .routes(routes!(
+            stream_info,
+            lifecycle::create_stream,
+            lifecycle::delete_stream
+        ))
+        .routes(routes!(lifecycle::purge_stream))
         .routes(routes!(records))
         .routes(routes!(verify))
         .routes(routes!(publish::publish))
@@ -593,7 +602,11 @@ pub(crate) fn existing_stream(s: &AdminState, name: &str) -> Result<Stream, ApiE
     if !s.spool.stream_names().iter().any(|n| n == name) {
         return Err(ApiError::not_found(format!("no stream {name:?}")));
     }
-    s.spool.stream(name).map_err(ApiError::internal)
+    s.spool.stream(name).map_err(|e| match e {
+        // Being deleted now.
+        SpoolError::StreamDeleted(_) => ApiError::not_found(e.to_string()),
+        e => ApiError::internal(e),
+    })
 }
 
 /// A [`RecordsPage`] of `stream` from `from`, as JSON: at most `limit`

@@ -97,7 +97,9 @@ pub struct NotFound(pub ErrorBody);
 #[derive(ToResponse)]
 #[response(
     description = "The consumer group has members (stop them first), is configured, or \
-                   the daemon runs as many groups as it may (`consumers.max_groups`)"
+                   the daemon runs as many groups as it may (`consumers.max_groups`); the \
+                   stream exists already (create), or is in use: producers, groups with \
+                   members or a backlog, forwards (delete and purge, unless forced)"
 )]
 pub struct Conflict(pub ErrorBody);
 

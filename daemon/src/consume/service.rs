@@ -530,6 +530,48 @@ impl Consumers {
         Ok(self.spool.stream(stream)?)
     }
 
+    /// Stops every group of `stream` and of its dead-letter stream,
+    /// members or not (a stream's deletion: their members find the group
+    /// gone), then runs `then` off the async workers with the map of
+    /// groups held, so that none of them starts again meanwhile.
+    pub async fn retire_stream<T: Send + 'static>(
+        &self,
+        stream: &str,
+        then: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ConsumeError> {
+        let dlq = format!("{stream}.dlq");
+        let mut groups = self.groups.lock().await;
+        let keys: Vec<GroupKey> = groups
+            .keys()
+            .filter(|(s, _)| s == stream || *s == dlq)
+            .cloned()
+            .collect();
+        for key in keys {
+            let Some(handle) = groups.remove(&key) else {
+                continue;
+            };
+            handle.send(Cmd::Stop);
+            self.listed
+                .lock()
+                .unwrap()
+                .retain(|h| !Arc::ptr_eq(h, &handle));
+            let run = {
+                let mut tasks = self.tasks.lock().unwrap();
+                let i = tasks.iter().position(|(k, _)| *k == key);
+                i.map(|i| tasks.swap_remove(i).1)
+            };
+            if let Some(run) = run {
+                let _ = run.await;
+            }
+            info!(stream = %key.0, group = %key.1, "consumer group retired: its stream is deleted");
+        }
+        let done = tokio::task::spawn_blocking(then)
+            .await
+            .map_err(|_| ConsumeError::Stopping)?;
+        drop(groups);
+        Ok(done)
+    }
+
     /// Stops every group task after its journal is written.
     pub async fn shutdown(&self) {
         self.groups.lock().await.clear();

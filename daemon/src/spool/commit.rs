@@ -492,6 +492,8 @@ fn copy_error(e: &SpoolError) -> SpoolError {
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
         SpoolError::Damaged(d) => SpoolError::Damaged(d.clone()),
+        SpoolError::StreamExists(n) => SpoolError::StreamExists(n.clone()),
+        SpoolError::StreamDeleted(n) => SpoolError::StreamDeleted(n.clone()),
         SpoolError::GroupCorrupt {
             stream,
             group,

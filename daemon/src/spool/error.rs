@@ -87,6 +87,10 @@ pub enum SpoolError {
     TooLarge(usize),
     #[error("the spool is closed")]
     Closed,
+    #[error("stream {0:?} exists already")]
+    StreamExists(String),
+    #[error("stream {0:?} was deleted")]
+    StreamDeleted(String),
     #[error("too many streams: the daemon has {max} (streams.max_streams); no new stream is made")]
     TooManyStreams { max: usize },
     #[error(

@@ -842,6 +842,60 @@ impl StreamLog {
             .map_err(SpoolError::io("fsync directory", &dir))
     }
 
+    /// Removes every record (an operator's purge): the active segment is
+    /// sealed and a new one starts at the log's end, its idempotence
+    /// snapshot written first (so a producer's resend of a (producer, seq)
+    /// stored before is still a duplicate, across restarts too), then the
+    /// checkpoint learns the new start and every older segment goes, as
+    /// retention deletes them. Offsets are never reused: the log goes on
+    /// from where it ended. Returns the new first offset.
+    pub fn purge(&mut self) -> Result<u64, SpoolError> {
+        self.writable()?;
+        if self.dirty {
+            self.cut_back()?;
+        }
+        let end = self.next_offset;
+        let active_holds_records = self
+            .shared
+            .read()
+            .unwrap()
+            .last()
+            .is_some_and(|m| m.count > 0);
+        if active_holds_records {
+            self.roll(end, end)?;
+        }
+        self.drop_segments_before_active()?;
+        info!(stream = %self.name, first_offset = end, "stream purged");
+        Ok(end)
+    }
+
+    /// Deletes every segment but the active one: out of the readers' view,
+    /// then the checkpoint's start, then the files.
+    fn drop_segments_before_active(&mut self) -> Result<(), SpoolError> {
+        let gone: Vec<PathBuf> = {
+            let segs = self.shared.read().unwrap();
+            segs[..segs.len().saturating_sub(1)]
+                .iter()
+                .map(|s| s.path.clone())
+                .collect()
+        };
+        if gone.is_empty() {
+            return Ok(());
+        }
+        self.unclean()?;
+        self.shared.write().unwrap().drain(..gone.len());
+        self.checkpoint(false)?;
+        for path in &gone {
+            self.fs
+                .remove_file(path)
+                .map_err(SpoolError::io("remove", path))?;
+            let _ = self.fs.remove_file(&super::index::index_path(path));
+        }
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(SpoolError::io("fsync directory", &self.dir))
+    }
+
     /// Deletes whole sealed segments, oldest first, while the log is over
     /// `max_bytes` or a segment's newest record is older than `min_timestamp_us`
     /// — never one holding records a `retain_until_acked` group has not acked.

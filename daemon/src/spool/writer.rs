@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use super::commit::{Batch, CommitConfig, Committer, Timer};
 pub use super::commit::{FsyncPolicy, CHECKPOINT_EVERY};
@@ -138,6 +138,16 @@ enum Request {
         recovery: Recovery,
         done: Reply<()>,
     },
+    /// Removes every record (see [`StreamLog::purge`]); answers the new
+    /// first offset.
+    Purge {
+        done: Reply<u64>,
+    },
+    /// The stream is being deleted: the writer closes the log and stops,
+    /// whatever handles are left; their requests are refused from then on.
+    Retire {
+        done: Reply<()>,
+    },
 }
 
 /// Counters shared between the writer thread and handles.
@@ -161,6 +171,8 @@ struct Gauges {
     scrubbed_segments: AtomicU64,
     scrub_passes: AtomicU64,
     scrub_last_pass_us: AtomicU64,
+    /// The stream is deleted (or being deleted): appends are refused.
+    deleted: AtomicBool,
 }
 
 impl Default for Gauges {
@@ -178,6 +190,7 @@ impl Default for Gauges {
             scrubbed_segments: AtomicU64::new(0),
             scrub_passes: AtomicU64::new(0),
             scrub_last_pass_us: AtomicU64::new(0),
+            deleted: AtomicBool::new(false),
         }
     }
 }
@@ -268,6 +281,12 @@ impl Stream {
     }
 
     fn submit(&self, records: Vec<Record>, done: Done) {
+        if self.gauges.deleted.load(Ordering::Relaxed) {
+            // A session or group that still holds the handle of a deleted
+            // stream: refused (a session closes, its producer learns why).
+            done.send(Err(SpoolError::StreamDeleted(self.name.clone())));
+            return;
+        }
         let bytes: usize = records.iter().map(Record::encoded_len).sum();
         self.gauges
             .backlog_records
@@ -278,8 +297,34 @@ impl Stream {
         if let Err(mpsc::SendError(Request::Append { done, .. })) =
             self.tx.send(Request::Append { records, done })
         {
-            done.send(Err(SpoolError::Closed));
+            done.send(Err(self.closed_error()));
         }
+    }
+
+    /// Why a request finds the writer gone.
+    fn closed_error(&self) -> SpoolError {
+        if self.gauges.deleted.load(Ordering::Relaxed) {
+            SpoolError::StreamDeleted(self.name.clone())
+        } else {
+            SpoolError::Closed
+        }
+    }
+
+    /// Removes every record of the stream, keeping its idempotence table
+    /// (see [`StreamLog::purge`]); what was queued before is written (and
+    /// purged) first. Resolves with the new first offset.
+    pub fn purge(&self) -> oneshot::Receiver<Result<u64, SpoolError>> {
+        let (done, rx) = oneshot::channel();
+        if let Err(mpsc::SendError(Request::Purge { done })) = self.tx.send(Request::Purge { done })
+        {
+            let _ = done.send(Err(self.closed_error()));
+        }
+        rx
+    }
+
+    /// Whether the stream was deleted (this handle is of no use then).
+    pub fn is_deleted(&self) -> bool {
+        self.gauges.deleted.load(Ordering::Relaxed)
     }
 
     /// The highest durable seq of `producer` in this stream, read at once:
@@ -505,6 +550,8 @@ pub struct Spool {
     config: SpoolConfig,
     streams: Mutex<HashMap<String, Stream>>,
     writers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Streams being deleted: not opened until their folders are gone.
+    deleting: Mutex<std::collections::HashSet<String>>,
     /// The data folder's lock (real file systems only).
     lock: Option<DirLock>,
 }
@@ -531,12 +578,14 @@ impl Spool {
         if config.fsync != FsyncPolicy::Always {
             warn!(policy = ?config.fsync, "fsync is not `always`: acks are NOT durable, a crash loses acked messages");
         }
+        remove_tombstones(&*fs, &streams)?;
         Ok(Spool {
             fs,
             root: root.to_path_buf(),
             config,
             streams: Mutex::new(HashMap::new()),
             writers: Mutex::new(Vec::new()),
+            deleting: Mutex::new(Default::default()),
             lock: None,
         })
     }
@@ -560,8 +609,124 @@ impl Spool {
     pub fn stream(&self, name: &str) -> Result<Stream, SpoolError> {
         check_name(name)?;
         let mut streams = self.streams.lock().unwrap();
+        self.open_in(&mut streams, name)
+    }
+
+    /// Creates stream `name`, empty, now: refused if it exists (on disk).
+    pub fn create(&self, name: &str) -> Result<Stream, SpoolError> {
+        check_name(name)?;
+        let mut streams = self.streams.lock().unwrap();
+        if self.stream_names().iter().any(|n| n == name) {
+            return Err(SpoolError::StreamExists(name.to_owned()));
+        }
+        self.open_in(&mut streams, name)
+    }
+
+    /// Deletes stream `name` and its dead-letter stream, with everything
+    /// in their folders (their consumer groups' state too; stop the
+    /// groups first). Blocks until their writers stopped and the files are
+    /// gone. Crash-safe: each folder is renamed to a tombstone (a name
+    /// starting with `.`, never taken for a stream) and the rename made
+    /// durable before anything in it is removed; a start removes the
+    /// tombstones a crash left. The dead-letter stream goes first, so a
+    /// crash between the two leaves a stream without dead letters, never
+    /// dead letters without their stream. Returns whether `name` existed.
+    pub fn delete(&self, name: &str) -> Result<bool, SpoolError> {
+        check_name(name)?;
+        let root = self.root.join("streams");
+        let dlq = format!("{name}.dlq");
+        // Taken out of the map and marked: nobody opens them again while
+        // their writers stop (which the map's lock is not held for: a
+        // writer holding a batch for disk space would hold every stream).
+        let (names, handles) = {
+            let mut streams = self.streams.lock().unwrap();
+            let on_disk = self.stream_names();
+            if !on_disk.iter().any(|n| n == name) {
+                return Ok(false);
+            }
+            let mut deleting = self.deleting.lock().unwrap();
+            if deleting.contains(name) {
+                return Err(SpoolError::StreamDeleted(name.to_owned()));
+            }
+            let names: Vec<String> = [dlq.as_str(), name]
+                .into_iter()
+                .filter(|n| on_disk.iter().any(|d| d == n))
+                .map(str::to_owned)
+                .collect();
+            deleting.extend(names.iter().cloned());
+            let handles: Vec<Stream> = names.iter().filter_map(|n| streams.remove(n)).collect();
+            (names, handles)
+        };
+        let result = self.entomb(&root, &names, handles);
+        {
+            let mut deleting = self.deleting.lock().unwrap();
+            for n in &names {
+                deleting.remove(n);
+            }
+        }
+        let tombs = result?;
+        // The names are free from here: what is left is only files.
+        for tomb in &tombs {
+            remove_tree(&*self.fs, tomb)?;
+        }
+        self.fs
+            .sync_dir(&root)
+            .map_err(SpoolError::io("fsync directory", &root))?;
+        info!(stream = name, "stream deleted");
+        Ok(true)
+    }
+
+    /// Stops the writers of streams being deleted (their handles) and
+    /// renames their folders (`names`, the dead-letter stream first) to
+    /// tombstones, durably; returns the tombstones.
+    fn entomb(
+        &self,
+        root: &Path,
+        names: &[String],
+        handles: Vec<Stream>,
+    ) -> Result<Vec<PathBuf>, SpoolError> {
+        for s in handles {
+            s.gauges.deleted.store(true, Ordering::Relaxed);
+            let (done, rx) = oneshot::channel();
+            if s.tx.send(Request::Retire { done }).is_ok() {
+                // Err: the writer stopped already (its log closed).
+                if let Ok(r) = rx.blocking_recv() {
+                    r?;
+                }
+            }
+        }
+        let mut tombs = Vec::new();
+        for n in names {
+            let tomb = root.join(format!(
+                "{TOMBSTONE}{}-{n}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos()
+            ));
+            let dir = root.join(n);
+            self.fs
+                .rename(&dir, &tomb)
+                .map_err(SpoolError::io("rename", &dir))?;
+            self.fs
+                .sync_dir(root)
+                .map_err(SpoolError::io("fsync directory", root))?;
+            tombs.push(tomb);
+        }
+        Ok(tombs)
+    }
+
+    /// [`stream`](Self::stream), with the map of open streams held.
+    fn open_in(
+        &self,
+        streams: &mut HashMap<String, Stream>,
+        name: &str,
+    ) -> Result<Stream, SpoolError> {
         if let Some(s) = streams.get(name) {
             return Ok(s.clone());
+        }
+        if self.deleting.lock().unwrap().contains(name) {
+            return Err(SpoolError::StreamDeleted(name.to_owned()));
         }
         let dir = self.root.join("streams").join(name);
         let on_disk = self.stream_names();
@@ -642,6 +807,40 @@ impl Spool {
     }
 }
 
+/// How a deleted stream's folder is renamed before its files are removed
+/// (`.deleted-<time>-<name>`): the leading dot makes it no stream name.
+pub const TOMBSTONE: &str = ".deleted-";
+
+/// Removes the tombstones of deletions a crash cut short.
+fn remove_tombstones(fs: &dyn SpoolFs, streams: &Path) -> Result<(), SpoolError> {
+    let names = fs.list(streams).map_err(SpoolError::io("list", streams))?;
+    let mut removed = false;
+    for n in names.iter().filter(|n| n.starts_with(TOMBSTONE)) {
+        warn!(folder = %n, "removing what a stream deletion cut short by a stop left");
+        remove_tree(fs, &streams.join(n))?;
+        removed = true;
+    }
+    if removed {
+        fs.sync_dir(streams)
+            .map_err(SpoolError::io("fsync directory", streams))?;
+    }
+    Ok(())
+}
+
+/// Removes a folder and everything below it (a stream's folder is a few
+/// levels deep: groups, cursors, files set aside).
+fn remove_tree(fs: &dyn SpoolFs, dir: &Path) -> Result<(), SpoolError> {
+    for n in fs.list(dir).map_err(SpoolError::io("list", dir))? {
+        let path = dir.join(n);
+        if fs.remove_file(&path).is_err() {
+            // A folder (unlink refuses those).
+            remove_tree(fs, &path)?;
+        }
+    }
+    fs.remove_dir(dir)
+        .map_err(SpoolError::io("remove directory", dir))
+}
+
 /// Longest stream name: its dead-letter stream's name (`<name>.dlq`)
 /// must fit in the file system's 255 bytes too. A dead-letter stream's
 /// own name is up to 255.
@@ -682,6 +881,8 @@ struct Writer {
     retention_age: Option<Duration>,
     gauges: Arc<Gauges>,
     durable_end: watch::Sender<u64>,
+    /// The stream is being deleted: whom to answer once the log is closed.
+    retired: Option<Reply<()>>,
 }
 
 impl Writer {
@@ -701,6 +902,7 @@ impl Writer {
             retention_age: config.retention_age,
             gauges,
             durable_end,
+            retired: None,
         }
     }
 
@@ -741,11 +943,23 @@ impl Writer {
             if let Some(batch) = self.committer.take_batch() {
                 self.commit(batch);
             }
+            if self.retired.is_some() {
+                break;
+            }
         }
         // A clean stop: synced, and a checkpoint that says the log ends here.
         let name = self.log.name().to_owned();
-        if let Err(e) = self.log.close() {
+        let closed = self.log.close();
+        if let Err(e) = &closed {
             error!(stream = %name, error = %e, "closing the log failed: the next start checks it as after a crash");
+        }
+        if let Some(done) = self.retired {
+            // Whatever came after the deletion began is refused, each
+            // waiter answered (a session's callback must run).
+            while let Ok(req) = rx.try_recv() {
+                refuse(req, &name);
+            }
+            let _ = done.send(closed);
         }
     }
 
@@ -767,6 +981,15 @@ impl Writer {
             Request::Record { recovery, done } => {
                 let _ = done.send(self.log.record(recovery));
             }
+            Request::Purge { done } => {
+                // What was queued before the purge is written first, and
+                // purged with the rest.
+                if let Some(batch) = self.committer.take_batch() {
+                    self.commit(batch);
+                }
+                let _ = done.send(self.log.purge());
+            }
+            Request::Retire { done } => self.retired = Some(done),
             Request::SkipTo { to, reason, done } => {
                 let r = self.log.skip_to(to, Kind::Repair, &reason);
                 if r.is_ok() {
@@ -908,6 +1131,24 @@ impl Writer {
     }
 }
 
+/// Answers a request sent to a stream being deleted.
+fn refuse(req: Request, name: &str) {
+    let e = || SpoolError::StreamDeleted(name.to_owned());
+    match req {
+        Request::Append { done, .. } => done.send(Err(e())),
+        Request::SetCursor { done, .. }
+        | Request::RemoveCursor { done, .. }
+        | Request::SkipTo { done, .. }
+        | Request::Record { done, .. }
+        | Request::Retire { done } => {
+            let _ = done.send(Err(e()));
+        }
+        Request::Purge { done } => {
+            let _ = done.send(Err(e()));
+        }
+    }
+}
+
 /// A successful append answers every record, and stores the new ones at
 /// contiguous offsets from where the log ended before (`from`) to where it
 /// ends now (`to`): no offset skipped, none given twice.
@@ -1032,5 +1273,115 @@ mod tests {
             drop(s);
             spool.shutdown();
         }
+    }
+
+    fn real_spool(dir: &Path) -> Spool {
+        let config = SpoolConfig {
+            min_free_bytes: 0,
+            ..SpoolConfig::default()
+        };
+        Spool::open(dir, config).unwrap()
+    }
+
+    fn stored(o: Result<Result<Outcome, SpoolError>, oneshot::error::RecvError>) -> Outcome {
+        o.expect("answered").expect("no error")
+    }
+
+    /// A purge removes every record and moves the first offset to the
+    /// end, and the idempotence table stays: a resend of a (producer, seq)
+    /// stored before the purge is a duplicate, before and after a restart;
+    /// new records continue the offsets.
+    #[test]
+    fn a_purge_keeps_the_idempotence_table_and_never_reuses_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = real_spool(dir.path());
+        let s = spool.stream("s").unwrap();
+        for seq in 1..=5 {
+            let o = stored(s.append(7, seq, Bytes::from_static(b"m")).blocking_recv());
+            assert_eq!(o, Outcome::Stored { offset: seq - 1 });
+        }
+        assert_eq!(s.purge().blocking_recv().unwrap().unwrap(), 5);
+        assert_eq!((s.first_offset(), s.durable_end()), (5, 5));
+        assert!(
+            s.reader(0).next_record().unwrap().is_none(),
+            "a record is left"
+        );
+        let o = stored(s.append(7, 3, Bytes::from_static(b"m")).blocking_recv());
+        assert_eq!(
+            o,
+            Outcome::Duplicate,
+            "a resend after the purge was stored again"
+        );
+        // Purging an empty stream changes nothing.
+        assert_eq!(s.purge().blocking_recv().unwrap().unwrap(), 5);
+        drop(s);
+        spool.shutdown();
+        drop(spool);
+
+        let spool = real_spool(dir.path());
+        let s = spool.stream("s").unwrap();
+        assert_eq!((s.first_offset(), s.durable_end()), (5, 5));
+        assert_eq!(s.highest_seq(7), Some(5));
+        let o = stored(s.append(7, 5, Bytes::from_static(b"m")).blocking_recv());
+        assert_eq!(o, Outcome::Duplicate, "after a restart");
+        let o = stored(s.append(7, 6, Bytes::from_static(b"m")).blocking_recv());
+        assert_eq!(o, Outcome::Stored { offset: 5 });
+        drop(s);
+        spool.shutdown();
+    }
+
+    /// A deleted stream's folder and its dead-letter stream are gone, a
+    /// handle still held is refused, and the name makes a fresh stream.
+    #[test]
+    fn a_deleted_stream_is_gone_and_its_name_makes_a_fresh_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = real_spool(dir.path());
+        let s = spool.stream("s").unwrap();
+        let dlq = spool.stream("s.dlq").unwrap();
+        stored(s.append(1, 1, Bytes::from_static(b"m")).blocking_recv());
+        stored(dlq.append(1, 1, Bytes::from_static(b"d")).blocking_recv());
+        assert!(matches!(
+            spool.create("s"),
+            Err(SpoolError::StreamExists(_))
+        ));
+        assert!(spool.delete("s").unwrap());
+        assert!(
+            spool.stream_names().is_empty(),
+            "{:?}",
+            spool.stream_names()
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("streams"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        let o = s
+            .append(1, 2, Bytes::from_static(b"m"))
+            .blocking_recv()
+            .unwrap();
+        assert!(matches!(o, Err(SpoolError::StreamDeleted(_))), "{o:?}");
+        assert!(!spool.delete("s").unwrap(), "deleted twice");
+        let fresh = spool.create("s").unwrap();
+        assert_eq!((fresh.first_offset(), fresh.durable_end()), (0, 0));
+        assert_eq!(fresh.highest_seq(1), None);
+        let o = stored(fresh.append(1, 1, Bytes::from_static(b"m")).blocking_recv());
+        assert_eq!(o, Outcome::Stored { offset: 0 });
+        drop((s, dlq, fresh));
+        spool.shutdown();
+    }
+
+    /// A tombstone a crash left (the rename done, the removal not) is
+    /// removed at the next start and never taken for a stream.
+    #[test]
+    fn a_start_removes_the_tombstones_of_cut_short_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let tomb = dir.path().join("streams").join(format!("{TOMBSTONE}1-s"));
+        std::fs::create_dir_all(tomb.join("groups").join("g")).unwrap();
+        std::fs::write(tomb.join("groups").join("g").join("state"), b"x").unwrap();
+        std::fs::write(tomb.join("checkpoint"), b"x").unwrap();
+        let spool = real_spool(dir.path());
+        assert!(!tomb.exists());
+        assert!(spool.stream_names().is_empty());
+        spool.shutdown();
     }
 }

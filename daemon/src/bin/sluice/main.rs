@@ -146,6 +146,15 @@ impl AdminAddr {
         self.answer(r)
     }
 
+    /// PUTs `path` (no body) and returns the answer's body, as
+    /// [`get`](Self::get).
+    fn put(&self, path: &str) -> Result<String, Box<dyn std::error::Error>> {
+        let r = self
+            .request_with("PUT", path, std::time::Duration::from_secs(60))?
+            .call();
+        self.answer(r)
+    }
+
     /// DELETEs `path` and returns the answer's body, as [`get`](Self::get).
     fn delete(&self, path: &str) -> Result<String, Box<dyn std::error::Error>> {
         let r = self

@@ -1,9 +1,11 @@
-//! `sluice stream ls|info`: the daemon's streams, through its admin HTTP
-//! API (`GET /streams`, `GET /streams/{s}`).
+//! `sluice stream ls|info|create|delete|purge`: the daemon's streams,
+//! through its admin HTTP API (`GET /streams`, `GET /streams/{s}`, `PUT
+//! /streams/{s}`, `DELETE /streams/{s}`, `POST /streams/{s}/purge`).
 
 use std::fmt::Write as _;
 
 use clap::Subcommand;
+use sluice_daemon::api::lifecycle::StreamChange;
 use sluice_daemon::api::{StreamDetail, StreamList};
 
 use crate::stat::{bytes, render_groups};
@@ -24,6 +26,41 @@ enum StreamCmd {
     /// producers it knows (highest seq stored, connected now), its
     /// consumer groups, retention and fsync policy.
     Info(InfoArgs),
+    /// Create an empty stream now (the way to make one when
+    /// streams.auto_create is off). Fails if it exists.
+    Create(ChangeArgs),
+    /// Delete a stream: its records, its dead-letter stream, its consumer
+    /// groups' state, its files (a mistyped name made by a publish goes
+    /// this way). Refused while producers are connected or groups have
+    /// members, a backlog or a forward, unless --force. The name can then
+    /// be used again for a fresh stream.
+    Delete(ForceArgs),
+    /// Remove every record of a stream: its first offset moves to its end
+    /// (offsets are never reused) and its idempotence table stays (a
+    /// producer's resend is still a duplicate). Refused while in use, as
+    /// delete, unless --force.
+    Purge(ForceArgs),
+}
+
+#[derive(clap::Args)]
+struct ChangeArgs {
+    #[command(flatten)]
+    stream: crate::stream_arg::StreamArg,
+    #[command(flatten)]
+    admin: AdminAddr,
+    /// Print the daemon's JSON answer instead of a sentence.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct ForceArgs {
+    #[command(flatten)]
+    change: ChangeArgs,
+    /// Go ahead although producers, consumer groups or forwards use the
+    /// stream.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -50,7 +87,50 @@ pub fn run(a: Args) -> Res {
     match a.cmd {
         StreamCmd::Ls(a) => ls(a),
         StreamCmd::Info(a) => info(a),
+        StreamCmd::Create(a) => {
+            let path = format!("/streams/{}", a.stream.name());
+            change(&a, a.admin.put(&path)?)
+        }
+        StreamCmd::Delete(a) => {
+            let path = format!("/streams/{}?force={}", a.change.stream.name(), a.force);
+            change(&a.change, a.change.admin.delete(&path)?)
+        }
+        StreamCmd::Purge(a) => {
+            let path = format!(
+                "/streams/{}/purge?force={}",
+                a.change.stream.name(),
+                a.force
+            );
+            let body = a.change.admin.post(&path, &serde_json::json!({}))?;
+            change(&a.change, body)
+        }
     }
+}
+
+/// Prints what a create, delete or purge did.
+fn change(a: &ChangeArgs, body: String) -> Res {
+    let c: StreamChange = serde_json::from_str(&body)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&c)?);
+        return Ok(());
+    }
+    match c.done.as_str() {
+        "created" => println!("created stream {}", c.stream),
+        "purged" => println!(
+            "purged stream {}: {} record(s) removed; it now starts at offset {}",
+            c.stream,
+            c.removed,
+            c.first_offset.unwrap_or_default()
+        ),
+        _ => println!(
+            "deleted stream {} (and its dead letters and groups)",
+            c.stream
+        ),
+    }
+    for what in &c.forced_past {
+        eprintln!("forced past: {what}");
+    }
+    Ok(())
 }
 
 fn ls(a: LsArgs) -> Res {
