@@ -369,6 +369,14 @@ impl Owner for Ingest {
                 }
                 // The spool is closing: nothing is acked.
                 Err(SpoolError::Closed) => {}
+                // An operator deleted the stream (`sluice stream delete
+                // --force`): not a fault. The producer opens a new session
+                // and resends; the stream is made again only if
+                // streams.auto_create allows it.
+                Err(SpoolError::StreamDeleted(name)) => {
+                    info!(session = id, stream = %name, "the stream was deleted: closing the session");
+                    control.close(id, CloseCode::StorageError, "the stream was deleted");
+                }
                 Err(e) => {
                     m.append_errors.fetch_add(1, Relaxed);
                     error!(error = %e, session = id, "append failed: not acked; closing the session so the producer resends");
