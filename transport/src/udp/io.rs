@@ -8,12 +8,16 @@ use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tracing::warn;
 
-use super::batch::{RecvBatch, SendBatch};
+use super::batch::{enable_gro, RecvBatch, SendBatch, GRO_SLOT};
 use super::PacketIo;
 use crate::wire::MAX_DATAGRAM;
 
 /// Datagrams taken from the socket per system call.
 const RECV_BATCH: usize = 64;
+
+/// Buffers taken per system call with GRO: each holds up to 64 coalesced
+/// datagrams, and is 64 KiB (1 MiB in all).
+const GRO_BATCH: usize = 16;
 
 pub struct UdpIo {
     socket: UdpSocket,
@@ -21,13 +25,17 @@ pub struct UdpIo {
 }
 
 impl UdpIo {
+    /// Serves `socket`, with GRO when the kernel has it (see
+    /// [`enable_gro`]).
     pub fn new(socket: UdpSocket) -> Self {
-        UdpIo {
-            socket,
+        let inbox = if enable_gro(&socket) {
+            RecvBatch::new(GRO_BATCH, GRO_SLOT)
+        } else {
             // One byte more than the largest datagram, so that an oversized
             // one shows as such instead of being silently cut to fit.
-            inbox: RecvBatch::new(RECV_BATCH, MAX_DATAGRAM + 1),
-        }
+            RecvBatch::new(RECV_BATCH, MAX_DATAGRAM + 1)
+        };
+        UdpIo { socket, inbox }
     }
 
     pub fn socket(&self) -> &UdpSocket {
