@@ -64,6 +64,13 @@ pub fn gso_enabled() -> bool {
     !GSO_OFF.load(Relaxed)
 }
 
+/// Turns GSO on or off for every batch this process sends from now on:
+/// for tests and benchmarks whose impairment (an nftables drop) acts on
+/// whole GSO messages, where a wire would lose datagrams one by one.
+pub fn set_gso(on: bool) {
+    GSO_OFF.store(!on, Relaxed);
+}
+
 /// Where one received datagram is in a [`RecvBatch`].
 #[derive(Clone, Copy)]
 struct Datagram {

@@ -15,9 +15,11 @@ use crate::wire::MAX_DATAGRAM;
 /// Datagrams taken from the socket per system call.
 const RECV_BATCH: usize = 64;
 
-/// Buffers taken per system call with GRO: each holds up to 64 coalesced
-/// datagrams, and is 64 KiB (1 MiB in all).
-const GRO_BATCH: usize = 16;
+/// Buffers taken per system call with GRO: as many as without, so that
+/// datagrams the kernel did not coalesce (none of a sender's runs on
+/// loopback without GSO) are still taken 64 at a time; 64 KiB each, 4 MiB
+/// for the daemon's one data socket.
+const GRO_BATCH: usize = RECV_BATCH;
 
 pub struct UdpIo {
     socket: UdpSocket,
