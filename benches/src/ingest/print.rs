@@ -56,13 +56,14 @@ pub fn print(r: &IngestReport) {
     };
     println!(
         "\ningest: {} producers x {size} over {}, fsync = {}, {load}, {how}, {} repetition(s), \
-         {} stream(s), {} B datagrams{}",
+         {} stream(s), {} B datagrams{}{}",
         c.producers,
         c.path.name(),
         c.fsync,
         c.repeat,
         c.streams,
         c.datagram,
+        if c.gso { "" } else { " (no GSO)" },
         match &c.external {
             Some(e) => format!(", external daemon {}", e.addr),
             None => String::new(),
