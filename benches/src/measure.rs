@@ -242,6 +242,66 @@ pub struct DaemonCounters {
     pub fsync_p99_us: f64,
     /// Messages per data datagram received.
     pub messages_per_datagram: f64,
+    /// Where the daemon's part of publish → ack went (its histograms).
+    pub stages: Stages,
+}
+
+/// One stage of the publish → durable ack path over the window, from the
+/// daemon's histogram of it: the exact mean, and the bucket bounds that
+/// hold p50 and p99 (upper estimates), microseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StageTime {
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+impl StageTime {
+    fn between(a: &Scrape, b: &Scrape, name: &str) -> StageTime {
+        let count = (b.value(&format!("{name}_count"), &[])
+            - a.value(&format!("{name}_count"), &[]))
+        .max(0.0) as u64;
+        let sum = b.value(&format!("{name}_sum"), &[]) - a.value(&format!("{name}_sum"), &[]);
+        let q = |p: f64| {
+            b.quantile_since(a, name, &[], p)
+                .filter(|v| v.is_finite())
+                .unwrap_or(0.0)
+                * 1e6
+        };
+        StageTime {
+            count,
+            mean_us: sum / count.max(1) as f64 * 1e6,
+            p50_us: q(0.5),
+            p99_us: q(0.99),
+        }
+    }
+}
+
+/// The daemon's stages, in path order: a batch received → its append
+/// waits for a group commit (`queue`) → the commit's `write` → its
+/// `fdatasync` → the ack queued (`received_to_acked` spans all of that) →
+/// the STATUS handed to the socket (`status`, fast path only).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Stages {
+    pub queue: StageTime,
+    pub write: StageTime,
+    pub fdatasync: StageTime,
+    pub received_to_acked: StageTime,
+    pub status: StageTime,
+}
+
+impl Stages {
+    fn between(a: &Scrape, b: &Scrape) -> Stages {
+        let t = |name| StageTime::between(a, b, name);
+        Stages {
+            queue: t("sluice_spool_queue_seconds"),
+            write: t("sluice_spool_write_seconds"),
+            fdatasync: t("sluice_spool_fdatasync_seconds"),
+            received_to_acked: t("sluice_publish_ack_seconds"),
+            status: t("sluice_fastpath_status_seconds"),
+        }
+    }
 }
 
 impl DaemonCounters {
@@ -278,6 +338,7 @@ impl DaemonCounters {
             fsync_p50_us: q("sluice_spool_fsync_seconds", 0.5) * 1e6,
             fsync_p99_us: q("sluice_spool_fsync_seconds", 0.99) * 1e6,
             messages_per_datagram: messages_in as f64 / datagrams_in.max(1) as f64,
+            stages: Stages::between(a, b),
         }
     }
 }

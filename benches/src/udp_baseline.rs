@@ -125,20 +125,29 @@ impl RateLatency {
 }
 
 /// The floor of a request/ack round trip at `rate` per second on this
-/// machine, with no protocol and no disk: a client thread sends a
-/// `size`-byte datagram at each due time (sleeping in between) and waits for
-/// an echo thread to send it back; latency runs from the due time to the
-/// echo's arrival, so it holds the timer's and the scheduler's wake-up
-/// delays and loopback's round trip (coordinated omission corrected, as
-/// the open-loop ingest measures). The CPU per round trip counts this whole
-/// process, so nothing else should run in it meanwhile.
+/// machine, with no protocol and no disk, driven as the open-loop ingest is:
+/// a pacer thread sends each `size`-byte datagram (its index in the first 8
+/// bytes) at its due time `start + i / rate` — everything due at a wake-up,
+/// so a late wake-up sends a burst — an echo thread sends each back, and a
+/// receiver thread records arrival − due. Latency so holds the timer's and
+/// the scheduler's wake-up delays and loopback's round trip, and a pacer
+/// that falls behind counts against every late datagram (coordinated
+/// omission corrected). An earlier version waited for each echo before the
+/// next send: one thread's sleep and two wake-ups per datagram took longer
+/// than 100 µs, so it fell behind at 10,000/s and measured its own queue.
+/// Datagrams lost on loopback (a full buffer) are not counted. The CPU per
+/// round trip counts this whole process, so nothing else should run in it
+/// meanwhile.
 pub fn echo_at_rate(rate: f64, size: usize, duration: Duration) -> std::io::Result<RateLatency> {
+    let size = size.max(8);
     let server = UdpSocket::bind("127.0.0.1:0")?;
     let client = UdpSocket::bind("127.0.0.1:0")?;
     client.connect(server.local_addr()?)?;
     server.connect(client.local_addr()?)?;
-    server.set_read_timeout(Some(Duration::from_millis(200)))?;
-    client.set_read_timeout(Some(Duration::from_secs(1)))?;
+    for s in [&server, &client] {
+        let _ = set_int(s, libc::SO_RCVBUF, 4 << 20);
+        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let echo = {
         let stop = stop.clone();
@@ -152,26 +161,53 @@ pub fn echo_at_rate(rate: f64, size: usize, duration: Duration) -> std::io::Resu
         })
     };
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let out = vec![0x5Au8; size];
-    let mut buf = vec![0u8; 65_536];
-    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    let total = (duration.as_secs_f64() * rate).round() as u64;
+    let start = Instant::now() + Duration::from_millis(10);
+    let due = move |i: u64| start + interval.mul_f64(i as f64);
+    let receiver = {
+        let client = client.try_clone()?;
+        std::thread::spawn(move || {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let mut buf = vec![0u8; 65_536];
+            // Bounded: every datagram back, or the last due time plus a
+            // second for stragglers.
+            let give_up = due(total) + Duration::from_secs(1);
+            while h.len() < total && Instant::now() < give_up {
+                let Ok(n) = client.recv(&mut buf) else {
+                    continue;
+                };
+                let Some(index) = buf[..n].first_chunk::<8>() else {
+                    continue;
+                };
+                let i = u64::from_le_bytes(*index);
+                h.saturating_record(due(i).elapsed().as_micros() as u64);
+            }
+            h
+        })
+    };
+    let mut out = vec![0x5Au8; size];
     let cpu_before = crate::cpu::self_seconds();
-    let start = Instant::now();
-    let mut due = start;
     let mut result = Ok(());
-    while due < start + duration {
+    let mut i = 0;
+    while i < total {
         let now = Instant::now();
-        if now < due {
-            std::thread::sleep(due - now);
+        if now < due(i) {
+            std::thread::sleep(due(i) - now);
             continue;
         }
-        if let Err(e) = client.send(&out).and_then(|_| client.recv(&mut buf)) {
-            result = Err(e);
-            break;
+        while i < total && due(i) <= now {
+            out[..8].copy_from_slice(&i.to_le_bytes());
+            if let Err(e) = client.send(&out) {
+                result = Err(e);
+                i = total;
+                break;
+            }
+            i += 1;
         }
-        h.saturating_record(due.elapsed().as_micros() as u64);
-        due += interval;
     }
+    let h = receiver
+        .join()
+        .map_err(|_| std::io::Error::other("receiver panicked"))?;
     stop.store(true, Ordering::Relaxed);
     echo.join()
         .map_err(|_| std::io::Error::other("echo panicked"))?;

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sluice_transport::proto::{
     DropCounts, Endpoint, EndpointEvent, Incoming, Receiver, ReceiverStats,
@@ -390,6 +390,14 @@ impl Owner for Ingest {
             shared.in_flight.fetch_sub(1, Relaxed);
         };
         session.stream.append_batch_then(records, Box::new(then));
+    }
+
+    fn durable_sent(&mut self, session: u64, waited: Duration) {
+        if let Some(s) = self.sessions.get(&session) {
+            s.metrics
+                .status_sent
+                .observe(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX));
+        }
     }
 
     fn closed(&mut self, ev: &EndpointEvent) {

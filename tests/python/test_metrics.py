@@ -174,6 +174,14 @@ def test_disk_latency_process_and_build_figures(sluiced):
         # Every batch acked durable was timed from its receipt.
         assert one(text, "sluice_publish_ack_seconds_count", stream=stream) > 0
         assert one(text, "sluice_durable_acks_total", stream=stream) == records
+        # The stages of the group commit that made them durable.
+        commits = one(text, "sluice_spool_fdatasync_seconds_count", stream=stream)
+        assert commits > 0
+        assert one(text, "sluice_spool_write_seconds_count", stream=stream) == commits
+        assert one(text, "sluice_spool_queue_seconds_count", stream=stream) >= commits
+    # The fast path's acks were timed to their STATUS; HTTP has none.
+    assert one(text, "sluice_fastpath_status_seconds_count", stream="fast") > 0
+    assert one(text, "sluice_fastpath_status_seconds_count", stream="orders") == 0
     assert one(text, "sluice_spool_fs_free_bytes") > 0
     assert one(text, "sluice_spool_fs_size_bytes") >= one(text, "sluice_spool_fs_free_bytes")
     assert one(text, "process_resident_memory_bytes") > 1 << 20

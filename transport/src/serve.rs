@@ -36,6 +36,11 @@ pub trait Owner: Send + 'static {
     /// A session ended.
     fn closed(&mut self, _event: &EndpointEvent) {}
 
+    /// A durable mark given to [`SessionControl::mark_durable`] went out
+    /// to its producer (the STATUS handed to the socket) `waited` after
+    /// the call: the endpoint task's wake-up, for the latency breakdown.
+    fn durable_sent(&mut self, _session: u64, _waited: Duration) {}
+
     /// Called every [`TICK`]: look at every session (counters, peers) and
     /// adjust what follows from them, such as each session's credit.
     fn tick(&mut self, _now: Instant, _endpoint: &mut Endpoint) {}
@@ -50,6 +55,8 @@ enum Command {
     MarkDurable {
         session: u64,
         seq: u64,
+        /// When the owner marked it (see [`Owner::durable_sent`]).
+        at: Instant,
     },
     SetCredit {
         session: u64,
@@ -79,7 +86,11 @@ pub struct SessionControl {
 
 impl SessionControl {
     pub fn mark_durable(&self, session: u64, seq: u64) {
-        let _ = self.tx.send(Command::MarkDurable { session, seq });
+        let _ = self.tx.send(Command::MarkDurable {
+            session,
+            seq,
+            at: Instant::now(),
+        });
     }
 
     pub fn set_credit(&self, session: u64, credit: u32) {
@@ -204,6 +215,8 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut paused = false;
     let mut finished: Option<oneshot::Sender<()>> = None;
+    // Durable marks applied since the last send: (session, marked at).
+    let mut marked: Vec<(u64, Instant)> = Vec::new();
     loop {
         let now = Instant::now();
         while let Some(id) = ep.poll_readable() {
@@ -225,6 +238,10 @@ async fn run(
                 warn!(error = %e, "sending datagrams failed");
             }
             outbox.clear();
+        }
+        let sent = Instant::now();
+        for (session, at) in marked.drain(..) {
+            owner.durable_sent(session, sent.saturating_duration_since(at));
         }
         if let Some(done) = finished.take() {
             let _ = done.send(());
@@ -283,6 +300,10 @@ async fn run(
                             finished = Some(done);
                             break;
                         }
+                        Command::MarkDurable { session, at, .. } if ep.receiver_mut(session).is_some() => {
+                            marked.push((session, at));
+                            apply(&mut ep, c);
+                        }
                         other => apply(&mut ep, other),
                     }
                     next = commands.try_recv().ok();
@@ -296,7 +317,7 @@ async fn run(
 
 fn apply(ep: &mut Endpoint, c: Command) {
     match c {
-        Command::MarkDurable { session, seq } => {
+        Command::MarkDurable { session, seq, .. } => {
             if let Some(r) = ep.receiver_mut(session) {
                 r.mark_durable(seq);
             }

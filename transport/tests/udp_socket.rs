@@ -73,6 +73,53 @@ async fn batches_move_many_datagrams_per_call_with_their_senders() {
     assert!(small.truncated(0));
 }
 
+/// A run of same-sized datagrams goes out as one GSO message, and a socket
+/// with GRO takes it in one buffer: the batch hands the datagrams out one by
+/// one again, in order, the shorter last one and another sender's too.
+#[tokio::test]
+async fn gso_runs_arrive_whole_and_gro_buffers_are_split_again() {
+    let a = udp::bind("127.0.0.1:0".parse().unwrap(), &SocketOptions::default()).unwrap();
+    let c = udp::bind("127.0.0.1:0".parse().unwrap(), &SocketOptions::default()).unwrap();
+    let b = udp::bind("127.0.0.1:0".parse().unwrap(), &SocketOptions::default()).unwrap();
+    assert!(udp::enable_gro(&b), "UDP_GRO (Linux 5.0) is refused");
+    let to = b.local_addr().unwrap();
+    let mut out = SendBatch::new();
+    for i in 0..40u8 {
+        out.push(to, &[i; 1000]);
+    }
+    out.push(to, &[40; 300]);
+    assert_eq!(out.send(&a).await.unwrap(), 0);
+    out.push(to, &[41; 1000]);
+    assert_eq!(out.send(&c).await.unwrap(), 0);
+    assert!(udp::gso_enabled(), "the kernel refused GSO on loopback");
+
+    let mut inbox = RecvBatch::new(8, udp::GRO_SLOT);
+    let mut seen = Vec::new();
+    let mut fewest_buffers = usize::MAX;
+    while seen.len() < 42 {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), inbox.recv(&b))
+            .await
+            .expect("datagrams arrive")
+            .unwrap();
+        fewest_buffers = fewest_buffers.min(inbox.buffers());
+        for i in 0..n {
+            let (data, from) = inbox.get(i);
+            let sender = if data[0] == 41 { &c } else { &a };
+            assert_eq!(from, Some(sender.local_addr().unwrap()));
+            let want = if data[0] == 40 { 300 } else { 1000 };
+            assert_eq!(data.len(), want, "datagram {}", data[0]);
+            assert!(data.iter().all(|&x| x == data[0]));
+            seen.push(data[0]);
+        }
+    }
+    assert_eq!(seen, (0..42).collect::<Vec<_>>());
+    // The 41 datagrams of `a` came in one buffer (or a few), not 41.
+    assert!(
+        fewest_buffers < 5,
+        "no coalescing: {fewest_buffers} buffers"
+    );
+}
+
 #[tokio::test]
 async fn a_capped_buffer_can_be_accepted_and_read_back() {
     // More than any cap a test machine has; as root it is forced.

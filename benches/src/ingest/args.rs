@@ -60,6 +60,10 @@ pub struct IngestArgs {
     /// --size, --dir and --json).
     #[arg(long, default_value = "fast", value_parser = ["fast", "quic", "udp", "http", "grpc", "xdp"])]
     pub path: String,
+    /// Producers send datagram by datagram, without UDP segmentation
+    /// offload (GSO): the comparison for what it gives on the UDP paths.
+    #[arg(long)]
+    pub no_gso: bool,
     /// No progress line on stderr (it is shown only on a terminal anyway).
     #[arg(long, short)]
     pub quiet: bool,
@@ -99,6 +103,7 @@ impl IngestArgs {
             },
             streams: self.streams,
             datagram: self.datagram,
+            gso: !self.no_gso,
             dir: self.out.dir.clone(),
             path: match self.path.as_str() {
                 "quic" => PathKind::Quic,

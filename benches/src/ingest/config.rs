@@ -92,6 +92,9 @@ pub struct IngestConfig {
     pub path: PathKind,
     /// The producers' largest datagram (UDP payload).
     pub datagram: usize,
+    /// Whether the producers' UDP sends use GSO (off: datagram by
+    /// datagram, the comparison for what GSO gives).
+    pub gso: bool,
     /// Where the temporary data folder (and the disk baseline) goes.
     pub dir: PathBuf,
     pub external: Option<External>,

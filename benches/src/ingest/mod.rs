@@ -61,6 +61,8 @@ pub fn run_with(
     progress: &Progress,
 ) -> Result<IngestReport, Box<dyn std::error::Error>> {
     config.validate()?;
+    // Process-wide: this process's producers are the only senders here.
+    sluice_transport::udp::set_gso(config.gso);
     let head = Head::now("ingest", JSON_SCHEMA);
     std::fs::create_dir_all(&config.dir)
         .map_err(|e| format!("--dir {}: {e}", config.dir.display()))?;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::config::{Length, PathKind};
 use super::report::{IngestReport, RunReport, TARGET_ACKED_PER_SEC, TARGET_P99_US};
-use crate::measure::{median_index, CpuUse, Spread};
+use crate::measure::{median_index, CpuUse, Latency, Spread, StageTime, Stages};
 
 /// A ratio: `median x [min–max]`.
 fn ratio(s: &Spread) -> String {
@@ -56,13 +56,14 @@ pub fn print(r: &IngestReport) {
     };
     println!(
         "\ningest: {} producers x {size} over {}, fsync = {}, {load}, {how}, {} repetition(s), \
-         {} stream(s), {} B datagrams{}",
+         {} stream(s), {} B datagrams{}{}",
         c.producers,
         c.path.name(),
         c.fsync,
         c.repeat,
         c.streams,
         c.datagram,
+        if c.gso { "" } else { " (no GSO)" },
         match &c.external {
             Some(e) => format!(", external daemon {}", e.addr),
             None => String::new(),
@@ -332,7 +333,39 @@ fn print_details(r: &RunReport, several: bool) {
             d.fsync_p50_us,
             d.fsync_p99_us
         );
+        print_stages(&d.stages, &r.latency);
     }
+}
+
+/// Where publish → ack went: the daemon's stages (means exact, p50/p99
+/// bucket bounds), and what is left of the harness's own mean for the rest
+/// (the producers' pacing and sending, the network both ways, the
+/// producers' handling of the ack).
+fn print_stages(s: &Stages, latency: &Latency) {
+    if s.received_to_acked.count == 0 {
+        return;
+    }
+    let stage = |name: &str, t: &StageTime| {
+        println!(
+            "        {name:<26} mean {:>8.0} us   p50 <= {:>7.0}   p99 <= {:>7.0}   ({} observed)",
+            t.mean_us, t.p50_us, t.p99_us, t.count
+        );
+    };
+    println!("      where publish -> ack went (daemon stages):");
+    stage("append waits for a commit", &s.queue);
+    stage("commit: write", &s.write);
+    stage("commit: fdatasync", &s.fdatasync);
+    stage("received -> ack queued", &s.received_to_acked);
+    if s.status.count > 0 {
+        stage("ack queued -> STATUS sent", &s.status);
+    }
+    let daemon = s.received_to_acked.mean_us + s.status.mean_us;
+    println!(
+        "        outside the daemon (harness mean {:.0} us - daemon {:.0} us): {:.0} us",
+        latency.mean_us,
+        daemon,
+        latency.mean_us - daemon
+    );
 }
 
 fn print_baselines(r: &IngestReport) {

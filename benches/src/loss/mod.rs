@@ -533,6 +533,16 @@ pub fn run(c: &LossConfig, progress: &Progress) -> Result<LossReport, String> {
         .map_err(|e| format!("a temporary folder in {}: {e}", c.dir.display()))?;
     let mut notes = Vec::new();
     let rows = if c.mode == "netns" {
+        // nftables' egress hook sees a GSO message before the kernel cuts
+        // it into datagrams, so one random drop would take up to 64 of
+        // them at once; on a wire each datagram is lost alone. The
+        // producers (in this process) send datagram by datagram here.
+        sluice_transport::udp::set_gso(false);
+        notes.push(
+            "the producers send without GSO: nftables would drop a whole GSO message (up to 64 \
+             datagrams) at once, where a wire loses datagrams one by one"
+                .into(),
+        );
         // The namespace helpers panic on a failed `ip`/`nft`: their guards
         // clean up on the way out, and the panic becomes an error here.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

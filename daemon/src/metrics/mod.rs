@@ -58,6 +58,9 @@ pub struct StreamMetrics {
     /// fast-path session's messages completed to its STATUS queued, an
     /// HTTP or gRPC request read to its answer.
     pub publish_ack: Latency,
+    /// Fast path: from a batch's durable mark (its group commit answered)
+    /// to the STATUS that carries it handed to the socket, in µs.
+    pub status_sent: Latency,
 }
 
 #[derive(Debug, Default)]
@@ -220,6 +223,15 @@ impl Collect for Metrics {
         );
         for (stream, m) in &streams {
             e.histogram(name, &[("stream", stream)], &m.publish_ack.snapshot());
+        }
+        let name = "sluice_fastpath_status_seconds";
+        e.family(
+            name,
+            Kind::Histogram,
+            "Fast path: from a batch's durable mark (its group commit answered) to the STATUS that acks it handed to the socket: the endpoint task's wake-up.",
+        );
+        for (stream, m) in &streams {
+            e.histogram(name, &[("stream", stream)], &m.status_sent.snapshot());
         }
 
         // Retransmissions by what they did: repaired a gap, or were a copy.

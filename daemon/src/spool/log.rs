@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -109,6 +110,9 @@ pub struct StreamLog {
     clean_on_disk: bool,
     recoveries: Arc<Mutex<Vec<Recovered>>>,
     scratch: Vec<u8>,
+    /// Time the last append spent in fdatasync (its share of the group
+    /// commit, for the writer's histograms).
+    sync_time: Duration,
 }
 
 impl StreamLog {
@@ -254,6 +258,7 @@ impl StreamLog {
             broken: HashMap::new(),
             since_index,
             dirty: false,
+            sync_time: Duration::ZERO,
             written,
             synced: written,
             checkpoint,
@@ -339,6 +344,7 @@ impl StreamLog {
     /// data is written but not synced: the promise is off, and the caller
     /// says so in its logs.
     pub fn append(&mut self, records: &[Record], sync: bool) -> Result<Vec<Outcome>, SpoolError> {
+        self.sync_time = Duration::ZERO;
         // Every way this fails leaves what it did not store noted, so
         // that nothing queued behind it is stored past the hole.
         let ready =
@@ -477,6 +483,11 @@ impl StreamLog {
         Ok(outcomes)
     }
 
+    /// Time the last [`append`](Self::append) spent in fdatasync.
+    pub fn last_sync_time(&self) -> Duration {
+        self.sync_time
+    }
+
     /// An append failed with `unstored` not written: each producer's first
     /// seq among them (above what is durable) is where its records must
     /// continue from.
@@ -584,8 +595,10 @@ impl StreamLog {
         file.write_all_at(&self.scratch, len)
             .map_err(SpoolError::io("write", &path))?;
         if sync {
-            file.sync_data()
-                .map_err(SpoolError::io("fdatasync", &path))?;
+            let started = Instant::now();
+            let synced = file.sync_data();
+            self.sync_time += started.elapsed();
+            synced.map_err(SpoolError::io("fdatasync", &path))?;
         }
         self.dirty = false;
         let pos = len + self.scratch.len() as u64;

@@ -92,6 +92,21 @@ impl Collect for Spool {
                 Stream::sync_latency as fn(&Stream) -> _,
             ),
             (
+                "sluice_spool_queue_seconds",
+                "How long each append waited for the group commit that took it to begin (the previous commit, and the queue ahead of it).",
+                Stream::queue_latency,
+            ),
+            (
+                "sluice_spool_write_seconds",
+                "Duration of each group commit's write, without its fdatasync.",
+                Stream::write_latency,
+            ),
+            (
+                "sluice_spool_fdatasync_seconds",
+                "Duration of each group commit's fdatasync alone.",
+                Stream::fdatasync_latency,
+            ),
+            (
                 "sluice_spool_batch_records",
                 "Records per group commit.",
                 Stream::batch_sizes,

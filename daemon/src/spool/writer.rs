@@ -115,10 +115,17 @@ impl Done {
     }
 }
 
+/// An append waiting in the committer: whom to answer, and since when it
+/// waits (for the queue-wait histogram).
+struct Waiter {
+    done: Done,
+    queued: Instant,
+}
+
 enum Request {
     Append {
         records: Vec<Record>,
-        done: Done,
+        waiter: Waiter,
     },
     SetCursor {
         group: String,
@@ -159,8 +166,14 @@ struct Gauges {
     last_sync_us: AtomicU64,
     /// Consumer groups holding producers back (at their backlog limit).
     consumer_holds: AtomicU64,
-    /// fdatasync durations, microseconds.
+    /// Group commit durations (write and fdatasync), microseconds.
     sync_us: Histogram,
+    /// The stages of a group commit, microseconds: an append's wait in the
+    /// queue (until its batch's write began), the batch's write without its
+    /// fdatasync, the fdatasync alone.
+    queue_us: Histogram,
+    write_us: Histogram,
+    fdatasync_us: Histogram,
     /// Records per group commit.
     batch_records: Histogram,
     /// Damage found while the stream runs (by readers, consumer groups,
@@ -184,6 +197,9 @@ impl Default for Gauges {
             last_sync_us: AtomicU64::new(0),
             consumer_holds: AtomicU64::new(0),
             sync_us: Histogram::latency(),
+            queue_us: Histogram::latency(),
+            write_us: Histogram::latency(),
+            fdatasync_us: Histogram::latency(),
             batch_records: Histogram::batch_sizes(),
             damage: Mutex::new(Vec::new()),
             scrubbed_bytes: AtomicU64::new(0),
@@ -294,10 +310,14 @@ impl Stream {
         self.gauges
             .backlog_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
-        if let Err(mpsc::SendError(Request::Append { done, .. })) =
-            self.tx.send(Request::Append { records, done })
+        let waiter = Waiter {
+            done,
+            queued: Instant::now(),
+        };
+        if let Err(mpsc::SendError(Request::Append { waiter, .. })) =
+            self.tx.send(Request::Append { records, waiter })
         {
-            done.send(Err(self.closed_error()));
+            waiter.done.send(Err(self.closed_error()));
         }
     }
 
@@ -498,6 +518,21 @@ impl Stream {
     /// How long each group commit's fdatasync took (seconds).
     pub fn sync_latency(&self) -> Snapshot {
         self.gauges.sync_us.snapshot()
+    }
+
+    /// How long appends waited for their group commit to begin.
+    pub fn queue_latency(&self) -> Snapshot {
+        self.gauges.queue_us.snapshot()
+    }
+
+    /// How long each group commit's write took, without its fdatasync.
+    pub fn write_latency(&self) -> Snapshot {
+        self.gauges.write_us.snapshot()
+    }
+
+    /// How long each group commit's fdatasync alone took.
+    pub fn fdatasync_latency(&self) -> Snapshot {
+        self.gauges.fdatasync_us.snapshot()
     }
 
     /// Records per group commit.
@@ -875,7 +910,7 @@ pub fn check_name(n: &str) -> Result<(), SpoolError> {
 /// (the retry of a held batch among them).
 struct Writer {
     log: StreamLog,
-    committer: Committer<Done>,
+    committer: Committer<Waiter>,
     min_free_bytes: u64,
     retention_bytes: Option<u64>,
     retention_age: Option<Duration>,
@@ -967,7 +1002,7 @@ impl Writer {
     /// once, in the order it came.
     fn handle(&mut self, req: Request) {
         match req {
-            Request::Append { records, done } => self.committer.push(records, done),
+            Request::Append { records, waiter } => self.committer.push(records, waiter),
             Request::SetCursor {
                 group,
                 cursor,
@@ -1030,10 +1065,11 @@ impl Writer {
     /// or below the free-space floor: then the committer holds the batch
     /// (nobody is answered, nothing dropped) and gives it back on its
     /// retry timer.
-    fn commit(&mut self, batch: Batch<Done>) {
+    fn commit(&mut self, batch: Batch<Waiter>) {
         let (records, bytes, sync) = (batch.records().len(), batch.bytes(), batch.sync());
         let mut enospc = false;
         let mut free_at_hold = 0;
+        let mut started = Instant::now();
         let result = if let Some(free) = self.free_below_floor() {
             free_at_hold = free;
             Err(SpoolError::DiskFull {
@@ -1041,7 +1077,7 @@ impl Writer {
                 floor: self.min_free_bytes,
             })
         } else {
-            let started = Instant::now();
+            started = Instant::now();
             let from = self.log.next_offset();
             let appended = self.log.append(batch.records(), sync);
             match &appended {
@@ -1052,11 +1088,14 @@ impl Writer {
                     if let Ok(outcomes) = other {
                         debug_assert_contiguous(from, outcomes, records, self.log.next_offset());
                     }
+                    let us = started.elapsed().as_micros() as u64;
+                    let fdatasync = self.log.last_sync_time().as_micros() as u64;
                     if sync {
-                        let us = started.elapsed().as_micros() as u64;
                         self.gauges.last_sync_us.store(us, Ordering::Relaxed);
                         self.gauges.sync_us.observe(us);
+                        self.gauges.fdatasync_us.observe(fdatasync);
                     }
+                    self.gauges.write_us.observe(us.saturating_sub(fdatasync));
                     self.gauges.batch_records.observe(records as u64);
                 }
             }
@@ -1103,8 +1142,10 @@ impl Writer {
             }
             Err(e) => error!(stream = self.log.name(), error = %e, "append failed"),
         }
-        for (done, answer) in answers {
-            done.send(answer);
+        for (waiter, answer) in answers {
+            let waited = started.saturating_duration_since(waiter.queued);
+            self.gauges.queue_us.observe(waited.as_micros() as u64);
+            waiter.done.send(answer);
         }
     }
 
@@ -1135,7 +1176,7 @@ impl Writer {
 fn refuse(req: Request, name: &str) {
     let e = || SpoolError::StreamDeleted(name.to_owned());
     match req {
-        Request::Append { done, .. } => done.send(Err(e())),
+        Request::Append { waiter, .. } => waiter.done.send(Err(e())),
         Request::SetCursor { done, .. }
         | Request::RemoveCursor { done, .. }
         | Request::SkipTo { done, .. }
@@ -1185,6 +1226,30 @@ mod tests {
             "{e}"
         );
         assert!(check_name(&format!("{}.dlq", "x".repeat(MAX_STREAM_NAME + 1))).is_err());
+    }
+
+    /// Each append is timed in its queue, and each group commit's write
+    /// and fdatasync apart; with fsync = "never" no fdatasync is counted.
+    #[test]
+    fn group_commit_stages_are_observed() {
+        use super::super::simfs::SimFs;
+        for (fsync, syncs) in [(FsyncPolicy::Always, 3), (FsyncPolicy::Never, 0)] {
+            let config = SpoolConfig {
+                min_free_bytes: 0,
+                fsync,
+                ..SpoolConfig::default()
+            };
+            let spool = Spool::open_with(Arc::new(SimFs::new()), Path::new("/d"), config).unwrap();
+            let s = spool.stream("s").unwrap();
+            for seq in 1..=3 {
+                let o = s.append(1, seq, Bytes::from_static(b"m")).blocking_recv();
+                assert!(matches!(o, Ok(Ok(Outcome::Stored { .. }))), "{o:?}");
+            }
+            assert_eq!(s.queue_latency().count, 3);
+            assert_eq!(s.write_latency().count, 3);
+            assert_eq!(s.fdatasync_latency().count, syncs, "{fsync:?}");
+            assert_eq!(s.sync_latency().count, syncs, "{fsync:?}");
+        }
     }
 
     /// The writer sleeps when idle, and the checkpoint still follows the

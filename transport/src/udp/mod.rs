@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-pub use batch::{RecvBatch, SendBatch};
+pub use batch::{enable_gro, gso_enabled, set_gso, RecvBatch, SendBatch, GRO_SLOT};
 pub use io::UdpIo;
 pub use socket::{bind, bind_std, buffer_sizes, SocketOptions, UdpError};
 
