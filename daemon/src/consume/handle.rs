@@ -164,6 +164,9 @@ pub(super) enum Cmd {
     /// End the group for a reset or a deletion, if it has no member (else
     /// answer how many it has and go on): finish the journal, answer, end.
     Retire(oneshot::Sender<Result<(), u64>>),
+    /// New settings from a reload (SIGHUP): applied from the next turn
+    /// on (see `GroupTask::reconfigure` for what they change).
+    Reconfigure(Box<GroupSettings>),
     /// The daemon stops: finish the journal and end.
     Stop,
 }
@@ -193,8 +196,9 @@ pub struct GroupHandle {
     /// age is taken when the stats are read, not when the task last
     /// turned (an idle group's task turns about once a second).
     pub(super) oldest_us: AtomicU64,
-    /// The group's ack deadline and max deliveries, for subscribers.
-    pub config: GroupConfig,
+    /// The group's ack deadline and max deliveries, for subscribers
+    /// (a reload may change them: read with [`config`](Self::config)).
+    config: Mutex<GroupConfig>,
 }
 
 impl GroupHandle {
@@ -217,8 +221,18 @@ impl GroupHandle {
                 group: group.to_owned(),
                 ..GroupStats::default()
             }),
-            config,
+            config: Mutex::new(config),
         }
+    }
+
+    /// The group's settings now, as told to a subscriber when it joins.
+    pub fn config(&self) -> GroupConfig {
+        self.config.lock().unwrap().clone()
+    }
+
+    /// A reload changed them (the group's task says so).
+    pub(super) fn set_config(&self, config: GroupConfig) {
+        *self.config.lock().unwrap() = config;
     }
 
     pub fn stats(&self) -> GroupStats {
