@@ -167,7 +167,10 @@ mod tests {
             joined(&got, Applies::Now),
             "ack_deadline 30s → 5s, max_deliveries 5 → 2, max_backlog 0 → 100, on_backlog Hold → DropOldest"
         );
-        assert_eq!(joined(&got, Applies::AtRestart), "conflate None → Some(Producer)");
+        assert_eq!(
+            joined(&got, Applies::AtRestart),
+            "conflate None → Some(Producer)"
+        );
     }
 
     #[test]

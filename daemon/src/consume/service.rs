@@ -282,8 +282,7 @@ impl Consumers {
         running.sort();
         for (stream, group) in running {
             let key = (stream.clone(), group.clone());
-            if old.configured(stream, group).is_some() && new.configured(stream, group).is_none()
-            {
+            if old.configured(stream, group).is_some() && new.configured(stream, group).is_none() {
                 done.unconfigured.push(key);
                 continue;
             }
@@ -292,7 +291,10 @@ impl Consumers {
             if list.is_empty() {
                 continue;
             }
-            if list.iter().any(|c| c.applies == super::changes::Applies::Now) {
+            if list
+                .iter()
+                .any(|c| c.applies == super::changes::Applies::Now)
+            {
                 groups[&key].send(Cmd::Reconfigure(Box::new(is)));
             }
             done.changed.push((key, list));
@@ -306,8 +308,12 @@ impl Consumers {
                 .open_configured(&mut groups, stream, group, settings.start)
                 .await
             {
-                Ok(()) => done.created.push((stream.clone(), group.clone(), groups.len() - before)),
-                Err(e) => done.failed.push((stream.clone(), group.clone(), e.to_string())),
+                Ok(()) => done
+                    .created
+                    .push((stream.clone(), group.clone(), groups.len() - before)),
+                Err(e) => done
+                    .failed
+                    .push((stream.clone(), group.clone(), e.to_string())),
             }
         }
         done
