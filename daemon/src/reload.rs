@@ -205,7 +205,9 @@ impl Reloader {
             let show = |v: &Option<toml::Value>| {
                 v.as_ref()
                     .and_then(|v| v.get(field))
-                    .map_or_else(String::new, |v| v.to_string())
+                    .map_or_else(String::new, |v| {
+                        v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                    })
             };
             info!(key = %k, change = %format!("{} → {}", show(&old_c), show(&new_c)),
                   "reload: applied (to every running group that takes the default)");

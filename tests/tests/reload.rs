@@ -8,8 +8,9 @@
 //!   cannot change live is named as needing a restart.
 //! - Forwards, against a real NATS JetStream server (sluice-testkit's
 //!   `nats` kit): a forward added by a reload forwards what was published
-//!   before and after it; a changed subject takes the messages published
-//!   after the change, none lost or stored twice; a removed forward stops
+//!   before and after it; a subject changed while a producer publishes
+//!   takes the messages published after the change, none lost or stored
+//!   twice; a removed forward stops
 //!   while its group stays.
 //!
 //! The forward test needs `nats-server` (scripts/setup.sh installs it in
@@ -18,6 +19,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::header::NATS_MESSAGE_ID;
@@ -141,11 +144,16 @@ max_deliveries = 5
 [[consumers.groups]]
 stream = "jobs"
 group = "old"
+
+[[consumers.groups]]
+stream = "jobs"
+group = "kept"
+ack_deadline = "10s"
 "#;
 
-/// `workers` with a 2 s deadline and one delivery; `old` gone; `fresh` on
-/// jobs and `audit` on a stream not there yet; a credit limit changed
-/// (needs a restart).
+/// `workers` with a 2 s deadline and one delivery; `old` and `kept` gone;
+/// `fresh` on jobs and `audit-log` on a stream not there yet; a credit
+/// limit changed (needs a restart).
 const GROUPS_AFTER: &str = r#"
 [streams]
 names = ["jobs"]
@@ -198,7 +206,8 @@ fn a_sighup_changes_a_running_group_creates_new_groups_and_keeps_a_removed_one()
         line.contains("ack_deadline 30s → 2s") && line.contains("max_deliveries 5 → 1"),
         "{line}"
     );
-    wait_log(dir.path(), &["no longer configured", "old"]);
+    wait_log(dir.path(), &["no longer configured", "group=\"old\""]);
+    wait_log(dir.path(), &["no longer configured", "group=\"kept\""]);
     wait_log(dir.path(), &["needs a restart", "consumers.max_out_bytes"]);
     wait_log(
         dir.path(),
@@ -256,19 +265,38 @@ fn a_sighup_changes_a_running_group_creates_new_groups_and_keeps_a_removed_one()
     assert_eq!(del.status(), 200);
     assert!(!groups(&d).contains_key(&key("jobs", "old")));
 
-    // A second reload of the same file changes nothing more, and says
-    // so only of what still differs from what runs.
+    // A second reload with a new default deadline: the groups that take
+    // the default get it, the group taken out of the file does not; the
+    // key that needs a restart is named again (it still differs).
+    write(
+        dir.path(),
+        &GROUPS_AFTER.replace("[consumers]\n", "[consumers]\nack_deadline = \"20s\"\n"),
+    );
     hup(&d);
+    let line = wait_log(
+        dir.path(),
+        &["reload: consumer group settings applied", "group=\"fresh\""],
+    );
+    assert!(line.contains("ack_deadline 30s → 20s"), "{line}");
     wait_log_nth(
         dir.path(),
         &["needs a restart", "consumers.max_out_bytes"],
         1,
     );
     let text = log_of(dir.path());
-    assert_eq!(
-        text.matches("consumer group settings applied").count(),
-        1,
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("settings applied") && l.contains("group=\"kept\"")),
         "{text}"
+    );
+    // A group taken out of the file keeps the settings it ran with, through
+    // later reloads too (not the defaults: a 30 s deadline).
+    let kept = fetch(&d, "jobs", "kept", 1, 5000);
+    assert_eq!(kept.len(), 1);
+    assert!(
+        (5_000..=10_000).contains(&kept[0].2),
+        "the removed group's deadline: {kept:?}"
     );
     assert!(d.terminate(Duration::from_secs(30)).success());
 }
@@ -372,38 +400,55 @@ fn a_sighup_starts_changes_and_stops_a_forward() {
     publish(&spec, STREAM, 1, 101, 100);
     rt.block_on(wait_count(&js, 200));
 
-    // Changed subject: published from now on, stored under the new one.
+    // Changed subject while a producer publishes: what it publishes once
+    // the change is done is stored under the new subject; nothing is
+    // lost, and JetStream holds each message once.
     write(
         dir.path(),
         &forward_config(&urls, Some("b.{stream}.{producer}")),
     );
+    let next = Arc::new(AtomicU64::new(201));
+    let producer = {
+        let (spec, next) = (spec.clone(), next.clone());
+        std::thread::spawn(move || {
+            for first in (201..=400).step_by(5) {
+                publish(&spec, STREAM, 1, first, 5);
+                next.store(first + 5, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        })
+    };
+    while next.load(Ordering::SeqCst) < 231 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     hup(&d);
     let line = wait_log(dir.path(), &["reload: forward changed", "js"]);
+    let after = next.load(Ordering::SeqCst);
     assert!(
         line.contains("a.{stream}.{producer} → b.{stream}.{producer}"),
         "{line}"
     );
-    publish(&spec, STREAM, 1, 201, 100);
-    rt.block_on(wait_count(&js, 300));
+    producer.join().unwrap();
+    assert!(after <= 400, "the producer was done before the change");
+    rt.block_on(wait_count(&js, 400));
     let stored = rt.block_on(read_all(&js));
     let all: BTreeSet<String> = stored.iter().map(|(_, id)| id.clone()).collect();
     assert_eq!(all.len(), stored.len(), "a message stored twice");
-    assert_eq!(all, ids(1, 300), "messages lost");
+    assert_eq!(all, ids(1, 400), "messages lost");
     for (subject, id) in &stored {
         let seq: u64 = id.rsplit('/').next().unwrap().parse().unwrap();
-        let want = if seq > 200 {
-            "b.orders.1"
-        } else {
-            "a.orders.1"
-        };
-        assert_eq!(subject, want, "message {id}");
+        if seq <= 200 {
+            assert_eq!(subject, "a.orders.1", "message {id}");
+        } else if seq >= after {
+            assert_eq!(subject, "b.orders.1", "message {id}");
+        }
     }
 
     // Removed: it stops; its group stays, holding what it did not send.
     write(dir.path(), &forward_config(&urls, None));
     hup(&d);
     wait_log(dir.path(), &["reload: forward removed and stopped", "js"]);
-    publish(&spec, STREAM, 1, 301, 50);
+    publish(&spec, STREAM, 1, 401, 50);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let g = groups(&d);
@@ -418,7 +463,7 @@ fn a_sighup_starts_changes_and_stops_a_forward() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(1));
-    rt.block_on(wait_count(&js, 300));
+    rt.block_on(wait_count(&js, 400));
     let m = d.metrics();
     assert!(
         m.label_values("sluice_forward_connected", "forward")
@@ -433,12 +478,15 @@ fn a_sighup_starts_changes_and_stops_a_forward() {
     );
     hup(&d);
     wait_log_nth(dir.path(), &["reload: forward added and started", "js"], 1);
-    rt.block_on(wait_count(&js, 350));
+    // Its group ran on with the forward's settings: nothing to change.
+    let text = log_of(dir.path());
+    assert!(!text.contains("consumer group settings applied"), "{text}");
+    rt.block_on(wait_count(&js, 450));
     let all: BTreeSet<String> = rt
         .block_on(read_all(&js))
         .into_iter()
         .map(|(_, id)| id)
         .collect();
-    assert_eq!(all, ids(1, 350));
+    assert_eq!(all, ids(1, 450));
     assert!(d.terminate(Duration::from_secs(30)).success());
 }

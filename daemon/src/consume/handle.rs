@@ -199,6 +199,12 @@ pub struct GroupHandle {
     /// The group's ack deadline and max deliveries, for subscribers
     /// (a reload may change them: read with [`config`](Self::config)).
     config: Mutex<GroupConfig>,
+    /// The settings the group runs with, and whether it runs on after a
+    /// reload took it out of the configuration (it keeps them then, until
+    /// it is configured again, reset, deleted or the daemon restarts).
+    /// The consumer service's to keep: it compares a reload's settings
+    /// with these.
+    pub(super) applied: Mutex<(GroupSettings, bool)>,
 }
 
 impl GroupHandle {
@@ -206,8 +212,9 @@ impl GroupHandle {
         stream: &str,
         group: &str,
         cmd: mpsc::UnboundedSender<Cmd>,
-        config: GroupConfig,
+        settings: GroupSettings,
     ) -> GroupHandle {
+        let config = settings.machine.clone();
         GroupHandle {
             stream: stream.to_owned(),
             group: group.to_owned(),
@@ -222,6 +229,7 @@ impl GroupHandle {
                 ..GroupStats::default()
             }),
             config: Mutex::new(config),
+            applied: Mutex::new((settings, false)),
         }
     }
 
@@ -334,7 +342,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_waits_for_room_while_the_queue_is_full_and_goes_on_once_half_is_taken() {
         let (cmd, mut rx) = mpsc::unbounded_channel();
-        let h = std::sync::Arc::new(GroupHandle::new("s", "g", cmd, GroupConfig::default()));
+        let h = std::sync::Arc::new(GroupHandle::new("s", "g", cmd, GroupSettings::default()));
         h.room().await; // empty: at once
         for _ in 0..MAX_QUEUED {
             h.ack(std::iter::once(0..1).collect());

@@ -282,21 +282,34 @@ impl Consumers {
         running.sort();
         for (stream, group) in running {
             let key = (stream.clone(), group.clone());
-            if old.configured(stream, group).is_some() && new.configured(stream, group).is_none() {
-                done.unconfigured.push(key);
+            let handle = &groups[&key];
+            let mut applied = handle.applied.lock().unwrap();
+            let configured = new.configured(stream, group).is_some();
+            if !configured && (applied.1 || old.configured(stream, group).is_some()) {
+                // Taken out of the configuration (now or by an earlier
+                // reload): it keeps what it runs with.
+                if !applied.1 {
+                    applied.1 = true;
+                    done.unconfigured.push(key);
+                }
                 continue;
             }
-            let (was, is) = (old.settings(stream, group), new.settings(stream, group));
-            let list = super::changes::changes(&was, &is);
+            applied.1 = false;
+            let mut is = new.settings(stream, group);
+            let list = super::changes::changes(&applied.0, &is);
             if list.is_empty() {
                 continue;
             }
+            // Conflation stays as it runs until the group starts again
+            // (`Group::set_config`): a later reload still names it.
+            is.machine.conflate = applied.0.machine.conflate.clone();
             if list
                 .iter()
                 .any(|c| c.applies == super::changes::Applies::Now)
             {
-                groups[&key].send(Cmd::Reconfigure(Box::new(is)));
+                handle.send(Cmd::Reconfigure(Box::new(is.clone())));
             }
+            applied.0 = is;
             done.changed.push((key, list));
         }
         for (stream, group, settings) in &new.groups {
@@ -417,12 +430,7 @@ impl Consumers {
         check_reach(&s, group, &store).await?;
         let store = self.align_dead_letter_seq(stream, group, store).await?;
         let (cmd, rx) = mpsc::unbounded_channel();
-        let handle = Arc::new(GroupHandle::new(
-            stream,
-            group,
-            cmd,
-            settings.machine.clone(),
-        ));
+        let handle = Arc::new(GroupHandle::new(stream, group, cmd, settings.clone()));
         let machine = Group::new(settings.machine.clone(), store.state());
         info!(
             stream,
