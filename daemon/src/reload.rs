@@ -276,7 +276,8 @@ impl Reloader {
             outcome.need_restart.push(format!("forward.{name}"));
         }
         self.running.forward = entries;
-        if applied > 0 {
+        // Applied also when only its group settings changed (above).
+        if applied > 0 || refused.is_empty() {
             outcome.applied.push("forward".into());
         }
     }
@@ -380,6 +381,39 @@ mod tests {
         new.auth.tokens.push(token("a", &new_token()));
         let keys = changed_keys(&old, &new);
         assert_eq!(keys, ["auth.tokens", "log.level", "spool.dir"]);
+    }
+
+    #[test]
+    fn group_and_forward_changes_are_applied_but_credit_limits_need_a_restart() {
+        use crate::config::{ForwardEntry, GroupEntry, Size};
+        let old = Config::default();
+        let mut new = old.clone();
+        new.consumers.groups.push(GroupEntry {
+            stream: "jobs".into(),
+            group: "workers".into(),
+            ..GroupEntry::default()
+        });
+        new.consumers.max_deliveries = 2;
+        new.consumers.max_out_bytes = Size::mib(1);
+        new.forward.push(ForwardEntry {
+            name: "js".into(),
+            ..ForwardEntry::default()
+        });
+        let keys = changed_keys(&old, &new);
+        assert_eq!(
+            keys,
+            [
+                "consumers.groups",
+                "consumers.max_deliveries",
+                "consumers.max_out_bytes",
+                "forward"
+            ]
+        );
+        let restart: Vec<&String> = keys
+            .iter()
+            .filter(|k| !RELOADABLE.contains(&k.as_str()))
+            .collect();
+        assert_eq!(restart, ["consumers.max_out_bytes"]);
     }
 
     #[test]
