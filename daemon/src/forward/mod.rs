@@ -201,6 +201,19 @@ impl Forwarders {
     }
 }
 
+/// A forward's run tasks, ended with it: should a stop time out and the
+/// forward's task be aborted, no run of it is left to go on beside the
+/// next one.
+struct RunTasks(Vec<JoinHandle<()>>);
+
+impl Drop for RunTasks {
+    fn drop(&mut self) {
+        for r in &self.0 {
+            r.abort();
+        }
+    }
+}
+
 /// How often a forward with patterns looks for new matching streams.
 const FIND_STREAMS_EVERY: Duration = Duration::from_secs(1);
 
@@ -219,7 +232,7 @@ impl Runs {
     async fn run(self) {
         let f = self.forward.clone();
         let mut started: std::collections::HashSet<String> = Default::default();
-        let mut runs = Vec::new();
+        let mut runs = RunTasks(Vec::new());
         let mut stop = self.stop.clone();
         loop {
             let mut names: Vec<String> = f.exact_streams().cloned().collect();
@@ -247,7 +260,7 @@ impl Runs {
                     stats: self.stats.clone(),
                     stop: self.stop.clone(),
                 };
-                runs.push(tokio::spawn(run.run()));
+                runs.0.push(tokio::spawn(run.run()));
             }
             if !f.has_patterns() {
                 break;
@@ -257,7 +270,8 @@ impl Runs {
                 _ = tokio::time::sleep(FIND_STREAMS_EVERY) => {}
             }
         }
-        for r in runs {
+        // Awaited in place: aborted meanwhile, the guard still ends them.
+        for r in runs.0.iter_mut() {
             let _ = r.await;
         }
     }
