@@ -414,7 +414,7 @@ fn a_sighup_starts_changes_and_stops_a_forward() {
             for first in (201..=400).step_by(5) {
                 publish(&spec, STREAM, 1, first, 5);
                 next.store(first + 5, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(30));
+                std::thread::sleep(Duration::from_millis(50));
             }
         })
     };
