@@ -20,11 +20,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 
 use crate::config::{Args, Checked, Config};
-use crate::gate::Gate;
 use crate::notify::Notifier;
-use crate::reload::Reloader;
+use crate::reload::{Live, Reloader};
 use crate::server::{self, Bound, Running, ServerError};
-use std::sync::Arc;
 
 /// The exit status of a start refused for damage in the spool.
 pub const EXIT_DAMAGED: u8 = 3;
@@ -75,7 +73,11 @@ pub fn main(
         let control = control(also_stop, running_rx, reloader, notifier.clone())?;
         server::run(config, settings, control, move |running: Running| {
             let bound = running.bound;
-            let _ = running_tx.send(running.gate);
+            let _ = running_tx.send(Live {
+                gate: running.gate,
+                consumers: running.consumers,
+                forwarders: running.forwarders,
+            });
             notifier.ready();
             ready(bound);
         })
@@ -146,10 +148,11 @@ fn raise_open_files() {
 /// What the daemon runs until: resolves (after `STOPPING=1`) on SIGTERM,
 /// SIGINT or `also`; reloads on each SIGHUP meanwhile, between
 /// `RELOADING=1` and `READY=1`. A SIGHUP before the daemon is ready is
-/// remembered and served once it is (`running` brings its gate).
+/// remembered and served once it is (`running` brings what a reload
+/// changes).
 fn control(
     also: impl Future<Output = ()>,
-    running: oneshot::Receiver<Arc<Gate>>,
+    running: oneshot::Receiver<Live>,
     mut reloader: Reloader,
     notifier: Notifier,
 ) -> Result<impl Future<Output = ()>, ServerError> {
@@ -166,7 +169,7 @@ fn control(
     Ok(async move {
         tokio::pin!(also);
         let mut running = Some(running);
-        let mut gate: Option<Arc<Gate>> = None;
+        let mut live: Option<Live> = None;
         let mut pending = false;
         loop {
             tokio::select! {
@@ -177,8 +180,8 @@ fn control(
                     running = None;
                     // Err: the daemon stopped before it was ready; the
                     // stop comes with its error.
-                    gate = got.ok();
-                    if pending && gate.is_some() {
+                    live = got.ok();
+                    if pending && live.is_some() {
                         pending = false;
                         tracing::info!("serving the SIGHUP received during start-up");
                     } else {
@@ -187,17 +190,19 @@ fn control(
                 }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP received: reloading the configuration");
-                    if gate.is_none() {
+                    if live.is_none() {
                         pending = true;
                         continue;
                     }
                 }
             }
-            // A reload, now that there is a gate to apply it to.
-            if let Some(g) = &gate {
+            // A reload, now that the daemon is ready to apply it.
+            if let Some(g) = &live {
                 notifier.reloading();
                 // Errors are logged by the reloader; the daemon runs on.
-                let _ = reloader.reload(g);
+                // Signals wait meanwhile: a SIGTERM during a reload stops
+                // the daemon once the reload is done.
+                let _ = reloader.reload(g).await;
                 notifier.ready();
             }
         }

@@ -6,21 +6,59 @@
 //!   checked from then on meets the new principals; connections and
 //!   sessions admitted before keep theirs until they close.
 //! - `log.level` and `log.format`.
+//! - Consumer group settings (`[[consumers.groups]]`, and the defaults
+//!   `consumers.ack_deadline`, `max_ack_extension`, `max_deliveries`,
+//!   `read_ahead`, `read_ahead_bytes`, `max_groups`): a running group
+//!   takes its new settings through its task (`Consumers::reconfigure`;
+//!   messages out with members keep the deadline they were given), a
+//!   newly configured group is created, a group removed from the file
+//!   runs on and is named in a warning (its state goes only by `sluice
+//!   group delete`). A group's `conflate` changes at its next start.
+//! - Forwards (`[[forward]]`): a new one starts, a removed one stops (its
+//!   group stays, named), a changed one stops and starts again from its
+//!   group's acked position (`Forwarders::reconfigure`). Those with
+//!   `ack = "replicated"` change only at a restart.
 //!
 //! Every other changed key is named in a warning as needing a restart and
-//! keeps its running value (listeners, the spool, limits, groups,
-//! forwards...). A file that does not load or check changes nothing: the
+//! keeps its running value (listeners, the spool, the consumers' credit
+//! limits...). A file that does not load or check changes nothing: the
 //! daemon runs on, on its old settings, and logs why.
+
+use std::sync::Arc;
 
 use tracing::{error, info, warn};
 
 use crate::auth::AuthConfig;
 use crate::config::{Args, Config, ConfigError};
+use crate::consume::changes::{joined, Applies};
+use crate::consume::service::{Consumers, ConsumersConfig};
+use crate::forward::{ForwardConfig, Forwarders};
 use crate::gate::Gate;
 use crate::logging::LogHandle;
 
 /// Keys a reload applies; any other changed key needs a restart.
-const RELOADABLE: [&str; 4] = ["auth.tokens", "auth.clients", "log.level", "log.format"];
+const RELOADABLE: [&str; 12] = [
+    "auth.tokens",
+    "auth.clients",
+    "log.level",
+    "log.format",
+    "consumers.groups",
+    "consumers.ack_deadline",
+    "consumers.max_ack_extension",
+    "consumers.max_deliveries",
+    "consumers.read_ahead",
+    "consumers.read_ahead_bytes",
+    "consumers.max_groups",
+    "forward",
+];
+
+/// What a reload changes in the running daemon.
+pub struct Live {
+    /// Whom it admits.
+    pub gate: Arc<Gate>,
+    pub consumers: Arc<Consumers>,
+    pub forwarders: Arc<Forwarders>,
+}
 
 /// What one reload did (also logged, a line per key).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -46,10 +84,12 @@ impl Reloader {
     }
 
     /// Reads and checks the configuration again and applies what can
-    /// change to `gate` and the log. Logs one line per key applied, one
-    /// per key that needs a restart, and an error (changing nothing) if
-    /// the configuration is invalid, which is also returned.
-    pub fn reload(&mut self, gate: &Gate) -> Result<Outcome, ConfigError> {
+    /// change to `live` and the log. Logs one line per key (or group, or
+    /// forward) applied, one per key that needs a restart, and an error
+    /// (changing nothing) if the configuration is invalid, which is also
+    /// returned.
+    pub async fn reload(&mut self, live: &Live) -> Result<Outcome, ConfigError> {
+        let gate = &live.gate;
         let (new, checked) = match Config::load(&self.args) {
             Ok(loaded) => loaded,
             Err(e) => {
@@ -83,6 +123,19 @@ impl Reloader {
                 }
             }
         }
+        if changed.iter().any(|k| {
+            k == "forward" || (k.starts_with("consumers.") && RELOADABLE.contains(&k.as_str()))
+        }) {
+            self.groups_and_forwards(
+                live,
+                &new,
+                checked.settings.consumers,
+                checked.settings.forwards,
+                &changed,
+                &mut outcome,
+            )
+            .await;
+        }
         let log_keys: Vec<&String> = changed.iter().filter(|k| k.starts_with("log.")).collect();
         if !log_keys.is_empty() {
             match &self.log {
@@ -114,13 +167,119 @@ impl Reloader {
             }
         }
         for k in changed
-            .into_iter()
+            .iter()
             .filter(|k| !RELOADABLE.contains(&k.as_str()))
+            .cloned()
         {
             warn!(key = %k, "reload: changed, needs a restart to take effect (the running value stays)");
             outcome.need_restart.push(k);
         }
         Ok(outcome)
+    }
+}
+
+impl Reloader {
+    /// Applies the consumer group settings, then the forwards (whose
+    /// groups are configured ones, so they exist by then).
+    async fn groups_and_forwards(
+        &mut self,
+        live: &Live,
+        new: &Config,
+        consumers: ConsumersConfig,
+        forwards: Vec<ForwardConfig>,
+        changed: &[String],
+        outcome: &mut Outcome,
+    ) {
+        // The defaults, said once each (the groups that take them say
+        // what changed for them below).
+        let (old_c, new_c) = (
+            toml::Value::try_from(&self.running.consumers).ok(),
+            toml::Value::try_from(&new.consumers).ok(),
+        );
+        for k in changed
+            .iter()
+            .filter(|k| k.starts_with("consumers.") && *k != "consumers.groups")
+            .filter(|k| RELOADABLE.contains(&k.as_str()))
+        {
+            let field = &k["consumers.".len()..];
+            let show = |v: &Option<toml::Value>| {
+                v.as_ref()
+                    .and_then(|v| v.get(field))
+                    .map_or_else(String::new, |v| {
+                        v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                    })
+            };
+            info!(key = %k, change = %format!("{} → {}", show(&old_c), show(&new_c)),
+                  "reload: applied (to every running group that takes the default)");
+        }
+        let done = live.consumers.reconfigure(consumers).await;
+        for ((stream, group), list) in &done.changed {
+            let now = joined(list, Applies::Now);
+            if !now.is_empty() {
+                info!(stream, group, change = %now,
+                      "reload: consumer group settings applied (messages out with members keep the deadline they were given; deliveries from now on take the new one)");
+            }
+            let created = joined(list, Applies::AtCreation);
+            if !created.is_empty() {
+                info!(stream, group, change = %created,
+                      "reload: where a group starts matters only when it is created; this one exists and goes on from its state");
+            }
+            let later = joined(list, Applies::AtRestart);
+            if !later.is_empty() {
+                warn!(stream, group, change = %later,
+                      "reload: changed, needs a restart to take effect (the running value stays)");
+                outcome
+                    .need_restart
+                    .push(format!("consumers.groups[{stream}/{group}].conflate"));
+            }
+        }
+        for (stream, group, opened) in &done.created {
+            info!(
+                stream,
+                group, opened, "reload: consumer group configured and started"
+            );
+        }
+        for (stream, group, why) in &done.failed {
+            error!(stream, group, error = %why, "reload: a newly configured consumer group could not be started");
+        }
+        for (stream, group) in &done.unconfigured {
+            warn!(stream, group,
+                  "reload: consumer group no longer configured: it runs on with its settings and state (and holds back retention if it did); `sluice group delete` removes it");
+        }
+        // What runs now, but for the consumers' credit limits (sized at
+        // start).
+        let (r, n) = (&mut self.running.consumers, &new.consumers);
+        r.groups = n.groups.clone();
+        r.ack_deadline = n.ack_deadline;
+        r.max_ack_extension = n.max_ack_extension;
+        r.max_deliveries = n.max_deliveries;
+        r.read_ahead = n.read_ahead;
+        r.read_ahead_bytes = n.read_ahead_bytes;
+        r.max_groups = n.max_groups;
+        outcome.applied.extend(
+            changed
+                .iter()
+                .filter(|k| k.starts_with("consumers.") && RELOADABLE.contains(&k.as_str()))
+                .cloned(),
+        );
+        if !changed.iter().any(|k| k == "forward") {
+            return;
+        }
+        let (applied, refused) = live.forwarders.reconfigure(forwards).await;
+        // The entries in force: the file's, but those refused as they run.
+        let mut entries = new.forward.clone();
+        for name in &refused {
+            entries.retain(|f| &f.name != name);
+            if let Some(old) = self.running.forward.iter().find(|f| &f.name == name) {
+                entries.push(old.clone());
+            }
+            outcome.need_restart.push(format!("forward.{name}"));
+        }
+        self.running.forward = entries;
+        // Applied also when only its group settings changed (above).
+        if applied > 0 || refused.is_empty() {
+            outcome.applied.push("forward".into());
+        }
     }
 }
 
@@ -222,6 +381,39 @@ mod tests {
         new.auth.tokens.push(token("a", &new_token()));
         let keys = changed_keys(&old, &new);
         assert_eq!(keys, ["auth.tokens", "log.level", "spool.dir"]);
+    }
+
+    #[test]
+    fn group_and_forward_changes_are_applied_but_credit_limits_need_a_restart() {
+        use crate::config::{ForwardEntry, GroupEntry, Size};
+        let old = Config::default();
+        let mut new = old.clone();
+        new.consumers.groups.push(GroupEntry {
+            stream: "jobs".into(),
+            group: "workers".into(),
+            ..GroupEntry::default()
+        });
+        new.consumers.max_deliveries = 2;
+        new.consumers.max_out_bytes = Size::mib(1);
+        new.forward.push(ForwardEntry {
+            name: "js".into(),
+            ..ForwardEntry::default()
+        });
+        let keys = changed_keys(&old, &new);
+        assert_eq!(
+            keys,
+            [
+                "consumers.groups",
+                "consumers.max_deliveries",
+                "consumers.max_out_bytes",
+                "forward"
+            ]
+        );
+        let restart: Vec<&String> = keys
+            .iter()
+            .filter(|k| !RELOADABLE.contains(&k.as_str()))
+            .collect();
+        assert_eq!(restart, ["consumers.max_out_bytes"]);
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub struct Running {
     pub bound: Bound,
     /// Whom it admits; a reload replaces its principals.
     pub gate: Arc<Gate>,
+    /// Its consumer groups and forwards; a reload changes their settings.
+    pub consumers: Arc<Consumers>,
+    pub forwarders: Arc<crate::forward::Forwarders>,
 }
 
 /// Runs `sluiced` until `stop` resolves, then drains: no new data is taken,
@@ -194,8 +197,11 @@ pub async fn run(
     // Who waits for JetStream (ack = "replicated"): the forwards confirm,
     // the ingest planes wait.
     let confirmations = Arc::new(crate::forward::Confirmations::new(&forwards));
-    let forwarders =
-        crate::forward::Forwarders::start(forwards, consumers.clone(), confirmations.clone());
+    let forwarders = Arc::new(crate::forward::Forwarders::start(
+        forwards,
+        consumers.clone(),
+        confirmations.clone(),
+    ));
     let scrub_stop = Arc::new(AtomicBool::new(false));
     crate::spool::scrub::start(Arc::downgrade(&spool), scrub, scrub_stop.clone());
     let socket = udp::bind(
@@ -369,6 +375,8 @@ pub async fn run(
     ready(Running {
         bound,
         gate: gate.clone(),
+        consumers: consumers.clone(),
+        forwarders: forwarders.clone(),
     });
 
     stop.await;

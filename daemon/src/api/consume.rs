@@ -642,7 +642,7 @@ async fn settle(on: &OnStream<Consume>, s: &AdminState, body: &[u8], kind: Settl
         Settle::Extend => {
             let by = ms("ms")?;
             let h = existing(s, stream, group).await?;
-            let by = by.unwrap_or(h.config.ack_deadline);
+            let by = by.unwrap_or(h.config().ack_deadline);
             h.extend_any(offsets, by);
             (h, Json(Extended { extended: n }).into_response())
         }

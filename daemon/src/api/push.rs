@@ -232,7 +232,7 @@ async fn join(
         .await
         .map_err(consume_error)?;
     if let Some(wanted) = conflate {
-        let does = handle.config.conflate.is_some();
+        let does = handle.config().conflate.is_some();
         if wanted != does {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -376,8 +376,8 @@ async fn serve_ws(
 ) -> &'static str {
     let hello = json!({"subscribed": {
         "member": member.id,
-        "ack_deadline_ms": member.group.config.ack_deadline.as_millis() as u64,
-        "max_deliveries": member.group.config.max_deliveries,
+        "ack_deadline_ms": member.group.config().ack_deadline.as_millis() as u64,
+        "max_deliveries": member.group.config().max_deliveries,
     }});
     if send(&mut socket, Message::Text(hello.to_string().into()), idle)
         .await
@@ -569,7 +569,7 @@ fn handle(
     } else if let Some(list) = m.get("extend") {
         only(&["extend", "ms"])?;
         let offsets = offsets(list).map_err(bad)?;
-        let by = ms("ms")?.unwrap_or(member.group.config.ack_deadline);
+        let by = ms("ms")?.unwrap_or(member.group.config().ack_deadline);
         member.extend(offsets, by);
     } else if let Some(c) = m.get("credit") {
         only(&["credit"])?;

@@ -164,6 +164,9 @@ pub(super) enum Cmd {
     /// End the group for a reset or a deletion, if it has no member (else
     /// answer how many it has and go on): finish the journal, answer, end.
     Retire(oneshot::Sender<Result<(), u64>>),
+    /// New settings from a reload (SIGHUP): applied from the next turn
+    /// on (see `GroupTask::reconfigure` for what they change).
+    Reconfigure(Box<GroupSettings>),
     /// The daemon stops: finish the journal and end.
     Stop,
 }
@@ -193,8 +196,15 @@ pub struct GroupHandle {
     /// age is taken when the stats are read, not when the task last
     /// turned (an idle group's task turns about once a second).
     pub(super) oldest_us: AtomicU64,
-    /// The group's ack deadline and max deliveries, for subscribers.
-    pub config: GroupConfig,
+    /// The group's ack deadline and max deliveries, for subscribers
+    /// (a reload may change them: read with [`config`](Self::config)).
+    config: Mutex<GroupConfig>,
+    /// The settings the group runs with, and whether it runs on after a
+    /// reload took it out of the configuration (it keeps them then, until
+    /// it is configured again, reset, deleted or the daemon restarts).
+    /// The consumer service's to keep: it compares a reload's settings
+    /// with these.
+    pub(super) applied: Mutex<(GroupSettings, bool)>,
 }
 
 impl GroupHandle {
@@ -202,8 +212,9 @@ impl GroupHandle {
         stream: &str,
         group: &str,
         cmd: mpsc::UnboundedSender<Cmd>,
-        config: GroupConfig,
+        settings: GroupSettings,
     ) -> GroupHandle {
+        let config = settings.machine.clone();
         GroupHandle {
             stream: stream.to_owned(),
             group: group.to_owned(),
@@ -217,8 +228,19 @@ impl GroupHandle {
                 group: group.to_owned(),
                 ..GroupStats::default()
             }),
-            config,
+            config: Mutex::new(config),
+            applied: Mutex::new((settings, false)),
         }
+    }
+
+    /// The group's settings now, as told to a subscriber when it joins.
+    pub fn config(&self) -> GroupConfig {
+        self.config.lock().unwrap().clone()
+    }
+
+    /// A reload changed them (the group's task says so).
+    pub(super) fn set_config(&self, config: GroupConfig) {
+        *self.config.lock().unwrap() = config;
     }
 
     pub fn stats(&self) -> GroupStats {
@@ -320,7 +342,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_waits_for_room_while_the_queue_is_full_and_goes_on_once_half_is_taken() {
         let (cmd, mut rx) = mpsc::unbounded_channel();
-        let h = std::sync::Arc::new(GroupHandle::new("s", "g", cmd, GroupConfig::default()));
+        let h = std::sync::Arc::new(GroupHandle::new("s", "g", cmd, GroupSettings::default()));
         h.room().await; // empty: at once
         for _ in 0..MAX_QUEUED {
             h.ack(std::iter::once(0..1).collect());

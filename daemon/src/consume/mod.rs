@@ -15,8 +15,11 @@
 //! - [`service`]: a daemon's groups and the handles through which QUIC and
 //!   HTTP consumers join them; `task`: the task that drives one group's
 //!   machine over the spool;
+//! - [`changes`]: which of a group's settings a reload changed, and when
+//!   each takes effect.
 
 pub mod budget;
+pub mod changes;
 pub mod dead_letter;
 pub mod group;
 mod handle;

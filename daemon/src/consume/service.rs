@@ -151,7 +151,8 @@ impl Drop for Member {
 /// Every group of a daemon.
 pub struct Consumers {
     spool: Arc<Spool>,
-    config: ConsumersConfig,
+    /// Replaced by a reload ([`reconfigure`](Self::reconfigure)).
+    config: std::sync::RwLock<ConsumersConfig>,
     budget: Arc<Budget>,
     /// Held across a group's creation, so that a group is created once.
     groups: tokio::sync::Mutex<HashMap<GroupKey, Arc<GroupHandle>>>,
@@ -164,12 +165,28 @@ pub struct Consumers {
 /// A group's (stream, group) names.
 type GroupKey = (String, String);
 
+/// What [`Consumers::reconfigure`] did.
+#[derive(Debug, Default)]
+pub struct Reconfigured {
+    /// Running groups whose settings differ, and how (those that apply
+    /// now were sent to the group).
+    pub changed: Vec<(GroupKey, Vec<super::changes::Change>)>,
+    /// Newly configured groups (a pattern's stream, group) and how many
+    /// groups that opened (a pattern: one per matching stream; 0: it was
+    /// running already).
+    pub created: Vec<(String, String, usize)>,
+    /// Newly configured groups that could not be opened, and why.
+    pub failed: Vec<(String, String, String)>,
+    /// Running groups no longer configured: left running.
+    pub unconfigured: Vec<GroupKey>,
+}
+
 impl Consumers {
     pub fn new(spool: Arc<Spool>, config: ConsumersConfig) -> Arc<Consumers> {
         Arc::new(Consumers {
             spool,
             budget: Budget::new(config.limits),
-            config,
+            config: std::sync::RwLock::new(config),
             groups: tokio::sync::Mutex::new(HashMap::new()),
             listed: Mutex::new(Vec::new()),
             next_member: AtomicU64::new(1),
@@ -181,21 +198,13 @@ impl Consumers {
     /// their backlog shows and retention honours them before anyone
     /// subscribes.
     pub async fn start(&self) -> Result<(), ConsumeError> {
-        for (stream, group, settings) in self.config.groups.clone() {
-            if is_pattern(&stream) {
-                // The streams there are now; those made later get the
-                // group when its forward finds them.
-                for name in self.spool.stream_names() {
-                    if pattern_takes(&stream, &name) {
-                        self.group(&name, &group, settings.start).await?;
-                    }
-                }
-                continue;
+        let configured = self.config.read().unwrap().groups.clone();
+        {
+            let mut groups = self.groups.lock().await;
+            for (stream, group, settings) in configured {
+                self.open_configured(&mut groups, &stream, &group, settings.start)
+                    .await?;
             }
-            if !self.spool.stream_names().contains(&stream) {
-                self.spool.stream(&stream)?;
-            }
-            self.group(&stream, &group, settings.start).await?;
         }
         for stream in self.spool.stream_names() {
             let s = self.spool.stream(&stream)?;
@@ -216,6 +225,111 @@ impl Consumers {
             }
         }
         Ok(())
+    }
+
+    /// A configured group (`stream` may be a pattern): opened, or created
+    /// where it starts (its stream too, if missing).
+    async fn open_configured(
+        &self,
+        groups: &mut HashMap<GroupKey, Arc<GroupHandle>>,
+        stream: &str,
+        group: &str,
+        start: StartAt,
+    ) -> Result<(), ConsumeError> {
+        check_group_name(group).map_err(ConsumeError::BadGroup)?;
+        if is_pattern(stream) {
+            // The streams there are now; those made later get the group
+            // when its forward finds them.
+            for name in self.spool.stream_names() {
+                if pattern_takes(stream, &name) {
+                    self.open_group(groups, &name, group, start).await?;
+                }
+            }
+            return Ok(());
+        }
+        if !self.spool.stream_names().iter().any(|n| n == stream) {
+            self.spool.stream(stream)?;
+        }
+        self.open_group(groups, stream, group, start).await?;
+        Ok(())
+    }
+
+    /// A reload's settings (SIGHUP), put in force without stopping a
+    /// group:
+    /// - a running group whose settings change (its own entry, a
+    ///   forward's, or the defaults it takes) gets them through its task
+    ///   ([`changes`](super::changes) says which apply at once);
+    /// - a newly configured group is created (where its `start` says);
+    /// - a group no longer configured runs on with the settings it has:
+    ///   its state goes only by an explicit deletion, which its removal
+    ///   from the configuration now allows.
+    ///
+    /// The consumers' limits stay as they were (the credit budget is
+    /// sized by them at start) but for `max_groups`.
+    pub async fn reconfigure(&self, mut new: ConsumersConfig) -> Reconfigured {
+        let mut groups = self.groups.lock().await;
+        let old = {
+            let mut config = self.config.write().unwrap();
+            let kept = ConsumerLimits {
+                max_groups: new.limits.max_groups,
+                ..config.limits
+            };
+            new.limits = kept;
+            std::mem::replace(&mut *config, new.clone())
+        };
+        let mut done = Reconfigured::default();
+        let mut running: Vec<&GroupKey> = groups.keys().collect();
+        running.sort();
+        for (stream, group) in running {
+            let key = (stream.clone(), group.clone());
+            let handle = &groups[&key];
+            let mut applied = handle.applied.lock().unwrap();
+            let configured = new.configured(stream, group).is_some();
+            if !configured && (applied.1 || old.configured(stream, group).is_some()) {
+                // Taken out of the configuration (now or by an earlier
+                // reload): it keeps what it runs with.
+                if !applied.1 {
+                    applied.1 = true;
+                    done.unconfigured.push(key);
+                }
+                continue;
+            }
+            applied.1 = false;
+            let mut is = new.settings(stream, group);
+            let list = super::changes::changes(&applied.0, &is);
+            if list.is_empty() {
+                continue;
+            }
+            // Conflation stays as it runs until the group starts again
+            // (`Group::set_config`): a later reload still names it.
+            is.machine.conflate = applied.0.machine.conflate.clone();
+            if list
+                .iter()
+                .any(|c| c.applies == super::changes::Applies::Now)
+            {
+                handle.send(Cmd::Reconfigure(Box::new(is.clone())));
+            }
+            applied.0 = is;
+            done.changed.push((key, list));
+        }
+        for (stream, group, settings) in &new.groups {
+            if old.groups.iter().any(|(s, g, _)| s == stream && g == group) {
+                continue;
+            }
+            let before = groups.len();
+            match self
+                .open_configured(&mut groups, stream, group, settings.start)
+                .await
+            {
+                Ok(()) => done
+                    .created
+                    .push((stream.clone(), group.clone(), groups.len() - before)),
+                Err(e) => done
+                    .failed
+                    .push((stream.clone(), group.clone(), e.to_string())),
+            }
+        }
+        done
     }
 
     /// The spool's streams (dead-letter streams too).
@@ -256,15 +370,15 @@ impl Consumers {
             return Err(ConsumeError::NoSuchStream(stream.to_owned()));
         }
         let s = self.spool.stream(stream)?;
-        let settings = self.config.settings(stream, group);
+        let (settings, configured, max) = {
+            let c = self.config.read().unwrap();
+            let configured = c.configured(stream, group).is_some();
+            (c.settings(stream, group), configured, c.limits.max_groups)
+        };
         let dir = group_dir(&s, group);
         // A new group past the limit is refused (each reads ahead of its
         // members: memory); one on disk or configured is always opened.
-        let max = self.config.limits.max_groups;
-        if groups.len() >= max
-            && !GroupStore::exists(&**s.fs(), &dir)
-            && self.config.configured(stream, group).is_none()
-        {
+        if groups.len() >= max && !GroupStore::exists(&**s.fs(), &dir) && !configured {
             return Err(ConsumeError::TooManyGroups { max });
         }
         let fs = s.fs().clone();
@@ -316,12 +430,7 @@ impl Consumers {
         check_reach(&s, group, &store).await?;
         let store = self.align_dead_letter_seq(stream, group, store).await?;
         let (cmd, rx) = mpsc::unbounded_channel();
-        let handle = Arc::new(GroupHandle::new(
-            stream,
-            group,
-            cmd,
-            settings.machine.clone(),
-        ));
+        let handle = Arc::new(GroupHandle::new(stream, group, cmd, settings.clone()));
         let machine = Group::new(settings.machine.clone(), store.state());
         info!(
             stream,
@@ -439,11 +548,13 @@ impl Consumers {
         group: &str,
         start: StartAt,
     ) -> Result<u64, ConsumeError> {
-        if let Some(reason) = self
+        let no_reset = self
             .config
+            .read()
+            .unwrap()
             .configured(stream, group)
-            .and_then(|s| s.no_reset)
-        {
+            .and_then(|s| s.no_reset);
+        if let Some(reason) = no_reset {
             return Err(ConsumeError::NoReset {
                 group: group.to_owned(),
                 reason,
@@ -468,7 +579,13 @@ impl Consumers {
     /// cursor retention reads. A later subscriber of the same name makes a
     /// new group.
     pub async fn delete(&self, stream: &str, group: &str) -> Result<(), ConsumeError> {
-        if self.config.configured(stream, group).is_some() {
+        let configured = self
+            .config
+            .read()
+            .unwrap()
+            .configured(stream, group)
+            .is_some();
+        if configured {
             return Err(ConsumeError::ConfiguredGroup {
                 group: group.to_owned(),
             });

@@ -569,6 +569,7 @@ impl GroupTask {
                     },
                 );
             }
+            Cmd::Reconfigure(settings) => self.reconfigure(*settings),
             Cmd::Stop => {}
             Cmd::Retire(done) => {
                 let members = self.machine.member_count() as u64;
@@ -589,6 +590,36 @@ impl GroupTask {
                 };
                 self.waiters.push((target, done));
             }
+        }
+    }
+
+    /// A reload's settings. Messages out with members keep the deadline
+    /// they were delivered with: the member was told it (`deadline_ms`
+    /// on the wire, the HTTP and gRPC answers) and plans its work and its
+    /// extensions by it; a shorter one imposed under it would deliver
+    /// again work that is being done, and a longer one would hold a
+    /// message its member already gave up. Deliveries from now on get the
+    /// new deadline. Max deliveries counts at the next failure of each
+    /// message (one delivered more often than a lowered limit goes to
+    /// the dead-letter stream then); the read-ahead, retention and the
+    /// backlog limit hold from the next turn.
+    fn reconfigure(&mut self, settings: GroupSettings) {
+        self.machine.set_config(settings.machine);
+        self.handle.set_config(self.machine.config().clone());
+        if self.retain_until_acked != settings.retain_until_acked {
+            self.retain_until_acked = settings.retain_until_acked;
+            // Retention reads the flag from the cursor: written now.
+            self.mirrored_floor = None;
+            self.mirror_cursor(true);
+        }
+        self.max_backlog = settings.max_backlog;
+        self.on_backlog = settings.on_backlog;
+        // A hold the new settings no longer allow is let go; one they
+        // still allow stays until `backpressure` finds the backlog under
+        // half the (new) limit, as it would have.
+        if self.holding && (self.max_backlog == 0 || self.on_backlog != OnBacklog::Hold) {
+            self.holding = false;
+            self.stream.hold_producers(false);
         }
     }
 

@@ -36,7 +36,7 @@ pub struct Create {
 }
 
 /// One `[[forward]]` entry, checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ForwardConfig {
     pub name: String,
     /// Sluice streams forwarded: exact names, or patterns where `*`

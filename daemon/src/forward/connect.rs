@@ -172,7 +172,12 @@ impl Events {
             // error that names it.
             Event::ClientError(e) if refused_credentials(&e.to_string()) => self.refused(),
             Event::ClientError(e) => self.unreachable(&e.to_string()),
-            // The client is dropped: sluiced stops.
+            // A reload stops the forward: its connection is drained.
+            Event::Draining => {
+                info!(forward = %f, "NATS connection draining (the forward stops)");
+            }
+            // The client is dropped or drained: sluiced or the forward
+            // stops.
             Event::Closed => {
                 self.counters.connected.store(0, Relaxed);
                 info!(forward = %f, "NATS connection closed");

@@ -126,6 +126,11 @@ impl ForwardCounters {
         self.stream(stream).1
     }
 
+    /// The client, once it exists (to close it when the forward stops).
+    pub(super) fn client(&self) -> Option<async_nats::Client> {
+        self.client.get().cloned()
+    }
+
     /// Keeps the client, for the server it is connected to.
     pub(super) fn set_client(&self, client: async_nats::Client) {
         let _ = self.client.set(client);
@@ -153,7 +158,8 @@ impl ForwardCounters {
 
 /// Every forward's counters, and the consumer service for their lag.
 pub struct ForwardStats {
-    forwards: Vec<Arc<ForwardCounters>>,
+    /// A reload adds, replaces and removes forwards.
+    forwards: Mutex<Vec<Arc<ForwardCounters>>>,
     consumers: Arc<Consumers>,
     /// `ack = "replicated"`: the producers' acks waiting for JetStream.
     replication: Option<Arc<WaitStats>>,
@@ -162,16 +168,7 @@ pub struct ForwardStats {
 impl ForwardStats {
     pub fn new(consumers: Arc<Consumers>, forwards: &[ForwardConfig]) -> ForwardStats {
         ForwardStats {
-            forwards: forwards
-                .iter()
-                .map(|f| {
-                    let c = ForwardCounters::new(&f.name);
-                    for s in f.exact_streams() {
-                        c.stream(s);
-                    }
-                    Arc::new(c)
-                })
-                .collect(),
+            forwards: Mutex::new(forwards.iter().map(counters).collect()),
             consumers,
             replication: None,
         }
@@ -186,19 +183,60 @@ impl ForwardStats {
 
     pub fn forward(&self, name: &str) -> Arc<ForwardCounters> {
         self.forwards
+            .lock()
+            .unwrap()
             .iter()
             .find(|f| f.name == name)
             .expect("a configured forward")
             .clone()
     }
+
+    /// Fresh counters for forward `f`, in place of any it had: a forward
+    /// a reload starts anew has a new client (whose connection events
+    /// set them), so its counters start again, as at a daemon's start.
+    pub fn restart(&self, f: &ForwardConfig) -> Arc<ForwardCounters> {
+        let c = counters(f);
+        let mut list = self.forwards.lock().unwrap();
+        match list.iter_mut().find(|o| o.name == f.name) {
+            Some(o) => *o = c.clone(),
+            None => list.push(c.clone()),
+        }
+        c
+    }
+
+    /// The counters of each forward given at start, by name.
+    pub fn forward_at_start(&self) -> impl Fn(&ForwardConfig) -> Arc<ForwardCounters> + '_ {
+        |f| self.forward(&f.name)
+    }
+
+    /// Forward `name`'s client, if it has one.
+    pub fn client_of(&self, name: &str) -> Option<async_nats::Client> {
+        let list = self.forwards.lock().unwrap();
+        list.iter().find(|f| f.name == name)?.client()
+    }
+
+    /// A forward a reload removed: no longer shown.
+    pub fn remove(&self, name: &str) {
+        self.forwards.lock().unwrap().retain(|f| f.name != name);
+    }
+}
+
+/// A forward's counters, its exact streams shown from the start.
+fn counters(f: &ForwardConfig) -> Arc<ForwardCounters> {
+    let c = ForwardCounters::new(&f.name);
+    for s in f.exact_streams() {
+        c.stream(s);
+    }
+    Arc::new(c)
 }
 
 impl Collect for ForwardStats {
     fn collect(&self, e: &mut Exposition) {
-        if self.forwards.is_empty() {
+        let forwards = self.forwards.lock().unwrap().clone();
+        if forwards.is_empty() {
             return;
         }
-        render(e, &self.forwards, &self.consumers.stats(), Instant::now());
+        render(e, &forwards, &self.consumers.stats(), Instant::now());
         if let Some(r) = &self.replication {
             let name = "sluice_forward_replicated_waiting";
             e.family(

@@ -9,6 +9,7 @@
 //! so that it comes again. After a crash the group delivers again what was
 //! not acked, and JetStream stores it once.
 
+pub mod changes;
 pub mod config;
 pub mod confirm;
 mod connect;
@@ -34,10 +35,26 @@ pub use metrics::ForwardStats;
 
 /// Every forward of the daemon, running.
 pub struct Forwarders {
-    stop: watch::Sender<bool>,
-    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    consumers: Arc<Consumers>,
+    confirmations: Arc<Confirmations>,
+    /// Held across a reload's changes and the shutdown: a forward is
+    /// stopped (its task ended) before it is started again, so one
+    /// forward never has two tasks.
+    running: tokio::sync::Mutex<Vec<Forward>>,
     stats: Arc<ForwardStats>,
 }
+
+/// One forward's task and how to stop it.
+struct Forward {
+    config: Arc<ForwardConfig>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// How long a stopping forward may take to leave its groups, and then
+/// to close its connection.
+const STOP_WITHIN: Duration = Duration::from_secs(5);
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
 
 impl Forwarders {
     /// Starts every forward (after the consumer groups have started: their
@@ -51,32 +68,48 @@ impl Forwarders {
         consumers: Arc<Consumers>,
         confirmations: Arc<Confirmations>,
     ) -> Forwarders {
-        let (stop, stopped) = watch::channel(false);
         let mut stats = ForwardStats::new(consumers.clone(), &forwards);
         if forwards.iter().any(|f| f.replicated) {
             stats = stats.with_replication(confirmations.stats());
         }
-        let stats = Arc::new(stats);
-        let mut tasks = Vec::new();
-        for f in forwards {
-            let f = Arc::new(f);
-            info!(forward = %f.name, streams = ?f.streams, servers = ?f.servers,
-                  target = %f.target_stream, "forwarding to NATS JetStream");
-            let js = connect::connect(f.clone(), stats.forward(&f.name));
-            let runs = Runs {
-                forward: f.clone(),
-                js,
-                consumers: consumers.clone(),
-                confirmations: confirmations.clone(),
-                stats: stats.forward(&f.name),
-                stop: stopped.clone(),
-            };
-            tasks.push(tokio::spawn(runs.run()));
-        }
-        Forwarders {
+        let me = Forwarders {
+            consumers,
+            confirmations,
+            running: tokio::sync::Mutex::new(Vec::new()),
+            stats: Arc::new(stats),
+        };
+        let started = forwards
+            .into_iter()
+            .map(|f| me.spawn(Arc::new(f), me.stats.forward_at_start()))
+            .collect();
+        // Nobody else holds it yet.
+        *me.running.try_lock().expect("a new lock") = started;
+        me
+    }
+
+    /// Starts forward `f`, counting into `counters`.
+    fn spawn(
+        &self,
+        f: Arc<ForwardConfig>,
+        counters: impl FnOnce(&ForwardConfig) -> Arc<metrics::ForwardCounters>,
+    ) -> Forward {
+        info!(forward = %f.name, streams = ?f.streams, servers = ?f.servers,
+              target = %f.target_stream, "forwarding to NATS JetStream");
+        let counters = counters(&f);
+        let (stop, stopped) = watch::channel(false);
+        let js = connect::connect(f.clone(), counters.clone());
+        let runs = Runs {
+            forward: f.clone(),
+            js,
+            consumers: self.consumers.clone(),
+            confirmations: self.confirmations.clone(),
+            stats: counters,
+            stop: stopped,
+        };
+        Forward {
+            config: f,
             stop,
-            tasks: std::sync::Mutex::new(tasks),
-            stats,
+            task: tokio::spawn(runs.run()),
         }
     }
 
@@ -85,19 +118,98 @@ impl Forwarders {
         self.stats.clone()
     }
 
+    /// A reload's forwards (SIGHUP): a new one starts, a removed one
+    /// stops, a changed one stops and starts with its new settings; the
+    /// unchanged ones run on. What each step did is logged here, a line a
+    /// forward. Called after the consumer groups took the reload's
+    /// settings: a forward's groups are configured ones. Returns how many
+    /// forwards were started, stopped or restarted, and the names of
+    /// those whose change is not applied.
+    pub async fn reconfigure(&self, forwards: Vec<ForwardConfig>) -> (usize, Vec<String>) {
+        let mut running = self.running.lock().await;
+        let old: Vec<ForwardConfig> = running.iter().map(|f| (*f.config).clone()).collect();
+        let mut refused = Vec::new();
+        let steps = changes::plan(&old, &forwards);
+        let total = steps.len();
+        for step in steps {
+            match step {
+                changes::Step::Start(f) => {
+                    let started = self.spawn(Arc::new(f), |f| self.stats.restart(f));
+                    info!(forward = %started.config.name, "reload: forward added and started");
+                    running.push(started);
+                }
+                changes::Step::Stop(name) => {
+                    let Some(i) = running.iter().position(|f| f.config.name == name) else {
+                        continue;
+                    };
+                    let gone = running.remove(i);
+                    let groups = gone.config.group();
+                    self.stop(gone).await;
+                    self.stats.remove(&name);
+                    warn!(forward = %name, group = %groups, "reload: forward removed and stopped; its consumer group stays on its streams, with what it had not forwarded (and, with retain, the records retention keeps for it): `sluice group delete` removes it");
+                }
+                changes::Step::Restart { config, what } => {
+                    let Some(i) = running.iter().position(|f| f.config.name == config.name) else {
+                        continue;
+                    };
+                    let old = running.remove(i);
+                    self.stop(old).await;
+                    let started = self.spawn(Arc::new(config), |f| self.stats.restart(f));
+                    info!(forward = %started.config.name, change = %what, "reload: forward changed: stopped, and started again with the new settings from its group's acked position");
+                    running.push(started);
+                }
+                changes::Step::Refused { name, why } => {
+                    warn!(forward = %name, "reload: forward {why} (the running forward stays as it was)");
+                    refused.push(name);
+                }
+            }
+        }
+        (total - refused.len(), refused)
+    }
+
+    /// Stops one forward: its runs leave their groups, so what they held
+    /// unacked (publishes in flight whose PubAck had not come) is
+    /// delivered again to the forward's next run, and JetStream drops
+    /// what it already has by its `Nats-Msg-Id`. Then its connection
+    /// is closed.
+    async fn stop(&self, f: Forward) {
+        let _ = f.stop.send(true);
+        let mut task = f.task;
+        if tokio::time::timeout(STOP_WITHIN, &mut task).await.is_err() {
+            warn!(forward = %f.config.name, "a forward did not stop within {STOP_WITHIN:?}: ended");
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(client) = self.stats.client_of(&f.config.name) {
+            let _ = tokio::time::timeout(CLOSE_WITHIN, client.drain()).await;
+        }
+    }
+
     /// Stops every forward: they leave their groups (what they hold
     /// unacked is delivered again at the next start, and JetStream drops
     /// what it already has). Before the consumer groups stop.
     pub async fn shutdown(&self) {
-        let _ = self.stop.send(true);
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap());
-        for t in tasks {
-            if tokio::time::timeout(Duration::from_secs(5), t)
-                .await
-                .is_err()
-            {
+        let mut running = self.running.lock().await;
+        for f in running.iter() {
+            let _ = f.stop.send(true);
+        }
+        for f in running.drain(..) {
+            if tokio::time::timeout(STOP_WITHIN, f.task).await.is_err() {
                 warn!("a forward did not stop within 5 s");
             }
+        }
+    }
+}
+
+/// A forward's run tasks, ended with it: should a stop time out and the
+/// forward's task be aborted, no run of it is left to go on beside the
+/// next one.
+struct RunTasks(Vec<JoinHandle<()>>);
+
+impl Drop for RunTasks {
+    fn drop(&mut self) {
+        for r in &self.0 {
+            r.abort();
         }
     }
 }
@@ -120,7 +232,7 @@ impl Runs {
     async fn run(self) {
         let f = self.forward.clone();
         let mut started: std::collections::HashSet<String> = Default::default();
-        let mut runs = Vec::new();
+        let mut runs = RunTasks(Vec::new());
         let mut stop = self.stop.clone();
         loop {
             let mut names: Vec<String> = f.exact_streams().cloned().collect();
@@ -148,7 +260,7 @@ impl Runs {
                     stats: self.stats.clone(),
                     stop: self.stop.clone(),
                 };
-                runs.push(tokio::spawn(run.run()));
+                runs.0.push(tokio::spawn(run.run()));
             }
             if !f.has_patterns() {
                 break;
@@ -158,7 +270,8 @@ impl Runs {
                 _ = tokio::time::sleep(FIND_STREAMS_EVERY) => {}
             }
         }
-        for r in runs {
+        // Awaited in place: aborted meanwhile, the guard still ends them.
+        for r in runs.0.iter_mut() {
             let _ = r.await;
         }
     }

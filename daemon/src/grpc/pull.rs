@@ -145,9 +145,9 @@ impl proto::subscriber_server::Subscriber for Service {
         let subscribed = StreamingPullResponse {
             subscribed: Some(Subscribed {
                 member_id: member.id,
-                ack_deadline: prost_types::Duration::try_from(member.group.config.ack_deadline)
+                ack_deadline: prost_types::Duration::try_from(member.group.config().ack_deadline)
                     .ok(),
-                max_deliveries: member.group.config.max_deliveries,
+                max_deliveries: member.group.config().max_deliveries,
                 max_outstanding_messages: messages,
                 max_outstanding_bytes: bytes,
             }),
@@ -394,7 +394,7 @@ async fn settle(
             .filter(|c| !c.offsets.is_empty())
             .map(|c| {
                 let by = match &c.extension {
-                    None => member.group.config.ack_deadline,
+                    None => member.group.config().ack_deadline,
                     Some(d) => duration(Some(d)),
                 };
                 (c.offsets.clone(), by)

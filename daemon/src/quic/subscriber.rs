@@ -74,8 +74,8 @@ pub async fn serve(
     };
     let ok = Control::Subscribed {
         member: member.id,
-        ack_deadline_ms: member.group.config.ack_deadline.as_millis() as u64,
-        max_deliveries: member.group.config.max_deliveries,
+        ack_deadline_ms: member.group.config().ack_deadline.as_millis() as u64,
+        max_deliveries: member.group.config().max_deliveries,
     };
     if frame::write(&mut send, &ok.encode()).await.is_err() {
         return;

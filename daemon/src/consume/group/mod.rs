@@ -276,6 +276,18 @@ impl Group {
         &self.config
     }
 
+    /// New settings (a reload), from now on: the ack deadline for the
+    /// deliveries made from now (those out keep the deadline they were
+    /// given), max deliveries at the next failure of each message, the
+    /// read-ahead at the next read. Conflation keeps its rule: records
+    /// read ahead were conflated under it, and a group's conflation
+    /// changes at its next start.
+    pub fn set_config(&mut self, config: GroupConfig) {
+        let conflate = self.config.conflate.take();
+        self.config = config;
+        self.config.conflate = conflate;
+    }
+
     pub fn floor(&self) -> u64 {
         self.floor
     }
