@@ -578,7 +578,7 @@ fn the_unit_waits_for_readiness_reloads_and_does_not_restart_bad_configs() {
     std::fs::write(
         &copy,
         unit.replace(
-            "/usr/local/bin/sluiced",
+            "/usr/bin/sluiced",
             &sluiced_bin!().display().to_string(),
         ),
     )
