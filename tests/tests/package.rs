@@ -472,6 +472,8 @@ fn install_start_and_purge(deb: &Path, scratch: &Path, analyze: bool) {
         assert!(!active.success(), "sluiced still active");
     } else {
         let mut child = installed.daemon.take().unwrap();
+        // SIGTERM, as systemctl stop sends (KillSignal=); Child::kill is
+        // SIGKILL, which would test no drain. Our own child, not reaped yet.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
