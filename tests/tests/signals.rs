@@ -577,10 +577,7 @@ fn the_unit_waits_for_readiness_reloads_and_does_not_restart_bad_configs() {
     let copy = dir.path().join("sluiced.service");
     std::fs::write(
         &copy,
-        unit.replace(
-            "/usr/local/bin/sluiced",
-            &sluiced_bin!().display().to_string(),
-        ),
+        unit.replace("/usr/bin/sluiced", &sluiced_bin!().display().to_string()),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")
