@@ -947,6 +947,19 @@ fn a_pattern_forwards_the_streams_it_takes_made_later_too() {
     rt.block_on(wait_count(&js, N, FORWARD_WITHIN));
     post("orders-us", 3);
     rt.block_on(wait_count(&js, 2 * N, FORWARD_WITHIN));
+    // Deleted (forced: the forward's group is on it) and made again by a
+    // publish: the pattern takes the new stream too.
+    let r = ureq::delete(&format!(
+        "{}/streams/orders-us?force=true",
+        spec.admin_url()
+    ))
+    .timeout(Duration::from_secs(10))
+    .call();
+    assert!(r.is_ok(), "delete orders-us: {r:?}");
+    // Another producer: JetStream would drop producer 3's ids again as
+    // duplicates within its window.
+    post("orders-us", 4);
+    rt.block_on(wait_count(&js, 3 * N, FORWARD_WITHIN));
     std::thread::sleep(Duration::from_millis(500));
     let by_stream: BTreeMap<String, u64> = rt.block_on(async {
         let mut stream = js.get_stream(TARGET).await.expect("the target stream");
@@ -979,8 +992,12 @@ fn a_pattern_forwards_the_streams_it_takes_made_later_too() {
     });
     assert_eq!(
         by_stream,
-        BTreeMap::from([("orders-eu".to_string(), N), ("orders-us".to_string(), N)]),
-        "billing is not forwarded; each orders-* stream's messages once"
+        BTreeMap::from([
+            ("orders-eu".to_string(), N),
+            ("orders-us".to_string(), 2 * N)
+        ]),
+        "billing is not forwarded; each orders-* stream's messages once, \
+         orders-us's before and after it was deleted and made again"
     );
     assert!(log_of(dir.path()).contains("forwarding a stream the pattern takes"));
     let status = d.terminate(Duration::from_secs(10));

@@ -231,7 +231,8 @@ struct Runs {
 impl Runs {
     async fn run(self) {
         let f = self.forward.clone();
-        let mut started: std::collections::HashSet<String> = Default::default();
+        // Each stream's run: its index in `runs`.
+        let mut started: std::collections::HashMap<String, usize> = Default::default();
         let mut runs = RunTasks(Vec::new());
         let mut stop = self.stop.clone();
         loop {
@@ -245,9 +246,19 @@ impl Runs {
                 );
             }
             for stream in names {
-                if !started.insert(stream.clone()) {
+                // A run that ended (its stream was deleted, which stops its
+                // group) starts again when a pattern finds the stream made
+                // again. A stream named exactly is not made again here: a
+                // deleted one comes back only at a restart, as configured
+                // groups' streams do.
+                let ended = started
+                    .get(&stream)
+                    .is_some_and(|&i| runs.0[i].is_finished());
+                let exact = f.exact_streams().any(|e| *e == stream);
+                if started.contains_key(&stream) && (exact || !ended) {
                     continue;
                 }
+                started.insert(stream.clone(), runs.0.len());
                 if f.has_patterns() {
                     info!(forward = %f.name, %stream, "forwarding a stream the pattern takes");
                 }
