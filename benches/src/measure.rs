@@ -258,6 +258,21 @@ pub struct StageTime {
 }
 
 impl StageTime {
+    /// Several windows' figures as one: the mean weighted by count, the
+    /// largest p50 and p99 (upper estimates stay upper estimates).
+    pub fn combine<'a>(all: impl IntoIterator<Item = &'a StageTime>) -> StageTime {
+        let mut out = StageTime::default();
+        let mut sum = 0.0;
+        for t in all {
+            out.count += t.count;
+            sum += t.mean_us * t.count as f64;
+            out.p50_us = out.p50_us.max(t.p50_us);
+            out.p99_us = out.p99_us.max(t.p99_us);
+        }
+        out.mean_us = sum / out.count.max(1) as f64;
+        out
+    }
+
     fn between(a: &Scrape, b: &Scrape, name: &str) -> StageTime {
         let count = (b.value(&format!("{name}_count"), &[])
             - a.value(&format!("{name}_count"), &[]))
@@ -289,6 +304,10 @@ pub struct Stages {
     pub fdatasync: StageTime,
     pub received_to_acked: StageTime,
     pub status: StageTime,
+    /// Per gap NACKed and filled (fast path): first seen → the
+    /// retransmission's arrival; first seen → the durable ack covering it.
+    pub repair: StageTime,
+    pub repair_to_durable: StageTime,
 }
 
 impl Stages {
@@ -300,6 +319,8 @@ impl Stages {
             fdatasync: t("sluice_spool_fdatasync_seconds"),
             received_to_acked: t("sluice_publish_ack_seconds"),
             status: t("sluice_fastpath_status_seconds"),
+            repair: t("sluice_repair_seconds"),
+            repair_to_durable: t("sluice_repair_to_durable_seconds"),
         }
     }
 }

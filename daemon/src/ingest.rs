@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice_transport::proto::{
-    DropCounts, Endpoint, EndpointEvent, Incoming, Receiver, ReceiverStats,
+    DropCounts, Endpoint, EndpointEvent, Incoming, Receiver, ReceiverStats, Repair,
 };
 use sluice_transport::serve::{Owner, SessionControl};
 use sluice_transport::wire::CloseCode;
@@ -180,6 +180,9 @@ struct Session {
     counted: ReceiverStats,
     /// The credit last granted, as added to the stream's credit gauge.
     credit: u32,
+    /// Gaps repaired whose message is not delivered yet (a gap below it is
+    /// still open): timed to their durable ack with a later batch.
+    repairs: Vec<Repair>,
 }
 
 impl Ingest {
@@ -221,6 +224,7 @@ impl Ingest {
                     metrics,
                     counted: ReceiverStats::default(),
                     credit: 0,
+                    repairs: Vec::new(),
                 },
             );
         }
@@ -321,6 +325,16 @@ impl Owner for Ingest {
             return;
         };
         let m = session.metrics.clone();
+        // Loss's cost in time: a gap's repair (seen → retransmission here)
+        // now, and seen → durable ack once this batch is acked.
+        for rep in r.take_repairs() {
+            m.repair
+                .observe(micros(rep.repaired.saturating_duration_since(rep.seen)));
+            session.repairs.push(rep);
+        }
+        let (repaired, later): (Vec<Repair>, Vec<Repair>) =
+            session.repairs.drain(..).partition(|rep| rep.seq <= last);
+        session.repairs = later;
         m.messages_in.fetch_add(records.len() as u64, Relaxed);
         m.bytes_in.fetch_add(bytes, Relaxed);
         shared.in_flight.fetch_add(1, Relaxed);
@@ -364,6 +378,9 @@ impl Owner for Ingest {
                         Box::new(move || {
                             control.mark_durable(id, last);
                             m.publish_ack.observe_since(received);
+                            for rep in &repaired {
+                                m.repair_to_durable.observe_since(rep.seen);
+                            }
                         }),
                     );
                 }
@@ -394,9 +411,7 @@ impl Owner for Ingest {
 
     fn durable_sent(&mut self, session: u64, waited: Duration) {
         if let Some(s) = self.sessions.get(&session) {
-            s.metrics
-                .status_sent
-                .observe(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX));
+            s.metrics.status_sent.observe(micros(waited));
         }
     }
 
@@ -479,4 +494,8 @@ impl Owner for Ingest {
             );
         }
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

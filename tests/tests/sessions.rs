@@ -85,6 +85,15 @@ async fn an_open_session_shows_its_peer_traffic_repairs_credit_and_rtt() {
     assert!(s.bytes >= SENT * 8, "{s:?}");
     assert!(s.nacks_sent > 0 && s.repaired > 0, "5 % loss: {s:?}");
     assert!(s.credit > 0 && s.rtt_us > 0, "{s:?}");
+    // Each repair was timed, and (all acked) to its durable ack too.
+    let m = tokio::task::block_in_place(|| d.metrics());
+    let l = [("stream", STREAM)];
+    let repairs = m.value("sluice_repair_seconds_count", &l);
+    assert!(repairs > 0.0, "no repair timed at 5 % loss");
+    assert_eq!(
+        repairs,
+        m.value("sluice_repair_to_durable_seconds_count", &l)
+    );
     // The same from the CLI.
     let admin = spec.admin.to_string();
     let out = tokio::task::block_in_place(|| {

@@ -61,6 +61,11 @@ pub struct StreamMetrics {
     /// Fast path: from a batch's durable mark (its group commit answered)
     /// to the STATUS that carries it handed to the socket, in µs.
     pub status_sent: Latency,
+    /// Fast path, per gap NACKed and filled: from the gap first seen (a
+    /// message above it arrived) to its retransmission's arrival, and to
+    /// the durable ack that covers it, in µs.
+    pub repair: Latency,
+    pub repair_to_durable: Latency,
 }
 
 #[derive(Debug, Default)]
@@ -232,6 +237,23 @@ impl Collect for Metrics {
         );
         for (stream, m) in &streams {
             e.histogram(name, &[("stream", stream)], &m.status_sent.snapshot());
+        }
+        for (name, help, read) in [
+            (
+                "sluice_repair_seconds",
+                "Fast path, per gap NACKed and filled: from the gap first seen (a message above it arrived) to its retransmission's arrival.",
+                (|m| &m.repair) as fn(&StreamMetrics) -> &Latency,
+            ),
+            (
+                "sluice_repair_to_durable_seconds",
+                "Fast path, per gap NACKed and filled: from the gap first seen to the durable ack that covers it (what a loss costs the producer in time).",
+                |m| &m.repair_to_durable,
+            ),
+        ] {
+            e.family(name, Kind::Histogram, help);
+            for (stream, m) in &streams {
+                e.histogram(name, &[("stream", stream)], &read(m).snapshot());
+            }
         }
 
         // Retransmissions by what they did: repaired a gap, or were a copy.

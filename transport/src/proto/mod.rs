@@ -18,7 +18,7 @@ mod stats;
 
 pub use config::{ConfigError, ReceiverConfig, SenderConfig};
 pub use endpoint::{Endpoint, EndpointEvent, Incoming};
-pub use receiver::{Message, Receiver};
+pub use receiver::{Message, Receiver, Repair};
 pub use rtt::RttEstimator;
 pub use sender::{Connect, PushError, Sender, SenderEvent};
 pub use stats::{DropCounts, DropReason, ReceiverStats, SenderStats};

@@ -79,7 +79,25 @@ pub struct Receiver {
     close_due: Option<Close>,
     closed: Option<CloseReason>,
     stats: ReceiverStats,
+    /// Gaps repaired since the owner last took them ([`take_repairs`]):
+    /// bounded, the excess is not timed (the counters still count it).
+    ///
+    /// [`take_repairs`]: Receiver::take_repairs
+    repairs: Vec<Repair>,
 }
+
+/// A gap NACKed and then filled: when it was first seen (the message above
+/// it arrived) and when its retransmission arrived. What loss costs the
+/// producer in time is from `seen` to the durable mark passing `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repair {
+    pub seq: u64,
+    pub seen: Instant,
+    pub repaired: Instant,
+}
+
+/// Most repairs kept between two [`Receiver::take_repairs`].
+const MAX_REPAIRS_HELD: usize = 1024;
 
 impl Receiver {
     /// Opens the receiving side of a session after a HELLO was accepted.
@@ -129,6 +147,7 @@ impl Receiver {
             close_due: None,
             closed: None,
             stats: ReceiverStats::default(),
+            repairs: Vec::new(),
         }
     }
 
@@ -182,6 +201,13 @@ impl Receiver {
 
     pub fn closed(&self) -> Option<&CloseReason> {
         self.closed.as_ref()
+    }
+
+    /// The gaps repaired since the last call, in the order they were
+    /// filled (at most [`MAX_REPAIRS_HELD`] of them: an owner that takes
+    /// them with each delivery sees every one).
+    pub fn take_repairs(&mut self) -> Vec<Repair> {
+        std::mem::take(&mut self.repairs)
     }
 
     /// The next complete message in sequence order.
@@ -378,6 +404,13 @@ impl Receiver {
         };
         if above.gap_nacked_at.is_some() {
             self.stats.recovered += 1;
+            if self.repairs.len() < MAX_REPAIRS_HELD {
+                self.repairs.push(Repair {
+                    seq,
+                    seen: above.arrived,
+                    repaired: now,
+                });
+            }
         }
         let asked_long_ago = above
             .gap_nacked_at
@@ -663,6 +696,32 @@ mod tests {
         assert_eq!(nack.ranges, vec![NackRange { first: 3, last: 3 }]);
         // The estimate decays with each NACK round.
         assert!(r.reorder_seen < ms(3));
+    }
+
+    /// A gap filled after its NACK is a repair, timed from the arrival of
+    /// the message above it; one filled unasked (reordering) is not.
+    #[test]
+    fn repairs_are_timed_from_the_gap_first_seen() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = receiver(t);
+        r.handle_packet(t, data(2));
+        r.handle_packet(t + ms(1), data(1));
+        assert!(r.take_repairs().is_empty(), "reordered, not repaired");
+        r.handle_packet(t + ms(2), data(4));
+        r.handle_timeout(t + ms(10));
+        assert!(r.nack_due.take().is_some(), "seq 3 NACKed");
+        r.handle_packet(t + ms(12), data(3));
+        assert_eq!(
+            r.take_repairs(),
+            vec![Repair {
+                seq: 3,
+                seen: t + ms(2),
+                repaired: t + ms(12)
+            }]
+        );
+        assert!(r.take_repairs().is_empty(), "taken once");
+        assert_eq!(r.stats().recovered, 1);
     }
 
     #[test]
