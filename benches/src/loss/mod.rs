@@ -406,9 +406,34 @@ pub struct LossRun {
     /// netns mode: in the two namespaces). Loss nobody asked for: the
     /// relay, the daemon or the producers fell behind.
     pub kernel_udp_drops: Option<u64>,
+    /// The producers', summed, over the repetition.
+    pub credit_stalls: CreditStalls,
     /// Records in the stream (its durable end, from `GET /streams`).
     pub stored: Option<u64>,
     pub checks: Checks,
+}
+
+/// Times the producers waited with messages unsent because the daemon's
+/// credit was used up (a hole waiting for its repair holds the durable
+/// mark, and so the credit), and for how long in all (milliseconds).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CreditStalls {
+    pub stalls: u64,
+    pub stalled_ms: f64,
+}
+
+impl CreditStalls {
+    fn of(
+        watches: &[tokio::sync::watch::Receiver<sluice_transport::client::ProducerStatus>],
+    ) -> Self {
+        let mut out = CreditStalls::default();
+        for w in watches {
+            let s = w.borrow();
+            out.stalls += s.credit_stalls;
+            out.stalled_ms += s.credit_stalled.as_secs_f64() * 1e3;
+        }
+        out
+    }
 }
 
 /// A row's repetitions as min / median / max.
@@ -758,13 +783,26 @@ fn repetition(
     let pid = bed.daemon_pid();
     // On a runtime built where `producers` calls it, so that every socket
     // is made there (the producers' namespace).
+    // The producers' own view of loss: how long they sat with no credit.
+    let stalls = std::sync::Mutex::new(CreditStalls::default());
     let outcome = bed.producers(&|options| {
         producers::runtime(Some(PRODUCER_THREADS))?.block_on(async {
             let to = |_| stream.to_owned();
             let p = producers::connect(c.producers, addr, to, r.first_id, options).await?;
-            producers::run(p, plan, progress, |s| Mark::take(s.counts(), pid, || None)).await
+            let watches: Vec<_> = p
+                .iter()
+                .filter_map(|p| match p {
+                    Publisher::Sluice(p) => Some(p.watch_status()),
+                    _ => None,
+                })
+                .collect();
+            let o =
+                producers::run(p, plan, progress, |s| Mark::take(s.counts(), pid, || None)).await;
+            *stalls.lock().unwrap() = CreditStalls::of(&watches);
+            o
         })
     });
+    let credit_stalls = stalls.into_inner().unwrap();
     let impaired = bed.clear();
     let o = outcome?;
     let after = bed.scrape();
@@ -812,6 +850,7 @@ fn repetition(
             impaired,
             daemon,
             kernel_udp_drops,
+            credit_stalls,
             stored,
             checks: Checks {
                 all_acked,
@@ -823,6 +862,7 @@ fn repetition(
 }
 
 use crate::measure::panic_text;
+use crate::publisher::Publisher;
 
 /// `sluice-bench loss`: runs, prints the table, writes the JSON (and the
 /// pictures); fails when a row's checks fail.

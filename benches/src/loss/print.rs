@@ -253,24 +253,31 @@ fn print_repairs(r: &LossReport) {
                 .collect()
         })
         .collect();
-    if stages.iter().flatten().all(|s| s.repair.count == 0) {
+    let stalled = |row: &LossRow| {
+        let n: u64 = row.runs.iter().map(|x| x.credit_stalls.stalls).sum();
+        let ms: f64 = row.runs.iter().map(|x| x.credit_stalls.stalled_ms).sum();
+        (n, ms / n.max(1) as f64)
+    };
+    let any_stall = r.rows.iter().any(|row| stalled(row).0 > 0);
+    if !any_stall && stages.iter().flatten().all(|s| s.repair.count == 0) {
         return;
     }
     println!(
-        "\n  {:>6} | {:>8} {:>9} {:>9} | {:>9} {:>9} {:>9}",
-        "loss", "repairs", "gap seen", "->", "gap seen", "->", ""
+        "\n  {:>6} | {:>8} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>8} {:>8}",
+        "loss", "repairs", "gap seen", "->", "gap seen", "->", "", "credit", "stalled"
     );
     println!(
-        "  {:>6} | {:>8} {:>9} {:>9} | {:>9} {:>9} {:>9}",
-        "%", "", "-> retx", "p99 <=", "-> acked", "p99 <=", "ack p99"
+        "  {:>6} | {:>8} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>8} {:>8}",
+        "%", "", "-> retx", "p99 <=", "-> acked", "p99 <=", "ack p99", "stalls", "mean"
     );
-    println!("  {}", "-".repeat(72));
+    println!("  {}", "-".repeat(92));
     for (row, s) in r.rows.iter().zip(&stages) {
         let repair = StageTime::combine(s.iter().map(|s| &s.repair));
         let durable = StageTime::combine(s.iter().map(|s| &s.repair_to_durable));
         let acked = StageTime::combine(s.iter().map(|s| &s.received_to_acked));
+        let (stalls, share) = stalled(row);
         println!(
-            "  {:>6} | {:>8} {:>7.0}us {:>7.0}us | {:>7.0}us {:>7.0}us {:>7.0}us",
+            "  {:>6} | {:>8} {:>7.0}us {:>7.0}us | {:>7.0}us {:>7.0}us {:>7.0}us | {:>8} {:>6.1}ms",
             row.loss_percent,
             repair.count,
             repair.mean_us,
@@ -278,11 +285,15 @@ fn print_repairs(r: &LossReport) {
             durable.mean_us,
             durable.p99_us,
             acked.p99_us,
+            stalls,
+            share,
         );
     }
     println!(
         "  repairs: gaps the daemon NACKed and got filled; gap seen -> retx: from the first message \
          above a gap to its retransmission's arrival (mean, p99 bucket); -> acked: to the durable \
-         ack that covers it; ack p99: the daemon's receipt -> ack of every batch, for scale."
+         ack that covers it; ack p99: the daemon's receipt -> ack of every batch, for scale;\n  \
+         credit stalls: times a producer had messages it could not send for lack of credit (over \
+         each repetition; a closed loop fills the credit at 0 % too), and how long one lasted."
     );
 }

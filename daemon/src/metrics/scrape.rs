@@ -65,6 +65,15 @@ impl Scrape {
             })
             .collect();
         b.sort_by(|x, y| x.0.total_cmp(&y.0));
+        // Several series (streams) matched: one histogram of them all, the
+        // counts of each bound summed (cumulative counts add up).
+        b.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 += later.1;
+            }
+            same
+        });
         b
     }
 
@@ -168,5 +177,27 @@ mod tests {
         assert_eq!(s.label_values("a_total", "stream"), vec!["x,\"y\"", "z"]);
         let q = s.quantile_since(&Scrape::default(), "lat", &[("stream", "z")], 0.99);
         assert_eq!(q, Some(0.001));
+    }
+
+    /// Without a stream label, a histogram's streams read as one: each
+    /// bound's counts summed.
+    #[test]
+    fn a_histogram_of_several_series_reads_as_their_sum() {
+        let (x, z) = (Histogram::latency(), Histogram::latency());
+        x.observe(80);
+        for _ in 0..3 {
+            z.observe(4_000);
+        }
+        let mut e = Exposition::default();
+        e.family("lat", Kind::Histogram, "L.")
+            .histogram("lat", &[("stream", "x")], &x.snapshot())
+            .histogram("lat", &[("stream", "z")], &z.snapshot());
+        let s = Scrape::parse(&e.finish());
+        let b = s.buckets("lat", &[]);
+        assert_eq!(b.last(), Some(&(f64::INFINITY, 4)));
+        assert!(b.windows(2).all(|w| w[0].0 < w[1].0), "{b:?}");
+        let none = Scrape::default();
+        assert_eq!(s.quantile_since(&none, "lat", &[], 0.25), Some(0.0001));
+        assert_eq!(s.quantile_since(&none, "lat", &[], 0.99), Some(0.005));
     }
 }

@@ -88,6 +88,11 @@ pub struct ProducerStatus {
     pub failovers: u64,
     /// The last move, if any.
     pub last_failover: Option<FailoverEvent>,
+    /// Times messages waited unsent because the daemon's credit was used up
+    /// (a hole waiting for its repair, a slow disk), and how long in all,
+    /// over every session of this producer.
+    pub credit_stalls: u64,
+    pub credit_stalled: Duration,
 }
 
 /// A producer left one daemon for the next of its list.
@@ -194,6 +199,8 @@ impl Producer {
             connected: false,
             failovers: 0,
             last_failover: None,
+            credit_stalls: 0,
+            credit_stalled: Duration::ZERO,
         });
         let task = Task::new(link, connector, resume_after, failover, status_tx, rx);
         tokio::spawn(task.run(ready_tx));
@@ -313,6 +320,8 @@ struct Task {
     closing: Option<oneshot::Sender<Result<(), ProducerError>>>,
     /// Since when sends have waited for durability with no progress.
     stalled_since: Option<Instant>,
+    /// The current sender's credit stalls already added to `status`.
+    stalls_published: (u64, Duration),
 }
 
 impl Task {
@@ -350,6 +359,7 @@ impl Task {
             flushes: Vec::new(),
             closing: None,
             stalled_since: None,
+            stalls_published: (0, Duration::ZERO),
         }
     }
 
@@ -427,7 +437,10 @@ impl Task {
                 cmd = self.commands.recv(), if self.blocked.is_none() && self.closing.is_none() => Wake::Command(cmd),
             };
             match wake {
-                Wake::Datagram(d) => self.sender.handle_datagram(Instant::now(), d),
+                Wake::Datagram(d) => {
+                    self.sender.handle_datagram(Instant::now(), d);
+                    self.publish_stalls();
+                }
                 Wake::Lost(e) => {
                     if let Err(e) = self.link_lost(e) {
                         self.fail_all(e);
@@ -512,6 +525,8 @@ impl Task {
             }
         };
         let resent = self.sender.unacked_len();
+        self.publish_stalls();
+        self.stalls_published = Default::default();
         self.sender = if opened {
             self.sender.successor(rand::random(), now)
         } else {
@@ -552,6 +567,21 @@ impl Task {
             self.status.send_modify(|s| s.connected = false);
         }
         Ok(())
+    }
+
+    /// Adds what the sender counted of credit stalls since the last call
+    /// to the status (a stall ends with a STATUS, so after datagrams).
+    fn publish_stalls(&mut self) {
+        let st = self.sender.stats();
+        let now = (st.credit_stalls, st.credit_stalled);
+        let (n, t) = self.stalls_published;
+        if now != (n, t) {
+            self.status.send_modify(|s| {
+                s.credit_stalls += now.0 - n;
+                s.credit_stalled += now.1.saturating_sub(t);
+            });
+            self.stalls_published = now;
+        }
     }
 
     /// Sets up a new link to the current daemon, moving on through the list

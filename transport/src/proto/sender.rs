@@ -126,6 +126,9 @@ pub struct Sender {
     close_due: Option<Close>,
     events: VecDeque<SenderEvent>,
     stats: SenderStats,
+    /// Since when messages wait unsent for credit (the receiver's window
+    /// is used up): what a hole or a slow disk costs the producer.
+    stalled_since: Option<Instant>,
 }
 
 impl Sender {
@@ -164,6 +167,7 @@ impl Sender {
             close_due: None,
             events: VecDeque::new(),
             stats: SenderStats::default(),
+            stalled_since: None,
             config,
             connect,
         }
@@ -423,6 +427,12 @@ impl Sender {
             self.send_offset = 0;
         }
         self.credit_limit = s.durable_seq.saturating_add(u64::from(s.credit));
+        if let Some(since) = self.stalled_since {
+            if !self.waits_for_credit() {
+                self.stalled_since = None;
+                self.stats.credit_stalled += now.saturating_duration_since(since);
+            }
+        }
         if progress {
             self.pto_count = 0;
             self.pto_base = now;
@@ -651,6 +661,10 @@ impl Sender {
             }
         }
         // Then new messages, within credit.
+        if self.waits_for_credit() && self.stalled_since.is_none() {
+            self.stalled_since = Some(now);
+            self.stats.credit_stalls += 1;
+        }
         while self.send_seq < self.next_seq && self.send_seq <= self.credit_limit {
             let seq = self.send_seq;
             let payload = &self.buf[(seq - self.base_seq) as usize].payload;
@@ -701,6 +715,11 @@ impl Sender {
     /// pushed is lost), first transmissions lie within them, and nothing
     /// is durable or received that was never pushed. Cheap: no pass over
     /// the buffer, only over the (short) retransmission queue.
+    /// Whether a message is pushed but beyond the credit granted.
+    fn waits_for_credit(&self) -> bool {
+        self.send_seq < self.next_seq && self.send_seq > self.credit_limit
+    }
+
     fn debug_check_window(&self) {
         if !cfg!(debug_assertions) {
             return;
@@ -836,6 +855,37 @@ mod tests {
         }
         welcome(&mut s, now, 0, 3);
         assert_eq!(data_seqs(&mut s, now), vec![1, 2, 3]);
+    }
+
+    /// Time with messages pushed beyond the credit is counted, from the
+    /// first try to send them to the STATUS that grants room.
+    #[test]
+    fn time_stalled_on_credit_is_counted() {
+        use std::time::Duration;
+        let (mut s, now) = sender(Some(0), 1 << 20);
+        for _ in 0..5 {
+            s.push(Bytes::from("m")).unwrap();
+        }
+        welcome(&mut s, now, 0, 3);
+        assert_eq!(data_seqs(&mut s, now), vec![1, 2, 3]);
+        let later = now + Duration::from_millis(7);
+        data_seqs(&mut s, later);
+        assert_eq!(s.stats().credit_stalls, 1);
+        assert_eq!(s.stats().credit_stalled, Duration::ZERO, "still waiting");
+        let mut out = Vec::new();
+        Packet::Status(Status {
+            durable_seq: 3,
+            received_seq: 3,
+            credit: 3,
+        })
+        .encode(77, &mut out);
+        s.handle_datagram(now + Duration::from_millis(20), Bytes::from(out));
+        assert_eq!(s.stats().credit_stalled, Duration::from_millis(20));
+        assert_eq!(
+            data_seqs(&mut s, now + Duration::from_millis(20)),
+            vec![4, 5]
+        );
+        assert_eq!(s.stats().credit_stalls, 1, "room for all: no new stall");
     }
 
     #[test]

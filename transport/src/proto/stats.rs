@@ -107,6 +107,10 @@ pub struct SenderStats {
     /// Probe timeouts that fired.
     pub probes: u64,
     pub drops: DropCounts,
+    /// Times messages waited unsent because the credit was used up, and
+    /// how long in all (until a STATUS granted room).
+    pub credit_stalls: u64,
+    pub credit_stalled: std::time::Duration,
 }
 
 /// Per-session receiver counters.
