@@ -632,19 +632,25 @@ impl Consumers {
             Err(_) => return Err(ConsumeError::Stopping),
         }
         groups.remove(&key);
+        self.forget(&key, &handle).await;
+        Ok(self.spool.stream(stream)?)
+    }
+
+    /// Takes a group that was told to end (and is out of the map of
+    /// groups) off the list and waits for its task to end.
+    async fn forget(&self, key: &GroupKey, handle: &Arc<GroupHandle>) {
         self.listed
             .lock()
             .unwrap()
-            .retain(|h| !Arc::ptr_eq(h, &handle));
+            .retain(|h| !Arc::ptr_eq(h, handle));
         let run = {
             let mut tasks = self.tasks.lock().unwrap();
-            let i = tasks.iter().position(|(k, _)| *k == key);
+            let i = tasks.iter().position(|(k, _)| k == key);
             i.map(|i| tasks.swap_remove(i).1)
         };
         if let Some(run) = run {
             let _ = run.await;
         }
-        Ok(self.spool.stream(stream)?)
     }
 
     /// Stops every group of `stream` and of its dead-letter stream,
@@ -668,18 +674,7 @@ impl Consumers {
                 continue;
             };
             handle.send(Cmd::Stop);
-            self.listed
-                .lock()
-                .unwrap()
-                .retain(|h| !Arc::ptr_eq(h, &handle));
-            let run = {
-                let mut tasks = self.tasks.lock().unwrap();
-                let i = tasks.iter().position(|(k, _)| *k == key);
-                i.map(|i| tasks.swap_remove(i).1)
-            };
-            if let Some(run) = run {
-                let _ = run.await;
-            }
+            self.forget(&key, &handle).await;
             info!(stream = %key.0, group = %key.1, "consumer group retired: its stream is deleted");
         }
         let done = tokio::task::spawn_blocking(then)

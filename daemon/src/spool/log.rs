@@ -892,13 +892,22 @@ impl StreamLog {
                 .map(|s| s.path.clone())
                 .collect()
         };
+        self.remove_oldest(&gone)
+    }
+
+    /// Deletes `gone`, the oldest segments in order: out of the readers'
+    /// view first (a reader that looked before and finds the file gone
+    /// looks again and skips it; one that has it open reads on), then the
+    /// checkpoint learns the new start (a log that starts later than its
+    /// checkpoint says lost segments), then the files and their indexes.
+    fn remove_oldest(&mut self, gone: &[PathBuf]) -> Result<(), SpoolError> {
         if gone.is_empty() {
             return Ok(());
         }
         self.unclean()?;
         self.shared.write().unwrap().drain(..gone.len());
         self.checkpoint(false)?;
-        for path in &gone {
+        for path in gone {
             self.fs
                 .remove_file(path)
                 .map_err(SpoolError::io("remove", path))?;
@@ -945,21 +954,7 @@ impl StreamLog {
         if gone.is_empty() {
             return Ok(0);
         }
-        self.unclean()?;
-        // Out of the readers' view first: a reader that looked before and
-        // finds the file gone looks again and skips it; one that has it
-        // open reads on.
-        self.shared.write().unwrap().drain(..gone.len());
-        self.checkpoint(false)?;
-        for path in &gone {
-            self.fs
-                .remove_file(path)
-                .map_err(SpoolError::io("remove", path))?;
-            let _ = self.fs.remove_file(&super::index::index_path(path));
-        }
-        self.fs
-            .sync_dir(&self.dir)
-            .map_err(SpoolError::io("fsync directory", &self.dir))?;
+        self.remove_oldest(&gone)?;
         info!(stream = %self.name, deleted = gone.len(), "retention removed segments");
         Ok(gone.len())
     }
