@@ -59,6 +59,21 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
     }
 
+    /// A spool's refusal as the client should read it: a bad or taken
+    /// stream name, a stream being deleted (404); anything else is the
+    /// daemon's failure (500).
+    pub fn spool(e: crate::spool::SpoolError) -> ApiError {
+        use crate::spool::SpoolError;
+        match e {
+            SpoolError::BadStreamName(_) => ApiError::bad(e.to_string()),
+            SpoolError::StreamExists(_) | SpoolError::TooManyStreams { .. } => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
+            SpoolError::StreamDeleted(_) => ApiError::not_found(e.to_string()),
+            e => ApiError::internal(e),
+        }
+    }
+
     /// 503 with `Retry-After`: a limit is reached for now.
     pub fn busy(message: impl Into<String>, retry_after: u32) -> ApiError {
         ApiError {

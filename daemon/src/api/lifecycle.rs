@@ -19,8 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::caller::{Admin, OnStream};
 use super::error::{Answer, ApiError};
 use super::openapi::{Conflict, StreamRefusals, Unavailable};
-use super::{existing_stream, AdminState, ApiQuery, StreamPath};
-use crate::spool::SpoolError;
+use super::{existing_stream, stream_exists, AdminState, ApiQuery, StreamPath};
 
 /// What a lifecycle route did.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, ToSchema)]
@@ -70,7 +69,7 @@ pub(super) async fn create_stream(on: OnStream<Admin>, State(s): State<Arc<Admin
     let created = tokio::task::spawn_blocking(move || spool.create(&name))
         .await
         .map_err(ApiError::internal)?
-        .map_err(spool_error)?;
+        .map_err(ApiError::spool)?;
     let change = StreamChange {
         stream: on.stream,
         done: "created".into(),
@@ -103,7 +102,7 @@ pub(super) async fn delete_stream(
     ApiQuery(q): ApiQuery<ForceQuery>,
 ) -> Answer {
     let name = on.stream.clone();
-    existing(&s, &name)?;
+    stream_exists(&s, &name)?;
     let forced_past = in_use(&s, &name, q.force)?;
     let spool = s.spool.clone();
     let n = name.clone();
@@ -112,7 +111,7 @@ pub(super) async fn delete_stream(
         .retire_stream(&name, move || spool.delete(&n))
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
-        .map_err(spool_error)?;
+        .map_err(ApiError::spool)?;
     if !existed {
         return Err(ApiError::not_found(format!("no stream {name:?}")));
     }
@@ -146,15 +145,14 @@ pub(super) async fn purge_stream(
     State(s): State<Arc<AdminState>>,
     ApiQuery(q): ApiQuery<ForceQuery>,
 ) -> Answer {
-    existing(&s, &on.stream)?;
-    let forced_past = in_use(&s, &on.stream, q.force)?;
     let stream = existing_stream(&s, &on.stream)?;
+    let forced_past = in_use(&s, &on.stream, q.force)?;
     let before = stream.first_offset();
     let first = stream
         .purge()
         .await
         .map_err(ApiError::internal)?
-        .map_err(spool_error)?;
+        .map_err(ApiError::spool)?;
     Ok(Json(StreamChange {
         stream: on.stream,
         done: "purged".into(),
@@ -164,15 +162,6 @@ pub(super) async fn purge_stream(
         forced_past,
     })
     .into_response())
-}
-
-/// 404 unless the stream exists (on disk).
-fn existing(s: &AdminState, name: &str) -> Result<(), ApiError> {
-    if s.spool.stream_names().iter().any(|n| n == name) {
-        Ok(())
-    } else {
-        Err(ApiError::not_found(format!("no stream {name:?}")))
-    }
 }
 
 /// What uses `stream` now: producer sessions, groups with members or a
@@ -224,15 +213,4 @@ fn in_use(s: &AdminState, stream: &str, force: bool) -> Result<Vec<String>, ApiE
             busy.join("; ")
         ),
     ))
-}
-
-fn spool_error(e: SpoolError) -> ApiError {
-    match e {
-        SpoolError::BadStreamName(_) => ApiError::bad(e.to_string()),
-        SpoolError::StreamExists(_) | SpoolError::TooManyStreams { .. } => {
-            ApiError::new(StatusCode::CONFLICT, e.to_string())
-        }
-        SpoolError::StreamDeleted(_) => ApiError::not_found(e.to_string()),
-        e => ApiError::internal(e),
-    }
 }

@@ -597,16 +597,19 @@ async fn stream_info(on: OnStream<Consume>, State(s): State<Arc<AdminState>>) ->
     Ok(Json(detail).into_response())
 }
 
-/// Stream `name`, if it exists (404 if not).
+/// Stream `name`, if it exists (404 if not, or while it is being deleted).
 pub(crate) fn existing_stream(s: &AdminState, name: &str) -> Result<Stream, ApiError> {
-    if !s.spool.stream_names().iter().any(|n| n == name) {
-        return Err(ApiError::not_found(format!("no stream {name:?}")));
+    stream_exists(s, name)?;
+    s.spool.stream(name).map_err(ApiError::spool)
+}
+
+/// 404 unless stream `name` exists on disk (without opening it).
+pub(crate) fn stream_exists(s: &AdminState, name: &str) -> Result<(), ApiError> {
+    if s.spool.stream_names().iter().any(|n| n == name) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("no stream {name:?}")))
     }
-    s.spool.stream(name).map_err(|e| match e {
-        // Being deleted now.
-        SpoolError::StreamDeleted(_) => ApiError::not_found(e.to_string()),
-        e => ApiError::internal(e),
-    })
 }
 
 /// A [`RecordsPage`] of `stream` from `from`, as JSON: at most `limit`
