@@ -199,12 +199,19 @@ pub struct GroupHandle {
     /// The group's ack deadline and max deliveries, for subscribers
     /// (a reload may change them: read with [`config`](Self::config)).
     config: Mutex<GroupConfig>,
-    /// The settings the group runs with, and whether it runs on after a
-    /// reload took it out of the configuration (it keeps them then, until
-    /// it is configured again, reset, deleted or the daemon restarts).
     /// The consumer service's to keep: it compares a reload's settings
     /// with these.
-    pub(super) applied: Mutex<(GroupSettings, bool)>,
+    pub(super) applied: Mutex<Applied>,
+}
+
+/// What a group runs with, as far as a reload is concerned.
+#[derive(Debug)]
+pub(super) struct Applied {
+    pub settings: GroupSettings,
+    /// A reload took the group out of the configuration: it runs on with
+    /// `settings` until it is configured again, reset, deleted or the
+    /// daemon restarts.
+    pub unconfigured: bool,
 }
 
 impl GroupHandle {
@@ -229,7 +236,10 @@ impl GroupHandle {
                 ..GroupStats::default()
             }),
             config: Mutex::new(config),
-            applied: Mutex::new((settings, false)),
+            applied: Mutex::new(Applied {
+                settings,
+                unconfigured: false,
+            }),
         }
     }
 

@@ -285,31 +285,31 @@ impl Consumers {
             let handle = &groups[&key];
             let mut applied = handle.applied.lock().unwrap();
             let configured = new.configured(stream, group).is_some();
-            if !configured && (applied.1 || old.configured(stream, group).is_some()) {
+            if !configured && (applied.unconfigured || old.configured(stream, group).is_some()) {
                 // Taken out of the configuration (now or by an earlier
                 // reload): it keeps what it runs with.
-                if !applied.1 {
-                    applied.1 = true;
+                if !applied.unconfigured {
+                    applied.unconfigured = true;
                     done.unconfigured.push(key);
                 }
                 continue;
             }
-            applied.1 = false;
+            applied.unconfigured = false;
             let mut is = new.settings(stream, group);
-            let list = super::changes::changes(&applied.0, &is);
+            let list = super::changes::changes(&applied.settings, &is);
             if list.is_empty() {
                 continue;
             }
             // Conflation stays as it runs until the group starts again
             // (`Group::set_config`): a later reload still names it.
-            is.machine.conflate = applied.0.machine.conflate.clone();
+            is.machine.conflate = applied.settings.machine.conflate.clone();
             if list
                 .iter()
                 .any(|c| c.applies == super::changes::Applies::Now)
             {
                 handle.send(Cmd::Reconfigure(Box::new(is.clone())));
             }
-            applied.0 = is;
+            applied.settings = is;
             done.changed.push((key, list));
         }
         for (stream, group, settings) in &new.groups {
