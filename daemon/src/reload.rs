@@ -52,6 +52,12 @@ const RELOADABLE: [&str; 12] = [
     "forward",
 ];
 
+/// A `consumers.` key a reload applies: the groups and their defaults
+/// (not the consumers' credit limits).
+fn is_group_setting(key: &str) -> bool {
+    key.starts_with("consumers.") && RELOADABLE.contains(&key)
+}
+
 /// What a reload changes in the running daemon.
 pub struct Live {
     /// Whom it admits.
@@ -123,9 +129,10 @@ impl Reloader {
                 }
             }
         }
-        if changed.iter().any(|k| {
-            k == "forward" || (k.starts_with("consumers.") && RELOADABLE.contains(&k.as_str()))
-        }) {
+        if changed
+            .iter()
+            .any(|k| k == "forward" || is_group_setting(k))
+        {
             self.groups_and_forwards(
                 live,
                 &new,
@@ -198,8 +205,7 @@ impl Reloader {
         );
         for k in changed
             .iter()
-            .filter(|k| k.starts_with("consumers.") && *k != "consumers.groups")
-            .filter(|k| RELOADABLE.contains(&k.as_str()))
+            .filter(|k| is_group_setting(k) && *k != "consumers.groups")
         {
             let field = &k["consumers.".len()..];
             let show = |v: &Option<toml::Value>| {
@@ -256,12 +262,9 @@ impl Reloader {
         r.read_ahead = n.read_ahead;
         r.read_ahead_bytes = n.read_ahead_bytes;
         r.max_groups = n.max_groups;
-        outcome.applied.extend(
-            changed
-                .iter()
-                .filter(|k| k.starts_with("consumers.") && RELOADABLE.contains(&k.as_str()))
-                .cloned(),
-        );
+        outcome
+            .applied
+            .extend(changed.iter().filter(|k| is_group_setting(k)).cloned());
         if !changed.iter().any(|k| k == "forward") {
             return;
         }

@@ -195,7 +195,7 @@ impl Forwarders {
         }
         for f in running.drain(..) {
             if tokio::time::timeout(STOP_WITHIN, f.task).await.is_err() {
-                warn!("a forward did not stop within 5 s");
+                warn!(forward = %f.config.name, "a forward did not stop within {STOP_WITHIN:?}");
             }
         }
     }
