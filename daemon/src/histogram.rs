@@ -63,7 +63,12 @@ impl Histogram {
 
     /// Observes the time since `since`, in microseconds.
     pub fn observe_since(&self, since: std::time::Instant) {
-        self.observe(u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX));
+        self.observe_duration(since.elapsed());
+    }
+
+    /// Observes a duration, in microseconds.
+    pub fn observe_duration(&self, d: std::time::Duration) {
+        self.observe(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     }
 
     pub fn observe(&self, value: u64) {

@@ -329,7 +329,7 @@ impl Owner for Ingest {
         // now, and seen → durable ack once this batch is acked.
         for rep in r.take_repairs() {
             m.repair
-                .observe(micros(rep.repaired.saturating_duration_since(rep.seen)));
+                .observe_duration(rep.repaired.saturating_duration_since(rep.seen));
             session.repairs.push(rep);
         }
         let (repaired, later): (Vec<Repair>, Vec<Repair>) =
@@ -411,7 +411,7 @@ impl Owner for Ingest {
 
     fn durable_sent(&mut self, session: u64, waited: Duration) {
         if let Some(s) = self.sessions.get(&session) {
-            s.metrics.status_sent.observe(micros(waited));
+            s.metrics.status_sent.observe_duration(waited);
         }
     }
 
@@ -494,8 +494,4 @@ impl Owner for Ingest {
             );
         }
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

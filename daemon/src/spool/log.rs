@@ -877,14 +877,7 @@ impl StreamLog {
         if active_holds_records {
             self.roll(end, end)?;
         }
-        self.drop_segments_before_active()?;
-        info!(stream = %self.name, first_offset = end, "stream purged");
-        Ok(end)
-    }
-
-    /// Deletes every segment but the active one: out of the readers' view,
-    /// then the checkpoint's start, then the files.
-    fn drop_segments_before_active(&mut self) -> Result<(), SpoolError> {
+        // Every segment but the active one.
         let gone: Vec<PathBuf> = {
             let segs = self.shared.read().unwrap();
             segs[..segs.len().saturating_sub(1)]
@@ -892,7 +885,9 @@ impl StreamLog {
                 .map(|s| s.path.clone())
                 .collect()
         };
-        self.remove_oldest(&gone)
+        self.remove_oldest(&gone)?;
+        info!(stream = %self.name, first_offset = end, "stream purged");
+        Ok(end)
     }
 
     /// Deletes `gone`, the oldest segments in order: out of the readers'

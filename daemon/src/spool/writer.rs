@@ -1144,7 +1144,7 @@ impl Writer {
         }
         for (waiter, answer) in answers {
             let waited = started.saturating_duration_since(waiter.queued);
-            self.gauges.queue_us.observe(waited.as_micros() as u64);
+            self.gauges.queue_us.observe_duration(waited);
             waiter.done.send(answer);
         }
     }
