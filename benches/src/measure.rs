@@ -329,11 +329,9 @@ impl DaemonCounters {
     pub fn between(a: &Scrape, b: &Scrape) -> DaemonCounters {
         let d = |name: &str| (b.value(name, &[]) - a.value(name, &[])).max(0.0) as u64;
         let commits = d("sluice_spool_batch_records_count");
-        let fsyncs = d("sluice_spool_fsync_seconds_count");
         let rec_sum = b.value("sluice_spool_batch_records_sum", &[])
             - a.value("sluice_spool_batch_records_sum", &[]);
-        let fsync_sum = b.value("sluice_spool_fsync_seconds_sum", &[])
-            - a.value("sluice_spool_fsync_seconds_sum", &[]);
+        let fsync = StageTime::between(a, b, "sluice_spool_fsync_seconds");
         let q = |name: &str, p: f64| {
             b.quantile_since(a, name, &[], p)
                 .filter(|v| v.is_finite())
@@ -355,9 +353,9 @@ impl DaemonCounters {
             batch_records_mean: rec_sum / commits.max(1) as f64,
             batch_records_p50: q("sluice_spool_batch_records", 0.5),
             batch_records_p99: q("sluice_spool_batch_records", 0.99),
-            fsync_mean_us: fsync_sum / fsyncs.max(1) as f64 * 1e6,
-            fsync_p50_us: q("sluice_spool_fsync_seconds", 0.5) * 1e6,
-            fsync_p99_us: q("sluice_spool_fsync_seconds", 0.99) * 1e6,
+            fsync_mean_us: fsync.mean_us,
+            fsync_p50_us: fsync.p50_us,
+            fsync_p99_us: fsync.p99_us,
             messages_per_datagram: messages_in as f64 / datagrams_in.max(1) as f64,
             stages: Stages::between(a, b),
         }

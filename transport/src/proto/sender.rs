@@ -128,7 +128,7 @@ pub struct Sender {
     stats: SenderStats,
     /// Since when messages wait unsent for credit (the receiver's window
     /// is used up): what a hole or a slow disk costs the producer.
-    stalled_since: Option<Instant>,
+    credit_wait_since: Option<Instant>,
 }
 
 impl Sender {
@@ -167,7 +167,7 @@ impl Sender {
             close_due: None,
             events: VecDeque::new(),
             stats: SenderStats::default(),
-            stalled_since: None,
+            credit_wait_since: None,
             config,
             connect,
         }
@@ -427,9 +427,9 @@ impl Sender {
             self.send_offset = 0;
         }
         self.credit_limit = s.durable_seq.saturating_add(u64::from(s.credit));
-        if let Some(since) = self.stalled_since {
+        if let Some(since) = self.credit_wait_since {
             if !self.waits_for_credit() {
-                self.stalled_since = None;
+                self.credit_wait_since = None;
                 self.stats.credit_stalled += now.saturating_duration_since(since);
             }
         }
@@ -661,8 +661,8 @@ impl Sender {
             }
         }
         // Then new messages, within credit.
-        if self.waits_for_credit() && self.stalled_since.is_none() {
-            self.stalled_since = Some(now);
+        if self.waits_for_credit() && self.credit_wait_since.is_none() {
+            self.credit_wait_since = Some(now);
             self.stats.credit_stalls += 1;
         }
         while self.send_seq < self.next_seq && self.send_seq <= self.credit_limit {
